@@ -201,7 +201,7 @@ def _make_handler(sim: SimServer) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = "execd-sim"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the stats endpoint counts requests."""
 
         def do_GET(self) -> None:

@@ -1,0 +1,78 @@
+"""The BrokerClient port and the errors every adapter maps its vendor's errors onto.
+
+    BrokerUnavailable  retry later: transport error, 5xx, 429 (not applied, or not known)
+    BrokerAmbiguous    a submit whose outcome is unknown: look it up before resending
+    BrokerRejected     final: the broker said no (bad order, buying power, not cancelable)
+    DuplicateOrderId   the broker already has this client_order_id: look it up
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from execd.domain.orders import BrokerView, OrderSpec
+
+
+class BrokerError(Exception):
+    pass
+
+
+class BrokerUnavailable(BrokerError):
+    def __init__(
+        self, message: str, *, retry_at: float | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at  # epoch seconds, from a 429's X-Ratelimit-Reset
+        self.status = status
+
+
+class BrokerAmbiguous(BrokerError):
+    pass
+
+
+class BrokerRejected(BrokerError):
+    def __init__(self, message: str, *, status: int | None = None, code: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class DuplicateOrderId(BrokerRejected):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerOrder:
+    view: BrokerView
+    client_order_id: str
+    symbol: str
+    submitted_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerPosition:
+    symbol: str
+    qty: Decimal
+    current_price: Decimal | None
+
+
+class BrokerClient(Protocol):
+    async def submit_order(self, spec: OrderSpec) -> BrokerOrder:
+        """One attempt. Raises BrokerAmbiguous when the outcome is unknown."""
+        ...
+
+    async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        """None when the broker has no such order."""
+        ...
+
+    async def list_open_orders(self) -> Sequence[BrokerOrder]:
+        """Every open order, paged as needed."""
+        ...
+
+    async def cancel_order(self, broker_order_id: str) -> None: ...
+
+    async def positions(self) -> Sequence[BrokerPosition]: ...

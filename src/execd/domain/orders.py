@@ -1,0 +1,234 @@
+"""Orders and their state machine. Pure: no I/O, no clock (times are passed in).
+
+Alpaca statuses map onto our seven states as follows (DESIGN.md asks us to decide):
+
+    new, accepted, pending_new, accepted_for_bidding,
+    pending_review, held, stopped                  -> SUBMITTED (open at the broker)
+    partially_filled                               -> PARTIALLY_FILLED
+    filled                                         -> FILLED
+    canceled                                       -> CANCELLED
+    replaced                                       -> CANCELLED (execd never replaces; the
+                                                      original is dead either way)
+    expired                                        -> EXPIRED
+    rejected, suspended                            -> REJECTED
+    pending_cancel, pending_replace, done_for_day,
+    calculated                                     -> no change: still open, or waiting for
+                                                      the final status; the fill quantity
+                                                      still counts (calculated with every
+                                                      share filled is FILLED)
+
+A transition may only move forward (rank below); a backwards one is ignored.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Literal
+
+
+class OrderState(StrEnum):
+    PENDING = "PENDING"
+    SUBMITTED = "SUBMITTED"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+
+OPEN_STATES = frozenset({OrderState.PENDING, OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED})
+TERMINAL_STATES = frozenset(set(OrderState) - OPEN_STATES)
+_RANK = {OrderState.PENDING: 0, OrderState.SUBMITTED: 1, OrderState.PARTIALLY_FILLED: 2}
+
+ALPACA_STATUS: dict[str, OrderState | None] = {
+    "new": OrderState.SUBMITTED,
+    "accepted": OrderState.SUBMITTED,
+    "pending_new": OrderState.SUBMITTED,
+    "accepted_for_bidding": OrderState.SUBMITTED,
+    "pending_review": OrderState.SUBMITTED,
+    "held": OrderState.SUBMITTED,
+    "stopped": OrderState.SUBMITTED,
+    "partially_filled": OrderState.PARTIALLY_FILLED,
+    "filled": OrderState.FILLED,
+    "canceled": OrderState.CANCELLED,
+    "replaced": OrderState.CANCELLED,
+    "expired": OrderState.EXPIRED,
+    "rejected": OrderState.REJECTED,
+    "suspended": OrderState.REJECTED,
+    "pending_cancel": None,
+    "pending_replace": None,
+    "done_for_day": None,
+    "calculated": None,
+}
+
+Side = Literal["buy", "sell"]
+OrderType = Literal["market", "limit"]
+SIDES: tuple[Side, ...] = ("buy", "sell")
+ORDER_TYPES: tuple[OrderType, ...] = ("market", "limit")
+TIME_IN_FORCE = ("day", "gtc", "ioc", "fok", "opg", "cls")
+STRATEGY_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def can_transition(current: OrderState, new: OrderState) -> bool:
+    """Forward moves only; terminal states are final; same state is not a transition."""
+    if current in TERMINAL_STATES or current == new:
+        return False
+    if new in TERMINAL_STATES:
+        return True
+    return _RANK[new] > _RANK[current]
+
+
+def new_client_order_id(strategy_id: str, now: float) -> str:
+    return f"{strategy_id}-{int(now * 1000)}-{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderSpec:
+    """What a strategy asked for: the part of an order that never changes."""
+
+    client_order_id: str
+    strategy_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    type: OrderType = "market"
+    limit_price: Decimal | None = None
+    time_in_force: str = "day"
+
+    @property
+    def signed_qty(self) -> Decimal:
+        return self.qty if self.side == "buy" else -self.qty
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Order:
+    spec: OrderSpec
+    state: OrderState = OrderState.PENDING
+    broker_order_id: str | None = None
+    filled_qty: Decimal = Decimal(0)
+    filled_avg_price: Decimal | None = None
+    reason: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def client_order_id(self) -> str:
+        return self.spec.client_order_id
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.spec.qty - self.filled_qty
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "client_order_id": s.client_order_id,
+            "broker_order_id": self.broker_order_id,
+            "strategy_id": s.strategy_id,
+            "symbol": s.symbol,
+            "side": s.side,
+            "qty": str(s.qty),
+            "type": s.type,
+            "limit_price": None if s.limit_price is None else str(s.limit_price),
+            "time_in_force": s.time_in_force,
+            "state": self.state.value,
+            "filled_qty": str(self.filled_qty),
+            "filled_avg_price": None if self.filled_avg_price is None else str(self.filled_avg_price),
+            "reason": self.reason,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fill:
+    client_order_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    at: float
+
+    @property
+    def signed_qty(self) -> Decimal:
+        return self.qty if self.side == "buy" else -self.qty
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerView:
+    """What the broker says about one order."""
+
+    broker_order_id: str
+    status: str
+    filled_qty: Decimal
+    filled_avg_price: Decimal | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Update:
+    order: Order
+    fill: Fill | None
+    event: str  # e.g. "SUBMITTED", "FILL", "FILLED"
+
+
+def apply_broker_view(order: Order, view: BrokerView, now: float) -> Update | None:
+    """The change the broker's view makes to our order, or None if it makes none.
+
+    Fills are derived from the growth of filled_qty; their price from the growth of
+    filled_qty * filled_avg_price, so that partial fills average out exactly.
+    """
+    if order.state in TERMINAL_STATES:
+        return None
+    mapped = ALPACA_STATUS.get(view.status)
+    new_state = order.state
+    if mapped is not None and can_transition(order.state, mapped):
+        new_state = mapped
+    fill: Fill | None = None
+    filled_qty, avg = order.filled_qty, order.filled_avg_price
+    if view.filled_qty > order.filled_qty and view.filled_avg_price is not None:
+        delta = view.filled_qty - order.filled_qty
+        before = order.filled_qty * (order.filled_avg_price or Decimal(0))
+        after = view.filled_qty * view.filled_avg_price
+        fill = Fill(
+            client_order_id=order.client_order_id, symbol=order.spec.symbol,
+            side=order.spec.side, qty=delta, price=(after - before) / delta, at=now,
+        )
+        filled_qty, avg = view.filled_qty, view.filled_avg_price
+        if new_state in (OrderState.PENDING, OrderState.SUBMITTED):
+            new_state = OrderState.PARTIALLY_FILLED
+    if filled_qty >= order.spec.qty and new_state in OPEN_STATES:
+        new_state = OrderState.FILLED  # e.g. `calculated` with every share filled
+    if new_state == order.state and fill is None and order.broker_order_id is not None:
+        return None
+    updated = replace(
+        order, state=new_state, filled_qty=filled_qty, filled_avg_price=avg,
+        broker_order_id=order.broker_order_id or view.broker_order_id, updated_at=now,
+        reason=order.reason if new_state != OrderState.REJECTED else f"broker: {view.status}",
+    )
+    event = new_state.value if new_state != order.state else "FILL"
+    return Update(order=updated, fill=fill, event=event)
+
+
+def reject(order: Order, reason: str, now: float) -> Update:
+    return Update(
+        order=replace(order, state=OrderState.REJECTED, reason=reason, updated_at=now),
+        fill=None, event=OrderState.REJECTED.value,
+    )
+
+
+def cancel_unsent(order: Order, now: float) -> Update:
+    """Cancel an order the broker has never seen (checked by the caller)."""
+    return Update(
+        order=replace(order, state=OrderState.CANCELLED, reason="cancelled before submission",
+                      updated_at=now),
+        fill=None, event=OrderState.CANCELLED.value,
+    )

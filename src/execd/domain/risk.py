@@ -1,0 +1,136 @@
+"""Pre-trade risk rules and the trading state. Pure: the caller gathers the context.
+
+A refusal is a value (`Denial`) with a machine code and a human reason, never an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+
+from execd.domain.orders import OrderSpec
+
+
+class TradingState(StrEnum):
+    ACTIVE = "ACTIVE"  # every order
+    REDUCING = "REDUCING"  # only orders that shrink a position
+    HALTED = "HALTED"  # no new orders; cancels still work
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TradingStatus:
+    state: TradingState = TradingState.ACTIVE
+    reason: str = ""
+    since: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RiskLimits:
+    allow_symbols: frozenset[str] = frozenset()  # empty: every symbol
+    deny_symbols: frozenset[str] = frozenset()
+    max_qty: Decimal | None = None
+    max_notional: Decimal | None = None
+    max_position: Decimal | None = None  # absolute, per symbol, counting open orders
+    max_open_orders: int | None = None
+    max_orders_per_minute: int | None = None  # per strategy
+    reject_unpriced_market_orders: bool = False
+
+
+@dataclass(slots=True, kw_only=True)
+class Exposure:
+    """One symbol: the position, and what open orders could still add to either side."""
+
+    position: Decimal = Decimal(0)
+    open_buys: Decimal = Decimal(0)
+    open_sells: Decimal = Decimal(0)
+
+
+@dataclass(slots=True, kw_only=True)
+class RiskContext:
+    trading: TradingStatus
+    exposure: dict[str, Exposure] = field(default_factory=dict)
+    open_orders: int = 0
+    orders_last_minute: dict[str, int] = field(default_factory=dict)  # by strategy
+    prices: dict[str, Decimal] = field(default_factory=dict)
+
+    def admit(self, spec: OrderSpec) -> None:
+        """Count an accepted order, so the next check in the same batch sees it."""
+        e = self.exposure.setdefault(spec.symbol, Exposure())
+        if spec.side == "buy":
+            e.open_buys += spec.qty
+        else:
+            e.open_sells += spec.qty
+        self.open_orders += 1
+        n = self.orders_last_minute.get(spec.strategy_id, 0)
+        self.orders_last_minute[spec.strategy_id] = n + 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Denial:
+    code: str  # "trading_halted" or "risk_rejected"
+    rule: str
+    reason: str
+
+
+def check(spec: OrderSpec, ctx: RiskContext, limits: RiskLimits) -> Denial | None:
+    def deny(rule: str, reason: str) -> Denial:
+        return Denial(code="risk_rejected", rule=rule, reason=reason)
+
+    t = ctx.trading
+    if t.state == TradingState.HALTED:
+        return Denial(
+            code="trading_halted", rule="halted",
+            reason=f"trading is halted ({t.reason or 'no reason given'}); cancels still work",
+        )
+    e = ctx.exposure.get(spec.symbol, Exposure())
+    if t.state == TradingState.REDUCING:
+        # Reducing: the position after this order and every open order on its side
+        # must be no further from zero than now, and on the same side of zero.
+        pending = -e.open_sells if spec.side == "sell" else e.open_buys
+        after = e.position + pending + spec.signed_qty
+        if e.position == 0 or abs(after) > abs(e.position) or after * e.position < 0:
+            return Denial(
+                code="trading_halted", rule="reducing",
+                reason=f"trading is REDUCING ({t.reason or 'no reason given'}): only orders "
+                f"that shrink a position are accepted; {spec.symbol} position is {e.position}",
+            )
+    if limits.allow_symbols and spec.symbol not in limits.allow_symbols:
+        return deny("symbol_not_allowed", f"symbol {spec.symbol} is not in risk.allow_symbols")
+    if spec.symbol in limits.deny_symbols:
+        return deny("symbol_denied", f"symbol {spec.symbol} is in risk.deny_symbols")
+    if limits.max_qty is not None and spec.qty > limits.max_qty:
+        return deny("max_qty", f"qty {spec.qty} is over risk.max_qty {limits.max_qty}")
+    price = spec.limit_price if spec.limit_price is not None else ctx.prices.get(spec.symbol)
+    if limits.max_notional is not None:
+        if price is None:
+            if limits.reject_unpriced_market_orders:
+                return deny(
+                    "no_price", f"no recent price for {spec.symbol}: cannot check "
+                    "risk.max_notional of a market order; send a limit order",
+                )
+        elif spec.qty * price > limits.max_notional:
+            return deny(
+                "max_notional", f"notional {spec.qty * price} (qty {spec.qty} x price {price}) "
+                f"is over risk.max_notional {limits.max_notional}",
+            )
+    if limits.max_position is not None:
+        worst_long = e.position + e.open_buys + (spec.qty if spec.side == "buy" else 0)
+        worst_short = e.position - e.open_sells - (spec.qty if spec.side == "sell" else 0)
+        worst = max(abs(worst_long), abs(worst_short))
+        if worst > limits.max_position:
+            return deny(
+                "max_position", f"{spec.symbol} position could reach {worst} counting open "
+                f"orders, over risk.max_position {limits.max_position}",
+            )
+    if limits.max_open_orders is not None and ctx.open_orders >= limits.max_open_orders:
+        return deny("max_open_orders", f"{ctx.open_orders} open orders: risk.max_open_orders "
+                    f"is {limits.max_open_orders}")
+    if limits.max_orders_per_minute is not None:
+        n = ctx.orders_last_minute.get(spec.strategy_id, 0)
+        if n >= limits.max_orders_per_minute:
+            return deny(
+                "max_orders_per_minute", f"strategy {spec.strategy_id} sent {n} orders in the "
+                f"last minute: risk.max_orders_per_minute is {limits.max_orders_per_minute}",
+            )
+    return None

@@ -1,0 +1,396 @@
+"""The intake actor: the Unix socket server speaking JSON Lines (docs/protocol.md).
+
+Each connection is isolated: its own reader, a bounded number of requests in flight,
+a write timeout (a client that never reads is dropped) and a deadline for finishing a
+line once begun (a client that trickles bytes is dropped). Anything a connection does
+wrong ends at most that connection. The actors' inboxes are bounded: when full, the
+answer is `overloaded`, never a growing queue.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream, ObjectSendStream, SocketListener, TaskStatus
+
+from execd import __version__, protocol
+from execd.book import EventHub
+from execd.clock import Clock
+from execd.domain.orders import OrderState
+from execd.domain.risk import TradingState
+from execd.health import Health
+from execd.limiter import RateLimiter
+from execd.messages import (
+    CancelAll,
+    CancelDenied,
+    CancelOrder,
+    OrderDenied,
+    Overloaded,
+    RiskCommand,
+    SetTradingState,
+    SubmitOrder,
+    SubmitterCommand,
+    ask,
+)
+from execd.obs import logging
+from execd.obs.metrics import Metrics
+from execd.protocol import ProtocolError
+from execd.store import Store
+
+log = logging.get("execd.intake")
+MAX_IN_FLIGHT = 32  # requests per connection
+WRITE_TIMEOUT = 10.0
+LINE_TIMEOUT = 10.0  # seconds to finish a line once its first byte arrived
+
+
+class SocketInUse(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Services:
+    risk: ObjectSendStream[RiskCommand]
+    submitter: ObjectSendStream[SubmitterCommand]
+    store: Store
+    hub: EventHub
+    health: Health
+    limiter: RateLimiter
+    metrics: Metrics
+    clock: Clock
+    submit_timeout: float
+    actors: Callable[[], dict[str, dict[str, Any]]]
+
+
+def _probe(path: Path) -> bool:
+    """Whether a live daemon answers on this socket path."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(1.0)
+        s.connect(str(path))
+        return True
+    except OSError as e:
+        if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        raise
+    finally:
+        s.close()
+
+
+async def check_not_live(path: Path) -> None:
+    """Refuse a path that is not a socket, or a socket a live daemon answers on."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
+    if await anyio.to_thread.run_sync(_probe, path):
+        raise SocketInUse(f"another execd is running on {path}; refusing to start")
+
+
+async def bind(path: Path, mode: int) -> SocketListener:
+    """Bind the socket with its mode from the first instant (umask before bind)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    await check_not_live(path)
+    if path.exists() or path.is_symlink():
+        log.warning("replacing stale socket from a dead daemon", path=str(path))
+        path.unlink()
+    old = os.umask(0o777 & ~mode)
+    try:
+        listener = await anyio.create_unix_listener(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    return listener
+
+
+async def run(
+    *, path: Path, mode: int, services: Services, max_connections: int, max_line: int,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    listener = await bind(path, mode)
+    log.info("listening", socket=str(path), mode=oct(mode))
+    open_connections = 0
+
+    async def handle(stream: ByteStream) -> None:
+        nonlocal open_connections
+        open_connections += 1
+        services.metrics.intake_connections.inc()
+        try:
+            async with stream:
+                if open_connections > max_connections:
+                    await _write_error(stream, services, None, "overloaded",
+                                       f"too many connections ({max_connections})")
+                    return
+                await Connection(stream, services, max_line).serve()
+        except Exception:  # one connection's trouble ends that connection only
+            log.exception("connection failed")
+        finally:
+            open_connections -= 1
+            services.metrics.intake_connections.dec()
+
+    try:
+        async with listener:
+            task_status.started()
+            await listener.serve(handle)
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+async def _write_error(
+    stream: ByteStream, services: Services, rid: Any, code: str, message: str
+) -> None:
+    services.metrics.intake_errors.labels(code).inc()
+    with anyio.move_on_after(WRITE_TIMEOUT):
+        await stream.send(protocol.encode(
+            {"id": rid, "ok": False, "error": {"code": code, "message": message}}
+        ))
+
+
+class Connection:
+    def __init__(self, stream: ByteStream, services: Services, max_line: int) -> None:
+        self.stream = stream
+        self.s = services
+        self.max_line = max_line
+        self._send_lock = anyio.Lock()
+        self._slots = anyio.Semaphore(MAX_IN_FLIGHT)
+        self._buffer = bytearray()
+        self._subscribed = False
+        self._tg: anyio.abc.TaskGroup
+
+    async def write(self, obj: dict[str, Any]) -> None:
+        async with self._send_lock:
+            with anyio.fail_after(WRITE_TIMEOUT):
+                await self.stream.send(protocol.encode(obj))
+
+    async def _read_line(self) -> bytes | None:
+        """The next line, None at the end; ProtocolError if over the limit."""
+        deadline: float | None = None
+        while True:
+            nl = self._buffer.find(b"\n")
+            if nl >= 0:
+                line = bytes(self._buffer[:nl])
+                del self._buffer[: nl + 1]
+                if len(line) > self.max_line:
+                    raise ProtocolError("line_too_long", f"line over {self.max_line} bytes")
+                return line
+            if len(self._buffer) > self.max_line:
+                raise ProtocolError("line_too_long", f"line over {self.max_line} bytes")
+            if self._buffer and deadline is None:
+                deadline = anyio.current_time() + LINE_TIMEOUT
+            try:
+                if deadline is None:
+                    chunk = await self.stream.receive(65536)
+                else:
+                    with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                        chunk = await self.stream.receive(65536)
+            except TimeoutError:
+                raise ProtocolError("invalid_request", "line not finished in time") from None
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return None
+            self._buffer += chunk
+
+    async def serve(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            while True:
+                try:
+                    line = await self._read_line()
+                except ProtocolError as e:
+                    self.s.metrics.intake_errors.labels(e.code).inc()
+                    with anyio.move_on_after(WRITE_TIMEOUT):
+                        await self.write({"id": None, "ok": False,
+                                          "error": {"code": e.code, "message": e.message}})
+                    break  # the stream cannot be resynchronised: hang up
+                if line is None:
+                    break
+                if not line.strip():
+                    continue
+                await self._slots.acquire()
+                tg.start_soon(self._handle, line)
+            tg.cancel_scope.cancel()
+
+    async def _handle(self, line: bytes) -> None:
+        rid: Any = None
+        try:
+            try:
+                req = protocol.parse_line(line)
+                rid = req.id
+                result = await self._dispatch(req)
+                reply: dict[str, Any] = {"id": rid, "ok": True, "result": result}
+            except protocol.IdentifiedError as e:
+                reply = self._error(e.request_id, e.code, e.message)
+            except _Rejected as e:
+                reply = self._error(rid, e.code, e.message, order=e.order)
+            except ProtocolError as e:
+                reply = self._error(rid, e.code, e.message)
+            except Overloaded:
+                reply = self._error(rid, "overloaded", "the daemon is saturated; retry shortly")
+            except Exception:
+                log.exception("request failed", op=line[:40].decode(errors="replace"))
+                reply = self._error(rid, "internal", "internal error; see the daemon's log")
+            await self.write(reply)
+        finally:
+            self._slots.release()
+
+    def _error(self, rid: Any, code: str, message: str, **extra: Any) -> dict[str, Any]:
+        self.s.metrics.intake_errors.labels(code).inc()
+        return {"id": rid, "ok": False, "error": {"code": code, "message": message, **extra}}
+
+    async def _dispatch(self, req: protocol.Request) -> dict[str, Any]:
+        handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] = getattr(
+            self, f"op_{req.op}"
+        )
+        return await handler(req.args)
+
+    # ---------------------------------------------------------------- the ops
+    async def op_ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"version": __version__}
+
+    async def op_submit(self, args: dict[str, Any]) -> dict[str, Any]:
+        start = anyio.current_time()
+        spec, wait = protocol.submit_spec(args, self.s.clock.time())
+        async with self.s.hub.subscribe(client_order_id=spec.client_order_id, buffer=16) as ev:
+            try:
+                result = await ask(self.s.risk, lambda r: SubmitOrder(spec=spec, reply=r))
+            except anyio.EndOfStream:
+                raise ProtocolError(
+                    "internal", f"the risk gate failed on this order; query client_order_id "
+                    f"{spec.client_order_id} to learn whether it was recorded",
+                ) from None
+            if isinstance(result, OrderDenied):
+                raise ProtocolError(result.code, result.reason)
+            order = result.order
+            if wait == "submitted" and order.state == OrderState.PENDING:
+                with anyio.move_on_after(self.s.submit_timeout):
+                    async for update in ev:
+                        order = update
+                        if order.state != OrderState.PENDING:
+                            break
+        self.s.metrics.ack_latency.labels(wait).observe(anyio.current_time() - start)
+        if order.state == OrderState.REJECTED and wait == "submitted":
+            raise _Rejected(order.to_json())
+        return {"order": order.to_json(), "existing": result.existing}
+
+    async def op_cancel(self, args: dict[str, Any]) -> dict[str, Any]:
+        cid = protocol.client_order_id(args)
+        assert cid is not None
+        result = await self._ask_submitter(
+            lambda r: CancelOrder(client_order_id=cid, reply=r)
+        )
+        return {"order": result[0]}
+
+    async def op_cancel_all(self, args: dict[str, Any]) -> dict[str, Any]:
+        sid = protocol.strategy_id(args, required=False)
+        orders = await self._ask_submitter(lambda r: CancelAll(strategy_id=sid, reply=r))
+        cancelled = [o for o in orders if o["state"] == OrderState.CANCELLED.value]
+        return {"count": len(cancelled), "orders": orders}
+
+    async def _ask_submitter(self, make: Callable[[Any], SubmitterCommand]) -> list[dict[str, Any]]:
+        with anyio.move_on_after(self.s.submit_timeout * 3):
+            try:
+                result = await ask(self.s.submitter, make)
+            except anyio.EndOfStream:
+                raise ProtocolError("internal", "the submitter failed; retry") from None
+            if isinstance(result, CancelDenied):
+                raise ProtocolError(result.code, result.reason)
+            return [o.to_json() for o in result.orders]
+        raise ProtocolError("internal", "the broker did not answer in time; the cancel "
+                                        "is still being attempted; query the order")
+
+    async def op_order(self, args: dict[str, Any]) -> dict[str, Any]:
+        cid = protocol.client_order_id(args)
+        assert cid is not None
+        order = await self.s.store.get_order(cid)
+        if order is None:
+            raise ProtocolError("not_found", f"no order with client_order_id {cid}")
+        return {"order": order.to_json(), "events": await self.s.store.events(cid)}
+
+    async def op_orders(self, args: dict[str, Any]) -> dict[str, Any]:
+        sid, states, limit = protocol.orders_filter(args)
+        orders = await self.s.store.list_orders(strategy_id=sid, states=states, limit=limit)
+        return {"orders": [o.to_json() for o in orders]}
+
+    async def op_positions(self, args: dict[str, Any]) -> dict[str, Any]:
+        positions = await self.s.store.positions()
+        return {"positions": [
+            {"symbol": p.symbol, "qty": str(p.qty),
+             "avg_entry_price": None if p.avg_entry_price is None else str(p.avg_entry_price),
+             "last_price": None if p.last_price is None else str(p.last_price)}
+            for p in sorted(positions.values(), key=lambda p: p.symbol) if p.qty
+        ]}
+
+    async def op_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        trading = await self.s.store.trading_status()
+        counts = await self.s.store.count_by_state()
+        h = self.s.health
+        return {
+            "version": __version__,
+            "trading": {"state": trading.state.value, "reason": trading.reason,
+                        "since": trading.since},
+            "actors": self.s.actors(),
+            "limiter": {"remaining": self.s.limiter.remaining()},
+            "last_poll": h.last_poll, "last_poll_error": h.last_poll_error,
+            "last_reconcile": h.last_reconcile, "last_reconcile_result": h.last_reconcile_result,
+            "broker_orders_unknown": h.broker_orders_unknown,
+            "orders": counts,
+            "open_orders": sum(counts.get(s.value, 0) for s in
+                               (OrderState.PENDING, OrderState.SUBMITTED,
+                                OrderState.PARTIALLY_FILLED)),
+            "subscribers": self.s.hub.subscribers,
+        }
+
+    async def _set_state(self, state: TradingState, reason: str) -> dict[str, Any]:
+        result = await ask(self.s.risk,
+                           lambda r: SetTradingState(state=state, reason=reason, reply=r))
+        st = result.status
+        return {"trading": {"state": st.state.value, "reason": st.reason, "since": st.since}}
+
+    async def op_halt(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self._set_state(TradingState.HALTED, protocol.reason(args))
+
+    async def op_resume(self, args: dict[str, Any]) -> dict[str, Any]:
+        state = args.get("state", "ACTIVE")
+        if state not in ("ACTIVE", "REDUCING"):
+            raise protocol.invalid('state must be "ACTIVE" or "REDUCING"')
+        return await self._set_state(TradingState(state), protocol.reason(args))
+
+    async def op_subscribe(self, args: dict[str, Any]) -> dict[str, Any]:
+        sid = protocol.strategy_id(args, required=False)
+        if self._subscribed:
+            raise ProtocolError("conflict", "this connection is already subscribed")
+        self._subscribed = True
+        ready = anyio.Event()
+
+        async def forward() -> None:
+            async with self.s.hub.subscribe(strategy_id=sid) as events:
+                ready.set()
+                async for order in events:
+                    await self.write({"event": "order", "order": order.to_json()})
+            # the hub cut us off: this subscriber fell behind
+            await self.write({"event": "error", "error": {
+                "code": "overloaded",
+                "message": "events were dropped because this subscriber read too slowly; "
+                "reconnect, subscribe and query orders to catch up"}})
+            await self.stream.aclose()
+
+        self._tg.start_soon(forward)
+        await ready.wait()
+        return {"subscribed": True, "strategy_id": sid}
+
+
+class _Rejected(ProtocolError):
+    def __init__(self, order: dict[str, Any]) -> None:
+        super().__init__("broker_rejected", f"the broker rejected the order: {order['reason']}")
+        self.order = order
+

@@ -1,0 +1,150 @@
+"""The RateLimiter port: one request budget for every broker call of every actor.
+
+Sizing (DESIGN.md trap): a leaky bucket of capacity B draining at r/s admits up to
+B + 60r in any 60 s window. For a broker limit L per window W we choose a small burst
+B and r = (L - B) * (1 - margin) / W, so every sliding window stays under L even with
+a little network jitter between our acquire and the broker's count.
+
+On asyncio the bucket is aiolimiter's; on trio (aiolimiter needs asyncio) it is the
+anyio-native TokenBucket below, with the same behaviour. Risk-reducing calls (cancels)
+pass `priority=True` and go ahead of ordinary callers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+import sniffio
+
+from execd.clock import Clock, SystemClock
+
+JITTER_MARGIN = 0.03
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Budget:
+    limit: int  # requests the broker allows per window
+    window: float  # seconds
+    burst: int = 5
+
+    @property
+    def rate(self) -> float:
+        """Tokens per second."""
+        return (self.limit - self.burst) * (1 - JITTER_MARGIN) / self.window
+
+    @property
+    def worst_window(self) -> float:
+        """The most requests we can send in any sliding window."""
+        return self.burst + self.rate * self.window
+
+
+class Bucket(Protocol):
+    async def acquire(self) -> None: ...
+
+    def remaining(self) -> float: ...
+
+
+class RateLimiter(Protocol):
+    async def acquire(self, *, priority: bool = False) -> float:
+        """Wait for a token; returns the seconds waited."""
+        ...
+
+    def remaining(self) -> float: ...
+
+
+class TokenBucket:
+    """A leaky bucket on anyio and a Clock: capacity `burst`, refilled at `rate`/s."""
+
+    def __init__(self, budget: Budget, clock: Clock) -> None:
+        self._cap = float(budget.burst)
+        self._rate = budget.rate
+        self._clock = clock
+        self._tokens = self._cap
+        self._last = clock.monotonic()
+        self._lock = anyio.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock.monotonic()
+        self._tokens = min(self._cap, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+
+    def remaining(self) -> float:
+        self._refill()
+        return self._tokens
+
+    async def acquire(self) -> None:
+        async with self._lock:  # FIFO: one waiter at a time takes the next token
+            self._refill()
+            while self._tokens < 1:
+                await self._clock.sleep((1 - self._tokens) / self._rate)
+                self._refill()
+            self._tokens -= 1
+
+
+class AioLimiterBucket:
+    """aiolimiter's AsyncLimiter sized from a Budget (asyncio only)."""
+
+    def __init__(self, budget: Budget) -> None:
+        from aiolimiter import AsyncLimiter
+
+        self._limiter = AsyncLimiter(budget.burst, budget.burst / budget.rate)
+
+    def remaining(self) -> float:
+        self._limiter.has_capacity()  # leaks the bucket up to now
+        return float(self._limiter.max_rate - self._limiter._level)
+
+    async def acquire(self) -> None:
+        await self._limiter.acquire()
+
+
+class PriorityLimiter:
+    """Callers with priority go first: ordinary callers wait while any are queued."""
+
+    def __init__(self, bucket: Bucket, clock: Clock) -> None:
+        self._bucket = bucket
+        self._clock = clock
+        self._priority_waiting = 0
+        self._clear = anyio.Event()
+        self._clear.set()
+
+    def remaining(self) -> float:
+        return self._bucket.remaining()
+
+    async def acquire(self, *, priority: bool = False) -> float:
+        start = self._clock.monotonic()
+        if priority:
+            self._priority_waiting += 1
+            if self._priority_waiting == 1:
+                self._clear = anyio.Event()
+            try:
+                await self._bucket.acquire()
+            finally:
+                self._priority_waiting -= 1
+                if self._priority_waiting == 0:
+                    self._clear.set()
+        else:
+            while self._priority_waiting:
+                await self._clear.wait()
+            await self._bucket.acquire()
+        return self._clock.monotonic() - start
+
+
+class Unlimited:
+    """No limit at all: for benchmarks of the daemon's own cost."""
+
+    async def acquire(self, *, priority: bool = False) -> float:
+        await anyio.lowlevel.checkpoint()
+        return 0.0
+
+    def remaining(self) -> float:
+        return math.inf
+
+
+def open_limiter(budget: Budget, clock: Clock) -> PriorityLimiter:
+    """The default limiter for the running backend."""
+    if sniffio.current_async_library() == "asyncio" and isinstance(clock, SystemClock):
+        return PriorityLimiter(AioLimiterBucket(budget), clock)
+    return PriorityLimiter(TokenBucket(budget, clock), clock)

@@ -1,0 +1,121 @@
+"""Messages between actors: commands in the imperative, events in the past tense.
+
+A command that wants an answer carries its own one-shot reply stream (`ask` below).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+from anyio.abc import ObjectSendStream
+
+from execd.domain.orders import Order, OrderSpec
+from execd.domain.risk import TradingState, TradingStatus
+
+# ---- answers (events) ----
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderAccepted:
+    order: Order
+    existing: bool = False  # a safe retry of a client_order_id we already hold
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderDenied:
+    code: str  # protocol error code: risk_rejected, trading_halted, conflict, ...
+    reason: str
+
+
+SubmitResult = OrderAccepted | OrderDenied
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRequested:
+    orders: tuple[Order, ...]  # their state after the broker's answer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelDenied:
+    code: str  # not_found, conflict, broker_rejected, internal
+    reason: str
+
+
+CancelResult = CancelRequested | CancelDenied
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TradingStateChanged:
+    status: TradingStatus
+
+
+# ---- commands to the risk gate ----
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitOrder:
+    spec: OrderSpec
+    reply: ObjectSendStream[SubmitResult]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetTradingState:
+    state: TradingState
+    reason: str
+    reply: ObjectSendStream[TradingStateChanged] | None = None
+
+
+RiskCommand = SubmitOrder | SetTradingState
+
+# ---- commands to the submitter ----
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendOrder:
+    client_order_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelOrder:
+    client_order_id: str
+    reply: ObjectSendStream[CancelResult]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelAll:
+    strategy_id: str | None
+    reply: ObjectSendStream[CancelResult]
+
+
+SubmitterCommand = SendOrder | CancelOrder | CancelAll
+
+R = TypeVar("R")
+C = TypeVar("C")
+
+
+class Overloaded(Exception):
+    """The actor's inbox is full: the daemon is saturated."""
+
+
+async def ask(outbox: ObjectSendStream[C], make: Callable[[ObjectSendStream[R]], C]) -> R:
+    """Send a command without waiting for room (full inbox: Overloaded), await its answer."""
+    send, receive = anyio.create_memory_object_stream[R](1)
+    async with receive:
+        try:
+            outbox.send_nowait(make(send))
+        except anyio.WouldBlock:
+            send.close()
+            raise Overloaded from None
+        return await receive.receive()
+
+
+def answer(reply: ObjectSendStream[R], value: R) -> None:
+    """Deliver an answer if anyone still waits for it (the client may have gone)."""
+    with reply:
+        try:
+            reply.send_nowait(value)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock):
+            pass

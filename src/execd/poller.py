@@ -1,0 +1,63 @@
+"""The poller actor: brings SUBMITTED and PARTIALLY_FILLED orders up to date.
+
+One paged list request for every open order per interval, however many there are;
+a look-up by client_order_id only for an order that has left the open list (its
+final state says how). A 404 there is not proof of anything: the order is left as it
+is and reported. PENDING orders belong to the submitter.
+"""
+
+from __future__ import annotations
+
+import anyio
+from anyio.abc import TaskStatus
+
+from execd.book import OrderBook
+from execd.broker.base import BrokerClient, BrokerError
+from execd.clock import Clock
+from execd.domain.orders import OrderState
+from execd.health import Health
+from execd.obs import logging
+
+log = logging.get("execd.poller")
+
+
+async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health: Health) -> None:
+    started = clock.time()
+    open_at_broker = {o.client_order_id: o for o in await broker.list_open_orders()}
+    ours = await book.store.open_orders()
+    known = {o.client_order_id for o in ours}
+    for order in ours:
+        if order.state == OrderState.PENDING:
+            continue
+        found = open_at_broker.get(order.client_order_id)
+        if found is None:
+            if order.updated_at >= started:
+                continue  # changed while we listed: next poll
+            book.metrics.poll_lookups.inc()
+            found = await broker.get_order_by_client_id(order.client_order_id)
+            if found is None:
+                log.error("order missing at the broker; left as it is",
+                          client_order_id=order.client_order_id,
+                          strategy_id=order.spec.strategy_id, state=order.state.value)
+                continue
+        await book.apply_view(order.client_order_id, found.view)
+    health.broker_orders_unknown = len(set(open_at_broker) - known)
+    health.last_poll, health.last_poll_error = clock.time(), None
+    book.metrics.poll_last_success.set(health.last_poll)
+
+
+async def run(
+    *, book: OrderBook, broker: BrokerClient, clock: Clock, health: Health, interval: float,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    first = True
+    while True:
+        try:
+            await poll_once(book, broker, clock, health)
+        except BrokerError as e:
+            health.last_poll_error = str(e)
+            log.warning("poll failed; trying again next interval", error=str(e))
+        if first:
+            task_status.started()
+            first = False
+        await clock.sleep(interval)

@@ -1,0 +1,228 @@
+"""The socket protocol: JSON Lines requests into validated values. Pure, no I/O.
+
+Every refusal is a `ProtocolError` with a protocol error code and a message naming
+the field. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from execd.domain.orders import (
+    CLIENT_ORDER_ID,
+    ORDER_TYPES,
+    SIDES,
+    STRATEGY_ID,
+    TIME_IN_FORCE,
+    OrderSpec,
+    OrderState,
+    new_client_order_id,
+)
+
+OPS = frozenset({
+    "ping", "submit", "cancel", "cancel_all", "order", "orders", "positions", "status",
+    "subscribe", "halt", "resume",
+})
+SYMBOL_MAX = 16
+MAX_DIGITS = 18  # qty and prices: more significant digits than any real order has
+MAX_DEPTH = 4
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> ProtocolError:
+    return ProtocolError("invalid_request", message)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    id: Any
+    op: str
+    args: dict[str, Any]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _depth(value: Any, limit: int) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if d > limit:
+            return False
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return True
+
+
+def parse_line(line: bytes) -> Request:
+    """One request line. The id is echoed back whenever it could be read."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid("request is not valid UTF-8") from None
+    try:
+        raw = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+    except RecursionError:
+        raise invalid("request JSON is nested too deeply") from None
+    except ValueError as e:
+        raise invalid(f"request is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise invalid("request must be a JSON object")
+    rid = raw.get("id")
+    if not _depth(raw, MAX_DEPTH):
+        raise ProtocolError("invalid_request", "request JSON is nested too deeply")
+    op = raw.get("op")
+    if not isinstance(op, str):
+        raise _with_id(invalid("op is required and must be a string"), rid)
+    if op not in OPS:
+        raise _with_id(ProtocolError("unknown_op", f"unknown op {op[:40]!r}"), rid)
+    args = {k: v for k, v in raw.items() if k not in ("id", "op")}
+    return Request(id=rid, op=op, args=args)
+
+
+class IdentifiedError(ProtocolError):
+    def __init__(self, code: str, message: str, request_id: Any) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
+
+
+def _with_id(e: ProtocolError, rid: Any) -> IdentifiedError:
+    return IdentifiedError(e.code, e.message, rid)
+
+
+def _str(args: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+    v = args.get(name)
+    if v is None:
+        if required:
+            raise invalid(f"{name} is required")
+        return None
+    if not isinstance(v, str):
+        raise invalid(f"{name} must be a string")
+    return v
+
+
+def decimal_field(args: dict[str, Any], name: str) -> Decimal | None:
+    v = args.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, str | int | Decimal):
+        raise invalid(f"{name} must be a decimal string or a number")
+    if isinstance(v, str) and len(v) > 40:
+        raise invalid(f"{name} is too long")
+    try:
+        d = Decimal(v)
+    except (InvalidOperation, ValueError):
+        raise invalid(f"{name} is not a decimal number: {str(v)[:40]!r}") from None
+    if not d.is_finite():
+        raise invalid(f"{name} must be finite")
+    if d <= 0:
+        raise invalid(f"{name} must be greater than 0")
+    if len(d.as_tuple().digits) > MAX_DIGITS or d.adjusted() > 12 or d.as_tuple().exponent < -9:  # type: ignore[operator]
+        raise invalid(f"{name} is out of range (at most 9 decimal places, below 10^12)")
+    return d.normalize() if d == d.to_integral_value() else d
+
+
+def strategy_id(args: dict[str, Any], *, required: bool) -> str | None:
+    sid = _str(args, "strategy_id", required=required)
+    if sid is not None and not STRATEGY_ID.fullmatch(sid):
+        raise invalid("strategy_id must be 1-32 characters of A-Z a-z 0-9 _ . -")
+    return sid
+
+
+def client_order_id(args: dict[str, Any], *, required: bool = True) -> str | None:
+    cid = _str(args, "client_order_id", required=required)
+    if cid is not None and not CLIENT_ORDER_ID.fullmatch(cid):
+        raise invalid("client_order_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    return cid
+
+
+def submit_spec(args: dict[str, Any], now: float) -> tuple[OrderSpec, str]:
+    """The order a submit asks for, and its wait mode."""
+    sid = strategy_id(args, required=True)
+    assert sid is not None
+    symbol = _str(args, "symbol")
+    assert symbol is not None
+    if not (1 <= len(symbol) <= SYMBOL_MAX and symbol.replace(".", "").isalnum()
+            and symbol.upper() == symbol):
+        raise invalid("symbol must be 1-16 upper-case letters, digits or dots")
+    side = _str(args, "side")
+    if side not in SIDES:
+        raise invalid('side must be "buy" or "sell"')
+    qty = decimal_field(args, "qty")
+    if qty is None:
+        raise invalid("qty is required")
+    otype = _str(args, "type", required=False) or "market"
+    if otype not in ORDER_TYPES:
+        raise invalid('type must be "market" or "limit"')
+    limit_price = decimal_field(args, "limit_price")
+    if otype == "limit" and limit_price is None:
+        raise invalid("limit_price is required for a limit order")
+    if otype == "market" and limit_price is not None:
+        raise invalid("limit_price is only for limit orders")
+    tif = _str(args, "time_in_force", required=False) or "day"
+    if tif not in TIME_IN_FORCE:
+        raise invalid(f"time_in_force must be one of {', '.join(TIME_IN_FORCE)}")
+    wait = _str(args, "wait", required=False) or "submitted"
+    if wait not in ("submitted", "accepted"):
+        raise invalid('wait must be "submitted" or "accepted"')
+    cid = client_order_id(args, required=False) or new_client_order_id(sid, now)
+    spec = OrderSpec(
+        client_order_id=cid, strategy_id=sid, symbol=symbol, side=side,  # type: ignore[arg-type]
+        qty=qty, type=otype, limit_price=limit_price, time_in_force=tif,  # type: ignore[arg-type]
+    )
+    return spec, wait
+
+
+def orders_filter(args: dict[str, Any]) -> tuple[str | None, list[OrderState] | None, int]:
+    sid = strategy_id(args, required=False)
+    states: list[OrderState] | None = None
+    state = _str(args, "state", required=False)
+    if state is not None:
+        try:
+            states = [OrderState(state.upper())]
+        except ValueError:
+            raise invalid(f"state must be one of {', '.join(s.value for s in OrderState)}") from None
+    open_only = args.get("open")
+    if open_only is not None:
+        if not isinstance(open_only, bool):
+            raise invalid("open must be true or false")
+        if open_only:
+            from execd.domain.orders import OPEN_STATES
+
+            states = [s for s in (states or list(OrderState)) if s in OPEN_STATES]
+    limit = args.get("limit", 100)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise invalid("limit must be an integer from 1 to 10000")
+    return sid, states, limit
+
+
+def reason(args: dict[str, Any]) -> str:
+    r = _str(args, "reason", required=False) or "operator"
+    if len(r) > 200:
+        raise invalid("reason must be at most 200 characters")
+    return r
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, separators=(",", ":"), default=_default) + "\n").encode()
+
+
+def _default(o: object) -> Any:
+    if isinstance(o, Decimal):
+        return str(o)
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

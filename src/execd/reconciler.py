@@ -1,0 +1,110 @@
+"""The reconciler actor: broker positions against ours, exactly, every interval.
+
+A difference is confirmed on a second read after `confirm_delay` (the broker's orders
+and positions can disagree for seconds after a fill); a confirmed one halts trading
+with reason reconcile_mismatch, logged with both sides. Halts are lifted by an
+operator, or after K clean runs if configured.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import anyio
+from anyio.abc import ObjectSendStream, TaskStatus
+
+from execd.book import OrderBook
+from execd.broker.base import BrokerClient, BrokerError
+from execd.clock import Clock
+from execd.domain import reconcile
+from execd.domain.risk import TradingState
+from execd.health import Health
+from execd.messages import RiskCommand, SetTradingState
+from execd.obs import logging
+
+log = logging.get("execd.reconciler")
+REASON = "reconcile_mismatch"
+
+
+async def _read(book: OrderBook, broker: BrokerClient) -> list[reconcile.Mismatch]:
+    theirs = await broker.positions()
+    prices = {p.symbol: p.current_price for p in theirs if p.current_price is not None}
+    if prices:
+        await book.store.set_prices(prices)
+    ours = {s: p.qty for s, p in (await book.store.positions()).items() if p.qty}
+    return reconcile.diff(ours, {p.symbol: p.qty for p in theirs if p.qty != Decimal(0)})
+
+
+class Reconciler:
+    def __init__(
+        self, *, book: OrderBook, broker: BrokerClient, clock: Clock, health: Health,
+        risk: ObjectSendStream[RiskCommand], confirm_delay: float, auto_resume_after: int,
+    ) -> None:
+        self.book, self.broker, self.clock, self.health = book, broker, clock, health
+        self.risk = risk
+        self.confirm_delay = confirm_delay
+        self.auto_resume_after = auto_resume_after
+        self.clean_runs = 0
+
+    async def once(self) -> list[reconcile.Mismatch]:
+        metrics = self.book.metrics
+        first = await _read(self.book, self.broker)
+        mismatches: list[reconcile.Mismatch] = []
+        if first:
+            log.warning("positions differ; confirming", wait=self.confirm_delay,
+                        differences=[_show(m) for m in first])
+            await self.clock.sleep(self.confirm_delay)
+            mismatches = reconcile.confirmed(first, await _read(self.book, self.broker))
+        now = self.clock.time()
+        self.health.last_reconcile = now
+        if mismatches:
+            self.clean_runs = 0
+            metrics.reconcile_runs.labels("mismatch").inc()
+            metrics.reconcile_mismatches.inc(len(mismatches))
+            self.health.last_reconcile_result = "mismatch"
+            reason = f"{REASON}: " + "; ".join(_show(m) for m in mismatches)
+            log.error("positions do not match the broker: halting trading",
+                      mismatches=[_show(m) for m in mismatches])
+            status = await self.book.store.trading_status()
+            if status.state != TradingState.HALTED or not status.reason.startswith(REASON):
+                await self.risk.send(SetTradingState(state=TradingState.HALTED, reason=reason))
+            return mismatches
+        self.clean_runs += 1
+        metrics.reconcile_runs.labels("clean").inc()
+        metrics.reconcile_last_success.set(now)
+        self.health.last_reconcile_result = "clean"
+        if self.auto_resume_after and self.clean_runs >= self.auto_resume_after:
+            status = await self.book.store.trading_status()
+            if status.state == TradingState.HALTED and status.reason.startswith(REASON):
+                log.warning("positions match again: resuming", clean_runs=self.clean_runs)
+                await self.risk.send(SetTradingState(
+                    state=TradingState.ACTIVE,
+                    reason=f"auto-resumed after {self.clean_runs} clean reconciliations",
+                ))
+        return []
+
+
+def _show(m: reconcile.Mismatch) -> str:
+    return f"{m.symbol} local={m.local} broker={m.broker}"
+
+
+async def run(
+    risk: ObjectSendStream[RiskCommand], *, book: OrderBook, broker: BrokerClient,
+    clock: Clock, health: Health, interval: float, confirm_delay: float,
+    auto_resume_after: int, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    rec = Reconciler(book=book, broker=broker, clock=clock, health=health, risk=risk,
+                     confirm_delay=confirm_delay, auto_resume_after=auto_resume_after)
+    async with risk:
+        first = True
+        while True:
+            try:
+                await rec.once()
+            except BrokerError as e:
+                book.metrics.reconcile_runs.labels("error").inc()
+                health.last_reconcile_result = f"error: {e}"
+                log.warning("reconcile failed; trying again next interval", error=str(e))
+            if first:
+                task_status.started()
+                first = False
+            await clock.sleep(interval)

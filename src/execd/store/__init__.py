@@ -1,0 +1,332 @@
+"""The durable order book: orders, the append-only order_events, fills, positions and
+the trading state in SQLite. `Store` holds the SQL once; the `Db` port beneath it is
+aiosqlite on asyncio and a one-thread sqlite3 adapter on trio.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from execd.domain.orders import OPEN_STATES, Order, OrderSpec, OrderState, Update
+from execd.domain.positions import Position, apply_fill
+from execd.domain.risk import TradingState, TradingStatus
+from execd.store.db import Db, Row, open_db
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE orders (
+        client_order_id TEXT PRIMARY KEY,
+        strategy_id TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL,
+        qty TEXT NOT NULL,
+        type TEXT NOT NULL,
+        limit_price TEXT,
+        time_in_force TEXT NOT NULL,
+        state TEXT NOT NULL,
+        broker_order_id TEXT,
+        filled_qty TEXT NOT NULL,
+        filled_avg_price TEXT,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX orders_open ON orders(state)
+        WHERE state IN ('PENDING', 'SUBMITTED', 'PARTIALLY_FILLED');
+    CREATE INDEX orders_strategy ON orders(strategy_id, created_at);
+    CREATE INDEX orders_created ON orders(created_at);
+    CREATE TABLE order_events (
+        id INTEGER PRIMARY KEY,
+        client_order_id TEXT NOT NULL REFERENCES orders(client_order_id),
+        event TEXT NOT NULL,
+        state TEXT NOT NULL,
+        filled_qty TEXT NOT NULL,
+        detail TEXT,
+        at REAL NOT NULL
+    );
+    CREATE INDEX order_events_order ON order_events(client_order_id);
+    CREATE TABLE fills (
+        id INTEGER PRIMARY KEY,
+        client_order_id TEXT NOT NULL REFERENCES orders(client_order_id),
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL,
+        qty TEXT NOT NULL,
+        price TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE TABLE positions (
+        symbol TEXT PRIMARY KEY,
+        qty TEXT NOT NULL,
+        cost_basis TEXT NOT NULL,
+        last_price TEXT
+    );
+    CREATE TABLE trading_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        since REAL NOT NULL
+    );
+    """,
+]
+
+_ORDER_COLUMNS = (
+    "client_order_id, strategy_id, symbol, side, qty, type, limit_price, time_in_force, "
+    "state, broker_order_id, filled_qty, filled_avg_price, reason, created_at, updated_at"
+)
+
+
+def _dec(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
+
+
+def _str(d: Decimal | None) -> str | None:
+    return None if d is None else str(d)
+
+
+def _order_row(o: Order) -> tuple[Any, ...]:
+    s = o.spec
+    return (
+        s.client_order_id, s.strategy_id, s.symbol, s.side, str(s.qty), s.type,
+        _str(s.limit_price), s.time_in_force, o.state.value, o.broker_order_id,
+        str(o.filled_qty), _str(o.filled_avg_price), o.reason, o.created_at, o.updated_at,
+    )
+
+
+def _order_from(row: Row) -> Order:
+    (cid, strategy, symbol, side, qty, otype, limit, tif, state, broker_id, filled, avg,
+     reason, created, updated) = row
+    return Order(
+        spec=OrderSpec(
+            client_order_id=cid, strategy_id=strategy, symbol=symbol, side=side,
+            qty=Decimal(qty), type=otype, limit_price=_dec(limit), time_in_force=tif,
+        ),
+        state=OrderState(state), broker_order_id=broker_id, filled_qty=Decimal(filled),
+        filled_avg_price=_dec(avg), reason=reason, created_at=created, updated_at=updated,
+    )
+
+
+class Store:
+    def __init__(self, db: Db) -> None:
+        self._db = db
+        # One connection: transactions must not interleave between tasks.
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = cls(await open_db(path))
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._db.close()
+
+    async def _migrate(self) -> None:
+        async with self._lock:
+            (version,), = await self._db.execute("PRAGMA user_version")
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"database schema version {version} is newer than this execd "
+                    f"({len(MIGRATIONS)}): upgrade execd"
+                )
+            for n, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                await self._db.execute("BEGIN IMMEDIATE")
+                for statement in script.split(";"):
+                    if statement.strip():
+                        await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version = {n}")
+                await self._db.execute("COMMIT")
+
+    async def schema_version(self) -> int:
+        async with self._lock:
+            (version,), = await self._db.execute("PRAGMA user_version")
+            return int(version)
+
+    # ------------------------------------------------------------------ writes
+    async def _begin(self) -> None:
+        await self._db.execute("BEGIN IMMEDIATE")
+
+    async def _end(self, ok: bool) -> None:
+        await self._db.execute("COMMIT" if ok else "ROLLBACK")
+
+    async def insert_orders(self, orders: Sequence[Order]) -> None:
+        """Durably record new PENDING orders, all in one transaction (group commit)."""
+        if not orders:
+            return
+        async with self._lock:
+            await self._begin()
+            ok = False
+            try:
+                await self._db.executemany(
+                    f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ({','.join('?' * 15)})",
+                    [_order_row(o) for o in orders],
+                )
+                await self._db.executemany(
+                    "INSERT INTO order_events (client_order_id, event, state, filled_qty, "
+                    "detail, at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(o.client_order_id, "ACCEPTED", o.state.value, str(o.filled_qty), None,
+                      o.created_at) for o in orders],
+                )
+                ok = True
+            finally:
+                await self._end(ok)
+
+    async def apply(self, update: Update) -> None:
+        """An order's new version, its event, and its fill with the position it moves."""
+        o = update.order
+        async with self._lock:
+            await self._begin()
+            ok = False
+            try:
+                await self._db.execute(
+                    "UPDATE orders SET state=?, broker_order_id=?, filled_qty=?, "
+                    "filled_avg_price=?, reason=?, updated_at=? WHERE client_order_id=?",
+                    (o.state.value, o.broker_order_id, str(o.filled_qty),
+                     _str(o.filled_avg_price), o.reason, o.updated_at, o.client_order_id),
+                )
+                fill = update.fill
+                detail = None
+                if fill is not None:
+                    detail = json.dumps({"qty": str(fill.qty), "price": str(fill.price)})
+                    await self._db.execute(
+                        "INSERT INTO fills (client_order_id, symbol, side, qty, price, at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (fill.client_order_id, fill.symbol, fill.side, str(fill.qty),
+                         str(fill.price), fill.at),
+                    )
+                    rows = await self._db.execute(
+                        "SELECT qty, cost_basis, last_price FROM positions WHERE symbol=?",
+                        (fill.symbol,),
+                    )
+                    pos = Position(symbol=fill.symbol)
+                    if rows:
+                        q, c, p = rows[0]
+                        pos = Position(symbol=fill.symbol, qty=Decimal(q),
+                                       cost_basis=Decimal(c), last_price=_dec(p))
+                    pos = apply_fill(pos, fill.signed_qty, fill.price)
+                    await self._db.execute(
+                        "INSERT INTO positions (symbol, qty, cost_basis, last_price) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT(symbol) DO UPDATE SET qty=excluded.qty,"
+                        " cost_basis=excluded.cost_basis, last_price=excluded.last_price",
+                        (pos.symbol, str(pos.qty), str(pos.cost_basis), _str(pos.last_price)),
+                    )
+                elif o.reason and update.event in ("REJECTED", "CANCELLED"):
+                    detail = json.dumps({"reason": o.reason})
+                await self._db.execute(
+                    "INSERT INTO order_events (client_order_id, event, state, filled_qty, "
+                    "detail, at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (o.client_order_id, update.event, o.state.value, str(o.filled_qty), detail,
+                     o.updated_at),
+                )
+                ok = True
+            finally:
+                await self._end(ok)
+
+    async def set_prices(self, prices: dict[str, Decimal]) -> None:
+        """Fresh prices (the broker's position marks) for the notional check."""
+        async with self._lock:
+            await self._db.executemany(
+                "INSERT INTO positions (symbol, qty, cost_basis, last_price) VALUES (?, '0', "
+                "'0', ?) ON CONFLICT(symbol) DO UPDATE SET last_price=excluded.last_price",
+                [(s, str(p)) for s, p in prices.items()],
+            )
+
+    async def set_trading_status(self, status: TradingStatus) -> None:
+        async with self._lock:
+            await self._db.execute(
+                "INSERT INTO trading_state (id, state, reason, since) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET state=excluded.state, reason=excluded.reason, "
+                "since=excluded.since",
+                (status.state.value, status.reason, status.since),
+            )
+
+    # ------------------------------------------------------------------- reads
+    async def get_order(self, client_order_id: str) -> Order | None:
+        async with self._lock:
+            rows = await self._db.execute(
+                f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client_order_id=?",
+                (client_order_id,),
+            )
+        return _order_from(rows[0]) if rows else None
+
+    async def list_orders(
+        self, *, strategy_id: str | None = None,
+        states: Collection[OrderState] | None = None, limit: int = 100,
+    ) -> list[Order]:
+        where, params = [], []  # type: ignore[var-annotated]
+        if strategy_id is not None:
+            where.append("strategy_id=?")
+            params.append(strategy_id)
+        if states is not None:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            params.extend(s.value for s in states)
+        sql = f"SELECT {_ORDER_COLUMNS} FROM orders"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        params.append(limit)
+        async with self._lock:
+            rows = await self._db.execute(sql, params)
+        return [_order_from(r) for r in rows]
+
+    async def open_orders(self) -> list[Order]:
+        async with self._lock:
+            rows = await self._db.execute(
+                f"SELECT {_ORDER_COLUMNS} FROM orders WHERE state IN (?, ?, ?) "
+                "ORDER BY created_at",
+                [s.value for s in sorted(OPEN_STATES)],
+            )
+        return [_order_from(r) for r in rows]
+
+    async def positions(self) -> dict[str, Position]:
+        async with self._lock:
+            rows = await self._db.execute(
+                "SELECT symbol, qty, cost_basis, last_price FROM positions"
+            )
+        return {
+            s: Position(symbol=s, qty=Decimal(q), cost_basis=Decimal(c), last_price=_dec(p))
+            for s, q, c, p in rows
+        }
+
+    async def trading_status(self) -> TradingStatus:
+        async with self._lock:
+            rows = await self._db.execute("SELECT state, reason, since FROM trading_state")
+        if not rows:
+            return TradingStatus()
+        state, reason, since = rows[0]
+        return TradingStatus(state=TradingState(state), reason=reason, since=since)
+
+    async def orders_per_strategy_since(self, since: float) -> dict[str, int]:
+        async with self._lock:
+            rows = await self._db.execute(
+                "SELECT strategy_id, count(*) FROM orders WHERE created_at >= ? "
+                "GROUP BY strategy_id",
+                (since,),
+            )
+        return {s: int(n) for s, n in rows}
+
+    async def count_by_state(self) -> dict[str, int]:
+        async with self._lock:
+            rows = await self._db.execute("SELECT state, count(*) FROM orders GROUP BY state")
+        return {s: int(n) for s, n in rows}
+
+    async def events(self, client_order_id: str) -> list[dict[str, Any]]:
+        async with self._lock:
+            rows = await self._db.execute(
+                "SELECT event, state, filled_qty, detail, at FROM order_events "
+                "WHERE client_order_id=? ORDER BY id",
+                (client_order_id,),
+            )
+        return [
+            {"event": e, "state": s, "filled_qty": q,
+             "detail": None if d is None else json.loads(d), "at": at}
+            for e, s, q, d, at in rows
+        ]

@@ -1,0 +1,241 @@
+"""The submitter actor: takes committed PENDING orders to the broker, and cancels.
+
+At most once at the broker: a fresh order (just committed, never sent) is submitted
+directly; any order whose history we do not know (found PENDING at start-up) and any
+ambiguous outcome (timeout, dropped connection, 5xx, "client_order_id must be
+unique") is looked up by client_order_id before anything is sent again. One task at
+a time owns an order (a lock per client_order_id). An order stays PENDING, retried
+with backoff, until the broker has either taken it or refused it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, assert_never
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskStatus
+
+from execd.book import OrderBook
+from execd.broker.base import (
+    BrokerAmbiguous,
+    BrokerClient,
+    BrokerError,
+    BrokerRejected,
+    BrokerUnavailable,
+    DuplicateOrderId,
+)
+from execd.clock import Clock
+from execd.domain.orders import TERMINAL_STATES, Order, OrderState
+from execd.domain.risk import TradingState
+from execd.messages import (
+    CancelAll,
+    CancelDenied,
+    CancelOrder,
+    CancelRequested,
+    CancelResult,
+    RiskCommand,
+    SendOrder,
+    SetTradingState,
+    SubmitterCommand,
+    answer,
+)
+from execd.obs import logging
+
+log = logging.get("execd.submitter")
+
+
+class Submitter:
+    def __init__(
+        self, *, book: OrderBook, broker: BrokerClient, clock: Clock,
+        risk: ObjectSendStream[RiskCommand], failures_before_halt: int,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.book = book
+        self.broker = broker
+        self.clock = clock
+        self.risk = risk
+        self.failures_before_halt = failures_before_halt
+        self.startup_timeout = startup_timeout
+        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+        self._failures = 0
+        self._halted = False
+
+    @asynccontextmanager
+    async def _owning(self, cid: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(cid, (anyio.Lock(), 0))
+        self._locks[cid] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[cid]
+            if users == 1:
+                del self._locks[cid]
+            else:
+                self._locks[cid] = (lock, users - 1)
+
+    # ------------------------------------------------------------ broker health
+    def _ok(self) -> None:
+        self._failures = 0
+        self._halted = False
+
+    async def _failed(self, e: BrokerError) -> None:
+        self._failures += 1
+        if self._failures >= self.failures_before_halt and not self._halted:
+            self._halted = True
+            reason = f"broker_failures: {self._failures} failed attempts in a row ({e})"
+            log.error("halting trading: the broker keeps failing", reason=reason)
+            await self.risk.send(SetTradingState(state=TradingState.HALTED, reason=reason))
+
+    # ------------------------------------------------------------------ orders
+    async def send(self, cid: str, *, unknown_history: bool) -> None:
+        """Get one PENDING order to the broker or to REJECTED, whatever it takes."""
+        async with self._owning(cid):
+            order = await self.book.store.get_order(cid)
+            if order is None or order.state != OrderState.PENDING:
+                return
+            look_first, may_send, delay = unknown_history, True, 0.5
+            while True:
+                try:
+                    if look_first:
+                        found = await self.broker.get_order_by_client_id(cid)
+                        if found is not None:
+                            await self.book.apply_view(cid, found.view)
+                            self._ok()
+                            return
+                        if not may_send:
+                            raise BrokerUnavailable("broker says duplicate but has no such order")
+                    found = await self.broker.submit_order(order.spec)
+                    await self.book.apply_view(cid, found.view)
+                    self._ok()
+                    return
+                except DuplicateOrderId:
+                    log.warning("broker already has this client_order_id: looking it up",
+                                client_order_id=cid, strategy_id=order.spec.strategy_id)
+                    look_first, may_send = True, False
+                except BrokerRejected as e:
+                    self._ok()
+                    await self.book.reject(cid, f"broker: {e}")
+                    return
+                except BrokerAmbiguous as e:
+                    log.warning("submit outcome unknown: looking it up before any resend",
+                                client_order_id=cid, strategy_id=order.spec.strategy_id,
+                                error=str(e))
+                    look_first = True
+                    await self._failed(e)
+                except BrokerUnavailable as e:
+                    log.warning("broker unavailable: order stays PENDING, retrying",
+                                client_order_id=cid, strategy_id=order.spec.strategy_id,
+                                error=str(e), retry_in=delay)
+                    await self._failed(e)
+                    await self.clock.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+
+    async def cancel(self, cid: str) -> CancelResult:
+        async with self._owning(cid):
+            order = await self.book.store.get_order(cid)
+            if order is None:
+                return CancelDenied(code="not_found", reason=f"no order {cid}")
+            if order.state in TERMINAL_STATES:
+                return CancelDenied(code="conflict",
+                                    reason=f"order {cid} is already {order.state.value}")
+            try:
+                broker_id = order.broker_order_id
+                if broker_id is None:
+                    found = await self.broker.get_order_by_client_id(cid)
+                    if found is None:
+                        cancelled = await self.book.cancel_unsent(cid)
+                        return CancelRequested(orders=(cancelled or order,))
+                    broker_id = found.view.broker_order_id
+                try:
+                    await self.broker.cancel_order(broker_id)
+                except BrokerRejected as e:
+                    if e.status != 422:
+                        raise
+                    log.info("broker: order not cancelable", client_order_id=cid, error=str(e))
+                found = await self.broker.get_order_by_client_id(cid)
+                after = await self.book.apply_view(cid, found.view) if found else None
+                self._ok()
+                return CancelRequested(orders=(after or order,))
+            except BrokerRejected as e:
+                return CancelDenied(code="broker_rejected", reason=str(e))
+            except BrokerError as e:
+                await self._failed(e)
+                return CancelDenied(code="internal", reason=f"broker unavailable: {e}")
+
+    async def cancel_all(self, strategy_id: str | None) -> CancelResult:
+        targets = [
+            o for o in await self.book.store.open_orders()
+            if strategy_id is None or o.spec.strategy_id == strategy_id
+        ]
+        results: list[Order] = []
+
+        async def one(cid: str) -> None:
+            result = await self.cancel(cid)
+            if isinstance(result, CancelRequested):
+                results.extend(result.orders)
+
+        async with anyio.create_task_group() as tg:
+            for o in targets:
+                tg.start_soon(one, o.client_order_id)
+        return CancelRequested(orders=tuple(results))
+
+
+async def run(
+    inbox: ObjectReceiveStream[SubmitterCommand],
+    risk: ObjectSendStream[RiskCommand],
+    *,
+    book: OrderBook,
+    broker: BrokerClient,
+    clock: Clock,
+    failures_before_halt: int,
+    startup_timeout: float = 30.0,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    submitter = Submitter(book=book, broker=broker, clock=clock, risk=risk,
+                          failures_before_halt=failures_before_halt)
+    async with inbox, risk, anyio.create_task_group() as tg:
+        # Crash-only: every PENDING order in the store is ours to resolve. Their history
+        # is unknown (a predecessor may have sent them), so each is looked up first,
+        # also when the risk gate's hand-over for one of them arrives later.
+        pending = await book.store.list_orders(states=[OrderState.PENDING], limit=10**9)
+        unknown = {o.client_order_id for o in pending}
+        if pending:
+            log.info("resolving PENDING orders left from before", count=len(pending))
+        done = anyio.Event()
+        tg.start_soon(_resolve_all, submitter, unknown, done)
+        with anyio.move_on_after(startup_timeout):
+            await done.wait()
+        if not done.is_set():
+            log.error("PENDING orders not resolved yet; still trying", count=len(pending))
+        task_status.started()
+        async for msg in inbox:
+            match msg:
+                case SendOrder(client_order_id=cid):
+                    tg.start_soon(_send, submitter, cid, cid in unknown)
+                case CancelOrder(client_order_id=cid, reply=reply):
+                    tg.start_soon(_answer_cancel, reply, submitter.cancel(cid))
+                case CancelAll(strategy_id=sid, reply=reply):
+                    tg.start_soon(_answer_cancel, reply, submitter.cancel_all(sid))
+                case _:
+                    assert_never(msg)
+
+
+async def _send(submitter: Submitter, cid: str, unknown_history: bool) -> None:
+    await submitter.send(cid, unknown_history=unknown_history)
+
+
+async def _resolve_all(submitter: Submitter, cids: set[str], done: anyio.Event) -> None:
+    async with anyio.create_task_group() as tg:
+        for cid in cids:
+            tg.start_soon(_send, submitter, cid, True)
+    done.set()
+
+
+async def _answer_cancel(
+    reply: ObjectSendStream[CancelResult], work: Coroutine[Any, Any, CancelResult]
+) -> None:
+    with reply:
+        answer(reply, await work)
