@@ -1,0 +1,99 @@
+"""Shared fixtures: both anyio backends, a fast simulator, a daemon on short intervals."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from execd.app import Daemon, open_daemon
+from execd.client import AsyncClient
+from execd.config import (
+    BrokerConfig,
+    Config,
+    Credentials,
+    DaemonConfig,
+    MetricsConfig,
+    PollerConfig,
+    ReconcilerConfig,
+    RiskConfig,
+    SupervisorConfig,
+)
+from execd.sim import EngineConfig, FillModel, SimConfig, SimServer
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def sim_config(**engine: Any) -> SimConfig:
+    fill = engine.pop("fill", FillModel(delay=0.0, parts=1))
+    rate = engine.pop("rate_limit", 10_000)
+    window = engine.pop("rate_window", 60.0)
+    return SimConfig(rate_limit=rate, rate_window=window,
+                     engine=EngineConfig(fill=fill, **engine))
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with SimServer(sim_config()) as s:
+        yield s
+
+
+def daemon_config(tmp_path: Path, **sections: Any) -> Config:
+    """Short intervals everywhere: no test waits seconds for a poll."""
+    base = Config(
+        daemon=DaemonConfig(state_dir=str(tmp_path), submit_timeout=3.0),
+        broker=BrokerConfig(mode="alpaca", timeout=2.0, requests_per_minute=10_000, burst=50,
+                            backoff_initial=0.01, backoff_max=0.05),
+        poller=PollerConfig(interval=0.05),
+        reconciler=ReconcilerConfig(interval=0.1, confirm_delay=0.1),
+        risk=RiskConfig(),
+        supervisor=SupervisorConfig(backoff_initial=0.01, backoff_max=0.05, stop_timeout=5.0),
+        metrics=MetricsConfig(enabled=False),
+        base_dir=tmp_path,
+    )
+    for name, overrides in sections.items():
+        base = dataclasses.replace(
+            base, **{name: dataclasses.replace(getattr(base, name), **overrides)}
+        )
+    return base
+
+
+OpenDaemon = Callable[..., Any]
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path, sim: SimServer) -> OpenDaemon:
+    """`async with daemon_factory(**sections) as d:` a daemon on the `sim` fixture."""
+
+    @asynccontextmanager
+    async def factory(sim_server: SimServer | None = None, **sections: Any) -> AsyncIterator[Daemon]:
+        s = sim_server or sim
+        config = daemon_config(tmp_path, **sections)
+        async with open_daemon(
+            config, broker_url=s.url,
+            credentials=Credentials(s.config.key_id, s.config.secret_key),
+        ) as d:
+            yield d
+
+    return factory
+
+
+@asynccontextmanager
+async def connect(d: Daemon) -> AsyncIterator[AsyncClient]:
+    async with await AsyncClient.connect(d.config.socket_path) as c:
+        yield c
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Wait (in short steps) until `check` holds; fail the test if it never does."""
+    with anyio.fail_after(timeout):
+        while not await check():
+            await anyio.sleep(0.02)
