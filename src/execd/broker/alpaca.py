@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import anyio
 import requests
+import requests.adapters
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base
 
@@ -38,12 +39,16 @@ from execd.obs.metrics import Metrics
 
 T = TypeVar("T")
 PAGE = 500
+THREADS = 16  # worker threads for broker calls, and HTTP connections kept to the broker
 
 
 class _TimeoutSession(requests.Session):
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, pool: int) -> None:
         super().__init__()
         self._timeout = timeout
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool)
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
@@ -91,13 +96,13 @@ class AlpacaClient:
         self._client = TradingClient(key_id, secret_key, paper=True, url_override=url)
         self._client._retry = 0  # no sleeping retries inside the SDK
         self._client._retry_codes = []
-        self._client._session = _TimeoutSession(timeout)
+        self._client._session = _TimeoutSession(timeout, pool=THREADS)
         self._limiter = limiter
         self._clock = clock
         self._metrics = metrics
         self._retries = max_retries
         self._wait = _WaitForReset(backoff_initial, backoff_max, clock)
-        self._threads = anyio.CapacityLimiter(16)
+        self._threads = anyio.CapacityLimiter(THREADS)
         self.consecutive_failures = 0
 
     # ------------------------------------------------------------- plumbing
