@@ -78,10 +78,12 @@ class TokenBucket:
     async def acquire(self) -> None:
         async with self._lock:  # FIFO: one waiter at a time takes the next token
             self._refill()
-            while self._tokens < 1:
-                await self._clock.sleep((1 - self._tokens) / self._rate)
+            # A tolerance: after sleeping exactly the time needed, float rounding can
+            # leave 0.999999 tokens, and a sleep too small to move the clock never ends.
+            while self._tokens < 1 - 1e-9:
+                await self._clock.sleep(max((1 - self._tokens) / self._rate, 1e-6))
                 self._refill()
-            self._tokens -= 1
+            self._tokens = max(0.0, self._tokens - 1)
 
 
 class AioLimiterBucket:
@@ -101,7 +103,12 @@ class AioLimiterBucket:
 
 
 class PriorityLimiter:
-    """Callers with priority go first: ordinary callers wait while any are queued."""
+    """Callers with priority go first.
+
+    Ordinary callers queue here, one at a time at the bucket, and wait while any
+    priority caller is queued: a cancel overtakes every request but the one already
+    waiting for its token.
+    """
 
     def __init__(self, bucket: Bucket, clock: Clock) -> None:
         self._bucket = bucket
@@ -109,6 +116,7 @@ class PriorityLimiter:
         self._priority_waiting = 0
         self._clear = anyio.Event()
         self._clear.set()
+        self._ordinary = anyio.Lock()
 
     def remaining(self) -> float:
         return self._bucket.remaining()
@@ -126,9 +134,10 @@ class PriorityLimiter:
                 if self._priority_waiting == 0:
                     self._clear.set()
         else:
-            while self._priority_waiting:
-                await self._clear.wait()
-            await self._bucket.acquire()
+            async with self._ordinary:
+                while self._priority_waiting:
+                    await self._clear.wait()
+                await self._bucket.acquire()
         return self._clock.monotonic() - start
 
 

@@ -118,6 +118,7 @@ class Supervisor:
             try:
                 while True:
                     child.state = "starting"
+                    up_since = self.clock.monotonic()
                     try:
                         async with anyio.create_task_group() as inner:
                             await inner.start(_run_child, spec)
@@ -126,13 +127,14 @@ class Supervisor:
                             if first:
                                 task_status.started()
                                 first = False
-                            backoff = self.intensity.backoff_initial
                         log.warning("actor returned; restarting", actor=spec.name)
                     except Exception as e:
                         root = _root(e)
                         child.last_error = f"{type(root).__name__}: {root}"
                         log.exception("actor crashed", actor=spec.name)
                     self.metrics.actor_up.labels(spec.name).set(0)
+                    if self.clock.monotonic() - up_since > self.intensity.period:
+                        backoff = self.intensity.backoff_initial  # it had been stable
                     if self._crashed_too_often():
                         i = self.intensity
                         self.gave_up = GaveUp(
