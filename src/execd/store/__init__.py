@@ -122,7 +122,11 @@ class Store:
     async def open(cls, path: Path) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         store = cls(await open_db(path))
-        await store._migrate()
+        try:
+            await store._migrate()
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     async def close(self) -> None:

@@ -1,0 +1,85 @@
+"""The store on both backends (aiosqlite on asyncio, the thread adapter on trio)."""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState, apply_broker_view
+from execd.domain.risk import TradingState, TradingStatus
+from execd.store import MIGRATIONS, Store
+
+
+def new_order(cid: str, side: str = "buy", qty: str = "10", strategy: str = "s") -> Order:
+    spec = OrderSpec(client_order_id=cid, strategy_id=strategy, symbol="AAPL", side=side,  # type: ignore[arg-type]
+                     qty=Decimal(qty), type="limit", limit_price=Decimal("101.25"))
+    return Order(spec=spec, created_at=100.0, updated_at=100.0)
+
+
+async def test_schema_wal_and_full_sync(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "x.db")
+    assert await store.schema_version() == len(MIGRATIONS)
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "x.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+    store = await Store.open(tmp_path / "x.db")  # reopening migrates nothing twice
+    assert await store.schema_version() == len(MIGRATIONS)
+    await store.close()
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "x.db")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this execd"):
+        await Store.open(tmp_path / "x.db")
+
+
+async def test_orders_fills_positions_and_events_survive_reopen(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "x.db")
+    a, b = new_order("a"), new_order("b", side="sell", qty="4", strategy="t")
+    await store.insert_orders([a, b])
+    assert [o.client_order_id for o in await store.open_orders()] == ["a", "b"]
+    u1 = apply_broker_view(a, BrokerView(broker_order_id="x", status="partially_filled",
+                                         filled_qty=Decimal(4), filled_avg_price=Decimal(100)),
+                           now=101.0)
+    assert u1 is not None
+    await store.apply(u1)
+    u2 = apply_broker_view(u1.order, BrokerView(broker_order_id="x", status="filled",
+                                                filled_qty=Decimal(10),
+                                                filled_avg_price=Decimal("100.6")), now=102.0)
+    assert u2 is not None
+    await store.apply(u2)
+    await store.set_trading_status(TradingStatus(state=TradingState.HALTED, reason="r", since=1))
+    await store.close()
+
+    store = await Store.open(tmp_path / "x.db")
+    got = await store.get_order("a")
+    assert got is not None and got.state == OrderState.FILLED and got.filled_qty == 10
+    assert got.spec.limit_price == Decimal("101.25") and got.broker_order_id == "x"
+    pos = (await store.positions())["AAPL"]
+    assert pos.qty == 10 and pos.cost_basis == Decimal("1006.0")
+    assert (await store.trading_status()).reason == "r"
+    events = await store.events("a")
+    assert [e["event"] for e in events] == ["ACCEPTED", "PARTIALLY_FILLED", "FILLED"]
+    assert events[2]["detail"] == {"qty": "6", "price": "101.0"}  # exact: (1006.0 - 400) / 6
+    assert [o.client_order_id for o in await store.list_orders(strategy_id="t")] == ["b"]
+    assert [o.client_order_id for o in await store.list_orders(
+        states=[OrderState.FILLED])] == ["a"]
+    assert await store.orders_per_strategy_since(50.0) == {"s": 1, "t": 1}
+    assert await store.count_by_state() == {"FILLED": 1, "PENDING": 1}
+    await store.close()
+
+
+async def test_a_duplicate_client_order_id_is_refused_whole(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "x.db")
+    await store.insert_orders([new_order("a")])
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.insert_orders([new_order("c"), new_order("a")])
+    assert await store.get_order("c") is None  # the batch rolled back as one
+    await store.insert_orders([new_order("d")])  # and the store still works
+    await store.close()
