@@ -92,8 +92,10 @@ async def connect(d: Daemon) -> AsyncIterator[AsyncClient]:
         yield c
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Wait (in short steps) until `check` holds; fail the test if it never does."""
-    with anyio.fail_after(timeout):
-        while not await check():
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Wait (in short steps) until `check` holds; fail the test if it never does.
+
+    The daemon is another component here: asking it again is the only way to know."""
+    with anyio.fail_after(within):
+        while not await check():  # noqa: ASYNC110
             await anyio.sleep(0.02)

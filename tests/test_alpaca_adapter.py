@@ -38,13 +38,16 @@ def posts(sim: SimServer) -> int:
 async def test_submit_sends_decimal_strings_and_reads_the_order(sim: SimServer) -> None:
     broker = adapter(sim)
     order = await broker.submit_order(spec("d-1", qty="0.123456789"))
-    assert order.client_order_id == "d-1" and order.view.status == "filled"
+    assert order.client_order_id == "d-1"
+    assert order.view.status == "filled"
     assert order.view.filled_qty == Decimal("0.123456789")  # never through float
     found = await broker.get_order_by_client_id("d-1")
-    assert found is not None and found.view.broker_order_id == order.view.broker_order_id
+    assert found is not None
+    assert found.view.broker_order_id == order.view.broker_order_id
     assert await broker.get_order_by_client_id("missing") is None
     (pos,) = await broker.positions()
-    assert pos.qty == Decimal("0.123456789") and pos.current_price
+    assert pos.qty == Decimal("0.123456789")
+    assert pos.current_price
 
 
 async def test_reads_are_retried_on_5xx_then_give_up(sim: SimServer) -> None:
@@ -91,7 +94,8 @@ async def test_429_waits_for_the_reset_then_succeeds() -> None:
         for _ in range(3):
             await broker.positions()
         by_status = sim.stats()["requests"]["GET /v2/positions"]
-        assert by_status["200"] == 3 and by_status.get("429", 0) >= 1
+        assert by_status["200"] == 3
+        assert by_status.get("429", 0) >= 1
 
 
 async def test_429_on_submit_is_retried_because_nothing_was_taken() -> None:
@@ -118,7 +122,8 @@ async def test_the_secret_never_shows_in_an_error(sim: SimServer) -> None:
     with pytest.raises(BrokerRejected) as info:
         await adapter(sim, secret=secret).positions()
     text = f"{info.value!s} {info.value!r} {info.value.__cause__!s}"
-    assert info.value.status == 403 and secret not in text
+    assert info.value.status == 403
+    assert secret not in text
 
 
 async def test_every_attempt_passes_the_limiter(sim: SimServer) -> None:

@@ -72,11 +72,13 @@ def test_apply_never_moves_backwards_or_out_of_terminal(current: OrderState, sta
 def test_partial_fills_price_each_fill_exactly() -> None:
     o = order(S.SUBMITTED)
     first = apply_broker_view(o, view("partially_filled", "4", "100"), now=1.0)
-    assert first is not None and first.fill is not None
+    assert first is not None
+    assert first.fill is not None
     assert first.order.state == S.PARTIALLY_FILLED
     assert (first.fill.qty, first.fill.price) == (Decimal(4), Decimal(100))
     second = apply_broker_view(first.order, view("filled", "10", "101.2"), now=2.0)
-    assert second is not None and second.fill is not None
+    assert second is not None
+    assert second.fill is not None
     assert second.order.state == S.FILLED
     # 10 x 101.2 - 4 x 100 = 612 for 6 shares = 102
     assert (second.fill.qty, second.fill.price) == (Decimal(6), Decimal(102))
@@ -91,14 +93,17 @@ def test_a_stale_view_after_a_fill_changes_nothing() -> None:
 def test_cancel_after_partial_fill_records_the_fill() -> None:
     o = order(S.SUBMITTED)
     update = apply_broker_view(o, view("canceled", "3", "50"), now=1.0)
-    assert update is not None and update.fill is not None
-    assert update.order.state == S.CANCELLED and update.fill.qty == 3
+    assert update is not None
+    assert update.fill is not None
+    assert update.order.state == S.CANCELLED
+    assert update.fill.qty == 3
 
 
 def test_calculated_with_every_share_filled_is_filled() -> None:
     update = apply_broker_view(order(S.PARTIALLY_FILLED, "5", "10"),
                                view("calculated", "10", "10"), now=1.0)
-    assert update is not None and update.order.state == S.FILLED
+    assert update is not None
+    assert update.order.state == S.FILLED
 
 
 def test_pending_gets_broker_id_from_first_view() -> None:
@@ -106,16 +111,20 @@ def test_pending_gets_broker_id_from_first_view() -> None:
     pending = Order(spec=spec)
     update = apply_broker_view(pending, view("accepted"), now=1.0)
     assert update is not None
-    assert update.order.state == S.SUBMITTED and update.order.broker_order_id == "b-1"
+    assert update.order.state == S.SUBMITTED
+    assert update.order.broker_order_id == "b-1"
 
 
 def test_rejection_keeps_the_brokers_word() -> None:
     update = apply_broker_view(order(S.SUBMITTED), view("rejected"), now=1.0)
-    assert update is not None and update.order.reason == "broker: rejected"
+    assert update is not None
+    assert update.order.reason == "broker: rejected"
 
 
 def test_generated_client_order_id_has_the_documented_shape() -> None:
     cid = new_client_order_id("alpha", 1700000000.5)
     strategy, millis, uid = cid.split("-")
-    assert strategy == "alpha" and millis == "1700000000500" and len(uid) == 32
+    assert strategy == "alpha"
+    assert millis == "1700000000500"
+    assert len(uid) == 32
     assert new_client_order_id("alpha", 1.0) != new_client_order_id("alpha", 1.0)

@@ -42,7 +42,9 @@ def test_active_with_no_limits_admits() -> None:
 
 def test_halted_refuses_with_trading_halted() -> None:
     denial = check(spec(), ctx(TradingState.HALTED), RiskLimits())
-    assert denial is not None and denial.code == "trading_halted" and "why" in denial.reason
+    assert denial is not None
+    assert denial.code == "trading_halted"
+    assert "why" in denial.reason
 
 
 @pytest.mark.parametrize(("position", "side", "qty", "ok"), [
@@ -72,7 +74,9 @@ def test_reducing_counts_open_orders_on_the_same_side() -> None:
 def test_each_limit_refuses_with_its_rule(limits: RiskLimits, order: OrderSpec, rule: str) -> None:
     c = ctx(position="10")
     denial = check(order, c, limits)
-    assert denial is not None and denial.rule == rule and denial.code == "risk_rejected"
+    assert denial is not None
+    assert denial.rule == rule
+    assert denial.code == "risk_rejected"
 
 
 def test_notional_of_market_order_uses_last_price() -> None:
@@ -82,7 +86,8 @@ def test_notional_of_market_order_uses_last_price() -> None:
     assert check(spec(qty="11"), ctx(), limits) is None  # unpriced: allowed by default
     strict = RiskLimits(max_notional=D(1000), reject_unpriced_market_orders=True)
     denial = check(spec(qty="1"), ctx(), strict)
-    assert denial is not None and denial.rule == "no_price"
+    assert denial is not None
+    assert denial.rule == "no_price"
 
 
 def test_max_position_counts_open_orders_worst_case() -> None:
@@ -101,16 +106,19 @@ def test_open_orders_and_rate_limits_and_admit() -> None:
     assert check(spec(), c, limits) is None
     c.admit(spec())
     denial = check(spec(), c, limits)
-    assert denial is not None and denial.rule == "max_open_orders"
+    assert denial is not None
+    assert denial.rule == "max_open_orders"
     c.open_orders = 0
     denial = check(spec(), c, limits)
-    assert denial is not None and denial.rule == "max_orders_per_minute"
+    assert denial is not None
+    assert denial.rule == "max_orders_per_minute"
     assert check(spec(strategy="other"), c, limits) is None
 
 
 def test_reconcile_diff_and_confirmation() -> None:
     first = reconcile.diff({"AAPL": D(10), "MSFT": D(1)}, {"AAPL": D(10), "SPY": D(2)})
-    assert [(m.symbol, m.local, m.broker) for m in first] == [("MSFT", 1, 0), ("SPY", 0, 2)]
+    assert [(m.symbol, m.local, m.broker) for m in first] == [
+        ("MSFT", D(1), D(0)), ("SPY", D(0), D(2))]
     assert reconcile.diff({"AAPL": D("1.0")}, {"AAPL": D("1")}) == []
     second = reconcile.diff({"AAPL": D(10), "MSFT": D(1)}, {"AAPL": D(10), "SPY": D(3)})
     assert [m.symbol for m in reconcile.confirmed(first, second)] == ["MSFT"]

@@ -53,19 +53,22 @@ async def test_market_and_limit_orders_fill_with_positions(
     async with daemon_factory() as d, connect(d) as c:
         assert (await c.request("ping"))["version"]
         m = await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="5")
-        assert m["state"] in ("SUBMITTED", "FILLED") and m["broker_order_id"]
+        assert m["state"] in ("SUBMITTED", "FILLED")
+        assert m["broker_order_id"]
         px = sim.engine.price("MSFT")
         marketable = await c.submit(strategy_id="alpha", symbol="MSFT", side="buy", qty=2,
                                     type="limit", limit_price=str(px + 5))
         resting = await c.submit(strategy_id="alpha", symbol="MSFT", side="buy", qty="1",
                                  type="limit", limit_price=str(px - 50), time_in_force="gtc")
         filled = await until_state(c, m["client_order_id"], "FILLED")
-        assert filled["filled_qty"] == "5" and Decimal(filled["filled_avg_price"]) > 0
+        assert filled["filled_qty"] == "5"
+        assert Decimal(filled["filled_avg_price"]) > 0
         await until_state(c, marketable["client_order_id"], "FILLED")
         assert await order_state(c, resting["client_order_id"]) == "SUBMITTED"
         assert await our_positions(c) == sim_positions(sim) == {"AAPL": 5, "MSFT": 2}
         events = (await c.request("order", client_order_id=m["client_order_id"]))["events"]
-        assert [e["event"] for e in events][0] == "ACCEPTED" and events[-1]["state"] == "FILLED"
+        assert next(e["event"] for e in events) == "ACCEPTED"
+        assert events[-1]["state"] == "FILLED"
     assert_at_most_once(sim)
 
 
@@ -82,7 +85,8 @@ async def test_partial_fills_are_seen_and_add_up(daemon_factory: OpenDaemon) -> 
                     seen.append(e["state"])
                     if e["filled_qty"] in ("3", "6", "9"):
                         break
-            assert "PARTIALLY_FILLED" in seen and seen[-1] == "FILLED"
+            assert "PARTIALLY_FILLED" in seen
+            assert seen[-1] == "FILLED"
             final = await c.order(o["client_order_id"])
             assert final["filled_qty"] == "9"
             assert await our_positions(c) == sim_positions(sim) == {"SPY": 9}
@@ -121,7 +125,8 @@ async def test_halt_resume_and_reducing(daemon_factory: OpenDaemon, sim: SimServ
         assert halted["trading"]["state"] == "HALTED"
         with pytest.raises(ExecdError) as info:
             await c.submit(strategy_id="s", symbol="AAPL", side="buy", qty="1")
-        assert info.value.code == "trading_halted" and "lunch" in info.value.message
+        assert info.value.code == "trading_halted"
+        assert "lunch" in info.value.message
         assert (await c.cancel(resting["client_order_id"]))["state"] == "CANCELLED"
         status = await c.request("status")
         assert status["trading"] == {**status["trading"], "state": "HALTED", "reason": "lunch"}
@@ -154,17 +159,20 @@ async def test_risk_rejections_have_clear_codes(daemon_factory: OpenDaemon, sim:
             with pytest.raises(ExecdError) as info:
                 await c.submit(**{"strategy_id": "r", "symbol": "AAPL", "side": "buy",
                                   "qty": "1", **fields})
-            assert info.value.code == "risk_rejected" and text in info.value.message
+            assert info.value.code == "risk_rejected"
+            assert text in info.value.message
         for fields, text in [({"qty": "-1"}, "qty"), ({"side": "hold"}, "side"),
                              ({"strategy_id": "bad id!"}, "strategy_id"),
                              ({"type": "market", "limit_price": "1"}, "limit_price")]:
             with pytest.raises(ExecdError) as info:
                 await c.submit(**{"strategy_id": "r", "symbol": "AAPL", "side": "buy",
                                   "qty": "1", **fields})
-            assert info.value.code == "invalid_request" and text in info.value.message
+            assert info.value.code == "invalid_request"
+            assert text in info.value.message
         with pytest.raises(ExecdError) as info:
             await c.submit(strategy_id="r", symbol="NOPE", side="buy", qty="1")
-        assert info.value.code == "broker_rejected" and "NOPE" in info.value.message
+        assert info.value.code == "broker_rejected"
+        assert "NOPE" in info.value.message
         assert info.value.detail["order"]["state"] == "REJECTED"
     assert set(broker_orders(sim)) == {info.value.detail["order"]["client_order_id"]}
 
@@ -175,7 +183,8 @@ async def test_safe_retry_and_conflict(daemon_factory: OpenDaemon, sim: SimServe
                   "client_order_id": "r-fixed-1"}
         first = await c.request("submit", **fields)
         again = await c.request("submit", **{**fields, "qty": 2.0})
-        assert not first["existing"] and again["existing"]
+        assert not first["existing"]
+        assert again["existing"]
         assert again["order"]["client_order_id"] == "r-fixed-1"
         with pytest.raises(ExecdError) as info:
             await c.submit(**{**fields, "qty": "3"})
@@ -216,7 +225,7 @@ async def test_a_crashed_actor_restarts_and_loses_nothing(
                 raise RuntimeError("injected crash in the submitter")
             return await real(spec)
 
-        d.broker.submit_order = crash_once  # type: ignore[method-assign]
+        d.broker.submit_order = crash_once
         o = await c.submit(strategy_id="k", symbol="AAPL", side="buy", qty="1", wait="accepted")
         assert o["state"] == "PENDING"
         await until_state(c, o["client_order_id"], "FILLED")
@@ -249,7 +258,7 @@ async def test_restart_mid_stream_resumes_pending_without_duplicates(
 
 
 async def _posted(sim: SimServer, n: int) -> bool:
-    return sum(sim.stats()["requests"].get("POST /v2/orders", {}).values()) >= n
+    return bool(sum(sim.stats()["requests"].get("POST /v2/orders", {}).values()) >= n)
 
 
 async def _attempted(sim: SimServer, n: int) -> bool:

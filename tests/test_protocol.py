@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from decimal import Decimal
 from typing import Any
@@ -33,7 +34,8 @@ def submit(**fields: Any) -> dict[str, Any]:
 def test_bad_lines(line: bytes, code: str, text: str) -> None:
     with pytest.raises(ProtocolError) as info:
         protocol.parse_line(line)
-    assert info.value.code == code and text in info.value.message
+    assert info.value.code == code
+    assert text in info.value.message
 
 
 def test_the_id_comes_back_with_an_unknown_op() -> None:
@@ -67,14 +69,17 @@ def test_the_id_comes_back_with_an_unknown_op() -> None:
 def test_bad_submits_name_their_field(fields: dict[str, Any], text: str) -> None:
     with pytest.raises(ProtocolError) as info:
         protocol.submit_spec(submit(**fields), now=1.0)
-    assert info.value.code == "invalid_request" and text in info.value.message
+    assert info.value.code == "invalid_request"
+    assert text in info.value.message
 
 
 def test_a_good_submit_keeps_decimals_exact() -> None:
     spec, wait = protocol.submit_spec(submit(qty=Decimal("0.1"), type="limit",
                                              limit_price="187.123456789"), now=1.0)
-    assert spec.qty == Decimal("0.1") and spec.limit_price == Decimal("187.123456789")
-    assert wait == "submitted" and spec.client_order_id.startswith("s1-1000-")
+    assert spec.qty == Decimal("0.1")
+    assert spec.limit_price == Decimal("187.123456789")
+    assert wait == "submitted"
+    assert spec.client_order_id.startswith("s1-1000-")
     spec2, _ = protocol.submit_spec(submit(qty=10), now=1.0)
     assert spec2.qty == 10
 
@@ -90,10 +95,8 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_never_escape_as_anything_but_protocol_errors(line: bytes) -> None:
-    try:
+    with contextlib.suppress(ProtocolError):
         protocol.parse_line(line)
-    except ProtocolError:
-        pass
 
 
 @settings(max_examples=300, deadline=None)
@@ -102,10 +105,17 @@ def test_random_bytes_never_escape_as_anything_but_protocol_errors(line: bytes) 
                                         "wait", "extra"]), json_values))
 def test_random_submit_fields_are_accepted_or_refused_clearly(fields: dict[str, Any]) -> None:
     line = json.dumps({"id": 1, "op": "submit", **fields}).encode()
-    try:
-        req = protocol.parse_line(line)
-        spec, _ = protocol.submit_spec(req.args, now=1.0)
-    except ProtocolError as e:
-        assert e.code in ("invalid_request", "unknown_op") and e.message
+    outcome = _submit_outcome(line)
+    if isinstance(outcome, ProtocolError):
+        assert outcome.code in ("invalid_request", "unknown_op")
+        assert outcome.message
     else:
-        assert spec.qty > 0 and spec.side in ("buy", "sell")
+        assert outcome.qty > 0
+        assert outcome.side in ("buy", "sell")
+
+
+def _submit_outcome(line: bytes) -> Any:
+    try:
+        return protocol.submit_spec(protocol.parse_line(line).args, now=1.0)[0]
+    except ProtocolError as e:
+        return e

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import requests
+from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
@@ -22,7 +23,7 @@ from execd.sim import FillModel, OrderFaults, RequestFaults, SimServer
 from tests.conftest import sim_config
 
 
-def client(sim: SimServer) -> TradingClient:
+def client(sim: SimServer) -> Any:  # the SDK returns `Model | RawData` unions
     c = TradingClient(sim.config.key_id, sim.config.secret_key, paper=True, url_override=sim.url)
     c._retry = 0  # our tests see every 429 / 504 the sim sends
     return c
@@ -60,22 +61,27 @@ def slow_fill_sim() -> Iterator[SimServer]:
 def test_account_clock_asset_parse_with_the_sdk(sim: SimServer) -> None:
     c = client(sim)
     account = c.get_account()
-    assert account.status.value == "ACTIVE" and Decimal(account.cash) == 100_000
+    assert account.status.value == "ACTIVE"
+    assert Decimal(account.cash) == 100_000
     clock = c.get_clock()
-    assert clock.is_open and clock.next_close > clock.timestamp
+    assert clock.is_open
+    assert clock.next_close > clock.timestamp
     asset = c.get_asset("AAPL")
-    assert asset.symbol == "AAPL" and asset.fractionable
+    assert asset.symbol == "AAPL"
+    assert asset.fractionable
     assert api_error(lambda: c.get_asset("NOPE")).status_code == 404
 
 
 def test_market_order_fills_and_moves_cash_and_position(sim: SimServer) -> None:
     c = client(sim)
     order = c.submit_order(market(qty=3, cid="m-1"))
-    assert order.status == OrderStatus.FILLED and order.client_order_id == "m-1"
+    assert order.status == OrderStatus.FILLED
+    assert order.client_order_id == "m-1"
     px = Decimal(order.filled_avg_price)
     (pos,) = c.get_all_positions()
-    assert (pos.symbol, Decimal(pos.qty), pos.side.value) == ("AAPL", 3, "long")
-    assert Decimal(pos.cost_basis) == 3 * px and Decimal(pos.avg_entry_price) == px
+    assert (pos.symbol, Decimal(pos.qty), pos.side.value) == ("AAPL", Decimal(3), "long")
+    assert Decimal(pos.cost_basis) == 3 * px
+    assert Decimal(pos.avg_entry_price) == px
     assert Decimal(c.get_account().cash) == 100_000 - 3 * px
     assert c.get_open_position("AAPL").qty == "3"
     assert api_error(lambda: c.get_open_position("MSFT")).status_code == 404
@@ -87,10 +93,12 @@ def test_partial_fills_over_simulated_time(slow_fill_sim: SimServer) -> None:
     assert order.status == OrderStatus.NEW
     advance(slow_fill_sim, 10.5)
     seen = c.get_order_by_client_id("p-1")
-    assert seen.status == OrderStatus.PARTIALLY_FILLED and seen.filled_qty == "3"
+    assert seen.status == OrderStatus.PARTIALLY_FILLED
+    assert seen.filled_qty == "3"
     advance(slow_fill_sim, 20)
     done = c.get_order_by_id(order.id)
-    assert done.status == OrderStatus.FILLED and done.filled_qty == "9"
+    assert done.status == OrderStatus.FILLED
+    assert done.filled_qty == "9"
 
 
 def test_limit_order_rests_then_fills_when_price_crosses(sim: SimServer) -> None:
@@ -126,10 +134,10 @@ def test_orders_list_filters_and_limits(sim: SimServer) -> None:
         c.submit_order(market("MSFT" if i % 2 else "AAPL", cid=f"l-{i}"))
     everything = c.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL, limit=500))
     assert [o.client_order_id for o in everything] == [f"l-{i}" for i in reversed(range(5))]
-    asc = c.get_orders(GetOrdersRequest(status=QueryOrderStatus.CLOSED, direction="asc",
+    asc = c.get_orders(GetOrdersRequest(status=QueryOrderStatus.CLOSED, direction=Sort.ASC,
                                         limit=2, symbols=["AAPL"]))
     assert [o.client_order_id for o in asc] == ["l-0", "l-2"]
-    after = c.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL, direction="asc",
+    after = c.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL, direction=Sort.ASC,
                                           after=asc[-1].submitted_at, limit=500))
     assert [o.client_order_id for o in after] == ["l-3", "l-4"]
     assert not c.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL,
@@ -144,13 +152,17 @@ def test_alpaca_rules_and_error_codes(sim: SimServer) -> None:
     assert (e.status_code, e.code, e.message) == (422, 40010001, "client_order_id must be unique")
     assert api_error(lambda: c.submit_order(market(cid="x" * 129))).status_code == 422
     e = api_error(lambda: c.submit_order(market("NOPE")))
-    assert e.status_code == 422 and "NOPE" in e.message
+    assert e.status_code == 422
+    assert "NOPE" in e.message
     e = api_error(lambda: c.submit_order(market("F", qty=1.5)))
-    assert e.status_code == 422 and "not fractionable" in e.message
+    assert e.status_code == 422
+    assert "not fractionable" in e.message
     e = api_error(lambda: c.submit_order(market(qty=10_000)))
     assert (e.status_code, e.code, e.message) == (403, 40310000, "insufficient buying power")
     e = api_error(lambda: c.submit_order(market("MSFT", side=OrderSide.SELL)))
-    assert e.status_code == 403 and e.code == 40310000 and "insufficient qty" in e.message
+    assert e.status_code == 403
+    assert e.code == 40310000
+    assert "insufficient qty" in e.message
     e = api_error(lambda: c.get_order_by_client_id("nope"))
     assert (e.status_code, e.code) == (404, 40410000)
     e = api_error(lambda: c.get_order_by_id(uuid.uuid4()))
@@ -164,7 +176,8 @@ def test_alpaca_rules_and_error_codes(sim: SimServer) -> None:
           "time_in_force": "day"}, "limit_price is required for limit orders"),
     ]:
         r = raw(sim, "POST", "/v2/orders", json=body)
-        assert r.status_code == 422 and r.json() == {"code": 40010001, "message": message}
+        assert r.status_code == 422
+        assert r.json() == {"code": 40010001, "message": message}
 
 
 def test_cancel_rules(sim: SimServer) -> None:
@@ -175,7 +188,8 @@ def test_cancel_rules(sim: SimServer) -> None:
     c.cancel_order_by_id(resting.id)
     assert c.get_order_by_id(resting.id).status == OrderStatus.CANCELED
     e = api_error(lambda: c.cancel_order_by_id(resting.id))
-    assert e.status_code == 422 and e.message == "order status is not cancelable"
+    assert e.status_code == 422
+    assert e.message == "order status is not cancelable"
     e = api_error(lambda: c.submit_order(market(cid="rest")))  # unique even after cancel
     assert e.message == "client_order_id must be unique"
     assert api_error(lambda: c.cancel_order_by_id(uuid.uuid4())).status_code == 404
@@ -183,7 +197,8 @@ def test_cancel_rules(sim: SimServer) -> None:
         c.submit_order(LimitOrderRequest(symbol="AAPL", qty=1, side=OrderSide.BUY,
                                          time_in_force=TimeInForce.GTC, limit_price=1))
     cancelled = c.cancel_orders()
-    assert len(cancelled) == 2 and all(r.status == 200 for r in cancelled)
+    assert len(cancelled) == 2
+    assert all(r.status == 200 for r in cancelled)
     assert raw(sim, "DELETE", "/v2/orders").status_code == 207
 
 
@@ -191,7 +206,8 @@ def test_auth_is_required_everywhere(sim: SimServer) -> None:
     assert requests.get(sim.url + "/v2/account", timeout=5).status_code == 401
     wrong = {"APCA-API-KEY-ID": sim.config.key_id, "APCA-API-SECRET-KEY": "wrong"}
     r = requests.get(sim.url + "/_sim/stats", headers=wrong, timeout=5)
-    assert r.status_code == 403 and r.json() == {"message": "forbidden."}
+    assert r.status_code == 403
+    assert r.json() == {"message": "forbidden."}
     bad = TradingClient("k", "s", paper=True, url_override=sim.url)
     assert api_error(bad.get_account).status_code == 403
 
@@ -217,7 +233,8 @@ def test_inspection_counts_client_order_ids_and_out_of_band_trades(sim: SimServe
     c.submit_order(market(cid="once"))
     api_error(lambda: c.submit_order(market(cid="once")))
     ids = raw(sim, "GET", "/_sim/client_order_ids").json()
-    assert ids["once"]["submit_attempts"] == 2 and ids["once"]["orders"] == 1
+    assert ids["once"]["submit_attempts"] == 2
+    assert ids["once"]["orders"] == 1
     r = raw(sim, "POST", "/_sim/positions/AAPL", json={"delta": "5"})
     assert r.json() == {"symbol": "AAPL", "qty": "6"}
     assert c.get_open_position("AAPL").qty == "6"
@@ -235,7 +252,9 @@ def test_fault_5xx_429_and_drop_are_deterministic() -> None:
 
     first = run()
     assert first == run()
-    assert {500, 502, 503, 504, 429, 200} >= set(first) and 200 in first and len(set(first)) > 2
+    assert {500, 502, 503, 504, 429, 200} >= set(first)
+    assert 200 in first
+    assert len(set(first)) > 2
 
 
 def test_fault_dropped_submit_is_recorded_but_unanswered(sim: SimServer) -> None:
@@ -257,8 +276,10 @@ def test_fault_gateway_error_applies_the_submit_first(sim: SimServer) -> None:
     sim.dice.faults = RequestFaults()
     ids = raw(sim, "GET", "/_sim/client_order_ids").json()
     applied = {cid for cid, v in ids.items() if v["orders"]}
-    assert codes <= {500, 502, 503, 504} and len(codes) > 1
-    assert applied and len(applied) < 12  # 502/504 applied, 500/503 not
+    assert codes <= {500, 502, 503, 504}
+    assert len(codes) > 1
+    assert applied
+    assert len(applied) < 12
 
 
 def test_fault_slow_response_exceeds_a_client_timeout(sim: SimServer) -> None:

@@ -59,10 +59,14 @@ async def test_orders_fills_positions_and_events_survive_reopen(tmp_path: Path) 
 
     store = await Store.open(tmp_path / "x.db")
     got = await store.get_order("a")
-    assert got is not None and got.state == OrderState.FILLED and got.filled_qty == 10
-    assert got.spec.limit_price == Decimal("101.25") and got.broker_order_id == "x"
+    assert got is not None
+    assert got.state == OrderState.FILLED
+    assert got.filled_qty == 10
+    assert got.spec.limit_price == Decimal("101.25")
+    assert got.broker_order_id == "x"
     pos = (await store.positions())["AAPL"]
-    assert pos.qty == 10 and pos.cost_basis == Decimal("1006.0")
+    assert pos.qty == 10
+    assert pos.cost_basis == Decimal("1006.0")
     assert (await store.trading_status()).reason == "r"
     events = await store.events("a")
     assert [e["event"] for e in events] == ["ACCEPTED", "PARTIALLY_FILLED", "FILLED"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import anyio
 import pytest
 from anyio.abc import TaskStatus
@@ -35,7 +37,8 @@ async def test_children_start_in_order_and_stop_in_reverse() -> None:
     sup = supervisor(clock)
     async with anyio.create_task_group() as tg:
         await tg.start(sup.run, [child("a"), child("b"), child("c")])
-        assert events == ["start a", "start b", "start c"] and sup.healthy
+        assert events == ["start a", "start b", "start c"]
+        assert sup.healthy
         await sup.stop()
         tg.cancel_scope.cancel()
     assert events[3:] == ["stop c", "stop b", "stop a"]
@@ -58,9 +61,10 @@ async def test_a_crashing_child_is_restarted_with_growing_backoff() -> None:
         while len(starts) < 4 or sup.statistics()["flaky"]["state"] != "running":
             await clock.sleep(0.01)
         stats = sup.statistics()["flaky"]
-        assert stats["restarts"] == 3 and stats["last_error"] == "RuntimeError: crash 3"
+        assert stats["restarts"] == 3
+        assert stats["last_error"] == "RuntimeError: crash 3"
         assert stats["state"] == "running"
-        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert gaps[0] < gaps[-1] <= 0.4 + 0.02  # 0.1 → 0.2 → 0.4, jittered downwards
         tg.cancel_scope.cancel()
     assert sup.metrics.actor_restarts.labels("flaky")._value.get() == 3
@@ -74,11 +78,15 @@ async def test_a_crash_loop_gives_up() -> None:
         raise ValueError("broken for good")
 
     sup = supervisor(clock, max_restarts=3)
-    with pytest.raises(BaseException) as info:  # noqa: PT011 - a group holding GaveUp
+
+    async def run() -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(sup.run, [ChildSpec(name="bad", start=always)])
             await anyio.sleep_forever()
-    groups = [info.value]
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        await run()
+    groups: list[BaseException] = [info.value]
     found = []
     while groups:
         e = groups.pop()
@@ -86,7 +94,8 @@ async def test_a_crash_loop_gives_up() -> None:
             groups.extend(e.exceptions)
         found.append(e)
     gave_up = [e for e in found if isinstance(e, GaveUp)]
-    assert gave_up and "bad crashed more than 3 times" in str(gave_up[0])
+    assert gave_up
+    assert "bad crashed more than 3 times" in str(gave_up[0])
     assert "ValueError: broken for good" in str(gave_up[0])
 
 

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from execd.clock import Clock
 from execd.domain.orders import (
@@ -36,7 +36,7 @@ log = logging.get("execd.book")
 class _Subscriber:
     strategy_id: str | None
     client_order_id: str | None
-    send: ObjectSendStream[Order]
+    send: MemoryObjectSendStream[Order]
 
 
 class EventHub:
@@ -47,7 +47,7 @@ class EventHub:
     async def subscribe(
         self, *, strategy_id: str | None = None, client_order_id: str | None = None,
         buffer: int = 256,
-    ) -> AsyncIterator[ObjectReceiveStream[Order]]:
+    ) -> AsyncIterator[MemoryObjectReceiveStream[Order]]:
         send, receive = anyio.create_memory_object_stream[Order](buffer)
         sub = _Subscriber(strategy_id, client_order_id, send)
         self._subs.append(sub)

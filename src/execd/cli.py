@@ -99,9 +99,10 @@ def _sim_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
+    windows: list[dict[str, Any]] = list(stats["rate_windows"].values())
+    seconds = windows[0]["window_seconds"] if windows else 60
     print(f"orders: {stats['orders']}   requests: {stats['requests_total']}   "
-          f"busiest {next(iter(stats['rate_windows'].values()), {}).get('window_seconds', 60)}"
-          f" s window: {stats['max_requests_in_window']}")
+          f"busiest {seconds:g} s window: {stats['max_requests_in_window']}")
     print(f"client_order_ids: {stats['client_order_ids']}   submitted more than once: "
           f"{stats['client_order_ids_submitted_more_than_once']}")
     rows = [[route, status, str(n)] for route, by in stats["requests"].items()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -98,7 +98,9 @@ class AsyncClient:
             "order"]
         return order
 
-    async def subscribe(self, strategy_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def subscribe(
+        self, strategy_id: str | None = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Order events as they happen. Use a connection of its own for this."""
         await self.request("subscribe", strategy_id=strategy_id)
         while True:

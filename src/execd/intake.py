@@ -9,6 +9,7 @@ answer is `overloaded`, never a growing queue.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, ObjectSendStream, SocketListener, TaskStatus
+from anyio.abc import ByteStream, SocketListener, TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
 
 from execd import __version__, protocol
 from execd.book import EventHub
@@ -32,12 +34,15 @@ from execd.messages import (
     CancelAll,
     CancelDenied,
     CancelOrder,
+    CancelResult,
     OrderDenied,
     Overloaded,
     RiskCommand,
     SetTradingState,
     SubmitOrder,
+    SubmitResult,
     SubmitterCommand,
+    TradingStateChanged,
     ask,
 )
 from execd.obs import logging
@@ -57,8 +62,8 @@ class SocketInUse(Exception):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Services:
-    risk: ObjectSendStream[RiskCommand]
-    submitter: ObjectSendStream[SubmitterCommand]
+    risk: MemoryObjectSendStream[RiskCommand]
+    submitter: MemoryObjectSendStream[SubmitterCommand]
     store: Store
     hub: EventHub
     health: Health
@@ -84,23 +89,41 @@ def _probe(path: Path) -> bool:
         s.close()
 
 
+def _inspect(path: Path) -> str:
+    """absent | stale | live: what is at the socket path (blocking: run in a thread)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return "absent"
+    if not stat.S_ISSOCK(mode):
+        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
+    return "live" if _probe(path) else "stale"
+
+
 async def check_not_live(path: Path) -> None:
     """Refuse a path that is not a socket, or a socket a live daemon answers on."""
-    if not (path.exists() or path.is_symlink()):
-        return
-    if not stat.S_ISSOCK(path.lstat().st_mode):
-        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
-    if await anyio.to_thread.run_sync(_probe, path):
+    if await anyio.to_thread.run_sync(_inspect, path) == "live":
         raise SocketInUse(f"another execd is running on {path}; refusing to start")
+
+
+def _prepare(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    state = _inspect(path)
+    if state == "live":
+        raise SocketInUse(f"another execd is running on {path}; refusing to start")
+    if state == "stale":
+        log.warning("replacing stale socket from a dead daemon", path=str(path))
+        path.unlink()
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 async def bind(path: Path, mode: int) -> SocketListener:
     """Bind the socket with its mode from the first instant (umask before bind)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    await check_not_live(path)
-    if path.exists() or path.is_symlink():
-        log.warning("replacing stale socket from a dead daemon", path=str(path))
-        path.unlink()
+    await anyio.to_thread.run_sync(_prepare, path)
     old = os.umask(0o777 & ~mode)
     try:
         listener = await anyio.create_unix_listener(path)
@@ -141,10 +164,7 @@ async def run(
             await listener.serve(handle)
     finally:
         with anyio.CancelScope(shield=True):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+            await anyio.to_thread.run_sync(_remove, path)
 
 
 async def _write_error(
@@ -261,8 +281,11 @@ class Connection:
         start = anyio.current_time()
         spec, wait = protocol.submit_spec(args, self.s.clock.time())
         async with self.s.hub.subscribe(client_order_id=spec.client_order_id, buffer=16) as ev:
+            def command(reply: MemoryObjectSendStream[SubmitResult]) -> RiskCommand:
+                return SubmitOrder(spec=spec, reply=reply)
+
             try:
-                result = await ask(self.s.risk, lambda r: SubmitOrder(spec=spec, reply=r))
+                result = await ask(self.s.risk, command)
             except anyio.EndOfStream:
                 raise ProtocolError(
                     "internal", f"the risk gate failed on this order; query client_order_id "
@@ -285,18 +308,24 @@ class Connection:
     async def op_cancel(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = protocol.client_order_id(args)
         assert cid is not None
-        result = await self._ask_submitter(
-            lambda r: CancelOrder(client_order_id=cid, reply=r)
-        )
+        def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
+            return CancelOrder(client_order_id=cid, reply=reply)
+
+        result = await self._ask_submitter(command)
         return {"order": result[0]}
 
     async def op_cancel_all(self, args: dict[str, Any]) -> dict[str, Any]:
         sid = protocol.strategy_id(args, required=False)
-        orders = await self._ask_submitter(lambda r: CancelAll(strategy_id=sid, reply=r))
+        def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
+            return CancelAll(strategy_id=sid, reply=reply)
+
+        orders = await self._ask_submitter(command)
         cancelled = [o for o in orders if o["state"] == OrderState.CANCELLED.value]
         return {"count": len(cancelled), "orders": orders}
 
-    async def _ask_submitter(self, make: Callable[[Any], SubmitterCommand]) -> list[dict[str, Any]]:
+    async def _ask_submitter(
+        self, make: Callable[[MemoryObjectSendStream[CancelResult]], SubmitterCommand]
+    ) -> list[dict[str, Any]]:
         with anyio.move_on_after(self.s.submit_timeout * 3):
             try:
                 result = await ask(self.s.submitter, make)
@@ -351,8 +380,10 @@ class Connection:
         }
 
     async def _set_state(self, state: TradingState, reason: str) -> dict[str, Any]:
-        result = await ask(self.s.risk,
-                           lambda r: SetTradingState(state=state, reason=reason, reply=r))
+        def command(reply: MemoryObjectSendStream[TradingStateChanged]) -> RiskCommand:
+            return SetTradingState(state=state, reason=reason, reply=reply)
+
+        result = await ask(self.s.risk, command)
         st = result.status
         return {"trading": {"state": st.state.value, "reason": st.reason, "since": st.since}}
 

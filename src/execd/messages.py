@@ -5,12 +5,13 @@ A command that wants an answer carries its own one-shot reply stream (`ask` belo
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
-from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream as Reply
 
 from execd.domain.orders import Order, OrderSpec
 from execd.domain.risk import TradingState, TradingStatus
@@ -58,14 +59,14 @@ class TradingStateChanged:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubmitOrder:
     spec: OrderSpec
-    reply: ObjectSendStream[SubmitResult]
+    reply: Reply[SubmitResult]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SetTradingState:
     state: TradingState
     reason: str
-    reply: ObjectSendStream[TradingStateChanged] | None = None
+    reply: Reply[TradingStateChanged] | None = None
 
 
 RiskCommand = SubmitOrder | SetTradingState
@@ -81,13 +82,13 @@ class SendOrder:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CancelOrder:
     client_order_id: str
-    reply: ObjectSendStream[CancelResult]
+    reply: Reply[CancelResult]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CancelAll:
     strategy_id: str | None
-    reply: ObjectSendStream[CancelResult]
+    reply: Reply[CancelResult]
 
 
 SubmitterCommand = SendOrder | CancelOrder | CancelAll
@@ -100,7 +101,7 @@ class Overloaded(Exception):
     """The actor's inbox is full: the daemon is saturated."""
 
 
-async def ask(outbox: ObjectSendStream[C], make: Callable[[ObjectSendStream[R]], C]) -> R:
+async def ask(outbox: Reply[C], make: Callable[[Reply[R]], C]) -> R:
     """Send a command without waiting for room (full inbox: Overloaded), await its answer."""
     send, receive = anyio.create_memory_object_stream[R](1)
     async with receive:
@@ -112,10 +113,8 @@ async def ask(outbox: ObjectSendStream[C], make: Callable[[ObjectSendStream[R]],
         return await receive.receive()
 
 
-def answer(reply: ObjectSendStream[R], value: R) -> None:
+def answer(reply: Reply[R], value: R) -> None:
     """Deliver an answer if anyone still waits for it (the client may have gone)."""
-    with reply:
-        try:
-            reply.send_nowait(value)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock):
-            pass
+    gone = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock)
+    with reply, contextlib.suppress(*gone):
+        reply.send_nowait(value)

@@ -180,8 +180,8 @@ def submit_spec(args: dict[str, Any], now: float) -> tuple[OrderSpec, str]:
         raise invalid('wait must be "submitted" or "accepted"')
     cid = client_order_id(args, required=False) or new_client_order_id(sid, now)
     spec = OrderSpec(
-        client_order_id=cid, strategy_id=sid, symbol=symbol, side=side,  # type: ignore[arg-type]
-        qty=qty, type=otype, limit_price=limit_price, time_in_force=tif,  # type: ignore[arg-type]
+        client_order_id=cid, strategy_id=sid, symbol=symbol, side=side,
+        qty=qty, type=otype, limit_price=limit_price, time_in_force=tif,
     )
     return spec, wait
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import anyio
-from anyio.abc import ObjectSendStream, TaskStatus
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
 
 from execd.book import OrderBook
 from execd.broker.base import BrokerClient, BrokerError
@@ -38,7 +39,7 @@ async def _read(book: OrderBook, broker: BrokerClient) -> list[reconcile.Mismatc
 class Reconciler:
     def __init__(
         self, *, book: OrderBook, broker: BrokerClient, clock: Clock, health: Health,
-        risk: ObjectSendStream[RiskCommand], confirm_delay: float, auto_resume_after: int,
+        risk: MemoryObjectSendStream[RiskCommand], confirm_delay: float, auto_resume_after: int,
     ) -> None:
         self.book, self.broker, self.clock, self.health = book, broker, clock, health
         self.risk = risk
@@ -89,7 +90,7 @@ def _show(m: reconcile.Mismatch) -> str:
 
 
 async def run(
-    risk: ObjectSendStream[RiskCommand], *, book: OrderBook, broker: BrokerClient,
+    risk: MemoryObjectSendStream[RiskCommand], *, book: OrderBook, broker: BrokerClient,
     clock: Clock, health: Health, interval: float, confirm_delay: float,
     auto_resume_after: int, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:

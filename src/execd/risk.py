@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import assert_never
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskStatus
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from execd.book import OrderBook
 from execd.clock import Clock
@@ -62,8 +63,8 @@ async def _context(book: OrderBook, clock: Clock) -> RiskContext:
 
 
 async def run(
-    inbox: ObjectReceiveStream[RiskCommand],
-    submitter: ObjectSendStream[SubmitterCommand],
+    inbox: MemoryObjectReceiveStream[RiskCommand],
+    submitter: MemoryObjectSendStream[SubmitterCommand],
     *,
     book: OrderBook,
     limits: RiskLimits,
@@ -127,7 +128,7 @@ async def _handle(
                 level("trading state changed", state=state.value, reason=reason)
                 if reply is not None:
                     answer(reply, TradingStateChanged(status=status))
-            case SubmitOrder(spec=spec):
+            case SubmitOrder():
                 held.append((msg, _decide(msg, ctx, known, new, limits, clock, metrics)))
             case _:
                 assert_never(msg)

@@ -15,7 +15,8 @@ from contextlib import asynccontextmanager
 from typing import Any, assert_never
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskStatus
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from execd.book import OrderBook
 from execd.broker.base import (
@@ -49,7 +50,7 @@ log = logging.get("execd.submitter")
 class Submitter:
     def __init__(
         self, *, book: OrderBook, broker: BrokerClient, clock: Clock,
-        risk: ObjectSendStream[RiskCommand], failures_before_halt: int,
+        risk: MemoryObjectSendStream[RiskCommand], failures_before_halt: int,
         startup_timeout: float = 30.0,
     ) -> None:
         self.book = book
@@ -184,8 +185,8 @@ class Submitter:
 
 
 async def run(
-    inbox: ObjectReceiveStream[SubmitterCommand],
-    risk: ObjectSendStream[RiskCommand],
+    inbox: MemoryObjectReceiveStream[SubmitterCommand],
+    risk: MemoryObjectSendStream[RiskCommand],
     *,
     book: OrderBook,
     broker: BrokerClient,
@@ -235,7 +236,7 @@ async def _resolve_all(submitter: Submitter, cids: set[str], done: anyio.Event) 
 
 
 async def _answer_cancel(
-    reply: ObjectSendStream[CancelResult], work: Coroutine[Any, Any, CancelResult]
+    reply: MemoryObjectSendStream[CancelResult], work: Coroutine[Any, Any, CancelResult]
 ) -> None:
     with reply:
         answer(reply, await work)

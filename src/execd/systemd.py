@@ -48,7 +48,9 @@ async def run_watchdog(
     task_status.started()
     if interval is None:
         await anyio.sleep_forever()  # not under a systemd watchdog: nothing to do
+        return
+    every = interval
     while True:
         if healthy():  # type: ignore[operator]
             notify("WATCHDOG=1")
-        await clock.sleep(interval)
+        await clock.sleep(every)

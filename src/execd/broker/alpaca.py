@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import anyio
 import requests
@@ -50,7 +51,7 @@ class _TimeoutSession(requests.Session):
         self.mount("http://", adapter)
         self.mount("https://", adapter)
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
         return super().request(method, url, *args, **kwargs)
 
@@ -161,7 +162,7 @@ class AlpacaClient:
                     raise BrokerAmbiguous(f"submit outcome unknown: {e}") from e
         from alpaca.trading.models import Order
 
-        return _order(Order(**raw))
+        return _order(Order(**cast(dict[str, Any], raw)))
 
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         try:
@@ -185,7 +186,9 @@ class AlpacaClient:
         while True:
             req = GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=PAGE, direction=Sort.ASC,
                                    after=after)
-            page = await self._retrying("list_orders", lambda r=req: self._client.get_orders(r))
+            page = cast(
+                list[Any], await self._retrying("list_orders", partial(self._client.get_orders, req))
+            )
             out.extend(_order(o) for o in page)
             if len(page) < PAGE:
                 return out
@@ -198,7 +201,7 @@ class AlpacaClient:
         )
 
     async def positions(self) -> Sequence[BrokerPosition]:
-        raw = await self._retrying("positions", self._client.get_all_positions)
+        raw = cast(list[Any], await self._retrying("positions", self._client.get_all_positions))
         return [
             BrokerPosition(
                 symbol=p.symbol, qty=Decimal(p.qty),

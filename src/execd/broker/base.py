@@ -35,7 +35,7 @@ class BrokerAmbiguous(BrokerError):
 
 
 class BrokerRejected(BrokerError):
-    def __init__(self, message: str, *, status: int | None = None, code: int | None = None):
+    def __init__(self, message: str, *, status: int | None = None, code: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -11,11 +12,15 @@ import structlog
 SECRET_WORDS = ("secret", "api_key", "apca-api")
 
 
-def _scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Belt and braces: no field named like a secret ever reaches a log line."""
     for key in list(event):
         if any(w in key.lower() for w in SECRET_WORDS):
             event[key] = "[redacted]"
+    return event
+
+
+def _keep(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return event
 
 
@@ -30,7 +35,8 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _scrub,
-            structlog.processors.format_exc_info if json_out else structlog.processors.StackInfoRenderer(),
+            # JSON: the traceback as a string field; console: ConsoleRenderer prints it
+            structlog.processors.format_exc_info if json_out else _keep,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -226,10 +226,7 @@ class Engine:
         start = max(o.activate_at, o.created_at)
         if not self.sessions.is_open(start):
             start = self.sessions.next_open(start)
-        if o.time_in_force in ("day", "opg", "cls"):
-            expiry = self.sessions.close_after(start)
-        else:
-            expiry = None
+        expiry = self.sessions.close_after(start) if o.time_in_force in ("day", "opg", "cls") else None
         if o.type == "market":
             while o.parts_done < o.fill_parts:
                 due = start + self.config.fill.delay * (o.parts_done + 1)
@@ -694,7 +691,7 @@ class Engine:
         self._last_submitted = state["last_submitted"]
         decimals = {"qty", "limit_price", "filled_qty", "filled_notional"}
         for raw in state["orders"]:
-            fields = {
+            fields: dict[str, Any] = {
                 k: (Decimal(v) if k in decimals and v is not None else v) for k, v in raw.items()
             }
             order = SimOrder(**fields)

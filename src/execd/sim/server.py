@@ -80,7 +80,7 @@ ROUTE_NAMES = {
 class SimServer:
     """A running simulator. Use as a context manager, or `start()`/`close()`."""
 
-    def __init__(self, config: SimConfig, *, monotonic: Callable[[], float] = time.monotonic):
+    def __init__(self, config: SimConfig, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         if not config.key_id or not config.secret_key:
             config.key_id = "SIM" + secrets.token_hex(8).upper()
@@ -155,7 +155,9 @@ class SimServer:
             for (route, status), n in sorted(self.requests.items()):
                 by_route.setdefault(route, {})[str(status)] = n
             windows = {
-                k[:3] + "…" + k[-4:]: {"max_in_window": w.max_in_window, "limit": w.limit, "window_seconds": w.window}
+                k[:3] + "…" + k[-4:]: {
+                    "max_in_window": w.max_in_window, "limit": w.limit, "window_seconds": w.window
+                }
                 for k, w in self.windows.items()
             }
         with self.engine.lock:

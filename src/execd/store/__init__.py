@@ -265,7 +265,8 @@ class Store:
         self, *, strategy_id: str | None = None,
         states: Collection[OrderState] | None = None, limit: int = 100,
     ) -> list[Order]:
-        where, params = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        params: list[Any] = []
         if strategy_id is not None:
             where.append("strategy_id=?")
             params.append(strategy_id)
