@@ -75,7 +75,7 @@ async def test_market_and_limit_orders_fill_with_positions(
 async def test_partial_fills_are_seen_and_add_up(daemon_factory: OpenDaemon) -> None:
     with SimServer(sim_config(fill=FillModel(delay=10.0, parts=3))) as sim:
         async with daemon_factory(sim) as d, connect(d) as c, connect(d) as watcher:
-            events = watcher.subscribe(strategy_id="beta")
+            events = await watcher.subscribe(strategy_id="beta")
             o = await c.submit(strategy_id="beta", symbol="SPY", side="buy", qty="9")
             seen = [(await events.__anext__())["state"]]
             for _ in range(3):

@@ -2,7 +2,7 @@
 
     async with await AsyncClient.connect("var/execd.sock") as c:
         order = await c.submit(strategy_id="demo", symbol="AAPL", side="buy", qty="1")
-        async for event in c.subscribe(strategy_id="demo"):
+        async for event in await c.subscribe(strategy_id="demo"):
             ...
 
 Errors come back as `ExecdError` with the protocol's code and message.
@@ -101,8 +101,13 @@ class AsyncClient:
     async def subscribe(
         self, strategy_id: str | None = None
     ) -> AsyncGenerator[dict[str, Any], None]:
-        """Order events as they happen. Use a connection of its own for this."""
+        """Subscribe now; returns the order events from this moment on.
+
+        Use a connection of its own for a subscription."""
         await self.request("subscribe", strategy_id=strategy_id)
+        return self._events()
+
+    async def _events(self) -> AsyncGenerator[dict[str, Any], None]:
         while True:
             line = await self._line()
             if line.get("event") == "order":
