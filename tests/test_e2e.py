@@ -3,6 +3,7 @@ backends, with short intervals. The simulator's own records are the witness."""
 
 from __future__ import annotations
 
+import sqlite3
 from decimal import Decimal
 from typing import Any
 
@@ -302,3 +303,18 @@ async def test_a_live_socket_is_not_stolen(daemon_factory: OpenDaemon) -> None:
         with pytest.raises(SocketInUse):
             async with daemon_factory():
                 pass
+
+
+async def test_stopping_lets_orders_on_their_way_finish(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    sim.dice.faults = RequestFaults(p_slow=1.0, slow_seconds=0.3)
+    async with daemon_factory(daemon={"shutdown_grace": 5.0}) as d, connect(d) as c:
+        cids = [(await c.submit(strategy_id="g", symbol="AAPL", side="buy", qty="1",
+                                wait="accepted"))["client_order_id"] for _ in range(5)]
+    # the daemon has stopped and closed its store: read the database directly
+    conn = sqlite3.connect(d.config.database_path)
+    states = dict(conn.execute("SELECT client_order_id, state FROM orders").fetchall())
+    conn.close()
+    assert {states[cid] for cid in cids} <= {"SUBMITTED", "FILLED"}, states
+    assert set(broker_orders(sim)) == set(cids)

@@ -130,7 +130,8 @@ async def open_daemon(
         specs = [
             ChildSpec(name="submitter", start=lambda task_status: submitter.run(
                 sub_recv.clone(), risk_send.clone(), book=book, broker=brk, clock=clock,
-                failures_before_halt=b.failures_before_halt, task_status=task_status)),
+                failures_before_halt=b.failures_before_halt, health=health,
+                task_status=task_status)),
             ChildSpec(name="poller", start=lambda task_status: poller.run(
                 book=book, broker=brk, clock=clock, health=health,
                 interval=config.poller.interval, task_status=task_status)),
@@ -157,7 +158,7 @@ async def open_daemon(
                              metrics=metrics, health=health, limiter=limiter, broker=brk, sim=sim)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await sup.stop()
+                    await _stop(sup, health, clock, d.shutdown_grace)
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
@@ -169,6 +170,20 @@ async def open_daemon(
             if sim is not None:
                 sim.close()
         log.info("execd stopped")
+
+
+async def _stop(sup: Supervisor, health: Health, clock: Clock, grace: float) -> None:
+    """Stop taking orders, let orders on their way to the broker finish within `grace`
+    seconds, then stop the rest. What does not finish stays PENDING and is looked up
+    at the next start: handed back, never lost."""
+    await sup.stop(down_to="reconciler")  # watchdog, intake and risk gate: no new work
+    with anyio.move_on_after(grace):
+        while health.submits_in_flight:
+            await clock.sleep(0.05)
+    if health.submits_in_flight:
+        log.warning("stopping with orders still on their way; they stay PENDING and are "
+                    "resolved at the next start", count=health.submits_in_flight)
+    await sup.stop()
 
 
 async def run_daemon(config: Config) -> int:

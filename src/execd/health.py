@@ -13,3 +13,4 @@ class Health:
     last_reconcile: float | None = None
     last_reconcile_result: str | None = None
     broker_orders_unknown: int = 0  # open at the broker, not placed by execd
+    submits_in_flight: int = 0  # orders the submitter is taking to the broker now

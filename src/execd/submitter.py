@@ -30,6 +30,7 @@ from execd.broker.base import (
 from execd.clock import Clock
 from execd.domain.orders import TERMINAL_STATES, Order, OrderState
 from execd.domain.risk import TradingState
+from execd.health import Health
 from execd.messages import (
     CancelAll,
     CancelDenied,
@@ -50,15 +51,14 @@ log = logging.get("execd.submitter")
 class Submitter:
     def __init__(
         self, *, book: OrderBook, broker: BrokerClient, clock: Clock,
-        risk: MemoryObjectSendStream[RiskCommand], failures_before_halt: int,
-        startup_timeout: float = 30.0,
+        risk: MemoryObjectSendStream[RiskCommand], failures_before_halt: int, health: Health,
     ) -> None:
         self.book = book
         self.broker = broker
         self.clock = clock
         self.risk = risk
         self.failures_before_halt = failures_before_halt
-        self.startup_timeout = startup_timeout
+        self.health = health
         self._locks: dict[str, tuple[anyio.Lock, int]] = {}
         self._failures = 0
         self._halted = False
@@ -93,6 +93,13 @@ class Submitter:
     # ------------------------------------------------------------------ orders
     async def send(self, cid: str, *, unknown_history: bool) -> None:
         """Get one PENDING order to the broker or to REJECTED, whatever it takes."""
+        self.health.submits_in_flight += 1
+        try:
+            await self._send(cid, unknown_history=unknown_history)
+        finally:
+            self.health.submits_in_flight -= 1
+
+    async def _send(self, cid: str, *, unknown_history: bool) -> None:
         async with self._owning(cid):
             order = await self.book.store.get_order(cid)
             if order is None or order.state != OrderState.PENDING:
@@ -192,11 +199,12 @@ async def run(
     broker: BrokerClient,
     clock: Clock,
     failures_before_halt: int,
+    health: Health,
     startup_timeout: float = 30.0,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     submitter = Submitter(book=book, broker=broker, clock=clock, risk=risk,
-                          failures_before_halt=failures_before_halt)
+                          failures_before_halt=failures_before_halt, health=health)
     async with inbox, risk, anyio.create_task_group() as tg:
         # Crash-only: every PENDING order in the store is ours to resolve. Their history
         # is unknown (a predecessor may have sent them), so each is looked up first,

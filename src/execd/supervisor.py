@@ -92,9 +92,12 @@ class Supervisor:
             if self.gave_up is not None:
                 raise self.gave_up
 
-    async def stop(self) -> None:
-        """Stop the children in reverse order of start, each within the stop timeout."""
+    async def stop(self, *, down_to: str | None = None) -> None:
+        """Stop the children in reverse order of start, each within the stop timeout;
+        with `down_to`, stop only those started after that child."""
         for child in reversed(list(self.children.values())):
+            if child.name == down_to:
+                return
             child.scope.cancel()
             with anyio.move_on_after(self.intensity.stop_timeout, shield=True):
                 await child.finished.wait()
