@@ -188,15 +188,31 @@ async def _stop(sup: Supervisor, health: Health, clock: Clock, grace: float) -> 
 
 async def run_daemon(config: Config) -> int:
     """The `execd run` process: until SIGTERM/SIGINT (exit 0) or a crash loop (exit 1)."""
+    stop = anyio.Event()
+
+    async def watch_signals() -> None:
+        # Open for the whole life of the process: a second signal during the graceful
+        # stop is noted, not fatal.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for sig in signals:
+                name = signal.Signals(sig).name
+                if stop.is_set():
+                    log.info("signal received; already stopping", signal=name)
+                else:
+                    log.info("signal received; stopping", signal=name)
+                    stop.set()
+
     gave_up: list[str] = []
     try:
-        async with open_daemon(config):
-            systemd.notify("READY=1", "STATUS=ready: accepting orders")
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for sig in signals:
-                    log.info("signal received; stopping", signal=signal.Signals(sig).name)
-                    break
-            systemd.notify("STOPPING=1", "STATUS=stopping")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_signals)
+            try:
+                async with open_daemon(config):
+                    systemd.notify("READY=1", "STATUS=ready: accepting orders")
+                    await stop.wait()
+                    systemd.notify("STOPPING=1", "STATUS=stopping")
+            finally:
+                tg.cancel_scope.cancel()
     except* GaveUp as group:
         gave_up = [str(e) for e in group.exceptions]
     if gave_up:
