@@ -214,10 +214,17 @@ async def run_daemon(config: Config) -> int:
             finally:
                 tg.cancel_scope.cancel()
     except* GaveUp as group:
-        gave_up = [str(e) for e in group.exceptions]
+        gave_up = [str(e) for e in _leaves(group)]
     if gave_up:
         for reason in gave_up:
             log.critical("execd stopped: crash loop", reason=reason)
         systemd.notify("STATUS=stopped: crash loop")
         return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[GaveUp]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out

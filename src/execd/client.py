@@ -122,8 +122,12 @@ class Client:
 
     def __init__(self, path: str | Path, timeout: float | None = 60.0) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        self._sock.connect(str(path))
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.connect(str(path))
+        except BaseException:
+            self._sock.close()
+            raise
         self._file = self._sock.makefile("rb")
         self._ids = itertools.count(1)
 

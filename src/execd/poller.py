@@ -17,6 +17,7 @@ from execd.clock import Clock
 from execd.domain.orders import OrderState
 from execd.health import Health
 from execd.obs import logging
+from execd.testhooks import HOOKS
 
 log = logging.get("execd.poller")
 
@@ -52,6 +53,7 @@ async def run(
 ) -> None:
     first = True
     while True:
+        HOOKS.crash("poller")
         try:
             await poll_once(book, broker, clock, health)
         except BrokerError as e:

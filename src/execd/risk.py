@@ -33,6 +33,7 @@ from execd.messages import (
 )
 from execd.obs import logging
 from execd.obs.metrics import Metrics
+from execd.testhooks import HOOKS
 
 log = logging.get("execd.risk")
 BATCH = 256
@@ -110,6 +111,7 @@ async def _handle(
     async def commit() -> None:
         if new:
             await book.add(new)
+            HOOKS.point("after_commit")  # durable, not yet acknowledged nor sent
             committed.extend(new)
             new.clear()
         for msg, result in held:

@@ -44,6 +44,7 @@ from execd.messages import (
     answer,
 )
 from execd.obs import logging
+from execd.testhooks import HOOKS
 
 log = logging.get("execd.submitter")
 
@@ -116,6 +117,7 @@ class Submitter:
                         if not may_send:
                             raise BrokerUnavailable("broker says duplicate but has no such order")
                     found = await self.broker.submit_order(order.spec)
+                    HOOKS.point("after_submit")  # the broker has it; we have not recorded it
                     await self.book.apply_view(cid, found.view)
                     self._ok()
                     return

@@ -77,6 +77,17 @@ ROUTE_NAMES = {
 }
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request (a killed daemon) is not news."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class SimServer:
     """A running simulator. Use as a context manager, or `start()`/`close()`."""
 
@@ -92,7 +103,7 @@ class SimServer:
         self._stats_lock = threading.Lock()
         self.requests: Counter[tuple[str, int]] = Counter()
         self.windows: dict[str, RateWindow] = {}
-        self._http = ThreadingHTTPServer((config.host, config.port), _make_handler(self))
+        self._http = _Server((config.host, config.port), _make_handler(self))
         self._http.daemon_threads = True
         self._thread: threading.Thread | None = None
 

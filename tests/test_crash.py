@@ -1,0 +1,57 @@
+"""Short crash and fault campaigns (the long ones: `python -m tools.crashtest`), and the
+crash loop that must end the daemon with a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tools.crashtest import Campaign, run
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sigkill_at_random_and_in_the_windows_loses_and_duplicates_nothing(
+    backend: str, tmp_path: Path
+) -> None:
+    report = run(Campaign(orders=60, kills=3, seed=2, backend=backend, workdir=tmp_path))
+    print(report.table())  # noqa: T201
+    assert report.kills_by_us + report.kills_by_hooks >= 3
+    assert report.restarts == report.kills_by_us + report.kills_by_hooks
+    assert report.lost == 0
+    assert report.duplicate_submits == 0
+    assert report.unknown_to_daemon == 0
+    assert not report.wrong_state
+    assert report.positions_equal
+    assert report.max_in_window <= report.limit
+    assert report.ok
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_fault_soak_holds_every_invariant(backend: str, tmp_path: Path) -> None:
+    report = run(Campaign(orders=60, kills=0, faults=True, seed=3, backend=backend,
+                          workdir=tmp_path))
+    print(report.table())  # noqa: T201
+    assert report.other_exits == []  # it never crashed by itself
+    assert report.lost == 0
+    assert report.duplicate_submits == 0
+    assert not report.wrong_state
+    assert report.positions_equal
+    assert report.ok
+
+
+def test_a_crash_loop_exits_non_zero_with_a_clear_last_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[daemon]\nstate_dir = "s"\n[metrics]\nenabled = false\n'
+                      "[supervisor]\nmax_restarts = 3\nbackoff_initial = 0.01\n"
+                      "backoff_max = 0.02\n")
+    env = {**os.environ, "EXECD_TEST_HOOKS": "crash=poller"}
+    result = subprocess.run([sys.executable, "-m", "execd.cli", "run", "--config", str(config)],
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    last = result.stdout.strip().splitlines()[-1]
+    assert "crash loop" in last
+    assert "poller crashed more than 3 times" in last
+    assert "test hook: poller made to crash" in last

@@ -1,0 +1,363 @@
+"""Crash and fault campaigns: the daemon as a real process, killed and restarted, against
+the simulator, whose own records are the witness.
+
+    python -m tools.crashtest --orders 1000 --kills 20            # the long crash run
+    python -m tools.crashtest --orders 1000 --kills 0 --faults    # the fault soak
+
+A client submits orders steadily over several strategies (each with its own
+client_order_id, retried safely after a connection failure until acknowledged). The
+daemon is SIGKILLed at random moments and, through test hooks, inside the windows
+between the durable write and the broker's answer; it is restarted each time. Then:
+
+1. every acknowledged order is known to the daemon, in the broker's final state;
+2. no client_order_id reached the broker twice, and the broker has no order the daemon
+   does not know;
+3. the daemon's positions equal the broker's;
+4. no sliding window saw more requests than the limit;
+5. (faults) the daemon never halted without a reason, never crashed by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from execd.client import Client, ExecdError
+from execd.domain.orders import ALPACA_STATUS, OrderState
+from execd.sim import EngineConfig, FillModel, RequestFaults, SimConfig, SimServer
+
+SYMBOLS = ("AAPL", "MSFT", "SPY", "QQQ")
+SOAK_FAULTS = RequestFaults(p_5xx=0.10, p_slow=0.05, slow_seconds=1.0, p_drop_submit=0.05,
+                            p_429=0.02)
+
+
+@dataclass(slots=True, kw_only=True)
+class Campaign:
+    orders: int = 100
+    kills: int = 5
+    strategies: int = 4
+    faults: bool = False
+    hooks: str = "after_submit=0.02,after_commit=0.01"
+    rate_limit: int = 200
+    rate_window: float = 10.0  # a scaled minute: the same invariant, 6x sooner
+    seed: int = 1
+    backend: str = "asyncio"
+    progress: bool = False
+    workdir: Path | None = None
+
+
+@dataclass(slots=True)
+class Report:
+    submitted: int = 0
+    acknowledged: int = 0
+    kills_by_us: int = 0
+    kills_by_hooks: int = 0
+    other_exits: list[int] = field(default_factory=list)
+    restarts: int = 0
+    broker_orders: int = 0
+    duplicate_submits: int = 0
+    unknown_to_daemon: int = 0
+    lost: int = 0
+    wrong_state: list[str] = field(default_factory=list)
+    positions_equal: bool = False
+    max_in_window: int = 0
+    limit: int = 0
+    window: float = 0.0
+    trading: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (self.lost == 0 and self.duplicate_submits == 0 and self.unknown_to_daemon == 0
+                and not self.wrong_state and self.positions_equal
+                and self.max_in_window <= self.limit and not self.other_exits
+                and (not self.trading.startswith("HALTED") or ":" in self.trading))
+
+    def table(self) -> str:
+        rows = [
+            ("orders submitted / acknowledged", f"{self.submitted} / {self.acknowledged}"),
+            ("daemon kills (random SIGKILL / test hooks)",
+             f"{self.kills_by_us + self.kills_by_hooks} ({self.kills_by_us} / "
+             f"{self.kills_by_hooks})"),
+            ("daemon restarts", str(self.restarts)),
+            ("unexpected daemon exits", str(self.other_exits or 0)),
+            ("orders at the broker", str(self.broker_orders)),
+            ("acknowledged orders lost", str(self.lost)),
+            ("orders in the wrong final state", str(len(self.wrong_state))),
+            ("client_order_ids sent again after the broker had them", str(self.duplicate_submits)),
+            ("broker orders unknown to the daemon", str(self.unknown_to_daemon)),
+            ("local positions == broker positions", "yes" if self.positions_equal else "NO"),
+            (f"most requests in any {self.window:g} s window (limit)",
+             f"{self.max_in_window} ({self.limit})"),
+            ("trading state at the end", self.trading),
+            ("elapsed", f"{self.seconds:.1f} s"),
+            ("all invariants held", "YES" if self.ok else "NO"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"| {k.ljust(width)} | {v} |" for k, v in rows)
+
+
+class DaemonProcess:
+    """One `execd run` at a time; restarted whenever it dies."""
+
+    def __init__(self, config: Path, env: dict[str, str], log: Path, backend: str) -> None:
+        self.config, self.env, self.log, self.backend = config, env, log, backend
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "execd.cli", "run", "--config", str(self.config),
+                 "--backend", self.backend],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self, sock: Path, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                return False
+            try:
+                with Client(sock, timeout=2) as c:
+                    c.request("ping")
+                    return True
+            except (OSError, ExecdError):
+                time.sleep(0.05)
+        return False
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+def _config(workdir: Path, sim: SimServer, c: Campaign) -> Path:
+    timeout = 0.5 if c.faults else 5.0
+    path = workdir / "config.toml"
+    path.write_text(f"""
+[daemon]
+state_dir = "{workdir / 'state'}"
+submit_timeout = 2.0
+shutdown_grace = 2.0
+[broker]
+mode = "alpaca"
+url = "{sim.url}"
+timeout = {timeout}
+requests_per_minute = {c.rate_limit}
+window_seconds = {c.rate_window}
+burst = 5
+backoff_initial = 0.05
+backoff_max = 0.5
+failures_before_halt = 50
+[poller]
+interval = 0.5
+[reconciler]
+interval = 2.0
+confirm_delay = 1.5
+[supervisor]
+backoff_initial = 0.05
+backoff_max = 0.5
+[metrics]
+enabled = false
+[risk]
+max_orders_per_minute = 100000
+max_open_orders = 100000
+""")
+    return path
+
+
+def run(c: Campaign) -> Report:
+    report = Report(limit=c.rate_limit, window=c.rate_window)
+    rng = random.Random(c.seed)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="execd-crash-") as tmp:
+        workdir = c.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        sim_cfg = SimConfig(rate_limit=c.rate_limit, rate_window=c.rate_window,
+                            engine=EngineConfig(seed=c.seed, fill=FillModel(delay=0.3, parts=2),
+                                                starting_cash=Decimal(10_000_000)))
+        with SimServer(sim_cfg) as sim:
+            env = {**os.environ, "APCA_API_KEY_ID": sim.config.key_id,
+                   "APCA_API_SECRET_KEY": sim.config.secret_key,
+                   "EXECD_TEST_HOOKS": f"{c.hooks},seed={c.seed}" if c.kills else "",
+                   "PYTHONUNBUFFERED": "1"}
+            config = _config(workdir, sim, c)
+            sock = workdir / "state" / "execd.sock"
+            daemon = DaemonProcess(config, env, workdir / "daemon.log", c.backend)
+            daemon.start()
+            if not daemon.wait_ready(sock):
+                raise RuntimeError(f"daemon did not start; see {workdir / 'daemon.log'}")
+            if c.faults:
+                sim.dice.faults = SOAK_FAULTS
+            acked: set[str] = set()
+            done = threading.Event()
+            client = threading.Thread(target=_client, args=(sock, c, acked, report, done),
+                                      daemon=True)
+            client.start()
+            kill_at = sorted(rng.uniform(0.05, 0.95) for _ in range(c.kills))
+            while client.is_alive():
+                progress = report.submitted / c.orders
+                assert daemon.proc is not None
+                code = daemon.proc.poll()
+                if code is not None:  # died: by our SIGKILL, a test hook, or on its own
+                    if code == -signal.SIGKILL:
+                        report.kills_by_hooks += 1
+                    else:
+                        report.other_exits.append(code)
+                    daemon.start()
+                    report.restarts += 1
+                    daemon.wait_ready(sock)
+                elif kill_at and progress >= kill_at[0]:
+                    kill_at.pop(0)
+                    daemon.proc.send_signal(signal.SIGKILL)
+                    daemon.proc.wait()
+                    report.kills_by_us += 1
+                    daemon.start()
+                    report.restarts += 1
+                    daemon.wait_ready(sock)
+                if c.progress:
+                    _bar(report, c, time.monotonic() - started)
+                time.sleep(0.02)
+            sim.dice.faults = RequestFaults()
+            _settle(sock, acked, sim, daemon)
+            with Client(sock) as cl:
+                t = cl.request("status")["trading"]
+                report.trading = t["state"] + (f": {t['reason']}" if t["reason"] else "")
+            code = daemon.stop()
+            if code not in (0, None):
+                report.other_exits.append(code)
+            _verify(report, workdir / "state" / "execd.db", acked, sim)
+    report.seconds = time.monotonic() - started
+    if c.progress:
+        print(file=sys.stderr)
+    return report
+
+
+def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: threading.Event) -> None:
+    rng = random.Random(c.seed * 7919)
+    for i in range(c.orders):
+        strategy = f"s{i % c.strategies}"
+        fields: dict[str, Any] = {
+            "strategy_id": strategy, "symbol": rng.choice(SYMBOLS), "side": "buy",
+            "qty": str(rng.randint(1, 3)), "client_order_id": f"{strategy}-crash-{i}",
+            "wait": "accepted",
+        }
+        if rng.random() < 0.2:  # some rest open: a limit far below the market
+            fields.update(type="limit", limit_price="1.00", time_in_force="gtc")
+        report.submitted += 1
+        while True:  # a safe retry: the same client_order_id until acknowledged
+            try:
+                with Client(sock, timeout=10) as cl:
+                    cl.request("submit", **fields)
+                acked.add(fields["client_order_id"])
+                report.acknowledged += 1
+                break
+            except ExecdError as e:
+                if e.code != "overloaded" and e.code != "internal":
+                    raise
+                time.sleep(0.05)
+            except (OSError, ValueError):
+                time.sleep(0.05)  # the daemon is down or restarting
+    done.set()
+
+
+def _settle(sock: Path, acked: set[str], sim: SimServer, daemon: DaemonProcess) -> None:
+    """Wait until every order the broker has is in its final state at the daemon."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert daemon.proc is not None
+        if daemon.proc.poll() is not None:
+            daemon.start()
+            daemon.wait_ready(sock)
+        try:
+            with Client(sock, timeout=10) as cl:
+                ours = {o["client_order_id"]: o["state"]
+                        for o in cl.request("orders", limit=10_000)["orders"]}
+        except (OSError, ExecdError):
+            time.sleep(0.2)
+            continue
+        theirs = sim.engine.client_order_ids()
+        with sim.engine.lock:
+            moving = [o for o in sim.engine.orders.values() if o.is_open and o.type == "market"]
+        pending = [cid for cid, st in ours.items() if st == "PENDING"]
+        behind = [cid for cid, v in theirs.items() if _mapped(v["status"]) != ours.get(cid)]
+        if not pending and not behind and not moving and acked <= set(ours):
+            return
+        time.sleep(0.2)
+
+
+def _mapped(status: str | None) -> str | None:
+    if status is None:
+        return None
+    state = ALPACA_STATUS.get(status)
+    return state.value if state else OrderState.SUBMITTED.value
+
+
+def _verify(report: Report, db: Path, acked: set[str], sim: SimServer) -> None:
+    conn = sqlite3.connect(db)
+    ours = dict(conn.execute("SELECT client_order_id, state FROM orders").fetchall())
+    local_pos = {s: Decimal(q) for s, q in conn.execute("SELECT symbol, qty FROM positions")
+                 if Decimal(q)}
+    conn.close()
+    theirs = sim.engine.client_order_ids()
+    report.broker_orders = sum(v["orders"] for v in theirs.values())
+    report.lost = len(acked - set(ours))
+    report.unknown_to_daemon = len(set(theirs) - set(ours))
+    posts = sim.stats()["requests"].get("POST /v2/orders", {})
+    report.duplicate_submits = posts.get("422", 0)  # every order is valid: 422 = duplicate
+    for cid in acked:
+        if _mapped(theirs.get(cid, {}).get("status")) != ours.get(cid):
+            report.wrong_state.append(f"{cid}: ours {ours.get(cid)}, broker "
+                                      f"{theirs.get(cid, {}).get('status')}")
+    broker_pos = {p["symbol"]: Decimal(p["qty"]) for p in sim.engine.list_positions()}
+    report.positions_equal = local_pos == broker_pos
+    report.max_in_window = sim.stats()["max_requests_in_window"]
+
+
+def _bar(report: Report, c: Campaign, elapsed: float) -> None:
+    done = report.submitted / max(1, c.orders)
+    bar = "#" * int(30 * done)
+    kills = report.kills_by_us + report.kills_by_hooks
+    print(f"\r[{bar:<30}] {report.acknowledged}/{c.orders} acknowledged  kills {kills}  "
+          f"{elapsed:5.1f} s", end="", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--orders", type=int, default=1000)
+    p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--strategies", type=int, default=4)
+    p.add_argument("--faults", action="store_true", help="the fault soak: 10%% 5xx, 5%% slow, "
+                   "5%% dropped submits, 2%% 429")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    p.add_argument("--rate-limit", type=int, default=200)
+    p.add_argument("--rate-window", type=float, default=10.0)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    report = run(Campaign(orders=a.orders, kills=a.kills, strategies=a.strategies,
+                          faults=a.faults, seed=a.seed, rate_limit=a.rate_limit,
+                          rate_window=a.rate_window, backend=a.backend,
+                          progress=not a.json))
+    print(json.dumps(report.__dict__ | {"ok": report.ok}) if a.json else report.table())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
