@@ -123,6 +123,7 @@ async def open_daemon(
             risk=risk_send, submitter=sub_send, store=store, hub=hub, health=health,
             limiter=limiter, metrics=metrics, clock=clock,
             submit_timeout=config.daemon.submit_timeout, actors=sup.statistics,
+            line_timeout=config.daemon.line_timeout, write_timeout=config.daemon.write_timeout,
         )
         rc, d = config.reconciler, config.daemon
         assert broker is not None

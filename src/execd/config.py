@@ -29,6 +29,8 @@ class DaemonConfig:
     submit_timeout: float = 10.0
     max_connections: int = 256
     max_line_bytes: int = 65536
+    line_timeout: float = 10.0  # a line begun must end within this (slow clients are cut)
+    write_timeout: float = 10.0  # a client that does not read its answers is cut
     shutdown_grace: float = 5.0
 
 

@@ -52,8 +52,6 @@ from execd.store import Store
 
 log = logging.get("execd.intake")
 MAX_IN_FLIGHT = 32  # requests per connection
-WRITE_TIMEOUT = 10.0
-LINE_TIMEOUT = 10.0  # seconds to finish a line once its first byte arrived
 
 
 class SocketInUse(Exception):
@@ -72,6 +70,8 @@ class Services:
     clock: Clock
     submit_timeout: float
     actors: Callable[[], dict[str, dict[str, Any]]]
+    line_timeout: float = 10.0
+    write_timeout: float = 10.0
 
 
 def _probe(path: Path) -> bool:
@@ -152,7 +152,11 @@ async def run(
                                        f"too many connections ({max_connections})")
                     return
                 await Connection(stream, services, max_line).serve()
-        except Exception:  # one connection's trouble ends that connection only
+        except* (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+            log.debug("client went away")
+        except* TimeoutError:
+            log.warning("client stopped reading its answers; disconnected")
+        except* Exception:  # one connection's trouble ends that connection only
             log.exception("connection failed")
         finally:
             open_connections -= 1
@@ -171,7 +175,7 @@ async def _write_error(
     stream: ByteStream, services: Services, rid: Any, code: str, message: str
 ) -> None:
     services.metrics.intake_errors.labels(code).inc()
-    with anyio.move_on_after(WRITE_TIMEOUT):
+    with anyio.move_on_after(services.write_timeout):
         await stream.send(protocol.encode(
             {"id": rid, "ok": False, "error": {"code": code, "message": message}}
         ))
@@ -190,7 +194,7 @@ class Connection:
 
     async def write(self, obj: dict[str, Any]) -> None:
         async with self._send_lock:
-            with anyio.fail_after(WRITE_TIMEOUT):
+            with anyio.fail_after(self.s.write_timeout):
                 await self.stream.send(protocol.encode(obj))
 
     async def _read_line(self) -> bytes | None:
@@ -207,7 +211,7 @@ class Connection:
             if len(self._buffer) > self.max_line:
                 raise ProtocolError("line_too_long", f"line over {self.max_line} bytes")
             if self._buffer and deadline is None:
-                deadline = anyio.current_time() + LINE_TIMEOUT
+                deadline = anyio.current_time() + self.s.line_timeout
             try:
                 if deadline is None:
                     chunk = await self.stream.receive(65536)
@@ -228,7 +232,7 @@ class Connection:
                     line = await self._read_line()
                 except ProtocolError as e:
                     self.s.metrics.intake_errors.labels(e.code).inc()
-                    with anyio.move_on_after(WRITE_TIMEOUT):
+                    with anyio.move_on_after(self.s.write_timeout):
                         await self.write({"id": None, "ok": False,
                                           "error": {"code": e.code, "message": e.message}})
                     break  # the stream cannot be resynchronised: hang up
