@@ -54,6 +54,7 @@ class Campaign:
     rate_limit: int = 200
     rate_window: float = 10.0  # a scaled minute: the same invariant, 6x sooner
     seed: int = 1
+    pace: float = 12.0  # orders per second the client offers (the budget allows ~19/s)
     backend: str = "asyncio"
     progress: bool = False
     workdir: Path | None = None
@@ -251,7 +252,10 @@ def run(c: Campaign) -> Report:
 
 def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: threading.Event) -> None:
     rng = random.Random(c.seed * 7919)
+    next_at = time.monotonic()
     for i in range(c.orders):
+        next_at += 1 / c.pace
+        time.sleep(max(0.0, next_at - time.monotonic()))
         strategy = f"s{i % c.strategies}"
         fields: dict[str, Any] = {
             "strategy_id": strategy, "symbol": rng.choice(SYMBOLS), "side": "buy",
@@ -346,6 +350,7 @@ def main() -> int:
     p.add_argument("--faults", action="store_true", help="the fault soak: 10%% 5xx, 5%% slow, "
                    "5%% dropped submits, 2%% 429")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--pace", type=float, default=12.0, help="orders per second offered")
     p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     p.add_argument("--rate-limit", type=int, default=200)
     p.add_argument("--rate-window", type=float, default=10.0)
@@ -353,7 +358,7 @@ def main() -> int:
     a = p.parse_args()
     report = run(Campaign(orders=a.orders, kills=a.kills, strategies=a.strategies,
                           faults=a.faults, seed=a.seed, rate_limit=a.rate_limit,
-                          rate_window=a.rate_window, backend=a.backend,
+                          rate_window=a.rate_window, backend=a.backend, pace=a.pace,
                           progress=not a.json))
     print(json.dumps(report.__dict__ | {"ok": report.ok}) if a.json else report.table())
     return 0 if report.ok else 1

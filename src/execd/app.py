@@ -31,6 +31,7 @@ from execd.obs.metrics import Metrics
 from execd.sim import EngineConfig, FillModel, SimConfig, SimServer
 from execd.store import Store
 from execd.supervisor import ChildSpec, GaveUp, Intensity, Supervisor
+from execd.testhooks import HOOKS
 
 log = logging.get("execd.app")
 RISK_INBOX = 1024
@@ -210,6 +211,7 @@ async def run_daemon(config: Config) -> int:
             try:
                 async with open_daemon(config):
                     systemd.notify("READY=1", "STATUS=ready: accepting orders")
+                    HOOKS.arm()
                     await stop.wait()
                     systemd.notify("STOPPING=1", "STATUS=stopping")
             finally:

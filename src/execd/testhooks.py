@@ -32,10 +32,14 @@ class Hooks:
             else:
                 raise ValueError(f"EXECD_TEST_HOOKS: unknown point {name!r}")
         self._rng = random.Random(seed + os.getpid())
+        self.armed = False  # kill points fire only once start-up recovery is over
+
+    def arm(self) -> None:
+        self.armed = True
 
     def point(self, name: str) -> None:
         p = self.p.get(name)
-        if p and self._rng.random() < p:
+        if p and self.armed and self._rng.random() < p:
             log.warning("test hook: killing the daemon", point=name)
             os.kill(os.getpid(), signal.SIGKILL)
 
