@@ -212,6 +212,7 @@ def run(c: Campaign) -> Report:
                                       daemon=True)
             client.start()
             kill_at = sorted(rng.uniform(0.05, 0.95) for _ in range(c.kills))
+            shown = 0.0
             while client.is_alive():
                 progress = report.submitted / c.orders
                 assert daemon.proc is not None
@@ -232,8 +233,9 @@ def run(c: Campaign) -> Report:
                     daemon.start()
                     report.restarts += 1
                     daemon.wait_ready(sock)
-                if c.progress:
-                    _bar(report, c, time.monotonic() - started)
+                if c.progress and time.monotonic() - shown > 1.0:
+                    shown = time.monotonic()
+                    _bar(report, c, shown - started)
                 time.sleep(0.02)
             sim.dice.faults = RequestFaults()
             _settle(sock, acked, sim, daemon)

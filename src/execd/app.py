@@ -125,6 +125,7 @@ async def open_daemon(
             limiter=limiter, metrics=metrics, clock=clock,
             submit_timeout=config.daemon.submit_timeout, actors=sup.statistics,
             line_timeout=config.daemon.line_timeout, write_timeout=config.daemon.write_timeout,
+            access=config.access,
         )
         rc, d = config.reconciler, config.daemon
         assert broker is not None

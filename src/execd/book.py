@@ -37,6 +37,7 @@ class _Subscriber:
     strategy_id: str | None
     client_order_id: str | None
     send: MemoryObjectSendStream[Order]
+    owner_uid: int | None = None
 
 
 class EventHub:
@@ -46,10 +47,10 @@ class EventHub:
     @asynccontextmanager
     async def subscribe(
         self, *, strategy_id: str | None = None, client_order_id: str | None = None,
-        buffer: int = 256,
+        owner_uid: int | None = None, buffer: int = 256,
     ) -> AsyncIterator[MemoryObjectReceiveStream[Order]]:
         send, receive = anyio.create_memory_object_stream[Order](buffer)
-        sub = _Subscriber(strategy_id, client_order_id, send)
+        sub = _Subscriber(strategy_id, client_order_id, send, owner_uid)
         self._subs.append(sub)
         try:
             with receive:
@@ -63,6 +64,8 @@ class EventHub:
             if sub.strategy_id is not None and sub.strategy_id != order.spec.strategy_id:
                 continue
             if sub.client_order_id is not None and sub.client_order_id != order.client_order_id:
+                continue
+            if sub.owner_uid is not None and sub.owner_uid != order.owner_uid:
                 continue
             try:
                 sub.send.send_nowait(order)

@@ -107,6 +107,18 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AccessConfig:
+    """Who may use the socket, beyond its file mode (peer credentials, SO_PEERCRED)."""
+
+    socket_group: str = ""  # group of the socket and its directory ("": the daemon's)
+    allow_uids: tuple[int, ...] = ()  # empty: anyone who can open the socket
+    allow_gids: tuple[int, ...] = ()
+    admin_uids: tuple[int, ...] = ()  # halt, resume, cancel_all of every strategy;
+    admin_gids: tuple[int, ...] = ()  # both empty: any allowed peer
+    own_orders_only: bool = False  # a peer sees and cancels only the orders it submitted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MetricsConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -128,6 +140,7 @@ class Config:
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     base_dir: Path = Path(".")  # relative paths are relative to the config file
@@ -169,8 +182,11 @@ def _build(cls: type[Any], raw: Any, where: str) -> Any:
             str: isinstance(value, str),
             bool: isinstance(value, bool),
         }.get(hint)
-        if hint == tuple[str, ...]:
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if hint in (tuple[str, ...], tuple[int, ...]):
+            item = str if hint == tuple[str, ...] else int
+            ok = isinstance(value, list) and all(
+                isinstance(v, item) and not isinstance(v, bool) for v in value
+            )
             value = tuple(value)
         if not ok:
             raise ConfigError(f"{where}.{name} must be of type {getattr(hint, '__name__', hint)}")

@@ -11,22 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import os
 import socket
 import stat
+import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, SocketListener, TaskStatus
+from anyio.abc import ByteStream, SocketAttribute, SocketListener, TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from execd import __version__, protocol
 from execd.book import EventHub
 from execd.clock import Clock
-from execd.domain.orders import OrderState
+from execd.config import AccessConfig
+from execd.domain.orders import Order, OrderState
 from execd.domain.risk import TradingState
 from execd.health import Health
 from execd.limiter import RateLimiter
@@ -72,6 +75,45 @@ class Services:
     actors: Callable[[], dict[str, dict[str, Any]]]
     line_timeout: float = 10.0
     write_timeout: float = 10.0
+    access: AccessConfig = field(default_factory=AccessConfig)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Peer:
+    pid: int
+    uid: int
+    groups: frozenset[int]
+
+
+def peer_of(stream: ByteStream) -> Peer | None:
+    """The connecting process's credentials, from the kernel (SO_PEERCRED)."""
+    sock = stream.extra(SocketAttribute.raw_socket, None)
+    if sock is None:
+        return None
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    groups = {gid}
+    try:  # supplementary groups: SO_PEERCRED has the primary one only
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Groups:"):
+                groups.update(int(g) for g in line.split()[1:])
+    except OSError:
+        pass
+    return Peer(pid=pid, uid=uid, groups=frozenset(groups))
+
+
+def allowed(peer: Peer | None, access: AccessConfig) -> bool:
+    if not access.allow_uids and not access.allow_gids:
+        return True
+    return peer is not None and (
+        peer.uid in access.allow_uids or bool(peer.groups & set(access.allow_gids)))
+
+
+def is_admin(peer: Peer | None, access: AccessConfig) -> bool:
+    if not access.admin_uids and not access.admin_gids:
+        return True
+    return peer is not None and (
+        peer.uid in access.admin_uids or bool(peer.groups & set(access.admin_gids)))
 
 
 def _probe(path: Path) -> bool:
@@ -121,7 +163,7 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-async def bind(path: Path, mode: int) -> SocketListener:
+async def bind(path: Path, mode: int, group: str = "") -> SocketListener:
     """Bind the socket with its mode from the first instant (umask before bind)."""
     await anyio.to_thread.run_sync(_prepare, path)
     old = os.umask(0o777 & ~mode)
@@ -130,6 +172,10 @@ async def bind(path: Path, mode: int) -> SocketListener:
     finally:
         os.umask(old)
     os.chmod(path, mode)
+    if group:
+        gid = grp.getgrnam(group).gr_gid
+        os.chown(path, -1, gid)
+        os.chown(path.parent, -1, gid)
     return listener
 
 
@@ -137,7 +183,7 @@ async def run(
     *, path: Path, mode: int, services: Services, max_connections: int, max_line: int,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    listener = await bind(path, mode)
+    listener = await bind(path, mode, services.access.socket_group)
     log.info("listening", socket=str(path), mode=oct(mode))
     open_connections = 0
 
@@ -151,7 +197,14 @@ async def run(
                     await _write_error(stream, services, None, "overloaded",
                                        f"too many connections ({max_connections})")
                     return
-                await Connection(stream, services, max_line).serve()
+                peer = peer_of(stream)
+                if not allowed(peer, services.access):
+                    log.warning("connection refused: peer not allowed",
+                                uid=peer.uid if peer else None, pid=peer.pid if peer else None)
+                    await _write_error(stream, services, None, "unauthorized",
+                                       "this user may not use execd (access.allow_uids/gids)")
+                    return
+                await Connection(stream, services, max_line, peer).serve()
         except* (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
             log.debug("client went away")
         except* TimeoutError:
@@ -182,9 +235,17 @@ async def _write_error(
 
 
 class Connection:
-    def __init__(self, stream: ByteStream, services: Services, max_line: int) -> None:
+    def __init__(
+        self, stream: ByteStream, services: Services, max_line: int, peer: Peer | None = None
+    ) -> None:
         self.stream = stream
         self.s = services
+        self.peer = peer
+        self.admin = is_admin(peer, services.access)
+        # with own_orders_only, a peer that is not an admin acts on its own orders only
+        self.only_owner: int | None = (
+            peer.uid if peer and services.access.own_orders_only and not self.admin else None
+        )
         self.max_line = max_line
         self._send_lock = anyio.Lock()
         self._slots = anyio.Semaphore(MAX_IN_FLIGHT)
@@ -285,8 +346,10 @@ class Connection:
         start = anyio.current_time()
         spec, wait = protocol.submit_spec(args, self.s.clock.time())
         async with self.s.hub.subscribe(client_order_id=spec.client_order_id, buffer=16) as ev:
+            owner = self.peer.uid if self.peer else None
+
             def command(reply: MemoryObjectSendStream[SubmitResult]) -> RiskCommand:
-                return SubmitOrder(spec=spec, reply=reply)
+                return SubmitOrder(spec=spec, reply=reply, owner_uid=owner)
 
             try:
                 result = await ask(self.s.risk, command)
@@ -312,6 +375,8 @@ class Connection:
     async def op_cancel(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = protocol.client_order_id(args)
         assert cid is not None
+        await self._own(cid)
+
         def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
             return CancelOrder(client_order_id=cid, reply=reply)
 
@@ -320,8 +385,12 @@ class Connection:
 
     async def op_cancel_all(self, args: dict[str, Any]) -> dict[str, Any]:
         sid = protocol.strategy_id(args, required=False)
+        if sid is None:
+            self._operator("cancel_all of every strategy")
+        owner = self.only_owner
+
         def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
-            return CancelAll(strategy_id=sid, reply=reply)
+            return CancelAll(strategy_id=sid, reply=reply, owner_uid=owner)
 
         orders = await self._ask_submitter(command)
         cancelled = [o for o in orders if o["state"] == OrderState.CANCELLED.value]
@@ -344,14 +413,25 @@ class Connection:
     async def op_order(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = protocol.client_order_id(args)
         assert cid is not None
-        order = await self.s.store.get_order(cid)
-        if order is None:
-            raise ProtocolError("not_found", f"no order with client_order_id {cid}")
+        order = await self._own(cid)
         return {"order": order.to_json(), "events": await self.s.store.events(cid)}
+
+    async def _own(self, cid: str) -> Order:
+        """The order, if this peer may see it (others' orders look absent)."""
+        order = await self.s.store.get_order(cid)
+        if order is None or (self.only_owner is not None and order.owner_uid != self.only_owner):
+            raise ProtocolError("not_found", f"no order with client_order_id {cid}")
+        return order
+
+    def _operator(self, what: str) -> None:
+        if not self.admin:
+            raise ProtocolError("unauthorized", f"{what} is an operator command "
+                                "(access.admin_uids/gids)")
 
     async def op_orders(self, args: dict[str, Any]) -> dict[str, Any]:
         sid, states, limit = protocol.orders_filter(args)
-        orders = await self.s.store.list_orders(strategy_id=sid, states=states, limit=limit)
+        orders = await self.s.store.list_orders(strategy_id=sid, states=states, limit=limit,
+                                                owner_uid=self.only_owner)
         return {"orders": [o.to_json() for o in orders]}
 
     async def op_positions(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -392,9 +472,11 @@ class Connection:
         return {"trading": {"state": st.state.value, "reason": st.reason, "since": st.since}}
 
     async def op_halt(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._operator("halt")
         return await self._set_state(TradingState.HALTED, protocol.reason(args))
 
     async def op_resume(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._operator("resume")
         state = args.get("state", "ACTIVE")
         if state not in ("ACTIVE", "REDUCING"):
             raise protocol.invalid('state must be "ACTIVE" or "REDUCING"')
@@ -408,7 +490,7 @@ class Connection:
         ready = anyio.Event()
 
         async def forward() -> None:
-            async with self.s.hub.subscribe(strategy_id=sid) as events:
+            async with self.s.hub.subscribe(strategy_id=sid, owner_uid=self.only_owner) as events:
                 ready.set()
                 async for order in events:
                     await self.write({"event": "order", "order": order.to_json()})

@@ -60,6 +60,7 @@ class TradingStateChanged:
 class SubmitOrder:
     spec: OrderSpec
     reply: Reply[SubmitResult]
+    owner_uid: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +90,7 @@ class CancelOrder:
 class CancelAll:
     strategy_id: str | None
     reply: Reply[CancelResult]
+    owner_uid: int | None = None  # only this peer's orders
 
 
 SubmitterCommand = SendOrder | CancelOrder | CancelAll

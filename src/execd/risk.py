@@ -145,7 +145,9 @@ def _decide(
     spec = msg.spec
     existing = known.get(spec.client_order_id)
     if existing is not None:
-        if existing.spec == spec:
+        # An order from before owners were recorded (schema 1) has none: it matches.
+        same_owner = existing.owner_uid is None or existing.owner_uid == msg.owner_uid
+        if existing.spec == spec and same_owner:
             metrics.submits.labels("duplicate").inc()
             return OrderAccepted(order=existing, existing=True)
         metrics.submits.labels("conflict").inc()
@@ -162,7 +164,8 @@ def _decide(
                  strategy_id=spec.strategy_id, rule=denial.rule, reason=denial.reason)
         return OrderDenied(code=denial.code, reason=denial.reason)
     now = clock.time()
-    order = Order(spec=spec, state=OrderState.PENDING, created_at=now, updated_at=now)
+    order = Order(spec=spec, state=OrderState.PENDING, created_at=now, updated_at=now,
+                  owner_uid=msg.owner_uid)
     ctx.admit(spec)
     known[spec.client_order_id] = order
     new.append(order)

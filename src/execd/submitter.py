@@ -175,10 +175,11 @@ class Submitter:
                 await self._failed(e)
                 return CancelDenied(code="internal", reason=f"broker unavailable: {e}")
 
-    async def cancel_all(self, strategy_id: str | None) -> CancelResult:
+    async def cancel_all(self, strategy_id: str | None, owner_uid: int | None) -> CancelResult:
         targets = [
             o for o in await self.book.store.open_orders()
-            if strategy_id is None or o.spec.strategy_id == strategy_id
+            if (strategy_id is None or o.spec.strategy_id == strategy_id)
+            and (owner_uid is None or o.owner_uid == owner_uid)
         ]
         results: list[Order] = []
 
@@ -228,8 +229,8 @@ async def run(
                     tg.start_soon(_send, submitter, cid, cid in unknown)
                 case CancelOrder(client_order_id=cid, reply=reply):
                     tg.start_soon(_answer_cancel, reply, submitter.cancel(cid))
-                case CancelAll(strategy_id=sid, reply=reply):
-                    tg.start_soon(_answer_cancel, reply, submitter.cancel_all(sid))
+                case CancelAll(strategy_id=sid, reply=reply, owner_uid=owner):
+                    tg.start_soon(_answer_cancel, reply, submitter.cancel_all(sid, owner))
                 case _:
                     assert_never(msg)
 

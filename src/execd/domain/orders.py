@@ -115,6 +115,7 @@ class Order:
     reason: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    owner_uid: int | None = None  # the peer that submitted it, for access control
 
     @property
     def client_order_id(self) -> str:

@@ -74,11 +74,17 @@ MIGRATIONS: list[str] = [
         since REAL NOT NULL
     );
     """,
+    # 2: who submitted each order (peer uid), for access control
+    """
+    ALTER TABLE orders ADD COLUMN owner_uid INTEGER;
+    CREATE INDEX orders_owner ON orders(owner_uid, created_at);
+    """,
 ]
 
 _ORDER_COLUMNS = (
     "client_order_id, strategy_id, symbol, side, qty, type, limit_price, time_in_force, "
-    "state, broker_order_id, filled_qty, filled_avg_price, reason, created_at, updated_at"
+    "state, broker_order_id, filled_qty, filled_avg_price, reason, created_at, updated_at, "
+    "owner_uid"
 )
 
 
@@ -96,12 +102,13 @@ def _order_row(o: Order) -> tuple[Any, ...]:
         s.client_order_id, s.strategy_id, s.symbol, s.side, str(s.qty), s.type,
         _str(s.limit_price), s.time_in_force, o.state.value, o.broker_order_id,
         str(o.filled_qty), _str(o.filled_avg_price), o.reason, o.created_at, o.updated_at,
+        o.owner_uid,
     )
 
 
 def _order_from(row: Row) -> Order:
     (cid, strategy, symbol, side, qty, otype, limit, tif, state, broker_id, filled, avg,
-     reason, created, updated) = row
+     reason, created, updated, owner) = row
     return Order(
         spec=OrderSpec(
             client_order_id=cid, strategy_id=strategy, symbol=symbol, side=side,
@@ -109,6 +116,7 @@ def _order_from(row: Row) -> Order:
         ),
         state=OrderState(state), broker_order_id=broker_id, filled_qty=Decimal(filled),
         filled_avg_price=_dec(avg), reason=reason, created_at=created, updated_at=updated,
+        owner_uid=owner,
     )
 
 
@@ -170,7 +178,7 @@ class Store:
             ok = False
             try:
                 await self._db.executemany(
-                    f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ({','.join('?' * 15)})",
+                    f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ({','.join('?' * 16)})",
                     [_order_row(o) for o in orders],
                 )
                 await self._db.executemany(
@@ -264,12 +272,16 @@ class Store:
     async def list_orders(
         self, *, strategy_id: str | None = None,
         states: Collection[OrderState] | None = None, limit: int = 100,
+        owner_uid: int | None = None,
     ) -> list[Order]:
         where: list[str] = []
         params: list[Any] = []
         if strategy_id is not None:
             where.append("strategy_id=?")
             params.append(strategy_id)
+        if owner_uid is not None:
+            where.append("owner_uid=?")
+            params.append(owner_uid)
         if states is not None:
             where.append(f"state IN ({','.join('?' * len(states))})")
             params.extend(s.value for s in states)
