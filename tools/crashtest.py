@@ -237,8 +237,16 @@ def run(c: Campaign) -> Report:
                     shown = time.monotonic()
                     _bar(report, c, shown - started)
                 time.sleep(0.02)
+            for _ in kill_at:  # kill points the client outran: kill while settling
+                assert daemon.proc is not None
+                daemon.proc.send_signal(signal.SIGKILL)
+                daemon.proc.wait()
+                report.kills_by_us += 1
+                daemon.start()
+                report.restarts += 1
+                daemon.wait_ready(sock)
             sim.dice.faults = RequestFaults()
-            _settle(sock, acked, sim, daemon)
+            _settle(sock, acked, sim, daemon, report)
             with Client(sock) as cl:
                 t = cl.request("status")["trading"]
                 report.trading = t["state"] + (f": {t['reason']}" if t["reason"] else "")
@@ -283,13 +291,21 @@ def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: thre
     done.set()
 
 
-def _settle(sock: Path, acked: set[str], sim: SimServer, daemon: DaemonProcess) -> None:
+def _settle(
+    sock: Path, acked: set[str], sim: SimServer, daemon: DaemonProcess, report: Report
+) -> None:
     """Wait until every order the broker has is in its final state at the daemon."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert daemon.proc is not None
-        if daemon.proc.poll() is not None:
+        code = daemon.proc.poll()
+        if code is not None:
+            if code == -signal.SIGKILL:
+                report.kills_by_hooks += 1
+            else:
+                report.other_exits.append(code)
             daemon.start()
+            report.restarts += 1
             daemon.wait_ready(sock)
         try:
             with Client(sock, timeout=10) as cl:

@@ -73,6 +73,10 @@ def _dec(value: Any, name: str) -> Decimal:
     return d
 
 
+def _us(t: float) -> int:
+    return round(t * 1_000_000)
+
+
 def _s(d: Decimal) -> str:
     """Alpaca-style decimal string without exponent noise."""
     text = format(d.normalize(), "f")
@@ -369,8 +373,9 @@ class Engine:
                     f"insufficient qty available for order (requested: {_s(qty)}, "
                     f"available: {_s(max(available, Decimal(0)))})",
                 )
-        # Alpaca orders the list by submitted_at; keep it strictly increasing.
-        created = max(now, self._last_submitted + 1e-6)
+        # Alpaca orders the list by submitted_at; keep it strictly increasing, in whole
+        # microseconds (what the ISO timestamps carry), so `after` filters exactly.
+        created = max(_us(now), _us(self._last_submitted) + 1) / 1e6
         self._last_submitted = created
         faults = self.config.faults
         order = SimOrder(
@@ -445,8 +450,8 @@ class Engine:
             chosen = [
                 o for o in self.orders.values()
                 if (status == "all" or (status == "open") == o.is_open)
-                and (after is None or o.created_at > after)
-                and (until is None or o.created_at < until)
+                and (after is None or _us(o.created_at) > _us(after))
+                and (until is None or _us(o.created_at) < _us(until))
                 and (side is None or o.side == side)
                 and (symbols is None or o.symbol in symbols)
             ]
