@@ -79,6 +79,14 @@ class EventHub:
         return len(self._subs)
 
 
+@dataclass(slots=True)
+class _Queued:
+    client_order_id: str
+    view: BrokerView
+    done: bool = False
+    result: Order | None = None
+
+
 class OrderBook:
     def __init__(self, store: Store, hub: EventHub, metrics: Metrics, clock: Clock) -> None:
         self.store = store
@@ -88,6 +96,7 @@ class OrderBook:
         # Every change is read-modify-write: two actors applying the same broker view
         # at once must not both count its fill.
         self._lock = anyio.Lock()
+        self._queue: list[_Queued] = []
 
     async def load_metrics(self) -> None:
         counts = await self.store.count_by_state()
@@ -104,13 +113,41 @@ class OrderBook:
             self.hub.publish(o)
 
     async def apply_view(self, client_order_id: str, view: BrokerView) -> Order | None:
-        """Apply what the broker says about an order; None if the order is unknown."""
+        """Apply what the broker says about an order; None if the order is unknown.
+
+        Group commit, leader/follower: the change is queued, and whoever holds the lock
+        writes everything queued in one transaction; a caller whose change a previous
+        holder already wrote finds it done and returns at once.
+        """
+        item = _Queued(client_order_id, view)
+        self._queue.append(item)
         async with self._lock:
-            before = await self.store.get_order(client_order_id)
-            if before is None:
-                return None
-            update = apply_broker_view(before, view, self._clock.time())
-            return before if update is None else await self._apply(before, update)
+            if not item.done:
+                batch, self._queue = self._queue, []
+                await self._flush(batch)
+        return item.result
+
+    async def _flush(self, batch: list[_Queued]) -> None:
+        try:
+            current = await self.store.get_orders({q.client_order_id for q in batch})
+            now = self._clock.time()
+            changes: list[tuple[Order, Update]] = []
+            for q in batch:  # in order: later views of one order build on earlier ones
+                before = current.get(q.client_order_id)
+                if before is None:
+                    continue
+                update = apply_broker_view(before, q.view, now)
+                if update is not None:
+                    changes.append((before, update))
+                    current[q.client_order_id] = update.order
+            await self.store.apply_many([u for _, u in changes])
+            for before, update in changes:
+                self._announce(before, update)
+            for q in batch:
+                q.result = current.get(q.client_order_id)
+        finally:
+            for q in batch:
+                q.done = True
 
     async def reject(self, client_order_id: str, reason: str) -> Order | None:
         async with self._lock:
@@ -129,6 +166,11 @@ class OrderBook:
 
     async def _apply(self, before: Order, update: Update) -> Order:
         await self.store.apply(update)
+        self._announce(before, update)
+        return update.order
+
+    def _announce(self, before: Order, update: Update) -> None:
+        """Count, log and publish a change that is on disk."""
         after = update.order
         if before.state != after.state:
             self.metrics.orders.labels(before.state.value).dec()
@@ -142,4 +184,3 @@ class OrderBook:
             **({"reason": after.reason} if after.reason else {}),
         )
         self.hub.publish(after)
-        return after

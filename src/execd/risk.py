@@ -101,7 +101,7 @@ async def _handle(
     ctx = await _context(book, clock)
     store, metrics = book.store, book.metrics
     wanted = [m.spec.client_order_id for m in batch if isinstance(m, SubmitOrder)]
-    known = {cid: o for cid in wanted if (o := await store.get_order(cid)) is not None}
+    known = await store.get_orders(wanted)
     committed: list[Order] = []
     new: list[Order] = []
     # Answers wait for the commit of every order before them, an idempotent retry of an
