@@ -78,6 +78,7 @@ class Report:
     limit: int = 0
     window: float = 0.0
     trading: str = ""
+    client_error: str = ""
     seconds: float = 0.0
 
     @property
@@ -85,7 +86,7 @@ class Report:
         return (self.lost == 0 and self.duplicate_submits == 0 and self.unknown_to_daemon == 0
                 and not self.wrong_state and self.positions_equal
                 and self.max_in_window <= self.limit and not self.other_exits
-                and (not self.trading.startswith("HALTED") or ":" in self.trading))
+                and not self.client_error and self.trading == "ACTIVE")
 
     def table(self) -> str:
         rows = [
@@ -104,6 +105,7 @@ class Report:
             (f"most requests in any {self.window:g} s window (limit)",
              f"{self.max_in_window} ({self.limit})"),
             ("trading state at the end", self.trading),
+            ("client stopped by an error", self.client_error or "no"),
             ("elapsed", f"{self.seconds:.1f} s"),
             ("all invariants held", "YES" if self.ok else "NO"),
         ]
@@ -283,8 +285,10 @@ def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: thre
                 report.acknowledged += 1
                 break
             except ExecdError as e:
-                if e.code != "overloaded" and e.code != "internal":
-                    raise
+                if e.code not in ("overloaded", "internal"):
+                    report.client_error = f"{e.code}: {e.message}"
+                    done.set()
+                    return
                 time.sleep(0.05)
             except (OSError, ValueError):
                 time.sleep(0.05)  # the daemon is down or restarting

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class Health:
-    last_poll: float | None = None
+    last_poll: float | None = None  # when the last complete poll ended
+    last_poll_started: float | None = None  # ... and when it began
     last_poll_error: str | None = None
     last_reconcile: float | None = None
     last_reconcile_result: str | None = None

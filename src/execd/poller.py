@@ -23,7 +23,10 @@ log = logging.get("execd.poller")
 
 
 async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health: Health) -> None:
+    """One poll. A look-up that fails skips its order (the next poll tries again); the poll
+    counts as complete, and is stamped in `health.last_poll`, only if nothing failed."""
     started = clock.time()
+    failed: BrokerError | None = None
     open_at_broker = {o.client_order_id: o for o in await broker.list_open_orders()}
     ours = await book.store.open_orders()
     known = {o.client_order_id for o in ours}
@@ -35,7 +38,11 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
             if order.updated_at >= started:
                 continue  # changed while we listed: next poll
             book.metrics.poll_lookups.inc()
-            found = await broker.get_order_by_client_id(order.client_order_id)
+            try:
+                found = await broker.get_order_by_client_id(order.client_order_id)
+            except BrokerError as e:
+                failed = e
+                continue
             if found is None:
                 log.error("order missing at the broker; left as it is",
                           client_order_id=order.client_order_id,
@@ -43,7 +50,10 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
                 continue
         await book.apply_view(order.client_order_id, found.view)
     health.broker_orders_unknown = len(set(open_at_broker) - known)
-    health.last_poll, health.last_poll_error = clock.time(), None
+    if failed is not None:
+        raise failed
+    health.last_poll_started, health.last_poll = started, clock.time()
+    health.last_poll_error = None
     book.metrics.poll_last_success.set(health.last_poll)
 
 

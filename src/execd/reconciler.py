@@ -1,8 +1,10 @@
 """The reconciler actor: broker positions against ours, exactly, every interval.
 
-A difference is confirmed on a second read after `confirm_delay` (the broker's orders
-and positions can disagree for seconds after a fill); a confirmed one halts trading
-with reason reconcile_mismatch, logged with both sides. Halts are lifted by an
+A difference may be fills we have not polled yet (and the broker's orders and
+positions can disagree for seconds after a fill). So it is confirmed only by a second
+read after `confirm_delay` *and* after a complete poll that began after the first read;
+if the poller cannot complete one in time, nothing is concluded this run. A confirmed
+difference halts trading with reason reconcile_mismatch, logged with both sides. Halts are lifted by an
 operator, or after K clean runs if configured.
 """
 
@@ -52,9 +54,16 @@ class Reconciler:
         first = await _read(self.book, self.broker)
         mismatches: list[reconcile.Mismatch] = []
         if first:
+            first_at = self.clock.time()
             log.warning("positions differ; confirming", wait=self.confirm_delay,
                         differences=[_show(m) for m in first])
             await self.clock.sleep(self.confirm_delay)
+            if not await self._polled_since(first_at):
+                log.warning("cannot confirm the difference: no complete poll since; "
+                            "trying again next run", differences=[_show(m) for m in first])
+                self.book.metrics.reconcile_runs.labels("unconfirmed").inc()
+                self.health.last_reconcile_result = "unconfirmed: poller behind"
+                return []
             mismatches = reconcile.confirmed(first, await _read(self.book, self.broker))
         now = self.clock.time()
         self.health.last_reconcile = now
@@ -83,6 +92,16 @@ class Reconciler:
                     reason=f"auto-resumed after {self.clean_runs} clean reconciliations",
                 ))
         return []
+
+
+    async def _polled_since(self, t: float) -> bool:
+        """Wait (a while) for a complete poll that began after `t`."""
+        for _ in range(max(1, int(self.confirm_delay * 4 / 0.05))):
+            started = self.health.last_poll_started
+            if started is not None and started > t:
+                return True
+            await self.clock.sleep(0.05)
+        return False
 
 
 def _show(m: reconcile.Mismatch) -> str:
