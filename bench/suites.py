@@ -149,6 +149,13 @@ def _budget_config(tmp: Path, sim: SimServer, *, poll: float, reconcile: float) 
     )
 
 
+def _daemon_on(sim: SimServer, tmp: Path, *, poll: float, reconcile: float) -> Any:
+    """The real daemon (AlpacaClient, the limiter) on a scaled-time simulator."""
+    return open_daemon(_budget_config(tmp, sim, poll=poll, reconcile=reconcile),
+                       broker_url=sim.url,
+                       credentials=Credentials(sim.config.key_id, sim.config.secret_key))
+
+
 def _sim(fill_delay: float = 0.2) -> SimServer:
     return SimServer(SimConfig(rate_limit=200, rate_window=60 / SCALE, engine=EngineConfig(
         fill=FillModel(delay=fill_delay), starting_cash=Decimal(10**9)))).start()
@@ -179,9 +186,7 @@ def budget(*, quick: bool, backend: str, progress: Progress) -> Result:
             sim = _sim()
             try:
                 _rest_open_orders(sim, open_orders)
-                config = _budget_config(Path(tmp), sim, poll=5 / SCALE, reconcile=minute)
-                creds = Credentials(sim.config.key_id, sim.config.secret_key)
-                async with open_daemon(config, broker_url=sim.url, credentials=creds):
+                async with _daemon_on(sim, Path(tmp), poll=5 / SCALE, reconcile=minute):
                     before = _count(sim, polls)
                     await anyio.sleep(minutes * minute)
                     return (_count(sim, polls) - before) / minutes
@@ -193,9 +198,7 @@ def budget(*, quick: bool, backend: str, progress: Progress) -> Result:
             sim = _sim()
             try:
                 _rest_open_orders(sim, open_orders)
-                config = _budget_config(Path(tmp), sim, poll=5 / SCALE, reconcile=minute)
-                creds = Credentials(sim.config.key_id, sim.config.secret_key)
-                async with open_daemon(config, broker_url=sim.url, credentials=creds) as d:
+                async with _daemon_on(sim, Path(tmp), poll=5 / SCALE, reconcile=minute) as d:
                     before = _count(sim, ("POST /v2/orders",))
                     offered = int(250 * minutes)
                     async with anyio.create_task_group() as tg:
@@ -298,9 +301,7 @@ async def _daemon_requests_per_fill(minutes: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         sim = _sim(fill_delay=1.0 * 60 / SCALE / 6)
         try:
-            config = _budget_config(Path(tmp), sim, poll=5 / SCALE, reconcile=60 / SCALE)
-            creds = Credentials(sim.config.key_id, sim.config.secret_key)
-            async with open_daemon(config, broker_url=sim.url, credentials=creds) as d:
+            async with _daemon_on(sim, Path(tmp), poll=5 / SCALE, reconcile=60 / SCALE) as d:
                 offered = int(150 * minutes)
                 await drive(d.config.socket_path, count=offered,
                             rate=offered / (minutes * 60 / SCALE), wait="accepted")
@@ -321,9 +322,7 @@ def freshness(*, quick: bool, backend: str, progress: Progress) -> Result:
         with tempfile.TemporaryDirectory() as tmp:
             sim = _sim(fill_delay=0.05)
             try:
-                config = _budget_config(Path(tmp), sim, poll=poll, reconcile=60.0)
-                creds = Credentials(sim.config.key_id, sim.config.secret_key)
-                async with open_daemon(config, broker_url=sim.url, credentials=creds) as d, \
+                async with _daemon_on(sim, Path(tmp), poll=poll, reconcile=60.0) as d, \
                         await AsyncClient.connect(d.config.socket_path) as orders, \
                         await AsyncClient.connect(d.config.socket_path) as watcher:
                     events = await watcher.subscribe(strategy_id="fresh")

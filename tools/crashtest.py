@@ -142,6 +142,31 @@ class DaemonProcess:
                 time.sleep(0.05)
         return False
 
+    def kill(self, sock: Path, report: Report) -> None:
+        """SIGKILL it, and start another."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        report.kills_by_us += 1
+        self.restart(sock, report)
+
+    def reap(self, sock: Path, report: Report) -> None:
+        """If it died (a test hook's SIGKILL, or by itself), count it and start another."""
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is None:
+            return
+        if code == -signal.SIGKILL:
+            report.kills_by_hooks += 1
+        else:
+            report.other_exits.append(code)
+        self.restart(sock, report)
+
+    def restart(self, sock: Path, report: Report) -> None:
+        self.start()
+        report.restarts += 1
+        self.wait_ready(sock)
+
     def stop(self) -> int | None:
         if self.proc is None:
             return None
@@ -216,37 +241,16 @@ def run(c: Campaign) -> Report:
             kill_at = sorted(rng.uniform(0.05, 0.95) for _ in range(c.kills))
             shown = 0.0
             while client.is_alive():
-                progress = report.submitted / c.orders
-                assert daemon.proc is not None
-                code = daemon.proc.poll()
-                if code is not None:  # died: by our SIGKILL, a test hook, or on its own
-                    if code == -signal.SIGKILL:
-                        report.kills_by_hooks += 1
-                    else:
-                        report.other_exits.append(code)
-                    daemon.start()
-                    report.restarts += 1
-                    daemon.wait_ready(sock)
-                elif kill_at and progress >= kill_at[0]:
+                daemon.reap(sock, report)
+                if kill_at and report.submitted / c.orders >= kill_at[0]:
                     kill_at.pop(0)
-                    daemon.proc.send_signal(signal.SIGKILL)
-                    daemon.proc.wait()
-                    report.kills_by_us += 1
-                    daemon.start()
-                    report.restarts += 1
-                    daemon.wait_ready(sock)
+                    daemon.kill(sock, report)
                 if c.progress and time.monotonic() - shown > 1.0:
                     shown = time.monotonic()
                     _bar(report, c, shown - started)
                 time.sleep(0.02)
             for _ in kill_at:  # kill points the client outran: kill while settling
-                assert daemon.proc is not None
-                daemon.proc.send_signal(signal.SIGKILL)
-                daemon.proc.wait()
-                report.kills_by_us += 1
-                daemon.start()
-                report.restarts += 1
-                daemon.wait_ready(sock)
+                daemon.kill(sock, report)
             sim.dice.faults = RequestFaults()
             _settle(sock, acked, sim, daemon, report)
             with Client(sock) as cl:
@@ -301,16 +305,7 @@ def _settle(
     """Wait until every order the broker has is in its final state at the daemon."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        assert daemon.proc is not None
-        code = daemon.proc.poll()
-        if code is not None:
-            if code == -signal.SIGKILL:
-                report.kills_by_hooks += 1
-            else:
-                report.other_exits.append(code)
-            daemon.start()
-            report.restarts += 1
-            daemon.wait_ready(sock)
+        daemon.reap(sock, report)
         try:
             with Client(sock, timeout=10) as cl:
                 ours = {o["client_order_id"]: o["state"]
