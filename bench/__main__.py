@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.suites import SUITES, Result
+from execd.obs import logging
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -102,6 +103,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    logging.configure("warning")  # daemons run in this process for some benchmarks
     started = time.monotonic()
 
     def progress(msg: str) -> None:

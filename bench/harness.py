@@ -29,7 +29,6 @@ class InstantBroker:
 
     def __init__(self, open_orders: Sequence[str] = ()) -> None:
         self.orders: dict[str, BrokerOrder] = {}  # open
-        self.filled: dict[str, BrokerOrder] = {}
         for cid in open_orders:
             self._add(cid, "AAPL")
 
@@ -53,13 +52,15 @@ class InstantBroker:
                 client_order_id=order.client_order_id, symbol=order.symbol,
                 submitted_at=order.submitted_at,
             )
+            # Forgotten at once: this broker lives in the daemon's process, and keeping
+            # every order would be counted as the daemon's memory. (With a 1 h poll
+            # interval nobody looks a filled order up.)
             del self.orders[spec.client_order_id]
-            self.filled[spec.client_order_id] = order
         return order
 
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         await anyio.lowlevel.checkpoint()
-        return self.orders.get(client_order_id) or self.filled.get(client_order_id)
+        return self.orders.get(client_order_id)
 
     async def list_open_orders(self) -> Sequence[BrokerOrder]:
         await anyio.lowlevel.checkpoint()

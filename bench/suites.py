@@ -327,23 +327,26 @@ def freshness(*, quick: bool, backend: str, progress: Progress) -> Result:
                         await AsyncClient.connect(d.config.socket_path) as watcher:
                     events = await watcher.subscribe(strategy_id="fresh")
                     delays: list[float] = []
-                    cids = set()
-                    for _ in range(n):
-                        o = await orders.submit(strategy_id="fresh", symbol="AAPL", side="buy",
-                                                qty="1", wait="accepted")
-                        cids.add(o["client_order_id"])
-                        await anyio.sleep(poll / 3)
-                    with anyio.fail_after(30):
+
+                    async def read() -> None:  # concurrently: receipt time is event time
                         async for e in events:
-                            if e["state"] == "FILLED" and e["client_order_id"] in cids:
-                                cids.discard(e["client_order_id"])
-                                seen = time.time()
-                                oid = sim.engine.by_client_id[e["client_order_id"]]
-                                filled_at = sim.engine.orders[oid].filled_at
-                                assert filled_at is not None
-                                delays.append(seen - filled_at)
-                                if not cids:
-                                    break
+                            if e["state"] != "FILLED":
+                                continue
+                            seen = time.time()
+                            oid = sim.engine.by_client_id[e["client_order_id"]]
+                            filled_at = sim.engine.orders[oid].filled_at
+                            assert filled_at is not None
+                            delays.append(seen - filled_at)
+                            if len(delays) == n:
+                                return
+
+                    with anyio.fail_after(60):
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(read)  # the group ends when it has all n
+                            for _ in range(n):
+                                await orders.submit(strategy_id="fresh", symbol="AAPL",
+                                                    side="buy", qty="1", wait="accepted")
+                                await anyio.sleep(poll / 3)
                     await events.aclose()
                     return delays
             finally:
