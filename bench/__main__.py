@@ -72,6 +72,8 @@ def plots(results: list[Result], out: Path) -> list[Path]:
          [("p99", [(x, p99) for x, _, p99 in series.get("fresh", [])])]),
         ("memory.png", "daemon resident memory", "orders submitted", "RSS (MB)",
          [("rss", series.get("rss", []))]),
+        ("recovery.png", "restart to ready", "historical orders", "seconds",
+         [("ready", series.get("history", []))]),
     ]
     for name, title, xl, yl, lines in specs:
         if not any(points for _, points in lines):

@@ -93,10 +93,13 @@ class InstantDaemon:
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ},
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("READY"):
-            raise RuntimeError(f"bench daemon failed to start: {line!r}")
-        self.ready_seconds = float(line.split()[1])
+        for raw in self.proc.stdout:  # log lines (warnings) may come first
+            line = raw.decode()
+            if line.startswith("READY"):
+                self.ready_seconds = float(line.split()[1])
+                break
+        else:
+            raise RuntimeError("bench daemon exited before it was ready")
 
     def rss(self) -> int:
         return rss_bytes(self.proc.pid)

@@ -47,11 +47,12 @@ async def main(state_dir: Path, open_orders: int) -> None:
         store = await Store.open(config(state_dir).database_path)
         open_cids = [o.client_order_id for o in await store.open_orders()]
         await store.close()
-    start = time.perf_counter()
-    async with open_daemon(config(state_dir), broker=InstantBroker(open_cids),
-                           limiter=Unlimited()):
-        print(f"READY {time.perf_counter() - start:.4f}", flush=True)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # The handler first: a SIGTERM right after READY must stop us cleanly, not kill us.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        start = time.perf_counter()
+        async with open_daemon(config(state_dir), broker=InstantBroker(open_cids),
+                               limiter=Unlimited()):
+            print(f"READY {time.perf_counter() - start:.4f}", flush=True)
             async for _ in signals:
                 break
 
