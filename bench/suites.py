@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -455,6 +454,3 @@ SUITES: dict[str, Callable[..., Result]] = {
     "overhead": overhead, "budget": budget, "freshness": freshness, "recovery": recovery,
 }
 
-
-def threads() -> int:
-    return threading.active_count()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -211,18 +211,12 @@ def load(path: Path | None) -> Config:
         int(config.daemon.socket_mode, 8)
     except ValueError:
         raise ConfigError("daemon.socket_mode must be an octal string like \"0660\"") from None
-    for key in ("max_qty", "max_notional", "max_position"):
-        try:
-            config.risk.limits()
-        except ArithmeticError:
-            raise ConfigError(f"risk.{key} must be a decimal string") from None
-    return _with_base(config, path.resolve().parent)
-
-
-def _with_base(config: Config, base: Path) -> Config:
-    from dataclasses import replace
-
-    return replace(config, base_dir=base)
+    try:
+        config.risk.limits()
+    except ArithmeticError:
+        raise ConfigError("risk.max_qty, max_notional and max_position must be decimal "
+                          'strings (or "" for no limit)') from None
+    return replace(config, base_dir=path.resolve().parent)
 
 
 @dataclass(frozen=True, slots=True)

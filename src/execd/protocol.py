@@ -14,6 +14,7 @@ from typing import Any
 
 from execd.domain.orders import (
     CLIENT_ORDER_ID,
+    OPEN_STATES,
     ORDER_TYPES,
     SIDES,
     STRATEGY_ID,
@@ -200,8 +201,6 @@ def orders_filter(args: dict[str, Any]) -> tuple[str | None, list[OrderState] | 
         if not isinstance(open_only, bool):
             raise invalid("open must be true or false")
         if open_only:
-            from execd.domain.orders import OPEN_STATES
-
             states = [s for s in (states or list(OrderState)) if s in OPEN_STATES]
     limit = args.get("limit", 100)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
