@@ -92,6 +92,24 @@ async def connect(d: Daemon) -> AsyncIterator[AsyncClient]:
         yield c
 
 
+def wait_until_answering(sock: Path, within: float = 30.0) -> None:
+    """Until a daemon process answers a ping on `sock` (the file appears before listen)."""
+    import time
+
+    from execd.client import Client, ExecdError
+
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with Client(sock, timeout=2) as c:
+                c.request("ping")
+                return
+        except (OSError, ExecdError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
     """Wait (in short steps) until `check` holds; fail the test if it never does.
 

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.conftest import OpenDaemon, connect
+from tests.conftest import OpenDaemon, connect, wait_until_answering
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -126,7 +126,6 @@ def test_keys_never_reach_logs_errors_status_or_metrics(tmp_path: Path) -> None:
     import signal
     import socket
     import sys
-    import time
     import urllib.request
 
     from execd.client import Client, ExecdError
@@ -150,10 +149,7 @@ def test_keys_never_reach_logs_errors_status_or_metrics(tmp_path: Path) -> None:
         sock = tmp_path / "s" / "execd.sock"
         seen: list[str] = []
         try:
-            for _ in range(600):
-                if sock.exists():
-                    break
-                time.sleep(0.05)
+            wait_until_answering(sock)
             with Client(sock) as c:
                 try:
                     c.submit(strategy_id="k", symbol="AAPL", side="buy", qty="1")

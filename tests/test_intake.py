@@ -17,7 +17,7 @@ import pytest
 
 from execd.client import ExecdError
 from execd.sim import RequestFaults, SimServer
-from tests.conftest import OpenDaemon, connect
+from tests.conftest import OpenDaemon, connect, wait_until_answering
 from tests.test_e2e import until_state
 
 
@@ -118,10 +118,7 @@ def test_execd_run_as_a_process_serves_and_stops_on_sigterm(tmp_path: Path) -> N
             result: dict[str, Any] = json.loads(out.stdout)
             return result
 
-        for _ in range(300):
-            if sock.exists():
-                break
-            anyio.run(anyio.sleep, 0.05)
+        wait_until_answering(sock)
         order = cli("submit", "buy", "2", "AAPL", "--strategy", "proc")["order"]
         assert order["state"] in ("SUBMITTED", "FILLED")
         assert cli("status")["trading"]["state"] == "ACTIVE"
