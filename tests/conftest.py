@@ -22,9 +22,9 @@ from execd.config import (
     PollerConfig,
     ReconcilerConfig,
     RiskConfig,
-    SupervisorConfig,
 )
 from execd.sim import EngineConfig, FillModel, SimConfig, SimServer
+from execd.supervisor import Intensity
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -55,7 +55,7 @@ def daemon_config(tmp_path: Path, **sections: Any) -> Config:
         poller=PollerConfig(interval=0.05),
         reconciler=ReconcilerConfig(interval=0.1, confirm_delay=0.1),
         risk=RiskConfig(),
-        supervisor=SupervisorConfig(backoff_initial=0.01, backoff_max=0.05, stop_timeout=5.0),
+        supervisor=Intensity(backoff_initial=0.01, backoff_max=0.05, stop_timeout=5.0),
         metrics=MetricsConfig(enabled=False),
         base_dir=tmp_path,
     )

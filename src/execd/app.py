@@ -30,7 +30,7 @@ from execd.obs import logging
 from execd.obs.metrics import Metrics
 from execd.sim import EngineConfig, FillModel, SimConfig, SimServer
 from execd.store import Store
-from execd.supervisor import ChildSpec, GaveUp, Intensity, Supervisor
+from execd.supervisor import ChildSpec, GaveUp, Supervisor
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.app")
@@ -112,12 +112,7 @@ async def open_daemon(
             metrics_server, _ = start_http_server(
                 config.metrics.port, addr=config.metrics.host, registry=metrics.registry
             )
-        sup = Supervisor(clock=clock, metrics=metrics, intensity=Intensity(
-            max_restarts=config.supervisor.max_restarts, period=config.supervisor.period,
-            backoff_initial=config.supervisor.backoff_initial,
-            backoff_max=config.supervisor.backoff_max,
-            stop_timeout=config.supervisor.stop_timeout,
-        ))
+        sup = Supervisor(clock=clock, metrics=metrics, intensity=config.supervisor)
         risk_send, risk_recv = anyio.create_memory_object_stream[RiskCommand](RISK_INBOX)
         sub_send, sub_recv = anyio.create_memory_object_stream[SubmitterCommand](SUBMITTER_INBOX)
         services = intake.Services(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from execd.domain.risk import RiskLimits
+from execd.supervisor import Intensity
 
 
 class ConfigError(Exception):
@@ -98,15 +99,6 @@ class RiskConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SupervisorConfig:
-    max_restarts: int = 5
-    period: float = 60.0
-    backoff_initial: float = 0.1
-    backoff_max: float = 5.0
-    stop_timeout: float = 10.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class AccessConfig:
     """Who may use the socket, beyond its file mode (peer credentials, SO_PEERCRED)."""
 
@@ -139,7 +131,7 @@ class Config:
     poller: PollerConfig = field(default_factory=PollerConfig)
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
-    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    supervisor: Intensity = field(default_factory=Intensity)  # [supervisor]
     access: AccessConfig = field(default_factory=AccessConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
