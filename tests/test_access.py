@@ -23,11 +23,17 @@ CLIENT = """
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
-f = s.makefile("rwb")
+replies = s.makefile("rb")
 out = []
 for line in sys.stdin:
-    f.write(line.encode()); f.flush()
-    reply = f.readline()
+    try:
+        s.sendall(line.encode())
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused at once: the daemon hung up, its answer is already waiting
+    try:
+        reply = replies.readline()
+    except ConnectionResetError:
+        reply = b""
     out.append(json.loads(reply) if reply else None)
     if not reply:
         break
