@@ -33,6 +33,7 @@ from execd.messages import (
 )
 from execd.obs import logging
 from execd.obs.metrics import Metrics
+from execd.store import RiskSnapshot
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.risk")
@@ -44,16 +45,14 @@ def show_trading_state(metrics: Metrics, status: TradingStatus) -> None:
         metrics.trading_state.labels(state.value).set(1 if state == status.state else 0)
 
 
-async def _context(book: OrderBook, clock: Clock) -> RiskContext:
-    store = book.store
-    positions = await store.positions()
+def _context(snap: RiskSnapshot) -> RiskContext:
     ctx = RiskContext(
-        trading=await store.trading_status(),
-        exposure={s: Exposure(position=p.qty) for s, p in positions.items()},
-        prices={s: p.last_price for s, p in positions.items() if p.last_price is not None},
-        orders_last_minute=await store.orders_per_strategy_since(clock.time() - 60),
+        trading=snap.trading,
+        exposure={s: Exposure(position=p.qty) for s, p in snap.positions.items()},
+        prices={s: p.last_price for s, p in snap.positions.items() if p.last_price is not None},
+        orders_last_minute=snap.orders_last_minute,
     )
-    for o in await store.open_orders():
+    for o in snap.open_orders:
         e = ctx.exposure.setdefault(o.spec.symbol, Exposure())
         if o.spec.side == "buy":
             e.open_buys += o.remaining
@@ -98,10 +97,10 @@ async def _handle(
     batch: list[RiskCommand], book: OrderBook, limits: RiskLimits, clock: Clock
 ) -> list[Order]:
     """Check, commit and answer one batch; returns the orders committed."""
-    ctx = await _context(book, clock)
     store, metrics = book.store, book.metrics
     wanted = [m.spec.client_order_id for m in batch if isinstance(m, SubmitOrder)]
-    known = await store.get_orders(wanted)
+    snap = await store.risk_snapshot(wanted, since=clock.time() - 60)  # one read, one hop
+    ctx, known = _context(snap), snap.known
     committed: list[Order] = []
     new: list[Order] = []
     # Answers wait for the commit of every order before them, an idempotent retry of an

@@ -6,7 +6,9 @@ aiosqlite on asyncio and a one-thread sqlite3 adapter on trio.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+import sqlite3
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,38 @@ def _str(d: Decimal | None) -> str | None:
     return None if d is None else str(d)
 
 
+_INSERT_EVENT = ("INSERT INTO order_events (client_order_id, event, state, filled_qty, detail, "
+                 "at) VALUES (?, ?, ?, ?, ?, ?)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RiskSnapshot:
+    known: dict[str, Order]  # the batch's client_order_ids we already hold
+    positions: dict[str, Position]
+    open_orders: list[Order]
+    trading: TradingStatus
+    orders_last_minute: dict[str, int]
+
+
+def _move_positions(conn: sqlite3.Connection, fills: Sequence[Fill]) -> None:
+    symbols = sorted({f.symbol for f in fills})
+    rows = conn.execute(
+        "SELECT symbol, qty, cost_basis, last_price FROM positions WHERE symbol IN "
+        f"({','.join('?' * len(symbols))})", symbols).fetchall()
+    positions = {s: Position(symbol=s, qty=Decimal(q), cost_basis=Decimal(c),
+                             last_price=_dec(p)) for s, q, c, p in rows}
+    for f in fills:  # in order: each fill moves the position the previous one left
+        positions[f.symbol] = apply_fill(positions.get(f.symbol, Position(symbol=f.symbol)),
+                                         f.signed_qty, f.price)
+    conn.executemany(
+        "INSERT INTO positions (symbol, qty, cost_basis, last_price) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(symbol) DO UPDATE SET qty=excluded.qty, "
+        "cost_basis=excluded.cost_basis, last_price=excluded.last_price",
+        [(p.symbol, str(p.qty), str(p.cost_basis), _str(p.last_price))
+         for p in positions.values()],
+    )
+
+
 def _detail(u: Update) -> str | None:
     if u.fill is not None:
         return json.dumps({"qty": str(u.fill.qty), "price": str(u.fill.price)})
@@ -181,82 +215,97 @@ class Store:
         """Durably record new PENDING orders, all in one transaction (group commit)."""
         if not orders:
             return
-        async with self._lock:
-            await self._begin()
-            ok = False
+        rows = [_order_row(o) for o in orders]
+        events = [(o.client_order_id, "ACCEPTED", o.state.value, str(o.filled_qty), None,
+                   o.created_at) for o in orders]
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ({','.join('?' * 16)})", rows)
+            conn.executemany(_INSERT_EVENT, events)
+
+        await self._transaction(tx)
+
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], None]) -> None:
+        """`fn` inside BEGIN IMMEDIATE ... COMMIT, on the database thread in one hop."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                await self._db.executemany(
-                    f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ({','.join('?' * 16)})",
-                    [_order_row(o) for o in orders],
-                )
-                await self._db.executemany(
-                    "INSERT INTO order_events (client_order_id, event, state, filled_qty, "
-                    "detail, at) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(o.client_order_id, "ACCEPTED", o.state.value, str(o.filled_qty), None,
-                      o.created_at) for o in orders],
-                )
-                ok = True
-            finally:
-                await self._end(ok)
+                fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        async with self._lock:
+            await self._db.run(run)
 
     async def apply(self, update: Update) -> None:
         await self.apply_many([update])
 
     async def apply_many(self, updates: Sequence[Update]) -> None:
         """Orders' new versions, their events, and their fills with the positions they
-        move, all in one transaction (group commit: one fsync for the lot). A fixed
-        handful of statements whatever the batch size: each is a hop to the db thread."""
+        move, all in one transaction (group commit: one fsync for the lot), one hop."""
         if not updates:
             return
+        order_rows = [(u.order.state.value, u.order.broker_order_id, str(u.order.filled_qty),
+                       _str(u.order.filled_avg_price), u.order.reason, u.order.updated_at,
+                       u.order.client_order_id) for u in updates]
         fills = [u.fill for u in updates if u.fill is not None]
-        async with self._lock:
-            await self._begin()
-            ok = False
-            try:
-                await self._db.executemany(
-                    "UPDATE orders SET state=?, broker_order_id=?, filled_qty=?, "
-                    "filled_avg_price=?, reason=?, updated_at=? WHERE client_order_id=?",
-                    [(u.order.state.value, u.order.broker_order_id, str(u.order.filled_qty),
-                      _str(u.order.filled_avg_price), u.order.reason, u.order.updated_at,
-                      u.order.client_order_id) for u in updates],
-                )
-                if fills:
-                    await self._db.executemany(
-                        "INSERT INTO fills (client_order_id, symbol, side, qty, price, at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        [(f.client_order_id, f.symbol, f.side, str(f.qty), str(f.price), f.at)
-                         for f in fills],
-                    )
-                    await self._move_positions(fills)
-                await self._db.executemany(
-                    "INSERT INTO order_events (client_order_id, event, state, filled_qty, "
-                    "detail, at) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(u.order.client_order_id, u.event, u.order.state.value,
-                      str(u.order.filled_qty), _detail(u), u.order.updated_at)
-                     for u in updates],
-                )
-                ok = True
-            finally:
-                await self._end(ok)
+        events = [(u.order.client_order_id, u.event, u.order.state.value,
+                   str(u.order.filled_qty), _detail(u), u.order.updated_at) for u in updates]
 
-    async def _move_positions(self, fills: Sequence[Fill]) -> None:
-        symbols = sorted({f.symbol for f in fills})
-        rows = await self._db.execute(
-            "SELECT symbol, qty, cost_basis, last_price FROM positions WHERE symbol IN "
-            f"({','.join('?' * len(symbols))})", symbols,
-        )
-        positions = {s: Position(symbol=s, qty=Decimal(q), cost_basis=Decimal(c),
-                                 last_price=_dec(p)) for s, q, c, p in rows}
-        for f in fills:  # in order: each fill moves the position the previous one left
-            positions[f.symbol] = apply_fill(positions.get(f.symbol, Position(symbol=f.symbol)),
-                                             f.signed_qty, f.price)
-        await self._db.executemany(
-            "INSERT INTO positions (symbol, qty, cost_basis, last_price) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(symbol) DO UPDATE SET qty=excluded.qty, "
-            "cost_basis=excluded.cost_basis, last_price=excluded.last_price",
-            [(p.symbol, str(p.qty), str(p.cost_basis), _str(p.last_price))
-             for p in positions.values() if p.symbol in symbols],
-        )
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE orders SET state=?, broker_order_id=?, filled_qty=?, "
+                "filled_avg_price=?, reason=?, updated_at=? WHERE client_order_id=?",
+                order_rows,
+            )
+            if fills:
+                conn.executemany(
+                    "INSERT INTO fills (client_order_id, symbol, side, qty, price, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(f.client_order_id, f.symbol, f.side, str(f.qty), str(f.price), f.at)
+                     for f in fills],
+                )
+                _move_positions(conn, fills)
+            conn.executemany(_INSERT_EVENT, events)
+
+        await self._transaction(tx)
+
+    async def risk_snapshot(
+        self, client_order_ids: Collection[str], since: float
+    ) -> RiskSnapshot:
+        """Everything the risk gate needs for one batch, read in one hop."""
+        ids = list(client_order_ids)
+
+        def read(conn: sqlite3.Connection) -> RiskSnapshot:
+            known: dict[str, Order] = {}
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                rows = conn.execute(
+                    f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client_order_id IN "
+                    f"({','.join('?' * len(chunk))})", chunk).fetchall()
+                known.update((o.client_order_id, o) for o in map(_order_from, rows))
+            state = conn.execute("SELECT state, reason, since FROM trading_state").fetchall()
+            return RiskSnapshot(
+                known=known,
+                positions={s: Position(symbol=s, qty=Decimal(q), cost_basis=Decimal(c),
+                                       last_price=_dec(p)) for s, q, c, p in conn.execute(
+                    "SELECT symbol, qty, cost_basis, last_price FROM positions")},
+                open_orders=[_order_from(r) for r in conn.execute(
+                    f"SELECT {_ORDER_COLUMNS} FROM orders WHERE state IN (?, ?, ?) "
+                    "ORDER BY created_at", [st.value for st in sorted(OPEN_STATES)])],
+                trading=TradingStatus(state=TradingState(state[0][0]), reason=state[0][1],
+                                      since=state[0][2]) if state else TradingStatus(),
+                orders_last_minute={sid: int(n) for sid, n in conn.execute(
+                    "SELECT strategy_id, count(*) FROM orders WHERE created_at >= ? "
+                    "GROUP BY strategy_id", (since,))},
+            )
+
+        async with self._lock:
+            return await self._db.run(read)
 
     async def set_prices(self, prices: dict[str, Decimal]) -> None:
         """Fresh prices (the broker's position marks) for the notional check."""

@@ -33,6 +33,10 @@ class Db(Protocol):
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(connection)` on the database thread: many statements, one hop."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -56,6 +60,12 @@ class AiosqliteDb:
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self._conn.executemany(sql, list(rows))
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # aiosqlite has no public call for this; `_execute` is how its own methods run
+        # work on its thread, and `_conn` is its sqlite3 connection.
+        result: T = await self._conn._execute(fn, self._conn._conn)
+        return result
 
     async def close(self) -> None:
         await self._conn.close()
@@ -85,6 +95,9 @@ class ThreadDb:
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         batch = list(rows)
         await self._run(lambda: self._conn.executemany(sql, batch))
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(lambda: fn(self._conn))
 
     async def close(self) -> None:
         await self._run(self._conn.close)
