@@ -243,7 +243,7 @@ def test_inspection_counts_client_order_ids_and_out_of_band_trades(sim: SimServe
     assert raw(sim, "POST", "/_sim/positions/AAPL", json={}).status_code == 422
 
 
-def test_fault_5xx_429_and_drop_are_deterministic() -> None:
+def test_fault_5xx_and_429_are_deterministic() -> None:
     def run() -> list[int]:
         faults = RequestFaults(p_5xx=0.3, p_429=0.2)
         with SimServer(sim_config(seed=7)) as sim:

@@ -8,7 +8,7 @@ logged, counted and published the same way.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -150,19 +150,22 @@ class OrderBook:
                 q.done = True
 
     async def reject(self, client_order_id: str, reason: str) -> Order | None:
-        async with self._lock:
-            before = await self.store.get_order(client_order_id)
-            if before is None or before.state != OrderState.PENDING:
-                return before
-            return await self._apply(before, reject(before, reason, self._clock.time()))
+        return await self._while_pending(
+            client_order_id, lambda o, now: reject(o, reason, now))
 
     async def cancel_unsent(self, client_order_id: str) -> Order | None:
         """Cancel a PENDING order the broker was just found not to have."""
+        return await self._while_pending(client_order_id, cancel_unsent)
+
+    async def _while_pending(
+        self, client_order_id: str, change: Callable[[Order, float], Update]
+    ) -> Order | None:
+        """Apply `change` if the order is still PENDING; the order as it is after."""
         async with self._lock:
             before = await self.store.get_order(client_order_id)
             if before is None or before.state != OrderState.PENDING:
                 return before
-            return await self._apply(before, cancel_unsent(before, self._clock.time()))
+            return await self._apply(before, change(before, self._clock.time()))
 
     async def _apply(self, before: Order, update: Update) -> Order:
         await self.store.apply(update)

@@ -224,14 +224,19 @@ async def run(
             await anyio.to_thread.run_sync(_remove, path)
 
 
+def error_reply(
+    metrics: Metrics, rid: Any, code: str, message: str, **extra: Any
+) -> dict[str, Any]:
+    """An error answer, counted by code."""
+    metrics.intake_errors.labels(code).inc()
+    return {"id": rid, "ok": False, "error": {"code": code, "message": message, **extra}}
+
+
 async def _write_error(
     stream: ByteStream, services: Services, rid: Any, code: str, message: str
 ) -> None:
-    services.metrics.intake_errors.labels(code).inc()
     with anyio.move_on_after(services.write_timeout):
-        await stream.send(protocol.encode(
-            {"id": rid, "ok": False, "error": {"code": code, "message": message}}
-        ))
+        await stream.send(protocol.encode(error_reply(services.metrics, rid, code, message)))
 
 
 class Connection:
@@ -292,10 +297,8 @@ class Connection:
                 try:
                     line = await self._read_line()
                 except ProtocolError as e:
-                    self.s.metrics.intake_errors.labels(e.code).inc()
                     with anyio.move_on_after(self.s.write_timeout):
-                        await self.write({"id": None, "ok": False,
-                                          "error": {"code": e.code, "message": e.message}})
+                        await self.write(self._error(None, e.code, e.message))
                     break  # the stream cannot be resynchronised: hang up
                 if line is None:
                     break
@@ -329,8 +332,7 @@ class Connection:
             self._slots.release()
 
     def _error(self, rid: Any, code: str, message: str, **extra: Any) -> dict[str, Any]:
-        self.s.metrics.intake_errors.labels(code).inc()
-        return {"id": rid, "ok": False, "error": {"code": code, "message": message, **extra}}
+        return error_reply(self.s.metrics, rid, code, message, **extra)
 
     async def _dispatch(self, req: protocol.Request) -> dict[str, Any]:
         handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] = getattr(

@@ -205,12 +205,6 @@ class Store:
             return int(version)
 
     # ------------------------------------------------------------------ writes
-    async def _begin(self) -> None:
-        await self._db.execute("BEGIN IMMEDIATE")
-
-    async def _end(self, ok: bool) -> None:
-        await self._db.execute("COMMIT" if ok else "ROLLBACK")
-
     async def insert_orders(self, orders: Sequence[Order]) -> None:
         """Durably record new PENDING orders, all in one transaction (group commit)."""
         if not orders:
