@@ -74,10 +74,10 @@ def test_bad_submits_name_their_field(fields: dict[str, Any], text: str) -> None
 
 
 def test_a_good_submit_keeps_decimals_exact() -> None:
-    spec, wait = protocol.submit_spec(submit(qty=Decimal("0.1"), type="limit",
-                                             limit_price="187.123456789"), now=1.0)
-    assert spec.qty == Decimal("0.1")
-    assert spec.limit_price == Decimal("187.123456789")
+    spec, wait = protocol.submit_spec(submit(qty=Decimal("0.123456789"), type="limit",
+                                             limit_price="0.1234"), now=1.0)
+    assert spec.qty == Decimal("0.123456789")
+    assert spec.limit_price == Decimal("0.1234")
     assert wait == "submitted"
     assert spec.client_order_id.startswith("s1-1000-")
     spec2, _ = protocol.submit_spec(submit(qty=10), now=1.0)

@@ -10,7 +10,7 @@ import pytest
 
 from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState, apply_broker_view
 from execd.domain.risk import TradingState, TradingStatus
-from execd.store import MIGRATIONS, Store
+from execd.store import MIGRATIONS, Store, StoreError
 
 
 def new_order(cid: str, side: str = "buy", qty: str = "10", strategy: str = "s") -> Order:
@@ -35,7 +35,7 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "x.db")
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    with pytest.raises(RuntimeError, match="newer than this execd"):
+    with pytest.raises(StoreError, match="newer than this execd"):
         await Store.open(tmp_path / "x.db")
 
 
@@ -70,7 +70,7 @@ async def test_orders_fills_positions_and_events_survive_reopen(tmp_path: Path) 
     assert (await store.trading_status()).reason == "r"
     events = await store.events("a")
     assert [e["event"] for e in events] == ["ACCEPTED", "PARTIALLY_FILLED", "FILLED"]
-    assert events[2]["detail"] == {"qty": "6", "price": "101.0"}  # exact: (1006.0 - 400) / 6
+    assert events[2]["detail"] == {"qty": "6", "price": "101"}  # exact: (1006.0 - 400) / 6
     assert [o.client_order_id for o in await store.list_orders(strategy_id="t")] == ["b"]
     assert [o.client_order_id for o in await store.list_orders(
         states=[OrderState.FILLED])] == ["a"]

@@ -9,27 +9,31 @@ READY. app.py owns every channel end and gives each actor (re)start its own clon
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.abc import SocketListener
 
-from execd import intake, poller, reconciler, risk, submitter, systemd
+from execd import files, intake, poller, reconciler, risk, submitter, systemd
 from execd.book import EventHub, OrderBook
 from execd.broker.alpaca import AlpacaClient
 from execd.broker.base import BrokerClient
 from execd.clock import Clock, SystemClock
-from execd.config import Config, Credentials, load_credentials
+from execd.config import Config, ConfigError, Credentials, load_credentials
+from execd.fatal import Fatal, address_problem
 from execd.health import Health
 from execd.limiter import Budget, RateLimiter, open_limiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs import logging
 from execd.obs.metrics import Metrics
 from execd.sim import EngineConfig, FillModel, SimConfig, SimServer
-from execd.store import Store
+from execd.store import Store, StoreError
 from execd.supervisor import ChildSpec, GaveUp, Supervisor
 from execd.testhooks import HOOKS
 
@@ -56,17 +60,39 @@ class Daemon:
 def start_embedded_sim(config: Config) -> SimServer:
     s = config.sim
     path = config.sim_state_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sim = SimServer(SimConfig(
-        host=s.host, port=s.port, speed=s.speed, state_file=path,
-        rate_limit=config.broker.requests_per_minute, rate_window=config.broker.window_seconds,
-        engine=EngineConfig(
-            seed=s.seed, starting_cash=Decimal(s.starting_cash),
-            fill=FillModel(delay=s.fill_delay, parts=s.fill_parts),
-        ),
-    ))
+    try:
+        sim = SimServer(SimConfig(
+            host=s.host, port=s.port, speed=s.speed, state_file=path,
+            rate_limit=config.broker.requests_per_minute,
+            rate_window=config.broker.window_seconds,
+            engine=EngineConfig(
+                seed=s.seed, starting_cash=Decimal(s.starting_cash),
+                fill=FillModel(delay=s.fill_delay, parts=s.fill_parts),
+            ),
+        ))
+    except OSError as e:
+        raise address_problem("sim.port", f"{s.host}:{s.port}", e) from e
     log.info("embedded simulator started", url=sim.url, state_file=str(path))
     return sim.start()
+
+
+def _metrics_server(config: Config, metrics: Metrics) -> Any:
+    from prometheus_client import start_http_server
+
+    m = config.metrics
+    try:
+        server, _ = start_http_server(m.port, addr=m.host, registry=metrics.registry)
+    except OSError as e:
+        raise address_problem("metrics.port", str(m.port), e) from e
+    return server
+
+
+async def _open_store(config: Config) -> Store:
+    path = config.database_path
+    try:
+        return await Store.open(path)
+    except (OSError, sqlite3.Error, StoreError) as e:
+        raise Fatal(f"cannot open daemon.database {path}: {e}") from e
 
 
 @asynccontextmanager
@@ -75,21 +101,31 @@ async def open_daemon(
     broker_url: str | None = None, credentials: Credentials | None = None,
     limiter: RateLimiter | None = None,
 ) -> AsyncIterator[Daemon]:
-    """Run the daemon until the block exits; yields once it is ready for orders."""
+    """Run the daemon until the block exits; yields once it is ready for orders.
+
+    A start-up failure a person can fix raises `Fatal` (or `ConfigError`) with one line."""
     clock = clock or SystemClock()
     metrics = Metrics()
     health = Health()
-    b = config.broker
+    b, d = config.broker, config.daemon
     limiter = limiter or open_limiter(
         Budget(limit=b.requests_per_minute, window=b.window_seconds, burst=b.burst), clock
     )
-    sim: SimServer | None = None
-    metrics_server: Any = None
-    store: Store | None = None
-    try:
+    if broker is None and broker_url is None and b.mode == "alpaca":
+        credentials = credentials or load_credentials(config)  # no keys: fail before anything
+    async with AsyncExitStack() as stack:
+        files.private_dir(config.database_path.parent, "daemon.state_dir")
+        files.private_dir(config.socket_path.parent, "daemon.socket")
+        # The socket first: a second daemon on this path stops here, touching nothing.
+        listener = await intake.bind(config.socket_path, int(d.socket_mode, 8),
+                                     config.access.socket_group)
+        stack.push_async_callback(_close_listener, listener, config.socket_path)
+        sim: SimServer | None = None
         if broker is None:
             if broker_url is None and b.mode == "sim":
+                files.private_dir(config.sim_state_path.parent, "sim.state_file")
                 sim = start_embedded_sim(config)
+                stack.callback(sim.close)
                 broker_url = sim.url
                 credentials = Credentials(sim.config.key_id, sim.config.secret_key)
             elif broker_url is None:
@@ -101,29 +137,26 @@ async def open_daemon(
                 max_retries=b.max_retries, backoff_initial=b.backoff_initial,
                 backoff_max=b.backoff_max,
             )
-        await intake.check_not_live(config.socket_path)  # before anything else is opened
-        store = await Store.open(config.database_path)
+        store = await _open_store(config)
+        stack.push_async_callback(_shielded, store.close)
         hub = EventHub()
         book = OrderBook(store, hub, metrics, clock)
         await book.load_metrics()
         if config.metrics.enabled:
-            from prometheus_client import start_http_server
-
-            metrics_server, _ = start_http_server(
-                config.metrics.port, addr=config.metrics.host, registry=metrics.registry
-            )
+            server = _metrics_server(config, metrics)
+            stack.callback(server.server_close)
+            stack.callback(server.shutdown)
         sup = Supervisor(clock=clock, metrics=metrics, intensity=config.supervisor)
         risk_send, risk_recv = anyio.create_memory_object_stream[RiskCommand](RISK_INBOX)
         sub_send, sub_recv = anyio.create_memory_object_stream[SubmitterCommand](SUBMITTER_INBOX)
         services = intake.Services(
             risk=risk_send, submitter=sub_send, store=store, hub=hub, health=health,
             limiter=limiter, metrics=metrics, clock=clock,
-            submit_timeout=config.daemon.submit_timeout, actors=sup.statistics,
-            line_timeout=config.daemon.line_timeout, write_timeout=config.daemon.write_timeout,
+            submit_timeout=d.submit_timeout, actors=sup.statistics,
+            line_timeout=d.line_timeout, write_timeout=d.write_timeout,
             access=config.access,
         )
-        rc, d = config.reconciler, config.daemon
-        assert broker is not None
+        rc = config.reconciler
         brk: BrokerClient = broker
         specs = [
             ChildSpec(name="submitter", start=lambda task_status: submitter.run(
@@ -141,9 +174,8 @@ async def open_daemon(
                 risk_recv.clone(), sub_send.clone(), book=book, limits=config.risk.limits(),
                 clock=clock, task_status=task_status)),
             ChildSpec(name="intake", start=lambda task_status: intake.run(
-                path=config.socket_path, mode=int(d.socket_mode, 8), services=services,
-                max_connections=d.max_connections, max_line=d.max_line_bytes,
-                task_status=task_status)),
+                listener=listener, services=services, max_connections=d.max_connections,
+                max_line=d.max_line_bytes, task_status=task_status)),
             ChildSpec(name="watchdog", start=lambda task_status: systemd.run_watchdog(
                 lambda: sup.healthy, clock, task_status=task_status)),
         ]
@@ -158,16 +190,18 @@ async def open_daemon(
                 with anyio.CancelScope(shield=True):
                     await _stop(sup, health, clock, d.shutdown_grace)
                 tg.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            if store is not None:
-                await store.close()
-            if metrics_server is not None:
-                metrics_server.shutdown()
-                metrics_server.server_close()
-            if sim is not None:
-                sim.close()
-        log.info("execd stopped")
+    log.info("execd stopped")
+
+
+async def _shielded(close: Callable[[], Awaitable[None]]) -> None:
+    with anyio.CancelScope(shield=True):
+        await close()
+
+
+async def _close_listener(listener: SocketListener, path: Path) -> None:
+    with anyio.CancelScope(shield=True):
+        await listener.aclose()
+        await anyio.to_thread.run_sync(intake.remove, path)
 
 
 async def _stop(sup: Supervisor, health: Health, clock: Clock, grace: float) -> None:
@@ -185,8 +219,10 @@ async def _stop(sup: Supervisor, health: Health, clock: Clock, grace: float) -> 
 
 
 async def run_daemon(config: Config) -> int:
-    """The `execd run` process: until SIGTERM/SIGINT (exit 0) or a crash loop (exit 1)."""
+    """The `execd run` process: until SIGTERM/SIGINT (exit 0) or a crash loop (exit 1).
+    A start-up failure raises `Fatal` with one line (the CLI prints it, exit 2)."""
     stop = anyio.Event()
+    ready = False
 
     async def watch_signals() -> None:
         # Open for the whole life of the process: a second signal during the graceful
@@ -200,29 +236,46 @@ async def run_daemon(config: Config) -> int:
                     log.info("signal received; stopping", signal=name)
                     stop.set()
 
-    gave_up: list[str] = []
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_signals)
             try:
                 async with open_daemon(config):
+                    ready = True
                     systemd.notify("READY=1", "STATUS=ready: accepting orders")
                     HOOKS.arm()
                     await stop.wait()
                     systemd.notify("STOPPING=1", "STATUS=stopping")
             finally:
                 tg.cancel_scope.cancel()
-    except* GaveUp as group:
-        gave_up = [str(e) for e in _leaves(group)]
-    if gave_up:
-        for reason in gave_up:
-            log.critical("execd stopped: crash loop", reason=reason)
-        systemd.notify("STATUS=stopped: crash loop")
-        return 1
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        gave_up = [str(e) for e in leaves if isinstance(e, GaveUp)]
+        if gave_up:
+            for reason in gave_up:
+                log.critical("execd stopped: crash loop", reason=reason)
+            systemd.notify("STATUS=stopped: crash loop")
+            return 1
+        if ready or not all(isinstance(e, Exception) for e in leaves):
+            raise
+        raise _explained(leaves) from None
     return 0
 
 
-def _leaves(group: BaseExceptionGroup[GaveUp]) -> list[BaseException]:
+def _explained(leaves: list[BaseException]) -> Fatal:
+    """One line for a failed start; the traceback to the debug log."""
+    for e in leaves:
+        log.debug("start-up failed", exc_info=e)
+    known = [e for e in leaves if isinstance(e, Fatal | ConfigError)]
+    if known:
+        e = known[0]
+        return Fatal(f"config: {e}" if isinstance(e, ConfigError) else str(e))
+    e = leaves[0]
+    return Fatal(f"start-up failed: {type(e).__name__}: {e} "
+                 '(log.level = "debug" shows the traceback)')
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
     out: list[BaseException] = []
     for e in group.exceptions:
         out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])

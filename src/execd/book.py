@@ -16,6 +16,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from execd.clock import Clock
+from execd.domain.decimals import show
 from execd.domain.orders import (
     BrokerView,
     Order,
@@ -109,7 +110,7 @@ class OrderBook:
             self.metrics.orders.labels(o.state.value).inc()
             log.info("order accepted", client_order_id=o.client_order_id,
                      strategy_id=o.spec.strategy_id, symbol=o.spec.symbol, side=o.spec.side,
-                     qty=str(o.spec.qty), state=o.state.value)
+                     qty=show(o.spec.qty), state=o.state.value)
             self.hub.publish(o)
 
     async def apply_view(self, client_order_id: str, view: BrokerView) -> Order | None:
@@ -182,8 +183,8 @@ class OrderBook:
         log.info(
             "order " + update.event.lower(), client_order_id=after.client_order_id,
             strategy_id=after.spec.strategy_id, state=after.state.value,
-            filled_qty=str(after.filled_qty), broker_order_id=after.broker_order_id,
-            **({"fill_qty": str(fill.qty), "fill_price": str(fill.price)} if fill else {}),
+            filled_qty=show(after.filled_qty), broker_order_id=after.broker_order_id,
+            **({"fill_qty": show(fill.qty), "fill_price": show(fill.price)} if fill else {}),
             **({"reason": after.reason} if after.reason else {}),
         )
         self.hub.publish(after)

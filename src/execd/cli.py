@@ -37,14 +37,14 @@ def _socket(args: argparse.Namespace) -> Path:
 # ---------------------------------------------------------------- run / sim
 def cmd_run(args: argparse.Namespace) -> int:
     from execd.app import run_daemon
-    from execd.intake import SocketInUse
+    from execd.fatal import Fatal
     from execd.obs import logging
 
     config = _config(args.config)
     logging.configure(config.log.level, config.log.format)
     try:
         return anyio.run(run_daemon, config, backend=args.backend)
-    except SocketInUse as e:
+    except Fatal as e:
         print(f"execd: {e}", file=sys.stderr)
         return 2
 

@@ -23,6 +23,8 @@ import anyio
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from execd.domain.decimals import plain
+
 MAX_LINE = 1 << 24
 
 
@@ -36,7 +38,7 @@ class ExecdError(Exception):
 
 def _encode(op: str, rid: int, fields: dict[str, Any]) -> bytes:
     body = {"id": rid, "op": op, **{k: v for k, v in fields.items() if v is not None}}
-    return (json.dumps(body, default=lambda d: str(d) if isinstance(d, Decimal) else d)
+    return (json.dumps(body, default=lambda d: plain(d) if isinstance(d, Decimal) else d)
             + "\n").encode()
 
 

@@ -239,6 +239,6 @@ def load_credentials(config: Config) -> Credentials:
         if key and secret:
             return Credentials(key, secret)
     raise ConfigError(
-        "broker.mode is \"alpaca\" but no keys were found: set APCA_API_KEY_ID and "
-        "APCA_API_SECRET_KEY, or broker.credentials_file"
+        'broker.mode = "alpaca" needs APCA_API_KEY_ID and APCA_API_SECRET_KEY (in the '
+        "environment, or in the file named by broker.credentials_file)"
     )

@@ -29,8 +29,10 @@ from execd import __version__, protocol
 from execd.book import EventHub
 from execd.clock import Clock
 from execd.config import AccessConfig
+from execd.domain.decimals import show, show_opt
 from execd.domain.orders import Order, OrderState
 from execd.domain.risk import TradingState
+from execd.fatal import Fatal, address_problem
 from execd.health import Health
 from execd.limiter import RateLimiter
 from execd.messages import (
@@ -57,7 +59,7 @@ log = logging.get("execd.intake")
 MAX_IN_FLIGHT = 32  # requests per connection
 
 
-class SocketInUse(Exception):
+class SocketInUse(Fatal):
     pass
 
 
@@ -138,27 +140,27 @@ def _inspect(path: Path) -> str:
     except FileNotFoundError:
         return "absent"
     if not stat.S_ISSOCK(mode):
-        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
+        raise SocketInUse(f"daemon.socket {path} exists and is not a socket; refusing to "
+                          "replace it")
     return "live" if _probe(path) else "stale"
 
 
 async def check_not_live(path: Path) -> None:
     """Refuse a path that is not a socket, or a socket a live daemon answers on."""
     if await anyio.to_thread.run_sync(_inspect, path) == "live":
-        raise SocketInUse(f"another execd is running on {path}; refusing to start")
+        raise SocketInUse(f"another execd is serving {path} (daemon.socket); refusing to start")
 
 
 def _prepare(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
     state = _inspect(path)
     if state == "live":
-        raise SocketInUse(f"another execd is running on {path}; refusing to start")
+        raise SocketInUse(f"another execd is serving {path} (daemon.socket); refusing to start")
     if state == "stale":
         log.warning("replacing stale socket from a dead daemon", path=str(path))
         path.unlink()
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 
@@ -169,6 +171,8 @@ async def bind(path: Path, mode: int, group: str = "") -> SocketListener:
     old = os.umask(0o777 & ~mode)
     try:
         listener = await anyio.create_unix_listener(path)
+    except OSError as e:
+        raise address_problem("daemon.socket", str(path), e) from e
     finally:
         os.umask(old)
     os.chmod(path, mode)
@@ -180,11 +184,11 @@ async def bind(path: Path, mode: int, group: str = "") -> SocketListener:
 
 
 async def run(
-    *, path: Path, mode: int, services: Services, max_connections: int, max_line: int,
+    *, listener: SocketListener, services: Services, max_connections: int, max_line: int,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    listener = await bind(path, mode, services.access.socket_group)
-    log.info("listening", socket=str(path), mode=oct(mode))
+    """Serve the listener `app` bound (and will close): a restarted intake serves the
+    same socket, so clients never find the path missing."""
     open_connections = 0
 
     async def handle(stream: ByteStream) -> None:
@@ -215,13 +219,8 @@ async def run(
             open_connections -= 1
             services.metrics.intake_connections.dec()
 
-    try:
-        async with listener:
-            task_status.started()
-            await listener.serve(handle)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_remove, path)
+    task_status.started()
+    await listener.serve(handle)
 
 
 def error_reply(
@@ -439,9 +438,8 @@ class Connection:
     async def op_positions(self, args: dict[str, Any]) -> dict[str, Any]:
         positions = await self.s.store.positions()
         return {"positions": [
-            {"symbol": p.symbol, "qty": str(p.qty),
-             "avg_entry_price": None if p.avg_entry_price is None else str(p.avg_entry_price),
-             "last_price": None if p.last_price is None else str(p.last_price)}
+            {"symbol": p.symbol, "qty": show(p.qty), "avg_entry_price": show_opt(p.avg_entry_price),
+             "last_price": show_opt(p.last_price)}
             for p in sorted(positions.values(), key=lambda p: p.symbol) if p.qty
         ]}
 

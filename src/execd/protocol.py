@@ -6,12 +6,14 @@ the field. See docs/protocol.md.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from execd.domain.decimals import PLACES, canonical, places, price_increment_error, show
 from execd.domain.orders import (
     CLIENT_ORDER_ID,
     OPEN_STATES,
@@ -24,10 +26,28 @@ from execd.domain.orders import (
     new_client_order_id,
 )
 
-OPS = frozenset({
-    "ping", "submit", "cancel", "cancel_all", "order", "orders", "positions", "status",
-    "subscribe", "halt", "resume",
-})
+# Every op and the fields it takes. Requests are strict: a field not listed here is
+# refused (a typo must never turn a limit order into a market order). Answers and
+# events are not: clients must tolerate fields they do not know.
+FIELDS: dict[str, frozenset[str]] = {
+    "ping": frozenset(),
+    "submit": frozenset({"strategy_id", "symbol", "side", "qty", "type", "limit_price",
+                         "time_in_force", "client_order_id", "wait"}),
+    "cancel": frozenset({"client_order_id"}),
+    "cancel_all": frozenset({"strategy_id"}),
+    "order": frozenset({"client_order_id"}),
+    "orders": frozenset({"strategy_id", "state", "open", "limit"}),
+    "positions": frozenset(),
+    "status": frozenset(),
+    "subscribe": frozenset({"strategy_id"}),
+    "halt": frozenset({"reason"}),
+    "resume": frozenset({"state", "reason"}),
+}
+OPS = frozenset(FIELDS)
+# Names people reach for first, mapped to ours, for the "did you mean" hint.
+SYNONYMS = {"quantity": "qty", "price": "limit_price", "limit": "limit_price",
+            "tif": "time_in_force", "order_type": "type", "strategy": "strategy_id",
+            "ticker": "symbol", "id": "client_order_id", "cid": "client_order_id"}
 SYMBOL_MAX = 16
 MAX_DIGITS = 18  # qty and prices: more significant digits than any real order has
 MAX_DEPTH = 4
@@ -91,7 +111,23 @@ def parse_line(line: bytes) -> Request:
     if op not in OPS:
         raise _with_id(ProtocolError("unknown_op", f"unknown op {op[:40]!r}"), rid)
     args = {k: v for k, v in raw.items() if k not in ("id", "op")}
+    unknown = sorted(set(args) - FIELDS[op])
+    if unknown:
+        raise _with_id(invalid(_unknown_field(op, unknown[0])), rid)
     return Request(id=rid, op=op, args=args)
+
+
+def _unknown_field(op: str, name: str) -> str:
+    allowed = FIELDS[op]
+    shown = name[:40]
+    meant = SYNONYMS.get(name.lower())
+    if meant not in allowed:
+        close = difflib.get_close_matches(name.lower(), sorted(allowed), n=1, cutoff=0.6)
+        meant = close[0] if close else None
+    if meant is not None:
+        return f'unknown field "{shown}" (did you mean "{meant}"?)'
+    takes = ", ".join(sorted(allowed)) if allowed else "no fields"
+    return f'unknown field "{shown}": {op} takes {takes}'
 
 
 class IdentifiedError(ProtocolError):
@@ -131,9 +167,20 @@ def decimal_field(args: dict[str, Any], name: str) -> Decimal | None:
         raise invalid(f"{name} must be finite")
     if d <= 0:
         raise invalid(f"{name} must be greater than 0")
-    if len(d.as_tuple().digits) > MAX_DIGITS or d.adjusted() > 12 or d.as_tuple().exponent < -9:  # type: ignore[operator]
-        raise invalid(f"{name} is out of range (at most 9 decimal places, below 10^12)")
-    return d.normalize() if d == d.to_integral_value() else d
+    if d.adjusted() > 12 or places(d) > PLACES:
+        raise invalid(f"{name} is out of range (at most {PLACES} decimal places, below 10^12)")
+    d = canonical(d)
+    if len(d.as_tuple().digits) > MAX_DIGITS:
+        raise invalid(f"{name} has too many digits (at most {MAX_DIGITS})")
+    return d
+
+
+def price_field(args: dict[str, Any], name: str) -> Decimal | None:
+    """A price: a decimal that also keeps Alpaca's sub-penny rule."""
+    d = decimal_field(args, name)
+    if d is not None and (problem := price_increment_error(name, d)):
+        raise invalid(problem)
+    return d
 
 
 def strategy_id(args: dict[str, Any], *, required: bool) -> str | None:
@@ -168,7 +215,7 @@ def submit_spec(args: dict[str, Any], now: float) -> tuple[OrderSpec, str]:
     otype = _str(args, "type", required=False) or "market"
     if otype not in ORDER_TYPES:
         raise invalid('type must be "market" or "limit"')
-    limit_price = decimal_field(args, "limit_price")
+    limit_price = price_field(args, "limit_price")
     if otype == "limit" and limit_price is None:
         raise invalid("limit_price is required for a limit order")
     if otype == "market" and limit_price is not None:
@@ -221,7 +268,7 @@ def encode(obj: dict[str, Any]) -> bytes:
 
 def _default(o: object) -> Any:
     if isinstance(o, Decimal):
-        return str(o)
+        return show(o)
     if isinstance(o, float) and not math.isfinite(o):
         return None
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -20,6 +20,7 @@ from execd.book import OrderBook
 from execd.broker.base import BrokerClient, BrokerError
 from execd.clock import Clock
 from execd.domain import reconcile
+from execd.domain.decimals import show
 from execd.domain.risk import TradingState
 from execd.health import Health
 from execd.messages import RiskCommand, SetTradingState
@@ -105,7 +106,7 @@ class Reconciler:
 
 
 def _show(m: reconcile.Mismatch) -> str:
-    return f"{m.symbol} local={m.local} broker={m.broker}"
+    return f"{m.symbol} local={show(m.local)} broker={show(m.broker)}"
 
 
 async def run(

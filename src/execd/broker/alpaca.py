@@ -34,6 +34,7 @@ from execd.broker.base import (
     DuplicateOrderId,
 )
 from execd.clock import Clock
+from execd.domain.decimals import plain
 from execd.domain.orders import BrokerView, OrderSpec
 from execd.limiter import RateLimiter
 from execd.obs.metrics import Metrics
@@ -143,11 +144,11 @@ class AlpacaClient:
     # --------------------------------------------------------------- the port
     async def submit_order(self, spec: OrderSpec) -> BrokerOrder:
         body: dict[str, Any] = {
-            "symbol": spec.symbol, "qty": str(spec.qty), "side": spec.side, "type": spec.type,
+            "symbol": spec.symbol, "qty": plain(spec.qty), "side": spec.side, "type": spec.type,
             "time_in_force": spec.time_in_force, "client_order_id": spec.client_order_id,
         }
         if spec.limit_price is not None:
-            body["limit_price"] = str(spec.limit_price)
+            body["limit_price"] = plain(spec.limit_price)
         # 429 is the only answer that proves the order was not taken: retry that alone.
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self._retries + 1), wait=self._wait,

@@ -29,6 +29,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
 
+from execd.domain.decimals import show, show_opt
+
 
 class OrderState(StrEnum):
     PENDING = "PENDING"
@@ -137,13 +139,13 @@ class Order:
             "strategy_id": s.strategy_id,
             "symbol": s.symbol,
             "side": s.side,
-            "qty": str(s.qty),
+            "qty": show(s.qty),
             "type": s.type,
-            "limit_price": None if s.limit_price is None else str(s.limit_price),
+            "limit_price": show_opt(s.limit_price),
             "time_in_force": s.time_in_force,
             "state": self.state.value,
-            "filled_qty": str(self.filled_qty),
-            "filled_avg_price": None if self.filled_avg_price is None else str(self.filled_avg_price),
+            "filled_qty": show(self.filled_qty),
+            "filled_avg_price": show_opt(self.filled_avg_price),
             "reason": self.reason,
             "created_at": self.created_at,
             "updated_at": self.updated_at,

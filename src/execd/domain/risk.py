@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
+from execd.domain.decimals import show
 from execd.domain.orders import OrderSpec
 
 
@@ -93,14 +94,15 @@ def check(spec: OrderSpec, ctx: RiskContext, limits: RiskLimits) -> Denial | Non
             return Denial(
                 code="trading_halted", rule="reducing",
                 reason=f"trading is REDUCING ({t.reason or 'no reason given'}): only orders "
-                f"that shrink a position are accepted; {spec.symbol} position is {e.position}",
+                f"that shrink a position are accepted; {spec.symbol} position is {show(e.position)}",
             )
     if limits.allow_symbols and spec.symbol not in limits.allow_symbols:
         return deny("symbol_not_allowed", f"symbol {spec.symbol} is not in risk.allow_symbols")
     if spec.symbol in limits.deny_symbols:
         return deny("symbol_denied", f"symbol {spec.symbol} is in risk.deny_symbols")
     if limits.max_qty is not None and spec.qty > limits.max_qty:
-        return deny("max_qty", f"qty {spec.qty} is over risk.max_qty {limits.max_qty}")
+        return deny("max_qty", f"qty {show(spec.qty)} is over risk.max_qty "
+                    f"{show(limits.max_qty)}")
     price = spec.limit_price if spec.limit_price is not None else ctx.prices.get(spec.symbol)
     if limits.max_notional is not None:
         if price is None:
@@ -111,8 +113,8 @@ def check(spec: OrderSpec, ctx: RiskContext, limits: RiskLimits) -> Denial | Non
                 )
         elif spec.qty * price > limits.max_notional:
             return deny(
-                "max_notional", f"notional {spec.qty * price} (qty {spec.qty} x price {price}) "
-                f"is over risk.max_notional {limits.max_notional}",
+                "max_notional", f"notional {show(spec.qty * price)} (qty {show(spec.qty)} x "
+                f"price {show(price)}) is over risk.max_notional {show(limits.max_notional)}",
             )
     if limits.max_position is not None:
         worst_long = e.position + e.open_buys + (spec.qty if spec.side == "buy" else 0)
@@ -120,8 +122,8 @@ def check(spec: OrderSpec, ctx: RiskContext, limits: RiskLimits) -> Denial | Non
         worst = max(abs(worst_long), abs(worst_short))
         if worst > limits.max_position:
             return deny(
-                "max_position", f"{spec.symbol} position could reach {worst} counting open "
-                f"orders, over risk.max_position {limits.max_position}",
+                "max_position", f"{spec.symbol} position could reach {show(worst)} counting "
+                f"open orders, over risk.max_position {show(limits.max_position)}",
             )
     if limits.max_open_orders is not None and ctx.open_orders >= limits.max_open_orders:
         return deny("max_open_orders", f"{ctx.open_orders} open orders: risk.max_open_orders "

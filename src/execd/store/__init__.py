@@ -15,9 +15,11 @@ from typing import Any
 
 import anyio
 
+from execd.domain.decimals import plain, show
 from execd.domain.orders import OPEN_STATES, Fill, Order, OrderSpec, OrderState, Update
 from execd.domain.positions import Position, apply_fill
 from execd.domain.risk import TradingState, TradingStatus
+from execd.files import private_dir, private_file
 from execd.store.db import Db, Row, open_db
 
 MIGRATIONS: list[str] = [
@@ -95,11 +97,15 @@ def _dec(text: str | None) -> Decimal | None:
 
 
 def _str(d: Decimal | None) -> str | None:
-    return None if d is None else str(d)
+    return None if d is None else plain(d)
 
 
 _INSERT_EVENT = ("INSERT INTO order_events (client_order_id, event, state, filled_qty, detail, "
                  "at) VALUES (?, ?, ?, ?, ?, ?)")
+
+
+class StoreError(Exception):
+    """The database cannot be used as it is (e.g. written by a newer execd)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,14 +131,15 @@ def _move_positions(conn: sqlite3.Connection, fills: Sequence[Fill]) -> None:
         "INSERT INTO positions (symbol, qty, cost_basis, last_price) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(symbol) DO UPDATE SET qty=excluded.qty, "
         "cost_basis=excluded.cost_basis, last_price=excluded.last_price",
-        [(p.symbol, str(p.qty), str(p.cost_basis), _str(p.last_price))
+        [(p.symbol, plain(p.qty), plain(p.cost_basis), _str(p.last_price))
          for p in positions.values()],
     )
 
 
 def _detail(u: Update) -> str | None:
     if u.fill is not None:
-        return json.dumps({"qty": str(u.fill.qty), "price": str(u.fill.price)})
+        # for people: a fill's price is derived by division (show rounds it)
+        return json.dumps({"qty": show(u.fill.qty), "price": show(u.fill.price)})
     if u.order.reason and u.event in ("REJECTED", "CANCELLED"):
         return json.dumps({"reason": u.order.reason})
     return None
@@ -141,9 +148,9 @@ def _detail(u: Update) -> str | None:
 def _order_row(o: Order) -> tuple[Any, ...]:
     s = o.spec
     return (
-        s.client_order_id, s.strategy_id, s.symbol, s.side, str(s.qty), s.type,
+        s.client_order_id, s.strategy_id, s.symbol, s.side, plain(s.qty), s.type,
         _str(s.limit_price), s.time_in_force, o.state.value, o.broker_order_id,
-        str(o.filled_qty), _str(o.filled_avg_price), o.reason, o.created_at, o.updated_at,
+        plain(o.filled_qty), _str(o.filled_avg_price), o.reason, o.created_at, o.updated_at,
         o.owner_uid,
     )
 
@@ -170,7 +177,10 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (or create) the database, private to the daemon's user: 0600, and its
+        WAL and shared-memory files too (SQLite gives them the database's mode)."""
+        private_dir(path.parent, "daemon.state_dir")
+        await anyio.to_thread.run_sync(private_file, path)
         store = cls(await open_db(path))
         try:
             await store._migrate()
@@ -187,7 +197,7 @@ class Store:
         async with self._lock:
             (version,), = await self._db.execute("PRAGMA user_version")
             if version > len(MIGRATIONS):
-                raise RuntimeError(
+                raise StoreError(
                     f"database schema version {version} is newer than this execd "
                     f"({len(MIGRATIONS)}): upgrade execd"
                 )
@@ -210,7 +220,7 @@ class Store:
         if not orders:
             return
         rows = [_order_row(o) for o in orders]
-        events = [(o.client_order_id, "ACCEPTED", o.state.value, str(o.filled_qty), None,
+        events = [(o.client_order_id, "ACCEPTED", o.state.value, plain(o.filled_qty), None,
                    o.created_at) for o in orders]
 
         def tx(conn: sqlite3.Connection) -> None:
@@ -243,12 +253,12 @@ class Store:
         move, all in one transaction (group commit: one fsync for the lot), one hop."""
         if not updates:
             return
-        order_rows = [(u.order.state.value, u.order.broker_order_id, str(u.order.filled_qty),
+        order_rows = [(u.order.state.value, u.order.broker_order_id, plain(u.order.filled_qty),
                        _str(u.order.filled_avg_price), u.order.reason, u.order.updated_at,
                        u.order.client_order_id) for u in updates]
         fills = [u.fill for u in updates if u.fill is not None]
         events = [(u.order.client_order_id, u.event, u.order.state.value,
-                   str(u.order.filled_qty), _detail(u), u.order.updated_at) for u in updates]
+                   plain(u.order.filled_qty), _detail(u), u.order.updated_at) for u in updates]
 
         def tx(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -260,7 +270,7 @@ class Store:
                 conn.executemany(
                     "INSERT INTO fills (client_order_id, symbol, side, qty, price, at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(f.client_order_id, f.symbol, f.side, str(f.qty), str(f.price), f.at)
+                    [(f.client_order_id, f.symbol, f.side, plain(f.qty), plain(f.price), f.at)
                      for f in fills],
                 )
                 _move_positions(conn, fills)
@@ -307,7 +317,7 @@ class Store:
             await self._db.executemany(
                 "INSERT INTO positions (symbol, qty, cost_basis, last_price) VALUES (?, '0', "
                 "'0', ?) ON CONFLICT(symbol) DO UPDATE SET last_price=excluded.last_price",
-                [(s, str(p)) for s, p in prices.items()],
+                [(s, plain(p)) for s, p in prices.items()],
             )
 
     async def set_trading_status(self, status: TradingStatus) -> None:
