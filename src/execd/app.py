@@ -78,6 +78,12 @@ async def open_daemon(
     """Run the daemon until the block exits; yields once it is ready for orders."""
     clock = clock or SystemClock()
     metrics = Metrics()
+    # Set before the first scrape: alert rules compare against these, not copies of them.
+    metrics.show_config(
+        submit_timeout=config.daemon.submit_timeout, poll_interval=config.poller.interval,
+        budget_requests=config.broker.requests_per_minute,
+        budget_window=config.broker.window_seconds,
+    )
     health = Health()
     b = config.broker
     limiter = limiter or open_limiter(
