@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,12 @@ def exported_names(exposition: str) -> set[str]:
             if line and not line.startswith("#")}
 
 
+def rfc3339(ts: str) -> float:
+    """Prometheus' timestamps (nanoseconds, Z) as epoch seconds."""
+    whole, _, frac = ts.rstrip("Z").partition(".")
+    return datetime.fromisoformat(whole + "+00:00").timestamp() + float("0." + (frac or "0"))
+
+
 def github_anchor(heading: str) -> str:
     s = re.sub(r"[^\w\- ]", "", heading.strip().lower())
     return s.replace(" ", "-")
@@ -163,7 +170,11 @@ def test_known_label_values_cover_the_code() -> None:
     assert {s.value for s in TradingState} == set(metrics.TRADING_STATES)
 
 
-async def test_every_family_has_samples_from_the_start(daemon_factory: OpenDaemon) -> None:
+async def test_a_fresh_daemon_exports_every_family_and_every_metric_kit_uses(
+    daemon_factory: OpenDaemon,
+) -> None:
+    """Before any order: every family has its samples, and every metric the alert rules
+    and the dashboard name is there."""
     async with daemon_with_metrics(daemon_factory) as d:
         text = await scrape(d)
         actors = set(d.supervisor.statistics())
@@ -182,6 +193,12 @@ async def test_every_family_has_samples_from_the_start(daemon_factory: OpenDaemo
                          "execd_broker_budget_requests_per_window 10000.0",
                          "execd_broker_budget_window_seconds 60.0"):
         assert config_gauge in text  # tests/conftest.py's daemon_config
+    exported = exported_names(text) | SYNTHETIC
+    used = {f"alert {r['alert']}": metric_names(r["expr"]) for r in alert_rules()}
+    used |= {where: metric_names(expr) for where, expr in dashboard_exprs().items()}
+    for where, names in used.items():
+        assert names, f"{where}: no metric found in its expression"
+        assert names <= exported, f"{where} uses {sorted(names - exported)}, not exported"
 
 
 async def test_halt_category_is_published_with_the_trading_state(
@@ -209,18 +226,6 @@ async def test_exposition_passes_promtool_check_metrics(daemon_factory: OpenDaem
     problems = (result.stdout + result.stderr).decode()
     assert result.returncode == 0, problems
     assert not problems.strip(), problems
-
-
-async def test_every_metric_the_rules_and_dashboard_name_is_exported(
-    daemon_factory: OpenDaemon,
-) -> None:
-    async with daemon_with_metrics(daemon_factory) as d:
-        exported = exported_names(await scrape(d)) | SYNTHETIC  # before any event
-    used = {f"alert {r['alert']}": metric_names(r["expr"]) for r in alert_rules()}
-    used |= {where: metric_names(expr) for where, expr in dashboard_exprs().items()}
-    for where, names in used.items():
-        assert names, f"{where}: no metric found in its expression"
-        assert names <= exported, f"{where} uses {sorted(names - exported)}, not exported"
 
 
 def test_metric_names_are_read_out_of_expressions() -> None:
@@ -269,6 +274,15 @@ def test_every_alert_says_how_bad_what_and_where_the_runbook_is() -> None:
         for name in metric_names(rule["expr"]):
             assert re.search(rf'{name}\{{[^}}]*job="execd"', rule["expr"]), (
                 f"{rule['alert']}: {name} without job=\"execd\"")
+
+
+def test_the_runbooks_own_links_lead_somewhere() -> None:
+    doc = OPERATIONS.read_text()
+    anchors = {github_anchor(h) for h in re.findall(r"^#+ (.+)$", doc, re.MULTILINE)}
+    for target in re.findall(r"\]\(#([^)]+)\)", doc):
+        assert target in anchors, f"docs/operations.md links to #{target}, which is no heading"
+    for path in re.findall(r"`((?:deploy|docs)/[\w./-]+)`", doc):
+        assert (ROOT / path).exists(), f"docs/operations.md names {path}, which does not exist"
 
 
 @needs_promtool
@@ -338,13 +352,15 @@ class Prometheus:
         return self.log.read_text(errors="replace")[-2000:]
 
 
-@pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    """One server for the module, scraping one fixed port twice a second. A new target
-    is first scraped only after Prometheus' 5 s target-update tick: with one fixed
-    target, that wait is paid once, not once per backend."""
+@pytest.fixture(scope="module", autouse=True)
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus | None]:
+    """One server for the module (None without the binary), scraping one fixed port
+    twice a second. A new target is first scraped only after Prometheus' 5 s
+    target-update tick: started with the module, that tick passes while the other tests
+    run, and with one fixed target it is paid once, not once per backend."""
     if PROMETHEUS is None:
-        pytest.skip(f"no prometheus server on PATH: {_INSTALL}")
+        yield None
+        return
     d = tmp_path_factory.mktemp("prometheus")
     target, port = free_port(), free_port()
     shutil.copy(ALERTS, d / "alerts.yml")
@@ -392,8 +408,10 @@ async def until(what: str, check: Callable[[], Awaitable[Any]], prom: Prometheus
 
 
 async def test_a_real_prometheus_scrapes_a_running_daemon(
-    daemon_factory: OpenDaemon, prometheus: Prometheus
+    daemon_factory: OpenDaemon, prometheus: Prometheus | None
 ) -> None:
+    if prometheus is None:
+        pytest.skip(f"no prometheus server on PATH: {_INSTALL}")
     api = prometheus.api
     await until("/-/ready", lambda: api.get("/-/ready"), prometheus)
     async with daemon_factory(metrics={"enabled": True, "port": prometheus.target_port}) as d:
@@ -408,12 +426,16 @@ async def test_a_real_prometheus_scrapes_a_running_daemon(
             for _ in range(3):
                 await c.submit(strategy_id="prom", symbol="AAPL", side="buy", qty="1")
         await until("execd_submits_total{outcome=accepted} at 3", accepted(3), prometheus)
+        seen_at = time.time()
         assert await api.query('up{job="execd"} == 1')
 
         async def rules_evaluated() -> list[dict[str, Any]]:
+            """Every rule evaluated, without error, since this daemon was scraped."""
             groups = (await api.get("/api/v1/rules"))["data"]["groups"]
             rules = [r for g in groups for r in g["rules"]]
-            return rules if rules and all(r["health"] == "ok" for r in rules) else []
+            done = all(r["health"] == "ok" and rfc3339(r["lastEvaluation"]) > seen_at
+                       for r in rules)
+            return rules if rules and done else []
 
         rules = await until("every alert rule evaluated without error", rules_evaluated, prometheus)
         assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
