@@ -106,6 +106,12 @@ async def open_daemon(
     A start-up failure a person can fix raises `Fatal` (or `ConfigError`) with one line."""
     clock = clock or SystemClock()
     metrics = Metrics()
+    # Set before the first scrape: alert rules compare against these, not copies of them.
+    metrics.show_config(
+        submit_timeout=config.daemon.submit_timeout, poll_interval=config.poller.interval,
+        budget_requests=config.broker.requests_per_minute,
+        budget_window=config.broker.window_seconds,
+    )
     health = Health()
     b, d = config.broker, config.daemon
     limiter = limiter or open_limiter(

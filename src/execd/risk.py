@@ -32,7 +32,7 @@ from execd.messages import (
     answer,
 )
 from execd.obs import logging
-from execd.obs.metrics import Metrics
+from execd.obs.metrics import Metrics, halt_category
 from execd.store import RiskSnapshot
 from execd.testhooks import HOOKS
 
@@ -43,6 +43,7 @@ BATCH = 256
 def show_trading_state(metrics: Metrics, status: TradingStatus) -> None:
     for state in TradingState:
         metrics.trading_state.labels(state.value).set(1 if state == status.state else 0)
+    metrics.show_halt(halt_category(status.reason) if status.state == TradingState.HALTED else None)
 
 
 def _context(snap: RiskSnapshot) -> RiskContext:

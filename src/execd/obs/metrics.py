@@ -1,17 +1,74 @@
 """Every number an operator needs, in Prometheus form, on a private registry
-(so several daemons can live in one test process)."""
+(so several daemons can live in one test process).
+
+Every labelled family is created at 0 for each of its known label values as soon as
+`Metrics()` exists (Prometheus' own advice): a family with no sample until its first
+event is invisible to `rate()` and to alerts, which then see nothing rather than 0.
+The known values are the tuples below; a new actor, outcome, state, endpoint or code
+belongs in them. `deploy/prometheus/alerts.yml` and `deploy/grafana/execd.json` use
+these names: `tests/test_prometheus.py` checks that every name they use is exported.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.exposition import generate_latest
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Fill lag is poll-bound (seconds) without the stream, event-bound (milliseconds) with it.
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+# The known label values (app.py's ChildSpec names; `stream` is the trade_updates actor).
+ACTORS = ("submitter", "poller", "reconciler", "risk", "intake", "watchdog", "stream")
+ORDER_STATES = ("PENDING", "SUBMITTED", "PARTIALLY_FILLED", "FILLED", "REJECTED", "CANCELLED",
+                "EXPIRED", "REPLACED")
+TRADING_STATES = ("ACTIVE", "REDUCING", "HALTED")
+SUBMIT_OUTCOMES = ("accepted", "denied", "duplicate", "conflict")  # risk.py
+RISK_RULES = ("halted", "reducing", "symbol_not_allowed", "symbol_denied", "max_qty", "no_price",
+              "max_notional", "max_position", "max_open_orders", "max_orders_per_minute")
+WAIT_MODES = ("submitted", "accepted")  # protocol.py: when a submit is answered
+BROKER_ENDPOINTS = ("submit_order", "get_order_by_client_id", "list_orders", "cancel_order",
+                    "positions")  # AlpacaClient._once/_retrying; statuses are open-ended
+RECONCILE_RESULTS = ("clean", "mismatch", "unconfirmed", "error")
+INTAKE_ERROR_CODES = ("invalid_request", "unknown_op", "risk_rejected", "trading_halted",
+                      "broker_rejected", "not_found", "conflict", "unauthorized", "line_too_long",
+                      "overloaded", "internal")  # docs/protocol.md, "Error codes"
+FILL_SOURCES = ("stream", "poll")
+
+# Why trading is halted, as a small fixed set: a free-text reason never becomes a label.
+HALT_CATEGORIES = ("operator", "reconcile", "broker_failures", "storage", "other")
+# Machine-made halt reasons start with a token and a colon ("reconcile_mismatch: AAPL
+# local=5 broker=3"); the token's prefix names the category. Operators' reasons are free
+# text from the `halt` op, so anything else is the operator's.
+_HALT_TOKENS = (("reconcile", "reconcile"), ("broker_failures", "broker_failures"),
+                ("storage", "storage"))
+
+
+def halt_category(reason: str) -> str:
+    """The category (one of HALT_CATEGORIES) of a halt's free-text reason."""
+    token, colon, _ = reason.partition(":")
+    token = token.strip()
+    if not token:
+        return "other"
+    if colon and token.isidentifier() and token.islower():
+        for prefix, category in _HALT_TOKENS:
+            if token.startswith(prefix):
+                return category
+    return "operator"
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # process_start_time_seconds tells a restarted process from a long-running one.
+        ProcessCollector(registry=r)
         self.orders = Gauge("execd_orders", "Orders in the book by state", ["state"], registry=r)
         self.submits = Counter(
             "execd_submits_total", "Submit requests by outcome", ["outcome"], registry=r
@@ -24,12 +81,23 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.broker_requests = Counter(
-            "execd_broker_requests_total", "Broker requests by endpoint and status",
+            "execd_broker_requests_total",
+            "Broker requests (every attempt, retries included) by endpoint and status: ok, "
+            "an HTTP status, or the error's name when no answer came",
             ["endpoint", "status"], registry=r,
         )
         self.broker_latency = Histogram(
             "execd_broker_request_seconds", "Broker request latency", ["endpoint"],
             buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.budget_requests = Gauge(
+            "execd_broker_budget_requests_per_window",
+            "The request budget: broker requests allowed in any sliding window "
+            "(broker.requests_per_minute)", registry=r,
+        )
+        self.budget_window = Gauge(
+            "execd_broker_budget_window_seconds",
+            "The request budget's sliding window (broker.window_seconds)", registry=r,
         )
         self.limiter_wait = Histogram(
             "execd_limiter_wait_seconds", "Time waited for the shared request budget",
@@ -47,6 +115,12 @@ class Metrics:
         self.trading_state = Gauge(
             "execd_trading_state", "1 for the current trading state", ["state"], registry=r
         )
+        self.trading_halted = Gauge(
+            "execd_trading_halted",
+            "1 for the category of the current halt's reason (operator, reconcile, "
+            "broker_failures, storage, other); all 0 unless trading is HALTED",
+            ["reason"], registry=r,
+        )
         self.reconcile_runs = Counter(
             "execd_reconcile_runs_total", "Reconciliations by result", ["result"], registry=r
         )
@@ -61,8 +135,36 @@ class Metrics:
         self.poll_last_success = Gauge(
             "execd_poll_last_success_timestamp_seconds", "Last completed poll", registry=r
         )
+        self.poll_interval = Gauge(
+            "execd_poll_interval_seconds",
+            "The poller's interval in force (longer while the trade_updates stream is healthy)",
+            registry=r,
+        )
         self.poll_lookups = Counter(
             "execd_poll_lookups_total", "Single-order look-ups made by the poller", registry=r
+        )
+        self.stream_enabled = Gauge(
+            "execd_stream_enabled", "1 if the trade_updates stream is configured on", registry=r
+        )
+        self.stream_connected = Gauge(
+            "execd_stream_connected", "1 while the trade_updates stream is connected and "
+            "subscribed", registry=r,
+        )
+        self.fill_lag = Histogram(
+            "execd_fill_lag_seconds",
+            "A fill's time at the broker to its recording in the book, by the source that "
+            "brought the news (stream or poll)",
+            ["source"], buckets=LAG_BUCKETS, registry=r,
+        )
+        self.oldest_pending_age = Gauge(
+            "execd_oldest_pending_order_age_seconds",
+            "Age of the oldest order still PENDING (committed, not yet known to the broker); "
+            "0 when there is none", registry=r,
+        )
+        self.submit_timeout = Gauge(
+            "execd_submit_timeout_seconds",
+            "How long a submit with wait=submitted waits for the broker (daemon.submit_timeout)",
+            registry=r,
         )
         self.intake_connections = Gauge(
             "execd_intake_connections", "Open client connections", registry=r
@@ -70,6 +172,52 @@ class Metrics:
         self.intake_errors = Counter(
             "execd_intake_errors_total", "Error answers by code", ["code"], registry=r
         )
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """Every known child at 0, so that each series exists from the start."""
+        for actor in ACTORS:
+            self.actor_restarts.labels(actor)
+        # Not execd_actor_up: the supervisor creates it for the actors it really starts
+        # (a stream turned off in config is not an actor down).
+        for state in ORDER_STATES:
+            self.orders.labels(state)
+        for state in TRADING_STATES:
+            self.trading_state.labels(state)
+        for category in HALT_CATEGORIES:
+            self.trading_halted.labels(category)
+        for outcome in SUBMIT_OUTCOMES:
+            self.submits.labels(outcome)
+        for rule in RISK_RULES:
+            self.rejections.labels(rule)
+        for wait in WAIT_MODES:
+            self.ack_latency.labels(wait)
+        for endpoint in BROKER_ENDPOINTS:
+            self.broker_requests.labels(endpoint, "ok")
+            self.broker_latency.labels(endpoint)
+        for result in RECONCILE_RESULTS:
+            self.reconcile_runs.labels(result)
+        for code in INTAKE_ERROR_CODES:
+            self.intake_errors.labels(code)
+        for source in FILL_SOURCES:
+            self.fill_lag.labels(source)
+
+    def show_config(
+        self, *, submit_timeout: float, poll_interval: float, budget_requests: int,
+        budget_window: float,
+    ) -> None:
+        """What the running daemon is configured with, for alerts that compare against it
+        (no threshold in an alert rule repeats a number from config.toml)."""
+        self.submit_timeout.set(submit_timeout)
+        self.poll_interval.set(poll_interval)
+        self.budget_requests.set(budget_requests)
+        self.budget_window.set(budget_window)
+
+    def show_halt(self, category: str | None) -> None:
+        """1 for the current halt's category (from `halt_category`), 0 for the others;
+        None when trading is not halted."""
+        for c in HALT_CATEGORIES:
+            self.trading_halted.labels(c).set(1 if c == category else 0)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
