@@ -34,7 +34,7 @@ from execd.config import (
     RiskConfig,
 )
 from execd.domain.orders import Order, OrderSpec, OrderState
-from execd.sim import EngineConfig, FillModel, SimConfig, SimServer
+from execd.sim import SimConfig, SimServer
 from execd.store import Store
 
 SCALE = 10.0
@@ -156,8 +156,8 @@ def _daemon_on(sim: SimServer, tmp: Path, *, poll: float, reconcile: float) -> A
 
 
 def _sim(fill_delay: float = 0.2) -> SimServer:
-    return SimServer(SimConfig(rate_limit=200, rate_window=60 / SCALE, engine=EngineConfig(
-        fill=FillModel(delay=fill_delay), starting_cash=Decimal(10**9)))).start()
+    return SimServer(SimConfig(rate_limit=200, rate_window=60 / SCALE, fill_delay=fill_delay,
+                               starting_cash=str(10**9))).start()
 
 
 def _rest_open_orders(sim: SimServer, n: int) -> None:
@@ -258,8 +258,8 @@ def _naive(minutes: int) -> dict[str, float]:
     from alpaca.trading.client import TradingClient
     from alpaca.trading.requests import MarketOrderRequest
 
-    sim = SimServer(SimConfig(rate_limit=200, rate_window=60 / SCALE, engine=EngineConfig(
-        fill=FillModel(delay=1.0 * 60 / SCALE / 6), starting_cash=Decimal(10**9)))).start()
+    sim = SimServer(SimConfig(rate_limit=200, rate_window=60 / SCALE,
+                              fill_delay=1.0 * 60 / SCALE / 6, starting_cash=str(10**9))).start()
     try:
         client = TradingClient(sim.config.key_id, sim.config.secret_key, paper=True,
                                url_override=sim.url)

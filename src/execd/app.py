@@ -8,11 +8,11 @@ READY. app.py owns every channel end and gives each actor (re)start its own clon
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -28,7 +28,7 @@ from execd.limiter import Budget, RateLimiter, open_limiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs import logging
 from execd.obs.metrics import Metrics
-from execd.sim import EngineConfig, FillModel, SimConfig, SimServer
+from execd.sim import SimServer
 from execd.store import Store
 from execd.supervisor import ChildSpec, GaveUp, Supervisor
 from execd.testhooks import HOOKS
@@ -54,18 +54,12 @@ class Daemon:
 
 
 def start_embedded_sim(config: Config) -> SimServer:
-    s = config.sim
+    """The simulator as [sim] says, its account kept at `config.sim_state_path`."""
     path = config.sim_state_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    sim = SimServer(SimConfig(
-        host=s.host, port=s.port, speed=s.speed, state_file=path,
-        rate_limit=config.broker.requests_per_minute, rate_window=config.broker.window_seconds,
-        engine=EngineConfig(
-            seed=s.seed, starting_cash=Decimal(s.starting_cash),
-            fill=FillModel(delay=s.fill_delay, parts=s.fill_parts),
-        ),
-    ))
-    log.info("embedded simulator started", url=sim.url, state_file=str(path))
+    sim = SimServer(dataclasses.replace(config.sim, state_file=str(path)))
+    log.info("embedded simulator started", url=sim.url, stream=sim.stream_url,
+             state_file=str(path))
     return sim.start()
 
 
