@@ -2,13 +2,10 @@
 
 Pure model code (no I/O). The clock's wall time is injected so tests can drive it.
 
-A price path is a random walk of one step per simulated second, built so that no
-question costs time proportional to the span it covers: the walk's level at every
-`CHUNK`-th step is drawn first (one draw per chunk), and the steps inside a chunk are a
-Brownian bridge between its two ends, made only when somebody looks inside (kept in a
-small cache, with each chunk's low and high remembered). "First crossing of a limit"
-skips every chunk whose range cannot cross. Prices set on command rebase the path from
-that moment on: the walk continues from the set price.
+A price path is a seeded random walk, quoted once a simulated second, built so that
+no question costs time in proportion to the span it covers (`_Walk`): "the first
+crossing of a limit" skips every stretch whose low and high cannot cross. Prices set
+on command rebase the path from that moment on: the walk continues from the set price.
 """
 
 from __future__ import annotations
@@ -118,52 +115,66 @@ def _cents(level: float) -> Decimal:
 
 
 class _Walk:
-    """One symbol's log-price walk, one step per second. Not locked: PricePaths locks."""
+    """One symbol's log price, second by second. Not locked: PricePaths locks.
 
-    SIGMA = 0.0004  # per-step volatility: about 2.4% over a 6.5 h session
+    The walk's knots are `KNOT` seconds apart (prices in between are interpolated, so
+    the low and high of a stretch are those of its knots); knots come in chunks of
+    `CHUNK`, whose ends are drawn first, in order, and whose insides are Brownian
+    bridges between those ends, drawn when somebody looks.
+    """
+
+    SIGMA = 0.0004  # per simulated second: about 2.4% over a 6.5 h session
+    KNOT = 16
     CHUNK = 1024
+    SPAN = KNOT * CHUNK  # seconds per chunk
     CACHE = 16  # chunks whose inside is kept
 
     def __init__(self, seed: int, symbol: str, start_price: float) -> None:
         self._key = f"{seed}:{symbol}"
-        self._ends = [math.log(start_price)]  # the level at step k * CHUNK
+        self._ends = [math.log(start_price)]  # the level at knot c * CHUNK
         self._end_rng = random.Random(f"{self._key}:ends")
         self._inside: OrderedDict[int, list[float]] = OrderedDict()
         self._range: dict[int, tuple[float, float]] = {}
         self.shifts: list[tuple[float, float]] = []  # (from time, log shift), by time
 
-    def _end(self, k: int) -> float:
-        # Drawn in order, one per chunk: cheap enough for any span /_sim/advance allows.
-        while len(self._ends) <= k:
-            step = self._end_rng.gauss(0.0, self.SIGMA * math.sqrt(self.CHUNK))
+    def _end(self, c: int) -> float:
+        # One draw per chunk, in order: cheap for any span /_sim/advance allows.
+        while len(self._ends) <= c:
+            step = self._end_rng.gauss(0.0, self.SIGMA * math.sqrt(self.SPAN))
             self._ends.append(self._ends[-1] + step)
-        return self._ends[k]
+        return self._ends[c]
 
-    def chunk(self, k: int) -> list[float]:
-        """Levels at steps k*CHUNK .. (k+1)*CHUNK, both ends included."""
-        levels = self._inside.get(k)
+    def chunk(self, c: int) -> list[float]:
+        """Levels at knots c*CHUNK .. (c+1)*CHUNK, both ends included."""
+        levels = self._inside.get(c)
         if levels is not None:
-            self._inside.move_to_end(k)
+            self._inside.move_to_end(c)
             return levels
-        a, b = self._end(k), self._end(k + 1)
-        rng = random.Random(f"{self._key}:{k}")
-        walk = [0.0, *itertools.accumulate(rng.gauss(0.0, self.SIGMA) for _ in range(self.CHUNK))]
+        a, b = self._end(c), self._end(c + 1)
+        rng = random.Random(f"{self._key}:{c}")
+        sigma = self.SIGMA * math.sqrt(self.KNOT)
+        walk = [0.0, *itertools.accumulate(rng.gauss(0.0, sigma) for _ in range(self.CHUNK))]
         pull = (walk[-1] - (b - a)) / self.CHUNK
         levels = [a + w - i * pull for i, w in enumerate(walk)]
-        self._inside[k] = levels
-        self._range[k] = (min(levels), max(levels))
+        self._inside[c] = levels
+        self._range[c] = (min(levels), max(levels))
         if len(self._inside) > self.CACHE:
             self._inside.popitem(last=False)
         return levels
 
-    def level(self, step: int) -> float:
-        k, i = divmod(step, self.CHUNK)
-        return self.chunk(k)[i]
+    def knot(self, i: int) -> float:
+        c, j = divmod(i, self.CHUNK)
+        return self.chunk(c)[j]
 
-    def chunk_range(self, k: int) -> tuple[float, float]:
-        if k not in self._range:
-            self.chunk(k)
-        return self._range[k]
+    def level(self, second: int) -> float:
+        i, j = divmod(second, self.KNOT)
+        a = self.knot(i)
+        return a if j == 0 else a + (self.knot(i + 1) - a) * j / self.KNOT
+
+    def chunk_range(self, c: int) -> tuple[float, float]:
+        if c not in self._range:
+            self.chunk(c)
+        return self._range[c]
 
     def shift_at(self, t: float) -> float:
         i = bisect.bisect_right(self.shifts, t, key=lambda s: s[0])
@@ -193,19 +204,19 @@ class PricePaths:
             walk = self._walks[symbol] = _Walk(self._seed, symbol, self.assets[symbol].start_price)
         return walk
 
-    def _step(self, t: float) -> int:
+    def _second(self, t: float) -> int:
         return max(0, math.floor(t - self._t0))
 
     def price(self, symbol: str, t: float) -> Decimal:
         with self._lock:
             walk = self._walk(symbol)
-            return _cents(walk.level(self._step(t)) + walk.shift_at(t))
+            return _cents(walk.level(self._second(t)) + walk.shift_at(t))
 
     def set_price(self, symbol: str, t: float, price: Decimal) -> None:
         """From `t` on, the path is rebased so that it stands at `price` at `t`."""
         with self._lock:
             walk = self._walk(symbol)
-            shift = math.log(float(price)) - walk.level(self._step(t))
+            shift = math.log(float(price)) - walk.level(self._second(t))
             walk.shifts = [s for s in walk.shifts if s[0] < t] + [(t, shift)]
 
     def shifts(self) -> dict[str, list[tuple[float, float]]]:
@@ -227,7 +238,7 @@ class PricePaths:
             return None
         with self._lock:
             walk = self._walk(symbol)
-            # The price changes at whole steps and where a shift starts.
+            # The price changes at whole seconds and where a shift starts.
             cuts = [t_from] + [t for t, _ in walk.shifts if t_from < t <= t_to]
             for n, start in enumerate(cuts):
                 end = cuts[n + 1] if n + 1 < len(cuts) else math.nextafter(t_to, math.inf)
@@ -239,31 +250,43 @@ class PricePaths:
     def _cross_in(
         self, walk: _Walk, start: float, end: float, shift: float, side: str, limit: Decimal
     ) -> float | None:
-        """First crossing in [start, end), with one shift throughout."""
+        """First crossing in [start, end), with one shift throughout. Stretches whose
+        low and high (chunks, then knot to knot) cannot cross are skipped whole."""
 
         def trades(level: float) -> bool:
             px = _cents(level + shift)
             return px <= limit if side == "buy" else px >= limit
 
-        first = self._step(start)
+        # A cent of margin: ranges are in floats, the test is on prices rounded to cents.
+        if side == "buy":
+            bound = math.log(float(limit) + 0.01) - shift
+
+            def reachable(low: float, high: float) -> bool:
+                return low <= bound
+        else:
+            bound = math.log(max(float(limit) - 0.01, 1e-9)) - shift
+
+            def reachable(low: float, high: float) -> bool:
+                return high >= bound
+
+        first = self._second(start)
         if trades(walk.level(first)):
             return start
-        last = self._step(math.nextafter(end, -math.inf))
-        # A cent of margin: the range is in floats, the test on prices rounded to cents.
-        bound = math.log(float(limit) + 0.01) if side == "buy" else math.log(max(float(limit) - 0.01, 1e-9))
-        step = first + 1
-        while step <= last:
-            k = step // _Walk.CHUNK
-            low, high = walk.chunk_range(k)
-            chunk_end = min(last, (k + 1) * _Walk.CHUNK - 1)
-            reachable = low + shift <= bound if side == "buy" else high + shift >= bound
-            if reachable:
-                levels = walk.chunk(k)
-                for s in range(step, chunk_end + 1):
-                    if trades(levels[s - k * _Walk.CHUNK]):
-                        return self._t0 + s
-            step = chunk_end + 1
+        last = self._second(math.nextafter(end, -math.inf))
+        s = first + 1
+        while s <= last:
+            c = s // _Walk.SPAN
+            chunk_last = min(last, (c + 1) * _Walk.SPAN - 1)
+            if reachable(*walk.chunk_range(c)):
+                while s <= chunk_last:
+                    i = s // _Walk.KNOT
+                    knot_last = min(chunk_last, (i + 1) * _Walk.KNOT - 1)
+                    a, b = walk.knot(i), walk.knot(i + 1)
+                    if reachable(min(a, b), max(a, b)):
+                        for x in range(s, knot_last + 1):
+                            if trades(walk.level(x)):
+                                return self._t0 + x
+                    s = knot_last + 1
+            s = chunk_last + 1
         return None
 
-    def step_time(self, step: int) -> float:
-        return self._t0 + step
