@@ -147,7 +147,7 @@ def test_every_setting_is_a_flag_and_a_sim_key(tmp_path: Path) -> None:
                     'stream_refuse_auth = true\nextra_symbols = ["ABC"]\nstarting_cash = "5000"\n')
     sim = load(path).sim
     assert (sim.seed, sim.fill_delay, sim.p_stream_duplicate) == (3, 0.5, 0.1)
-    assert (sim.stream_refuse_auth, sim.extra_symbols, sim.cash) == (True, ("ABC",), 5000)
+    assert (sim.stream_refuse_auth, sim.extra_symbols, sim.cash) == (True, ("ABC",), Decimal(5000))
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -209,3 +209,18 @@ def test_sim_stats_with_no_sim_is_one_line(capsys: pytest.CaptureFixture[str]) -
     assert captured.err.count("\n") == 1
     assert "Traceback" not in captured.err
     assert f"127.0.0.1:{port}" in captured.err
+
+
+def test_execd_sim_on_a_busy_port_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli.main(["sim", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"execd sim: cannot listen on 127.0.0.1:{port} (--host/--port): " \
+                  "Address already in use\n"
+
+
+def test_the_sim_secret_is_never_in_a_repr() -> None:
+    assert "s3cr3t" not in repr(SimConfig(key_id="PK", secret_key="s3cr3t"))

@@ -68,8 +68,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
     try:
         sim = SimServer(config)
     except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
         print(f"execd sim: cannot listen on {config.host}:{config.port} (--host/--port): "
-              f"{e.strerror}", file=sys.stderr)
+              f"{reason}", file=sys.stderr)
         return 2
     with sim:
         print(f"execd sim listening on {sim.url}  (Alpaca Paper compatible; Ctrl-C stops)")

@@ -19,12 +19,13 @@ Group = Literal["server", "market", "faults"]
 
 
 def setting(
-    default: T, help: str, *, group: Group, cli_default: Any = MISSING, config: bool = True
+    default: T, help: str, *, group: Group, cli_default: Any = MISSING, config: bool = True,
+    secret: bool = False,
 ) -> T:
     """A field with its help text. `config=False`: a flag only, never a [sim] key (the
-    sim's keys: invariant 9 keeps keys out of config files)."""
+    sim's keys: invariant 9 keeps keys out of config files); `secret`: never in a repr."""
     meta = {"help": help, "group": group, "config": config, "cli_default": cli_default}
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,7 +38,7 @@ class SimConfig:
                           "else a random pair is made and printed)", group="server",
                           config=False)
     secret_key: str = setting("", "API secret (default: $APCA_API_SECRET_KEY)",
-                              group="server", config=False)
+                              group="server", config=False, secret=True)
     state_file: str = setting("", "JSON file the account is restored from and saved to "
                               "(embedded: default <state_dir>/sim-state.json; "
                               "execd sim: none)", group="server")
