@@ -23,14 +23,23 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from execd.sim.errors import SimError, forbidden_keys, invalid, not_found, unauthorized
+from execd.sim.errors import (
+    SimError,
+    forbidden_keys,
+    invalid,
+    not_found,
+    rate_limited,
+    unauthorized,
+)
 from execd.sim.faults import NO_FAULT, FaultPlan
 
 if TYPE_CHECKING:
     from execd.sim.server import SimServer
 
 MAX_BODY = 1 << 20
-MAX_ADVANCE_SECONDS = 7 * 86400  # /_sim/advance refuses more per call (the walk is drawn lazily)
+# /_sim/advance refuses more per call: a jump's work (limit crosses, the walk's chunks)
+# grows with its span; 7 days on every symbol takes ~0.2 s.
+MAX_ADVANCE_SECONDS = 7 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +196,7 @@ async def _serve(sim: SimServer, ep: Endpoint, request: Request) -> Response:
         ok, headers = sim.rate(key or "")
         if not ok:
             sim.count(name, 429)
-            return _json(429, {"code": 42910000, "message": "rate limit exceeded"}, headers)
+            return _json(429, rate_limited().body(), headers)
         plan = sim.dice.roll(sim.settings, is_submit=ep is SUBMIT)
     if plan.status is not None and not plan.apply_first:
         sim.count(name, plan.status)
