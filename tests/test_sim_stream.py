@@ -104,8 +104,11 @@ def test_alpaca_py_trading_stream_receives_new_and_fill(sim: SimServer) -> None:
             assert time.monotonic() < deadline, "TradingStream never listened"
             time.sleep(0.01)
         order = client(sim).submit_order(market("stream-1", qty=2))
-    finally:
         runner.join(WAIT)
+    finally:
+        if runner.is_alive():  # the fill never came: stop the stream, leave no thread
+            stream.stop()
+            runner.join(WAIT + 5)  # it notices within its 5 s receive timeout
     assert not runner.is_alive()
     assert [u.event for u in got] == ["new", "fill"]
     new, fill = got

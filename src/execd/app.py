@@ -8,11 +8,10 @@ READY. app.py owns every channel end and gives each actor (re)start its own clon
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -57,7 +56,7 @@ def start_embedded_sim(config: Config) -> SimServer:
     """The simulator as [sim] says, its account kept at `config.sim_state_path`."""
     path = config.sim_state_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    sim = SimServer(dataclasses.replace(config.sim, state_file=str(path)))
+    sim = SimServer(replace(config.sim, state_file=str(path)))
     log.info("embedded simulator started", url=sim.url, stream=sim.stream_url,
              state_file=str(path))
     return sim.start()
