@@ -68,7 +68,8 @@ class SimServer:
         self._server = uvicorn.Server(uvicorn.Config(
             app, http="h11", ws="wsproto", loop="asyncio", lifespan="on",
             log_config=None, log_level="warning", access_log=False, server_header=False,
-            timeout_keep_alive=75,  # longer than a client's idle gap: no reset reuse races
+            # a client reusing an idle connection must not race the server closing it
+            timeout_keep_alive=75,
             timeout_graceful_shutdown=5, ws_max_size=1 << 16,
         ))
         self._thread: threading.Thread | None = None
