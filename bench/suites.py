@@ -9,8 +9,10 @@ they measure (requests per window, per poll) do not depend on the scale.
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from execd.config import (
     RiskConfig,
 )
 from execd.domain.orders import Order, OrderSpec, OrderState
-from execd.sim import EngineConfig, FillModel, SimConfig, SimServer
+from execd.sim import SimConfig, SimServer
 from execd.store import Store
 
 SCALE = 10.0
@@ -156,8 +158,8 @@ def _daemon_on(sim: SimServer, tmp: Path, *, poll: float, reconcile: float) -> A
 
 
 def _sim(fill_delay: float = 0.2) -> SimServer:
-    return SimServer(SimConfig(rate_limit=200, rate_window=60 / SCALE, engine=EngineConfig(
-        fill=FillModel(delay=fill_delay), starting_cash=Decimal(10**9)))).start()
+    return SimServer(SimConfig(rate_limit=200, rate_window=60 / SCALE, fill_delay=fill_delay,
+                               starting_cash=str(10**9))).start()
 
 
 def _rest_open_orders(sim: SimServer, n: int) -> None:
@@ -258,8 +260,8 @@ def _naive(minutes: int) -> dict[str, float]:
     from alpaca.trading.client import TradingClient
     from alpaca.trading.requests import MarketOrderRequest
 
-    sim = SimServer(SimConfig(rate_limit=200, rate_window=60 / SCALE, engine=EngineConfig(
-        fill=FillModel(delay=1.0 * 60 / SCALE / 6), starting_cash=Decimal(10**9)))).start()
+    sim = SimServer(SimConfig(rate_limit=200, rate_window=60 / SCALE,
+                              fill_delay=1.0 * 60 / SCALE / 6, starting_cash=str(10**9))).start()
     try:
         client = TradingClient(sim.config.key_id, sim.config.secret_key, paper=True,
                                url_override=sim.url)
@@ -450,7 +452,109 @@ def _footprint(res: Result, *, quick: bool, backend: str, progress: Progress) ->
                             worst=growth, unit="MB"))
 
 
+# ------------------------------------------------------ 5. the sim's stream
+def stream(*, quick: bool, backend: str, progress: Progress) -> Result:
+    """Fill in the simulator's engine -> receipt by a trade_updates client, on loopback."""
+    res = Result("sim stream")
+    n = 60 if quick else 300
+    repeats = 1 if quick else 3
+    res.notes.append(
+        f"{n} market orders, one every 10 ms, filled by the sim's ticker; time from the "
+        "engine's fill to its receipt: a plain websocket client (websockets' sync client) "
+        "and alpaca-py's TradingStream (in its handler, after parsing)")
+    for name, measure in (("websocket client", _ws_latencies),
+                          ("alpaca-py TradingStream", _trading_stream_latencies)):
+        p50s, p99s = [], []
+        for run in range(repeats):
+            progress(f"stream: {name}, run {run + 1} of {repeats}")
+            lat = measure(n)
+            p50s.append(percentile(lat, 50))
+            p99s.append(percentile(lat, 99))
+        for label, vals in (("p50", p50s), ("p99", p99s)):
+            med, worst = _runs(vals)
+            res.rows.append(Row(figure=f"fill -> {name} {label}", median=med * 1e3,
+                                worst=worst * 1e3, unit="ms"))
+    return res
+
+
+def _stream_sim() -> tuple[SimServer, dict[str, float]]:
+    """A sim whose fills are timed as the engine makes them (subscribed before the
+    server, so the clock is read before the event is handed on)."""
+    sim = SimServer(SimConfig(fill_delay=0.02, starting_cash=str(10**9)))
+    filled: dict[str, float] = {}
+    sim.engine.subscribe(
+        lambda e: filled.__setitem__(e.execution_id, time.perf_counter()) if e.event == "fill"
+        else None)
+    return sim.start(), filled
+
+
+def _submit_steadily(sim: SimServer, n: int) -> threading.Thread:
+    def run() -> None:
+        for _ in range(n):
+            sim.engine.submit({"symbol": "F", "qty": "1", "side": "buy", "type": "market",
+                               "time_in_force": "gtc"})
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=run, name="bench-submit")
+    thread.start()
+    return thread
+
+
+def _ws_latencies(n: int) -> list[float]:
+    from websockets.sync.client import connect
+
+    sim, filled = _stream_sim()
+    try:
+        with connect(sim.stream_url) as ws:
+            for action, data in (("authenticate", {"key_id": sim.config.key_id,
+                                                   "secret_key": sim.config.secret_key}),
+                                 ("listen", {"streams": ["trade_updates"]})):
+                ws.send(json.dumps({"action": action, "data": data}))
+                ws.recv(timeout=5)
+            submitter = _submit_steadily(sim, n)
+            seen: dict[str, float] = {}
+            while len(seen) < n:
+                frame = ws.recv(timeout=10)
+                now = time.perf_counter()
+                data = json.loads(frame)["data"]
+                if data["event"] == "fill":
+                    seen[data["execution_id"]] = now
+            submitter.join()
+        return [seen[x] - filled[x] for x in seen]
+    finally:
+        sim.close()
+
+
+def _trading_stream_latencies(n: int) -> list[float]:
+    from alpaca.trading.stream import TradingStream
+
+    sim, filled = _stream_sim()
+    try:
+        stream = TradingStream(sim.config.key_id, sim.config.secret_key, paper=True,
+                               url_override=sim.stream_url)
+        seen: dict[str, float] = {}
+
+        async def on_update(update: Any) -> None:
+            if update.event == "fill":
+                seen[str(update.execution_id)] = time.perf_counter()
+                if len(seen) == n:
+                    await stream.stop_ws()
+
+        stream.subscribe_trade_updates(on_update)
+        runner = threading.Thread(target=stream.run, name="bench-trading-stream")
+        runner.start()
+        deadline = time.monotonic() + 10
+        while sim.stats()["stream"]["listening"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _submit_steadily(sim, n).join()
+        runner.join(30)
+        return [seen[x] - filled[x] for x in seen]
+    finally:
+        sim.close()
+
+
 SUITES: dict[str, Callable[..., Result]] = {
     "overhead": overhead, "budget": budget, "freshness": freshness, "recovery": recovery,
+    "stream": stream,
 }
 

@@ -23,7 +23,7 @@ from execd.config import (
     ReconcilerConfig,
     RiskConfig,
 )
-from execd.sim import EngineConfig, FillModel, SimConfig, SimServer
+from execd.sim import SimConfig, SimServer
 from execd.supervisor import Intensity
 
 
@@ -32,12 +32,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def sim_config(**engine: Any) -> SimConfig:
-    fill = engine.pop("fill", FillModel(delay=0.0, parts=1))
-    rate = engine.pop("rate_limit", 10_000)
-    window = engine.pop("rate_window", 60.0)
-    return SimConfig(rate_limit=rate, rate_window=window,
-                     engine=EngineConfig(fill=fill, **engine))
+def sim_config(**settings: Any) -> SimConfig:
+    """Fills at once and a rate limit no test reaches, unless a test says otherwise."""
+    return SimConfig(**{"fill_delay": 0.0, "fill_parts": 1, "rate_limit": 10_000, **settings})
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from execd.clock import FakeClock, SystemClock
 from execd.domain.orders import OrderSpec
 from execd.limiter import Budget, PriorityLimiter, TokenBucket, Unlimited
 from execd.obs.metrics import Metrics
-from execd.sim import RequestFaults, SimServer
+from execd.sim import SimServer
 from tests.conftest import sim_config
 
 
@@ -51,7 +51,7 @@ async def test_submit_sends_decimal_strings_and_reads_the_order(sim: SimServer) 
 
 
 async def test_reads_are_retried_on_5xx_then_give_up(sim: SimServer) -> None:
-    sim.dice.faults = RequestFaults(p_5xx=1.0)
+    sim.set_faults(p_5xx=1.0)
     with pytest.raises(BrokerUnavailable):
         await adapter(sim).positions()
     assert sum(sim.stats()["requests"]["GET /v2/positions"].values()) == 4  # 1 + 3 retries
@@ -59,8 +59,9 @@ async def test_reads_are_retried_on_5xx_then_give_up(sim: SimServer) -> None:
 
 async def test_a_failed_submit_is_ambiguous_and_never_resent(sim: SimServer) -> None:
     broker = adapter(sim)
-    for faults in (RequestFaults(p_5xx=1.0), RequestFaults(p_drop_submit=1.0)):
-        sim.dice.faults = faults
+    for faults in ({"p_5xx": 1.0}, {"p_drop_submit": 1.0}):
+        sim.reset_faults()
+        sim.set_faults(**faults)
         before = posts(sim)
         with pytest.raises(BrokerAmbiguous):
             await broker.submit_order(spec(f"a-{before}"))
@@ -68,10 +69,10 @@ async def test_a_failed_submit_is_ambiguous_and_never_resent(sim: SimServer) -> 
 
 
 async def test_a_slow_broker_times_out_as_ambiguous(sim: SimServer) -> None:
-    sim.dice.faults = RequestFaults(p_slow=1.0, slow_seconds=1.0)
+    sim.set_faults(p_slow=1.0, slow_seconds=1.0)
     with pytest.raises(BrokerAmbiguous):
         await adapter(sim, timeout=0.2).submit_order(spec("slow-1"))
-    sim.dice.faults = RequestFaults()
+    sim.reset_faults()
     assert await adapter(sim).get_order_by_client_id("slow-1") is not None  # it went through
 
 
@@ -132,7 +133,7 @@ async def test_every_attempt_passes_the_limiter(sim: SimServer) -> None:
     broker = AlpacaClient(key_id=sim.config.key_id, secret_key=sim.config.secret_key,
                           url=sim.url, limiter=PriorityLimiter(bucket, clock), clock=clock,
                           metrics=Metrics(), max_retries=3, backoff_initial=0.01)
-    sim.dice.faults = RequestFaults(p_5xx=1.0)
+    sim.set_faults(p_5xx=1.0)
     with pytest.raises(BrokerUnavailable):
         await broker.positions()
     assert bucket.remaining() == pytest.approx(6, abs=0.1)  # 4 attempts, 4 tokens

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from execd.client import AsyncClient, ExecdError
-from execd.sim import FillModel, RequestFaults, SimServer
+from execd.sim import SimServer
 from tests.conftest import OpenDaemon, connect, eventually, sim_config
 
 
@@ -74,7 +74,7 @@ async def test_market_and_limit_orders_fill_with_positions(
 
 
 async def test_partial_fills_are_seen_and_add_up(daemon_factory: OpenDaemon) -> None:
-    with SimServer(sim_config(fill=FillModel(delay=10.0, parts=3))) as sim:
+    with SimServer(sim_config(fill_delay=10.0, fill_parts=3)) as sim:
         async with daemon_factory(sim) as d, connect(d) as c, connect(d) as watcher:
             events = await watcher.subscribe(strategy_id="beta")
             o = await c.submit(strategy_id="beta", symbol="SPY", side="buy", qty="9")
@@ -241,7 +241,7 @@ async def test_restart_mid_stream_resumes_pending_without_duplicates(
 ) -> None:
     # Every submit is accepted and then the connection dropped, or a 5xx (502/504 after
     # applying it): the daemon cannot know; it stops with orders PENDING.
-    sim.dice.faults = RequestFaults(p_drop_submit=0.5, p_5xx=1.0)
+    sim.set_faults(p_drop_submit=0.5, p_5xx=1.0)
     sent: list[str] = []
     async with daemon_factory(broker={"failures_before_halt": 10_000}) as d, connect(d) as c:
         for i in range(12):
@@ -249,7 +249,7 @@ async def test_restart_mid_stream_resumes_pending_without_duplicates(
                                wait="accepted", client_order_id=f"m-{i}")
             sent.append(o["client_order_id"])
         await eventually(lambda: _posted(sim, len(sent)))
-    sim.dice.faults = RequestFaults()
+    sim.reset_faults()
     async with daemon_factory() as d, connect(d) as c:
         for cid in sent:
             await until_state(c, cid, "FILLED")
@@ -269,13 +269,13 @@ async def _attempted(sim: SimServer, n: int) -> bool:
 async def test_submit_timeout_yields_one_broker_order(
     daemon_factory: OpenDaemon, sim: SimServer
 ) -> None:
-    sim.dice.faults = RequestFaults(p_slow=1.0, slow_seconds=1.0)
+    sim.set_faults(p_slow=1.0, slow_seconds=1.0)
     async with daemon_factory(broker={"timeout": 0.3}) as d, connect(d) as c:
         o = await c.submit(strategy_id="t", symbol="AAPL", side="buy", qty="1", wait="accepted")
         cid = o["client_order_id"]
         await eventually(lambda: _attempted(sim, 1))
         await anyio.sleep(0.4)  # the daemon's request has timed out by now
-        sim.dice.faults = RequestFaults()
+        sim.reset_faults()
         await until_state(c, cid, "FILLED")
         assert d.metrics.broker_requests.labels("submit_order", "BrokerUnavailable")._value.get() >= 1
     assert broker_orders(sim)[cid]["submit_attempts"] == 1
@@ -308,7 +308,7 @@ async def test_a_live_socket_is_not_stolen(daemon_factory: OpenDaemon) -> None:
 async def test_stopping_lets_orders_on_their_way_finish(
     daemon_factory: OpenDaemon, sim: SimServer
 ) -> None:
-    sim.dice.faults = RequestFaults(p_slow=1.0, slow_seconds=0.3)
+    sim.set_faults(p_slow=1.0, slow_seconds=0.3)
     async with daemon_factory(daemon={"shutdown_grace": 5.0}) as d, connect(d) as c:
         cids = [(await c.submit(strategy_id="g", symbol="AAPL", side="buy", qty="1",
                                 wait="accepted"))["client_order_id"] for _ in range(5)]

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from execd.client import ExecdError
-from execd.sim import RequestFaults, SimServer
+from execd.sim import SimServer
 from tests.conftest import OpenDaemon, connect, wait_until_answering
 from tests.test_e2e import until_state
 
@@ -76,10 +76,10 @@ async def test_wait_submitted_answers_pending_when_the_broker_is_down(
 ) -> None:
     async with daemon_factory(daemon={"submit_timeout": 0.3},
                               broker={"failures_before_halt": 1000}) as d, connect(d) as c:
-        sim.dice.faults = RequestFaults(p_5xx=1.0)
+        sim.set_faults(p_5xx=1.0)
         o = await c.submit(strategy_id="p", symbol="AAPL", side="buy", qty="1")
         assert o["state"] == "PENDING"  # durable; resolved later, never dropped
-        sim.dice.faults = RequestFaults()
+        sim.reset_faults()
         await until_state(c, o["client_order_id"], "SUBMITTED", "FILLED")
 
 

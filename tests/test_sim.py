@@ -19,7 +19,7 @@ from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
 from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 
-from execd.sim import FillModel, OrderFaults, RequestFaults, SimServer
+from execd.sim import SimServer
 from tests.conftest import sim_config
 
 
@@ -54,7 +54,7 @@ def api_error(fn: Any) -> APIError:
 @pytest.fixture
 def slow_fill_sim() -> Iterator[SimServer]:
     """Market orders fill in 3 parts, 10 simulated seconds apart."""
-    with SimServer(sim_config(fill=FillModel(delay=10.0, parts=3))) as s:
+    with SimServer(sim_config(fill_delay=10.0, fill_parts=3)) as s:
         yield s
 
 
@@ -245,9 +245,8 @@ def test_inspection_counts_client_order_ids_and_out_of_band_trades(sim: SimServe
 
 def test_fault_5xx_and_429_are_deterministic() -> None:
     def run() -> list[int]:
-        faults = RequestFaults(p_5xx=0.3, p_429=0.2)
         with SimServer(sim_config(seed=7)) as sim:
-            sim.dice.faults = faults
+            sim.set_faults(p_5xx=0.3, p_429=0.2)
             return [raw(sim, "GET", "/v2/clock").status_code for _ in range(30)]
 
     first = run()
@@ -266,14 +265,14 @@ def test_fault_dropped_submit_is_recorded_but_unanswered(sim: SimServer) -> None
 
 
 def test_fault_gateway_error_applies_the_submit_first(sim: SimServer) -> None:
-    sim.dice.faults = RequestFaults(p_5xx=1.0)
+    sim.set_faults(p_5xx=1.0)
     codes = set()
     for i in range(12):
         try:
             client(sim).submit_order(market(cid=f"g-{i}"))
         except APIError as e:
             codes.add(e.status_code)
-    sim.dice.faults = RequestFaults()
+    sim.reset_faults()
     ids = raw(sim, "GET", "/_sim/client_order_ids").json()
     applied = {cid for cid, v in ids.items() if v["orders"]}
     assert codes <= {500, 502, 503, 504}
@@ -283,20 +282,19 @@ def test_fault_gateway_error_applies_the_submit_first(sim: SimServer) -> None:
 
 
 def test_fault_slow_response_exceeds_a_client_timeout(sim: SimServer) -> None:
-    sim.dice.faults = RequestFaults(p_slow=1.0, slow_seconds=0.5)
+    sim.set_faults(p_slow=1.0, slow_seconds=0.5)
     with pytest.raises(requests.Timeout):
         raw(sim, "GET", "/v2/clock", timeout=0.1)
 
 
 def test_fault_stuck_and_rejected_after_accept() -> None:
-    faults = OrderFaults(p_stuck=1.0, stuck_seconds=30)
-    with SimServer(sim_config(faults=faults)) as sim:
+    with SimServer(sim_config(p_stuck=1.0, stuck_seconds=30)) as sim:
         c = client(sim)
         o = c.submit_order(market(cid="stuck"))
         assert o.status in (OrderStatus.PENDING_NEW, OrderStatus.ACCEPTED)
         advance(sim, 31)
         assert c.get_order_by_id(o.id).status == OrderStatus.FILLED
-    with SimServer(sim_config(faults=OrderFaults(p_reject_after_accept=1.0))) as sim:
+    with SimServer(sim_config(p_reject_after_accept=1.0)) as sim:
         c = client(sim)
         o = c.submit_order(market(cid="rej"))
         assert o.status == OrderStatus.ACCEPTED
@@ -307,15 +305,11 @@ def test_fault_stuck_and_rejected_after_accept() -> None:
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "sim.json"
-    config = sim_config()
-    config.state_file = state
-    with SimServer(config) as sim:
+    with SimServer(sim_config(state_file=str(state))) as sim:
         client(sim).submit_order(market(qty=2, cid="kept"))
         keys = (sim.config.key_id, sim.config.secret_key)
     assert json.loads(state.read_text())["orders"]
-    config2 = sim_config()
-    config2.state_file, (config2.key_id, config2.secret_key) = state, keys
-    with SimServer(config2) as sim:
+    with SimServer(sim_config(state_file=str(state), key_id=keys[0], secret_key=keys[1])) as sim:
         c = client(sim)
         assert c.get_order_by_client_id("kept").status == OrderStatus.FILLED
         assert c.get_open_position("AAPL").qty == "2"

@@ -37,11 +37,11 @@ from typing import Any
 
 from execd.client import Client, ExecdError
 from execd.domain.orders import ALPACA_STATUS, OrderState
-from execd.sim import EngineConfig, FillModel, RequestFaults, SimConfig, SimServer
+from execd.sim import SimConfig, SimServer
 
 SYMBOLS = ("AAPL", "MSFT", "SPY", "QQQ")
-SOAK_FAULTS = RequestFaults(p_5xx=0.10, p_slow=0.05, slow_seconds=1.0, p_drop_submit=0.05,
-                            p_429=0.02)
+SOAK_FAULTS = {"p_5xx": 0.10, "p_slow": 0.05, "slow_seconds": 1.0, "p_drop_submit": 0.05,
+               "p_429": 0.02}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -217,9 +217,8 @@ def run(c: Campaign) -> Report:
     with tempfile.TemporaryDirectory(prefix="execd-crash-") as tmp:
         workdir = c.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        sim_cfg = SimConfig(rate_limit=c.rate_limit, rate_window=c.rate_window,
-                            engine=EngineConfig(seed=c.seed, fill=FillModel(delay=0.3, parts=2),
-                                                starting_cash=Decimal(10_000_000)))
+        sim_cfg = SimConfig(rate_limit=c.rate_limit, rate_window=c.rate_window, seed=c.seed,
+                            fill_delay=0.3, fill_parts=2, starting_cash="10000000")
         with SimServer(sim_cfg) as sim:
             env = {**os.environ, "APCA_API_KEY_ID": sim.config.key_id,
                    "APCA_API_SECRET_KEY": sim.config.secret_key,
@@ -232,7 +231,7 @@ def run(c: Campaign) -> Report:
             if not daemon.wait_ready(sock):
                 raise RuntimeError(f"daemon did not start; see {workdir / 'daemon.log'}")
             if c.faults:
-                sim.dice.faults = SOAK_FAULTS
+                sim.set_faults(**SOAK_FAULTS)
             acked: set[str] = set()
             done = threading.Event()
             client = threading.Thread(target=_client, args=(sock, c, acked, report, done),
@@ -251,7 +250,7 @@ def run(c: Campaign) -> Report:
                 time.sleep(0.02)
             for _ in kill_at:  # kill points the client outran: kill while settling
                 daemon.kill(sock, report)
-            sim.dice.faults = RequestFaults()
+            sim.reset_faults()
             _settle(sock, acked, sim, daemon, report)
             with Client(sock) as cl:
                 t = cl.request("status")["trading"]

@@ -12,8 +12,7 @@ import signal
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from decimal import Decimal
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from execd.limiter import Budget, RateLimiter, open_limiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs import logging
 from execd.obs.metrics import Metrics
-from execd.sim import EngineConfig, FillModel, SimConfig, SimServer
+from execd.sim import SimServer
 from execd.store import Store, StoreError
 from execd.supervisor import ChildSpec, GaveUp, Supervisor
 from execd.testhooks import HOOKS
@@ -58,21 +57,15 @@ class Daemon:
 
 
 def start_embedded_sim(config: Config) -> SimServer:
-    s = config.sim
+    """The simulator as [sim] says, its account kept at `config.sim_state_path`."""
     path = config.sim_state_path
+    s = config.sim
     try:
-        sim = SimServer(SimConfig(
-            host=s.host, port=s.port, speed=s.speed, state_file=path,
-            rate_limit=config.broker.requests_per_minute,
-            rate_window=config.broker.window_seconds,
-            engine=EngineConfig(
-                seed=s.seed, starting_cash=Decimal(s.starting_cash),
-                fill=FillModel(delay=s.fill_delay, parts=s.fill_parts),
-            ),
-        ))
+        sim = SimServer(replace(s, state_file=str(path)))
     except OSError as e:
         raise address_problem("sim.port", f"{s.host}:{s.port}", e) from e
-    log.info("embedded simulator started", url=sim.url, state_file=str(path))
+    log.info("embedded simulator started", url=sim.url, stream=sim.stream_url,
+             state_file=str(path))
     return sim.start()
 
 

@@ -50,33 +50,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from execd.sim import EngineConfig, FillModel, OrderFaults, RequestFaults, SimConfig, SimServer
+    from dataclasses import replace
+
+    from execd.sim import SimServer
+    from execd.sim.settings import from_arguments
 
     if args.stats:
         return _sim_stats(args)
-    config = SimConfig(
-        host=args.host, port=args.port, speed=args.speed,
-        key_id=args.key_id or os.environ.get("APCA_API_KEY_ID", ""),
-        secret_key=args.secret_key or os.environ.get("APCA_API_SECRET_KEY", ""),
-        rate_limit=args.rate_limit, rate_window=args.rate_window,
-        state_file=Path(args.state_file) if args.state_file else None,
-        engine=EngineConfig(
-            seed=args.seed, shorting_enabled=args.shorting,
-            fill=FillModel(delay=args.fill_delay, parts=args.fill_parts),
-            faults=OrderFaults(p_stuck=args.fault_stuck, stuck_seconds=args.stuck_seconds,
-                               p_reject_after_accept=args.fault_reject_after_accept),
-        ),
-        faults=RequestFaults(p_5xx=args.fault_5xx, p_429=args.fault_429, p_slow=args.fault_slow,
-                             slow_seconds=args.slow_seconds, p_drop_submit=args.fault_drop),
-    )
+    try:
+        config = from_arguments(args)
+    except ValueError as e:
+        print(f"execd sim: {e}", file=sys.stderr)
+        return 2
+    config = replace(config, key_id=config.key_id or os.environ.get("APCA_API_KEY_ID", ""),
+                     secret_key=config.secret_key or os.environ.get("APCA_API_SECRET_KEY", ""))
     generated = not config.key_id
-    with SimServer(config) as sim:
+    try:
+        sim = SimServer(config)
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        print(f"execd sim: cannot listen on {config.host}:{config.port} (--host/--port): "
+              f"{reason}", file=sys.stderr)
+        return 2
+    with sim:
         print(f"execd sim listening on {sim.url}  (Alpaca Paper compatible; Ctrl-C stops)")
         if generated:
             # A throwaway pair for this run, printed so a person can point a client at it.
             print(f"  APCA_API_KEY_ID={sim.config.key_id}")
             print(f"  APCA_API_SECRET_KEY={sim.config.secret_key}")
         print(f"  TradingClient(key, secret, paper=True, url_override={sim.url!r})")
+        print(f"  TradingStream(key, secret, paper=True, url_override={sim.stream_url!r})")
         try:
             while True:
                 time.sleep(3600)
@@ -86,16 +89,30 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _sim_stats(args: argparse.Namespace) -> int:
+    """A running sim's statistics. From loopback they need no keys; keys given (flags or
+    the environment) are sent, and must then be the sim's."""
+    import urllib.error
     import urllib.request
 
     key = args.key_id or os.environ.get("APCA_API_KEY_ID", "")
     secret = args.secret_key or os.environ.get("APCA_API_SECRET_KEY", "")
-    req = urllib.request.Request(
-        f"http://{args.host}:{args.port}/_sim/stats",
-        headers={"APCA-API-KEY-ID": key, "APCA-API-SECRET-KEY": secret},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        stats = json.load(resp)
+    url = f"http://{args.host}:{args.port}/_sim/stats"
+    headers = {"APCA-API-KEY-ID": key, "APCA-API-SECRET-KEY": secret} if key and secret else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=10) as resp:
+            stats = json.load(resp)
+    except urllib.error.HTTPError as e:
+        print(f"execd sim --stats: {url} answered HTTP {e.code} {e.reason}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        print(f"execd sim --stats: no simulator answers at {url} ({reason}); is `execd sim "
+              f"--port {args.port}` running?", file=sys.stderr)
+        return 1
+    except ValueError:
+        print(f"execd sim --stats: {url} did not answer with JSON", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -238,27 +255,11 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=cmd_run)
 
     sim = sub.add_parser("sim", help="run the Alpaca-compatible paper-broker simulator")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
-    sim.add_argument("--key-id", default="", help="default: $APCA_API_KEY_ID, else random")
-    sim.add_argument("--secret-key", default="", help="default: $APCA_API_SECRET_KEY")
-    sim.add_argument("--rate-limit", type=int, default=200)
-    sim.add_argument("--rate-window", type=float, default=60.0)
-    sim.add_argument("--state-file", default="")
-    sim.add_argument("--shorting", action="store_true", help="allow short selling")
-    sim.add_argument("--fill-delay", type=float, default=1.0)
-    sim.add_argument("--fill-parts", type=int, default=1)
-    sim.add_argument("--fault-5xx", type=float, default=0.0)
-    sim.add_argument("--fault-429", type=float, default=0.0)
-    sim.add_argument("--fault-slow", type=float, default=0.0)
-    sim.add_argument("--slow-seconds", type=float, default=2.0)
-    sim.add_argument("--fault-drop", type=float, default=0.0, help="accept a submit, no answer")
-    sim.add_argument("--fault-stuck", type=float, default=0.0)
-    sim.add_argument("--stuck-seconds", type=float, default=30.0)
-    sim.add_argument("--fault-reject-after-accept", type=float, default=0.0)
-    sim.add_argument("--stats", action="store_true", help="print a running sim's statistics")
+    from execd.sim.settings import add_arguments
+
+    add_arguments(sim)  # one flag per setting of execd.sim.settings.SimConfig
+    sim.add_argument("--stats", action="store_true",
+                     help="print the statistics of the sim running at --host/--port")
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(fn=cmd_sim)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from execd.domain.risk import RiskLimits
+from execd.sim.settings import SimConfig
 from execd.supervisor import Intensity
 
 
@@ -48,18 +49,6 @@ class BrokerConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 8.0
     failures_before_halt: int = 10
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SimSection:
-    host: str = "127.0.0.1"
-    port: int = 0
-    seed: int = 0
-    speed: float = 1.0
-    state_file: str = ""  # default: <state_dir>/sim-state.json
-    fill_delay: float = 1.0
-    fill_parts: int = 1
-    starting_cash: str = "100000"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,7 +116,7 @@ class LogConfig:
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
-    sim: SimSection = field(default_factory=SimSection)
+    sim: SimConfig = field(default_factory=SimConfig)  # [sim]: declared in sim/settings.py
     poller: PollerConfig = field(default_factory=PollerConfig)
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
@@ -158,7 +147,7 @@ def _build(cls: type[Any], raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"[{where}] must be a table")
     hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls) if f.metadata.get("config", True)}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}")
@@ -203,6 +192,10 @@ def load(path: Path | None) -> Config:
         int(config.daemon.socket_mode, 8)
     except ValueError:
         raise ConfigError("daemon.socket_mode must be an octal string like \"0660\"") from None
+    try:
+        config.sim.check()
+    except ValueError as e:
+        raise ConfigError(f"sim.{e}") from None
     try:
         config.risk.limits()
     except ArithmeticError:

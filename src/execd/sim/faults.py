@@ -1,4 +1,8 @@
-"""Misbehaviour on purpose, per request, deterministic under a seed; and the rate window."""
+"""Misbehaviour on purpose, deterministic under a seed; and the rate window.
+
+The probabilities themselves are settings (settings.py, group "faults"); the dice here
+read the live settings at each roll, so `/_sim/faults` takes effect at once.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +11,21 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestFaults:
-    """Probabilities per Alpaca request (never for /_sim/).
-
-    5xx: 500 and 503 answer before the request is applied; 502 and 504 (a gateway that
-    lost the answer) apply a submit first, so the client cannot know whether it went
-    through. `p_drop_submit` records a submit and closes the connection with no answer.
-    """
-
-    p_5xx: float = 0.0
-    p_429: float = 0.0
-    p_slow: float = 0.0
-    slow_seconds: float = 2.0
-    p_drop_submit: float = 0.0
+from execd.sim.settings import SimConfig
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FaultPlan:
+    """What to do to one REST request.
+
+    5xx: 500 and 503 answer before the request is applied; 502 and 504 (a gateway that
+    lost the answer) apply a submit first, so the client cannot know whether it went
+    through. `drop` records a submit and hangs up with no answer.
+    """
+
     status: int | None = None  # answer with this error status
     apply_first: bool = False  # apply the request, then answer `status`
-    slow: float = 0.0  # real seconds to sleep before answering
+    slow: float = 0.0  # real seconds to wait before answering
     drop: bool = False  # apply a submit, then close without answering
 
 
@@ -36,13 +33,13 @@ NO_FAULT = FaultPlan()
 
 
 class FaultDice:
-    def __init__(self, faults: RequestFaults, seed: int) -> None:
-        self.faults = faults
+    """One roll per Alpaca request (never for /_sim/)."""
+
+    def __init__(self, seed: int) -> None:
         self._rng = random.Random(f"faults:{seed}")
         self._lock = threading.Lock()
 
-    def roll(self, *, is_submit: bool) -> FaultPlan:
-        f = self.faults
+    def roll(self, f: SimConfig, *, is_submit: bool) -> FaultPlan:
         with self._lock:
             r429, r5xx, rslow, rdrop = (self._rng.random() for _ in range(4))
             code = self._rng.choice((500, 502, 503, 504))
@@ -55,6 +52,26 @@ class FaultDice:
         if rslow < f.p_slow:
             return FaultPlan(slow=f.slow_seconds)
         return NO_FAULT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """What to do with one trade event on one stream connection."""
+
+    copies: int  # 0: withheld, 2: sent twice
+    delay: float  # real seconds
+
+
+class StreamDice:
+    """One roll per event per connection. Only the server's event loop rolls."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(f"stream:{seed}")
+
+    def roll(self, f: SimConfig) -> Delivery:
+        lose, twice = self._rng.random(), self._rng.random()
+        copies = 0 if lose < f.p_stream_lose else (2 if twice < f.p_stream_duplicate else 1)
+        return Delivery(copies=copies, delay=f.stream_delay_seconds)
 
 
 class RateWindow:

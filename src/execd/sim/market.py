@@ -1,14 +1,22 @@
 """The simulated market: a sped-up session clock and seeded, deterministic price paths.
 
 Pure model code (no I/O). The clock's wall time is injected so tests can drive it.
+
+A price path is a seeded random walk, quoted once a simulated second, built so that
+no question costs time in proportion to the span it covers (`_Walk`): "the first
+crossing of a limit" skips every stretch whose low and high cannot cross. Prices set
+on command rebase the path from that moment on: the walk continues from the set price.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -102,17 +110,85 @@ class Sessions:
         return close if close > t else close + self.period
 
 
-class PricePaths:
-    """One seeded random walk per symbol, one step per simulated second, quoted in cents."""
+def _cents(level: float) -> Decimal:
+    return Decimal(repr(math.exp(level))).quantize(CENT)
 
-    SIGMA = 0.0004  # per-step volatility: about 2.4% over a 6.5 h session
+
+class _Walk:
+    """One symbol's log price, second by second. Not locked: PricePaths locks.
+
+    The walk's knots are `KNOT` seconds apart (prices in between are interpolated, so
+    the low and high of a stretch are those of its knots); knots come in chunks of
+    `CHUNK`, whose ends are drawn first, in order, and whose insides are Brownian
+    bridges between those ends, drawn when somebody looks.
+    """
+
+    SIGMA = 0.0004  # per simulated second: about 2.4% over a 6.5 h session
+    KNOT = 16
     CHUNK = 1024
+    SPAN = KNOT * CHUNK  # seconds per chunk
+    CACHE = 16  # chunks whose inside is kept
+
+    def __init__(self, seed: int, symbol: str, start_price: float) -> None:
+        self._key = f"{seed}:{symbol}"
+        self._ends = [math.log(start_price)]  # the level at knot c * CHUNK
+        self._end_rng = random.Random(f"{self._key}:ends")
+        self._inside: OrderedDict[int, list[float]] = OrderedDict()
+        self._range: dict[int, tuple[float, float]] = {}
+        self.shifts: list[tuple[float, float]] = []  # (from time, log shift), by time
+
+    def _end(self, c: int) -> float:
+        # One draw per chunk, in order: cheap for any span /_sim/advance allows.
+        while len(self._ends) <= c:
+            step = self._end_rng.gauss(0.0, self.SIGMA * math.sqrt(self.SPAN))
+            self._ends.append(self._ends[-1] + step)
+        return self._ends[c]
+
+    def chunk(self, c: int) -> list[float]:
+        """Levels at knots c*CHUNK .. (c+1)*CHUNK, both ends included."""
+        levels = self._inside.get(c)
+        if levels is not None:
+            self._inside.move_to_end(c)
+            return levels
+        a, b = self._end(c), self._end(c + 1)
+        rng = random.Random(f"{self._key}:{c}")
+        sigma = self.SIGMA * math.sqrt(self.KNOT)
+        walk = [0.0, *itertools.accumulate(rng.gauss(0.0, sigma) for _ in range(self.CHUNK))]
+        pull = (walk[-1] - (b - a)) / self.CHUNK
+        levels = [a + w - i * pull for i, w in enumerate(walk)]
+        self._inside[c] = levels
+        self._range[c] = (min(levels), max(levels))
+        if len(self._inside) > self.CACHE:
+            self._inside.popitem(last=False)
+        return levels
+
+    def knot(self, i: int) -> float:
+        c, j = divmod(i, self.CHUNK)
+        return self.chunk(c)[j]
+
+    def level(self, second: int) -> float:
+        i, j = divmod(second, self.KNOT)
+        a = self.knot(i)
+        return a if j == 0 else a + (self.knot(i + 1) - a) * j / self.KNOT
+
+    def chunk_range(self, c: int) -> tuple[float, float]:
+        if c not in self._range:
+            self.chunk(c)
+        return self._range[c]
+
+    def shift_at(self, t: float) -> float:
+        i = bisect.bisect_right(self.shifts, t, key=lambda s: s[0])
+        return self.shifts[i - 1][1] if i else 0.0
+
+
+class PricePaths:
+    """Every symbol's price, at any simulated time, in cents."""
 
     def __init__(self, *, seed: int, t0: float, extra_symbols: tuple[str, ...] = ()) -> None:
         self._seed = seed
         self._t0 = t0
         self._lock = threading.Lock()
-        self._paths: dict[str, list[float]] = {}
+        self._walks: dict[str, _Walk] = {}
         self.assets: dict[str, Asset] = {
             s: Asset(symbol=s, exchange=e, start_price=p, fractionable=f)
             for s, (e, p, f) in UNIVERSE.items()
@@ -122,30 +198,95 @@ class PricePaths:
                 s, Asset(symbol=s, exchange="NYSE", start_price=100.0, fractionable=True)
             )
 
-    def _step(self, t: float) -> int:
+    def _walk(self, symbol: str) -> _Walk:
+        walk = self._walks.get(symbol)
+        if walk is None:
+            walk = self._walks[symbol] = _Walk(self._seed, symbol, self.assets[symbol].start_price)
+        return walk
+
+    def _second(self, t: float) -> int:
         return max(0, math.floor(t - self._t0))
 
-    def price_at_step(self, symbol: str, step: int) -> Decimal:
-        with self._lock:
-            path = self._paths.get(symbol)
-            if path is None:
-                path = self._paths[symbol] = [self.assets[symbol].start_price]
-            # Extend in fixed chunks, each seeded by its index, so the path does not
-            # depend on the order in which prices were asked for.
-            while len(path) <= step:
-                rng = random.Random(f"{self._seed}:{symbol}:{len(path) // self.CHUNK}")
-                last = path[-1]
-                for _ in range(self.CHUNK):
-                    last *= 1.0 + rng.gauss(0.0, self.SIGMA)
-                    path.append(last)
-            return Decimal(repr(path[step])).quantize(CENT)
-
     def price(self, symbol: str, t: float) -> Decimal:
-        return self.price_at_step(symbol, self._step(t))
+        with self._lock:
+            walk = self._walk(symbol)
+            return _cents(walk.level(self._second(t)) + walk.shift_at(t))
 
-    def steps_between(self, t_from: float, t_to: float) -> range:
-        """Steps strictly after t_from up to and including t_to."""
-        return range(self._step(t_from) + 1, self._step(t_to) + 1)
+    def set_price(self, symbol: str, t: float, price: Decimal) -> None:
+        """From `t` on, the path is rebased so that it stands at `price` at `t`."""
+        with self._lock:
+            walk = self._walk(symbol)
+            shift = math.log(float(price)) - walk.level(self._second(t))
+            walk.shifts = [s for s in walk.shifts if s[0] < t] + [(t, shift)]
 
-    def step_time(self, step: int) -> float:
-        return self._t0 + step
+    def shifts(self) -> dict[str, list[tuple[float, float]]]:
+        with self._lock:
+            return {s: list(w.shifts) for s, w in self._walks.items() if w.shifts}
+
+    def restore_shifts(self, shifts: dict[str, list[tuple[float, float]]]) -> None:
+        with self._lock:
+            for symbol, pairs in shifts.items():
+                if symbol in self.assets:
+                    self._walk(symbol).shifts = sorted((float(t), float(s)) for t, s in pairs)
+
+    def first_cross(
+        self, symbol: str, t_from: float, t_to: float, *, side: str, limit: Decimal
+    ) -> float | None:
+        """The first time in [t_from, t_to] at which a `side` order at `limit` can trade
+        (buy: price <= limit; sell: price >= limit), or None."""
+        if t_to < t_from:
+            return None
+        with self._lock:
+            walk = self._walk(symbol)
+            # The price changes at whole seconds and where a shift starts.
+            cuts = [t_from] + [t for t, _ in walk.shifts if t_from < t <= t_to]
+            for n, start in enumerate(cuts):
+                end = cuts[n + 1] if n + 1 < len(cuts) else math.nextafter(t_to, math.inf)
+                found = self._cross_in(walk, start, end, walk.shift_at(start), side, limit)
+                if found is not None:
+                    return found
+            return None
+
+    def _cross_in(
+        self, walk: _Walk, start: float, end: float, shift: float, side: str, limit: Decimal
+    ) -> float | None:
+        """First crossing in [start, end), with one shift throughout. Stretches whose
+        low and high (chunks, then knot to knot) cannot cross are skipped whole."""
+
+        def trades(level: float) -> bool:
+            px = _cents(level + shift)
+            return px <= limit if side == "buy" else px >= limit
+
+        # A cent of margin: ranges are in floats, the test is on prices rounded to cents.
+        if side == "buy":
+            bound = math.log(float(limit) + 0.01) - shift
+
+            def reachable(low: float, high: float) -> bool:
+                return low <= bound
+        else:
+            bound = math.log(max(float(limit) - 0.01, 1e-9)) - shift
+
+            def reachable(low: float, high: float) -> bool:
+                return high >= bound
+
+        first = self._second(start)
+        if trades(walk.level(first)):
+            return start
+        last = self._second(math.nextafter(end, -math.inf))
+        s = first + 1
+        while s <= last:
+            c = s // _Walk.SPAN
+            chunk_last = min(last, (c + 1) * _Walk.SPAN - 1)
+            if reachable(*walk.chunk_range(c)):
+                while s <= chunk_last:
+                    i = s // _Walk.KNOT
+                    knot_last = min(chunk_last, (i + 1) * _Walk.KNOT - 1)
+                    a, b = walk.knot(i), walk.knot(i + 1)
+                    if reachable(min(a, b), max(a, b)):
+                        for x in range(s, knot_last + 1):
+                            if trades(walk.level(x)):
+                                return self._t0 + x
+                    s = knot_last + 1
+            s = chunk_last + 1
+        return None
+

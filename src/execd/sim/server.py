@@ -1,135 +1,138 @@
-"""The simulator's HTTP face: Alpaca's routes over the stdlib ThreadingHTTPServer.
+"""The simulator served: Starlette on uvicorn (h11 for HTTP, wsproto for websockets),
+REST and the /stream websocket on one port, as Alpaca's paper host.
 
-Alpaca's routes live under /v2; inspection and intervention under /_sim/ (not Alpaca:
-never rate limited, never faulted, same keys).
+uvicorn runs in a thread of its own with its own asyncio loop, so an embedded sim
+serves whatever backend the daemon runs on. The socket is bound before the thread
+starts (port 0 works, and `url` is known at once). A ticker on that loop advances the
+engine every `TICK` seconds, so fills happen, and are streamed, with no request to
+trigger them.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import asyncio
 import secrets
+import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import fields, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
-from execd.sim.engine import Engine, EngineConfig, SimError
-from execd.sim.faults import NO_FAULT, FaultDice, FaultPlan, RateWindow, RequestFaults
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+
+from execd.obs import logging
+from execd.sim import api
+from execd.sim.engine import Engine
+from execd.sim.errors import invalid
+from execd.sim.events import TradeEvent
+from execd.sim.faults import FaultDice, RateWindow
 from execd.sim.market import SimClock
+from execd.sim.settings import FAULTS, SimConfig, faults_of, with_faults
+from execd.sim.stream import StreamHub
 
-MAX_BODY = 1 << 20
-
-
-@dataclass(slots=True, kw_only=True)
-class SimConfig:
-    host: str = "127.0.0.1"
-    port: int = 0  # 0: any free port
-    key_id: str = ""
-    secret_key: str = ""  # both empty: a fresh random pair
-    rate_limit: int = 200
-    rate_window: float = 60.0
-    speed: float = 1.0
-    state_file: Path | None = None
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    faults: RequestFaults = field(default_factory=RequestFaults)
-
-
-def _json_default(o: object) -> str:
-    if isinstance(o, Decimal):
-        return str(o)
-    raise TypeError(type(o).__name__)
-
-
-Route = tuple[str, "re.Pattern[str]", str]
-ROUTES: list[Route] = [
-    ("POST", re.compile(r"/v2/orders"), "submit"),
-    ("GET", re.compile(r"/v2/orders"), "list_orders"),
-    ("DELETE", re.compile(r"/v2/orders"), "cancel_all"),
-    ("GET", re.compile(r"/v2/orders:by_client_order_id"), "order_by_client_id"),
-    ("GET", re.compile(r"/v2/orders/(?P<id>[^/]+)"), "get_order"),
-    ("DELETE", re.compile(r"/v2/orders/(?P<id>[^/]+)"), "cancel"),
-    ("GET", re.compile(r"/v2/positions"), "positions"),
-    ("GET", re.compile(r"/v2/positions/(?P<symbol>[^/]+)"), "position"),
-    ("GET", re.compile(r"/v2/account"), "account"),
-    ("GET", re.compile(r"/v2/clock"), "clock"),
-    ("GET", re.compile(r"/v2/assets/(?P<symbol>[^/]+)"), "asset"),
-    ("GET", re.compile(r"/_sim/stats"), "sim_stats"),
-    ("GET", re.compile(r"/_sim/client_order_ids"), "sim_client_order_ids"),
-    ("POST", re.compile(r"/_sim/positions/(?P<symbol>[^/]+)"), "sim_set_position"),
-    ("POST", re.compile(r"/_sim/advance"), "sim_advance"),
-    ("POST", re.compile(r"/_sim/faults"), "sim_faults"),
-    ("POST", re.compile(r"/_sim/save"), "sim_save"),
-]
-ROUTE_NAMES = {
-    "submit": "POST /v2/orders", "list_orders": "GET /v2/orders",
-    "cancel_all": "DELETE /v2/orders", "order_by_client_id": "GET /v2/orders:by_client_order_id",
-    "get_order": "GET /v2/orders/{id}", "cancel": "DELETE /v2/orders/{id}",
-    "positions": "GET /v2/positions", "position": "GET /v2/positions/{symbol}",
-    "account": "GET /v2/account", "clock": "GET /v2/clock", "asset": "GET /v2/assets/{symbol}",
-}
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that went away mid-request (a killed daemon) is not news."""
-        import sys
-
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
+log = logging.get("execd.sim")
+TICK = 0.05  # real seconds between the ticker's advances
 
 
 class SimServer:
     """A running simulator. Use as a context manager, or `start()`/`close()`."""
 
     def __init__(self, config: SimConfig, *, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.config = config
+        config.check()
         if not config.key_id or not config.secret_key:
-            config.key_id = "SIM" + secrets.token_hex(8).upper()
-            config.secret_key = secrets.token_urlsafe(30)
+            config = replace(config, key_id="SIM" + secrets.token_hex(8).upper(),
+                             secret_key=secrets.token_urlsafe(30))
+        self.config = config
         self._monotonic = monotonic
         self.clock = SimClock(speed=config.speed)
-        self.engine = Engine(config.engine, self.clock, config.state_file)
-        self.dice = FaultDice(config.faults, config.engine.seed)
+        state_file = Path(config.state_file) if config.state_file else None
+        self.engine: Engine = Engine(config, self.clock, state_file)
+        self.dice = FaultDice(config.seed)
+        self.hub = StreamHub(key_id=config.key_id, secret_key=config.secret_key,
+                             settings=lambda: self.engine.settings, seed=config.seed)
         self._stats_lock = threading.Lock()
         self.requests: Counter[tuple[str, int]] = Counter()
         self.windows: dict[str, RateWindow] = {}
-        self._http = _Server((config.host, config.port), _make_handler(self))
-        self._http.daemon_threads = True
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self._sock = socket.create_server((config.host, config.port), family=family)
+        app = Starlette(routes=[*api.routes(self), WebSocketRoute("/stream", self.hub.serve)],
+                        lifespan=self._lifespan)
+        self._server = uvicorn.Server(uvicorn.Config(
+            app, http="h11", ws="wsproto", loop="asyncio", lifespan="on",
+            log_config=None, log_level="warning", access_log=False, server_header=False,
+            # a client reusing an idle connection must not race the server closing it
+            timeout_keep_alive=75,
+            timeout_graceful_shutdown=5, ws_max_size=1 << 16,
+        ))
         self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: anyio.Event | None = None
+
+    # ------------------------------------------------------------------ address
+    @property
+    def port(self) -> int:
+        return int(self._sock.getsockname()[1])
+
+    @property
+    def _authority(self) -> str:
+        host = str(self._sock.getsockname()[0])
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     @property
     def url(self) -> str:
-        host, port = self._http.server_address[:2]
-        return f"http://{host!s}:{port}"
+        """For TradingClient(url_override=...): no /v2, no trailing slash."""
+        return f"http://{self._authority}"
 
     @property
-    def port(self) -> int:
-        return int(self._http.server_address[1])
+    def stream_url(self) -> str:
+        """For TradingStream(url_override=...): used verbatim."""
+        return f"ws://{self._authority}/stream"
 
+    # ---------------------------------------------------------------- lifecycle
     def start(self) -> SimServer:
-        self._thread = threading.Thread(
-            target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
-            name="execd-sim", daemon=True,
-        )
+        if self._thread is not None:
+            return self
+        if self.config.stream_refuse_seconds:
+            self.hub.refuse_for(self.config.stream_refuse_seconds)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                        name="execd-sim", daemon=True)
         self._thread.start()
+        while not self._ready.wait(0.01):
+            if not self._thread.is_alive():
+                raise RuntimeError("the simulator's server stopped before it was ready")
         return self
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = anyio.Event()
+        unsubscribe = self.engine.subscribe(self._on_event)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._tick)
+                self._ready.set()
+                yield
+                tg.cancel_scope.cancel()
+        finally:
+            unsubscribe()
 
     def close(self) -> None:
         if self._thread is not None:
-            self._http.shutdown()
+            if self._stopping is not None:
+                self._on_loop(self._stopping.set)  # slow answers end now
+            self._server.should_exit = True
             self._thread.join()
             self._thread = None
-        self._http.server_close()
+        self._sock.close()
         with self.engine.lock:
             self.engine.save()
 
@@ -140,6 +143,49 @@ class SimServer:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    # ---------------------------------------------------------- the event loop
+    def _on_loop(self, fn: Callable[[], Any]) -> None:
+        loop = self._loop
+        if loop is not None:
+            with suppress(RuntimeError):  # the loop has closed: the server has stopped
+                loop.call_soon_threadsafe(fn)
+
+    def _on_event(self, event: TradeEvent) -> None:
+        """From the engine, under its lock: hand the event to the loop, never wait."""
+        loop = self._loop
+        if loop is not None:
+            with suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.hub.publish, event, self.engine.settings)
+
+    async def _tick(self) -> None:
+        while True:
+            await anyio.sleep(TICK)
+            if not self.engine.open:
+                continue
+            try:
+                await anyio.to_thread.run_sync(self.engine.advance)
+            except Exception:
+                log.exception("simulator: advancing the market failed")
+
+    def hang_up(self, client: tuple[str, int]) -> bool:
+        """Reset the connection from `client` (the drop fault): no byte of an answer.
+
+        ASGI can only answer, or answer in part; a connection that dies under a request
+        is found among uvicorn's open connections (public attributes) and aborted.
+        Runs on the loop."""
+        for conn in list(self._server.server_state.connections):
+            if getattr(conn, "client", None) == client:
+                transport: asyncio.Transport = conn.transport
+                transport.abort()
+                return True
+        return False
+
+    async def pause(self, seconds: float) -> None:
+        """A slow answer's wait, cut short when the server stops."""
+        with anyio.move_on_after(seconds):
+            if self._stopping is not None:
+                await self._stopping.wait()
 
     # -------------------------------------------------------------- bookkeeping
     def rate(self, key: str) -> tuple[bool, dict[str, str]]:
@@ -186,176 +232,45 @@ class SimServer:
                     1 for n in attempts.values() if n > 1
                 ),
                 "sim_time": self.clock.now(),
+                "stream": self.hub.statistics(),
             }
 
-    def set_faults(self, body: Any) -> dict[str, Any]:
+    # ------------------------------------------------------------------- faults
+    @property
+    def settings(self) -> SimConfig:
+        """The live settings: the start-up config with the faults as now set."""
+        return self.engine.settings
+
+    def faults(self) -> dict[str, Any]:
+        return faults_of(self.engine.settings)
+
+    def set_faults(self, **values: Any) -> dict[str, Any]:
+        """Change fault settings now; ValueError names a bad one."""
+        with self.engine.lock:
+            self.engine.settings = with_faults(self.engine.settings, values)
+        if "stream_refuse_seconds" in values:
+            self.hub.refuse_for(float(values["stream_refuse_seconds"]))
+        return self.faults()
+
+    def drop_streams(self) -> None:
+        """Close every trade_updates connection now (the stream_drop action)."""
+        self._on_loop(self.hub.drop_all)
+
+    def reset_faults(self) -> dict[str, Any]:
+        """Every fault off (its default)."""
+        defaults = {f.name: f.default for f in fields(SimConfig) if f.name in FAULTS}
+        return self.set_faults(**defaults)
+
+    def set_faults_json(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
-            raise SimError(422, 40010001, "body must be a JSON object")
-        request_keys = set(RequestFaults.__dataclass_fields__)
+            raise invalid("body must be a JSON object")
+        drop = body.pop("stream_drop", False)
+        if not isinstance(drop, bool):
+            raise invalid("stream_drop must be true or false")
         try:
-            values = {k: float(v) for k, v in body.items() if k in request_keys}
-        except (TypeError, ValueError):
-            raise SimError(422, 40010001, "fault values must be numbers") from None
-        unknown = set(body) - request_keys - set(type(self.engine.config.faults).__dataclass_fields__)
-        if unknown:
-            raise SimError(422, 40010001, f"unknown fault settings: {sorted(unknown)}")
-        self.dice.faults = replace(self.dice.faults, **values)
-        order_values = {k: float(v) for k, v in body.items() if k not in request_keys}
-        self.engine.config.faults = replace(self.engine.config.faults, **order_values)
-        return {"request": vars_of(self.dice.faults), "order": vars_of(self.engine.config.faults)}
-
-
-def vars_of(obj: Any) -> dict[str, Any]:
-    return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
-
-
-def _make_handler(sim: SimServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "execd-sim"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet: the stats endpoint counts requests."""
-
-        def do_GET(self) -> None:
-            self._dispatch("GET")
-
-        def do_POST(self) -> None:
-            self._dispatch("POST")
-
-        def do_DELETE(self) -> None:
-            self._dispatch("DELETE")
-
-        def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
-            data = b"" if body is None else json.dumps(body, default=_json_default).encode()
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            if body is not None:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _dispatch(self, method: str) -> None:
-            url = urlsplit(self.path)
-            params = dict(parse_qsl(url.query))
-            route, match = _route(method, url.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._send(413, {"message": "request too large"}, {})
-                self.close_connection = True
-                return
-            raw = self.rfile.read(length) if length else b""
-            key = self.headers.get("APCA-API-KEY-ID")
-            secret = self.headers.get("APCA-API-SECRET-KEY")
-            name = ROUTE_NAMES.get(route or "", route or f"{method} {url.path}")
-            if not key or not secret:
-                sim.count(name, 401)
-                self._send(401, {"message": "unauthorized."}, {})
-                return
-            if not (secrets.compare_digest(key, sim.config.key_id)
-                    and secrets.compare_digest(secret, sim.config.secret_key)):
-                sim.count(name, 403)
-                self._send(403, {"message": "forbidden."}, {})
-                return
-            headers: dict[str, str] = {}
-            plan: FaultPlan = NO_FAULT
-            if not url.path.startswith("/_sim/"):
-                ok, headers = sim.rate(key)
-                if not ok:
-                    sim.count(name, 429)
-                    self._send(429, {"code": 42910000, "message": "rate limit exceeded"}, headers)
-                    return
-                plan = sim.dice.roll(is_submit=route == "submit")
-            if route is None or match is None:
-                sim.count(name, 404)
-                self._send(404, {"code": 40410000, "message": "endpoint not found"}, headers)
-                return
-            if plan.status is not None and not plan.apply_first:
-                sim.count(name, plan.status)
-                self._send(plan.status, _fault_body(plan.status), headers)
-                return
-            try:
-                body = json.loads(raw, parse_float=Decimal) if raw else None
-                status, result = _call(sim, route, match.groupdict(), params, body)
-            except SimError as e:
-                status, result = e.status, e.body()
-            except (ValueError, UnicodeDecodeError):
-                status, result = 422, {"code": 40010001, "message": "request body is not valid JSON"}
-            if plan.drop:
-                sim.count(name, 0)  # 0: answered with a closed connection
-                self.close_connection = True
-                return
-            if plan.slow:
-                time.sleep(plan.slow)
-            if plan.status is not None:
-                status, result = plan.status, _fault_body(plan.status)
-            sim.count(name, status)
-            self._send(status, result, headers)
-
-    return Handler
-
-
-def _fault_body(status: int) -> dict[str, Any]:
-    return {"code": status * 100000, "message": f"simulated fault {status}"}
-
-
-def _route(method: str, path: str) -> tuple[str | None, re.Match[str] | None]:
-    for m, pattern, name in ROUTES:
-        if m == method:
-            match = pattern.fullmatch(path)
-            if match:
-                return name, match
-    return None, None
-
-
-def _call(
-    sim: SimServer, route: str, args: dict[str, str], params: dict[str, str], body: Any
-) -> tuple[int, Any]:
-    e = sim.engine
-    match route:
-        case "submit":
-            return 200, e.submit(body)
-        case "list_orders":
-            return 200, e.list_orders(params)
-        case "cancel_all":
-            return 207, e.cancel_all()
-        case "order_by_client_id":
-            if "client_order_id" not in params:
-                raise SimError(422, 40010001, "client_order_id is required")
-            return 200, e.get_order_by_client_id(params["client_order_id"])
-        case "get_order":
-            return 200, e.get_order(args["id"])
-        case "cancel":
-            e.cancel(args["id"])
-            return 204, None
-        case "positions":
-            return 200, e.list_positions()
-        case "position":
-            return 200, e.get_position(args["symbol"])
-        case "account":
-            return 200, e.account()
-        case "clock":
-            return 200, e.clock_json()
-        case "asset":
-            return 200, e.asset_json(args["symbol"])
-        case "sim_stats":
-            return 200, sim.stats()
-        case "sim_client_order_ids":
-            return 200, e.client_order_ids()
-        case "sim_set_position":
-            return 200, e.set_position(args["symbol"], body)
-        case "sim_advance":
-            seconds = body.get("seconds") if isinstance(body, dict) else None
-            if not isinstance(seconds, int | Decimal) or seconds < 0:
-                raise SimError(422, 40010001, "seconds must be a number >= 0")
-            sim.clock.advance(float(seconds))
-            return 200, e.clock_json()
-        case "sim_faults":
-            return 200, sim.set_faults(body)
-        case "sim_save":
-            with e.lock:
-                e.save()
-            return 200, {"saved": e.state_file is not None}
-    raise SimError(404, 40410000, "endpoint not found")
+            faults = self.set_faults(**body)
+        except ValueError as e:
+            raise invalid(str(e)) from None
+        if drop:
+            self.drop_streams()
+        return faults
