@@ -6,8 +6,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from alpaca.common.exceptions import APIError
 
-from execd.broker.alpaca import AlpacaClient
+from execd.broker.alpaca import SDK_VERSION, AlpacaClient, without_sdk_retries
 from execd.broker.base import BrokerAmbiguous, BrokerRejected, BrokerUnavailable, DuplicateOrderId
 from execd.clock import FakeClock, SystemClock
 from execd.domain.orders import OrderSpec
@@ -137,3 +138,63 @@ async def test_every_attempt_passes_the_limiter(sim: SimServer) -> None:
     with pytest.raises(BrokerUnavailable):
         await broker.positions()
     assert bucket.remaining() == pytest.approx(6, abs=0.1)  # 4 attempts, 4 tokens
+
+
+def test_the_sdk_private_attributes_are_pinned_to_the_installed_release(sim: SimServer) -> None:
+    """`without_sdk_retries` sets alpaca-py's private `_retry`, `_retry_codes` and
+    `_session`: a new alpaca-py must be checked before it is allowed in."""
+    import alpaca
+    from alpaca.trading.client import TradingClient
+
+    assert alpaca.__version__ == SDK_VERSION
+    client = TradingClient(sim.config.key_id, sim.config.secret_key, paper=True,
+                           url_override=sim.url)
+    assert (client._retry, client._retry_codes) == (3, [429, 504])  # the SDK's own policy
+    without_sdk_retries(client)
+    sim.set_faults(p_429=1.0)
+    with pytest.raises(APIError):
+        client.get_clock()
+    assert sum(sim.stats()["requests"]["GET /v2/clock"].values()) == 1  # no sleeping retry
+
+
+async def test_errors_are_mapped_once_and_never_their_own_cause(sim: SimServer) -> None:
+    broker = adapter(sim)
+    with pytest.raises(BrokerRejected) as info:
+        await broker.cancel_order("00000000-0000-4000-8000-000000000000")
+    assert isinstance(info.value.__cause__, APIError)
+    sim.set_faults(p_5xx=1.0)
+    with pytest.raises(BrokerUnavailable) as unavailable:
+        await broker.positions()
+    assert unavailable.value.__cause__ is not unavailable.value
+    assert isinstance(unavailable.value.__cause__, APIError)
+
+
+async def test_a_page_of_one_timestamp_is_overlapped_and_ends(sim: SimServer) -> None:
+    """501 open orders on one submission time: `after` is exclusive, so no time-paging
+    reaches the 501st; the list ends (no loop) with each order once, and the poller's
+    look-up covers the rest."""
+    for i in range(501):
+        sim.engine.submit({"symbol": "MSFT", "qty": "1", "side": "buy", "type": "limit",
+                           "limit_price": "1", "time_in_force": "gtc",
+                           "client_order_id": f"same-{i}"})
+    same = min(o.created_at for o in sim.engine.orders.values())
+    for o in sim.engine.orders.values():
+        o.created_at = same
+    orders = await adapter(sim).list_open_orders()
+    ids = [o.view.broker_order_id for o in orders]
+    assert len(ids) == len(set(ids)) == 500
+    assert sum(sim.stats()["requests"]["GET /v2/orders"].values()) == 2
+
+
+async def test_orders_sharing_the_page_boundary_are_not_skipped(sim: SimServer) -> None:
+    """The old paging (`after` = the last row's time, exclusive) skipped orders that
+    shared the last row's submission time."""
+    for i in range(600):
+        sim.engine.submit({"symbol": "MSFT", "qty": "1", "side": "buy", "type": "limit",
+                           "limit_price": "1", "time_in_force": "gtc",
+                           "client_order_id": f"b-{i}"})
+    ordered = sorted(sim.engine.orders.values(), key=lambda o: o.created_at)
+    for o in ordered[495:505]:  # ten orders on one time, across the first page's end
+        o.created_at = ordered[495].created_at
+    orders = await adapter(sim).list_open_orders()
+    assert len({o.client_order_id for o in orders}) == 600

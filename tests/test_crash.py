@@ -53,5 +53,5 @@ def test_a_crash_loop_exits_non_zero_with_a_clear_last_line(tmp_path: Path) -> N
     assert result.returncode == 1
     last = result.stdout.strip().splitlines()[-1]
     assert "crash loop" in last
-    assert "poller crashed more than 3 times" in last
+    assert "poller restarted more than 3 times" in last
     assert "test hook: poller made to crash" in last

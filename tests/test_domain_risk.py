@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from execd.domain import reconcile
-from execd.domain.orders import OrderSpec
+from execd.domain.orders import Order, OrderSpec
 from execd.domain.positions import Position, apply_fill
 from execd.domain.risk import (
     Exposure,
@@ -102,9 +102,9 @@ def test_open_orders_and_rate_limits_and_admit() -> None:
     limits = RiskLimits(max_open_orders=2, max_orders_per_minute=2)
     c = ctx()
     assert check(spec(), c, limits) is None
-    c.admit(spec())
+    c.admit(Order(spec=spec()))
     assert check(spec(), c, limits) is None
-    c.admit(spec())
+    c.admit(Order(spec=spec()))
     denial = check(spec(), c, limits)
     assert denial is not None
     assert denial.rule == "max_open_orders"
@@ -134,3 +134,23 @@ def test_positions_average_cost() -> None:
     assert (p.qty, p.avg_entry_price) == (D(-5), D(90))
     p = apply_fill(p, D(5), D(80))
     assert (p.qty, p.cost_basis) == (D(0), D(0))
+
+
+def test_limits_are_inclusive_at_their_value() -> None:
+    """A qty exactly at max_qty and a notional exactly at max_notional are admitted."""
+    assert check(spec(qty="5"), ctx(), RiskLimits(max_qty=D(5))) is None
+    assert check(spec(qty="10", limit="100"), ctx(), RiskLimits(max_notional=D(1000))) is None
+    assert check(spec(qty="10"), ctx(prices={"AAPL": D(100)}),
+                 RiskLimits(max_notional=D(1000))) is None
+    assert check(spec(qty="5"), ctx(position="10"), RiskLimits(max_position=D(15))) is None
+
+
+def test_max_position_holds_on_the_short_side() -> None:
+    c = ctx(position="-10")
+    c.exposure["AAPL"].open_sells = D(3)
+    limits = RiskLimits(max_position=D(15))
+    denial = check(spec("sell", "3"), c, limits)  # -10 - 3 open - 3 = -16
+    assert denial is not None
+    assert denial.rule == "max_position"
+    assert check(spec("sell", "2"), c, limits) is None  # -15: at the limit
+    assert check(spec("buy", "20"), c, limits) is None  # -10 + 20 = 10: within

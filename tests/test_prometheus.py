@@ -177,7 +177,7 @@ async def test_a_fresh_daemon_exports_every_family_and_every_metric_kit_uses(
     and the dashboard name is there."""
     async with daemon_with_metrics(daemon_factory) as d:
         text = await scrape(d)
-        actors = set(d.supervisor.statistics())
+        actors = set(d.supervisor.statistics().as_dict())
     families = re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE)
     samples = exported_names(text)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),

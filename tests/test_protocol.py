@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from execd import protocol
+from execd.intake.requests import FIELDS
 from execd.protocol import ProtocolError
 
 
@@ -33,15 +34,15 @@ def submit(**fields: Any) -> dict[str, Any]:
 ])
 def test_bad_lines(line: bytes, code: str, text: str) -> None:
     with pytest.raises(ProtocolError) as info:
-        protocol.parse_line(line)
+        protocol.parse_line(line, FIELDS)
     assert info.value.code == code
     assert text in info.value.message
 
 
 def test_the_id_comes_back_with_an_unknown_op() -> None:
     with pytest.raises(protocol.IdentifiedError) as info:
-        protocol.parse_line(b'{"id": "abc", "op": "nope"}')
-    assert info.value.request_id == "abc"
+        protocol.parse_line(b'{"id": "abc", "op": "nope"}', FIELDS)
+    assert info.value.raw_id == '"abc"'  # the id's JSON, echoed as sent
 
 
 @pytest.mark.parametrize(("fields", "text"), [
@@ -96,7 +97,7 @@ json_values = st.recursive(
 @given(st.binary(max_size=200))
 def test_random_bytes_never_escape_as_anything_but_protocol_errors(line: bytes) -> None:
     with contextlib.suppress(ProtocolError):
-        protocol.parse_line(line)
+        protocol.parse_line(line, FIELDS)
 
 
 @settings(max_examples=300, deadline=None)
@@ -116,6 +117,6 @@ def test_random_submit_fields_are_accepted_or_refused_clearly(fields: dict[str, 
 
 def _submit_outcome(line: bytes) -> Any:
     try:
-        return protocol.submit_spec(protocol.parse_line(line).args, now=1.0)[0]
+        return protocol.submit_spec(protocol.parse_line(line, FIELDS).args, now=1.0)[0]
     except ProtocolError as e:
         return e

@@ -19,13 +19,14 @@ from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
 from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 
+from execd.broker.alpaca import without_sdk_retries
 from execd.sim import SimServer
 from tests.conftest import sim_config
 
 
 def client(sim: SimServer) -> Any:  # the SDK returns `Model | RawData` unions
     c = TradingClient(sim.config.key_id, sim.config.secret_key, paper=True, url_override=sim.url)
-    c._retry = 0  # our tests see every 429 / 504 the sim sends
+    without_sdk_retries(c)  # our tests see every 429 / 504 the sim sends
     return c
 
 

@@ -18,6 +18,7 @@ from alpaca.trading.enums import OrderSide, OrderStatus, TimeInForce
 from alpaca.trading.requests import LimitOrderRequest
 
 from execd import cli
+from execd.broker.alpaca import without_sdk_retries
 from execd.config import ConfigError, load
 from execd.sim import SimConfig, SimServer
 from execd.sim.api import MAX_ADVANCE_SECONDS
@@ -33,7 +34,7 @@ def raw(sim: SimServer, method: str, path: str, **kw: Any) -> requests.Response:
 
 def client(sim: SimServer) -> Any:
     c = TradingClient(sim.config.key_id, sim.config.secret_key, paper=True, url_override=sim.url)
-    c._retry = 0
+    without_sdk_retries(c)  # our tests see every 429 / 504 the sim sends
     return c
 
 

@@ -22,6 +22,7 @@ from alpaca.trading.stream import TradingStream
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from execd.broker.alpaca import without_sdk_retries
 from execd.sim import SimServer
 from tests.conftest import sim_config
 
@@ -30,7 +31,7 @@ WAIT = 5.0  # the most any receive may take before the test fails
 
 def client(sim: SimServer) -> Any:
     c = TradingClient(sim.config.key_id, sim.config.secret_key, paper=True, url_override=sim.url)
-    c._retry = 0
+    without_sdk_retries(c)  # our tests see every 429 / 504 the sim sends
     return c
 
 

@@ -1,4 +1,4 @@
-"""The store on both backends (aiosqlite on asyncio, the thread adapter on trio)."""
+"""The store on both backends (sqlite3 driven from one worker thread)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,9 @@ async def test_orders_fills_positions_and_events_survive_reopen(tmp_path: Path) 
     assert [o.client_order_id for o in await store.list_orders(strategy_id="t")] == ["b"]
     assert [o.client_order_id for o in await store.list_orders(
         states=[OrderState.FILLED])] == ["a"]
-    assert await store.orders_per_strategy_since(50.0) == {"s": 1, "t": 1}
+    snapshot = await store.risk_snapshot(since=50.0)
+    assert sorted(sid for _, sid in snapshot.recent) == ["s", "t"]
+    assert [o.client_order_id for o in snapshot.open_orders] == ["b"]
     assert await store.count_by_state() == {"FILLED": 1, "PENDING": 1}
     await store.close()
 

@@ -10,7 +10,7 @@ from anyio.abc import TaskStatus
 
 from execd.clock import FakeClock
 from execd.obs.metrics import Metrics
-from execd.supervisor import ChildSpec, GaveUp, Intensity, Supervisor
+from execd.supervisor import ChildSpec, GaveUp, Intensity, Restart, Supervisor
 
 
 def supervisor(clock: FakeClock, **kw: float) -> Supervisor:
@@ -58,16 +58,17 @@ async def test_a_crashing_child_is_restarted_with_growing_backoff() -> None:
     sup = supervisor(clock, max_restarts=5)
     async with anyio.create_task_group() as tg:
         await tg.start(sup.run, [ChildSpec(name="flaky", start=flaky)])
-        while len(starts) < 4 or sup.statistics()["flaky"]["state"] != "running":
+        while len(starts) < 4 or sup.statistics().as_dict()["flaky"]["state"] != "running":
             await clock.sleep(0.01)
-        stats = sup.statistics()["flaky"]
+        stats = sup.statistics().as_dict()["flaky"]
         assert stats["restarts"] == 3
         assert stats["last_error"] == "RuntimeError: crash 3"
         assert stats["state"] == "running"
         gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert gaps[0] < gaps[-1] <= 0.4 + 0.02  # 0.1 → 0.2 → 0.4, jittered downwards
         tg.cancel_scope.cancel()
-    assert sup.metrics.actor_restarts.labels("flaky")._value.get() == 3
+    assert sup.metrics.registry.get_sample_value(
+        "execd_actor_restarts_total", {"actor": "flaky"}) == 3
 
 
 async def test_a_crash_loop_gives_up() -> None:
@@ -95,7 +96,7 @@ async def test_a_crash_loop_gives_up() -> None:
         found.append(e)
     gave_up = [e for e in found if isinstance(e, GaveUp)]
     assert gave_up
-    assert "bad crashed more than 3 times" in str(gave_up[0])
+    assert "bad restarted more than 3 times" in str(gave_up[0])
     assert "ValueError: broken for good" in str(gave_up[0])
 
 
@@ -117,3 +118,85 @@ async def test_crashes_spread_out_in_time_never_give_up() -> None:
             await clock.sleep(1.0)
         assert sup.gave_up is None
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("restart", "runs"), [
+    (Restart.PERMANENT, 3), (Restart.TRANSIENT, 1), (Restart.TEMPORARY, 1)])
+async def test_a_child_that_returns_is_restarted_only_if_permanent(
+    restart: Restart, runs: int
+) -> None:
+    clock = FakeClock()
+    started: list[float] = []
+
+    async def returns(*, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        started.append(clock.monotonic())
+
+    sup = supervisor(clock, max_restarts=100)
+    async with anyio.create_task_group() as tg:
+        await tg.start(sup.run, [ChildSpec(name="r", start=returns, restart=restart)])
+        while len(started) < runs:
+            await clock.sleep(0.01)
+        for _ in range(50):  # five seconds for restarts that should not happen
+            await clock.sleep(0.1)
+        assert len(started) == runs if restart != Restart.PERMANENT else len(started) >= runs
+        assert sup.healthy == (restart != Restart.PERMANENT or
+                               sup.statistics().children[0].state == "running")
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("restart", "restarted"), [
+    (Restart.TRANSIENT, True), (Restart.TEMPORARY, False)])
+async def test_a_crash_restarts_transient_but_not_temporary(
+    restart: Restart, restarted: bool
+) -> None:
+    clock = FakeClock()
+    runs: list[int] = []
+
+    async def crashes_once(*, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("once")
+        await anyio.sleep_forever()
+
+    sup = supervisor(clock)
+    async with anyio.create_task_group() as tg:
+        await tg.start(sup.run, [ChildSpec(name="c", start=crashes_once, restart=restart)])
+        for _ in range(50):  # five seconds, in steps the supervisor can act in
+            await clock.sleep(0.1)
+        assert len(runs) == (2 if restarted else 1)
+        tg.cancel_scope.cancel()
+
+
+async def test_giving_up_stops_the_others_in_reverse_order() -> None:
+    clock = FakeClock()
+    events: list[str] = []
+
+    def steady(name: str) -> ChildSpec:
+        async def start(*, task_status: TaskStatus[None]) -> None:
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                events.append(f"stop {name}")
+
+        return ChildSpec(name=name, start=start)
+
+    async def broken(*, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        await clock.sleep(0.01)
+        raise ValueError("broken")
+
+    sup = supervisor(clock, max_restarts=2)
+
+    async def supervise() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(sup.run, [steady("a"), ChildSpec(name="bad", start=broken),
+                                     steady("c")])
+            await anyio.sleep_forever()
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        await supervise()
+    assert info.group_contains(GaveUp)
+    assert events == ["stop c", "stop a"]

@@ -23,7 +23,7 @@ from execd import files, intake, poller, reconciler, risk, submitter, systemd
 from execd.book import EventHub, OrderBook
 from execd.broker.alpaca import AlpacaClient
 from execd.broker.base import BrokerClient
-from execd.clock import Clock, SystemClock
+from execd.clock import Clock, SystemClock, within
 from execd.config import Config, ConfigError, Credentials, load_credentials
 from execd.fatal import Fatal, address_problem
 from execd.health import Health
@@ -140,7 +140,7 @@ async def open_daemon(
         stack.push_async_callback(_shielded, store.close)
         hub = EventHub()
         book = OrderBook(store, hub, metrics, clock)
-        await book.load_metrics()
+        await book.load()
         if config.metrics.enabled:
             server = _metrics_server(config, metrics)
             stack.callback(server.server_close)
@@ -149,10 +149,14 @@ async def open_daemon(
         risk_send, risk_recv = anyio.create_memory_object_stream[RiskCommand](RISK_INBOX)
         sub_send, sub_recv = anyio.create_memory_object_stream[SubmitterCommand](SUBMITTER_INBOX)
         services = intake.Services(
-            risk=risk_send, submitter=sub_send, store=store, hub=hub, health=health,
+            risk=risk_send, submitter=sub_send, book=book, hub=hub, health=health,
             limiter=limiter, metrics=metrics, clock=clock,
-            submit_timeout=d.submit_timeout, actors=sup.statistics,
-            line_timeout=d.line_timeout, write_timeout=d.write_timeout,
+            actors=lambda: sup.statistics().as_dict(),
+            limits=intake.Limits(
+                max_connections=d.max_connections, admin_connections=d.admin_connections,
+                max_connections_per_uid=d.max_connections_per_uid, max_line=d.max_line_bytes,
+                line_timeout=d.line_timeout, write_timeout=d.write_timeout,
+                idle_timeout=d.idle_timeout, submit_timeout=d.submit_timeout),
             access=config.access,
         )
         rc = config.reconciler
@@ -173,8 +177,7 @@ async def open_daemon(
                 risk_recv.clone(), sub_send.clone(), book=book, limits=config.risk.limits(),
                 clock=clock, task_status=task_status)),
             ChildSpec(name="intake", start=lambda task_status: intake.run(
-                listener=listener, services=services, max_connections=d.max_connections,
-                max_line=d.max_line_bytes, task_status=task_status)),
+                listener=listener, services=services, task_status=task_status)),
             ChildSpec(name="watchdog", start=lambda task_status: systemd.run_watchdog(
                 lambda: sup.healthy, clock, task_status=task_status)),
         ]
@@ -208,9 +211,7 @@ async def _stop(sup: Supervisor, health: Health, clock: Clock, grace: float) -> 
     seconds, then stop the rest. What does not finish stays PENDING and is looked up
     at the next start: handed back, never lost."""
     await sup.stop(down_to="reconciler")  # watchdog, intake and risk gate: no new work
-    with anyio.move_on_after(grace):
-        while health.submits_in_flight:
-            await clock.sleep(0.05)
+    await within(clock, grace, health.wait_idle)
     if health.submits_in_flight:
         log.warning("stopping with orders still on their way; they stay PENDING and are "
                     "resolved at the next start", count=health.submits_in_flight)

@@ -8,9 +8,10 @@ logged, counted and published the same way.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -26,9 +27,10 @@ from execd.domain.orders import (
     cancel_unsent,
     reject,
 )
+from execd.messages import BookChange, OrderChanged, PricesChanged
 from execd.obs import logging
 from execd.obs.metrics import Metrics
-from execd.store import Store
+from execd.store import RiskSnapshot, Store
 
 log = logging.get("execd.book")
 
@@ -39,11 +41,13 @@ class _Subscriber:
     client_order_id: str | None
     send: MemoryObjectSendStream[Order]
     owner_uid: int | None = None
+    cut: bool = False  # fell behind: its stream was closed, what is queued is stale
 
 
 class EventHub:
     def __init__(self) -> None:
         self._subs: list[_Subscriber] = []
+        self._by_stream: dict[int, _Subscriber] = {}
 
     @asynccontextmanager
     async def subscribe(
@@ -53,12 +57,19 @@ class EventHub:
         send, receive = anyio.create_memory_object_stream[Order](buffer)
         sub = _Subscriber(strategy_id, client_order_id, send, owner_uid)
         self._subs.append(sub)
+        self._by_stream[id(receive)] = sub
         try:
             with receive:
                 yield receive
         finally:
             self._subs.remove(sub)
+            del self._by_stream[id(receive)]
             send.close()
+
+    def cut_off(self, receive: MemoryObjectReceiveStream[Order]) -> bool:
+        """Whether this subscription fell behind and was cut off."""
+        sub = self._by_stream.get(id(receive))
+        return sub is None or sub.cut
 
     def publish(self, order: Order) -> None:
         for sub in list(self._subs):
@@ -71,6 +82,7 @@ class EventHub:
             try:
                 sub.send.send_nowait(order)
             except anyio.WouldBlock:
+                sub.cut = True
                 sub.send.close()  # too slow: the reader sees the end and reports it
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass
@@ -88,30 +100,99 @@ class _Queued:
     result: Order | None = None
 
 
+FEED_BUFFER = 4096  # committed changes the risk gate may lag behind before it rebuilds
+
+
 class OrderBook:
+    """The one writer of order changes, and the in-memory view of every open order.
+
+    `open` holds every PENDING, SUBMITTED and PARTIALLY_FILLED order as last committed:
+    it is loaded from the store at start (`load`) and updated after each commit, so
+    nobody reads an open order back from the database. Crash-only: it holds nothing
+    the store cannot rebuild.
+    """
+
     def __init__(self, store: Store, hub: EventHub, metrics: Metrics, clock: Clock) -> None:
         self.store = store
         self.hub = hub
         self.metrics = metrics
         self._clock = clock
+        self.open: dict[str, Order] = {}
         # Every change is read-modify-write: two actors applying the same broker view
         # at once must not both count its fill.
         self._lock = anyio.Lock()
         self._queue: list[_Queued] = []
+        self._feed: MemoryObjectSendStream[BookChange] | None = None
 
-    async def load_metrics(self) -> None:
+    async def load(self) -> None:
+        """The open orders and the gauges, from the store (at start)."""
+        self.open = {o.client_order_id: o for o in await self.store.open_orders()}
         counts = await self.store.count_by_state()
         for state in OrderState:
             self.metrics.orders.labels(state.value).set(counts.get(state.value, 0))
 
-    async def add(self, orders: Sequence[Order]) -> None:
-        await self.store.insert_orders(orders)
-        for o in orders:
-            self.metrics.orders.labels(o.state.value).inc()
-            log.info("order accepted", client_order_id=o.client_order_id,
-                     strategy_id=o.spec.strategy_id, symbol=o.spec.symbol, side=o.spec.side,
-                     qty=show(o.spec.qty), state=o.state.value)
-            self.hub.publish(o)
+    def open_orders(self) -> list[Order]:
+        """Every open order, oldest first."""
+        return sorted(self.open.values(), key=lambda o: o.created_at)
+
+    async def get(self, client_order_id: str) -> Order | None:
+        """An order: open ones from memory, the others from the store."""
+        order = self.open.get(client_order_id)
+        return order if order is not None else await self.store.get_order(client_order_id)
+
+    # ------------------------------------------------------- the risk gate's feed
+    async def open_risk_feed(
+        self, since: float
+    ) -> tuple[RiskSnapshot, MemoryObjectReceiveStream[BookChange]]:
+        """A snapshot to rebuild the risk context from, and every change committed after
+        it. Taken under the book's lock, so no change falls between the two. If the
+        reader falls `FEED_BUFFER` changes behind, its feed ends: rebuild. One reader at
+        a time: opening a feed ends the previous one."""
+        async with self._lock:
+            snapshot = await self.store.risk_snapshot(since)
+            send, receive = anyio.create_memory_object_stream[BookChange](FEED_BUFFER)
+            self.close_risk_feed()
+            self._feed = send
+        return snapshot, receive
+
+    def close_risk_feed(self) -> None:
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
+
+    def _tell_risk(self, change: BookChange) -> None:
+        if self._feed is None:
+            return
+        try:
+            self._feed.send_nowait(change)
+        except anyio.WouldBlock:
+            log.warning("risk gate fell behind the order book: it rebuilds from the store")
+            self.close_risk_feed()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._feed = None
+
+    # ------------------------------------------------------------------ writes
+    async def commit_new(
+        self, client_order_ids: Collection[str],
+        decide: Callable[[dict[str, Order]], Sequence[Order]],
+    ) -> Sequence[Order]:
+        """New PENDING orders, decided and committed in one hop (see Store.commit_new).
+        Shielded: once the commit is on its way, what is committed is also recorded."""
+        with anyio.CancelScope(shield=True):
+            new = await self.store.commit_new(client_order_ids, decide)
+            for o in new:
+                self.open[o.client_order_id] = o
+                self.metrics.orders.labels(o.state.value).inc()
+                log.info("order accepted", client_order_id=o.client_order_id,
+                         strategy_id=o.spec.strategy_id, symbol=o.spec.symbol,
+                         side=o.spec.side, qty=show(o.spec.qty), state=o.state.value)
+                self.hub.publish(o)
+        return new
+
+    async def set_prices(self, prices: dict[str, Decimal]) -> None:
+        """The broker's marks, for the notional check."""
+        await self.store.set_prices(prices)
+        self._tell_risk(PricesChanged(prices=dict(prices)))
 
     async def apply_view(self, client_order_id: str, view: BrokerView) -> Order | None:
         """Apply what the broker says about an order; None if the order is unknown.
@@ -130,7 +211,11 @@ class OrderBook:
 
     async def _flush(self, batch: list[_Queued]) -> None:
         try:
-            current = await self.store.get_orders({q.client_order_id for q in batch})
+            current = {q.client_order_id: self.open[q.client_order_id] for q in batch
+                       if q.client_order_id in self.open}
+            missing = {q.client_order_id for q in batch} - set(current)
+            if missing:  # closed (or unknown) orders: rare, from the store
+                current.update(await self.store.get_orders(missing))
             now = self._clock.time()
             changes: list[tuple[Order, Update]] = []
             for q in batch:  # in order: later views of one order build on earlier ones
@@ -141,9 +226,7 @@ class OrderBook:
                 if update is not None:
                     changes.append((before, update))
                     current[q.client_order_id] = update.order
-            await self.store.apply_many([u for _, u in changes])
-            for before, update in changes:
-                self._announce(before, update)
+            await self._commit(changes)
             for q in batch:
                 q.result = current.get(q.client_order_id)
         finally:
@@ -163,15 +246,26 @@ class OrderBook:
     ) -> Order | None:
         """Apply `change` if the order is still PENDING; the order as it is after."""
         async with self._lock:
-            before = await self.store.get_order(client_order_id)
+            before = self.open.get(client_order_id)
             if before is None or before.state != OrderState.PENDING:
-                return before
-            return await self._apply(before, change(before, self._clock.time()))
+                return before if before is not None else await self.store.get_order(
+                    client_order_id)
+            update = change(before, self._clock.time())
+            await self._commit([(before, update)])
+            return update.order
 
-    async def _apply(self, before: Order, update: Update) -> Order:
-        await self.store.apply(update)
-        self._announce(before, update)
-        return update.order
+    async def _commit(self, changes: list[tuple[Order, Update]]) -> None:
+        """Write the changes in one transaction, then make them known: memory, the risk
+        gate, metrics, the log and subscribers. Nothing is known before it is on disk."""
+        await self.store.apply_many([u for _, u in changes])
+        for before, update in changes:
+            after = update.order
+            if after.is_open:
+                self.open[after.client_order_id] = after
+            else:
+                self.open.pop(after.client_order_id, None)
+            self._tell_risk(OrderChanged(before=before, after=after, fill=update.fill))
+            self._announce(before, update)
 
     def _announce(self, before: Order, update: Update) -> None:
         """Count, log and publish a change that is on disk."""

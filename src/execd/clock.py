@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import anyio
@@ -58,3 +59,24 @@ class FakeClock:
         if self._now < deadline:
             self._now = deadline
         await anyio.lowlevel.checkpoint()
+
+
+async def within(clock: Clock, seconds: float, wait: Callable[[], Awaitable[object]]) -> bool:
+    """Run `wait()` for at most `seconds` of the clock's time: True if it finished.
+    (anyio's timeouts run on the event loop's clock, which a FakeClock does not move.)"""
+    finished = False
+    async with anyio.create_task_group() as tg:
+
+        async def waiter() -> None:
+            nonlocal finished
+            await wait()
+            finished = True
+            tg.cancel_scope.cancel()
+
+        async def timer() -> None:
+            await clock.sleep(seconds)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(waiter)
+        tg.start_soon(timer)
+    return finished

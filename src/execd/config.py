@@ -30,9 +30,12 @@ class DaemonConfig:
     database: str = ""  # default: <state_dir>/execd.db
     submit_timeout: float = 10.0
     max_connections: int = 256
+    admin_connections: int = 4  # of max_connections, kept free for admins
+    max_connections_per_uid: int = 64
     max_line_bytes: int = 65536
     line_timeout: float = 10.0  # a line begun must end within this (slow clients are cut)
     write_timeout: float = 10.0  # a client that does not read its answers is cut
+    idle_timeout: float = 60.0  # a connection with nothing to do is closed after this
     shutdown_grace: float = 5.0
 
 

@@ -5,9 +5,10 @@ B + 60r in any 60 s window. For a broker limit L per window W we choose a small 
 B and r = (L - B) * (1 - margin) / W, so every sliding window stays under L even with
 a little network jitter between our acquire and the broker's count.
 
-On asyncio the bucket is aiolimiter's; on trio (aiolimiter needs asyncio) it is the
-anyio-native TokenBucket below, with the same behaviour. Risk-reducing calls (cancels)
-pass `priority=True` and go ahead of ordinary callers.
+The bucket is the anyio-native TokenBucket below, on both backends: aiolimiter needs
+asyncio, and its public API cannot say how much budget is left (`remaining`, for
+`status` and the metrics) — see docs/design.md. Risk-reducing calls (cancels) pass
+`priority=True` and go ahead of ordinary callers.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
-import sniffio
 
-from execd.clock import Clock, SystemClock
+from execd.clock import Clock
 
 JITTER_MARGIN = 0.03
 
@@ -86,22 +86,6 @@ class TokenBucket:
             self._tokens = max(0.0, self._tokens - 1)
 
 
-class AioLimiterBucket:
-    """aiolimiter's AsyncLimiter sized from a Budget (asyncio only)."""
-
-    def __init__(self, budget: Budget) -> None:
-        from aiolimiter import AsyncLimiter
-
-        self._limiter = AsyncLimiter(budget.burst, budget.burst / budget.rate)
-
-    def remaining(self) -> float:
-        self._limiter.has_capacity()  # leaks the bucket up to now
-        return float(self._limiter.max_rate - self._limiter._level)
-
-    async def acquire(self) -> None:
-        await self._limiter.acquire()
-
-
 class PriorityLimiter:
     """Callers with priority go first.
 
@@ -153,7 +137,5 @@ class Unlimited:
 
 
 def open_limiter(budget: Budget, clock: Clock) -> PriorityLimiter:
-    """The default limiter for the running backend."""
-    if sniffio.current_async_library() == "asyncio" and isinstance(clock, SystemClock):
-        return PriorityLimiter(AioLimiterBucket(budget), clock)
+    """The limiter, on either backend."""
     return PriorityLimiter(TokenBucket(budget, clock), clock)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream as Reply
 
-from execd.domain.orders import Order, OrderSpec
+from execd.domain.orders import Fill, Order, OrderSpec
 from execd.domain.risk import TradingState, TradingStatus
 
 # ---- answers (events) ----
@@ -53,14 +54,34 @@ class TradingStateChanged:
     status: TradingStatus
 
 
+# ---- events from the order book to the risk gate (committed changes) ----
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderChanged:
+    before: Order
+    after: Order
+    fill: Fill | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PricesChanged:
+    prices: dict[str, Decimal]
+
+
+BookChange = OrderChanged | PricesChanged
+
+
 # ---- commands to the risk gate ----
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubmitOrder:
     spec: OrderSpec
-    reply: Reply[SubmitResult]
+    reply: Reply[SubmitResult]  # answered once the order is committed (or denied)
     owner_uid: int | None = None
+    # wait="submitted": the order once the broker has answered, from the submitter
+    done: Reply[Order] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,7 +98,10 @@ RiskCommand = SubmitOrder | SetTradingState
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendOrder:
-    client_order_id: str
+    """A committed PENDING order, as committed: the submitter needs no read-back."""
+
+    order: Order
+    done: Reply[Order] | None = None  # the client's, if it waits for the broker's answer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,7 +14,7 @@ from anyio.abc import TaskStatus
 from execd.book import OrderBook
 from execd.broker.base import BrokerClient, BrokerError
 from execd.clock import Clock
-from execd.domain.orders import OrderState
+from execd.domain.orders import OrderState, apply_broker_view
 from execd.health import Health
 from execd.obs import logging
 from execd.testhooks import HOOKS
@@ -28,7 +28,7 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
     started = clock.time()
     failed: BrokerError | None = None
     open_at_broker = {o.client_order_id: o for o in await broker.list_open_orders()}
-    ours = await book.store.open_orders()
+    ours = book.open_orders()
     known = {o.client_order_id for o in ours}
     for order in ours:
         if order.state == OrderState.PENDING:
@@ -48,13 +48,13 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
                           client_order_id=order.client_order_id,
                           strategy_id=order.spec.strategy_id, state=order.state.value)
                 continue
-        await book.apply_view(order.client_order_id, found.view)
+        if apply_broker_view(order, found.view, started) is not None:  # news: write it
+            await book.apply_view(order.client_order_id, found.view)
     health.broker_orders_unknown = len(set(open_at_broker) - known)
     if failed is not None:
         raise failed
-    health.last_poll_started, health.last_poll = started, clock.time()
-    health.last_poll_error = None
-    book.metrics.poll_last_success.set(health.last_poll)
+    health.poll_completed(started, clock.time())
+    book.metrics.poll_last_success.set(clock.time())
 
 
 async def run(

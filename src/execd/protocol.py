@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -26,24 +27,6 @@ from execd.domain.orders import (
     new_client_order_id,
 )
 
-# Every op and the fields it takes. Requests are strict: a field not listed here is
-# refused (a typo must never turn a limit order into a market order). Answers and
-# events are not: clients must tolerate fields they do not know.
-FIELDS: dict[str, frozenset[str]] = {
-    "ping": frozenset(),
-    "submit": frozenset({"strategy_id", "symbol", "side", "qty", "type", "limit_price",
-                         "time_in_force", "client_order_id", "wait"}),
-    "cancel": frozenset({"client_order_id"}),
-    "cancel_all": frozenset({"strategy_id"}),
-    "order": frozenset({"client_order_id"}),
-    "orders": frozenset({"strategy_id", "state", "open", "limit"}),
-    "positions": frozenset(),
-    "status": frozenset(),
-    "subscribe": frozenset({"strategy_id"}),
-    "halt": frozenset({"reason"}),
-    "resume": frozenset({"state", "reason"}),
-}
-OPS = frozenset(FIELDS)
 # Names people reach for first, mapped to ours, for the "did you mean" hint.
 SYNONYMS = {"quantity": "qty", "price": "limit_price", "limit": "limit_price",
             "tif": "time_in_force", "order_type": "type", "strategy": "strategy_id",
@@ -51,6 +34,7 @@ SYNONYMS = {"quantity": "qty", "price": "limit_price", "limit": "limit_price",
 SYMBOL_MAX = 16
 MAX_DIGITS = 18  # qty and prices: more significant digits than any real order has
 MAX_DEPTH = 4
+Fields = Mapping[str, frozenset[str]]  # op -> the fields it takes
 
 
 class ProtocolError(Exception):
@@ -67,12 +51,25 @@ def invalid(message: str) -> ProtocolError:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Request:
     id: Any
+    raw_id: str | None  # the id's JSON text as sent, echoed back byte for byte
     op: str
     args: dict[str, Any]
 
 
+class IdentifiedError(ProtocolError):
+    """A refusal of a request whose id could be read."""
+
+    def __init__(self, code: str, message: str, raw_id: str | None) -> None:
+        super().__init__(code, message)
+        self.raw_id = raw_id
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
+
+
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+_SPACE = " \t\n\r"
 
 
 def _depth(value: Any, limit: int) -> bool:
@@ -88,37 +85,87 @@ def _depth(value: Any, limit: int) -> bool:
     return True
 
 
-def parse_line(line: bytes) -> Request:
-    """One request line. The id is echoed back whenever it could be read."""
+def _members(text: str) -> Iterator[tuple[str, Any, str]]:
+    """The top-level object's members as (key, value, value's JSON text), in order.
+
+    Walked with the decoder's public `raw_decode`, so each value's exact text is known
+    (the id is echoed as sent: `1.5` stays `1.5`, `1e400` stays `1e400`)."""
+    i = len(text) - len(text.lstrip(_SPACE))
+    if text[i:i + 1] != "{":
+        raise invalid("request must be a JSON object")
+    i = _skip(text, i + 1)
+    if text[i:i + 1] == "}":
+        return _end(text, i + 1)
+    while True:
+        key, i = _DECODER.raw_decode(text, i)
+        if not isinstance(key, str):
+            raise ValueError("object keys must be strings")
+        i = _skip(text, i)
+        if text[i:i + 1] != ":":
+            raise ValueError(f"expected ':' at {i}")
+        start = _skip(text, i + 1)
+        value, i = _DECODER.raw_decode(text, start)
+        yield key, value, text[start:i]
+        i = _skip(text, i)
+        sep = text[i:i + 1]
+        if sep == "}":
+            return _end(text, i + 1)
+        if sep != ",":
+            raise ValueError(f"expected ',' or '}}' at {i}")
+        i = _skip(text, i + 1)
+
+
+def _skip(text: str, i: int) -> int:
+    while text[i:i + 1] and text[i] in _SPACE:
+        i += 1
+    return i
+
+
+def _end(text: str, i: int) -> None:
+    if text[_skip(text, i):]:
+        raise ValueError(f"extra data at {i}")
+
+
+def parse_line(line: bytes, fields: Fields) -> Request:
+    """One request line, checked against `fields` (op -> the fields it takes). The id is
+    echoed back whenever it could be read."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise invalid("request is not valid UTF-8") from None
+    raw: dict[str, Any] = {}
+    raw_id: str | None = None
     try:
-        raw = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        for key, value, value_text in _members(text):
+            raw[key] = value
+            if key == "id":
+                raw_id = value_text
     except RecursionError:
-        raise invalid("request JSON is nested too deeply") from None
+        raise IdentifiedError("invalid_request", "request JSON is nested too deeply",
+                              raw_id) from None
     except ValueError as e:
-        raise invalid(f"request is not valid JSON: {e}") from None
-    if not isinstance(raw, dict):
-        raise invalid("request must be a JSON object")
+        raise IdentifiedError("invalid_request", f"request is not valid JSON: {e}",
+                              raw_id) from None
     rid = raw.get("id")
+
+    def refuse(e: ProtocolError) -> IdentifiedError:
+        return IdentifiedError(e.code, e.message, raw_id)
+
     if not _depth(raw, MAX_DEPTH):
-        raise ProtocolError("invalid_request", "request JSON is nested too deeply")
+        raise refuse(invalid("request JSON is nested too deeply"))
     op = raw.get("op")
     if not isinstance(op, str):
-        raise _with_id(invalid("op is required and must be a string"), rid)
-    if op not in OPS:
-        raise _with_id(ProtocolError("unknown_op", f"unknown op {op[:40]!r}"), rid)
+        raise refuse(invalid("op is required and must be a string"))
+    if op not in fields:
+        raise refuse(ProtocolError("unknown_op", f"unknown op {op[:40]!r}"))
     args = {k: v for k, v in raw.items() if k not in ("id", "op")}
-    unknown = sorted(set(args) - FIELDS[op])
+    unknown = sorted(set(args) - fields[op])
     if unknown:
-        raise _with_id(invalid(_unknown_field(op, unknown[0])), rid)
-    return Request(id=rid, op=op, args=args)
+        raise refuse(invalid(_unknown_field(op, fields[op], unknown[0])))
+    return Request(id=rid, raw_id=raw_id, op=op, args=args)
 
 
-def _unknown_field(op: str, name: str) -> str:
-    allowed = FIELDS[op]
+def _unknown_field(op: str, allowed: frozenset[str], name: str) -> str:
     shown = name[:40]
     meant = SYNONYMS.get(name.lower())
     if meant not in allowed:
@@ -128,16 +175,6 @@ def _unknown_field(op: str, name: str) -> str:
         return f'unknown field "{shown}" (did you mean "{meant}"?)'
     takes = ", ".join(sorted(allowed)) if allowed else "no fields"
     return f'unknown field "{shown}": {op} takes {takes}'
-
-
-class IdentifiedError(ProtocolError):
-    def __init__(self, code: str, message: str, request_id: Any) -> None:
-        super().__init__(code, message)
-        self.request_id = request_id
-
-
-def _with_id(e: ProtocolError, rid: Any) -> IdentifiedError:
-    return IdentifiedError(e.code, e.message, rid)
 
 
 def _str(args: dict[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -264,6 +301,13 @@ def reason(args: dict[str, Any]) -> str:
 
 def encode(obj: dict[str, Any]) -> bytes:
     return (json.dumps(obj, separators=(",", ":"), default=_default) + "\n").encode()
+
+
+def encode_reply(raw_id: str | None, body: dict[str, Any]) -> bytes:
+    """An answer line whose id is the request's id exactly as it was sent."""
+    rest = json.dumps(body, separators=(",", ":"), default=_default)
+    sep = "," if body else ""
+    return f'{{"id":{raw_id if raw_id is not None else "null"}{sep}{rest[1:]}\n'.encode()
 
 
 def _default(o: object) -> Any:

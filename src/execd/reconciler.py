@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from execd.book import OrderBook
 from execd.broker.base import BrokerClient, BrokerError
-from execd.clock import Clock
+from execd.clock import Clock, within
 from execd.domain import reconcile
 from execd.domain.decimals import show
 from execd.domain.risk import TradingState
@@ -34,7 +34,7 @@ async def _read(book: OrderBook, broker: BrokerClient) -> list[reconcile.Mismatc
     theirs = await broker.positions()
     prices = {p.symbol: p.current_price for p in theirs if p.current_price is not None}
     if prices:
-        await book.store.set_prices(prices)
+        await book.set_prices(prices)
     ours = {s: p.qty for s, p in (await book.store.positions()).items() if p.qty}
     return reconcile.diff(ours, {p.symbol: p.qty for p in theirs if p.qty != Decimal(0)})
 
@@ -94,15 +94,10 @@ class Reconciler:
                 ))
         return []
 
-
     async def _polled_since(self, t: float) -> bool:
         """Wait (a while) for a complete poll that began after `t`."""
-        for _ in range(max(1, int(self.confirm_delay * 4 / 0.05))):
-            started = self.health.last_poll_started
-            if started is not None and started > t:
-                return True
-            await self.clock.sleep(0.05)
-        return False
+        return await within(self.clock, max(self.confirm_delay * 4, 0.05),
+                            lambda: self.health.wait_poll_started_after(t))
 
 
 def _show(m: reconcile.Mismatch) -> str:

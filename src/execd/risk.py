@@ -1,13 +1,17 @@
 """The risk gate actor: pre-trade checks, the trading state, and durable intent.
 
-It takes submits in batches: one store read for the context, one transaction for
-every order it accepts (group commit: one fsync for the batch), then the answers,
-then the orders go on to the submitter. An answer is sent only once the order is
-committed. Everything it knows is rebuilt from the store for each batch (crash-only).
+Its context (positions, open exposure, orders per minute, prices, the trading state)
+lives in memory: rebuilt from the store at every (re)start, kept current from the
+order book's committed changes (a bounded feed), and rebuilt again whenever that feed
+overflowed or a write failed. It takes submits in batches: the batch is decided and
+committed in one hop to the database (group commit: one fsync), then answered, then
+handed to the submitter with the committed orders themselves. An answer is sent only
+once its order is committed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import assert_never
 
 import anyio
@@ -18,10 +22,13 @@ from execd.book import OrderBook
 from execd.clock import Clock
 from execd.domain import risk
 from execd.domain.orders import Order, OrderState
-from execd.domain.risk import Exposure, RiskContext, RiskLimits, TradingState, TradingStatus
+from execd.domain.risk import RiskContext, RiskLimits, TradingState, TradingStatus
 from execd.messages import (
+    BookChange,
     OrderAccepted,
+    OrderChanged,
     OrderDenied,
+    PricesChanged,
     RiskCommand,
     SendOrder,
     SetTradingState,
@@ -33,11 +40,11 @@ from execd.messages import (
 )
 from execd.obs import logging
 from execd.obs.metrics import Metrics, halt_category
-from execd.store import RiskSnapshot
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.risk")
 BATCH = 256
+Done = MemoryObjectSendStream[Order] | None  # a waiting client's, for the broker's answer
 
 
 def show_trading_state(metrics: Metrics, status: TradingStatus) -> None:
@@ -46,21 +53,172 @@ def show_trading_state(metrics: Metrics, status: TradingStatus) -> None:
     metrics.show_halt(halt_category(status.reason) if status.state == TradingState.HALTED else None)
 
 
-def _context(snap: RiskSnapshot) -> RiskContext:
-    ctx = RiskContext(
-        trading=snap.trading,
-        exposure={s: Exposure(position=p.qty) for s, p in snap.positions.items()},
-        prices={s: p.last_price for s, p in snap.positions.items() if p.last_price is not None},
-        orders_last_minute=snap.orders_last_minute,
-    )
-    for o in snap.open_orders:
-        e = ctx.exposure.setdefault(o.spec.symbol, Exposure())
-        if o.spec.side == "buy":
-            e.open_buys += o.remaining
-        else:
-            e.open_sells += o.remaining
-        ctx.open_orders += 1
-    return ctx
+class RiskGate:
+    def __init__(
+        self, *, submitter: MemoryObjectSendStream[SubmitterCommand], book: OrderBook,
+        limits: RiskLimits, clock: Clock,
+    ) -> None:
+        self.submitter = submitter
+        self.book = book
+        self.limits = limits
+        self.clock = clock
+        self.metrics = book.metrics
+        self._ctx: RiskContext | None = None
+        self._feed: MemoryObjectReceiveStream[BookChange] | None = None
+
+    async def context(self) -> RiskContext:
+        """The context, brought up to date with every change committed so far."""
+        if self._ctx is not None and self._feed is not None and self._drain(self._ctx):
+            return self._ctx
+        self.close()
+        snapshot, self._feed = await self.book.open_risk_feed(since=self.clock.time() - 60)
+        self._ctx = RiskContext.rebuild(
+            trading=snapshot.trading, positions=snapshot.positions.values(),
+            open_orders=snapshot.open_orders, recent=snapshot.recent)
+        show_trading_state(self.metrics, snapshot.trading)
+        return self._ctx
+
+    def _drain(self, ctx: RiskContext) -> bool:
+        """Apply what the feed holds; False if it ended (fell behind: rebuild)."""
+        assert self._feed is not None
+        while True:
+            try:
+                change = self._feed.receive_nowait()
+            except anyio.WouldBlock:
+                return True
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return False
+            match change:
+                case OrderChanged(before=before, after=after, fill=fill):
+                    ctx.apply(before, after, fill)
+                case PricesChanged(prices=prices):
+                    ctx.set_prices(prices)
+                case _:
+                    assert_never(change)
+
+    def close(self) -> None:
+        if self._feed is not None:
+            self._feed.close()
+            self.book.close_risk_feed()
+        self._feed = None
+        self._ctx = None
+
+    async def handle(self, batch: list[RiskCommand]) -> None:
+        """Decide, commit and answer one batch; hand the committed orders on."""
+        accepted: list[tuple[Order, Done]] = []
+        try:
+            accepted = await self._handle(batch)
+        except BaseException:
+            self.close()  # a failed write may have left the context ahead of the store
+            raise
+        finally:
+            handed = {id(done) for _, done in accepted}
+            for msg in batch:  # whatever happened, nobody waits forever
+                if msg.reply is not None:
+                    msg.reply.close()
+                if isinstance(msg, SubmitOrder) and msg.done is not None \
+                        and id(msg.done) not in handed:
+                    msg.done.close()
+        pending = accepted[::-1]
+        try:
+            while pending:
+                order, done = pending[-1]
+                await self.submitter.send(SendOrder(order=order, done=done))
+                pending.pop()
+        finally:  # not handed over (cancelled): the submitter's sweep will find them
+            for _, done in pending:
+                if done is not None:
+                    done.close()
+
+    async def _handle(self, batch: list[RiskCommand]) -> list[tuple[Order, Done]]:
+        ctx = await self.context()
+        ctx.expire(self.clock.time())
+        accepted: list[tuple[Order, Done]] = []
+        submits: list[SubmitOrder] = []
+
+        async def flush() -> None:
+            if submits:
+                accepted.extend(await self._commit(submits, ctx))
+                submits.clear()
+
+        for msg in batch:
+            match msg:
+                case SetTradingState(state=state, reason=reason, reply=reply):
+                    await flush()  # orders before the change are decided by the old state
+                    status = TradingStatus(state=state, reason=reason, since=self.clock.time())
+                    await self.book.store.set_trading_status(status)
+                    ctx.trading = status
+                    show_trading_state(self.metrics, status)
+                    level = log.warning if state != TradingState.ACTIVE else log.info
+                    level("trading state changed", state=state.value, reason=reason)
+                    if reply is not None:
+                        answer(reply, TradingStateChanged(status=status))
+                case SubmitOrder():
+                    submits.append(msg)
+                case _:
+                    assert_never(msg)
+        await flush()
+        return accepted
+
+    async def _commit(
+        self, submits: list[SubmitOrder], ctx: RiskContext
+    ) -> list[tuple[Order, Done]]:
+        """Decide and commit in one hop, then answer: nobody hears "accepted" before the
+        commit. The decisions run on the database thread while this actor waits, so
+        nothing else touches the context meanwhile."""
+        results: list[SubmitResult] = []
+
+        def decide(known: dict[str, Order]) -> Sequence[Order]:
+            results.clear()
+            new: list[Order] = []
+            for msg in submits:  # in order: a repeat within the batch sees the first
+                result = self._decide(msg, ctx, known)
+                results.append(result)
+                if isinstance(result, OrderAccepted) and not result.existing:
+                    new.append(result.order)
+            return new
+
+        new = await self.book.commit_new([m.spec.client_order_id for m in submits], decide)
+        if new:
+            HOOKS.point("after_commit")  # durable, not yet acknowledged nor sent
+        handed: list[tuple[Order, Done]] = []
+        fresh = {o.client_order_id for o in new}
+        for msg, result in zip(submits, results, strict=True):
+            answer(msg.reply, result)
+            if isinstance(result, OrderAccepted) and result.order.client_order_id in fresh:
+                fresh.discard(result.order.client_order_id)
+                handed.append((result.order, msg.done))
+        return handed
+
+    def _decide(self, msg: SubmitOrder, ctx: RiskContext, known: dict[str, Order]) -> SubmitResult:
+        spec, metrics = msg.spec, self.metrics
+        existing = known.get(spec.client_order_id)
+        if existing is not None:
+            # An order from before owners were recorded (schema 1) has none: it matches.
+            same_owner = existing.owner_uid is None or existing.owner_uid == msg.owner_uid
+            if existing.spec == spec and same_owner:
+                metrics.submits.labels("duplicate").inc()
+                return OrderAccepted(order=existing, existing=True)
+            metrics.submits.labels("conflict").inc()
+            return OrderDenied(
+                code="conflict",
+                reason=f"client_order_id {spec.client_order_id} is already used by an order "
+                "with different parameters",
+            )
+        denial = risk.check(spec, ctx, self.limits)
+        if denial is not None:
+            metrics.submits.labels("denied").inc()
+            metrics.rejections.labels(denial.rule).inc()
+            log.info("order denied", client_order_id=spec.client_order_id,
+                     strategy_id=spec.strategy_id, rule=denial.rule, reason=denial.reason)
+            return OrderDenied(code=denial.code, reason=denial.reason)
+        now = self.clock.time()
+        order = Order(spec=spec, state=OrderState.PENDING, created_at=now, updated_at=now,
+                      owner_uid=msg.owner_uid)
+        ctx.admit(order)
+        known[spec.client_order_id] = order
+        metrics.submits.labels("accepted").inc()
+        return OrderAccepted(order=order)
 
 
 async def run(
@@ -72,102 +230,20 @@ async def run(
     clock: Clock,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    show_trading_state(book.metrics, await book.store.trading_status())
+    gate = RiskGate(submitter=submitter, book=book, limits=limits, clock=clock)
     # Orders committed by a predecessor that crashed before handing them on: the
-    # submitter picks every PENDING order up when it starts, so nothing to redo here.
-    task_status.started()
-    async with inbox, submitter:
-        async for first in inbox:
-            batch = [first]
-            while len(batch) < BATCH:
-                try:
-                    batch.append(inbox.receive_nowait())
-                except anyio.WouldBlock:
-                    break
-            try:
-                accepted = await _handle(batch, book, limits, clock)
-            finally:
-                for msg in batch:  # whatever happened, nobody waits forever
-                    if msg.reply is not None:
-                        msg.reply.close()
-            for order in accepted:
-                await submitter.send(SendOrder(client_order_id=order.client_order_id))
-
-
-async def _handle(
-    batch: list[RiskCommand], book: OrderBook, limits: RiskLimits, clock: Clock
-) -> list[Order]:
-    """Check, commit and answer one batch; returns the orders committed."""
-    store, metrics = book.store, book.metrics
-    wanted = [m.spec.client_order_id for m in batch if isinstance(m, SubmitOrder)]
-    snap = await store.risk_snapshot(wanted, since=clock.time() - 60)  # one read, one hop
-    ctx, known = _context(snap), snap.known
-    committed: list[Order] = []
-    new: list[Order] = []
-    # Answers wait for the commit of every order before them, an idempotent retry of an
-    # order of this same batch included.
-    held: list[tuple[SubmitOrder, SubmitResult]] = []
-
-    async def commit() -> None:
-        if new:
-            await book.add(new)
-            HOOKS.point("after_commit")  # durable, not yet acknowledged nor sent
-            committed.extend(new)
-            new.clear()
-        for msg, result in held:
-            answer(msg.reply, result)
-        held.clear()
-
-    for msg in batch:
-        match msg:
-            case SetTradingState(state=state, reason=reason, reply=reply):
-                await commit()  # orders before the change are decided by the old state
-                status = TradingStatus(state=state, reason=reason, since=clock.time())
-                await store.set_trading_status(status)
-                ctx.trading = status
-                show_trading_state(metrics, status)
-                level = log.warning if state != TradingState.ACTIVE else log.info
-                level("trading state changed", state=state.value, reason=reason)
-                if reply is not None:
-                    answer(reply, TradingStateChanged(status=status))
-            case SubmitOrder():
-                held.append((msg, _decide(msg, ctx, known, new, limits, clock, metrics)))
-            case _:
-                assert_never(msg)
-    await commit()
-    return committed
-
-
-def _decide(
-    msg: SubmitOrder, ctx: RiskContext, known: dict[str, Order], new: list[Order],
-    limits: RiskLimits, clock: Clock, metrics: Metrics,
-) -> SubmitResult:
-    spec = msg.spec
-    existing = known.get(spec.client_order_id)
-    if existing is not None:
-        # An order from before owners were recorded (schema 1) has none: it matches.
-        same_owner = existing.owner_uid is None or existing.owner_uid == msg.owner_uid
-        if existing.spec == spec and same_owner:
-            metrics.submits.labels("duplicate").inc()
-            return OrderAccepted(order=existing, existing=True)
-        metrics.submits.labels("conflict").inc()
-        return OrderDenied(
-            code="conflict",
-            reason=f"client_order_id {spec.client_order_id} is already used by an order "
-            "with different parameters",
-        )
-    denial = risk.check(spec, ctx, limits)
-    if denial is not None:
-        metrics.submits.labels("denied").inc()
-        metrics.rejections.labels(denial.rule).inc()
-        log.info("order denied", client_order_id=spec.client_order_id,
-                 strategy_id=spec.strategy_id, rule=denial.rule, reason=denial.reason)
-        return OrderDenied(code=denial.code, reason=denial.reason)
-    now = clock.time()
-    order = Order(spec=spec, state=OrderState.PENDING, created_at=now, updated_at=now,
-                  owner_uid=msg.owner_uid)
-    ctx.admit(spec)
-    known[spec.client_order_id] = order
-    new.append(order)
-    metrics.submits.labels("accepted").inc()
-    return OrderAccepted(order=order)
+    # submitter picks every PENDING order up when it starts, and sweeps for orphans.
+    try:
+        await gate.context()
+        task_status.started()
+        async with inbox, submitter:
+            async for first in inbox:
+                batch = [first]
+                while len(batch) < BATCH:
+                    try:
+                        batch.append(inbox.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                await gate.handle(batch)
+    finally:
+        gate.close()

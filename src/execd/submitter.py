@@ -10,8 +10,9 @@ with backoff, until the broker has either taken it or refused it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, assert_never
 
 import anyio
@@ -92,43 +93,48 @@ class Submitter:
             await self.risk.send(SetTradingState(state=TradingState.HALTED, reason=reason))
 
     # ------------------------------------------------------------------ orders
-    async def send(self, cid: str, *, unknown_history: bool) -> None:
-        """Get one PENDING order to the broker or to REJECTED, whatever it takes."""
-        self.health.submits_in_flight += 1
+    async def send(self, order: Order, *, unknown_history: bool,
+                   done: MemoryObjectSendStream[Order] | None = None) -> None:
+        """Get one PENDING order to the broker or to REJECTED, whatever it takes; then
+        tell `done` (a client waiting for the broker's answer) how it stands."""
+        outcome: Order | None = None
         try:
-            await self._send(cid, unknown_history=unknown_history)
+            with self.health.in_flight():
+                outcome = await self._send(order, unknown_history=unknown_history)
         finally:
-            self.health.submits_in_flight -= 1
+            if done is not None:
+                if outcome is not None:
+                    answer(done, outcome)
+                else:
+                    done.close()
 
-    async def _send(self, cid: str, *, unknown_history: bool) -> None:
+    async def _send(self, order: Order, *, unknown_history: bool) -> Order | None:
+        cid = order.client_order_id
         async with self._owning(cid):
-            order = await self.book.store.get_order(cid)
-            if order is None or order.state != OrderState.PENDING:
-                return
+            current = self.book.open.get(cid)
+            if current is None or current.state != OrderState.PENDING:
+                return current if current is not None else await self.book.get(cid)
             look_first, may_send, delay = unknown_history, True, 0.5
             while True:
                 try:
                     if look_first:
                         found = await self.broker.get_order_by_client_id(cid)
                         if found is not None:
-                            await self.book.apply_view(cid, found.view)
                             self._ok()
-                            return
+                            return await self.book.apply_view(cid, found.view)
                         if not may_send:
                             raise BrokerUnavailable("broker says duplicate but has no such order")
                     found = await self.broker.submit_order(order.spec)
                     HOOKS.point("after_submit")  # the broker has it; we have not recorded it
-                    await self.book.apply_view(cid, found.view)
                     self._ok()
-                    return
+                    return await self.book.apply_view(cid, found.view)
                 except DuplicateOrderId:
                     log.warning("broker already has this client_order_id: looking it up",
                                 client_order_id=cid, strategy_id=order.spec.strategy_id)
                     look_first, may_send = True, False
                 except BrokerRejected as e:
                     self._ok()
-                    await self.book.reject(cid, f"broker: {e}")
-                    return
+                    return await self.book.reject(cid, f"broker: {e}")
                 except BrokerAmbiguous as e:
                     log.warning("submit outcome unknown: looking it up before any resend",
                                 client_order_id=cid, strategy_id=order.spec.strategy_id,
@@ -143,9 +149,19 @@ class Submitter:
                     await self.clock.sleep(delay)
                     delay = min(delay * 2, 30.0)
 
+    def orphans(self, older_than: float) -> list[Order]:
+        """PENDING orders nobody is taking to the broker (a risk gate that died between
+        its commit and the hand-over), and the age of the oldest PENDING order."""
+        now = self.clock.time()
+        pending = [o for o in self.book.open.values() if o.state == OrderState.PENDING]
+        oldest = min((o.created_at for o in pending), default=now)
+        self.book.metrics.oldest_pending_age.set(max(0.0, now - oldest))
+        return [o for o in pending
+                if o.created_at < now - older_than and o.client_order_id not in self._locks]
+
     async def cancel(self, cid: str) -> CancelResult:
         async with self._owning(cid):
-            order = await self.book.store.get_order(cid)
+            order = await self.book.get(cid)
             if order is None:
                 return CancelDenied(code="not_found", reason=f"no order {cid}")
             if order.state in TERMINAL_STATES:
@@ -177,7 +193,7 @@ class Submitter:
 
     async def cancel_all(self, strategy_id: str | None, owner_uid: int | None) -> CancelResult:
         targets = [
-            o for o in await self.book.store.open_orders()
+            o for o in self.book.open_orders()
             if (strategy_id is None or o.spec.strategy_id == strategy_id)
             and (owner_uid is None or o.owner_uid == owner_uid)
         ]
@@ -204,29 +220,38 @@ async def run(
     failures_before_halt: int,
     health: Health,
     startup_timeout: float = 30.0,
+    sweep_interval: float = 5.0,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     submitter = Submitter(book=book, broker=broker, clock=clock, risk=risk,
                           failures_before_halt=failures_before_halt, health=health)
+    # Crash-only: every PENDING order is ours to resolve. Their history is unknown (a
+    # predecessor may have sent them), so each is looked up first, also when the risk
+    # gate's hand-over for one of them arrives later.
+    unknown: set[str] = set()
+
+    def adopt(orders: list[Order]) -> list[Order]:
+        unknown.update(o.client_order_id for o in orders)
+        return orders
+
     async with inbox, risk, anyio.create_task_group() as tg:
-        # Crash-only: every PENDING order in the store is ours to resolve. Their history
-        # is unknown (a predecessor may have sent them), so each is looked up first,
-        # also when the risk gate's hand-over for one of them arrives later.
-        pending = await book.store.list_orders(states=[OrderState.PENDING], limit=10**9)
-        unknown = {o.client_order_id for o in pending}
+        pending = adopt([o for o in book.open_orders() if o.state == OrderState.PENDING])
         if pending:
             log.info("resolving PENDING orders left from before", count=len(pending))
         done = anyio.Event()
-        tg.start_soon(_resolve_all, submitter, unknown, done)
+        tg.start_soon(_resolve_all, submitter, pending, done)
         with anyio.move_on_after(startup_timeout):
             await done.wait()
         if not done.is_set():
             log.error("PENDING orders not resolved yet; still trying", count=len(pending))
+        tg.start_soon(_sweep, submitter, adopt, sweep_interval)
         task_status.started()
         async for msg in inbox:
             match msg:
-                case SendOrder(client_order_id=cid):
-                    tg.start_soon(_send, submitter, cid, cid in unknown)
+                case SendOrder(order=order, done=reply):
+                    cid = order.client_order_id
+                    tg.start_soon(partial(submitter.send, order, unknown_history=cid in unknown,
+                                          done=reply))
                 case CancelOrder(client_order_id=cid, reply=reply):
                     tg.start_soon(_answer_cancel, reply, submitter.cancel(cid))
                 case CancelAll(strategy_id=sid, reply=reply, owner_uid=owner):
@@ -235,15 +260,26 @@ async def run(
                     assert_never(msg)
 
 
-async def _send(submitter: Submitter, cid: str, unknown_history: bool) -> None:
-    await submitter.send(cid, unknown_history=unknown_history)
-
-
-async def _resolve_all(submitter: Submitter, cids: set[str], done: anyio.Event) -> None:
+async def _resolve_all(submitter: Submitter, orders: list[Order], done: anyio.Event) -> None:
     async with anyio.create_task_group() as tg:
-        for cid in cids:
-            tg.start_soon(_send, submitter, cid, True)
+        for order in orders:
+            tg.start_soon(partial(submitter.send, order, unknown_history=True))
     done.set()
+
+
+async def _sweep(
+    submitter: Submitter, adopt: Callable[[list[Order]], list[Order]], interval: float
+) -> None:
+    """Orphans (committed, never handed over) are resolved like orders left from before.
+    An order waits in the submitter's inbox for a while when the broker is slow: only
+    those older than a few intervals are taken, and looked up first."""
+    async with anyio.create_task_group() as tg:
+        while True:
+            await submitter.clock.sleep(interval)
+            for order in adopt(submitter.orphans(older_than=3 * interval)):
+                log.warning("resolving an orphaned PENDING order",
+                            client_order_id=order.client_order_id)
+                tg.start_soon(partial(submitter.send, order, unknown_history=True))
 
 
 async def _answer_cancel(

@@ -1,10 +1,14 @@
 """AlpacaClient: the BrokerClient port over alpaca-py's synchronous TradingClient.
 
-- Calls run in worker threads; the requests session gets a timeout (alpaca-py sets
-  none) and the SDK's own sleeping retries are switched off (`_retry = 0`): the retry
-  policy is ours, here, with tenacity, and every attempt passes the shared limiter.
-- Orders go out through the SDK's own REST path with decimal strings: alpaca-py's
-  request models hold qty and prices as float, and money never passes through float.
+- alpaca-py carries every request (its URLs, auth headers, errors), through its public
+  REST calls (`get`/`post`/`patch`/`delete`), in worker threads. Bodies go out as
+  decimal strings and answers are read from Alpaca's JSON as Decimal: alpaca-py's
+  request and response models hold money as float, and money never passes through
+  float.
+- Errors are mapped to ours at this boundary, by one table (`_ERRORS`).
+- One retry policy (tenacity): exponential backoff with jitter for what is retryable,
+  a 429 waiting for the broker's reset; every attempt passes the shared limiter. A
+  submit is retried only on 429, the one answer that proves it was not taken.
 - `to_thread.run_sync` is left at abandon_on_cancel=False: a cancelled actor waits for
   its request thread (bounded by the HTTP timeout) before it exits, so a restarted
   actor never looks an order up, finds nothing and resends while its predecessor's
@@ -13,8 +17,10 @@
 
 from __future__ import annotations
 
-import time
+import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -27,6 +33,7 @@ from tenacity.wait import wait_base
 
 from execd.broker.base import (
     BrokerAmbiguous,
+    BrokerError,
     BrokerOrder,
     BrokerPosition,
     BrokerRejected,
@@ -40,11 +47,14 @@ from execd.limiter import RateLimiter
 from execd.obs.metrics import Metrics
 
 T = TypeVar("T")
-PAGE = 500
+PAGE = 500  # Alpaca's most orders per list call
 THREADS = 16  # worker threads for broker calls, and HTTP connections kept to the broker
+SDK_VERSION = "0.44.0"  # the alpaca-py whose private attributes `without_sdk_retries` sets
 
 
 class _TimeoutSession(requests.Session):
+    """alpaca-py sets no HTTP timeout: a hung broker would hang a thread forever."""
+
     def __init__(self, timeout: float, pool: int) -> None:
         super().__init__()
         self._timeout = timeout
@@ -57,188 +67,62 @@ class _TimeoutSession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
 
-class _WaitForReset(wait_base):
-    """Exponential backoff with jitter; a 429 waits for the broker's reset instead."""
+def without_sdk_retries(client: Any, session: requests.Session | None = None) -> None:
+    """Switch off alpaca-py's own retries (it sleeps 3 s in the calling thread and
+    retries POST /orders on 504) and give it a session with a timeout.
 
-    def __init__(self, initial: float, maximum: float, clock: Clock) -> None:
-        self._initial, self._max, self._clock = initial, maximum, clock
-        import random
-
-        self._rng = random.Random()
-
-    def __call__(self, retry_state: Any) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, BrokerUnavailable) and exc.retry_at is not None:
-            return min(60.0, max(0.0, exc.retry_at - self._clock.time()))
-        backoff = min(self._max, self._initial * 2 ** (retry_state.attempt_number - 1))
-        return float(self._rng.uniform(0, backoff))
-
-
-def _order(raw: Any) -> BrokerOrder:
-    def dec(v: Any) -> Decimal | None:
-        return None if v is None else Decimal(str(v))
-
-    return BrokerOrder(
-        view=BrokerView(
-            broker_order_id=str(raw.id), status=str(raw.status.value),
-            filled_qty=dec(raw.filled_qty) or Decimal(0), filled_avg_price=dec(raw.filled_avg_price),
-        ),
-        client_order_id=raw.client_order_id, symbol=str(raw.symbol), submitted_at=raw.submitted_at,
-    )
-
-
-class AlpacaClient:
-    def __init__(
-        self, *, key_id: str, secret_key: str, url: str, limiter: RateLimiter, clock: Clock,
-        metrics: Metrics, timeout: float = 10.0, max_retries: int = 3,
-        backoff_initial: float = 0.5, backoff_max: float = 8.0,
-    ) -> None:
-        from alpaca.trading.client import TradingClient
-
-        self._client = TradingClient(key_id, secret_key, paper=True, url_override=url)
-        self._client._retry = 0  # no sleeping retries inside the SDK
-        self._client._retry_codes = []
-        self._client._session = _TimeoutSession(timeout, pool=THREADS)
-        self._limiter = limiter
-        self._clock = clock
-        self._metrics = metrics
-        self._retries = max_retries
-        self._wait = _WaitForReset(backoff_initial, backoff_max, clock)
-        self._threads = anyio.CapacityLimiter(THREADS)
-        self.consecutive_failures = 0
-
-    # ------------------------------------------------------------- plumbing
-    async def _once(self, endpoint: str, fn: Callable[[], T], *, priority: bool = False) -> T:
-        waited = await self._limiter.acquire(priority=priority)
-        self._metrics.limiter_wait.observe(waited)
-        self._metrics.limiter_remaining.set(self._limiter.remaining())
-        start = time.monotonic()
-        status = "error"
-        try:
-            result = await anyio.to_thread.run_sync(fn, limiter=self._threads)
-            status = "ok"
-            self.consecutive_failures = 0
-            return result
-        except Exception as e:
-            mapped = _map(e)
-            status = getattr(mapped, "status", None) or type(mapped).__name__
-            if isinstance(mapped, BrokerUnavailable | BrokerAmbiguous):
-                self.consecutive_failures += 1
-            raise mapped from e
-        finally:
-            self._metrics.broker_requests.labels(endpoint, str(status)).inc()
-            self._metrics.broker_latency.labels(endpoint).observe(time.monotonic() - start)
-
-    async def _retrying(self, endpoint: str, fn: Callable[[], T], *, priority: bool = False) -> T:
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self._retries + 1),
-            wait=self._wait,
-            retry=retry_if_exception_type(BrokerUnavailable),
-            sleep=self._clock.sleep,
-            reraise=True,
-        ):
-            with attempt:
-                return await self._once(endpoint, fn, priority=priority)
-        raise AssertionError("unreachable")
-
-    # --------------------------------------------------------------- the port
-    async def submit_order(self, spec: OrderSpec) -> BrokerOrder:
-        body: dict[str, Any] = {
-            "symbol": spec.symbol, "qty": plain(spec.qty), "side": spec.side, "type": spec.type,
-            "time_in_force": spec.time_in_force, "client_order_id": spec.client_order_id,
-        }
-        if spec.limit_price is not None:
-            body["limit_price"] = plain(spec.limit_price)
-        # 429 is the only answer that proves the order was not taken: retry that alone.
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self._retries + 1), wait=self._wait,
-            retry=retry_if_exception_type(_RateLimited), sleep=self._clock.sleep, reraise=True,
-        ):
-            with attempt:
-                try:
-                    raw = await self._once("submit_order", lambda: self._client.post("/orders", body))
-                except BrokerUnavailable as e:
-                    if e.retry_at is not None:
-                        raise _RateLimited(str(e), retry_at=e.retry_at) from e
-                    raise BrokerAmbiguous(f"submit outcome unknown: {e}") from e
-        from alpaca.trading.models import Order
-
-        return _order(Order(**cast(dict[str, Any], raw)))
-
-    async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
-        try:
-            raw = await self._retrying(
-                "get_order_by_client_id",
-                lambda: self._client.get_order_by_client_id(client_order_id),
-            )
-        except BrokerRejected as e:
-            if e.status == 404:
-                return None
-            raise
-        return _order(raw)
-
-    async def list_open_orders(self) -> Sequence[BrokerOrder]:
-        from alpaca.common.enums import Sort
-        from alpaca.trading.enums import QueryOrderStatus
-        from alpaca.trading.requests import GetOrdersRequest
-
-        out: list[BrokerOrder] = []
-        after = None
-        while True:
-            req = GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=PAGE, direction=Sort.ASC,
-                                   after=after)
-            page = cast(
-                list[Any], await self._retrying("list_orders", partial(self._client.get_orders, req))
-            )
-            out.extend(_order(o) for o in page)
-            if len(page) < PAGE:
-                return out
-            after = page[-1].submitted_at
-
-    async def cancel_order(self, broker_order_id: str) -> None:
-        await self._retrying(
-            "cancel_order", lambda: self._client.cancel_order_by_id(broker_order_id),
-            priority=True,
-        )
-
-    async def positions(self) -> Sequence[BrokerPosition]:
-        raw = cast(list[Any], await self._retrying("positions", self._client.get_all_positions))
-        return [
-            BrokerPosition(
-                symbol=p.symbol, qty=Decimal(p.qty),
-                current_price=None if p.current_price is None else Decimal(p.current_price),
-            )
-            for p in raw
-        ]
+    `TradingClient`'s constructor exposes neither, and `RESTClient` ignores
+    `retry_attempts=0`: these are the only private attributes of a third-party library
+    execd sets, here alone. tests/test_alpaca_adapter.py pins them to SDK_VERSION."""
+    client._retry = 0
+    client._retry_codes = []
+    if session is not None:
+        client._session = session
 
 
 class _RateLimited(BrokerUnavailable):
-    pass
+    """429: the request was not taken; wait for the reset and try again."""
 
 
-def _map(e: Exception) -> Exception:
-    """Vendor exceptions to ours, at the boundary."""
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """One row of the error table: when it applies, and what it becomes."""
+
+    applies: Callable[[int | None, str], bool]
+    make: Callable[[str, int | None, int | None, float | None], BrokerError]
+
+
+# Alpaca's answers (status, message) to our errors, first match wins. Transport errors
+# (no answer) are BrokerUnavailable; anything else is a bug and is not caught here.
+_ERRORS: tuple[_Rule, ...] = (
+    _Rule(lambda status, _: status == 429,
+          lambda m, s, c, reset: _RateLimited(f"rate limited: {m}", retry_at=reset, status=s)),
+    _Rule(lambda status, _: status is None or status >= 500,
+          lambda m, s, c, _: BrokerUnavailable(f"broker error {s}: {m}", status=s)),
+    _Rule(lambda _, message: "client_order_id must be unique" in message,
+          lambda m, s, c, _: DuplicateOrderId(m, status=s, code=c)),
+    _Rule(lambda _, __: True, lambda m, s, c, _: BrokerRejected(m, status=s, code=c)),
+)
+
+
+def _map(e: Exception, now: float) -> BrokerError | None:
+    """A vendor exception as ours (None: not the broker's; let it through)."""
     from alpaca.common.exceptions import APIError
 
-    if isinstance(e, APIError):
-        status = e.status_code
-        message = _message(e)
-        if status == 429:
-            reset = None
-            if e.response is not None:
-                try:
-                    reset = float(e.response.headers.get("X-Ratelimit-Reset", ""))
-                except ValueError:
-                    reset = None
-            return BrokerUnavailable(f"rate limited: {message}", retry_at=reset or time.time() + 1)
-        if status is None or status >= 500:
-            return BrokerUnavailable(f"broker error {status}: {message}", status=status)
-        if "client_order_id must be unique" in message:
-            return DuplicateOrderId(message, status=status, code=_code(e))
-        return BrokerRejected(message, status=status, code=_code(e))
     if isinstance(e, requests.RequestException):
         return BrokerUnavailable(f"transport error: {type(e).__name__}")
-    return e
+    if not isinstance(e, APIError):
+        return None
+    status, message, code = e.status_code, _message(e), _code(e)
+    reset: float | None = None
+    if status == 429:
+        try:
+            reset = float(e.response.headers.get("X-Ratelimit-Reset", "")) if e.response else None
+        except ValueError:
+            reset = None
+        reset = reset or now + 1
+    rule = next(r for r in _ERRORS if r.applies(status, message))
+    return rule.make(message, status, code, reset)
 
 
 def _message(e: Any) -> str:
@@ -253,3 +137,150 @@ def _code(e: Any) -> int | None:
         return int(e.code)
     except Exception:
         return None
+
+
+class _WaitForReset(wait_base):
+    """Exponential backoff with full jitter; a 429 waits for the broker's reset instead."""
+
+    def __init__(self, initial: float, maximum: float, clock: Clock) -> None:
+        self._initial, self._max, self._clock = initial, maximum, clock
+        self._rng = random.Random()
+
+    def __call__(self, retry_state: Any) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, BrokerUnavailable) and exc.retry_at is not None:
+            return min(60.0, max(0.0, exc.retry_at - self._clock.time()))
+        backoff = min(self._max, self._initial * 2 ** (retry_state.attempt_number - 1))
+        return float(self._rng.uniform(0, backoff))
+
+
+def _dec(v: Any) -> Decimal | None:
+    return None if v is None or v == "" else Decimal(str(v))
+
+
+def _time(v: str) -> datetime:
+    return datetime.fromisoformat(v.replace("Z", "+00:00"))
+
+
+def order_from(raw: dict[str, Any]) -> BrokerOrder:
+    """Alpaca's order JSON (REST or stream) as ours, decimals exact."""
+    return BrokerOrder(
+        view=BrokerView(
+            broker_order_id=str(raw["id"]), status=str(raw["status"]),
+            filled_qty=_dec(raw.get("filled_qty")) or Decimal(0),
+            filled_avg_price=_dec(raw.get("filled_avg_price")),
+        ),
+        client_order_id=str(raw["client_order_id"]), symbol=str(raw["symbol"]),
+        submitted_at=_time(str(raw.get("submitted_at") or raw["created_at"])),
+    )
+
+
+class AlpacaClient:
+    def __init__(
+        self, *, key_id: str, secret_key: str, url: str, limiter: RateLimiter, clock: Clock,
+        metrics: Metrics, timeout: float = 10.0, max_retries: int = 3,
+        backoff_initial: float = 0.5, backoff_max: float = 8.0,
+    ) -> None:
+        from alpaca.trading.client import TradingClient
+
+        self._client = TradingClient(key_id, secret_key, paper=True, url_override=url)
+        without_sdk_retries(self._client, _TimeoutSession(timeout, pool=THREADS))
+        self._limiter = limiter
+        self._clock = clock
+        self._metrics = metrics
+        self._retries = max_retries
+        self._wait = _WaitForReset(backoff_initial, backoff_max, clock)
+        self._threads = anyio.CapacityLimiter(THREADS)
+
+    # ------------------------------------------------------------- plumbing
+    async def _once(self, endpoint: str, fn: Callable[[], T], *, priority: bool) -> T:
+        waited = await self._limiter.acquire(priority=priority)
+        self._metrics.limiter_wait.observe(waited)
+        self._metrics.limiter_remaining.set(self._limiter.remaining())
+        start = self._clock.monotonic()
+        status = "error"
+        try:
+            result = await anyio.to_thread.run_sync(fn, limiter=self._threads)
+            status = "ok"
+            return result
+        except Exception as e:
+            mapped = _map(e, self._clock.time())
+            if mapped is None:
+                raise
+            status = str(getattr(mapped, "status", None) or type(mapped).__name__)
+            raise mapped from e
+        finally:
+            self._metrics.broker_requests.labels(endpoint, status).inc()
+            self._metrics.broker_latency.labels(endpoint).observe(
+                self._clock.monotonic() - start)
+
+    async def _call(
+        self, endpoint: str, fn: Callable[[], T], *, priority: bool = False,
+        retry_on: type[BrokerError] = BrokerUnavailable,
+    ) -> T:
+        """One request through the limiter, retried on `retry_on` by the one policy."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(self._retries + 1), wait=self._wait,
+            retry=retry_if_exception_type(retry_on), sleep=self._clock.sleep, reraise=True,
+        ):
+            with attempt:
+                return await self._once(endpoint, fn, priority=priority)
+        raise AssertionError("unreachable")
+
+    # --------------------------------------------------------------- the port
+    async def submit_order(self, spec: OrderSpec) -> BrokerOrder:
+        body: dict[str, Any] = {
+            "symbol": spec.symbol, "qty": plain(spec.qty), "side": spec.side, "type": spec.type,
+            "time_in_force": spec.time_in_force, "client_order_id": spec.client_order_id,
+        }
+        if spec.limit_price is not None:
+            body["limit_price"] = plain(spec.limit_price)
+        try:
+            raw = await self._call("submit_order", lambda: self._client.post("/orders", body),
+                                   retry_on=_RateLimited)
+        except _RateLimited:
+            raise
+        except BrokerUnavailable as e:  # the request may have been taken: look it up
+            raise BrokerAmbiguous(f"submit outcome unknown: {e}") from e
+        return order_from(cast(dict[str, Any], raw))
+
+    async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        try:
+            raw = await self._call("get_order_by_client_id", lambda: self._client.get(
+                "/orders:by_client_order_id", {"client_order_id": client_order_id}))
+        except BrokerRejected as e:
+            if e.status == 404:
+                return None
+            raise
+        return order_from(cast(dict[str, Any], raw))
+
+    async def list_open_orders(self) -> Sequence[BrokerOrder]:
+        """Every open order, paged by submission time. `after` is exclusive, so each
+        page starts a microsecond before the last one's final order and overlaps it
+        (orders sharing that timestamp are not skipped); duplicates go by id. A page
+        with nothing new ends it (a full page of one timestamp cannot be paged past: the
+        poller looks up any of ours the list did not show)."""
+        out: dict[str, BrokerOrder] = {}
+        after: datetime | None = None
+        while True:
+            params: dict[str, Any] = {"status": "open", "limit": PAGE, "direction": "asc"}
+            if after is not None:
+                params["after"] = after.isoformat()
+            page = await self._call("list_orders", partial(self._client.get, "/orders", params))
+            orders = [order_from(o) for o in page]
+            new = [o for o in orders if o.view.broker_order_id not in out]
+            out.update((o.view.broker_order_id, o) for o in new)
+            if len(orders) < PAGE or not new:
+                return list(out.values())
+            after = max(o.submitted_at for o in orders) - timedelta(microseconds=1)
+
+    async def cancel_order(self, broker_order_id: str) -> None:
+        await self._call("cancel_order",
+                         lambda: self._client.delete(f"/orders/{broker_order_id}"),
+                         priority=True)
+
+    async def positions(self) -> Sequence[BrokerPosition]:
+        raw = await self._call("positions", lambda: self._client.get("/positions"))
+        return [BrokerPosition(symbol=str(p["symbol"]), qty=Decimal(str(p["qty"])),
+                               current_price=_dec(p.get("current_price")))
+                for p in raw]

@@ -5,12 +5,16 @@ A refusal is a value (`Denial`) with a machine code and a human reason, never an
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from execd.domain.decimals import show
-from execd.domain.orders import OrderSpec
+from execd.domain.orders import Fill, Order, OrderSpec
+from execd.domain.positions import Position
 
 
 class TradingState(StrEnum):
@@ -49,22 +53,81 @@ class Exposure:
 
 @dataclass(slots=True, kw_only=True)
 class RiskContext:
+    """What the risk gate knows, in memory: built from the store (`rebuild`) and kept
+    current from the order book's committed changes (`apply`, `set_prices`) and the
+    gate's own admissions (`admit`). Equal to a rebuild at every moment."""
+
     trading: TradingStatus
     exposure: dict[str, Exposure] = field(default_factory=dict)
     open_orders: int = 0
     orders_last_minute: dict[str, int] = field(default_factory=dict)  # by strategy
     prices: dict[str, Decimal] = field(default_factory=dict)
+    recent: deque[tuple[float, str]] = field(default_factory=deque)  # (created_at, strategy)
 
-    def admit(self, spec: OrderSpec) -> None:
+    @classmethod
+    def rebuild(
+        cls, *, trading: TradingStatus, positions: Iterable[Position],
+        open_orders: Iterable[Order], recent: Iterable[tuple[float, str]],
+    ) -> RiskContext:
+        ctx = cls(trading=trading)
+        for p in positions:
+            ctx.exposure[p.symbol] = Exposure(position=p.qty)
+            if p.last_price is not None:
+                ctx.prices[p.symbol] = p.last_price
+        for o in open_orders:
+            ctx._count(o, +1)
+        for at, sid in recent:
+            ctx._recent(at, sid)
+        return ctx
+
+    def admit(self, order: Order) -> None:
         """Count an accepted order, so the next check in the same batch sees it."""
-        e = self.exposure.setdefault(spec.symbol, Exposure())
-        if spec.side == "buy":
-            e.open_buys += spec.qty
+        self._count(order, +1)
+        self._recent(order.created_at, order.spec.strategy_id)
+
+    def apply(self, before: Order, after: Order, fill: Fill | None) -> None:
+        """A change the order book committed."""
+        self._count(before, -1)
+        self._count(after, +1)
+        if fill is not None:
+            e = self.exposure.setdefault(fill.symbol, Exposure())
+            e.position += fill.signed_qty
+            self.prices[fill.symbol] = fill.price  # a position's last price is its last fill
+
+    def set_prices(self, prices: dict[str, Decimal]) -> None:
+        self.prices.update(prices)
+
+    def expire(self, now: float) -> None:
+        """Forget orders older than a minute for max_orders_per_minute."""
+        while self.recent and self.recent[0][0] < now - 60:
+            _, sid = self.recent.popleft()
+            n = self.orders_last_minute[sid] - 1
+            if n:
+                self.orders_last_minute[sid] = n
+            else:
+                del self.orders_last_minute[sid]
+
+    def _count(self, order: Order, sign: int) -> None:
+        if not order.is_open:
+            return
+        e = self.exposure.setdefault(order.spec.symbol, Exposure())
+        if order.spec.side == "buy":
+            e.open_buys += sign * order.remaining
         else:
-            e.open_sells += spec.qty
-        self.open_orders += 1
-        n = self.orders_last_minute.get(spec.strategy_id, 0)
-        self.orders_last_minute[spec.strategy_id] = n + 1
+            e.open_sells += sign * order.remaining
+        self.open_orders += sign
+
+    def _recent(self, at: float, strategy_id: str) -> None:
+        self.recent.append((at, strategy_id))
+        self.orders_last_minute[strategy_id] = self.orders_last_minute.get(strategy_id, 0) + 1
+
+    def summary(self) -> tuple[Any, ...]:
+        """Everything the checks read, with empty entries dropped: for comparing a context
+        kept current against a rebuild."""
+        exposure = {s: (e.position, e.open_buys, e.open_sells) for s, e in self.exposure.items()
+                    if e.position or e.open_buys or e.open_sells}
+        return (self.trading, exposure, self.open_orders, dict(self.orders_last_minute),
+                dict(self.prices))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -20,7 +20,9 @@ from execd.domain.orders import OPEN_STATES, Fill, Order, OrderSpec, OrderState,
 from execd.domain.positions import Position, apply_fill
 from execd.domain.risk import TradingState, TradingStatus
 from execd.files import private_dir, private_file
-from execd.store.db import Db, Row, open_db
+from execd.store.db import Db, Row
+
+T = TypeVar("T")
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -110,11 +112,12 @@ class StoreError(Exception):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RiskSnapshot:
-    known: dict[str, Order]  # the batch's client_order_ids we already hold
+    """What the risk gate rebuilds its context from (read in one hop)."""
+
     positions: dict[str, Position]
     open_orders: list[Order]
     trading: TradingStatus
-    orders_last_minute: dict[str, int]
+    recent: list[tuple[float, str]]  # (created_at, strategy_id) of the last minute's orders
 
 
 def _move_positions(conn: sqlite3.Connection, fills: Sequence[Fill]) -> None:
@@ -169,11 +172,49 @@ def _order_from(row: Row) -> Order:
     )
 
 
+_SELECT = f"SELECT {_ORDER_COLUMNS} FROM orders"
+_OPEN = ("WHERE state IN (" + ",".join(f"'{s.value}'" for s in sorted(OPEN_STATES)) + ")")
+
+
+def _positions(conn: sqlite3.Connection) -> dict[str, Position]:
+    return {s: Position(symbol=s, qty=Decimal(q), cost_basis=Decimal(c), last_price=_dec(p))
+            for s, q, c, p in conn.execute(
+                "SELECT symbol, qty, cost_basis, last_price FROM positions")}
+
+
+def _trading(conn: sqlite3.Connection) -> TradingStatus:
+    rows = conn.execute("SELECT state, reason, since FROM trading_state").fetchall()
+    if not rows:
+        return TradingStatus()
+    state, reason, since = rows[0]
+    return TradingStatus(state=TradingState(state), reason=reason, since=since)
+
+
+def _in(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, Order]:
+    """The orders with these client_order_ids, in chunks under SQLite's variable limit."""
+    wanted = list(ids)
+    out: dict[str, Order] = {}
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i:i + 500]
+        rows = conn.execute(f"{_SELECT} WHERE client_order_id IN ({','.join('?' * len(chunk))})",
+                            chunk).fetchall()
+        out.update((o.client_order_id, o) for o in map(_order_from, rows))
+    return out
+
+
+def _insert(conn: sqlite3.Connection, orders: Sequence[Order]) -> None:
+    conn.executemany(f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ({','.join('?' * 16)})",
+                     [_order_row(o) for o in orders])
+    conn.executemany(_INSERT_EVENT, [(o.client_order_id, "ACCEPTED", o.state.value,
+                                      plain(o.filled_qty), None, o.created_at) for o in orders])
+
+
 class Store:
+    """The SQL, once. Every method is one trip to the database thread, and every write
+    one transaction (BEGIN IMMEDIATE ... COMMIT)."""
+
     def __init__(self, db: Db) -> None:
         self._db = db
-        # One connection: transactions must not interleave between tasks.
-        self._lock = anyio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -181,72 +222,59 @@ class Store:
         WAL and shared-memory files too (SQLite gives them the database's mode)."""
         private_dir(path.parent, "daemon.state_dir")
         await anyio.to_thread.run_sync(private_file, path)
-        store = cls(await open_db(path))
+        store = cls(await Db.open(path))
         try:
-            await store._migrate()
+            await store._db.run(_migrate)
         except BaseException:
-            await store.close()
+            with anyio.CancelScope(shield=True):
+                await store.close()
             raise
         return store
 
     async def close(self) -> None:
-        async with self._lock:
-            await self._db.close()
-
-    async def _migrate(self) -> None:
-        async with self._lock:
-            (version,), = await self._db.execute("PRAGMA user_version")
-            if version > len(MIGRATIONS):
-                raise StoreError(
-                    f"database schema version {version} is newer than this execd "
-                    f"({len(MIGRATIONS)}): upgrade execd"
-                )
-            for n, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                await self._db.execute("BEGIN IMMEDIATE")
-                for statement in script.split(";"):
-                    if statement.strip():
-                        await self._db.execute(statement)
-                await self._db.execute(f"PRAGMA user_version = {n}")
-                await self._db.execute("COMMIT")
+        await self._db.close()
 
     async def schema_version(self) -> int:
-        async with self._lock:
-            (version,), = await self._db.execute("PRAGMA user_version")
-            return int(version)
+        (version,), = await self._db.execute("PRAGMA user_version")
+        return int(version)
 
-    # ------------------------------------------------------------------ writes
-    async def insert_orders(self, orders: Sequence[Order]) -> None:
-        """Durably record new PENDING orders, all in one transaction (group commit)."""
-        if not orders:
-            return
-        rows = [_order_row(o) for o in orders]
-        events = [(o.client_order_id, "ACCEPTED", o.state.value, plain(o.filled_qty), None,
-                   o.created_at) for o in orders]
-
-        def tx(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ({','.join('?' * 16)})", rows)
-            conn.executemany(_INSERT_EVENT, events)
-
-        await self._transaction(tx)
-
-    async def _transaction(self, fn: Callable[[sqlite3.Connection], None]) -> None:
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn` inside BEGIN IMMEDIATE ... COMMIT, on the database thread in one hop."""
 
-        def run(conn: sqlite3.Connection) -> None:
+        def run(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                fn(conn)
+                result = fn(conn)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            return result
 
-        async with self._lock:
-            await self._db.run(run)
+        return await self._db.run(run)
 
-    async def apply(self, update: Update) -> None:
-        await self.apply_many([update])
+    # ------------------------------------------------------------------ writes
+    async def insert_orders(self, orders: Sequence[Order]) -> None:
+        """Durably record new PENDING orders, all in one transaction (group commit)."""
+        if orders:
+            await self._transaction(lambda conn: _insert(conn, orders))
+
+    async def commit_new(
+        self, client_order_ids: Collection[str],
+        decide: Callable[[dict[str, Order]], Sequence[Order]],
+    ) -> Sequence[Order]:
+        """The risk gate's batch in one hop and one transaction: read which of these
+        client_order_ids we already hold, let `decide` (pure, run on the database thread
+        while its caller waits) say which new orders to record, record them, commit."""
+        ids = list(client_order_ids)
+
+        def tx(conn: sqlite3.Connection) -> Sequence[Order]:
+            new = decide(_in(conn, ids))
+            if new:
+                _insert(conn, new)
+            return new
+
+        return await self._transaction(tx)
 
     async def apply_many(self, updates: Sequence[Update]) -> None:
         """Orders' new versions, their events, and their fills with the positions they
@@ -278,79 +306,45 @@ class Store:
 
         await self._transaction(tx)
 
-    async def risk_snapshot(
-        self, client_order_ids: Collection[str], since: float
-    ) -> RiskSnapshot:
-        """Everything the risk gate needs for one batch, read in one hop."""
-        ids = list(client_order_ids)
-
-        def read(conn: sqlite3.Connection) -> RiskSnapshot:
-            known: dict[str, Order] = {}
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                rows = conn.execute(
-                    f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client_order_id IN "
-                    f"({','.join('?' * len(chunk))})", chunk).fetchall()
-                known.update((o.client_order_id, o) for o in map(_order_from, rows))
-            state = conn.execute("SELECT state, reason, since FROM trading_state").fetchall()
-            return RiskSnapshot(
-                known=known,
-                positions={s: Position(symbol=s, qty=Decimal(q), cost_basis=Decimal(c),
-                                       last_price=_dec(p)) for s, q, c, p in conn.execute(
-                    "SELECT symbol, qty, cost_basis, last_price FROM positions")},
-                open_orders=[_order_from(r) for r in conn.execute(
-                    f"SELECT {_ORDER_COLUMNS} FROM orders WHERE state IN (?, ?, ?) "
-                    "ORDER BY created_at", [st.value for st in sorted(OPEN_STATES)])],
-                trading=TradingStatus(state=TradingState(state[0][0]), reason=state[0][1],
-                                      since=state[0][2]) if state else TradingStatus(),
-                orders_last_minute={sid: int(n) for sid, n in conn.execute(
-                    "SELECT strategy_id, count(*) FROM orders WHERE created_at >= ? "
-                    "GROUP BY strategy_id", (since,))},
-            )
-
-        async with self._lock:
-            return await self._db.run(read)
+    async def apply(self, update: Update) -> None:
+        await self.apply_many([update])
 
     async def set_prices(self, prices: dict[str, Decimal]) -> None:
         """Fresh prices (the broker's position marks) for the notional check."""
-        async with self._lock:
-            await self._db.executemany(
-                "INSERT INTO positions (symbol, qty, cost_basis, last_price) VALUES (?, '0', "
-                "'0', ?) ON CONFLICT(symbol) DO UPDATE SET last_price=excluded.last_price",
-                [(s, plain(p)) for s, p in prices.items()],
-            )
+        rows = [(s, plain(p)) for s, p in prices.items()]
+        await self._transaction(lambda conn: conn.executemany(
+            "INSERT INTO positions (symbol, qty, cost_basis, last_price) VALUES (?, '0', "
+            "'0', ?) ON CONFLICT(symbol) DO UPDATE SET last_price=excluded.last_price", rows))
 
     async def set_trading_status(self, status: TradingStatus) -> None:
-        async with self._lock:
-            await self._db.execute(
-                "INSERT INTO trading_state (id, state, reason, since) VALUES (1, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET state=excluded.state, reason=excluded.reason, "
-                "since=excluded.since",
-                (status.state.value, status.reason, status.since),
-            )
+        row = (status.state.value, status.reason, status.since)
+        await self._transaction(lambda conn: conn.execute(
+            "INSERT INTO trading_state (id, state, reason, since) VALUES (1, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, reason=excluded.reason, "
+            "since=excluded.since", row))
 
     # ------------------------------------------------------------------- reads
-    async def get_order(self, client_order_id: str) -> Order | None:
-        async with self._lock:
-            rows = await self._db.execute(
-                f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client_order_id=?",
-                (client_order_id,),
+    async def risk_snapshot(self, since: float) -> RiskSnapshot:
+        """Everything the risk gate rebuilds its context from, in one hop."""
+
+        def read(conn: sqlite3.Connection) -> RiskSnapshot:
+            return RiskSnapshot(
+                positions=_positions(conn),
+                open_orders=[_order_from(r) for r in conn.execute(
+                    f"{_SELECT} {_OPEN} ORDER BY created_at")],
+                trading=_trading(conn),
+                recent=[(at, sid) for sid, at in conn.execute(
+                    "SELECT strategy_id, created_at FROM orders WHERE created_at >= ? "
+                    "ORDER BY created_at", (since,))],
             )
-        return _order_from(rows[0]) if rows else None
+
+        return await self._db.run(read)
+
+    async def get_order(self, client_order_id: str) -> Order | None:
+        return (await self.get_orders([client_order_id])).get(client_order_id)
 
     async def get_orders(self, client_order_ids: Collection[str]) -> dict[str, Order]:
-        """Many orders in one query (the risk gate's idempotency check for a batch)."""
-        ids = list(client_order_ids)
-        out: dict[str, Order] = {}
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            async with self._lock:
-                rows = await self._db.execute(
-                    f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client_order_id IN "
-                    f"({','.join('?' * len(chunk))})", chunk,
-                )
-            out.update((o.client_order_id, o) for o in map(_order_from, rows))
-        return out
+        return await self._db.run(lambda conn: _in(conn, client_order_ids))
 
     async def list_orders(
         self, *, strategy_id: str | None = None,
@@ -368,65 +362,55 @@ class Store:
         if states is not None:
             where.append(f"state IN ({','.join('?' * len(states))})")
             params.extend(s.value for s in states)
-        sql = f"SELECT {_ORDER_COLUMNS} FROM orders"
+        sql = _SELECT
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
         params.append(limit)
-        async with self._lock:
-            rows = await self._db.execute(sql, params)
-        return [_order_from(r) for r in rows]
+        return [_order_from(r) for r in await self._db.execute(sql, params)]
 
     async def open_orders(self) -> list[Order]:
-        async with self._lock:
-            rows = await self._db.execute(
-                f"SELECT {_ORDER_COLUMNS} FROM orders WHERE state IN (?, ?, ?) "
-                "ORDER BY created_at",
-                [s.value for s in sorted(OPEN_STATES)],
-            )
-        return [_order_from(r) for r in rows]
+        return [_order_from(r) for r in await self._db.execute(
+            f"{_SELECT} {_OPEN} ORDER BY created_at")]
 
     async def positions(self) -> dict[str, Position]:
-        async with self._lock:
-            rows = await self._db.execute(
-                "SELECT symbol, qty, cost_basis, last_price FROM positions"
-            )
-        return {
-            s: Position(symbol=s, qty=Decimal(q), cost_basis=Decimal(c), last_price=_dec(p))
-            for s, q, c, p in rows
-        }
+        return await self._db.run(_positions)
 
     async def trading_status(self) -> TradingStatus:
-        async with self._lock:
-            rows = await self._db.execute("SELECT state, reason, since FROM trading_state")
-        if not rows:
-            return TradingStatus()
-        state, reason, since = rows[0]
-        return TradingStatus(state=TradingState(state), reason=reason, since=since)
-
-    async def orders_per_strategy_since(self, since: float) -> dict[str, int]:
-        async with self._lock:
-            rows = await self._db.execute(
-                "SELECT strategy_id, count(*) FROM orders WHERE created_at >= ? "
-                "GROUP BY strategy_id",
-                (since,),
-            )
-        return {s: int(n) for s, n in rows}
+        return await self._db.run(_trading)
 
     async def count_by_state(self) -> dict[str, int]:
-        async with self._lock:
-            rows = await self._db.execute("SELECT state, count(*) FROM orders GROUP BY state")
+        rows = await self._db.execute("SELECT state, count(*) FROM orders GROUP BY state")
         return {s: int(n) for s, n in rows}
 
     async def events(self, client_order_id: str) -> list[dict[str, Any]]:
-        async with self._lock:
-            rows = await self._db.execute(
-                "SELECT event, state, filled_qty, detail, at FROM order_events "
-                "WHERE client_order_id=? ORDER BY id",
-                (client_order_id,),
-            )
+        rows = await self._db.execute(
+            "SELECT event, state, filled_qty, detail, at FROM order_events "
+            "WHERE client_order_id=? ORDER BY id",
+            (client_order_id,),
+        )
         return [
             {"event": e, "state": s, "filled_qty": q,
              "detail": None if d is None else json.loads(d), "at": at}
             for e, s, q, d, at in rows
         ]
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    (version,), = conn.execute("PRAGMA user_version").fetchall()
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"database schema version {version} is newer than this execd "
+            f"({len(MIGRATIONS)}): upgrade execd"
+        )
+    for n, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {n}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")

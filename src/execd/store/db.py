@@ -1,25 +1,27 @@
-"""The Db port (a SQLite connection, async) and its two adapters.
+"""The Db port: one SQLite connection, driven from one worker thread at a time.
 
-aiosqlite needs asyncio, so trio gets `ThreadDb`: sqlite3 driven from one worker
-thread at a time (a CapacityLimiter of 1), the same shape as aiosqlite's own thread.
+One adapter for both anyio backends. aiosqlite (asyncio only) has no public call that
+runs several statements in one trip to its thread: its public API costs three trips
+for a read (execute, fetchall, close) and one per statement for a write, where this
+adapter needs one per transaction. See docs/design.md for the measurement.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import anyio
-import sniffio
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
 
 # WAL with synchronous=FULL: a commit returns only once the WAL is on disk, so an
 # acknowledged order survives a power cut, not just a crash of the process (NORMAL
-# would). Group commit in the risk gate pays for the fsync once per batch.
+# would). Group commit in the risk gate and the order book pays for the fsync once
+# per batch.
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
@@ -28,82 +30,35 @@ PRAGMAS = (
 )
 
 
-class Db(Protocol):
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+class Db:
+    """`run(fn)` calls `fn(connection)` on the database thread: one hop, any number of
+    statements. Calls are serialised (a CapacityLimiter of 1): one connection, one
+    thread at a time, as sqlite3 requires."""
 
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """`fn(connection)` on the database thread: many statements, one hop."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class AiosqliteDb:
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    @classmethod
-    async def open(cls, path: Path) -> AiosqliteDb:
-        import aiosqlite
-
-        conn = await aiosqlite.connect(str(path), isolation_level=None)
-        db = cls(conn)
-        for pragma in PRAGMAS:
-            await db.execute(pragma)
-        return db
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self._conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self._conn.executemany(sql, list(rows))
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        # aiosqlite has no public call for this; `_execute` is how its own methods run
-        # work on its thread, and `_conn` is its sqlite3 connection.
-        result: T = await self._conn._execute(fn, self._conn._conn)
-        return result
-
-    async def close(self) -> None:
-        await self._conn.close()
-
-
-class ThreadDb:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._one = anyio.CapacityLimiter(1)
 
     @classmethod
-    async def open(cls, path: Path) -> ThreadDb:
+    async def open(cls, path: Path) -> Db:
         def connect() -> sqlite3.Connection:
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            for pragma in PRAGMAS:
-                conn.execute(pragma)
+            try:
+                for pragma in PRAGMAS:
+                    conn.execute(pragma)
+            except BaseException:
+                conn.close()
+                raise
             return conn
 
         return cls(await anyio.to_thread.run_sync(connect))
 
-    async def _run(self, fn: Callable[[], T]) -> T:
-        return await anyio.to_thread.run_sync(fn, limiter=self._one)
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        return await anyio.to_thread.run_sync(lambda: fn(conn), limiter=self._one)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return await self._run(lambda: self._conn.execute(sql, params).fetchall())
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        batch = list(rows)
-        await self._run(lambda: self._conn.executemany(sql, batch))
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._run(lambda: fn(self._conn))
+        return await self.run(lambda conn: conn.execute(sql, params).fetchall())
 
     async def close(self) -> None:
-        await self._run(self._conn.close)
-
-
-async def open_db(path: Path) -> Db:
-    if sniffio.current_async_library() == "asyncio":
-        return await AiosqliteDb.open(path)
-    return await ThreadDb.open(path)
+        await self.run(lambda conn: conn.close())

@@ -1,0 +1,263 @@
+"""The ops: one table from op name to the fields it takes, whether it is an operator's
+op, and its handler. This table is the protocol's vocabulary (docs/protocol.md).
+
+A handler gets its connection (`Caller`) and the request's arguments, and returns the
+`result` object of the answer, or raises `ProtocolError` with the error's code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from execd import __version__, protocol
+from execd.domain.decimals import show, show_opt
+from execd.domain.orders import OPEN_STATES, Order, OrderState
+from execd.domain.risk import TradingState
+from execd.messages import (
+    CancelAll,
+    CancelDenied,
+    CancelOrder,
+    CancelResult,
+    OrderDenied,
+    Overloaded,
+    RiskCommand,
+    SetTradingState,
+    SubmitOrder,
+    SubmitResult,
+    SubmitterCommand,
+    TradingStateChanged,
+    ask,
+)
+from execd.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from execd.intake.connection import Connection as Caller
+
+Handler = Callable[["Caller", dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Op:
+    handler: Handler
+    fields: frozenset[str] = frozenset()
+    admin: bool = False  # only admins (access.py) may use it
+
+
+class Rejected(ProtocolError):
+    """The broker refused the order: the answer carries the order too."""
+
+    def __init__(self, order: dict[str, Any]) -> None:
+        super().__init__("broker_rejected", f"the broker rejected the order: {order['reason']}")
+        self.order = order
+
+
+# ---------------------------------------------------------------------- handlers
+async def op_ping(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    return {"version": __version__}
+
+
+async def op_submit(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    s = c.s
+    start = anyio.current_time()
+    spec, wait = protocol.submit_spec(args, s.clock.time())
+    owner = c.peer.uid if c.peer else None
+    # wait="submitted": the submitter answers here once the broker has answered
+    done_send, done_receive = anyio.create_memory_object_stream[Order](1)
+    with done_receive:
+        handed = done_send if wait == "submitted" else None
+        if handed is None:
+            done_send.close()
+
+        def command(reply: MemoryObjectSendStream[SubmitResult]) -> RiskCommand:
+            return SubmitOrder(spec=spec, reply=reply, owner_uid=owner, done=handed)
+
+        try:
+            result = await ask(s.risk, command)
+        except Overloaded:
+            done_send.close()  # the risk gate never saw it
+            raise
+        except anyio.EndOfStream:  # the risk gate closes `done` too
+            raise ProtocolError(
+                "internal", f"the risk gate failed on this order; query client_order_id "
+                f"{spec.client_order_id} to learn whether it was recorded",
+            ) from None
+        if isinstance(result, OrderDenied):
+            raise ProtocolError(result.code, result.reason)
+        order = result.order
+        if wait == "submitted" and order.state == OrderState.PENDING:
+            if result.existing:  # a safe retry: nothing new was sent; watch the first
+                order = await _until_sent(c, order)
+            else:
+                with anyio.move_on_after(s.limits.submit_timeout):
+                    try:
+                        order = await done_receive.receive()
+                    except anyio.EndOfStream:  # the submitter went away: how it stands
+                        order = await s.book.get(order.client_order_id) or order
+    s.metrics.ack_latency.labels(wait).observe(anyio.current_time() - start)
+    if order.state == OrderState.REJECTED and wait == "submitted":
+        raise Rejected(order.to_json())
+    return {"order": order.to_json(), "existing": result.existing}
+
+
+async def _until_sent(c: Caller, order: Order) -> Order:
+    """The order once it has left PENDING, or as it is after submit_timeout."""
+    cid = order.client_order_id
+    async with c.s.hub.subscribe(client_order_id=cid, buffer=16) as updates:
+        order = await c.s.book.get(cid) or order  # it may have moved before we listened
+        with anyio.move_on_after(c.s.limits.submit_timeout):
+            while order.state == OrderState.PENDING:
+                order = await updates.receive()
+    return order
+
+
+async def op_cancel(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    cid = protocol.client_order_id(args)
+    assert cid is not None
+    await _own(c, cid)
+
+    def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
+        return CancelOrder(client_order_id=cid, reply=reply)
+
+    return {"order": (await _ask_submitter(c, command))[0]}
+
+
+async def op_cancel_all(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    sid = protocol.strategy_id(args, required=False)
+    if sid is None and not c.grant.admin:
+        raise _operator_only("cancel_all of every strategy")
+    owner = c.grant.only_owner
+
+    def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
+        return CancelAll(strategy_id=sid, reply=reply, owner_uid=owner)
+
+    orders = await _ask_submitter(c, command)
+    cancelled = [o for o in orders if o["state"] == OrderState.CANCELLED.value]
+    return {"count": len(cancelled), "orders": orders}
+
+
+async def _ask_submitter(
+    c: Caller, make: Callable[[MemoryObjectSendStream[CancelResult]], SubmitterCommand]
+) -> list[dict[str, Any]]:
+    with anyio.move_on_after(c.s.limits.submit_timeout * 3):
+        try:
+            result = await ask(c.s.submitter, make)
+        except anyio.EndOfStream:
+            raise ProtocolError("internal", "the submitter failed; retry") from None
+        if isinstance(result, CancelDenied):
+            raise ProtocolError(result.code, result.reason)
+        return [o.to_json() for o in result.orders]
+    raise ProtocolError("internal", "the broker did not answer in time; the cancel "
+                                    "is still being attempted; query the order")
+
+
+async def op_order(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    cid = protocol.client_order_id(args)
+    assert cid is not None
+    order = await _own(c, cid)
+    return {"order": order.to_json(), "events": await c.s.book.store.events(cid)}
+
+
+async def _own(c: Caller, cid: str) -> Order:
+    """The order, if this peer may see it (others' orders look absent)."""
+    order = await c.s.book.get(cid)
+    only = c.grant.only_owner
+    if order is None or (only is not None and order.owner_uid != only):
+        raise ProtocolError("not_found", f"no order with client_order_id {cid}")
+    return order
+
+
+async def op_orders(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    sid, states, limit = protocol.orders_filter(args)
+    orders = await c.s.book.store.list_orders(strategy_id=sid, states=states, limit=limit,
+                                              owner_uid=c.grant.only_owner)
+    return {"orders": [o.to_json() for o in orders]}
+
+
+async def op_positions(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    positions = await c.s.book.store.positions()
+    return {"positions": [
+        {"symbol": p.symbol, "qty": show(p.qty), "avg_entry_price": show_opt(p.avg_entry_price),
+         "last_price": show_opt(p.last_price)}
+        for p in sorted(positions.values(), key=lambda p: p.symbol) if p.qty
+    ]}
+
+
+async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    s = c.s
+    trading = await s.book.store.trading_status()
+    counts = await s.book.store.count_by_state()
+    h = s.health
+    return {
+        "version": __version__,
+        "trading": {"state": trading.state.value, "reason": trading.reason,
+                    "since": trading.since},
+        "actors": s.actors(),
+        "limiter": {"remaining": s.limiter.remaining()},
+        "last_poll": h.last_poll, "last_poll_error": h.last_poll_error,
+        "last_reconcile": h.last_reconcile, "last_reconcile_result": h.last_reconcile_result,
+        "broker_orders_unknown": h.broker_orders_unknown,
+        "orders": counts,
+        "open_orders": sum(counts.get(st.value, 0) for st in OPEN_STATES),
+        "subscribers": s.hub.subscribers,
+    }
+
+
+async def _set_state(c: Caller, state: TradingState, reason: str) -> dict[str, Any]:
+    def command(reply: MemoryObjectSendStream[TradingStateChanged]) -> RiskCommand:
+        return SetTradingState(state=state, reason=reason, reply=reply)
+
+    st = (await ask(c.s.risk, command)).status
+    return {"trading": {"state": st.state.value, "reason": st.reason, "since": st.since}}
+
+
+async def op_halt(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    return await _set_state(c, TradingState.HALTED, protocol.reason(args))
+
+
+async def op_resume(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    state = args.get("state", "ACTIVE")
+    if state not in ("ACTIVE", "REDUCING"):
+        raise protocol.invalid('state must be "ACTIVE" or "REDUCING"')
+    return await _set_state(c, TradingState(state), protocol.reason(args))
+
+
+async def op_subscribe(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    sid = protocol.strategy_id(args, required=False)
+    await c.subscribe(sid)
+    return {"subscribed": True, "strategy_id": sid}
+
+
+def _operator_only(what: str) -> ProtocolError:
+    return ProtocolError("unauthorized", f"{what} is an operator command (an admin: root, "
+                         "the daemon's user, access.admin_uids or access.admin_gids)")
+
+
+OPS: dict[str, Op] = {
+    "ping": Op(handler=op_ping),
+    "submit": Op(handler=op_submit, fields=frozenset({
+        "strategy_id", "symbol", "side", "qty", "type", "limit_price", "time_in_force",
+        "client_order_id", "wait"})),
+    "cancel": Op(handler=op_cancel, fields=frozenset({"client_order_id"})),
+    # account-wide (no strategy_id) is an operator's; checked in the handler
+    "cancel_all": Op(handler=op_cancel_all, fields=frozenset({"strategy_id"})),
+    "order": Op(handler=op_order, fields=frozenset({"client_order_id"})),
+    "orders": Op(handler=op_orders, fields=frozenset({"strategy_id", "state", "open", "limit"})),
+    "positions": Op(handler=op_positions),
+    "status": Op(handler=op_status),
+    "subscribe": Op(handler=op_subscribe, fields=frozenset({"strategy_id"})),
+    "halt": Op(handler=op_halt, fields=frozenset({"reason"}), admin=True),
+    "resume": Op(handler=op_resume, fields=frozenset({"state", "reason"}), admin=True),
+}
+FIELDS: dict[str, frozenset[str]] = {name: op.fields for name, op in OPS.items()}
+
+
+async def handle(c: Caller, req: protocol.Request) -> dict[str, Any]:
+    op = OPS[req.op]
+    if not c.grant.permits(op.admin):
+        raise _operator_only(req.op)
+    return await op.handler(c, req.args)

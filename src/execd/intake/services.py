@@ -1,0 +1,46 @@
+"""What the intake's connections use of the rest of the daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from anyio.streams.memory import MemoryObjectSendStream
+
+from execd.book import EventHub, OrderBook
+from execd.clock import Clock
+from execd.config import AccessConfig
+from execd.health import Health
+from execd.limiter import RateLimiter
+from execd.messages import RiskCommand, SubmitterCommand
+from execd.obs.metrics import Metrics
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """The intake's own limits ([daemon] in config.toml)."""
+
+    max_connections: int = 256
+    admin_connections: int = 4  # of those, kept free for admins (an operator gets in)
+    max_connections_per_uid: int = 64
+    max_line: int = 65536
+    line_timeout: float = 10.0  # a line begun must end within this
+    write_timeout: float = 10.0  # a client that does not read its answers is cut
+    idle_timeout: float = 60.0  # a connection with nothing to do is closed after this
+    submit_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Services:
+    risk: MemoryObjectSendStream[RiskCommand]
+    submitter: MemoryObjectSendStream[SubmitterCommand]
+    book: OrderBook
+    hub: EventHub
+    health: Health
+    limiter: RateLimiter
+    metrics: Metrics
+    clock: Clock
+    actors: Callable[[], dict[str, dict[str, Any]]]
+    limits: Limits = field(default_factory=Limits)
+    access: AccessConfig = field(default_factory=AccessConfig)

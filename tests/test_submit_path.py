@@ -1,0 +1,224 @@
+"""The submit path's guarantees, at the risk gate and the order book, on both backends:
+an answer only after the commit, one order per client_order_id even within a batch,
+terminal states final, and a risk context kept in memory that always equals a rebuild
+from the store."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from execd.book import EventHub, OrderBook
+from execd.clock import FakeClock
+from execd.domain.orders import BrokerView, OrderSpec, OrderState
+from execd.domain.risk import RiskContext, RiskLimits
+from execd.messages import (
+    OrderAccepted,
+    RiskCommand,
+    SendOrder,
+    SubmitOrder,
+    SubmitResult,
+    SubmitterCommand,
+)
+from execd.obs.metrics import Metrics
+from execd.risk import RiskGate
+from execd.store import Store
+
+
+@dataclass
+class Rig:
+    store: Store
+    book: OrderBook
+    gate: RiskGate
+    handed: MemoryObjectReceiveStream[SubmitterCommand]
+    clock: FakeClock
+
+
+@asynccontextmanager
+async def rig(path: Path, limits: RiskLimits | None = None) -> AsyncIterator[Rig]:
+    clock = FakeClock()
+    store = await Store.open(path)
+    book = OrderBook(store, EventHub(), Metrics(), clock)
+    await book.load()
+    send, receive = anyio.create_memory_object_stream[SubmitterCommand](10_000)
+    gate = RiskGate(submitter=send, book=book, limits=limits or RiskLimits(), clock=clock)
+    try:
+        with send, receive:
+            yield Rig(store=store, book=book, gate=gate, handed=receive, clock=clock)
+    finally:
+        gate.close()
+        await store.close()
+
+
+def order_spec(cid: str, side: str = "buy", qty: str = "10", symbol: str = "AAPL") -> OrderSpec:
+    return OrderSpec(client_order_id=cid, strategy_id="s", symbol=symbol, side=side,  # type: ignore[arg-type]
+                     qty=Decimal(qty))
+
+
+def submit(spec: OrderSpec) -> tuple[SubmitOrder, MemoryObjectReceiveStream[SubmitResult]]:
+    send, receive = anyio.create_memory_object_stream[SubmitResult](1)
+    return SubmitOrder(spec=spec, reply=send), receive
+
+
+async def test_two_identical_submits_in_one_batch_make_one_order(tmp_path: Path) -> None:
+    async with rig(tmp_path / "x.db") as r:
+        (first, a), (second, b) = submit(order_spec("twin")), submit(order_spec("twin"))
+        await r.gate.handle([first, second])
+        with a, b:
+            one, two = a.receive_nowait(), b.receive_nowait()
+        assert isinstance(one, OrderAccepted)
+        assert isinstance(two, OrderAccepted)
+        assert (one.existing, two.existing) == (False, True)
+        handed = r.handed.receive_nowait()
+        assert isinstance(handed, SendOrder)
+        assert handed.order.client_order_id == "twin"
+        with pytest.raises(anyio.WouldBlock):
+            r.handed.receive_nowait()  # the twin goes to the broker once
+        assert len(await r.store.list_orders()) == 1
+
+
+async def test_accepted_is_never_answered_before_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path / "x.db") as r:
+        entered, release = anyio.Event(), anyio.Event()
+        commit = r.store.commit_new
+
+        async def held(ids: Any, decide: Any) -> Any:
+            entered.set()
+            await release.wait()
+            return await commit(ids, decide)
+
+        monkeypatch.setattr(r.store, "commit_new", held)
+        msg, answer = submit(order_spec("held"))
+        with answer:
+            async with anyio.create_task_group() as tg:
+                batch: list[RiskCommand] = [msg]
+                tg.start_soon(r.gate.handle, batch)
+                await entered.wait()
+                for _ in range(20):
+                    await anyio.lowlevel.checkpoint()
+                    with pytest.raises(anyio.WouldBlock):
+                        answer.receive_nowait()  # committing: no answer yet
+                release.set()
+                result = await answer.receive()
+                # at the moment the answer is read, another connection sees the order
+                other = sqlite3.connect(tmp_path / "x.db")
+                rows = other.execute("SELECT state FROM orders WHERE client_order_id='held'")
+                assert rows.fetchall() == [("PENDING",)]
+                other.close()
+        assert isinstance(result, OrderAccepted)
+
+
+@pytest.mark.parametrize("final", ["canceled", "filled"])
+async def test_a_fill_reported_after_a_terminal_state_changes_nothing(
+    tmp_path: Path, final: str
+) -> None:
+    async with rig(tmp_path / "x.db") as r:
+        msg, answer = submit(order_spec("t", qty="10"))
+        await r.gate.handle([msg])
+        answer.close()
+        filled = "10" if final == "filled" else "0"
+        done = await r.book.apply_view("t", BrokerView(
+            broker_order_id="b-1", status=final, filled_qty=Decimal(filled),
+            filled_avg_price=Decimal(100) if final == "filled" else None))
+        assert done is not None
+        assert done.state in (OrderState.FILLED, OrderState.CANCELLED)
+        positions = await r.store.positions()
+        events = await r.store.events("t")
+        late = await r.book.apply_view("t", BrokerView(
+            broker_order_id="b-1", status="filled", filled_qty=Decimal(12),
+            filled_avg_price=Decimal(90)))
+        assert late == done
+        assert await r.store.positions() == positions
+        assert await r.store.events("t") == events
+
+
+# ------------------------------------------------ the risk context, kept current
+ops = st.lists(st.one_of(
+    st.tuples(st.just("submit"), st.sampled_from(["buy", "sell"]), st.integers(1, 20),
+              st.sampled_from(["AAPL", "MSFT"])),
+    st.tuples(st.just("view"), st.integers(0, 30), st.sampled_from(
+        ["new", "partially_filled", "filled", "canceled", "rejected", "expired"]),
+        st.integers(0, 100), st.integers(50, 150)),
+    st.tuples(st.just("reject"), st.integers(0, 30)),
+    st.tuples(st.just("cancel_unsent"), st.integers(0, 30)),
+    st.tuples(st.just("prices"), st.sampled_from(["AAPL", "MSFT"]), st.integers(1, 500)),
+    st.tuples(st.just("time"), st.integers(1, 40)),
+), max_size=40)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops)
+def test_the_incremental_context_equals_a_rebuild_after_any_changes(
+    tmp_path_factory: pytest.TempPathFactory, changes: list[tuple[Any, ...]]
+) -> None:
+    path = tmp_path_factory.mktemp("ctx") / "x.db"
+    anyio.run(_replay, path, changes)
+
+
+async def _replay(path: Path, changes: list[tuple[Any, ...]]) -> None:
+    async with rig(path) as r:
+        cids: list[str] = []
+        await r.gate.context()
+        for change in changes:
+            match change:
+                case ("submit", side, qty, symbol):
+                    cid = f"c{len(cids)}"
+                    msg, answer = submit(order_spec(cid, side, str(qty), symbol))
+                    await r.gate.handle([msg])
+                    answer.close()
+                    cids.append(cid)
+                case ("view", i, status, fill_pct, price) if cids:
+                    cid = cids[i % len(cids)]
+                    order = await r.book.get(cid)
+                    assert order is not None
+                    filled = (order.spec.qty * fill_pct / 100).to_integral_value()
+                    await r.book.apply_view(cid, BrokerView(
+                        broker_order_id=f"b-{cid}", status=status, filled_qty=filled,
+                        filled_avg_price=Decimal(price) if filled else None))
+                case ("reject", i) if cids:
+                    await r.book.reject(cids[i % len(cids)], "test")
+                case ("cancel_unsent", i) if cids:
+                    await r.book.cancel_unsent(cids[i % len(cids)])
+                case ("prices", symbol, price):
+                    await r.book.set_prices({symbol: Decimal(price)})
+                case ("time", seconds):
+                    r.clock.advance(seconds)
+        kept = await r.gate.context()
+        kept.expire(r.clock.time())
+        snap = await r.store.risk_snapshot(since=r.clock.time() - 60)
+        rebuilt = RiskContext.rebuild(trading=snap.trading, positions=snap.positions.values(),
+                                      open_orders=snap.open_orders, recent=snap.recent)
+        rebuilt.expire(r.clock.time())
+        assert kept.summary() == rebuilt.summary()
+        assert {o.client_order_id for o in r.book.open.values()} == {
+            o.client_order_id for o in await r.store.open_orders()}
+
+
+async def test_a_feed_that_overflows_makes_the_gate_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("execd.book.FEED_BUFFER", 2)
+    async with rig(tmp_path / "x.db") as r:
+        for i in range(3):
+            msg, answer = submit(order_spec(f"o{i}"))
+            await r.gate.handle([msg])
+            answer.close()
+        before = await r.gate.context()
+        for i in range(3):  # three changes into a feed of two: it is cut
+            await r.book.reject(f"o{i}", "test")
+        after = await r.gate.context()
+        assert after is not before  # rebuilt
+        assert after.open_orders == 0
