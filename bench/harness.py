@@ -66,6 +66,10 @@ class InstantBroker:
         await anyio.lowlevel.checkpoint()
         return list(self.orders.values())
 
+    async def list_orders_since(self, after: datetime) -> Sequence[BrokerOrder]:
+        await anyio.lowlevel.checkpoint()
+        return [o for o in self.orders.values() if o.submitted_at > after]
+
     async def cancel_order(self, broker_order_id: str) -> None:
         await anyio.lowlevel.checkpoint()
 

@@ -51,7 +51,9 @@ async def main(state_dir: Path, open_orders: int) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         start = time.perf_counter()
         async with open_daemon(config(state_dir), broker=InstantBroker(open_cids),
-                               limiter=Unlimited()):
+                               limiter=Unlimited()) as d:
+            print(f"SERVING {time.perf_counter() - start:.4f}", flush=True)
+            await d.recovery.wait_done()  # ready for orders
             print(f"READY {time.perf_counter() - start:.4f}", flush=True)
             async for _ in signals:
                 break

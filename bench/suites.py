@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 
 from bench.harness import InstantDaemon, drive, percentile, serve_echo
-from execd.app import open_daemon
+from execd.app import Daemon, open_daemon
 from execd.client import AsyncClient
 from execd.config import (
     BrokerConfig,
@@ -150,11 +150,18 @@ def _budget_config(tmp: Path, sim: SimServer, *, poll: float, reconcile: float) 
     )
 
 
-def _daemon_on(sim: SimServer, tmp: Path, *, poll: float, reconcile: float) -> Any:
-    """The real daemon (AlpacaClient, the limiter) on a scaled-time simulator."""
-    return open_daemon(_budget_config(tmp, sim, poll=poll, reconcile=reconcile),
-                       broker_url=sim.url,
-                       credentials=Credentials(sim.config.key_id, sim.config.secret_key))
+@contextlib.asynccontextmanager
+async def _daemon_on(
+    sim: SimServer, tmp: Path, *, poll: float, reconcile: float
+) -> AsyncIterator[Daemon]:
+    """The real daemon (AlpacaClient, the limiter) on a scaled-time simulator, once it
+    takes orders."""
+    async with open_daemon(_budget_config(tmp, sim, poll=poll, reconcile=reconcile),
+                           broker_url=sim.url,
+                           credentials=Credentials(sim.config.key_id, sim.config.secret_key)
+                           ) as d:
+        await d.recovery.wait_done()
+        yield d
 
 
 def _sim(fill_delay: float = 0.2) -> SimServer:

@@ -71,13 +71,16 @@ def daemon_factory(tmp_path: Path, sim: SimServer) -> OpenDaemon:
     """`async with daemon_factory(**sections) as d:` a daemon on the `sim` fixture."""
 
     @asynccontextmanager
-    async def factory(sim_server: SimServer | None = None, **sections: Any) -> AsyncIterator[Daemon]:
+    async def factory(sim_server: SimServer | None = None, *, wait_recovered: bool = True,
+                      **sections: Any) -> AsyncIterator[Daemon]:
         s = sim_server or sim
         config = daemon_config(tmp_path, **sections)
         async with open_daemon(
             config, broker_url=s.url,
             credentials=Credentials(s.config.key_id, s.config.secret_key),
         ) as d:
+            if wait_recovered:
+                await recovered(d)
             yield d
 
     return factory
@@ -105,6 +108,13 @@ def wait_until_answering(sock: Path, within: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+async def recovered(d: Daemon, within: float = 10.0) -> None:
+    """Until the daemon takes new orders (start-up recovery is over)."""
+
+    with anyio.fail_after(within):
+        await d.recovery.wait_done()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:

@@ -242,9 +242,9 @@ async def test_restart_mid_stream_resumes_pending_without_duplicates(
 ) -> None:
     # Every submit is accepted and then the connection dropped, or a 5xx (502/504 after
     # applying it): the daemon cannot know; it stops with orders PENDING.
-    sim.set_faults(p_drop_submit=0.5, p_5xx=1.0)
     sent: list[str] = []
     async with daemon_factory(broker={"failures_before_halt": 10_000}) as d, connect(d) as c:
+        sim.set_faults(p_drop_submit=0.5, p_5xx=1.0)  # once it takes orders
         for i in range(12):
             o = await c.submit(strategy_id="m", symbol="AAPL", side="buy", qty="1",
                                wait="accepted", client_order_id=f"m-{i}")
@@ -270,8 +270,8 @@ async def _attempted(sim: SimServer, n: int) -> bool:
 async def test_submit_timeout_yields_one_broker_order(
     daemon_factory: OpenDaemon, sim: SimServer
 ) -> None:
-    sim.set_faults(p_slow=1.0, slow_seconds=1.0)
     async with daemon_factory(broker={"timeout": 0.3}) as d, connect(d) as c:
+        sim.set_faults(p_slow=1.0, slow_seconds=1.0)
         o = await c.submit(strategy_id="t", symbol="AAPL", side="buy", qty="1", wait="accepted")
         cid = o["client_order_id"]
         await eventually(lambda: _attempted(sim, 1))

@@ -18,7 +18,9 @@ import pytest
 UNIT = Path(__file__).parent.parent / "deploy" / "systemd" / "execd.service"
 
 
-def test_notify_ready_after_recovery_watchdog_and_stopping(tmp_path: Path) -> None:
+def test_notify_ready_when_serving_status_follows_recovery_watchdog_stopping(
+    tmp_path: Path
+) -> None:
     notify = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(notify))
@@ -34,7 +36,9 @@ def test_notify_ready_after_recovery_watchdog_and_stopping(tmp_path: Path) -> No
     try:
         while not any("READY=1" in m for m in messages):
             messages.append(listener.recv(4096).decode())
-        assert (tmp_path / "state" / "execd.sock").exists()  # ready means accepting
+        assert (tmp_path / "state" / "execd.sock").exists()  # ready means serving
+        while "STATUS=ready: accepting orders" not in messages:  # recovery, then orders
+            messages.append(listener.recv(4096).decode())
         deadline = time.monotonic() + 10
         while messages.count("WATCHDOG=1") < 2 and time.monotonic() < deadline:
             messages.append(listener.recv(4096).decode())
@@ -49,7 +53,8 @@ def test_notify_ready_after_recovery_watchdog_and_stopping(tmp_path: Path) -> No
         listener.close()
     assert proc.returncode == 0, out.decode()[-2000:]
     ready = next(m for m in messages if "READY=1" in m)
-    assert "STATUS=ready" in ready
+    assert "STATUS=recovering: " in ready or "STATUS=ready" in ready
+    assert messages.index(ready) < messages.index("STATUS=ready: accepting orders")
 
 
 @pytest.fixture

@@ -288,11 +288,11 @@ def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: thre
                 report.acknowledged += 1
                 break
             except ExecdError as e:
-                if e.code not in ("overloaded", "internal"):
+                if e.code not in ("overloaded", "internal", "recovering"):
                     report.client_error = f"{e.code}: {e.message}"
                     done.set()
                     return
-                time.sleep(0.05)
+                time.sleep(float(e.detail.get("retry_after_s", 0.05)))
             except (OSError, ValueError):
                 time.sleep(0.05)  # the daemon is down or restarting
     done.set()

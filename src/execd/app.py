@@ -1,9 +1,11 @@
 """Wiring: the channels, the shared services and the supervision tree.
 
-Start-up order is the recovery order: the submitter resolves every PENDING order, the
-poller refreshes open orders, the reconciler compares positions; only then does the
-risk gate take orders and the intake open its socket, and only then is systemd told
-READY. app.py owns every channel end and gives each actor (re)start its own clone.
+Ready first, recover after: the socket is bound before anything else and served as
+soon as the store is open (status, halt, cancel and queries work, and systemd hears
+READY=1); meanwhile the submitter resolves the PENDING orders left from before, the
+poller refreshes open orders and the reconciler compares positions, and until all
+three are done a submit is answered `recovering` (recovery.py). app.py owns every
+channel end and gives each actor (re)start its own clone.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from execd.limiter import Budget, RateLimiter, open_limiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs import logging
 from execd.obs.metrics import Metrics
+from execd.recovery import Recovery
 from execd.sim import SimServer
 from execd.store import Store, StoreError
 from execd.supervisor import ChildSpec, GaveUp, Supervisor
@@ -54,6 +57,7 @@ class Daemon:
     limiter: RateLimiter
     broker: BrokerClient
     sim: SimServer | None
+    recovery: Recovery
 
 
 def start_embedded_sim(config: Config) -> SimServer:
@@ -98,6 +102,7 @@ async def open_daemon(
 
     A start-up failure a person can fix raises `Fatal` (or `ConfigError`) with one line."""
     clock = clock or SystemClock()
+    recovery = Recovery()
     metrics = Metrics()
     # Set before the first scrape: alert rules compare against these, not copies of them.
     metrics.show_config(
@@ -151,7 +156,7 @@ async def open_daemon(
         services = intake.Services(
             risk=risk_send, submitter=sub_send, book=book, hub=hub, health=health,
             limiter=limiter, metrics=metrics, clock=clock,
-            actors=lambda: sup.statistics().as_dict(),
+            actors=lambda: sup.statistics().as_dict(), recovery=recovery,
             limits=intake.Limits(
                 max_connections=d.max_connections, admin_connections=d.admin_connections,
                 max_connections_per_uid=d.max_connections_per_uid, max_line=d.max_line_bytes,
@@ -165,17 +170,18 @@ async def open_daemon(
             ChildSpec(name="submitter", start=lambda task_status: submitter.run(
                 sub_recv.clone(), risk_send.clone(), book=book, broker=brk, clock=clock,
                 failures_before_halt=b.failures_before_halt, health=health,
-                task_status=task_status)),
+                recovery=recovery, task_status=task_status)),
             ChildSpec(name="poller", start=lambda task_status: poller.run(
                 book=book, broker=brk, clock=clock, health=health,
-                interval=config.poller.interval, task_status=task_status)),
+                interval=config.poller.interval, recovery=recovery, task_status=task_status)),
             ChildSpec(name="reconciler", start=lambda task_status: reconciler.run(
                 risk_send.clone(), book=book, broker=brk, clock=clock, health=health,
                 interval=rc.interval, confirm_delay=rc.confirm_delay,
-                auto_resume_after=rc.auto_resume_after, task_status=task_status)),
+                auto_resume_after=rc.auto_resume_after, recovery=recovery,
+                task_status=task_status)),
             ChildSpec(name="risk", start=lambda task_status: risk.run(
                 risk_recv.clone(), sub_send.clone(), book=book, limits=config.risk.limits(),
-                clock=clock, task_status=task_status)),
+                clock=clock, recovery=recovery, task_status=task_status)),
             ChildSpec(name="intake", start=lambda task_status: intake.run(
                 listener=listener, services=services, task_status=task_status)),
             ChildSpec(name="watchdog", start=lambda task_status: systemd.run_watchdog(
@@ -187,7 +193,8 @@ async def open_daemon(
                      broker=broker_url or type(brk).__name__)
             try:
                 yield Daemon(config=config, store=store, book=book, supervisor=sup,
-                             metrics=metrics, health=health, limiter=limiter, broker=brk, sim=sim)
+                             metrics=metrics, health=health, limiter=limiter, broker=brk, sim=sim,
+                             recovery=recovery)
             finally:
                 with anyio.CancelScope(shield=True):
                     await _stop(sup, health, clock, d.shutdown_grace)
@@ -240,10 +247,10 @@ async def run_daemon(config: Config) -> int:
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_signals)
             try:
-                async with open_daemon(config):
+                async with open_daemon(config) as daemon:
                     ready = True
-                    systemd.notify("READY=1", "STATUS=ready: accepting orders")
-                    HOOKS.arm()
+                    systemd.notify("READY=1", f"STATUS={daemon.recovery.progress()}")
+                    tg.start_soon(_show_recovery, daemon.recovery, daemon.health)
                     await stop.wait()
                     systemd.notify("STOPPING=1", "STATUS=stopping")
             finally:
@@ -260,6 +267,20 @@ async def run_daemon(config: Config) -> int:
             raise
         raise _explained(leaves) from None
     return 0
+
+
+async def _show_recovery(recovery: Recovery, health: Health) -> None:
+    """systemd's STATUS= follows the recovery; test hooks arm once it is over."""
+    shown = ""
+    while True:
+        now = recovery.progress()
+        if now != shown:
+            systemd.notify(f"STATUS={now}")
+            log.info("start-up", status=now)
+            shown = now
+        if recovery.done:
+            HOOKS.arm()  # kill points fire only once start-up recovery is over
+        await anyio.sleep(0.2)
 
 
 def _explained(leaves: list[BaseException]) -> Fatal:

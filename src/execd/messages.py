@@ -28,8 +28,9 @@ class OrderAccepted:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OrderDenied:
-    code: str  # protocol error code: risk_rejected, trading_halted, conflict, ...
+    code: str  # protocol error code: risk_rejected, trading_halted, conflict, recovering, ...
     reason: str
+    retry_after_s: float | None = None  # when trying again makes sense (recovering)
 
 
 SubmitResult = OrderAccepted | OrderDenied

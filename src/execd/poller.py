@@ -17,6 +17,7 @@ from execd.clock import Clock
 from execd.domain.orders import OrderState, apply_broker_view
 from execd.health import Health
 from execd.obs import logging
+from execd.recovery import Recovery
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.poller")
@@ -59,17 +60,17 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
 
 async def run(
     *, book: OrderBook, broker: BrokerClient, clock: Clock, health: Health, interval: float,
+    recovery: Recovery | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    first = True
+    task_status.started()
     while True:
         HOOKS.crash("poller")
         try:
             await poll_once(book, broker, clock, health)
+            if recovery is not None:
+                recovery.mark_polled()
         except BrokerError as e:
             health.last_poll_error = str(e)
             log.warning("poll failed; trying again next interval", error=str(e))
-        if first:
-            task_status.started()
-            first = False
         await clock.sleep(interval)

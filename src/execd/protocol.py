@@ -38,10 +38,14 @@ Fields = Mapping[str, frozenset[str]]  # op -> the fields it takes
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    """A refusal: its code, its message, and fields the error object carries besides
+    (`order` for broker_rejected, `retry_after_s` for recovering)."""
+
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.extra = extra
 
 
 def invalid(message: str) -> ProtocolError:

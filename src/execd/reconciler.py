@@ -25,6 +25,7 @@ from execd.domain.risk import TradingState
 from execd.health import Health
 from execd.messages import RiskCommand, SetTradingState
 from execd.obs import logging
+from execd.recovery import Recovery
 
 log = logging.get("execd.reconciler")
 REASON = "reconcile_mismatch"
@@ -107,20 +108,26 @@ def _show(m: reconcile.Mismatch) -> str:
 async def run(
     risk: MemoryObjectSendStream[RiskCommand], *, book: OrderBook, broker: BrokerClient,
     clock: Clock, health: Health, interval: float, confirm_delay: float,
-    auto_resume_after: int, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    auto_resume_after: int, recovery: Recovery | None = None,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     rec = Reconciler(book=book, broker=broker, clock=clock, health=health, risk=risk,
                      confirm_delay=confirm_delay, auto_resume_after=auto_resume_after)
+    task_status.started()
     async with risk:
-        first = True
         while True:
+            concluded = False
             try:
                 await rec.once()
+                concluded = health.last_reconcile_result in ("clean", "mismatch")
             except BrokerError as e:
                 book.metrics.reconcile_runs.labels("error").inc()
                 health.last_reconcile_result = f"error: {e}"
                 log.warning("reconcile failed; trying again next interval", error=str(e))
-            if first:
-                task_status.started()
-                first = False
+            if recovery is not None and not recovery.reconciled:
+                if concluded:
+                    recovery.mark_reconciled()
+                else:  # starting up: new orders wait for this, so try again soon
+                    await clock.sleep(min(interval, max(confirm_delay, 1.0)))
+                    continue
             await clock.sleep(interval)

@@ -40,10 +40,12 @@ from execd.messages import (
 )
 from execd.obs import logging
 from execd.obs.metrics import Metrics, halt_category
+from execd.recovery import Recovery
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.risk")
 BATCH = 256
+RECOVERING_RETRY_S = 1.0
 Done = MemoryObjectSendStream[Order] | None  # a waiting client's, for the broker's answer
 
 
@@ -56,8 +58,9 @@ def show_trading_state(metrics: Metrics, status: TradingStatus) -> None:
 class RiskGate:
     def __init__(
         self, *, submitter: MemoryObjectSendStream[SubmitterCommand], book: OrderBook,
-        limits: RiskLimits, clock: Clock,
+        limits: RiskLimits, clock: Clock, recovery: Recovery | None = None,
     ) -> None:
+        self.recovery = recovery
         self.submitter = submitter
         self.book = book
         self.limits = limits
@@ -205,6 +208,12 @@ class RiskGate:
                 reason=f"client_order_id {spec.client_order_id} is already used by an order "
                 "with different parameters",
             )
+        if self.recovery is not None and not self.recovery.done:
+            metrics.submits.labels("recovering").inc()
+            return OrderDenied(
+                code="recovering", retry_after_s=RECOVERING_RETRY_S,
+                reason=f"execd is starting up ({self.recovery.progress()}); no new order goes "
+                "to the broker until that is done: retry shortly")
         denial = risk.check(spec, ctx, self.limits)
         if denial is not None:
             metrics.submits.labels("denied").inc()
@@ -228,9 +237,11 @@ async def run(
     book: OrderBook,
     limits: RiskLimits,
     clock: Clock,
+    recovery: Recovery | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    gate = RiskGate(submitter=submitter, book=book, limits=limits, clock=clock)
+    gate = RiskGate(submitter=submitter, book=book, limits=limits, clock=clock,
+                    recovery=recovery)
     # Orders committed by a predecessor that crashed before handing them on: the
     # submitter picks every PENDING order up when it starts, and sweeps for orphans.
     try:

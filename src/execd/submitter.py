@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, assert_never
 
@@ -24,6 +25,7 @@ from execd.broker.base import (
     BrokerAmbiguous,
     BrokerClient,
     BrokerError,
+    BrokerOrder,
     BrokerRejected,
     BrokerUnavailable,
     DuplicateOrderId,
@@ -45,6 +47,7 @@ from execd.messages import (
     answer,
 )
 from execd.obs import logging
+from execd.recovery import Recovery
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.submitter")
@@ -66,7 +69,7 @@ class Submitter:
         self._halted = False
 
     @asynccontextmanager
-    async def _owning(self, cid: str) -> AsyncIterator[None]:
+    async def owning(self, cid: str) -> AsyncIterator[None]:
         lock, users = self._locks.get(cid, (anyio.Lock(), 0))
         self._locks[cid] = (lock, users + 1)
         try:
@@ -110,7 +113,7 @@ class Submitter:
 
     async def _send(self, order: Order, *, unknown_history: bool) -> Order | None:
         cid = order.client_order_id
-        async with self._owning(cid):
+        async with self.owning(cid):
             current = self.book.open.get(cid)
             if current is None or current.state != OrderState.PENDING:
                 return current if current is not None else await self.book.get(cid)
@@ -160,7 +163,7 @@ class Submitter:
                 if o.created_at < now - older_than and o.client_order_id not in self._locks]
 
     async def cancel(self, cid: str) -> CancelResult:
-        async with self._owning(cid):
+        async with self.owning(cid):
             order = await self.book.get(cid)
             if order is None:
                 return CancelDenied(code="not_found", reason=f"no order {cid}")
@@ -219,12 +222,13 @@ async def run(
     clock: Clock,
     failures_before_halt: int,
     health: Health,
-    startup_timeout: float = 30.0,
+    recovery: Recovery | None = None,
     sweep_interval: float = 5.0,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     submitter = Submitter(book=book, broker=broker, clock=clock, risk=risk,
                           failures_before_halt=failures_before_halt, health=health)
+    recovery = recovery or Recovery()
     # Crash-only: every PENDING order is ours to resolve. Their history is unknown (a
     # predecessor may have sent them), so each is looked up first, also when the risk
     # gate's hand-over for one of them arrives later.
@@ -236,16 +240,12 @@ async def run(
 
     async with inbox, risk, anyio.create_task_group() as tg:
         pending = adopt([o for o in book.open_orders() if o.state == OrderState.PENDING])
+        recovery.pending(len(pending))
         if pending:
             log.info("resolving PENDING orders left from before", count=len(pending))
-        done = anyio.Event()
-        tg.start_soon(_resolve_all, submitter, pending, done)
-        with anyio.move_on_after(startup_timeout):
-            await done.wait()
-        if not done.is_set():
-            log.error("PENDING orders not resolved yet; still trying", count=len(pending))
-        tg.start_soon(_sweep, submitter, adopt, sweep_interval)
-        task_status.started()
+        tg.start_soon(_resolve_all, submitter, pending, recovery)
+        tg.start_soon(_sweep, submitter, adopt, sweep_interval, recovery)
+        task_status.started()  # cancels are served while the PENDING orders resolve
         async for msg in inbox:
             match msg:
                 case SendOrder(order=order, done=reply):
@@ -260,15 +260,46 @@ async def run(
                     assert_never(msg)
 
 
-async def _resolve_all(submitter: Submitter, orders: list[Order], done: anyio.Event) -> None:
+async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Recovery) -> None:
+    """The PENDING orders left from before. One paged list of every order submitted
+    since a minute before the oldest of them tells most apart; only those it does not
+    show are looked up one by one (and sent if the broker has never seen them). 822
+    orders one look-up at a time would take minutes of request budget."""
+    if not orders:
+        return
+    oldest = min(o.created_at for o in orders) - 60
+    listed: dict[str, BrokerOrder] = {}
+    delay = 0.5
+    while True:
+        try:
+            since = datetime.fromtimestamp(oldest, UTC)
+            listed = {o.client_order_id: o for o in await submitter.broker.list_orders_since(since)}
+            break
+        except BrokerError as e:
+            log.warning("cannot list the broker's orders to resolve PENDING ones; retrying",
+                        error=str(e), retry_in=delay)
+            await submitter.clock.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def one(order: Order) -> None:
+        found = listed.get(order.client_order_id)
+        if found is not None:
+            async with submitter.owning(order.client_order_id):
+                await submitter.book.apply_view(order.client_order_id, found.view)
+        else:
+            await submitter.send(order, unknown_history=True)
+        recovery.resolved()
+
     async with anyio.create_task_group() as tg:
         for order in orders:
-            tg.start_soon(partial(submitter.send, order, unknown_history=True))
-    done.set()
+            tg.start_soon(one, order)
+    log.info("PENDING orders left from before resolved", count=len(orders),
+             found_in_list=sum(1 for o in orders if o.client_order_id in listed))
 
 
 async def _sweep(
-    submitter: Submitter, adopt: Callable[[list[Order]], list[Order]], interval: float
+    submitter: Submitter, adopt: Callable[[list[Order]], list[Order]], interval: float,
+    recovery: Recovery,
 ) -> None:
     """Orphans (committed, never handed over) are resolved like orders left from before.
     An order waits in the submitter's inbox for a while when the broker is slow: only
@@ -276,7 +307,10 @@ async def _sweep(
     async with anyio.create_task_group() as tg:
         while True:
             await submitter.clock.sleep(interval)
-            for order in adopt(submitter.orphans(older_than=3 * interval)):
+            orphans = submitter.orphans(older_than=3 * interval)
+            if recovery.pending_left:
+                continue  # those from before are being resolved
+            for order in adopt(orphans):
                 log.warning("resolving an orphaned PENDING order",
                             client_order_id=order.client_order_id)
                 tg.start_soon(partial(submitter.send, order, unknown_history=True))

@@ -255,15 +255,20 @@ class AlpacaClient:
         return order_from(cast(dict[str, Any], raw))
 
     async def list_open_orders(self) -> Sequence[BrokerOrder]:
-        """Every open order, paged by submission time. `after` is exclusive, so each
-        page starts a microsecond before the last one's final order and overlaps it
-        (orders sharing that timestamp are not skipped); duplicates go by id. A page
-        with nothing new ends it (a full page of one timestamp cannot be paged past: the
-        poller looks up any of ours the list did not show)."""
+        return await self._list("open", None)
+
+    async def list_orders_since(self, after: datetime) -> Sequence[BrokerOrder]:
+        return await self._list("all", after)
+
+    async def _list(self, status: str, after: datetime | None) -> Sequence[BrokerOrder]:
+        """Orders paged by submission time. `after` is exclusive, so each page starts a
+        microsecond before the last one's final order and overlaps it (orders sharing
+        that timestamp are not skipped); duplicates go by id. A page with nothing new
+        ends it (a full page of one timestamp cannot be paged past: the callers look up
+        any of theirs the list did not show)."""
         out: dict[str, BrokerOrder] = {}
-        after: datetime | None = None
         while True:
-            params: dict[str, Any] = {"status": "open", "limit": PAGE, "direction": "asc"}
+            params: dict[str, Any] = {"status": status, "limit": PAGE, "direction": "asc"}
             if after is not None:
                 params["after"] = after.isoformat()
             page = await self._call("list_orders", partial(self._client.get, "/orders", params))

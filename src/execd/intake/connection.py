@@ -144,10 +144,8 @@ class Connection:
             except protocol.IdentifiedError as e:
                 raw_id = e.raw_id
                 body = error_body(self.s.metrics, e.code, e.message)
-            except requests.Rejected as e:
-                body = error_body(self.s.metrics, e.code, e.message, order=e.order)
             except ProtocolError as e:
-                body = error_body(self.s.metrics, e.code, e.message)
+                body = error_body(self.s.metrics, e.code, e.message, **e.extra)
             except Overloaded:
                 body = error_body(self.s.metrics, "overloaded",
                                   "the daemon is saturated; retry shortly")

@@ -48,14 +48,6 @@ class Op:
     admin: bool = False  # only admins (access.py) may use it
 
 
-class Rejected(ProtocolError):
-    """The broker refused the order: the answer carries the order too."""
-
-    def __init__(self, order: dict[str, Any]) -> None:
-        super().__init__("broker_rejected", f"the broker rejected the order: {order['reason']}")
-        self.order = order
-
-
 # ---------------------------------------------------------------------- handlers
 async def op_ping(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     return {"version": __version__}
@@ -87,7 +79,8 @@ async def op_submit(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
                 f"{spec.client_order_id} to learn whether it was recorded",
             ) from None
         if isinstance(result, OrderDenied):
-            raise ProtocolError(result.code, result.reason)
+            extra = {} if result.retry_after_s is None else {"retry_after_s": result.retry_after_s}
+            raise ProtocolError(result.code, result.reason, **extra)
         order = result.order
         if wait == "submitted" and order.state == OrderState.PENDING:
             if result.existing:  # a safe retry: nothing new was sent; watch the first
@@ -100,7 +93,8 @@ async def op_submit(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
                         order = await s.book.get(order.client_order_id) or order
     s.metrics.ack_latency.labels(wait).observe(anyio.current_time() - start)
     if order.state == OrderState.REJECTED and wait == "submitted":
-        raise Rejected(order.to_json())
+        raise ProtocolError("broker_rejected", f"the broker rejected the order: {order.reason}",
+                            order=order.to_json())
     return {"order": order.to_json(), "existing": result.existing}
 
 
@@ -204,6 +198,7 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "orders": counts,
         "open_orders": sum(counts.get(st.value, 0) for st in OPEN_STATES),
         "subscribers": s.hub.subscribers,
+        "recovery": s.recovery.as_dict(),
     }
 
 

@@ -15,6 +15,7 @@ from execd.health import Health
 from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs.metrics import Metrics
+from execd.recovery import Recovery
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,5 +43,6 @@ class Services:
     metrics: Metrics
     clock: Clock
     actors: Callable[[], dict[str, dict[str, Any]]]
+    recovery: Recovery = field(default_factory=Recovery)
     limits: Limits = field(default_factory=Limits)
     access: AccessConfig = field(default_factory=AccessConfig)

@@ -30,16 +30,18 @@ ACTORS = ("submitter", "poller", "reconciler", "risk", "intake", "watchdog", "st
 ORDER_STATES = ("PENDING", "SUBMITTED", "PARTIALLY_FILLED", "FILLED", "REJECTED", "CANCELLED",
                 "EXPIRED", "REPLACED")
 TRADING_STATES = ("ACTIVE", "REDUCING", "HALTED")
-SUBMIT_OUTCOMES = ("accepted", "denied", "duplicate", "conflict")  # risk.py
+SUBMIT_OUTCOMES = ("accepted", "denied", "duplicate", "conflict", "recovering",
+                   "storage_unavailable")  # risk.py
 RISK_RULES = ("halted", "reducing", "symbol_not_allowed", "symbol_denied", "max_qty", "no_price",
               "max_notional", "max_position", "max_open_orders", "max_orders_per_minute")
 WAIT_MODES = ("submitted", "accepted")  # protocol.py: when a submit is answered
 BROKER_ENDPOINTS = ("submit_order", "get_order_by_client_id", "list_orders", "cancel_order",
                     "positions")  # AlpacaClient._once/_retrying; statuses are open-ended
 RECONCILE_RESULTS = ("clean", "mismatch", "unconfirmed", "error")
+# docs/protocol.md, "Error codes"
 INTAKE_ERROR_CODES = ("invalid_request", "unknown_op", "risk_rejected", "trading_halted",
                       "broker_rejected", "not_found", "conflict", "unauthorized", "line_too_long",
-                      "overloaded", "internal")  # docs/protocol.md, "Error codes"
+                      "overloaded", "internal", "recovering", "storage_unavailable")
 FILL_SOURCES = ("stream", "poll")
 
 # Why trading is halted, as a small fixed set: a free-text reason never becomes a label.
