@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import SocketListener
 
 from execd import files, intake, poller, reconciler, risk, submitter, systemd
+from execd import storage as storage_actor
 from execd.book import EventHub, OrderBook
 from execd.broker.alpaca import AlpacaClient
 from execd.broker.base import BrokerClient
@@ -35,6 +36,7 @@ from execd.obs import logging
 from execd.obs.metrics import Metrics
 from execd.recovery import Recovery
 from execd.sim import SimServer
+from execd.storage import Storage
 from execd.store import Store, StoreError
 from execd.supervisor import ChildSpec, GaveUp, Supervisor
 from execd.testhooks import HOOKS
@@ -58,6 +60,7 @@ class Daemon:
     broker: BrokerClient
     sim: SimServer | None
     recovery: Recovery
+    storage: Storage
 
 
 def start_embedded_sim(config: Config) -> SimServer:
@@ -144,7 +147,8 @@ async def open_daemon(
         store = await _open_store(config)
         stack.push_async_callback(_shielded, store.close)
         hub = EventHub()
-        book = OrderBook(store, hub, metrics, clock)
+        storage = Storage(metrics, clock)
+        book = OrderBook(store, hub, metrics, clock, on_storage_failure=storage.failed)
         await book.load()
         if config.metrics.enabled:
             server = _metrics_server(config, metrics)
@@ -156,7 +160,7 @@ async def open_daemon(
         services = intake.Services(
             risk=risk_send, submitter=sub_send, book=book, hub=hub, health=health,
             limiter=limiter, metrics=metrics, clock=clock,
-            actors=lambda: sup.statistics().as_dict(), recovery=recovery,
+            actors=lambda: sup.statistics().as_dict(), recovery=recovery, storage=storage,
             limits=intake.Limits(
                 max_connections=d.max_connections, admin_connections=d.admin_connections,
                 max_connections_per_uid=d.max_connections_per_uid, max_line=d.max_line_bytes,
@@ -170,7 +174,7 @@ async def open_daemon(
             ChildSpec(name="submitter", start=lambda task_status: submitter.run(
                 sub_recv.clone(), risk_send.clone(), book=book, broker=brk, clock=clock,
                 failures_before_halt=b.failures_before_halt, health=health,
-                recovery=recovery, task_status=task_status)),
+                recovery=recovery, storage=storage, task_status=task_status)),
             ChildSpec(name="poller", start=lambda task_status: poller.run(
                 book=book, broker=brk, clock=clock, health=health,
                 interval=config.poller.interval, recovery=recovery, task_status=task_status)),
@@ -179,9 +183,13 @@ async def open_daemon(
                 interval=rc.interval, confirm_delay=rc.confirm_delay,
                 auto_resume_after=rc.auto_resume_after, recovery=recovery,
                 task_status=task_status)),
+            ChildSpec(name="storage", start=lambda task_status: storage_actor.run(
+                risk_send.clone(), storage=storage, store=store, clock=clock,
+                ballast=config.database_path.parent / "execd.ballast",
+                probe_interval=d.storage_probe_interval, task_status=task_status)),
             ChildSpec(name="risk", start=lambda task_status: risk.run(
                 risk_recv.clone(), sub_send.clone(), book=book, limits=config.risk.limits(),
-                clock=clock, recovery=recovery, task_status=task_status)),
+                clock=clock, recovery=recovery, storage=storage, task_status=task_status)),
             ChildSpec(name="intake", start=lambda task_status: intake.run(
                 listener=listener, services=services, task_status=task_status)),
             ChildSpec(name="watchdog", start=lambda task_status: systemd.run_watchdog(
@@ -194,7 +202,7 @@ async def open_daemon(
             try:
                 yield Daemon(config=config, store=store, book=book, supervisor=sup,
                              metrics=metrics, health=health, limiter=limiter, broker=brk, sim=sim,
-                             recovery=recovery)
+                             recovery=recovery, storage=storage)
             finally:
                 with anyio.CancelScope(shield=True):
                     await _stop(sup, health, clock, d.shutdown_grace)

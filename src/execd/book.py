@@ -30,7 +30,7 @@ from execd.domain.orders import (
 from execd.messages import BookChange, OrderChanged, PricesChanged
 from execd.obs import logging
 from execd.obs.metrics import Metrics
-from execd.store import RiskSnapshot, Store
+from execd.store import RiskSnapshot, StorageUnavailable, Store
 
 log = logging.get("execd.book")
 
@@ -98,6 +98,7 @@ class _Queued:
     view: BrokerView
     done: bool = False
     result: Order | None = None
+    error: StorageUnavailable | None = None  # the group's write failed: for each waiter
 
 
 FEED_BUFFER = 4096  # committed changes the risk gate may lag behind before it rebuilds
@@ -112,8 +113,12 @@ class OrderBook:
     the store cannot rebuild.
     """
 
-    def __init__(self, store: Store, hub: EventHub, metrics: Metrics, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, hub: EventHub, metrics: Metrics, clock: Clock,
+        on_storage_failure: Callable[[StorageUnavailable], None] | None = None,
+    ) -> None:
         self.store = store
+        self._storage_failed = on_storage_failure or (lambda e: None)
         self.hub = hub
         self.metrics = metrics
         self._clock = clock
@@ -191,7 +196,11 @@ class OrderBook:
 
     async def set_prices(self, prices: dict[str, Decimal]) -> None:
         """The broker's marks, for the notional check."""
-        await self.store.set_prices(prices)
+        try:
+            await self.store.set_prices(prices)
+        except StorageUnavailable as e:
+            self._storage_failed(e)
+            raise
         self._tell_risk(PricesChanged(prices=dict(prices)))
 
     async def apply_view(self, client_order_id: str, view: BrokerView) -> Order | None:
@@ -207,6 +216,8 @@ class OrderBook:
             if not item.done:
                 batch, self._queue = self._queue, []
                 await self._flush(batch)
+        if item.error is not None:
+            raise item.error
         return item.result
 
     async def _flush(self, batch: list[_Queued]) -> None:
@@ -226,7 +237,12 @@ class OrderBook:
                 if update is not None:
                     changes.append((before, update))
                     current[q.client_order_id] = update.order
-            await self._commit(changes)
+            try:
+                await self._commit(changes)
+            except StorageUnavailable as e:
+                for q in batch:
+                    q.error = e
+                return
             for q in batch:
                 q.result = current.get(q.client_order_id)
         finally:
@@ -257,7 +273,11 @@ class OrderBook:
     async def _commit(self, changes: list[tuple[Order, Update]]) -> None:
         """Write the changes in one transaction, then make them known: memory, the risk
         gate, metrics, the log and subscribers. Nothing is known before it is on disk."""
-        await self.store.apply_many([u for _, u in changes])
+        try:
+            await self.store.apply_many([u for _, u in changes])
+        except StorageUnavailable as e:
+            self._storage_failed(e)
+            raise
         for before, update in changes:
             after = update.order
             if after.is_open:

@@ -36,6 +36,7 @@ class DaemonConfig:
     line_timeout: float = 10.0  # a line begun must end within this (slow clients are cut)
     write_timeout: float = 10.0  # a client that does not read its answers is cut
     idle_timeout: float = 60.0  # a connection with nothing to do is closed after this
+    storage_probe_interval: float = 5.0  # while the disk is full: how often to try a write
     shutdown_grace: float = 5.0
 
 

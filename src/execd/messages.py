@@ -92,7 +92,14 @@ class SetTradingState:
     reply: Reply[TradingStateChanged] | None = None
 
 
-RiskCommand = SubmitOrder | SetTradingState
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Persist:
+    """Storage is back: write what is held in memory (the trading state), first."""
+
+    reply: Reply[bool] | None = None
+
+
+RiskCommand = SubmitOrder | SetTradingState | Persist
 
 # ---- commands to the submitter ----
 

@@ -18,6 +18,7 @@ from execd.domain.orders import OrderState, apply_broker_view
 from execd.health import Health
 from execd.obs import logging
 from execd.recovery import Recovery
+from execd.store import StorageUnavailable
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.poller")
@@ -70,7 +71,7 @@ async def run(
             await poll_once(book, broker, clock, health)
             if recovery is not None:
                 recovery.mark_polled()
-        except BrokerError as e:
+        except (BrokerError, StorageUnavailable) as e:
             health.last_poll_error = str(e)
             log.warning("poll failed; trying again next interval", error=str(e))
         await clock.sleep(interval)

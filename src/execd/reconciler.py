@@ -10,6 +10,7 @@ operator, or after K clean runs if configured.
 
 from __future__ import annotations
 
+import contextlib
 from decimal import Decimal
 
 import anyio
@@ -26,6 +27,7 @@ from execd.health import Health
 from execd.messages import RiskCommand, SetTradingState
 from execd.obs import logging
 from execd.recovery import Recovery
+from execd.store import StorageUnavailable
 
 log = logging.get("execd.reconciler")
 REASON = "reconcile_mismatch"
@@ -35,7 +37,8 @@ async def _read(book: OrderBook, broker: BrokerClient) -> list[reconcile.Mismatc
     theirs = await broker.positions()
     prices = {p.symbol: p.current_price for p in theirs if p.current_price is not None}
     if prices:
-        await book.set_prices(prices)
+        with contextlib.suppress(StorageUnavailable):  # marks for the notional check only
+            await book.set_prices(prices)
     ours = {s: p.qty for s, p in (await book.store.positions()).items() if p.qty}
     return reconcile.diff(ours, {p.symbol: p.qty for p in theirs if p.qty != Decimal(0)})
 

@@ -28,6 +28,7 @@ from execd.messages import (
     OrderAccepted,
     OrderChanged,
     OrderDenied,
+    Persist,
     PricesChanged,
     RiskCommand,
     SendOrder,
@@ -41,6 +42,8 @@ from execd.messages import (
 from execd.obs import logging
 from execd.obs.metrics import Metrics, halt_category
 from execd.recovery import Recovery
+from execd.storage import Storage
+from execd.store import StorageUnavailable
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.risk")
@@ -59,8 +62,11 @@ class RiskGate:
     def __init__(
         self, *, submitter: MemoryObjectSendStream[SubmitterCommand], book: OrderBook,
         limits: RiskLimits, clock: Clock, recovery: Recovery | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.recovery = recovery
+        self.storage = storage
+        self._unsaved: TradingStatus | None = None  # held in memory while writes fail
         self.submitter = submitter
         self.book = book
         self.limits = limits
@@ -76,9 +82,9 @@ class RiskGate:
         self.close()
         snapshot, self._feed = await self.book.open_risk_feed(since=self.clock.time() - 60)
         self._ctx = RiskContext.rebuild(
-            trading=snapshot.trading, positions=snapshot.positions.values(),
+            trading=self._unsaved or snapshot.trading, positions=snapshot.positions.values(),
             open_orders=snapshot.open_orders, recent=snapshot.recent)
-        show_trading_state(self.metrics, snapshot.trading)
+        show_trading_state(self.metrics, self._ctx.trading)
         return self._ctx
 
     def _drain(self, ctx: RiskContext) -> bool:
@@ -149,19 +155,39 @@ class RiskGate:
                 case SetTradingState(state=state, reason=reason, reply=reply):
                     await flush()  # orders before the change are decided by the old state
                     status = TradingStatus(state=state, reason=reason, since=self.clock.time())
-                    await self.book.store.set_trading_status(status)
                     ctx.trading = status
+                    await self._save(status)
                     show_trading_state(self.metrics, status)
                     level = log.warning if state != TradingState.ACTIVE else log.info
                     level("trading state changed", state=state.value, reason=reason)
                     if reply is not None:
                         answer(reply, TradingStateChanged(status=status))
+                case Persist(reply=reply):
+                    await flush()
+                    saved = self._unsaved is None or await self._save(self._unsaved)
+                    if reply is not None:
+                        answer(reply, saved)
                 case SubmitOrder():
                     submits.append(msg)
                 case _:
                     assert_never(msg)
         await flush()
         return accepted
+
+    async def _save(self, status: TradingStatus) -> bool:
+        """Write the trading state; while writes fail, hold it in memory (it is written
+        first when they succeed again: Persist)."""
+        try:
+            await self.book.store.set_trading_status(status)
+        except StorageUnavailable as e:
+            log.error("cannot write the trading state: held in memory", error=str(e),
+                      state=status.state.value)
+            self._unsaved = status
+            if self.storage is not None:
+                self.storage.failed(e)
+            return False
+        self._unsaved = None
+        return True
 
     async def _commit(
         self, submits: list[SubmitOrder], ctx: RiskContext
@@ -181,7 +207,19 @@ class RiskGate:
                     new.append(result.order)
             return new
 
-        new = await self.book.commit_new([m.spec.client_order_id for m in submits], decide)
+        if self.storage is not None and not self.storage.available:
+            for msg in submits:
+                answer(msg.reply, self._no_storage())
+            return []
+        try:
+            new = await self.book.commit_new([m.spec.client_order_id for m in submits], decide)
+        except StorageUnavailable as e:  # nothing was committed: nobody hears "accepted"
+            if self.storage is not None:
+                self.storage.failed(e)
+            self.close()  # the context counted what was not committed: rebuild it
+            for msg in submits:
+                answer(msg.reply, self._no_storage())
+            return []
         if new:
             HOOKS.point("after_commit")  # durable, not yet acknowledged nor sent
         handed: list[tuple[Order, Done]] = []
@@ -192,6 +230,11 @@ class RiskGate:
                 fresh.discard(result.order.client_order_id)
                 handed.append((result.order, msg.done))
         return handed
+
+    def _no_storage(self) -> OrderDenied:
+        self.metrics.submits.labels("storage_unavailable").inc()
+        return OrderDenied(code="storage_unavailable", reason="the daemon cannot write to its "
+                           "disk (full or failing): no order is taken until it can; see status")
 
     def _decide(self, msg: SubmitOrder, ctx: RiskContext, known: dict[str, Order]) -> SubmitResult:
         spec, metrics = msg.spec, self.metrics
@@ -238,10 +281,11 @@ async def run(
     limits: RiskLimits,
     clock: Clock,
     recovery: Recovery | None = None,
+    storage: Storage | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     gate = RiskGate(submitter=submitter, book=book, limits=limits, clock=clock,
-                    recovery=recovery)
+                    recovery=recovery, storage=storage)
     # Orders committed by a predecessor that crashed before handing them on: the
     # submitter picks every PENDING order up when it starts, and sweeps for orphans.
     try:

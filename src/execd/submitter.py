@@ -31,7 +31,7 @@ from execd.broker.base import (
     DuplicateOrderId,
 )
 from execd.clock import Clock
-from execd.domain.orders import TERMINAL_STATES, Order, OrderState
+from execd.domain.orders import TERMINAL_STATES, Order, OrderState, apply_broker_view
 from execd.domain.risk import TradingState
 from execd.health import Health
 from execd.messages import (
@@ -48,6 +48,8 @@ from execd.messages import (
 )
 from execd.obs import logging
 from execd.recovery import Recovery
+from execd.storage import Storage
+from execd.store import StorageUnavailable
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.submitter")
@@ -57,7 +59,9 @@ class Submitter:
     def __init__(
         self, *, book: OrderBook, broker: BrokerClient, clock: Clock,
         risk: MemoryObjectSendStream[RiskCommand], failures_before_halt: int, health: Health,
+        storage: Storage | None = None,
     ) -> None:
+        self.storage = storage
         self.book = book
         self.broker = broker
         self.clock = clock
@@ -119,6 +123,10 @@ class Submitter:
                 return current if current is not None else await self.book.get(cid)
             look_first, may_send, delay = unknown_history, True, 0.5
             while True:
+                if self.storage is not None and not self.storage.available:
+                    # the broker's answer could not be recorded: wait, then look it up
+                    await self.storage.wait_available()
+                    look_first = True
                 try:
                     if look_first:
                         found = await self.broker.get_order_by_client_id(cid)
@@ -137,13 +145,19 @@ class Submitter:
                     look_first, may_send = True, False
                 except BrokerRejected as e:
                     self._ok()
-                    return await self.book.reject(cid, f"broker: {e}")
+                    return await self._record_rejection(cid, f"broker: {e}")
                 except BrokerAmbiguous as e:
                     log.warning("submit outcome unknown: looking it up before any resend",
                                 client_order_id=cid, strategy_id=order.spec.strategy_id,
                                 error=str(e))
                     look_first = True
                     await self._failed(e)
+                except StorageUnavailable:
+                    log.error("cannot record the broker's answer: the order stays PENDING "
+                              "until the disk takes writes again", client_order_id=cid)
+                    look_first = True
+                    if self.storage is None:
+                        raise
                 except BrokerUnavailable as e:
                     log.warning("broker unavailable: order stays PENDING, retrying",
                                 client_order_id=cid, strategy_id=order.spec.strategy_id,
@@ -151,6 +165,17 @@ class Submitter:
                     await self._failed(e)
                     await self.clock.sleep(delay)
                     delay = min(delay * 2, 30.0)
+
+    async def _record_rejection(self, cid: str, reason: str) -> Order | None:
+        """The broker refused it: record that, waiting for the disk if it must (a
+        refused order is never sent again)."""
+        while True:
+            try:
+                return await self.book.reject(cid, reason)
+            except StorageUnavailable:
+                if self.storage is None:
+                    raise
+                await self.storage.wait_available()
 
     def orphans(self, older_than: float) -> list[Order]:
         """PENDING orders nobody is taking to the broker (a risk gate that died between
@@ -175,7 +200,12 @@ class Submitter:
                 if broker_id is None:
                     found = await self.broker.get_order_by_client_id(cid)
                     if found is None:
-                        cancelled = await self.book.cancel_unsent(cid)
+                        try:
+                            cancelled = await self.book.cancel_unsent(cid)
+                        except StorageUnavailable:  # unrecorded, it would be sent later
+                            return CancelDenied(code="storage_unavailable", reason=(
+                                f"order {cid} has not reached the broker and the cancel cannot "
+                                "be recorded (disk full or failing); it is not sent meanwhile"))
                         return CancelRequested(orders=(cancelled or order,))
                     broker_id = found.view.broker_order_id
                 try:
@@ -185,8 +215,14 @@ class Submitter:
                         raise
                     log.info("broker: order not cancelable", client_order_id=cid, error=str(e))
                 found = await self.broker.get_order_by_client_id(cid)
-                after = await self.book.apply_view(cid, found.view) if found else None
                 self._ok()
+                if found is None:
+                    return CancelRequested(orders=(order,))
+                try:
+                    after = await self.book.apply_view(cid, found.view)
+                except StorageUnavailable:  # as the broker says, not yet recorded
+                    change = apply_broker_view(order, found.view, self.clock.time())
+                    after = order if change is None else change.order
                 return CancelRequested(orders=(after or order,))
             except BrokerRejected as e:
                 return CancelDenied(code="broker_rejected", reason=str(e))
@@ -223,11 +259,13 @@ async def run(
     failures_before_halt: int,
     health: Health,
     recovery: Recovery | None = None,
+    storage: Storage | None = None,
     sweep_interval: float = 5.0,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     submitter = Submitter(book=book, broker=broker, clock=clock, risk=risk,
-                          failures_before_halt=failures_before_halt, health=health)
+                          failures_before_halt=failures_before_halt, health=health,
+                          storage=storage)
     recovery = recovery or Recovery()
     # Crash-only: every PENDING order is ours to resolve. Their history is unknown (a
     # predecessor may have sent them), so each is looked up first, also when the risk

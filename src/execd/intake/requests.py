@@ -199,6 +199,7 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "open_orders": sum(counts.get(st.value, 0) for st in OPEN_STATES),
         "subscribers": s.hub.subscribers,
         "recovery": s.recovery.as_dict(),
+        "storage": s.storage.as_dict() if s.storage is not None else None,
     }
 
 

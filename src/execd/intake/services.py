@@ -16,6 +16,7 @@ from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs.metrics import Metrics
 from execd.recovery import Recovery
+from execd.storage import Storage
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,5 +45,6 @@ class Services:
     clock: Clock
     actors: Callable[[], dict[str, dict[str, Any]]]
     recovery: Recovery = field(default_factory=Recovery)
+    storage: Storage | None = None
     limits: Limits = field(default_factory=Limits)
     access: AccessConfig = field(default_factory=AccessConfig)

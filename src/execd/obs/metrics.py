@@ -26,7 +26,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 # The known label values (app.py's ChildSpec names; `stream` is the trade_updates actor).
-ACTORS = ("submitter", "poller", "reconciler", "risk", "intake", "watchdog", "stream")
+ACTORS = ("submitter", "poller", "reconciler", "storage", "risk", "intake", "watchdog",
+          "stream")
 ORDER_STATES = ("PENDING", "SUBMITTED", "PARTIALLY_FILLED", "FILLED", "REJECTED", "CANCELLED",
                 "EXPIRED", "REPLACED")
 TRADING_STATES = ("ACTIVE", "REDUCING", "HALTED")
@@ -167,6 +168,10 @@ class Metrics:
             "execd_submit_timeout_seconds",
             "How long a submit with wait=submitted waits for the broker (daemon.submit_timeout)",
             registry=r,
+        )
+        self.storage_available = Gauge(
+            "execd_storage_available", "1 while writes reach the disk; 0 while it is full or "
+            "failing (trading is halted, new orders refused)", registry=r,
         )
         self.intake_connections = Gauge(
             "execd_intake_connections", "Open client connections", registry=r

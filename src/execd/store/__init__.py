@@ -5,6 +5,7 @@ aiosqlite on asyncio and a one-thread sqlite3 adapter on trio.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -20,7 +21,9 @@ from execd.domain.orders import OPEN_STATES, Fill, Order, OrderSpec, OrderState,
 from execd.domain.positions import Position, apply_fill
 from execd.domain.risk import TradingState, TradingStatus
 from execd.files import private_dir, private_file
-from execd.store.db import Db, Row
+from execd.store.db import Db, Row, StorageUnavailable
+
+__all__ = ["MIGRATIONS", "RiskSnapshot", "StorageUnavailable", "Store", "StoreError"]
 
 T = TypeVar("T")
 
@@ -84,6 +87,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE orders ADD COLUMN owner_uid INTEGER;
     CREATE INDEX orders_owner ON orders(owner_uid, created_at);
+    """,
+    # 3: a row the storage monitor writes to learn whether writes reach the disk again
+    """
+    CREATE TABLE storage_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
     """,
 ]
 
@@ -245,10 +252,12 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn)
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # a failed COMMIT (disk full) leaves one open
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
             return result
 
         return await self._db.run(run)
@@ -315,6 +324,12 @@ class Store:
         await self._transaction(lambda conn: conn.executemany(
             "INSERT INTO positions (symbol, qty, cost_basis, last_price) VALUES (?, '0', "
             "'0', ?) ON CONFLICT(symbol) DO UPDATE SET last_price=excluded.last_price", rows))
+
+    async def probe(self, at: float) -> None:
+        """One small write: raises StorageUnavailable while writes do not reach the disk."""
+        await self._transaction(lambda conn: conn.execute(
+            "INSERT INTO storage_probe (id, at) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET "
+            "at=excluded.at", (at,)))
 
     async def set_trading_status(self, status: TradingStatus) -> None:
         row = (status.state.value, status.reason, status.since)

@@ -8,6 +8,7 @@ adapter needs one per transaction. See docs/design.md for the measurement.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,22 @@ PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=5000",
 )
+
+
+# SQLite's primary result codes for a disk that is full or failing.
+SQLITE_IOERR, SQLITE_FULL = 10, 13
+
+
+class StorageUnavailable(Exception):
+    """Writes do not reach the disk (full, or failing): the daemon degrades, it does not
+    exit (storage.py)."""
+
+
+def _unavailable(e: BaseException) -> bool:
+    if isinstance(e, sqlite3.Error):
+        code = getattr(e, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in (SQLITE_IOERR, SQLITE_FULL)
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT)
 
 
 class Db:
@@ -55,7 +72,12 @@ class Db:
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
-        return await anyio.to_thread.run_sync(lambda: fn(conn), limiter=self._one)
+        try:
+            return await anyio.to_thread.run_sync(lambda: fn(conn), limiter=self._one)
+        except (sqlite3.Error, OSError) as e:
+            if _unavailable(e):
+                raise StorageUnavailable(str(e)) from e
+            raise
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return await self.run(lambda conn: conn.execute(sql, params).fetchall())
