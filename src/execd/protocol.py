@@ -21,6 +21,7 @@ from execd.domain.orders import (
     ORDER_TYPES,
     SIDES,
     STRATEGY_ID,
+    SYMBOL,
     TIME_IN_FORCE,
     OrderSpec,
     OrderState,
@@ -31,7 +32,6 @@ from execd.domain.orders import (
 SYNONYMS = {"quantity": "qty", "price": "limit_price", "limit": "limit_price",
             "tif": "time_in_force", "order_type": "type", "strategy": "strategy_id",
             "ticker": "symbol", "id": "client_order_id", "cid": "client_order_id"}
-SYMBOL_MAX = 16
 MAX_DIGITS = 18  # qty and prices: more significant digits than any real order has
 MAX_DEPTH = 4
 Fields = Mapping[str, frozenset[str]]  # op -> the fields it takes
@@ -244,9 +244,9 @@ def submit_spec(args: dict[str, Any], now: float) -> tuple[OrderSpec, str]:
     assert sid is not None
     symbol = _str(args, "symbol")
     assert symbol is not None
-    if not (1 <= len(symbol) <= SYMBOL_MAX and symbol.replace(".", "").isalnum()
-            and symbol.upper() == symbol):
-        raise invalid("symbol must be 1-16 upper-case letters, digits or dots")
+    if not SYMBOL.fullmatch(symbol):
+        raise invalid("symbol must be 1-16 ASCII upper-case letters, digits or dots (AAPL, "
+                      "BRK.B), or a crypto pair (BTC/USD)")
     side = _str(args, "side")
     if side not in SIDES:
         raise invalid('side must be "buy" or "sell"')

@@ -66,7 +66,8 @@ class RiskGate:
     ) -> None:
         self.recovery = recovery
         self.storage = storage
-        self._unsaved: TradingStatus | None = None  # held in memory while writes fail
+        # held in memory while writes fail (and in `storage`, beyond this actor's life)
+        self._unsaved: TradingStatus | None = storage.held if storage is not None else None
         self.submitter = submitter
         self.book = book
         self.limits = limits
@@ -184,9 +185,12 @@ class RiskGate:
                       state=status.state.value)
             self._unsaved = status
             if self.storage is not None:
+                self.storage.held = status
                 self.storage.failed(e)
             return False
         self._unsaved = None
+        if self.storage is not None:
+            self.storage.held = None
         return True
 
     async def _commit(

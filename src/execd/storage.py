@@ -22,7 +22,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from execd.clock import Clock
-from execd.domain.risk import TradingState
+from execd.domain.risk import TradingState, TradingStatus
 from execd.messages import Overloaded, Persist, RiskCommand, SetTradingState, ask
 from execd.obs import logging
 from execd.obs.metrics import Metrics
@@ -40,6 +40,9 @@ class Storage:
         self.available = True
         self.since: float | None = None
         self.error: str | None = None
+        # The trading state the risk gate could not write: what status shows meanwhile,
+        # and what a restarted risk gate starts from.
+        self.held: TradingStatus | None = None
         self._failed = anyio.Event()
         self._restored: anyio.Event | None = None
         metrics.storage_available.set(1)

@@ -53,6 +53,9 @@ from execd.store import StorageUnavailable
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.submitter")
+# PENDING orders resolved at once at start-up: enough to fill a group commit, few enough
+# that the socket's clients are not queued behind a thousand tasks.
+RESOLVE_LANES = 32
 
 
 class Submitter:
@@ -319,13 +322,16 @@ async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Reco
             await submitter.clock.sleep(delay)
             delay = min(delay * 2, 30.0)
 
+    lanes = anyio.CapacityLimiter(RESOLVE_LANES)
+
     async def one(order: Order) -> None:
-        found = listed.get(order.client_order_id)
-        if found is not None:
-            async with submitter.owning(order.client_order_id):
-                await submitter.book.apply_view(order.client_order_id, found.view)
-        else:
-            await submitter.send(order, unknown_history=True)
+        async with lanes:
+            found = listed.get(order.client_order_id)
+            if found is not None:
+                async with submitter.owning(order.client_order_id):
+                    await submitter.book.apply_view(order.client_order_id, found.view)
+            else:
+                await submitter.send(order, unknown_history=True)
         recovery.resolved()
 
     async with anyio.create_task_group() as tg:

@@ -73,6 +73,9 @@ SIDES: tuple[Side, ...] = ("buy", "sell")
 ORDER_TYPES: tuple[OrderType, ...] = ("market", "limit")
 TIME_IN_FORCE = ("day", "gtc", "ioc", "fok", "opg", "cls")
 STRATEGY_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+# ASCII only (str.isalnum() would take full-width letters): a stock like BRK.B, or a
+# crypto pair like BTC/USD.
+SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9.]{0,15}|[A-Z0-9]{2,10}/[A-Z0-9]{2,10}", re.ASCII)
 CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 

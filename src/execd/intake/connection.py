@@ -110,7 +110,7 @@ class Connection:
                 return None
 
     async def _say_goodbye(self, code: str, message: str) -> None:
-        log.info("closing connection", reason=code)
+        log.debug("closing connection", reason=code)
         with anyio.move_on_after(self.s.limits.write_timeout):
             await self.write({"event": "error", "error": {"code": code, "message": message}})
 

@@ -183,7 +183,8 @@ async def op_positions(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 
 async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     s = c.s
-    trading = await s.book.store.trading_status()
+    held = s.storage.held if s.storage is not None else None
+    trading = held or await s.book.store.trading_status()
     counts = await s.book.store.count_by_state()
     h = s.health
     return {
