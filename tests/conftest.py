@@ -48,7 +48,8 @@ def daemon_config(tmp_path: Path, **sections: Any) -> Config:
     base = Config(
         daemon=DaemonConfig(state_dir=str(tmp_path), submit_timeout=3.0),
         broker=BrokerConfig(mode="alpaca", timeout=2.0, requests_per_minute=10_000, burst=50,
-                            backoff_initial=0.01, backoff_max=0.05),
+                            backoff_initial=0.01, backoff_max=0.05,
+                            stream=False),  # on where a test says so (test_stream.py)
         poller=PollerConfig(interval=0.05),
         reconciler=ReconcilerConfig(interval=0.1, confirm_delay=0.1),
         risk=RiskConfig(),

@@ -21,10 +21,11 @@ from typing import Any
 import anyio
 from anyio.abc import SocketListener
 
-from execd import files, intake, poller, reconciler, risk, submitter, systemd
+from execd import files, intake, poller, reconciler, risk, stream, submitter, systemd
 from execd import storage as storage_actor
 from execd.book import EventHub, OrderBook
 from execd.broker.alpaca import AlpacaClient
+from execd.broker.alpaca_stream import stream_url_from
 from execd.broker.base import BrokerClient
 from execd.clock import Clock, SystemClock, within
 from execd.config import Config, ConfigError, Credentials, load_credentials
@@ -170,6 +171,8 @@ async def open_daemon(
         )
         rc = config.reconciler
         brk: BrokerClient = broker
+        stream_spec = _stream_spec(config, broker_url, credentials, book=book, broker=brk,
+                                   clock=clock, health=health, metrics=metrics)
         specs = [
             ChildSpec(name="submitter", start=lambda task_status: submitter.run(
                 sub_recv.clone(), risk_send.clone(), book=book, broker=brk, clock=clock,
@@ -177,7 +180,9 @@ async def open_daemon(
                 recovery=recovery, storage=storage, task_status=task_status)),
             ChildSpec(name="poller", start=lambda task_status: poller.run(
                 book=book, broker=brk, clock=clock, health=health,
-                interval=config.poller.interval, recovery=recovery, task_status=task_status)),
+                interval=config.poller.interval,
+                interval_streaming=config.poller.interval_streaming if stream_spec else None,
+                recovery=recovery, task_status=task_status)),
             ChildSpec(name="reconciler", start=lambda task_status: reconciler.run(
                 risk_send.clone(), book=book, broker=brk, clock=clock, health=health,
                 interval=rc.interval, confirm_delay=rc.confirm_delay,
@@ -190,6 +195,7 @@ async def open_daemon(
             ChildSpec(name="risk", start=lambda task_status: risk.run(
                 risk_recv.clone(), sub_send.clone(), book=book, limits=config.risk.limits(),
                 clock=clock, recovery=recovery, storage=storage, task_status=task_status)),
+            *([stream_spec] if stream_spec else []),
             ChildSpec(name="intake", start=lambda task_status: intake.run(
                 listener=listener, services=services, task_status=task_status)),
             ChildSpec(name="watchdog", start=lambda task_status: systemd.run_watchdog(
@@ -208,6 +214,28 @@ async def open_daemon(
                     await _stop(sup, health, clock, d.shutdown_grace)
                 tg.cancel_scope.cancel()
     log.info("execd stopped")
+
+
+def _stream_spec(
+    config: Config, broker_url: str | None, credentials: Credentials | None, *,
+    book: OrderBook, broker: BrokerClient, clock: Clock, health: Health, metrics: Metrics,
+) -> ChildSpec | None:
+    """The trade_updates actor, if the stream is on and there is a broker to stream from
+    (a test's in-process broker has none)."""
+    b = config.broker
+    url = b.stream_url or (stream_url_from(broker_url) if broker_url else "")
+    if not b.stream or not url or credentials is None:
+        health.set_stream("disabled", trusted=False)
+        metrics.stream_enabled.set(0)
+        return None
+    settings = stream.StreamSettings(
+        url=url, ping_interval=b.stream_ping_interval, connect_timeout=b.timeout,
+        backoff_min=b.stream_backoff_min, backoff_max=b.stream_backoff_max)
+    connect = stream.alpaca_connect(url, credentials.key_id, credentials.secret_key)
+    log.info("trade_updates stream on", url=url)
+    return ChildSpec(name="stream", start=lambda task_status: stream.run(
+        book=book, broker=broker, clock=clock, health=health, metrics=metrics,
+        settings=settings, connect=connect, task_status=task_status))
 
 
 async def _shielded(close: Callable[[], Awaitable[None]]) -> None:

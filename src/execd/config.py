@@ -53,11 +53,17 @@ class BrokerConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 8.0
     failures_before_halt: int = 10
+    stream: bool = True  # the trade_updates websocket: fills in milliseconds (stream.py)
+    stream_url: str = ""  # "": derived from url (https://h → wss://h/stream, http → ws)
+    stream_ping_interval: float = 10.0  # no pong for two of these: the stream is replaced
+    stream_backoff_min: float = 1.0  # reconnect after uniform(min, min(max, 2^n)) seconds
+    stream_backoff_max: float = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PollerConfig:
-    interval: float = 5.0
+    interval: float = 5.0  # while the stream is down, disabled or not yet resynced
+    interval_streaming: float = 30.0  # while the stream is trusted: the safety net
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,6 +206,11 @@ def load(path: Path | None) -> Config:
         config.sim.check()
     except ValueError as e:
         raise ConfigError(f"sim.{e}") from None
+    if config.broker.stream_url and not config.broker.stream_url.startswith(("ws://", "wss://")):
+        raise ConfigError("broker.stream_url must start with ws:// or wss:// (or be empty)")
+    if config.poller.interval <= 0 or config.poller.interval_streaming < config.poller.interval:
+        raise ConfigError("poller.interval must be > 0 and poller.interval_streaming at "
+                          "least as long")
     try:
         config.risk.limits()
     except ArithmeticError:

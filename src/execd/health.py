@@ -5,6 +5,7 @@ Observation only: nothing here is needed to recover, so it may be lost with the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,16 @@ class Health:
     last_reconcile_result: str | None = None
     broker_orders_unknown: int = 0  # open at the broker, not placed by execd
     submits_in_flight: int = 0  # orders the submitter is taking to the broker now
+    # The trade_updates stream: disabled | connecting | resyncing | healthy | down |
+    # auth_failed | stopped. Trusted only once the resync after a (re)connect completed.
+    stream_state: str = "disabled"
+    stream_trusted: bool = False
+    stream_since: float | None = None  # when the state last changed (time.monotonic)
+    stream_error: str | None = None
+    stream_last_event: float | None = None  # epoch seconds
+    poll_interval: float | None = None  # the poller's interval in force
+    _untrusted: anyio.Event | None = field(default=None, repr=False)
+    _trusted: anyio.Event | None = field(default=None, repr=False)
     _idle: anyio.Event | None = field(default=None, repr=False)
     _polled: anyio.Event | None = field(default=None, repr=False)
 
@@ -42,6 +53,40 @@ class Health:
             if self._idle is None:
                 self._idle = anyio.Event()
             await self._idle.wait()
+
+    def set_stream(self, state: str, *, trusted: bool, error: str | None = None) -> None:
+        if state != self.stream_state:
+            self.stream_since = time.monotonic()
+        self.stream_state, self.stream_error = state, error
+        was, self.stream_trusted = self.stream_trusted, trusted
+        if was and not trusted and self._untrusted is not None:
+            self._untrusted.set()
+            self._untrusted = None
+        if trusted and not was and self._trusted is not None:
+            self._trusted.set()
+            self._trusted = None
+
+    async def wait_stream_untrusted(self) -> None:
+        """Until the stream is not trusted (the poller shortens its interval)."""
+        while self.stream_trusted:
+            if self._untrusted is None:
+                self._untrusted = anyio.Event()
+            await self._untrusted.wait()
+
+    async def wait_stream_trusted(self) -> None:
+        """Until the stream is trusted (the poller lengthens its interval)."""
+        while not self.stream_trusted:
+            if self._trusted is None:
+                self._trusted = anyio.Event()
+            await self._trusted.wait()
+
+    def stream_as_dict(self, now: float) -> dict[str, object]:
+        last = self.stream_last_event
+        return {"state": self.stream_state, "trusted": self.stream_trusted,
+                "error": self.stream_error,
+                "for_s": None if self.stream_since is None else round(
+                    time.monotonic() - self.stream_since, 1),
+                "last_event_age_s": None if last is None else round(max(0.0, now - last), 3)}
 
     def poll_completed(self, started: float, ended: float) -> None:
         self.last_poll_started, self.last_poll = started, ended

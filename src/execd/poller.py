@@ -13,7 +13,7 @@ from anyio.abc import TaskStatus
 
 from execd.book import OrderBook
 from execd.broker.base import BrokerClient, BrokerError
-from execd.clock import Clock
+from execd.clock import Clock, within
 from execd.domain.orders import OrderState, apply_broker_view
 from execd.health import Health
 from execd.obs import logging
@@ -24,10 +24,12 @@ from execd.testhooks import HOOKS
 log = logging.get("execd.poller")
 
 
-async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health: Health) -> None:
-    """One poll. A look-up that fails skips its order (the next poll tries again); the poll
-    counts as complete, and is stamped in `health.last_poll`, only if nothing failed."""
+async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health: Health) -> int:
+    """One poll; how many orders it changed. A look-up that fails skips its order (the
+    next poll tries again); the poll counts as complete, and is stamped in
+    `health.last_poll`, only if nothing failed."""
     started = clock.time()
+    changed = 0
     failed: BrokerError | None = None
     open_at_broker = {o.client_order_id: o for o in await broker.list_open_orders()}
     ours = book.open_orders()
@@ -52,21 +54,24 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
                 continue
         if apply_broker_view(order, found.view, started) is not None:  # news: write it
             await book.apply_view(order.client_order_id, found.view)
+            changed += 1
     health.broker_orders_unknown = len(set(open_at_broker) - known)
     if failed is not None:
         raise failed
     health.poll_completed(started, clock.time())
     book.metrics.poll_last_success.set(clock.time())
+    return changed
 
 
 async def run(
     *, book: OrderBook, broker: BrokerClient, clock: Clock, health: Health, interval: float,
-    recovery: Recovery | None = None,
+    interval_streaming: float | None = None, recovery: Recovery | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     task_status.started()
     while True:
         HOOKS.crash("poller")
+        started = clock.monotonic()
         try:
             await poll_once(book, broker, clock, health)
             if recovery is not None:
@@ -74,4 +79,31 @@ async def run(
         except (BrokerError, StorageUnavailable) as e:
             health.last_poll_error = str(e)
             log.warning("poll failed; trying again next interval", error=str(e))
-        await clock.sleep(interval)
+        await _until_next(book, clock, health, started, interval, interval_streaming)
+
+
+async def _until_next(book: OrderBook, clock: Clock, health: Health, started: float,
+                      interval: float, interval_streaming: float | None) -> None:
+    """Until the next poll is due: `interval` after the last one began, or
+    `interval_streaming` while the stream is trusted; a change of trust moves the
+    deadline (a stream lost mid-wait brings the next poll forward at once)."""
+    while True:
+        trusted = interval_streaming is not None and health.stream_trusted
+        wait = interval_streaming if trusted and interval_streaming is not None else interval
+        _in_force(book, health, wait)
+        remaining = started + wait - clock.monotonic()
+        if remaining <= 0:
+            return
+        if interval_streaming is None:
+            await clock.sleep(remaining)
+            return
+        change = health.wait_stream_untrusted if trusted else health.wait_stream_trusted
+        if not await within(clock, remaining, change):
+            return
+
+
+def _in_force(book: OrderBook, health: Health, interval: float) -> None:
+    if health.poll_interval != interval:
+        log.info("poll interval", seconds=interval, stream_trusted=health.stream_trusted)
+    health.poll_interval = interval
+    book.metrics.poll_interval.set(interval)

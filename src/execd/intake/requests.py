@@ -194,6 +194,8 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "actors": s.actors(),
         "limiter": {"remaining": s.limiter.remaining()},
         "last_poll": h.last_poll, "last_poll_error": h.last_poll_error,
+        "poll_interval": h.poll_interval,
+        "stream": h.stream_as_dict(s.clock.time()),
         "last_reconcile": h.last_reconcile, "last_reconcile_result": h.last_reconcile_result,
         "broker_orders_unknown": h.broker_orders_unknown,
         "orders": counts,

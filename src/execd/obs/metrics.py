@@ -44,6 +44,11 @@ INTAKE_ERROR_CODES = ("invalid_request", "unknown_op", "risk_rejected", "trading
                       "broker_rejected", "not_found", "conflict", "unauthorized", "line_too_long",
                       "overloaded", "internal", "recovering", "storage_unavailable")
 FILL_SOURCES = ("stream", "poll")
+# trade_updates events (ALPACA.md); anything else is counted as "other".
+STREAM_EVENTS = ("new", "fill", "partial_fill", "canceled", "expired", "done_for_day",
+                 "replaced", "accepted", "pending_new", "rejected", "stopped", "pending_cancel",
+                 "pending_replace", "calculated", "suspended", "order_replace_rejected",
+                 "order_cancel_rejected", "restated", "other")
 
 # Why trading is halted, as a small fixed set: a free-text reason never becomes a label.
 HALT_CATEGORIES = ("operator", "reconcile", "broker_failures", "storage", "other")
@@ -153,6 +158,42 @@ class Metrics:
             "execd_stream_connected", "1 while the trade_updates stream is connected and "
             "subscribed", registry=r,
         )
+        self.stream_events = Counter(
+            "execd_stream_events_total", "trade_updates events received, by event (duplicates "
+            "not included)", ["event"], registry=r,
+        )
+        self.stream_duplicates = Counter(
+            "execd_stream_duplicates_total", "trade_updates events dropped as duplicates (an "
+            "execution_id already applied)", registry=r,
+        )
+        self.stream_unknown = Counter(
+            "execd_stream_unknown_orders_total", "trade_updates events for orders execd did not "
+            "place", registry=r,
+        )
+        self.stream_reconnects = Counter(
+            "execd_stream_reconnects_total", "trade_updates connections lost or failed (each is "
+            "followed by a backoff and a reconnect)", registry=r,
+        )
+        self.stream_auth_failures = Counter(
+            "execd_stream_auth_failures_total", "trade_updates authentications refused",
+            registry=r,
+        )
+        self.stream_resyncs = Counter(
+            "execd_stream_resyncs_total", "Complete polls run after a stream (re)connect",
+            registry=r,
+        )
+        self.stream_resync_repaired = Counter(
+            "execd_stream_resync_repaired_total", "Orders a resync found changed (what the "
+            "stream missed)", registry=r,
+        )
+        self.stream_apply = Histogram(
+            "execd_stream_apply_seconds", "A trade_updates event's receipt to its recording in "
+            "the book (monotonic clock)", buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.stream_last_event = Gauge(
+            "execd_stream_last_event_timestamp_seconds", "When the last trade_updates event "
+            "arrived", registry=r,
+        )
         self.fill_lag = Histogram(
             "execd_fill_lag_seconds",
             "A fill's time at the broker to its recording in the book, by the source that "
@@ -208,6 +249,8 @@ class Metrics:
             self.intake_errors.labels(code)
         for source in FILL_SOURCES:
             self.fill_lag.labels(source)
+        for event in STREAM_EVENTS:
+            self.stream_events.labels(event)
 
     def show_config(
         self, *, submit_timeout: float, poll_interval: float, budget_requests: int,

@@ -1,0 +1,280 @@
+"""The stream actor: Alpaca's trade_updates websocket brings fills in milliseconds.
+
+One connection per account. Every event goes through the book like a poll's view: the
+same forward-only state machine, fills only from growth of the cumulative `filled_qty`,
+so a streamed fill and a polled one are never counted twice. Events are matched by
+`client_order_id`; a `fill` may come before the POST's answer (PENDING → FILLED is a
+legal move, and the late answer never moves the order back).
+
+The stream is not trusted blindly: Alpaca does not replay what it sent while we were
+away and has been seen to lose and to duplicate events. So:
+- duplicates (same `execution_id`) are dropped and counted;
+- after every (re)connect, one complete poll (the resync) runs; until it has completed
+  the stream is not trusted and the poller keeps its short interval;
+- the poller stays the safety net: a long interval while the stream is trusted, the
+  short one as soon as it is not;
+- reconnects back off: uniform(1, min(30, 2^n)) s after the n-th failure in a row,
+  reset after a healthy minute; an auth failure waits `auth_retry` (≥ 60 s);
+- a connection that answers no ping for two intervals is stalled: it is replaced.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+
+from execd import poller
+from execd.book import OrderBook
+from execd.broker.alpaca_stream import (
+    StreamAuthFailed,
+    StreamProtocolError,
+    TradeUpdate,
+    TradeUpdates,
+)
+from execd.broker.base import BrokerClient, BrokerError
+from execd.broker.websocket import WebSocketClosed
+from execd.clock import Clock
+from execd.health import Health
+from execd.obs import logging
+from execd.obs.metrics import STREAM_EVENTS, Metrics
+from execd.store import StorageUnavailable
+from execd.testhooks import HOOKS
+
+log = logging.get("execd.stream")
+SEEN = 100_000  # execution ids remembered for dropping duplicates
+
+
+class Connection(Protocol):
+    """An authenticated trade_updates connection (TradeUpdates; a fake in tests)."""
+
+    async def receive(self) -> TradeUpdate | None: ...
+
+    async def ping(self) -> None: ...
+
+    @property
+    def pongs(self) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+Connect = Callable[[], Awaitable[Connection]]
+
+
+class StreamStalled(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamSettings:
+    url: str
+    ping_interval: float = 10.0  # stalled: no pong for two of these
+    connect_timeout: float = 10.0
+    healthy_after: float = 60.0  # a connection up this long resets the backoff
+    auth_retry: float = 60.0  # an auth failure is retried only slowly (no 429 storm)
+    backoff_min: float = 1.0
+    backoff_max: float = 30.0
+    resync_retry: float = 5.0  # a resync poll that failed is tried again after this
+
+
+class _Pinged:
+    """Adapts TradeUpdates (which exposes its WebSocket) to `Connection`."""
+
+    def __init__(self, updates: TradeUpdates) -> None:
+        self._u = updates
+
+    async def receive(self) -> TradeUpdate | None:
+        return await self._u.receive()
+
+    async def ping(self) -> None:
+        await self._u.ws.ping()
+
+    @property
+    def pongs(self) -> int:
+        return self._u.ws.pongs
+
+    async def aclose(self) -> None:
+        await self._u.aclose()
+
+
+def alpaca_connect(url: str, key_id: str, secret_key: str) -> Connect:
+    async def connect() -> Connection:
+        return _Pinged(await TradeUpdates.open(url, key_id, secret_key))
+
+    return connect
+
+
+_LOST = (WebSocketClosed, StreamProtocolError, StreamStalled, OSError, TimeoutError)
+
+
+class StreamActor:
+    def __init__(
+        self, *, book: OrderBook, broker: BrokerClient, clock: Clock, health: Health,
+        metrics: Metrics, settings: StreamSettings, connect: Connect,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.book = book
+        self.broker = broker
+        self.clock = clock
+        self.health = health
+        self.metrics = metrics
+        self.settings = settings
+        self.connect = connect
+        self.rng = rng or random.Random()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.failures = 0  # in a row
+
+    async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self.metrics.stream_enabled.set(1)
+        task_status.started()
+        try:
+            while True:
+                HOOKS.crash("stream")
+                await self._connect_and_serve()
+        finally:
+            self.metrics.stream_connected.set(0)
+            self.health.set_stream("stopped", trusted=False)
+
+    async def _connect_and_serve(self) -> None:
+        s = self.settings
+        self.health.set_stream("connecting", trusted=False)
+        try:
+            with anyio.fail_after(s.connect_timeout):
+                conn = await self.connect()
+        except StreamAuthFailed as e:
+            self.metrics.stream_auth_failures.inc()
+            log.critical("trade_updates stream: authentication refused; polling carries on, "
+                         "the stream is tried again later", error=str(e),
+                         retry_in=s.auth_retry)
+            self.health.set_stream("auth_failed", trusted=False, error=str(e))
+            await self.clock.sleep(s.auth_retry)
+            return
+        except _LOST as e:
+            await self._back_off(f"connect failed: {type(e).__name__}: {e}")
+            return
+        up_since = self.clock.monotonic()
+        self.metrics.stream_connected.set(1)
+        self.health.set_stream("resyncing", trusted=False)
+        log.info("trade_updates stream connected; resyncing", url=s.url)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_alive, conn)
+                tg.start_soon(self._resync)
+                while True:
+                    update = await conn.receive()
+                    if update is not None:
+                        await self.apply(update)
+        except _LOST as e:
+            reason = f"{type(e).__name__}: {e}"
+        except BaseExceptionGroup as group:
+            lost, rest = group.split(_LOST)
+            if lost is None or rest is not None:
+                raise
+            first = _leaf(lost)
+            reason = f"{type(first).__name__}: {first}"
+        finally:
+            self.metrics.stream_connected.set(0)
+            with anyio.CancelScope(shield=True):
+                await conn.aclose()
+        if self.clock.monotonic() - up_since >= s.healthy_after:
+            self.failures = 0
+        await self._back_off(f"connection lost: {reason}")
+
+    async def _back_off(self, reason: str) -> None:
+        self.failures += 1
+        self.metrics.stream_reconnects.inc()
+        s = self.settings
+        delay = self.rng.uniform(s.backoff_min, max(s.backoff_min,
+                                                    min(s.backoff_max, 2.0 ** self.failures)))
+        log.warning("trade_updates stream down; polling every interval meanwhile",
+                    reason=reason, failures=self.failures, retry_in=round(delay, 2))
+        self.health.set_stream("down", trusted=False, error=reason)
+        await self.clock.sleep(delay)
+
+    async def _keep_alive(self, conn: Connection) -> None:
+        """Ping every interval; no pong for two intervals: stalled. An idle stream that
+        answers pings is healthy."""
+        interval = self.settings.ping_interval
+        pongs, last_pong = conn.pongs, self.clock.monotonic()
+        while True:
+            await conn.ping()
+            await self.clock.sleep(interval)
+            now = self.clock.monotonic()
+            if conn.pongs != pongs:
+                pongs, last_pong = conn.pongs, now
+            elif now - last_pong >= 2 * interval:
+                raise StreamStalled(f"no pong for {round(now - last_pong, 1)} s")
+
+    async def _resync(self) -> None:
+        """One complete poll after every (re)connect: what the stream missed while we
+        were away is repaired; only then is the stream trusted."""
+        while True:
+            started = self.clock.monotonic()
+            try:
+                repaired = await poller.poll_once(self.book, self.broker, self.clock,
+                                                  self.health)
+            except (BrokerError, StorageUnavailable) as e:
+                log.warning("resync failed; the stream stays untrusted, retrying",
+                            error=str(e), retry_in=self.settings.resync_retry)
+                await self.clock.sleep(self.settings.resync_retry)
+                continue
+            self.metrics.stream_resyncs.inc()
+            self.metrics.stream_resync_repaired.inc(repaired)
+            self.health.set_stream("healthy", trusted=True)
+            log.info("trade_updates stream trusted", resync_repaired=repaired,
+                     resync_seconds=round(self.clock.monotonic() - started, 3))
+            return
+
+    async def apply(self, update: TradeUpdate) -> None:
+        received = self.clock.monotonic()
+        m = self.metrics
+        if update.execution_id is not None and update.execution_id in self._seen:
+            m.stream_duplicates.inc()
+            return
+        m.stream_events.labels(update.event if update.event in STREAM_EVENTS else "other").inc()
+        self.health.stream_last_event = self.clock.time()
+        m.stream_last_event.set(self.health.stream_last_event)
+        cid = update.order.client_order_id
+        before = await self.book.get(cid)
+        if before is None:
+            m.stream_unknown.inc()
+            log.debug("stream event for an order execd did not place", client_order_id=cid,
+                      event=update.event)
+            return
+        try:
+            after = await self.book.apply_view(cid, update.order.view)
+        except StorageUnavailable:
+            return  # not recorded: the safety-net poll repairs it once writes work
+        if update.execution_id is not None:
+            self._seen[update.execution_id] = None
+            if len(self._seen) > SEEN:
+                self._seen.popitem(last=False)
+        m.stream_apply.observe(self.clock.monotonic() - received)
+        if after is not None and after.filled_qty > before.filled_qty:
+            m.fill_lag.labels("stream").observe(_lag(self.clock.time(), update.timestamp))
+
+
+def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _lag(now: float, at: datetime | None) -> float:
+    """Broker timestamp → applied; clamped at 0 (the clocks differ)."""
+    return 0.0 if at is None else max(0.0, now - at.timestamp())
+
+
+async def run(
+    *, book: OrderBook, broker: BrokerClient, clock: Clock, health: Health, metrics: Metrics,
+    settings: StreamSettings, connect: Connect,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    actor = StreamActor(book=book, broker=broker, clock=clock, health=health, metrics=metrics,
+                        settings=settings, connect=connect)
+    await actor.run(task_status)
