@@ -20,6 +20,7 @@ between the durable write and the broker's answer; it is restarted each time. Th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -42,6 +43,11 @@ from execd.sim import SimConfig, SimServer
 SYMBOLS = ("AAPL", "MSFT", "SPY", "QQQ")
 SOAK_FAULTS = {"p_5xx": 0.10, "p_slow": 0.05, "slow_seconds": 1.0, "p_drop_submit": 0.05,
                "p_429": 0.02}
+# The trade_updates stream's faults: events lost and duplicated (as reported of Alpaca),
+# delayed; every connection is also dropped every STREAM_DROP_EVERY seconds.
+STREAM_FAULTS = {"p_stream_lose": 0.10, "p_stream_duplicate": 0.10,
+                 "stream_delay_seconds": 0.05}
+STREAM_DROP_EVERY = 3.0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -50,6 +56,8 @@ class Campaign:
     kills: int = 5
     strategies: int = 4
     faults: bool = False
+    stream: bool = True  # the daemon's trade_updates stream on
+    stream_faults: bool = True  # ... with lost, duplicated, delayed events and drops
     hooks: str = "after_submit=0.02,after_commit=0.01"
     rate_limit: int = 200
     rate_window: float = 10.0  # a scaled minute: the same invariant, 6x sooner
@@ -80,6 +88,8 @@ class Report:
     trading: str = ""
     client_error: str = ""
     seconds: float = 0.0
+    stream: str = "off"
+    stream_drops: int = 0
 
     @property
     def ok(self) -> bool:
@@ -95,6 +105,8 @@ class Report:
              f"{self.kills_by_us + self.kills_by_hooks} ({self.kills_by_us} / "
              f"{self.kills_by_hooks})"),
             ("daemon restarts", str(self.restarts)),
+            ("trade_updates stream (connections dropped by the sim)",
+             f"{self.stream} ({self.stream_drops})"),
             ("unexpected daemon exits", str(self.other_exits or 0)),
             ("orders at the broker", str(self.broker_orders)),
             ("acknowledged orders lost", str(self.lost)),
@@ -193,8 +205,13 @@ burst = 5
 backoff_initial = 0.05
 backoff_max = 0.5
 failures_before_halt = 50
+stream = {"true" if c.stream else "false"}
+stream_backoff_min = 0.05
+stream_backoff_max = 0.5
+stream_ping_interval = 1.0
 [poller]
 interval = 0.5
+interval_streaming = 2.0
 [reconciler]
 interval = 2.0
 confirm_delay = 1.5
@@ -211,7 +228,8 @@ max_open_orders = 100000
 
 
 def run(c: Campaign) -> Report:
-    report = Report(limit=c.rate_limit, window=c.rate_window)
+    report = Report(limit=c.rate_limit, window=c.rate_window,
+                    stream=("on, with faults" if c.stream_faults else "on") if c.stream else "off")
     rng = random.Random(c.seed)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="execd-crash-") as tmp:
@@ -232,6 +250,9 @@ def run(c: Campaign) -> Report:
                 raise RuntimeError(f"daemon did not start; see {workdir / 'daemon.log'}")
             if c.faults:
                 sim.set_faults(**SOAK_FAULTS)
+            if c.stream and c.stream_faults:
+                sim.set_faults(**STREAM_FAULTS)
+            dropped_at = time.monotonic()
             acked: set[str] = set()
             done = threading.Event()
             client = threading.Thread(target=_client, args=(sock, c, acked, report, done),
@@ -244,6 +265,11 @@ def run(c: Campaign) -> Report:
                 if kill_at and report.submitted / c.orders >= kill_at[0]:
                     kill_at.pop(0)
                     daemon.kill(sock, report)
+                if c.stream and c.stream_faults and \
+                        time.monotonic() - dropped_at > STREAM_DROP_EVERY:
+                    dropped_at = time.monotonic()
+                    sim.drop_streams()
+                    report.stream_drops += 1
                 if c.progress and time.monotonic() - shown > 1.0:
                     shown = time.monotonic()
                     _bar(report, c, shown - started)
@@ -370,13 +396,18 @@ def main() -> int:
     p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     p.add_argument("--rate-limit", type=int, default=200)
     p.add_argument("--rate-window", type=float, default=10.0)
+    p.add_argument("--no-stream", action="store_true", help="the trade_updates stream off "
+                   "(polling only)")
+    p.add_argument("--no-stream-faults", action="store_true", help="the stream on, without "
+                   "its faults (10%% of events lost, 10%% duplicated, drops every 3 s)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     report = run(Campaign(orders=a.orders, kills=a.kills, strategies=a.strategies,
                           faults=a.faults, seed=a.seed, rate_limit=a.rate_limit,
                           rate_window=a.rate_window, backend=a.backend, pace=a.pace,
-                          progress=not a.json))
-    print(json.dumps(report.__dict__ | {"ok": report.ok}) if a.json else report.table())
+                          progress=not a.json, stream=not a.no_stream,
+                          stream_faults=not a.no_stream_faults))
+    print(json.dumps(dataclasses.asdict(report) | {"ok": report.ok}) if a.json else report.table())
     return 0 if report.ok else 1
 
 
