@@ -94,7 +94,6 @@ async def test_a_derived_average_is_rounded_to_nine_places(daemon_factory: OpenD
     ({"op": "submit", "strategy_id": "s", "symbol": "AAPL", "side": "buy", "qty": "1",
       "order_class": "bracket", "take_profit": {"limit_price": "300"},
       "stop_loss": {"stop_price": "100"}}, 'unknown field "order_class"'),
-    ({"op": "halt", "strategy_id": "s", "reason": "x"}, 'unknown field "strategy_id"'),
     ({"op": "ping", "verbose": True}, 'unknown field "verbose": ping takes no fields'),
     ({"op": "submit", "strategy_id": "s", "symbol": "AAPL", "side": "buy", "qty": "1",
       "type": "limit", "limit_price": "187.125"}, "at most 2 for a price at or above $1"),

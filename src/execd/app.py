@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketListener
 
+from execd import deadman as deadman_actor
 from execd import files, intake, poller, reconciler, risk, stream, submitter, systemd
 from execd import storage as storage_actor
 from execd.book import EventHub, OrderBook
@@ -29,10 +30,14 @@ from execd.broker.alpaca_stream import stream_url_from
 from execd.broker.base import BrokerClient
 from execd.clock import Clock, SystemClock, within
 from execd.config import Config, ConfigError, Credentials, load_credentials
+from execd.deadman import DeadMan
 from execd.fatal import Fatal, address_problem
 from execd.health import Health
 from execd.limiter import Budget, RateLimiter, open_limiter
-from execd.messages import RiskCommand, SubmitterCommand
+from execd.messages import (
+    RiskCommand,
+    SubmitterCommand,
+)
 from execd.obs import logging
 from execd.obs.metrics import Metrics
 from execd.recovery import Recovery
@@ -147,6 +152,8 @@ async def open_daemon(
             )
         store = await _open_store(config)
         stack.push_async_callback(_shielded, store.close)
+        deadman = DeadMan(store, clock, metrics)
+        await deadman.restore()
         hub = EventHub()
         storage = Storage(metrics, clock)
         book = OrderBook(store, hub, metrics, clock, on_storage_failure=storage.failed)
@@ -167,7 +174,7 @@ async def open_daemon(
                 max_connections_per_uid=d.max_connections_per_uid, max_line=d.max_line_bytes,
                 line_timeout=d.line_timeout, write_timeout=d.write_timeout,
                 idle_timeout=d.idle_timeout, submit_timeout=d.submit_timeout),
-            access=config.access,
+            access=config.access, deadman=deadman,
         )
         rc = config.reconciler
         brk: BrokerClient = broker
@@ -198,6 +205,11 @@ async def open_daemon(
             *([stream_spec] if stream_spec else []),
             ChildSpec(name="intake", start=lambda task_status: intake.run(
                 listener=listener, services=services, task_status=task_status)),
+            # After the intake, so it stops first: the connections a stop closes are no
+            # disconnects (the sessions are stored, and wait for the next start).
+            ChildSpec(name="deadman", start=lambda task_status: deadman_actor.run(
+                sub_send.clone(), deadman=deadman,
+                task_status=task_status)),
             ChildSpec(name="watchdog", start=lambda task_status: systemd.run_watchdog(
                 lambda: sup.healthy, clock, task_status=task_status)),
         ]

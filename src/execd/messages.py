@@ -83,6 +83,7 @@ class SubmitOrder:
     owner_uid: int | None = None
     # wait="submitted": the order once the broker has answered, from the submitter
     done: Reply[Order] | None = None
+    closing: bool = False  # close_position/flatten: allowed while halted if it shrinks
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +91,7 @@ class SetTradingState:
     state: TradingState
     reason: str
     reply: Reply[TradingStateChanged] | None = None
+    strategy_id: str | None = None  # one strategy only (HALTED or ACTIVE); None: the account
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

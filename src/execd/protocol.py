@@ -238,15 +238,27 @@ def client_order_id(args: dict[str, Any], *, required: bool = True) -> str | Non
     return cid
 
 
-def submit_spec(args: dict[str, Any], now: float) -> tuple[OrderSpec, str]:
-    """The order a submit asks for, and its wait mode."""
-    sid = strategy_id(args, required=True)
-    assert sid is not None
+def symbol_field(args: dict[str, Any]) -> str:
     symbol = _str(args, "symbol")
     assert symbol is not None
     if not SYMBOL.fullmatch(symbol):
         raise invalid("symbol must be 1-16 ASCII upper-case letters, digits or dots (AAPL, "
                       "BRK.B), or a crypto pair (BTC/USD)")
+    return symbol
+
+
+def wait_field(args: dict[str, Any]) -> str:
+    wait = _str(args, "wait", required=False) or "submitted"
+    if wait not in ("submitted", "accepted"):
+        raise invalid('wait must be "submitted" or "accepted"')
+    return wait
+
+
+def submit_spec(args: dict[str, Any], now: float) -> tuple[OrderSpec, str]:
+    """The order a submit asks for, and its wait mode."""
+    sid = strategy_id(args, required=True)
+    assert sid is not None
+    symbol = symbol_field(args)
     side = _str(args, "side")
     if side not in SIDES:
         raise invalid('side must be "buy" or "sell"')
@@ -264,9 +276,7 @@ def submit_spec(args: dict[str, Any], now: float) -> tuple[OrderSpec, str]:
     tif = _str(args, "time_in_force", required=False) or "day"
     if tif not in TIME_IN_FORCE:
         raise invalid(f"time_in_force must be one of {', '.join(TIME_IN_FORCE)}")
-    wait = _str(args, "wait", required=False) or "submitted"
-    if wait not in ("submitted", "accepted"):
-        raise invalid('wait must be "submitted" or "accepted"')
+    wait = wait_field(args)
     cid = client_order_id(args, required=False) or new_client_order_id(sid, now)
     spec = OrderSpec(
         client_order_id=cid, strategy_id=sid, symbol=symbol, side=side,

@@ -84,7 +84,9 @@ class RiskGate:
         snapshot, self._feed = await self.book.open_risk_feed(since=self.clock.time() - 60)
         self._ctx = RiskContext.rebuild(
             trading=self._unsaved or snapshot.trading, positions=snapshot.positions.values(),
-            open_orders=snapshot.open_orders, recent=snapshot.recent)
+            open_orders=snapshot.open_orders, recent=snapshot.recent,
+            halted=snapshot.halted_strategies)
+        self.metrics.strategies_halted.set(len(self._ctx.halted))
         show_trading_state(self.metrics, self._ctx.trading)
         return self._ctx
 
@@ -153,6 +155,13 @@ class RiskGate:
 
         for msg in batch:
             match msg:
+                case SetTradingState(strategy_id=str() as sid, state=state, reason=reason,
+                                     reply=reply):
+                    await flush()
+                    status = TradingStatus(state=state, reason=reason, since=self.clock.time())
+                    await self._halt_strategy(ctx, sid, status)
+                    if reply is not None:
+                        answer(reply, TradingStateChanged(status=status))
                 case SetTradingState(state=state, reason=reason, reply=reply):
                     await flush()  # orders before the change are decided by the old state
                     status = TradingStatus(state=state, reason=reason, since=self.clock.time())
@@ -174,6 +183,25 @@ class RiskGate:
                     assert_never(msg)
         await flush()
         return accepted
+
+    async def _halt_strategy(self, ctx: RiskContext, sid: str, status: TradingStatus) -> None:
+        """Halt one strategy, or lift its halt; the account's state stays as it is."""
+        halted = status.state == TradingState.HALTED
+        try:
+            await self.book.store.set_strategy_halt(sid, status if halted else None)
+        except StorageUnavailable as e:
+            if self.storage is not None:
+                self.storage.failed(e)
+            log.error("cannot write a strategy's halt: held in memory", strategy_id=sid,
+                      error=str(e))
+        if halted:
+            ctx.halted[sid] = status
+        else:
+            ctx.halted.pop(sid, None)
+        self.metrics.strategies_halted.set(len(ctx.halted))
+        level = log.warning if halted else log.info
+        level("strategy trading state changed", strategy_id=sid, state=status.state.value,
+              reason=status.reason)
 
     async def _save(self, status: TradingStatus) -> bool:
         """Write the trading state; while writes fail, hold it in memory (it is written
@@ -261,7 +289,7 @@ class RiskGate:
                 code="recovering", retry_after_s=RECOVERING_RETRY_S,
                 reason=f"execd is starting up ({self.recovery.progress()}); no new order goes "
                 "to the broker until that is done: retry shortly")
-        denial = risk.check(spec, ctx, self.limits)
+        denial = risk.check(spec, ctx, self.limits, closing=msg.closing)
         if denial is not None:
             metrics.submits.labels("denied").inc()
             metrics.rejections.labels(denial.rule).inc()

@@ -63,13 +63,15 @@ class RiskContext:
     orders_last_minute: dict[str, int] = field(default_factory=dict)  # by strategy
     prices: dict[str, Decimal] = field(default_factory=dict)
     recent: deque[tuple[float, str]] = field(default_factory=deque)  # (created_at, strategy)
+    halted: dict[str, TradingStatus] = field(default_factory=dict)  # strategies halted alone
 
     @classmethod
     def rebuild(
         cls, *, trading: TradingStatus, positions: Iterable[Position],
         open_orders: Iterable[Order], recent: Iterable[tuple[float, str]],
+        halted: dict[str, TradingStatus] | None = None,
     ) -> RiskContext:
-        ctx = cls(trading=trading)
+        ctx = cls(trading=trading, halted=dict(halted or {}))
         for p in positions:
             ctx.exposure[p.symbol] = Exposure(position=p.qty)
             if p.last_price is not None:
@@ -127,7 +129,7 @@ class RiskContext:
         exposure = {s: (e.position, e.open_buys, e.open_sells) for s, e in self.exposure.items()
                     if e.position or e.open_buys or e.open_sells}
         return (self.trading, exposure, self.open_orders, dict(self.orders_last_minute),
-                dict(self.prices))
+                dict(self.prices), dict(self.halted))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,23 +139,40 @@ class Denial:
     reason: str
 
 
-def check(spec: OrderSpec, ctx: RiskContext, limits: RiskLimits) -> Denial | None:
+def check(
+    spec: OrderSpec, ctx: RiskContext, limits: RiskLimits, *, closing: bool = False
+) -> Denial | None:
+    """Whether `spec` may go. A `closing` order (close_position, flatten) goes even while
+    trading is halted, but only if it shrinks a position, as in REDUCING."""
+
     def deny(rule: str, reason: str) -> Denial:
         return Denial(code="risk_rejected", rule=rule, reason=reason)
 
     t = ctx.trading
-    if t.state == TradingState.HALTED:
+    if t.state == TradingState.HALTED and not closing:
         return Denial(
             code="trading_halted", rule="halted",
             reason=f"trading is halted ({t.reason or 'no reason given'}); cancels still work",
         )
+    alone = ctx.halted.get(spec.strategy_id)
+    if alone is not None and not closing:
+        return Denial(
+            code="trading_halted", rule="strategy_halted",
+            reason=f"strategy {spec.strategy_id} is halted ({alone.reason or 'no reason given'})"
+            "; cancels still work",
+        )
     e = ctx.exposure.get(spec.symbol, Exposure())
-    if t.state == TradingState.REDUCING:
+    if t.state == TradingState.REDUCING or closing:
         # Reducing: the position after this order and every open order on its side
         # must be no further from zero than now, and on the same side of zero.
         pending = -e.open_sells if spec.side == "sell" else e.open_buys
         after = e.position + pending + spec.signed_qty
         if e.position == 0 or abs(after) > abs(e.position) or after * e.position < 0:
+            if closing:
+                return deny("reducing", f"a closing order must shrink the position: "
+                            f"{spec.symbol} position is {show(e.position)}, open "
+                            f"{'sells' if spec.side == 'sell' else 'buys'} "
+                            f"{show(abs(pending))}")
             return Denial(
                 code="trading_halted", rule="reducing",
                 reason=f"trading is REDUCING ({t.reason or 'no reason given'}): only orders "

@@ -115,6 +115,13 @@ class Connection:
             await self.write({"event": "error", "error": {"code": code, "message": message}})
 
     async def serve(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            if self.s.deadman is not None:
+                self.s.deadman.disconnected(self)  # its sessions, if any, fire now
+
+    async def _serve(self) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             while True:
@@ -128,6 +135,8 @@ class Connection:
                     break
                 if not line.strip():
                     continue
+                if self.s.deadman is not None:
+                    self.s.deadman.beat(self)  # a request is a heartbeat; a blank line is not
                 await self._slots.acquire()
                 self._in_flight += 1
                 self._last_request = anyio.current_time()

@@ -16,7 +16,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from execd import __version__, protocol
 from execd.domain.decimals import show, show_opt
-from execd.domain.orders import OPEN_STATES, Order, OrderState
+from execd.domain.orders import OPEN_STATES, Order, OrderSpec, OrderState
 from execd.domain.risk import TradingState
 from execd.messages import (
     CancelAll,
@@ -54,9 +54,15 @@ async def op_ping(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def op_submit(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    spec, wait = protocol.submit_spec(args, c.s.clock.time())
+    return await place(c, spec, wait)
+
+
+async def place(c: Caller, spec: OrderSpec, wait: str, *, closing: bool = False
+                ) -> dict[str, Any]:
+    """Through the risk gate (durable before anything else), then as `wait` says."""
     s = c.s
     start = anyio.current_time()
-    spec, wait = protocol.submit_spec(args, s.clock.time())
     owner = c.peer.uid if c.peer else None
     # wait="submitted": the submitter answers here once the broker has answered
     done_send, done_receive = anyio.create_memory_object_stream[Order](1)
@@ -66,7 +72,8 @@ async def op_submit(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
             done_send.close()
 
         def command(reply: MemoryObjectSendStream[SubmitResult]) -> RiskCommand:
-            return SubmitOrder(spec=spec, reply=reply, owner_uid=owner, done=handed)
+            return SubmitOrder(spec=spec, reply=reply, owner_uid=owner, done=handed,
+                               closing=closing)
 
         try:
             result = await ask(s.risk, command)
@@ -117,7 +124,7 @@ async def op_cancel(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
         return CancelOrder(client_order_id=cid, reply=reply)
 
-    return {"order": (await _ask_submitter(c, command))[0]}
+    return {"order": (await ask_submitter(c, command))[0]}
 
 
 async def op_cancel_all(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -129,12 +136,12 @@ async def op_cancel_all(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
         return CancelAll(strategy_id=sid, reply=reply, owner_uid=owner)
 
-    orders = await _ask_submitter(c, command)
+    orders = await ask_submitter(c, command)
     cancelled = [o for o in orders if o["state"] == OrderState.CANCELLED.value]
     return {"count": len(cancelled), "orders": orders}
 
 
-async def _ask_submitter(
+async def ask_submitter(
     c: Caller, make: Callable[[MemoryObjectSendStream[CancelResult]], SubmitterCommand]
 ) -> list[dict[str, Any]]:
     with anyio.move_on_after(c.s.limits.submit_timeout * 3):
@@ -201,28 +208,38 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "orders": counts,
         "open_orders": sum(counts.get(st.value, 0) for st in OPEN_STATES),
         "subscribers": s.hub.subscribers,
+        "halted_strategies": {sid: {"reason": st.reason, "since": st.since}
+                              for sid, st in sorted((await s.book.store.strategy_halts()).items())},
         "recovery": s.recovery.as_dict(),
         "storage": s.storage.as_dict() if s.storage is not None else None,
     }
 
 
-async def _set_state(c: Caller, state: TradingState, reason: str) -> dict[str, Any]:
+async def set_state(c: Caller, state: TradingState, reason: str,
+                    strategy_id: str | None = None) -> dict[str, Any]:
     def command(reply: MemoryObjectSendStream[TradingStateChanged]) -> RiskCommand:
-        return SetTradingState(state=state, reason=reason, reply=reply)
+        return SetTradingState(state=state, reason=reason, reply=reply, strategy_id=strategy_id)
 
     st = (await ask(c.s.risk, command)).status
-    return {"trading": {"state": st.state.value, "reason": st.reason, "since": st.since}}
+    shown = {"state": st.state.value, "reason": st.reason, "since": st.since}
+    if strategy_id is not None:  # one strategy: the account's state is not this
+        return {"strategy": {"strategy_id": strategy_id, **shown}}
+    return {"trading": shown}
 
 
 async def op_halt(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
-    return await _set_state(c, TradingState.HALTED, protocol.reason(args))
+    sid = protocol.strategy_id(args, required=False)
+    return await set_state(c, TradingState.HALTED, protocol.reason(args), sid)
 
 
 async def op_resume(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     state = args.get("state", "ACTIVE")
     if state not in ("ACTIVE", "REDUCING"):
         raise protocol.invalid('state must be "ACTIVE" or "REDUCING"')
-    return await _set_state(c, TradingState(state), protocol.reason(args))
+    sid = protocol.strategy_id(args, required=False)
+    if sid is not None and state != "ACTIVE":
+        raise protocol.invalid('a strategy is resumed to "ACTIVE"; REDUCING is account-wide')
+    return await set_state(c, TradingState(state), protocol.reason(args), sid)
 
 
 async def op_subscribe(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -235,6 +252,9 @@ def _operator_only(what: str) -> ProtocolError:
     return ProtocolError("unauthorized", f"{what} is an operator command (an admin: root, "
                          "the daemon's user, access.admin_uids or access.admin_gids)")
 
+
+# The exits and sessions build on the handlers above (place, set_state, ask_submitter).
+from execd.intake import exits, sessions  # noqa: E402
 
 OPS: dict[str, Op] = {
     "ping": Op(handler=op_ping),
@@ -249,8 +269,14 @@ OPS: dict[str, Op] = {
     "positions": Op(handler=op_positions),
     "status": Op(handler=op_status),
     "subscribe": Op(handler=op_subscribe, fields=frozenset({"strategy_id"})),
-    "halt": Op(handler=op_halt, fields=frozenset({"reason"}), admin=True),
-    "resume": Op(handler=op_resume, fields=frozenset({"state", "reason"}), admin=True),
+    "halt": Op(handler=op_halt, fields=frozenset({"reason", "strategy_id"}), admin=True),
+    "resume": Op(handler=op_resume, fields=frozenset({"state", "reason", "strategy_id"}),
+                 admin=True),
+    "close_position": Op(handler=exits.op_close_position, fields=frozenset({
+        "symbol", "qty", "percentage", "strategy_id", "client_order_id", "wait"})),
+    "flatten": Op(handler=exits.op_flatten, fields=frozenset({"reason"}), admin=True),
+    "session": Op(handler=sessions.op_session, fields=frozenset({
+        "strategy_id", "cancel_on_disconnect", "heartbeat_s"})),
 }
 FIELDS: dict[str, frozenset[str]] = {name: op.fields for name, op in OPS.items()}
 

@@ -11,6 +11,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from execd.book import EventHub, OrderBook
 from execd.clock import Clock
 from execd.config import AccessConfig
+from execd.deadman import DeadMan
 from execd.health import Health
 from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand
@@ -48,3 +49,4 @@ class Services:
     storage: Storage | None = None
     limits: Limits = field(default_factory=Limits)
     access: AccessConfig = field(default_factory=AccessConfig)
+    deadman: DeadMan | None = None

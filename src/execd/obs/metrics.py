@@ -27,13 +27,14 @@ LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 # The known label values (app.py's ChildSpec names; `stream` is the trade_updates actor).
 ACTORS = ("submitter", "poller", "reconciler", "storage", "risk", "intake", "watchdog",
-          "stream")
+          "stream", "deadman")
 ORDER_STATES = ("PENDING", "SUBMITTED", "PARTIALLY_FILLED", "FILLED", "REJECTED", "CANCELLED",
                 "EXPIRED", "REPLACED")
 TRADING_STATES = ("ACTIVE", "REDUCING", "HALTED")
 SUBMIT_OUTCOMES = ("accepted", "denied", "duplicate", "conflict", "recovering",
                    "storage_unavailable")  # risk.py
-RISK_RULES = ("halted", "reducing", "symbol_not_allowed", "symbol_denied", "max_qty", "no_price",
+RISK_RULES = ("halted", "strategy_halted", "reducing", "symbol_not_allowed", "symbol_denied",
+              "max_qty", "no_price",
               "max_notional", "max_position", "max_open_orders", "max_orders_per_minute")
 WAIT_MODES = ("submitted", "accepted")  # protocol.py: when a submit is answered
 BROKER_ENDPOINTS = ("submit_order", "get_order_by_client_id", "list_orders", "cancel_order",
@@ -213,6 +214,14 @@ class Metrics:
         self.storage_available = Gauge(
             "execd_storage_available", "1 while writes reach the disk; 0 while it is full or "
             "failing (trading is halted, new orders refused)", registry=r,
+        )
+        self.strategies_halted = Gauge(
+            "execd_strategies_halted", "Strategies halted on their own (halt with a "
+            "strategy_id); the account's trading state is apart", registry=r,
+        )
+        self.deadman_cancels = Counter(
+            "execd_deadman_cancels_total", "Open orders cancelled by a dead-man session (its "
+            "connection closed or missed two heartbeats)", registry=r,
         )
         self.intake_connections = Gauge(
             "execd_intake_connections", "Open client connections", registry=r

@@ -9,7 +9,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,6 +92,15 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE storage_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
     """,
+    # 4: strategies halted on their own; dead-man sessions that outlive a restart
+    """
+    CREATE TABLE strategy_halts (
+        strategy_id TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL
+    );
+    CREATE TABLE sessions (
+        strategy_id TEXT PRIMARY KEY, heartbeat_s REAL NOT NULL, opened_at REAL NOT NULL
+    );
+    """,
 ]
 
 _ORDER_COLUMNS = (
@@ -125,6 +134,13 @@ class RiskSnapshot:
     open_orders: list[Order]
     trading: TradingStatus
     recent: list[tuple[float, str]]  # (created_at, strategy_id) of the last minute's orders
+    halted_strategies: dict[str, TradingStatus] = field(default_factory=dict)
+
+
+def _strategy_halts(conn: sqlite3.Connection) -> dict[str, TradingStatus]:
+    return {sid: TradingStatus(state=TradingState.HALTED, reason=reason, since=since)
+            for sid, reason, since in conn.execute(
+                "SELECT strategy_id, reason, since FROM strategy_halts")}
 
 
 def _move_positions(conn: sqlite3.Connection, fills: Sequence[Fill]) -> None:
@@ -338,7 +354,38 @@ class Store:
             "ON CONFLICT(id) DO UPDATE SET state=excluded.state, reason=excluded.reason, "
             "since=excluded.since", row))
 
+    async def set_strategy_halt(self, strategy_id: str, status: TradingStatus | None) -> None:
+        """Halt one strategy (a HALTED status), or lift its halt (None)."""
+        if status is None:
+            await self._transaction(lambda conn: conn.execute(
+                "DELETE FROM strategy_halts WHERE strategy_id=?", (strategy_id,)))
+            return
+        row = (strategy_id, status.reason, status.since)
+        await self._transaction(lambda conn: conn.execute(
+            "INSERT INTO strategy_halts (strategy_id, reason, since) VALUES (?, ?, ?) "
+            "ON CONFLICT(strategy_id) DO UPDATE SET reason=excluded.reason, "
+            "since=excluded.since", row))
+
+    async def open_session(self, strategy_id: str, heartbeat_s: float, at: float) -> None:
+        row = (strategy_id, heartbeat_s, at)
+        await self._transaction(lambda conn: conn.execute(
+            "INSERT INTO sessions (strategy_id, heartbeat_s, opened_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(strategy_id) DO UPDATE SET heartbeat_s=excluded.heartbeat_s, "
+            "opened_at=excluded.opened_at", row))
+
+    async def close_session(self, strategy_id: str) -> None:
+        await self._transaction(lambda conn: conn.execute(
+            "DELETE FROM sessions WHERE strategy_id=?", (strategy_id,)))
+
     # ------------------------------------------------------------------- reads
+    async def strategy_halts(self) -> dict[str, TradingStatus]:
+        return await self._db.run(_strategy_halts)
+
+    async def sessions(self) -> dict[str, float]:
+        """Dead-man sessions left open: strategy_id → heartbeat_s."""
+        rows = await self._db.execute("SELECT strategy_id, heartbeat_s FROM sessions")
+        return {str(sid): float(hb) for sid, hb in rows}
+
     async def risk_snapshot(self, since: float) -> RiskSnapshot:
         """Everything the risk gate rebuilds its context from, in one hop."""
 
@@ -351,6 +398,7 @@ class Store:
                 recent=[(at, sid) for sid, at in conn.execute(
                     "SELECT strategy_id, created_at FROM orders WHERE created_at >= ? "
                     "ORDER BY created_at", (since,))],
+                halted_strategies=_strategy_halts(conn),
             )
 
         return await self._db.run(read)

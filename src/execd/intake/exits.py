@@ -1,0 +1,129 @@
+"""Exits: close a position, flatten the account.
+
+A close is **our own** opposite-side market order, with our own client_order_id: durable
+before the broker sees it and idempotent like any order. (Alpaca's `DELETE
+/v2/positions/{symbol}` takes no client_order_id, so a retried close could close twice;
+execd never uses it.) Open orders that hold the position's shares (those on the closing
+side) are cancelled first, or the broker would refuse the close for want of shares.
+A closing order passes the risk gate even while trading is halted, but only if it
+shrinks the position.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_DOWN, Decimal
+from typing import TYPE_CHECKING, Any
+
+from anyio.streams.memory import MemoryObjectSendStream
+
+from execd import protocol
+from execd.domain.decimals import show
+from execd.domain.orders import OrderSpec, Side
+from execd.domain.risk import TradingState
+from execd.intake.requests import ask_submitter, place, set_state
+from execd.messages import CancelAll, CancelOrder, CancelResult, SubmitterCommand
+from execd.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from execd.intake.connection import Connection as Caller
+
+CLOSE_STRATEGY = "execd-close"
+FLATTEN_STRATEGY = "execd-flatten"
+
+
+def close_qty(position: Decimal, qty: Decimal | None, percentage: Decimal | None) -> Decimal:
+    """How much of `position` a close takes: all of it, `qty`, or `percentage` of it
+    (rounded down to whole shares when the position is whole)."""
+    held = abs(position)
+    if qty is not None:
+        if qty > held:
+            raise protocol.invalid(f"qty {show(qty)} is more than the position {show(held)}")
+        return qty
+    if percentage is not None:
+        if not 0 < percentage <= 100:
+            raise protocol.invalid("percentage must be over 0 and at most 100")
+        step = Decimal(1) if held == held.to_integral_value() else Decimal("1e-9")
+        part = (held * percentage / 100).quantize(step, rounding=ROUND_DOWN)
+        if part <= 0:
+            raise protocol.invalid(f"{show(percentage)}% of {show(held)} is less than one share")
+        return part
+    return held
+
+
+async def _cancel_holding(c: Caller, symbol: str, side: Side) -> list[dict[str, Any]]:
+    """Cancel the open orders on `side` of `symbol` (they hold the shares a close needs)."""
+    cancelled: list[dict[str, Any]] = []
+    for order in c.s.book.open_orders():
+        if order.spec.symbol != symbol or order.spec.side != side:
+            continue
+        cid = order.client_order_id
+
+        def command(reply: MemoryObjectSendStream[CancelResult], cid: str = cid
+                    ) -> SubmitterCommand:
+            return CancelOrder(client_order_id=cid, reply=reply)
+
+        try:
+            cancelled.extend(await ask_submitter(c, command))
+        except ProtocolError as e:
+            if e.code != "not_found":  # filled or gone meanwhile: nothing holds it now
+                raise
+    return cancelled
+
+
+async def close(c: Caller, symbol: str, *, qty: Decimal | None = None,
+                percentage: Decimal | None = None, strategy_id: str = CLOSE_STRATEGY,
+                client_order_id: str | None = None, wait: str = "submitted") -> dict[str, Any]:
+    s = c.s
+    if client_order_id is not None:  # a retried close: the order it made, nothing new
+        existing = await s.book.get(client_order_id)
+        if existing is not None:
+            return {"order": existing.to_json(), "existing": True, "cancelled": []}
+    position = (await s.book.store.positions()).get(symbol)
+    if position is None or position.qty == 0:
+        raise ProtocolError("not_found", f"no {symbol} position to close")
+    side: Side = "sell" if position.qty > 0 else "buy"
+    amount = close_qty(position.qty, qty, percentage)
+    cancelled = await _cancel_holding(c, symbol, side)
+    now = s.clock.time()
+    spec = OrderSpec(
+        client_order_id=client_order_id or f"close-{symbol.replace('/', '')}-{int(now * 1000)}",
+        strategy_id=strategy_id, symbol=symbol, side=side, qty=amount)
+    placed = await place(c, spec, wait, closing=True)
+    return {**placed, "cancelled": cancelled}
+
+
+async def op_close_position(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    symbol = protocol.symbol_field(args)
+    qty = protocol.decimal_field(args, "qty")
+    percentage = protocol.decimal_field(args, "percentage")
+    if qty is not None and percentage is not None:
+        raise protocol.invalid("give qty or percentage, not both")
+    wait = protocol.wait_field(args)
+    return await close(
+        c, symbol, qty=qty, percentage=percentage, wait=wait,
+        strategy_id=protocol.strategy_id(args, required=False) or CLOSE_STRATEGY,
+        client_order_id=protocol.client_order_id(args, required=False))
+
+
+async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    """Halt, cancel every open order, then close every position; stay halted."""
+    reason = protocol.reason(args) or "flatten"
+    halted = await set_state(c, TradingState.HALTED, f"flatten: {reason}")
+
+    def cancel_all(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
+        return CancelAll(strategy_id=None, reply=reply)
+
+    cancelled = await ask_submitter(c, cancel_all)
+    outcomes: list[dict[str, Any]] = []
+    for symbol, position in sorted((await c.s.book.store.positions()).items()):
+        if position.qty == 0:
+            continue
+        try:
+            closed = await close(c, symbol, strategy_id=FLATTEN_STRATEGY)
+        except ProtocolError as e:
+            outcomes.append({"symbol": symbol, "qty": show(position.qty), "ok": False,
+                             "error": {"code": e.code, "message": e.message}})
+        else:
+            outcomes.append({"symbol": symbol, "qty": show(position.qty), "ok": True,
+                             "order": closed["order"]})
+    return {**halted, "cancelled": len(cancelled), "positions": outcomes}

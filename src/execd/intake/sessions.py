@@ -1,0 +1,36 @@
+"""The `session` op: a connection's dead-man switch for one strategy (deadman.py)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from execd import protocol
+from execd.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from execd.intake.connection import Connection as Caller
+
+HEARTBEAT_MIN, HEARTBEAT_MAX = Decimal("0.05"), Decimal(3600)
+
+
+async def op_session(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    deadman = c.s.deadman
+    if deadman is None:
+        raise ProtocolError("internal", "this daemon runs without dead-man sessions")
+    sid = protocol.strategy_id(args, required=True)
+    assert sid is not None
+    on = args.get("cancel_on_disconnect", True)
+    if not isinstance(on, bool):
+        raise protocol.invalid("cancel_on_disconnect must be true or false")
+    heartbeat = protocol.decimal_field(args, "heartbeat_s") or Decimal(10)
+    if not HEARTBEAT_MIN <= heartbeat <= HEARTBEAT_MAX:
+        raise protocol.invalid(f"heartbeat_s must be from {HEARTBEAT_MIN} to {HEARTBEAT_MAX}")
+    shown = {"strategy_id": sid, "cancel_on_disconnect": on, "heartbeat_s": float(heartbeat)}
+    if on:
+        await deadman.open(c, sid, float(heartbeat))
+        return {"session": shown}
+    if not await deadman.close(c, sid) and sid in deadman.sessions:
+        raise ProtocolError("conflict", f"strategy {sid}'s session belongs to another "
+                            "connection")
+    return {"session": shown}
