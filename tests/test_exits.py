@@ -217,3 +217,16 @@ async def test_after_a_restart_a_strategy_has_two_heartbeats_to_come_back(
             await anyio.sleep(0.1)
         await eventually(lambda: _is(d, gone["client_order_id"], OrderState.CANCELLED))
         assert await state(d, back["client_order_id"]) == OrderState.SUBMITTED
+
+
+async def test_a_session_connection_is_judged_by_its_heartbeat_not_the_idle_deadline(
+    daemon_factory: OpenDaemon
+) -> None:
+    async with daemon_factory(daemon={"idle_timeout": 0.2}) as d, connect(d) as c, \
+            connect(d) as session:
+        order = await resting(c, "buy", strategy="slow")
+        await session.request("session", strategy_id="slow", heartbeat_s=1.0)
+        for _ in range(3):  # a request every 0.6 s: past the idle deadline, within heartbeat
+            await anyio.sleep(0.6)
+            await session.request("ping")
+        assert await state(d, order["client_order_id"]) == OrderState.SUBMITTED

@@ -70,7 +70,11 @@ class Connection:
     # ------------------------------------------------------------------- input
     @property
     def idle(self) -> bool:
-        return not self._in_flight and not self._subscribed
+        """Nothing to do: nothing in flight, no subscription, and no dead-man session (a
+        session's connection is judged by its heartbeat, deadman.py)."""
+        dm = self.s.deadman
+        return not self._in_flight and not self._subscribed and not (
+            dm is not None and dm.owned_by(self))
 
     async def _next_line(self) -> bytes | None:
         """The next line; None at the end or when the connection has been idle too long;
