@@ -5,7 +5,9 @@ the simulator, whose own records are the witness.
     python -m tools.crashtest --orders 1000 --kills 0 --faults    # the fault soak
 
 A client submits orders steadily over several strategies (each with its own
-client_order_id, retried safely after a connection failure until acknowledged). The
+client_order_id, retried safely after a connection failure until acknowledged), and
+now and then closes a position (close_position: execd's own market order, with the
+client's client_order_id). The
 daemon is SIGKILLed at random moments and, through test hooks, inside the windows
 between the durable write and the broker's answer; it is restarted each time. Then:
 
@@ -305,15 +307,23 @@ def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: thre
         }
         if rng.random() < 0.2:  # some rest open: a limit far below the market
             fields.update(type="limit", limit_price="1.00", time_in_force="gtc")
+        op = "submit"
+        if i % 25 == 24:  # now and then a close: our own market order, durable like any
+            op, fields = "close_position", {
+                "symbol": rng.choice(SYMBOLS), "client_order_id": f"close-crash-{i}",
+                "wait": "accepted"}
         report.submitted += 1
         while True:  # a safe retry: the same client_order_id until acknowledged
             try:
                 with Client(sock, timeout=10) as cl:
-                    cl.request("submit", **fields)
+                    cl.request(op, **fields)
                 acked.add(fields["client_order_id"])
                 report.acknowledged += 1
                 break
             except ExecdError as e:
+                if op == "close_position" and e.code == "not_found":
+                    report.acknowledged += 1  # no position in that symbol yet: nothing sent
+                    break
                 if e.code not in ("overloaded", "internal", "recovering"):
                     report.client_error = f"{e.code}: {e.message}"
                     done.set()
