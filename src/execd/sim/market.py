@@ -290,3 +290,27 @@ class PricePaths:
             s = chunk_last + 1
         return None
 
+    def trail(
+        self, symbol: str, t_from: float, t_to: float, *, side: str, hwm: Decimal,
+        stop_of: Callable[[Decimal], Decimal],
+    ) -> tuple[Decimal, float | None]:
+        """A trailing stop over [t_from, t_to]: the high (sell) or low (buy) water mark
+        at the end, and the first time the price reached the stop `stop_of(hwm)`
+        (sell: price <= stop; buy: price >= stop), or None.
+
+        Second by second: the cost grows with the span (a 7-day jump of a gtc trailing
+        stop is ~0.6 M steps); fine for a test broker whose ticker moves in small steps."""
+        if t_to < t_from:
+            return hwm, None
+        with self._lock:
+            walk = self._walk(symbol)
+            times = {t_from, *(t for t, _ in walk.shifts if t_from < t <= t_to)}
+            times.update(self._t0 + x for x in range(self._second(t_from) + 1,
+                                                     self._second(t_to) + 1))
+            for t in sorted(times):
+                px = _cents(walk.level(self._second(t)) + walk.shift_at(t))
+                hwm = max(hwm, px) if side == "sell" else min(hwm, px)
+                stop = stop_of(hwm)
+                if (px <= stop) if side == "sell" else (px >= stop):
+                    return hwm, t
+            return hwm, None
