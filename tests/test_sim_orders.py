@@ -8,8 +8,10 @@ the test's doing."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -471,3 +473,36 @@ def test_new_fields_survive_a_restart(tmp_path: Path) -> None:
         family = c.get_order_by_id(parent.id)
         assert [leg.status for leg in family.legs] == [OrderStatus.CANCELED, OrderStatus.FILLED]
         assert c.get_order_by_id(trail.id).status == OrderStatus.FILLED
+
+
+def test_a_stop_is_streamed_as_new_then_fill_with_no_request(sim: SimServer) -> None:
+    c = client(sim)
+    price(sim, "AAPL", "100.00")
+    buy(sim, 2)
+    with listening(sim) as ws:
+        o = c.submit_order(StopOrderRequest(symbol="AAPL", qty=2, side=OrderSide.SELL,
+                                            time_in_force=TimeInForce.DAY, stop_price=99))
+        assert [u["event"] for u in updates(ws, 1)] == ["new"]
+        sim.engine.market.set_price("AAPL", sim.clock.now(), Decimal("98.00"))  # no advance
+        (fill,) = updates(ws, 1)  # the ticker found it
+    assert (fill["event"], fill["order"]["id"], fill["price"], fill["position_qty"]) == (
+        "fill", str(o.id), "98", "0")
+    assert fill["order"] == raw(sim, "GET", f"/v2/orders/{o.id}").json()
+
+
+def test_a_week_of_trailing_stops_is_quick() -> None:
+    """A jump of 7 days with a gtc trailing stop on every symbol: the water marks are
+    followed chunk by chunk, not second by second."""
+    with SimServer(sim_config(starting_cash="100000000")) as sim:
+        for symbol in ("AAPL", "MSFT", "NVDA", "SPY", "QQQ"):
+            sim.engine.submit({"symbol": symbol, "qty": "1", "side": "buy", "type": "trailing_stop",
+                               "trail_percent": "30", "time_in_force": "gtc"})
+        started = time.monotonic()
+        r = raw(sim, "POST", "/_sim/advance", json={"seconds": 7 * 86400})
+        assert r.status_code == 200
+        assert time.monotonic() - started < 0.9
+        for o in raw(sim, "GET", "/v2/orders", params={"status": "all"}).json():
+            assert Decimal(o["hwm"]) > 0
+            if o["status"] == "new":  # untriggered: the stop trails the low by 30%
+                assert Decimal(o["stop_price"]) == (Decimal(o["hwm"]) * Decimal("1.3")).quantize(
+                    Decimal("0.01"))

@@ -181,6 +181,10 @@ class Engine:
             self._emit(status, o, at)
             if o.legs and o.order_class in ENTRY_CLASSES and o.parent_id is None:
                 self._entry_ended(o, at)
+            elif status == "rejected":  # an exit pair does not outlive its rejected half
+                for sibling in self._siblings(o):
+                    if sibling.is_open:
+                        self._close(sibling, "canceled", at)
 
     def _entry_ended(self, entry: SimOrder, at: float) -> None:
         """An entry closed without filling completely: its exits protect what did fill,
@@ -621,6 +625,10 @@ class Engine:
                 parent.legs[parent.legs.index(old.id)] = new.id
             for leg in self._legs(new):
                 leg.parent_id = new.id
+                if leg.dormant:  # an entry's exits protect what it will buy
+                    leg.qty = new.qty
+            if new.status == "new" and not self.sessions.is_open(new.created_at):
+                new.status = "accepted"
             self._register(new)
             self._emit("replaced", old, new.created_at)
             self._emit(new.status if new.status != "held" else "new", new, new.created_at)
