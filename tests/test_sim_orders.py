@@ -506,3 +506,26 @@ def test_a_week_of_trailing_stops_is_quick() -> None:
             if o["status"] == "new":  # untriggered: the stop trails the low by 30%
                 assert Decimal(o["stop_price"]) == (Decimal(o["hwm"]) * Decimal("1.3")).quantize(
                     Decimal("0.01"))
+
+
+def test_one_jump_fills_an_entry_and_then_its_exit(sim: SimServer) -> None:
+    """Legs woken inside one advance are scheduled in it, in time order."""
+    c = client(sim)
+    entry = sim.engine.price("SPY") - Decimal("0.50")
+    parent = c.submit_order(LimitOrderRequest(
+        symbol="SPY", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
+        limit_price=float(entry), order_class=OrderClass.BRACKET,
+        take_profit=TakeProfitRequest(limit_price=float(entry + 1)),
+        stop_loss=StopLossRequest(stop_price=float(entry - 1))))
+    assert parent.status == OrderStatus.NEW
+    raw(sim, "POST", "/_sim/advance", json={"seconds": 3 * 86400})
+    e = sim.engine
+    with e.lock:  # nothing advances it in between: the jump did all of it
+        filled = e.orders[str(parent.id)]
+        legs = [e.orders[str(x.id)] for x in parent.legs]
+    assert filled.status == "filled"
+    assert sorted(x.status for x in legs) == ["canceled", "filled"]
+    done = next(x for x in legs if x.status == "filled")
+    assert filled.filled_at is not None
+    assert done.filled_at is not None
+    assert done.filled_at > filled.filled_at

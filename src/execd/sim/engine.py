@@ -91,6 +91,7 @@ class Engine:
         self.positions: dict[str, SimPosition] = {}
         self.submit_attempts: Counter[str] = Counter()
         self._last_submitted = 0.0
+        self._woken: list[SimOrder] = []  # legs woken during _advance, to be scheduled
         saved = state.load(state_file) if state_file is not None and state_file.exists() else None
         if saved is not None:
             # Simulated time carries on from where the saved sim stopped.
@@ -218,6 +219,7 @@ class Engine:
         sibling holds the shares stays `held` (armed); the others become `new`."""
         leg.dormant = False
         leg.activate_at = leg.checked_until = at
+        self._woken.append(leg)
         leg.updated_at = at
         armed_only = leg.type in ("stop", "stop_limit") and any(
             s.type == "limit" and s.is_open for s in self._siblings(leg))
@@ -239,9 +241,13 @@ class Engine:
         heapq.heapify(due)
         while due:
             _, _, o, change = heapq.heappop(due)
+            if not o.is_open:
+                continue  # closed by another's change (a sibling's fill)
             self._apply(o, change)
-            if o.is_open and (after := self._next_change(o, now)) is not None:
-                heapq.heappush(due, (after.at, next(seq), o, after))
+            woken, self._woken = self._woken, []  # legs whose entry just filled trade too
+            for x in (o, *woken):
+                if x.is_open and (after := self._next_change(x, now)) is not None:
+                    heapq.heappush(due, (after.at, next(seq), x, after))
 
     def _next_change(self, o: SimOrder, now: float) -> _Change | None:
         if o.reject_at is not None and o.filled_qty == 0 and o.reject_at <= now:
@@ -618,6 +624,7 @@ class Engine:
                 new.hwm = old.hwm if old.hwm is not None else self.price(new.symbol)
                 new.stop_price = _trail_stop(new, new.hwm)
             old.status, old.replaced_by = "replaced", new.id
+            old.legs = []  # the family is the new order's now: listed once
             old.replaced_at = old.updated_at = new.created_at
             self.open.pop(old.id, None)
             # the new order takes the old one's place in its family
