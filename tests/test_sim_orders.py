@@ -529,3 +529,22 @@ def test_one_jump_fills_an_entry_and_then_its_exit(sim: SimServer) -> None:
     assert filled.filled_at is not None
     assert done.filled_at is not None
     assert done.filled_at > filled.filled_at
+
+
+def test_a_gateway_error_on_replace_applies_it_first(sim: SimServer) -> None:
+    """502/504 on a PATCH: replaced or not, the client cannot tell; looking the new
+    client_order_id up can. 500/503: not applied."""
+    c = client(sim)
+    outcomes = set()
+    for i in range(12):
+        o = c.submit_order(LimitOrderRequest(symbol="AAPL", qty=1, side=OrderSide.BUY,
+                                             time_in_force=TimeInForce.GTC, limit_price=1))
+        sim.set_faults(p_5xx=1.0)
+        e = api_error(lambda o=o, i=i: c.replace_order_by_id(
+            o.id, ReplaceOrderRequest(limit_price=2, client_order_id=f"rp-{i}")))
+        sim.reset_faults()
+        found = raw(sim, "GET", "/v2/orders:by_client_order_id",
+                    params={"client_order_id": f"rp-{i}"})
+        outcomes.add((e.status_code, found.status_code))
+    assert outcomes <= {(502, 200), (504, 200), (500, 404), (503, 404)}
+    assert {s for s, _ in outcomes} & {502, 504}
