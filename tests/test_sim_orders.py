@@ -548,3 +548,25 @@ def test_a_gateway_error_on_replace_applies_it_first(sim: SimServer) -> None:
         outcomes.add((e.status_code, found.status_code))
     assert outcomes <= {(502, 200), (504, 200), (500, 404), (503, 404)}
     assert {s for s, _ in outcomes} & {502, 504}
+
+
+def test_replace_answered_but_the_old_order_filled_first(sim: SimServer) -> None:
+    """Alpaca's race, as a fault: 200 with the new order, then the old one fills and the
+    new one is rejected; the stream says so."""
+    c = client(sim)
+    price(sim, "AAPL", "100.00")
+    old = c.submit_order(LimitOrderRequest(symbol="AAPL", qty=2, side=OrderSide.BUY,
+                                           time_in_force=TimeInForce.GTC, limit_price=90))
+    sim.set_faults(p_replace_fills_first=1.0)
+    with listening(sim) as ws:
+        new = c.replace_order_by_id(old.id, ReplaceOrderRequest(limit_price=91,
+                                                                client_order_id="late"))
+        events = [(u["event"], u["order"]["id"]) for u in updates(ws, 3)]
+    assert (new.status, new.replaces) == (OrderStatus.PENDING_NEW, old.id)
+    assert events == [("pending_new", str(new.id)), ("fill", str(old.id)),
+                      ("rejected", str(new.id))]
+    gone = c.get_order_by_id(old.id)
+    assert (gone.status, gone.replaced_by, gone.filled_avg_price) == (
+        OrderStatus.FILLED, None, "100")
+    assert c.get_order_by_client_id("late").status == OrderStatus.REJECTED
+    assert c.get_open_position("AAPL").qty == "2"

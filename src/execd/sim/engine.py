@@ -623,6 +623,10 @@ class Engine:
             if new.type == "trailing_stop":
                 new.hwm = old.hwm if old.hwm is not None else self.price(new.symbol)
                 new.stop_price = _trail_stop(new, new.hwm)
+            s = self.settings
+            if (s.p_replace_fills_first and old.status != "held"
+                    and self.rng.random() < s.p_replace_fills_first):
+                return self._replace_too_late(old, new)
             old.status, old.replaced_by = "replaced", new.id
             old.legs = []  # the family is the new order's now: listed once
             old.replaced_at = old.updated_at = new.created_at
@@ -642,6 +646,19 @@ class Engine:
             self._advance([new], new.created_at)
             self.save()
             return self._render(new)
+
+    def _replace_too_late(self, old: SimOrder, new: SimOrder) -> dict[str, Any]:
+        """The fault: the answer is the new order, pending; then the old one fills (at
+        the market) before the replacement takes effect, and the new one is rejected."""
+        at = new.created_at
+        new.status, new.legs, new.parent_id = "pending_new", [], None  # never in the family
+        self._register(new)
+        answer = self._render(new)
+        self._emit("pending_new", new, at)
+        self._fill(old, old.remaining, self.market.price(old.symbol, at), at)
+        self._close(new, "rejected", at)
+        self.save()
+        return answer
 
     # ---------------------------------------------------------- closing positions
     def close_position(self, symbol: str, params: dict[str, str]) -> dict[str, Any]:

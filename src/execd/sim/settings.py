@@ -81,6 +81,9 @@ class SimConfig:
                                            group="faults")
     reject_after_seconds: float = setting(1.0, "delay of that rejection, simulated seconds",
                                           group="faults")
+    p_replace_fills_first: float = setting(0.0, "probability a replace is answered 200 "
+                                           "but the old order fills first: the new one is "
+                                           "then rejected (as at Alpaca)", group="faults")
     # ------------------------------------------------ faults: the trade_updates stream
     p_stream_lose: float = setting(0.0, "probability an event is withheld from a "
                                    "connection (lost, never replayed)", group="faults")
