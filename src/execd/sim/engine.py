@@ -7,7 +7,8 @@ the high/low-water mark `hwm`), then trade as market (stop, trailing_stop) or li
 until the entry fills completely; then a take-profit wakes (`new`) and a stop-loss with
 a take-profit sibling stays `held` but armed (only one exit holds the shares, as at
 Alpaca); an OCO is a limit order (the take-profit) with one armed, held stop-loss leg.
-One exit's fill cancels its siblings. PATCH (`replace`) makes a new order.
+One exit's fill cancels its siblings. PATCH (`replace`) makes a new order that takes
+the old one's place (and family); DELETE /v2/positions[/{symbol}] makes market orders.
 
 No I/O but the state file (state.py). Every public method takes the one lock, first
 brings the market up to the simulated now (lazily: fills, limit crosses, expiries and
