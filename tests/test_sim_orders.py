@@ -570,3 +570,52 @@ def test_replace_answered_but_the_old_order_filled_first(sim: SimServer) -> None
         OrderStatus.FILLED, None, "100")
     assert c.get_order_by_client_id("late").status == OrderStatus.REJECTED
     assert c.get_open_position("AAPL").qty == "2"
+
+
+def test_cancelling_one_exit_cancels_the_other(sim: SimServer) -> None:
+    c = client(sim)
+    price(sim, "AAPL", "100.00")
+    parent = c.submit_order(MarketOrderRequest(
+        symbol="AAPL", qty=2, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
+        order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=110),
+        stop_loss=StopLossRequest(stop_price=90)))
+    tp, sl = parent.legs
+    c.cancel_order_by_id(sl.id)
+    assert [status(sim, x.id) for x in (tp, sl)] == [OrderStatus.CANCELED] * 2
+    e = api_error(lambda: c.cancel_order_by_id(parent.id))  # the entry has filled
+    assert (e.status_code, e.message) == (422, "order status is not cancelable")
+    assert c.get_open_position("AAPL").qty_available == "2"
+
+
+def test_a_partly_filled_entry_cancelled_wakes_exits_for_what_filled() -> None:
+    with SimServer(sim_config(speed=SLOW, fill_delay=10.0, fill_parts=4)) as sim:
+        c = client(sim)
+        price(sim, "AAPL", "100.00")
+        parent = c.submit_order(MarketOrderRequest(
+            symbol="AAPL", qty=8, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
+            order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=120),
+            stop_loss=StopLossRequest(stop_price=80)))
+        raw(sim, "POST", "/_sim/advance", json={"seconds": 10.5})
+        assert c.get_order_by_id(parent.id).filled_qty == "2"
+        assert [leg.status for leg in c.get_order_by_id(parent.id).legs] == [
+            OrderStatus.HELD, OrderStatus.HELD]
+        c.cancel_order_by_id(parent.id)
+        family = c.get_order_by_id(parent.id)
+        assert family.status == OrderStatus.CANCELED
+        assert [(leg.status, leg.qty) for leg in family.legs] == [
+            (OrderStatus.NEW, "2"), (OrderStatus.HELD, "2")]
+
+
+def test_close_all_reports_each_symbol_as_alpaca_py_reads_it(sim: SimServer) -> None:
+    c = client(sim)
+    price(sim, "AAPL", "100.00")
+    buy(sim, 3)
+    buy(sim, 1, "MSFT")
+    c.submit_order(LimitOrderRequest(symbol="MSFT", qty=1, side=OrderSide.SELL,
+                                     time_in_force=TimeInForce.GTC, limit_price=10_000))
+    answers = {a.symbol: a for a in c.close_all_positions()}  # orders not cancelled
+    assert answers["AAPL"].status == 200
+    assert answers["AAPL"].body.qty == "3"
+    assert answers["MSFT"].status == 403
+    assert answers["MSFT"].body.code == 40310000
+    assert [p.symbol for p in c.get_all_positions()] == ["MSFT"]
