@@ -181,3 +181,25 @@ def test_restore_rejects_what_is_not_an_execd_database(
         restore(config, bogus)
     assert not config.database_path.exists()
     assert os.listdir(tmp_path / "state") == []  # no temporary left behind
+
+
+async def test_a_long_backup_logs_its_progress(
+    daemon_factory: OpenDaemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from structlog.testing import capture_logs
+
+    from execd import backup
+
+    monkeypatch.setattr(backup, "STEP_PAGES", 1)  # one page a step: many steps
+    monkeypatch.setattr(backup, "PROGRESS_EVERY", 0.0)  # and a line for each
+    async with daemon_factory() as d:
+        await _orders(d.config.socket_path, 30)
+        with capture_logs() as logs:
+            result = await backup_via_daemon(d.config.socket_path, tmp_path / "b.db", False)
+    progress = [e for e in logs if e["event"] == "backup in progress"]
+    assert progress
+    remaining = [e["pages_remaining"] for e in progress]
+    assert remaining == sorted(remaining, reverse=True)
+    assert all(0 < r < e["pages_total"] for r, e in zip(remaining, progress, strict=True))
+    (done,) = [e for e in logs if e["event"] == "backup written"]
+    assert done["orders"] == result["orders"] == 30

@@ -60,8 +60,8 @@ async def write(store: Store, path: Path, *, overwrite: bool = False) -> dict[st
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_discard, tmp)
         if isinstance(e, FileExistsError):
-            raise ProtocolError("conflict", f"{path} appeared meanwhile; not overwritten "
-                                            "(overwrite: true replaces it)") from None
+            raise ProtocolError("conflict", f"{path} appeared meanwhile; not overwritten"
+                                ) from None
         if isinstance(e, OSError | sqlite3.Error | StorageUnavailable):
             log.error("backup failed", path=str(path), error=str(e))
             raise ProtocolError("internal", f"backup to {path} failed: {e}") from None
@@ -79,8 +79,8 @@ def _check_target(path: Path, overwrite: bool) -> None:
     if path.is_dir():
         raise invalid(f"{path} is a directory")
     if path.exists() and not overwrite:
-        raise ProtocolError("conflict", f"{path} exists; not overwritten (overwrite: true "
-                                        "replaces it)")
+        raise ProtocolError("conflict", f"{path} exists; not overwritten (`execd backup "
+                                        "--overwrite`, or overwrite: true, replaces it)")
 
 
 class _Progress:
@@ -145,7 +145,8 @@ class RestoreResult:
 
     def summary(self) -> str:
         kept = f"; the previous one kept as {self.previous}" if self.previous else ""
-        return (f"restored {self.source} ({self.orders} orders) as {self.database}{kept}.\n"
+        n = f"{self.orders} order" + ("" if self.orders == 1 else "s")
+        return (f"restored {self.source} ({n}) as {self.database}{kept}.\n"
                 f"The daemon will start HALTED ({self.reason}) and reconcile: start it, wait "
                 "for a clean reconcile in `execd status`, then `execd resume`.")
 
