@@ -203,3 +203,55 @@ async def test_a_long_backup_logs_its_progress(
     assert all(0 < r < e["pages_total"] for r, e in zip(remaining, progress, strict=True))
     (done,) = [e for e in logs if e["event"] == "backup written"]
     assert done["orders"] == result["orders"] == 30
+
+
+BACKUP_UNIT = Path(__file__).parent.parent / "deploy" / "systemd" / "execd-backup.service"
+
+
+async def test_the_backup_units_command_backs_up_a_running_daemon(
+    daemon_factory: OpenDaemon, tmp_path: Path
+) -> None:
+    """The shipped ExecStart, systemd's escapes undone, run by sh: a dated backup."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    (line,) = [x for x in BACKUP_UNIT.read_text().splitlines() if x.startswith("ExecStart=")]
+    argv = shlex.split(line.removeprefix("ExecStart=").replace("$$", "$").replace("%%", "%"))
+    assert argv[:2] == ["/bin/sh", "-c"]
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    async with daemon_factory() as d:
+        await _orders(d.config.socket_path, 2)
+        script = (argv[2].replace("/opt/execd/.venv/bin/execd", str(Path(sys.executable).parent
+                                                                     / "execd"))
+                  .replace("/run/execd/execd.sock", str(d.config.socket_path))
+                  .replace("/var/lib/execd/backups", str(backups)))
+        done = await anyio.to_thread.run_sync(lambda: subprocess.run(
+            ["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60,
+            check=False))
+    assert done.returncode == 0, done.stderr
+    (made,) = os.listdir(backups)
+    assert re.fullmatch(r"execd-\d{8}T\d{6}Z\.db", made)
+    assert "orders: 2" in done.stdout
+    assert len(_rows(backups / made)) == 2
+
+
+def test_the_backup_units_verify(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    execd = str(Path(sys.executable).parent / "execd")
+    for name in ("execd.service", "execd-backup.service", "execd-backup.timer"):
+        text = (BACKUP_UNIT.parent / name).read_text()
+        (tmp_path / name).write_text(text.replace("/opt/execd/.venv/bin/execd", execd))
+    result = subprocess.run([analyze, "verify", str(tmp_path / "execd-backup.service"),
+                             str(tmp_path / "execd-backup.timer")], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "execd-backup" not in result.stdout + result.stderr
