@@ -86,7 +86,7 @@ async def test_backup_refuses_an_existing_file_unless_asked(
         assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
-async def test_backup_refuses_a_relative_path_and_a_missing_directory(
+async def test_backup_refuses_a_relative_path_a_missing_directory_and_the_live_db(
     daemon_factory: OpenDaemon, tmp_path: Path
 ) -> None:
     async with daemon_factory() as d, connect(d) as c:
@@ -95,6 +95,14 @@ async def test_backup_refuses_a_relative_path_and_a_missing_directory(
                 await c.request("backup", path=path)
             assert e.value.code == "invalid_request", path
         assert not (tmp_path / "b.db").exists()
+        live = d.config.database_path
+        for path in (str(live), f"{live}-wal", str(live.parent / ".." / live.parent.name
+                                                    / live.name)):
+            with pytest.raises(ExecdError) as e:
+                await c.request("backup", path=path, overwrite=True)
+            assert e.value.code == "invalid_request", path
+            assert "live database" in e.value.message
+        assert (await c.request("status"))["orders"] == {}  # still there, still serving
 
 
 async def test_backup_is_for_admins_only(daemon_factory: OpenDaemon, open_dir: Path) -> None:  # noqa: F811

@@ -46,7 +46,7 @@ async def write(store: Store, path: Path, *, overwrite: bool = False) -> dict[st
     if not path.is_absolute():
         raise invalid(f"path must be absolute (the daemon's working directory is not "
                       f"yours): {path}")
-    await anyio.to_thread.run_sync(_check_target, path, overwrite)
+    await anyio.to_thread.run_sync(_check_target, path, overwrite, await store.file())
     start = time.monotonic()
     tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
@@ -72,7 +72,10 @@ async def write(store: Store, path: Path, *, overwrite: bool = False) -> dict[st
     return {"path": str(path), "bytes": size, "orders": orders, "seconds": round(seconds, 6)}
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
+def _check_target(path: Path, overwrite: bool, live: Path) -> None:
+    if path.resolve() in {Path(f"{live.resolve()}{end}") for end in ("", "-wal", "-shm",
+                                                                      "-journal")}:
+        raise invalid(f"{path} is the live database itself")
     if not path.parent.is_dir():
         raise invalid(f"no such directory: {path.parent} (it must exist, writable by the "
                       "daemon's user)")

@@ -338,6 +338,11 @@ class Store:
             "ON CONFLICT(id) DO UPDATE SET state=excluded.state, reason=excluded.reason, "
             "since=excluded.since", row))
 
+    async def file(self) -> Path:
+        """The database file this store has open."""
+        rows = await self._db.execute("PRAGMA database_list")
+        return Path(next(r[2] for r in rows if r[1] == "main"))
+
     async def backup(
         self, target: Path, *, step_pages: int,
         progress: Callable[[int, int, int], object] | None = None,
