@@ -307,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_backup)
     rs = sub.add_parser("restore", help="replace the database by a backup (daemon stopped)")
     rs.add_argument("path")
-    rs.add_argument("--config", required=True, help="names the database and the socket")
+    rs.add_argument("--config", help="names the database and the socket")
     rs.set_defaults(fn=cmd_restore)
     return p
 
