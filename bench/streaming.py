@@ -81,13 +81,15 @@ class Sizes:
     outage_orders: tuple[int, ...]  # daemon orders filled while the stream is refused
     refuse: float  # s the sim refuses the stream
     backoff: tuple[float, float]  # the daemon's stream_backoff_min/max in figure 4
+    outage_poll: float  # [poller] interval in figure 4 (5.0: the default)
 
 
 FULL = Sizes(runs=3, latency_orders=100, latency_gap=0.1, latency_poll=5.0,
              open_orders=1000, scale=10.0, minutes=5, outage_orders=(10, 50), refuse=2.0,
-             backoff=(0.1, 0.5))
+             backoff=(0.1, 0.5), outage_poll=5.0)
 QUICK = Sizes(runs=1, latency_orders=8, latency_gap=0.05, latency_poll=0.5, open_orders=100,
-              scale=30.0, minutes=1, outage_orders=(3,), refuse=0.3, backoff=(0.05, 0.1))
+              scale=30.0, minutes=1, outage_orders=(3,), refuse=0.3, backoff=(0.05, 0.1),
+              outage_poll=1.0)
 
 
 def _runs(values: Sequence[float], *, higher_is_worse: bool = True) -> tuple[float, float]:
@@ -395,7 +397,8 @@ async def _outage(sizes: Sizes, k: int) -> dict[str, float]:
     try:
         _rest(sim, sizes.open_orders)
         with tempfile.TemporaryDirectory() as tmp:
-            config = _config(Path(tmp), stream=True, backoff=sizes.backoff)
+            config = _config(Path(tmp), stream=True, backoff=sizes.backoff,
+                             interval=sizes.outage_poll)
             async with _daemon(sim, config) as d, \
                     await AsyncClient.connect(d.config.socket_path) as c:
                 cids = []
@@ -460,9 +463,9 @@ async def outage(sizes: Sizes, progress: Progress, rows: list[Row], notes: list[
                      f"{[r['lists'] for r in results]}, look-ups "
                      f"{[r['lookups'] for r in results]}")
     notes.append(
-        "outage: real time, the default budget (200/min, burst 5) and poll interval (5 s "
-        f"while the stream is untrusted); {sizes.open_orders} resting orders at the sim "
-        "plus the daemon's own buy limits; the sim drops the stream and refuses it; once "
+        "outage: real time, the default budget (200/min, burst 5), the poll interval "
+        f"{sizes.outage_poll:g} s while the stream is untrusted; {sizes.open_orders} resting "
+        "orders at the sim plus the daemon's own buy limits; the sim drops the stream and refuses it; once "
         "a poll has completed after the drop, the sim's price is set under the limits so "
         f"all fill at once, and the refusal ends {sizes.refuse:g} s later; the time runs "
         "from the sim accepting the stream connection again (its "
@@ -470,7 +473,7 @@ async def outage(sizes: Sizes, progress: Progress, rows: list[Row], notes: list[
         "in the daemon's book as the sim has it and the stream is trusted (the resync "
         "poll has completed); then every open order of the daemon is checked against the "
         f"sim. Reconnect backoff set to {sizes.backoff[0]:g}-{sizes.backoff[1]:g} s "
-        "(default 1-30 s) so the reconnect, not the 5 s poll, ends the outage.")
+        "(default 1-30 s) so the reconnect, not the next poll, ends the outage.")
 
 
 # ------------------------------------------------------------------ the run
