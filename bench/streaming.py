@@ -323,6 +323,7 @@ async def _sustained(sizes: Sizes, *, stream: bool) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
             async with _daemon(sim, _config(Path(tmp), stream=stream, scale=scale)) as d:
                 before = _count(sim, POST)
+                routes0 = _by_route(sim)
                 offered = int(250 * minutes)
                 trusted_throughout = True
 
@@ -340,6 +341,7 @@ async def _sustained(sizes: Sizes, *, stream: bool) -> dict[str, float]:
                     await anyio.sleep(minutes * minute)
                     tg.cancel_scope.cancel()
                 posts = _count(sim, POST) - before
+                routes1 = _by_route(sim)
         stats = sim.stats()
     finally:
         sim.close()
@@ -349,6 +351,8 @@ async def _sustained(sizes: Sizes, *, stream: bool) -> dict[str, float]:
         "submits_per_minute": posts / minutes,
         "429s": float(sum(v.get("429", 0) for v in stats["requests"].values())),
         "max_in_window": float(stats["max_requests_in_window"]),
+        **{f"route {r}": (v - routes0.get(r, 0)) / minutes for r, v in routes1.items()
+           if v != routes0.get(r, 0)},
     }
 
 
@@ -371,6 +375,9 @@ async def sustained(sizes: Sizes, progress: Progress, rows: list[Row],
         rows.append(_row(f"most requests in any 60 s window, {label}",
                          [r["max_in_window"] for r in results], "", target="<= 200",
                          goal=lambda v: v <= 200))
+        shown = ", ".join(f"{k[6:]} {v:.3g}" for k, v in sorted(results[-1].items())
+                          if k.startswith("route "))
+        notes.append(f"sustained, {label} (last run, requests per minute): {shown}")
     notes.append(
         f"sustained: 250 market orders/min offered for {sizes.minutes:g} scaled minutes "
         "(same scaling as the idle figure), POSTs counted at the sim. The limiter admits "
