@@ -443,3 +443,32 @@ def test_stream_config_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="streem"):
         load(p)
 
+
+
+async def test_a_resync_and_the_poller_never_look_the_same_orders_up_twice(
+    tmp_path: Path
+) -> None:
+    """Two callers of poll_fresh at once: one poll runs, the other counts it as its own."""
+    from execd import poller
+
+    async with actor(tmp_path, lambda: anyio.lowlevel.checkpoint()) as (a, clock, broker):
+        for cid in ("x1", "x2"):
+            await pending(a, cid, qty="1")
+            await a.book.apply_view(cid, broker_order(cid, "new").view)
+            broker.orders[cid] = broker_order(cid, "filled", "1", "7")
+        clock.advance(1)
+        looked: list[str] = []
+        real = broker.get_order_by_client_id
+
+        async def counted(cid: str) -> BrokerOrder | None:
+            looked.append(cid)
+            await anyio.sleep(0.01)  # the other caller arrives meanwhile
+            return await real(cid)
+
+        broker.get_order_by_client_id = counted  # type: ignore[method-assign]
+        clock.advance(1)
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(poller.poll_fresh, a.book, a.broker, clock, a.health)
+        assert sorted(looked) == ["x1", "x2"]
+        assert broker.lists == 1

@@ -32,6 +32,10 @@ class Health:
     poll_interval: float | None = None  # the poller's interval in force
     _untrusted: anyio.Event | None = field(default=None, repr=False)
     _trusted: anyio.Event | None = field(default=None, repr=False)
+    # One poll at a time (the poller's and the stream's resync): see poller.poll_fresh.
+    polls_begun: int = 0  # numbers each poll as it begins
+    last_complete_poll: int = 0  # ... and the number of the last one that completed
+    poll_lock: anyio.Lock = field(default_factory=anyio.Lock, repr=False)
     _idle: anyio.Event | None = field(default=None, repr=False)
     _polled: anyio.Event | None = field(default=None, repr=False)
 

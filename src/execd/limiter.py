@@ -87,7 +87,9 @@ class TokenBucket:
 
 
 class PriorityLimiter:
-    """Callers with priority go first.
+    """Callers with priority go first. The broker adapter gives priority to cancels and
+    to reads (lists, look-ups, positions): the ways out and the safety-net poll never
+    wait behind a queue of new orders (a backlog of submits once starved the poller).
 
     Ordinary callers queue here, one at a time at the bucket, and wait while any
     priority caller is queued: a cancel overtakes every request but the one already

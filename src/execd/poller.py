@@ -29,6 +29,8 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
     next poll tries again); the poll counts as complete, and is stamped in
     `health.last_poll`, only if nothing failed."""
     started = clock.time()
+    health.polls_begun += 1
+    number = health.polls_begun
     changed = 0
     failed: BrokerError | None = None
     open_at_broker = {o.client_order_id: o for o in await broker.list_open_orders()}
@@ -59,8 +61,22 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
     if failed is not None:
         raise failed
     health.poll_completed(started, clock.time())
+    health.last_complete_poll = number
     book.metrics.poll_last_success.set(clock.time())
     return changed
+
+
+async def poll_fresh(book: OrderBook, broker: BrokerClient, clock: Clock, health: Health
+                     ) -> int:
+    """A complete poll that began after this call: ours, or one that another caller (the
+    stream's resync, the poller) began while we waited for the lock, which counts as
+    ours (two callers do not look the same orders up twice). How many orders *we*
+    changed (0 when another's poll served)."""
+    begun_before = health.polls_begun
+    async with health.poll_lock:
+        if health.last_complete_poll > begun_before:
+            return 0
+        return await poll_once(book, broker, clock, health)
 
 
 async def run(
@@ -73,7 +89,7 @@ async def run(
         HOOKS.crash("poller")
         started = clock.monotonic()
         try:
-            await poll_once(book, broker, clock, health)
+            await poll_fresh(book, broker, clock, health)
             if recovery is not None:
                 recovery.mark_polled()
         except (BrokerError, StorageUnavailable) as e:

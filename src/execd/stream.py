@@ -217,8 +217,8 @@ class StreamActor:
         while True:
             started = self.clock.monotonic()
             try:
-                repaired = await poller.poll_once(self.book, self.broker, self.clock,
-                                                  self.health)
+                repaired = await poller.poll_fresh(self.book, self.broker, self.clock,
+                                                   self.health)
             except (BrokerError, StorageUnavailable) as e:
                 log.warning("resync failed; the stream stays untrusted, retrying",
                             error=str(e), retry_in=self.settings.resync_retry)

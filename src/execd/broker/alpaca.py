@@ -247,7 +247,8 @@ class AlpacaClient:
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         try:
             raw = await self._call("get_order_by_client_id", lambda: self._client.get(
-                "/orders:by_client_order_id", {"client_order_id": client_order_id}))
+                "/orders:by_client_order_id", {"client_order_id": client_order_id}),
+                priority=True)
         except BrokerRejected as e:
             if e.status == 404:
                 return None
@@ -271,7 +272,8 @@ class AlpacaClient:
             params: dict[str, Any] = {"status": status, "limit": PAGE, "direction": "asc"}
             if after is not None:
                 params["after"] = after.isoformat()
-            page = await self._call("list_orders", partial(self._client.get, "/orders", params))
+            page = await self._call("list_orders", partial(self._client.get, "/orders", params),
+                                    priority=True)
             orders = [order_from(o) for o in page]
             new = [o for o in orders if o.view.broker_order_id not in out]
             out.update((o.view.broker_order_id, o) for o in new)
@@ -285,7 +287,8 @@ class AlpacaClient:
                          priority=True)
 
     async def positions(self) -> Sequence[BrokerPosition]:
-        raw = await self._call("positions", lambda: self._client.get("/positions"))
+        raw = await self._call("positions", lambda: self._client.get("/positions"),
+                               priority=True)
         return [BrokerPosition(symbol=str(p["symbol"]), qty=Decimal(str(p["qty"])),
                                current_price=_dec(p.get("current_price")))
                 for p in raw]
