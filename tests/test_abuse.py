@@ -3,52 +3,17 @@ stays bounded, and a well-behaved client on another connection keeps its latency
 
 from __future__ import annotations
 
-import contextlib
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 import anyio
+import sniffio
+from tools import abuse
+from tools.abuse import HOSTILE_LINES, hostile_answer
 
 from execd.app import Daemon
 from tests.conftest import OpenDaemon, connect, eventually
-
-HOSTILE_LINES: list[tuple[str, bytes]] = [
-    ("random bytes", bytes(range(256)) * 4 + b"\n"),
-    ("invalid UTF-8", b'{"op": "ping", "x": "\xff\xfe"}\n'),
-    ("not an object", b"[1, 2, 3]\n"),
-    ("a bare number", b"12345\n"),
-    ("wrong types", b'{"op": "submit", "strategy_id": 1, "symbol": [], "side": {}, "qty": true}\n'),
-    ("huge number", b'{"op": "submit", "strategy_id": "h", "symbol": "AAPL", "side": "buy", '
-                    b'"qty": 1e999999}\n'),
-    ("huge integer", b'{"op": "ping", "n": ' + b"9" * 5000 + b"}\n"),
-    ("NaN", b'{"op": "submit", "strategy_id": "h", "symbol": "AAPL", "side": "buy", "qty": NaN}\n'),
-    ("Infinity", b'{"op": "ping", "x": -Infinity}\n'),
-    ("negative qty", b'{"op": "submit", "strategy_id": "h", "symbol": "AAPL", "side": "buy", '
-                     b'"qty": "-5"}\n'),
-    ("zero qty", b'{"op": "submit", "strategy_id": "h", "symbol": "AAPL", "side": "buy", '
-                 b'"qty": 0}\n'),
-    ("deep nesting", b'{"op": "ping", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n"),
-    ("long string", b'{"op": "ping", "x": "' + b"a" * 1_000_000 + b'"}\n'),
-    ("unknown op", b'{"op": "rm -rf /"}\n'),
-]
-
-
-async def _answer(path: Path, line: bytes) -> dict[str, Any]:
-    async with await anyio.connect_unix(str(path)) as s:
-        # the daemon may hang up before reading it all: its answer is waiting anyway
-        with contextlib.suppress(anyio.BrokenResourceError):
-            await s.send(line)
-        data = b""
-        with anyio.fail_after(5):
-            while not data.endswith(b"\n"):
-                try:
-                    data += await s.receive()
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    break
-    answer: dict[str, Any] = json.loads(data.splitlines()[0])
-    return answer
 
 
 async def _slowloris(path: Path) -> bytes:
@@ -113,7 +78,7 @@ async def test_hostile_clients_hurt_no_one(daemon_factory: OpenDaemon) -> None:
         under_load: list[float] = []
 
         async def hostile(name: str, line: bytes) -> None:
-            answers[name] = await _answer(path, line)
+            answers[name] = await hostile_answer(path, line)
 
         async def crowd() -> None:
             """1,000 connections at once: past max_connections they are told to go."""
@@ -147,7 +112,7 @@ async def test_hostile_clients_hurt_no_one(daemon_factory: OpenDaemon) -> None:
         for name, _ in HOSTILE_LINES:
             error = answers[name].get("error")
             assert error is not None, name
-            assert error["code"] in ("invalid_request", "unknown_op", "line_too_long"), name
+            assert error["code"] in abuse.ERROR_CODES, name
             assert error["message"], name
         assert answers["long string"]["error"]["code"] == "line_too_long"
         assert answers["unknown op"]["error"]["code"] == "unknown_op"
@@ -169,4 +134,22 @@ async def _append(out: list[bytes], work: Any) -> None:
 
 
 async def _no_connections(d: Daemon) -> bool:
-    return d.metrics.registry.get_sample_value("execd_intake_connections") == 0
+    return bool(d.metrics.registry.get_sample_value("execd_intake_connections") == 0)
+
+
+async def test_the_abuse_suite_in_short() -> None:
+    """tools/abuse.py with small numbers: a real daemon process (on this test's backend),
+    every attack, every invariant (the full disk only where a tmpfs can be mounted)."""
+    backend = sniffio.current_async_library()
+    # (the 2 s to the first status after a restart is the full run's; this machine may
+    # be busy with other tests, and a Python start-up alone can take a second)
+    c = abuse.Campaign(connections=60, slowloris=3, subscriber_orders=300, burst=60, workers=4,
+                       line_timeout=0.5, idle_timeout=1.0, status_within=5.0, backend=backend,
+                       verbose=False)
+    report = await abuse.run(c)
+    assert report.ok, report.table()
+    attacks = [r.attack for r in report.rows]
+    assert attacks[:5] == ["(baseline)", "fuzz", "slowloris", "idle crowd", "slow subscriber"]
+    assert attacks[-1] == "SIGTERM + restart"
+    assert report.figures["burst: acknowledged orders missing at the daemon"] == 0
+    assert report.figures["burst: client_order_ids sent to the broker more than once"] == 0
