@@ -19,15 +19,23 @@ LOCAL_CONFIG = Path("config.toml")
 
 def find_socket(path: str | os.PathLike[str] | None = None,
                 config: str | os.PathLike[str] | None = None) -> Path:
+    return locate(path, config)[0]
+
+
+def locate(path: str | os.PathLike[str] | None = None,
+           config: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
+    """The socket, and where it came from (for error messages)."""
     from execd.config import load
 
     if path:
-        return Path(path)
+        return Path(path), "given"
     if config:
-        return load(Path(config)).socket_path.absolute()
+        return load(Path(config)).socket_path.absolute(), f"from {config}"
     if env := os.environ.get(ENV):
-        return Path(env)
+        return Path(env), f"from ${ENV}"
     if SYSTEM_SOCKET.exists():
-        return SYSTEM_SOCKET
+        return SYSTEM_SOCKET, "the systemd service's"
     local = LOCAL_CONFIG.absolute()
-    return load(local if local.exists() else None).socket_path.absolute()
+    if local.exists():
+        return load(local).socket_path.absolute(), f"from {local}"
+    return load(None).socket_path.absolute(), "the default (no config.toml here)"

@@ -1,0 +1,236 @@
+"""Text for people, from the client's records: tables that fit a 100-column terminal
+(short ids, local times, decimals aligned on their points) and one-line summaries.
+Pure: strings in, strings out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from execd.client.records import Order, Position, Status, Trading
+from execd.domain.decimals import show
+
+WIDTH = 100
+ELLIPSIS = "…"
+GAP = "  "
+
+
+def dec(d: Decimal | None) -> str:
+    return "" if d is None else show(d)
+
+
+def short_id(cid: str, width: int = 18) -> str:
+    """`alpha-1764000000000-6f1c…` -> `alpha-176…9d2e4b7f`: the head says whose, the
+    tail (the uuid's end) tells orders apart; commands take this form back."""
+    if len(cid) <= width:
+        return cid
+    tail = (width - 1) // 2
+    return cid[:width - 1 - tail] + ELLIPSIS + cid[-tail:]
+
+
+def local(t: datetime | None, *, now: datetime | None = None, seconds: bool = True) -> str:
+    """Local time; today's as HH:MM:SS, other days' with the date."""
+    if t is None:
+        return ""
+    lt = t.astimezone()
+    today = (now or datetime.now(UTC)).astimezone().date()
+    clock = lt.strftime("%H:%M:%S" if seconds else "%H:%M")
+    return clock if lt.date() == today else f"{lt:%Y-%m-%d} {clock}"
+
+
+def stamp(t: datetime) -> str:
+    """For the start of a `watch` line: local time to the millisecond."""
+    lt = t.astimezone()
+    return f"{lt:%H:%M:%S}.{lt.microsecond // 1000:03d}"
+
+
+def ago(t: datetime | None, now: datetime | None = None) -> str:
+    if t is None:
+        return "never"
+    s = ((now or datetime.now(UTC)) - t).total_seconds()
+    return f"{s:.1f} s ago" if s < 120 else f"{s / 60:.0f} min ago ({local(t)})"
+
+
+def trading_line(t: Trading) -> str:
+    who = f"strategy {t.strategy_id}" if t.strategy_id else "trading"
+    return (f"{who}: {t.state}" + (f" ({t.reason})" if t.reason else "")
+            + (f" since {local(t.since)}" if t.since else ""))
+
+
+# ------------------------------------------------------------------------ tables
+@dataclass(frozen=True, slots=True)
+class Column:
+    header: str
+    align: str = "l"  # l, r, or d: decimals aligned on their points
+    shrink: int = 0  # may be cut down to this width when the table is too wide (0: never)
+
+
+def _align_decimals(cells: list[str]) -> list[str]:
+    parts = [c.partition(".") for c in cells]
+    ints = max((len(i) for i, _, _ in parts), default=0)
+    fracs = max((len(f) + 1 for _, dot, f in parts if dot), default=0)
+    return [i.rjust(ints) + (dot + f).ljust(fracs) if c else ""
+            for c, (i, dot, f) in zip(cells, parts, strict=True)]
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(0, width - 1)] + ELLIPSIS
+
+
+def table(columns: Sequence[Column], rows: Sequence[Sequence[str]],
+          width: int = WIDTH) -> list[str]:
+    """Lines of a table no wider than `width`: shrinkable columns give way first, from
+    the last one."""
+    cols = [[r[i] for r in rows] for i in range(len(columns))]
+    cols = [_align_decimals(c) if col.align == "d" else c for c, col in zip(
+        cols, columns, strict=True)]
+    widths = [max([len(col.header), *(len(v) for v in c)]) for c, col in zip(
+        cols, columns, strict=True)]
+    excess = sum(widths) + len(GAP) * (len(widths) - 1) - width
+    for i in reversed(range(len(columns))):
+        if excess <= 0:
+            break
+        floor = columns[i].shrink
+        if floor and widths[i] > floor:
+            cut = min(excess, widths[i] - floor)
+            widths[i] -= cut
+            excess -= cut
+
+    def line(cells: Sequence[str]) -> str:
+        out = []
+        for cell, w, col in zip(cells, widths, columns, strict=True):
+            cell = _cut(cell, w)
+            out.append(cell.rjust(w) if col.align in "rd" else cell.ljust(w))
+        return GAP.join(out).rstrip()
+
+    return [line([c.header for c in columns])] + [
+        line([c[j] for c in cols]) for j in range(len(rows))]
+
+
+ORDER_COLUMNS = (
+    Column("id", shrink=12), Column("time"), Column("strategy", shrink=8),
+    Column("symbol", shrink=7), Column("side"), Column("qty", "d"), Column("type"),
+    Column("price", "r", shrink=8), Column("state"), Column("filled", "d"),
+    Column("avg price", "d"), Column("reason", shrink=6),
+)
+TYPE_SHORT = {"stop_limit": "stop lmt", "trailing_stop": "trailing"}
+
+
+def price(o: Order) -> str:
+    """The prices that define the order, in one cell."""
+    if o.type == "trailing_stop":
+        return (f"{dec(o.trail_percent)}%" if o.trail_percent is not None
+                else f"±{dec(o.trail_price)}")
+    if o.stop_price is not None and o.limit_price is not None:
+        return f"{dec(o.stop_price)}/{dec(o.limit_price)}"
+    return dec(o.stop_price if o.stop_price is not None else o.limit_price)
+
+
+def order_rows(orders: Iterable[Order], now: datetime | None = None) -> list[list[str]]:
+    rows = []
+    for o in orders:
+        rows.append(_order_row(o, "", now))
+        rows.extend(_order_row(leg, "└ ", now) for leg in o.legs)
+    return rows
+
+
+def _order_row(o: Order, prefix: str, now: datetime | None) -> list[str]:
+    qty = dec(o.qty) if o.qty is not None else (f"${dec(o.notional)}" if o.notional else "")
+    return [prefix + short_id(o.client_order_id, 18 - len(prefix)),
+            local(o.updated_at or o.created_at, now=now), o.strategy_id, o.symbol, o.side,
+            qty, TYPE_SHORT.get(o.type, o.type), price(o), str(o.state), dec(o.filled_qty),
+            dec(o.filled_avg_price), o.reason or ""]
+
+
+def orders_table(orders: Sequence[Order], width: int = WIDTH,
+                 now: datetime | None = None) -> list[str]:
+    return table(ORDER_COLUMNS, order_rows(orders, now), width)
+
+
+def order_summary(o: Order) -> str:
+    """One line: `FILLED  buy 10 AAPL limit 187.5  filled 10 @ 187.49`."""
+    what = (f"{o.side} {dec(o.qty)}" if o.qty is not None else f"{o.side} ${dec(o.notional)}")
+    kind = o.type + (f" {price(o)}" if price(o) else "")
+    if o.order_class not in ("simple", ""):
+        kind += f" ({o.order_class})"
+    fill = f"filled {dec(o.filled_qty)}" + (
+        f" @ {dec(o.filled_avg_price)}" if o.filled_avg_price is not None else "")
+    return (f"{o.state!s:<16}  {short_id(o.client_order_id)}  {what} {o.symbol}  {kind}  "
+            f"{fill}" + (f"  ({o.reason})" if o.reason else ""))
+
+
+def order_detail(o: Order, events: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    lines = [f"{k + ':':<17} {v}" for k, v in (
+        ("client_order_id", o.client_order_id), ("broker_order_id", o.broker_order_id or ""),
+        ("strategy", o.strategy_id), ("order", order_summary(o).split("  ", 2)[-1].strip()),
+        ("state", o.state), ("time_in_force", o.time_in_force + (
+            ", extended hours" if o.extended_hours else "")),
+        ("created", local(o.created_at)), ("updated", local(o.updated_at)),
+        ("replaced_by", o.replaced_by or ""), ("reason", o.reason or ""),
+    ) if v]
+    if o.legs:
+        lines += ["", "legs:", *orders_table(o.legs)]
+    if events:
+        lines += ["", "history:", *table(
+            (Column("time"), Column("event"), Column("state"), Column("detail", shrink=10)),
+            [[local(_when(e.get("at"))), str(e.get("event", "")), str(e.get("state", "")),
+              _detail(e)] for e in events])]
+    return lines
+
+
+def _when(v: Any) -> datetime | None:
+    from execd.client.records import when
+
+    return when(v)
+
+
+def _detail(e: Mapping[str, Any]) -> str:
+    skip = {"at", "event", "state", "client_order_id", "id", "detail"}
+    items = [(k, v) for k, v in e.items() if k not in skip]
+    if isinstance(e.get("detail"), Mapping):
+        items += list(e["detail"].items())
+    elif e.get("detail") is not None:
+        items.append(("detail", e["detail"]))
+    return " ".join(f"{k}={v}" for k, v in items if v not in (None, ""))
+
+
+POSITION_COLUMNS = (Column("symbol"), Column("qty", "d"), Column("avg entry", "d"),
+                    Column("last", "d"), Column("market value", "d"),
+                    Column("unrealized P/L", "d"))
+
+
+def positions_table(positions: Sequence[Position]) -> list[str]:
+    return table(POSITION_COLUMNS, [
+        [p.symbol, dec(p.qty), dec(p.avg_entry_price), dec(p.last_price), dec(p.market_value),
+         dec(p.unrealized_pl)] for p in positions])
+
+
+def status_lines(s: Status, now: datetime | None = None) -> list[str]:
+    lines = [f"execd {s.version}   {trading_line(s.trading)}"]
+    halted = s.extra.get("strategies")
+    if isinstance(halted, Mapping):  # per-strategy trading states, when the daemon has any
+        lines += [f"  strategy {k}: {v.get('state') if isinstance(v, Mapping) else v}"
+                  + (f" ({v.get('reason')})" if isinstance(v, Mapping) and v.get("reason")
+                     else "") for k, v in halted.items()]
+    budget = f"{s.limiter_remaining:.1f}" if s.limiter_remaining is not None else "?"
+    lines.append(f"open orders: {s.open_orders}   subscribers: {s.subscribers}   "
+                 f"broker budget now: {budget} requests")
+    lines.append(f"last poll: {ago(s.last_poll, now)}"
+                 + (f" (error: {s.last_poll_error})" if s.last_poll_error else "")
+                 + f"   last reconcile: {ago(s.last_reconcile, now)}"
+                 + (f" ({s.last_reconcile_result})" if s.last_reconcile_result else ""))
+    if s.orders:
+        lines.append("orders: " + ", ".join(f"{k} {v}" for k, v in sorted(s.orders.items())))
+    if s.recovery and not s.recovery.get("done", True):
+        lines.append(f"recovering: {s.recovery.get('pending_left')} of "
+                     f"{s.recovery.get('pending_total')} pending orders left")
+    if s.storage and not s.storage.get("available", True):
+        lines.append(f"storage UNAVAILABLE: {s.storage.get('error')}")
+    lines.append("")
+    lines += table((Column("actor"), Column("state"), Column("restarts", "r"),
+                    Column("last error", shrink=20)),
+                   [[a.name, a.state, str(a.restarts), a.last_error or ""] for a in s.actors])
+    return lines
