@@ -317,11 +317,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from execd import cli_render as r
     from execd.client import ExecdError
 
+    printed = 0
+
     def say(at: datetime, text: str, record: dict[str, Any]) -> None:
+        nonlocal printed
         if args.json:
             print(json.dumps({"at": at.isoformat(), **record}, default=str), flush=True)
         else:
             print(f"{r.stamp(at)}  {text}", flush=True)
+        printed += 1
+        if args.count is not None and printed >= args.count:
+            raise _Enough
 
     try:
         with _client(args, timeout=30.0) as c, c.subscribe(args.strategy) as events:
@@ -342,7 +348,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     trading = now_trading
                     say(datetime.now(UTC), r.trading_line(trading),
                         {"event": "trading", "trading": dict(trading.raw)})
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Enough):
         return 0
     except ExecdError as e:
         print(f"error: {e.code}: {e.message}", file=sys.stderr)
@@ -350,6 +356,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     except Unreachable as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+class _Enough(Exception):
+    """`watch --count N` has printed its N lines."""
 
 
 def cmd_session(args: argparse.Namespace) -> int:
@@ -495,7 +505,7 @@ def _add_client_commands(sub: Any) -> None:
     o.add_argument("client_order_id", help="the order (full id, or as tables show it)")
     os_ = client("orders", "list orders, newest first")
     os_.add_argument("--strategy", metavar="ID", help="only this strategy's (default: all)")
-    os_.add_argument("--state", choices=STATES, type=str.upper,
+    os_.add_argument("--state", choices=STATES, type=str.upper, metavar="STATE",
                      help="only orders in this state: " + ", ".join(STATES) + " (default: any)")
     os_.add_argument("--open", action="store_true",
                      help="only open orders: PENDING, SUBMITTED, PARTIALLY_FILLED "
@@ -522,6 +532,9 @@ def _add_client_commands(sub: Any) -> None:
     w.add_argument("--strategy", metavar="ID", help="only this strategy's orders (default: all)")
     w.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often to check the trading state (default: %(default)s)")
+    w.add_argument("--count", type=int, metavar="N",
+                   help="stop after N lines, the first (the state now) included "
+                        "(default: until Ctrl-C)")
     se = client("session", "hold a dead-man session for a strategy until interrupted",
                 "Open a session for STRATEGY and send its heartbeats; when this command "
                 "stops (Ctrl-C, kill, a lost connection) the daemon cancels the strategy's "

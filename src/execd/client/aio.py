@@ -81,6 +81,7 @@ class AsyncClient:
         self._ids = itertools.count(1)
         self._lock = anyio.Lock()
         self._tg: TaskGroup | None = None
+        self._closing = anyio.Event()
 
     @classmethod
     async def connect(cls, path: str | os.PathLike[str] | None = None, *,
@@ -98,7 +99,9 @@ class AsyncClient:
                         tb: TracebackType | None) -> None:
         try:
             if self._tg is not None:
-                self._tg.cancel_scope.cancel()
+                # Heartbeats end by themselves, never cancelled in the middle of a ping
+                # (a read cancelled as it wakes trips anyio's asyncio backend).
+                self._closing.set()
                 await self._tg.__aexit__(et, e, tb)
         finally:
             self._tg = None
@@ -207,7 +210,9 @@ class AsyncClient:
 
     async def _heartbeats(self, interval: float) -> None:
         while True:
-            await anyio.sleep(interval)
+            with anyio.move_on_after(interval):
+                await self._closing.wait()
+                return
             try:
                 await self.ping()
             except (ExecdError, OSError):
