@@ -151,20 +151,18 @@ class Unreachable(Exception):
 
 
 def _resolve(c: Client, given: str) -> str:
-    """A client_order_id as typed: in full, or as a table shows it (`head…tail`)."""
+    """A client_order_id as typed: in full, or as a table shows it (`…tail`)."""
     from execd.client import NotFound
 
-    try:
-        return c.order(given).client_order_id
-    except NotFound:
-        head, sep, tail = given.partition("…")
-        if not sep:
-            raise
-        matches = {o.client_order_id for top in c.orders(limit=10_000) for o in (top, *top.legs)
-                   if o.client_order_id.startswith(head) and o.client_order_id.endswith(tail)}
-        if len(matches) != 1:
-            raise
-        return matches.pop()
+    head, sep, tail = given.partition("…")
+    if not sep:
+        return given
+    matches = {o.client_order_id for top in c.orders(limit=10_000) for o in (top, *top.legs)
+               if o.client_order_id.startswith(head) and o.client_order_id.endswith(tail)}
+    if len(matches) != 1:
+        raise NotFound("not_found", f"{'no' if not matches else 'more than one'} order "
+                                    f"matches {given}; give the full client_order_id")
+    return matches.pop()
 
 
 def _submit_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -267,22 +265,33 @@ def _show(cmd: str, raw: dict[str, Any], value: Any) -> None:
 
 
 def _flatten_lines(raw: dict[str, Any]) -> list[str]:
-    """The daemon's report, whatever its shape: one line per symbol where it has them."""
-    from execd.cli_render import order_summary
-    from execd.client import Order
+    """The daemon's report, whatever its exact shape: the trading state, then one line
+    per symbol or order it names."""
+    from execd import cli_render as r
+    from execd.client import Order, Trading
 
-    lines = ["trading is HALTED until `execd resume`"]
+    def describe(v: Any) -> str:
+        if isinstance(v, dict) and isinstance(v.get("order"), dict):
+            v = v["order"]
+        if isinstance(v, dict) and "client_order_id" in v:
+            o = Order.from_wire(v)
+            return f"{o.state}  {r.short_id(o.client_order_id)}  {r.order_words(o)}"
+        if isinstance(v, dict):
+            return "  ".join(f"{k}: {describe(x)}" for k, x in v.items())
+        if isinstance(v, list):
+            return ", ".join(describe(x) for x in v)
+        return str(v)
+
+    lines = []
+    if isinstance(raw.get("trading"), dict):
+        lines.append(r.trading_line(Trading.from_wire(raw["trading"])))
+    lines.append("trading is HALTED until `execd resume`")
     for key, val in raw.items():
-        if isinstance(val, dict) and isinstance(val.get("order"), dict):
-            lines.append(f"{key}: {order_summary(Order.from_wire(val['order']))}")
-        elif isinstance(val, dict):
-            lines += [f"{k}: {v if not isinstance(v, dict) else json.dumps(v, default=str)}"
-                      for k, v in val.items()]
-        elif isinstance(val, list):
-            lines.append(f"{key}:")
-            lines += [f"  {json.dumps(v, default=str)}" for v in val]
-        else:
-            lines.append(f"{key}: {val}")
+        if key == "trading":
+            continue
+        items = (val.items() if isinstance(val, dict)
+                 else enumerate(val) if isinstance(val, list) else [(key, val)])
+        lines += [r.cut(f"{k}: {describe(v)}", r.WIDTH) for k, v in items]
     return lines
 
 
@@ -387,6 +396,18 @@ def cmd_session(args: argparse.Namespace) -> int:
     except Unreachable as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+class _Renamed(argparse.Action):
+    """An option that was renamed: say so, rather than "unrecognized arguments"."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        parser.error(f"{option_string} is now {self.new}")
 
 
 def _common() -> argparse.ArgumentParser:
@@ -512,6 +533,8 @@ def _add_client_commands(sub: Any) -> None:
                           "(default: all)")
     os_.add_argument("--last", type=int, default=50, metavar="N",
                      help="show the N newest orders, 1 to 10000 (default: %(default)s)")
+    os_.add_argument("--limit", action=_Renamed, nargs="?", help=argparse.SUPPRESS,
+                     new="--last N (a number of rows; --limit-price is a price)")
     client("positions", "execd's positions (its own book)")
     client("status", "trading state, actors, broker budget, last poll and reconcile")
     h = client("halt", "stop new orders, account-wide or for one strategy (cancels work)")

@@ -22,23 +22,25 @@ def dec(d: Decimal | None) -> str:
     return "" if d is None else show(d)
 
 
-def short_id(cid: str, width: int = 18) -> str:
-    """`alpha-1764000000000-6f1c…` -> `alpha-176…9d2e4b7f`: the head says whose, the
-    tail (the uuid's end) tells orders apart; commands take this form back."""
+def short_id(cid: str, width: int = 12) -> str:
+    """`alpha-1764000000000-6f1c…9d2e4b7f` -> `…c9d2e4b7f`: the tail (a generated id's
+    uuid) tells orders apart, the strategy has a column of its own; commands take this
+    form back."""
     if len(cid) <= width:
         return cid
-    tail = (width - 1) // 2
-    return cid[:width - 1 - tail] + ELLIPSIS + cid[-tail:]
+    return ELLIPSIS + cid[-(width - 1):]
 
 
-def local(t: datetime | None, *, now: datetime | None = None, seconds: bool = True) -> str:
-    """Local time; today's as HH:MM:SS, other days' with the date."""
+def local(t: datetime | None, *, now: datetime | None = None) -> str:
+    """Local time in at most 11 characters: today's as HH:MM:SS, this year's as
+    MM-DD HH:MM, older ones as YYYY-MM-DD."""
     if t is None:
         return ""
     lt = t.astimezone()
     today = (now or datetime.now(UTC)).astimezone().date()
-    clock = lt.strftime("%H:%M:%S" if seconds else "%H:%M")
-    return clock if lt.date() == today else f"{lt:%Y-%m-%d} {clock}"
+    if lt.date() == today:
+        return f"{lt:%H:%M:%S}"
+    return f"{lt:%m-%d %H:%M}" if lt.year == today.year else f"{lt:%Y-%m-%d}"
 
 
 def stamp(t: datetime) -> str:
@@ -66,6 +68,7 @@ class Column:
     header: str
     align: str = "l"  # l, r, or d: decimals aligned on their points
     shrink: int = 0  # may be cut down to this width when the table is too wide (0: never)
+    optional: bool = False  # left out when every row leaves it empty
 
 
 def _align_decimals(cells: list[str]) -> list[str]:
@@ -76,45 +79,52 @@ def _align_decimals(cells: list[str]) -> list[str]:
             for c, (i, dot, f) in zip(cells, parts, strict=True)]
 
 
-def _cut(text: str, width: int) -> str:
+def cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[:max(0, width - 1)] + ELLIPSIS
 
 
 def table(columns: Sequence[Column], rows: Sequence[Sequence[str]],
           width: int = WIDTH) -> list[str]:
-    """Lines of a table no wider than `width`: shrinkable columns give way first, from
-    the last one."""
+    """Lines of a table no wider than `width`: empty optional columns are left out,
+    shrinkable columns give way, from the last one, then the gaps narrow."""
+    keep = [i for i, col in enumerate(columns)
+            if not (col.optional and rows and not any(r[i] for r in rows))]
+    columns = [columns[i] for i in keep]
+    rows = [[r[i] for i in keep] for r in rows]
     cols = [[r[i] for r in rows] for i in range(len(columns))]
     cols = [_align_decimals(c) if col.align == "d" else c for c, col in zip(
         cols, columns, strict=True)]
     widths = [max([len(col.header), *(len(v) for v in c)]) for c, col in zip(
         cols, columns, strict=True)]
-    excess = sum(widths) + len(GAP) * (len(widths) - 1) - width
+    gap = GAP
+    excess = sum(widths) + len(gap) * (len(widths) - 1) - width
     for i in reversed(range(len(columns))):
         if excess <= 0:
             break
         floor = columns[i].shrink
         if floor and widths[i] > floor:
-            cut = min(excess, widths[i] - floor)
-            widths[i] -= cut
-            excess -= cut
+            give = min(excess, widths[i] - floor)
+            widths[i] -= give
+            excess -= give
+    if excess > 0:  # still too wide: narrower gaps
+        gap = " "
 
     def line(cells: Sequence[str]) -> str:
         out = []
         for cell, w, col in zip(cells, widths, columns, strict=True):
-            cell = _cut(cell, w)
+            cell = cut(cell, w)
             out.append(cell.rjust(w) if col.align in "rd" else cell.ljust(w))
-        return GAP.join(out).rstrip()
+        return gap.join(out).rstrip()
 
     return [line([c.header for c in columns])] + [
         line([c[j] for c in cols]) for j in range(len(rows))]
 
 
 ORDER_COLUMNS = (
-    Column("id", shrink=12), Column("time"), Column("strategy", shrink=8),
-    Column("symbol", shrink=7), Column("side"), Column("qty", "d"), Column("type"),
-    Column("price", "r", shrink=8), Column("state"), Column("filled", "d"),
-    Column("avg price", "d"), Column("reason", shrink=6),
+    Column("id"), Column("time"), Column("strategy", shrink=6),
+    Column("symbol", shrink=6), Column("side"), Column("qty", "d"), Column("type"),
+    Column("price", "r", shrink=8, optional=True), Column("state"), Column("filled", "d"),
+    Column("avg price", "d", optional=True), Column("reason", shrink=6, optional=True),
 )
 TYPE_SHORT = {"stop_limit": "stop lmt", "trailing_stop": "trailing"}
 
@@ -139,7 +149,7 @@ def order_rows(orders: Iterable[Order], now: datetime | None = None) -> list[lis
 
 def _order_row(o: Order, prefix: str, now: datetime | None) -> list[str]:
     qty = dec(o.qty) if o.qty is not None else (f"${dec(o.notional)}" if o.notional else "")
-    return [prefix + short_id(o.client_order_id, 18 - len(prefix)),
+    return [prefix + short_id(o.client_order_id, 12 - len(prefix)),
             local(o.updated_at or o.created_at, now=now), o.strategy_id, o.symbol, o.side,
             qty, TYPE_SHORT.get(o.type, o.type), price(o), str(o.state), dec(o.filled_qty),
             dec(o.filled_avg_price), o.reason or ""]
@@ -150,22 +160,27 @@ def orders_table(orders: Sequence[Order], width: int = WIDTH,
     return table(ORDER_COLUMNS, order_rows(orders, now), width)
 
 
-def order_summary(o: Order) -> str:
-    """One line: `FILLED  buy 10 AAPL limit 187.5  filled 10 @ 187.49`."""
+def order_words(o: Order) -> str:
+    """`buy 10 AAPL  limit 187.5 (bracket)  filled 10 @ 187.49`."""
     what = (f"{o.side} {dec(o.qty)}" if o.qty is not None else f"{o.side} ${dec(o.notional)}")
     kind = o.type + (f" {price(o)}" if price(o) else "")
     if o.order_class not in ("simple", ""):
         kind += f" ({o.order_class})"
     fill = f"filled {dec(o.filled_qty)}" + (
         f" @ {dec(o.filled_avg_price)}" if o.filled_avg_price is not None else "")
-    return (f"{o.state!s:<16}  {short_id(o.client_order_id)}  {what} {o.symbol}  {kind}  "
-            f"{fill}" + (f"  ({o.reason})" if o.reason else ""))
+    return f"{what} {o.symbol}  {kind}  {fill}"
+
+
+def order_summary(o: Order) -> str:
+    """One line: `FILLED            …6f1c2a9d0e  buy 10 AAPL  limit 187.5  filled 10 @ …`."""
+    return (f"{o.state!s:<16}  {short_id(o.client_order_id)}  {order_words(o)}"
+            + (f"  ({o.reason})" if o.reason else ""))
 
 
 def order_detail(o: Order, events: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     lines = [f"{k + ':':<17} {v}" for k, v in (
         ("client_order_id", o.client_order_id), ("broker_order_id", o.broker_order_id or ""),
-        ("strategy", o.strategy_id), ("order", order_summary(o).split("  ", 2)[-1].strip()),
+        ("strategy", o.strategy_id), ("order", order_words(o)),
         ("state", o.state), ("time_in_force", o.time_in_force + (
             ", extended hours" if o.extended_hours else "")),
         ("created", local(o.created_at)), ("updated", local(o.updated_at)),

@@ -226,7 +226,8 @@ class Trading(_Wire):
     @classmethod
     def from_wire(cls, t: Mapping[str, Any]) -> Trading:
         return cls(state=TradingState(str(t.get("state", "ACTIVE"))), reason=_str(t.get("reason")),
-                   since=when(t.get("since")), strategy_id=_str(t.get("strategy_id")),
+                   since=when(t.get("since") or None),  # 0: never changed
+                   strategy_id=_str(t.get("strategy_id")),
                    raw=dict(t))
 
 
