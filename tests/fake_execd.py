@@ -27,6 +27,14 @@ def order(cid: str = "alpha-1-abc", **fields: Any) -> dict[str, Any]:
             "created_at": 1764000000.25, "updated_at": 1764000001.5, **fields}
 
 
+def _trading(r: dict[str, Any], state: str) -> dict[str, Any]:
+    """As the daemon answers: `strategy` for one strategy, else `trading`."""
+    shown = {"state": state, "reason": r.get("reason"), "since": 1764000000.0}
+    if r.get("strategy_id"):
+        return {"strategy": {"strategy_id": r["strategy_id"], **shown}}
+    return {"trading": shown}
+
+
 def default_answers() -> dict[str, Answer]:
     return {
         "ping": lambda r: {"version": "fake"},
@@ -36,14 +44,15 @@ def default_answers() -> dict[str, Answer]:
         "cancel": lambda r: {"order": order(r["client_order_id"], state="CANCELLED")},
         "close_position": lambda r: {"order": order("close-1", side="sell",
                                                     symbol=r["symbol"])},
-        "flatten": lambda r: {"trading": {"state": "HALTED", "reason": "flatten"},
-                              "symbols": {"AAPL": {"order": order("flat-1", side="sell")}}},
-        "halt": lambda r: {"trading": {"state": "HALTED", "reason": r.get("reason"),
-                                       "since": 1764000000.0,
-                                       "strategy_id": r.get("strategy_id")}},
-        "resume": lambda r: {"trading": {"state": r.get("state", "ACTIVE"),
-                                         "reason": r.get("reason"), "since": 1764000000.0,
-                                         "strategy_id": r.get("strategy_id")}},
+        "flatten": lambda r: {
+            "trading": {"state": "HALTED", "reason": "flatten: flatten", "since": 1764000000.0},
+            "cancelled": 2, "positions": [
+                {"symbol": "AAPL", "qty": "10", "ok": True,
+                 "order": order("flat-1", side="sell", strategy_id="execd-flatten")},
+                {"symbol": "MSFT", "qty": "-3", "ok": False,
+                 "error": {"code": "broker_rejected", "message": "asset not tradable"}}]},
+        "halt": lambda r: _trading(r, "HALTED"),
+        "resume": lambda r: _trading(r, r.get("state", "ACTIVE")),
         "session": lambda r: {"session": True, "strategy_id": r["strategy_id"]},
         "order": lambda r: {"order": order(r["client_order_id"]), "events": []},
         "subscribe": lambda r: {"subscribed": True, "strategy_id": r.get("strategy_id")},

@@ -283,12 +283,17 @@ CLI_REQUESTS: list[tuple[list[str], dict[str, Any], str]] = [
      {"op": "close_position", "symbol": "AAPL", "percentage": "50"}, "closing with close-1"),
     (["close", "AAPL", "--qty", "2"],
      {"op": "close_position", "symbol": "AAPL", "qty": "2"}, "closing with"),
-    (["flatten"], {"op": "flatten"}, "trading is HALTED until `execd resume`"),
+    (["flatten"], {"op": "flatten"}, "MSFT -3: NOT CLOSED: broker_rejected"),
+    (["flatten", "--reason", "eod"], {"op": "flatten", "reason": "eod"},
+     "AAPL 10: SUBMITTED  flat-1  sell 10 AAPL"),
+    (["close", "MSFT", "--strategy", "s", "--client-order-id", "c-1", "--wait", "accepted"],
+     {"op": "close_position", "symbol": "MSFT", "strategy_id": "s", "client_order_id": "c-1",
+      "wait": "accepted"}, "closing with close-1"),
     (["halt", "--strategy", "alpha", "--reason", "x"],
      {"op": "halt", "reason": "x", "strategy_id": "alpha"}, "strategy alpha: HALTED (x)"),
-    (["resume", "--strategy", "alpha", "--reducing"],
-     {"op": "resume", "state": "REDUCING", "reason": "operator resume",
-      "strategy_id": "alpha"}, "strategy alpha: REDUCING"),
+    (["resume", "--strategy", "alpha"],
+     {"op": "resume", "reason": "operator resume", "strategy_id": "alpha"},
+     "strategy alpha: ACTIVE (operator resume)"),
 ]
 
 

@@ -189,7 +189,21 @@ def test_records_keep_what_they_do_not_know() -> None:
     assert OrderState.SUBMITTED.is_open
     with pytest.raises(AttributeError):
         o.state = OrderState.FILLED  # type: ignore[misc]
-    s = Status.from_wire({"version": "9", "trading": {"state": "PAUSED"}, "new": 1})
+    # as issue 14's daemon answers `order`: leg ids on the parent, the legs in `family`
+    parent = Order.from_wire(
+        order("p-1", order_class="bracket", legs=["p-1-tp", "p-1-sl"],
+              take_profit={"limit_price": "250"}, stop_loss={"stop_price": "150"}),
+        family=[order("p-1-tp", parent_client_order_id="p-1", type="limit"),
+                order("p-1-sl", parent_client_order_id="p-1", type="stop"),
+                order("other")])
+    assert parent.leg_ids == ("p-1-tp", "p-1-sl")
+    assert [leg.client_order_id for leg in parent.legs] == ["p-1-tp", "p-1-sl"]
+    assert parent.legs[0].parent_client_order_id == "p-1"
+    assert (parent.take_profit, parent.stop_loss) == (Decimal(250), Decimal(150))
+    s = Status.from_wire({"version": "9", "trading": {"state": "PAUSED"}, "new": 1,
+                          "halted_strategies": {"alpha": {"reason": "x", "since": 1.0}}})
+    assert s.halted_strategies["alpha"].state == "HALTED"
+    assert s.halted_strategies["alpha"].strategy_id == "alpha"
     assert s.trading.state == "PAUSED"
     assert s.extra == {"new": 1}
     e = OrderEvent.from_wire({"event": "order", "order": wire})
@@ -287,8 +301,16 @@ EXPECTED: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any]]] = [
     ("flatten", (), {}, {"op": "flatten"}),
     ("halt", ("fat finger",), {"strategy_id": "alpha"},
      {"op": "halt", "reason": "fat finger", "strategy_id": "alpha"}),
-    ("resume", (), {"strategy_id": "alpha", "reducing": True},
-     {"op": "resume", "strategy_id": "alpha", "state": "REDUCING"}),
+    ("resume", (), {"strategy_id": "alpha"}, {"op": "resume", "strategy_id": "alpha"}),
+    ("resume", ("back",), {"reducing": True},
+     {"op": "resume", "state": "REDUCING", "reason": "back"}),
+    ("flatten", ("eod",), {}, {"op": "flatten", "reason": "eod"}),
+    ("close_position", ("MSFT",), {"strategy_id": "s", "client_order_id": "c-1",
+                                   "wait": "accepted"},
+     {"op": "close_position", "symbol": "MSFT", "strategy_id": "s", "client_order_id": "c-1",
+      "wait": "accepted"}),
+    ("replace", ("alpha-1",), {"limit_price": "190", "wait": "accepted"},
+     {"op": "replace", "client_order_id": "alpha-1", "limit_price": "190", "wait": "accepted"}),
     ("session", ("alpha",), {"heartbeat_s": 10},
      {"op": "session", "strategy_id": "alpha", "cancel_on_disconnect": True,
       "heartbeat_s": 10}),
@@ -322,7 +344,7 @@ async def test_new_ops_answers_are_typed(tmp_path: Path) -> None:
         halted = await c.halt("x", strategy_id="alpha")
         assert halted.strategy_id == "alpha"
         assert halted.state == "HALTED"
-        assert "symbols" in await c.flatten()
+        assert (await c.flatten())["cancelled"] == 2
         with pytest.raises(ValueError, match="not both"):
             await c.close_position("AAPL", qty=1, percentage=50)
         del fake.answers["replace"]  # an older daemon

@@ -206,16 +206,17 @@ def _command(args: argparse.Namespace, c: Client) -> tuple[Any, Any]:
         call = calls.replace(_resolve(c, args.client_order_id), qty=args.qty,
                              limit_price=args.limit_price, stop_price=args.stop_price,
                              trail=args.trail, time_in_force=args.tif,
-                             new_client_order_id=args.new_client_order_id)
+                             new_client_order_id=args.new_client_order_id, wait=args.wait)
     elif cmd == "cancel":
         call = calls.cancel(_resolve(c, args.client_order_id), legs=args.legs)
     elif cmd == "cancel-all":
         call = calls.cancel_all(args.strategy)
     elif cmd == "close":
         call = calls.close_position(args.symbol.upper(), qty=args.qty,
-                                    percentage=args.percentage)
+                                    percentage=args.percentage, strategy_id=args.strategy,
+                                    client_order_id=args.client_order_id, wait=args.wait)
     elif cmd == "flatten":
-        call = calls.flatten()
+        call = calls.flatten(args.reason)
     elif cmd == "order":
         call = calls.order(_resolve(c, args.client_order_id))
     elif cmd == "orders":
@@ -265,34 +266,23 @@ def _show(cmd: str, raw: dict[str, Any], value: Any) -> None:
 
 
 def _flatten_lines(raw: dict[str, Any]) -> list[str]:
-    """The daemon's report, whatever its exact shape: the trading state, then one line
-    per symbol or order it names."""
+    """The trading state, what was cancelled, and each position's close."""
     from execd import cli_render as r
     from execd.client import Order, Trading
 
-    def describe(v: Any) -> str:
-        if isinstance(v, dict) and isinstance(v.get("order"), dict):
-            v = v["order"]
-        if isinstance(v, dict) and "client_order_id" in v:
-            o = Order.from_wire(v)
-            return f"{o.state}  {r.short_id(o.client_order_id)}  {r.order_words(o)}"
-        if isinstance(v, dict):
-            return "  ".join(f"{k}: {describe(x)}" for k, x in v.items())
-        if isinstance(v, list):
-            return ", ".join(describe(x) for x in v)
-        return str(v)
-
-    lines = []
-    if isinstance(raw.get("trading"), dict):
-        lines.append(r.trading_line(Trading.from_wire(raw["trading"])))
-    lines.append("trading is HALTED until `execd resume`")
-    for key, val in raw.items():
-        if key == "trading":
-            continue
-        items = (val.items() if isinstance(val, dict)
-                 else enumerate(val) if isinstance(val, list) else [(key, val)])
-        lines += [r.cut(f"{k}: {describe(v)}", r.WIDTH) for k, v in items]
-    return lines
+    lines = [r.trading_line(Trading.from_wire(raw.get("trading") or {"state": "HALTED"})),
+             f"cancelled: {raw.get('cancelled', 0)} open orders"]
+    for p in raw.get("positions") or []:
+        head = f"{p.get('symbol')} {p.get('qty')}: "
+        if p.get("ok") and isinstance(p.get("order"), dict):
+            o = Order.from_wire(p["order"])
+            lines.append(head + f"{o.state}  {r.short_id(o.client_order_id)}  "
+                         f"{r.order_words(o)}")
+        else:
+            err = p.get("error") or {}
+            lines.append(head + f"NOT CLOSED: {err.get('code')}: {err.get('message')}")
+    lines.append("trading stays HALTED until `execd resume`")
+    return [r.cut(line, r.WIDTH) for line in lines]
 
 
 def cmd_client(args: argparse.Namespace) -> int:
@@ -500,6 +490,9 @@ def _add_client_commands(sub: Any) -> None:
                          "unchanged)")
     rp.add_argument("--new-client-order-id", metavar="ID",
                     help="the new order's id, its idempotency key (default: generated)")
+    rp.add_argument("--wait", choices=["submitted", "accepted"],
+                    help="answer once the broker has the change (submitted) or once it is "
+                         "durable (accepted) (default: submitted)")
 
     c = client("cancel", "cancel an order")
     c.add_argument("client_order_id", help="the order (full id, or as tables show it)")
@@ -518,9 +511,19 @@ def _add_client_commands(sub: Any) -> None:
     amount.add_argument("--qty", help="close only this many shares (default: all)")
     amount.add_argument("--percentage", metavar="PERCENT",
                         help="close only this percentage of it (default: all)")
-    client("flatten", "halt, cancel every open order and close every position (operator)",
-           "Halt trading, cancel every open order, then close every position with orders "
-           "of execd's own. Trading stays HALTED until `execd resume`.")
+    cl.add_argument("--strategy", metavar="ID",
+                    help="strategy_id of the closing order (default: execd-close)")
+    cl.add_argument("--client-order-id", metavar="ID",
+                    help="the closing order's id: repeating the command with it is a safe "
+                         "retry (default: generated)")
+    cl.add_argument("--wait", choices=["submitted", "accepted"],
+                    help="answer once the broker has the order (submitted) or once it is "
+                         "durable (accepted) (default: submitted)")
+    fl = client("flatten", "halt, cancel every open order and close every position "
+                "(operator)", "Halt trading, cancel every open order, then close every "
+                "position with orders of execd's own. Trading stays HALTED until "
+                "`execd resume`.")
+    fl.add_argument("--reason", help="why, shown by status (default: flatten)")
 
     o = client("order", "show one order, its legs and its history")
     o.add_argument("client_order_id", help="the order (full id, or as tables show it)")
@@ -546,7 +549,8 @@ def _add_client_commands(sub: Any) -> None:
     r.add_argument("--strategy", metavar="ID",
                    help="resume only this strategy (default: the whole account)")
     r.add_argument("--reducing", action="store_true",
-                   help="accept only orders that shrink a position (default: all orders)")
+                   help="accept only orders that shrink a position; account-wide only "
+                        "(default: all orders)")
     r.add_argument("--reason", default="operator resume",
                    help="why, shown by status (default: %(default)s)")
     client("ping", "check that the daemon answers")

@@ -4,7 +4,7 @@ Pure: strings in, strings out."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -139,17 +139,29 @@ def price(o: Order) -> str:
     return dec(o.stop_price if o.stop_price is not None else o.limit_price)
 
 
-def order_rows(orders: Iterable[Order], now: datetime | None = None) -> list[list[str]]:
+def order_rows(orders: Sequence[Order], now: datetime | None = None) -> list[list[str]]:
+    """One row per order; a leg right under its parent when both are listed."""
+    listed = {o.client_order_id for o in orders}
+    legs: dict[str, list[Order]] = {}
+    for o in orders:
+        if o.parent_client_order_id in listed:
+            legs.setdefault(o.parent_client_order_id, []).append(o)
     rows = []
     for o in orders:
+        if o.parent_client_order_id in listed:
+            continue
         rows.append(_order_row(o, "", now))
-        rows.extend(_order_row(leg, "└ ", now) for leg in o.legs)
+        own = {leg.client_order_id for leg in o.legs}
+        rows.extend(_order_row(leg, "└", now) for leg in [
+            *o.legs, *(x for x in legs.get(o.client_order_id, ())
+                       if x.client_order_id not in own)])
     return rows
 
 
 def _order_row(o: Order, prefix: str, now: datetime | None) -> list[str]:
+    """`prefix` marks a leg."""
     qty = dec(o.qty) if o.qty is not None else (f"${dec(o.notional)}" if o.notional else "")
-    return [prefix + short_id(o.client_order_id, 12 - len(prefix)),
+    return [prefix + short_id(o.client_order_id, 12 - len(prefix)),  # legs: "└…tail"
             local(o.updated_at or o.created_at, now=now), o.strategy_id, o.symbol, o.side,
             qty, TYPE_SHORT.get(o.type, o.type), price(o), str(o.state), dec(o.filled_qty),
             dec(o.filled_avg_price), o.reason or ""]
@@ -184,6 +196,10 @@ def order_detail(o: Order, events: Sequence[Mapping[str, Any]] = ()) -> list[str
         ("state", o.state), ("time_in_force", o.time_in_force + (
             ", extended hours" if o.extended_hours else "")),
         ("created", local(o.created_at)), ("updated", local(o.updated_at)),
+        ("take_profit", dec(o.take_profit)),
+        ("stop_loss", dec(o.stop_loss) + (f" limit {dec(o.stop_loss_limit)}"
+                                           if o.stop_loss_limit is not None else "")),
+        ("parent", o.parent_client_order_id or ""), ("replaces", o.replaces or ""),
         ("replaced_by", o.replaced_by or ""), ("reason", o.reason or ""),
     ) if v]
     if o.legs:
@@ -225,11 +241,7 @@ def positions_table(positions: Sequence[Position]) -> list[str]:
 
 def status_lines(s: Status, now: datetime | None = None) -> list[str]:
     lines = [f"execd {s.version}   {trading_line(s.trading)}"]
-    halted = s.extra.get("strategies")
-    if isinstance(halted, Mapping):  # per-strategy trading states, when the daemon has any
-        lines += [f"  strategy {k}: {v.get('state') if isinstance(v, Mapping) else v}"
-                  + (f" ({v.get('reason')})" if isinstance(v, Mapping) and v.get("reason")
-                     else "") for k, v in halted.items()]
+    lines += [f"  {trading_line(t)}" for t in s.halted_strategies.values()]
     budget = f"{s.limiter_remaining:.1f}" if s.limiter_remaining is not None else "?"
     lines.append(f"open orders: {s.open_orders}   subscribers: {s.subscribers}   "
                  f"broker budget now: {budget} requests")

@@ -193,10 +193,11 @@ class Client:
     def replace(self, client_order_id: str, *, qty: Num | None = None,
                 limit_price: Num | None = None, stop_price: Num | None = None,
                 trail: Num | None = None, time_in_force: str | None = None,
-                new_client_order_id: str | None = None) -> Order:
+                new_client_order_id: str | None = None, wait: str | None = None) -> Order:
         return self._run(calls.replace(
             client_order_id, qty=qty, limit_price=limit_price, stop_price=stop_price,
-            trail=trail, time_in_force=time_in_force, new_client_order_id=new_client_order_id))
+            trail=trail, time_in_force=time_in_force, new_client_order_id=new_client_order_id,
+            wait=wait))
 
     def cancel(self, client_order_id: str, *, legs: bool = False) -> Order:
         return self._run(calls.cancel(client_order_id, legs=legs))
@@ -205,11 +206,14 @@ class Client:
         return self._run(calls.cancel_all(strategy_id))
 
     def close_position(self, symbol: str, *, qty: Num | None = None,
-                       percentage: Num | None = None) -> Order:
-        return self._run(calls.close_position(symbol, qty=qty, percentage=percentage))
+                       percentage: Num | None = None, strategy_id: str | None = None,
+                       client_order_id: str | None = None, wait: str | None = None) -> Order:
+        return self._run(calls.close_position(
+            symbol, qty=qty, percentage=percentage, strategy_id=strategy_id,
+            client_order_id=client_order_id, wait=wait))
 
-    def flatten(self) -> dict[str, Any]:
-        return self._run(calls.flatten())
+    def flatten(self, reason: str | None = None) -> dict[str, Any]:
+        return self._run(calls.flatten(reason))
 
     def order(self, client_order_id: str) -> Order:
         return self._run(calls.order(client_order_id))

@@ -97,7 +97,8 @@ def _orders(r: dict[str, Any]) -> list[Order]:
 
 
 def _trading(r: dict[str, Any]) -> Trading:
-    return Trading.from_wire(r.get("trading") or r)
+    """`{"trading": …}` account-wide, `{"strategy": …}` for one strategy."""
+    return Trading.from_wire(r.get("strategy") or r.get("trading") or r)
 
 
 def _leg(value: TakeProfit | StopLoss | Mapping[str, Any] | Num | None,
@@ -146,13 +147,13 @@ def submit(*, strategy_id: str, symbol: str, side: str, qty: Num | None = None,
 
 def replace(client_order_id: str, *, qty: Num | None = None, limit_price: Num | None = None,
             stop_price: Num | None = None, trail: Num | None = None,
-            time_in_force: str | None = None,
-            new_client_order_id: str | None = None) -> Call[Order]:
+            time_in_force: str | None = None, new_client_order_id: str | None = None,
+            wait: str | None = None) -> Call[Order]:
     """Answers the new order (the old one becomes REPLACED once the broker says so)."""
     return Call("replace", {
         "client_order_id": client_order_id, "qty": num(qty), "limit_price": num(limit_price),
         "stop_price": num(stop_price), "trail": num(trail), "time_in_force": time_in_force,
-        "new_client_order_id": new_client_order_id}, _order)
+        "new_client_order_id": new_client_order_id, "wait": wait}, _order)
 
 
 def cancel(client_order_id: str, *, legs: bool = False) -> Call[Order]:
@@ -164,22 +165,27 @@ def cancel_all(strategy_id: str | None = None) -> Call[list[Order]]:
     return Call("cancel_all", {"strategy_id": strategy_id}, _orders)
 
 
-def close_position(symbol: str, *, qty: Num | None = None,
-                   percentage: Num | None = None) -> Call[Order]:
-    """Answers the closing order (an opposite-side market order of execd's own)."""
+def close_position(symbol: str, *, qty: Num | None = None, percentage: Num | None = None,
+                   strategy_id: str | None = None, client_order_id: str | None = None,
+                   wait: str | None = None) -> Call[Order]:
+    """Answers the closing order (an opposite-side market order of execd's own; its
+    `client_order_id` makes a retried close safe)."""
     if qty is not None and percentage is not None:
         raise ValueError("close_position takes qty or percentage, not both")
     return Call("close_position", {"symbol": symbol, "qty": num(qty),
-                                   "percentage": num(percentage)}, _order)
+                                   "percentage": num(percentage), "strategy_id": strategy_id,
+                                   "client_order_id": client_order_id, "wait": wait}, _order)
 
 
-def flatten() -> Call[dict[str, Any]]:
-    """Answers the daemon's report: each symbol's outcome (trading stays HALTED)."""
-    return Call("flatten", {}, dict)
+def flatten(reason: str | None = None) -> Call[dict[str, Any]]:
+    """Answers the daemon's report: each position's outcome (trading stays HALTED)."""
+    return Call("flatten", {"reason": reason}, dict)
 
 
 def order(client_order_id: str) -> Call[Order]:
-    return Call("order", {"client_order_id": client_order_id}, _order)
+    """The order, with its legs when it is a parent."""
+    return Call("order", {"client_order_id": client_order_id},
+                lambda r: Order.from_wire(r["order"], r.get("family") or ()))
 
 
 def history(client_order_id: str) -> Call[list[dict[str, Any]]]:

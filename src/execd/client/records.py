@@ -8,7 +8,7 @@ the dict-returning client of 0.1 did, so older strategy code keeps working.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -97,6 +97,14 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 class _Wire:
     """Mapping-style access to the wire object a record was made from."""
 
@@ -113,7 +121,8 @@ _ORDER_FIELDS = frozenset({
     "client_order_id", "broker_order_id", "strategy_id", "symbol", "side", "qty", "notional",
     "type", "limit_price", "stop_price", "trail_price", "trail_percent", "time_in_force",
     "extended_hours", "order_class", "state", "filled_qty", "filled_avg_price", "reason",
-    "created_at", "updated_at", "replaced_by", "legs"})
+    "created_at", "updated_at", "replaced_by", "replaces", "legs", "parent_client_order_id",
+    "take_profit", "stop_loss"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,13 +149,26 @@ class Order(_Wire):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     replaced_by: str | None = None
-    legs: tuple[Order, ...] = ()
+    replaces: str | None = None
+    parent_client_order_id: str | None = None  # a leg's parent (bracket, OCO, OTO)
+    take_profit: Decimal | None = None  # a parent's take-profit limit price
+    stop_loss: Decimal | None = None  # a parent's stop-loss stop price
+    stop_loss_limit: Decimal | None = None
+    leg_ids: tuple[str, ...] = ()  # a parent's legs' client_order_ids
+    legs: tuple[Order, ...] = ()  # the legs themselves, where the answer carries them
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_wire(cls, o: Mapping[str, Any]) -> Order:
-        legs = o.get("legs")
+    def from_wire(cls, o: Mapping[str, Any],
+                  family: Iterable[Mapping[str, Any]] = ()) -> Order:
+        """`family`: other orders an answer carries (`order`'s), the legs among them."""
+        wire_legs = _list(o.get("legs"))
+        cid = str(o.get("client_order_id", ""))
+        legs = [leg for leg in wire_legs if isinstance(leg, Mapping)] + [
+            m for m in family if isinstance(m, Mapping)
+            and m.get("parent_client_order_id") == cid]
+        tp, sl = _map(o.get("take_profit")), _map(o.get("stop_loss"))
         return cls(
             client_order_id=str(o.get("client_order_id", "")),
             strategy_id=str(o.get("strategy_id", "")),
@@ -170,8 +192,13 @@ class Order(_Wire):
             created_at=when(o.get("created_at")),
             updated_at=when(o.get("updated_at")),
             replaced_by=_str(o.get("replaced_by")),
-            legs=tuple(cls.from_wire(leg) for leg in legs if isinstance(leg, Mapping))
-            if isinstance(legs, list) else (),
+            replaces=_str(o.get("replaces")),
+            parent_client_order_id=_str(o.get("parent_client_order_id")),
+            take_profit=dec(tp.get("limit_price")),
+            stop_loss=dec(sl.get("stop_price")), stop_loss_limit=dec(sl.get("limit_price")),
+            leg_ids=tuple(str(x) for x in wire_legs if isinstance(x, str))
+            or tuple(str(leg.get("client_order_id", "")) for leg in legs),
+            legs=tuple(cls.from_wire(leg) for leg in legs),
             extra={k: v for k, v in o.items() if k not in _ORDER_FIELDS},
             raw=dict(o),
         )
@@ -243,7 +270,7 @@ class Actor(_Wire):
 _STATUS_FIELDS = frozenset({
     "version", "trading", "actors", "limiter", "last_poll", "last_poll_error",
     "last_reconcile", "last_reconcile_result", "broker_orders_unknown", "orders",
-    "open_orders", "subscribers", "recovery", "storage"})
+    "open_orders", "subscribers", "recovery", "storage", "halted_strategies"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -259,6 +286,7 @@ class Status(_Wire):
     orders: Mapping[str, int] = field(default_factory=dict, compare=False)
     open_orders: int = 0
     subscribers: int = 0
+    halted_strategies: Mapping[str, Trading] = field(default_factory=dict, compare=False)
     recovery: Mapping[str, Any] | None = field(default=None, compare=False)
     storage: Mapping[str, Any] | None = field(default=None, compare=False)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -283,6 +311,10 @@ class Status(_Wire):
             last_reconcile_result=_str(s.get("last_reconcile_result")),
             orders=dict(s.get("orders") or {}), open_orders=int(s.get("open_orders") or 0),
             subscribers=int(s.get("subscribers") or 0),
+            halted_strategies={
+                str(k): Trading.from_wire({"state": "HALTED", "strategy_id": k, **v})
+                for k, v in (s.get("halted_strategies") or {}).items()
+                if isinstance(v, Mapping)},
             recovery=s.get("recovery"), storage=s.get("storage"),
             extra={k: v for k, v in s.items() if k not in _STATUS_FIELDS}, raw=dict(s),
         )
