@@ -523,7 +523,8 @@ def _add_client_commands(sub: Any) -> None:
                 "(operator)", "Halt trading, cancel every open order, then close every "
                 "position with orders of execd's own. Trading stays HALTED until "
                 "`execd resume`.")
-    fl.add_argument("--reason", help="why, shown by status (default: flatten)")
+    fl.add_argument("--reason", help="why, shown by status as `flatten: REASON` "
+                    "(default: operator)")
 
     o = client("order", "show one order, its legs and its history")
     o.add_argument("client_order_id", help="the order (full id, or as tables show it)")

@@ -124,8 +124,8 @@ ORDER_COLUMNS = (
     Column("id"), Column("time"), Column("strategy", shrink=6),
     Column("symbol", shrink=6), Column("side"), Column("qty", "d"), Column("type"),
     Column("price", "r", shrink=8, optional=True), Column("state"), Column("filled", "d"),
-    Column("avg price", "d", optional=True), Column("reason", shrink=6, optional=True),
-)
+    Column("avg price", "d", optional=True),
+)  # an order's reason goes on a line of its own, under its row
 TYPE_SHORT = {"stop_limit": "stop lmt", "trailing_stop": "trailing"}
 
 
@@ -139,8 +139,8 @@ def price(o: Order) -> str:
     return dec(o.stop_price if o.stop_price is not None else o.limit_price)
 
 
-def order_rows(orders: Sequence[Order], now: datetime | None = None) -> list[list[str]]:
-    """One row per order; a leg right under its parent when both are listed."""
+def order_rows(orders: Sequence[Order], now: datetime | None = None) -> list[Order]:
+    """The orders in table order: a leg right under its parent when both are listed."""
     listed = {o.client_order_id for o in orders}
     legs: dict[str, list[Order]] = {}
     for o in orders:
@@ -150,11 +150,10 @@ def order_rows(orders: Sequence[Order], now: datetime | None = None) -> list[lis
     for o in orders:
         if o.parent_client_order_id in listed:
             continue
-        rows.append(_order_row(o, "", now))
+        rows.append(o)
         own = {leg.client_order_id for leg in o.legs}
-        rows.extend(_order_row(leg, "└", now) for leg in [
-            *o.legs, *(x for x in legs.get(o.client_order_id, ())
-                       if x.client_order_id not in own)])
+        rows.extend([*o.legs, *(x for x in legs.get(o.client_order_id, ())
+                                if x.client_order_id not in own)])
     return rows
 
 
@@ -164,12 +163,24 @@ def _order_row(o: Order, prefix: str, now: datetime | None) -> list[str]:
     return [prefix + short_id(o.client_order_id, 12 - len(prefix)),  # legs: "└…tail"
             local(o.updated_at or o.created_at, now=now), o.strategy_id, o.symbol, o.side,
             qty, TYPE_SHORT.get(o.type, o.type), price(o), str(o.state), dec(o.filled_qty),
-            dec(o.filled_avg_price), o.reason or ""]
+            dec(o.filled_avg_price)]
 
 
 def orders_table(orders: Sequence[Order], width: int = WIDTH,
                  now: datetime | None = None) -> list[str]:
-    return table(ORDER_COLUMNS, order_rows(orders, now), width)
+    listed = order_rows(orders, now)
+    ids = {o.client_order_id for o in listed}
+    nested = {leg.client_order_id for o in listed for leg in o.legs}
+    lines = table(ORDER_COLUMNS, [
+        _order_row(o, "└" if o.parent_client_order_id in ids or o.client_order_id in nested
+                   else "", now) for o in listed], width)
+    out = lines[:1]
+    for line, o in zip(lines[1:], listed, strict=True):
+        out.append(line)
+        if o.reason:
+            out.append(cut(f"    ↳ {o.reason}", width))
+    return out
+
 
 
 def order_words(o: Order) -> str:
