@@ -223,6 +223,25 @@ async def test_watch_json_lines_carry_a_time(daemon_factory: OpenDaemon,
         assert record["at"].endswith("+00:00")
 
 
+async def test_watch_shows_per_strategy_halts(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """As issue 14's daemon reports them (status: halted_strategies), polled."""
+    def status(trading: str, halted: dict[str, Any]) -> dict[str, Any]:
+        return {"version": "fake", "trading": {"state": trading, "reason": "r", "since": 0},
+                "halted_strategies": halted}
+
+    answers = [status("ACTIVE", {}), status("ACTIVE", {"beta": {"reason": "x", "since": None}}),
+               status("ACTIVE", {}), status("HALTED", {})]
+    async with fake_execd(tmp_path) as fake:
+        fake.answers["status"] = lambda r: answers.pop(0) if len(answers) > 1 else answers[0]
+        code, out, err = await cli_in_thread(capsys, "watch", "--interval", "0.01", "--count",
+                                             "4", "--socket", str(fake.path))
+    assert (code, err) == (0, "")
+    texts = [line[14:] for line in out.splitlines()]
+    assert texts == ["watching all orders; trading: ACTIVE (r)", "strategy beta: HALTED (x)",
+                     "strategy beta: resumed", "trading: HALTED (r)"]
+
+
 # --------------------------------------------------------- quiet on a closed pipe
 async def test_quiet_on_a_closed_pipe(daemon_factory: OpenDaemon,
                                       monkeypatch: pytest.MonkeyPatch,

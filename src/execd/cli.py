@@ -330,10 +330,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     try:
         with _client(args, timeout=30.0) as c, c.subscribe(args.strategy) as events:
-            trading = c.status().trading
-            now = datetime.now(UTC)
-            say(now, f"watching {'strategy ' + args.strategy if args.strategy else 'all orders'}"
-                f"; {r.trading_line(trading)}", {"event": "trading", "trading": dict(trading.raw)})
+            status = c.status()
+            trading, halted = status.trading, dict(status.halted_strategies)
+            what = f"strategy {args.strategy}" if args.strategy else "all orders"
+            say(datetime.now(UTC), f"watching {what}; {r.trading_line(trading)}",
+                {"event": "trading", "trading": dict(trading.raw)})
+            for t in halted.values():
+                say(datetime.now(UTC), r.trading_line(t), {"event": "strategy", **t.raw})
             next_poll = time.monotonic() + args.interval
             while True:
                 e = events.get(timeout=max(0.0, next_poll - time.monotonic()))
@@ -342,11 +345,20 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         {"event": "order", "order": dict(e.order.raw)})
                     continue
                 next_poll = time.monotonic() + args.interval
-                now_trading = c.status().trading
-                if (now_trading.state, now_trading.reason) != (trading.state, trading.reason):
-                    trading = now_trading
-                    say(datetime.now(UTC), r.trading_line(trading),
+                status = c.status()
+                now = datetime.now(UTC)
+                if (status.trading.state, status.trading.reason) != (trading.state,
+                                                                     trading.reason):
+                    trading = status.trading
+                    say(now, r.trading_line(trading),
                         {"event": "trading", "trading": dict(trading.raw)})
+                for sid, t in status.halted_strategies.items():  # per-strategy halts
+                    if sid not in halted or halted[sid].reason != t.reason:
+                        say(now, r.trading_line(t), {"event": "strategy", **t.raw})
+                for sid in halted.keys() - status.halted_strategies.keys():
+                    say(now, f"strategy {sid}: resumed",
+                        {"event": "strategy", "strategy_id": sid, "state": "ACTIVE"})
+                halted = dict(status.halted_strategies)
     except (KeyboardInterrupt, _Enough):
         return 0
     except ExecdError as e:
