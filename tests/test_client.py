@@ -378,6 +378,20 @@ async def test_session_heartbeats_are_sent_by_the_client(tmp_path: Path) -> None
         await unentered.aclose()
 
 
+async def test_errors_leave_the_client_unwrapped(tmp_path: Path) -> None:
+    """`except TradingHalted` around `async with` works: no ExceptionGroup."""
+    async with fake_execd(tmp_path) as fake:
+        del fake.answers["submit"]
+        with pytest.raises(errors.UnknownOp):
+            await _submit_in_a_session(fake.path)
+
+
+async def _submit_in_a_session(path: Path) -> None:
+    async with await AsyncClient.connect(path) as c:
+        await c.session("alpha", heartbeat_s=10)
+        await c.submit(strategy_id="a", symbol="AAPL", side="buy", qty=1)
+
+
 async def test_events_skip_lines_they_do_not_know(tmp_path: Path) -> None:
     async with fake_execd(tmp_path) as fake, await AsyncClient.connect(fake.path) as c, \
             await c.subscribe() as events:

@@ -100,9 +100,13 @@ class AsyncClient:
         try:
             if self._tg is not None:
                 # Heartbeats end by themselves, never cancelled in the middle of a ping
-                # (a read cancelled as it wakes trips anyio's asyncio backend).
+                # (a read cancelled as it wakes trips anyio's asyncio backend)...
                 self._closing.set()
-                await self._tg.__aexit__(et, e, tb)
+                if e is not None:
+                    self._tg.cancel_scope.cancel()
+                # ...and the block's own exception goes on as it is: a strategy's
+                # `except TradingHalted` must not meet an ExceptionGroup.
+                await self._tg.__aexit__(None, None, None)
         finally:
             self._tg = None
             await self.aclose()
