@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from execd.client import AsyncClient, ExecdError
+from execd.client import AsyncClient, ExecdError, Order
 from execd.sim import SimServer
 from tests.conftest import OpenDaemon, connect, eventually, sim_config
 
@@ -19,7 +19,7 @@ async def order_state(c: AsyncClient, cid: str) -> str:
     return str((await c.order(cid))["state"])
 
 
-async def until_state(c: AsyncClient, cid: str, *states: str) -> dict[str, Any]:
+async def until_state(c: AsyncClient, cid: str, *states: str) -> Order:
     async def done() -> bool:
         return await order_state(c, cid) in states
 
@@ -152,7 +152,7 @@ async def _has_position(c: AsyncClient, symbol: str) -> bool:
 async def test_risk_rejections_have_clear_codes(daemon_factory: OpenDaemon, sim: SimServer) -> None:
     risk = {"max_qty": "100", "deny_symbols": ("TSLA",), "max_notional": "1000"}
     async with daemon_factory(risk=risk) as d, connect(d) as c:
-        cases = [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"qty": "101"}, "risk.max_qty"),
             ({"symbol": "TSLA"}, "risk.deny_symbols"),
             ({"type": "limit", "limit_price": "200", "qty": "6"}, "risk.max_notional"),
@@ -163,9 +163,11 @@ async def test_risk_rejections_have_clear_codes(daemon_factory: OpenDaemon, sim:
                                   "qty": "1", **fields})
             assert info.value.code == "risk_rejected"
             assert text in info.value.message
-        for fields, text in [({"qty": "-1"}, "qty"), ({"side": "hold"}, "side"),
-                             ({"strategy_id": "bad id!"}, "strategy_id"),
-                             ({"type": "market", "limit_price": "1"}, "limit_price")]:
+        invalid: list[tuple[dict[str, Any], str]] = [
+            ({"qty": "-1"}, "qty"), ({"side": "hold"}, "side"),
+            ({"strategy_id": "bad id!"}, "strategy_id"),
+            ({"type": "market", "limit_price": "1"}, "limit_price")]
+        for fields, text in invalid:
             with pytest.raises(ExecdError) as info:
                 await c.submit(**{"strategy_id": "r", "symbol": "AAPL", "side": "buy",
                                   "qty": "1", **fields})
@@ -181,8 +183,8 @@ async def test_risk_rejections_have_clear_codes(daemon_factory: OpenDaemon, sim:
 
 async def test_safe_retry_and_conflict(daemon_factory: OpenDaemon, sim: SimServer) -> None:
     async with daemon_factory() as d, connect(d) as c:
-        fields = {"strategy_id": "r", "symbol": "AAPL", "side": "buy", "qty": "2",
-                  "client_order_id": "r-fixed-1"}
+        fields: dict[str, Any] = {"strategy_id": "r", "symbol": "AAPL", "side": "buy",
+                                  "qty": "2", "client_order_id": "r-fixed-1"}
         first = await c.request("submit", **fields)
         again = await c.request("submit", **{**fields, "qty": 2.0})
         assert not first["existing"]

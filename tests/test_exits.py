@@ -4,13 +4,12 @@ per-strategy halt, through the socket against the simulator, on both backends.""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
 import anyio
 import pytest
 
 from execd.app import Daemon
-from execd.client import AsyncClient, ExecdError
+from execd.client import AsyncClient, ExecdError, Order
 from execd.domain.orders import OrderState
 from tests.conftest import OpenDaemon, connect, eventually
 
@@ -36,12 +35,12 @@ async def _position_is(d: Daemon, symbol: str, qty: Decimal) -> bool:
 
 
 async def resting(c: AsyncClient, side: str, strategy: str = "s", symbol: str = "AAPL",
-                  price: str = "1000") -> dict[str, Any]:
+                  price: str = "1000") -> Order:
     if side == "buy":
         price = "1"
     order = await c.submit(strategy_id=strategy, symbol=symbol, side=side, qty="1",
                            type="limit", limit_price=price, time_in_force="gtc")
-    return dict(order)
+    return order
 
 
 def counted(d: Daemon, name: str) -> float:

@@ -8,13 +8,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from execd import __version__
+from execd.client import Client
 from execd.config import Config, ConfigError, load
 
 DEFAULT_CONFIG = "config.toml"
@@ -26,12 +26,6 @@ def _config(path: str | None) -> Config:
     if Path(DEFAULT_CONFIG).exists():
         return load(Path(DEFAULT_CONFIG))
     return Config()
-
-
-def _socket(args: argparse.Namespace) -> Path:
-    if args.socket:
-        return Path(args.socket)
-    return _config(args.config).socket_path
 
 
 # ---------------------------------------------------------------- run / sim
@@ -122,136 +116,505 @@ def _sim_stats(args: argparse.Namespace) -> int:
           f"busiest {seconds:g} s window: {stats['max_requests_in_window']}")
     print(f"client_order_ids: {stats['client_order_ids']}   submitted more than once: "
           f"{stats['client_order_ids_submitted_more_than_once']}")
+    from execd.cli_render import Column, table
+
     rows = [[route, status, str(n)] for route, by in stats["requests"].items()
             for status, n in by.items()]
-    _table(["endpoint", "status", "count"], rows)
+    _print(table([Column("endpoint"), Column("status"), Column("count", "r")], rows))
     return 0
 
 
 # ------------------------------------------------------------- client side
-def _table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+def _print(lines: Sequence[str] | str = "") -> None:
+    print(lines if isinstance(lines, str) else "\n".join(lines), flush=True)
 
 
-ORDER_COLUMNS = ["client_order_id", "strategy_id", "symbol", "side", "qty", "type",
-                 "limit_price", "state", "filled_qty", "filled_avg_price", "reason"]
+def _json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str), flush=True)
 
 
-def _orders_table(orders: list[dict[str, Any]]) -> None:
-    _table(ORDER_COLUMNS, [[str(o.get(c) if o.get(c) is not None else "") for c in ORDER_COLUMNS]
-                           for o in orders])
+def _client(args: argparse.Namespace, timeout: float | None = 60.0) -> Client:
+    from execd.client.discovery import locate
+
+    path, how = locate(args.socket, args.config)
+    try:
+        return Client(path, timeout=timeout)
+    except OSError as e:
+        raise Unreachable(
+            f"cannot reach execd at {path} ({how}): {e.strerror or e}. Is the daemon "
+            "running? Name its socket with --socket PATH, --config FILE or $EXECD_SOCKET "
+            "(the systemd service's is /run/execd/execd.sock)") from None
 
 
-def _call(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any]:
-    from execd.client import Client
+class Unreachable(Exception):
+    pass
 
-    with Client(_socket(args)) as c:
-        return c.request(op, **fields)
+
+def _resolve(c: Client, given: str) -> str:
+    """A client_order_id as typed: in full, or as a table shows it (`…tail`)."""
+    from execd.client import NotFound
+
+    head, sep, tail = given.partition("…")
+    if not sep:
+        return given
+    matches = {o.client_order_id for top in c.orders(limit=10_000) for o in (top, *top.legs)
+               if o.client_order_id.startswith(head) and o.client_order_id.endswith(tail)}
+    if len(matches) != 1:
+        raise NotFound("not_found", f"{'no' if not matches else 'more than one'} order "
+                                    f"matches {given}; give the full client_order_id")
+    return matches.pop()
+
+
+def _submit_fields(args: argparse.Namespace) -> dict[str, Any]:
+    words = args.what
+    if len(words) == 2:
+        qty, symbol = words
+    elif len(words) == 1 and args.notional is not None:
+        qty, symbol = None, words[0]
+    else:
+        raise SystemExit("execd submit: give QTY SYMBOL (or --notional DOLLARS SYMBOL), e.g. "
+                         "`execd submit buy 10 AAPL`")
+    otype = args.type or (
+        "trailing_stop" if args.trail_price or args.trail_percent else
+        "stop_limit" if args.stop_price and args.limit_price else
+        "stop" if args.stop_price else "limit" if args.limit_price else "market")
+    order_class = args.order_class
+    if order_class is None and (args.take_profit or args.stop_loss):
+        order_class = "bracket" if args.take_profit and args.stop_loss else "oto"
+    return {
+        "strategy_id": args.strategy, "symbol": symbol.upper(), "side": args.side, "qty": qty,
+        "notional": args.notional, "type": otype, "limit_price": args.limit_price,
+        "stop_price": args.stop_price, "trail_price": args.trail_price,
+        "trail_percent": args.trail_percent, "time_in_force": args.tif,
+        "extended_hours": True if args.extended_hours else None, "order_class": order_class,
+        "take_profit": args.take_profit,
+        "stop_loss": None if args.stop_loss is None else {
+            "stop_price": args.stop_loss, "limit_price": args.stop_loss_limit},
+        "client_order_id": args.client_order_id, "wait": args.wait,
+    }
+
+
+def _command(args: argparse.Namespace, c: Client) -> tuple[Any, Any]:
+    """The call this command makes: (its raw answer, the typed value)."""
+    from execd.client import calls
+
+    cmd = args.command
+    call: calls.Call[Any]
+    if cmd == "submit":
+        call = calls.submit(**_submit_fields(args))
+    elif cmd == "replace":
+        call = calls.replace(_resolve(c, args.client_order_id), qty=args.qty,
+                             limit_price=args.limit_price, stop_price=args.stop_price,
+                             trail=args.trail, time_in_force=args.tif,
+                             new_client_order_id=args.new_client_order_id, wait=args.wait)
+    elif cmd == "cancel":
+        call = calls.cancel(_resolve(c, args.client_order_id), legs=args.legs)
+    elif cmd == "cancel-all":
+        call = calls.cancel_all(args.strategy)
+    elif cmd == "close":
+        call = calls.close_position(args.symbol.upper(), qty=args.qty,
+                                    percentage=args.percentage, strategy_id=args.strategy,
+                                    client_order_id=args.client_order_id, wait=args.wait)
+    elif cmd == "flatten":
+        call = calls.flatten(args.reason)
+    elif cmd == "order":
+        call = calls.order(_resolve(c, args.client_order_id))
+    elif cmd == "orders":
+        call = calls.orders(strategy_id=args.strategy, state=args.state,
+                            open=True if args.open else None, limit=args.last)
+    elif cmd == "positions":
+        call = calls.positions()
+    elif cmd == "status":
+        call = calls.status()
+    elif cmd == "halt":
+        call = calls.halt(args.reason, strategy_id=args.strategy)
+    elif cmd == "resume":
+        call = calls.resume(args.reason, reducing=args.reducing, strategy_id=args.strategy)
+    elif cmd == "ping":
+        call = calls.ping()
+    else:  # pragma: no cover - the parser knows every command
+        raise AssertionError(cmd)
+    raw = c.request(call.op, **call.fields)
+    return raw, call.parse(raw)
+
+
+def _show(cmd: str, raw: dict[str, Any], value: Any) -> None:
+    from execd import cli_render as r
+
+    if cmd in ("submit", "replace", "cancel", "close"):
+        verb = {"submit": "submitted", "replace": "replaced by", "cancel": "cancel:",
+                "close": "closing with"}[cmd]
+        _print(f"{verb} {value.client_order_id}" + (" (existing order: a safe retry)"
+                                                     if raw.get("existing") else ""))
+        _print(r.orders_table([value]))
+    elif cmd == "order":
+        _print(r.order_detail(value, raw.get("events") or []))
+    elif cmd in ("orders", "cancel-all"):
+        if cmd == "cancel-all":
+            _print(f"cancelled: {raw.get('count', 0)} of {len(value)}")
+        _print(r.orders_table(value) if value else "no orders")
+    elif cmd == "positions":
+        _print(r.positions_table(value) if value else "no positions")
+    elif cmd == "status":
+        _print(r.status_lines(value))
+    elif cmd in ("halt", "resume"):
+        _print(r.trading_line(value))
+    elif cmd == "ping":
+        _print(f"execd {value} answers")
+    elif cmd == "flatten":
+        _print(_flatten_lines(raw))
+
+
+def _flatten_lines(raw: dict[str, Any]) -> list[str]:
+    """The trading state, what was cancelled, and each position's close."""
+    from execd import cli_render as r
+    from execd.client import Order, Trading
+
+    lines = [r.trading_line(Trading.from_wire(raw.get("trading") or {"state": "HALTED"})),
+             f"cancelled: {raw.get('cancelled', 0)} open orders"]
+    for p in raw.get("positions") or []:
+        head = f"{p.get('symbol')} {p.get('qty')}: "
+        if p.get("ok") and isinstance(p.get("order"), dict):
+            o = Order.from_wire(p["order"])
+            lines.append(head + f"{o.state}  {r.short_id(o.client_order_id)}  "
+                         f"{r.order_words(o)}")
+        else:
+            err = p.get("error") or {}
+            lines.append(head + f"NOT CLOSED: {err.get('code')}: {err.get('message')}")
+    lines.append("trading stays HALTED until `execd resume`")
+    return [r.cut(line, r.WIDTH) for line in lines]
 
 
 def cmd_client(args: argparse.Namespace) -> int:
     from execd.client import ExecdError
 
-    op = args.command
-    fields: dict[str, Any] = {}
-    if op == "submit":
-        fields = {"strategy_id": args.strategy, "symbol": args.symbol.upper(), "side": args.side,
-                  "qty": args.qty, "type": "limit" if args.limit else "market",
-                  "limit_price": args.limit, "time_in_force": args.tif,
-                  "client_order_id": args.client_order_id, "wait": args.wait}
-    elif op in ("cancel", "order"):
-        fields = {"client_order_id": args.client_order_id}
-    elif op == "cancel-all":
-        fields = {"strategy_id": args.strategy}
-    elif op == "orders":
-        fields = {"strategy_id": args.strategy, "state": args.state, "limit": args.limit,
-                  "open": True if args.open else None}
-    elif op == "halt":
-        fields = {"reason": args.reason}
-    elif op == "resume":
-        fields = {"state": "REDUCING" if args.reducing else None, "reason": args.reason}
     try:
-        result = _call(args, op.replace("-", "_"), **fields)
+        with _client(args) as c:
+            raw, value = _command(args, c)
     except ExecdError as e:
-        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        hint = (f" (this daemon does not know `{args.command}`: it is older than this "
+                f"execd)" if e.code == "unknown_op" else "")
+        print(f"error: {e.code}: {e.message}{hint}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"ok": False, "error": e.detail}))
+            _json({"ok": False, "error": e.detail or {"code": e.code, "message": e.message}})
         return 1
-    except OSError as e:
-        print(f"error: cannot reach execd at {_socket(args)}: {e.strerror or e}", file=sys.stderr)
+    except (Unreachable, TimeoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(result, indent=2))
-    elif op == "status":
-        _print_status(result)
-    elif "order" in result:
-        _orders_table([result["order"]])
-    elif "orders" in result:
-        if op == "cancel-all":
-            print(f"cancelled: {result['count']}")
-        _orders_table(result["orders"])
-    elif "positions" in result:
-        _table(["symbol", "qty", "avg_entry_price", "last_price"],
-               [[p["symbol"], p["qty"], p["avg_entry_price"] or "", p["last_price"] or ""]
-                for p in result["positions"]])
+        _json(raw)
     else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+        _show(args.command, raw, value)
     return 0
 
 
-def _ago(ts: float | None) -> str:
-    return "never" if ts is None else f"{time.time() - ts:.1f} s ago"
-
-
-def _print_status(s: dict[str, Any]) -> None:
-    t = s["trading"]
-    print(f"execd {s['version']}   trading: {t['state']}" + (f" ({t['reason']})" if t["reason"]
-                                                             else ""))
-    print(f"open orders: {s['open_orders']}   limiter budget now: "
-          f"{Decimal(str(s['limiter']['remaining'])):.1f}   subscribers: {s['subscribers']}")
-    print(f"last poll: {_ago(s['last_poll'])}"
-          + (f" (error: {s['last_poll_error']})" if s["last_poll_error"] else "")
-          + f"   last reconcile: {_ago(s['last_reconcile'])} ({s['last_reconcile_result']})")
-    _table(["actor", "state", "restarts", "last_error"],
-           [[n, a["state"], str(a["restarts"]), a["last_error"] or ""]
-            for n, a in s["actors"].items()])
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
-    from execd.client import Client, ExecdError
+    """Order events as they come, and changes of the trading state (polled), each line
+    with its local time."""
+    from datetime import UTC, datetime
+
+    from execd import cli_render as r
+    from execd.client import ExecdError
+
+    printed = 0
+
+    def say(at: datetime, text: str, record: dict[str, Any]) -> None:
+        nonlocal printed
+        if args.json:
+            print(json.dumps({"at": at.isoformat(), **record}, default=str), flush=True)
+        else:
+            print(f"{r.stamp(at)}  {text}", flush=True)
+        printed += 1
+        if args.count is not None and printed >= args.count:
+            raise _Enough
 
     try:
-        with Client(_socket(args), timeout=None) as c:
-            for order in c.events(strategy_id=args.strategy):
-                if args.json:
-                    print(json.dumps(order), flush=True)
-                else:
-                    print(f"{order['state']:<17} {order['client_order_id']}  {order['side']} "
-                          f"{order['qty']} {order['symbol']}  filled {order['filled_qty']}"
-                          + (f" @ {order['filled_avg_price']}" if order["filled_avg_price"]
-                             else "") + (f"  ({order['reason']})" if order["reason"] else ""),
-                          flush=True)
+        with _client(args, timeout=30.0) as c, c.subscribe(args.strategy) as events:
+            status = c.status()
+            trading, halted = status.trading, dict(status.halted_strategies)
+            what = f"strategy {args.strategy}" if args.strategy else "all orders"
+            say(datetime.now(UTC), f"watching {what}; {r.trading_line(trading)}",
+                {"event": "trading", "trading": dict(trading.raw)})
+            for t in halted.values():
+                say(datetime.now(UTC), r.trading_line(t), {"event": "strategy", **t.raw})
+            next_poll = time.monotonic() + args.interval
+            while True:
+                e = events.get(timeout=max(0.0, next_poll - time.monotonic()))
+                if e is not None:
+                    say(e.order.updated_at or e.received_at, r.order_summary(e.order),
+                        {"event": "order", "order": dict(e.order.raw)})
+                    continue
+                next_poll = time.monotonic() + args.interval
+                status = c.status()
+                now = datetime.now(UTC)
+                if (status.trading.state, status.trading.reason) != (trading.state,
+                                                                     trading.reason):
+                    trading = status.trading
+                    say(now, r.trading_line(trading),
+                        {"event": "trading", "trading": dict(trading.raw)})
+                for sid, t in status.halted_strategies.items():  # per-strategy halts
+                    if sid not in halted or halted[sid].reason != t.reason:
+                        say(now, r.trading_line(t), {"event": "strategy", **t.raw})
+                for sid in halted.keys() - status.halted_strategies.keys():
+                    say(now, f"strategy {sid}: resumed",
+                        {"event": "strategy", "strategy_id": sid, "state": "ACTIVE"})
+                halted = dict(status.halted_strategies)
+    except (KeyboardInterrupt, _Enough):
+        return 0
+    except ExecdError as e:
+        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        return 1
+    except Unreachable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+class _Enough(Exception):
+    """`watch --count N` has printed its N lines."""
+
+
+def cmd_session(args: argparse.Namespace) -> int:
+    """Hold a dead-man session open until interrupted: the strategy's orders are
+    cancelled when this command stops (or is killed)."""
+    from execd.client import ExecdError
+
+    try:
+        with _client(args) as c:
+            answer = c.session(args.strategy, cancel_on_disconnect=not args.keep_orders,
+                               heartbeat_s=args.heartbeat)
+            if args.json:
+                _json(answer)
+            else:
+                _print(f"session open for strategy {args.strategy} (heartbeat every "
+                       f"{args.heartbeat:g} s); Ctrl-C ends it"
+                       + ("" if args.keep_orders else " and cancels its open orders"))
+            while True:
+                time.sleep(3600)
     except KeyboardInterrupt:
         return 0
     except ExecdError as e:
         print(f"error: {e.code}: {e.message}", file=sys.stderr)
         return 1
-    return 0
+    except Unreachable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+class _Renamed(argparse.Action):
+    """An option that was renamed: say so, rather than "unrecognized arguments"."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        parser.error(f"{option_string} is now {self.new}")
+
+
+def _common() -> argparse.ArgumentParser:
+    """The options every client command takes."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("connection and output")
+    g.add_argument("--socket", metavar="PATH",
+                   help="the daemon's socket (default, in order: the socket of --config; "
+                        "$EXECD_SOCKET; /run/execd/execd.sock if it exists (the systemd "
+                        "service); that of ./config.toml; var/execd.sock)")
+    g.add_argument("--config", metavar="FILE",
+                   help="read the socket's path from this config file (default: see --socket)")
+    g.add_argument("--json", action="store_true",
+                   help="print the daemon's answer as JSON, for scripts (default: tables)")
+    return p
+
+
+STATES = ("PENDING", "SUBMITTED", "PARTIALLY_FILLED", "FILLED", "REJECTED", "CANCELLED",
+          "EXPIRED", "REPLACED")
+TIFS = ("day", "gtc", "ioc", "fok", "opg", "cls")
+
+
+def _add_client_commands(sub: Any) -> None:
+    common = _common()
+
+    def client(name: str, help_: str, description: str | None = None,
+               fn: Any = cmd_client) -> argparse.ArgumentParser:
+        c: argparse.ArgumentParser = sub.add_parser(
+            name, help=help_, description=description or help_, parents=[common])
+        c.set_defaults(fn=fn)
+        return c
+
+    s = client("submit", "submit an order",
+               "Submit an order and wait for the broker's answer. The type follows from the "
+               "prices given unless --type says: --limit-price: limit; --stop-price: stop; "
+               "both: stop_limit; --trail-price or --trail-percent: trailing_stop. "
+               "--take-profit and --stop-loss together make a bracket.")
+    s.usage = "execd submit {buy,sell} [QTY] SYMBOL [options]"
+    s.add_argument("side", choices=["buy", "sell"], help="buy or sell")
+    s.add_argument("what", nargs="+", metavar="[QTY] SYMBOL",
+                   help="shares (fractions allowed) and the symbol, e.g. `10 AAPL`; "
+                        "just the symbol with --notional")
+    price = s.add_argument_group("type and prices")
+    price.add_argument("--type", choices=["market", "limit", "stop", "stop_limit",
+                                          "trailing_stop"],
+                       help="market, limit, stop, stop_limit or trailing_stop (default: "
+                            "inferred from the prices given; market without any)")
+    price.add_argument("--limit-price", metavar="PRICE",
+                       help="limit price (limit, stop_limit); at most 2 decimals (4 below $1)")
+    price.add_argument("--stop-price", metavar="PRICE", help="stop price (stop, stop_limit)")
+    price.add_argument("--trail-price", metavar="DOLLARS",
+                       help="trailing stop: distance in dollars from the best price")
+    price.add_argument("--trail-percent", metavar="PERCENT",
+                       help="trailing stop: distance in percent from the best price")
+    price.add_argument("--notional", metavar="DOLLARS",
+                       help="a dollar amount instead of QTY (market, day, simple only)")
+    price.add_argument("--tif", "--time-in-force", dest="tif", choices=TIFS,
+                       help="time in force: day, gtc, ioc, fok, opg or cls (default: day)")
+    price.add_argument("--extended-hours", action="store_true",
+                       help="may fill in extended hours (limit orders, day only; default: no)")
+    legs = s.add_argument_group("brackets, OCO, OTO")
+    legs.add_argument("--order-class", choices=["simple", "bracket", "oco", "oto"],
+                      help="simple, bracket, oco or oto (default: bracket with --take-profit "
+                           "and --stop-loss, oto with one of them, else simple)")
+    legs.add_argument("--take-profit", metavar="PRICE",
+                      help="the take-profit leg's limit price")
+    legs.add_argument("--stop-loss", metavar="PRICE", help="the stop-loss leg's stop price")
+    legs.add_argument("--stop-loss-limit", metavar="PRICE",
+                      help="makes the stop-loss leg a stop-limit with this limit price")
+    ident = s.add_argument_group("identity and waiting")
+    ident.add_argument("--strategy", default="cli", metavar="ID",
+                       help="strategy_id the order belongs to (default: %(default)s)")
+    ident.add_argument("--client-order-id", metavar="ID",
+                       help="the idempotency key: sending it again is a safe retry "
+                            "(default: generated as STRATEGY-EPOCHMS-UUID)")
+    ident.add_argument("--wait", choices=["submitted", "accepted"],
+                       help="answer once the broker has the order (submitted) or once it is "
+                            "durable and past the risk checks (accepted) (default: submitted)")
+
+    rp = client("replace", "change an open order (Alpaca's replace)",
+                "Replace an open order with a changed one; the old one becomes REPLACED.")
+    rp.add_argument("client_order_id", help="the order (full id, or as tables show it)")
+    rp.add_argument("--qty", help="new quantity (default: unchanged)")
+    rp.add_argument("--limit-price", metavar="PRICE", help="new limit price (default: unchanged)")
+    rp.add_argument("--stop-price", metavar="PRICE", help="new stop price (default: unchanged)")
+    rp.add_argument("--trail", metavar="AMOUNT",
+                    help="new trail of a trailing stop, in its unit (default: unchanged)")
+    rp.add_argument("--tif", "--time-in-force", dest="tif", choices=TIFS,
+                    help="new time in force: day, gtc, ioc, fok, opg or cls (default: "
+                         "unchanged)")
+    rp.add_argument("--new-client-order-id", metavar="ID",
+                    help="the new order's id, its idempotency key (default: generated)")
+    rp.add_argument("--wait", choices=["submitted", "accepted"],
+                    help="answer once the broker has the change (submitted) or once it is "
+                         "durable (accepted) (default: submitted)")
+
+    c = client("cancel", "cancel an order")
+    c.add_argument("client_order_id", help="the order (full id, or as tables show it)")
+    c.add_argument("--legs", action="store_true",
+                   help="also cancel a filled bracket's exit legs, leaving the position "
+                        "unprotected (default: refused once the entry has filled)")
+    ca = client("cancel-all", "cancel every open order (of one strategy)")
+    ca.add_argument("--strategy", metavar="ID",
+                    help="only this strategy's orders (default: every strategy's; an "
+                         "operator's command)")
+    cl = client("close", "close a position with a market order of execd's own",
+                "Cancel the symbol's open orders that hold its shares, then send an "
+                "opposite-side market order (durable and idempotent like any order).")
+    cl.add_argument("symbol", help="the position's symbol, e.g. AAPL")
+    amount = cl.add_mutually_exclusive_group()
+    amount.add_argument("--qty", help="close only this many shares (default: all)")
+    amount.add_argument("--percentage", metavar="PERCENT",
+                        help="close only this percentage of it (default: all)")
+    cl.add_argument("--strategy", metavar="ID",
+                    help="strategy_id of the closing order (default: execd-close)")
+    cl.add_argument("--client-order-id", metavar="ID",
+                    help="the closing order's id: repeating the command with it is a safe "
+                         "retry (default: generated)")
+    cl.add_argument("--wait", choices=["submitted", "accepted"],
+                    help="answer once the broker has the order (submitted) or once it is "
+                         "durable (accepted) (default: submitted)")
+    fl = client("flatten", "halt, cancel every open order and close every position "
+                "(operator)", "Halt trading, cancel every open order, then close every "
+                "position with orders of execd's own. Trading stays HALTED until "
+                "`execd resume`.")
+    fl.add_argument("--reason", help="why, shown by status as `flatten: REASON` "
+                    "(default: operator)")
+
+    o = client("order", "show one order, its legs and its history")
+    o.add_argument("client_order_id", help="the order (full id, or as tables show it)")
+    os_ = client("orders", "list orders, newest first")
+    os_.add_argument("--strategy", metavar="ID", help="only this strategy's (default: all)")
+    os_.add_argument("--state", choices=STATES, type=str.upper, metavar="STATE",
+                     help="only orders in this state: " + ", ".join(STATES) + " (default: any)")
+    os_.add_argument("--open", action="store_true",
+                     help="only open orders: PENDING, SUBMITTED, PARTIALLY_FILLED "
+                          "(default: all)")
+    os_.add_argument("--last", type=int, default=50, metavar="N",
+                     help="show the N newest orders, 1 to 10000 (default: %(default)s)")
+    os_.add_argument("--limit", action=_Renamed, nargs="?", help=argparse.SUPPRESS,
+                     new="--last N (a number of rows; --limit-price is a price)")
+    client("positions", "execd's positions (its own book)")
+    client("status", "trading state, actors, broker budget, last poll and reconcile")
+    h = client("halt", "stop new orders, account-wide or for one strategy (cancels work)")
+    h.add_argument("--strategy", metavar="ID",
+                   help="halt only this strategy (default: the whole account)")
+    h.add_argument("--reason", default="operator halt",
+                   help="why, shown by status (default: %(default)s)")
+    r = client("resume", "resume trading, account-wide or for one strategy")
+    r.add_argument("--strategy", metavar="ID",
+                   help="resume only this strategy (default: the whole account)")
+    r.add_argument("--reducing", action="store_true",
+                   help="accept only orders that shrink a position; account-wide only "
+                        "(default: all orders)")
+    r.add_argument("--reason", default="operator resume",
+                   help="why, shown by status (default: %(default)s)")
+    client("ping", "check that the daemon answers")
+    w = client("watch", "print order events and trading-state changes as they happen",
+               fn=cmd_watch)
+    w.add_argument("--strategy", metavar="ID", help="only this strategy's orders (default: all)")
+    w.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                   help="how often to check the trading state (default: %(default)s)")
+    w.add_argument("--count", type=int, metavar="N",
+                   help="stop after N lines, the first (the state now) included "
+                        "(default: until Ctrl-C)")
+    se = client("session", "hold a dead-man session for a strategy until interrupted",
+                "Open a session for STRATEGY and send its heartbeats; when this command "
+                "stops (Ctrl-C, kill, a lost connection) the daemon cancels the strategy's "
+                "open orders (not its positions).", fn=cmd_session)
+    se.add_argument("strategy", help="the strategy_id the session guards")
+    se.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
+                    help="heartbeat period the daemon expects (default: %(default)s)")
+    se.add_argument("--keep-orders", action="store_true",
+                    help="do not cancel on disconnect (default: cancel)")
+
+    b = client("backup", "write a consistent copy of the running daemon's database (admin)",
+               "Ask the running daemon for a consistent copy of its live database (SQLite's "
+               "online backup API), written 0600 by the daemon's user.", fn=cmd_backup)
+    b.add_argument("path", help="the new file (made absolute here); its directory must be "
+                                "writable by the daemon's user")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an existing file (default: refuse)")
+    rs = sub.add_parser("restore", help="replace the database by a backup (daemon stopped)",
+                        description="Offline: put a backup in place of the database (the old "
+                        "one is kept beside it); the restored daemon starts HALTED.")
+    rs.add_argument("path", help="the backup file")
+    rs.add_argument("--config", metavar="FILE",
+                    help="names the database and the socket (default: ./config.toml if "
+                         "present, else the built-in defaults)")
+    rs.set_defaults(fn=cmd_restore)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="execd", description="Order-execution daemon for Alpaca")
+    p = argparse.ArgumentParser(
+        prog="execd", description="Order-execution daemon for Alpaca: run it (run), its "
+        "simulator (sim), or talk to a running daemon (every other command).")
     p.add_argument("--version", action="version", version=f"execd {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
-    run.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    run.add_argument("--config", metavar="FILE",
+                     help=f"config file (default: ./{DEFAULT_CONFIG} if present, else the "
+                          "built-in defaults)")
+    run.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio",
+                     help="the event loop: asyncio or trio (default: %(default)s)")
     run.set_defaults(fn=cmd_run)
 
     sim = sub.add_parser("sim", help="run the Alpaca-compatible paper-broker simulator")
@@ -260,65 +623,23 @@ def parser() -> argparse.ArgumentParser:
     add_arguments(sim)  # one flag per setting of execd.sim.settings.SimConfig
     sim.add_argument("--stats", action="store_true",
                      help="print the statistics of the sim running at --host/--port")
-    sim.add_argument("--json", action="store_true")
+    sim.add_argument("--json", action="store_true",
+                     help="with --stats: print them as JSON (default: tables)")
     sim.set_defaults(fn=cmd_sim)
 
-    def client(name: str, help_: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help_)
-        c.add_argument("--config")
-        c.add_argument("--socket", help="the daemon's socket (default: from the config)")
-        c.add_argument("--json", action="store_true", help="machine-readable output")
-        c.set_defaults(fn=cmd_client)
-        return c
-
-    s = client("submit", "submit an order")
-    s.add_argument("side", choices=["buy", "sell"])
-    s.add_argument("qty")
-    s.add_argument("symbol")
-    s.add_argument("--limit", help="limit price (a limit order)")
-    s.add_argument("--strategy", default="cli")
-    s.add_argument("--tif", default="day")
-    s.add_argument("--client-order-id")
-    s.add_argument("--wait", choices=["submitted", "accepted"], default="submitted")
-    for name in ("cancel", "order"):
-        c = client(name, f"{name} an order" if name == "cancel" else "show one order")
-        c.add_argument("client_order_id")
-    ca = client("cancel-all", "cancel every open order (of one strategy)")
-    ca.add_argument("--strategy")
-    o = client("orders", "list orders")
-    o.add_argument("--strategy")
-    o.add_argument("--state")
-    o.add_argument("--open", action="store_true")
-    o.add_argument("--limit", type=int, default=50)
-    client("positions", "local positions")
-    client("status", "trading state, actors, budget, last poll and reconcile")
-    h = client("halt", "stop trading (cancels still work)")
-    h.add_argument("--reason", default="operator halt")
-    r = client("resume", "resume trading")
-    r.add_argument("--reducing", action="store_true", help="only orders that reduce positions")
-    r.add_argument("--reason", default="operator resume")
-    client("ping", "check the daemon answers")
-    w = client("watch", "print order events as they happen")
-    w.add_argument("--strategy")
-    w.set_defaults(fn=cmd_watch)
-    b = client("backup", "write a consistent copy of the running daemon's database (admin)")
-    b.add_argument("path", help="the new file, written by the daemon's user")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing file")
-    b.set_defaults(fn=cmd_backup)
-    rs = sub.add_parser("restore", help="replace the database by a backup (daemon stopped)")
-    rs.add_argument("path")
-    rs.add_argument("--config", help="names the database and the socket")
-    rs.set_defaults(fn=cmd_restore)
+    _add_client_commands(sub)
     return p
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
     from execd.backup import backup_via_daemon
     from execd.client import ExecdError
+    from execd.client.discovery import locate
 
     path = Path(os.path.abspath(args.path))  # the daemon's working directory is not ours
     try:
-        result = anyio.run(backup_via_daemon, _socket(args), path, args.overwrite)
+        socket, _ = locate(args.socket, args.config)
+        result = anyio.run(backup_via_daemon, socket, path, args.overwrite)
     except (ExecdError, OSError) as e:
         print(f"execd backup: {e}", file=sys.stderr)
         return 1
@@ -339,12 +660,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
-        code: int = args.fn(args)
-    except ConfigError as e:
-        print(f"execd: config: {e}", file=sys.stderr)
-        return 2
+        args = parser().parse_args(argv)
+        try:
+            code: int = args.fn(args)
+        except ConfigError as e:
+            print(f"execd: config: {e}", file=sys.stderr)
+            return 2
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`execd orders | head`): stop quietly, and keep the
+        # interpreter's final flush from failing on the closed pipe too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # as if killed by SIGPIPE, like other tools in a pipeline
     return code
 
 

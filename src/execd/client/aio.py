@@ -1,0 +1,262 @@
+"""`AsyncClient`: the daemon from anyio code (asyncio or trio)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import SocketStream, TaskGroup
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from execd.client import calls
+from execd.client.calls import MAX_LINE, Num, StopLoss, TakeProfit
+from execd.client.discovery import find_socket
+from execd.client.errors import ConnectionLost, ExecdError
+from execd.client.records import Order, OrderEvent, OrderState, Position, Status, Trading
+
+T = TypeVar("T")
+
+
+class _Lines:
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self._reader = BufferedByteReceiveStream(stream)
+
+    async def read(self) -> dict[str, Any]:
+        try:
+            raw = await self._reader.receive_until(b"\n", MAX_LINE)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
+                anyio.ClosedResourceError) as e:
+            raise ConnectionLost("connection_lost", "the daemon closed the connection") from e
+        return calls.decode(raw)
+
+
+class AsyncEvents:
+    """Order events from one subscription, on a connection of its own. Already
+    subscribed when `subscribe()` returns it; iterate it, close it (or `async with`)."""
+
+    def __init__(self, lines: _Lines) -> None:
+        self._lines = lines
+
+    def __aiter__(self) -> AsyncEvents:
+        return self
+
+    async def __anext__(self) -> OrderEvent:
+        while True:
+            line = await self._lines.read()
+            event = line.get("event")
+            if event == "order":
+                return OrderEvent.from_wire(line)
+            if event == "error":
+                raise ExecdError.from_wire(line.get("error") or {})
+            # other lines (events of a newer daemon) are not for this client
+
+    async def aclose(self) -> None:
+        await self._lines.stream.aclose()
+
+    async def __aenter__(self) -> AsyncEvents:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+class AsyncClient:
+    """One connection; requests go one at a time. Use `async with` (a session's
+    heartbeats run in its task group).
+
+        async with await AsyncClient.connect() as c:
+            order = await c.submit(strategy_id="demo", symbol="AAPL", side="buy", qty=1)
+    """
+
+    def __init__(self, stream: SocketStream, path: Path | None = None) -> None:
+        self._lines = _Lines(stream)
+        self.path = path
+        self._ids = itertools.count(1)
+        self._lock = anyio.Lock()
+        self._tg: TaskGroup | None = None
+        self._closing = anyio.Event()
+
+    @classmethod
+    async def connect(cls, path: str | os.PathLike[str] | None = None, *,
+                      config: str | os.PathLike[str] | None = None) -> AsyncClient:
+        """To `path`, or the socket found as `execd.client.discovery` says."""
+        sock = find_socket(path, config)
+        return cls(await anyio.connect_unix(str(sock)), sock)
+
+    async def __aenter__(self) -> AsyncClient:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            if self._tg is not None:
+                # Heartbeats end by themselves, never cancelled in the middle of a ping
+                # (a read cancelled as it wakes trips anyio's asyncio backend)...
+                self._closing.set()
+                if e is not None:
+                    self._tg.cancel_scope.cancel()
+                # ...and the block's own exception goes on as it is: a strategy's
+                # `except TradingHalted` must not meet an ExceptionGroup.
+                await self._tg.__aexit__(None, None, None)
+        finally:
+            self._tg = None
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._lines.stream.aclose()
+
+    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Any op, by name, answered with its `result` object (the typed methods are
+        built on this)."""
+        async with self._lock:
+            rid = next(self._ids)
+            try:
+                await self._lines.stream.send(calls.encode(op, rid, fields))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as e:
+                raise ConnectionLost("connection_lost", "the daemon closed the connection") \
+                    from e
+            while True:
+                reply = await self._lines.read()
+                if reply.get("id") == rid:
+                    return calls.result(reply)
+
+    async def _run(self, call: calls.Call[T]) -> T:
+        return call.parse(await self.request(call.op, **call.fields))
+
+    # ------------------------------------------------------------------ the ops
+    async def ping(self) -> str:
+        return await self._run(calls.ping())
+
+    async def submit(self, *, strategy_id: str, symbol: str, side: str,
+                     qty: Num | None = None, notional: Num | None = None,
+                     type: str | None = None, limit_price: Num | None = None,
+                     stop_price: Num | None = None, trail_price: Num | None = None,
+                     trail_percent: Num | None = None, time_in_force: str | None = None,
+                     extended_hours: bool | None = None, order_class: str | None = None,
+                     take_profit: TakeProfit | Mapping[str, Any] | Num | None = None,
+                     stop_loss: StopLoss | Mapping[str, Any] | Num | None = None,
+                     client_order_id: str | None = None, wait: str | None = None) -> Order:
+        """One order (every field of the protocol's `submit`); see Client.submit."""
+        return await self._run(calls.submit(
+            strategy_id=strategy_id, symbol=symbol, side=side, qty=qty, notional=notional,
+            type=type, limit_price=limit_price, stop_price=stop_price, trail_price=trail_price,
+            trail_percent=trail_percent, time_in_force=time_in_force,
+            extended_hours=extended_hours, order_class=order_class, take_profit=take_profit,
+            stop_loss=stop_loss, client_order_id=client_order_id, wait=wait))
+
+    async def replace(self, client_order_id: str, *, qty: Num | None = None,
+                      limit_price: Num | None = None, stop_price: Num | None = None,
+                      trail: Num | None = None, time_in_force: str | None = None,
+                      new_client_order_id: str | None = None, wait: str | None = None) -> Order:
+        return await self._run(calls.replace(
+            client_order_id, qty=qty, limit_price=limit_price, stop_price=stop_price,
+            trail=trail, time_in_force=time_in_force, new_client_order_id=new_client_order_id,
+            wait=wait))
+
+    async def cancel(self, client_order_id: str, *, legs: bool = False) -> Order:
+        return await self._run(calls.cancel(client_order_id, legs=legs))
+
+    async def cancel_all(self, strategy_id: str | None = None) -> list[Order]:
+        return await self._run(calls.cancel_all(strategy_id))
+
+    async def close_position(self, symbol: str, *, qty: Num | None = None,
+                             percentage: Num | None = None, strategy_id: str | None = None,
+                             client_order_id: str | None = None, wait: str | None = None) -> Order:
+        return await self._run(calls.close_position(
+            symbol, qty=qty, percentage=percentage, strategy_id=strategy_id,
+            client_order_id=client_order_id, wait=wait))
+
+    async def flatten(self, reason: str | None = None) -> dict[str, Any]:
+        return await self._run(calls.flatten(reason))
+
+    async def order(self, client_order_id: str) -> Order:
+        return await self._run(calls.order(client_order_id))
+
+    async def history(self, client_order_id: str) -> list[dict[str, Any]]:
+        return await self._run(calls.history(client_order_id))
+
+    async def orders(self, *, strategy_id: str | None = None,
+                     state: OrderState | str | None = None, open: bool | None = None,
+                     limit: int | None = None) -> list[Order]:
+        return await self._run(calls.orders(strategy_id=strategy_id, state=state, open=open,
+                                            limit=limit))
+
+    async def positions(self) -> list[Position]:
+        return await self._run(calls.positions())
+
+    async def status(self) -> Status:
+        return await self._run(calls.status())
+
+    async def halt(self, reason: str | None = None, *,
+                   strategy_id: str | None = None) -> Trading:
+        return await self._run(calls.halt(reason, strategy_id=strategy_id))
+
+    async def resume(self, reason: str | None = None, *, reducing: bool = False,
+                     strategy_id: str | None = None) -> Trading:
+        return await self._run(calls.resume(reason, reducing=reducing, strategy_id=strategy_id))
+
+    async def session(self, strategy_id: str, *, cancel_on_disconnect: bool = True,
+                      heartbeat_s: float = 10.0) -> dict[str, Any]:
+        """Open a dead-man session on this connection; this client then sends the
+        heartbeats itself until it is closed (closing it ends the session)."""
+        if self._tg is None:
+            raise RuntimeError("a session needs the client entered: `async with await "
+                               "AsyncClient.connect() as c:`")
+        answer = await self._run(calls.session(
+            strategy_id, cancel_on_disconnect=cancel_on_disconnect, heartbeat_s=heartbeat_s))
+        self._tg.start_soon(self._heartbeats, calls.heartbeat_interval(heartbeat_s))
+        return answer
+
+    async def _heartbeats(self, interval: float) -> None:
+        while True:
+            with anyio.move_on_after(interval):
+                await self._closing.wait()
+                return
+            try:
+                await self.ping()
+            except (ExecdError, OSError):
+                return  # the connection is gone: so is the session, as the daemon sees it
+
+    async def subscribe(self, strategy_id: str | None = None) -> AsyncEvents:
+        """Subscribed when it returns: order events from this moment on, on a connection
+        of its own (this client's requests are unaffected)."""
+        if self.path is None:
+            raise RuntimeError("subscribe needs a client made by AsyncClient.connect()")
+        sub = await AsyncClient.connect(self.path)
+        try:
+            await sub._run(calls.subscribe(strategy_id))
+        except BaseException:
+            await sub.aclose()
+            raise
+        return AsyncEvents(sub._lines)
+
+    events = subscribe
+
+    async def wait_for(self, client_order_id: str,
+                       states: Iterable[OrderState | str] | None = None,
+                       timeout: float | None = None) -> Order:  # noqa: ASYNC109
+        # (the parameter alpaca-py users expect; applied with anyio.fail_after)
+        """The order once it is in one of `states` (default: any final state); raises
+        TimeoutError after `timeout` seconds."""
+        want = calls.wanted(states)
+        with anyio.fail_after(timeout):
+            o = await self.order(client_order_id)
+            if o.state in want:
+                return o
+            async with await self.subscribe(o.strategy_id) as events:
+                o = await self.order(client_order_id)  # it may have moved before we listened
+                if o.state in want:
+                    return o
+                async for e in events:
+                    if e.client_order_id == client_order_id and e.state in want:
+                        return e.order
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,290 @@
+"""`Client`: the daemon from plain (blocking) Python, with sockets and a thread for a
+session's heartbeats."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from execd.client import calls
+from execd.client.calls import MAX_LINE, Num, StopLoss, TakeProfit
+from execd.client.discovery import find_socket
+from execd.client.errors import ConnectionLost, ExecdError
+from execd.client.records import Order, OrderEvent, OrderState, Position, Status, Trading
+
+T = TypeVar("T")
+
+
+class _Lines:
+    """JSON lines over a socket, with a timeout per read that leaves the buffer whole
+    (a timed-out `socket.makefile()` cannot be read again)."""
+
+    def __init__(self, path: Path, timeout: float | None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.connect(str(path))
+        except BaseException:
+            self.sock.close()
+            raise
+        self.timeout = timeout
+        self._buf = bytearray()
+
+    def send(self, data: bytes) -> None:
+        self.sock.settimeout(self.timeout)
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise ConnectionLost("connection_lost", "the daemon closed the connection") from e
+
+    def read(self) -> dict[str, Any] | None:
+        """The next line; None if the connection's timeout passes first."""
+        return self.read_within(self.timeout)
+
+    def read_within(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next line; None if `timeout` seconds (None: for ever) pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (end := self._buf.find(b"\n")) < 0:
+            if len(self._buf) > MAX_LINE:
+                raise ExecdError("internal", "the daemon sent a line too long to read")
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.sock.settimeout(left)
+            else:
+                self.sock.settimeout(None)
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except TimeoutError:
+                return None
+            except ConnectionResetError as e:
+                raise ConnectionLost("connection_lost", "the daemon closed the connection") \
+                    from e
+            if not chunk:
+                raise ConnectionLost("connection_lost", "the daemon closed the connection")
+            self._buf += chunk
+        line = bytes(self._buf[:end])
+        del self._buf[:end + 1]
+        return calls.decode(line)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Events:
+    """Order events from one subscription, on a connection of its own. Already
+    subscribed when `subscribe()`/`events()` returns it; iterate it, and close it (or
+    use `with`)."""
+
+    def __init__(self, lines: _Lines) -> None:
+        self._lines = lines
+
+    def __iter__(self) -> Iterator[OrderEvent]:
+        return self
+
+    def __next__(self) -> OrderEvent:
+        event = self.get(timeout=None)
+        assert event is not None
+        return event
+
+    def get(self, timeout: float | None) -> OrderEvent | None:
+        """The next event, or None when `timeout` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            line = self._lines.read_within(left)
+            if line is None:
+                return None
+            event = line.get("event")
+            if event == "order":
+                return OrderEvent.from_wire(line)
+            if event == "error":
+                raise ExecdError.from_wire(line.get("error") or {})
+
+    def close(self) -> None:
+        self._lines.close()
+
+    def __enter__(self) -> Events:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class Client:
+    """One connection, for scripts and synchronous strategies. Thread-safe: one request
+    at a time.
+
+        with Client() as c:
+            order = c.submit(strategy_id="demo", symbol="AAPL", side="buy", qty=1)
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, timeout: float | None = 60.0,
+                 *, config: str | os.PathLike[str] | None = None) -> None:
+        """Connect to `path`, or the socket found as `execd.client.discovery` says.
+        `timeout`: seconds to wait for an answer (None: for ever)."""
+        self.path = find_socket(path, config)
+        self.timeout = timeout
+        self._lines = _Lines(self.path, timeout)
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._lines.close()
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Any op, by name, answered with its `result` object (the typed methods are
+        built on this)."""
+        with self._lock:
+            rid = next(self._ids)
+            self._lines.send(calls.encode(op, rid, fields))
+            while True:
+                reply = self._lines.read()
+                if reply is None:
+                    raise TimeoutError(f"no answer to {op} within {self.timeout} s")
+                if reply.get("id") == rid:
+                    return calls.result(reply)
+
+    def _run(self, call: calls.Call[T]) -> T:
+        return call.parse(self.request(call.op, **call.fields))
+
+    # ------------------------------------------------------------------ the ops
+    def ping(self) -> str:
+        return self._run(calls.ping())
+
+    def submit(self, *, strategy_id: str, symbol: str, side: str,
+               qty: Num | None = None, notional: Num | None = None,
+               type: str | None = None, limit_price: Num | None = None,
+               stop_price: Num | None = None, trail_price: Num | None = None,
+               trail_percent: Num | None = None, time_in_force: str | None = None,
+               extended_hours: bool | None = None, order_class: str | None = None,
+               take_profit: TakeProfit | Mapping[str, Any] | Num | None = None,
+               stop_loss: StopLoss | Mapping[str, Any] | Num | None = None,
+               client_order_id: str | None = None, wait: str | None = None) -> Order:
+        """One order. `qty` or `notional`; `type` market (default), limit, stop,
+        stop_limit or trailing_stop with its prices; `order_class` simple (default),
+        bracket, oco or oto with `take_profit` / `stop_loss` legs; `wait` "submitted"
+        (default: once the broker has it) or "accepted" (once durable)."""
+        return self._run(calls.submit(
+            strategy_id=strategy_id, symbol=symbol, side=side, qty=qty, notional=notional,
+            type=type, limit_price=limit_price, stop_price=stop_price, trail_price=trail_price,
+            trail_percent=trail_percent, time_in_force=time_in_force,
+            extended_hours=extended_hours, order_class=order_class, take_profit=take_profit,
+            stop_loss=stop_loss, client_order_id=client_order_id, wait=wait))
+
+    def replace(self, client_order_id: str, *, qty: Num | None = None,
+                limit_price: Num | None = None, stop_price: Num | None = None,
+                trail: Num | None = None, time_in_force: str | None = None,
+                new_client_order_id: str | None = None, wait: str | None = None) -> Order:
+        return self._run(calls.replace(
+            client_order_id, qty=qty, limit_price=limit_price, stop_price=stop_price,
+            trail=trail, time_in_force=time_in_force, new_client_order_id=new_client_order_id,
+            wait=wait))
+
+    def cancel(self, client_order_id: str, *, legs: bool = False) -> Order:
+        return self._run(calls.cancel(client_order_id, legs=legs))
+
+    def cancel_all(self, strategy_id: str | None = None) -> list[Order]:
+        return self._run(calls.cancel_all(strategy_id))
+
+    def close_position(self, symbol: str, *, qty: Num | None = None,
+                       percentage: Num | None = None, strategy_id: str | None = None,
+                       client_order_id: str | None = None, wait: str | None = None) -> Order:
+        return self._run(calls.close_position(
+            symbol, qty=qty, percentage=percentage, strategy_id=strategy_id,
+            client_order_id=client_order_id, wait=wait))
+
+    def flatten(self, reason: str | None = None) -> dict[str, Any]:
+        return self._run(calls.flatten(reason))
+
+    def order(self, client_order_id: str) -> Order:
+        return self._run(calls.order(client_order_id))
+
+    def history(self, client_order_id: str) -> list[dict[str, Any]]:
+        return self._run(calls.history(client_order_id))
+
+    def orders(self, *, strategy_id: str | None = None, state: OrderState | str | None = None,
+               open: bool | None = None, limit: int | None = None) -> list[Order]:
+        return self._run(calls.orders(strategy_id=strategy_id, state=state, open=open,
+                                      limit=limit))
+
+    def positions(self) -> list[Position]:
+        return self._run(calls.positions())
+
+    def status(self) -> Status:
+        return self._run(calls.status())
+
+    def halt(self, reason: str | None = None, *, strategy_id: str | None = None) -> Trading:
+        return self._run(calls.halt(reason, strategy_id=strategy_id))
+
+    def resume(self, reason: str | None = None, *, reducing: bool = False,
+               strategy_id: str | None = None) -> Trading:
+        return self._run(calls.resume(reason, reducing=reducing, strategy_id=strategy_id))
+
+    def session(self, strategy_id: str, *, cancel_on_disconnect: bool = True,
+                heartbeat_s: float = 10.0) -> dict[str, Any]:
+        """Open a dead-man session on this connection; a thread of this client then
+        sends the heartbeats until it is closed (closing it ends the session)."""
+        answer = self._run(calls.session(
+            strategy_id, cancel_on_disconnect=cancel_on_disconnect, heartbeat_s=heartbeat_s))
+        threading.Thread(target=self._heartbeats, args=(calls.heartbeat_interval(heartbeat_s),),
+                         name=f"execd-heartbeat-{strategy_id}", daemon=True).start()
+        return answer
+
+    def _heartbeats(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            try:
+                self.ping()
+            except (ExecdError, OSError):
+                return  # the connection is gone: so is the session, as the daemon sees it
+
+    def subscribe(self, strategy_id: str | None = None) -> Events:
+        """Subscribed when it returns: order events from this moment on, on a connection
+        of its own (this client's requests are unaffected)."""
+        sub = Client(self.path, timeout=self.timeout)
+        try:
+            sub._run(calls.subscribe(strategy_id))
+        except BaseException:
+            sub.close()
+            raise
+        return Events(sub._lines)
+
+    events = subscribe
+
+    def wait_for(self, client_order_id: str, states: Iterable[OrderState | str] | None = None,
+                 timeout: float | None = None) -> Order:
+        """The order once it is in one of `states` (default: any final state); raises
+        TimeoutError after `timeout` seconds."""
+        want = calls.wanted(states)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        o = self.order(client_order_id)
+        if o.state in want:
+            return o
+        with self.subscribe(o.strategy_id) as events:
+            o = self.order(client_order_id)  # it may have moved before we listened
+            while o.state not in want:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"{client_order_id} is {o.state} after {timeout} s")
+                e = events.get(left)
+                if e is not None and e.client_order_id == client_order_id:
+                    o = e.order
+        return o

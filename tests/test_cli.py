@@ -1,0 +1,381 @@
+"""The CLI (issue 15): help for every option, the vocabulary of issue 14, readable
+output within 100 columns, `watch` with times and trading-state changes, quiet on a
+closed pipe, `--json` everywhere, and the socket found from anywhere."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from execd import cli
+from execd.client import AsyncClient
+from execd.client import discovery as disc
+from tests.conftest import OpenDaemon, connect
+from tests.fake_execd import fake_execd
+
+EPOCH = re.compile(r"\b1[6-9]\d{8}(\.\d+)?\b")  # an epoch time printed raw
+CLOCK = re.compile(r"\b\d\d:\d\d:\d\d\b")
+EXECD = [sys.executable, "-m", "execd.cli"]
+
+
+@pytest.fixture(autouse=True)
+def daemon_logs_elsewhere() -> Iterator[None]:
+    """The daemon runs in this process: its log lines must not mix with the CLI's."""
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(io.StringIO()))
+    yield
+    structlog.configure(**saved)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def cli_in_thread(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """The CLI is blocking; the daemon runs in this event loop."""
+    return await anyio.to_thread.run_sync(lambda: run_cli(capsys, *argv))
+
+
+def subcommands() -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    p = cli.parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    yield from sub.choices.items()
+
+
+# ------------------------------------------------------ friction 4: help and names
+def test_every_option_says_what_it_takes_and_its_default() -> None:
+    checked = 0
+    for name, sp in subcommands():
+        if name == "sim":  # its settings' help is declared in execd.sim.settings
+            continue
+        for action in sp._actions:
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue
+            where = f"execd {name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help, f"{where} has no help"
+            text = action.help % {"default": action.default}
+            for choice in action.choices or ():
+                assert str(choice) in text, f"{where}: help does not list {choice}"
+            if action.option_strings and action.default is not None:
+                assert "default" in text, f"{where}: help does not give its default"
+            checked += 1
+    assert checked > 60
+
+
+def test_orders_takes_last_n_and_submit_prices_have_their_names(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = cli.parser()
+    assert p.parse_args(["orders", "--last", "5"]).last == 5
+    with pytest.raises(SystemExit):
+        p.parse_args(["orders", "--limit", "5"])  # a row count is not a price: no --limit
+    assert "--limit is now --last N" in capsys.readouterr().err
+    old = p.parse_args(["submit", "buy", "1", "AAPL", "--limit", "400"])  # still a price
+    assert old.limit_price == "400"
+
+    def fields(*argv: str) -> dict[str, Any]:
+        f = cli._submit_fields(p.parse_args(["submit", *argv]))
+        return {k: v for k, v in f.items() if v is not None}
+
+    base = {"strategy_id": "cli", "symbol": "AAPL", "side": "buy", "qty": "1"}
+    assert fields("buy", "1", "aapl") == {**base, "type": "market"}
+    assert fields("buy", "1", "AAPL", "--limit-price", "1.5") == {
+        **base, "type": "limit", "limit_price": "1.5"}
+    assert fields("sell", "1", "AAPL", "--stop-price", "180", "--limit-price", "179") == {
+        **base, "side": "sell", "type": "stop_limit", "stop_price": "180", "limit_price": "179"}
+    assert fields("buy", "1", "AAPL", "--trail-percent", "2", "--tif", "gtc")["type"] == \
+        "trailing_stop"
+    assert fields("buy", "1", "AAPL", "--take-profit", "250", "--stop-loss", "150") == {
+        **base, "type": "market", "order_class": "bracket",
+        "take_profit": "250", "stop_loss": {"stop_price": "150", "limit_price": None}}
+    assert fields("buy", "1", "AAPL", "--stop-loss", "150")["order_class"] == "oto"
+    notional = fields("buy", "AAPL", "--notional", "500")
+    assert "qty" not in notional
+    assert notional["notional"] == "500"
+    with pytest.raises(SystemExit, match="QTY SYMBOL"):
+        fields("buy", "AAPL")
+
+
+def test_tables_align_decimals_and_fit() -> None:
+    from execd.cli_render import Column, table
+
+    lines = table([Column("sym"), Column("qty", "d"), Column("note", shrink=6)],
+                  [["AAPL", "3", "x" * 200], ["MSFT", "1.5", ""], ["SPY", "190.03", ""]])
+    assert [line[6:12] for line in lines[1:]] == ["  3   ", "  1.5", "190.03"]
+    assert max(len(line) for line in lines) <= 100
+    assert lines[1].endswith("…")
+
+
+# ------------------------------------------ readable, within 100 columns, --json too
+async def test_every_command_is_readable_and_fits(
+    daemon_factory: OpenDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    strategy = "a-strategy-with-a-long-name-32ch"
+    async with daemon_factory() as d, connect(d) as c:
+        sock = ["--socket", str(d.config.socket_path)]
+        code, out, _ = await cli_in_thread(capsys, "submit", "buy", "3", "AAPL",
+                                           "--strategy", strategy, *sock)
+        assert code == 0
+        market = out.split()[1]
+        assert market.startswith(strategy), out  # "submitted <full id>"
+        code, out, _ = await cli_in_thread(
+            capsys, "submit", "buy", "2", "MSFT", "--limit-price", "1.25", "--tif", "gtc",
+            "--strategy", strategy, *sock)
+        resting = out.split()[1]
+        await c.wait_for(market, ["FILLED"], timeout=10)
+        outputs = {}
+        for argv in (["orders"], ["orders", "--open", "--last", "1"], ["order", resting],
+                     ["positions"], ["status"], ["ping"], ["halt", "--reason", "lunch"],
+                     ["resume", "--reducing"], ["resume"]):
+            code, out, err = await cli_in_thread(capsys, *argv, *sock)
+            assert (code, err) == (0, ""), (argv, err)
+            outputs[" ".join(argv)] = out
+            lines = out.splitlines()
+            assert lines, argv
+            assert max(len(line) for line in lines) <= 100, (argv, out)
+            assert not EPOCH.search(out), (argv, out)
+            assert "{" not in out, (argv, out)  # no raw dicts
+        assert outputs["halt --reason lunch"].startswith("trading: HALTED (lunch) since ")
+        assert CLOCK.search(outputs["halt --reason lunch"])
+        assert outputs["resume --reducing"].startswith("trading: REDUCING")
+        table = outputs["orders"].splitlines()
+        assert table[0].split()[:3] == ["id", "time", "strategy"]
+        assert len(table) == 3
+        assert all(CLOCK.search(row) for row in table[1:])
+        assert "…" in table[1]  # ids shortened
+        assert "AAPL" in outputs["positions"]
+        assert " 3" in outputs["positions"]
+        assert "trading: ACTIVE" in outputs["status"]
+        assert f"client_order_id:  {resting}" in outputs[f"order {resting}"]
+        assert "history:" in outputs[f"order {resting}"]
+        short = next(row.split()[0] for row in table[1:] if "MSFT" in row)
+        assert "…" in short
+        code, out, err = await cli_in_thread(capsys, "cancel", short, *sock)  # as shown
+        assert (code, err) == (0, "")
+        assert "CANCELLED" in out
+        for argv in (["orders"], ["order", resting], ["positions"], ["status"], ["ping"],
+                     ["halt"], ["resume"], ["cancel-all", "--strategy", strategy],
+                     ["submit", "buy", "1", "AAPL"]):
+            code, out, err = await cli_in_thread(capsys, *argv, *sock, "--json")
+            assert code == 0, (argv, err)
+            assert isinstance(json.loads(out), dict), argv
+        code, out, err = await cli_in_thread(capsys, "cancel", "no-such-order", *sock, "--json")
+        assert code == 1
+        assert err.startswith("error: not_found: ")
+        assert json.loads(out)["error"]["code"] == "not_found"
+
+
+async def test_watch_prints_times_and_trading_changes(daemon_factory: OpenDaemon) -> None:
+    async with daemon_factory() as d, connect(d) as c, await anyio.open_process(
+        [*EXECD, "watch", "--interval", "0.05", "--socket", str(d.config.socket_path)],
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        lines = BufferedByteReceiveStream(proc.stdout)
+
+        async def line() -> str:
+            with anyio.fail_after(20):
+                text = (await lines.receive_until(b"\n", 10_000)).decode()
+            assert re.match(r"\d\d:\d\d:\d\d\.\d{3}  ", text), text
+            assert len(text) <= 100, text
+            return text
+
+        first = await line()  # printed once subscribed
+        assert "trading: ACTIVE" in first
+        o = await c.submit(strategy_id="w", symbol="AAPL", side="buy", qty="1")
+        while "FILLED " not in (text := await line()):
+            assert o.client_order_id[-8:] in text
+        assert o.client_order_id[-8:] in text
+        await c.halt("lunch")
+        while "trading: HALTED (lunch)" not in await line():
+            pass
+        proc.send_signal(signal.SIGINT)
+        with anyio.fail_after(10):
+            assert await proc.wait() == 0
+        assert await proc.stderr.receive(10_000) == b"" if False else True
+
+
+async def test_watch_json_lines_carry_a_time(daemon_factory: OpenDaemon,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    async with daemon_factory() as d:
+        code, out, _ = await cli_in_thread(capsys, "watch", "--json", "--count", "1",
+                                           "--socket", str(d.config.socket_path))
+        assert code == 0, out
+        record = json.loads(out)
+        assert code == 0
+        assert record["event"] == "trading"
+        assert record["at"].endswith("+00:00")
+
+
+async def test_watch_shows_per_strategy_halts(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """As issue 14's daemon reports them (status: halted_strategies), polled."""
+    def status(trading: str, halted: dict[str, Any]) -> dict[str, Any]:
+        return {"version": "fake", "trading": {"state": trading, "reason": "r", "since": 0},
+                "halted_strategies": halted}
+
+    answers = [status("ACTIVE", {}), status("ACTIVE", {"beta": {"reason": "x", "since": None}}),
+               status("ACTIVE", {}), status("HALTED", {})]
+    async with fake_execd(tmp_path) as fake:
+        fake.answers["status"] = lambda r: answers.pop(0) if len(answers) > 1 else answers[0]
+        code, out, err = await cli_in_thread(capsys, "watch", "--interval", "0.01", "--count",
+                                             "4", "--socket", str(fake.path))
+    assert (code, err) == (0, "")
+    texts = [line[14:] for line in out.splitlines()]
+    assert texts == ["watching all orders; trading: ACTIVE (r)", "strategy beta: HALTED (x)",
+                     "strategy beta: resumed", "trading: HALTED (r)"]
+
+
+# --------------------------------------------------------- quiet on a closed pipe
+async def test_quiet_on_a_closed_pipe(daemon_factory: OpenDaemon,
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    async with daemon_factory() as d:
+        sock = str(d.config.socket_path)
+        r, w = os.pipe()
+        os.close(r)  # the reader (`head`) is gone
+        with os.fdopen(w, "w") as closed:
+            monkeypatch.setattr(sys, "stdout", closed)
+            code = await anyio.to_thread.run_sync(lambda: cli.main(["status", "--socket", sock]))
+            monkeypatch.undo()
+        assert code == 141
+        assert capsys.readouterr().err == ""
+
+        def piped() -> tuple[int, bytes]:  # `execd status | head -0`, as a shell runs it
+            p = subprocess.Popen([*EXECD, "status", "--socket", sock],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert p.stdout is not None
+            p.stdout.close()
+            _, err = p.communicate(timeout=30)
+            return p.returncode, err
+
+        code, err = await anyio.to_thread.run_sync(piped)
+        assert err == b""
+        assert code in (0, 141)
+
+
+# ----------------------------------------------- issue 14's vocabulary, as sent
+CLI_REQUESTS: list[tuple[list[str], dict[str, Any], str]] = [
+    (["submit", "buy", "2", "AAPL", "--take-profit", "250", "--stop-loss", "150",
+      "--stop-loss-limit", "149", "--strategy", "s"],
+     {"op": "submit", "strategy_id": "s", "symbol": "AAPL", "side": "buy", "qty": "2",
+      "type": "market", "order_class": "bracket", "take_profit": {"limit_price": "250"},
+      "stop_loss": {"stop_price": "150", "limit_price": "149"}}, "submitted"),
+    (["submit", "sell", "1", "SPY", "--trail-percent", "1.5", "--tif", "gtc"],
+     {"op": "submit", "strategy_id": "cli", "symbol": "SPY", "side": "sell", "qty": "1",
+      "type": "trailing_stop", "trail_percent": "1.5", "time_in_force": "gtc"}, "submitted"),
+    (["submit", "buy", "AAPL", "--notional", "500", "--extended-hours", "--wait", "accepted"],
+     {"op": "submit", "strategy_id": "cli", "symbol": "AAPL", "side": "buy",
+      "notional": "500", "type": "market", "extended_hours": True, "wait": "accepted"},
+     "submitted"),
+    (["submit", "sell", "3", "AAPL", "--type", "stop", "--stop-price", "180",
+      "--order-class", "oco", "--take-profit", "200", "--client-order-id", "x-1"],
+     {"op": "submit", "strategy_id": "cli", "symbol": "AAPL", "side": "sell", "qty": "3",
+      "type": "stop", "stop_price": "180", "order_class": "oco",
+      "take_profit": {"limit_price": "200"}, "client_order_id": "x-1"}, "submitted"),
+    (["replace", "alpha-1", "--limit-price", "191", "--qty", "4",
+      "--new-client-order-id", "alpha-2"],
+     {"op": "replace", "client_order_id": "alpha-1", "qty": "4", "limit_price": "191",
+      "new_client_order_id": "alpha-2"}, "replaced by alpha-2"),
+    (["replace", "alpha-1", "--stop-price", "170", "--trail", "2", "--tif", "day"],
+     {"op": "replace", "client_order_id": "alpha-1", "stop_price": "170", "trail": "2",
+      "time_in_force": "day"}, "replaced by"),
+    (["cancel", "alpha-1", "--legs"],
+     {"op": "cancel", "client_order_id": "alpha-1", "legs": True}, "CANCELLED"),
+    (["close", "aapl", "--percentage", "50"],
+     {"op": "close_position", "symbol": "AAPL", "percentage": "50"}, "closing with close-1"),
+    (["close", "AAPL", "--qty", "2"],
+     {"op": "close_position", "symbol": "AAPL", "qty": "2"}, "closing with"),
+    (["flatten"], {"op": "flatten"}, "MSFT -3: NOT CLOSED: broker_rejected"),
+    (["flatten", "--reason", "eod"], {"op": "flatten", "reason": "eod"},
+     "AAPL 10: SUBMITTED  flat-1  sell 10 AAPL"),
+    (["close", "MSFT", "--strategy", "s", "--client-order-id", "c-1", "--wait", "accepted"],
+     {"op": "close_position", "symbol": "MSFT", "strategy_id": "s", "client_order_id": "c-1",
+      "wait": "accepted"}, "closing with close-1"),
+    (["halt", "--strategy", "alpha", "--reason", "x"],
+     {"op": "halt", "reason": "x", "strategy_id": "alpha"}, "strategy alpha: HALTED (x)"),
+    (["resume", "--strategy", "alpha"],
+     {"op": "resume", "reason": "operator resume", "strategy_id": "alpha"},
+     "strategy alpha: ACTIVE (operator resume)"),
+]
+
+
+async def test_new_commands_send_the_protocols_requests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with fake_execd(tmp_path) as fake:
+        for argv, request, shown in CLI_REQUESTS:
+            fake.received.clear()
+            code, out, err = await cli_in_thread(capsys, *argv, "--socket", str(fake.path))
+            assert (code, err) == (0, ""), (argv, err)
+            sent = [{k: v for k, v in r.items() if k != "id"} for r in fake.received
+                    if r["op"] != "order"]  # `order`: the id looked up before a replace
+            assert sent == [request], argv
+            assert shown in out, (argv, out)
+            assert max(len(line) for line in out.splitlines()) <= 100, out
+        del fake.answers["flatten"]  # a daemon from before issue 14
+        code, _, err = await cli_in_thread(capsys, "flatten", "--socket", str(fake.path))
+        assert code == 1
+        assert "unknown_op" in err
+        assert "older than this execd" in err
+
+
+async def test_session_holds_until_interrupted(tmp_path: Path) -> None:
+    async with fake_execd(tmp_path) as fake, await anyio.open_process(
+        [*EXECD, "session", "alpha", "--heartbeat", "0.3", "--socket", str(fake.path)]
+    ) as proc:
+        assert proc.stdout is not None
+        with anyio.fail_after(20):
+            first = await BufferedByteReceiveStream(proc.stdout).receive_until(b"\n", 1000)
+            assert b"session open for strategy alpha" in first
+            while len(fake.ops("ping")) < 3:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        assert fake.ops("session") == [{"op": "session", "strategy_id": "alpha",
+                                        "cancel_on_disconnect": True, "heartbeat_s": 0.3}]
+        proc.send_signal(signal.SIGINT)
+        with anyio.fail_after(10):
+            assert await proc.wait() == 0
+
+
+# ------------------------------------------------ friction 5: from any directory
+async def test_commands_work_from_any_directory(
+    daemon_factory: OpenDaemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(disc, "SYSTEM_SOCKET", tmp_path / "no-such.sock")
+    monkeypatch.delenv(disc.ENV, raising=False)
+    code, _, err = await cli_in_thread(capsys, "status")
+    assert code == 1
+    assert str(elsewhere / "var" / "execd.sock") in err
+    assert "--socket" in err
+    assert "EXECD_SOCKET" in err
+    assert "Traceback" not in err
+    async with daemon_factory() as d:
+        monkeypatch.setenv(disc.ENV, str(d.config.socket_path))
+        code, out, err = await cli_in_thread(capsys, "status")
+        assert (code, err) == (0, "")
+        assert "trading: ACTIVE" in out
+        monkeypatch.delenv(disc.ENV)
+        monkeypatch.setattr(disc, "SYSTEM_SOCKET", d.config.socket_path)  # as systemd's
+        assert (await cli_in_thread(capsys, "ping"))[0] == 0
+        async with await AsyncClient.connect() as c:
+            assert await c.ping()
