@@ -472,3 +472,23 @@ async def test_a_resync_and_the_poller_never_look_the_same_orders_up_twice(
                 tg.start_soon(poller.poll_fresh, a.book, a.broker, clock, a.health)
         assert sorted(looked) == ["x1", "x2"]
         assert broker.lists == 1
+
+
+async def test_execd_status_shows_the_stream_and_the_poll_interval(
+    daemon_factory: OpenDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from execd import cli
+
+    async with streaming(daemon_factory) as d:
+        await eventually(lambda: _interval_is(d, SLOW_POLL["interval_streaming"]))
+        code = await anyio.to_thread.run_sync(
+            cli.main, ["status", "--socket", str(d.config.socket_path)])
+    assert code == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("stream:"))
+    assert line.startswith("stream: healthy")
+    assert "last event: never" in line
+    assert "polling every 60 s" in line
+
+
+async def _interval_is(d: Daemon, seconds: float) -> bool:
+    return d.health.poll_interval == seconds

@@ -260,6 +260,14 @@ def status_lines(s: Status, now: datetime | None = None) -> list[str]:
                  + (f" (error: {s.last_poll_error})" if s.last_poll_error else "")
                  + f"   last reconcile: {ago(s.last_reconcile, now)}"
                  + (f" ({s.last_reconcile_result})" if s.last_reconcile_result else ""))
+    if s.stream is not None:
+        st = s.stream
+        age = st.get("last_event_age_s")
+        lines.append(
+            f"stream: {st.get('state')}" + ("" if st.get("trusted") else " (not trusted)")
+            + (f" (error: {st.get('error')})" if st.get("error") else "")
+            + f"   last event: {'never' if age is None else f'{age:.1f} s ago'}"
+            + (f"   polling every {s.poll_interval:g} s" if s.poll_interval else ""))
     if s.orders:
         lines.append("orders: " + ", ".join(f"{k} {v}" for k, v in sorted(s.orders.items())))
     if s.recovery and not s.recovery.get("done", True):

@@ -270,7 +270,8 @@ class Actor(_Wire):
 _STATUS_FIELDS = frozenset({
     "version", "trading", "actors", "limiter", "last_poll", "last_poll_error",
     "last_reconcile", "last_reconcile_result", "broker_orders_unknown", "orders",
-    "open_orders", "subscribers", "recovery", "storage", "halted_strategies"})
+    "open_orders", "subscribers", "recovery", "storage", "halted_strategies", "stream",
+    "poll_interval"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -289,6 +290,10 @@ class Status(_Wire):
     halted_strategies: Mapping[str, Trading] = field(default_factory=dict, compare=False)
     recovery: Mapping[str, Any] | None = field(default=None, compare=False)
     storage: Mapping[str, Any] | None = field(default=None, compare=False)
+    # the trade_updates stream: state (disabled, connecting, resyncing, healthy, down,
+    # auth_failed), trusted, error, for_s, last_event_age_s
+    stream: Mapping[str, Any] | None = field(default=None, compare=False)
+    poll_interval: float | None = None  # seconds: the poller's interval in force
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -315,7 +320,9 @@ class Status(_Wire):
                 str(k): Trading.from_wire({"state": "HALTED", "strategy_id": k, **v})
                 for k, v in (s.get("halted_strategies") or {}).items()
                 if isinstance(v, Mapping)},
-            recovery=s.get("recovery"), storage=s.get("storage"),
+            recovery=s.get("recovery"), storage=s.get("storage"), stream=s.get("stream"),
+            poll_interval=float(s["poll_interval"]) if s.get("poll_interval") is not None
+            else None,
             extra={k: v for k, v in s.items() if k not in _STATUS_FIELDS}, raw=dict(s),
         )
 
