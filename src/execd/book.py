@@ -17,7 +17,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from execd.clock import Clock
-from execd.domain.decimals import show
+from execd.domain.decimals import show, show_opt
 from execd.domain.orders import (
     BrokerView,
     Order,
@@ -190,7 +190,7 @@ class OrderBook:
                 self.metrics.orders.labels(o.state.value).inc()
                 log.info("order accepted", client_order_id=o.client_order_id,
                          strategy_id=o.spec.strategy_id, symbol=o.spec.symbol,
-                         side=o.spec.side, qty=show(o.spec.qty), state=o.state.value)
+                         side=o.spec.side, qty=show_opt(o.spec.qty), state=o.state.value)
                 self.hub.publish(o)
         return new
 

@@ -110,7 +110,7 @@ class RiskContext:
                 del self.orders_last_minute[sid]
 
     def _count(self, order: Order, sign: int) -> None:
-        if not order.is_open:
+        if not order.is_open or _shadow_exit(order.spec):
             return
         e = self.exposure.setdefault(order.spec.symbol, Exposure())
         if order.spec.side == "buy":
@@ -130,6 +130,31 @@ class RiskContext:
                     if e.position or e.open_buys or e.open_sells}
         return (self.trading, exposure, self.open_orders, dict(self.orders_last_minute),
                 dict(self.prices), dict(self.halted))
+
+
+def _shadow_exit(spec: OrderSpec) -> bool:
+    """A bracket's or OCO's stop-loss leg: its take-profit sibling (the same shares, one
+    fill cancels the other) already counts for the pair."""
+    return (spec.parent is not None and spec.order_class in ("bracket", "oco")
+            and spec.type in ("stop", "stop_limit"))
+
+
+def _shares(spec: OrderSpec, ctx: RiskContext) -> Decimal:
+    """The order's shares; a notional one's at the last price (unpriced: too many to
+    shrink anything)."""
+    if spec.qty is not None:
+        return spec.qty
+    price = ctx.prices.get(spec.symbol)
+    assert spec.notional is not None
+    return spec.notional / price if price else Decimal("Infinity")
+
+
+def _price(spec: OrderSpec, ctx: RiskContext) -> Decimal | None:
+    """What one share may cost: the order's own price if it names one, else the last."""
+    for p in (spec.limit_price, spec.stop_price):
+        if p is not None:
+            return p
+    return ctx.prices.get(spec.symbol)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,7 +191,9 @@ def check(
         # Reducing: the position after this order and every open order on its side
         # must be no further from zero than now, and on the same side of zero.
         pending = -e.open_sells if spec.side == "sell" else e.open_buys
-        after = e.position + pending + spec.signed_qty
+        shares = _shares(spec, ctx)
+        signed = shares if spec.side == "buy" else -shares
+        after = e.position + pending + signed
         if e.position == 0 or abs(after) > abs(e.position) or after * e.position < 0:
             if closing:
                 return deny("reducing", f"a closing order must shrink the position: "
@@ -182,25 +209,39 @@ def check(
         return deny("symbol_not_allowed", f"symbol {spec.symbol} is not in risk.allow_symbols")
     if spec.symbol in limits.deny_symbols:
         return deny("symbol_denied", f"symbol {spec.symbol} is in risk.deny_symbols")
-    if limits.max_qty is not None and spec.qty > limits.max_qty:
-        return deny("max_qty", f"qty {show(spec.qty)} is over risk.max_qty "
-                    f"{show(limits.max_qty)}")
-    price = spec.limit_price if spec.limit_price is not None else ctx.prices.get(spec.symbol)
-    if limits.max_notional is not None:
+    price = _price(spec, ctx)
+    qty = spec.qty
+    if qty is None:  # notional: its shares at the last known price
+        assert spec.notional is not None
         if price is None:
+            if limits.max_qty is not None or limits.max_position is not None:
+                return deny("no_price", f"no recent price for {spec.symbol}: cannot check "
+                            "risk.max_qty/max_position of a notional order; send a qty")
+            qty = Decimal(0)
+        else:
+            qty = spec.notional / price
+    if limits.max_qty is not None and qty > limits.max_qty:
+        return deny("max_qty", f"qty {show(qty)} is over risk.max_qty "
+                    f"{show(limits.max_qty)}")
+    if limits.max_notional is not None:
+        if spec.notional is not None:
+            if spec.notional > limits.max_notional:
+                return deny("max_notional", f"notional {show(spec.notional)} is over "
+                            f"risk.max_notional {show(limits.max_notional)}")
+        elif price is None:
             if limits.reject_unpriced_market_orders:
                 return deny(
                     "no_price", f"no recent price for {spec.symbol}: cannot check "
                     "risk.max_notional of a market order; send a limit order",
                 )
-        elif spec.qty * price > limits.max_notional:
+        elif qty * price > limits.max_notional:
             return deny(
-                "max_notional", f"notional {show(spec.qty * price)} (qty {show(spec.qty)} x "
+                "max_notional", f"notional {show(qty * price)} (qty {show(qty)} x "
                 f"price {show(price)}) is over risk.max_notional {show(limits.max_notional)}",
             )
     if limits.max_position is not None:
-        worst_long = e.position + e.open_buys + (spec.qty if spec.side == "buy" else 0)
-        worst_short = e.position - e.open_sells - (spec.qty if spec.side == "sell" else 0)
+        worst_long = e.position + e.open_buys + (qty if spec.side == "buy" else 0)
+        worst_short = e.position - e.open_sells - (qty if spec.side == "sell" else 0)
         worst = max(abs(worst_long), abs(worst_short))
         if worst > limits.max_position:
             return deny(

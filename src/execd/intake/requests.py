@@ -258,9 +258,7 @@ from execd.intake import exits, sessions  # noqa: E402
 
 OPS: dict[str, Op] = {
     "ping": Op(handler=op_ping),
-    "submit": Op(handler=op_submit, fields=frozenset({
-        "strategy_id", "symbol", "side", "qty", "type", "limit_price", "time_in_force",
-        "client_order_id", "wait"})),
+    "submit": Op(handler=op_submit, fields=protocol.SUBMIT_FIELDS),
     "cancel": Op(handler=op_cancel, fields=frozenset({"client_order_id"})),
     # account-wide (no strategy_id) is an operator's; checked in the handler
     "cancel_all": Op(handler=op_cancel_all, fields=frozenset({"strategy_id"})),
