@@ -77,7 +77,8 @@ def _foreign_price(name: str) -> Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("qty", lambda s: s.qty is None and s.notional is None, "qty is required (or notional, a dollar amount)"),
+    Rule("qty", lambda s: s.qty is None and s.notional is None,
+         "qty is required (or notional, a dollar amount)"),
     Rule("notional", lambda s: s.qty is not None and s.notional is not None,
          "give qty or notional, not both"),
     *(_foreign_price(f) for f in PRICE_FIELDS),
