@@ -287,7 +287,7 @@ def _nested_price(obj: dict[str, Any], parent: str, name: str) -> Decimal | None
         raise invalid(f"{parent}.{e.message}") from None
 
 
-def _bool(args: dict[str, Any], name: str) -> bool:
+def flag(args: dict[str, Any], name: str) -> bool:
     v = args.get(name, False)
     if not isinstance(v, bool):
         raise invalid(f"{name} must be true or false")
@@ -337,7 +337,7 @@ def submit_spec(args: dict[str, Any], now: float) -> tuple[OrderSpec, str]:
         qty=qty, notional=notional, type=otype, limit_price=price_field(args, "limit_price"),
         stop_price=price_field(args, "stop_price"), trail_price=price_field(args, "trail_price"),
         trail_percent=decimal_field(args, "trail_percent"), time_in_force=tif,
-        extended_hours=_bool(args, "extended_hours"), order_class=oclass,
+        extended_hours=flag(args, "extended_hours"), order_class=oclass,
         take_profit=take_profit, stop_loss=stop_loss,
     )
     if (broken := first_violation(spec)) is not None:

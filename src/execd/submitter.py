@@ -135,13 +135,13 @@ class Submitter:
                         found = await self.broker.get_order_by_client_id(cid)
                         if found is not None:
                             self._ok()
-                            return await self.book.apply_view(cid, found.view)
+                            return await self.book.apply_found(cid, found)
                         if not may_send:
                             raise BrokerUnavailable("broker says duplicate but has no such order")
                     found = await self.broker.submit_order(order.spec)
                     HOOKS.point("after_submit")  # the broker has it; we have not recorded it
                     self._ok()
-                    return await self.book.apply_view(cid, found.view)
+                    return await self.book.apply_found(cid, found)
                 except DuplicateOrderId:
                     log.warning("broker already has this client_order_id: looking it up",
                                 client_order_id=cid, strategy_id=order.spec.strategy_id)
@@ -222,7 +222,7 @@ class Submitter:
                 if found is None:
                     return CancelRequested(orders=(order,))
                 try:
-                    after = await self.book.apply_view(cid, found.view)
+                    after = await self.book.apply_found(cid, found)
                 except StorageUnavailable:  # as the broker says, not yet recorded
                     change = apply_broker_view(order, found.view, self.clock.time())
                     after = order if change is None else change.order
@@ -232,6 +232,50 @@ class Submitter:
             except BrokerError as e:
                 await self._failed(e)
                 return CancelDenied(code="internal", reason=f"broker unavailable: {e}")
+
+    async def cancel_family(self, cid: str, legs: bool) -> CancelResult:
+        """Cancel an order; for a bracket/OCO/OTO parent, its family. The broker cancels
+        the legs with a parent whose entry is still open. A parent whose entry has
+        filled leaves open exits that protect a position: they are cancelled only when
+        asked (`legs`), on purpose."""
+        order = await self.book.get(cid)
+        if order is None or not order.legs:
+            return await self.cancel(cid)
+        family = await self.book.store.get_orders(order.legs)
+        open_legs = [o.client_order_id for o in family.values() if o.is_open]
+        if order.is_open:
+            result = await self.cancel(cid)
+            if isinstance(result, CancelDenied):
+                return result
+            await self._refresh(cid)
+            after = await self.book.store.get_orders([cid, *order.legs])
+            return CancelRequested(orders=tuple(after.values()))
+        if not open_legs:
+            return await self.cancel(cid)
+        if not legs:
+            return CancelDenied(code="conflict", reason=(
+                f"order {cid} is {order.state.value}: its exits {', '.join(open_legs)} protect "
+                'the position; send "legs": true to cancel them (the position is then '
+                "unprotected)"))
+        results: list[Order] = []
+        for leg in open_legs:
+            r = await self.cancel(leg)
+            if isinstance(r, CancelDenied):
+                return r
+            results.extend(r.orders)
+        return CancelRequested(orders=(order, *results))
+
+    async def _refresh(self, cid: str) -> None:
+        """The order and its legs as the broker has them now (legs change with it)."""
+        try:
+            found = await self.broker.get_order_by_client_id(cid)
+            if found is not None:
+                await self.book.apply_found(cid, found)
+                for leg in found.legs:
+                    await self.book.apply_found(leg.client_order_id, leg)
+        except (BrokerError, StorageUnavailable) as e:
+            log.warning("cannot refresh an order's legs; the poller will", error=str(e),
+                        client_order_id=cid)
 
     async def cancel_all(self, strategy_id: str | None, owner_uid: int | None) -> CancelResult:
         targets = [
@@ -293,8 +337,8 @@ async def run(
                     cid = order.client_order_id
                     tg.start_soon(partial(submitter.send, order, unknown_history=cid in unknown,
                                           done=reply))
-                case CancelOrder(client_order_id=cid, reply=reply):
-                    tg.start_soon(_answer_cancel, reply, submitter.cancel(cid))
+                case CancelOrder(client_order_id=cid, reply=reply, legs=legs):
+                    tg.start_soon(_answer_cancel, reply, submitter.cancel_family(cid, legs))
                 case CancelAll(strategy_id=sid, reply=reply, owner_uid=owner):
                     tg.start_soon(_answer_cancel, reply, submitter.cancel_all(sid, owner))
                 case _:
@@ -329,7 +373,7 @@ async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Reco
             found = listed.get(order.client_order_id)
             if found is not None:
                 async with submitter.owning(order.client_order_id):
-                    await submitter.book.apply_view(order.client_order_id, found.view)
+                    await submitter.book.apply_found(order.client_order_id, found)
             else:
                 await submitter.send(order, unknown_history=True)
         recovery.resolved()

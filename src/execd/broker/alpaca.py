@@ -40,6 +40,7 @@ from execd.broker.base import (
     BrokerUnavailable,
     DuplicateOrderId,
     ReplaceChanges,
+    flatten,
 )
 from execd.clock import Clock
 from execd.domain.decimals import plain
@@ -212,15 +213,6 @@ def order_body(spec: OrderSpec) -> dict[str, Any]:
         if sl.limit_price is not None:
             body["stop_loss"]["limit_price"] = plain(sl.limit_price)
     return body
-
-
-def flatten(orders: Sequence[BrokerOrder]) -> list[BrokerOrder]:
-    """Orders and their legs (nested=true lists them under their parent), as one list."""
-    out: list[BrokerOrder] = []
-    for o in orders:
-        out.append(o)
-        out.extend(flatten(o.legs))
-    return out
 
 
 class AlpacaClient:

@@ -63,6 +63,15 @@ class BrokerOrder:
     legs: tuple[BrokerOrder, ...] = ()
 
 
+def flatten(orders: Sequence[BrokerOrder]) -> list[BrokerOrder]:
+    """Orders and their legs (nested=true lists them under their parent), as one list."""
+    out: list[BrokerOrder] = []
+    for o in orders:
+        out.append(o)
+        out.extend(flatten(o.legs))
+    return out
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplaceChanges:
     """What a replace (PATCH) changes; None leaves a field as it is."""

@@ -87,9 +87,10 @@ class RiskContext:
         self._count(order, +1)
         self._recent(order.created_at, order.spec.strategy_id)
 
-    def apply(self, before: Order, after: Order, fill: Fill | None) -> None:
-        """A change the order book committed."""
-        self._count(before, -1)
+    def apply(self, before: Order | None, after: Order, fill: Fill | None) -> None:
+        """A change the order book committed (`before` None: a leg the broker made)."""
+        if before is not None:
+            self._count(before, -1)
         self._count(after, +1)
         if fill is not None:
             e = self.exposure.setdefault(fill.symbol, Exposure())

@@ -119,12 +119,14 @@ async def _until_sent(c: Caller, order: Order) -> Order:
 async def op_cancel(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     cid = protocol.client_order_id(args)
     assert cid is not None
+    legs = protocol.flag(args, "legs")
     await _own(c, cid)
 
     def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
-        return CancelOrder(client_order_id=cid, reply=reply)
+        return CancelOrder(client_order_id=cid, reply=reply, legs=legs)
 
-    return {"order": (await ask_submitter(c, command))[0]}
+    first, *family = await ask_submitter(c, command)
+    return {"order": first, **({"family": family} if family else {})}
 
 
 async def op_cancel_all(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +162,13 @@ async def op_order(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     cid = protocol.client_order_id(args)
     assert cid is not None
     order = await _own(c, cid)
-    return {"order": order.to_json(), "events": await c.s.book.store.events(cid)}
+    out = {"order": order.to_json(), "events": await c.s.book.store.events(cid)}
+    # the family: a parent shows its legs; a leg, its parent and siblings
+    head = order.spec.parent or (cid if order.legs else None)
+    if head is not None:
+        family = await c.s.book.store.family(head)
+        out["family"] = [o.to_json() for o in family if o.client_order_id != cid]
+    return out
 
 
 async def _own(c: Caller, cid: str) -> Order:
@@ -259,7 +267,7 @@ from execd.intake import exits, sessions  # noqa: E402
 OPS: dict[str, Op] = {
     "ping": Op(handler=op_ping),
     "submit": Op(handler=op_submit, fields=protocol.SUBMIT_FIELDS),
-    "cancel": Op(handler=op_cancel, fields=frozenset({"client_order_id"})),
+    "cancel": Op(handler=op_cancel, fields=frozenset({"client_order_id", "legs"})),
     # account-wide (no strategy_id) is an operator's; checked in the handler
     "cancel_all": Op(handler=op_cancel_all, fields=frozenset({"strategy_id"})),
     "order": Op(handler=op_order, fields=frozenset({"client_order_id"})),

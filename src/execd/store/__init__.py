@@ -370,7 +370,11 @@ class Store:
         events = [(u.order.client_order_id, u.event, u.order.state.value,
                    plain(u.order.filled_qty), _detail(u), u.order.updated_at) for u in updates]
 
+        born = [o for u in updates for o in u.born]
+
         def tx(conn: sqlite3.Connection) -> None:
+            if born:  # legs, with the parent that names them; known ones stay as they are
+                _insert(conn, born, ignore_known=True)
             conn.executemany(
                 "UPDATE orders SET state=?, broker_order_id=?, filled_qty=?, "
                 "filled_avg_price=?, reason=?, updated_at=?, legs=?, replaced_by=? "
@@ -386,9 +390,6 @@ class Store:
                 )
                 _move_positions(conn, fills)
             conn.executemany(_INSERT_EVENT, events)
-            born = [o for u in updates for o in u.born]
-            if born:  # legs, with the parent that names them; known ones stay as they are
-                _insert(conn, born, ignore_known=True)
 
         await self._transaction(tx)
 
@@ -497,6 +498,13 @@ class Store:
         rows = await self._db.execute(f"{_SELECT} WHERE broker_order_id=? LIMIT 1",
                                       (broker_order_id,))
         return _order_from(rows[0]) if rows else None
+
+    async def multi_leg(self, symbol: str, *, limit: int) -> list[Order]:
+        """Our newest bracket/OCO/OTO parents on a symbol (where an unknown leg may be)."""
+        rows = await self._db.execute(
+            f"{_SELECT} WHERE symbol=? AND order_class != 'simple' AND "
+            "parent_client_order_id IS NULL ORDER BY created_at DESC LIMIT ?", (symbol, limit))
+        return [_order_from(r) for r in rows]
 
     async def family(self, client_order_id: str) -> list[Order]:
         """An order's legs (or a leg's siblings and parent), oldest first."""
