@@ -284,6 +284,10 @@ class OrderBook:
                         if leg_update is not None:
                             changes.append((leg_row, leg_update))
                             current[leg_row.client_order_id] = leg_update.order
+                if update is not None and update.order.state == OrderState.REPLACED \
+                        and update.order.replaced_by is None:
+                    update = replace(update, order=replace(
+                        update.order, replaced_by=self._replacement(before, q.view)))
                 if update is not None:
                     changes.append((before, update))
                     current[q.client_order_id] = update.order
@@ -298,6 +302,16 @@ class OrderBook:
         finally:
             for q in batch:
                 q.done = True
+
+    def _replacement(self, old: Order, view: BrokerView) -> str | None:
+        """The client_order_id of the order that replaced `old`: ours, by the broker's
+        `replaced_by` id, else our newest replacement of it still open."""
+        ours = [o for o in self.open.values() if o.spec.replaces == old.client_order_id]
+        for o in ours:
+            if view.replaced_by is not None and o.broker_order_id == view.replaced_by:
+                return o.client_order_id
+        ours = [o for o in ours if o.state != OrderState.PENDING or view.replaced_by is None]
+        return max(ours, key=lambda o: o.created_at).client_order_id if ours else None
 
     async def reject(self, client_order_id: str, reason: str) -> Order | None:
         return await self._while_pending(

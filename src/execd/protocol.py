@@ -187,6 +187,11 @@ def _unknown_field(op: str, allowed: frozenset[str], name: str) -> str:
     return f'unknown field "{shown}": {op} takes {takes}'
 
 
+def string(args: dict[str, Any], name: str) -> str | None:
+    """An optional string field."""
+    return _str(args, name, required=False)
+
+
 def _str(args: dict[str, Any], name: str, *, required: bool = True) -> str | None:
     v = args.get(name)
     if v is None:
@@ -294,7 +299,7 @@ def flag(args: dict[str, Any], name: str) -> bool:
     return v
 
 
-def _choice(args: dict[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:
+def choice(args: dict[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:
     v = _str(args, name, required=False) or default
     if v not in choices:
         raise invalid(f"{name} must be one of {', '.join(choices)}")
@@ -314,9 +319,9 @@ def submit_spec(args: dict[str, Any], now: float) -> tuple[OrderSpec, str]:
     notional = decimal_field(args, "notional")
     if notional is not None and places(notional) > 2:
         raise invalid("notional has too many decimal places: at most 2 (dollars and cents)")
-    otype = cast(OrderType, _choice(args, "type", ORDER_TYPES, "market"))
-    oclass = cast(OrderClass, _choice(args, "order_class", ORDER_CLASSES, "simple"))
-    tif = _choice(args, "time_in_force", TIME_IN_FORCE, "day")
+    otype = cast(OrderType, choice(args, "type", ORDER_TYPES, "market"))
+    oclass = cast(OrderClass, choice(args, "order_class", ORDER_CLASSES, "simple"))
+    tif = choice(args, "time_in_force", TIME_IN_FORCE, "day")
     take_profit: TakeProfit | None = None
     if (tp := _object(args, "take_profit")) is not None:
         tp_limit = _nested_price(tp, "take_profit", "limit_price")

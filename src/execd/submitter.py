@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import partial
 from typing import Any, assert_never
 
@@ -29,6 +30,7 @@ from execd.broker.base import (
     BrokerRejected,
     BrokerUnavailable,
     DuplicateOrderId,
+    ReplaceChanges,
 )
 from execd.clock import Clock
 from execd.domain.orders import TERMINAL_STATES, Order, OrderState, apply_broker_view
@@ -138,6 +140,8 @@ class Submitter:
                             return await self.book.apply_found(cid, found)
                         if not may_send:
                             raise BrokerUnavailable("broker says duplicate but has no such order")
+                    if order.spec.replaces is not None:
+                        return await self._replace(order)
                     found = await self.broker.submit_order(order.spec)
                     HOOKS.point("after_submit")  # the broker has it; we have not recorded it
                     self._ok()
@@ -168,6 +172,31 @@ class Submitter:
                     await self._failed(e)
                     await self.clock.sleep(delay)
                     delay = min(delay * 2, 30.0)
+
+    async def _replace(self, order: Order) -> Order | None:
+        """PATCH the old order into this one (called looked-up-first like a submit: the
+        new client_order_id was not found at the broker). Ambiguity is the caller's loop:
+        BrokerAmbiguous means look the new id up, never PATCH blind."""
+        cid, old_cid = order.client_order_id, order.spec.replaces
+        assert old_cid is not None
+        old = await self.book.get(old_cid)
+        if old is None or old.broker_order_id is None or old.state in TERMINAL_STATES:
+            state = "unknown" if old is None else old.state.value
+            return await self._record_rejection(
+                cid, f"the order it replaces ({old_cid}) is {state}")
+        found = await self.broker.replace_order(
+            old.broker_order_id, changes(old, order), cid)
+        HOOKS.point("after_submit")
+        self._ok()
+        after = await self.book.apply_found(cid, found)
+        try:  # the old one, as the broker has it now (REPLACED once the broker says so)
+            was = await self.broker.get_order_by_client_id(old_cid)
+            if was is not None:
+                await self.book.apply_found(old_cid, was)
+        except BrokerError as e:
+            log.info("cannot refresh a replaced order now; the poller will", error=str(e),
+                     client_order_id=old_cid)
+        return after
 
     async def _record_rejection(self, cid: str, reason: str) -> Order | None:
         """The broker refused it: record that, waiting for the disk if it must (a
@@ -294,6 +323,21 @@ class Submitter:
             for o in targets:
                 tg.start_soon(one, o.client_order_id)
         return CancelRequested(orders=tuple(results))
+
+
+def changes(old: Order, new: Order) -> ReplaceChanges:
+    """What a PATCH must say to turn `old` into `new`: the fields that differ."""
+    a, b = old.spec, new.spec
+
+    def differs(x: Decimal | None, y: Decimal | None) -> Decimal | None:
+        return y if y is not None and x != y else None
+
+    trail = differs(a.trail_price, b.trail_price) or differs(a.trail_percent, b.trail_percent)
+    return ReplaceChanges(
+        qty=differs(a.qty, b.qty), limit_price=differs(a.limit_price, b.limit_price),
+        stop_price=differs(a.stop_price, b.stop_price), trail=trail,
+        time_in_force=b.time_in_force if b.time_in_force != a.time_in_force else None,
+    )
 
 
 async def run(

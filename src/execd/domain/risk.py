@@ -166,10 +166,12 @@ class Denial:
 
 
 def check(
-    spec: OrderSpec, ctx: RiskContext, limits: RiskLimits, *, closing: bool = False
+    spec: OrderSpec, ctx: RiskContext, limits: RiskLimits, *, closing: bool = False,
+    replacing: Order | None = None,
 ) -> Denial | None:
     """Whether `spec` may go. A `closing` order (close_position, flatten) goes even while
-    trading is halted, but only if it shrinks a position, as in REDUCING."""
+    trading is halted, but only if it shrinks a position, as in REDUCING. A replacement
+    is checked as the book will be after the change: without the order it replaces."""
 
     def deny(rule: str, reason: str) -> Denial:
         return Denial(code="risk_rejected", rule=rule, reason=reason)
@@ -188,6 +190,13 @@ def check(
             "; cancels still work",
         )
     e = ctx.exposure.get(spec.symbol, Exposure())
+    open_orders = ctx.open_orders
+    if replacing is not None and replacing.is_open and not _shadow_exit(replacing.spec):
+        gone = replacing.remaining
+        e = Exposure(position=e.position,
+                     open_buys=e.open_buys - (gone if replacing.spec.side == "buy" else 0),
+                     open_sells=e.open_sells - (gone if replacing.spec.side == "sell" else 0))
+        open_orders -= 1
     if t.state == TradingState.REDUCING or closing:
         # Reducing: the position after this order and every open order on its side
         # must be no further from zero than now, and on the same side of zero.
@@ -249,8 +258,8 @@ def check(
                 "max_position", f"{spec.symbol} position could reach {show(worst)} counting "
                 f"open orders, over risk.max_position {show(limits.max_position)}",
             )
-    if limits.max_open_orders is not None and ctx.open_orders >= limits.max_open_orders:
-        return deny("max_open_orders", f"{ctx.open_orders} open orders: risk.max_open_orders "
+    if limits.max_open_orders is not None and open_orders >= limits.max_open_orders:
+        return deny("max_open_orders", f"{open_orders} open orders: risk.max_open_orders "
                     f"is {limits.max_open_orders}")
     if limits.max_orders_per_minute is not None:
         n = ctx.orders_last_minute.get(spec.strategy_id, 0)

@@ -263,10 +263,12 @@ def _operator_only(what: str) -> ProtocolError:
 
 # The exits and sessions build on the handlers above (place, set_state, ask_submitter).
 from execd.intake import exits, sessions  # noqa: E402
+from execd.intake import replace as replacing  # noqa: E402
 
 OPS: dict[str, Op] = {
     "ping": Op(handler=op_ping),
     "submit": Op(handler=op_submit, fields=protocol.SUBMIT_FIELDS),
+    "replace": Op(handler=replacing.op_replace, fields=replacing.FIELDS),
     "cancel": Op(handler=op_cancel, fields=frozenset({"client_order_id", "legs"})),
     # account-wide (no strategy_id) is an operator's; checked in the handler
     "cancel_all": Op(handler=op_cancel_all, fields=frozenset({"strategy_id"})),
