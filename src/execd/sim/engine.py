@@ -1,5 +1,14 @@
 """The simulated brokerage account: orders and their fills, positions and cash.
 
+Order types: market and limit trade as they are; stop, stop_limit and trailing_stop
+wait for their trigger (the price crossing the stop; a trailing stop's stop follows
+the high/low-water mark `hwm`), then trade as market (stop, trailing_stop) or limit
+(stop_limit). Order classes: a bracket/OTO's legs are created here, `held` and dormant
+until the entry fills completely; then a take-profit wakes (`new`) and a stop-loss with
+a take-profit sibling stays `held` but armed (only one exit holds the shares, as at
+Alpaca); an OCO is a limit order (the take-profit) with one armed, held stop-loss leg.
+One exit's fill cancels its siblings. PATCH (`replace`) makes a new order.
+
 No I/O but the state file (state.py). Every public method takes the one lock, first
 brings the market up to the simulated now (lazily: fills, limit crosses, expiries and
 delayed rejections are worked out when somebody looks, or when the server's ticker
@@ -20,23 +29,38 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Decimal
+from dataclasses import dataclass, replace
+from decimal import ROUND_DOWN, ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 from execd.sim import render, rules, state
-from execd.sim.errors import forbidden, invalid, not_found, unprocessable
+from execd.sim.errors import SimError, forbidden, invalid, not_found, unprocessable
 from execd.sim.events import Emitter, Subscriber, TradeEvent
 from execd.sim.market import Asset, PricePaths, Sessions, SimClock
 from execd.sim.orders import OrderRequest, SimOrder, SimPosition
 from execd.sim.settings import SimConfig
 
 DAY_LIKE = frozenset({"day", "opg", "cls"})  # expire at the session's close
+OPPOSITE = {"buy": "sell", "sell": "buy"}
+ENTRY_CLASSES = frozenset({"bracket", "oto"})  # a parent that is an entry, legs its exits
 
 
 def _us(t: float) -> int:
     return round(t * 1_000_000)
+
+
+def _trail_stop(o: SimOrder, hwm: Decimal) -> Decimal:
+    """A trailing stop's stop price for the water mark `hwm`."""
+    sign = -1 if o.side == "sell" else 1
+    if o.trail_price is not None:
+        return hwm + sign * o.trail_price
+    pct = o.trail_percent or Decimal(0)
+    return (hwm * (1 + sign * pct / 100)).quantize(rules.CENT)
+
+
+def _notional_qty(notional: Decimal, px: Decimal) -> Decimal:
+    return (notional / px).quantize(rules.QTY_QUANTUM, rounding=ROUND_DOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +68,7 @@ class _Change:
     """What happens next to an order, and when (simulated time)."""
 
     at: float
-    kind: Literal["reject", "activate", "fill", "expire"]
+    kind: Literal["reject", "activate", "trigger", "fill", "expire"]
     qty: Decimal = Decimal(0)
     price: Decimal = Decimal(0)
 
@@ -92,26 +116,52 @@ class Engine:
     def price(self, symbol: str) -> Decimal:
         return self.market.price(symbol, self.clock.now())
 
+    @staticmethod
+    def _holds(o: SimOrder) -> bool:
+        """Whether an open order holds cash or shares: a `held` leg does not (Alpaca
+        gives a position's shares to one exit of a pair at a time)."""
+        return o.status != "held"
+
+    def _order_px(self, o: SimOrder | OrderRequest, now: float) -> Decimal:
+        for px in (o.limit_price, o.stop_price):
+            if px is not None:
+                return px
+        return self.market.price(o.symbol, now)
+
+    def _left(self, o: SimOrder, now: float) -> Decimal:
+        """The quantity still to trade (a notional order's, estimated at today's price)."""
+        if o.notional is not None and o.qty == 0:
+            return _notional_qty(o.notional, self._order_px(o, now))
+        return o.remaining
+
     def buying_power(self, now: float) -> Decimal:
         reserved = Decimal(0)
         for o in self.open.values():
-            if o.side == "buy":
-                px = o.limit_price if o.limit_price is not None else self.market.price(o.symbol, now)
-                reserved += px * o.remaining
+            if o.side == "buy" and self._holds(o):
+                if o.notional is not None and o.qty == 0:
+                    reserved += o.notional
+                else:
+                    reserved += self._order_px(o, now) * o.remaining
         return self.cash - reserved
 
-    def _sell_reserved(self, symbol: str) -> Decimal:
+    def _sell_reserved(self, symbol: str, now: float | None = None) -> Decimal:
+        t = self.clock.now() if now is None else now
         return sum(
-            (o.remaining for o in self.open.values() if o.side == "sell" and o.symbol == symbol),
+            (self._left(o, t) for o in self.open.values()
+             if o.side == "sell" and o.symbol == symbol and self._holds(o)),
             Decimal(0),
         )
+
+    def _render(self, o: SimOrder, *, nested: bool = True) -> dict[str, Any]:
+        legs = [self.orders[i] for i in o.legs] if nested and o.legs else None
+        return render.order_json(o, legs=legs)
 
     def _emit(self, event: str, o: SimOrder, at: float, *, price: Decimal | None = None,
               qty: Decimal | None = None, position_qty: Decimal | None = None) -> None:
         if not self.events.has_subscribers:
             return  # nobody listens: no rendering
         self.events.emit(TradeEvent(
-            event=event, execution_id=str(uuid.uuid4()), order=render.order_json(o), at=at,
+            event=event, execution_id=str(uuid.uuid4()), order=self._render(o), at=at,
             price=price, qty=qty, position_qty=position_qty,
         ))
 
@@ -129,6 +179,51 @@ class Engine:
                 o.filled_at = at
         if status != "filled":  # a fill is emitted by _fill, with its execution
             self._emit(status, o, at)
+            if o.legs and o.order_class in ENTRY_CLASSES and o.parent_id is None:
+                self._entry_ended(o, at)
+            elif status == "rejected":  # an exit pair does not outlive its rejected half
+                for sibling in self._siblings(o):
+                    if sibling.is_open:
+                        self._close(sibling, "canceled", at)
+
+    def _entry_ended(self, entry: SimOrder, at: float) -> None:
+        """An entry closed without filling completely: its exits protect what did fill,
+        or go with it."""
+        for leg in self._legs(entry):
+            if not leg.is_open:
+                continue
+            if entry.filled_qty > 0:
+                leg.qty = entry.filled_qty
+                self._wake(leg, at)
+            else:
+                self._close(leg, "canceled", at)
+
+    def _legs(self, o: SimOrder) -> list[SimOrder]:
+        return [self.orders[i] for i in o.legs]
+
+    def _siblings(self, o: SimOrder) -> list[SimOrder]:
+        """The other exits of the pair `o` belongs to (OCO, or a bracket's legs)."""
+        if o.order_class == "oco" and o.parent_id is None:
+            return self._legs(o)
+        parent = self.orders.get(o.parent_id) if o.parent_id else None
+        if parent is None:
+            return []
+        others = [leg for leg in self._legs(parent) if leg.id != o.id]
+        if parent.order_class == "oco":
+            return [parent, *others]
+        return others if parent.order_class == "bracket" else []
+
+    def _wake(self, leg: SimOrder, at: float) -> None:
+        """A leg's entry has filled: it trades from now on. A stop-loss whose take-profit
+        sibling holds the shares stays `held` (armed); the others become `new`."""
+        leg.dormant = False
+        leg.activate_at = leg.checked_until = at
+        leg.updated_at = at
+        armed_only = leg.type in ("stop", "stop_limit") and any(
+            s.type == "limit" and s.is_open for s in self._siblings(leg))
+        if not armed_only:
+            leg.status = "new"
+            self._emit("new", leg, at)
 
     # --------------------------------------------------------------- the market
     def advance(self) -> None:
@@ -155,23 +250,47 @@ class Engine:
             return None
         if o.status in ("pending_new", "accepted"):
             return _Change(max(o.activate_at, o.created_at), "activate")
+        if o.dormant:
+            return None  # a leg waits for its entry
         start = max(o.activate_at, o.created_at)
         if not self.sessions.is_open(start):
             start = self.sessions.next_open(start)
         expiry = self.sessions.close_after(start) if o.time_in_force in DAY_LIKE else None
-        if o.type == "market" and o.parts_done < o.fill_parts:
-            at = start + self.settings.fill_delay * (o.parts_done + 1)
+        end = now if expiry is None else min(now, expiry)
+        acts_as = o.acts_as
+        if acts_as == "stop":
+            t_from = max(o.checked_until, start)
+            if o.type == "trailing_stop":
+                hwm = o.hwm if o.hwm is not None else self.market.price(o.symbol, t_from)
+                o.hwm, at_ = self.market.trail(o.symbol, t_from, end, side=o.side, hwm=hwm,
+                                               stop_of=lambda h: _trail_stop(o, h))
+                o.stop_price = _trail_stop(o, o.hwm)
+            else:
+                assert o.stop_price is not None
+                # a buy stop triggers when the price rises to it: a sell limit's cross
+                at_ = self.market.first_cross(o.symbol, t_from, end, side=OPPOSITE[o.side],
+                                              limit=o.stop_price)
+            if at_ is not None:
+                return _Change(at_, "trigger")
+            o.checked_until = max(o.checked_until, end)
+        elif acts_as == "market" and o.parts_done < o.fill_parts:
+            begin = start if o.triggered_at is None else max(start, o.triggered_at)
+            at = begin + self.settings.fill_delay * (o.parts_done + 1)
             if expiry is not None:
                 at = min(at, expiry - 1e-3)
             if at <= now:
+                px = self.market.price(o.symbol, at)
+                if o.notional is not None and o.qty == 0:
+                    o.qty = _notional_qty(o.notional - o.filled_notional, px)
                 left = o.fill_parts - o.parts_done
                 qty = o.remaining if left == 1 else self._part(o.remaining, left, o.symbol)
-                return _Change(at, "fill", qty, self.market.price(o.symbol, at))
-        elif o.type == "limit" and o.limit_price is not None:
-            end = now if expiry is None else min(now, expiry)
+                return _Change(at, "fill", qty, px)
+        elif acts_as == "limit" and o.limit_price is not None:
             at_ = self.market.first_cross(o.symbol, max(o.checked_until, start), end,
                                           side=o.side, limit=o.limit_price)
             if at_ is not None:
+                if o.notional is not None and o.qty == 0:
+                    o.qty = _notional_qty(o.notional, o.limit_price)
                 return _Change(at_, "fill", o.remaining, o.limit_price)
             o.checked_until = max(o.checked_until, end)
         if expiry is not None and now >= expiry:
@@ -185,8 +304,13 @@ class Engine:
             case "activate":
                 o.status, o.updated_at = "new", c.at
                 self._emit("new", o, c.at)
+            case "trigger":
+                o.triggered_at = o.checked_until = o.updated_at = c.at
+                if o.status == "held":  # an armed stop-loss leg takes the shares
+                    o.status = "new"
+                    self._emit("new", o, c.at)
             case "fill":
-                if o.type == "market":
+                if o.acts_as == "market":
                     o.parts_done += 1
                 self._fill(o, c.qty, c.price, c.at)
             case "expire":
@@ -214,6 +338,13 @@ class Engine:
             o.status = "partially_filled"
             event = "partial_fill"
         self._emit(event, o, t, price=px, qty=qty, position_qty=held)
+        for sibling in self._siblings(o):  # one exit trades: the others go
+            if sibling.is_open:
+                self._close(sibling, "canceled", t)
+        if event == "fill" and o.order_class in ENTRY_CLASSES and o.parent_id is None:
+            for leg in self._legs(o):
+                if leg.is_open and leg.dormant:
+                    self._wake(leg, t)
 
     def _apply_position(self, symbol: str, signed_qty: Decimal, px: Decimal) -> Decimal:
         """Returns the position's signed quantity after the change."""
@@ -230,46 +361,73 @@ class Engine:
             cid = rules.client_order_id(body)
             if cid is not None:
                 self.submit_attempts[cid] += 1
-            request = rules.parse_order(body, self.market.assets)
+            now = self.clock.now()
+            request = rules.parse_order(body, self.market.assets,
+                                        lambda symbol: self.market.price(symbol, now))
             if cid is not None and cid in self.by_client_id:
                 raise invalid("client_order_id must be unique")
-            now = self.clock.now()
             self._check_account(request, now)
             order = self._accept(request, now)
-            self._advance([order], order.created_at)
+            self._advance([order, *self._legs(order)], order.created_at)
             self.save()
-            return render.order_json(order)
+            return self._render(order)
 
-    def _check_account(self, r: OrderRequest, now: float) -> None:
-        px = r.limit_price if r.limit_price is not None else self.market.price(r.symbol, now)
+    def _check_account(self, r: OrderRequest, now: float, *, strict: bool = False,
+                       freed: SimOrder | None = None) -> None:
+        """Buying power for a buy; shares available for a sell (unless shorting is on and
+        not `strict`). `freed`: an order being replaced, whose reservation is released."""
+        px = self._order_px(r, now)
+        qty = r.qty if r.qty is not None else _notional_qty(r.notional or Decimal(0), px)
         if r.side == "buy":
-            if px * r.qty > self.buying_power(now):
+            spend = r.notional if r.notional is not None else px * qty
+            power = self.buying_power(now)
+            if freed is not None and freed.side == "buy" and self._holds(freed):
+                power += self._order_px(freed, now) * freed.remaining
+            if spend > power:
                 raise forbidden("insufficient buying power")
-        elif not self.settings.shorting:
+        elif strict or not self.settings.shorting:
             held = self.positions.get(r.symbol, SimPosition()).qty
-            available = held - self._sell_reserved(r.symbol)
-            if r.qty > available:
+            available = held - self._sell_reserved(r.symbol, now)
+            if freed is not None and freed.side == "sell" and self._holds(freed):
+                available += freed.remaining
+            if qty > available:
                 raise forbidden(
-                    f"insufficient qty available for order (requested: {render.dec(r.qty)}, "
+                    f"insufficient qty available for order (requested: {render.dec(qty)}, "
                     f"available: {render.dec(max(available, Decimal(0)))})"
                 )
 
-    def _accept(self, r: OrderRequest, now: float) -> SimOrder:
+    def _stamp(self, now: float) -> float:
         # Alpaca orders the list by submitted_at; keep it strictly increasing, in whole
         # microseconds (what the timestamps carry), so `after` filters exactly.
         created = max(_us(now), _us(self._last_submitted) + 1) / 1e6
         self._last_submitted = created
+        return created
+
+    def _new_id(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def _register(self, order: SimOrder) -> None:
+        self.orders[order.id] = order
+        self.open[order.id] = order
+        self.by_client_id[order.client_order_id] = order.id
+
+    def _accept(self, r: OrderRequest, now: float) -> SimOrder:
+        created = self._stamp(now)
         s = self.settings
         order = SimOrder(
-            id=str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+            id=self._new_id(),
             client_order_id=r.client_order_id or str(uuid.uuid4()),
             symbol=r.symbol, side=r.side, type=r.type, time_in_force=r.time_in_force,
-            qty=r.qty, limit_price=r.limit_price, stop_price=r.stop_price,
+            qty=r.qty if r.qty is not None else Decimal(0), notional=r.notional,
+            limit_price=r.limit_price, stop_price=r.stop_price,
             trail_price=r.trail_price, trail_percent=r.trail_percent,
             order_class=r.order_class, extended_hours=r.extended_hours,
             created_at=created, updated_at=created,
             fill_parts=max(1, s.fill_parts), activate_at=created,
         )
+        if r.type == "trailing_stop":
+            order.hwm = self.market.price(r.symbol, now)
+            order.stop_price = _trail_stop(order, order.hwm)
         if s.p_stuck and self.rng.random() < s.p_stuck:
             order.status = self.rng.choice(["pending_new", "accepted"])
             order.activate_at = created + s.stuck_seconds
@@ -279,9 +437,8 @@ class Engine:
             order.activate_at = order.reject_at + 1.0
         elif not self.sessions.is_open(created):
             order.status = "accepted"
-        self.orders[order.id] = order
-        self.open[order.id] = order
-        self.by_client_id[order.client_order_id] = order.id
+        self._register(order)
+        self._make_legs(order, r, now)
         self._emit(order.status, order, created)
         if r.time_in_force in ("ioc", "fok") and r.limit_price is not None:
             market = self.market.price(r.symbol, now)
@@ -289,6 +446,31 @@ class Engine:
             if not crosses:
                 self._close(order, "canceled", created)
         return order
+
+    def _make_legs(self, parent: SimOrder, r: OrderRequest, now: float) -> None:
+        """Alpaca's own leg orders, with their own ids and client_order_ids: a bracket's
+        or OTO's exits (opposite side, dormant until the entry fills), an OCO's stop-loss
+        (same side as its take-profit parent, armed)."""
+        if r.order_class not in ("bracket", "oto", "oco"):
+            return
+        oco = r.order_class == "oco"
+        wanted = [] if oco or r.take_profit is None else [("limit", r.take_profit)]
+        if r.stop_loss is not None:
+            stop_type = "stop" if r.stop_loss.limit_price is None else "stop_limit"
+            wanted.append((stop_type, r.stop_loss))
+        for otype, leg in wanted:
+            created = self._stamp(now)
+            order = SimOrder(
+                id=self._new_id(), client_order_id=str(uuid.uuid4()), symbol=parent.symbol,
+                side=parent.side if oco else OPPOSITE[parent.side], type=otype,
+                time_in_force=parent.time_in_force, qty=parent.qty,
+                limit_price=leg.limit_price, stop_price=leg.stop_price,
+                order_class=parent.order_class, created_at=created, updated_at=created,
+                status="held", dormant=not oco, parent_id=parent.id,
+                fill_parts=parent.fill_parts, activate_at=created,
+            )
+            self._register(order)
+            parent.legs.append(order.id)
 
     def _find(self, order_id: str) -> SimOrder:
         order = self.orders.get(order_id)
@@ -299,7 +481,7 @@ class Engine:
     def get_order(self, order_id: str) -> dict[str, Any]:
         with self.lock:
             self.advance()
-            return render.order_json(self._find(order_id))
+            return self._render(self._find(order_id))
 
     def get_order_by_client_id(self, cid: str) -> dict[str, Any]:
         with self.lock:
@@ -307,9 +489,13 @@ class Engine:
             order_id = self.by_client_id.get(cid)
             if order_id is None:
                 raise not_found()
-            return render.order_json(self.orders[order_id])
+            return self._render(self.orders[order_id])
 
     def list_orders(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Alpaca's list. `nested=true`: legs only under their parent's `legs`, and a
+        family is listed when its parent or any leg matches `status` (a bracket whose
+        entry filled shows under `open` while an exit is open; *unconfirmed*: in 2020
+        Alpaca listed nothing for it, alpaca-trade-api-js #87, reported as a bug)."""
         with self.lock:
             self.advance()
             status = params.get("status", "open")
@@ -328,25 +514,45 @@ class Engine:
             until = _ts(params["until"]) if "until" in params else None
             side = params.get("side")
             symbols = set(params["symbols"].split(",")) if params.get("symbols") else None
-            pool = self.open.values() if status == "open" else self.orders.values()
+            nested = params.get("nested", "false").lower() == "true"
+
+            def matches(o: SimOrder) -> bool:
+                return status == "all" or o.is_open == (status == "open")
+
+            if status == "open":
+                pool: Iterable[SimOrder] = self.open.values()
+            else:
+                pool = self.orders.values()
+            if nested:
+                tops: dict[str, SimOrder] = {}
+                for o in pool:
+                    top = self.orders[o.parent_id] if o.parent_id else o
+                    if matches(o) or any(matches(x) for x in self._legs(top)) or matches(top):
+                        tops[top.id] = top
+                pool = tops.values()
             chosen = [
                 o for o in pool
-                if (status != "closed" or not o.is_open)
+                if (nested or matches(o))
                 and (after is None or _us(o.created_at) > _us(after))
                 and (until is None or _us(o.created_at) < _us(until))
                 and (side is None or o.side == side)
                 and (symbols is None or o.symbol in symbols)
             ]
             chosen.sort(key=lambda o: o.created_at, reverse=direction == "desc")
-            return [render.order_json(o) for o in chosen[:limit]]
+            return [self._render(o, nested=nested) for o in chosen[:limit]]
 
     def cancel(self, order_id: str) -> None:
+        """Cancelling an entry cancels its dormant legs (_close); cancelling an exit
+        cancels the other exits of its pair (Alpaca's forum: one leg takes the other)."""
         with self.lock:
             self.advance()
             order = self._find(order_id)
             if not order.is_open:
                 raise unprocessable("order status is not cancelable")
-            self._close(order, "canceled", self.clock.now())
+            now = self.clock.now()
+            for o in [order, *self._siblings(order)]:
+                if o.is_open:
+                    self._close(o, "canceled", now)
             self.save()
 
     def cancel_all(self) -> list[dict[str, Any]]:
@@ -355,8 +561,139 @@ class Engine:
             now = self.clock.now()
             out = []
             for order in list(self.open.values()):
-                self._close(order, "canceled", now)
+                if order.is_open:  # a leg may have gone with its entry
+                    self._close(order, "canceled", now)
                 out.append({"id": order.id, "status": 200, "body": None})
+            self.save()
+            return out
+
+    # ------------------------------------------------------------------ replace
+    def replace(self, order_id: str, body: Any) -> dict[str, Any]:
+        """PATCH /v2/orders/{id}: a new order (`replaces`), the old one `replaced`."""
+        with self.lock:
+            self.advance()
+            old = self._find(order_id)
+            parent = self.orders.get(old.parent_id) if old.parent_id else None
+            if parent is not None and parent.order_class == "oto":
+                raise unprocessable(rules.MESSAGES["leg_not_replaceable"])
+            if not old.is_open:
+                raise unprocessable(rules.MESSAGES["not_replaceable"].format(status=old.status))
+            r = rules.parse_replace(body, otype=old.type)
+            if r.client_order_id is not None:
+                self.submit_attempts[r.client_order_id] += 1
+                if r.client_order_id in self.by_client_id:
+                    raise invalid("client_order_id must be unique")
+            trail_field = "trail_price" if old.trail_price is not None else "trail_percent"
+            changes: dict[str, Any] = {
+                "qty": r.qty, "time_in_force": r.time_in_force, "limit_price": r.limit_price,
+                "stop_price": r.stop_price, trail_field: r.trail,
+            }
+            changes = {k: v for k, v in changes.items()
+                       if v is not None and v != getattr(old, k)}
+            if not changes and r.client_order_id is None:
+                raise rules.not_changed()
+            if "qty" in changes:
+                if old.notional is not None:
+                    raise invalid("qty must not be given for notional orders")
+                if changes["qty"] <= old.filled_qty:
+                    raise invalid("qty must be > filled_qty")
+            now = self.clock.now()
+            new = replace(
+                old, id=self._new_id(),
+                client_order_id=r.client_order_id or str(uuid.uuid4()),
+                created_at=0.0, status="held" if old.status == "held" else "new",
+                filled_qty=Decimal(0), filled_notional=Decimal(0), filled_at=None,
+                legs=list(old.legs), replaces=old.id, replaced_by=None, replaced_at=None,
+                parts_done=0, reject_at=None, triggered_at=None, **changes,
+            )
+            if self._holds(new):  # a held leg holds nothing (its entry or sibling does)
+                self._check_account(OrderRequest(
+                    symbol=new.symbol, side=new.side, type=new.type, qty=new.remaining,
+                    time_in_force=new.time_in_force, notional=new.notional,
+                    limit_price=new.limit_price, stop_price=new.stop_price,
+                ), now, freed=old)
+            new.created_at = new.updated_at = new.activate_at = new.checked_until = (
+                self._stamp(now))
+            if new.type == "trailing_stop":
+                new.hwm = old.hwm if old.hwm is not None else self.price(new.symbol)
+                new.stop_price = _trail_stop(new, new.hwm)
+            old.status, old.replaced_by = "replaced", new.id
+            old.replaced_at = old.updated_at = new.created_at
+            self.open.pop(old.id, None)
+            # the new order takes the old one's place in its family
+            if parent is not None:
+                parent.legs[parent.legs.index(old.id)] = new.id
+            for leg in self._legs(new):
+                leg.parent_id = new.id
+                if leg.dormant:  # an entry's exits protect what it will buy
+                    leg.qty = new.qty
+            if new.status == "new" and not self.sessions.is_open(new.created_at):
+                new.status = "accepted"
+            self._register(new)
+            self._emit("replaced", old, new.created_at)
+            self._emit(new.status if new.status != "held" else "new", new, new.created_at)
+            self._advance([new], new.created_at)
+            self.save()
+            return self._render(new)
+
+    # ---------------------------------------------------------- closing positions
+    def close_position(self, symbol: str, params: dict[str, str]) -> dict[str, Any]:
+        """DELETE /v2/positions/{symbol}: a market order for all, `qty` or `percentage`
+        of the position (Alpaca makes the order; it takes no client_order_id)."""
+        with self.lock:
+            self.advance()
+            order = self._close_position(symbol, params, self.clock.now())
+            self._advance([order], order.created_at)
+            self.save()
+            return self._render(order)
+
+    def _close_position(self, symbol: str, params: dict[str, str], now: float) -> SimOrder:
+        pos = self.positions.get(symbol)
+        if pos is None:
+            raise not_found("position does not exist")
+        if params.get("qty") is not None and params.get("percentage") is not None:
+            raise invalid("only one of qty or percentage may be specified")
+        held = abs(pos.qty)
+        if params.get("qty") is not None:
+            qty = rules.decimal_field(params, "qty")
+            if qty <= 0 or qty > held:
+                raise invalid(f"qty must be > 0 and <= the position's {render.dec(held)}")
+        elif params.get("percentage") is not None:
+            pct = rules.decimal_field(params, "percentage")
+            if not 0 < pct <= 100:
+                raise invalid("percentage must be > 0 and <= 100")
+            qty = held * pct / 100
+            whole = not self.market.assets[symbol].fractionable
+            qty = qty.quantize(Decimal(1) if whole else rules.QTY_QUANTUM, rounding=ROUND_DOWN)
+            if qty <= 0:
+                raise invalid("percentage gives a qty of 0")
+        else:
+            qty = held
+        r = OrderRequest(symbol=symbol, side="sell" if pos.qty > 0 else "buy", type="market",
+                         time_in_force="day", qty=qty)
+        self._check_account(r, now, strict=True)
+        return self._accept(r, now)
+
+    def close_all_positions(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        """DELETE /v2/positions: 207, one `{symbol, status, body}` per position."""
+        with self.lock:
+            self.advance()
+            now = self.clock.now()
+            if params.get("cancel_orders", "false").lower() == "true":
+                for order in list(self.open.values()):
+                    if order.is_open:
+                        self._close(order, "canceled", now)
+            out: list[dict[str, Any]] = []
+            made = []
+            for symbol in sorted(self.positions):
+                try:
+                    order = self._close_position(symbol, {}, now)
+                except SimError as e:
+                    out.append({"symbol": symbol, "status": e.status, "body": e.body()})
+                else:
+                    made.append(order)
+                    out.append({"symbol": symbol, "status": 200, "body": self._render(order)})
+            self._advance(made, now)
             self.save()
             return out
 

@@ -290,3 +290,65 @@ class PricePaths:
             s = chunk_last + 1
         return None
 
+    def trail(
+        self, symbol: str, t_from: float, t_to: float, *, side: str, hwm: Decimal,
+        stop_of: Callable[[Decimal], Decimal],
+    ) -> tuple[Decimal, float | None]:
+        """A trailing stop over [t_from, t_to]: the high (sell) or low (buy) water mark
+        at the end, and the first time the price reached the stop `stop_of(hwm)`
+        (sell: price <= stop; buy: price >= stop), or None.
+
+        Chunks whose low and high cannot reach the stop are skipped whole; then knot to
+        knot: between knots the price moves one way, so a stretch moving away from the
+        stop only raises the mark, and one moving towards it can only trigger if its
+        end does; only those are looked at second by second."""
+        if t_to < t_from:
+            return hwm, None
+        sell = side == "sell"
+
+        def hit(px: Decimal, mark: Decimal) -> bool:
+            return px <= stop_of(mark) if sell else px >= stop_of(mark)
+
+        def marked(mark: Decimal, px: Decimal) -> Decimal:
+            return max(mark, px) if sell else min(mark, px)
+
+        with self._lock:
+            walk = self._walk(symbol)
+            cuts = [t_from] + [t for t, _ in walk.shifts if t_from < t <= t_to]
+            for n, start in enumerate(cuts):
+                end = cuts[n + 1] if n + 1 < len(cuts) else math.nextafter(t_to, math.inf)
+                shift = walk.shift_at(start)
+
+                def px(second: int, shift: float = shift) -> Decimal:
+                    return _cents(walk.level(second) + shift)
+
+                first = self._second(start)
+                hwm = marked(hwm, px(first))
+                if hit(px(first), hwm):
+                    return hwm, start
+                last = self._second(math.nextafter(end, -math.inf))
+                s = first + 1
+                while s <= last:
+                    c = s // _Walk.SPAN
+                    if s == c * _Walk.SPAN and (c + 1) * _Walk.SPAN - 1 <= last:
+                        # a whole chunk whose extremes cannot reach the stop: skipped
+                        low, high = (_cents(x + shift) for x in walk.chunk_range(c))
+                        far = marked(hwm, high if sell else low)
+                        if not hit(low if sell else high, far):
+                            hwm, s = far, (c + 1) * _Walk.SPAN
+                            continue
+                    seg_last = min(last, (s // _Walk.KNOT + 1) * _Walk.KNOT - 1)
+                    pa, pb = px(s), px(seg_last)
+                    mark = marked(hwm, pa)
+                    if (pb >= pa) if sell else (pb <= pa):  # away from the stop
+                        if hit(pa, mark):
+                            return mark, self._t0 + s
+                        hwm = marked(mark, pb)
+                    else:  # towards it: the mark stays, the stop with it
+                        if hit(pb, mark):
+                            for x in range(s, seg_last + 1):
+                                if hit(px(x), mark):
+                                    return mark, self._t0 + x
+                        hwm = mark
+                    s = seg_last + 1
+            return hwm, None

@@ -1,8 +1,8 @@
-"""The account's records: orders (with what the next order types will need) and positions.
+"""The account's records: orders and positions.
 
 Plain data; the engine changes them under its lock. An order carries every field
-Alpaca's order has, so that stop, stop_limit, trailing_stop, brackets/OCO/OTO and
-replacement can be added by giving the engine their behaviour, not by reshaping this.
+Alpaca's order has (stop, stop_limit, trailing_stop, notional, brackets/OCO/OTO legs,
+replacement) and the simulation's own schedule.
 """
 
 from __future__ import annotations
@@ -16,14 +16,24 @@ OPEN_STATUSES = frozenset(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Exit:
+    """A bracket/OCO/OTO exit as asked: take_profit {limit_price}, stop_loss
+    {stop_price[, limit_price]}."""
+
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OrderRequest:
     """A new order as the rules accepted it (rules.py)."""
 
     symbol: str
     side: str  # buy | sell
-    type: str  # market | limit (stop, stop_limit, trailing_stop: to come)
+    type: str  # market | limit | stop | stop_limit | trailing_stop
     time_in_force: str
-    qty: Decimal
+    qty: Decimal | None  # None: a notional order
+    notional: Decimal | None = None
     client_order_id: str | None = None
     limit_price: Decimal | None = None
     stop_price: Decimal | None = None
@@ -31,6 +41,8 @@ class OrderRequest:
     trail_percent: Decimal | None = None
     order_class: str = "simple"
     extended_hours: bool = False
+    take_profit: Exit | None = None
+    stop_loss: Exit | None = None
 
 
 @dataclass(slots=True)
@@ -52,15 +64,18 @@ class SimOrder:
     canceled_at: float | None = None
     expired_at: float | None = None
     failed_at: float | None = None
-    # Alpaca's fields for the order types and classes still to come
+    # Alpaca's fields for the other order types and classes
     stop_price: Decimal | None = None
     trail_price: Decimal | None = None
     trail_percent: Decimal | None = None
     hwm: Decimal | None = None
     order_class: str = "simple"
     extended_hours: bool = False
+    notional: Decimal | None = None  # a notional order: qty is worked out at its fill
     legs: list[str] = field(default_factory=list)  # ids of the child orders
-    parent_id: str | None = None
+    parent_id: str | None = None  # never rendered: Alpaca's legs name no parent
+    dormant: bool = False  # a leg waiting for its entry to fill completely
+    triggered_at: float | None = None  # stops: when the price crossed the stop
     replaces: str | None = None
     replaced_by: str | None = None
     replaced_at: float | None = None
@@ -78,6 +93,16 @@ class SimOrder:
     @property
     def remaining(self) -> Decimal:
         return self.qty - self.filled_qty
+
+    @property
+    def acts_as(self) -> str:
+        """How the order trades now: a triggered stop/trailing stop is a market order,
+        a triggered stop_limit a limit order; untriggered stops do not trade ("stop")."""
+        if self.type in ("market", "limit"):
+            return self.type
+        if self.triggered_at is None:
+            return "stop"
+        return "limit" if self.type == "stop_limit" else "market"
 
     @property
     def filled_avg_price(self) -> Decimal | None:

@@ -42,7 +42,9 @@ def asset_id(symbol: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"execd-sim:{symbol}"))
 
 
-def order_json(o: SimOrder) -> dict[str, Any]:
+def order_json(o: SimOrder, *, legs: list[SimOrder] | None = None) -> dict[str, Any]:
+    """Alpaca's order. `legs`: the children to nest (a parent's, when nested); a leg never
+    names its parent. A notional order shows `notional` and no `qty`, as Alpaca's."""
     return {
         "id": o.id,
         "client_order_id": o.client_order_id,
@@ -60,8 +62,8 @@ def order_json(o: SimOrder) -> dict[str, Any]:
         "asset_id": asset_id(o.symbol),
         "symbol": o.symbol,
         "asset_class": "us_equity",
-        "notional": None,
-        "qty": dec(o.qty),
+        "notional": dec(o.notional),
+        "qty": None if o.notional is not None else dec(o.qty),
         "filled_qty": dec(o.filled_qty),
         "filled_avg_price": dec(o.filled_avg_price),
         "order_class": o.order_class,
@@ -73,7 +75,7 @@ def order_json(o: SimOrder) -> dict[str, Any]:
         "stop_price": dec(o.stop_price),
         "status": o.status,
         "extended_hours": o.extended_hours,
-        "legs": None,  # nested=true will list them once there are legs
+        "legs": None if legs is None else [order_json(leg) for leg in legs],
         "trail_percent": dec(o.trail_percent),
         "trail_price": dec(o.trail_price),
         "hwm": dec(o.hwm),
