@@ -142,6 +142,8 @@ def violations(spec: OrderSpec) -> list[Violation]:
     for rule in RULES:
         if rule.broken(spec):
             msg = rule.message if isinstance(rule.message, str) else rule.message(spec)
+            if rule.field not in msg:  # every refusal names the field to change
+                msg = f"{rule.field}: {msg}"
             out.append(Violation(rule.field, msg))
     return out
 

@@ -223,8 +223,9 @@ def check(
     qty = spec.qty
     if qty is None:  # notional: its shares at the last known price
         assert spec.notional is not None
-        if price is None:
-            if limits.max_qty is not None or limits.max_position is not None:
+        if price is None:  # unknown shares: refused only where unpriced orders are
+            if limits.reject_unpriced_market_orders and (
+                    limits.max_qty is not None or limits.max_position is not None):
                 return deny("no_price", f"no recent price for {spec.symbol}: cannot check "
                             "risk.max_qty/max_position of a notional order; send a qty")
             qty = Decimal(0)
