@@ -213,10 +213,12 @@ async def test_each_type_end_to_end(daemon_factory: OpenDaemon, sim: SimServer) 
         assert sl["state"] == "SUBMITTED"
         trail = await c.submit(strategy_id="t", symbol="AAPL", side="buy", qty="1",
                                type="trailing_stop", trail_percent="5", client_order_id="tr-1")
-        assert trail["trail_percent"] == "5" and trail["state"] == "SUBMITTED"
+        assert trail["trail_percent"] == "5"
+        assert trail["state"] == "SUBMITTED"
         notional = await c.submit(strategy_id="t", symbol="AAPL", side="buy", notional="100",
                                   client_order_id="n-1")
-        assert notional["notional"] == "100" and notional["qty"] is None
+        assert notional["notional"] == "100"
+        assert notional["qty"] is None
         frac = await c.submit(strategy_id="t", symbol="AAPL", side="buy", qty="0.5",
                               client_order_id="f-1")
         assert frac["qty"] == "0.5"
