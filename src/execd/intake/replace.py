@@ -78,6 +78,13 @@ def replacement(old: Order, args: dict[str, Any], now: float) -> OrderSpec:
         spec = replace(spec, take_profit=s.take_profit, stop_loss=s.stop_loss)
     if (broken := first_violation(spec)) is not None:
         raise invalid(broken.message)
+    if (spec.qty, spec.limit_price, spec.stop_price, spec.trail_price, spec.trail_percent,
+            spec.time_in_force) == (s.qty, s.limit_price, s.stop_price, s.trail_price,
+                                    s.trail_percent, s.time_in_force):
+        # Alpaca refuses it too (422 "order parameters are not changed"); the simulator
+        # takes it when a client_order_id comes with it, so it is refused here first
+        raise invalid("order parameters are not changed: give a qty, limit_price, "
+                      "stop_price, trail or time_in_force different from the order's")
     return spec
 
 

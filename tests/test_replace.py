@@ -1,0 +1,194 @@
+"""Replace (PATCH /v2/orders/{id}) through the socket against the simulator, on both
+backends: the replacement durable before the PATCH, its client_order_id the
+idempotency key, ambiguity resolved by looking it up, the old order REPLACED only when
+the broker says so, refusals as broker_rejected, the risk gate checking the order as it
+will be."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from execd.broker.alpaca import AlpacaClient
+from execd.broker.base import BrokerAmbiguous, BrokerOrder, ReplaceChanges
+from execd.client import AsyncClient, ExecdError
+from execd.domain.orders import Order, OrderSpec, OrderState
+from execd.sim import SimServer
+from execd.submitter import changes
+from tests.conftest import OpenDaemon, connect, eventually, sim_config
+from tests.test_e2e import our_positions, sim_positions, until_state
+
+SLOW = 0.001
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with SimServer(sim_config(speed=SLOW)) as s:
+        yield s
+
+
+def cents(d: Decimal) -> str:
+    return str(d.quantize(Decimal("0.01")))
+
+
+def patches(sim: SimServer) -> int:
+    return sum(n for path, by_status in sim.stats()["requests"].items()
+               if path.startswith("PATCH") for n in by_status.values())
+
+
+async def resting(c: AsyncClient, sim: SimServer, cid: str, qty: str = "5") -> dict[str, Any]:
+    low = cents(sim.engine.price("AAPL") * Decimal("0.8"))
+    return await c.submit(strategy_id="r", symbol="AAPL", side="buy", qty=qty, type="limit",
+                          limit_price=low, client_order_id=cid, time_in_force="gtc")
+
+
+async def test_replace_makes_a_new_order_and_the_old_one_replaced(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    px = sim.engine.price("AAPL")
+    async with daemon_factory() as d, connect(d) as c:
+        old = await resting(c, sim, "r-1")
+        new_price = cents(px * Decimal("0.85"))
+        answer = await c.request("replace", client_order_id="r-1", limit_price=new_price,
+                                 qty="6", new_client_order_id="r-1b")
+        new = answer["order"]
+        assert new["client_order_id"] == "r-1b"
+        assert new["replaces"] == "r-1"
+        assert new["state"] == "SUBMITTED"
+        assert Decimal(new["limit_price"]) == Decimal(new_price)
+        assert new["qty"] == "6"
+        assert new["broker_order_id"] != old["broker_order_id"]
+        was = await until_state(c, "r-1", "REPLACED")
+        assert was["replaced_by"] == "r-1b"
+        # the same replace again: nothing new is sent
+        sent = patches(sim)
+        again = await c.request("replace", client_order_id="r-1", limit_price=new_price,
+                                qty="6", new_client_order_id="r-1b")
+        assert again["existing"] is True
+        assert again["order"]["broker_order_id"] == new["broker_order_id"]
+        assert patches(sim) == sent
+        # the replacement fills like any order
+        sim.engine.set_prices({"AAPL": cents(px * Decimal("0.84"))})
+        await until_state(c, "r-1b", "FILLED")
+
+        async def equal() -> bool:
+            return await our_positions(c) == sim_positions(sim)
+
+        await eventually(equal)
+        assert (await our_positions(c))["AAPL"] == 6
+
+
+async def test_generated_new_id_and_unchanged_parameters_refused(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    async with daemon_factory() as d, connect(d) as c:
+        old = await resting(c, sim, "r-2")
+        with pytest.raises(ExecdError) as info:  # the same price: nothing would change
+            await c.request("replace", client_order_id="r-2", limit_price=old["limit_price"])
+        assert info.value.code == "invalid_request"
+        assert "order parameters are not changed" in info.value.message
+        assert patches(sim) == 0
+        assert (await c.order("r-2"))["state"] == "SUBMITTED"
+        new = (await c.request("replace", client_order_id="r-2", qty="7"))["order"]
+        assert new["client_order_id"] != "r-2"
+        assert new["qty"] == "7"
+        await until_state(c, "r-2", "REPLACED")
+
+
+async def test_replace_refusals(daemon_factory: OpenDaemon, sim: SimServer) -> None:
+    async with daemon_factory() as d, connect(d) as c:
+        await resting(c, sim, "r-3")
+        with pytest.raises(ExecdError) as info:
+            await c.request("replace", client_order_id="r-3")
+        assert info.value.code == "invalid_request"
+        with pytest.raises(ExecdError) as info:
+            await c.request("replace", client_order_id="r-3", trail="1")
+        assert "trail is only for trailing_stop" in info.value.message
+        with pytest.raises(ExecdError) as info:
+            await c.request("replace", client_order_id="r-3", price="1")
+        assert 'did you mean "limit_price"' in info.value.message
+        await c.cancel("r-3")
+        with pytest.raises(ExecdError) as info:
+            await c.request("replace", client_order_id="r-3", qty="2")
+        assert info.value.code == "conflict"
+        with pytest.raises(ExecdError) as info:
+            await c.request("replace", client_order_id="nope", qty="2")
+        assert info.value.code == "not_found"
+
+
+async def test_risk_checks_the_order_after_the_change(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    async with daemon_factory(risk={"max_position": Decimal(10)}) as d, connect(d) as c:
+        await resting(c, sim, "r-4", qty="8")
+        # 8 -> 10: within max_position once the 8 are gone (old + new would be 18)
+        new = (await c.request("replace", client_order_id="r-4", qty="10",
+                               new_client_order_id="r-4b"))["order"]
+        assert new["state"] == "SUBMITTED"
+        await until_state(c, "r-4", "REPLACED")
+        with pytest.raises(ExecdError) as info:
+            await c.request("replace", client_order_id="r-4b", qty="11")
+        assert info.value.code == "risk_rejected"
+        assert "max_position" in info.value.message
+
+
+async def test_an_ambiguous_patch_is_looked_up_never_resent(
+    daemon_factory: OpenDaemon, sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PATCH is applied but its answer lost: the daemon looks the new id up."""
+    real = AlpacaClient.replace_order
+    lost: list[str] = []
+
+    async def answer_lost(self: AlpacaClient, broker_order_id: str, changes: ReplaceChanges,
+                          new_client_order_id: str) -> BrokerOrder:
+        await real(self, broker_order_id, changes, new_client_order_id)
+        lost.append(new_client_order_id)
+        raise BrokerAmbiguous("replace outcome unknown: 504")
+
+    monkeypatch.setattr(AlpacaClient, "replace_order", answer_lost)
+    async with daemon_factory() as d, connect(d) as c:
+        await resting(c, sim, "r-5")
+        new = (await c.request("replace", client_order_id="r-5", qty="3",
+                               new_client_order_id="r-5b"))["order"]
+        assert lost == ["r-5b"]  # one PATCH, then a look-up, no second PATCH
+        assert patches(sim) == 1
+        assert new["state"] == "SUBMITTED"
+        await until_state(c, "r-5", "REPLACED")
+
+
+def test_changes_carry_only_what_differs() -> None:
+    a = Order(spec=OrderSpec(client_order_id="a", strategy_id="s", symbol="AAPL", side="buy",
+                             qty=Decimal(5), type="trailing_stop", trail_percent=Decimal(2)),
+              state=OrderState.SUBMITTED)
+    b = Order(spec=OrderSpec(client_order_id="b", strategy_id="s", symbol="AAPL", side="buy",
+                             qty=Decimal(5), type="trailing_stop", trail_percent=Decimal(3),
+                             time_in_force="gtc", replaces="a"))
+    assert changes(a, b) == ReplaceChanges(trail=Decimal(3), time_in_force="gtc")
+
+
+async def test_a_refused_patch_rejects_the_new_order_and_the_old_carries_on(
+    daemon_factory: OpenDaemon, sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker's refusal of a PATCH (here provoked: a trail on a limit order, through
+    the real request and error mapping) is broker_rejected with its message."""
+    real = AlpacaClient.replace_order
+
+    async def refused(self: AlpacaClient, broker_order_id: str, changes: ReplaceChanges,
+                      new_client_order_id: str) -> BrokerOrder:
+        return await real(self, broker_order_id, ReplaceChanges(trail=Decimal(1)),
+                          new_client_order_id)
+
+    monkeypatch.setattr(AlpacaClient, "replace_order", refused)
+    async with daemon_factory() as d, connect(d) as c:
+        await resting(c, sim, "r-6")
+        with pytest.raises(ExecdError) as info:
+            await c.request("replace", client_order_id="r-6", qty="2",
+                            new_client_order_id="r-6b")
+        assert info.value.code == "broker_rejected"
+        assert "trail must not be given" in info.value.message
+        assert (await c.order("r-6b"))["state"] == "REJECTED"
+        assert (await c.order("r-6"))["state"] == "SUBMITTED"  # carries on
+        await c.cancel("r-6")
