@@ -253,3 +253,91 @@ async def test_alpacas_own_refusal_is_broker_rejected(daemon_factory: OpenDaemon
         assert info.value.code == "broker_rejected"
         assert "take_profit.limit_price" in info.value.message
         assert (await c.order("bad-tp"))["state"] == "REJECTED"
+
+
+# ------------------------------------------------------------------------ risk
+def _spec(**kw: Any) -> OrderSpec:
+    base: dict[str, Any] = {"client_order_id": "c", "strategy_id": "s", "symbol": "AAPL",
+                            "side": "buy", "qty": Decimal(10)}
+    return OrderSpec(**{**base, **kw})
+
+
+def _ctx(position: str = "0", state: Any = None) -> Any:
+    from execd.domain.risk import Exposure, RiskContext, TradingState, TradingStatus
+    return RiskContext(trading=TradingStatus(state=state or TradingState.ACTIVE, reason="why"),
+                       exposure={"AAPL": Exposure(position=Decimal(position))})
+
+
+@pytest.mark.parametrize("kind", [
+    {"type": "stop", "stop_price": Decimal(200)},
+    {"type": "stop_limit", "stop_price": Decimal(200), "limit_price": Decimal(201)},
+    {"type": "trailing_stop", "trail_percent": Decimal(2)},
+])
+def test_stops_count_as_open_exposure_like_limits(kind: dict[str, Any]) -> None:
+    from execd.domain.orders import Order, OrderState
+    from execd.domain.risk import RiskLimits, check
+    ctx = _ctx()
+    ctx.admit(Order(spec=_spec(client_order_id="open", **kind), state=OrderState.SUBMITTED))
+    assert ctx.exposure["AAPL"].open_buys == 10
+    denial = check(_spec(), ctx, RiskLimits(max_position=Decimal(15)))
+    assert denial is not None
+    assert denial.rule == "max_position"
+
+
+def test_notional_is_priced_at_the_last_price() -> None:
+    from execd.domain.risk import RiskLimits, check
+    ctx = _ctx()
+    ctx.prices["AAPL"] = Decimal(100)
+    order = _spec(qty=None, notional=Decimal(1500))
+    denial = check(order, ctx, RiskLimits(max_qty=Decimal(10)))
+    assert denial is not None
+    assert denial.rule == "max_qty"
+    assert check(order, ctx, RiskLimits(max_qty=Decimal(20))) is None
+    denial = check(order, ctx, RiskLimits(max_position=Decimal(12)))
+    assert denial is not None
+    assert denial.rule == "max_position"
+    denial = check(order, ctx, RiskLimits(max_notional=Decimal(1000)))
+    assert denial is not None
+    assert denial.rule == "max_notional"
+
+
+def test_reducing_allows_a_protective_stop_that_shrinks() -> None:
+    from execd.domain.risk import RiskLimits, TradingState, check
+    ctx = _ctx(position="10", state=TradingState.REDUCING)
+    stop = _spec(side="sell", type="stop", stop_price=Decimal(90))
+    assert check(stop, ctx, RiskLimits()) is None
+    too_big = _spec(side="sell", qty=Decimal(15), type="stop", stop_price=Decimal(90))
+    denial = check(too_big, ctx, RiskLimits())
+    assert denial is not None
+    assert denial.rule == "reducing"
+
+
+def test_a_bracket_counts_its_exits_once_and_an_oco_its_larger_leg() -> None:
+    from execd.domain.orders import Order, OrderState
+    ctx = _ctx(position="10")
+    tp = _spec(client_order_id="tp", side="sell", type="limit", limit_price=Decimal(110),
+               order_class="bracket", parent="br")
+    sl = _spec(client_order_id="sl", side="sell", type="stop", stop_price=Decimal(90),
+               order_class="bracket", parent="br")
+    for s in (tp, sl):
+        ctx.admit(Order(spec=s, state=OrderState.SUBMITTED))
+    assert ctx.exposure["AAPL"].open_sells == 10  # one reducing order, not two
+    oco_tp = _spec(client_order_id="oco", side="sell", type="limit", limit_price=Decimal(110),
+                   order_class="oco")
+    oco_sl = _spec(client_order_id="oco-sl", side="sell", type="stop", stop_price=Decimal(90),
+                   order_class="oco", parent="oco")
+    for s in (oco_tp, oco_sl):
+        ctx.admit(Order(spec=s, state=OrderState.SUBMITTED))
+    assert ctx.exposure["AAPL"].open_sells == 20
+
+
+def test_a_replacement_is_checked_without_the_order_it_replaces() -> None:
+    from execd.domain.orders import Order, OrderState
+    from execd.domain.risk import RiskLimits, check
+    ctx = _ctx()
+    old = Order(spec=_spec(client_order_id="old", qty=Decimal(8)), state=OrderState.SUBMITTED)
+    ctx.admit(old)
+    new = _spec(client_order_id="new", qty=Decimal(10), replaces="old")
+    limits = RiskLimits(max_position=Decimal(10), max_open_orders=1)
+    assert check(new, ctx, limits) is not None  # as if both stood
+    assert check(new, ctx, limits, replacing=old) is None
