@@ -287,7 +287,7 @@ class OrderBook:
                 if update is not None and update.order.state == OrderState.REPLACED \
                         and update.order.replaced_by is None:
                     update = replace(update, order=replace(
-                        update.order, replaced_by=self._replacement(before, q.view)))
+                        update.order, replaced_by=await self._replacement(before, q.view)))
                 if update is not None:
                     changes.append((before, update))
                     current[q.client_order_id] = update.order
@@ -303,13 +303,17 @@ class OrderBook:
             for q in batch:
                 q.done = True
 
-    def _replacement(self, old: Order, view: BrokerView) -> str | None:
+    async def _replacement(self, old: Order, view: BrokerView) -> str | None:
         """The client_order_id of the order that replaced `old`: ours, by the broker's
         `replaced_by` id, else our newest replacement of it still open."""
         ours = [o for o in self.open.values() if o.spec.replaces == old.client_order_id]
         for o in ours:
             if view.replaced_by is not None and o.broker_order_id == view.replaced_by:
                 return o.client_order_id
+        if view.replaced_by is not None:  # it may have closed already
+            closed = await self.store.get_by_broker_id(view.replaced_by)
+            if closed is not None:
+                return closed.client_order_id
         ours = [o for o in ours if o.state != OrderState.PENDING or view.replaced_by is None]
         return max(ours, key=lambda o: o.created_at).client_order_id if ours else None
 

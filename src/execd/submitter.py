@@ -278,7 +278,8 @@ class Submitter:
                 return result
             await self._refresh(cid)
             after = await self.book.store.get_orders([cid, *order.legs])
-            return CancelRequested(orders=tuple(after.values()))
+            return CancelRequested(orders=tuple(after[c] for c in (cid, *order.legs)
+                                                if c in after))
         if not open_legs:
             return await self.cancel(cid)
         if not legs:
