@@ -192,3 +192,63 @@ async def test_a_refused_patch_rejects_the_new_order_and_the_old_carries_on(
         assert (await c.order("r-6b"))["state"] == "REJECTED"
         assert (await c.order("r-6"))["state"] == "SUBMITTED"  # carries on
         await c.cancel("r-6")
+
+
+def test_replaced_is_terminal_but_late_fills_still_count() -> None:
+    from execd.domain.orders import BrokerView, apply_broker_view
+    o = Order(spec=OrderSpec(client_order_id="a", strategy_id="s", symbol="AAPL", side="buy",
+                             qty=Decimal(10), type="limit", limit_price=Decimal(5)),
+              state=OrderState.SUBMITTED, broker_order_id="b1")
+    u = apply_broker_view(o, BrokerView(broker_order_id="b1", status="replaced",
+                                        filled_qty=Decimal(0), filled_avg_price=None,
+                                        replaced_by="b2"), 1.0)
+    assert u is not None
+    assert u.order.state == OrderState.REPLACED
+    # the old order filled 3 before the broker replaced it: those fills still count
+    late = apply_broker_view(u.order, BrokerView(broker_order_id="b1", status="replaced",
+                                                 filled_qty=Decimal(3),
+                                                 filled_avg_price=Decimal(5)), 2.0)
+    assert late is not None
+    assert late.order.state == OrderState.REPLACED
+    assert late.fill is not None
+    assert late.fill.qty == 3
+    assert apply_broker_view(late.order, BrokerView(
+        broker_order_id="b1", status="canceled", filled_qty=Decimal(3),
+        filled_avg_price=Decimal(5)), 3.0) is None  # terminal otherwise
+
+
+async def test_patch_body_is_decimal_strings_through_alpaca_py(
+    sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import requests
+
+    from execd.clock import FakeClock
+    from execd.limiter import Unlimited
+    from execd.obs.metrics import Metrics
+
+    bodies: list[tuple[str, dict[str, Any]]] = []
+    real = requests.adapters.HTTPAdapter.send
+
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if request.body:
+            bodies.append((request.method, json.loads(request.body)))
+        return real(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    broker = AlpacaClient(key_id=sim.config.key_id, secret_key=sim.config.secret_key,
+                          url=sim.url, limiter=Unlimited(), clock=FakeClock(),
+                          metrics=Metrics(), timeout=2.0)
+    spec = OrderSpec(client_order_id="p-1", strategy_id="s", symbol="AAPL", side="buy",
+                     qty=Decimal(5), type="limit", limit_price=Decimal("1.5"),
+                     time_in_force="gtc")
+    placed = await broker.submit_order(spec)
+    new = await broker.replace_order(placed.view.broker_order_id, ReplaceChanges(
+        qty=Decimal("6"), limit_price=Decimal("1.25")), "p-2")
+    assert new.client_order_id == "p-2"
+    assert bodies[-1] == ("PATCH", {"qty": "6", "limit_price": "1.25", "client_order_id": "p-2"})
+    old = await broker.get_order_by_client_id("p-1")
+    assert old is not None
+    assert old.view.status == "replaced"
+    assert old.view.replaced_by == new.view.broker_order_id

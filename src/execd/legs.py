@@ -32,7 +32,7 @@ async def adopt(book: OrderBook, broker: BrokerClient, found: BrokerOrder) -> Or
     for parent in parents:
         if parent.broker_order_id is None:
             continue
-        full = await broker.get_order_by_client_id(parent.client_order_id)
+        full = await broker.get_order(parent.broker_order_id)  # nested=true: its legs
         if full is None or oid not in {o.view.broker_order_id for o in flatten(full.legs)}:
             continue
         log.info("a leg the book did not know: recorded with its parent",

@@ -298,7 +298,9 @@ class Submitter:
     async def _refresh(self, cid: str) -> None:
         """The order and its legs as the broker has them now (legs change with it)."""
         try:
-            found = await self.broker.get_order_by_client_id(cid)
+            order = await self.book.get(cid)
+            found = None if order is None or order.broker_order_id is None else \
+                await self.broker.get_order(order.broker_order_id)  # nested=true: its legs
             if found is not None:
                 await self.book.apply_found(cid, found)
                 for leg in found.legs:
