@@ -205,3 +205,47 @@ async def _all_closed(c: AsyncClient, cids: list[str]) -> bool:
         except ExecdError:
             return False
     return True
+
+
+async def test_a_stream_event_for_an_unknown_leg_finds_its_parent(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    """A stream event names no parent: legs.adopt looks up our multi-leg orders whose legs
+    are not recorded, with nested=true, and records the family."""
+    from execd.broker.alpaca import AlpacaClient, order_from
+    from execd.clock import FakeClock
+    from execd.legs import adopt
+    from execd.limiter import Unlimited
+    from execd.obs.metrics import Metrics
+
+    async with daemon_factory(poller={"interval": 600.0}) as d, connect(d) as c:
+        parent = await bracket(c, sim, "br-stream", qty="2")
+        legs = parent["legs"]
+
+        def forget(conn: Any) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM order_events WHERE client_order_id IN (?, ?)", legs)
+            conn.execute("DELETE FROM orders WHERE client_order_id IN (?, ?)", legs)
+            conn.execute("UPDATE orders SET legs=NULL WHERE client_order_id='br-stream'")
+            conn.execute("COMMIT")
+
+        await d.book.store._db.run(forget)
+        for leg in legs:
+            d.book.open.pop(leg, None)
+        broker = AlpacaClient(key_id=sim.config.key_id, secret_key=sim.config.secret_key,
+                              url=sim.url, limiter=Unlimited(), clock=FakeClock(),
+                              metrics=Metrics(), timeout=2.0)
+        with sim.engine.lock:
+            raw = next(sim.engine._render(o, nested=False) for o in sim.engine.orders.values()
+                       if o.client_order_id == legs[0])
+        found = order_from(raw)
+        assert found.parent is None  # as the stream has it
+        adopted = await adopt(d.book, broker, found)
+        assert adopted is not None
+        assert adopted.spec.parent == "br-stream"
+        assert adopted.spec.strategy_id == "br"
+        assert set((await c.order("br-stream"))["legs"]) == set(legs)
+        # an order that is not ours costs nothing now: no parent lacks its legs
+        assert await adopt(d.book, broker, found.__class__(
+            view=found.view, client_order_id="foreign", symbol="AAPL",
+            submitted_at=found.submitted_at)) is None

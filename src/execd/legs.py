@@ -21,7 +21,8 @@ CANDIDATES = 5  # parents looked up for one unknown order at most (request budge
 async def adopt(book: OrderBook, broker: BrokerClient, found: BrokerOrder) -> Order | None:
     """The order `found` as ours if it is a leg of one of our orders (recorded now), else
     None. `found.parent` (from a nested list) says which; otherwise our newest
-    multi-leg orders on its symbol are looked up, nested, until one lists it."""
+    multi-leg orders on its symbol whose legs are not recorded are looked up, nested,
+    until one lists it (so an order that is not ours costs no request as a rule)."""
     oid = found.view.broker_order_id
     parents: list[Order] = []
     if found.parent is not None:

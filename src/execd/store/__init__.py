@@ -500,10 +500,12 @@ class Store:
         return _order_from(rows[0]) if rows else None
 
     async def multi_leg(self, symbol: str, *, limit: int) -> list[Order]:
-        """Our newest bracket/OCO/OTO parents on a symbol (where an unknown leg may be)."""
+        """Our newest bracket/OCO/OTO parents on a symbol whose legs are not recorded
+        (where an unknown leg may belong: the broker makes a parent's legs once)."""
         rows = await self._db.execute(
-            f"{_SELECT} WHERE symbol=? AND order_class != 'simple' AND "
-            "parent_client_order_id IS NULL ORDER BY created_at DESC LIMIT ?", (symbol, limit))
+            f"{_SELECT} WHERE symbol=? AND order_class != 'simple' AND legs IS NULL AND "
+            "parent_client_order_id IS NULL AND broker_order_id IS NOT NULL "
+            "ORDER BY created_at DESC LIMIT ?", (symbol, limit))
         return [_order_from(r) for r in rows]
 
     async def family(self, client_order_id: str) -> list[Order]:
