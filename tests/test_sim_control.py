@@ -225,3 +225,11 @@ def test_execd_sim_on_a_busy_port_is_one_line(capsys: pytest.CaptureFixture[str]
 
 def test_the_sim_secret_is_never_in_a_repr() -> None:
     assert "s3cr3t" not in repr(SimConfig(key_id="PK", secret_key="s3cr3t"))
+
+
+def test_the_state_file_is_private(tmp_path: Path) -> None:
+    """The simulated account's file is 0600, like the daemon's database."""
+    path = tmp_path / "sim-state.json"
+    with SimServer(sim_config(state_file=str(path))) as sim:
+        raw(sim, "POST", "/_sim/prices", json={"TSLA": "123.45"})
+    assert path.stat().st_mode & 0o777 == 0o600

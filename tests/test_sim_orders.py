@@ -506,3 +506,116 @@ def test_a_week_of_trailing_stops_is_quick() -> None:
             if o["status"] == "new":  # untriggered: the stop trails the low by 30%
                 assert Decimal(o["stop_price"]) == (Decimal(o["hwm"]) * Decimal("1.3")).quantize(
                     Decimal("0.01"))
+
+
+def test_one_jump_fills_an_entry_and_then_its_exit(sim: SimServer) -> None:
+    """Legs woken inside one advance are scheduled in it, in time order."""
+    c = client(sim)
+    entry = sim.engine.price("SPY") - Decimal("0.50")
+    parent = c.submit_order(LimitOrderRequest(
+        symbol="SPY", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
+        limit_price=float(entry), order_class=OrderClass.BRACKET,
+        take_profit=TakeProfitRequest(limit_price=float(entry + 1)),
+        stop_loss=StopLossRequest(stop_price=float(entry - 1))))
+    assert parent.status == OrderStatus.NEW
+    raw(sim, "POST", "/_sim/advance", json={"seconds": 3 * 86400})
+    e = sim.engine
+    with e.lock:  # nothing advances it in between: the jump did all of it
+        filled = e.orders[str(parent.id)]
+        legs = [e.orders[str(x.id)] for x in parent.legs]
+    assert filled.status == "filled"
+    assert sorted(x.status for x in legs) == ["canceled", "filled"]
+    done = next(x for x in legs if x.status == "filled")
+    assert filled.filled_at is not None
+    assert done.filled_at is not None
+    assert done.filled_at > filled.filled_at
+
+
+def test_a_gateway_error_on_replace_applies_it_first(sim: SimServer) -> None:
+    """502/504 on a PATCH: replaced or not, the client cannot tell; looking the new
+    client_order_id up can. 500/503: not applied."""
+    c = client(sim)
+    outcomes = set()
+    for i in range(12):
+        o = c.submit_order(LimitOrderRequest(symbol="AAPL", qty=1, side=OrderSide.BUY,
+                                             time_in_force=TimeInForce.GTC, limit_price=1))
+        sim.set_faults(p_5xx=1.0)
+        e = api_error(lambda o=o, i=i: c.replace_order_by_id(
+            o.id, ReplaceOrderRequest(limit_price=2, client_order_id=f"rp-{i}")))
+        sim.reset_faults()
+        found = raw(sim, "GET", "/v2/orders:by_client_order_id",
+                    params={"client_order_id": f"rp-{i}"})
+        outcomes.add((e.status_code, found.status_code))
+    assert outcomes <= {(502, 200), (504, 200), (500, 404), (503, 404)}
+    assert {s for s, _ in outcomes} & {502, 504}
+
+
+def test_replace_answered_but_the_old_order_filled_first(sim: SimServer) -> None:
+    """Alpaca's race, as a fault: 200 with the new order, then the old one fills and the
+    new one is rejected; the stream says so."""
+    c = client(sim)
+    price(sim, "AAPL", "100.00")
+    old = c.submit_order(LimitOrderRequest(symbol="AAPL", qty=2, side=OrderSide.BUY,
+                                           time_in_force=TimeInForce.GTC, limit_price=90))
+    sim.set_faults(p_replace_fills_first=1.0)
+    with listening(sim) as ws:
+        new = c.replace_order_by_id(old.id, ReplaceOrderRequest(limit_price=91,
+                                                                client_order_id="late"))
+        events = [(u["event"], u["order"]["id"]) for u in updates(ws, 3)]
+    assert (new.status, new.replaces) == (OrderStatus.PENDING_NEW, old.id)
+    assert events == [("pending_new", str(new.id)), ("fill", str(old.id)),
+                      ("rejected", str(new.id))]
+    gone = c.get_order_by_id(old.id)
+    assert (gone.status, gone.replaced_by, gone.filled_avg_price) == (
+        OrderStatus.FILLED, None, "100")
+    assert c.get_order_by_client_id("late").status == OrderStatus.REJECTED
+    assert c.get_open_position("AAPL").qty == "2"
+
+
+def test_cancelling_one_exit_cancels_the_other(sim: SimServer) -> None:
+    c = client(sim)
+    price(sim, "AAPL", "100.00")
+    parent = c.submit_order(MarketOrderRequest(
+        symbol="AAPL", qty=2, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
+        order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=110),
+        stop_loss=StopLossRequest(stop_price=90)))
+    tp, sl = parent.legs
+    c.cancel_order_by_id(sl.id)
+    assert [status(sim, x.id) for x in (tp, sl)] == [OrderStatus.CANCELED] * 2
+    e = api_error(lambda: c.cancel_order_by_id(parent.id))  # the entry has filled
+    assert (e.status_code, e.message) == (422, "order status is not cancelable")
+    assert c.get_open_position("AAPL").qty_available == "2"
+
+
+def test_a_partly_filled_entry_cancelled_wakes_exits_for_what_filled() -> None:
+    with SimServer(sim_config(speed=SLOW, fill_delay=10.0, fill_parts=4)) as sim:
+        c = client(sim)
+        price(sim, "AAPL", "100.00")
+        parent = c.submit_order(MarketOrderRequest(
+            symbol="AAPL", qty=8, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
+            order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=120),
+            stop_loss=StopLossRequest(stop_price=80)))
+        raw(sim, "POST", "/_sim/advance", json={"seconds": 10.5})
+        assert c.get_order_by_id(parent.id).filled_qty == "2"
+        assert [leg.status for leg in c.get_order_by_id(parent.id).legs] == [
+            OrderStatus.HELD, OrderStatus.HELD]
+        c.cancel_order_by_id(parent.id)
+        family = c.get_order_by_id(parent.id)
+        assert family.status == OrderStatus.CANCELED
+        assert [(leg.status, leg.qty) for leg in family.legs] == [
+            (OrderStatus.NEW, "2"), (OrderStatus.HELD, "2")]
+
+
+def test_close_all_reports_each_symbol_as_alpaca_py_reads_it(sim: SimServer) -> None:
+    c = client(sim)
+    price(sim, "AAPL", "100.00")
+    buy(sim, 3)
+    buy(sim, 1, "MSFT")
+    c.submit_order(LimitOrderRequest(symbol="MSFT", qty=1, side=OrderSide.SELL,
+                                     time_in_force=TimeInForce.GTC, limit_price=10_000))
+    answers = {a.symbol: a for a in c.close_all_positions()}  # orders not cancelled
+    assert answers["AAPL"].status == 200
+    assert answers["AAPL"].body.qty == "3"
+    assert answers["MSFT"].status == 403
+    assert answers["MSFT"].body.code == 40310000
+    assert [p.symbol for p in c.get_all_positions()] == ["MSFT"]

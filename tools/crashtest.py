@@ -6,8 +6,9 @@ the simulator, whose own records are the witness.
 
 A client submits orders steadily over several strategies (each with its own
 client_order_id, retried safely after a connection failure until acknowledged); some
-are brackets (their legs made by the broker), and some resting orders are replaced
-(the replacement's new client_order_id retried the same way). The
+are brackets (their legs made by the broker), some resting orders are replaced (the
+replacement's new client_order_id retried the same way), and now and then a position is
+closed (close_position: execd's own market order, with the client's client_order_id). The
 daemon is SIGKILLed at random moments and, through test hooks, inside the windows
 between the durable write and the broker's answer; it is restarted each time. Then:
 
@@ -318,8 +319,12 @@ def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: thre
             "qty": str(rng.randint(1, 3)), "client_order_id": f"{strategy}-crash-{i}",
             "wait": "accepted",
         }
-        roll = rng.random()
-        if roll < 0.2:  # some rest open: a limit far below the market
+        roll, op = rng.random(), "submit"
+        if i % 25 == 24:  # now and then a close: our own market order, durable like any
+            op, fields = "close_position", {
+                "symbol": rng.choice(SYMBOLS), "client_order_id": f"close-crash-{i}",
+                "wait": "accepted"}
+        elif roll < 0.2:  # some rest open: a limit far below the market
             fields.update(type="limit", limit_price="1.00", time_in_force="gtc")
         elif roll < 0.35:  # a bracket: exits far from the market, resting as legs
             px = sim.engine.price(symbol)
@@ -328,11 +333,14 @@ def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: thre
                           stop_loss={"stop_price": str((px / 2).quantize(Decimal("0.01")))})
             report.brackets += 1
         report.submitted += 1
-        if not _until_acked(sock, "submit", fields, report, done):
+        acked_now = _until_acked(sock, op, fields, report, done)
+        if done.is_set():
             return
-        acked.add(fields["client_order_id"])
         report.acknowledged += 1
-        if fields.get("type") == "limit":
+        if not acked_now:
+            continue  # a close with no position in that symbol yet: nothing sent
+        acked.add(fields["client_order_id"])
+        if op == "submit" and fields.get("type") == "limit":
             resting.append(fields["client_order_id"])
         if resting and rng.random() < 0.3:  # replace a resting order: a new price
             old = resting.pop(rng.randrange(len(resting)))
@@ -357,6 +365,8 @@ def _until_acked(sock: Path, op: str, fields: dict[str, Any], report: Report,
                 cl.request(op, **fields)
             return True
         except ExecdError as e:
+            if op == "close_position" and e.code == "not_found":
+                return False  # no position in that symbol yet: nothing sent
             if e.code in tolerate and tolerated < 20:
                 tolerated += 1
                 time.sleep(0.1)

@@ -301,7 +301,41 @@ def parser() -> argparse.ArgumentParser:
     w = client("watch", "print order events as they happen")
     w.add_argument("--strategy")
     w.set_defaults(fn=cmd_watch)
+    b = client("backup", "write a consistent copy of the running daemon's database (admin)")
+    b.add_argument("path", help="the new file, written by the daemon's user")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    b.set_defaults(fn=cmd_backup)
+    rs = sub.add_parser("restore", help="replace the database by a backup (daemon stopped)")
+    rs.add_argument("path")
+    rs.add_argument("--config", help="names the database and the socket")
+    rs.set_defaults(fn=cmd_restore)
     return p
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from execd.backup import backup_via_daemon
+    from execd.client import ExecdError
+
+    path = Path(os.path.abspath(args.path))  # the daemon's working directory is not ours
+    try:
+        result = anyio.run(backup_via_daemon, _socket(args), path, args.overwrite)
+    except (ExecdError, OSError) as e:
+        print(f"execd backup: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from execd.backup import RestoreRefused, restore
+
+    try:
+        r = restore(_config(args.config), Path(args.path))
+    except RestoreRefused as e:
+        print(f"execd restore: {e}; nothing changed", file=sys.stderr)
+        return 2
+    print(r.summary())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from execd import __version__, protocol
+from execd import __version__, backup, protocol
 from execd.domain.decimals import show, show_opt
 from execd.domain.orders import OPEN_STATES, Order, OrderSpec, OrderState
 from execd.domain.risk import TradingState
@@ -250,6 +251,15 @@ async def op_resume(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     return await set_state(c, TradingState(state), protocol.reason(args), sid)
 
 
+async def op_backup(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    path, overwrite = args.get("path"), args.get("overwrite", False)
+    if not isinstance(path, str) or not path:
+        raise protocol.invalid("path must be a non-empty string (an absolute path)")
+    if not isinstance(overwrite, bool):
+        raise protocol.invalid("overwrite must be true or false")
+    return await backup.write(c.s.book.store, Path(path), overwrite=overwrite)
+
+
 async def op_subscribe(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     sid = protocol.strategy_id(args, required=False)
     await c.subscribe(sid)
@@ -285,6 +295,7 @@ OPS: dict[str, Op] = {
     "flatten": Op(handler=exits.op_flatten, fields=frozenset({"reason"}), admin=True),
     "session": Op(handler=sessions.op_session, fields=frozenset({
         "strategy_id", "cancel_on_disconnect", "heartbeat_s"})),
+    "backup": Op(handler=op_backup, fields=frozenset({"path", "overwrite"}), admin=True),
 }
 FIELDS: dict[str, frozenset[str]] = {name: op.fields for name, op in OPS.items()}
 

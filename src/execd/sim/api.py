@@ -61,6 +61,8 @@ class Endpoint:
     handler: Handler
     alpaca: bool = True  # rate limited and faulted
     keyless_on_loopback: bool = False
+    # makes orders: 502/504 and the drop fault apply it first (an ambiguous answer)
+    creates: bool = False
 
     @property
     def name(self) -> str:
@@ -100,7 +102,8 @@ def _not_found(sim: SimServer, c: Call) -> tuple[int, Any]:
     raise not_found("endpoint not found")
 
 
-SUBMIT = Endpoint("POST", "/v2/orders", lambda sim, c: (200, sim.engine.submit(c.body)))
+SUBMIT = Endpoint("POST", "/v2/orders", lambda sim, c: (200, sim.engine.submit(c.body)),
+                  creates=True)
 ENDPOINTS: tuple[Endpoint, ...] = (
     SUBMIT,
     Endpoint("GET", "/v2/orders", lambda sim, c: (200, sim.engine.list_orders(c.query))),
@@ -109,12 +112,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v2/orders/{id}", lambda sim, c: (200, sim.engine.get_order(c.path["id"]))),
     Endpoint("DELETE", "/v2/orders/{id}", _cancel),
     Endpoint("PATCH", "/v2/orders/{id}",
-             lambda sim, c: (200, sim.engine.replace(c.path["id"], c.body))),
+             lambda sim, c: (200, sim.engine.replace(c.path["id"], c.body)), creates=True),
     Endpoint("GET", "/v2/positions", lambda sim, c: (200, sim.engine.list_positions())),
     Endpoint("DELETE", "/v2/positions",
-             lambda sim, c: (207, sim.engine.close_all_positions(c.query))),
+             lambda sim, c: (207, sim.engine.close_all_positions(c.query)), creates=True),
     Endpoint("DELETE", "/v2/positions/{symbol}",
-             lambda sim, c: (200, sim.engine.close_position(c.path["symbol"], c.query))),
+             lambda sim, c: (200, sim.engine.close_position(c.path["symbol"], c.query)),
+             creates=True),
     Endpoint("GET", "/v2/positions/{symbol}",
              lambda sim, c: (200, sim.engine.get_position(c.path["symbol"]))),
     Endpoint("GET", "/v2/account", lambda sim, c: (200, sim.engine.account())),
@@ -203,7 +207,7 @@ async def _serve(sim: SimServer, ep: Endpoint, request: Request) -> Response:
         if not ok:
             sim.count(name, 429)
             return _json(429, rate_limited().body(), headers)
-        plan = sim.dice.roll(sim.settings, is_submit=ep is SUBMIT)
+        plan = sim.dice.roll(sim.settings, is_submit=ep.creates)
     if plan.status is not None and not plan.apply_first:
         sim.count(name, plan.status)
         return _json(plan.status, _fault_body(plan.status), headers)

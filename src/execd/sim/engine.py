@@ -7,7 +7,8 @@ the high/low-water mark `hwm`), then trade as market (stop, trailing_stop) or li
 until the entry fills completely; then a take-profit wakes (`new`) and a stop-loss with
 a take-profit sibling stays `held` but armed (only one exit holds the shares, as at
 Alpaca); an OCO is a limit order (the take-profit) with one armed, held stop-loss leg.
-One exit's fill cancels its siblings. PATCH (`replace`) makes a new order.
+One exit's fill cancels its siblings. PATCH (`replace`) makes a new order that takes
+the old one's place (and family); DELETE /v2/positions[/{symbol}] makes market orders.
 
 No I/O but the state file (state.py). Every public method takes the one lock, first
 brings the market up to the simulated now (lazily: fills, limit crosses, expiries and
@@ -91,6 +92,7 @@ class Engine:
         self.positions: dict[str, SimPosition] = {}
         self.submit_attempts: Counter[str] = Counter()
         self._last_submitted = 0.0
+        self._woken: list[SimOrder] = []  # legs woken during _advance, to be scheduled
         saved = state.load(state_file) if state_file is not None and state_file.exists() else None
         if saved is not None:
             # Simulated time carries on from where the saved sim stopped.
@@ -218,6 +220,7 @@ class Engine:
         sibling holds the shares stays `held` (armed); the others become `new`."""
         leg.dormant = False
         leg.activate_at = leg.checked_until = at
+        self._woken.append(leg)
         leg.updated_at = at
         armed_only = leg.type in ("stop", "stop_limit") and any(
             s.type == "limit" and s.is_open for s in self._siblings(leg))
@@ -239,9 +242,13 @@ class Engine:
         heapq.heapify(due)
         while due:
             _, _, o, change = heapq.heappop(due)
+            if not o.is_open:
+                continue  # closed by another's change (a sibling's fill)
             self._apply(o, change)
-            if o.is_open and (after := self._next_change(o, now)) is not None:
-                heapq.heappush(due, (after.at, next(seq), o, after))
+            woken, self._woken = self._woken, []  # legs whose entry just filled trade too
+            for x in (o, *woken):
+                if x.is_open and (after := self._next_change(x, now)) is not None:
+                    heapq.heappush(due, (after.at, next(seq), x, after))
 
     def _next_change(self, o: SimOrder, now: float) -> _Change | None:
         if o.reject_at is not None and o.filled_qty == 0 and o.reject_at <= now:
@@ -617,7 +624,12 @@ class Engine:
             if new.type == "trailing_stop":
                 new.hwm = old.hwm if old.hwm is not None else self.price(new.symbol)
                 new.stop_price = _trail_stop(new, new.hwm)
+            s = self.settings
+            if (s.p_replace_fills_first and old.status != "held"
+                    and self.rng.random() < s.p_replace_fills_first):
+                return self._replace_too_late(old, new)
             old.status, old.replaced_by = "replaced", new.id
+            old.legs = []  # the family is the new order's now: listed once
             old.replaced_at = old.updated_at = new.created_at
             self.open.pop(old.id, None)
             # the new order takes the old one's place in its family
@@ -635,6 +647,19 @@ class Engine:
             self._advance([new], new.created_at)
             self.save()
             return self._render(new)
+
+    def _replace_too_late(self, old: SimOrder, new: SimOrder) -> dict[str, Any]:
+        """The fault: the answer is the new order, pending; then the old one fills (at
+        the market) before the replacement takes effect, and the new one is rejected."""
+        at = new.created_at
+        new.status, new.legs, new.parent_id = "pending_new", [], None  # never in the family
+        self._register(new)
+        answer = self._render(new)
+        self._emit("pending_new", new, at)
+        self._fill(old, old.remaining, self.market.price(old.symbol, at), at)
+        self._close(new, "rejected", at)
+        self.save()
+        return answer
 
     # ---------------------------------------------------------- closing positions
     def close_position(self, symbol: str, params: dict[str, str]) -> dict[str, Any]:

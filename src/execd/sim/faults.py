@@ -19,8 +19,9 @@ class FaultPlan:
     """What to do to one REST request.
 
     5xx: 500 and 503 answer before the request is applied; 502 and 504 (a gateway that
-    lost the answer) apply a submit first, so the client cannot know whether it went
-    through. `drop` records a submit and hangs up with no answer.
+    lost the answer) apply an order-making request (submit, replace, close) first, so
+    the client cannot know whether it went through. `drop` applies one and hangs up
+    with no answer.
     """
 
     status: int | None = None  # answer with this error status

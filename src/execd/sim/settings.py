@@ -65,12 +65,12 @@ class SimConfig:
                                              group="market")
     # ------------------------------------------------- faults: per REST request
     p_5xx: float = setting(0.0, "probability of a 5xx: 500/503 before applying a request, "
-                           "502/504 after applying a submit", group="faults")
+                           "502/504 after applying a submit, replace or close", group="faults")
     p_429: float = setting(0.0, "probability of a spurious 429", group="faults")
     p_slow: float = setting(0.0, "probability of an answer slow_seconds late", group="faults")
     slow_seconds: float = setting(2.0, "delay of a slow answer, real seconds", group="faults")
-    p_drop_submit: float = setting(0.0, "probability that a submit is recorded and the "
-                                   "connection closed with no answer", group="faults")
+    p_drop_submit: float = setting(0.0, "probability that a submit (replace, close) is "
+                                   "applied and the connection closed with no answer", group="faults")
     # ------------------------------------------------------ faults: per order
     p_stuck: float = setting(0.0, "probability an order stays pending_new/accepted for "
                              "stuck_seconds", group="faults")
@@ -81,6 +81,9 @@ class SimConfig:
                                            group="faults")
     reject_after_seconds: float = setting(1.0, "delay of that rejection, simulated seconds",
                                           group="faults")
+    p_replace_fills_first: float = setting(0.0, "probability a replace is answered 200 "
+                                           "but the old order fills first: the new one is "
+                                           "then rejected (as at Alpaca)", group="faults")
     # ------------------------------------------------ faults: the trade_updates stream
     p_stream_lose: float = setting(0.0, "probability an event is withheld from a "
                                    "connection (lost, never replayed)", group="faults")

@@ -50,7 +50,11 @@ def save(path: Path, state: AccountState) -> None:
         "price_shifts": state.price_shifts,
     }
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(raw))
+    # 0600 whatever the umask: the account's state is as private as the daemon's database
+    fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(json.dumps(raw))
     os.replace(tmp, path)
 
 

@@ -439,6 +439,31 @@ class Store:
         await self._transaction(lambda conn: conn.execute(
             "DELETE FROM sessions WHERE strategy_id=?", (strategy_id,)))
 
+    async def file(self) -> Path:
+        """The database file this store has open."""
+        rows = await self._db.execute("PRAGMA database_list")
+        return Path(next(r[2] for r in rows if r[1] == "main"))
+
+    async def backup(
+        self, target: Path, *, step_pages: int,
+        progress: Callable[[int, int, int], object] | None = None,
+    ) -> int:
+        """A consistent copy of the live database into `target` (an empty file) through
+        SQLite's online backup API, in one hop on the database thread: no transaction of
+        ours can interleave with it. Returns the number of orders in the copy, read from
+        the copy (so it is known to open)."""
+
+        def copy(conn: sqlite3.Connection) -> int:
+            dest = sqlite3.connect(str(target), isolation_level=None)
+            try:
+                conn.backup(dest, pages=step_pages, progress=progress)
+                (n,), = dest.execute("SELECT count(*) FROM orders").fetchall()
+            finally:
+                dest.close()
+            return int(n)
+
+        return await self._db.run(copy)
+
     # ------------------------------------------------------------------- reads
     async def strategy_halts(self) -> dict[str, TradingStatus]:
         return await self._db.run(_strategy_halts)
