@@ -252,3 +252,42 @@ async def test_patch_body_is_decimal_strings_through_alpaca_py(
     assert old is not None
     assert old.view.status == "replaced"
     assert old.view.replaced_by == new.view.broker_order_id
+
+
+async def test_the_old_order_filling_first_rejects_the_replacement(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    """Alpaca's race (the sim's p_replace_fills_first): the PATCH is answered, then the old
+    order fills and the new one is rejected. The old one ends FILLED, not REPLACED, and
+    its fill counts; the replacement ends REJECTED."""
+    sim.set_faults(p_replace_fills_first=1.0)
+    async with daemon_factory() as d, connect(d) as c:
+        await resting(c, sim, "r-7", qty="4")
+        await c.request("replace", client_order_id="r-7", qty="5", new_client_order_id="r-7b")
+        await until_state(c, "r-7", "FILLED")
+        await until_state(c, "r-7b", "REJECTED")
+
+        async def equal() -> bool:
+            return await our_positions(c) == sim_positions(sim)
+
+        await eventually(equal)
+        assert (await our_positions(c))["AAPL"] == 4
+
+
+async def test_an_ambiguous_patch_from_the_broker_is_resolved(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    """The sim applies the PATCH, then drops the connection unanswered: the daemon looks
+    the new id up and never sends the PATCH again."""
+    async with daemon_factory() as d, connect(d) as c:
+        await resting(c, sim, "r-8")
+        sim.set_faults(p_drop_submit=1.0)  # PATCH applied, the connection then dropped
+        try:
+            await c.request("replace", client_order_id="r-8", qty="3",
+                            new_client_order_id="r-8b")
+        finally:
+            sim.reset_faults()
+        await until_state(c, "r-8b", "SUBMITTED")
+        await until_state(c, "r-8", "REPLACED")
+        assert sim.engine.client_order_ids()["r-8b"] == {
+            "submit_attempts": 1, "orders": 1, "status": "new", "filled_qty": "0"}
