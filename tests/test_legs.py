@@ -249,3 +249,20 @@ async def test_a_stream_event_for_an_unknown_leg_finds_its_parent(
         assert await adopt(d.book, broker, found.__class__(
             view=found.view, client_order_id="foreign", symbol="AAPL",
             submitted_at=found.submitted_at)) is None
+
+
+async def test_close_position_takes_a_brackets_exits_with_it(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    """The exits hold the shares: close_position cancels them (one cancels the other at
+    the broker, which is no error) and closes with its own order."""
+    async with daemon_factory() as d, connect(d) as c:
+        parent = await bracket(c, sim, "br-close", qty="3")
+        await until_state(c, "br-close", "FILLED")
+        answer = await c.request("close_position", symbol="AAPL", client_order_id="close-1")
+        assert answer["order"]["state"] in ("SUBMITTED", "FILLED")
+        for leg in parent["legs"]:
+            await until_state(c, leg, "CANCELLED")
+        await until_state(c, "close-1", "FILLED")
+        await positions_equal(c, sim)
+        assert (await our_positions(c)).get("AAPL", Decimal(0)) == 0
