@@ -1,6 +1,6 @@
 """Orders and their state machine. Pure: no I/O, no clock (times are passed in).
 
-Alpaca statuses map onto our seven states as follows (DESIGN.md asks us to decide):
+Alpaca statuses map onto our eight states as follows (DESIGN.md asks us to decide):
 
     new, accepted, pending_new, accepted_for_bidding,
     pending_review, held, stopped                  -> SUBMITTED (open at the broker)
