@@ -291,3 +291,26 @@ async def test_an_ambiguous_patch_from_the_broker_is_resolved(
         await until_state(c, "r-8", "REPLACED")
         assert sim.engine.client_order_ids()["r-8b"] == {
             "submit_attempts": 1, "orders": 1, "status": "new", "filled_qty": "0"}
+
+
+async def test_a_bracket_replaced_before_its_entry_fills_keeps_its_exits(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    px = sim.engine.price("AAPL")
+    async with daemon_factory() as d, connect(d) as c:
+        low = px * Decimal("0.8")
+        parent = await c.submit(strategy_id="r", symbol="AAPL", side="buy", qty="2",
+                                type="limit", limit_price=cents(low), order_class="bracket",
+                                client_order_id="rb-1",
+                                take_profit={"limit_price": cents(px * Decimal("1.1"))},
+                                stop_loss={"stop_price": cents(low * Decimal("0.9"))})
+        new = (await c.request("replace", client_order_id="rb-1", qty="3",
+                               new_client_order_id="rb-2"))["order"]
+        await until_state(c, "rb-1", "REPLACED")
+        assert set(new["legs"]) >= set(parent["legs"])
+        family = (await c.request("order", client_order_id="rb-2"))["family"]
+        assert {o["client_order_id"] for o in family} >= set(parent["legs"])
+        # cancelling the replacement (entry open) cancels the family
+        await c.request("cancel", client_order_id="rb-2")
+        for leg in parent["legs"]:
+            await until_state(c, leg, "CANCELLED")

@@ -269,7 +269,10 @@ class OrderBook:
                 new_legs = [leg for leg in q.legs if leg.client_order_id not in self.open
                             and leg.client_order_id not in known_legs
                             and leg.client_order_id not in current]
-                if new_legs:
+                named = before.legs if update is None else update.order.legs
+                if new_legs or any(leg.client_order_id not in named for leg in q.legs):
+                    # legs it does not name yet: new ones, or a replaced parent's, which
+                    # the broker hands on to its replacement
                     parent = update.order if update is not None else before
                     parent = replace(parent, legs=tuple(dict.fromkeys(
                         (*parent.legs, *(leg.client_order_id for leg in q.legs)))),

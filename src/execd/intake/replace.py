@@ -70,12 +70,7 @@ def replacement(old: Order, args: dict[str, Any], now: float) -> OrderSpec:
         stop_price=stop_price if stop_price is not None else s.stop_price,
         trail_price=trail_price, trail_percent=trail_percent, time_in_force=tif,
         replaces=s.client_order_id,
-        # the broker makes the legs of a multi-leg order once: its replacement has none
-        take_profit=None if s.parent is None else s.take_profit,
-        stop_loss=None if s.parent is None else s.stop_loss,
-    )
-    if s.order_class != "simple" and s.parent is None:
-        spec = replace(spec, take_profit=s.take_profit, stop_loss=s.stop_loss)
+    )  # a multi-leg parent keeps its exits: the broker hands its legs to the replacement
     if (broken := first_violation(spec)) is not None:
         raise invalid(broken.message)
     if (spec.qty, spec.limit_price, spec.stop_price, spec.trail_price, spec.trail_percent,

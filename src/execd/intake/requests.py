@@ -167,8 +167,12 @@ async def op_order(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     # the family: a parent shows its legs; a leg, its parent and siblings
     head = order.spec.parent or (cid if order.legs else None)
     if head is not None:
-        family = await c.s.book.store.family(head)
-        out["family"] = [o.to_json() for o in family if o.client_order_id != cid]
+        top = order if head == cid else await c.s.book.get(head)
+        named = await c.s.book.store.get_orders(top.legs) if top is not None else {}
+        family = {o.client_order_id: o for o in await c.s.book.store.family(head)}
+        family.update(named)  # a replacement's legs name the parent it replaced
+        out["family"] = [o.to_json() for o in sorted(family.values(), key=lambda o: o.created_at)
+                         if o.client_order_id != cid]
     return out
 
 
