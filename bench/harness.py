@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketStream
 
-from execd.broker.base import BrokerOrder, BrokerPosition
+from execd.broker.base import BrokerOrder, BrokerPosition, ReplaceChanges
 from execd.domain.orders import BrokerView, OrderSpec
 
 
@@ -48,7 +48,7 @@ class InstantBroker:
         if spec.type == "market":
             order = BrokerOrder(
                 view=BrokerView(broker_order_id=order.view.broker_order_id, status="filled",
-                                filled_qty=spec.qty, filled_avg_price=Decimal(100)),
+                                filled_qty=spec.size, filled_avg_price=Decimal(100)),
                 client_order_id=order.client_order_id, symbol=order.symbol,
                 submitted_at=order.submitted_at,
             )
@@ -61,6 +61,21 @@ class InstantBroker:
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         await anyio.lowlevel.checkpoint()
         return self.orders.get(client_order_id)
+
+    async def get_order(self, broker_order_id: str) -> BrokerOrder | None:
+        await anyio.lowlevel.checkpoint()
+        return next((o for o in self.orders.values()
+                     if o.view.broker_order_id == broker_order_id), None)
+
+    async def replace_order(
+        self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str
+    ) -> BrokerOrder:
+        """The old order goes (replaced), a new one rests in its place."""
+        await anyio.lowlevel.checkpoint()
+        old = await self.get_order(broker_order_id)
+        if old is not None:
+            del self.orders[old.client_order_id]
+        return self._add(new_client_order_id, old.symbol if old else "AAPL")
 
     async def list_open_orders(self) -> Sequence[BrokerOrder]:
         await anyio.lowlevel.checkpoint()

@@ -539,7 +539,7 @@ async def _submit_many(sock: Path, cids: list[str], *, strategy: str, workers: i
                         acked.add(cid)
                     break
                 except ExecdError as e:
-                    if not retry or e.code not in ("overloaded", "recovering", "internal"):
+                    if not retry or e.code not in ("overloaded", "recovering", "internal", "connection_lost"):
                         break
                     await anyio.sleep(float(e.detail.get("retry_after_s", 0.05)))
                 except (OSError, anyio.EndOfStream, anyio.BrokenResourceError,

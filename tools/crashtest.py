@@ -5,13 +5,15 @@ the simulator, whose own records are the witness.
     python -m tools.crashtest --orders 1000 --kills 0 --faults    # the fault soak
 
 A client submits orders steadily over several strategies (each with its own
-client_order_id, retried safely after a connection failure until acknowledged), and
-now and then closes a position (close_position: execd's own market order, with the
-client's client_order_id). The
+client_order_id, retried safely after a connection failure until acknowledged); some
+are brackets (their legs made by the broker), some resting orders are replaced (the
+replacement's new client_order_id retried the same way), and now and then a position is
+closed (close_position: execd's own market order, with the client's client_order_id). The
 daemon is SIGKILLed at random moments and, through test hooks, inside the windows
 between the durable write and the broker's answer; it is restarted each time. Then:
 
-1. every acknowledged order is known to the daemon, in the broker's final state;
+1. every acknowledged order (and replacement, and every bracket leg) is known to the
+   daemon, in the broker's final state;
 2. no client_order_id reached the broker twice, and the broker has no order the daemon
    does not know;
 3. the daemon's positions equal the broker's;
@@ -92,10 +94,16 @@ class Report:
     seconds: float = 0.0
     stream: str = "off"
     stream_drops: int = 0
+    brackets: int = 0
+    legs: int = 0
+    legs_unknown: int = 0
+    replaces: int = 0
+    replaced: int = 0
 
     @property
     def ok(self) -> bool:
         return (self.lost == 0 and self.duplicate_submits == 0 and self.unknown_to_daemon == 0
+                and self.legs_unknown == 0
                 and not self.wrong_state and self.positions_equal
                 and self.max_in_window <= self.limit and not self.other_exits
                 and not self.client_error and self.trading == "ACTIVE")
@@ -111,6 +119,9 @@ class Report:
              f"{self.stream} ({self.stream_drops})"),
             ("unexpected daemon exits", str(self.other_exits or 0)),
             ("orders at the broker", str(self.broker_orders)),
+            ("brackets submitted / their legs at the broker / legs unknown to the daemon",
+             f"{self.brackets} / {self.legs} / {self.legs_unknown}"),
+            ("replaces acknowledged / orders REPLACED", f"{self.replaces} / {self.replaced}"),
             ("acknowledged orders lost", str(self.lost)),
             ("orders in the wrong final state", str(len(self.wrong_state))),
             ("client_order_ids sent again after the broker had them", str(self.duplicate_submits)),
@@ -257,7 +268,7 @@ def run(c: Campaign) -> Report:
             dropped_at = time.monotonic()
             acked: set[str] = set()
             done = threading.Event()
-            client = threading.Thread(target=_client, args=(sock, c, acked, report, done),
+            client = threading.Thread(target=_client, args=(sock, c, acked, report, done, sim),
                                       daemon=True)
             client.start()
             kill_at = sorted(rng.uniform(0.05, 0.95) for _ in range(c.kills))
@@ -293,45 +304,82 @@ def run(c: Campaign) -> Report:
     return report
 
 
-def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: threading.Event) -> None:
+def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: threading.Event,
+            sim: SimServer) -> None:
     rng = random.Random(c.seed * 7919)
     next_at = time.monotonic()
+    resting: list[str] = []
     for i in range(c.orders):
         next_at += 1 / c.pace
         time.sleep(max(0.0, next_at - time.monotonic()))
         strategy = f"s{i % c.strategies}"
+        symbol = rng.choice(SYMBOLS)
         fields: dict[str, Any] = {
-            "strategy_id": strategy, "symbol": rng.choice(SYMBOLS), "side": "buy",
+            "strategy_id": strategy, "symbol": symbol, "side": "buy",
             "qty": str(rng.randint(1, 3)), "client_order_id": f"{strategy}-crash-{i}",
             "wait": "accepted",
         }
-        if rng.random() < 0.2:  # some rest open: a limit far below the market
-            fields.update(type="limit", limit_price="1.00", time_in_force="gtc")
-        op = "submit"
+        roll, op = rng.random(), "submit"
         if i % 25 == 24:  # now and then a close: our own market order, durable like any
             op, fields = "close_position", {
                 "symbol": rng.choice(SYMBOLS), "client_order_id": f"close-crash-{i}",
                 "wait": "accepted"}
+        elif roll < 0.2:  # some rest open: a limit far below the market
+            fields.update(type="limit", limit_price="1.00", time_in_force="gtc")
+        elif roll < 0.35:  # a bracket: exits far from the market, resting as legs
+            px = sim.engine.price(symbol)
+            fields.update(order_class="bracket", time_in_force="gtc",
+                          take_profit={"limit_price": str((px * 2).quantize(Decimal("0.01")))},
+                          stop_loss={"stop_price": str((px / 2).quantize(Decimal("0.01")))})
+            report.brackets += 1
         report.submitted += 1
-        while True:  # a safe retry: the same client_order_id until acknowledged
-            try:
-                with Client(sock, timeout=10) as cl:
-                    cl.request(op, **fields)
-                acked.add(fields["client_order_id"])
-                report.acknowledged += 1
-                break
-            except ExecdError as e:
-                if op == "close_position" and e.code == "not_found":
-                    report.acknowledged += 1  # no position in that symbol yet: nothing sent
-                    break
-                if e.code not in ("overloaded", "internal", "recovering"):
-                    report.client_error = f"{e.code}: {e.message}"
-                    done.set()
-                    return
-                time.sleep(float(e.detail.get("retry_after_s", 0.05)))
-            except (OSError, ValueError):
-                time.sleep(0.05)  # the daemon is down or restarting
+        acked_now = _until_acked(sock, op, fields, report, done)
+        if done.is_set():
+            return
+        report.acknowledged += 1
+        if not acked_now:
+            continue  # a close with no position in that symbol yet: nothing sent
+        acked.add(fields["client_order_id"])
+        if op == "submit" and fields.get("type") == "limit":
+            resting.append(fields["client_order_id"])
+        if resting and rng.random() < 0.3:  # replace a resting order: a new price
+            old = resting.pop(rng.randrange(len(resting)))
+            change = {"client_order_id": old, "new_client_order_id": f"{old}-r",
+                      "limit_price": "1.01", "wait": "accepted"}
+            if _until_acked(sock, "replace", change, report, done, tolerate=("conflict",)):
+                acked.add(change["new_client_order_id"])
+                report.replaces += 1
+            elif done.is_set():
+                return
     done.set()
+
+
+def _until_acked(sock: Path, op: str, fields: dict[str, Any], report: Report,
+                 done: threading.Event, tolerate: tuple[str, ...] = ()) -> bool:
+    """A safe retry: the same client_order_id until acknowledged. A tolerated refusal
+    (a replace of an order not at the broker yet) is retried a few times, then skipped."""
+    tolerated = 0
+    while True:
+        try:
+            with Client(sock, timeout=10) as cl:
+                cl.request(op, **fields)
+            return True
+        except ExecdError as e:
+            if op == "close_position" and e.code == "not_found":
+                return False  # no position in that symbol yet: nothing sent
+            if e.code in tolerate and tolerated < 20:
+                tolerated += 1
+                time.sleep(0.1)
+                continue
+            if e.code in tolerate:
+                return False
+            if e.code not in ("overloaded", "internal", "recovering", "connection_lost"):
+                report.client_error = f"{op} {e.code}: {e.message}"
+                done.set()
+                return False
+            time.sleep(float(e.detail.get("retry_after_s", 0.05)))
+        except (OSError, ValueError):
+            time.sleep(0.05)  # the daemon is down or restarting
 
 
 def _settle(
@@ -348,7 +396,7 @@ def _settle(
         except (OSError, ExecdError):
             time.sleep(0.2)
             continue
-        theirs = sim.engine.client_order_ids()
+        theirs = {**sim.engine.client_order_ids(), **_legs(sim)}
         with sim.engine.lock:
             moving = [o for o in sim.engine.orders.values() if o.is_open and o.type == "market"]
         pending = [cid for cid, st in ours.items() if st == "PENDING"]
@@ -356,6 +404,13 @@ def _settle(
         if not pending and not behind and not moving and acked <= set(ours):
             return
         time.sleep(0.2)
+
+
+def _legs(sim: SimServer) -> dict[str, dict[str, Any]]:
+    """The broker's bracket legs (made by the broker, never POSTed), by client_order_id."""
+    with sim.engine.lock:
+        return {o.client_order_id: {"status": o.status, "orders": 1}
+                for o in sim.engine.orders.values() if o.parent_id is not None}
 
 
 def _mapped(status: str | None) -> str | None:
@@ -371,13 +426,20 @@ def _verify(report: Report, db: Path, acked: set[str], sim: SimServer) -> None:
     local_pos = {s: Decimal(q) for s, q in conn.execute("SELECT symbol, qty FROM positions")
                  if Decimal(q)}
     conn.close()
-    theirs = sim.engine.client_order_ids()
+    legs = _legs(sim)
+    theirs = {**sim.engine.client_order_ids(), **legs}
     report.broker_orders = sum(v["orders"] for v in theirs.values())
+    report.legs = len(legs)
+    report.legs_unknown = len(set(legs) - set(ours))
+    report.replaced = sum(1 for st in ours.values() if st == OrderState.REPLACED.value)
     report.lost = len(acked - set(ours))
     report.unknown_to_daemon = len(set(theirs) - set(ours))
     posts = sim.stats()["requests"].get("POST /v2/orders", {})
     report.duplicate_submits = posts.get("422", 0)  # every order is valid: 422 = duplicate
-    for cid in acked:
+    # every replace is of an order resting far from the market: a 422 is a PATCH resent
+    report.duplicate_submits += sum(by.get("422", 0) for ep, by in
+                                    sim.stats()["requests"].items() if ep.startswith("PATCH"))
+    for cid in acked | set(legs):
         if _mapped(theirs.get(cid, {}).get("status")) != ours.get(cid):
             report.wrong_state.append(f"{cid}: ours {ours.get(cid)}, broker "
                                       f"{theirs.get(cid, {}).get('status')}")

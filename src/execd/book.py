@@ -10,18 +10,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from execd.broker.base import BrokerOrder
 from execd.clock import Clock
-from execd.domain.decimals import show
+from execd.domain.decimals import show, show_opt
 from execd.domain.orders import (
+    ORDER_TYPES,
     BrokerView,
     Order,
+    OrderSpec,
     OrderState,
+    OrderType,
+    Side,
     Update,
     apply_broker_view,
     cancel_unsent,
@@ -96,9 +101,27 @@ class EventHub:
 class _Queued:
     client_order_id: str
     view: BrokerView
+    legs: Sequence[BrokerOrder] = ()  # the broker's legs of this order, recorded with it
     done: bool = False
     result: Order | None = None
     error: StorageUnavailable | None = None  # the group's write failed: for each waiter
+
+
+def leg_order(parent: Order, leg: BrokerOrder, now: float) -> Order:
+    """A leg the broker made, as our order: its own ids and terms, its parent's strategy
+    and owner. Born SUBMITTED with nothing filled; the broker's view of it is applied
+    next as any change, so a leg that filled at once counts its fill like any order."""
+    p = parent.spec
+    side: Side = "sell" if leg.side == "sell" else "buy"
+    otype: OrderType = leg.type if leg.type in ORDER_TYPES else "limit"
+    spec = OrderSpec(
+        client_order_id=leg.client_order_id, strategy_id=p.strategy_id, symbol=leg.symbol,
+        side=side, qty=leg.qty if leg.qty is not None else p.qty, type=otype,
+        limit_price=leg.limit_price, stop_price=leg.stop_price,
+        time_in_force=leg.time_in_force, order_class=p.order_class, parent=p.client_order_id,
+    )
+    return Order(spec=spec, state=OrderState.SUBMITTED, broker_order_id=leg.view.broker_order_id,
+                 created_at=now, updated_at=now, owner_uid=parent.owner_uid)
 
 
 FEED_BUFFER = 4096  # committed changes the risk gate may lag behind before it rebuilds
@@ -190,7 +213,7 @@ class OrderBook:
                 self.metrics.orders.labels(o.state.value).inc()
                 log.info("order accepted", client_order_id=o.client_order_id,
                          strategy_id=o.spec.strategy_id, symbol=o.spec.symbol,
-                         side=o.spec.side, qty=show(o.spec.qty), state=o.state.value)
+                         side=o.spec.side, qty=show_opt(o.spec.qty), state=o.state.value)
                 self.hub.publish(o)
         return new
 
@@ -203,14 +226,20 @@ class OrderBook:
             raise
         self._tell_risk(PricesChanged(prices=dict(prices)))
 
-    async def apply_view(self, client_order_id: str, view: BrokerView) -> Order | None:
+    async def apply_found(self, client_order_id: str, found: BrokerOrder) -> Order | None:
+        """Apply a broker's answer about an order with its legs: legs the book does not
+        hold yet are recorded in the same transaction as the parent's change."""
+        return await self.apply_view(client_order_id, found.view, legs=found.legs)
+
+    async def apply_view(self, client_order_id: str, view: BrokerView,
+                         legs: Sequence[BrokerOrder] = ()) -> Order | None:
         """Apply what the broker says about an order; None if the order is unknown.
 
         Group commit, leader/follower: the change is queued, and whoever holds the lock
         writes everything queued in one transaction; a caller whose change a previous
         holder already wrote finds it done and returns at once.
         """
-        item = _Queued(client_order_id, view)
+        item = _Queued(client_order_id, view, legs)
         self._queue.append(item)
         async with self._lock:
             if not item.done:
@@ -228,12 +257,40 @@ class OrderBook:
             if missing:  # closed (or unknown) orders: rare, from the store
                 current.update(await self.store.get_orders(missing))
             now = self._clock.time()
-            changes: list[tuple[Order, Update]] = []
+            changes: list[tuple[Order | None, Update]] = []
+            unknown_legs = [leg.client_order_id for q in batch for leg in q.legs
+                            if leg.client_order_id not in self.open]
+            known_legs = set(await self.store.get_orders(unknown_legs)) if unknown_legs else set()
             for q in batch:  # in order: later views of one order build on earlier ones
                 before = current.get(q.client_order_id)
                 if before is None:
                     continue
                 update = apply_broker_view(before, q.view, now)
+                new_legs = [leg for leg in q.legs if leg.client_order_id not in self.open
+                            and leg.client_order_id not in known_legs
+                            and leg.client_order_id not in current]
+                named = before.legs if update is None else update.order.legs
+                if new_legs or any(leg.client_order_id not in named for leg in q.legs):
+                    # legs it does not name yet: new ones, or a replaced parent's, which
+                    # the broker hands on to its replacement
+                    parent = update.order if update is not None else before
+                    parent = replace(parent, legs=tuple(dict.fromkeys(
+                        (*parent.legs, *(leg.client_order_id for leg in q.legs)))),
+                        updated_at=now)
+                    born = tuple(leg_order(parent, leg, now) for leg in new_legs)
+                    update = Update(order=parent, fill=update.fill if update else None,
+                                    event=update.event if update else "LEGS", born=born)
+                    for leg_row, leg in zip(born, new_legs, strict=True):
+                        current[leg_row.client_order_id] = leg_row
+                        changes.append((None, Update(order=leg_row, fill=None, event="LEG")))
+                        leg_update = apply_broker_view(leg_row, leg.view, now)
+                        if leg_update is not None:
+                            changes.append((leg_row, leg_update))
+                            current[leg_row.client_order_id] = leg_update.order
+                if update is not None and update.order.state == OrderState.REPLACED \
+                        and update.order.replaced_by is None:
+                    update = replace(update, order=replace(
+                        update.order, replaced_by=await self._replacement(before, q.view)))
                 if update is not None:
                     changes.append((before, update))
                     current[q.client_order_id] = update.order
@@ -248,6 +305,20 @@ class OrderBook:
         finally:
             for q in batch:
                 q.done = True
+
+    async def _replacement(self, old: Order, view: BrokerView) -> str | None:
+        """The client_order_id of the order that replaced `old`: ours, by the broker's
+        `replaced_by` id, else our newest replacement of it still open."""
+        ours = [o for o in self.open.values() if o.spec.replaces == old.client_order_id]
+        for o in ours:
+            if view.replaced_by is not None and o.broker_order_id == view.replaced_by:
+                return o.client_order_id
+        if view.replaced_by is not None:  # it may have closed already
+            closed = await self.store.get_by_broker_id(view.replaced_by)
+            if closed is not None:
+                return closed.client_order_id
+        ours = [o for o in ours if o.state != OrderState.PENDING or view.replaced_by is None]
+        return max(ours, key=lambda o: o.created_at).client_order_id if ours else None
 
     async def reject(self, client_order_id: str, reason: str) -> Order | None:
         return await self._while_pending(
@@ -270,11 +341,13 @@ class OrderBook:
             await self._commit([(before, update)])
             return update.order
 
-    async def _commit(self, changes: list[tuple[Order, Update]]) -> None:
+    async def _commit(self, changes: Sequence[tuple[Order | None, Update]]) -> None:
         """Write the changes in one transaction, then make them known: memory, the risk
-        gate, metrics, the log and subscribers. Nothing is known before it is on disk."""
+        gate, metrics, the log and subscribers. Nothing is known before it is on disk.
+        A change with no `before` is a leg being born: its row goes in with its parent
+        (Update.born), so it is not written again here."""
         try:
-            await self.store.apply_many([u for _, u in changes])
+            await self.store.apply_many([u for b, u in changes if b is not None])
         except StorageUnavailable as e:
             self._storage_failed(e)
             raise
@@ -287,10 +360,12 @@ class OrderBook:
             self._tell_risk(OrderChanged(before=before, after=after, fill=update.fill))
             self._announce(before, update)
 
-    def _announce(self, before: Order, update: Update) -> None:
+    def _announce(self, before: Order | None, update: Update) -> None:
         """Count, log and publish a change that is on disk."""
         after = update.order
-        if before.state != after.state:
+        if before is None:
+            self.metrics.orders.labels(after.state.value).inc()
+        elif before.state != after.state:
             self.metrics.orders.labels(before.state.value).dec()
             self.metrics.orders.labels(after.state.value).inc()
         fill = update.fill

@@ -60,7 +60,7 @@ class TradingStateChanged:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OrderChanged:
-    before: Order
+    before: Order | None  # None: an order the broker made (a leg), new to the book
     after: Order
     fill: Fill | None
 
@@ -118,6 +118,7 @@ class SendOrder:
 class CancelOrder:
     client_order_id: str
     reply: Reply[CancelResult]
+    legs: bool = False  # also cancel the exits of a parent whose entry has filled
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

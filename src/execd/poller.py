@@ -16,6 +16,7 @@ from execd.broker.base import BrokerClient, BrokerError
 from execd.clock import Clock, within
 from execd.domain.orders import OrderState, apply_broker_view
 from execd.health import Health
+from execd.legs import adopt, missing_legs
 from execd.obs import logging
 from execd.recovery import Recovery
 from execd.store import StorageUnavailable
@@ -54,9 +55,17 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
                           client_order_id=order.client_order_id,
                           strategy_id=order.spec.strategy_id, state=order.state.value)
                 continue
-        if apply_broker_view(order, found.view, started) is not None:  # news: write it
-            await book.apply_view(order.client_order_id, found.view)
+        if apply_broker_view(order, found.view, started) is not None or missing_legs(
+                order, found):  # news: write it
+            await book.apply_found(order.client_order_id, found)
             changed += 1
+    for cid in set(open_at_broker) - known:  # a leg of ours the book has not seen?
+        if open_at_broker[cid].parent is not None:
+            try:
+                await adopt(book, broker, open_at_broker[cid])
+            except BrokerError as e:
+                failed = e
+    known = {o.client_order_id for o in book.open_orders()}
     health.broker_orders_unknown = len(set(open_at_broker) - known)
     if failed is not None:
         raise failed

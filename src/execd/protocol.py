@@ -12,19 +12,25 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
 from execd.domain.decimals import PLACES, canonical, places, price_increment_error, show
+from execd.domain.order_rules import first_violation
 from execd.domain.orders import (
     CLIENT_ORDER_ID,
     OPEN_STATES,
+    ORDER_CLASSES,
     ORDER_TYPES,
     SIDES,
     STRATEGY_ID,
     SYMBOL,
     TIME_IN_FORCE,
+    OrderClass,
     OrderSpec,
     OrderState,
+    OrderType,
+    StopLoss,
+    TakeProfit,
     new_client_order_id,
 )
 
@@ -181,6 +187,11 @@ def _unknown_field(op: str, allowed: frozenset[str], name: str) -> str:
     return f'unknown field "{shown}": {op} takes {takes}'
 
 
+def string(args: dict[str, Any], name: str) -> str | None:
+    """An optional string field."""
+    return _str(args, name, required=False)
+
+
 def _str(args: dict[str, Any], name: str, *, required: bool = True) -> str | None:
     v = args.get(name)
     if v is None:
@@ -254,8 +265,50 @@ def wait_field(args: dict[str, Any]) -> str:
     return wait
 
 
+NESTED: dict[str, frozenset[str]] = {  # a bracket's exits, as Alpaca names them
+    "take_profit": frozenset({"limit_price"}),
+    "stop_loss": frozenset({"stop_price", "limit_price"}),
+}
+
+
+def _object(args: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A nested object (take_profit, stop_loss), its fields checked as strictly as a
+    request's."""
+    v = args.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise invalid(f"{name} must be an object")
+    unknown = sorted(set(v) - NESTED[name])
+    if unknown:
+        raise invalid(f"{name}: " + _unknown_field(name, NESTED[name], unknown[0]))
+    return v
+
+
+def _nested_price(obj: dict[str, Any], parent: str, name: str) -> Decimal | None:
+    try:
+        return price_field(obj, name)
+    except ProtocolError as e:
+        raise invalid(f"{parent}.{e.message}") from None
+
+
+def flag(args: dict[str, Any], name: str) -> bool:
+    v = args.get(name, False)
+    if not isinstance(v, bool):
+        raise invalid(f"{name} must be true or false")
+    return v
+
+
+def choice(args: dict[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:
+    v = _str(args, name, required=False) or default
+    if v not in choices:
+        raise invalid(f"{name} must be one of {', '.join(choices)}")
+    return v
+
+
 def submit_spec(args: dict[str, Any], now: float) -> tuple[OrderSpec, str]:
-    """The order a submit asks for, and its wait mode."""
+    """The order a submit asks for, and its wait mode. Alpaca's combination rules are
+    checked here (order_rules.py), before anything is stored or sent."""
     sid = strategy_id(args, required=True)
     assert sid is not None
     symbol = symbol_field(args)
@@ -263,26 +316,44 @@ def submit_spec(args: dict[str, Any], now: float) -> tuple[OrderSpec, str]:
     if side not in SIDES:
         raise invalid('side must be "buy" or "sell"')
     qty = decimal_field(args, "qty")
-    if qty is None:
-        raise invalid("qty is required")
-    otype = _str(args, "type", required=False) or "market"
-    if otype not in ORDER_TYPES:
-        raise invalid('type must be "market" or "limit"')
-    limit_price = price_field(args, "limit_price")
-    if otype == "limit" and limit_price is None:
-        raise invalid("limit_price is required for a limit order")
-    if otype == "market" and limit_price is not None:
-        raise invalid("limit_price is only for limit orders")
-    tif = _str(args, "time_in_force", required=False) or "day"
-    if tif not in TIME_IN_FORCE:
-        raise invalid(f"time_in_force must be one of {', '.join(TIME_IN_FORCE)}")
+    notional = decimal_field(args, "notional")
+    if notional is not None and places(notional) > 2:
+        raise invalid("notional has too many decimal places: at most 2 (dollars and cents)")
+    otype = cast(OrderType, choice(args, "type", ORDER_TYPES, "market"))
+    oclass = cast(OrderClass, choice(args, "order_class", ORDER_CLASSES, "simple"))
+    tif = choice(args, "time_in_force", TIME_IN_FORCE, "day")
+    take_profit: TakeProfit | None = None
+    if (tp := _object(args, "take_profit")) is not None:
+        tp_limit = _nested_price(tp, "take_profit", "limit_price")
+        if tp_limit is None:
+            raise invalid("take_profit.limit_price is required")
+        take_profit = TakeProfit(limit_price=tp_limit)
+    stop_loss: StopLoss | None = None
+    if (sl := _object(args, "stop_loss")) is not None:
+        sl_stop = _nested_price(sl, "stop_loss", "stop_price")
+        if sl_stop is None:
+            raise invalid("stop_loss.stop_price is required")
+        stop_loss = StopLoss(stop_price=sl_stop,
+                             limit_price=_nested_price(sl, "stop_loss", "limit_price"))
     wait = wait_field(args)
     cid = client_order_id(args, required=False) or new_client_order_id(sid, now)
     spec = OrderSpec(
         client_order_id=cid, strategy_id=sid, symbol=symbol, side=side,
-        qty=qty, type=otype, limit_price=limit_price, time_in_force=tif,
+        qty=qty, notional=notional, type=otype, limit_price=price_field(args, "limit_price"),
+        stop_price=price_field(args, "stop_price"), trail_price=price_field(args, "trail_price"),
+        trail_percent=decimal_field(args, "trail_percent"), time_in_force=tif,
+        extended_hours=flag(args, "extended_hours"), order_class=oclass,
+        take_profit=take_profit, stop_loss=stop_loss,
     )
+    if (broken := first_violation(spec)) is not None:
+        raise invalid(broken.message)
     return spec, wait
+
+
+SUBMIT_FIELDS = frozenset({
+    "strategy_id", "symbol", "side", "qty", "notional", "type", "limit_price", "stop_price",
+    "trail_price", "trail_percent", "time_in_force", "extended_hours", "order_class",
+    "take_profit", "stop_loss", "client_order_id", "wait"})
 
 
 def orders_filter(args: dict[str, Any]) -> tuple[str | None, list[OrderState] | None, int]:

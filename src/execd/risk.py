@@ -289,7 +289,8 @@ class RiskGate:
                 code="recovering", retry_after_s=RECOVERING_RETRY_S,
                 reason=f"execd is starting up ({self.recovery.progress()}); no new order goes "
                 "to the broker until that is done: retry shortly")
-        denial = risk.check(spec, ctx, self.limits, closing=msg.closing)
+        replacing = None if spec.replaces is None else self.book.open.get(spec.replaces)
+        denial = risk.check(spec, ctx, self.limits, closing=msg.closing, replacing=replacing)
         if denial is not None:
             metrics.submits.labels("denied").inc()
             metrics.rejections.labels(denial.rule).inc()

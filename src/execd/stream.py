@@ -42,6 +42,7 @@ from execd.broker.base import BrokerClient, BrokerError
 from execd.broker.websocket import WebSocketClosed
 from execd.clock import Clock
 from execd.health import Health
+from execd.legs import adopt
 from execd.obs import logging
 from execd.obs.metrics import STREAM_EVENTS, Metrics
 from execd.store import StorageUnavailable
@@ -243,12 +244,19 @@ class StreamActor:
         cid = update.order.client_order_id
         before = await self.book.get(cid)
         if before is None:
+            try:  # a leg of ours the book has not seen yet? (a leg names no parent)
+                if await adopt(self.book, self.broker, update.order) is not None:
+                    before = await self.book.get(cid)
+            except (BrokerError, StorageUnavailable) as e:
+                log.warning("cannot look up the parent of an unknown order", error=str(e),
+                            client_order_id=cid)
+        if before is None:
             m.stream_unknown.inc()
             log.debug("stream event for an order execd did not place", client_order_id=cid,
                       event=update.event)
             return
         try:
-            after = await self.book.apply_view(cid, update.order.view)
+            after = await self.book.apply_found(cid, update.order)
         except StorageUnavailable:
             return  # not recorded: the safety-net poll repairs it once writes work
         if update.execution_id is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import partial
 from typing import Any, assert_never
 
@@ -29,6 +30,7 @@ from execd.broker.base import (
     BrokerRejected,
     BrokerUnavailable,
     DuplicateOrderId,
+    ReplaceChanges,
 )
 from execd.clock import Clock
 from execd.domain.orders import TERMINAL_STATES, Order, OrderState, apply_broker_view
@@ -135,13 +137,15 @@ class Submitter:
                         found = await self.broker.get_order_by_client_id(cid)
                         if found is not None:
                             self._ok()
-                            return await self.book.apply_view(cid, found.view)
+                            return await self.book.apply_found(cid, found)
                         if not may_send:
                             raise BrokerUnavailable("broker says duplicate but has no such order")
+                    if order.spec.replaces is not None:
+                        return await self._replace(order)
                     found = await self.broker.submit_order(order.spec)
                     HOOKS.point("after_submit")  # the broker has it; we have not recorded it
                     self._ok()
-                    return await self.book.apply_view(cid, found.view)
+                    return await self.book.apply_found(cid, found)
                 except DuplicateOrderId:
                     log.warning("broker already has this client_order_id: looking it up",
                                 client_order_id=cid, strategy_id=order.spec.strategy_id)
@@ -168,6 +172,31 @@ class Submitter:
                     await self._failed(e)
                     await self.clock.sleep(delay)
                     delay = min(delay * 2, 30.0)
+
+    async def _replace(self, order: Order) -> Order | None:
+        """PATCH the old order into this one (called looked-up-first like a submit: the
+        new client_order_id was not found at the broker). Ambiguity is the caller's loop:
+        BrokerAmbiguous means look the new id up, never PATCH blind."""
+        cid, old_cid = order.client_order_id, order.spec.replaces
+        assert old_cid is not None
+        old = await self.book.get(old_cid)
+        if old is None or old.broker_order_id is None or old.state in TERMINAL_STATES:
+            state = "unknown" if old is None else old.state.value
+            return await self._record_rejection(
+                cid, f"the order it replaces ({old_cid}) is {state}")
+        found = await self.broker.replace_order(
+            old.broker_order_id, changes(old, order), cid)
+        HOOKS.point("after_submit")
+        self._ok()
+        after = await self.book.apply_found(cid, found)
+        try:  # the old one, as the broker has it now (REPLACED once the broker says so)
+            was = await self.broker.get_order_by_client_id(old_cid)
+            if was is not None:
+                await self.book.apply_found(old_cid, was)
+        except BrokerError as e:
+            log.info("cannot refresh a replaced order now; the poller will", error=str(e),
+                     client_order_id=old_cid)
+        return after
 
     async def _record_rejection(self, cid: str, reason: str) -> Order | None:
         """The broker refused it: record that, waiting for the disk if it must (a
@@ -222,7 +251,7 @@ class Submitter:
                 if found is None:
                     return CancelRequested(orders=(order,))
                 try:
-                    after = await self.book.apply_view(cid, found.view)
+                    after = await self.book.apply_found(cid, found)
                 except StorageUnavailable:  # as the broker says, not yet recorded
                     change = apply_broker_view(order, found.view, self.clock.time())
                     after = order if change is None else change.order
@@ -232,6 +261,53 @@ class Submitter:
             except BrokerError as e:
                 await self._failed(e)
                 return CancelDenied(code="internal", reason=f"broker unavailable: {e}")
+
+    async def cancel_family(self, cid: str, legs: bool) -> CancelResult:
+        """Cancel an order; for a bracket/OCO/OTO parent, its family. The broker cancels
+        the legs with a parent whose entry is still open. A parent whose entry has
+        filled leaves open exits that protect a position: they are cancelled only when
+        asked (`legs`), on purpose."""
+        order = await self.book.get(cid)
+        if order is None or not order.legs:
+            return await self.cancel(cid)
+        family = await self.book.store.get_orders(order.legs)
+        open_legs = [o.client_order_id for o in family.values() if o.is_open]
+        if order.is_open:
+            result = await self.cancel(cid)
+            if isinstance(result, CancelDenied):
+                return result
+            await self._refresh(cid)
+            after = await self.book.store.get_orders([cid, *order.legs])
+            return CancelRequested(orders=tuple(after[c] for c in (cid, *order.legs)
+                                                if c in after))
+        if not open_legs:
+            return await self.cancel(cid)
+        if not legs:
+            return CancelDenied(code="conflict", reason=(
+                f"order {cid} is {order.state.value}: its exits {', '.join(open_legs)} protect "
+                'the position; send "legs": true to cancel them (the position is then '
+                "unprotected)"))
+        results: list[Order] = []
+        for leg in open_legs:
+            r = await self.cancel(leg)
+            if isinstance(r, CancelDenied):
+                return r
+            results.extend(r.orders)
+        return CancelRequested(orders=(order, *results))
+
+    async def _refresh(self, cid: str) -> None:
+        """The order and its legs as the broker has them now (legs change with it)."""
+        try:
+            order = await self.book.get(cid)
+            found = None if order is None or order.broker_order_id is None else \
+                await self.broker.get_order(order.broker_order_id)  # nested=true: its legs
+            if found is not None:
+                await self.book.apply_found(cid, found)
+                for leg in found.legs:
+                    await self.book.apply_found(leg.client_order_id, leg)
+        except (BrokerError, StorageUnavailable) as e:
+            log.warning("cannot refresh an order's legs; the poller will", error=str(e),
+                        client_order_id=cid)
 
     async def cancel_all(self, strategy_id: str | None, owner_uid: int | None) -> CancelResult:
         targets = [
@@ -250,6 +326,21 @@ class Submitter:
             for o in targets:
                 tg.start_soon(one, o.client_order_id)
         return CancelRequested(orders=tuple(results))
+
+
+def changes(old: Order, new: Order) -> ReplaceChanges:
+    """What a PATCH must say to turn `old` into `new`: the fields that differ."""
+    a, b = old.spec, new.spec
+
+    def differs(x: Decimal | None, y: Decimal | None) -> Decimal | None:
+        return y if y is not None and x != y else None
+
+    trail = differs(a.trail_price, b.trail_price) or differs(a.trail_percent, b.trail_percent)
+    return ReplaceChanges(
+        qty=differs(a.qty, b.qty), limit_price=differs(a.limit_price, b.limit_price),
+        stop_price=differs(a.stop_price, b.stop_price), trail=trail,
+        time_in_force=b.time_in_force if b.time_in_force != a.time_in_force else None,
+    )
 
 
 async def run(
@@ -293,8 +384,8 @@ async def run(
                     cid = order.client_order_id
                     tg.start_soon(partial(submitter.send, order, unknown_history=cid in unknown,
                                           done=reply))
-                case CancelOrder(client_order_id=cid, reply=reply):
-                    tg.start_soon(_answer_cancel, reply, submitter.cancel(cid))
+                case CancelOrder(client_order_id=cid, reply=reply, legs=legs):
+                    tg.start_soon(_answer_cancel, reply, submitter.cancel_family(cid, legs))
                 case CancelAll(strategy_id=sid, reply=reply, owner_uid=owner):
                     tg.start_soon(_answer_cancel, reply, submitter.cancel_all(sid, owner))
                 case _:
@@ -329,7 +420,7 @@ async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Reco
             found = listed.get(order.client_order_id)
             if found is not None:
                 async with submitter.owning(order.client_order_id):
-                    await submitter.book.apply_view(order.client_order_id, found.view)
+                    await submitter.book.apply_found(order.client_order_id, found)
             else:
                 await submitter.send(order, unknown_history=True)
         recovery.resolved()

@@ -39,6 +39,8 @@ from execd.broker.base import (
     BrokerRejected,
     BrokerUnavailable,
     DuplicateOrderId,
+    ReplaceChanges,
+    flatten,
 )
 from execd.clock import Clock
 from execd.domain.decimals import plain
@@ -162,17 +164,55 @@ def _time(v: str) -> datetime:
     return datetime.fromisoformat(v.replace("Z", "+00:00"))
 
 
-def order_from(raw: dict[str, Any]) -> BrokerOrder:
-    """Alpaca's order JSON (REST or stream) as ours, decimals exact."""
+def order_from(raw: dict[str, Any], parent: str | None = None) -> BrokerOrder:
+    """Alpaca's order JSON (REST or stream) as ours, decimals exact, with its legs (each
+    naming `parent`, the broker id of the order they came in)."""
+    oid = str(raw["id"])
+    replaced_by = raw.get("replaced_by")
     return BrokerOrder(
         view=BrokerView(
-            broker_order_id=str(raw["id"]), status=str(raw["status"]),
+            broker_order_id=oid, status=str(raw["status"]),
             filled_qty=_dec(raw.get("filled_qty")) or Decimal(0),
             filled_avg_price=_dec(raw.get("filled_avg_price")),
+            replaced_by=None if replaced_by is None else str(replaced_by),
         ),
         client_order_id=str(raw["client_order_id"]), symbol=str(raw["symbol"]),
         submitted_at=_time(str(raw.get("submitted_at") or raw["created_at"])),
+        side=str(raw.get("side") or "buy"), type=str(raw.get("type") or raw.get("order_type")
+                                                      or "market"),
+        qty=_dec(raw.get("qty")), limit_price=_dec(raw.get("limit_price")),
+        stop_price=_dec(raw.get("stop_price")), time_in_force=str(raw.get("time_in_force")
+                                                                   or "day"),
+        order_class=str(raw.get("order_class") or "simple"), parent=parent,
+        legs=tuple(order_from(leg, oid) for leg in raw.get("legs") or ()),
     )
+
+
+def order_body(spec: OrderSpec) -> dict[str, Any]:
+    """The POST /v2/orders body: Alpaca's names, every decimal a plain string."""
+    body: dict[str, Any] = {"symbol": spec.symbol}
+    if spec.qty is not None:
+        body["qty"] = plain(spec.qty)
+    if spec.notional is not None:
+        body["notional"] = plain(spec.notional)
+    body.update({"side": spec.side, "type": spec.type, "time_in_force": spec.time_in_force,
+                 "client_order_id": spec.client_order_id})
+    for name in ("limit_price", "stop_price", "trail_price", "trail_percent"):
+        value = getattr(spec, name)
+        if value is not None:
+            body[name] = plain(value)
+    if spec.extended_hours:
+        body["extended_hours"] = True
+    if spec.order_class != "simple":
+        body["order_class"] = spec.order_class
+    if spec.take_profit is not None:
+        body["take_profit"] = {"limit_price": plain(spec.take_profit.limit_price)}
+    if spec.stop_loss is not None:
+        sl = spec.stop_loss
+        body["stop_loss"] = {"stop_price": plain(sl.stop_price)}
+        if sl.limit_price is not None:
+            body["stop_loss"]["limit_price"] = plain(sl.limit_price)
+    return body
 
 
 class AlpacaClient:
@@ -229,12 +269,7 @@ class AlpacaClient:
 
     # --------------------------------------------------------------- the port
     async def submit_order(self, spec: OrderSpec) -> BrokerOrder:
-        body: dict[str, Any] = {
-            "symbol": spec.symbol, "qty": plain(spec.qty), "side": spec.side, "type": spec.type,
-            "time_in_force": spec.time_in_force, "client_order_id": spec.client_order_id,
-        }
-        if spec.limit_price is not None:
-            body["limit_price"] = plain(spec.limit_price)
+        body = order_body(spec)
         try:
             raw = await self._call("submit_order", lambda: self._client.post("/orders", body),
                                    retry_on=_RateLimited)
@@ -244,11 +279,45 @@ class AlpacaClient:
             raise BrokerAmbiguous(f"submit outcome unknown: {e}") from e
         return order_from(cast(dict[str, Any], raw))
 
+    async def replace_order(
+        self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str
+    ) -> BrokerOrder:
+        """PATCH /v2/orders/{id}: one attempt, like a submit (a 429 alone is retried).
+        Ambiguous outcomes are the caller's to resolve by looking the new id up."""
+        body: dict[str, Any] = {}
+        for name in ("qty", "limit_price", "stop_price", "trail"):
+            value = getattr(changes, name)
+            if value is not None:
+                body[name] = plain(value)
+        if changes.time_in_force is not None:
+            body["time_in_force"] = changes.time_in_force
+        body["client_order_id"] = new_client_order_id
+        try:
+            raw = await self._call(
+                "replace_order", lambda: self._client.patch(f"/orders/{broker_order_id}", body),
+                retry_on=_RateLimited)
+        except _RateLimited:
+            raise
+        except BrokerUnavailable as e:
+            raise BrokerAmbiguous(f"replace outcome unknown: {e}") from e
+        return order_from(cast(dict[str, Any], raw))
+
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         try:
             raw = await self._call("get_order_by_client_id", lambda: self._client.get(
-                "/orders:by_client_order_id", {"client_order_id": client_order_id}),
-                priority=True)
+                "/orders:by_client_order_id", {"client_order_id": client_order_id,
+                                               "nested": "true"}), priority=True)
+        except BrokerRejected as e:
+            if e.status == 404:
+                return None
+            raise
+        return order_from(cast(dict[str, Any], raw))
+
+    async def get_order(self, broker_order_id: str) -> BrokerOrder | None:
+        """By the broker's id, with its legs (a leg's own answer names no parent)."""
+        try:
+            raw = await self._call("get_order", lambda: self._client.get(
+                f"/orders/{broker_order_id}", {"nested": "true"}), priority=True)
         except BrokerRejected as e:
             if e.status == 404:
                 return None
@@ -269,13 +338,14 @@ class AlpacaClient:
         any of theirs the list did not show)."""
         out: dict[str, BrokerOrder] = {}
         while True:
-            params: dict[str, Any] = {"status": status, "limit": PAGE, "direction": "asc"}
+            params: dict[str, Any] = {"status": status, "limit": PAGE, "direction": "asc",
+                                      "nested": "true"}
             if after is not None:
                 params["after"] = after.isoformat()
             page = await self._call("list_orders", partial(self._client.get, "/orders", params),
                                     priority=True)
             orders = [order_from(o) for o in page]
-            new = [o for o in orders if o.view.broker_order_id not in out]
+            new = [o for o in flatten(orders) if o.view.broker_order_id not in out]
             out.update((o.view.broker_order_id, o) for o in new)
             if len(orders) < PAGE or not new:
                 return list(out.values())

@@ -51,6 +51,36 @@ class BrokerOrder:
     client_order_id: str
     symbol: str
     submitted_at: datetime
+    # What a leg's record is made from (a leg is created by the broker, not by us):
+    side: str = "buy"
+    type: str = "market"
+    qty: Decimal | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    time_in_force: str = "day"
+    order_class: str = "simple"
+    parent: str | None = None  # a leg: the broker id of the order it came in
+    legs: tuple[BrokerOrder, ...] = ()
+
+
+def flatten(orders: Sequence[BrokerOrder]) -> list[BrokerOrder]:
+    """Orders and their legs (nested=true lists them under their parent), as one list."""
+    out: list[BrokerOrder] = []
+    for o in orders:
+        out.append(o)
+        out.extend(flatten(o.legs))
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplaceChanges:
+    """What a replace (PATCH) changes; None leaves a field as it is."""
+
+    qty: Decimal | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    trail: Decimal | None = None
+    time_in_force: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,11 +96,21 @@ class BrokerClient(Protocol):
         ...
 
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
-        """None when the broker has no such order."""
+        """None when the broker has no such order. With its legs."""
+        ...
+
+    async def get_order(self, broker_order_id: str) -> BrokerOrder | None:
+        """By the broker's id, with its legs; None when the broker has no such order."""
+        ...
+
+    async def replace_order(
+        self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str
+    ) -> BrokerOrder:
+        """One attempt at PATCH; raises BrokerAmbiguous when the outcome is unknown."""
         ...
 
     async def list_open_orders(self) -> Sequence[BrokerOrder]:
-        """Every open order, paged as needed."""
+        """Every open order, paged as needed, legs listed as orders of their own."""
         ...
 
     async def list_orders_since(self, after: datetime) -> Sequence[BrokerOrder]:

@@ -1,14 +1,14 @@
 """Orders and their state machine. Pure: no I/O, no clock (times are passed in).
 
-Alpaca statuses map onto our seven states as follows (DESIGN.md asks us to decide):
+Alpaca statuses map onto our eight states as follows (DESIGN.md asks us to decide):
 
     new, accepted, pending_new, accepted_for_bidding,
     pending_review, held, stopped                  -> SUBMITTED (open at the broker)
     partially_filled                               -> PARTIALLY_FILLED
     filled                                         -> FILLED
     canceled                                       -> CANCELLED
-    replaced                                       -> CANCELLED (execd never replaces; the
-                                                      original is dead either way)
+    replaced                                       -> REPLACED (a PATCH made a new order;
+                                                      `replaced_by` names it)
     expired                                        -> EXPIRED
     rejected, suspended                            -> REJECTED
     pending_cancel, pending_replace, done_for_day,
@@ -40,6 +40,7 @@ class OrderState(StrEnum):
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
     EXPIRED = "EXPIRED"
+    REPLACED = "REPLACED"  # a replace made a new order (replaced_by); fills may still come
 
 
 OPEN_STATES = frozenset({OrderState.PENDING, OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED})
@@ -57,7 +58,7 @@ ALPACA_STATUS: dict[str, OrderState | None] = {
     "partially_filled": OrderState.PARTIALLY_FILLED,
     "filled": OrderState.FILLED,
     "canceled": OrderState.CANCELLED,
-    "replaced": OrderState.CANCELLED,
+    "replaced": OrderState.REPLACED,
     "expired": OrderState.EXPIRED,
     "rejected": OrderState.REJECTED,
     "suspended": OrderState.REJECTED,
@@ -68,9 +69,11 @@ ALPACA_STATUS: dict[str, OrderState | None] = {
 }
 
 Side = Literal["buy", "sell"]
-OrderType = Literal["market", "limit"]
+OrderType = Literal["market", "limit", "stop", "stop_limit", "trailing_stop"]
+OrderClass = Literal["simple", "bracket", "oco", "oto"]
 SIDES: tuple[Side, ...] = ("buy", "sell")
-ORDER_TYPES: tuple[OrderType, ...] = ("market", "limit")
+ORDER_TYPES: tuple[OrderType, ...] = ("market", "limit", "stop", "stop_limit", "trailing_stop")
+ORDER_CLASSES: tuple[OrderClass, ...] = ("simple", "bracket", "oco", "oto")
 TIME_IN_FORCE = ("day", "gtc", "ioc", "fok", "opg", "cls")
 STRATEGY_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 # ASCII only (str.isalnum() would take full-width letters): a stock like BRK.B, or a
@@ -93,21 +96,51 @@ def new_client_order_id(strategy_id: str, now: float) -> str:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TakeProfit:
+    limit_price: Decimal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopLoss:
+    stop_price: Decimal
+    limit_price: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OrderSpec:
-    """What a strategy asked for: the part of an order that never changes."""
+    """What a strategy asked for: the part of an order that never changes.
+
+    Exactly one of `qty` and `notional` (order_rules.py checks it). A leg (created by the
+    broker for a bracket/OCO/OTO) names its parent in `parent`; a replacement names the
+    order it replaces in `replaces`."""
 
     client_order_id: str
     strategy_id: str
     symbol: str
     side: Side
-    qty: Decimal
+    qty: Decimal | None = None
+    notional: Decimal | None = None
     type: OrderType = "market"
     limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
     time_in_force: str = "day"
+    extended_hours: bool = False
+    order_class: OrderClass = "simple"
+    take_profit: TakeProfit | None = None
+    stop_loss: StopLoss | None = None
+    parent: str | None = None  # a leg: its parent's client_order_id
+    replaces: str | None = None  # a replacement: the client_order_id it replaces
+
+    @property
+    def size(self) -> Decimal:
+        """The qty, or 0 for a notional order (its qty is known only once it fills)."""
+        return self.qty if self.qty is not None else Decimal(0)
 
     @property
     def signed_qty(self) -> Decimal:
-        return self.qty if self.side == "buy" else -self.qty
+        return self.size if self.side == "buy" else -self.size
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +154,8 @@ class Order:
     created_at: float = 0.0
     updated_at: float = 0.0
     owner_uid: int | None = None  # the peer that submitted it, for access control
+    legs: tuple[str, ...] = ()  # a bracket/OCO/OTO parent: its legs' client_order_ids
+    replaced_by: str | None = None  # REPLACED: the new order's client_order_id
 
     @property
     def client_order_id(self) -> str:
@@ -132,17 +167,18 @@ class Order:
 
     @property
     def remaining(self) -> Decimal:
-        return self.spec.qty - self.filled_qty
+        """Shares still to fill (0 for a notional order: its size is in dollars)."""
+        return max(Decimal(0), self.spec.size - self.filled_qty)
 
     def to_json(self) -> dict[str, Any]:
         s = self.spec
-        return {
+        out: dict[str, Any] = {
             "client_order_id": s.client_order_id,
             "broker_order_id": self.broker_order_id,
             "strategy_id": s.strategy_id,
             "symbol": s.symbol,
             "side": s.side,
-            "qty": show(s.qty),
+            "qty": show_opt(s.qty),
             "type": s.type,
             "limit_price": show_opt(s.limit_price),
             "time_in_force": s.time_in_force,
@@ -153,6 +189,27 @@ class Order:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+        # the newer fields only where they say something: older clients see what they saw
+        extra: dict[str, Any] = {
+            "notional": show_opt(s.notional), "stop_price": show_opt(s.stop_price),
+            "trail_price": show_opt(s.trail_price), "trail_percent": show_opt(s.trail_percent),
+            "parent_client_order_id": s.parent, "replaces": s.replaces,
+            "replaced_by": self.replaced_by,
+        }
+        out.update((k, v) for k, v in extra.items() if v is not None)
+        if s.extended_hours:
+            out["extended_hours"] = True
+        if s.order_class != "simple":
+            out["order_class"] = s.order_class
+        if s.take_profit is not None:
+            out["take_profit"] = {"limit_price": show(s.take_profit.limit_price)}
+        if s.stop_loss is not None:
+            out["stop_loss"] = {"stop_price": show(s.stop_loss.stop_price),
+                                **({"limit_price": show(s.stop_loss.limit_price)}
+                                   if s.stop_loss.limit_price is not None else {})}
+        if self.legs:
+            out["legs"] = list(self.legs)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,6 +234,7 @@ class BrokerView:
     status: str
     filled_qty: Decimal
     filled_avg_price: Decimal | None
+    replaced_by: str | None = None  # the broker id of the order that replaced it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,6 +242,7 @@ class Update:
     order: Order
     fill: Fill | None
     event: str  # e.g. "SUBMITTED", "FILL", "FILLED"
+    born: tuple[Order, ...] = ()  # orders the broker made with it (legs), stored with it
 
 
 def apply_broker_view(order: Order, view: BrokerView, now: float) -> Update | None:
@@ -192,8 +251,9 @@ def apply_broker_view(order: Order, view: BrokerView, now: float) -> Update | No
     Fills are derived from the growth of filled_qty; their price from the growth of
     filled_qty * filled_avg_price, so that partial fills average out exactly.
     """
-    if order.state in TERMINAL_STATES:
-        return None
+    if order.state in TERMINAL_STATES and not (
+            order.state == OrderState.REPLACED and view.filled_qty > order.filled_qty):
+        return None  # a REPLACED order may have filled first: its fills still count
     mapped = ALPACA_STATUS.get(view.status)
     new_state = order.state
     if mapped is not None and can_transition(order.state, mapped):
@@ -211,7 +271,7 @@ def apply_broker_view(order: Order, view: BrokerView, now: float) -> Update | No
         filled_qty, avg = view.filled_qty, view.filled_avg_price
         if new_state in (OrderState.PENDING, OrderState.SUBMITTED):
             new_state = OrderState.PARTIALLY_FILLED
-    if filled_qty >= order.spec.qty and new_state in OPEN_STATES:
+    if order.spec.qty is not None and filled_qty >= order.spec.qty and new_state in OPEN_STATES:
         new_state = OrderState.FILLED  # e.g. `calculated` with every share filled
     if new_state == order.state and fill is None and order.broker_order_id is not None:
         return None

@@ -87,9 +87,10 @@ class RiskContext:
         self._count(order, +1)
         self._recent(order.created_at, order.spec.strategy_id)
 
-    def apply(self, before: Order, after: Order, fill: Fill | None) -> None:
-        """A change the order book committed."""
-        self._count(before, -1)
+    def apply(self, before: Order | None, after: Order, fill: Fill | None) -> None:
+        """A change the order book committed (`before` None: a leg the broker made)."""
+        if before is not None:
+            self._count(before, -1)
         self._count(after, +1)
         if fill is not None:
             e = self.exposure.setdefault(fill.symbol, Exposure())
@@ -110,7 +111,7 @@ class RiskContext:
                 del self.orders_last_minute[sid]
 
     def _count(self, order: Order, sign: int) -> None:
-        if not order.is_open:
+        if not order.is_open or _shadow_exit(order.spec):
             return
         e = self.exposure.setdefault(order.spec.symbol, Exposure())
         if order.spec.side == "buy":
@@ -132,6 +133,31 @@ class RiskContext:
                 dict(self.prices), dict(self.halted))
 
 
+def _shadow_exit(spec: OrderSpec) -> bool:
+    """A bracket's or OCO's stop-loss leg: its take-profit sibling (the same shares, one
+    fill cancels the other) already counts for the pair."""
+    return (spec.parent is not None and spec.order_class in ("bracket", "oco")
+            and spec.type in ("stop", "stop_limit"))
+
+
+def _shares(spec: OrderSpec, ctx: RiskContext) -> Decimal:
+    """The order's shares; a notional one's at the last price (unpriced: too many to
+    shrink anything)."""
+    if spec.qty is not None:
+        return spec.qty
+    price = ctx.prices.get(spec.symbol)
+    assert spec.notional is not None
+    return spec.notional / price if price else Decimal("Infinity")
+
+
+def _price(spec: OrderSpec, ctx: RiskContext) -> Decimal | None:
+    """What one share may cost: the order's own price if it names one, else the last."""
+    for p in (spec.limit_price, spec.stop_price):
+        if p is not None:
+            return p
+    return ctx.prices.get(spec.symbol)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Denial:
     code: str  # "trading_halted" or "risk_rejected"
@@ -140,10 +166,12 @@ class Denial:
 
 
 def check(
-    spec: OrderSpec, ctx: RiskContext, limits: RiskLimits, *, closing: bool = False
+    spec: OrderSpec, ctx: RiskContext, limits: RiskLimits, *, closing: bool = False,
+    replacing: Order | None = None,
 ) -> Denial | None:
     """Whether `spec` may go. A `closing` order (close_position, flatten) goes even while
-    trading is halted, but only if it shrinks a position, as in REDUCING."""
+    trading is halted, but only if it shrinks a position, as in REDUCING. A replacement
+    is checked as the book will be after the change: without the order it replaces."""
 
     def deny(rule: str, reason: str) -> Denial:
         return Denial(code="risk_rejected", rule=rule, reason=reason)
@@ -162,11 +190,20 @@ def check(
             "; cancels still work",
         )
     e = ctx.exposure.get(spec.symbol, Exposure())
+    open_orders = ctx.open_orders
+    if replacing is not None and replacing.is_open and not _shadow_exit(replacing.spec):
+        gone = replacing.remaining
+        e = Exposure(position=e.position,
+                     open_buys=e.open_buys - (gone if replacing.spec.side == "buy" else 0),
+                     open_sells=e.open_sells - (gone if replacing.spec.side == "sell" else 0))
+        open_orders -= 1
     if t.state == TradingState.REDUCING or closing:
         # Reducing: the position after this order and every open order on its side
         # must be no further from zero than now, and on the same side of zero.
         pending = -e.open_sells if spec.side == "sell" else e.open_buys
-        after = e.position + pending + spec.signed_qty
+        shares = _shares(spec, ctx)
+        signed = shares if spec.side == "buy" else -shares
+        after = e.position + pending + signed
         if e.position == 0 or abs(after) > abs(e.position) or after * e.position < 0:
             if closing:
                 return deny("reducing", f"a closing order must shrink the position: "
@@ -182,33 +219,48 @@ def check(
         return deny("symbol_not_allowed", f"symbol {spec.symbol} is not in risk.allow_symbols")
     if spec.symbol in limits.deny_symbols:
         return deny("symbol_denied", f"symbol {spec.symbol} is in risk.deny_symbols")
-    if limits.max_qty is not None and spec.qty > limits.max_qty:
-        return deny("max_qty", f"qty {show(spec.qty)} is over risk.max_qty "
+    price = _price(spec, ctx)
+    qty = spec.qty
+    if qty is None:  # notional: its shares at the last known price
+        assert spec.notional is not None
+        if price is None:  # unknown shares: refused only where unpriced orders are
+            if limits.reject_unpriced_market_orders and (
+                    limits.max_qty is not None or limits.max_position is not None):
+                return deny("no_price", f"no recent price for {spec.symbol}: cannot check "
+                            "risk.max_qty/max_position of a notional order; send a qty")
+            qty = Decimal(0)
+        else:
+            qty = spec.notional / price
+    if limits.max_qty is not None and qty > limits.max_qty:
+        return deny("max_qty", f"qty {show(qty)} is over risk.max_qty "
                     f"{show(limits.max_qty)}")
-    price = spec.limit_price if spec.limit_price is not None else ctx.prices.get(spec.symbol)
     if limits.max_notional is not None:
-        if price is None:
+        if spec.notional is not None:
+            if spec.notional > limits.max_notional:
+                return deny("max_notional", f"notional {show(spec.notional)} is over "
+                            f"risk.max_notional {show(limits.max_notional)}")
+        elif price is None:
             if limits.reject_unpriced_market_orders:
                 return deny(
                     "no_price", f"no recent price for {spec.symbol}: cannot check "
                     "risk.max_notional of a market order; send a limit order",
                 )
-        elif spec.qty * price > limits.max_notional:
+        elif qty * price > limits.max_notional:
             return deny(
-                "max_notional", f"notional {show(spec.qty * price)} (qty {show(spec.qty)} x "
+                "max_notional", f"notional {show(qty * price)} (qty {show(qty)} x "
                 f"price {show(price)}) is over risk.max_notional {show(limits.max_notional)}",
             )
     if limits.max_position is not None:
-        worst_long = e.position + e.open_buys + (spec.qty if spec.side == "buy" else 0)
-        worst_short = e.position - e.open_sells - (spec.qty if spec.side == "sell" else 0)
+        worst_long = e.position + e.open_buys + (qty if spec.side == "buy" else 0)
+        worst_short = e.position - e.open_sells - (qty if spec.side == "sell" else 0)
         worst = max(abs(worst_long), abs(worst_short))
         if worst > limits.max_position:
             return deny(
                 "max_position", f"{spec.symbol} position could reach {show(worst)} counting "
                 f"open orders, over risk.max_position {show(limits.max_position)}",
             )
-    if limits.max_open_orders is not None and ctx.open_orders >= limits.max_open_orders:
-        return deny("max_open_orders", f"{ctx.open_orders} open orders: risk.max_open_orders "
+    if limits.max_open_orders is not None and open_orders >= limits.max_open_orders:
+        return deny("max_open_orders", f"{open_orders} open orders: risk.max_open_orders "
                     f"is {limits.max_open_orders}")
     if limits.max_orders_per_minute is not None:
         n = ctx.orders_last_minute.get(spec.strategy_id, 0)

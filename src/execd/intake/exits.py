@@ -65,7 +65,9 @@ async def _cancel_holding(c: Caller, symbol: str, side: Side) -> list[dict[str, 
         try:
             cancelled.extend(await ask_submitter(c, command))
         except ProtocolError as e:
-            if e.code != "not_found":  # filled or gone meanwhile: nothing holds it now
+            # filled or gone meanwhile (a bracket's exit cancels its sibling): nothing
+            # holds the shares now
+            if e.code not in ("not_found", "conflict"):
                 raise
     return cancelled
 

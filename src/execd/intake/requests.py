@@ -120,12 +120,14 @@ async def _until_sent(c: Caller, order: Order) -> Order:
 async def op_cancel(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     cid = protocol.client_order_id(args)
     assert cid is not None
+    legs = protocol.flag(args, "legs")
     await _own(c, cid)
 
     def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
-        return CancelOrder(client_order_id=cid, reply=reply)
+        return CancelOrder(client_order_id=cid, reply=reply, legs=legs)
 
-    return {"order": (await ask_submitter(c, command))[0]}
+    first, *family = await ask_submitter(c, command)
+    return {"order": first, **({"family": family} if family else {})}
 
 
 async def op_cancel_all(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +163,17 @@ async def op_order(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     cid = protocol.client_order_id(args)
     assert cid is not None
     order = await _own(c, cid)
-    return {"order": order.to_json(), "events": await c.s.book.store.events(cid)}
+    out = {"order": order.to_json(), "events": await c.s.book.store.events(cid)}
+    # the family: a parent shows its legs; a leg, its parent and siblings
+    head = order.spec.parent or (cid if order.legs else None)
+    if head is not None:
+        top = order if head == cid else await c.s.book.get(head)
+        named = await c.s.book.store.get_orders(top.legs) if top is not None else {}
+        family = {o.client_order_id: o for o in await c.s.book.store.family(head)}
+        family.update(named)  # a replacement's legs name the parent it replaced
+        out["family"] = [o.to_json() for o in sorted(family.values(), key=lambda o: o.created_at)
+                         if o.client_order_id != cid]
+    return out
 
 
 async def _own(c: Caller, cid: str) -> Order:
@@ -265,13 +277,13 @@ def _operator_only(what: str) -> ProtocolError:
 
 # The exits and sessions build on the handlers above (place, set_state, ask_submitter).
 from execd.intake import exits, sessions  # noqa: E402
+from execd.intake import replace as replacing  # noqa: E402
 
 OPS: dict[str, Op] = {
     "ping": Op(handler=op_ping),
-    "submit": Op(handler=op_submit, fields=frozenset({
-        "strategy_id", "symbol", "side", "qty", "type", "limit_price", "time_in_force",
-        "client_order_id", "wait"})),
-    "cancel": Op(handler=op_cancel, fields=frozenset({"client_order_id"})),
+    "submit": Op(handler=op_submit, fields=protocol.SUBMIT_FIELDS),
+    "replace": Op(handler=replacing.op_replace, fields=replacing.FIELDS),
+    "cancel": Op(handler=op_cancel, fields=frozenset({"client_order_id", "legs"})),
     # account-wide (no strategy_id) is an operator's; checked in the handler
     "cancel_all": Op(handler=op_cancel_all, fields=frozenset({"strategy_id"})),
     "order": Op(handler=op_order, fields=frozenset({"client_order_id"})),

@@ -37,8 +37,9 @@ RISK_RULES = ("halted", "strategy_halted", "reducing", "symbol_not_allowed", "sy
               "max_qty", "no_price",
               "max_notional", "max_position", "max_open_orders", "max_orders_per_minute")
 WAIT_MODES = ("submitted", "accepted")  # protocol.py: when a submit is answered
-BROKER_ENDPOINTS = ("submit_order", "get_order_by_client_id", "list_orders", "cancel_order",
-                    "positions")  # AlpacaClient._once/_retrying; statuses are open-ended
+# AlpacaClient._once/_call's endpoints; statuses are open-ended
+BROKER_ENDPOINTS = ("submit_order", "replace_order", "get_order_by_client_id", "get_order",
+                    "list_orders", "cancel_order", "positions")
 RECONCILE_RESULTS = ("clean", "mismatch", "unconfirmed", "error")
 # docs/protocol.md, "Error codes"
 INTAKE_ERROR_CODES = ("invalid_request", "unknown_op", "risk_rejected", "trading_halted",

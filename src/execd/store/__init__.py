@@ -17,7 +17,16 @@ from typing import Any, TypeVar
 import anyio
 
 from execd.domain.decimals import plain, show
-from execd.domain.orders import OPEN_STATES, Fill, Order, OrderSpec, OrderState, Update
+from execd.domain.orders import (
+    OPEN_STATES,
+    Fill,
+    Order,
+    OrderSpec,
+    OrderState,
+    StopLoss,
+    TakeProfit,
+    Update,
+)
 from execd.domain.positions import Position, apply_fill
 from execd.domain.risk import TradingState, TradingStatus
 from execd.files import private_dir, private_file
@@ -101,13 +110,37 @@ MIGRATIONS: list[str] = [
         strategy_id TEXT PRIMARY KEY, heartbeat_s REAL NOT NULL, opened_at REAL NOT NULL
     );
     """,
+    # 5: every Alpaca order type (issue 14). A notional order has no qty: its qty is ''
+    # (the column is NOT NULL since 1, and SQLite cannot relax that in place). Legs are
+    # orders: a leg names its parent; a parent lists its legs (JSON, in Alpaca's order).
+    """
+    ALTER TABLE orders ADD COLUMN notional TEXT;
+    ALTER TABLE orders ADD COLUMN stop_price TEXT;
+    ALTER TABLE orders ADD COLUMN trail_price TEXT;
+    ALTER TABLE orders ADD COLUMN trail_percent TEXT;
+    ALTER TABLE orders ADD COLUMN extended_hours INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE orders ADD COLUMN order_class TEXT NOT NULL DEFAULT 'simple';
+    ALTER TABLE orders ADD COLUMN take_profit_limit_price TEXT;
+    ALTER TABLE orders ADD COLUMN stop_loss_stop_price TEXT;
+    ALTER TABLE orders ADD COLUMN stop_loss_limit_price TEXT;
+    ALTER TABLE orders ADD COLUMN parent_client_order_id TEXT;
+    ALTER TABLE orders ADD COLUMN legs TEXT;
+    ALTER TABLE orders ADD COLUMN replaces TEXT;
+    ALTER TABLE orders ADD COLUMN replaced_by TEXT;
+    CREATE INDEX orders_parent ON orders(parent_client_order_id)
+        WHERE parent_client_order_id IS NOT NULL;
+    CREATE INDEX orders_broker_id ON orders(broker_order_id);
+    """,
 ]
 
 _ORDER_COLUMNS = (
     "client_order_id, strategy_id, symbol, side, qty, type, limit_price, time_in_force, "
     "state, broker_order_id, filled_qty, filled_avg_price, reason, created_at, updated_at, "
-    "owner_uid"
+    "owner_uid, notional, stop_price, trail_price, trail_percent, extended_hours, "
+    "order_class, take_profit_limit_price, stop_loss_stop_price, stop_loss_limit_price, "
+    "parent_client_order_id, legs, replaces, replaced_by"
 )
+_N_COLUMNS = _ORDER_COLUMNS.count(",") + 1
 
 
 def _dec(text: str | None) -> Decimal | None:
@@ -173,25 +206,44 @@ def _detail(u: Update) -> str | None:
 
 def _order_row(o: Order) -> tuple[Any, ...]:
     s = o.spec
+    tp, sl = s.take_profit, s.stop_loss
     return (
-        s.client_order_id, s.strategy_id, s.symbol, s.side, plain(s.qty), s.type,
+        s.client_order_id, s.strategy_id, s.symbol, s.side,
+        "" if s.qty is None else plain(s.qty), s.type,
         _str(s.limit_price), s.time_in_force, o.state.value, o.broker_order_id,
         plain(o.filled_qty), _str(o.filled_avg_price), o.reason, o.created_at, o.updated_at,
-        o.owner_uid,
+        o.owner_uid, _str(s.notional), _str(s.stop_price), _str(s.trail_price),
+        _str(s.trail_percent), int(s.extended_hours), s.order_class,
+        _str(tp.limit_price) if tp else None, _str(sl.stop_price) if sl else None,
+        _str(sl.limit_price) if sl else None, s.parent, _legs(o.legs), s.replaces,
+        o.replaced_by,
     )
+
+
+def _legs(legs: Sequence[str]) -> str | None:
+    return json.dumps(list(legs)) if legs else None
 
 
 def _order_from(row: Row) -> Order:
     (cid, strategy, symbol, side, qty, otype, limit, tif, state, broker_id, filled, avg,
-     reason, created, updated, owner) = row
+     reason, created, updated, owner, notional, stop, trail_price, trail_percent, ext,
+     oclass, tp_limit, sl_stop, sl_limit, parent, legs, replaces, replaced_by) = row
     return Order(
         spec=OrderSpec(
             client_order_id=cid, strategy_id=strategy, symbol=symbol, side=side,
-            qty=Decimal(qty), type=otype, limit_price=_dec(limit), time_in_force=tif,
+            qty=_dec(qty or None), notional=_dec(notional), type=otype, limit_price=_dec(limit),
+            stop_price=_dec(stop), trail_price=_dec(trail_price),
+            trail_percent=_dec(trail_percent), time_in_force=tif, extended_hours=bool(ext),
+            order_class=oclass,
+            take_profit=None if tp_limit is None else TakeProfit(limit_price=Decimal(tp_limit)),
+            stop_loss=None if sl_stop is None else StopLoss(stop_price=Decimal(sl_stop),
+                                                             limit_price=_dec(sl_limit)),
+            parent=parent, replaces=replaces,
         ),
         state=OrderState(state), broker_order_id=broker_id, filled_qty=Decimal(filled),
         filled_avg_price=_dec(avg), reason=reason, created_at=created, updated_at=updated,
-        owner_uid=owner,
+        owner_uid=owner, legs=tuple(json.loads(legs)) if legs else (),
+        replaced_by=replaced_by,
     )
 
 
@@ -225,8 +277,12 @@ def _in(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, Order]:
     return out
 
 
-def _insert(conn: sqlite3.Connection, orders: Sequence[Order]) -> None:
-    conn.executemany(f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ({','.join('?' * 16)})",
+def _insert(conn: sqlite3.Connection, orders: Sequence[Order], *,
+            ignore_known: bool = False) -> None:
+    if ignore_known:
+        known = _in(conn, (o.client_order_id for o in orders))
+        orders = [o for o in orders if o.client_order_id not in known]
+    conn.executemany(f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ({','.join('?' * _N_COLUMNS)})",
                      [_order_row(o) for o in orders])
     conn.executemany(_INSERT_EVENT, [(o.client_order_id, "ACCEPTED", o.state.value,
                                       plain(o.filled_qty), None, o.created_at) for o in orders])
@@ -308,15 +364,21 @@ class Store:
             return
         order_rows = [(u.order.state.value, u.order.broker_order_id, plain(u.order.filled_qty),
                        _str(u.order.filled_avg_price), u.order.reason, u.order.updated_at,
+                       _legs(u.order.legs), u.order.replaced_by,
                        u.order.client_order_id) for u in updates]
         fills = [u.fill for u in updates if u.fill is not None]
         events = [(u.order.client_order_id, u.event, u.order.state.value,
                    plain(u.order.filled_qty), _detail(u), u.order.updated_at) for u in updates]
 
+        born = [o for u in updates for o in u.born]
+
         def tx(conn: sqlite3.Connection) -> None:
+            if born:  # legs, with the parent that names them; known ones stay as they are
+                _insert(conn, born, ignore_known=True)
             conn.executemany(
                 "UPDATE orders SET state=?, broker_order_id=?, filled_qty=?, "
-                "filled_avg_price=?, reason=?, updated_at=? WHERE client_order_id=?",
+                "filled_avg_price=?, reason=?, updated_at=?, legs=?, replaced_by=? "
+                "WHERE client_order_id=?",
                 order_rows,
             )
             if fills:
@@ -456,6 +518,27 @@ class Store:
         sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
         params.append(limit)
         return [_order_from(r) for r in await self._db.execute(sql, params)]
+
+    async def get_by_broker_id(self, broker_order_id: str) -> Order | None:
+        rows = await self._db.execute(f"{_SELECT} WHERE broker_order_id=? LIMIT 1",
+                                      (broker_order_id,))
+        return _order_from(rows[0]) if rows else None
+
+    async def multi_leg(self, symbol: str, *, limit: int) -> list[Order]:
+        """Our newest bracket/OCO/OTO parents on a symbol whose legs are not recorded
+        (where an unknown leg may belong: the broker makes a parent's legs once)."""
+        rows = await self._db.execute(
+            f"{_SELECT} WHERE symbol=? AND order_class != 'simple' AND legs IS NULL AND "
+            "parent_client_order_id IS NULL AND broker_order_id IS NOT NULL "
+            "ORDER BY created_at DESC LIMIT ?", (symbol, limit))
+        return [_order_from(r) for r in rows]
+
+    async def family(self, client_order_id: str) -> list[Order]:
+        """An order's legs (or a leg's siblings and parent), oldest first."""
+        rows = await self._db.execute(
+            f"{_SELECT} WHERE parent_client_order_id=? OR client_order_id=? ORDER BY created_at",
+            (client_order_id, client_order_id))
+        return [_order_from(r) for r in rows]
 
     async def open_orders(self) -> list[Order]:
         return [_order_from(r) for r in await self._db.execute(

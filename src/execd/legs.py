@@ -1,0 +1,49 @@
+"""Legs of brackets, OCOs and OTOs: orders the broker makes, linked to ours only through
+the parent's `legs` (a leg's own answer names no parent).
+
+Normally the POST's answer carries the legs and they are recorded with the parent's
+SUBMITTED (OrderBook.apply_found). An order the book does not know (a stream event, an
+order in a list) may be a leg it has not seen yet: `adopt` looks up the parent it may
+belong to and records the family.
+"""
+
+from __future__ import annotations
+
+from execd.book import OrderBook
+from execd.broker.base import BrokerClient, BrokerOrder, flatten
+from execd.domain.orders import Order
+from execd.obs import logging
+
+log = logging.get("execd.legs")
+CANDIDATES = 5  # parents looked up for one unknown order at most (request budget)
+
+
+async def adopt(book: OrderBook, broker: BrokerClient, found: BrokerOrder) -> Order | None:
+    """The order `found` as ours if it is a leg of one of our orders (recorded now), else
+    None. `found.parent` (from a nested list) says which; otherwise our newest
+    multi-leg orders on its symbol whose legs are not recorded are looked up, nested,
+    until one lists it (so an order that is not ours costs no request as a rule)."""
+    oid = found.view.broker_order_id
+    parents: list[Order] = []
+    if found.parent is not None:
+        parent = await book.store.get_by_broker_id(found.parent)
+        parents = [parent] if parent is not None else []
+    else:
+        parents = await book.store.multi_leg(found.symbol, limit=CANDIDATES)
+    for parent in parents:
+        if parent.broker_order_id is None:
+            continue
+        full = await broker.get_order(parent.broker_order_id)  # nested=true: its legs
+        if full is None or oid not in {o.view.broker_order_id for o in flatten(full.legs)}:
+            continue
+        log.info("a leg the book did not know: recorded with its parent",
+                 client_order_id=found.client_order_id,
+                 parent=parent.client_order_id, strategy_id=parent.spec.strategy_id)
+        await book.apply_found(parent.client_order_id, full)
+        return await book.get(found.client_order_id)
+    return None
+
+
+def missing_legs(order: Order, found: BrokerOrder) -> bool:
+    """Whether the broker's answer names legs the order does not hold yet."""
+    return any(leg.client_order_id not in order.legs for leg in found.legs)
