@@ -533,13 +533,18 @@ async def _submit_many(sock: Path, cids: list[str], *, strategy: str, workers: i
                 try:
                     if c is None:
                         c = await AsyncClient.connect(sock)
-                    await c.submit(strategy_id=strategy, symbol="AAPL", side="buy", qty="1",
-                                   client_order_id=cid, wait="accepted")
+                    try:
+                        await c.submit(strategy_id=strategy, symbol="AAPL", side="buy",
+                                       qty="1", client_order_id=cid, wait="accepted")
+                    except ExecdError as e:
+                        if e.code == "connection_lost":  # the daemon went away: reconnect
+                            raise ConnectionError(e.message) from e
+                        raise
                     if acked is not None:
                         acked.add(cid)
                     break
                 except ExecdError as e:
-                    if not retry or e.code not in ("overloaded", "recovering", "internal", "connection_lost"):
+                    if not retry or e.code not in ("overloaded", "recovering", "internal"):
                         break
                     await anyio.sleep(float(e.detail.get("retry_after_s", 0.05)))
                 except (OSError, anyio.EndOfStream, anyio.BrokenResourceError,

@@ -104,8 +104,8 @@ class AccessConfig:
     socket_group: str = ""  # group of the socket and its directory ("": the daemon's)
     allow_uids: tuple[int, ...] = ()  # empty: anyone who can open the socket
     allow_gids: tuple[int, ...] = ()
-    admin_uids: tuple[int, ...] = ()  # halt, resume, cancel_all of every strategy;
-    admin_gids: tuple[int, ...] = ()  # both empty: any allowed peer
+    admin_uids: tuple[int, ...] = ()  # admins besides root and the daemon's own user:
+    admin_gids: tuple[int, ...] = ()  # halt, resume, flatten, backup, account cancel_all
     own_orders_only: bool = False  # a peer sees and cancels only the orders it submitted
 
 
