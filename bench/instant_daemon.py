@@ -55,7 +55,11 @@ async def main(state_dir: Path, open_orders: int, idle: bool = False) -> None:
         async with open_daemon(config(state_dir, idle), broker=InstantBroker(open_cids),
                                limiter=Unlimited()) as d:
             print(f"SERVING {time.perf_counter() - start:.4f}", flush=True)
-            await d.recovery.wait_done()  # ready for orders
+            # Ready for orders. (No `recovery` before issue 12: ready at once. Kept so the
+            # figures' "before" can be measured on that code: see the README.)
+            recovery = getattr(d, "recovery", None)
+            if recovery is not None:
+                await recovery.wait_done()
             print(f"READY {time.perf_counter() - start:.4f}", flush=True)
             async for _ in signals:
                 break

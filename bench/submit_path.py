@@ -23,6 +23,7 @@ from pathlib import Path
 
 import anyio
 
+import execd
 from bench.harness import InstantDaemon, LoadResult, drive, percentile, sequential
 from bench.suites import Progress, Result, Row
 from execd.domain.orders import Order, OrderSpec, OrderState
@@ -122,7 +123,8 @@ def submit(*, quick: bool, backend: str, progress: Progress) -> Result:
         res.notes.append(
             f"broker: InstantBroker (answers at once, no limiter, in the daemon's process); "
             f"daemon and echo in their own processes; load generator on {backend}; "
-            f"SQLite on {disk(tmp)}; {repeats} run(s) per figure: median and worst")
+            f"SQLite on {disk(tmp)}; {repeats} run(s) per figure: median and worst; "
+            f"execd from {Path(execd.__file__).parent}")
 
         # ---- the floors
         progress("submit: fsync floor")
