@@ -17,7 +17,7 @@ def rows(path: Path) -> dict[str, dict[str, Any]]:
 def _fig(row: dict[str, Any] | None) -> str:
     if row is None:
         return "-"
-    return f"{row['median']:.3g} (worst {row['worst']:.3g})"
+    return f"{row['median']:.4g} (worst {row['worst']:.4g})"
 
 
 def table(before: Path, after: Path) -> str:
