@@ -103,12 +103,14 @@ def plots(results: list[Result], out: Path) -> list[Path]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
-    p.add_argument("suites", nargs="*", choices=[[], *sorted(SUITES)], default=[],
-                   metavar="NAME", help=f"one of {', '.join(sorted(SUITES))}")
+    p.add_argument("suites", nargs="*", default=[], metavar="NAME",
+                   help=f"benchmarks to run (all if none): {', '.join(sorted(SUITES))}")
     p.add_argument("--only", nargs="*", choices=sorted(SUITES), default=None)
     p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
+    if unknown := sorted(set(a.suites) - set(SUITES)):
+        p.error(f"no benchmark named {', '.join(unknown)}")
     a.out.mkdir(parents=True, exist_ok=True)
     logging.configure("warning")  # daemons run in this process for some benchmarks
     started = time.monotonic()
