@@ -1,5 +1,6 @@
-"""`python -m bench [--quick] [--only NAME ...] [--backend asyncio|trio]`: every benchmark,
-with progress, a table, JSON and plots under bench/results/."""
+"""`python -m bench [--quick] [NAME ...] [--only NAME ...] [--backend asyncio|trio]`: the
+named benchmarks (all if none), with progress, a table, JSON and plots under
+bench/results/."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.suites import SUITES, Result
+from bench import submit_path, suites
+from bench.suites import Result
 from execd.obs import logging
 
 RESULTS = Path(__file__).parent / "results"
+SUITES = {**suites.SUITES, "submit": submit_path.submit}
 
 
 def machine(backend: str) -> dict[str, Any]:
@@ -100,10 +103,14 @@ def plots(results: list[Result], out: Path) -> list[Path]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
+    p.add_argument("suites", nargs="*", default=[], metavar="NAME",
+                   help=f"benchmarks to run (all if none): {', '.join(sorted(SUITES))}")
     p.add_argument("--only", nargs="*", choices=sorted(SUITES), default=None)
     p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
+    if unknown := sorted(set(a.suites) - set(SUITES)):
+        p.error(f"no benchmark named {', '.join(unknown)}")
     a.out.mkdir(parents=True, exist_ok=True)
     logging.configure("warning")  # daemons run in this process for some benchmarks
     started = time.monotonic()
@@ -112,7 +119,7 @@ def main() -> int:
         print(f"[{time.monotonic() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
     results = [SUITES[name](quick=a.quick, backend=a.backend, progress=progress)
-               for name in (a.only or list(SUITES))]
+               for name in (a.suites or a.only or list(SUITES))]
     info = machine(a.backend)
     print(f"\nexecd benchmarks, {info['date']}: {info['cores']} cores ({info['cpu']}), "
           f"Python {info['python']}, {info['backend']}{' (quick)' if a.quick else ''}\n")

@@ -100,15 +100,22 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class InstantDaemon:
     """`python -m bench.instant_daemon` in its own process (the load is generated here)."""
 
-    def __init__(self, state_dir: Path, backend: str, open_orders: int = 0) -> None:
+    def __init__(self, state_dir: Path, backend: str, open_orders: int = 0,
+                 idle: bool = False) -> None:
         self.state_dir = state_dir
         self.sock = state_dir / "execd.sock"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.instant_daemon", str(state_dir), backend,
-             str(open_orders)],
+             str(open_orders), *(["idle"] if idle else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ},
         )
         assert self.proc.stdout is not None
@@ -122,6 +129,9 @@ class InstantDaemon:
 
     def rss(self) -> int:
         return rss_bytes(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -211,6 +221,27 @@ async def drive(
                           run, wait, window, latencies, errors)
     return LoadResult(latencies=latencies, seconds=time.perf_counter() - start,
                       errors=len(errors))
+
+
+async def sequential(sock: Path, *, count: int, wait: str = "accepted") -> LoadResult:
+    """One client, one request at a time: send a line, read the answer, repeat."""
+    from anyio.streams.buffered import BufferedByteReceiveStream
+
+    run = uuid.uuid4().hex[:8]
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    async with await anyio.connect_unix(str(sock)) as stream:
+        reader = BufferedByteReceiveStream(stream)
+        for rid in range(count):
+            t0 = time.perf_counter()
+            await stream.send(submit_line(rid, run, wait))
+            reply = json.loads(await reader.receive_until(b"\n", 1 << 20))
+            if reply.get("ok"):
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+    return LoadResult(latencies=latencies, seconds=time.perf_counter() - start, errors=errors)
 
 
 async def serve_echo(sock: Path, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:

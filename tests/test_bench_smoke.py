@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.parametrize("suite", ["overhead", "budget", "recovery", "freshness", "stream"])
+@pytest.mark.parametrize(
+    "suite", ["overhead", "budget", "recovery", "freshness", "stream", "submit"])
 def test_benchmark_runs_and_reports(suite: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", suite, "--out", str(tmp_path)],
