@@ -42,8 +42,9 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
             continue
         found = open_at_broker.get(order.client_order_id)
         if found is None:
-            if order.updated_at >= started:
-                continue  # changed while we listed: next poll
+            # Not in the list: closed, or sent after the list was taken. Looked up either
+            # way (an order the stream touched while we listed may have lost its fill
+            # event: skipping it would let the reconciler trust a poll that missed it).
             book.metrics.poll_lookups.inc()
             try:
                 found = await broker.get_order_by_client_id(order.client_order_id)

@@ -17,6 +17,7 @@ from execd.client.errors import (
     Conflict,
     ConnectionLost,
     ExecdError,
+    IdleClosed,
     InternalError,
     InvalidRequest,
     LineTooLong,
@@ -42,7 +43,7 @@ from execd.client.records import (
 
 __all__ = [
     "Actor", "AsyncClient", "AsyncEvents", "BrokerRejected", "Client", "Conflict",
-    "ConnectionLost", "Events", "ExecdError", "InternalError", "InvalidRequest",
+    "ConnectionLost", "Events", "ExecdError", "IdleClosed", "InternalError", "InvalidRequest",
     "LineTooLong", "NotFound", "Order", "OrderEvent", "OrderState", "Overloaded",
     "Position", "Recovering", "RiskRejected", "Status", "StopLoss", "StorageUnavailable",
     "TakeProfit", "Trading", "TradingHalted", "TradingState", "Unauthorized", "UnknownOp",

@@ -94,6 +94,10 @@ class InternalError(ExecdError):
     """A bug, or a broker that did not answer in time; the message says what to check."""
 
 
+class IdleClosed(ExecdError):
+    """The daemon closed a connection with nothing to do for `daemon.idle_timeout`."""
+
+
 class ConnectionLost(ExecdError):
     """The daemon closed the connection (it stopped, or dropped this client)."""
 
@@ -112,5 +116,6 @@ BY_CODE: dict[str, type[ExecdError]] = {
     "recovering": Recovering,
     "storage_unavailable": StorageUnavailable,
     "internal": InternalError,
+    "idle": IdleClosed,
     "connection_lost": ConnectionLost,
 }
