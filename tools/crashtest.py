@@ -365,8 +365,10 @@ def _until_acked(sock: Path, op: str, fields: dict[str, Any], report: Report,
                 cl.request(op, **fields)
             return True
         except ExecdError as e:
-            if op == "close_position" and e.code == "not_found":
-                return False  # no position in that symbol yet: nothing sent
+            if op == "close_position" and e.code in ("not_found", "risk_rejected"):
+                # no position (yet), or a fill raced the close so that it would have
+                # crossed zero: refused by the risk gate, nothing sent
+                return False
             if e.code in tolerate and tolerated < 20:
                 tolerated += 1
                 time.sleep(0.1)

@@ -84,8 +84,15 @@ async def close(c: Caller, symbol: str, *, qty: Decimal | None = None,
     if position is None or position.qty == 0:
         raise ProtocolError("not_found", f"no {symbol} position to close")
     side: Side = "sell" if position.qty > 0 else "buy"
-    amount = close_qty(position.qty, qty, percentage)
     cancelled = await _cancel_holding(c, symbol, side)
+    # Read again: an order cancelled just now may have filled first (an earlier close, an
+    # exit). A fill landing later still is caught by the risk gate: a close that would
+    # cross zero is refused, never sent.
+    position = (await s.book.store.positions()).get(symbol)
+    if position is None or position.qty == 0 or (position.qty > 0) != (side == "sell"):
+        raise ProtocolError("not_found", f"no {symbol} position left to close "
+                            f"(cancelled {len(cancelled)} orders)")
+    amount = close_qty(position.qty, qty, percentage)
     now = s.clock.time()
     spec = OrderSpec(
         client_order_id=client_order_id or f"close-{symbol.replace('/', '')}-{int(now * 1000)}",
