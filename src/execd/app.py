@@ -237,7 +237,7 @@ def _stream_spec(
     b = config.broker
     url = b.stream_url or (stream_url_from(broker_url) if broker_url else "")
     if not b.stream or not url or credentials is None:
-        health.set_stream("disabled", trusted=False)
+        health.set_stream("disabled", trusted=False, at=clock.time())
         metrics.stream_enabled.set(0)
         return None
     settings = stream.StreamSettings(

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from execd import __version__
-from execd.client import Client
+from execd.client import Client, ExecdError
 from execd.config import Config, ConfigError, load
 
 DEFAULT_CONFIG = "config.toml"
@@ -286,7 +286,6 @@ def _flatten_lines(raw: dict[str, Any]) -> list[str]:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    from execd.client import ExecdError
 
     try:
         with _client(args) as c:
@@ -314,7 +313,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from execd import cli_render as r
-    from execd.client import ExecdError
 
     printed = 0
 
@@ -361,12 +359,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 halted = dict(status.halted_strategies)
     except (KeyboardInterrupt, _Enough):
         return 0
-    except ExecdError as e:
-        print(f"error: {e.code}: {e.message}", file=sys.stderr)
-        return 1
-    except Unreachable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
 
 
 class _Enough(Exception):
@@ -376,7 +368,6 @@ class _Enough(Exception):
 def cmd_session(args: argparse.Namespace) -> int:
     """Hold a dead-man session open until interrupted: the strategy's orders are
     cancelled when this command stops (or is killed)."""
-    from execd.client import ExecdError
 
     try:
         with _client(args) as c:
@@ -392,12 +383,6 @@ def cmd_session(args: argparse.Namespace) -> int:
                 time.sleep(3600)
     except KeyboardInterrupt:
         return 0
-    except ExecdError as e:
-        print(f"error: {e.code}: {e.message}", file=sys.stderr)
-        return 1
-    except Unreachable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
 
 
 class _Renamed(argparse.Action):
@@ -633,7 +618,6 @@ def parser() -> argparse.ArgumentParser:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     from execd.backup import backup_via_daemon
-    from execd.client import ExecdError
     from execd.client.discovery import locate
 
     path = Path(os.path.abspath(args.path))  # the daemon's working directory is not ours
@@ -667,6 +651,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as e:
             print(f"execd: config: {e}", file=sys.stderr)
             return 2
+        except ExecdError as e:  # a client command's refusal (cmd_client says more itself)
+            print(f"error: {e.code}: {e.message}", file=sys.stderr)
+            return 1
+        except Unreachable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (`execd orders | head`): stop quietly, and keep the

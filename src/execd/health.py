@@ -5,7 +5,6 @@ Observation only: nothing here is needed to recover, so it may be lost with the 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ class Health:
     # auth_failed | stopped. Trusted only once the resync after a (re)connect completed.
     stream_state: str = "disabled"
     stream_trusted: bool = False
-    stream_since: float | None = None  # when the state last changed (time.monotonic)
+    stream_since: float | None = None  # when the state last changed (epoch, the Clock's)
     stream_error: str | None = None
     stream_last_event: float | None = None  # epoch seconds
     poll_interval: float | None = None  # the poller's interval in force
@@ -58,9 +57,10 @@ class Health:
                 self._idle = anyio.Event()
             await self._idle.wait()
 
-    def set_stream(self, state: str, *, trusted: bool, error: str | None = None) -> None:
+    def set_stream(self, state: str, *, trusted: bool, at: float,
+                   error: str | None = None) -> None:
         if state != self.stream_state:
-            self.stream_since = time.monotonic()
+            self.stream_since = at
         self.stream_state, self.stream_error = state, error
         was, self.stream_trusted = self.stream_trusted, trusted
         if was and not trusted and self._untrusted is not None:
@@ -89,7 +89,7 @@ class Health:
         return {"state": self.stream_state, "trusted": self.stream_trusted,
                 "error": self.stream_error,
                 "for_s": None if self.stream_since is None else round(
-                    time.monotonic() - self.stream_since, 1),
+                    max(0.0, now - self.stream_since), 1),
                 "last_event_age_s": None if last is None else round(max(0.0, now - last), 3)}
 
     def poll_completed(self, started: float, ended: float) -> None:

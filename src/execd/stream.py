@@ -140,11 +140,11 @@ class StreamActor:
                 await self._connect_and_serve()
         finally:
             self.metrics.stream_connected.set(0)
-            self.health.set_stream("stopped", trusted=False)
+            self._show("stopped", trusted=False)
 
     async def _connect_and_serve(self) -> None:
         s = self.settings
-        self.health.set_stream("connecting", trusted=False)
+        self._show("connecting", trusted=False)
         try:
             with anyio.fail_after(s.connect_timeout):
                 conn = await self.connect()
@@ -153,7 +153,7 @@ class StreamActor:
             log.critical("trade_updates stream: authentication refused; polling carries on, "
                          "the stream is tried again later", error=str(e),
                          retry_in=s.auth_retry)
-            self.health.set_stream("auth_failed", trusted=False, error=str(e))
+            self._show("auth_failed", trusted=False, error=str(e))
             await self.clock.sleep(s.auth_retry)
             return
         except _LOST as e:
@@ -161,7 +161,7 @@ class StreamActor:
             return
         up_since = self.clock.monotonic()
         self.metrics.stream_connected.set(1)
-        self.health.set_stream("resyncing", trusted=False)
+        self._show("resyncing", trusted=False)
         log.info("trade_updates stream connected; resyncing", url=s.url)
         try:
             async with anyio.create_task_group() as tg:
@@ -187,6 +187,9 @@ class StreamActor:
             self.failures = 0
         await self._back_off(f"connection lost: {reason}")
 
+    def _show(self, state: str, *, trusted: bool, error: str | None = None) -> None:
+        self.health.set_stream(state, trusted=trusted, at=self.clock.time(), error=error)
+
     async def _back_off(self, reason: str) -> None:
         self.failures += 1
         self.metrics.stream_reconnects.inc()
@@ -195,7 +198,7 @@ class StreamActor:
                                                     min(s.backoff_max, 2.0 ** self.failures)))
         log.warning("trade_updates stream down; polling every interval meanwhile",
                     reason=reason, failures=self.failures, retry_in=round(delay, 2))
-        self.health.set_stream("down", trusted=False, error=reason)
+        self._show("down", trusted=False, error=reason)
         await self.clock.sleep(delay)
 
     async def _keep_alive(self, conn: Connection) -> None:
@@ -227,7 +230,7 @@ class StreamActor:
                 continue
             self.metrics.stream_resyncs.inc()
             self.metrics.stream_resync_repaired.inc(repaired)
-            self.health.set_stream("healthy", trusted=True)
+            self._show("healthy", trusted=True)
             log.info("trade_updates stream trusted", resync_repaired=repaired,
                      resync_seconds=round(self.clock.monotonic() - started, 3))
             return
