@@ -10,7 +10,15 @@ import pytest
 
 from execd.app import Daemon
 from execd.client import AsyncClient, ExecdError, Order
-from execd.domain.orders import OrderState
+from execd.domain.orders import OrderSpec, OrderState
+from execd.domain.risk import (
+    Exposure,
+    RiskContext,
+    RiskLimits,
+    TradingState,
+    TradingStatus,
+    check,
+)
 from tests.conftest import OpenDaemon, connect, eventually
 
 
@@ -102,6 +110,26 @@ async def test_a_close_goes_while_trading_is_halted_and_only_if_it_shrinks(
         await eventually(lambda: _position_is(d, "AAPL", Decimal(0)))
 
 
+def test_a_closing_order_that_would_not_shrink_is_refused_even_halted() -> None:
+    """The risk gate's rule for closing orders: through a halt, but only toward zero."""
+    halted = RiskContext(trading=TradingStatus(state=TradingState.HALTED, reason="t"),
+                         exposure={"AAPL": Exposure(position=Decimal(3))})
+
+    def spec(side: str, qty: str) -> OrderSpec:
+        return OrderSpec(client_order_id=f"c-{side}-{qty}", strategy_id="execd-close",
+                         symbol="AAPL", side=side, qty=Decimal(qty))  # type: ignore[arg-type]
+
+    assert check(spec("sell", "3"), halted, RiskLimits(), closing=True) is None
+    assert check(spec("sell", "2"), halted, RiskLimits(), closing=True) is None
+    for side, qty in (("sell", "4"), ("buy", "1")):  # crosses zero; grows the position
+        denial = check(spec(side, qty), halted, RiskLimits(), closing=True)
+        assert denial is not None
+        assert denial.rule == "reducing"
+    plain = check(spec("sell", "3"), halted, RiskLimits())
+    assert plain is not None
+    assert plain.code == "trading_halted"
+
+
 # ------------------------------------------------------------------------ flatten
 async def test_flatten_halts_cancels_and_closes_every_position(
     daemon_factory: OpenDaemon
@@ -139,8 +167,9 @@ async def test_halting_one_strategy_leaves_the_others_trading(
         assert status["halted_strategies"]["a"]["reason"] == "misbehaving"
         assert d.metrics.registry.get_sample_value("execd_strategies_halted") == 1
     async with daemon_factory() as d, connect(d) as c:  # it survives a restart
-        with pytest.raises(ExecdError):
+        with pytest.raises(ExecdError) as still:
             await c.submit(strategy_id="a", symbol="AAPL", side="buy", qty="1")
+        assert still.value.code == "trading_halted"
         await c.request("resume", strategy_id="a")
         await c.submit(strategy_id="a", symbol="AAPL", side="buy", qty="1")
         assert (await c.request("status"))["halted_strategies"] == {}

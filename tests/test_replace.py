@@ -308,6 +308,7 @@ async def test_a_bracket_replaced_before_its_entry_fills_keeps_its_exits(
         new = (await c.request("replace", client_order_id="rb-1", qty="3",
                                new_client_order_id="rb-2"))["order"]
         await until_state(c, "rb-1", "REPLACED")
+        assert len(parent["legs"]) == 2
         assert set(new["legs"]) >= set(parent["legs"])
         family = (await c.request("order", client_order_id="rb-2"))["family"]
         assert {o["client_order_id"] for o in family} >= set(parent["legs"])

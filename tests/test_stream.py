@@ -492,3 +492,21 @@ async def test_execd_status_shows_the_stream_and_the_poll_interval(
 
 async def _interval_is(d: Daemon, seconds: float) -> bool:
     return d.health.poll_interval == seconds
+
+
+async def test_a_healthy_minute_resets_the_backoff(tmp_path: Path) -> None:
+    clock_ref: list[FakeClock] = []
+
+    class UpAMinute(Script):
+        async def receive(self) -> TradeUpdate | None:
+            await clock_ref[0].sleep(61)  # a healthy minute, in fake time
+            raise WebSocketClosed("dropped")
+
+    async def connect() -> Any:
+        return UpAMinute([])
+
+    async with actor(tmp_path, connect) as (a, clock, _):
+        clock_ref.append(clock)
+        a.failures = 5  # five failures in a row before this connection
+        await a._connect_and_serve()
+        assert a.failures == 1  # reset by the healthy minute, then this loss
