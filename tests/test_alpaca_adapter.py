@@ -198,3 +198,15 @@ async def test_orders_sharing_the_page_boundary_are_not_skipped(sim: SimServer) 
         o.created_at = ordered[495].created_at
     orders = await adapter(sim).list_open_orders()
     assert len({o.client_order_id for o in orders}) == 600
+
+
+async def test_a_refused_look_up_is_not_the_order_s_rejection(sim: SimServer) -> None:
+    """Only 404 means "no such order"; a look-up refused otherwise (here 403, wrong keys)
+    must not reach the submitter as BrokerRejected (it would mark a live order REJECTED)."""
+    broker = adapter(sim, secret="wrong")
+    with pytest.raises(BrokerUnavailable) as refused:
+        await broker.get_order_by_client_id("whatever")
+    assert refused.value.status == 403
+    with pytest.raises(BrokerUnavailable):
+        await broker.get_order("00000000-0000-0000-0000-000000000000")
+    assert await adapter(sim).get_order_by_client_id("no-such-order") is None

@@ -215,6 +215,14 @@ def order_body(spec: OrderSpec) -> dict[str, Any]:
     return body
 
 
+def _unless_not_found(e: BrokerRejected) -> None:
+    """A look-up's refusal: 404 means the broker has no such order; any other refusal
+    (401, 403, 422...) says nothing about the order, so it is not the order's rejection:
+    it becomes BrokerUnavailable (try again later), never a final REJECTED."""
+    if e.status != 404:
+        raise BrokerUnavailable(f"look-up refused: {e}", status=e.status) from e
+
+
 class AlpacaClient:
     def __init__(
         self, *, key_id: str, secret_key: str, url: str, limiter: RateLimiter, clock: Clock,
@@ -308,9 +316,8 @@ class AlpacaClient:
                 "/orders:by_client_order_id", {"client_order_id": client_order_id,
                                                "nested": "true"}), priority=True)
         except BrokerRejected as e:
-            if e.status == 404:
-                return None
-            raise
+            _unless_not_found(e)
+            return None
         return order_from(cast(dict[str, Any], raw))
 
     async def get_order(self, broker_order_id: str) -> BrokerOrder | None:
@@ -319,9 +326,8 @@ class AlpacaClient:
             raw = await self._call("get_order", lambda: self._client.get(
                 f"/orders/{broker_order_id}", {"nested": "true"}), priority=True)
         except BrokerRejected as e:
-            if e.status == 404:
-                return None
-            raise
+            _unless_not_found(e)
+            return None
         return order_from(cast(dict[str, Any], raw))
 
     async def list_open_orders(self) -> Sequence[BrokerOrder]:
