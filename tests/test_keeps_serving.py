@@ -183,12 +183,14 @@ async def test_a_restart_with_1000_pending_orders_serves_at_once(
 async def test_slow_subscribers_hear_overloaded_before_the_close(
     daemon_factory: OpenDaemon,
 ) -> None:
-    async with daemon_factory(daemon={"write_timeout": 30.0},
+    # write_timeout well past the flood's length: the goodbye waits for this reader, who
+    # reads only after the flood (under load the flood once outlasted a 30 s timeout)
+    async with daemon_factory(daemon={"write_timeout": 120.0},
                               risk={"max_orders_per_minute": 0}) as d, connect(d) as c:
         stream = await anyio.connect_unix(str(d.config.socket_path))
         async with stream:
             await stream.send(b'{"id":1,"op":"subscribe"}\n')
-            for i in range(80):  # ~1,000 order events, never read meanwhile
+            for i in range(50):  # ~1,300 order events (PENDING, SUBMITTED), never read
                 await c.request("submit", strategy_id="flood", symbol="AAPL", side="buy",
                                 qty="1", type="limit", limit_price="1", time_in_force="gtc",
                                 wait="accepted", client_order_id=f"f-{i}")
