@@ -17,10 +17,6 @@ def _one(rows: dict[str, streaming.Row], *words: str) -> streaming.Row:
     return found[0]
 
 
-# A daemon stopped mid-flood can leave a command's one-slot reply stream unanswered in
-# an inbox; the garbage collector then warns about it inside whatever test runs next.
-# Known (issue note); not what this test checks.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_the_stream_figures_are_measured(backend: str) -> None:
     measured, notes = streaming.run(quick=True, backend=backend)

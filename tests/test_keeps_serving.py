@@ -338,10 +338,10 @@ async def test_an_injected_sqlite_full_never_crashes_an_actor(
         broken = {"on": True}
         written: list[str] = []
 
-        async def transaction(fn: Any) -> Any:
+        async def transaction(fn: Any, **how: Any) -> Any:
             if broken["on"]:
                 raise StorageUnavailable("database or disk is full (injected)")
-            result = await real(fn)
+            result = await real(fn, **how)
             written.append(getattr(fn, "__qualname__", "?"))
             return result
 

@@ -21,15 +21,17 @@ from hypothesis import strategies as st
 
 from execd.book import EventHub, OrderBook
 from execd.clock import FakeClock
-from execd.domain.orders import BrokerView, OrderSpec, OrderState
-from execd.domain.risk import RiskContext, RiskLimits
+from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
+from execd.domain.risk import RiskContext, RiskLimits, TradingState
 from execd.messages import (
     OrderAccepted,
     RiskCommand,
     SendOrder,
+    SetTradingState,
     SubmitOrder,
     SubmitResult,
     SubmitterCommand,
+    discard,
 )
 from execd.obs.metrics import Metrics
 from execd.risk import RiskGate
@@ -145,6 +147,41 @@ async def test_a_fill_reported_after_a_terminal_state_changes_nothing(
         assert await r.store.events("t") == events
 
 
+async def test_a_change_that_may_not_wait_cuts_a_lingering_record_short(
+    tmp_path: Path
+) -> None:
+    """The record of a broker's answer may wait (RECORD_LINGER) for a new order's commit
+    to share; a fill from the stream or the poller does not wait behind it, and both
+    are written, each counted once."""
+    async with rig(tmp_path / "x.db") as r:
+        for cid in ("slow", "fast"):
+            msg, answer = submit(order_spec(cid))
+            await r.gate.handle([msg])
+            answer.close()
+        results: dict[str, Order | None] = {}
+
+        async def record() -> None:
+            results["slow"] = await r.book.apply_view(
+                "slow", BrokerView(broker_order_id="b-slow", status="new", filled_qty=Decimal(0),
+                                   filled_avg_price=None), linger=30.0)
+
+        with anyio.fail_after(10):  # not the half minute the record would wait alone
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(record)
+                await anyio.wait_all_tasks_blocked()
+                results["fast"] = await r.book.apply_view("fast", BrokerView(
+                    broker_order_id="b-fast", status="filled", filled_qty=Decimal(10),
+                    filled_avg_price=Decimal(100)))
+        slow, fast = results["slow"], results["fast"]
+        assert slow is not None
+        assert slow.state == OrderState.SUBMITTED
+        assert fast is not None
+        assert fast.state == OrderState.FILLED
+        stored = {o.client_order_id: o.state for o in await r.store.list_orders()}
+        assert stored == {"slow": OrderState.SUBMITTED, "fast": OrderState.FILLED}
+        assert [p.qty for p in (await r.store.positions()).values()] == [Decimal(10)]
+
+
 # ------------------------------------------------ the risk context, kept current
 ops = st.lists(st.one_of(
     st.tuples(st.just("submit"), st.sampled_from(["buy", "sell"]), st.integers(1, 20),
@@ -222,3 +259,19 @@ async def test_a_feed_that_overflows_makes_the_gate_rebuild(
         after = await r.gate.context()
         assert after is not before  # rebuilt
         assert after.open_orders == 0
+
+
+async def test_commands_left_in_a_stopped_actors_inbox_have_their_replies_closed() -> None:
+    inbox_send, inbox = anyio.create_memory_object_stream[RiskCommand](8)
+    done_send, done = anyio.create_memory_object_stream[Order](1)
+    msg, answer = submit(order_spec("queued"))
+    queued = SubmitOrder(spec=msg.spec, reply=msg.reply, done=done_send)
+    with inbox_send, inbox, answer, done:
+        inbox_send.send_nowait(queued)
+        inbox_send.send_nowait(SetTradingState(state=TradingState.HALTED, reason="x"))
+        assert discard(inbox) == 2
+        with pytest.raises(anyio.EndOfStream):  # the waiting client hears the end
+            await answer.receive()
+        with pytest.raises(anyio.EndOfStream):
+            await done.receive()
+        assert discard(inbox) == 0

@@ -34,10 +34,7 @@ from execd.deadman import DeadMan
 from execd.fatal import Fatal, address_problem
 from execd.health import Health
 from execd.limiter import Budget, RateLimiter, open_limiter
-from execd.messages import (
-    RiskCommand,
-    SubmitterCommand,
-)
+from execd.messages import RiskCommand, SubmitterCommand, discard
 from execd.obs import logging
 from execd.obs.metrics import Metrics
 from execd.recovery import Recovery
@@ -224,6 +221,9 @@ async def open_daemon(
             finally:
                 with anyio.CancelScope(shield=True):
                     await _stop(sup, health, clock, d.shutdown_grace)
+                for inbox in (risk_recv, sub_recv):
+                    if left := discard(inbox):
+                        log.info("commands left unanswered at the stop", count=left)
                 tg.cancel_scope.cancel()
     log.info("execd stopped")
 

@@ -102,6 +102,7 @@ class _Queued:
     client_order_id: str
     view: BrokerView
     legs: Sequence[BrokerOrder] = ()  # the broker's legs of this order, recorded with it
+    linger: float = 0.0  # may wait that long for an urgent write to share its fsync
     done: bool = False
     result: Order | None = None
     error: StorageUnavailable | None = None  # the group's write failed: for each waiter
@@ -125,6 +126,11 @@ def leg_order(parent: Order, leg: BrokerOrder, now: float) -> Order:
 
 
 FEED_BUFFER = 4096  # committed changes the risk gate may lag behind before it rebuilds
+# How long the record of a broker's answer to a new order may wait to share the fsync
+# of the next order's intent (Db.transact). Writing it at once would take the disk just
+# when that next order needs it; a crash before it is written loses nothing (the order
+# is found PENDING at the next start and looked up at the broker).
+RECORD_LINGER = 0.002
 
 
 class OrderBook:
@@ -176,6 +182,8 @@ class OrderBook:
         it. Taken under the book's lock, so no change falls between the two. If the
         reader falls `FEED_BUFFER` changes behind, its feed ends: rebuild. One reader at
         a time: opening a feed ends the previous one."""
+        if self._lock.locked():
+            self.store.hurry()
         async with self._lock:
             snapshot = await self.store.risk_snapshot(since)
             send, receive = anyio.create_memory_object_stream[BookChange](FEED_BUFFER)
@@ -226,30 +234,37 @@ class OrderBook:
             raise
         self._tell_risk(PricesChanged(prices=dict(prices)))
 
-    async def apply_found(self, client_order_id: str, found: BrokerOrder) -> Order | None:
+    async def apply_found(self, client_order_id: str, found: BrokerOrder, *,
+                          linger: float = 0.0) -> Order | None:
         """Apply a broker's answer about an order with its legs: legs the book does not
         hold yet are recorded in the same transaction as the parent's change."""
-        return await self.apply_view(client_order_id, found.view, legs=found.legs)
+        return await self.apply_view(client_order_id, found.view, legs=found.legs,
+                                     linger=linger)
 
     async def apply_view(self, client_order_id: str, view: BrokerView,
-                         legs: Sequence[BrokerOrder] = ()) -> Order | None:
+                         legs: Sequence[BrokerOrder] = (), *, linger: float = 0.0
+                         ) -> Order | None:
         """Apply what the broker says about an order; None if the order is unknown.
 
         Group commit, leader/follower: the change is queued, and whoever holds the lock
         writes everything queued in one transaction; a caller whose change a previous
-        holder already wrote finds it done and returns at once.
+        holder already wrote finds it done and returns at once. With `linger` the write
+        may wait that long for company (RECORD_LINGER); a change that may not wait cuts
+        a lingering one short.
         """
-        item = _Queued(client_order_id, view, legs)
+        item = _Queued(client_order_id, view, legs, linger)
         self._queue.append(item)
+        if not linger and self._lock.locked():
+            self.store.hurry()
         async with self._lock:
             if not item.done:
                 batch, self._queue = self._queue, []
-                await self._flush(batch)
+                await self._flush(batch, linger=min(q.linger for q in batch))
         if item.error is not None:
             raise item.error
         return item.result
 
-    async def _flush(self, batch: list[_Queued]) -> None:
+    async def _flush(self, batch: list[_Queued], *, linger: float) -> None:
         try:
             current = {q.client_order_id: self.open[q.client_order_id] for q in batch
                        if q.client_order_id in self.open}
@@ -295,7 +310,7 @@ class OrderBook:
                     changes.append((before, update))
                     current[q.client_order_id] = update.order
             try:
-                await self._commit(changes)
+                await self._commit(changes, linger=linger)
             except StorageUnavailable as e:
                 for q in batch:
                     q.error = e
@@ -332,6 +347,8 @@ class OrderBook:
         self, client_order_id: str, change: Callable[[Order, float], Update]
     ) -> Order | None:
         """Apply `change` if the order is still PENDING; the order as it is after."""
+        if self._lock.locked():
+            self.store.hurry()
         async with self._lock:
             before = self.open.get(client_order_id)
             if before is None or before.state != OrderState.PENDING:
@@ -341,13 +358,15 @@ class OrderBook:
             await self._commit([(before, update)])
             return update.order
 
-    async def _commit(self, changes: Sequence[tuple[Order | None, Update]]) -> None:
+    async def _commit(self, changes: Sequence[tuple[Order | None, Update]], *,
+                      linger: float = 0.0) -> None:
         """Write the changes in one transaction, then make them known: memory, the risk
         gate, metrics, the log and subscribers. Nothing is known before it is on disk.
         A change with no `before` is a leg being born: its row goes in with its parent
         (Update.born), so it is not written again here."""
         try:
-            await self.store.apply_many([u for b, u in changes if b is not None])
+            await self.store.apply_many([u for b, u in changes if b is not None],
+                                        linger=linger)
         except StorageUnavailable as e:
             self._storage_failed(e)
             raise

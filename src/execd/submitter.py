@@ -21,7 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from execd.book import OrderBook
+from execd.book import RECORD_LINGER, OrderBook
 from execd.broker.base import (
     BrokerAmbiguous,
     BrokerClient,
@@ -145,7 +145,7 @@ class Submitter:
                     found = await self.broker.submit_order(order.spec)
                     HOOKS.point("after_submit")  # the broker has it; we have not recorded it
                     self._ok()
-                    return await self.book.apply_found(cid, found)
+                    return await self.book.apply_found(cid, found, linger=RECORD_LINGER)
                 except DuplicateOrderId:
                     log.warning("broker already has this client_order_id: looking it up",
                                 client_order_id=cid, strategy_id=order.spec.strategy_id)

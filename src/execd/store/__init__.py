@@ -5,7 +5,6 @@ aiosqlite on asyncio and a one-thread sqlite3 adapter on trio.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -317,22 +316,14 @@ class Store:
         (version,), = await self._db.execute("PRAGMA user_version")
         return int(version)
 
-    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """`fn` inside BEGIN IMMEDIATE ... COMMIT, on the database thread in one hop."""
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], T], *,
+                           linger: float = 0.0) -> T:
+        """`fn` in a transaction, group-committed with the writes queued meanwhile (Db)."""
+        return await self._db.transact(fn, linger=linger)
 
-        def run(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # a failed COMMIT (disk full) leaves one open
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
-            return result
-
-        return await self._db.run(run)
+    def hurry(self) -> None:
+        """Writes lingering for company go now (Db.hurry)."""
+        self._db.hurry()
 
     # ------------------------------------------------------------------ writes
     async def insert_orders(self, orders: Sequence[Order]) -> None:
@@ -357,9 +348,10 @@ class Store:
 
         return await self._transaction(tx)
 
-    async def apply_many(self, updates: Sequence[Update]) -> None:
+    async def apply_many(self, updates: Sequence[Update], *, linger: float = 0.0) -> None:
         """Orders' new versions, their events, and their fills with the positions they
-        move, all in one transaction (group commit: one fsync for the lot), one hop."""
+        move, all in one transaction (group commit: one fsync for the lot), one hop.
+        `linger`: see Db.transact."""
         if not updates:
             return
         order_rows = [(u.order.state.value, u.order.broker_order_id, plain(u.order.filled_qty),
@@ -391,7 +383,7 @@ class Store:
                 _move_positions(conn, fills)
             conn.executemany(_INSERT_EVENT, events)
 
-        await self._transaction(tx)
+        await self._transaction(tx, linger=linger)
 
     async def apply(self, update: Update) -> None:
         await self.apply_many([update])

@@ -4,15 +4,24 @@ One adapter for both anyio backends. aiosqlite (asyncio only) has no public call
 runs several statements in one trip to its thread: its public API costs three trips
 for a read (execute, fetchall, close) and one per statement for a write, where this
 adapter needs one per transaction. See docs/design.md for the measurement.
+
+Writes are group-committed (`transact`): every write queued while another is on the
+disk goes into the next transaction, each in a savepoint of its own, so one fsync
+pays for all of them. A write that can wait a little (`linger`: the record of a
+broker's answer, which a crash before it is written loses nothing of: the order is
+looked up again) waits for the next urgent one (a new order's intent) to share its
+fsync, instead of taking the disk just before that one needs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
@@ -47,14 +56,51 @@ def _unavailable(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT)
 
 
+@dataclass(slots=True, eq=False)
+class _Write(Generic[T]):
+    fn: Callable[[sqlite3.Connection], T]
+    result: T | None = None
+    error: BaseException | None = None
+    taken: bool = False  # in a transaction on its way to the disk, or done
+    done: bool = False
+
+
+def _write_all(conn: sqlite3.Connection, writes: Sequence[_Write[Any]]) -> None:
+    """One transaction for all `writes`, each in its own savepoint: one that fails is
+    rolled back alone (its caller gets the error), the others commit. If the commit
+    itself fails (a full disk), it fails for every one of them."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for w in writes:
+            conn.execute("SAVEPOINT w")
+            try:
+                w.result = w.fn(conn)
+            except Exception as e:
+                if _unavailable(e):
+                    raise  # the disk: the whole transaction fails
+                w.error = e
+                conn.execute("ROLLBACK TO w")
+            conn.execute("RELEASE w")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # a failed COMMIT (disk full) leaves one open
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
 class Db:
     """`run(fn)` calls `fn(connection)` on the database thread: one hop, any number of
     statements. Calls are serialised (a CapacityLimiter of 1): one connection, one
-    thread at a time, as sqlite3 requires."""
+    thread at a time, as sqlite3 requires. `transact(fn)` runs `fn` in a transaction,
+    group-committed with every other write queued meanwhile."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._one = anyio.CapacityLimiter(1)
+        self._queued: list[_Write[Any]] = []
+        self._writing = anyio.Lock()  # one group on its way to the disk at a time
+        self._hurry = anyio.Event()  # set: lingering writes go now
 
     @classmethod
     async def open(cls, path: Path) -> Db:
@@ -78,6 +124,49 @@ class Db:
             if _unavailable(e):
                 raise StorageUnavailable(str(e)) from e
             raise
+
+    async def transact(self, fn: Callable[[sqlite3.Connection], T], *,
+                       linger: float = 0.0) -> T:
+        """`fn(connection)` inside a transaction, committed (fsync'd) when this returns.
+
+        Leader/follower: whoever takes the write lock first writes everything queued in
+        one transaction; a follower finds its write done. With `linger`, a write waits up
+        to that many seconds for an urgent one (or `hurry`) to go with. Shielded: once
+        queued, a write is either committed with its caller told, or not written at all,
+        so nobody's memory of what is on disk can drift from it."""
+        w: _Write[T] = _Write(fn)
+        self._queued.append(w)
+        if not linger:
+            self._hurry.set()
+        with anyio.CancelScope(shield=True):
+            if linger:
+                with anyio.move_on_after(linger):
+                    await self._hurry.wait()
+            async with self._writing:
+                if not w.taken:
+                    group, self._queued = self._queued, []
+                    self._hurry.set()  # those lingering in this group: no longer
+                    self._hurry = anyio.Event()
+                    for q in group:
+                        q.taken = True
+                    try:
+                        await self.run(lambda conn: _write_all(conn, group))
+                    except Exception as e:
+                        for q in group:  # each caller raises an exception of its own
+                            q.error = q.error or (StorageUnavailable(str(e)) if isinstance(
+                                e, StorageUnavailable) else e)
+                    finally:
+                        for q in group:
+                            q.done = True
+        assert w.done
+        if w.error is not None:
+            raise w.error
+        return w.result  # type: ignore[return-value]  # set when no error
+
+    def hurry(self) -> None:
+        """Lingering writes go now: an urgent write is coming (e.g. one that waits for
+        the lock a lingering writer holds)."""
+        self._hurry.set()
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return await self.run(lambda conn: conn.execute(sql, params).fetchall())
