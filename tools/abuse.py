@@ -495,7 +495,7 @@ async def slow_subscriber(sock: Path, orders: int, report: Report) -> None:
                     await anyio.sleep(0.25)
         ended.set()
 
-    async with stream, await AsyncClient.connect(sock) as c, anyio.create_task_group() as tg:
+    async with stream, anyio.create_task_group() as tg:
         await stream.send(b'{"id":1,"op":"subscribe","strategy_id":"flood"}\n')
         tg.start_soon(sip)
         start = time.monotonic()
@@ -504,8 +504,11 @@ async def slow_subscriber(sock: Path, orders: int, report: Report) -> None:
             await _submit_many(sock, batch, strategy="flood", workers=8)
             sent += len(batch)
         flood_s = time.monotonic() - start
+        # (connected only now: a client idle through a flood longer than idle_timeout
+        # would be closed as idle, as it should be)
         with anyio.move_on_after(60):  # still slow while the orders reach the broker
-            await until_status(c, lambda st: not st["orders"].get("PENDING"))
+            async with await AsyncClient.connect(sock) as c:
+                await until_status(c, lambda st: not st["orders"].get("PENDING"))
         flooding = False
         with anyio.move_on_after(30):
             await ended.wait()
