@@ -135,7 +135,10 @@ class RiskGate:
         try:
             while pending:
                 order, done = pending[-1]
-                await self.submitter.send(SendOrder(order=order, done=done))
+                try:  # room in the inbox (nearly always): no task switch per order
+                    self.submitter.send_nowait(SendOrder(order=order, done=done))
+                except anyio.WouldBlock:
+                    await self.submitter.send(SendOrder(order=order, done=done))
                 pending.pop()
         finally:  # not handed over (cancelled): the submitter's sweep will find them
             for _, done in pending:

@@ -7,6 +7,7 @@ A handler gets its connection (`Caller`) and the request's arguments, and return
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,20 +67,19 @@ async def place(c: Caller, spec: OrderSpec, wait: str, *, closing: bool = False
     start = anyio.current_time()
     owner = c.peer.uid if c.peer else None
     # wait="submitted": the submitter answers here once the broker has answered
-    done_send, done_receive = anyio.create_memory_object_stream[Order](1)
-    with done_receive:
-        handed = done_send if wait == "submitted" else None
-        if handed is None:
-            done_send.close()
+    done_send, done_receive = anyio.create_memory_object_stream[Order](1) \
+        if wait == "submitted" else (None, None)
+    with done_receive or contextlib.nullcontext():
 
         def command(reply: MemoryObjectSendStream[SubmitResult]) -> RiskCommand:
-            return SubmitOrder(spec=spec, reply=reply, owner_uid=owner, done=handed,
+            return SubmitOrder(spec=spec, reply=reply, owner_uid=owner, done=done_send,
                                closing=closing)
 
         try:
             result = await ask(s.risk, command)
         except Overloaded:
-            done_send.close()  # the risk gate never saw it
+            if done_send is not None:
+                done_send.close()  # the risk gate never saw it
             raise
         except anyio.EndOfStream:  # the risk gate closes `done` too
             raise ProtocolError(
@@ -90,7 +90,7 @@ async def place(c: Caller, spec: OrderSpec, wait: str, *, closing: bool = False
             extra = {} if result.retry_after_s is None else {"retry_after_s": result.retry_after_s}
             raise ProtocolError(result.code, result.reason, **extra)
         order = result.order
-        if wait == "submitted" and order.state == OrderState.PENDING:
+        if done_receive is not None and order.state == OrderState.PENDING:
             if result.existing:  # a safe retry: nothing new was sent; watch the first
                 order = await _until_sent(c, order)
             else:
