@@ -25,6 +25,7 @@ from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
 from execd.domain.risk import RiskContext, RiskLimits, TradingState
 from execd.messages import (
     OrderAccepted,
+    Reply,
     RiskCommand,
     SendOrder,
     SetTradingState,
@@ -68,9 +69,9 @@ def order_spec(cid: str, side: str = "buy", qty: str = "10", symbol: str = "AAPL
                      qty=Decimal(qty))
 
 
-def submit(spec: OrderSpec) -> tuple[SubmitOrder, MemoryObjectReceiveStream[SubmitResult]]:
-    send, receive = anyio.create_memory_object_stream[SubmitResult](1)
-    return SubmitOrder(spec=spec, reply=send), receive
+def submit(spec: OrderSpec) -> tuple[SubmitOrder, Reply[SubmitResult]]:
+    reply: Reply[SubmitResult] = Reply()
+    return SubmitOrder(spec=spec, reply=reply), reply
 
 
 async def test_two_identical_submits_in_one_batch_make_one_order(tmp_path: Path) -> None:
@@ -263,9 +264,9 @@ async def test_a_feed_that_overflows_makes_the_gate_rebuild(
 
 async def test_commands_left_in_a_stopped_actors_inbox_have_their_replies_closed() -> None:
     inbox_send, inbox = anyio.create_memory_object_stream[RiskCommand](8)
-    done_send, done = anyio.create_memory_object_stream[Order](1)
+    done: Reply[Order] = Reply()
     msg, answer = submit(order_spec("queued"))
-    queued = SubmitOrder(spec=msg.spec, reply=msg.reply, done=done_send)
+    queued = SubmitOrder(spec=msg.spec, reply=msg.reply, done=done)
     with inbox_send, inbox, answer, done:
         inbox_send.send_nowait(queued)
         inbox_send.send_nowait(SetTradingState(state=TradingState.HALTED, reason="x"))

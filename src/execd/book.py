@@ -184,8 +184,8 @@ class OrderBook:
         a time: opening a feed ends the previous one."""
         if self._lock.locked():
             self.store.hurry()
-        async with self._lock:
-            snapshot = await self.store.risk_snapshot(since)
+        async with self._lock:  # `open` is what is committed: no change is under way
+            snapshot = await self.store.risk_snapshot(since, open_orders=self.open_orders())
             send, receive = anyio.create_memory_object_stream[BookChange](FEED_BUFFER)
             self.close_risk_feed()
             self._feed = send

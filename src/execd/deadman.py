@@ -28,6 +28,7 @@ from execd.messages import (
     CancelRequested,
     CancelResult,
     Overloaded,
+    Reply,
     SubmitterCommand,
     ask,
 )
@@ -128,7 +129,7 @@ def cancel_through(submitter: MemoryObjectSendStream[SubmitterCommand]) -> Cance
     """Every open order of one strategy, cancelled through the submitter."""
 
     async def cancel(strategy_id: str) -> int:
-        def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
+        def command(reply: Reply[CancelResult]) -> SubmitterCommand:
             return CancelAll(strategy_id=strategy_id, reply=reply)
 
         while True:

@@ -1,6 +1,6 @@
 """Messages between actors: commands in the imperative, events in the past tense.
 
-A command that wants an answer carries its own one-shot reply stream (`ask` below).
+A command that wants an answer carries its own one-shot `Reply` (`ask` below).
 """
 
 from __future__ import annotations
@@ -9,14 +9,64 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from decimal import Decimal
-from typing import TypeVar
+from types import TracebackType
+from typing import Generic, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
-from anyio.streams.memory import MemoryObjectSendStream as Reply
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from execd.domain.orders import Fill, Order, OrderSpec
 from execd.domain.risk import TradingState, TradingStatus
+
+T = TypeVar("T")
+
+
+class Reply(Generic[T]):
+    """A one-shot answer: one value, or closed without one (the asker hears EndOfStream).
+
+    What a one-slot memory object stream did for `ask`, for a fraction of its cost: an
+    answer is on every request's path, and a stream pair plus its receive (an item
+    receiver, an event and a checkpoint) was a tenth of a submit's time on the loop.
+    The answering side uses it as a send stream: `send_nowait`, `close`, `with`."""
+
+    __slots__ = ("_closed", "_event", "_sent", "_value")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._value: T | None = None
+        self._sent = False
+        self._closed = False
+
+    def send_nowait(self, value: T) -> None:
+        """Answer; ClosedResourceError if already answered or closed."""
+        if self._closed or self._sent:
+            raise anyio.ClosedResourceError
+        self._value, self._sent = value, True
+        self._event.set()
+
+    def close(self) -> None:
+        """No answer is coming (if none came)."""
+        self._closed = True
+        self._event.set()
+
+    def __enter__(self) -> Reply[T]:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    async def receive(self) -> T:
+        """The answer; EndOfStream if it was closed without one."""
+        await self._event.wait()
+        return self.receive_nowait()
+
+    def receive_nowait(self) -> T:
+        """The answer; WouldBlock if none yet, EndOfStream if closed without one."""
+        if self._sent:
+            return self._value  # type: ignore[return-value]  # set with _sent
+        raise anyio.EndOfStream if self._closed else anyio.WouldBlock
+
 
 # ---- answers (events) ----
 
@@ -139,31 +189,28 @@ class Overloaded(Exception):
     """The actor's inbox is full: the daemon is saturated."""
 
 
-async def ask(outbox: Reply[C], make: Callable[[Reply[R]], C]) -> R:
+async def ask(outbox: MemoryObjectSendStream[C], make: Callable[[Reply[R]], C]) -> R:
     """Send a command without waiting for room (full inbox: Overloaded), await its answer."""
-    send, receive = anyio.create_memory_object_stream[R](1)
-    async with receive:
-        try:
-            outbox.send_nowait(make(send))
-        except anyio.WouldBlock:
-            send.close()
-            raise Overloaded from None
-        return await receive.receive()
+    reply: Reply[R] = Reply()
+    try:
+        outbox.send_nowait(make(reply))
+    except anyio.WouldBlock:
+        raise Overloaded from None
+    return await reply.receive()
 
 
 def answer(reply: Reply[R], value: R) -> None:
-    """Deliver an answer if anyone still waits for it (the client may have gone)."""
-    gone = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock)
-    with reply, contextlib.suppress(*gone):
+    """Deliver an answer if nobody did (or closed it) yet."""
+    with reply, contextlib.suppress(anyio.ClosedResourceError):
         reply.send_nowait(value)
 
 
 def discard(inbox: MemoryObjectReceiveStream[RiskCommand] | MemoryObjectReceiveStream[
         SubmitterCommand]) -> int:
-    """Close the reply streams of the commands still queued in a stopped actor's inbox:
-    whoever waits hears the end now (not never), and no stream is left for the garbage
-    collector to find open. The commands themselves need nothing: a committed order
-    left unsent is found PENDING at the next start. How many were discarded."""
+    """Close the replies of the commands still queued in a stopped actor's inbox:
+    whoever waits hears the end now (not never). The commands themselves need nothing:
+    a committed order left unsent is found PENDING at the next start. How many were
+    discarded."""
     count = 0
     while True:
         try:

@@ -34,17 +34,20 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
     number = health.polls_begun
     changed = 0
     failed: BrokerError | None = None
-    open_at_broker = {o.client_order_id: o for o in await broker.list_open_orders()}
+    # Ours before the broker's list: an order sent while the list is on its way is still
+    # PENDING here, so it is skipped, not looked up (a look-up per order sent during
+    # every list call, taken from the request budget, with nothing to learn).
     ours = book.open_orders()
+    open_at_broker = {o.client_order_id: o for o in await broker.list_open_orders()}
     known = {o.client_order_id for o in ours}
     for order in ours:
         if order.state == OrderState.PENDING:
             continue
         found = open_at_broker.get(order.client_order_id)
         if found is None:
-            # Not in the list: closed, or sent after the list was taken. Looked up either
-            # way (an order the stream touched while we listed may have lost its fill
-            # event: skipping it would let the reconciler trust a poll that missed it).
+            # Sent before the list was asked for, and not in it: closed. Looked up (an
+            # order the stream touched while we listed may have lost its fill event:
+            # skipping it would let the reconciler trust a poll that missed it).
             book.metrics.poll_lookups.inc()
             try:
                 found = await broker.get_order_by_client_id(order.client_order_id)

@@ -30,6 +30,7 @@ from execd.messages import (
     OrderDenied,
     Persist,
     PricesChanged,
+    Reply,
     RiskCommand,
     SendOrder,
     SetTradingState,
@@ -49,7 +50,7 @@ from execd.testhooks import HOOKS
 log = logging.get("execd.risk")
 BATCH = 256
 RECOVERING_RETRY_S = 1.0
-Done = MemoryObjectSendStream[Order] | None  # a waiting client's, for the broker's answer
+Done = Reply[Order] | None  # a waiting client's, for the broker's answer
 
 
 def show_trading_state(metrics: Metrics, status: TradingStatus) -> None:
@@ -324,9 +325,12 @@ async def run(
                     recovery=recovery, storage=storage)
     # Orders committed by a predecessor that crashed before handing them on: the
     # submitter picks every PENDING order up when it starts, and sweeps for orphans.
+    # Started before the context is built: the snapshot waits behind the book's writes,
+    # and at a start-up with many PENDING orders those are the recovery's; the socket
+    # (started after this actor) must not wait for them. Commands queue in the inbox.
     try:
-        await gate.context()
         task_status.started()
+        await gate.context()
         async with inbox, submitter:
             async for first in inbox:
                 batch = [first]

@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from execd.clock import Clock
 from execd.domain.risk import TradingState, TradingStatus
-from execd.messages import Overloaded, Persist, RiskCommand, SetTradingState, ask
+from execd.messages import Overloaded, Persist, Reply, RiskCommand, SetTradingState, ask
 from execd.obs import logging
 from execd.obs.metrics import Metrics
 from execd.store import StorageUnavailable, Store
@@ -101,7 +101,7 @@ def _free(ballast: Path) -> None:
         ballast.unlink()
 
 
-def _persist(reply: MemoryObjectSendStream[bool]) -> RiskCommand:
+def _persist(reply: Reply[bool]) -> RiskCommand:
     return Persist(reply=reply)
 
 

@@ -42,6 +42,7 @@ from execd.messages import (
     CancelOrder,
     CancelRequested,
     CancelResult,
+    Reply,
     RiskCommand,
     SendOrder,
     SetTradingState,
@@ -106,7 +107,7 @@ class Submitter:
 
     # ------------------------------------------------------------------ orders
     async def send(self, order: Order, *, unknown_history: bool,
-                   done: MemoryObjectSendStream[Order] | None = None) -> None:
+                   done: Reply[Order] | None = None) -> None:
         """Get one PENDING order to the broker or to REJECTED, whatever it takes; then
         tell `done` (a client waiting for the broker's answer) how it stands."""
         outcome: Order | None = None
@@ -452,7 +453,7 @@ async def _sweep(
 
 
 async def _answer_cancel(
-    reply: MemoryObjectSendStream[CancelResult], work: Coroutine[Any, Any, CancelResult]
+    reply: Reply[CancelResult], work: Coroutine[Any, Any, CancelResult]
 ) -> None:
     with reply:
         answer(reply, await work)

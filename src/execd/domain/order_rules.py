@@ -53,12 +53,14 @@ def _exits_crossed(spec: OrderSpec) -> bool:
     return tp <= sl if long_exits else tp >= sl
 
 
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "limit": ("limit_price",), "stop": ("stop_price",), "stop_limit": ("stop_price", "limit_price")}
+
+
 def _missing_price(spec: OrderSpec) -> str | None:
     if _oco(spec):
         return None  # an OCO's prices are its take_profit and stop_loss
-    need = {"limit": ("limit_price",), "stop": ("stop_price",),
-            "stop_limit": ("stop_price", "limit_price")}.get(spec.type, ())
-    return next((f for f in need if not _has(spec, f)), None)
+    return next((f for f in _NEEDS.get(spec.type, ()) if not _has(spec, f)), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,16 +140,18 @@ class Violation:
 
 def violations(spec: OrderSpec) -> list[Violation]:
     """Every rule the spec breaks, in the table's order."""
-    out: list[Violation] = []
-    for rule in RULES:
-        if rule.broken(spec):
-            msg = rule.message if isinstance(rule.message, str) else rule.message(spec)
-            if rule.field not in msg:  # every refusal names the field to change
-                msg = f"{rule.field}: {msg}"
-            out.append(Violation(rule.field, msg))
-    return out
+    return [_violation(rule, spec) for rule in RULES if rule.broken(spec)]
 
 
 def first_violation(spec: OrderSpec) -> Violation | None:
-    found = violations(spec)
-    return found[0] if found else None
+    """The first rule the spec breaks (the rest are not evaluated: this is on every
+    submit's path)."""
+    rule = next((rule for rule in RULES if rule.broken(spec)), None)
+    return None if rule is None else _violation(rule, spec)
+
+
+def _violation(rule: Rule, spec: OrderSpec) -> Violation:
+    msg = rule.message if isinstance(rule.message, str) else rule.message(spec)
+    if rule.field not in msg:  # every refusal names the field to change
+        msg = f"{rule.field}: {msg}"
+    return Violation(rule.field, msg)

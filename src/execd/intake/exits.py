@@ -14,14 +14,12 @@ from __future__ import annotations
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Any
 
-from anyio.streams.memory import MemoryObjectSendStream
-
 from execd import protocol
 from execd.domain.decimals import show
 from execd.domain.orders import OrderSpec, Side
 from execd.domain.risk import TradingState
 from execd.intake.requests import ask_submitter, place, set_state
-from execd.messages import CancelAll, CancelOrder, CancelResult, SubmitterCommand
+from execd.messages import CancelAll, CancelOrder, CancelResult, Reply, SubmitterCommand
 from execd.protocol import ProtocolError
 
 if TYPE_CHECKING:
@@ -58,7 +56,7 @@ async def _cancel_holding(c: Caller, symbol: str, side: Side) -> list[dict[str, 
             continue
         cid = order.client_order_id
 
-        def command(reply: MemoryObjectSendStream[CancelResult], cid: str = cid
+        def command(reply: Reply[CancelResult], cid: str = cid
                     ) -> SubmitterCommand:
             return CancelOrder(client_order_id=cid, reply=reply)
 
@@ -119,7 +117,7 @@ async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     reason = protocol.reason(args) or "flatten"
     halted = await set_state(c, TradingState.HALTED, f"flatten: {reason}")
 
-    def cancel_all(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
+    def cancel_all(reply: Reply[CancelResult]) -> SubmitterCommand:
         return CancelAll(strategy_id=None, reply=reply)
 
     cancelled = await ask_submitter(c, cancel_all)

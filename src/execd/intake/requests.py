@@ -7,14 +7,12 @@ A handler gets its connection (`Caller`) and the request's arguments, and return
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from execd import __version__, backup, protocol
 from execd.domain.decimals import show, show_opt
@@ -26,7 +24,7 @@ from execd.messages import (
     CancelOrder,
     CancelResult,
     OrderDenied,
-    Overloaded,
+    Reply,
     RiskCommand,
     SetTradingState,
     SubmitOrder,
@@ -67,38 +65,32 @@ async def place(c: Caller, spec: OrderSpec, wait: str, *, closing: bool = False
     start = anyio.current_time()
     owner = c.peer.uid if c.peer else None
     # wait="submitted": the submitter answers here once the broker has answered
-    done_send, done_receive = anyio.create_memory_object_stream[Order](1) \
-        if wait == "submitted" else (None, None)
-    with done_receive or contextlib.nullcontext():
+    done: Reply[Order] | None = Reply() if wait == "submitted" else None
 
-        def command(reply: MemoryObjectSendStream[SubmitResult]) -> RiskCommand:
-            return SubmitOrder(spec=spec, reply=reply, owner_uid=owner, done=done_send,
-                               closing=closing)
+    def command(reply: Reply[SubmitResult]) -> RiskCommand:
+        return SubmitOrder(spec=spec, reply=reply, owner_uid=owner, done=done,
+                           closing=closing)
 
-        try:
-            result = await ask(s.risk, command)
-        except Overloaded:
-            if done_send is not None:
-                done_send.close()  # the risk gate never saw it
-            raise
-        except anyio.EndOfStream:  # the risk gate closes `done` too
-            raise ProtocolError(
-                "internal", f"the risk gate failed on this order; query client_order_id "
-                f"{spec.client_order_id} to learn whether it was recorded",
-            ) from None
-        if isinstance(result, OrderDenied):
-            extra = {} if result.retry_after_s is None else {"retry_after_s": result.retry_after_s}
-            raise ProtocolError(result.code, result.reason, **extra)
-        order = result.order
-        if done_receive is not None and order.state == OrderState.PENDING:
-            if result.existing:  # a safe retry: nothing new was sent; watch the first
-                order = await _until_sent(c, order)
-            else:
-                with anyio.move_on_after(s.limits.submit_timeout):
-                    try:
-                        order = await done_receive.receive()
-                    except anyio.EndOfStream:  # the submitter went away: how it stands
-                        order = await s.book.get(order.client_order_id) or order
+    try:
+        result = await ask(s.risk, command)
+    except anyio.EndOfStream:  # the risk gate closes `done` too
+        raise ProtocolError(
+            "internal", f"the risk gate failed on this order; query client_order_id "
+            f"{spec.client_order_id} to learn whether it was recorded",
+        ) from None
+    if isinstance(result, OrderDenied):
+        extra = {} if result.retry_after_s is None else {"retry_after_s": result.retry_after_s}
+        raise ProtocolError(result.code, result.reason, **extra)
+    order = result.order
+    if done is not None and order.state == OrderState.PENDING:
+        if result.existing:  # a safe retry: nothing new was sent; watch the first
+            order = await _until_sent(c, order)
+        else:
+            with anyio.move_on_after(s.limits.submit_timeout):
+                try:
+                    order = await done.receive()
+                except anyio.EndOfStream:  # the submitter went away: how it stands
+                    order = await s.book.get(order.client_order_id) or order
     s.metrics.ack_latency.labels(wait).observe(anyio.current_time() - start)
     if order.state == OrderState.REJECTED and wait == "submitted":
         raise ProtocolError("broker_rejected", f"the broker rejected the order: {order.reason}",
@@ -123,7 +115,7 @@ async def op_cancel(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     legs = protocol.flag(args, "legs")
     await _own(c, cid)
 
-    def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
+    def command(reply: Reply[CancelResult]) -> SubmitterCommand:
         return CancelOrder(client_order_id=cid, reply=reply, legs=legs)
 
     first, *family = await ask_submitter(c, command)
@@ -136,7 +128,7 @@ async def op_cancel_all(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         raise _operator_only("cancel_all of every strategy")
     owner = c.grant.only_owner
 
-    def command(reply: MemoryObjectSendStream[CancelResult]) -> SubmitterCommand:
+    def command(reply: Reply[CancelResult]) -> SubmitterCommand:
         return CancelAll(strategy_id=sid, reply=reply, owner_uid=owner)
 
     orders = await ask_submitter(c, command)
@@ -145,7 +137,7 @@ async def op_cancel_all(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def ask_submitter(
-    c: Caller, make: Callable[[MemoryObjectSendStream[CancelResult]], SubmitterCommand]
+    c: Caller, make: Callable[[Reply[CancelResult]], SubmitterCommand]
 ) -> list[dict[str, Any]]:
     with anyio.move_on_after(c.s.limits.submit_timeout * 3):
         try:
@@ -204,8 +196,8 @@ async def op_positions(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     s = c.s
     held = s.storage.held if s.storage is not None else None
-    trading = held or await s.book.store.trading_status()
-    counts = await s.book.store.count_by_state()
+    stored = await s.book.store.status()
+    trading, counts = held or stored.trading, stored.counts
     h = s.health
     return {
         "version": __version__,
@@ -222,7 +214,7 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "open_orders": sum(counts.get(st.value, 0) for st in OPEN_STATES),
         "subscribers": s.hub.subscribers,
         "halted_strategies": {sid: {"reason": st.reason, "since": st.since}
-                              for sid, st in sorted((await s.book.store.strategy_halts()).items())},
+                              for sid, st in sorted(stored.halted_strategies.items())},
         "recovery": s.recovery.as_dict(),
         "storage": s.storage.as_dict() if s.storage is not None else None,
     }
@@ -230,7 +222,7 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 
 async def set_state(c: Caller, state: TradingState, reason: str,
                     strategy_id: str | None = None) -> dict[str, Any]:
-    def command(reply: MemoryObjectSendStream[TradingStateChanged]) -> RiskCommand:
+    def command(reply: Reply[TradingStateChanged]) -> RiskCommand:
         return SetTradingState(state=state, reason=reason, reply=reply, strategy_id=strategy_id)
 
     st = (await ask(c.s.risk, command)).status

@@ -169,6 +169,21 @@ class RiskSnapshot:
     halted_strategies: dict[str, TradingStatus] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusSnapshot:
+    """What `status` shows from the store (read in one hop: behind a busy group commit,
+    each hop waits its turn)."""
+
+    trading: TradingStatus
+    counts: dict[str, int]  # orders by state
+    halted_strategies: dict[str, TradingStatus]
+
+
+def _count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
+    return {s: int(n) for s, n in conn.execute(
+        "SELECT state, count(*) FROM orders GROUP BY state")}
+
+
 def _strategy_halts(conn: sqlite3.Connection) -> dict[str, TradingStatus]:
     return {sid: TradingStatus(state=TradingState.HALTED, reason=reason, since=since)
             for sid, reason, since in conn.execute(
@@ -465,14 +480,18 @@ class Store:
         rows = await self._db.execute("SELECT strategy_id, heartbeat_s FROM sessions")
         return {str(sid): float(hb) for sid, hb in rows}
 
-    async def risk_snapshot(self, since: float) -> RiskSnapshot:
-        """Everything the risk gate rebuilds its context from, in one hop."""
+    async def risk_snapshot(self, since: float, *, open_orders: list[Order] | None = None
+                            ) -> RiskSnapshot:
+        """Everything the risk gate rebuilds its context from, in one hop. `open_orders`:
+        the caller holds them as committed (the book does), so they are not read again
+        (a thousand of them took most of a second here on a busy start-up)."""
 
         def read(conn: sqlite3.Connection) -> RiskSnapshot:
             return RiskSnapshot(
                 positions=_positions(conn),
-                open_orders=[_order_from(r) for r in conn.execute(
-                    f"{_SELECT} {_OPEN} ORDER BY created_at")],
+                open_orders=open_orders if open_orders is not None else [
+                    _order_from(r) for r in conn.execute(
+                        f"{_SELECT} {_OPEN} ORDER BY created_at")],
                 trading=_trading(conn),
                 recent=[(at, sid) for sid, at in conn.execute(
                     "SELECT strategy_id, created_at FROM orders WHERE created_at >= ? "
@@ -543,8 +562,12 @@ class Store:
         return await self._db.run(_trading)
 
     async def count_by_state(self) -> dict[str, int]:
-        rows = await self._db.execute("SELECT state, count(*) FROM orders GROUP BY state")
-        return {s: int(n) for s, n in rows}
+        return await self._db.run(_count_by_state)
+
+    async def status(self) -> StatusSnapshot:
+        return await self._db.run(lambda conn: StatusSnapshot(
+            trading=_trading(conn), counts=_count_by_state(conn),
+            halted_strategies=_strategy_halts(conn)))
 
     async def events(self, client_order_id: str) -> list[dict[str, Any]]:
         rows = await self._db.execute(
