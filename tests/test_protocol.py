@@ -120,3 +120,35 @@ def _submit_outcome(line: bytes) -> Any:
         return protocol.submit_spec(protocol.parse_line(line, FIELDS).args, now=1.0)[0]
     except ProtocolError as e:
         return e
+
+
+_IDS = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=12),
+                 st.decimals(allow_nan=False, allow_infinity=False, places=3),
+                 st.lists(st.integers(), max_size=2))
+
+
+@given(_IDS, st.booleans(), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_the_whole_line_decode_agrees_with_the_member_walk(
+    rid: Any, ascii_only: bool, spaced: bool
+) -> None:
+    """The one-decode path (`_whole`) gives the id's text exactly as the member walk
+    reads it from the line, or steps aside."""
+    sep = (", ", ": ") if spaced else (",", ":")
+    text = json.dumps({"id": rid, "op": "ping"}, ensure_ascii=ascii_only, separators=sep,
+                      default=str)
+    walked = protocol._walked(text)
+    quick = protocol._whole(text)
+    if quick is not None:
+        assert quick == walked
+    assert protocol.parse_line(text.encode(), FIELDS).raw_id == walked[1]
+
+
+@pytest.mark.parametrize("line", [
+    b'{"id": -0, "op": "ping"}', b'{"id": 1.50, "op": "ping"}', b'{"id": 1e400, "op": "ping"}',
+    b'{"id": "a\\u0062", "op": "ping"}', b'{"id":  7 , "op": "ping"}',
+])
+def test_ids_that_only_the_member_walk_can_echo_are_echoed_as_sent(line: bytes) -> None:
+    text = line.decode()
+    sent = text.split(":", 1)[1].rsplit(",", 1)[0].strip()
+    assert protocol.parse_line(line, FIELDS).raw_id == sent

@@ -154,7 +154,7 @@ class OrderBook:
         self.open: dict[str, Order] = {}
         # Every change is read-modify-write: two actors applying the same broker view
         # at once must not both count its fill.
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # free: no checkpoint (a write yields)
         self._queue: list[_Queued] = []
         self._feed: MemoryObjectSendStream[BookChange] | None = None
 

@@ -80,7 +80,9 @@ class Submitter:
 
     @asynccontextmanager
     async def owning(self, cid: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(cid, (anyio.Lock(), 0))
+        held = self._locks.get(cid)
+        # fast_acquire: a free lock is taken with no checkpoint (the send yields anyway)
+        lock, users = held if held is not None else (anyio.Lock(fast_acquire=True), 0)
         self._locks[cid] = (lock, users + 1)
         try:
             async with lock:

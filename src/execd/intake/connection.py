@@ -48,7 +48,8 @@ class Connection:
         # For writes that the kernel takes at once (nearly all): no lock, no deadline.
         self._raw = stream.extra(SocketAttribute.raw_socket, None)
         self._send_lock = anyio.Lock()
-        self._slots = anyio.Semaphore(MAX_IN_FLIGHT)
+        # fast_acquire: a free slot (nearly always) is taken with no checkpoint per line
+        self._slots = anyio.Semaphore(MAX_IN_FLIGHT, fast_acquire=True)
         self._in_flight = 0
         self._subscribed = False
         self._last_request = anyio.current_time()
@@ -161,10 +162,7 @@ class Connection:
                     continue
                 if self.s.deadman is not None:
                     self.s.deadman.beat(self)  # a request is a heartbeat; a blank line is not
-                try:  # a free slot (nearly always): no checkpoint per line
-                    self._slots.acquire_nowait()
-                except anyio.WouldBlock:
-                    await self._slots.acquire()
+                await self._slots.acquire()
                 self._in_flight += 1
                 self._last_request = anyio.current_time()
                 tg.start_soon(self._handle, line)

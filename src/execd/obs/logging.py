@@ -43,7 +43,10 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=False,
+        # Called once per process (execd run, a benchmark): each logger is resolved at
+        # its first use, not at every call (a proxy's lookup per order change was 1% of
+        # the loop's time). Tests that swap the configuration never call this.
+        cache_logger_on_first_use=True,
     )
 
 

@@ -99,7 +99,9 @@ class Db:
         self._conn = conn
         self._one = anyio.CapacityLimiter(1)
         self._queued: list[_Write[Any]] = []
-        self._writing = anyio.Lock()  # one group on its way to the disk at a time
+        # One group on its way to the disk at a time. fast_acquire: a free lock is taken
+        # with no checkpoint (the write that follows yields).
+        self._writing = anyio.Lock(fast_acquire=True)
         self._hurry = anyio.Event()  # set: lingering writes go now
 
     @classmethod
