@@ -191,9 +191,13 @@ async def test_slow_subscribers_hear_overloaded_before_the_close(
     daemon_factory: OpenDaemon,
 ) -> None:
     # write_timeout well past the flood's length: the goodbye waits for this reader, who
-    # reads only after the flood (under load the flood once outlasted a 30 s timeout)
+    # reads only after the flood (under load the flood once outlasted a 30 s timeout).
+    # Polls and reconciles seldom: 650 resting orders listed every 50 ms took most of the
+    # loop, and the flood 36 s.
     async with daemon_factory(daemon={"write_timeout": 120.0},
-                              risk={"max_orders_per_minute": 0}) as d, connect(d) as c:
+                              risk={"max_orders_per_minute": 0},
+                              poller={"interval": 2.0}, reconciler={"interval": 2.0},
+                              ) as d, connect(d) as c:
         stream = await anyio.connect_unix(str(d.config.socket_path))
         async with stream:
             await stream.send(b'{"id":1,"op":"subscribe"}\n')

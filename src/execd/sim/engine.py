@@ -265,7 +265,10 @@ class Engine:
         expiry = self.sessions.close_after(start) if o.time_in_force in DAY_LIKE else None
         end = now if expiry is None else min(now, expiry)
         acts_as = o.acts_as
-        if acts_as == "stop":
+        if acts_as in ("stop", "limit") and o.type != "trailing_stop" \
+                and o.checked_until >= start and self.market.steady(o.symbol, o.checked_until, end):
+            pass  # checked up to a moment whose price still stands: nothing to cross since
+        elif acts_as == "stop":
             t_from = max(o.checked_until, start)
             if o.type == "trailing_stop":
                 hwm = o.hwm if o.hwm is not None else self.market.price(o.symbol, t_from)

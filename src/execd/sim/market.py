@@ -229,6 +229,14 @@ class PricePaths:
                 if symbol in self.assets:
                     self._walk(symbol).shifts = sorted((float(t), float(s)) for t, s in pairs)
 
+    def steady(self, symbol: str, t_from: float, t_to: float) -> bool:
+        """Whether the price is one and the same throughout [t_from, t_to]: one whole
+        second, and no shift from t_from on."""
+        if self._second(t_from) != self._second(t_to):
+            return False
+        with self._lock:
+            return not any(t_from <= t <= t_to for t, _ in self._walk(symbol).shifts)
+
     def first_cross(
         self, symbol: str, t_from: float, t_to: float, *, side: str, limit: Decimal
     ) -> float | None:
