@@ -82,15 +82,17 @@ async def test_idle_crowds_leave_room_for_the_operator(
     """1,000 connections from one user: past its share they are told why at once; those
     it keeps are closed when idle; an admin's halt is answered in under 100 ms meanwhile."""
     sections = access(open_dir)
+    # idle_timeout: long enough for all 1,000 to knock before the first idle close (a
+    # busy 2-core box accepts and refuses ~500 a second here)
     sections["daemon"].update(max_connections=256, admin_connections=4,
-                              max_connections_per_uid=1000, idle_timeout=1.5)
+                              max_connections_per_uid=1000, idle_timeout=3.0)
     async with daemon_factory(**sections) as d:
         sock = d.config.socket_path
         latency: list[float] = []
         result: dict[str, Any] = {}
 
         async def crowd() -> None:
-            result.update(await crowd_as_nobody(sock, 1000, 4.0))
+            result.update(await crowd_as_nobody(sock, 1000, 6.0))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(crowd)

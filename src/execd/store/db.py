@@ -103,6 +103,7 @@ class Db:
         # with no checkpoint (the write that follows yields).
         self._writing = anyio.Lock(fast_acquire=True)
         self._hurry = anyio.Event()  # set: lingering writes go now
+        self._on_disk: anyio.Event | None = None  # a group is being written; set when done
 
     @classmethod
     async def open(cls, path: Path) -> Db:
@@ -133,7 +134,8 @@ class Db:
 
         Leader/follower: whoever takes the write lock first writes everything queued in
         one transaction; a follower finds its write done. With `linger`, a write waits up
-        to that many seconds for an urgent one (or `hurry`) to go with. Shielded: once
+        to that many seconds for an urgent one (or `hurry`) to go with; time spent behind
+        a group on its way to the disk does not count (see `_linger`). Shielded: once
         queued, a write is either committed with its caller told, or not written at all,
         so nobody's memory of what is on disk can drift from it."""
         w: _Write[T] = _Write(fn)
@@ -142,8 +144,7 @@ class Db:
             self._hurry.set()
         with anyio.CancelScope(shield=True):
             if linger:
-                with anyio.move_on_after(linger):
-                    await self._hurry.wait()
+                await self._linger(w, linger)
             async with self._writing:
                 if not w.taken:
                     group, self._queued = self._queued, []
@@ -151,6 +152,7 @@ class Db:
                     self._hurry = anyio.Event()
                     for q in group:
                         q.taken = True
+                    self._on_disk = on_disk = anyio.Event()
                     try:
                         await self.run(lambda conn: _write_all(conn, group))
                     except Exception as e:
@@ -160,10 +162,25 @@ class Db:
                     finally:
                         for q in group:
                             q.done = True
+                        self._on_disk = None
+                        on_disk.set()
         assert w.done
         if w.error is not None:
             raise w.error
         return w.result  # type: ignore[return-value]  # set when no error
+
+    async def _linger(self, w: _Write[Any], linger: float) -> None:
+        """Until an urgent write comes to go with (or this one is taken into a group),
+        for at most `linger` of a free disk. Behind a group on the disk, the wait does
+        not count: the urgent writer (the risk gate) is often that group's, and its next
+        batch follows its answer; a write that took the disk in between would put a
+        whole fsync in front of it."""
+        hurry = self._hurry
+        while (on_disk := self._on_disk) is not None and not (w.taken or hurry.is_set()):
+            await on_disk.wait()
+        if not (w.taken or hurry.is_set()):
+            with anyio.move_on_after(linger):
+                await hurry.wait()
 
     def hurry(self) -> None:
         """Lingering writes go now: an urgent write is coming (e.g. one that waits for
