@@ -19,6 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from execd import messages
 from execd.book import EventHub, OrderBook
 from execd.clock import FakeClock
 from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
@@ -276,3 +277,18 @@ async def test_commands_left_in_a_stopped_actors_inbox_have_their_replies_closed
         with pytest.raises(anyio.EndOfStream):
             await done.receive()
         assert discard(inbox) == 0
+
+
+async def test_a_reply_carries_one_answer_or_says_none_is_coming() -> None:
+    answered: Reply[int] = Reply()
+    with pytest.raises(anyio.WouldBlock):
+        answered.receive_nowait()
+    messages.answer(answered, 1)
+    messages.answer(answered, 2)  # a second answer is dropped, not raised
+    assert await answered.receive() == 1  # and closing after the answer keeps it
+    with pytest.raises(anyio.ClosedResourceError):
+        answered.send_nowait(3)
+    unanswered: Reply[int] = Reply()
+    unanswered.close()
+    with pytest.raises(anyio.EndOfStream):
+        await unanswered.receive()
