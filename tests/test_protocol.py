@@ -152,3 +152,9 @@ def test_ids_that_only_the_member_walk_can_echo_are_echoed_as_sent(line: bytes) 
     text = line.decode()
     sent = text.split(":", 1)[1].rsplit(",", 1)[0].strip()
     assert protocol.parse_line(line, FIELDS).raw_id == sent
+
+
+def test_a_plain_submit_line_takes_the_one_decode_path() -> None:
+    line = json.dumps({"id": 17, "op": "submit", **submit(client_order_id="c-1")})
+    assert protocol._whole(line) == ({"id": 17, "op": "submit", **submit(client_order_id="c-1")},
+                                     "17")
