@@ -5,6 +5,7 @@ urgent one, and a failed commit fails every write in it. Both backends."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -112,6 +113,37 @@ async def test_a_lingering_write_goes_with_the_next_urgent_one(
                 await write("intent", 0.0)
         assert groups == [2]
         assert set(done) == {"record", "intent"}
+
+
+async def test_a_linger_does_not_run_out_behind_a_group_on_the_disk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record queued while the risk gate's commit is on the disk waits for the gate's
+    next commit, which follows the first one's answer, even when its linger would have
+    run out during that fsync (it used to take the disk alone just before the gate's
+    next batch needed it: two fsyncs per batch)."""
+    async with opened(tmp_path, monkeypatch) as (db, groups):
+        on_disk = threading.Event()
+
+        def slow(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO t (k) VALUES ('first')")
+            on_disk.wait(10)
+            return "first"
+
+        async def gate() -> None:  # commits, answers, then its next batch follows
+            await db.transact(slow)
+            await anyio.sleep(0.02)  # the answers, and the next batch read from the inbox
+            await db.transact(insert("next"))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(gate)
+                while not groups:
+                    await anyio.sleep(0.001)
+                tg.start_soon(lambda: db.transact(insert("record"), linger=0.2))
+                await anyio.sleep(0.3)  # longer than the linger, all of it behind "first"
+                on_disk.set()
+        assert groups == [1, 2]
+        assert await keys(db) == {"first", "record", "next"}
 
 
 async def test_a_lingering_write_alone_is_written_after_its_linger(
