@@ -474,6 +474,38 @@ async def test_a_resync_and_the_poller_never_look_the_same_orders_up_twice(
         assert broker.lists == 1
 
 
+async def test_an_order_sent_while_the_list_is_on_its_way_is_not_looked_up(
+    tmp_path: Path
+) -> None:
+    """PENDING when the poll begins, sent while the broker's list is on its way (so not
+    in it): nothing to learn by looking it up, and a look-up costs the request budget."""
+    from execd import poller
+
+    async with actor(tmp_path, lambda: anyio.lowlevel.checkpoint()) as (a, clock, broker):
+        await pending(a, "sent", qty="1")
+        listed = broker.list_open_orders
+
+        async def list_while_it_is_sent() -> list[BrokerOrder]:
+            before = await listed()
+            await a.book.apply_view("sent", broker_order("sent", "new").view)  # the submitter
+            broker.orders["sent"] = broker_order("sent", "new")
+            return before
+
+        looked: list[str] = []
+
+        async def look_up(cid: str) -> BrokerOrder | None:
+            looked.append(cid)
+            return broker.orders.get(cid)
+
+        broker.list_open_orders = list_while_it_is_sent  # type: ignore[method-assign]
+        broker.get_order_by_client_id = look_up  # type: ignore[method-assign]
+        await poller.poll_once(a.book, a.broker, clock, a.health)
+        assert looked == []
+        o = await a.book.get("sent")
+        assert o is not None
+        assert o.state == OrderState.SUBMITTED
+
+
 async def test_execd_status_shows_the_stream_and_the_poll_interval(
     daemon_factory: OpenDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
