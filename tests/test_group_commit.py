@@ -115,35 +115,50 @@ async def test_a_lingering_write_goes_with_the_next_urgent_one(
         assert set(done) == {"record", "intent"}
 
 
-async def test_a_linger_does_not_run_out_behind_a_group_on_the_disk(
+async def test_writes_queued_while_a_read_holds_the_connection_share_its_wait(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A record queued while the risk gate's commit is on the disk waits for the gate's
-    next commit, which follows the first one's answer, even when its linger would have
-    run out during that fsync (it used to take the disk alone just before the gate's
-    next batch needed it: two fsyncs per batch)."""
+    """One user of the connection at a time: a write waits for a read on the worker
+    thread to finish, and every write queued meanwhile, lingering or not, goes in the
+    same transaction; none is written while the read holds the connection."""
     async with opened(tmp_path, monkeypatch) as (db, groups):
-        on_disk = threading.Event()
+        reading, release = threading.Event(), threading.Event()
 
-        def slow(conn: sqlite3.Connection) -> str:
-            conn.execute("INSERT INTO t (k) VALUES ('first')")
-            on_disk.wait(10)
-            return "first"
+        def slow_read(conn: sqlite3.Connection) -> list[Any]:
+            reading.set()
+            release.wait(10)
+            return conn.execute("SELECT k FROM t").fetchall()
 
-        async def gate() -> None:  # commits, answers, then its next batch follows
-            await db.transact(slow)
-            await anyio.sleep(0.02)  # the answers, and the next batch read from the inbox
-            await db.transact(insert("next"))
+        seen: list[list[Any]] = []
+
+        async def read() -> None:
+            seen.append(await db.run(slow_read))
 
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(gate)
-                while not groups:  # noqa: ASYNC110  (the write begins in the database thread)
-                    await anyio.sleep(0.001)
-                tg.start_soon(lambda: db.transact(insert("record"), linger=0.2))
-                await anyio.sleep(0.3)  # longer than the linger, all of it behind "first"
-                on_disk.set()
-        assert groups == [1, 2]
-        assert await keys(db) == {"first", "record", "next"}
+                tg.start_soon(read)
+                await anyio.to_thread.run_sync(reading.wait)
+                tg.start_soon(lambda: db.transact(insert("intent")))
+                tg.start_soon(lambda: db.transact(insert("record"), linger=30.0))
+                tg.start_soon(lambda: db.transact(insert("other")))
+                await anyio.sleep(0.1)
+                assert groups == []  # all three wait for the read
+                release.set()
+        assert seen == [[]]  # the read saw none of them
+        assert groups == [3]
+        assert await keys(db) == {"intent", "record", "other"}
+
+
+async def test_writes_run_on_the_loop_s_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hop for a write (docs/design.md: a trip to a thread costs more than the write);
+    reads go to a worker thread."""
+    async with opened(tmp_path, monkeypatch) as (db, _):
+        def where(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO t (k) VALUES ('here')")
+            return threading.get_ident()
+
+        assert await db.transact(where) == threading.get_ident()
+        assert await db.run(lambda conn: threading.get_ident()) != threading.get_ident()
 
 
 async def test_a_lingering_write_alone_is_written_after_its_linger(

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
+from tools.abuse import fill
 
 from execd.client import AsyncClient, ExecdError
 from execd.domain.orders import Order, OrderSpec
@@ -277,19 +278,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Every byte left, in one file."""
-    filler = disk / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * (1 << 16))
-                f.flush()
-        except OSError:
-            pass
-    return filler
 
 
 async def _submit_refused(c: AsyncClient) -> str:

@@ -579,14 +579,16 @@ def mount_tmpfs(where: Path, size: str) -> str:
 
 
 def fill(disk: Path) -> Path:
+    """Fill `disk` to the last byte; the filler's path. The close fails too (it flushes
+    what the last write left in the buffer): that is the disk full, as wanted."""
     filler = disk / "filler"
-    with open(filler, "wb") as f:
-        try:
+    try:
+        with open(filler, "wb") as f:
             while True:
                 f.write(b"\0" * (1 << 16))
                 f.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass
     return filler
 
 

@@ -87,8 +87,8 @@ def _check_target(path: Path, overwrite: bool, live: Path) -> None:
 
 
 class _Progress:
-    """SQLite's progress callback (on the database thread): a log line per second of a
-    long backup, with the pages still to copy."""
+    """SQLite's progress callback (on the database's worker thread): a log line per
+    second of a long backup, with the pages still to copy."""
 
     def __init__(self, path: Path) -> None:
         self.path = str(path)

@@ -229,8 +229,8 @@ class RiskGate:
         self, submits: list[SubmitOrder], ctx: RiskContext
     ) -> list[tuple[Order, Done]]:
         """Decide and commit in one hop, then answer: nobody hears "accepted" before the
-        commit. The decisions run on the database thread while this actor waits, so
-        nothing else touches the context meanwhile."""
+        commit. The decisions run inside the transaction, which holds the loop (db.py),
+        so nothing else touches the context meanwhile."""
         results: list[SubmitResult] = []
 
         def decide(known: dict[str, Order]) -> Sequence[Order]:

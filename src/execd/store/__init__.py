@@ -303,8 +303,8 @@ def _insert(conn: sqlite3.Connection, orders: Sequence[Order], *,
 
 
 class Store:
-    """The SQL, once. Every method is one trip to the database thread, and every write
-    one transaction (BEGIN IMMEDIATE ... COMMIT)."""
+    """The SQL, once. Every read is one trip to the database's worker thread, and every
+    write one transaction (BEGIN IMMEDIATE ... COMMIT) on the loop's thread (db.py)."""
 
     def __init__(self, db: Db) -> None:
         self._db = db
@@ -351,7 +351,7 @@ class Store:
         decide: Callable[[dict[str, Order]], Sequence[Order]],
     ) -> Sequence[Order]:
         """The risk gate's batch in one hop and one transaction: read which of these
-        client_order_ids we already hold, let `decide` (pure, run on the database thread
+        client_order_ids we already hold, let `decide` (pure, run inside the transaction
         while its caller waits) say which new orders to record, record them, commit."""
         ids = list(client_order_ids)
 
@@ -456,8 +456,8 @@ class Store:
         progress: Callable[[int, int, int], object] | None = None,
     ) -> int:
         """A consistent copy of the live database into `target` (an empty file) through
-        SQLite's online backup API, in one hop on the database thread: no transaction of
-        ours can interleave with it. Returns the number of orders in the copy, read from
+        SQLite's online backup API, in one hop to the database's worker thread: no
+        transaction of ours can interleave with it. Returns the number of orders in the copy, read from
         the copy (so it is known to open)."""
 
         def copy(conn: sqlite3.Connection) -> int:

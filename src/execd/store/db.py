@@ -1,13 +1,23 @@
-"""The Db port: one SQLite connection, driven from one worker thread at a time.
+"""The Db port: one SQLite connection, used by one caller at a time.
 
-One adapter for both anyio backends. aiosqlite (asyncio only) has no public call that
-runs several statements in one trip to its thread: its public API costs three trips
-for a read (execute, fetchall, close) and one per statement for a write, where this
-adapter needs one per transaction. See docs/design.md for the measurement.
+One adapter for both anyio backends. Writes run on the event loop's own thread, reads
+on a worker thread. A write is small and bounded (a batch of at most a few hundred
+orders), its caller waits for it anyway, and a trip to a thread and back cost more than
+the write itself here (0.3-0.6 ms on 2 cores against an fsync of 0.3 ms: docs/design.md);
+a read may be large (a list, a backup, the start-up's load) and must not stop the loop.
+The price: while a commit is on the disk the loop waits with it. A disk that hangs
+stops the daemon until it answers; under systemd its watchdog then restarts it
+(systemd.py), and crash-only start-up recovers (the metrics endpoint, on its own
+thread, keeps serving meanwhile).
 
-Writes are group-committed (`transact`): every write queued while another is on the
-disk goes into the next transaction, each in a savepoint of its own, so one fsync
-pays for all of them. A write that can wait a little (`linger`: the record of a
+aiosqlite (asyncio only) has no public call that runs several statements in one trip
+to its thread: its public API costs three trips for a read (execute, fetchall, close)
+and one per statement for a write, where this adapter needs none for a write and one
+for a read. See docs/design.md for the measurement.
+
+Writes are group-committed (`transact`): every write queued while another waits for
+the connection goes into the same transaction, each in a savepoint of its own, so one
+fsync pays for all of them. A write that can wait a little (`linger`: the record of a
 broker's answer, which a crash before it is written loses nothing of: the order is
 looked up again) waits for the next urgent one (a new order's intent) to share its
 fsync, instead of taking the disk just before that one needs it.
@@ -61,7 +71,7 @@ class _Write(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
     result: T | None = None
     error: BaseException | None = None
-    taken: bool = False  # in a transaction on its way to the disk, or done
+    taken: bool = False  # in a transaction being written, or done
     done: bool = False
 
 
@@ -90,10 +100,10 @@ def _write_all(conn: sqlite3.Connection, writes: Sequence[_Write[Any]]) -> None:
 
 
 class Db:
-    """`run(fn)` calls `fn(connection)` on the database thread: one hop, any number of
-    statements. Calls are serialised (a CapacityLimiter of 1): one connection, one
-    thread at a time, as sqlite3 requires. `transact(fn)` runs `fn` in a transaction,
-    group-committed with every other write queued meanwhile."""
+    """`run(fn)` calls `fn(connection)` on a worker thread: one hop, any number of
+    statements (reads). `transact(fn)` runs `fn` in a transaction on the loop's thread,
+    group-committed with every other write queued meanwhile. Calls are serialised (a
+    CapacityLimiter of 1): one user of the connection at a time, as sqlite3 requires."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -103,7 +113,6 @@ class Db:
         # with no checkpoint (the write that follows yields).
         self._writing = anyio.Lock(fast_acquire=True)
         self._hurry = anyio.Event()  # set: lingering writes go now
-        self._on_disk: anyio.Event | None = None  # a group is being written; set when done
 
     @classmethod
     async def open(cls, path: Path) -> Db:
@@ -128,14 +137,33 @@ class Db:
                 raise StorageUnavailable(str(e)) from e
             raise
 
+    async def _lead(self) -> None:
+        """Write every queued write in one transaction, on this thread, once no read
+        holds the connection. Taking the limiter yields once: every writer runnable now
+        queues its write first, and goes in this group."""
+        async with self._one:
+            group, self._queued = self._queued, []
+            self._hurry.set()  # those lingering in this group: no longer
+            self._hurry = anyio.Event()
+            for q in group:
+                q.taken = True
+            try:
+                _write_all(self._conn, group)
+            except Exception as e:  # the disk (full, failing): every caller hears it
+                full = _unavailable(e)
+                for q in group:  # each raises an exception of its own
+                    q.error = q.error or (StorageUnavailable(str(e)) if full else e)
+            finally:
+                for q in group:
+                    q.done = True
+
     async def transact(self, fn: Callable[[sqlite3.Connection], T], *,
                        linger: float = 0.0) -> T:
         """`fn(connection)` inside a transaction, committed (fsync'd) when this returns.
 
         Leader/follower: whoever takes the write lock first writes everything queued in
         one transaction; a follower finds its write done. With `linger`, a write waits up
-        to that many seconds for an urgent one (or `hurry`) to go with; time spent behind
-        a group on its way to the disk does not count (see `_linger`). Shielded: once
+        to that many seconds for an urgent one (or `hurry`) to go with. Shielded: once
         queued, a write is either committed with its caller told, or not written at all,
         so nobody's memory of what is on disk can drift from it."""
         w: _Write[T] = _Write(fn)
@@ -147,37 +175,16 @@ class Db:
                 await self._linger(w, linger)
             async with self._writing:
                 if not w.taken:
-                    group, self._queued = self._queued, []
-                    self._hurry.set()  # those lingering in this group: no longer
-                    self._hurry = anyio.Event()
-                    for q in group:
-                        q.taken = True
-                    self._on_disk = on_disk = anyio.Event()
-                    try:
-                        await self.run(lambda conn: _write_all(conn, group))
-                    except Exception as e:
-                        for q in group:  # each caller raises an exception of its own
-                            q.error = q.error or (StorageUnavailable(str(e)) if isinstance(
-                                e, StorageUnavailable) else e)
-                    finally:
-                        for q in group:
-                            q.done = True
-                        self._on_disk = None
-                        on_disk.set()
+                    await self._lead()
         assert w.done
         if w.error is not None:
             raise w.error
         return w.result  # type: ignore[return-value]  # set when no error
 
     async def _linger(self, w: _Write[Any], linger: float) -> None:
-        """Until an urgent write comes to go with (or this one is taken into a group),
-        for at most `linger` of a free disk. Behind a group on the disk, the wait does
-        not count: the urgent writer (the risk gate) is often that group's, and its next
-        batch follows its answer; a write that took the disk in between would put a
-        whole fsync in front of it."""
+        """Until an urgent write comes to go with (or this one is taken into a group, or
+        `hurry`), for at most `linger`."""
         hurry = self._hurry
-        while (on_disk := self._on_disk) is not None and not (w.taken or hurry.is_set()):
-            await on_disk.wait()
         if not (w.taken or hurry.is_set()):
             with anyio.move_on_after(linger):
                 await hurry.wait()
