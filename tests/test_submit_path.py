@@ -19,8 +19,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from execd import messages
-from execd.book import EventHub, OrderBook
+from execd import messages, risk
+from execd.book import FLUSH_MAX, EventHub, OrderBook
 from execd.clock import FakeClock
 from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
 from execd.domain.risk import RiskContext, RiskLimits, TradingState
@@ -182,6 +182,74 @@ async def test_a_change_that_may_not_wait_cuts_a_lingering_record_short(
         stored = {o.client_order_id: o.state for o in await r.store.list_orders()}
         assert stored == {"slow": OrderState.SUBMITTED, "fast": OrderState.FILLED}
         assert [p.qty for p in (await r.store.positions()).values()] == [Decimal(10)]
+
+
+async def test_a_backlog_of_records_is_written_a_bounded_batch_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction holds the event loop (the store writes on its thread): after a burst,
+    hundreds of queued records go FLUSH_MAX per transaction, each recorded once, not in
+    one transaction that stops everything for tens of milliseconds."""
+    n = 3 * FLUSH_MAX + 5
+    async with rig(tmp_path / "x.db") as r:
+        msgs = [submit(order_spec(f"o{i}")) for i in range(n)]
+        await r.gate.handle([m for m, _ in msgs])
+        for _, answer in msgs:
+            answer.close()
+        sizes: list[int] = []
+        apply_many = r.store.apply_many
+
+        async def counted(updates: Any, **kwargs: Any) -> None:
+            sizes.append(len(updates))
+            await apply_many(updates, **kwargs)
+
+        monkeypatch.setattr(r.store, "apply_many", counted)
+        results: dict[str, Order | None] = {}
+
+        async def record(cid: str) -> None:
+            results[cid] = await r.book.apply_view(cid, BrokerView(
+                broker_order_id=f"b-{cid}", status="new", filled_qty=Decimal(0),
+                filled_avg_price=None))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(record, f"o{i}")
+        assert sum(sizes) == n
+        assert max(sizes) <= FLUSH_MAX
+        assert len(sizes) < n  # still shared: a batch per transaction, not one each
+        assert {o.state for o in results.values() if o is not None} == {OrderState.SUBMITTED}
+        assert len(results) == n
+        stored = await r.store.list_orders(limit=n)
+        assert {o.state for o in stored} == {OrderState.SUBMITTED}
+
+
+async def test_the_gate_takes_at_most_a_batch_per_transaction(tmp_path: Path) -> None:
+    """The gate reads at most BATCH submits from its inbox per transaction."""
+    async with rig(tmp_path / "x.db") as r:
+        inbox_send, inbox = anyio.create_memory_object_stream[RiskCommand](1000)
+        handed_send, handed = anyio.create_memory_object_stream[SubmitterCommand](1000)
+        answers = []
+        for i in range(2 * risk.BATCH + 1):
+            msg, answer = submit(order_spec(f"g{i}"))
+            answers.append(answer)
+            inbox_send.send_nowait(msg)
+        inbox_send.close()
+        batches: list[int] = []
+        handle = RiskGate.handle
+
+        async def counted(self: RiskGate, batch: list[RiskCommand]) -> None:
+            batches.append(len(batch))
+            await handle(self, batch)
+
+        with pytest.MonkeyPatch.context() as mp, anyio.fail_after(10):
+            mp.setattr(RiskGate, "handle", counted)
+            await risk.run(inbox, handed_send, book=r.book, limits=RiskLimits(), clock=r.clock)
+        assert batches == [risk.BATCH, risk.BATCH, 1]
+        with handed:
+            sent = [m async for m in handed]  # the gate closed its end on the way out
+        assert len(sent) == 2 * risk.BATCH + 1
+        assert all(isinstance(a.receive_nowait(), OrderAccepted) for a in answers)
 
 
 # ------------------------------------------------ the risk context, kept current

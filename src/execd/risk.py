@@ -48,7 +48,7 @@ from execd.store import StorageUnavailable
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.risk")
-BATCH = 256
+BATCH = 64  # submits per transaction at most: a transaction holds the loop (db.py)
 RECOVERING_RETRY_S = 1.0
 Done = Reply[Order] | None  # a waiting client's, for the broker's answer
 
@@ -337,7 +337,7 @@ async def run(
                 while len(batch) < BATCH:
                     try:
                         batch.append(inbox.receive_nowait())
-                    except anyio.WouldBlock:
+                    except (anyio.WouldBlock, anyio.EndOfStream):  # the last ones: decide them
                         break
                 await gate.handle(batch)
     finally:
