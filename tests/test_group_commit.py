@@ -140,7 +140,7 @@ async def test_writes_queued_while_a_read_holds_the_connection_share_its_wait(
                 tg.start_soon(lambda: db.transact(insert("intent")))
                 tg.start_soon(lambda: db.transact(insert("record"), linger=30.0))
                 tg.start_soon(lambda: db.transact(insert("other")))
-                await anyio.sleep(0.1)
+                await anyio.wait_all_tasks_blocked()
                 assert groups == []  # all three wait for the read
                 release.set()
         assert seen == [[]]  # the read saw none of them

@@ -58,7 +58,7 @@ def counting_hops(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hops]:
     hops = Hops(loop_thread=threading.get_ident())
     real_run_sync = anyio.to_thread.run_sync
     real_db_run = Db.run
-    real_lead = Db._lead
+    real_write_queued = Db._write_queued
 
     async def run_sync(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if hops.counting and threading.get_ident() == hops.loop_thread:
@@ -70,9 +70,9 @@ def counting_hops(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hops]:
             hops.db += 1
         return await real_db_run(self, fn)
 
-    async def lead(self: Db) -> None:
+    def write_queued(self: Db) -> None:
         mine = hops.counting and threading.get_ident() == hops.loop_thread
-        await real_lead(self)
+        real_write_queued(self)
         if mine:
             hops.writes += 1
             if hops.writes >= WRITES_PER_SUBMIT and hops.settled is not None:
@@ -81,7 +81,7 @@ def counting_hops(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hops]:
     # Callers look `anyio.to_thread.run_sync` up at call time, so one patch sees all.
     monkeypatch.setattr(anyio.to_thread, "run_sync", run_sync)
     monkeypatch.setattr(Db, "run", db_run)
-    monkeypatch.setattr(Db, "_lead", lead)
+    monkeypatch.setattr(Db, "_write_queued", write_queued)
     yield hops
 
 

@@ -457,8 +457,8 @@ class Store:
     ) -> int:
         """A consistent copy of the live database into `target` (an empty file) through
         SQLite's online backup API, in one hop to the database's worker thread: no
-        transaction of ours can interleave with it. Returns the number of orders in the copy, read from
-        the copy (so it is known to open)."""
+        transaction of ours can interleave with it. Returns the number of orders in the
+        copy, read from the copy (so it is known to open)."""
 
         def copy(conn: sqlite3.Connection) -> int:
             dest = sqlite3.connect(str(target), isolation_level=None)

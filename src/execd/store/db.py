@@ -109,9 +109,6 @@ class Db:
         self._conn = conn
         self._one = anyio.CapacityLimiter(1)
         self._queued: list[_Write[Any]] = []
-        # One group on its way to the disk at a time. fast_acquire: a free lock is taken
-        # with no checkpoint (the write that follows yields).
-        self._writing = anyio.Lock(fast_acquire=True)
         self._hurry = anyio.Event()  # set: lingering writes go now
 
     @classmethod
@@ -137,31 +134,29 @@ class Db:
                 raise StorageUnavailable(str(e)) from e
             raise
 
-    async def _lead(self) -> None:
-        """Write every queued write in one transaction, on this thread, once no read
-        holds the connection. Taking the limiter yields once: every writer runnable now
-        queues its write first, and goes in this group."""
-        async with self._one:
-            group, self._queued = self._queued, []
-            self._hurry.set()  # those lingering in this group: no longer
-            self._hurry = anyio.Event()
+    def _write_queued(self) -> None:
+        """Every queued write in one transaction, on this thread (the caller holds the
+        connection)."""
+        group, self._queued = self._queued, []
+        self._hurry.set()  # those lingering in this group: no longer
+        self._hurry = anyio.Event()
+        for q in group:
+            q.taken = True
+        try:
+            _write_all(self._conn, group)
+        except Exception as e:  # the disk (full, failing): every caller hears it
+            full = _unavailable(e)
+            for q in group:  # each raises an exception of its own
+                q.error = q.error or (StorageUnavailable(str(e)) if full else e)
+        finally:
             for q in group:
-                q.taken = True
-            try:
-                _write_all(self._conn, group)
-            except Exception as e:  # the disk (full, failing): every caller hears it
-                full = _unavailable(e)
-                for q in group:  # each raises an exception of its own
-                    q.error = q.error or (StorageUnavailable(str(e)) if full else e)
-            finally:
-                for q in group:
-                    q.done = True
+                q.done = True
 
     async def transact(self, fn: Callable[[sqlite3.Connection], T], *,
                        linger: float = 0.0) -> T:
         """`fn(connection)` inside a transaction, committed (fsync'd) when this returns.
 
-        Leader/follower: whoever takes the write lock first writes everything queued in
+        Leader/follower: whoever takes the connection first writes everything queued in
         one transaction; a follower finds its write done. With `linger`, a write waits up
         to that many seconds for an urgent one (or `hurry`) to go with. Shielded: once
         queued, a write is either committed with its caller told, or not written at all,
@@ -173,9 +168,12 @@ class Db:
         with anyio.CancelScope(shield=True):
             if linger:
                 await self._linger(w, linger)
-            async with self._writing:
+            # One user of the connection at a time. Taking it yields once, so every
+            # writer runnable now queues its write first and goes in this group; one
+            # that finds its write taken meanwhile is done.
+            async with self._one:
                 if not w.taken:
-                    await self._lead()
+                    self._write_queued()
         assert w.done
         if w.error is not None:
             raise w.error
