@@ -6,25 +6,29 @@ from the store."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, replace
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
+from bench.harness import InstantBroker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from execd import messages, risk
+from execd import messages, risk, submitter
 from execd.book import FLUSH_MAX, EventHub, OrderBook
 from execd.clock import FakeClock
 from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
 from execd.domain.risk import RiskContext, RiskLimits, TradingState
+from execd.health import Health
 from execd.messages import (
+    CancelRequested,
     OrderAccepted,
     Reply,
     RiskCommand,
@@ -360,3 +364,68 @@ async def test_a_reply_carries_one_answer_or_says_none_is_coming() -> None:
     unanswered.close()
     with pytest.raises(anyio.EndOfStream):
         await unanswered.receive()
+
+
+# ------------------------------------------- the record of the broker's answer
+@contextmanager
+def submitter_for(r: Rig) -> Iterator[submitter.Submitter]:
+    risk_send, risk_receive = anyio.create_memory_object_stream[RiskCommand](10)
+    with risk_send, risk_receive:
+        yield submitter.Submitter(book=r.book, broker=InstantBroker(), clock=r.clock,
+                                  risk=risk_send, failures_before_halt=5, health=Health())
+
+
+async def handed_over(r: Rig, cid: str, done: Reply[Order] | None = None) -> Order:
+    reply: Reply[SubmitResult] = Reply()
+    spec = replace(order_spec(cid, qty="1"), type="limit", limit_price=Decimal(90))  # rests
+    await r.gate.handle([SubmitOrder(spec=spec, reply=reply, done=done)])
+    reply.close()
+    msg = r.handed.receive_nowait()
+    assert isinstance(msg, SendOrder)
+    return msg.order
+
+
+async def test_the_record_a_client_waits_for_goes_at_once_one_nobody_waits_for_lingers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """wait=submitted: the client hears the broker's answer once it is recorded, so that
+    record does not linger for company (RECORD_LINGER); the record of an order nobody
+    waits for does, until an urgent write (or hurry) takes it along."""
+    monkeypatch.setattr(submitter, "RECORD_LINGER", 30.0)
+    async with rig(tmp_path / "x.db") as r:
+        with submitter_for(r) as s:
+            done: Reply[Order] = Reply()
+            waited = await handed_over(r, "waited", done)
+            with anyio.fail_after(10):  # not the half minute a lingering record may wait
+                await s.send(waited, unknown_history=False, done=done)
+                assert (await done.receive()).state == OrderState.SUBMITTED
+            assert (await r.store.get_order("waited")).state == OrderState.SUBMITTED  # type: ignore[union-attr]
+
+            quiet = await handed_over(r, "quiet")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(s.send, quiet, unknown_history=False))
+                await anyio.wait_all_tasks_blocked()
+                stored = await r.store.get_order("quiet")
+                assert stored is not None
+                assert stored.state == OrderState.PENDING  # lingering: not written yet
+                r.store.hurry()
+            assert (await r.store.get_order("quiet")).state == OrderState.SUBMITTED  # type: ignore[union-attr]
+
+
+async def test_a_cancel_does_not_wait_behind_a_lingering_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The submitter holds an order while its record lingers; a cancel for it cuts the
+    linger short instead of waiting it out."""
+    monkeypatch.setattr(submitter, "RECORD_LINGER", 30.0)
+    async with rig(tmp_path / "x.db") as r:
+        with submitter_for(r) as s:
+            order = await handed_over(r, "c")
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(partial(s.send, order, unknown_history=False))
+                    await anyio.wait_all_tasks_blocked()  # sent, its record lingering
+                    result = await s.cancel("c")
+            assert isinstance(result, CancelRequested)
+            # recorded, not waited out; this broker confirms a cancel later (as Alpaca does)
+            assert (await r.store.get_order("c")).state == OrderState.SUBMITTED  # type: ignore[union-attr]

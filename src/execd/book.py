@@ -127,10 +127,13 @@ def leg_order(parent: Order, leg: BrokerOrder, now: float) -> Order:
 
 FEED_BUFFER = 4096  # committed changes the risk gate may lag behind before it rebuilds
 # How long the record of a broker's answer to a new order may wait to share the fsync
-# of the next order's intent (Db.transact). Writing it at once would take the disk just
-# when that next order needs it; a crash before it is written loses nothing (the order
-# is found PENDING at the next start and looked up at the broker).
-RECORD_LINGER = 0.002
+# of the next order's intent (Db.transact), when no client waits for it. Writing it at
+# once would take the disk (and, as writes run on it, the loop) just when that next
+# order needs it; a crash before it is written loses nothing (the order is found
+# PENDING at the next start and looked up at the broker). Longer than a sequential
+# client's round trip (about 2 ms here): at 2 ms, most records expired alone just as
+# the next order arrived, and that order waited for their fsync before its own.
+RECORD_LINGER = 0.010
 # Changes written in one transaction at most. A transaction holds the event loop (the
 # store writes on its thread): after a burst, thousands of queued records written at
 # once stopped everything for 70 ms; 64 still share one fsync between many.

@@ -84,6 +84,8 @@ class Submitter:
         # fast_acquire: a free lock is taken with no checkpoint (the send yields anyway)
         lock, users = held if held is not None else (anyio.Lock(fast_acquire=True), 0)
         self._locks[cid] = (lock, users + 1)
+        if lock.locked():  # its holder may be lingering over a record (RECORD_LINGER)
+            self.book.store.hurry()
         try:
             async with lock:
                 yield
@@ -115,7 +117,10 @@ class Submitter:
         outcome: Order | None = None
         try:
             with self.health.in_flight():
-                outcome = await self._send(order, unknown_history=unknown_history)
+                # a client waiting for the broker's answer hears it once it is recorded:
+                # that record goes at once; one nobody waits for lingers for company
+                outcome = await self._send(order, unknown_history=unknown_history,
+                                           linger=RECORD_LINGER if done is None else 0.0)
         finally:
             if done is not None:
                 if outcome is not None:
@@ -123,7 +128,8 @@ class Submitter:
                 else:
                     done.close()
 
-    async def _send(self, order: Order, *, unknown_history: bool) -> Order | None:
+    async def _send(self, order: Order, *, unknown_history: bool,
+                    linger: float = 0.0) -> Order | None:
         cid = order.client_order_id
         async with self.owning(cid):
             current = self.book.open.get(cid)
@@ -148,7 +154,7 @@ class Submitter:
                     found = await self.broker.submit_order(order.spec)
                     HOOKS.point("after_submit")  # the broker has it; we have not recorded it
                     self._ok()
-                    return await self.book.apply_found(cid, found, linger=RECORD_LINGER)
+                    return await self.book.apply_found(cid, found, linger=linger)
                 except DuplicateOrderId:
                     log.warning("broker already has this client_order_id: looking it up",
                                 client_order_id=cid, strategy_id=order.spec.strategy_id)
