@@ -27,12 +27,18 @@ class Reply(Generic[T]):
     What a one-slot memory object stream did for `ask`, for a fraction of its cost: an
     answer is on every request's path, and a stream pair plus its receive (an item
     receiver, an event and a checkpoint) was a tenth of a submit's time on the loop.
-    The answering side uses it as a send stream: `send_nowait`, `close`, `with`."""
+    The answering side uses it as a send stream: `send_nowait`, `close`, `with`.
 
-    __slots__ = ("_closed", "_event", "_sent", "_value")
+    `Reply(then)` hands the answer (None: closed without one) to `then` at once, on the
+    answerer's task, instead of waking an asker: for an asker with nothing else to do
+    than pass it on (a plain submit's connection, intake/requests.py). `then` must not
+    raise, and must not block; such a reply cannot be received."""
 
-    def __init__(self) -> None:
-        self._event = anyio.Event()
+    __slots__ = ("_closed", "_event", "_sent", "_then", "_value")
+
+    def __init__(self, then: Callable[[T | None], None] | None = None) -> None:
+        self._then = then
+        self._event = anyio.Event() if then is None else None
         self._value: T | None = None
         self._sent = False
         self._closed = False
@@ -42,12 +48,21 @@ class Reply(Generic[T]):
         if self._closed or self._sent:
             raise anyio.ClosedResourceError
         self._value, self._sent = value, True
-        self._event.set()
+        self._wake(value)
 
     def close(self) -> None:
         """No answer is coming (if none came)."""
+        if not (self._closed or self._sent):
+            self._closed = True
+            self._wake(None)
         self._closed = True
-        self._event.set()
+
+    def _wake(self, value: T | None) -> None:
+        if self._then is not None:
+            self._then(value)
+        else:
+            assert self._event is not None
+            self._event.set()
 
     def __enter__(self) -> Reply[T]:
         return self
@@ -58,6 +73,8 @@ class Reply(Generic[T]):
 
     async def receive(self) -> T:
         """The answer; EndOfStream if it was closed without one."""
+        if self._event is None:
+            raise TypeError("this reply goes to its `then`; it cannot be received")
         await self._event.wait()
         return self.receive_nowait()
 

@@ -1,17 +1,23 @@
 """One client connection: JSON Lines in, answers and events out.
 
 Each request runs as its own task (requests may be pipelined; answers carry their id),
-at most MAX_IN_FLIGHT at a time. Lines are framed by anyio's buffered stream under two
-deadlines: a line begun must end within `line_timeout` (a client that trickles bytes is
-cut), and a connection with nothing in flight and no subscription is closed after
-`idle_timeout` without a request (blank lines do not count). A client that does not
-read its answers within `write_timeout` is cut. Anything a connection does wrong ends
-at most that connection.
+at most MAX_IN_FLIGHT at a time; but a submit with wait "accepted" goes to the risk gate
+from the reading loop and is answered from the gate's commit, with no task of its own
+(requests.submit_inline: a task, its wake-up and its event per such submit cost the
+daemon ~10-20% of its CPU per order at full speed). Lines are framed by anyio's
+buffered stream under two deadlines: a line begun must end within `line_timeout` (a
+client that trickles bytes is cut), and a connection with nothing in flight and no
+subscription is closed after `idle_timeout` without a request (blank lines do not
+count). A client that does not read its answers within `write_timeout` is cut.
+Anything a connection does wrong ends at most that connection.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -28,6 +34,12 @@ from execd.obs.metrics import Metrics
 from execd.protocol import ProtocolError
 
 log = logging.get("execd.intake")
+
+
+def _nothing() -> None:
+    pass
+
+
 MAX_IN_FLIGHT = 32  # requests per connection
 
 
@@ -47,7 +59,10 @@ class Connection:
         self._reader = BufferedByteReceiveStream(stream)
         # For writes that the kernel takes at once (nearly all): no lock, no deadline.
         self._raw = stream.extra(SocketAttribute.raw_socket, None)
-        self._send_lock = anyio.Lock()
+        self._writing = anyio.Semaphore(1, fast_acquire=True)
+        # write_soon's lines waiting for `_writing`, each with what to do once written
+        self._backlog: deque[tuple[bytes, Callable[[], None]]] = deque()
+        self._open = False  # the task group runs: a slow write can still be started
         # fast_acquire: a free slot (nearly always) is taken with no checkpoint per line
         self._slots = anyio.Semaphore(MAX_IN_FLIGHT, fast_acquire=True)
         self._in_flight = 0
@@ -56,23 +71,77 @@ class Connection:
         self._tg: TaskGroup | None = None
 
     # ------------------------------------------------------------------ output
+    # One writer at a time (`_writing`, a semaphore: a write begun outside a task is
+    # finished by another). A line goes straight into the socket's buffer when nobody is
+    # writing and it has room: nothing to wait for, so no lock, timer or task switch (an
+    # answer's latency is mostly those). The rest of a line that did not fit is written
+    # next, before anything else, under write_timeout.
+    def _free(self) -> bool:
+        return self._raw is not None and self._writing.value > 0 and not self._backlog
+
+    def _send_now(self, line: bytes) -> bytes:
+        """Into the socket's buffer what fits now; what did not."""
+        assert self._raw is not None
+        try:
+            sent = self._raw.send(line)
+        except OSError:
+            sent = 0  # (would block, or broken: the slow way raises the stream's own error)
+        return line[sent:]
+
+    async def _send(self, data: bytes) -> None:
+        with anyio.fail_after(self.s.limits.write_timeout):
+            await self.stream.send(data)
+
+    async def _send_rest(self, rest: bytes, after: Callable[[], None] = _nothing) -> None:
+        """The rest of a line begun while this writer held `_writing`; then let go."""
+        try:
+            await self._send(rest)
+        finally:
+            self._writing.release()
+            after()
+
     async def write_line(self, line: bytes) -> None:
-        if self._raw is not None and not self._send_lock.locked():
-            # Straight into the socket's buffer if it has room: nothing to wait for, so
-            # no lock, timer or task switch (an answer's latency is mostly those). What
-            # does not fit goes the slow way, behind nobody (nothing else is writing).
-            try:
-                sent = self._raw.send(line)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                sent = 0  # the slow way raises it as the stream's own error
-            if sent == len(line):
+        if self._free():
+            rest = self._send_now(line)
+            if rest:
+                self._writing.acquire_nowait()  # free: no switch since the check
+                await self._send_rest(rest)
+            return
+        async with self._writing:
+            await self._send(line)
+
+    def write_soon(self, line: bytes, after: Callable[[], None] = _nothing) -> None:
+        """Write from outside this connection's tasks, without waiting (an answer from
+        the risk gate's commit): what the socket does not take at once goes to a task,
+        lines in the order given. `after()` once the line is written, or dropped (the
+        connection is gone, and its client with it)."""
+        if not self._open:
+            after()
+            return
+        assert self._tg is not None
+        if self._free():
+            rest = self._send_now(line)
+            if not rest:
+                after()
                 return
-            line = line[sent:]
-        async with self._send_lock:
-            with anyio.fail_after(self.s.limits.write_timeout):
-                await self.stream.send(line)
+            self._writing.acquire_nowait()
+            self._tg.start_soon(self._send_rest, rest, after)
+            return
+        self._backlog.append((line, after))
+        if len(self._backlog) == 1:  # no drain is running
+            self._tg.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        """What write_soon could not write, in order; fails as a request's task does (a
+        client that does not read within write_timeout is cut)."""
+        try:
+            while self._backlog:
+                async with self._writing:
+                    await self._send(self._backlog[0][0])
+                self._backlog.popleft()[1]()
+        finally:  # cut: what is left is dropped
+            while self._backlog:
+                self._backlog.popleft()[1]()
 
     async def write(self, obj: dict[str, Any]) -> None:
         await self.write_line(protocol.encode(obj))
@@ -149,49 +218,101 @@ class Connection:
     async def _serve(self) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            while True:
-                try:
-                    line = await self._next_line()
-                except ProtocolError as e:
-                    with anyio.move_on_after(self.s.limits.write_timeout):
-                        await self.error(None, e.code, e.message)
-                    break  # the stream cannot be resynchronised: hang up
-                if line is None:
-                    break
-                if not line.strip():
-                    continue
-                if self.s.deadman is not None:
-                    self.s.deadman.beat(self)  # a request is a heartbeat; a blank line is not
-                await self._slots.acquire()
-                self._in_flight += 1
-                self._last_request = anyio.current_time()
-                tg.start_soon(self._handle, line)
+            self._open = True
+            try:
+                await self._read_all(tg)
+            finally:
+                self._open = False  # answers still to come are dropped, as their tasks are
             tg.cancel_scope.cancel()
 
-    async def _handle(self, line: bytes) -> None:
+    async def _read_all(self, tg: TaskGroup) -> None:
+        while True:
+            try:
+                line = await self._next_line()
+            except ProtocolError as e:
+                with anyio.move_on_after(self.s.limits.write_timeout):
+                    await self.error(None, e.code, e.message)
+                break  # the stream cannot be resynchronised: hang up
+            if line is None:
+                break
+            if not line.strip():
+                continue
+            if self.s.deadman is not None:
+                self.s.deadman.beat(self)  # a request is a heartbeat; a blank line is not
+            await self._slots.acquire()
+            self._in_flight += 1
+            self._last_request = anyio.current_time()
+            req = self._parsed(line)
+            if req is None or not self._inline(req):
+                tg.start_soon(self._handle, line, req)
+
+    def _parsed(self, line: bytes) -> protocol.Request | None:
+        """The request, or None: `_handle` parses it again, to tell what is wrong."""
+        try:
+            return protocol.parse_line(line, requests.FIELDS)
+        except Exception:
+            return None
+
+    def _inline(self, req: protocol.Request) -> bool:
+        """A wait="accepted" submit goes on from here, answered by `_finish`
+        (requests.submit_inline).
+        Nothing is sent to the risk gate unless it says True, so on any failure the
+        task path takes the request from the start."""
+        try:
+            return requests.submit_inline(self, req, partial(self._finish, req.raw_id))
+        except Exception:
+            return False
+
+    async def _handle(self, line: bytes, req: protocol.Request | None = None) -> None:
         raw_id: str | None = None
         try:
             try:
-                req = protocol.parse_line(line, requests.FIELDS)
+                if req is None:
+                    req = protocol.parse_line(line, requests.FIELDS)
                 raw_id = req.raw_id
                 body: dict[str, Any] = {"ok": True, "result": await requests.handle(self, req)}
             except protocol.IdentifiedError as e:
                 raw_id = e.raw_id
                 body = error_body(self.s.metrics, e.code, e.message)
-            except ProtocolError as e:
-                body = error_body(self.s.metrics, e.code, e.message, **e.extra)
-            except Overloaded:
-                body = error_body(self.s.metrics, "overloaded",
-                                  "the daemon is saturated; retry shortly")
-            except Exception:
-                log.exception("request failed", op=line[:40].decode(errors="replace"))
-                body = error_body(self.s.metrics, "internal",
-                                  "internal error; see the daemon's log")
+            except Exception as e:
+                body = self._failed(e, line)
             await self.reply(raw_id, body)
         finally:
-            self._in_flight -= 1
-            self._last_request = anyio.current_time()
-            self._slots.release()
+            self._done()
+
+    def _finish(self, raw_id: str | None, result: Callable[[], dict[str, Any]]) -> None:
+        """Answer a request that has no task of its own: `result()` (or its error),
+        written now or soon. Its slot is freed once the answer is written, as a task's
+        is: a client that does not read its answers gets no more than MAX_IN_FLIGHT
+        requests taken beyond what its socket holds. Runs on the answering actor's task:
+        it never raises."""
+        try:
+            try:
+                body: dict[str, Any] = {"ok": True, "result": result()}
+            except Exception as e:
+                body = self._failed(e, b"submit")
+            line = protocol.encode_reply(raw_id, body)
+        except Exception:
+            log.exception("cannot answer a request")
+            self._done()
+            return
+        self.write_soon(line, self._done)
+
+    def _failed(self, e: Exception, line: bytes) -> dict[str, Any]:
+        """The error answer for a request that raised `e`."""
+        if isinstance(e, ProtocolError):
+            return error_body(self.s.metrics, e.code, e.message, **e.extra)
+        if isinstance(e, Overloaded):
+            return error_body(self.s.metrics, "overloaded",
+                              "the daemon is saturated; retry shortly")
+        log.exception("request failed", op=line[:40].decode(errors="replace"))
+        return error_body(self.s.metrics, "internal", "internal error; see the daemon's log")
+
+    def _done(self) -> None:
+        """A request answered (or dropped): its slot is free."""
+        self._in_flight -= 1
+        self._last_request = anyio.current_time()
+        self._slots.release()
 
     # ----------------------------------------------------------- subscriptions
     async def subscribe(self, strategy_id: str | None) -> None:

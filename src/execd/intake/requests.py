@@ -7,6 +7,7 @@ A handler gets its connection (`Caller`) and the request's arguments, and return
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from execd.messages import (
     CancelDenied,
     CancelOrder,
     CancelResult,
+    OrderAccepted,
     OrderDenied,
     Reply,
     RiskCommand,
@@ -71,16 +73,10 @@ async def place(c: Caller, spec: OrderSpec, wait: str, *, closing: bool = False
         return SubmitOrder(spec=spec, reply=reply, owner_uid=owner, done=done,
                            closing=closing)
 
-    try:
-        result = await ask(s.risk, command)
-    except anyio.EndOfStream:  # the risk gate closes `done` too
-        raise ProtocolError(
-            "internal", f"the risk gate failed on this order; query client_order_id "
-            f"{spec.client_order_id} to learn whether it was recorded",
-        ) from None
-    if isinstance(result, OrderDenied):
-        extra = {} if result.retry_after_s is None else {"retry_after_s": result.retry_after_s}
-        raise ProtocolError(result.code, result.reason, **extra)
+    answered: SubmitResult | None = None
+    with contextlib.suppress(anyio.EndOfStream):  # the risk gate closes `done` too
+        answered = await ask(s.risk, command)
+    result = _accepted(spec, answered)
     order = result.order
     if done is not None and order.state == OrderState.PENDING:
         if result.existing:  # a safe retry: nothing new was sent; watch the first
@@ -96,6 +92,54 @@ async def place(c: Caller, spec: OrderSpec, wait: str, *, closing: bool = False
         raise ProtocolError("broker_rejected", f"the broker rejected the order: {order.reason}",
                             order=order.to_json())
     return {"order": order.to_json(), "existing": result.existing}
+
+
+def _accepted(spec: OrderSpec, result: SubmitResult | None) -> OrderAccepted:
+    """The risk gate's answer, or the refusal to send the client (None: the gate went
+    away with the order in hand)."""
+    if result is None:
+        raise ProtocolError(
+            "internal", f"the risk gate failed on this order; query client_order_id "
+            f"{spec.client_order_id} to learn whether it was recorded")
+    if isinstance(result, OrderDenied):
+        extra = {} if result.retry_after_s is None else {"retry_after_s": result.retry_after_s}
+        raise ProtocolError(result.code, result.reason, **extra)
+    return result
+
+
+Finish = Callable[[Callable[[], dict[str, Any]]], None]
+
+
+def submit_inline(c: Caller, req: protocol.Request, finish: Finish) -> bool:
+    """A submit that waits for "accepted" (a strategy's fast path), without a task of its own:
+    sent to the risk gate from the connection's reading loop, and answered from the
+    gate's commit, where `finish(result)` computes the answer's `result` (or raises its
+    error) and writes it. False, with nothing sent: any other request, or one to refuse
+    (the task path handles and tells it, as `handle`)."""
+    if req.op != "submit" or not c.grant.permits(OPS["submit"].admin):
+        return False
+    s = c.s
+    try:
+        spec, wait = protocol.submit_spec(req.args, s.clock.time())
+    except ProtocolError:
+        return False
+    if wait != "accepted":
+        return False
+    start = anyio.current_time()
+
+    def then(result: SubmitResult | None) -> None:
+        def body() -> dict[str, Any]:
+            accepted = _accepted(spec, result)
+            s.metrics.ack_latency.labels(wait).observe(anyio.current_time() - start)
+            return {"order": accepted.order.to_json(), "existing": accepted.existing}
+        finish(body)
+
+    owner = c.peer.uid if c.peer else None
+    try:  # room in the inbox, or the task path (it answers "overloaded")
+        s.risk.send_nowait(SubmitOrder(spec=spec, reply=Reply(then), owner_uid=owner))
+    except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return False
+    return True
 
 
 async def _until_sent(c: Caller, order: Order) -> Order:
