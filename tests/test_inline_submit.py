@@ -26,7 +26,7 @@ from execd.obs.metrics import Metrics
 from execd.protocol import ProtocolError
 from tests.conftest import OpenDaemon
 from tests.test_intake import raw_exchange
-from tests.test_submit_path import order_spec, rig
+from tests.test_submit_path import hold_commits, order_spec, rig
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -122,15 +122,7 @@ async def test_an_inline_answer_is_written_only_after_the_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with rig(tmp_path / "x.db") as r:
-        entered, release = anyio.Event(), anyio.Event()
-        commit = r.store.commit_new
-
-        async def held(ids: Any, decide: Any) -> Any:
-            entered.set()
-            await release.wait()
-            return await commit(ids, decide)
-
-        monkeypatch.setattr(r.store, "commit_new", held)
+        entered, release = hold_commits(r, monkeypatch)
         seen: list[list[tuple[str]]] = []
 
         def then(result: Any) -> None:  # as Connection._finish: at once, on the gate's task

@@ -96,19 +96,25 @@ async def test_two_identical_submits_in_one_batch_make_one_order(tmp_path: Path)
         assert len(await r.store.list_orders()) == 1
 
 
+def hold_commits(r: Rig, monkeypatch: pytest.MonkeyPatch) -> tuple[anyio.Event, anyio.Event]:
+    """The risk gate's commits wait for `release`; `entered` once one waits."""
+    entered, release = anyio.Event(), anyio.Event()
+    commit = r.store.commit_new
+
+    async def held(ids: Any, decide: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await commit(ids, decide)
+
+    monkeypatch.setattr(r.store, "commit_new", held)
+    return entered, release
+
+
 async def test_accepted_is_never_answered_before_the_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with rig(tmp_path / "x.db") as r:
-        entered, release = anyio.Event(), anyio.Event()
-        commit = r.store.commit_new
-
-        async def held(ids: Any, decide: Any) -> Any:
-            entered.set()
-            await release.wait()
-            return await commit(ids, decide)
-
-        monkeypatch.setattr(r.store, "commit_new", held)
+        entered, release = hold_commits(r, monkeypatch)
         msg, answer = submit(order_spec("held"))
         with answer:
             async with anyio.create_task_group() as tg:
