@@ -26,7 +26,7 @@ from execd.obs.metrics import Metrics
 from execd.protocol import ProtocolError
 from tests.conftest import OpenDaemon
 from tests.test_intake import raw_exchange
-from tests.test_submit_path import hold_commits, order_spec, rig
+from tests.test_submit_path import hold_commits, order_spec, rig, unanswered_while_held
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -136,11 +136,7 @@ async def test_an_inline_answer_is_written_only_after_the_commit(
         async with anyio.create_task_group() as tg:
             batch: list[RiskCommand] = [msg]
             tg.start_soon(r.gate.handle, batch)
-            await entered.wait()
-            for _ in range(20):
-                await anyio.lowlevel.checkpoint()
-                assert seen == []  # committing: no answer yet
-            release.set()
+            await unanswered_while_held(entered, release, lambda: seen == [])
         assert seen == [[("PENDING",)]]  # when it was written, the order was on disk
 
 
@@ -251,3 +247,29 @@ async def test_a_client_that_does_not_read_its_answers_is_held_to_its_slots() ->
         assert sorted(json.loads(line)["id"] for line in data.splitlines()) == list(range(n))
         await peer.send_eof()
         send.close()  # the gate ends
+
+
+async def test_write_soon_goes_behind_lines_already_waiting() -> None:
+    """A line waits for the writer (another write holds it); the writer is let go before
+    the drain has run: the next line must still go behind the waiting one."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    stream = await UNIXSocketStream.from_socket(ours)
+    peer = await UNIXSocketStream.from_socket(theirs)
+    services = SimpleNamespace(limits=Limits(write_timeout=5.0), deadman=None,
+                               metrics=Metrics())
+    c = Connection(stream, cast(Any, services), None,
+                   Grant(allowed=True, admin=False, only_owner=None))
+    async with stream, peer, anyio.create_task_group() as tg:
+        tg.start_soon(c.serve)
+        for _ in range(100):  # until its loop runs
+            await anyio.lowlevel.checkpoint()
+        c._writing.acquire_nowait()  # as a write under way does
+        c.write_soon(b"first\n")  # waits for the writer
+        c._writing.release()  # the writer is free, the drain has not run yet
+        c.write_soon(b"second\n")
+        data = b""
+        with anyio.fail_after(5):
+            while data.count(b"\n") < 2:
+                data += await peer.receive()
+        await peer.send_eof()
+    assert data == b"first\nsecond\n"

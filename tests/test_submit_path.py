@@ -6,7 +6,7 @@ from the store."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -110,6 +110,24 @@ def hold_commits(r: Rig, monkeypatch: pytest.MonkeyPatch) -> tuple[anyio.Event, 
     return entered, release
 
 
+async def unanswered_while_held(entered: anyio.Event, release: anyio.Event,
+                                unanswered: Callable[[], bool]) -> None:
+    """Once a commit is held: twenty turns of the loop with no answer; then let it go."""
+    await entered.wait()
+    for _ in range(20):
+        await anyio.lowlevel.checkpoint()
+        assert unanswered()  # committing: no answer yet
+    release.set()
+
+
+def no_answer(reply: Reply[Any]) -> bool:
+    try:
+        reply.receive_nowait()
+    except anyio.WouldBlock:
+        return True
+    return False
+
+
 async def test_accepted_is_never_answered_before_the_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,12 +138,7 @@ async def test_accepted_is_never_answered_before_the_commit(
             async with anyio.create_task_group() as tg:
                 batch: list[RiskCommand] = [msg]
                 tg.start_soon(r.gate.handle, batch)
-                await entered.wait()
-                for _ in range(20):
-                    await anyio.lowlevel.checkpoint()
-                    with pytest.raises(anyio.WouldBlock):
-                        answer.receive_nowait()  # committing: no answer yet
-                release.set()
+                await unanswered_while_held(entered, release, lambda: no_answer(answer))
                 result = await answer.receive()
                 # at the moment the answer is read, another connection sees the order
                 other = sqlite3.connect(tmp_path / "x.db")

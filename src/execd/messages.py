@@ -52,10 +52,10 @@ class Reply(Generic[T]):
 
     def close(self) -> None:
         """No answer is coming (if none came)."""
-        if not (self._closed or self._sent):
-            self._closed = True
-            self._wake(None)
+        answered = self._closed or self._sent
         self._closed = True
+        if not answered:
+            self._wake(None)
 
     def _wake(self, value: T | None) -> None:
         if self._then is not None:

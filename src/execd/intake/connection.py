@@ -76,24 +76,27 @@ class Connection:
     # writing and it has room: nothing to wait for, so no lock, timer or task switch (an
     # answer's latency is mostly those). The rest of a line that did not fit is written
     # next, before anything else, under write_timeout.
-    def _free(self) -> bool:
-        return self._raw is not None and self._writing.value > 0 and not self._backlog
-
-    def _send_now(self, line: bytes) -> bytes:
-        """Into the socket's buffer what fits now; what did not."""
-        assert self._raw is not None
+    def _begin(self, line: bytes) -> bytes | None:
+        """Straight into the socket's buffer if nobody is writing: None if somebody is
+        (or there is no raw socket); else what did not fit (b"" if all did), and then
+        `_writing` is held for the rest, to be written next (`_send_rest`)."""
+        if self._raw is None or not self._writing.value or self._backlog:
+            return None
         try:
             sent = self._raw.send(line)
         except OSError:
             sent = 0  # (would block, or broken: the slow way raises the stream's own error)
-        return line[sent:]
+        rest = line[sent:]
+        if rest:
+            self._writing.acquire_nowait()  # free: no switch since the check
+        return rest
 
     async def _send(self, data: bytes) -> None:
         with anyio.fail_after(self.s.limits.write_timeout):
             await self.stream.send(data)
 
     async def _send_rest(self, rest: bytes, after: Callable[[], None] = _nothing) -> None:
-        """The rest of a line begun while this writer held `_writing`; then let go."""
+        """The rest of a line begun by `_begin`; then let go of `_writing`."""
         try:
             await self._send(rest)
         finally:
@@ -101,14 +104,12 @@ class Connection:
             after()
 
     async def write_line(self, line: bytes) -> None:
-        if self._free():
-            rest = self._send_now(line)
-            if rest:
-                self._writing.acquire_nowait()  # free: no switch since the check
-                await self._send_rest(rest)
-            return
-        async with self._writing:
-            await self._send(line)
+        rest = self._begin(line)
+        if rest is None:
+            async with self._writing:
+                await self._send(line)
+        elif rest:
+            await self._send_rest(rest)
 
     def write_soon(self, line: bytes, after: Callable[[], None] = _nothing) -> None:
         """Write from outside this connection's tasks, without waiting (an answer from
@@ -119,17 +120,15 @@ class Connection:
             after()
             return
         assert self._tg is not None
-        if self._free():
-            rest = self._send_now(line)
-            if not rest:
-                after()
-                return
-            self._writing.acquire_nowait()
+        rest = self._begin(line)
+        if rest is None:
+            self._backlog.append((line, after))
+            if len(self._backlog) == 1:  # no drain is running
+                self._tg.start_soon(self._drain)
+        elif rest:
             self._tg.start_soon(self._send_rest, rest, after)
-            return
-        self._backlog.append((line, after))
-        if len(self._backlog) == 1:  # no drain is running
-            self._tg.start_soon(self._drain)
+        else:
+            after()
 
     async def _drain(self) -> None:
         """What write_soon could not write, in order; fails as a request's task does (a

@@ -111,19 +111,19 @@ Finish = Callable[[Callable[[], dict[str, Any]]], None]
 
 
 def submit_inline(c: Caller, req: protocol.Request, finish: Finish) -> bool:
-    """A submit that waits for "accepted" (a strategy's fast path), without a task of its own:
-    sent to the risk gate from the connection's reading loop, and answered from the
+    """A submit that waits for "accepted" (a strategy's fast path), with no task of its
+    own: sent to the risk gate from the connection's reading loop, and answered from the
     gate's commit, where `finish(result)` computes the answer's `result` (or raises its
     error) and writes it. False, with nothing sent: any other request, or one to refuse
     (the task path handles and tells it, as `handle`)."""
     if req.op != "submit" or not c.grant.permits(OPS["submit"].admin):
         return False
     s = c.s
-    try:
+    try:  # the wait first: a "submitted" one (the default) is not checked here twice
+        if protocol.wait_field(req.args) != "accepted":
+            return False
         spec, wait = protocol.submit_spec(req.args, s.clock.time())
     except ProtocolError:
-        return False
-    if wait != "accepted":
         return False
     start = anyio.current_time()
 
