@@ -177,20 +177,32 @@ async def test_wait_accepted_submits_run_no_task_of_their_own(
     assert sorted(json.loads(line)["id"] for line in handled) == [3, 4, 5]
 
 
-async def test_write_soon_keeps_lines_whole_and_in_order_when_the_socket_is_full() -> None:
+async def _on_socketpair(sndbuf: int | None = None, **services: Any
+                         ) -> tuple[Connection, UNIXSocketStream, UNIXSocketStream]:
+    """A Connection on one end of a socket pair (its send buffer `sndbuf` bytes, if
+    given), and the client's end."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    if sndbuf is not None:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     stream = await UNIXSocketStream.from_socket(ours)
     peer = await UNIXSocketStream.from_socket(theirs)
-    services = SimpleNamespace(limits=Limits(write_timeout=5.0), deadman=None,
-                               metrics=Metrics())
-    c = Connection(stream, cast(Any, services), None,
-                   Grant(allowed=True, admin=False, only_owner=None))
+    s = SimpleNamespace(deadman=None, metrics=Metrics(), **services)
+    c = Connection(stream, cast(Any, s), None, Grant(allowed=True, admin=False, only_owner=None))
+    return c, stream, peer
+
+
+async def _serving(c: Connection) -> None:
+    """Until `c.serve`, started, has its reading loop running."""
+    while not c._open:
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_write_soon_keeps_lines_whole_and_in_order_when_the_socket_is_full() -> None:
+    c, stream, peer = await _on_socketpair(4096, limits=Limits(write_timeout=5.0))
     lines = [json.dumps({"n": n, "pad": "x" * 3000}).encode() + b"\n" for n in range(200)]
     async with stream, peer, anyio.create_task_group() as tg:
         tg.start_soon(c.serve)
-        for _ in range(100):  # until its loop runs
-            await anyio.lowlevel.checkpoint()
+        await _serving(c)
         for line in lines:  # far more than the socket's buffer: most go the slow way
             c.write_soon(line)
         data = b""
@@ -207,15 +219,9 @@ async def test_a_client_that_does_not_read_its_answers_is_held_to_its_slots() ->
     """An inline answer frees its slot once written, as a task's does: a client that
     does not read gets no more than MAX_IN_FLIGHT requests taken beyond what its socket
     holds; once it reads, every request is answered."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    stream = await UNIXSocketStream.from_socket(ours)
-    peer = await UNIXSocketStream.from_socket(theirs)
     send, receive = anyio.create_memory_object_stream[RiskCommand](1000)
-    services = SimpleNamespace(risk=send, clock=SystemClock(), metrics=Metrics(),
-                               limits=Limits(write_timeout=30.0), deadman=None)
-    c = Connection(stream, cast(Any, services), None,
-                   Grant(allowed=True, admin=False, only_owner=None))
+    c, stream, peer = await _on_socketpair(4096, risk=send, clock=SystemClock(),
+                                           limits=Limits(write_timeout=30.0))
     taken = 0
 
     async def gate() -> None:  # answers every submit at once, with a sizeable order
@@ -252,17 +258,10 @@ async def test_a_client_that_does_not_read_its_answers_is_held_to_its_slots() ->
 async def test_write_soon_goes_behind_lines_already_waiting() -> None:
     """A line waits for the writer (another write holds it); the writer is let go before
     the drain has run: the next line must still go behind the waiting one."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    stream = await UNIXSocketStream.from_socket(ours)
-    peer = await UNIXSocketStream.from_socket(theirs)
-    services = SimpleNamespace(limits=Limits(write_timeout=5.0), deadman=None,
-                               metrics=Metrics())
-    c = Connection(stream, cast(Any, services), None,
-                   Grant(allowed=True, admin=False, only_owner=None))
+    c, stream, peer = await _on_socketpair(limits=Limits(write_timeout=5.0))
     async with stream, peer, anyio.create_task_group() as tg:
         tg.start_soon(c.serve)
-        for _ in range(100):  # until its loop runs
-            await anyio.lowlevel.checkpoint()
+        await _serving(c)
         c._writing.acquire_nowait()  # as a write under way does
         c.write_soon(b"first\n")  # waits for the writer
         c._writing.release()  # the writer is free, the drain has not run yet
