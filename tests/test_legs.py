@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from execd.client import AsyncClient, ExecdError, Order
+from execd.messages import CancelResult
 from execd.sim import SimServer
+from execd.submitter import Submitter
 from tests.conftest import OpenDaemon, connect, eventually, sim_config
 from tests.test_e2e import broker_orders, our_positions, sim_positions, until_state
 
@@ -134,6 +136,35 @@ async def test_cancel_parent_whose_entry_filled_needs_legs_true(
             await until_state(c, leg, "CANCELLED")
         await positions_equal(c, sim)
         assert (await our_positions(c))["AAPL"] == 2  # unprotected, on purpose
+
+
+async def test_cancelling_the_exits_when_the_first_takes_its_sibling_before_its_turn(
+    daemon_factory: OpenDaemon, sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker cancels an exit's sibling with it. Should the daemon hear of that
+    before the sibling's own turn, the sibling is done, not a conflict (the race behind
+    an old flake of the test above, forced here)."""
+    cancel = Submitter.cancel
+    turns: list[str] = []
+
+    async def sibling_heard_first(self: Submitter, cid: str) -> CancelResult:
+        turns.append(cid)
+        if len(turns) > 1:  # the second exit: wait until the book has it ended
+            async def ended() -> bool:
+                o = await self.book.get(cid)
+                return o is not None and not o.is_open
+            await eventually(ended)
+        return await cancel(self, cid)
+
+    monkeypatch.setattr(Submitter, "cancel", sibling_heard_first)
+    async with daemon_factory() as d, connect(d) as c:
+        parent = await bracket(c, sim, "br-race", qty="2")
+        await until_state(c, "br-race", "FILLED")
+        answer = await c.request("cancel", client_order_id="br-race", legs=True)
+        assert sorted(turns) == sorted(parent["legs"])
+        states = {o["client_order_id"]: o["state"] for o in answer["family"]}
+        assert states == dict.fromkeys(parent["legs"], "CANCELLED")
+        await positions_equal(c, sim)
 
 
 async def test_oto_and_oco(daemon_factory: OpenDaemon, sim: SimServer) -> None:

@@ -300,7 +300,13 @@ class Submitter:
         for leg in open_legs:
             r = await self.cancel(leg)
             if isinstance(r, CancelDenied):
-                return r
+                # The broker cancels an exit's sibling with it: a leg heard of as ended
+                # before its turn is done, not a conflict.
+                ended = await self.book.get(leg)
+                if ended is None or ended.state not in TERMINAL_STATES:
+                    return r
+                results.append(ended)
+                continue
             results.extend(r.orders)
         return CancelRequested(orders=(order, *results))
 
