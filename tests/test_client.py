@@ -508,3 +508,30 @@ async def test_readme_strategy_runs_as_printed(
             assert fills["stop_loss"]
     assert "AAPL" in out, out
     assert "FILLED" in out, out
+
+
+# ------------------------------------------------- a daemon that cannot be reached
+def test_blocking_client_without_a_socket_says_where_it_looked(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.sock"
+    with pytest.raises(errors.DaemonUnreachable) as caught:
+        Client(missing)
+    e = caught.value
+    assert isinstance(e, ExecdError)
+    assert str(missing) in e.message and "Is the daemon running?" in e.message
+    assert e.detail["path"] == str(missing)
+
+
+async def test_async_client_without_a_socket_says_where_it_looked(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.sock"
+    with pytest.raises(errors.DaemonUnreachable) as caught:
+        await AsyncClient.connect(missing)
+    assert str(missing) in caught.value.message and "--socket" in caught.value.message
+
+
+def test_a_socket_this_user_may_not_open_says_to_join_its_group(tmp_path: Path) -> None:
+    import errno
+
+    e = disc.unreachable(tmp_path / "s.sock", "given",
+                         PermissionError(errno.EACCES, "Permission denied"))
+    assert "join the socket's group" in e.message
+    assert "Is the daemon running?" not in e.message

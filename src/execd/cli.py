@@ -134,20 +134,7 @@ def _json(value: Any) -> None:
 
 
 def _client(args: argparse.Namespace, timeout: float | None = 60.0) -> Client:
-    from execd.client.discovery import locate
-
-    path, how = locate(args.socket, args.config)
-    try:
-        return Client(path, timeout=timeout)
-    except OSError as e:
-        raise Unreachable(
-            f"cannot reach execd at {path} ({how}): {e.strerror or e}. Is the daemon "
-            "running? Name its socket with --socket PATH, --config FILE or $EXECD_SOCKET "
-            "(the systemd service's is /run/execd/execd.sock)") from None
-
-
-class Unreachable(Exception):
-    pass
+    return Client(args.socket, timeout=timeout, config=args.config)
 
 
 def _resolve(c: Client, given: str) -> str:
@@ -297,7 +284,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         if args.json:
             _json({"ok": False, "error": e.detail or {"code": e.code, "message": e.message}})
         return 1
-    except (Unreachable, TimeoutError) as e:
+    except TimeoutError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:
@@ -625,7 +612,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         socket, _ = locate(args.socket, args.config)
         result = anyio.run(backup_via_daemon, socket, path, args.overwrite)
     except (ExecdError, OSError) as e:
-        print(f"execd backup: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0
@@ -653,9 +640,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except ExecdError as e:  # a client command's refusal (cmd_client says more itself)
             print(f"error: {e.code}: {e.message}", file=sys.stderr)
-            return 1
-        except Unreachable as e:
-            print(f"error: {e}", file=sys.stderr)
             return 1
         sys.stdout.flush()
     except BrokenPipeError:

@@ -16,6 +16,7 @@ from execd.client.errors import (
     BrokerRejected,
     Conflict,
     ConnectionLost,
+    DaemonUnreachable,
     ExecdError,
     IdleClosed,
     InternalError,
@@ -43,7 +44,7 @@ from execd.client.records import (
 
 __all__ = [
     "Actor", "AsyncClient", "AsyncEvents", "BrokerRejected", "Client", "Conflict",
-    "ConnectionLost", "Events", "ExecdError", "IdleClosed", "InternalError", "InvalidRequest",
+    "ConnectionLost", "DaemonUnreachable", "Events", "ExecdError", "IdleClosed", "InternalError", "InvalidRequest",
     "LineTooLong", "NotFound", "Order", "OrderEvent", "OrderState", "Overloaded",
     "Position", "Recovering", "RiskRejected", "Status", "StopLoss", "StorageUnavailable",
     "TakeProfit", "Trading", "TradingHalted", "TradingState", "Unauthorized", "UnknownOp",

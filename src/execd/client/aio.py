@@ -15,7 +15,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from execd.client import calls
 from execd.client.calls import MAX_LINE, Num, StopLoss, TakeProfit
-from execd.client.discovery import find_socket
+from execd.client.discovery import locate, unreachable
 from execd.client.errors import ConnectionLost, ExecdError
 from execd.client.records import Order, OrderEvent, OrderState, Position, Status, Trading
 
@@ -87,8 +87,12 @@ class AsyncClient:
     async def connect(cls, path: str | os.PathLike[str] | None = None, *,
                       config: str | os.PathLike[str] | None = None) -> AsyncClient:
         """To `path`, or the socket found as `execd.client.discovery` says."""
-        sock = find_socket(path, config)
-        return cls(await anyio.connect_unix(str(sock)), sock)
+        sock, how = locate(path, config)
+        try:
+            stream = await anyio.connect_unix(str(sock))
+        except OSError as e:
+            raise unreachable(sock, how, e) from None
+        return cls(stream, sock)
 
     async def __aenter__(self) -> AsyncClient:
         self._tg = anyio.create_task_group()

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from execd.client import calls
 from execd.client.calls import MAX_LINE, Num, StopLoss, TakeProfit
-from execd.client.discovery import find_socket
+from execd.client.discovery import locate, unreachable
 from execd.client.errors import ConnectionLost, ExecdError
 from execd.client.records import Order, OrderEvent, OrderState, Position, Status, Trading
 
@@ -132,9 +132,12 @@ class Client:
                  *, config: str | os.PathLike[str] | None = None) -> None:
         """Connect to `path`, or the socket found as `execd.client.discovery` says.
         `timeout`: seconds to wait for an answer (None: for ever)."""
-        self.path = find_socket(path, config)
+        self.path, how = locate(path, config)
         self.timeout = timeout
-        self._lines = _Lines(self.path, timeout)
+        try:
+            self._lines = _Lines(self.path, timeout)
+        except OSError as e:
+            raise unreachable(self.path, how, e) from None
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = threading.Event()

@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+
+from execd.client.errors import DaemonUnreachable
 
 ENV = "EXECD_SOCKET"
 SYSTEM_SOCKET = Path("/run/execd/execd.sock")
@@ -39,3 +42,17 @@ def locate(path: str | os.PathLike[str] | None = None,
     if local.exists():
         return load(local).socket_path.absolute(), f"from {local}"
     return load(None).socket_path.absolute(), "the default (no config.toml here)"
+
+
+def unreachable(path: Path, how: str, error: OSError) -> DaemonUnreachable:
+    """The one wording, for the CLI and both clients, of a socket that did not answer:
+    which socket, where its path came from, and what to do about this failure."""
+    where = f"cannot reach execd at {path} ({how}): {error.strerror or error}."
+    if error.errno in (errno.EACCES, errno.EPERM):
+        hint = (" The socket is there but this user may not open it: join the socket's "
+                "group (`sudo usermod -aG execd $USER` for the systemd service, then log "
+                "in again; access.socket_group in the daemon's config).")
+    else:
+        hint = (" Is the daemon running? Name its socket with --socket PATH, --config FILE "
+                f"or ${ENV} (the systemd service's is {SYSTEM_SOCKET}).")
+    return DaemonUnreachable("unreachable", where + hint, {"path": str(path)})

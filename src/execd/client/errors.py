@@ -102,6 +102,11 @@ class ConnectionLost(ExecdError):
     """The daemon closed the connection (it stopped, or dropped this client)."""
 
 
+class DaemonUnreachable(ExecdError):
+    """No daemon answers at the socket (missing, refused, or not ours to open); the
+    message says which socket was tried, where its path came from, and what to do."""
+
+
 BY_CODE: dict[str, type[ExecdError]] = {
     "invalid_request": InvalidRequest,
     "unknown_op": UnknownOp,
@@ -118,4 +123,5 @@ BY_CODE: dict[str, type[ExecdError]] = {
     "internal": InternalError,
     "idle": IdleClosed,
     "connection_lost": ConnectionLost,
+    "unreachable": DaemonUnreachable,
 }
