@@ -386,3 +386,29 @@ async def test_commands_work_from_any_directory(
         assert (await cli_in_thread(capsys, "ping"))[0] == 0
         async with await AsyncClient.connect() as c:
             assert await c.ping()
+
+
+async def test_short_ids_take_a_suffix_a_prefix_or_either_ellipsis(
+    daemon_factory: OpenDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with daemon_factory() as d, connect(d) as c:
+        sock = ["--socket", str(d.config.socket_path)]
+        ids = []
+        for cid in ("shorts-aaa-0123456789", "shorts-bbb-9876543210"):
+            await c.request("submit", strategy_id="shorts", symbol="MSFT", side="buy",
+                            qty="1", type="limit", limit_price="1.25", time_in_force="gtc",
+                            client_order_id=cid)
+            ids.append(cid)
+        for typed in ("0123456789", "...0123456789", "shorts-aaa", "shorts-a…6789",
+                      "shorts-a...6789"):
+            code, out, err = await cli_in_thread(capsys, "order", typed, *sock)
+            assert (code, err) == (0, ""), typed
+            assert f"client_order_id:  {ids[0]}" in out, typed
+        code, out, err = await cli_in_thread(capsys, "order", "shorts-", *sock)
+        assert code == 1
+        assert "2 orders match 'shorts-'" in err
+        assert ids[0] in err
+        assert ids[1] in err
+        code, out, err = await cli_in_thread(capsys, "order", "zzz", *sock)
+        assert code == 1
+        assert "no order matches 'zzz'" in err

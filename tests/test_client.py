@@ -517,7 +517,8 @@ def test_blocking_client_without_a_socket_says_where_it_looked(tmp_path: Path) -
         Client(missing)
     e = caught.value
     assert isinstance(e, ExecdError)
-    assert str(missing) in e.message and "Is the daemon running?" in e.message
+    assert str(missing) in e.message
+    assert "Is the daemon running?" in e.message
     assert e.detail["path"] == str(missing)
 
 
@@ -525,7 +526,8 @@ async def test_async_client_without_a_socket_says_where_it_looked(tmp_path: Path
     missing = tmp_path / "nowhere.sock"
     with pytest.raises(errors.DaemonUnreachable) as caught:
         await AsyncClient.connect(missing)
-    assert str(missing) in caught.value.message and "--socket" in caught.value.message
+    assert str(missing) in caught.value.message
+    assert "--socket" in caught.value.message
 
 
 def test_a_socket_this_user_may_not_open_says_to_join_its_group(tmp_path: Path) -> None:

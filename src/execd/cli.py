@@ -138,18 +138,33 @@ def _client(args: argparse.Namespace, timeout: float | None = 60.0) -> Client:
 
 
 def _resolve(c: Client, given: str) -> str:
-    """A client_order_id as typed: in full, or as a table shows it (`…tail`)."""
+    """A client_order_id as typed: in full, as a table shows it (`head…tail`, or with
+    `...`), or a unique prefix or suffix of one. An ambiguous one lists the matches."""
     from execd.client import NotFound
 
-    head, sep, tail = given.partition("…")
-    if not sep:
-        return given
-    matches = {o.client_order_id for top in c.orders(limit=10_000) for o in (top, *top.legs)
-               if o.client_order_id.startswith(head) and o.client_order_id.endswith(tail)}
-    if len(matches) != 1:
-        raise NotFound("not_found", f"{'no' if not matches else 'more than one'} order "
-                                    f"matches {given}; give the full client_order_id")
-    return matches.pop()
+    for sep in ("…", "..."):
+        if sep in given:
+            head, _, tail = given.partition(sep)
+            break
+    else:
+        try:
+            return c.order(given).client_order_id
+        except NotFound:
+            head = tail = given  # not a whole id: a prefix, or a suffix
+    ids = {o.client_order_id for top in c.orders(limit=10_000) for o in (top, *top.legs)}
+    if head == tail and head == given:
+        matches = sorted(i for i in ids if i.startswith(given) or i.endswith(given))
+    else:
+        matches = sorted(i for i in ids if i.startswith(head) and i.endswith(tail)
+                         and len(i) >= len(head) + len(tail))
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise NotFound("not_found", f"no order matches {given!r} (as a whole id, a prefix or "
+                                    "a suffix); `execd orders` lists them")
+    shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
+    raise NotFound("not_found", f"{len(matches)} orders match {given!r}: {shown}; give more of "
+                                "the id")
 
 
 def _submit_fields(args: argparse.Namespace) -> dict[str, Any]:

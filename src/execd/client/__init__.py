@@ -44,7 +44,8 @@ from execd.client.records import (
 
 __all__ = [
     "Actor", "AsyncClient", "AsyncEvents", "BrokerRejected", "Client", "Conflict",
-    "ConnectionLost", "DaemonUnreachable", "Events", "ExecdError", "IdleClosed", "InternalError", "InvalidRequest",
+    "ConnectionLost", "DaemonUnreachable", "Events", "ExecdError", "IdleClosed",
+    "InternalError", "InvalidRequest",
     "LineTooLong", "NotFound", "Order", "OrderEvent", "OrderState", "Overloaded",
     "Position", "Recovering", "RiskRejected", "Status", "StopLoss", "StorageUnavailable",
     "TakeProfit", "Trading", "TradingHalted", "TradingState", "Unauthorized", "UnknownOp",
