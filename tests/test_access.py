@@ -52,14 +52,16 @@ def open_dir() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-async def as_nobody(sock: Path, *requests: dict[str, Any]) -> list[Any]:
-    """Requests from another user, in a worker thread (the daemon shares our event loop)."""
+async def as_nobody(sock: Path, *requests: dict[str, Any],
+                    groups: tuple[int, ...] = ()) -> list[Any]:
+    """Requests from another user (with supplementary `groups`), in a worker thread (the
+    daemon shares our event loop)."""
     lines = "".join(json.dumps(r) + "\n" for r in requests)
 
     def run() -> list[Any]:
         result = subprocess.run([SYSTEM_PYTHON, "-c", CLIENT, str(sock)], input=lines,
                                 text=True, capture_output=True, timeout=30, user=NOBODY,
-                                check=True)
+                                extra_groups=list(groups), check=True)
         answers: list[Any] = json.loads(result.stdout)
         return answers
 
@@ -175,3 +177,26 @@ def test_keys_never_reach_logs_errors_status_or_metrics(tmp_path: Path) -> None:
     assert 'status="403"' in metrics
     assert key not in everything
     assert secret not in everything
+
+
+async def test_a_supplementary_group_counts_without_reading_proc(
+    daemon_factory: OpenDaemon, open_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The systemd unit sets ProtectProc=invisible: the daemon cannot read another user's
+    /proc/<pid>/status. Membership of admin_gids through a supplementary group must hold
+    all the same (SO_PEERGROUPS)."""
+    read_text = Path.read_text
+
+    def no_proc(self: Path, *args: Any, **kwargs: Any) -> str:
+        if str(self).startswith("/proc/"):
+            raise PermissionError(13, "Permission denied (ProtectProc=invisible)", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", no_proc)
+    async with daemon_factory(**access(open_dir, admin_gids=(4242,))) as d:
+        (member,) = await as_nobody(d.config.socket_path, {"id": 1, "op": "halt"},
+                                    groups=(4242,))
+        (outsider,) = await as_nobody(d.config.socket_path, {"id": 1, "op": "halt"},
+                                      groups=(4343,))
+        assert member["ok"], member
+        assert outsider["error"]["code"] == "unauthorized"

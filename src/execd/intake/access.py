@@ -3,15 +3,18 @@ they may do. Decided once, at accept time."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 from anyio.abc import ByteStream, SocketAttribute
 
 from execd.config import AccessConfig
+from execd.obs import logging
+
+log = logging.get("execd.access")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,18 +27,41 @@ class Peer:
 def peer_of(stream: ByteStream) -> Peer | None:
     """The connecting process's credentials, from the kernel (SO_PEERCRED)."""
     sock = stream.extra(SocketAttribute.raw_socket, None)
-    if sock is None:
-        return None
+    return None if sock is None else peer_of_socket(sock)
+
+
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; not in every Python
+_GID = struct.calcsize("I")
+_groups_failed = False
+
+
+def peer_of_socket(sock: socket.socket) -> Peer:
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(
         socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    groups = {gid}
-    try:  # supplementary groups: SO_PEERCRED has the primary one only
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                groups.update(int(g) for g in line.split()[1:])
-    except OSError:
-        pass
-    return Peer(pid=pid, uid=uid, groups=frozenset(groups))
+    return Peer(pid=pid, uid=uid, groups=frozenset({gid, *_supplementary(sock)}))
+
+
+def _supplementary(sock: socket.socket) -> tuple[int, ...]:
+    """The peer's supplementary groups as the kernel recorded them at connect time
+    (SO_PEERGROUPS). Not /proc/<pid>/status: the unit's ProtectProc=invisible hides other
+    users' processes, and a pid can be reused. A failure is logged once, loudly: access
+    by a supplementary group (allow_gids, admin_gids) is then refused, never granted."""
+    global _groups_failed
+    size = 64 * _GID
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+        except OSError as e:
+            if e.errno == errno.ERANGE and size < 65536 * _GID:
+                size *= 16
+                continue
+            if not _groups_failed:
+                _groups_failed = True
+                log.error("cannot read a peer's supplementary groups (SO_PEERGROUPS); "
+                          "access through access.allow_gids/admin_gids works only by the "
+                          "primary group", error=str(e))
+            return ()
+        return struct.unpack(f"{len(raw) // _GID}I", raw[: len(raw) - len(raw) % _GID])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
