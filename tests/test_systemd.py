@@ -112,3 +112,30 @@ def test_settle_heap_hides_start_up_from_the_collector() -> None:
     assert before > 10_000  # the libraries: anyio, alpaca-py, pydantic, structlog...
     assert seen < 100
     assert frozen >= before * 0.9
+
+
+def test_the_units_shipped_config_starts_with_no_keys(tmp_path: Path) -> None:
+    """docs/operations.md installs deploy/systemd/config.toml and an empty credentials
+    file, then starts the unit and expects it running: the shipped config must start
+    without keys (the simulator first, Alpaca once the keys are in). Only its paths are
+    moved here, as the unit's directories are not ours in a test."""
+    shipped = (UNIT.parent / "config.toml").read_text()
+    state = tmp_path / "state"
+    config = tmp_path / "config.toml"
+    config.write_text(shipped.replace('"/var/lib/execd"', f'"{state}"')
+                      .replace('"/run/execd/execd.sock"', f'"{tmp_path}/execd.sock"')
+                      .replace("port = 9464", "port = 0"))
+    assert "/var/lib/execd" not in config.read_text()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APCA_")}
+    proc = subprocess.Popen([sys.executable, "-m", "execd.cli", "run", "--config", str(config)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        from tests.conftest import wait_until_answering
+
+        wait_until_answering(tmp_path / "execd.sock")
+        assert proc.poll() is None
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out.decode()[-2000:]
