@@ -192,7 +192,8 @@ def _submit_fields(args: argparse.Namespace) -> dict[str, Any]:
         "take_profit": args.take_profit,
         "stop_loss": None if args.stop_loss is None else {
             "stop_price": args.stop_loss, "limit_price": args.stop_loss_limit},
-        "client_order_id": args.client_order_id, "wait": args.wait,
+        "client_order_id": args.client_order_id,
+        "wait": "submitted" if args.wait == "filled" else args.wait,
     }
 
 
@@ -237,7 +238,24 @@ def _command(args: argparse.Namespace, c: Client) -> tuple[Any, Any]:
     else:  # pragma: no cover - the parser knows every command
         raise AssertionError(cmd)
     raw = c.request(call.op, **call.fields)
-    return raw, call.parse(raw)
+    value: Any = call.parse(raw)
+    if cmd == "submit" and args.wait == "filled":
+        cid = str(value.client_order_id)
+        _until_ended(c, cid)
+        raw = c.request("order", client_order_id=cid)
+        value = calls.order(cid).parse(raw)
+    return raw, value
+
+
+def _until_ended(c: Client, cid: str) -> None:
+    """`submit --wait filled`: until the order has ended (filled, or cancelled, rejected,
+    expired); a line on stderr every 5 s says where it stands meanwhile."""
+    while True:
+        try:
+            c.wait_for(cid, timeout=5.0)
+            return
+        except TimeoutError as e:
+            print(f"waiting: {e}", file=sys.stderr, flush=True)
 
 
 def _show(cmd: str, raw: dict[str, Any], value: Any) -> None:
@@ -472,9 +490,11 @@ def _add_client_commands(sub: Any) -> None:
     ident.add_argument("--client-order-id", metavar="ID",
                        help="the idempotency key: sending it again is a safe retry "
                             "(default: generated as STRATEGY-EPOCHMS-UUID)")
-    ident.add_argument("--wait", choices=["submitted", "accepted"],
-                       help="answer once the broker has the order (submitted) or once it is "
-                            "durable and past the risk checks (accepted) (default: submitted)")
+    ident.add_argument("--wait", choices=["submitted", "accepted", "filled"],
+                       help="answer once the broker has the order (submitted), once it is "
+                            "durable and past the risk checks (accepted), or once it has "
+                            "ended, filled or not (filled; prints where it stands every 5 "
+                            "s) (default: submitted)")
 
     rp = client("replace", "change an open order (Alpaca's replace)",
                 "Replace an open order with a changed one; the old one becomes REPLACED.")
