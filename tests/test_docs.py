@@ -72,3 +72,34 @@ async def test_the_blocks_run_as_printed(
     with capsys.disabled():
         sys.stdout.write(f"\n{len(runnable)} command blocks run ({ran} commands), "
                          f"{len(blocks()) - len(runnable)} skipped as marked not-run\n")
+
+
+CLIENT_DOC = ROOT / "docs" / "client.md"
+PYTHON = re.compile(r"(?:<!-- not-run: (?P<why>[^>]*?) -->\n)?```python\n(?P<body>.*?)\n```", re.S)
+
+
+async def test_the_client_guide_runs_as_printed(
+    daemon_factory: OpenDaemon, anyio_backend: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every python block of docs/client.md, in order, each in a thread of its own (a
+    block may call anyio.run: on the test's backend)."""
+    text = CLIENT_DOC.read_text()
+    found = list(PYTHON.finditer(text))
+    runnable = [m for m in found if m.group("why") is None]
+    assert len(runnable) >= 4
+    real_run = anyio.run
+    monkeypatch.setattr(anyio, "run", lambda fn, *a, **kw: real_run(
+        fn, *a, **{**kw, "backend": anyio_backend}))
+    async with daemon_factory() as d:
+        monkeypatch.setenv("EXECD_SOCKET", str(d.config.socket_path))
+        for m in runnable:
+            line = text.count("\n", 0, m.start("body")) + 1
+            code = compile(m.group("body"), f"docs/client.md:{line}", "exec")
+            await anyio.to_thread.run_sync(exec, code, {"__name__": "__main__"})
+    out = capsys.readouterr().out
+    assert "replaced by doc-" in out
+    assert "closed: FILLED" in out
+    with capsys.disabled():
+        sys.stdout.write(f"\ndocs/client.md: {len(runnable)} python blocks run, "
+                         f"{len(found) - len(runnable)} skipped as marked not-run\n")

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import pytest
 
+from execd.app import Daemon
 from execd.client import AsyncClient, ExecdError, Order
 from execd.messages import CancelResult
 from execd.sim import SimServer
@@ -297,3 +299,33 @@ async def test_close_position_takes_a_brackets_exits_with_it(
         await until_state(c, "close-1", "FILLED")
         await positions_equal(c, sim)
         assert (await our_positions(c)).get("AAPL", Decimal(0)) == 0
+
+
+async def test_wait_for_gives_a_parent_with_its_legs_as_order_does(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    """wait_for on a parent hears the fill as an event, which names the legs only by id:
+    the record it returns carries the legs themselves, as `order()` does."""
+    px = sim.engine.price("AAPL")
+    below = cents(px * Decimal("0.98"))
+    async with daemon_factory() as d, connect(d) as c:
+        entry = await bracket(c, sim, "br-wait", type="limit", limit_price=below,
+                              time_in_force="gtc")
+        assert len(entry.leg_ids) == 2
+        assert entry.legs == ()  # the submit's answer names them; order() carries them
+
+        async def cross() -> None:
+            await eventually(lambda: _subscribed(d))
+            sim.engine.set_prices({"AAPL": cents(px * Decimal("0.97"))})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cross)
+            filled = await c.wait_for("br-wait", ["FILLED"], timeout=20)
+        assert filled.state == "FILLED"
+        assert {leg.client_order_id for leg in filled.legs} == set(filled.leg_ids)
+        assert {leg.client_order_id for leg in (await c.order("br-wait")).legs} == set(
+            filled.leg_ids)
+
+
+async def _subscribed(d: Daemon) -> bool:
+    return d.book.hub.subscribers > 0

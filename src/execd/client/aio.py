@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -262,5 +263,8 @@ class AsyncClient:
                     return o
                 async for e in events:
                     if e.client_order_id == client_order_id and e.state in want:
-                        return e.order
+                        if not e.order.leg_ids:
+                            return e.order
+                        # an event names a parent's legs; order() carries them, as here
+                        return replace(e.order, legs=(await self.order(client_order_id)).legs)
         raise AssertionError("unreachable")  # pragma: no cover

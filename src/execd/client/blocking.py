@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -290,4 +291,6 @@ class Client:
                 e = events.get(left)
                 if e is not None and e.client_order_id == client_order_id:
                     o = e.order
+        if o.leg_ids and not o.legs:  # an event names a parent's legs; order() carries them
+            o = replace(o, legs=self.order(client_order_id).legs)
         return o
