@@ -22,9 +22,10 @@ import structlog
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from execd import cli
+from execd.app import Daemon
 from execd.client import AsyncClient
 from execd.client import discovery as disc
-from tests.conftest import OpenDaemon, connect
+from tests.conftest import OpenDaemon, connect, eventually
 from tests.fake_execd import fake_execd
 
 EPOCH = re.compile(r"\b1[6-9]\d{8}(\.\d+)?\b")  # an epoch time printed raw
@@ -183,7 +184,7 @@ async def test_every_command_is_readable_and_fits(
 
 async def test_watch_prints_times_and_trading_changes(daemon_factory: OpenDaemon) -> None:
     async with daemon_factory() as d, connect(d) as c, await anyio.open_process(
-        [*EXECD, "watch", "--interval", "0.05", "--socket", str(d.config.socket_path)],
+        [*EXECD, "watch", "--socket", str(d.config.socket_path)],
     ) as proc:
         assert proc.stdout is not None
         assert proc.stderr is not None
@@ -203,8 +204,10 @@ async def test_watch_prints_times_and_trading_changes(daemon_factory: OpenDaemon
             assert o.client_order_id[-8:] in text
         assert o.client_order_id[-8:] in text
         await c.halt("lunch")
+        await c.resume("back")  # at once: a poll of the state would never see the halt
         while "trading: HALTED (lunch)" not in await line():
             pass
+        assert "trading: ACTIVE (back)" in await line()
         proc.send_signal(signal.SIGINT)
         with anyio.fail_after(10):
             assert await proc.wait() == 0
@@ -230,23 +233,29 @@ async def test_watch_json_lines_carry_a_time(daemon_factory: OpenDaemon,
         assert record["at"].endswith("+00:00")
 
 
-async def test_watch_shows_per_strategy_halts(tmp_path: Path,
+async def test_watch_shows_per_strategy_halts(daemon_factory: OpenDaemon,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """As issue 14's daemon reports them (status: halted_strategies), polled."""
-    def status(trading: str, halted: dict[str, Any]) -> dict[str, Any]:
-        return {"version": "fake", "trading": {"state": trading, "reason": "r", "since": 0},
-                "halted_strategies": halted}
+    """A strategy's halt and resume and the account's, as trading events, in order."""
+    async with daemon_factory() as d, connect(d) as c:
+        await c.halt("x", strategy_id="beta")  # before: shown from status, after the first
 
-    answers = [status("ACTIVE", {}), status("ACTIVE", {"beta": {"reason": "x", "since": None}}),
-               status("ACTIVE", {}), status("HALTED", {})]
-    async with fake_execd(tmp_path) as fake:
-        fake.answers["status"] = lambda r: answers.pop(0) if len(answers) > 1 else answers[0]
-        code, out, err = await cli_in_thread(capsys, "watch", "--interval", "0.01", "--count",
-                                             "4", "--socket", str(fake.path))
+        async def changes() -> None:
+            await eventually(lambda: _watching(d))
+            await c.resume("ok", strategy_id="beta")
+            await c.halt("r")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(changes)
+            code, out, err = await cli_in_thread(capsys, "watch", "--count", "4", "--socket",
+                                                 str(d.config.socket_path))
     assert (code, err) == (0, "")
-    texts = [line[14:] for line in out.splitlines()]
-    assert texts == ["watching all orders; trading: ACTIVE (r)", "strategy beta: HALTED (x)",
-                     "strategy beta: resumed", "trading: HALTED (r)"]
+    texts = [re.sub(r" since .*", "", line[14:]) for line in out.splitlines()]
+    assert texts == ["watching all orders; trading: ACTIVE", "strategy beta: HALTED (x)",
+                     "strategy beta: ACTIVE (ok)", "trading: HALTED (r)"]
+
+
+async def _watching(d: Daemon) -> bool:
+    return d.book.hub.subscribers > 0
 
 
 # --------------------------------------------------------- quiet on a closed pipe

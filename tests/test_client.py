@@ -537,3 +537,48 @@ def test_a_socket_this_user_may_not_open_says_to_join_its_group(tmp_path: Path) 
                          PermissionError(errno.EACCES, "Permission denied"))
     assert "join the socket's group" in e.message
     assert "Is the daemon running?" not in e.message
+
+
+# ------------------------------------------------------ trading-state events
+async def test_a_subscription_with_trading_hears_every_trading_change(
+    daemon_factory: OpenDaemon
+) -> None:
+    from execd.client import TradingEvent
+
+    async with daemon_factory() as d, connect(d) as c:
+        async with await c.subscribe(trading=True) as everything, \
+                await c.subscribe("s1", trading=True) as s1, \
+                await c.subscribe("s2", trading=True) as s2, \
+                await c.subscribe() as orders_only:
+            await c.halt("a", strategy_id="s1")
+            await c.flatten("now")
+            await c.resume("b")
+            mark = await c.submit(strategy_id="s2", symbol="AAPL", side="buy", qty="1",
+                                  wait="accepted")
+            seen: dict[str, list[str]] = {"everything": [], "s1": [], "s2": []}
+            for name, events in (("everything", everything), ("s1", s1), ("s2", s2)):
+                with anyio.fail_after(10):
+                    async for e in events:  # up to s2's order (s1 hears none: its three)
+                        if isinstance(e, TradingEvent):
+                            seen[name].append(
+                                f"{e.strategy_id or '*'} {e.state} {e.trading.reason}")
+                            if name == "s1" and len(seen[name]) == 3:
+                                break
+                        elif e.client_order_id == mark.client_order_id:
+                            break
+            with anyio.fail_after(10):
+                first = await orders_only.__anext__()
+            assert isinstance(first, OrderEvent)  # trading changes were not asked for
+        assert seen["everything"] == ["s1 HALTED a", "* HALTED flatten: now", "* ACTIVE b"]
+        assert seen["s1"] == seen["everything"]
+        assert seen["s2"] == ["* HALTED flatten: now", "* ACTIVE b"]
+
+
+def test_the_blocking_client_types_its_trading_events() -> None:
+    from execd.client.calls import event
+
+    e = event({"event": "trading", "trading": {"state": "HALTED", "reason": "r", "since": 1.5,
+                                               "strategy_id": "s"}})
+    assert e is not None
+    assert not isinstance(e, OrderEvent)
+    assert (e.state, e.strategy_id, e.trading.reason) == ("HALTED", "s", "r")

@@ -24,13 +24,14 @@ import anyio.lowlevel
 import pytest
 
 from execd.app import Daemon
-from execd.book import EventHub, OrderBook
+from execd.book import OrderBook
 from execd.broker.alpaca_stream import StreamAuthFailed, TradeUpdate, stream_url_from
 from execd.broker.base import BrokerOrder
 from execd.broker.websocket import Target, WebSocketClosed
 from execd.clock import FakeClock
 from execd.config import ConfigError, load
-from execd.domain.orders import BrokerView, OrderSpec, OrderState
+from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
+from execd.events import EventHub
 from execd.health import Health
 from execd.obs.metrics import Metrics
 from execd.sim import SimServer
@@ -127,6 +128,7 @@ async def test_a_fill_before_the_post_answer(
                                    wait="accepted")
             with anyio.fail_after(5):
                 async for o in events:
+                    assert isinstance(o, Order)  # no trading events: not asked for
                     seen.append(o.state.value)
                     if o.state == OrderState.FILLED:
                         in_flight_at_fill = d.health.submits_in_flight

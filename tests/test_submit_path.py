@@ -22,10 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from execd import messages, risk, submitter
-from execd.book import FLUSH_MAX, EventHub, OrderBook
+from execd.book import FLUSH_MAX, OrderBook
 from execd.clock import FakeClock
 from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
 from execd.domain.risk import RiskContext, RiskLimits, TradingState
+from execd.events import EventHub
 from execd.health import Health
 from execd.messages import (
     CancelRequested,

@@ -25,13 +25,14 @@ from anyio.abc import SocketListener
 from execd import deadman as deadman_actor
 from execd import files, intake, poller, reconciler, risk, stream, submitter, systemd
 from execd import storage as storage_actor
-from execd.book import EventHub, OrderBook
+from execd.book import OrderBook
 from execd.broker.alpaca import AlpacaClient
 from execd.broker.alpaca_stream import stream_url_from
 from execd.broker.base import BrokerClient
 from execd.clock import Clock, SystemClock, within
 from execd.config import Config, ConfigError, Credentials, load_credentials
 from execd.deadman import DeadMan
+from execd.events import EventHub
 from execd.fatal import Fatal, address_problem
 from execd.health import Health
 from execd.limiter import Budget, RateLimiter, open_limiter

@@ -1,15 +1,13 @@
-"""The order book service: every state change is written to the store, then published.
+"""The order book service: every state change is written to the store, then published
+(through the `EventHub`, events.py).
 
-`EventHub` fans order changes out to subscribers through small bounded streams; a
-subscriber that falls behind is cut off (its stream closed) rather than slowing anyone.
 `OrderBook` is the one place that writes an order change, so every change is stored,
 logged, counted and published the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
@@ -32,69 +30,13 @@ from execd.domain.orders import (
     cancel_unsent,
     reject,
 )
+from execd.events import EventHub
 from execd.messages import BookChange, OrderChanged, PricesChanged
 from execd.obs import logging
 from execd.obs.metrics import Metrics
 from execd.store import RiskSnapshot, StorageUnavailable, Store
 
 log = logging.get("execd.book")
-
-
-@dataclass(slots=True)
-class _Subscriber:
-    strategy_id: str | None
-    client_order_id: str | None
-    send: MemoryObjectSendStream[Order]
-    owner_uid: int | None = None
-    cut: bool = False  # fell behind: its stream was closed, what is queued is stale
-
-
-class EventHub:
-    def __init__(self) -> None:
-        self._subs: list[_Subscriber] = []
-        self._by_stream: dict[int, _Subscriber] = {}
-
-    @asynccontextmanager
-    async def subscribe(
-        self, *, strategy_id: str | None = None, client_order_id: str | None = None,
-        owner_uid: int | None = None, buffer: int = 256,
-    ) -> AsyncIterator[MemoryObjectReceiveStream[Order]]:
-        send, receive = anyio.create_memory_object_stream[Order](buffer)
-        sub = _Subscriber(strategy_id, client_order_id, send, owner_uid)
-        self._subs.append(sub)
-        self._by_stream[id(receive)] = sub
-        try:
-            with receive:
-                yield receive
-        finally:
-            self._subs.remove(sub)
-            del self._by_stream[id(receive)]
-            send.close()
-
-    def cut_off(self, receive: MemoryObjectReceiveStream[Order]) -> bool:
-        """Whether this subscription fell behind and was cut off."""
-        sub = self._by_stream.get(id(receive))
-        return sub is None or sub.cut
-
-    def publish(self, order: Order) -> None:
-        for sub in list(self._subs):
-            if sub.strategy_id is not None and sub.strategy_id != order.spec.strategy_id:
-                continue
-            if sub.client_order_id is not None and sub.client_order_id != order.client_order_id:
-                continue
-            if sub.owner_uid is not None and sub.owner_uid != order.owner_uid:
-                continue
-            try:
-                sub.send.send_nowait(order)
-            except anyio.WouldBlock:
-                sub.cut = True
-                sub.send.close()  # too slow: the reader sees the end and reports it
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
-
-    @property
-    def subscribers(self) -> int:
-        return len(self._subs)
 
 
 @dataclass(slots=True)

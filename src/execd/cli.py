@@ -328,11 +328,12 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Order events as they come, and changes of the trading state (polled), each line
-    with its local time."""
+    """Order events and changes of the trading state (the account's and the
+    strategies'), as the daemon sends them, each line with its local time."""
     from datetime import UTC, datetime
 
     from execd import cli_render as r
+    from execd.client import OrderEvent
 
     printed = 0
 
@@ -347,38 +348,25 @@ def cmd_watch(args: argparse.Namespace) -> int:
             raise _Enough
 
     try:
-        with _client(args, timeout=30.0) as c, c.subscribe(args.strategy) as events:
-            status = c.status()
-            trading, halted = status.trading, dict(status.halted_strategies)
+        with _client(args, timeout=30.0) as c, \
+                c.subscribe(args.strategy, trading=True) as events:
+            status = c.status()  # after subscribing: no change falls between the two
             what = f"strategy {args.strategy}" if args.strategy else "all orders"
-            say(datetime.now(UTC), f"watching {what}; {r.trading_line(trading)}",
-                {"event": "trading", "trading": dict(trading.raw)})
-            for t in halted.values():
-                say(datetime.now(UTC), r.trading_line(t), {"event": "strategy", **t.raw})
-            next_poll = time.monotonic() + args.interval
-            while True:
-                e = events.get(timeout=max(0.0, next_poll - time.monotonic()))
-                if e is not None:
+            say(datetime.now(UTC), f"watching {what}; {r.trading_line(status.trading)}",
+                {"event": "trading", "trading": dict(status.trading.raw)})
+            for t in status.halted_strategies.values():
+                say(datetime.now(UTC), r.trading_line(t), {"event": "trading",
+                                                           "trading": dict(t.raw)})
+            for e in events:
+                if isinstance(e, OrderEvent):
                     say(e.order.updated_at or e.received_at, r.order_summary(e.order),
                         {"event": "order", "order": dict(e.order.raw)})
-                    continue
-                next_poll = time.monotonic() + args.interval
-                status = c.status()
-                now = datetime.now(UTC)
-                if (status.trading.state, status.trading.reason) != (trading.state,
-                                                                     trading.reason):
-                    trading = status.trading
-                    say(now, r.trading_line(trading),
-                        {"event": "trading", "trading": dict(trading.raw)})
-                for sid, t in status.halted_strategies.items():  # per-strategy halts
-                    if sid not in halted or halted[sid].reason != t.reason:
-                        say(now, r.trading_line(t), {"event": "strategy", **t.raw})
-                for sid in halted.keys() - status.halted_strategies.keys():
-                    say(now, f"strategy {sid}: resumed",
-                        {"event": "strategy", "strategy_id": sid, "state": "ACTIVE"})
-                halted = dict(status.halted_strategies)
+                else:
+                    say(e.trading.since or e.received_at, r.trading_line(e.trading),
+                        dict(e.raw))
     except (KeyboardInterrupt, _Enough):
-        return 0
+        pass
+    return 0
 
 
 class _Enough(Exception):
@@ -577,8 +565,6 @@ def _add_client_commands(sub: Any) -> None:
     w = client("watch", "print order events and trading-state changes as they happen",
                fn=cmd_watch)
     w.add_argument("--strategy", metavar="ID", help="only this strategy's orders (default: all)")
-    w.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
-                   help="how often to check the trading state (default: %(default)s)")
     w.add_argument("--count", type=int, metavar="N",
                    help="stop after N lines, the first (the state now) included "
                         "(default: until Ctrl-C)")

@@ -23,6 +23,7 @@ from execd.clock import Clock
 from execd.domain import risk
 from execd.domain.orders import Order, OrderState
 from execd.domain.risk import RiskContext, RiskLimits, TradingState, TradingStatus
+from execd.events import TradingEvent
 from execd.messages import (
     BookChange,
     OrderAccepted,
@@ -164,6 +165,7 @@ class RiskGate:
                     await flush()
                     status = TradingStatus(state=state, reason=reason, since=self.clock.time())
                     await self._halt_strategy(ctx, sid, status)
+                    self.book.hub.publish_trading(TradingEvent(status=status, strategy_id=sid))
                     if reply is not None:
                         answer(reply, TradingStateChanged(status=status))
                 case SetTradingState(state=state, reason=reason, reply=reply):
@@ -174,6 +176,7 @@ class RiskGate:
                     show_trading_state(self.metrics, status)
                     level = log.warning if state != TradingState.ACTIVE else log.info
                     level("trading state changed", state=state.value, reason=reason)
+                    self.book.hub.publish_trading(TradingEvent(status=status))
                     if reply is not None:
                         answer(reply, TradingStateChanged(status=status))
                 case Persist(reply=reply):

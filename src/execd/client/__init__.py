@@ -39,6 +39,7 @@ from execd.client.records import (
     Position,
     Status,
     Trading,
+    TradingEvent,
     TradingState,
 )
 
@@ -48,6 +49,6 @@ __all__ = [
     "InternalError", "InvalidRequest",
     "LineTooLong", "NotFound", "Order", "OrderEvent", "OrderState", "Overloaded",
     "Position", "Recovering", "RiskRejected", "Status", "StopLoss", "StorageUnavailable",
-    "TakeProfit", "Trading", "TradingHalted", "TradingState", "Unauthorized", "UnknownOp",
+    "TakeProfit", "Trading", "TradingEvent", "TradingHalted", "TradingState", "Unauthorized", "UnknownOp",
     "find_socket",
 ]

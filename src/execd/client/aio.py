@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
@@ -18,9 +18,18 @@ from execd.client import calls
 from execd.client.calls import MAX_LINE, Num, StopLoss, TakeProfit
 from execd.client.discovery import locate, unreachable
 from execd.client.errors import ConnectionLost, ExecdError
-from execd.client.records import Order, OrderEvent, OrderState, Position, Status, Trading
+from execd.client.records import (
+    Order,
+    OrderEvent,
+    OrderState,
+    Position,
+    Status,
+    Trading,
+    TradingEvent,
+)
 
 T = TypeVar("T")
+E = TypeVar("E")  # what a subscription yields: OrderEvent, or OrderEvent | TradingEvent
 
 
 class _Lines:
@@ -37,30 +46,27 @@ class _Lines:
         return calls.decode(raw)
 
 
-class AsyncEvents:
-    """Order events from one subscription, on a connection of its own. Already
-    subscribed when `subscribe()` returns it; iterate it, close it (or `async with`)."""
+class AsyncEvents(Generic[E]):
+    """Events from one subscription, on a connection of its own: `OrderEvent`s, and
+    `TradingEvent`s too where it was made with `trading=True`. Already subscribed when
+    `subscribe()` returns it; iterate it, close it (or `async with`)."""
 
     def __init__(self, lines: _Lines) -> None:
         self._lines = lines
 
-    def __aiter__(self) -> AsyncEvents:
+    def __aiter__(self) -> AsyncEvents[E]:
         return self
 
-    async def __anext__(self) -> OrderEvent:
+    async def __anext__(self) -> E:
         while True:
-            line = await self._lines.read()
-            event = line.get("event")
-            if event == "order":
-                return OrderEvent.from_wire(line)
-            if event == "error":
-                raise ExecdError.from_wire(line.get("error") or {})
-            # other lines (events of a newer daemon) are not for this client
+            record = calls.event(await self._lines.read())
+            if record is not None:
+                return cast(E, record)
 
     async def aclose(self) -> None:
         await self._lines.stream.aclose()
 
-    async def __aenter__(self) -> AsyncEvents:
+    async def __aenter__(self) -> AsyncEvents[E]:
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
@@ -231,14 +237,24 @@ class AsyncClient:
             except (ExecdError, OSError):
                 return  # the connection is gone: so is the session, as the daemon sees it
 
-    async def subscribe(self, strategy_id: str | None = None) -> AsyncEvents:
-        """Subscribed when it returns: order events from this moment on, on a connection
-        of its own (this client's requests are unaffected)."""
+    @overload
+    async def subscribe(self, strategy_id: str | None = None, *,
+                        trading: Literal[False] = False) -> AsyncEvents[OrderEvent]: ...
+
+    @overload
+    async def subscribe(self, strategy_id: str | None = None, *,
+                        trading: Literal[True]) -> AsyncEvents[OrderEvent | TradingEvent]: ...
+
+    async def subscribe(self, strategy_id: str | None = None, *,
+                        trading: bool = False) -> AsyncEvents[Any]:
+        """Subscribed when it returns: order events (and, with `trading=True`, changes of
+        the trading state) from this moment on, on a connection of its own (this
+        client's requests are unaffected)."""
         if self.path is None:
             raise RuntimeError("subscribe needs a client made by AsyncClient.connect()")
         sub = await AsyncClient.connect(self.path)
         try:
-            await sub._run(calls.subscribe(strategy_id))
+            await sub._run(calls.subscribe(strategy_id, trading=trading))
         except BaseException:
             await sub.aclose()
             raise

@@ -12,15 +12,24 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 from execd.client import calls
 from execd.client.calls import MAX_LINE, Num, StopLoss, TakeProfit
 from execd.client.discovery import locate, unreachable
 from execd.client.errors import ConnectionLost, ExecdError
-from execd.client.records import Order, OrderEvent, OrderState, Position, Status, Trading
+from execd.client.records import (
+    Order,
+    OrderEvent,
+    OrderState,
+    Position,
+    Status,
+    Trading,
+    TradingEvent,
+)
 
 T = TypeVar("T")
+E = TypeVar("E")  # what a subscription yields: OrderEvent, or OrderEvent | TradingEvent
 
 
 class _Lines:
@@ -80,23 +89,23 @@ class _Lines:
         self.sock.close()
 
 
-class Events:
-    """Order events from one subscription, on a connection of its own. Already
-    subscribed when `subscribe()`/`events()` returns it; iterate it, and close it (or
-    use `with`)."""
+class Events(Generic[E]):
+    """Events from one subscription, on a connection of its own: `OrderEvent`s, and
+    `TradingEvent`s too where it was made with `trading=True`. Already subscribed when
+    `subscribe()`/`events()` returns it; iterate it, and close it (or use `with`)."""
 
     def __init__(self, lines: _Lines) -> None:
         self._lines = lines
 
-    def __iter__(self) -> Iterator[OrderEvent]:
+    def __iter__(self) -> Iterator[E]:
         return self
 
-    def __next__(self) -> OrderEvent:
+    def __next__(self) -> E:
         event = self.get(timeout=None)
         assert event is not None
         return event
 
-    def get(self, timeout: float | None) -> OrderEvent | None:
+    def get(self, timeout: float | None) -> E | None:
         """The next event, or None when `timeout` seconds pass first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -104,16 +113,14 @@ class Events:
             line = self._lines.read_within(left)
             if line is None:
                 return None
-            event = line.get("event")
-            if event == "order":
-                return OrderEvent.from_wire(line)
-            if event == "error":
-                raise ExecdError.from_wire(line.get("error") or {})
+            record = calls.event(line)
+            if record is not None:
+                return cast(E, record)
 
     def close(self) -> None:
         self._lines.close()
 
-    def __enter__(self) -> Events:
+    def __enter__(self) -> Events[E]:
         return self
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
@@ -260,12 +267,22 @@ class Client:
             except (ExecdError, OSError):
                 return  # the connection is gone: so is the session, as the daemon sees it
 
-    def subscribe(self, strategy_id: str | None = None) -> Events:
-        """Subscribed when it returns: order events from this moment on, on a connection
-        of its own (this client's requests are unaffected)."""
+    @overload
+    def subscribe(self, strategy_id: str | None = None, *,
+                  trading: Literal[False] = False) -> Events[OrderEvent]: ...
+
+    @overload
+    def subscribe(self, strategy_id: str | None = None, *,
+                  trading: Literal[True]) -> Events[OrderEvent | TradingEvent]: ...
+
+    def subscribe(self, strategy_id: str | None = None, *,
+                  trading: bool = False) -> Events[Any]:
+        """Subscribed when it returns: order events (and, with `trading=True`, changes of
+        the trading state) from this moment on, on a connection of its own (this
+        client's requests are unaffected)."""
         sub = Client(self.path, timeout=self.timeout)
         try:
-            sub._run(calls.subscribe(strategy_id))
+            sub._run(calls.subscribe(strategy_id, trading=trading))
         except BaseException:
             sub.close()
             raise

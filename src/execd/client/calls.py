@@ -18,10 +18,12 @@ from execd.client.errors import ExecdError
 from execd.client.records import (
     TERMINAL_STATES,
     Order,
+    OrderEvent,
     OrderState,
     Position,
     Status,
     Trading,
+    TradingEvent,
 )
 from execd.domain.decimals import plain
 
@@ -229,8 +231,22 @@ def session(strategy_id: str, *, cancel_on_disconnect: bool = True,
                             "heartbeat_s": heartbeat_s}, dict)
 
 
-def subscribe(strategy_id: str | None = None) -> Call[dict[str, Any]]:
-    return Call("subscribe", {"strategy_id": strategy_id}, dict)
+def subscribe(strategy_id: str | None = None, *, trading: bool = False) -> Call[dict[str, Any]]:
+    return Call("subscribe", {"strategy_id": strategy_id, "trading": True if trading else None},
+                dict)
+
+
+def event(line: Mapping[str, Any]) -> OrderEvent | TradingEvent | None:
+    """A subscription's line as a record; None for a kind this client does not know (a
+    newer daemon's); an error line raises."""
+    kind = line.get("event")
+    if kind == "order":
+        return OrderEvent.from_wire(line)
+    if kind == "trading":
+        return TradingEvent.from_wire(line)
+    if kind == "error":
+        raise ExecdError.from_wire(line.get("error") or {})
+    return None
 
 
 def wanted(states: Iterable[OrderState | str] | None) -> frozenset[OrderState]:

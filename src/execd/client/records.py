@@ -356,3 +356,26 @@ class OrderEvent:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.order.raw.get(key, default)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TradingEvent:
+    """A change of the trading state, as a subscription with `trading=True` delivers it:
+    the account's (`strategy_id` None) or one strategy's."""
+
+    trading: Trading
+    received_at: datetime
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_wire(cls, line: Mapping[str, Any]) -> TradingEvent:
+        return cls(trading=Trading.from_wire(_map(line.get("trading"))),
+                   received_at=datetime.now(UTC), raw=dict(line))
+
+    @property
+    def state(self) -> TradingState:
+        return self.trading.state
+
+    @property
+    def strategy_id(self) -> str | None:
+        return self.trading.strategy_id

@@ -314,8 +314,9 @@ class Connection:
         self._slots.release()
 
     # ----------------------------------------------------------- subscriptions
-    async def subscribe(self, strategy_id: str | None) -> None:
-        """Forward order events from now on; returns once subscribed."""
+    async def subscribe(self, strategy_id: str | None, *, trading: bool = False) -> None:
+        """Forward order events (and trading-state changes, if asked) from now on;
+        returns once subscribed."""
         if self._subscribed:
             raise ProtocolError("conflict", "this connection is already subscribed")
         assert self._tg is not None
@@ -324,13 +325,13 @@ class Connection:
 
         async def forward() -> None:
             hub = self.s.hub
-            async with hub.subscribe(strategy_id=strategy_id,
+            async with hub.subscribe(strategy_id=strategy_id, trading=trading,
                                      owner_uid=self.grant.only_owner) as events:
                 ready.set()
-                async for order in events:
+                async for event in events:
                     if hub.cut_off(events):
                         break  # what is queued is stale: tell them now
-                    await self.write({"event": "order", "order": order.to_json()})
+                    await self.write(requests.event_line(event))
             await self._say_goodbye(
                 "overloaded", "events were dropped because this subscriber read too slowly; "
                 "reconnect, subscribe and query orders to catch up")

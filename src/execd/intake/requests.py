@@ -18,7 +18,8 @@ import anyio
 from execd import __version__, backup, protocol
 from execd.domain.decimals import show, show_opt
 from execd.domain.orders import OPEN_STATES, Order, OrderSpec, OrderState
-from execd.domain.risk import TradingState
+from execd.domain.risk import TradingState, TradingStatus
+from execd.events import Event
 from execd.messages import (
     CancelAll,
     CancelDenied,
@@ -149,7 +150,9 @@ async def _until_sent(c: Caller, order: Order) -> Order:
         order = await c.s.book.get(cid) or order  # it may have moved before we listened
         with anyio.move_on_after(c.s.limits.submit_timeout):
             while order.state == OrderState.PENDING:
-                order = await updates.receive()
+                update = await updates.receive()
+                if isinstance(update, Order):  # (no trading events: not asked for)
+                    order = update
     return order
 
 
@@ -270,10 +273,23 @@ async def set_state(c: Caller, state: TradingState, reason: str,
         return SetTradingState(state=state, reason=reason, reply=reply, strategy_id=strategy_id)
 
     st = (await ask(c.s.risk, command)).status
-    shown = {"state": st.state.value, "reason": st.reason, "since": st.since}
     if strategy_id is not None:  # one strategy: the account's state is not this
-        return {"strategy": {"strategy_id": strategy_id, **shown}}
-    return {"trading": shown}
+        return {"strategy": {"strategy_id": strategy_id, **trading_json(st)}}
+    return {"trading": trading_json(st)}
+
+
+def trading_json(st: TradingStatus) -> dict[str, Any]:
+    return {"state": st.state.value, "reason": st.reason, "since": st.since}
+
+
+def event_line(event: Event) -> dict[str, Any]:
+    """A subscriber's line: an order's change, or a trading state's."""
+    if isinstance(event, Order):
+        return {"event": "order", "order": event.to_json()}
+    shown = trading_json(event.status)
+    if event.strategy_id is not None:
+        shown["strategy_id"] = event.strategy_id
+    return {"event": "trading", "trading": shown}
 
 
 async def op_halt(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -302,8 +318,9 @@ async def op_backup(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 
 async def op_subscribe(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     sid = protocol.strategy_id(args, required=False)
-    await c.subscribe(sid)
-    return {"subscribed": True, "strategy_id": sid}
+    trading = protocol.flag(args, "trading")
+    await c.subscribe(sid, trading=trading)
+    return {"subscribed": True, "strategy_id": sid, "trading": trading}
 
 
 def _operator_only(what: str) -> ProtocolError:
@@ -326,7 +343,7 @@ OPS: dict[str, Op] = {
     "orders": Op(handler=op_orders, fields=frozenset({"strategy_id", "state", "open", "limit"})),
     "positions": Op(handler=op_positions),
     "status": Op(handler=op_status),
-    "subscribe": Op(handler=op_subscribe, fields=frozenset({"strategy_id"})),
+    "subscribe": Op(handler=op_subscribe, fields=frozenset({"strategy_id", "trading"})),
     "halt": Op(handler=op_halt, fields=frozenset({"reason", "strategy_id"}), admin=True),
     "resume": Op(handler=op_resume, fields=frozenset({"state", "reason", "strategy_id"}),
                  admin=True),

@@ -8,10 +8,11 @@ from typing import Any
 
 from anyio.streams.memory import MemoryObjectSendStream
 
-from execd.book import EventHub, OrderBook
+from execd.book import OrderBook
 from execd.clock import Clock
 from execd.config import AccessConfig
 from execd.deadman import DeadMan
+from execd.events import EventHub
 from execd.health import Health
 from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand
