@@ -582,3 +582,12 @@ def test_the_blocking_client_types_its_trading_events() -> None:
     assert e is not None
     assert not isinstance(e, OrderEvent)
     assert (e.state, e.strategy_id, e.trading.reason) == ("HALTED", "s", "r")
+
+
+def test_an_unreachable_daemon_is_still_an_oserror_for_code_that_retries_on_one(
+    tmp_path: Path
+) -> None:
+    with pytest.raises(OSError, match="cannot reach execd") as caught:
+        Client(tmp_path / "gone.sock")
+    assert isinstance(caught.value, errors.DaemonUnreachable)
+    assert caught.value.errno == 2

@@ -546,12 +546,9 @@ async def _submit_many(sock: Path, cids: list[str], *, strategy: str, workers: i
                     if acked is not None:
                         acked.add(cid)
                     break
-                except ExecdError as e:
-                    if not retry or e.code not in ("overloaded", "recovering", "internal"):
-                        break
-                    await anyio.sleep(float(e.detail.get("retry_after_s", 0.05)))
                 except (OSError, anyio.EndOfStream, anyio.BrokenResourceError,
                         anyio.ClosedResourceError, anyio.IncompleteRead, ValueError):
+                    # (first: DaemonUnreachable is an ExecdError and an OSError)
                     if c is not None:
                         with contextlib.suppress(Exception):
                             await c.aclose()
@@ -559,6 +556,10 @@ async def _submit_many(sock: Path, cids: list[str], *, strategy: str, workers: i
                     if not retry:
                         return
                     await anyio.sleep(0.05)  # the daemon is stopping or restarting
+                except ExecdError as e:
+                    if not retry or e.code not in ("overloaded", "recovering", "internal"):
+                        break
+                    await anyio.sleep(float(e.detail.get("retry_after_s", 0.05)))
         if c is not None:
             await c.aclose()
 

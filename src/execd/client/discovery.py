@@ -55,4 +55,6 @@ def unreachable(path: Path, how: str, error: OSError) -> DaemonUnreachable:
     else:
         hint = (" Is the daemon running? Name its socket with --socket PATH, --config FILE "
                 f"or ${ENV} (the systemd service's is {SYSTEM_SOCKET}).")
-    return DaemonUnreachable("unreachable", where + hint, {"path": str(path)})
+    e = DaemonUnreachable("unreachable", where + hint, {"path": str(path)})
+    e.errno, e.strerror, e.filename = error.errno, error.strerror, str(path)
+    return e

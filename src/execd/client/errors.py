@@ -102,9 +102,14 @@ class ConnectionLost(ExecdError):
     """The daemon closed the connection (it stopped, or dropped this client)."""
 
 
-class DaemonUnreachable(ExecdError):
+class DaemonUnreachable(ExecdError, ConnectionError):
     """No daemon answers at the socket (missing, refused, or not ours to open); the
-    message says which socket was tried, where its path came from, and what to do."""
+    message says which socket was tried, where its path came from, and what to do.
+    Also a `ConnectionError` (an `OSError`, with the connect's `errno`): code that
+    retried a connect on OSError keeps working."""
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 BY_CODE: dict[str, type[ExecdError]] = {
