@@ -35,6 +35,8 @@ from alpaca.trading.requests import (
 
 from execd.broker.alpaca import without_sdk_retries
 from execd.sim import SimServer
+from execd.sim.engine import Engine
+from execd.sim.market import SimClock
 from tests.conftest import sim_config
 from tests.test_sim_stream import listening, nothing_more, updates
 
@@ -224,6 +226,47 @@ def test_bracket_stop_loss_fills_and_cancels_the_take_profit(sim: SimServer) -> 
     legs = c.get_order_by_id(parent.id).legs
     assert [leg.status for leg in legs] == [OrderStatus.CANCELED, OrderStatus.FILLED]
     assert legs[1].filled_avg_price == "89"
+
+
+def frozen_engine() -> tuple[Engine, list[float]]:
+    """An engine whose clock moves only when the test moves `elapsed[0]` (real seconds)."""
+    elapsed = [0.0]
+    clock = SimClock(start=1_800_000_000.0, monotonic=lambda: elapsed[0])
+    return Engine(sim_config(), clock), elapsed
+
+
+def test_a_price_set_right_after_a_bracket_reaches_its_legs() -> None:
+    """The flake of the test above, made certain: the legs' times are stamped a few
+    microseconds ahead of the clock (strictly increasing), and a price set before the
+    clock caught up landed before the stop-loss's start, so it never triggered."""
+    e, _ = frozen_engine()  # the clock stands still: every request comes "at once"
+    e.set_prices({"NVDA": "100.00"})
+    parent = e.submit({"symbol": "NVDA", "qty": "4", "side": "buy", "type": "market",
+                       "time_in_force": "day", "order_class": "bracket",
+                       "take_profit": {"limit_price": "110"},
+                       "stop_loss": {"stop_price": "90", "limit_price": "89"}})
+    assert [leg["status"] for leg in parent["legs"]] == ["new", "held"]
+    e.set_prices({"NVDA": "89.50"})
+    legs = e.get_order(parent["id"])["legs"]
+    assert [(leg["status"], leg["filled_qty"]) for leg in legs] == [
+        ("canceled", "0"), ("filled", "4")]
+
+
+def test_a_stop_limit_tries_its_limit_the_moment_it_triggers() -> None:
+    """A stop_limit triggered at a moment the price then holds (here the walk's own
+    second) trades as a limit from that moment, not from the next price change."""
+    e, elapsed = frozen_engine()
+    t0 = e.clock.start
+    p0 = e.market.price("AAPL", t0)
+    x = next(s for s in range(1, 86400) if e.market.price("AAPL", t0 + s) > p0)
+    up = e.market.price("AAPL", t0 + x)  # first second at or above the stop
+    o = e.submit({"symbol": "AAPL", "qty": "1", "side": "buy", "type": "stop_limit",
+                  "time_in_force": "gtc", "stop_price": str(p0 + Decimal("0.01")),
+                  "limit_price": str(up)})
+    assert o["status"] == "new"
+    elapsed[0] = x + 0.5  # inside second x: triggered, and marketable at its limit
+    seen = e.get_order(o["id"])
+    assert (seen["status"], seen["filled_qty"]) == ("filled", "1")
 
 
 def test_cancelling_an_unfilled_bracket_cancels_the_family(sim: SimServer) -> None:

@@ -265,8 +265,10 @@ class Engine:
         expiry = self.sessions.close_after(start) if o.time_in_force in DAY_LIKE else None
         end = now if expiry is None else min(now, expiry)
         acts_as = o.acts_as
+        # (a stop_limit's trigger moment was held against its stop, not yet its limit)
         if acts_as in ("stop", "limit") and o.type != "trailing_stop" \
-                and o.checked_until >= start and self.market.steady(o.symbol, o.checked_until, end):
+                and o.checked_until >= start and o.checked_until != o.triggered_at \
+                and self.market.steady(o.symbol, o.checked_until, end):
             pass  # checked up to a moment whose price still stands: nothing to cross since
         elif acts_as == "stop":
             t_from = max(o.checked_until, start)
@@ -411,6 +413,10 @@ class Engine:
         # microseconds (what the timestamps carry), so `after` filters exactly.
         created = max(_us(now), _us(self._last_submitted) + 1) / 1e6
         self._last_submitted = created
+        # That can run ahead of the clock (a bracket's legs: 2 us; a ms of real time at a
+        # slow speed): the clock must not then read earlier, or a price set after this
+        # answer lands before the order's start, and the order trades as if it never moved.
+        self.clock.not_before(created)
         return created
 
     def _new_id(self) -> str:

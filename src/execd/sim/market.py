@@ -63,10 +63,18 @@ class SimClock:
         self.speed = speed
         self._m0 = monotonic()
         self._offset = 0.0
+        self._floor = 0.0
 
     def now(self) -> float:
         with self._lock:
-            return self.start + (self._monotonic() - self._m0) * self.speed + self._offset
+            running = self.start + (self._monotonic() - self._m0) * self.speed + self._offset
+            return max(running, self._floor)
+
+    def not_before(self, t: float) -> None:
+        """From now on, time reads `t` or later: a timestamp handed out ahead of the clock
+        (the engine's strictly increasing order times) is never followed by an earlier now."""
+        with self._lock:
+            self._floor = max(self._floor, t)
 
     def advance(self, seconds: float) -> None:
         with self._lock:
