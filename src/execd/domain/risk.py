@@ -289,17 +289,14 @@ def check(
         # Reducing: the position after this order and every open order on its side
         # must be no further from zero than now, and on the same side of zero
         # (shares nobody can price: too many to shrink anything).
-        inf = Decimal("Infinity")
         pending = e.pending(spec.side, last)
-        size = inf if shares is None else shares
+        size = Decimal("Infinity") if shares is None else shares
         after = e.position + (pending + size if spec.side == "buy" else -(pending + size))
         if e.position == 0 or abs(after) > abs(e.position) or after * e.position < 0:
-            pending_signed = pending if spec.side == "buy" else -pending
             if closing:
                 return deny("reducing", f"a closing order must shrink the position: "
                             f"{spec.symbol} position is {show(e.position)}, open "
-                            f"{'sells' if spec.side == 'sell' else 'buys'} "
-                            f"{show(abs(pending_signed))}")
+                            f"{'sells' if spec.side == 'sell' else 'buys'} {show(pending)}")
             return Denial(
                 code="trading_halted", rule="reducing",
                 reason=f"trading is REDUCING ({t.reason or 'no reason given'}): only orders "
