@@ -220,6 +220,19 @@ def test_a_notional_order_with_no_price_counts_as_all_of_max_position() -> None:
     assert check(spec(qty="91"), c, limits) is not None
 
 
+def test_a_buy_limit_does_not_bound_a_notional_buys_shares_without_a_price() -> None:
+    """$1,000 limited at $1,000 a share may buy 100 shares at $10: with no last price
+    the limit says nothing of its shares."""
+    c = ctx()
+    limits = RiskLimits(max_position=D(100))
+    high = notional("n", "1000", limit="1000")
+    assert check(high, c, limits) is None  # alone on its side
+    c.admit(Order(spec=high))
+    denial = check(spec(qty="2"), c, limits)
+    assert denial is not None
+    assert "no known price" in denial.reason
+
+
 def test_a_new_notional_order_is_sized_at_the_lower_of_its_limit_and_the_last_price() -> None:
     limits = RiskLimits(max_qty=D(100))
     c = ctx(prices={"AAPL": D(190)})
@@ -230,7 +243,11 @@ def test_a_new_notional_order_is_sized_at_the_lower_of_its_limit_and_the_last_pr
     denial = check(notional("n", "19500", limit="200"), c, limits)  # 102.6 at the market
     assert denial is not None
     assert denial.rule == "max_qty"
-    assert check(notional("n", "17000", limit="170"), ctx(), limits) is None  # its limit
+    # no last price: a sell's limit bounds its shares (it sells at that or higher)
+    assert check(notional("n", "17000", side="sell", limit="170"), ctx(), limits) is None
+    denial = check(notional("n", "17000", side="sell", limit="160"), ctx(), limits)
+    assert denial is not None
+    assert denial.rule == "max_qty"
 
 
 def test_notional_is_qty_at_the_higher_of_its_price_and_the_last_buy_or_sell() -> None:

@@ -60,6 +60,10 @@ async def test_notional_limit_buys_cannot_build_a_position_past_max_position(
     limit = px - 10
     dollars = cents(limit * 94)
     async with daemon_factory(risk={**LIMITS, "max_notional": ""}) as d, connect(d) as c:
+        # one share first: its fill gives the daemon AAPL's price (else an open notional
+        # buy counts as all of max_position, domain/risk.py)
+        one = await c.submit(strategy_id="n", symbol="AAPL", side="buy", qty="1")
+        await until_state(c, one["client_order_id"], "FILLED")
         taken: list[int] = []
         refused: list[ExecdError] = []
         for n in range(5):

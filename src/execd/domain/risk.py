@@ -5,7 +5,8 @@ A refusal is a value (`Denial`) with a machine code and a human reason, never an
 What an order weighs, the same for the order being checked and for every open one:
 - shares: its qty; a notional order's dollars (those not yet filled) divided by the lowest
   price it may trade at that we know of (its limit or stop, the last price): a lower price
-  buys more shares, so the estimate errs long. With no price at all it is taken to be as
+  buys more shares, so the estimate errs long. Without a last price only a sell's limit
+  bounds that (a buy limited at $1,000 may fill at $10); with none it is taken to be as
   large as the limits allow (`max_qty` for itself, the whole of `max_position`'s room
   while it is open): it can be admitted alone on its side, and nothing joins it there
   until a price is known.
@@ -63,7 +64,8 @@ class OpenNotional:
 
     side: Side
     dollars: Decimal  # not yet filled
-    limit: Decimal | None  # the lowest price it names (limit or stop), if any
+    limit_price: Decimal | None
+    stop_price: Decimal | None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -77,12 +79,12 @@ class Exposure:
 
     def pending(self, side: Side, price: Decimal | None,
                 unpriced: Decimal = Decimal("Infinity")) -> Decimal:
-        """Shares the open orders on `side` could still trade, notional ones at `price`
-        (or their own lower limit); one with no price at all counts as `unpriced`."""
+        """Shares the open orders on `side` could still trade, notional ones with `price`
+        as the last price; one that no price bounds counts as `unpriced`."""
         total = self.open_buys if side == "buy" else self.open_sells
         for n in self.notional.values():
             if n.side == side:
-                at = _lowest(n.limit, price)
+                at = _share_price(side, n.limit_price, n.stop_price, price)
                 total += n.dollars / at if at else unpriced
         return total
 
@@ -168,8 +170,8 @@ class RiskContext:
                 e.notional.pop(s.client_order_id, None)
             else:
                 e.notional[s.client_order_id] = OpenNotional(
-                    side=s.side, dollars=_dollars_left(order),
-                    limit=_lowest(s.limit_price, s.stop_price))
+                    side=s.side, dollars=_dollars_left(order), limit_price=s.limit_price,
+                    stop_price=s.stop_price)
         elif s.side == "buy":
             e.open_buys += sign * order.remaining
         else:
@@ -209,9 +211,14 @@ def broker_orders(spec: OrderSpec, *, legs_known: bool = False) -> int:
     return 1 + LEGS[spec.order_class]
 
 
-def _lowest(*prices: Decimal | None) -> Decimal | None:
-    known = [p for p in prices if p is not None]
-    return min(known) if known else None
+def _share_price(side: Side, limit: Decimal | None, stop: Decimal | None,
+                 last: Decimal | None) -> Decimal | None:
+    """The lowest price a notional order may trade at that we know of, for its shares:
+    with a last price, the lowest of it and the order's own; without, a sell's limit (it
+    sells at that or higher); else None: nothing bounds its shares."""
+    if last is not None:
+        return min(p for p in (limit, stop, last) if p is not None)
+    return limit if side == "sell" else None
 
 
 def _dollars_left(order: Order) -> Decimal:
@@ -225,11 +232,12 @@ def _dollars_left(order: Order) -> Decimal:
 
 def _shares(spec: OrderSpec, ctx: RiskContext) -> Decimal | None:
     """The order's shares; a notional one's at the lowest price it may trade at that we
-    know of (None: no price at all)."""
+    know of (None: nothing bounds them)."""
     if spec.qty is not None:
         return spec.qty
     assert spec.notional is not None
-    at = _lowest(spec.limit_price, spec.stop_price, ctx.prices.get(spec.symbol))
+    at = _share_price(spec.side, spec.limit_price, spec.stop_price,
+                      ctx.prices.get(spec.symbol))
     return spec.notional / at if at else None
 
 
@@ -343,7 +351,8 @@ def check(
             else -(e.position - pending - size)
         if worst > room:
             unpriced = shares is None or (last is None and any(
-                n.side == spec.side and n.limit is None for n in e.notional.values()))
+                _share_price(n.side, n.limit_price, n.stop_price, None) is None
+                for n in e.notional.values() if n.side == spec.side))
             return deny(
                 "max_position", f"{spec.symbol} position could reach "
                 f"{show(worst if spec.side == 'buy' else -worst)} counting open orders, "
