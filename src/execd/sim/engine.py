@@ -1,6 +1,8 @@
 """The simulated brokerage account: orders and their fills, positions and cash.
 
-Order types: market and limit trade as they are; stop, stop_limit and trailing_stop
+Order types: market and limit trade as they are (a limit marketable when it begins to
+trade takes the market's price, one resting until the price comes to it its limit, as
+at an exchange); stop, stop_limit and trailing_stop
 wait for their trigger (the price crossing the stop; a trailing stop's stop follows
 the high/low-water mark `hwm`), then trade as market (stop, trailing_stop) or limit
 (stop_limit). Order classes: a bracket/OTO's legs are created here, `held` and dormant
