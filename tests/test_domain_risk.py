@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 
 from execd.domain import reconcile
-from execd.domain.orders import Order, OrderSpec
+from execd.domain.orders import Fill, Order, OrderSpec, OrderState, StopLoss, TakeProfit
 from execd.domain.positions import Position, apply_fill
 from execd.domain.risk import (
     Exposure,
@@ -15,6 +16,7 @@ from execd.domain.risk import (
     RiskLimits,
     TradingState,
     TradingStatus,
+    broker_orders,
     check,
 )
 
@@ -154,3 +156,202 @@ def test_max_position_holds_on_the_short_side() -> None:
     assert denial.rule == "max_position"
     assert check(spec("sell", "2"), c, limits) is None  # -15: at the limit
     assert check(spec("buy", "20"), c, limits) is None  # -10 + 20 = 10: within
+
+
+# ------------------------------------------------- issue 26: limits that hold under attack
+def notional(cid: str, dollars: str, side: str = "buy", limit: str | None = None) -> OrderSpec:
+    return OrderSpec(client_order_id=cid, strategy_id="s", symbol="AAPL", side=side,  # type: ignore[arg-type]
+                     notional=D(dollars), type="limit" if limit else "market",
+                     limit_price=D(limit) if limit else None)
+
+
+def test_an_open_notional_order_counts_its_shares_toward_max_position() -> None:
+    """Five $17,000 buys limited $10 under a $190 market were all admitted when an open
+    notional order counted as no shares: 472 shares against max_position 100."""
+    c = ctx(prices={"AAPL": D(190)})
+    limits = RiskLimits(max_position=D(100))
+    first = notional("n1", "17000", limit="180")
+    assert check(first, c, limits) is None
+    c.admit(Order(spec=first))
+    # $17,000 at the lower of its limit and the market: 94.4 shares open
+    denial = check(notional("n2", "17000", limit="180"), c, limits)
+    assert denial is not None
+    assert denial.rule == "max_position"
+    assert check(spec(qty="5"), c, limits) is None  # 99.4
+    assert check(spec(qty="6"), c, limits) is not None  # 100.4
+    c.set_prices({"AAPL": D(170)})  # the market falls under its limit: more shares
+    assert check(spec(qty="1"), c, limits) is not None  # 100 + 1
+    assert check(spec("sell", "50"), c, limits) is None  # the other side is not its
+    c.set_prices({"AAPL": D(150)})  # 113 shares now: the long side is over the limit
+    assert check(spec(qty="1"), c, limits) is not None
+    assert check(spec("sell", "50"), c, limits) is None  # which must not block a sell
+
+
+def test_an_open_notional_order_counts_only_the_dollars_not_yet_filled() -> None:
+    c = ctx(prices={"AAPL": D(100)})
+    order = Order(spec=notional("n", "5000"))
+    c.admit(order)
+    assert c.exposure["AAPL"].pending("buy", D(100)) == 50
+    part = replace(order, state=OrderState.PARTIALLY_FILLED, filled_qty=D(20),
+                   filled_avg_price=D(100))
+    c.apply(order, part, Fill(client_order_id="n", symbol="AAPL", side="buy", qty=D(20),
+                              price=D(100), at=0))
+    assert c.exposure["AAPL"].position == 20
+    assert c.exposure["AAPL"].pending("buy", D(100)) == 30  # $3,000 left
+    done = replace(part, state=OrderState.FILLED, filled_qty=D(50))
+    c.apply(part, done, None)
+    assert c.exposure["AAPL"].pending("buy", D(100)) == 0
+    assert not c.exposure["AAPL"].notional
+
+
+def test_a_notional_order_with_no_price_counts_as_all_of_max_position() -> None:
+    c = ctx()  # no price known for AAPL
+    limits = RiskLimits(max_position=D(100), max_qty=D(100))
+    market = notional("n", "100")
+    assert check(market, c, limits) is None  # alone on its side: at the limit
+    c.admit(Order(spec=market))
+    denial = check(spec(qty="1"), c, limits)
+    assert denial is not None
+    assert denial.rule == "max_position"
+    assert check(notional("n2", "1"), c, limits) is not None
+    assert check(spec("sell", "1"), c, limits) is None
+    c.set_prices({"AAPL": D(10)})  # priced: $100 is 10 shares
+    assert check(spec(qty="90"), c, limits) is None
+    assert check(spec(qty="91"), c, limits) is not None
+
+
+def test_a_buy_limit_does_not_bound_a_notional_buys_shares_without_a_price() -> None:
+    """$1,000 limited at $1,000 a share may buy 100 shares at $10: with no last price
+    the limit says nothing of its shares."""
+    c = ctx()
+    limits = RiskLimits(max_position=D(100))
+    high = notional("n", "1000", limit="1000")
+    assert check(high, c, limits) is None  # alone on its side
+    c.admit(Order(spec=high))
+    denial = check(spec(qty="2"), c, limits)
+    assert denial is not None
+    assert "no known price" in denial.reason
+
+
+def test_a_new_notional_order_is_sized_at_the_lower_of_its_limit_and_the_last_price() -> None:
+    limits = RiskLimits(max_qty=D(100))
+    c = ctx(prices={"AAPL": D(190)})
+    assert check(notional("n", "17000", limit="180"), c, limits) is None  # 94.4
+    denial = check(notional("n", "17000", limit="160"), c, limits)  # 106.25
+    assert denial is not None
+    assert denial.rule == "max_qty"
+    denial = check(notional("n", "19500", limit="200"), c, limits)  # 102.6 at the market
+    assert denial is not None
+    assert denial.rule == "max_qty"
+    # no last price: a sell's limit bounds its shares (it sells at that or higher)
+    assert check(notional("n", "17000", side="sell", limit="170"), ctx(), limits) is None
+    denial = check(notional("n", "17000", side="sell", limit="160"), ctx(), limits)
+    assert denial is not None
+    assert denial.rule == "max_qty"
+
+
+def test_notional_is_qty_at_the_higher_of_its_price_and_the_last_buy_or_sell() -> None:
+    """A sell of 100 META limited at $0.01 executes at the market (~$500 a share)."""
+    limits = RiskLimits(max_notional=D(5000))
+    c = ctx(prices={"AAPL": D(500)})
+    denial = check(spec("sell", "100", limit="0.01"), c, limits)
+    assert denial is not None
+    assert denial.rule == "max_notional"
+    assert "50000" in denial.reason
+    assert check(spec("sell", "10", limit="0.01"), c, limits) is None  # $5,000
+    denial = check(spec("buy", "10", limit="501"), c, limits)  # its limit: over the market
+    assert denial is not None
+    assert denial.rule == "max_notional"
+    # no price known: a buy's limit bounds what it pays; a sell's limit does not bound
+    # what it sells for, so it is unpriced like a market order
+    assert check(spec("buy", "10", limit="500"), ctx(), limits) is None
+    assert check(spec("sell", "10", limit="0.01"), ctx(), limits) is None
+    strict = RiskLimits(max_notional=D(5000), reject_unpriced_market_orders=True)
+    assert check(spec("buy", "10", limit="500"), ctx(), strict) is None
+    denial = check(spec("sell", "10", limit="0.01"), ctx(), strict)
+    assert denial is not None
+    assert denial.rule == "no_price"
+    denial = check(spec("sell", "11", limit="500"), ctx(), limits)  # at least its limit
+    assert denial is not None
+    assert denial.rule == "max_notional"
+
+
+def bracket(cid: str) -> OrderSpec:
+    return OrderSpec(client_order_id=cid, strategy_id="s", symbol="AAPL", side="buy",
+                     qty=D(1), type="limit", limit_price=D(100), order_class="bracket",
+                     take_profit=TakeProfit(limit_price=D(110)),
+                     stop_loss=StopLoss(stop_price=D(90)))
+
+
+@pytest.mark.parametrize(("order_class", "orders"),
+                         [("simple", 1), ("bracket", 3), ("oco", 2), ("oto", 2)])
+def test_an_order_counts_the_broker_orders_it_makes(order_class: str, orders: int) -> None:
+    s = replace(bracket("b"), order_class=order_class)  # type: ignore[arg-type]
+    assert broker_orders(s) == orders
+    c = ctx()
+    c.admit(Order(spec=s))
+    assert c.open_orders == orders
+
+
+def test_max_open_orders_counts_every_leg() -> None:
+    """Ten brackets pipelined against max_open_orders 10 left 30 orders at the broker."""
+    limits = RiskLimits(max_open_orders=10)
+    c = ctx()
+    for n in range(3):
+        assert check(bracket(f"b{n}"), c, limits) is None
+        c.admit(Order(spec=bracket(f"b{n}")))
+    assert c.open_orders == 9
+    denial = check(bracket("b3"), c, limits)
+    assert denial is not None
+    assert denial.rule == "max_open_orders"
+    assert check(spec(), c, limits) is None  # a simple order fits: 10
+
+
+def test_legs_count_as_the_open_orders_they_are() -> None:
+    c = ctx()
+    parent = Order(spec=bracket("b"), state=OrderState.SUBMITTED)
+    c.admit(parent)
+    assert c.open_orders == 3
+    tp = Order(spec=replace(spec("sell", "1", limit="110"), client_order_id="tp",
+                            order_class="bracket", parent="b"), state=OrderState.SUBMITTED)
+    sl = Order(spec=replace(spec("sell", "1"), client_order_id="sl", type="stop",
+                            stop_price=D(90), order_class="bracket", parent="b"),
+               state=OrderState.SUBMITTED)
+    named = replace(parent, legs=("tp", "sl"))
+    c.apply(None, tp, None)
+    c.apply(None, sl, None)
+    c.apply(parent, named, None)
+    assert c.open_orders == 3  # the parent and its two legs, each once
+    filled = replace(named, state=OrderState.FILLED, filled_qty=D(1))
+    c.apply(named, filled, Fill(client_order_id="b", symbol="AAPL", side="buy", qty=D(1),
+                                price=D(100), at=0))
+    assert c.open_orders == 2  # both exits wait at the broker
+    c.apply(tp, replace(tp, state=OrderState.FILLED, filled_qty=D(1)), None)
+    c.apply(sl, replace(sl, state=OrderState.CANCELLED), None)
+    assert c.open_orders == 0
+    rebuilt = RiskContext.rebuild(trading=c.trading, positions=[], open_orders=[named, tp, sl],
+                                  recent=[])
+    assert rebuilt.open_orders == 3
+
+
+def test_a_replacement_adds_no_broker_order() -> None:
+    limits = RiskLimits(max_open_orders=3)
+    c = ctx()
+    parent = Order(spec=bracket("b"), state=OrderState.SUBMITTED)
+    c.admit(parent)
+    new = replace(bracket("b2"), limit_price=D(99), replaces="b")
+    assert check(new, c, limits) is not None  # as if both stood
+    assert check(new, c, limits, replacing=parent) is None
+
+
+def test_a_kept_context_with_notional_orders_equals_a_rebuild() -> None:
+    c = RiskContext.rebuild(trading=TradingStatus(), positions=[], open_orders=[], recent=[])
+    a = Order(spec=notional("a", "1000", limit="10"), state=OrderState.SUBMITTED)
+    b = Order(spec=notional("b", "500", side="sell"), state=OrderState.SUBMITTED)
+    c.admit(a)
+    c.admit(b)
+    a2 = replace(a, state=OrderState.PARTIALLY_FILLED, filled_qty=D(10), filled_avg_price=D(10))
+    c.apply(a, a2, None)
+    rebuilt = RiskContext.rebuild(trading=TradingStatus(), positions=[], open_orders=[a2, b],
+                                  recent=[])
+    assert c.summary()[1:3] == rebuilt.summary()[1:3]

@@ -173,7 +173,9 @@ async def test_bodies_on_the_wire_through_alpaca_py(
     daemon_factory: OpenDaemon, sim: SimServer, sent_bodies: list[dict[str, Any]],  # noqa: F811
 ) -> None:
     px = sim.engine.price("AAPL")
-    async with daemon_factory() as d, connect(d) as c:
+    # no max_position: the notional buy, with no price known to the daemon, would count as
+    # all of it (domain/risk.py), and these bodies are what is checked here
+    async with daemon_factory(risk={"max_position": ""}) as d, connect(d) as c:
         await c.submit(strategy_id="b", symbol="AAPL", side="buy", qty="1", type="stop",
                        stop_price=str((px * Decimal("1.5")).quantize(Decimal("0.01"))))
         await c.submit(strategy_id="b", symbol="AAPL", side="buy", qty="1",
@@ -201,7 +203,9 @@ def _cents(d: Decimal) -> str:
 
 async def test_each_type_end_to_end(daemon_factory: OpenDaemon, sim: SimServer) -> None:
     px = sim.engine.price("AAPL")
-    async with daemon_factory() as d, connect(d) as c:
+    # no max_position: the notional buy, with no price known to the daemon, counts as all
+    # of it while open (domain/risk.py), and the fractional buy follows it at once
+    async with daemon_factory(risk={"max_position": ""}) as d, connect(d) as c:
         stop = await c.submit(strategy_id="t", symbol="AAPL", side="buy", qty="3", type="stop",
                               stop_price=_cents(px * Decimal("1.05")), client_order_id="stop-1")
         assert stop["type"] == "stop"

@@ -162,6 +162,34 @@ def test_notional_order_works_out_its_qty_at_the_fill(sim: SimServer) -> None:
     assert ext.extended_hours is True
 
 
+# ------------------------------------------------------------ limits at the market
+def test_a_marketable_limit_fills_at_the_market_a_resting_one_at_its_limit(
+    sim: SimServer,
+) -> None:
+    """As at an exchange: a limit that can trade when it arrives takes the market's
+    price (a sell of META limited at $0.01 is not sold at $0.01); one resting until the
+    price comes to it trades at its limit."""
+    c = client(sim)
+    price(sim, "META", "500.00")
+    buy(sim, 100, "META")
+
+    def limit(side: OrderSide, px: float, **kw: Any) -> Any:
+        return c.submit_order(LimitOrderRequest(symbol="META", side=side, limit_price=px,
+                                                time_in_force=TimeInForce.DAY, **kw))
+
+    sold = limit(OrderSide.SELL, 0.01, qty=100)
+    assert (sold.status, sold.filled_avg_price) == (OrderStatus.FILLED, "500")
+    assert [p.symbol for p in c.get_all_positions()] == []  # all 100 sold
+    bought = limit(OrderSide.BUY, 600, qty=2)
+    assert (bought.status, bought.filled_avg_price) == (OrderStatus.FILLED, "500")
+    dollars = limit(OrderSide.BUY, 1000, notional=1000)  # its shares at the price it pays
+    assert (dollars.status, dollars.filled_qty) == (OrderStatus.FILLED, "2")
+    resting = limit(OrderSide.BUY, 490, qty=1)
+    assert resting.status == OrderStatus.NEW
+    price(sim, "META", "480.00")  # the price came to it (and past): it trades at its limit
+    assert c.get_order_by_id(resting.id).filled_avg_price == "490"
+
+
 # ----------------------------------------------------------------- order classes
 def test_bracket_legs_wait_held_wake_on_entry_fill_and_one_exit_cancels_the_other(
     sim: SimServer,
@@ -225,7 +253,8 @@ def test_bracket_stop_loss_fills_and_cancels_the_take_profit(sim: SimServer) -> 
     price(sim, "NVDA", "89.50")
     legs = c.get_order_by_id(parent.id).legs
     assert [leg.status for leg in legs] == [OrderStatus.CANCELED, OrderStatus.FILLED]
-    assert legs[1].filled_avg_price == "89"
+    # triggered at 89.50, a sell limited at 89 is marketable: it sells at the market
+    assert legs[1].filled_avg_price == "89.5"
 
 
 def frozen_engine() -> tuple[Engine, list[float]]:

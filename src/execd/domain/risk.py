@@ -1,6 +1,21 @@
 """Pre-trade risk rules and the trading state. Pure: the caller gathers the context.
 
 A refusal is a value (`Denial`) with a machine code and a human reason, never an exception.
+
+What an order weighs, the same for the order being checked and for every open one:
+- shares: its qty; a notional order's dollars (those not yet filled) divided by the lowest
+  price it may trade at that we know of (its limit or stop, the last price): a lower price
+  buys more shares, so the estimate errs long. Without a last price only a sell's limit
+  bounds that (a buy limited at $1,000 may fill at $10); with none it is taken to be as
+  large as the limits allow (`max_qty` for itself, the whole of `max_position`'s room
+  while it is open): it can be admitted alone on its side, and nothing joins it there
+  until a price is known.
+- dollars (`max_notional`): qty x the highest price it may trade at that we know of (its
+  limit or stop, the last price), buy or sell: a marketable limit executes at the market,
+  so a sell "limited" at $0.01 is worth what the shares are worth.
+- broker orders (`max_open_orders`): a bracket is three at the broker (entry and two
+  exits), an OCO or OTO two; once the broker's legs are in the book each counts as the
+  open order it is, and the parent as one.
 """
 
 from __future__ import annotations
@@ -13,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from execd.domain.decimals import show
-from execd.domain.orders import Fill, Order, OrderSpec
+from execd.domain.orders import Fill, Order, OrderSpec, Side
 from execd.domain.positions import Position
 
 
@@ -42,13 +57,45 @@ class RiskLimits:
     reject_unpriced_market_orders: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenNotional:
+    """An open notional order: its shares depend on the price, so they are worked out
+    when an order is checked, at the prices known then."""
+
+    side: Side
+    dollars: Decimal  # not yet filled
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+
+
 @dataclass(slots=True, kw_only=True)
 class Exposure:
     """One symbol: the position, and what open orders could still add to either side."""
 
     position: Decimal = Decimal(0)
-    open_buys: Decimal = Decimal(0)
+    open_buys: Decimal = Decimal(0)  # shares of open qty orders
     open_sells: Decimal = Decimal(0)
+    notional: dict[str, OpenNotional] = field(default_factory=dict)  # by client_order_id
+
+    def pending(self, side: Side, price: Decimal | None,
+                unpriced: Decimal = Decimal("Infinity")) -> Decimal:
+        """Shares the open orders on `side` could still trade, notional ones with `price`
+        as the last price; one that no price bounds counts as `unpriced`."""
+        total = self.open_buys if side == "buy" else self.open_sells
+        for n in self.notional.values():
+            if n.side == side:
+                at = _share_price(side, n.limit_price, n.stop_price, price)
+                total += n.dollars / at if at else unpriced
+        return total
+
+    def without(self, order: Order) -> Exposure:
+        """The exposure as it would be without the open order `order` (a replacement's)."""
+        gone = order.remaining
+        return Exposure(
+            position=self.position,
+            open_buys=self.open_buys - (gone if order.spec.side == "buy" else 0),
+            open_sells=self.open_sells - (gone if order.spec.side == "sell" else 0),
+            notional={k: v for k, v in self.notional.items() if k != order.client_order_id})
 
 
 @dataclass(slots=True, kw_only=True)
@@ -111,14 +158,24 @@ class RiskContext:
                 del self.orders_last_minute[sid]
 
     def _count(self, order: Order, sign: int) -> None:
-        if not order.is_open or _shadow_exit(order.spec):
+        if not order.is_open:
             return
-        e = self.exposure.setdefault(order.spec.symbol, Exposure())
-        if order.spec.side == "buy":
+        self.open_orders += sign * broker_orders(order.spec, legs_known=bool(order.legs))
+        if _shadow_exit(order.spec):
+            return
+        s = order.spec
+        e = self.exposure.setdefault(s.symbol, Exposure())
+        if s.notional is not None:
+            if sign < 0:
+                e.notional.pop(s.client_order_id, None)
+            else:
+                e.notional[s.client_order_id] = OpenNotional(
+                    side=s.side, dollars=_dollars_left(order), limit_price=s.limit_price,
+                    stop_price=s.stop_price)
+        elif s.side == "buy":
             e.open_buys += sign * order.remaining
         else:
             e.open_sells += sign * order.remaining
-        self.open_orders += sign
 
     def _recent(self, at: float, strategy_id: str) -> None:
         self.recent.append((at, strategy_id))
@@ -127,8 +184,9 @@ class RiskContext:
     def summary(self) -> tuple[Any, ...]:
         """Everything the checks read, with empty entries dropped: for comparing a context
         kept current against a rebuild."""
-        exposure = {s: (e.position, e.open_buys, e.open_sells) for s, e in self.exposure.items()
-                    if e.position or e.open_buys or e.open_sells}
+        exposure = {s: (e.position, e.open_buys, e.open_sells, dict(e.notional))
+                    for s, e in self.exposure.items()
+                    if e.position or e.open_buys or e.open_sells or e.notional}
         return (self.trading, exposure, self.open_orders, dict(self.orders_last_minute),
                 dict(self.prices), dict(self.halted))
 
@@ -140,22 +198,58 @@ def _shadow_exit(spec: OrderSpec) -> bool:
             and spec.type in ("stop", "stop_limit"))
 
 
-def _shares(spec: OrderSpec, ctx: RiskContext) -> Decimal:
-    """The order's shares; a notional one's at the last price (unpriced: too many to
-    shrink anything)."""
+# Orders the broker makes of one we send, beside the one itself, until its legs are known.
+LEGS = {"simple": 0, "bracket": 2, "oco": 1, "oto": 1}
+
+
+def broker_orders(spec: OrderSpec, *, legs_known: bool = False) -> int:
+    """How many open orders at the broker `spec` stands for: its legs too, until they are
+    in the book as orders of their own. A leg is one; so is a replacement (the broker
+    hands the replaced order's legs on to it, and they count as themselves)."""
+    if spec.parent is not None or spec.replaces is not None or legs_known:
+        return 1
+    return 1 + LEGS[spec.order_class]
+
+
+def _share_price(side: Side, limit: Decimal | None, stop: Decimal | None,
+                 last: Decimal | None) -> Decimal | None:
+    """The lowest price a notional order may trade at that we know of, for its shares:
+    with a last price, the lowest of it and the order's own; without, a sell's limit (it
+    sells at that or higher); else None: nothing bounds its shares."""
+    if last is not None:
+        return min(p for p in (limit, stop, last) if p is not None)
+    return limit if side == "sell" else None
+
+
+def _dollars_left(order: Order) -> Decimal:
+    """A notional order's dollars not yet filled (all of them while a fill's price is
+    unknown)."""
+    assert order.spec.notional is not None
+    if order.filled_avg_price is None:
+        return order.spec.notional
+    return max(Decimal(0), order.spec.notional - order.filled_qty * order.filled_avg_price)
+
+
+def _shares(spec: OrderSpec, ctx: RiskContext) -> Decimal | None:
+    """The order's shares; a notional one's at the lowest price it may trade at that we
+    know of (None: nothing bounds them)."""
     if spec.qty is not None:
         return spec.qty
-    price = ctx.prices.get(spec.symbol)
     assert spec.notional is not None
-    return spec.notional / price if price else Decimal("Infinity")
+    at = _share_price(spec.side, spec.limit_price, spec.stop_price,
+                      ctx.prices.get(spec.symbol))
+    return spec.notional / at if at else None
 
 
-def _price(spec: OrderSpec, ctx: RiskContext) -> Decimal | None:
-    """What one share may cost: the order's own price if it names one, else the last."""
-    for p in (spec.limit_price, spec.stop_price):
-        if p is not None:
-            return p
-    return ctx.prices.get(spec.symbol)
+def _price(spec: OrderSpec, ctx: RiskContext) -> tuple[Decimal | None, bool]:
+    """The highest price a share of it may trade at that we know of: its own prices and
+    the last one (a marketable limit executes at the market, for a buy or a sell); and
+    whether that bounds it: without a last price only a buy's limit does (a sell, or a
+    buy stop, may trade above the prices it names)."""
+    last = ctx.prices.get(spec.symbol)
+    known = [p for p in (spec.limit_price, spec.stop_price, last) if p is not None]
+    bounded = last is not None or (spec.side == "buy" and spec.limit_price is not None)
+    return (max(known) if known else None), bounded
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,25 +285,26 @@ def check(
         )
     e = ctx.exposure.get(spec.symbol, Exposure())
     open_orders = ctx.open_orders
-    if replacing is not None and replacing.is_open and not _shadow_exit(replacing.spec):
-        gone = replacing.remaining
-        e = Exposure(position=e.position,
-                     open_buys=e.open_buys - (gone if replacing.spec.side == "buy" else 0),
-                     open_sells=e.open_sells - (gone if replacing.spec.side == "sell" else 0))
-        open_orders -= 1
+    adds = broker_orders(spec)
+    if replacing is not None and replacing.is_open:
+        # checked as the book will be after the change; the broker's count stays as it is
+        adds = 0
+        if not _shadow_exit(replacing.spec):
+            e = e.without(replacing)
+    last = ctx.prices.get(spec.symbol)
+    shares = _shares(spec, ctx)
     if t.state == TradingState.REDUCING or closing:
         # Reducing: the position after this order and every open order on its side
-        # must be no further from zero than now, and on the same side of zero.
-        pending = -e.open_sells if spec.side == "sell" else e.open_buys
-        shares = _shares(spec, ctx)
-        signed = shares if spec.side == "buy" else -shares
-        after = e.position + pending + signed
+        # must be no further from zero than now, and on the same side of zero
+        # (shares nobody can price: too many to shrink anything).
+        pending = e.pending(spec.side, last)
+        size = Decimal("Infinity") if shares is None else shares
+        after = e.position + (pending + size if spec.side == "buy" else -(pending + size))
         if e.position == 0 or abs(after) > abs(e.position) or after * e.position < 0:
             if closing:
                 return deny("reducing", f"a closing order must shrink the position: "
                             f"{spec.symbol} position is {show(e.position)}, open "
-                            f"{'sells' if spec.side == 'sell' else 'buys'} "
-                            f"{show(abs(pending))}")
+                            f"{'sells' if spec.side == 'sell' else 'buys'} {show(pending)}")
             return Denial(
                 code="trading_halted", rule="reducing",
                 reason=f"trading is REDUCING ({t.reason or 'no reason given'}): only orders "
@@ -219,49 +314,56 @@ def check(
         return deny("symbol_not_allowed", f"symbol {spec.symbol} is not in risk.allow_symbols")
     if spec.symbol in limits.deny_symbols:
         return deny("symbol_denied", f"symbol {spec.symbol} is in risk.deny_symbols")
-    price = _price(spec, ctx)
-    qty = spec.qty
-    if qty is None:  # notional: its shares at the last known price
-        assert spec.notional is not None
-        if price is None:  # unknown shares: refused only where unpriced orders are
-            if limits.reject_unpriced_market_orders and (
-                    limits.max_qty is not None or limits.max_position is not None):
-                return deny("no_price", f"no recent price for {spec.symbol}: cannot check "
-                            "risk.max_qty/max_position of a notional order; send a qty")
-            qty = Decimal(0)
-        else:
-            qty = spec.notional / price
-    if limits.max_qty is not None and qty > limits.max_qty:
-        return deny("max_qty", f"qty {show(qty)} is over risk.max_qty "
+    if shares is None and limits.reject_unpriced_market_orders and (
+            limits.max_qty is not None or limits.max_position is not None):
+        return deny("no_price", f"no recent price for {spec.symbol}: cannot check "
+                    "risk.max_qty/max_position of a notional order; send a qty")
+    if limits.max_qty is not None and shares is not None and shares > limits.max_qty:
+        # (a notional order nobody can price is taken to be at the limit)
+        return deny("max_qty", f"qty {show(shares)} is over risk.max_qty "
                     f"{show(limits.max_qty)}")
     if limits.max_notional is not None:
+        price, bounded = _price(spec, ctx)
         if spec.notional is not None:
             if spec.notional > limits.max_notional:
                 return deny("max_notional", f"notional {show(spec.notional)} is over "
                             f"risk.max_notional {show(limits.max_notional)}")
-        elif price is None:
-            if limits.reject_unpriced_market_orders:
-                return deny(
-                    "no_price", f"no recent price for {spec.symbol}: cannot check "
-                    "risk.max_notional of a market order; send a limit order",
-                )
-        elif qty * price > limits.max_notional:
+        elif not bounded and limits.reject_unpriced_market_orders:
             return deny(
-                "max_notional", f"notional {show(qty * price)} (qty {show(qty)} x "
-                f"price {show(price)}) is over risk.max_notional {show(limits.max_notional)}",
+                "no_price", f"no recent price for {spec.symbol}: cannot check "
+                "risk.max_notional of an order that may trade at the market; send a buy "
+                "limit order",
+            )
+        elif price is not None and spec.size * price > limits.max_notional:
+            # unbounded (no last price): its own price is the least it may cost
+            return deny(
+                "max_notional", f"notional {show(spec.size * price)} (qty {show(spec.size)} x "
+                f"price {show(price)}, the higher of its price and the last) is over "
+                f"risk.max_notional {show(limits.max_notional)}",
             )
     if limits.max_position is not None:
-        worst_long = e.position + e.open_buys + (qty if spec.side == "buy" else 0)
-        worst_short = e.position - e.open_sells - (qty if spec.side == "sell" else 0)
-        worst = max(abs(worst_long), abs(worst_short))
-        if worst > limits.max_position:
+        # Only the side this order adds to: an order never makes the other worse, and a
+        # price move may leave that one over the limit, which must not block reducing it.
+        room = limits.max_position
+        pending = e.pending(spec.side, last, unpriced=room)
+        size = room if shares is None else shares
+        worst = e.position + pending + size if spec.side == "buy" \
+            else -(e.position - pending - size)
+        if worst > room:
+            unpriced = shares is None or (last is None and any(
+                _share_price(n.side, n.limit_price, n.stop_price, None) is None
+                for n in e.notional.values() if n.side == spec.side))
             return deny(
-                "max_position", f"{spec.symbol} position could reach {show(worst)} counting "
-                f"open orders, over risk.max_position {show(limits.max_position)}",
+                "max_position", f"{spec.symbol} position could reach "
+                f"{show(worst if spec.side == 'buy' else -worst)} counting open orders, "
+                f"over risk.max_position {show(limits.max_position)}"
+                + (" (a notional order with no known price counts as all of it)"
+                   if unpriced else ""),
             )
-    if limits.max_open_orders is not None and open_orders >= limits.max_open_orders:
-        return deny("max_open_orders", f"{open_orders} open orders: risk.max_open_orders "
-                    f"is {limits.max_open_orders}")
+    if limits.max_open_orders is not None and open_orders + adds > limits.max_open_orders:
+        return deny("max_open_orders", f"{open_orders} open orders at the broker (legs "
+                    f"included) and this one makes {adds}: risk.max_open_orders is "
+                    f"{limits.max_open_orders}")
     if limits.max_orders_per_minute is not None:
         n = ctx.orders_last_minute.get(spec.strategy_id, 0)
         if n >= limits.max_orders_per_minute:

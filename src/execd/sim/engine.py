@@ -1,6 +1,8 @@
 """The simulated brokerage account: orders and their fills, positions and cash.
 
-Order types: market and limit trade as they are; stop, stop_limit and trailing_stop
+Order types: market and limit trade as they are (a limit marketable when it begins to
+trade takes the market's price, one resting until the price comes to it its limit, as
+at an exchange); stop, stop_limit and trailing_stop
 wait for their trigger (the price crossing the stop; a trailing stop's stop follows
 the high/low-water mark `hwm`), then trade as market (stop, trailing_stop) or limit
 (stop_limit). Order classes: a bracket/OTO's legs are created here, `held` and dormant
@@ -62,6 +64,11 @@ def _trail_stop(o: SimOrder, hwm: Decimal) -> Decimal:
 
 def _notional_qty(notional: Decimal, px: Decimal) -> Decimal:
     return (notional / px).quantize(rules.QTY_QUANTUM, rounding=ROUND_DOWN)
+
+
+def _limit_fill_price(side: str, limit: Decimal, market: Decimal) -> Decimal:
+    """A marketable limit order's price: the market's, never worse than its limit."""
+    return min(limit, market) if side == "buy" else max(limit, market)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,9 +308,16 @@ class Engine:
             at_ = self.market.first_cross(o.symbol, max(o.checked_until, start), end,
                                           side=o.side, limit=o.limit_price)
             if at_ is not None:
+                # Marketable when it begins to trade (a buy limit above the market, a sell
+                # below it; a stop-limit triggered past its limit, a woken exit): it takes
+                # the market's price, as at an exchange. Resting until the price comes to
+                # it, it is the price others trade against: its limit.
+                opened = start if o.triggered_at is None else max(start, o.triggered_at)
+                px = o.limit_price if at_ > opened else _limit_fill_price(
+                    o.side, o.limit_price, self.market.price(o.symbol, at_))
                 if o.notional is not None and o.qty == 0:
-                    o.qty = _notional_qty(o.notional, o.limit_price)
-                return _Change(at_, "fill", o.remaining, o.limit_price)
+                    o.qty = _notional_qty(o.notional, px)
+                return _Change(at_, "fill", o.remaining, px)
             o.checked_until = max(o.checked_until, end)
         if expiry is not None and now >= expiry:
             return _Change(expiry, "expire")
