@@ -316,8 +316,8 @@ class OrderBook:
                 if update is not None:
                     changes.append((before, update))
                     current[q.client_order_id] = update.order
-                    if (link := await self._link_replaced(before, update.order, current,
-                                                          now)) is not None:
+                    for link in await self._successor_known(before, update.order, current,
+                                                            now):
                         changes.append(link)
                         current[link[1].order.client_order_id] = link[1].order
             try:
@@ -349,9 +349,10 @@ class OrderBook:
         ours = [o for o in ours if o.state != OrderState.PENDING or view.replaced_by is None]
         return max(ours, key=lambda o: o.created_at).client_order_id if ours else None
 
-    async def _link_replaced(self, before: Order, after: Order, current: dict[str, Order],
-                             now: float) -> tuple[Order, Update] | None:
-        """The old order named by its successor, once the successor has a broker id.
+    async def _successor_known(self, before: Order, after: Order, current: dict[str, Order],
+                               now: float) -> list[tuple[Order, Update]]:
+        """What a replacement's first broker id settles: the old order names it, and a
+        replaced leg's parent names the new leg among its legs.
 
         The broker's news that the old order is `replaced` often comes first (the stream
         or a poll beats the PATCH's own answer): the successor is still PENDING then,
@@ -361,12 +362,20 @@ class OrderBook:
         old_cid = after.spec.replaces
         if old_cid is None or before.broker_order_id is not None \
                 or after.broker_order_id is None:
-            return None
+            return []
+        links: list[tuple[Order, Update]] = []
         old = current.get(old_cid) or await self.get(old_cid)
-        if old is None or old.state != OrderState.REPLACED or old.replaced_by is not None:
-            return None
-        linked = replace(old, replaced_by=after.client_order_id, updated_at=now)
-        return old, Update(order=linked, fill=None, event="REPLACED_BY")
+        if old is not None and old.state == OrderState.REPLACED and old.replaced_by is None:
+            linked = replace(old, replaced_by=after.client_order_id, updated_at=now)
+            links.append((old, Update(order=linked, fill=None, event="REPLACED_BY")))
+        parent_cid = after.spec.parent
+        parent = None if parent_cid is None else (
+            current.get(parent_cid) or await self.get(parent_cid))
+        if parent is not None and after.client_order_id not in parent.legs:
+            named = replace(parent, legs=(*parent.legs, after.client_order_id),
+                            updated_at=now)
+            links.append((parent, Update(order=named, fill=None, event="LEGS")))
+        return links
 
     async def reject(self, client_order_id: str, reason: str) -> Order | None:
         return await self._while_pending(
