@@ -129,3 +129,22 @@ async def test_a_leg_refuses_what_alpaca_refuses_before_anything_is_sent(
         assert info.value.code == "invalid_request"
         assert says in info.value.message
         assert (await c.order(target))["state"] == "SUBMITTED"
+
+
+async def test_a_leg_handed_to_a_replaced_parent_s_heir_joins_the_heir(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    px = sim.engine.price("AAPL")
+    low = px * Decimal("0.8")
+    async with daemon_factory() as d, connect(d) as c:
+        first = await bracket(c, sim, "bl-5", qty="2", type="limit", limit_price=cents(low))
+        await c.request("replace", client_order_id="bl-5", qty="3",
+                        new_client_order_id="bl-5b")
+        await until_state(c, "bl-5", "REPLACED")
+        types = {cid: (await c.order(cid))["type"] for cid in first["legs"]}
+        stop = next(cid for cid, t in types.items() if t == "stop")
+        await c.request("replace", client_order_id=stop, stop_price=cents(low * Decimal("0.9")),
+                        new_client_order_id="bl-5-sl2")
+        assert "bl-5-sl2" in (await c.order("bl-5b")).raw["legs"]
+        await c.request("cancel", client_order_id="bl-5b")
+        await until_state(c, "bl-5-sl2", "CANCELLED")

@@ -371,6 +371,10 @@ class OrderBook:
         parent_cid = after.spec.parent
         parent = None if parent_cid is None else (
             current.get(parent_cid) or await self.get(parent_cid))
+        for _ in range(8):  # a replaced parent handed its legs on: the family is its heir's
+            if parent is None or parent.replaced_by is None:
+                break
+            parent = current.get(parent.replaced_by) or await self.get(parent.replaced_by)
         if parent is not None and after.client_order_id not in parent.legs:
             named = replace(parent, legs=(*parent.legs, after.client_order_id),
                             updated_at=now)
