@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from execd import protocol
-from execd.domain.decimals import plain
+from execd.domain.decimals import canonical, places, plain
 from execd.intake.requests import FIELDS
 from execd.protocol import ProtocolError
 
@@ -307,3 +307,29 @@ def _decimal_outcome(args: dict[str, Any], name: str) -> Any:
         return protocol.decimal_field(args, name)
     except ProtocolError as e:
         return e
+
+
+@pytest.mark.parametrize("text", [
+    "1.000000000000000000000000000001", "0.1000000000000000000000000000009",
+    "99999999999.9999999999999999999"])
+def test_more_digits_than_a_decimal_context_holds_are_refused_not_rounded(text: str) -> None:
+    """Trimming in the default context rounds to 28 digits: these were read as 1, 0.1
+    and 100000000000."""
+    with pytest.raises(ProtocolError) as info:
+        protocol.decimal_field({"qty": text}, "qty")
+    assert "out of range (at most 9 decimal places" in info.value.message
+
+
+@pytest.mark.parametrize(("value", "trimmed", "used"), [
+    ("1.0000000000000000000000000000001", "1.0000000000000000000000000000001", 31),
+    ("99999999999.9999999999999999999", "99999999999.9999999999999999999", 19),
+    ("1E-999999999", "0." + "0" * 999999998 + "1", 999999999), ("1E+40", "1" + "0" * 40, 0),
+    ("10.0", "10", 0), ("187.50", "187.5", 1),
+])
+def test_plain_canonical_and_places_round_nothing(value: str, trimmed: str, used: int) -> None:
+    d = Decimal(value)
+    assert places(d) == used
+    assert canonical(d) == d
+    if len(trimmed) < 100:
+        assert plain(d) == trimmed
+        assert plain(canonical(d)) == trimmed

@@ -312,7 +312,7 @@ def decimal_field(args: dict[str, Any], name: str) -> Decimal | None:
         raise invalid(f"{name} must be finite")
     if d <= 0:
         raise invalid(f"{name} must be greater than 0")
-    if d.adjusted() > 12 or d.adjusted() < -PLACES or places(d) > PLACES:
+    if d.adjusted() > 12 or places(d) > PLACES:
         raise invalid(f"{name} is out of range (at most {PLACES} decimal places, below 10^12)")
     d = canonical(d)
     if len(d.as_tuple().digits) > MAX_DIGITS:
