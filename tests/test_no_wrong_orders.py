@@ -54,11 +54,13 @@ async def test_answers_and_risk_messages_have_no_exponents(daemon_factory: OpenD
             connect(d) as c:
         o = await c.submit(strategy_id="dec", symbol="AAPL", side="buy", qty="10")
         assert o["qty"] == "10"
-        limit = await c.submit(strategy_id="dec", symbol="MSFT", side="buy", qty="1E+1",
-                               type="limit", limit_price="4E+2", time_in_force="gtc")
+        # values whose normal form has an exponent (10.0 -> 1E+1); exponents in
+        # requests themselves are refused (test_protocol.py)
+        limit = await c.submit(strategy_id="dec", symbol="MSFT", side="buy", qty="10.0",
+                               type="limit", limit_price="400.00", time_in_force="gtc")
         assert (limit["qty"], limit["limit_price"]) == ("10", "400")
         with pytest.raises(ExecdError) as info:
-            await c.submit(strategy_id="dec", symbol="AAPL", side="buy", qty="1E+6")
+            await c.submit(strategy_id="dec", symbol="AAPL", side="buy", qty="1000000.0")
         assert info.value.message == "qty 1000000 is over risk.max_qty 10000"
         await eventually(partial(_filled, c, o["client_order_id"]))
         text = json.dumps([await c.request("positions"), await c.request("orders"),

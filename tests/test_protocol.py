@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from execd import protocol
+from execd.domain.decimals import canonical, places, plain
 from execd.intake.requests import FIELDS
 from execd.protocol import ProtocolError
 
@@ -48,10 +49,11 @@ def test_the_id_comes_back_with_an_unknown_op() -> None:
 @pytest.mark.parametrize(("fields", "text"), [
     ({"qty": "0"}, "qty must be greater than 0"),
     ({"qty": "-3"}, "qty must be greater than 0"),
-    ({"qty": "abc"}, "qty is not a decimal"),
+    ({"qty": "abc"}, "qty is not a plain decimal: 'abc'"),
     ({"qty": True}, "qty must be a decimal"),
     ({"qty": [1]}, "qty must be a decimal"),
-    ({"qty": "1e30"}, "out of range"),
+    ({"qty": "1e30"}, "qty is not a plain decimal"),
+    ({"qty": "1" + "0" * 13}, "out of range"),
     ({"qty": "0.0000000001"}, "out of range"),
     ({"qty": "9" * 10_000}, "too long"),
     ({"qty": None}, "qty is required"),
@@ -158,3 +160,176 @@ def test_a_plain_submit_line_takes_the_one_decode_path() -> None:
     line = json.dumps({"id": 17, "op": "submit", **submit(client_order_id="c-1")})
     assert protocol._whole(line) == ({"id": 17, "op": "submit", **submit(client_order_id="c-1")},
                                      "17")
+
+
+# ------------------------------------------------- the decimal grammar (issue 26)
+def _line_submit(**fields: str) -> bytes:
+    """A submit line whose fields are given as raw JSON text (numbers as written)."""
+    members = {"strategy_id": '"s1"', "symbol": '"AAPL"', "side": '"buy"', "qty": '"1"',
+               **fields}
+    return ('{"id":1,"op":"submit",' + ",".join(f'"{k}":{v}' for k, v in members.items())
+            + "}").encode()
+
+
+def _refusal(line: bytes) -> str:
+    with pytest.raises(ProtocolError) as info:
+        protocol.submit_spec(protocol.parse_line(line, FIELDS).args, now=1.0)
+    assert info.value.code == "invalid_request"
+    return info.value.message
+
+
+NOT_PLAIN = ["1E-999999999", "1e3", "1E+1", "1.5e0", "1_0", " 1", "1 ", "\u0661\u0662",
+             "\uff11", "+1", ".5", "5.", "0x10", "1,5", "NaN", "Infinity", "", "1e-1000030"]
+
+
+@pytest.mark.parametrize("text", NOT_PLAIN)
+def test_a_decimal_string_must_be_written_plainly(text: str) -> None:
+    message = _refusal(_line_submit(qty=json.dumps(text)))
+    assert message.startswith(f"qty is not a plain decimal: {text!r}")
+    assert "ASCII digits with an optional fraction" in message
+
+
+@pytest.mark.parametrize("text", ["1e3", "1E-999999999", "1.5e0", "10E0", "1e-1000030"])
+def test_a_json_number_with_an_exponent_is_refused_by_its_text(text: str) -> None:
+    assert _refusal(_line_submit(qty=text)).startswith(f"qty is not a plain decimal: {text!r}")
+    message = _refusal(_line_submit(type='"limit"', limit_price=text))
+    assert message.startswith(f"limit_price is not a plain decimal: {text!r}")
+
+
+@pytest.mark.parametrize(("fields", "text"), [
+    ({"qty": '"0"'}, "qty must be greater than 0"),
+    ({"qty": '"0.000"'}, "qty must be greater than 0"),
+    ({"qty": "0"}, "qty must be greater than 0"),
+    ({"qty": "0.0"}, "qty must be greater than 0"),
+    ({"qty": "-1"}, "qty must be greater than 0 (got -1)"),
+    ({"qty": '"-2.5"'}, "qty must be greater than 0 (got -2.5)"),
+    ({"type": '"limit"', "limit_price": '"1E-1000030"'}, "limit_price is not a plain decimal"),
+    ({"type": '"limit"', "limit_price": '"0.00"'}, "limit_price must be greater than 0"),
+    ({"order_class": '"bracket"', "type": '"limit"', "limit_price": '"10"',
+      "take_profit": '{"limit_price":"1e2"}', "stop_loss": '{"stop_price":"9"}'},
+     "take_profit.limit_price is not a plain decimal: '1e2'"),
+    ({"order_class": '"bracket"', "type": '"limit"', "limit_price": '"10"',
+      "take_profit": '{"limit_price":"11"}', "stop_loss": '{"stop_price":9e0}'},
+     "stop_loss.stop_price is not a plain decimal: '9e0'"),
+    ({"notional": '"1_000"', "qty": "null"}, "notional is not a plain decimal"),
+    ({"type": '"trailing_stop"', "trail_percent": '"\u0665"'}, "trail_percent is not a plain"),
+])
+def test_zero_sign_and_nested_decimals_are_refused_naming_the_field(
+    fields: dict[str, str], text: str
+) -> None:
+    assert text in _refusal(_line_submit(**fields))
+
+
+@pytest.mark.parametrize(("written", "read"), [
+    ('"10"', "10"), ("10", "10"), ('"0.5"', "0.5"), ("0.5", "0.5"), ('"10.50"', "10.5"),
+    ("187.50", "187.5"), ('"007"', "7"), ('"0.000000001"', "0.000000001"),
+])
+def test_plain_decimals_as_strings_or_json_numbers_are_read_exactly(
+    written: str, read: str
+) -> None:
+    spec, _ = protocol.submit_spec(protocol.parse_line(_line_submit(qty=written), FIELDS).args,
+                                   now=1.0)
+    assert spec.qty == Decimal(read)
+    assert plain(spec.qty) == read
+
+
+def test_replace_close_and_session_decimals_keep_the_same_grammar() -> None:
+    """Every decimal a request carries goes through decimal_field."""
+    for name in ("qty", "percentage", "heartbeat_s", "trail"):
+        for bad in ("1E+1", "1_0", " 1", "\u0661"):
+            with pytest.raises(ProtocolError) as info:
+                protocol.decimal_field({name: bad}, name)
+            assert info.value.message.startswith(f"{name} is not a plain decimal")
+
+
+# ------------------------------------------------------------ duplicate keys
+@pytest.mark.parametrize(("line", "key"), [
+    (b'{"id":1,"op":"ping","strategy_id":"s1","op":"submit"}', '"op"'),
+    (b'{"id":1,"op":"submit","strategy_id":"s1","symbol":"AAPL","side":"sell","qty":"1",'
+     b'"side":"buy"}', '"side"'),
+    (b'{"id":1,"id":2,"op":"ping"}', '"id"'),
+    (b'{"id":1,"op":"submit","stop_loss":{"stop_price":"9","stop_price":"1"}}',
+     '"stop_price" in "stop_loss"'),
+    (b'{"id":1,"op":"ping","x":[{"a":{"b":1,"b":2}}]}', '"b" in "x"'),
+])
+def test_a_duplicate_key_at_any_depth_is_refused_naming_it(line: bytes, key: str) -> None:
+    assert protocol._whole(line.decode()) is None  # the one-decode path steps aside
+    with pytest.raises(protocol.IdentifiedError) as info:
+        protocol.parse_line(line, FIELDS)
+    assert info.value.code == "invalid_request"
+    assert info.value.message.startswith(f"duplicate key {key}")
+    assert info.value.raw_id == "1"
+
+
+_NUMBERS = st.sampled_from(["10", "1.5", "1e3", "1E-999999999", "-1", "0", "0.0", "187.50",
+                            "1.5e0", "-0"]) | st.from_regex(
+    r"-?(0|[1-9][0-9]{0,3})(\.[0-9]{1,3})?([eE][-+]?[0-9]{1,3})?", fullmatch=True)
+_VALUES = _NUMBERS | st.text(max_size=6).map(json.dumps) | st.sampled_from([
+    '{"a":1,"a":2}', '{"stop_price":"1","stop_price":2}', '{"stop_price":1e2}', "true",
+    "null", '[1,{"x":1,"x":1}]', '"1_0"', '" 1"', '"\u0661"'])
+_KEYS = st.sampled_from(["id", "op", "qty", "limit_price", "side", "strategy_id", "symbol",
+                         "stop_loss", "type"])
+
+
+@given(st.lists(st.tuples(_KEYS, _VALUES), max_size=8), st.sampled_from(["ping", "submit"]))
+@settings(max_examples=400, deadline=None)
+def test_the_one_decode_and_the_member_walk_agree_on_numbers_and_keys(
+    members: list[tuple[str, str]], op: str
+) -> None:
+    """Numbers (with their text) and duplicate keys read the same both ways: the
+    one-decode path either gives the member walk's answer or steps aside, so the
+    decimal grammar and the duplicate rule hold on both."""
+    text = "{" + ",".join(f'"{k}":{v}' for k, v in [("op", json.dumps(op)), *members]) + "}"
+    try:
+        walked: Any = protocol._walked(text)
+    except ProtocolError as e:
+        walked = e
+    quick = protocol._whole(text)
+    if quick is not None:
+        assert quick == walked
+    keys = [k for k, _ in members]
+    if len(set(keys)) != len(keys) or "op" in keys:
+        assert isinstance(walked, ProtocolError)
+        assert walked.message.startswith("duplicate key")
+    if isinstance(walked, tuple) and op == "submit":
+        for name in ("qty", "limit_price"):
+            outcome = _decimal_outcome(walked[0], name)
+            raw = walked[0].get(name)
+            if isinstance(raw, protocol.Number) and not protocol.PLAIN_DECIMAL.fullmatch(
+                    raw.text.lstrip("-")):
+                assert isinstance(outcome, ProtocolError)
+            if isinstance(outcome, Decimal):
+                assert outcome > 0
+
+
+def _decimal_outcome(args: dict[str, Any], name: str) -> Any:
+    try:
+        return protocol.decimal_field(args, name)
+    except ProtocolError as e:
+        return e
+
+
+@pytest.mark.parametrize("text", [
+    "1.000000000000000000000000000001", "0.1000000000000000000000000000009",
+    "99999999999.9999999999999999999"])
+def test_more_digits_than_a_decimal_context_holds_are_refused_not_rounded(text: str) -> None:
+    """Trimming in the default context rounds to 28 digits: these were read as 1, 0.1
+    and 100000000000."""
+    with pytest.raises(ProtocolError) as info:
+        protocol.decimal_field({"qty": text}, "qty")
+    assert "out of range (at most 9 decimal places" in info.value.message
+
+
+@pytest.mark.parametrize(("value", "trimmed", "used"), [
+    ("1.0000000000000000000000000000001", "1.0000000000000000000000000000001", 31),
+    ("99999999999.9999999999999999999", "99999999999.9999999999999999999", 19),
+    ("1E-999999999", "0." + "0" * 999999998 + "1", 999999999), ("1E+40", "1" + "0" * 40, 0),
+    ("10.0", "10", 0), ("187.50", "187.5", 1),
+])
+def test_plain_canonical_and_places_round_nothing(value: str, trimmed: str, used: int) -> None:
+    d = Decimal(value)
+    assert places(d) == used
+    assert canonical(d) == d
+    if len(trimmed) < 100:
+        assert plain(d) == trimmed
+        assert plain(canonical(d)) == trimmed

@@ -253,11 +253,15 @@ class OrderBook:
                             current[leg_row.client_order_id] = leg_update.order
                 if update is not None and update.order.state == OrderState.REPLACED \
                         and update.order.replaced_by is None:
-                    update = replace(update, order=replace(
-                        update.order, replaced_by=await self._replacement(before, q.view)))
+                    update = replace(update, order=replace(update.order, replaced_by=(
+                        await self._replacement(before, q.view, current))))
                 if update is not None:
                     changes.append((before, update))
                     current[q.client_order_id] = update.order
+                    for link in await self._successor_known(before, update.order, current,
+                                                            now):
+                        changes.append(link)
+                        current[link[1].order.client_order_id] = link[1].order
             try:
                 await self._commit(changes, linger=linger)
             except StorageUnavailable as e:
@@ -270,10 +274,13 @@ class OrderBook:
             for q in batch:
                 q.done = True
 
-    async def _replacement(self, old: Order, view: BrokerView) -> str | None:
+    async def _replacement(self, old: Order, view: BrokerView,
+                           current: dict[str, Order]) -> str | None:
         """The client_order_id of the order that replaced `old`: ours, by the broker's
-        `replaced_by` id, else our newest replacement of it still open."""
-        ours = [o for o in self.open.values() if o.spec.replaces == old.client_order_id]
+        `replaced_by` id, else our newest replacement of it still open. (`current`: the
+        batch's orders as changed so far, newer than `open`.)"""
+        ours = [o for o in {**self.open, **current}.values()
+                if o.spec.replaces == old.client_order_id]
         for o in ours:
             if view.replaced_by is not None and o.broker_order_id == view.replaced_by:
                 return o.client_order_id
@@ -283,6 +290,38 @@ class OrderBook:
                 return closed.client_order_id
         ours = [o for o in ours if o.state != OrderState.PENDING or view.replaced_by is None]
         return max(ours, key=lambda o: o.created_at).client_order_id if ours else None
+
+    async def _successor_known(self, before: Order, after: Order, current: dict[str, Order],
+                               now: float) -> list[tuple[Order, Update]]:
+        """What a replacement's first broker id settles: the old order names it, and a
+        replaced leg's parent names the new leg among its legs.
+
+        The broker's news that the old order is `replaced` often comes first (the stream
+        or a poll beats the PATCH's own answer): the successor is still PENDING then,
+        with no broker id to match `replaced_by` against, and the old order is recorded
+        REPLACED naming nobody. The PATCH's answer (or the successor's own news) links
+        them here. A PATCH the broker took made the successor: the old order has no other."""
+        old_cid = after.spec.replaces
+        if old_cid is None or before.broker_order_id is not None \
+                or after.broker_order_id is None:
+            return []
+        links: list[tuple[Order, Update]] = []
+        old = current.get(old_cid) or await self.get(old_cid)
+        if old is not None and old.state == OrderState.REPLACED and old.replaced_by is None:
+            linked = replace(old, replaced_by=after.client_order_id, updated_at=now)
+            links.append((old, Update(order=linked, fill=None, event="REPLACED_BY")))
+        parent_cid = after.spec.parent
+        parent = None if parent_cid is None else (
+            current.get(parent_cid) or await self.get(parent_cid))
+        for _ in range(8):  # a replaced parent handed its legs on: the family is its heir's
+            if parent is None or parent.replaced_by is None:
+                break
+            parent = current.get(parent.replaced_by) or await self.get(parent.replaced_by)
+        if parent is not None and after.client_order_id not in parent.legs:
+            named = replace(parent, legs=(*parent.legs, after.client_order_id),
+                            updated_at=now)
+            links.append((parent, Update(order=named, fill=None, event="LEGS")))
+        return links
 
     async def reject(self, client_order_id: str, reason: str) -> Order | None:
         return await self._while_pending(

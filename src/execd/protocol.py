@@ -9,9 +9,10 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, cast
 
 from execd.domain.decimals import PLACES, canonical, places, price_increment_error, show
@@ -78,7 +79,36 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+@dataclass(frozen=True, slots=True)
+class Number:
+    """A JSON number with a fraction or an exponent, kept as its text: a decimal field
+    checks that text against the decimal grammar as it checks a string's (`1e3` is
+    refused, never read as 1000); other fields take none (an `id` is echoed as sent)."""
+
+    text: str
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: with the last of two equal keys winning
+    (json's way), `{"op":"ping",…,"op":"submit"}` would place an order."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(parse_float=Number, parse_constant=_reject_constant,
+                            object_pairs_hook=_unique)
 _SPACE = " \t\n\r"
 
 
@@ -114,7 +144,10 @@ def _members(text: str) -> Iterator[tuple[str, Any, str]]:
         if text[i:i + 1] != ":":
             raise ValueError(f"expected ':' at {i}")
         start = _skip(text, i + 1)
-        value, i = _DECODER.raw_decode(text, start)
+        try:
+            value, i = _DECODER.raw_decode(text, start)
+        except DuplicateKey as e:
+            raise invalid(_duplicate(e.key, within=key)) from None
         yield key, value, text[start:i]
         i = _skip(text, i)
         sep = text[i:i + 1]
@@ -198,9 +231,13 @@ def _walked(text: str) -> tuple[dict[str, Any], str | None]:
     raw_id: str | None = None
     try:
         for key, value, value_text in _members(text):
+            if key in raw:
+                raise invalid(_duplicate(key))
             raw[key] = value
             if key == "id":
                 raw_id = value_text
+    except ProtocolError as e:
+        raise IdentifiedError(e.code, e.message, raw_id) from None
     except RecursionError:
         raise IdentifiedError("invalid_request", "request JSON is nested too deeply",
                               raw_id) from None
@@ -208,6 +245,11 @@ def _walked(text: str) -> tuple[dict[str, Any], str | None]:
         raise IdentifiedError("invalid_request", f"request is not valid JSON: {e}",
                               raw_id) from None
     return raw, raw_id
+
+
+def _duplicate(key: str, *, within: str | None = None) -> str:
+    where = f' in "{within[:40]}"' if within is not None else ""
+    return f'duplicate key "{key[:40]}"{where}: a key may appear only once in an object'
 
 
 def _unknown_field(op: str, allowed: frozenset[str], name: str) -> str:
@@ -238,18 +280,34 @@ def _str(args: dict[str, Any], name: str, *, required: bool = True) -> str | Non
     return v
 
 
+# The protocol's decimal grammar, for quantities and prices in strings and JSON numbers
+# alike: ASCII digits, an optional fraction. Checked on the text before Decimal sees it:
+# Decimal also reads "1E-999999999" (which rounds to 0), "1_0", " 1" and non-ASCII digits.
+PLAIN_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+MAX_TEXT = 40
+_GRAMMAR = 'ASCII digits with an optional fraction, like "12" or "0.5"; no sign, exponent, ' \
+           "space or underscore"
+
+
 def decimal_field(args: dict[str, Any], name: str) -> Decimal | None:
+    """A decimal greater than 0, written plainly (PLAIN_DECIMAL) as a string or a JSON
+    number; a Decimal is taken as it is (internal callers)."""
     v = args.get(name)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, str | int | Decimal):
-        raise invalid(f"{name} must be a decimal string or a number")
-    if isinstance(v, str) and len(v) > 40:
-        raise invalid(f"{name} is too long")
-    try:
-        d = Decimal(v)
-    except (InvalidOperation, ValueError):
-        raise invalid(f"{name} is not a decimal number: {str(v)[:40]!r}") from None
+    if isinstance(v, Decimal):
+        d = v
+    else:
+        if isinstance(v, bool) or not isinstance(v, str | int | Number):
+            raise invalid(f"{name} must be a decimal string or a number")
+        text = v if isinstance(v, str) else v.text if isinstance(v, Number) else str(v)
+        if len(text) > MAX_TEXT:
+            raise invalid(f"{name} is too long (at most {MAX_TEXT} characters)")
+        if not PLAIN_DECIMAL.fullmatch(text):
+            if text[:1] == "-" and PLAIN_DECIMAL.fullmatch(text[1:]):
+                raise invalid(f"{name} must be greater than 0 (got {text})")
+            raise invalid(f"{name} is not a plain decimal: {text!r} ({_GRAMMAR})")
+        d = Decimal(text)
     if not d.is_finite():
         raise invalid(f"{name} must be finite")
     if d <= 0:

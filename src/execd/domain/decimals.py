@@ -12,17 +12,25 @@ is `1E+1`; `Decimal("0.0000001")` is `1E-7`), so nothing in execd formats a deci
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_EVEN, Context, Decimal
 
 PLACES = 9  # at most this many decimal places anywhere: inputs, outputs, derived values
 _QUANTUM = Decimal(1).scaleb(-PLACES)
+# Trimming and quantizing here round nothing: `normalize()` in the default context rounds
+# to 28 digits and clamps tiny exponents ("99999999999.9999999999999999999" became
+# 100000000000, "1E-999999999" 0). (No slower: 0.12 against 0.10 us a call.)
+_EXACT = Context(prec=MAX_PREC, Emin=MIN_EMIN, Emax=MAX_EMAX)
+
+
+def _trimmed(d: Decimal) -> Decimal:
+    return d.normalize(_EXACT)
 
 
 def plain(d: Decimal) -> str:
     """Exact, positional, trailing zeros trimmed: what the broker and the store get."""
     if d.is_zero():
         return "0"
-    return format(d.normalize(), "f")
+    return format(_trimmed(d), "f")
 
 
 def show(d: Decimal) -> str:
@@ -40,15 +48,15 @@ def show_opt(d: Decimal | None) -> str | None:
 def canonical(d: Decimal) -> Decimal:
     """The same value with trailing zeros dropped and no positive exponent, so that equal
     inputs (`10`, `10.0`, `1E+1`) make equal orders and `str()` of it is plain too."""
-    n = d.normalize()
+    n = _trimmed(d)
     exponent = n.as_tuple().exponent
     assert isinstance(exponent, int), "finite decimals only"
-    return n.quantize(Decimal(1)) if exponent > 0 else n
+    return n.quantize(Decimal(1), context=_EXACT) if exponent > 0 else n
 
 
 def places(d: Decimal) -> int:
-    """Decimal places actually used (`1.50` → 1, `10` → 0)."""
-    exponent = d.normalize().as_tuple().exponent
+    """Decimal places actually used (`1.50` → 1, `10` → 0), exactly."""
+    exponent = _trimmed(d).as_tuple().exponent
     assert isinstance(exponent, int), "finite decimals only"
     return max(0, -exponent)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from execd import protocol
 from execd.domain.decimals import show
-from execd.domain.orders import OrderSpec, Side
+from execd.domain.orders import OrderSpec, Side, new_client_order_id
 from execd.domain.risk import TradingState
 from execd.intake.requests import ask_submitter, place, set_state
 from execd.messages import CancelAll, CancelOrder, CancelResult, Reply, SubmitterCommand
@@ -46,6 +46,12 @@ def close_qty(position: Decimal, qty: Decimal | None, percentage: Decimal | None
             raise protocol.invalid(f"{show(percentage)}% of {show(held)} is less than one share")
         return part
     return held
+
+
+def close_id(symbol: str, now: float) -> str:
+    """A close's own client_order_id: a uuid in it, as in every id execd makes (two
+    closes in one millisecond, a flatten's among them, must not share one)."""
+    return new_client_order_id(f"close-{symbol.replace('/', '')}", now)
 
 
 async def _cancel_holding(c: Caller, symbol: str, side: Side) -> list[dict[str, Any]]:
@@ -92,9 +98,8 @@ async def close(c: Caller, symbol: str, *, qty: Decimal | None = None,
                             f"(cancelled {len(cancelled)} orders)")
     amount = close_qty(position.qty, qty, percentage)
     now = s.clock.time()
-    spec = OrderSpec(
-        client_order_id=client_order_id or f"close-{symbol.replace('/', '')}-{int(now * 1000)}",
-        strategy_id=strategy_id, symbol=symbol, side=side, qty=amount)
+    spec = OrderSpec(client_order_id=client_order_id or close_id(symbol, now),
+                     strategy_id=strategy_id, symbol=symbol, side=side, qty=amount)
     placed = await place(c, spec, wait, closing=True)
     return {**placed, "cancelled": cancelled}
 

@@ -5,7 +5,8 @@ here) and `replaces` naming the old one. It goes through the risk gate like a su
 checked as the order will be after the change, committed PENDING before anything is
 sent — and the submitter PATCHes it (submitter.py). Its client_order_id is the
 idempotency key: a repeated replace with it sends nothing new. The old order becomes
-REPLACED only when the broker says so.
+REPLACED only when the broker says so. A bracket's or OCO's leg is replaced by its own
+id, its prices only (Alpaca's rule); the new leg keeps the parent.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def replacement(old: Order, args: dict[str, Any], now: float) -> OrderSpec:
     s = old.spec
     if s.order_class == "oto" and s.parent is not None:
         raise ProtocolError("conflict", "an OTO leg cannot be replaced (Alpaca refuses it)")
+    if s.parent is not None:
+        for name in ("qty", "trail", "time_in_force"):
+            if args.get(name) is not None:
+                raise invalid(f"{name}: a {s.order_class} leg can only have its prices "
+                              "replaced (limit_price, stop_price)")
     qty = protocol.decimal_field(args, "qty")
     if qty is not None and s.qty is None:
         raise invalid("qty: a notional order cannot be replaced by shares")
@@ -71,7 +77,9 @@ def replacement(old: Order, args: dict[str, Any], now: float) -> OrderSpec:
         trail_price=trail_price, trail_percent=trail_percent, time_in_force=tif,
         replaces=s.client_order_id,
     )  # a multi-leg parent keeps its exits: the broker hands its legs to the replacement
-    if (broken := first_violation(spec)) is not None:
+    # A leg (Alpaca: PATCH on the leg's own id) is checked as the order it is, a limit or
+    # a stop: the exits its parent needs are the parent's, not the leg's.
+    if (broken := first_violation(leg_alone(spec))) is not None:
         raise invalid(broken.message)
     if (spec.qty, spec.limit_price, spec.stop_price, spec.trail_price, spec.trail_percent,
             spec.time_in_force) == (s.qty, s.limit_price, s.stop_price, s.trail_price,
@@ -81,6 +89,10 @@ def replacement(old: Order, args: dict[str, Any], now: float) -> OrderSpec:
         raise invalid("order parameters are not changed: give a qty, limit_price, "
                       "stop_price, trail or time_in_force different from the order's")
     return spec
+
+
+def leg_alone(spec: OrderSpec) -> OrderSpec:
+    return spec if spec.parent is None else replace(spec, order_class="simple")
 
 
 async def op_replace(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
