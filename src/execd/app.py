@@ -38,6 +38,7 @@ from execd.limiter import Budget, RateLimiter, open_limiter
 from execd.messages import RiskCommand, SubmitterCommand, discard
 from execd.obs import logging
 from execd.obs.metrics import Metrics
+from execd.owners import Owners
 from execd.recovery import Recovery
 from execd.sim import SimServer
 from execd.storage import Storage
@@ -152,6 +153,8 @@ async def open_daemon(
         stack.push_async_callback(_shielded, store.close)
         deadman = DeadMan(store, clock, metrics)
         await deadman.restore()
+        owners = Owners(store, clock)
+        await owners.load()
         hub = EventHub()
         storage = Storage(metrics, clock)
         book = OrderBook(store, hub, metrics, clock, on_storage_failure=storage.failed)
@@ -166,7 +169,8 @@ async def open_daemon(
         services = intake.Services(
             risk=risk_send, submitter=sub_send, book=book, hub=hub, health=health,
             limiter=limiter, metrics=metrics, clock=clock,
-            actors=lambda: sup.statistics().as_dict(), recovery=recovery, storage=storage,
+            actors=lambda: sup.statistics().as_dict(), owners=owners, recovery=recovery,
+            storage=storage,
             limits=intake.Limits(
                 max_connections=d.max_connections, admin_connections=d.admin_connections,
                 max_connections_per_uid=d.max_connections_per_uid, max_line=d.max_line_bytes,

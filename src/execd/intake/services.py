@@ -16,6 +16,7 @@ from execd.health import Health
 from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs.metrics import Metrics
+from execd.owners import Owners
 from execd.recovery import Recovery
 from execd.storage import Storage
 
@@ -45,6 +46,7 @@ class Services:
     metrics: Metrics
     clock: Clock
     actors: Callable[[], dict[str, dict[str, Any]]]
+    owners: Owners  # who owns each strategy_id (intake/ownership.py)
     recovery: Recovery = field(default_factory=Recovery)
     storage: Storage | None = None
     limits: Limits = field(default_factory=Limits)
