@@ -25,6 +25,7 @@ from anyio.abc import SocketListener
 from execd import deadman as deadman_actor
 from execd import files, intake, poller, reconciler, risk, stream, submitter, systemd
 from execd import storage as storage_actor
+from execd.backup import Place as BackupPlace
 from execd.book import EventHub, OrderBook
 from execd.broker.alpaca import AlpacaClient
 from execd.broker.alpaca_stream import stream_url_from
@@ -177,6 +178,7 @@ async def open_daemon(
                 line_timeout=d.line_timeout, write_timeout=d.write_timeout,
                 idle_timeout=d.idle_timeout, submit_timeout=d.submit_timeout),
             access=config.access, deadman=deadman,
+            backups=BackupPlace(directory=config.backup_path, socket=config.socket_path),
         )
         rc = config.reconciler
         brk: BrokerClient = broker

@@ -28,6 +28,7 @@ class DaemonConfig:
     socket: str = ""  # default: <state_dir>/execd.sock
     socket_mode: str = "0660"
     database: str = ""  # default: <state_dir>/execd.db
+    backup_dir: str = ""  # default: <state_dir>/backups; `backup` writes only here
     submit_timeout: float = 10.0
     max_connections: int = 256
     admin_connections: int = 4  # of max_connections, kept free for admins
@@ -147,6 +148,10 @@ class Config:
     @property
     def database_path(self) -> Path:
         return self.path(self.daemon.database, "execd.db")
+
+    @property
+    def backup_path(self) -> Path:
+        return self.path(self.daemon.backup_dir, "backups")
 
     @property
     def sim_state_path(self) -> Path:

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -304,11 +303,14 @@ async def op_resume(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 
 async def op_backup(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     path, overwrite = args.get("path"), args.get("overwrite", False)
-    if not isinstance(path, str) or not path:
-        raise protocol.invalid("path must be a non-empty string (an absolute path)")
+    if not isinstance(path, str) or not path or len(path) > 4096 or "\0" in path:
+        raise protocol.invalid("path must be a file name in daemon.backup_dir (or a path "
+                               "to one)")
     if not isinstance(overwrite, bool):
         raise protocol.invalid("overwrite must be true or false")
-    return await backup.write(c.s.book.store, Path(path), overwrite=overwrite)
+    if c.s.backups is None:
+        raise ProtocolError("internal", "this daemon has no backup directory")
+    return await backup.write(c.s.book.store, c.s.backups, path, overwrite=overwrite)
 
 
 async def op_subscribe(c: Caller, args: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from anyio.streams.memory import MemoryObjectSendStream
 
+from execd.backup import Place as BackupPlace
 from execd.book import EventHub, OrderBook
 from execd.clock import Clock
 from execd.config import AccessConfig
@@ -52,3 +53,4 @@ class Services:
     limits: Limits = field(default_factory=Limits)
     access: AccessConfig = field(default_factory=AccessConfig)
     deadman: DeadMan | None = None
+    backups: BackupPlace | None = None  # daemon.backup_dir: where `backup` writes
