@@ -37,7 +37,7 @@ from execd.fatal import Fatal, address_problem
 from execd.health import Health
 from execd.limiter import Budget, RateLimiter, open_limiter
 from execd.messages import RiskCommand, SubmitterCommand, discard
-from execd.obs import logging
+from execd.obs import http, logging
 from execd.obs.metrics import Metrics
 from execd.owners import Owners
 from execd.recovery import Recovery
@@ -82,15 +82,12 @@ def start_embedded_sim(config: Config) -> SimServer:
     return sim.start()
 
 
-def _metrics_server(config: Config, metrics: Metrics) -> Any:
-    from prometheus_client import start_http_server
-
+async def _metrics_listeners(config: Config) -> list[SocketListener]:
     m = config.metrics
     try:
-        server, _ = start_http_server(m.port, addr=m.host, registry=metrics.registry)
+        return await http.open_listeners(m.host, m.port)
     except OSError as e:
         raise address_problem("metrics.port", str(m.port), e) from e
-    return server
 
 
 async def _open_store(config: Config) -> Store:
@@ -160,10 +157,14 @@ async def open_daemon(
         storage = Storage(metrics, clock)
         book = OrderBook(store, hub, metrics, clock, on_storage_failure=storage.failed)
         await book.load()
-        if config.metrics.enabled:
-            server = _metrics_server(config, metrics)
-            stack.callback(server.server_close)
-            stack.callback(server.shutdown)
+        metrics_listeners: list[SocketListener] = []
+        if config.metrics.enabled:  # served on this loop (obs/http.py), with the actors
+            metrics_listeners = await _metrics_listeners(config)
+            for ml in metrics_listeners:
+                stack.push_async_callback(_shielded, ml.aclose)
+        metrics_server = http.MetricsServer(metrics.render, http.HttpLimits(
+            max_connections=config.metrics.max_connections,
+            read_timeout=config.metrics.read_timeout))
         sup = Supervisor(clock=clock, metrics=metrics, intensity=config.supervisor)
         risk_send, risk_recv = anyio.create_memory_object_stream[RiskCommand](RISK_INBOX)
         sub_send, sub_recv = anyio.create_memory_object_stream[SubmitterCommand](SUBMITTER_INBOX)
@@ -218,6 +219,8 @@ async def open_daemon(
                 lambda: sup.healthy, clock, task_status=task_status)),
         ]
         async with risk_send, risk_recv, sub_send, sub_recv, anyio.create_task_group() as tg:
+            if metrics_listeners:
+                await tg.start(metrics_server.serve, metrics_listeners)
             await tg.start(sup.run, specs)
             log.info("execd ready", socket=str(config.socket_path),
                      broker=broker_url or type(brk).__name__)

@@ -115,6 +115,8 @@ class MetricsConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9464
+    max_connections: int = 16  # scrapes at once; past it the oldest unfinished is dropped
+    read_timeout: float = 5.0  # a scrape's request must arrive within this
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
