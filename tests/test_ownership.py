@@ -274,3 +274,21 @@ async def test_strategies_in_use_before_the_upgrade_take_their_first_orders_owne
         assert await store.claim_strategy("beta", MALLORY, 3.0) == MALLORY
     finally:
         await store.close()
+
+
+async def test_a_user_sees_its_own_book_in_positions(
+    daemon_factory: OpenDaemon, peers: Peers
+) -> None:
+    async with daemon_factory(access={"own_orders_only": True}) as d:
+        for uid, name, qty in ((ALICE, "alpha", "7"), (MALLORY, "m", "2"), (ADMIN, "r", "1")):
+            async with as_user(d, peers, uid) as c:
+                await c.submit(strategy_id=name, symbol="AAPL", side="buy", qty=qty,
+                               client_order_id=f"{name}-buy")
+            await eventually(lambda n=name: _state_is(d, f"{n}-buy", OrderState.FILLED))
+        async with as_user(d, peers, MALLORY) as m:
+            (mine,) = (await m.request("positions"))["positions"]
+            assert (mine["symbol"], mine["qty"]) == ("AAPL", "2")
+            assert mine["last_price"] is not None  # the account's mark
+        async with as_user(d, peers, ADMIN) as root:  # an admin sees the account
+            (account,) = (await root.request("positions"))["positions"]
+            assert account["qty"] == "10"
