@@ -15,18 +15,22 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from anyio.abc import ByteStream
 
 from execd import intake
 from execd.app import Daemon
 from execd.client import AsyncClient, ExecdError
+from execd.clock import SystemClock
 from execd.domain.orders import Order, OrderState
 from execd.intake import access
 from execd.intake.requests import OPS
+from execd.owners import Owners
 from execd.sim import SimServer
 from execd.store import MIGRATIONS, Store
 from tests.conftest import OpenDaemon, eventually, sim_config
@@ -284,7 +288,7 @@ async def test_a_user_sees_its_own_book_in_positions(
             async with as_user(d, peers, uid) as c:
                 await c.submit(strategy_id=name, symbol="AAPL", side="buy", qty=qty,
                                client_order_id=f"{name}-buy")
-            await eventually(lambda n=name: _state_is(d, f"{n}-buy", OrderState.FILLED))
+            await eventually(partial(_state_is, d, f"{name}-buy", OrderState.FILLED))
         async with as_user(d, peers, MALLORY) as m:
             (mine,) = (await m.request("positions"))["positions"]
             assert (mine["symbol"], mine["qty"]) == ("AAPL", "2")
@@ -292,3 +296,22 @@ async def test_a_user_sees_its_own_book_in_positions(
         async with as_user(d, peers, ADMIN) as root:  # an admin sees the account
             (account,) = (await root.request("positions"))["positions"]
             assert account["qty"] == "10"
+
+
+async def test_two_first_uses_at_once_agree_on_one_owner(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "o.db")
+    try:
+        first, second = Owners(store, SystemClock()), Owners(store, SystemClock())
+        got: list[int] = []
+        async with anyio.create_task_group() as tg:
+            for owners, uid in ((first, ALICE), (second, MALLORY)):
+                tg.start_soon(_claim, owners, uid, got)
+        assert len(set(got)) == 1  # one winner, and both were told it
+        assert await store.strategy_owners() == {"alpha": got[0]}
+        assert first.owner("alpha") == second.owner("alpha") == got[0]
+    finally:
+        await store.close()
+
+
+async def _claim(owners: Owners, uid: int, got: list[int]) -> None:
+    got.append(await owners.claim("alpha", uid))
