@@ -200,3 +200,31 @@ async def test_a_supplementary_group_counts_without_reading_proc(
                                       groups=(4343,))
         assert member["ok"], member
         assert outsider["error"]["code"] == "unauthorized"
+
+
+async def test_nobody_cannot_arm_close_or_read_through_roots_strategy(
+    daemon_factory: OpenDaemon, open_dir: Path
+) -> None:
+    """Issue 26 as reported: a session on root's strategy that then disconnects, a close
+    of root's position, and a close "retried" with root's client_order_id."""
+    async with daemon_factory(**access(open_dir, own_orders_only=True)) as d:
+        async with connect(d) as c:
+            await c.submit(strategy_id="root", symbol="AAPL", side="buy", qty="10",
+                           client_order_id="root-buy")
+            rest = await c.submit(strategy_id="root", symbol="AAPL", side="sell", qty="1",
+                                  type="limit", limit_price="100000", time_in_force="gtc")
+        session, close, retry = await as_nobody(
+            d.config.socket_path,
+            {"id": 1, "op": "session", "strategy_id": "root", "heartbeat_s": "0.05"},
+            {"id": 2, "op": "close_position", "symbol": "AAPL", "strategy_id": "root"},
+            {"id": 3, "op": "close_position", "symbol": "AAPL", "client_order_id": "root-buy",
+             "strategy_id": "n"},
+        )  # and the connection closes
+        assert session["error"]["code"] == close["error"]["code"] == "not_found"
+        assert retry["error"]["code"] == "conflict"
+        assert "result" not in retry  # nothing of root's order in the refusal
+        assert "strategy" not in json.dumps(retry)
+        assert await d.store.sessions() == {}
+        async with connect(d) as c:
+            assert (await c.order(rest["client_order_id"]))["state"] == "SUBMITTED"
+            assert (await d.store.positions())["AAPL"].qty == 10

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from execd.backup import RestoreRefused, backup_via_daemon, restore
+from execd.backup import APPLICATION_ID, RestoreRefused, backup_via_daemon, is_backup, restore
 from execd.client import ExecdError
 from execd.config import Config
 from execd.domain.risk import TradingState
@@ -39,8 +39,7 @@ def _rows(db: Path) -> list[tuple[str, str, str]]:
 async def test_backup_of_a_running_daemon_is_a_consistent_copy(
     daemon_factory: OpenDaemon, tmp_path: Path
 ) -> None:
-    target = tmp_path / "backups" / "execd.db"
-    target.parent.mkdir()
+    target = tmp_path / "backups" / "execd.db"  # daemon.backup_dir: <state_dir>/backups
     async with daemon_factory() as d:
         ids = await _orders(d.config.socket_path, 20)
         # orders keep arriving while the copy is taken: the copy is some consistent moment
@@ -57,6 +56,7 @@ async def test_backup_of_a_running_daemon_is_a_consistent_copy(
         try:
             assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
             assert conn.execute("PRAGMA user_version").fetchall() == [(len(MIGRATIONS),)]
+            assert conn.execute("PRAGMA application_id").fetchall() == [(APPLICATION_ID,)]
             (events,), = conn.execute("SELECT count(DISTINCT client_order_id) FROM order_events")
             assert events == result["orders"]  # every order with its history, none half-made
         finally:
@@ -69,40 +69,91 @@ async def test_backup_of_a_running_daemon_is_a_consistent_copy(
             assert (live[cid].spec.symbol, str(live[cid].spec.qty)) == (sym, qty)
 
 
-async def test_backup_refuses_an_existing_file_unless_asked(
+async def test_backup_refuses_an_existing_file_and_overwrites_only_a_backup(
     daemon_factory: OpenDaemon, tmp_path: Path
 ) -> None:
-    target = tmp_path / "b.db"
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    target = backups / "b.db"
     target.write_text("keep me")
     async with daemon_factory() as d:
         await _orders(d.config.socket_path, 1)
-        with pytest.raises(ExecdError) as e:
-            await backup_via_daemon(d.config.socket_path, target, False)
-        assert e.value.code == "conflict"
+        for overwrite in (False, True):  # not a backup: kept, overwrite or not
+            with pytest.raises(ExecdError) as e:
+                await backup_via_daemon(d.config.socket_path, target, overwrite)
+            assert e.value.code == "conflict"
+        assert "not an execd backup" in e.value.message
         assert target.read_text() == "keep me"
-        result = await backup_via_daemon(d.config.socket_path, target, True)
-        assert result["orders"] == 1
-        assert _rows(target)
-        assert stat.S_IMODE(target.stat().st_mode) == 0o600
+        first = await backup_via_daemon(d.config.socket_path, "again.db", False)
+        assert first["path"] == str(backups / "again.db")  # a name: in daemon.backup_dir
+        assert is_backup(backups / "again.db")
+        await _orders(d.config.socket_path, 1)
+        with pytest.raises(ExecdError) as e:
+            await backup_via_daemon(d.config.socket_path, "again.db", False)
+        assert e.value.code == "conflict"
+        result = await backup_via_daemon(d.config.socket_path, "again.db", True)
+        assert result["orders"] == 2
+        assert len(_rows(backups / "again.db")) == 2
+        assert stat.S_IMODE((backups / "again.db").stat().st_mode) == 0o600
 
 
-async def test_backup_refuses_a_relative_path_a_missing_directory_and_the_live_db(
+async def test_backups_stay_in_the_backup_directory(
     daemon_factory: OpenDaemon, tmp_path: Path
 ) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "victim").write_text("keep me")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    (backups / "link.db").symlink_to(outside / "victim")
+    (backups / "sub").mkdir()
+    os.mkfifo(backups / "fifo.db")
     async with daemon_factory() as d, connect(d) as c:
-        for path in ("b.db", "../b.db", str(tmp_path / "no" / "such" / "b.db")):
-            with pytest.raises(ExecdError) as e:
-                await c.request("backup", path=path)
-            assert e.value.code == "invalid_request", path
-        assert not (tmp_path / "b.db").exists()
         live = d.config.database_path
-        for path in (str(live), f"{live}-wal", str(live.parent / ".." / live.parent.name
-                                                    / live.name)):
+        refused = ["../b.db", str(outside / "b.db"), str(outside / "victim"), "link.db",
+                   "sub/b.db", "no/such/b.db", ".", "..", str(backups), "fifo.db",
+                   str(live), f"{live}-wal", str(d.config.socket_path)]
+        for path in refused:
+            for overwrite in (False, True):
+                with pytest.raises(ExecdError) as e:
+                    await c.request("backup", path=path, overwrite=overwrite)
+                assert e.value.code == "invalid_request", path
+        assert (outside / "victim").read_text() == "keep me"
+        assert sorted(os.listdir(outside)) == ["victim"]
+        assert stat.S_ISFIFO((backups / "fifo.db").lstat().st_mode)
+        assert sorted(os.listdir(backups)) == ["fifo.db", "link.db", "sub"]
+        assert (await c.request("status"))["orders"] == {}  # still there, still serving
+
+
+async def test_a_backup_never_replaces_the_live_database_or_the_socket(
+    daemon_factory: OpenDaemon, tmp_path: Path
+) -> None:
+    """Issue 26: a backup with overwrite onto the socket's path replaced the socket
+    (every client refused until a restart; the stop then deleted the backup). Here the
+    backup directory holds both, as a careless backup_dir = state_dir would."""
+    async with daemon_factory(daemon={"backup_dir": str(tmp_path)}) as d, connect(d) as c:
+        sock, live = d.config.socket_path, d.config.database_path
+        for path, why in ((sock.name, "socket"), (str(sock), "socket"),
+                          (live.name, "live database"), (f"{live.name}-wal", "live database"),
+                          (f"{live.name}-shm", "live database")):
             with pytest.raises(ExecdError) as e:
                 await c.request("backup", path=path, overwrite=True)
             assert e.value.code == "invalid_request", path
-            assert "live database" in e.value.message
-        assert (await c.request("status"))["orders"] == {}  # still there, still serving
+            assert why in e.value.message
+        assert stat.S_ISSOCK(sock.lstat().st_mode)
+        async with connect(d) as other:  # the socket still serves
+            assert (await other.request("ping"))["version"]
+        assert (await c.request("backup", path="fine.db"))["path"] == str(tmp_path / "fine.db")
+
+
+def test_the_stop_removes_only_a_socket(tmp_path: Path) -> None:
+    from execd.intake import remove
+
+    kept = tmp_path / "execd.sock"
+    kept.write_text("a backup someone put here")
+    remove(kept)
+    assert kept.read_text() == "a backup someone put here"
+    remove(tmp_path / "absent.sock")  # nothing there: nothing to do
 
 
 async def test_backup_is_for_admins_only(daemon_factory: OpenDaemon, open_dir: Path) -> None:  # noqa: F811
@@ -117,7 +168,7 @@ async def test_backup_is_for_admins_only(daemon_factory: OpenDaemon, open_dir: P
 async def test_restore_refuses_while_the_daemon_runs(
     daemon_factory: OpenDaemon, tmp_path: Path
 ) -> None:
-    target = tmp_path / "b.db"
+    target = tmp_path / "backups" / "b.db"
     async with daemon_factory() as d:
         await _orders(d.config.socket_path, 2)
         await backup_via_daemon(d.config.socket_path, target, False)
@@ -135,7 +186,7 @@ async def test_restore_refuses_while_the_daemon_runs(
 async def test_restore_then_start_is_halted_and_reconciles(
     daemon_factory: OpenDaemon, tmp_path: Path
 ) -> None:
-    target = tmp_path / "b.db"
+    target = tmp_path / "backups" / "b.db"
     async with daemon_factory() as d:
         ids = set(await _orders(d.config.socket_path, 3))
 
@@ -203,7 +254,7 @@ async def test_a_long_backup_logs_its_progress(
     async with daemon_factory() as d:
         await _orders(d.config.socket_path, 30)
         with capture_logs() as logs:
-            result = await backup_via_daemon(d.config.socket_path, tmp_path / "b.db", False)
+            result = await backup_via_daemon(d.config.socket_path, "b.db", False)
     progress = [e for e in logs if e["event"] == "backup in progress"]
     assert progress
     remaining = [e["pages_remaining"] for e in progress]
@@ -228,14 +279,12 @@ async def test_the_backup_units_command_backs_up_a_running_daemon(
     (line,) = [x for x in BACKUP_UNIT.read_text().splitlines() if x.startswith("ExecStart=")]
     argv = shlex.split(line.removeprefix("ExecStart=").replace("$$", "$").replace("%%", "%"))
     assert argv[:2] == ["/bin/sh", "-c"]
-    backups = tmp_path / "backups"
-    backups.mkdir()
+    backups = tmp_path / "backups"  # daemon.backup_dir: <state_dir>/backups
     async with daemon_factory() as d:
         await _orders(d.config.socket_path, 2)
         script = (argv[2].replace("/opt/execd/.venv/bin/execd", str(Path(sys.executable).parent
                                                                      / "execd"))
-                  .replace("/run/execd/execd.sock", str(d.config.socket_path))
-                  .replace("/var/lib/execd/backups", str(backups)))
+                  .replace("/run/execd/execd.sock", str(d.config.socket_path)))
         done = await anyio.to_thread.run_sync(lambda: subprocess.run(
             ["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60,
             check=False))

@@ -577,8 +577,10 @@ async def test_a_subscription_with_trading_hears_every_trading_change(
 def test_the_blocking_client_types_its_trading_events() -> None:
     from execd.client.calls import event
 
-    e = event({"event": "trading", "trading": {"state": "HALTED", "reason": "r", "since": 1.5,
-                                               "strategy_id": "s"}})
+    line = {"event": "trading", "trading": {"state": "HALTED", "reason": "r", "since": 1.5,
+                                            "strategy_id": "s"}}
+    assert event(line, trading=False) is None  # not asked for: skipped
+    e = event(line, trading=True)
     assert e is not None
     assert not isinstance(e, OrderEvent)
     assert (e.state, e.strategy_id, e.trading.reason) == ("HALTED", "s", "r")

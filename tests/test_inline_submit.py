@@ -24,7 +24,7 @@ from execd.intake.services import Limits
 from execd.messages import OrderAccepted, OrderDenied, Reply, RiskCommand, SubmitOrder
 from execd.obs.metrics import Metrics
 from execd.protocol import ProtocolError
-from tests.conftest import OpenDaemon
+from tests.conftest import OpenDaemon, connect
 from tests.test_intake import raw_exchange
 from tests.test_submit_path import hold_commits, order_spec, rig, unanswered_while_held
 
@@ -160,6 +160,9 @@ async def test_wait_accepted_submits_run_no_task_of_their_own(
              submit(3, wait="submitted"), submit(4, wait="accepted", side="hold"),
              {"id": 5, "op": "ping"}, submit(6, wait="accepted")]
     async with daemon_factory(risk={"max_qty": "10"}) as d:
+        async with connect(d) as c:  # a strategy's first use is recorded on the task path
+            await c.submit(strategy_id="s", symbol="AAPL", side="buy", qty="1")
+        handled.clear()
         payload = b"".join(json.dumps(x).encode() + b"\n" for x in lines)
         answers = {a["id"]: a for a in await raw_exchange(d.config.socket_path, payload)}
     assert sorted(answers) == [1, 2, 3, 4, 5, 6]

@@ -17,10 +17,11 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from execd.book import EventHub, OrderBook
+from execd.book import OrderBook
 from execd.broker.base import BrokerOrder
 from execd.clock import FakeClock
 from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
+from execd.events import EventHub
 from execd.obs.metrics import Metrics
 from execd.sim import SimServer
 from execd.store import Store

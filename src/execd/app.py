@@ -25,6 +25,7 @@ from anyio.abc import SocketListener
 from execd import deadman as deadman_actor
 from execd import files, intake, poller, reconciler, risk, stream, submitter, systemd
 from execd import storage as storage_actor
+from execd.backup import Place as BackupPlace
 from execd.book import OrderBook
 from execd.broker.alpaca import AlpacaClient
 from execd.broker.alpaca_stream import stream_url_from
@@ -37,8 +38,9 @@ from execd.fatal import Fatal, address_problem
 from execd.health import Health
 from execd.limiter import Budget, RateLimiter, open_limiter
 from execd.messages import RiskCommand, SubmitterCommand, discard
-from execd.obs import logging
+from execd.obs import http, logging
 from execd.obs.metrics import Metrics
+from execd.owners import Owners
 from execd.recovery import Recovery
 from execd.sim import SimServer
 from execd.storage import Storage
@@ -81,15 +83,12 @@ def start_embedded_sim(config: Config) -> SimServer:
     return sim.start()
 
 
-def _metrics_server(config: Config, metrics: Metrics) -> Any:
-    from prometheus_client import start_http_server
-
+async def _metrics_listeners(config: Config) -> list[SocketListener]:
     m = config.metrics
     try:
-        server, _ = start_http_server(m.port, addr=m.host, registry=metrics.registry)
+        return await http.open_listeners(m.host, m.port)
     except OSError as e:
         raise address_problem("metrics.port", str(m.port), e) from e
-    return server
 
 
 async def _open_store(config: Config) -> Store:
@@ -153,27 +152,35 @@ async def open_daemon(
         stack.push_async_callback(_shielded, store.close)
         deadman = DeadMan(store, clock, metrics)
         await deadman.restore()
+        owners = Owners(store, clock)
+        await owners.load()
         hub = EventHub()
         storage = Storage(metrics, clock)
         book = OrderBook(store, hub, metrics, clock, on_storage_failure=storage.failed)
         await book.load()
-        if config.metrics.enabled:
-            server = _metrics_server(config, metrics)
-            stack.callback(server.server_close)
-            stack.callback(server.shutdown)
+        metrics_listeners: list[SocketListener] = []
+        if config.metrics.enabled:  # served on this loop (obs/http.py), with the actors
+            metrics_listeners = await _metrics_listeners(config)
+            for ml in metrics_listeners:
+                stack.push_async_callback(_shielded, ml.aclose)
+        metrics_server = http.MetricsServer(metrics.render, http.HttpLimits(
+            max_connections=config.metrics.max_connections,
+            read_timeout=config.metrics.read_timeout))
         sup = Supervisor(clock=clock, metrics=metrics, intensity=config.supervisor)
         risk_send, risk_recv = anyio.create_memory_object_stream[RiskCommand](RISK_INBOX)
         sub_send, sub_recv = anyio.create_memory_object_stream[SubmitterCommand](SUBMITTER_INBOX)
         services = intake.Services(
             risk=risk_send, submitter=sub_send, book=book, hub=hub, health=health,
             limiter=limiter, metrics=metrics, clock=clock,
-            actors=lambda: sup.statistics().as_dict(), recovery=recovery, storage=storage,
+            actors=lambda: sup.statistics().as_dict(), owners=owners, recovery=recovery,
+            storage=storage,
             limits=intake.Limits(
                 max_connections=d.max_connections, admin_connections=d.admin_connections,
                 max_connections_per_uid=d.max_connections_per_uid, max_line=d.max_line_bytes,
                 line_timeout=d.line_timeout, write_timeout=d.write_timeout,
                 idle_timeout=d.idle_timeout, submit_timeout=d.submit_timeout),
             access=config.access, deadman=deadman,
+            backups=BackupPlace(directory=config.backup_path, socket=config.socket_path),
         )
         rc = config.reconciler
         brk: BrokerClient = broker
@@ -213,6 +220,8 @@ async def open_daemon(
                 lambda: sup.healthy, clock, task_status=task_status)),
         ]
         async with risk_send, risk_recv, sub_send, sub_recv, anyio.create_task_group() as tg:
+            if metrics_listeners:
+                await tg.start(metrics_server.serve, metrics_listeners)
             await tg.start(sup.run, specs)
             log.info("execd ready", socket=str(config.socket_path),
                      broker=broker_url or type(brk).__name__)

@@ -1,9 +1,15 @@
 """Backups of the live database, and restoring one with the daemon stopped.
 
-`execd backup PATH` is an admin op of the running daemon (`write`, below): SQLite's
+`execd backup NAME` is an admin op of the running daemon (`write`, below): SQLite's
 online backup API copies the database on the store's own thread, so the copy is
 consistent without stopping anything, and it is written by the daemon's user, 0600,
-to a temporary name beside PATH that is renamed into place only once complete.
+to a temporary name beside it that is renamed into place only once complete.
+
+A backup goes into `daemon.backup_dir` (default `<state_dir>/backups`) and nowhere
+else: an admin's request cannot write, or replace, any other file the daemon's user can
+(its socket, its database, its configuration). The name is resolved, symlinks and `..`
+included, and must land directly in that directory; `overwrite` replaces only a regular
+file that is itself an execd backup (every backup carries APPLICATION_ID in its header).
 
 `execd restore PATH` is offline (`restore`): it refuses while a daemon serves the
 configured socket or holds the database open, checks the file is an execd database,
@@ -18,6 +24,7 @@ import contextlib
 import os
 import socket
 import sqlite3
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -38,15 +45,25 @@ STEP_PAGES = 1024  # pages copied per step of the backup: one progress report ea
 PROGRESS_EVERY = 1.0  # seconds between progress lines of a long backup
 RESTORED = "restored"  # the halt reason's token: "restored: from PATH"
 TABLES = frozenset({"orders", "order_events", "fills", "positions", "trading_state"})
+# SQLite's application_id (header bytes 68-71) of every backup: "xbak", execd's backup.
+APPLICATION_ID = int.from_bytes(b"xbak", "big")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Place:
+    """Where backups go (daemon.backup_dir), and the socket they must never replace."""
+
+    directory: Path
+    socket: Path
 
 
 # ------------------------------------------------------------------ the daemon's side
-async def write(store: Store, path: Path, *, overwrite: bool = False) -> dict[str, Any]:
-    """The `backup` op: a consistent copy of the live database at `path` (absolute)."""
-    if not path.is_absolute():
-        raise invalid(f"path must be absolute (the daemon's working directory is not "
-                      f"yours): {path}")
-    await anyio.to_thread.run_sync(_check_target, path, overwrite, await store.file())
+async def write(store: Store, place: Place, name: str, *, overwrite: bool = False
+                ) -> dict[str, Any]:
+    """The `backup` op: a consistent copy of the live database at `name` in the backup
+    directory (a file name, or a path that resolves to one in it)."""
+    path = await anyio.to_thread.run_sync(_target, place, name, overwrite, await store.file())
     start = time.monotonic()
     tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
@@ -55,6 +72,7 @@ async def write(store: Store, path: Path, *, overwrite: bool = False) -> dict[st
         raise invalid(f"cannot write in {path.parent}: {e.strerror or e}") from None
     try:
         orders = await store.backup(tmp, step_pages=STEP_PAGES, progress=_Progress(path))
+        await anyio.to_thread.run_sync(_mark, tmp)
         size = await anyio.to_thread.run_sync(_publish, tmp, path, overwrite)
     except BaseException as e:
         with anyio.CancelScope(shield=True):
@@ -72,18 +90,59 @@ async def write(store: Store, path: Path, *, overwrite: bool = False) -> dict[st
     return {"path": str(path), "bytes": size, "orders": orders, "seconds": round(seconds, 6)}
 
 
-def _check_target(path: Path, overwrite: bool, live: Path) -> None:
-    if path.resolve() in {Path(f"{live.resolve()}{end}") for end in ("", "-wal", "-shm",
-                                                                      "-journal")}:
+def _target(place: Place, name: str, overwrite: bool, live: Path) -> Path:
+    """Where the backup `name` goes, or why it may not (blocking: run in a thread)."""
+    try:  # private: no one but the daemon's user can swap what is checked here
+        files.private_dir(place.directory, "daemon.backup_dir")
+    except (OSError, files.UnsafeDirectory) as e:
+        raise ProtocolError("internal", f"cannot use daemon.backup_dir: {e}") from None
+    root = place.directory.resolve()
+    path = (root / name).resolve()  # an absolute name stays itself; symlinks followed
+    if path.parent != root:
+        raise invalid(f"{name}: backups go into daemon.backup_dir ({root}): give a file "
+                      "name, or a path to a file directly in it")
+    if path in {Path(f"{live.resolve()}{end}") for end in ("", "-wal", "-shm", "-journal")}:
         raise invalid(f"{path} is the live database itself")
-    if not path.parent.is_dir():
-        raise invalid(f"no such directory: {path.parent} (it must exist, writable by the "
-                      "daemon's user)")
-    if path.is_dir():
-        raise invalid(f"{path} is a directory")
-    if path.exists() and not overwrite:
+    if path == place.socket.resolve():
+        raise invalid(f"{path} is the daemon's socket")
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return path
+    if not stat.S_ISREG(mode):
+        raise invalid(f"{path} exists and is not a regular file: never replaced")
+    if not overwrite:
         raise ProtocolError("conflict", f"{path} exists; not overwritten (`execd backup "
                                         "--overwrite`, or overwrite: true, replaces it)")
+    if not is_backup(path):
+        raise ProtocolError("conflict", f"{path} exists and is not an execd backup: "
+                                        "overwrite replaces only a backup")
+    return path
+
+
+def is_backup(path: Path) -> bool:
+    """Whether `path` is a file `write` made: SQLite's header with our application_id."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, 100)
+    finally:
+        os.close(fd)
+    return (len(head) == 100 and head.startswith(SQLITE_MAGIC)
+            and int.from_bytes(head[68:72], "big") == APPLICATION_ID)
+
+
+def _mark(tmp: Path) -> None:
+    """Sign the copy as a backup (its header's application_id), before it is visible."""
+    conn = sqlite3.connect(str(tmp), isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    finally:
+        conn.close()
 
 
 class _Progress:
@@ -123,9 +182,10 @@ def _discard(tmp: Path) -> None:
 
 
 # ------------------------------------------------------------------ the client's side
-async def backup_via_daemon(socket: Path, path: Path, overwrite: bool) -> dict[str, Any]:
-    """Ask the daemon on `socket` for a backup at `path` (which it resolves as its own
-    user, in its own mount namespace: under systemd, somewhere it may write)."""
+async def backup_via_daemon(socket: Path, path: str | Path, overwrite: bool
+                            ) -> dict[str, Any]:
+    """Ask the daemon on `socket` for a backup named `path` (a name in its
+    daemon.backup_dir, or a path there, which it resolves as its own user)."""
     from execd.client import AsyncClient
 
     async with await AsyncClient.connect(socket) as c:

@@ -581,10 +581,10 @@ def _add_client_commands(sub: Any) -> None:
     b = client("backup", "write a consistent copy of the running daemon's database (admin)",
                "Ask the running daemon for a consistent copy of its live database (SQLite's "
                "online backup API), written 0600 by the daemon's user.", fn=cmd_backup)
-    b.add_argument("path", help="the new file (made absolute here); its directory must be "
-                                "writable by the daemon's user")
+    b.add_argument("path", help="the new file's name in the daemon's daemon.backup_dir "
+                                "(default <state_dir>/backups), or a path to a file there")
     b.add_argument("--overwrite", action="store_true",
-                   help="replace an existing file (default: refuse)")
+                   help="replace an earlier backup of that name (default: refuse)")
     rs = sub.add_parser("restore", help="replace the database by a backup (daemon stopped)",
                         description="Offline: put a backup in place of the database (the old "
                         "one is kept beside it); the restored daemon starts HALTED.")
@@ -628,10 +628,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from execd.backup import backup_via_daemon
     from execd.client.discovery import locate
 
-    path = Path(os.path.abspath(args.path))  # the daemon's working directory is not ours
-    try:
+    try:  # a relative name is the daemon's to place: in its backup directory
         socket, _ = locate(args.socket, args.config)
-        result = anyio.run(backup_via_daemon, socket, path, args.overwrite)
+        result = anyio.run(backup_via_daemon, socket, args.path, args.overwrite)
     except (ExecdError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ class DaemonConfig:
     socket: str = ""  # default: <state_dir>/execd.sock
     socket_mode: str = "0660"
     database: str = ""  # default: <state_dir>/execd.db
+    backup_dir: str = ""  # default: <state_dir>/backups; `backup` writes only here
     submit_timeout: float = 10.0
     max_connections: int = 256
     admin_connections: int = 4  # of max_connections, kept free for admins
@@ -114,6 +115,8 @@ class MetricsConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9464
+    max_connections: int = 16  # scrapes at once; past it the oldest unfinished is dropped
+    read_timeout: float = 5.0  # a scrape's request must arrive within this
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,6 +150,10 @@ class Config:
     @property
     def database_path(self) -> Path:
         return self.path(self.daemon.database, "execd.db")
+
+    @property
+    def backup_path(self) -> Path:
+        return self.path(self.daemon.backup_dir, "backups")
 
     @property
     def sim_state_path(self) -> Path:

@@ -51,15 +51,16 @@ class AsyncEvents(Generic[E]):
     `TradingEvent`s too where it was made with `trading=True`. Already subscribed when
     `subscribe()` returns it; iterate it, close it (or `async with`)."""
 
-    def __init__(self, lines: _Lines) -> None:
+    def __init__(self, lines: _Lines, *, trading: bool = False) -> None:
         self._lines = lines
+        self._trading = trading
 
     def __aiter__(self) -> AsyncEvents[E]:
         return self
 
     async def __anext__(self) -> E:
         while True:
-            record = calls.event(await self._lines.read())
+            record = calls.event(await self._lines.read(), trading=self._trading)
             if record is not None:
                 return cast(E, record)
 
@@ -258,7 +259,7 @@ class AsyncClient:
         except BaseException:
             await sub.aclose()
             raise
-        return AsyncEvents(sub._lines)
+        return AsyncEvents(sub._lines, trading=trading)
 
     events = subscribe
 

@@ -94,8 +94,9 @@ class Events(Generic[E]):
     `TradingEvent`s too where it was made with `trading=True`. Already subscribed when
     `subscribe()`/`events()` returns it; iterate it, and close it (or use `with`)."""
 
-    def __init__(self, lines: _Lines) -> None:
+    def __init__(self, lines: _Lines, *, trading: bool = False) -> None:
         self._lines = lines
+        self._trading = trading
 
     def __iter__(self) -> Iterator[E]:
         return self
@@ -113,7 +114,7 @@ class Events(Generic[E]):
             line = self._lines.read_within(left)
             if line is None:
                 return None
-            record = calls.event(line)
+            record = calls.event(line, trading=self._trading)
             if record is not None:
                 return cast(E, record)
 
@@ -286,7 +287,7 @@ class Client:
         except BaseException:
             sub.close()
             raise
-        return Events(sub._lines)
+        return Events(sub._lines, trading=trading)
 
     events = subscribe
 

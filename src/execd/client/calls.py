@@ -236,13 +236,13 @@ def subscribe(strategy_id: str | None = None, *, trading: bool = False) -> Call[
                 dict)
 
 
-def event(line: Mapping[str, Any]) -> OrderEvent | TradingEvent | None:
-    """A subscription's line as a record; None for a kind this client does not know (a
-    newer daemon's); an error line raises."""
+def event(line: Mapping[str, Any], *, trading: bool) -> OrderEvent | TradingEvent | None:
+    """A subscription's line as a record; None for a kind it did not ask for (`trading`)
+    or this client does not know (a newer daemon's); an error line raises."""
     kind = line.get("event")
     if kind == "order":
         return OrderEvent.from_wire(line)
-    if kind == "trading":
+    if kind == "trading" and trading:
         return TradingEvent.from_wire(line)
     if kind == "error":
         raise ExecdError.from_wire(line.get("error") or {})

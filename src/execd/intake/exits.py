@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from execd import protocol
 from execd.domain.decimals import show
 from execd.domain.orders import OrderSpec, Side, new_client_order_id
+from execd.domain.positions import Position
 from execd.domain.risk import TradingState
+from execd.intake import ownership
 from execd.intake.requests import ask_submitter, place, set_state
 from execd.messages import CancelAll, CancelOrder, CancelResult, Reply, SubmitterCommand
 from execd.protocol import ProtocolError
@@ -54,11 +56,25 @@ def close_id(symbol: str, now: float) -> str:
     return new_client_order_id(f"close-{symbol.replace('/', '')}", now)
 
 
-async def _cancel_holding(c: Caller, symbol: str, side: Side) -> list[dict[str, Any]]:
-    """Cancel the open orders on `side` of `symbol` (they hold the shares a close needs)."""
+async def _positions(c: Caller, strategy_id: str) -> dict[str, Position]:
+    """The account's positions; under own_orders_only, a non-admin's strategy's own."""
+    mine = c.grant.only_owner
+    if mine is None:
+        return await c.s.book.store.positions()
+    return await c.s.book.store.own_positions(mine, strategy_id=strategy_id)
+
+
+async def _cancel_holding(c: Caller, symbol: str, side: Side, strategy_id: str
+                          ) -> list[dict[str, Any]]:
+    """Cancel the open orders on `side` of `symbol` (they hold the shares a close needs):
+    under own_orders_only, a non-admin's own strategy's only."""
     cancelled: list[dict[str, Any]] = []
+    mine = c.grant.only_owner
     for order in c.s.book.open_orders():
         if order.spec.symbol != symbol or order.spec.side != side:
+            continue
+        if mine is not None and (order.owner_uid != mine
+                                 or order.spec.strategy_id != strategy_id):
             continue
         cid = order.client_order_id
 
@@ -80,19 +96,22 @@ async def close(c: Caller, symbol: str, *, qty: Decimal | None = None,
                 percentage: Decimal | None = None, strategy_id: str = CLOSE_STRATEGY,
                 client_order_id: str | None = None, wait: str = "submitted") -> dict[str, Any]:
     s = c.s
+    await ownership.use_strategy(c, strategy_id)  # before anything is cancelled
     if client_order_id is not None:  # a retried close: the order it made, nothing new
         existing = await s.book.get(client_order_id)
         if existing is not None:
+            if ownership.visible(c, existing) is None:
+                raise ownership.taken(client_order_id)
             return {"order": existing.to_json(), "existing": True, "cancelled": []}
-    position = (await s.book.store.positions()).get(symbol)
+    position = (await _positions(c, strategy_id)).get(symbol)
     if position is None or position.qty == 0:
         raise ProtocolError("not_found", f"no {symbol} position to close")
     side: Side = "sell" if position.qty > 0 else "buy"
-    cancelled = await _cancel_holding(c, symbol, side)
+    cancelled = await _cancel_holding(c, symbol, side, strategy_id)
     # Read again: an order cancelled just now may have filled first (an earlier close, an
     # exit). A fill landing later still is caught by the risk gate: a close that would
     # cross zero is refused, never sent.
-    position = (await s.book.store.positions()).get(symbol)
+    position = (await _positions(c, strategy_id)).get(symbol)
     if position is None or position.qty == 0 or (position.qty > 0) != (side == "sell"):
         raise ProtocolError("not_found", f"no {symbol} position left to close "
                             f"(cancelled {len(cancelled)} orders)")
@@ -113,7 +132,9 @@ async def op_close_position(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     wait = protocol.wait_field(args)
     return await close(
         c, symbol, qty=qty, percentage=percentage, wait=wait,
-        strategy_id=protocol.strategy_id(args, required=False) or CLOSE_STRATEGY,
+        # under own_orders_only a non-admin closes its own strategy's book: it names it
+        strategy_id=protocol.strategy_id(args, required=c.grant.only_owner is not None)
+        or CLOSE_STRATEGY,
         client_order_id=protocol.client_order_id(args, required=False))
 
 

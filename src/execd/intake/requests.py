@@ -8,9 +8,9 @@ A handler gets its connection (`Caller`) and the request's arguments, and return
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,6 +20,7 @@ from execd.domain.decimals import show, show_opt
 from execd.domain.orders import OPEN_STATES, Order, OrderSpec, OrderState
 from execd.domain.risk import TradingState, TradingStatus
 from execd.events import Event
+from execd.intake import ownership
 from execd.messages import (
     CancelAll,
     CancelDenied,
@@ -65,6 +66,7 @@ async def place(c: Caller, spec: OrderSpec, wait: str, *, closing: bool = False
                 ) -> dict[str, Any]:
     """Through the risk gate (durable before anything else), then as `wait` says."""
     s = c.s
+    await ownership.use_strategy(c, spec.strategy_id)  # before anything is recorded
     start = anyio.current_time()
     owner = c.peer.uid if c.peer else None
     # wait="submitted": the submitter answers here once the broker has answered
@@ -126,6 +128,8 @@ def submit_inline(c: Caller, req: protocol.Request, finish: Finish) -> bool:
         spec, wait = protocol.submit_spec(req.args, s.clock.time())
     except ProtocolError:
         return False
+    if not ownership.inline_ok(c, spec.strategy_id):  # the task path claims or refuses
+        return False
     start = anyio.current_time()
 
     def then(result: SubmitResult | None) -> None:
@@ -173,6 +177,7 @@ async def op_cancel_all(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     sid = protocol.strategy_id(args, required=False)
     if sid is None and not c.grant.admin:
         raise _operator_only("cancel_all of every strategy")
+    ownership.see_strategy(c, sid)
     owner = c.grant.only_owner
 
     def command(reply: Reply[CancelResult]) -> SubmitterCommand:
@@ -217,22 +222,27 @@ async def op_order(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 
 async def _own(c: Caller, cid: str) -> Order:
     """The order, if this peer may see it (others' orders look absent)."""
-    order = await c.s.book.get(cid)
-    only = c.grant.only_owner
-    if order is None or (only is not None and order.owner_uid != only):
+    order = ownership.visible(c, await c.s.book.get(cid))
+    if order is None:
         raise ProtocolError("not_found", f"no order with client_order_id {cid}")
     return order
 
 
 async def op_orders(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     sid, states, limit = protocol.orders_filter(args)
+    ownership.see_strategy(c, sid)
     orders = await c.s.book.store.list_orders(strategy_id=sid, states=states, limit=limit,
                                               owner_uid=c.grant.only_owner)
     return {"orders": [o.to_json() for o in orders]}
 
 
 async def op_positions(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
-    positions = await c.s.book.store.positions()
+    store = c.s.book.store
+    positions = await store.positions()
+    if c.grant.only_owner is not None:  # its own book (its orders' fills), at the marks
+        positions = {s: dataclasses.replace(p, last_price=positions[s].last_price
+                                            if s in positions else None)
+                     for s, p in (await store.own_positions(c.grant.only_owner)).items()}
     return {"positions": [
         {"symbol": p.symbol, "qty": show(p.qty), "avg_entry_price": show_opt(p.avg_entry_price),
          "last_price": show_opt(p.last_price)}
@@ -309,16 +319,20 @@ async def op_resume(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 
 async def op_backup(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     path, overwrite = args.get("path"), args.get("overwrite", False)
-    if not isinstance(path, str) or not path:
-        raise protocol.invalid("path must be a non-empty string (an absolute path)")
+    if not isinstance(path, str) or not path or len(path) > 4096 or "\0" in path:
+        raise protocol.invalid("path must be a file name in daemon.backup_dir (or a path "
+                               "to one)")
     if not isinstance(overwrite, bool):
         raise protocol.invalid("overwrite must be true or false")
-    return await backup.write(c.s.book.store, Path(path), overwrite=overwrite)
+    if c.s.backups is None:
+        raise ProtocolError("internal", "this daemon has no backup directory")
+    return await backup.write(c.s.book.store, c.s.backups, path, overwrite=overwrite)
 
 
 async def op_subscribe(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     sid = protocol.strategy_id(args, required=False)
     trading = protocol.flag(args, "trading")
+    ownership.see_strategy(c, sid)
     await c.subscribe(sid, trading=trading)
     return {"subscribed": True, "strategy_id": sid, "trading": trading}
 

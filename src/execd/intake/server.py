@@ -79,5 +79,10 @@ async def bind(path: Path, mode: int, group: str = "") -> SocketListener:
 
 
 def remove(path: Path) -> None:
+    """Remove our socket at the stop; anything else found at its path is left alone."""
     with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            log.warning("daemon.socket's path holds something else now; left alone",
+                        path=str(path))
+            return
         path.unlink()

@@ -8,6 +8,7 @@ from typing import Any
 
 from anyio.streams.memory import MemoryObjectSendStream
 
+from execd.backup import Place as BackupPlace
 from execd.book import OrderBook
 from execd.clock import Clock
 from execd.config import AccessConfig
@@ -17,6 +18,7 @@ from execd.health import Health
 from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs.metrics import Metrics
+from execd.owners import Owners
 from execd.recovery import Recovery
 from execd.storage import Storage
 
@@ -46,8 +48,10 @@ class Services:
     metrics: Metrics
     clock: Clock
     actors: Callable[[], dict[str, dict[str, Any]]]
+    owners: Owners  # who owns each strategy_id (intake/ownership.py)
     recovery: Recovery = field(default_factory=Recovery)
     storage: Storage | None = None
     limits: Limits = field(default_factory=Limits)
     access: AccessConfig = field(default_factory=AccessConfig)
     deadman: DeadMan | None = None
+    backups: BackupPlace | None = None  # daemon.backup_dir: where `backup` writes

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from execd import protocol
+from execd.intake.ownership import use_strategy
 from execd.protocol import ProtocolError
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ async def op_session(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     heartbeat = protocol.decimal_field(args, "heartbeat_s") or Decimal(10)
     if not HEARTBEAT_MIN <= heartbeat <= HEARTBEAT_MAX:
         raise protocol.invalid(f"heartbeat_s must be from {HEARTBEAT_MIN} to {HEARTBEAT_MAX}")
+    await use_strategy(c, sid)  # another user's strategy: not_found, nothing armed
     shown = {"strategy_id": sid, "cancel_on_disconnect": on, "heartbeat_s": float(heartbeat)}
     if on:
         await deadman.open(c, sid, float(heartbeat))

@@ -17,7 +17,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
-    start_http_server,
 )
 from prometheus_client.exposition import generate_latest
 
@@ -281,6 +280,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
-
-    def serve(self, host: str, port: int) -> None:
-        start_http_server(port, addr=host, registry=self.registry)

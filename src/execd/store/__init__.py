@@ -130,6 +130,20 @@ MIGRATIONS: list[str] = [
         WHERE parent_client_order_id IS NOT NULL;
     CREATE INDEX orders_broker_id ON orders(broker_order_id);
     """,
+    # 6: a strategy_id belongs to the uid that first used it (access.own_orders_only);
+    # the strategies in use before take their first order's owner (execd-close and
+    # execd-flatten are the account's, owned by no one). Fills by order, for a strategy's
+    # own book.
+    """
+    CREATE TABLE strategy_owners (
+        strategy_id TEXT PRIMARY KEY, owner_uid INTEGER NOT NULL, since REAL NOT NULL
+    );
+    INSERT INTO strategy_owners (strategy_id, owner_uid, since)
+        SELECT strategy_id, owner_uid, min(created_at) FROM orders
+        WHERE owner_uid IS NOT NULL AND strategy_id NOT IN ('execd-close', 'execd-flatten')
+        GROUP BY strategy_id;
+    CREATE INDEX fills_order ON fills(client_order_id);
+    """,
 ]
 
 _ORDER_COLUMNS = (
@@ -442,6 +456,19 @@ class Store:
             "ON CONFLICT(strategy_id) DO UPDATE SET heartbeat_s=excluded.heartbeat_s, "
             "opened_at=excluded.opened_at", row))
 
+    async def claim_strategy(self, strategy_id: str, owner_uid: int, at: float) -> int:
+        """Record `owner_uid` as the strategy's owner unless it has one: the owner."""
+
+        def tx(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO strategy_owners (strategy_id, owner_uid, since) "
+                         "VALUES (?, ?, ?) ON CONFLICT(strategy_id) DO NOTHING",
+                         (strategy_id, owner_uid, at))
+            (uid,), = conn.execute("SELECT owner_uid FROM strategy_owners WHERE "
+                                   "strategy_id=?", (strategy_id,)).fetchall()
+            return int(uid)
+
+        return await self._transaction(tx)
+
     async def close_session(self, strategy_id: str) -> None:
         await self._transaction(lambda conn: conn.execute(
             "DELETE FROM sessions WHERE strategy_id=?", (strategy_id,)))
@@ -474,6 +501,28 @@ class Store:
     # ------------------------------------------------------------------- reads
     async def strategy_halts(self) -> dict[str, TradingStatus]:
         return await self._db.run(_strategy_halts)
+
+    async def strategy_owners(self) -> dict[str, int]:
+        """strategy_id → the uid that first used it."""
+        rows = await self._db.execute("SELECT strategy_id, owner_uid FROM strategy_owners")
+        return {str(sid): int(uid) for sid, uid in rows}
+
+    async def own_positions(self, owner_uid: int, *, strategy_id: str | None = None
+                            ) -> dict[str, Position]:
+        """Positions from the fills of one uid's orders (of one strategy): its own book,
+        where the positions table holds the account's."""
+        sql = ("SELECT f.symbol, f.side, f.qty, f.price FROM fills f JOIN orders o ON "
+               "o.client_order_id = f.client_order_id WHERE o.owner_uid=?")
+        params: list[Any] = [owner_uid]
+        if strategy_id is not None:
+            sql += " AND o.strategy_id=?"
+            params.append(strategy_id)
+        out: dict[str, Position] = {}
+        for symbol, side, qty, price in await self._db.execute(sql + " ORDER BY f.id", params):
+            signed = Decimal(qty) if side == "buy" else -Decimal(qty)
+            out[symbol] = apply_fill(out.get(symbol, Position(symbol=symbol)), signed,
+                                     Decimal(price))
+        return out
 
     async def sessions(self) -> dict[str, float]:
         """Dead-man sessions left open: strategy_id → heartbeat_s."""
