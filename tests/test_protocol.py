@@ -333,3 +333,15 @@ def test_plain_canonical_and_places_round_nothing(value: str, trimmed: str, used
     if len(trimmed) < 100:
         assert plain(d) == trimmed
         assert plain(canonical(d)) == trimmed
+
+
+@pytest.mark.parametrize(("text", "rule"), [
+    ("190.29010000000001", "at most 2 for a price at or above $1"),  # a float's digits
+    ("190.2901", "at most 2 for a price at or above $1"),
+    ("0.12345678901", "at most 4 for a price below $1"),
+])
+def test_a_price_with_too_many_places_names_the_price_rule(text: str, rule: str) -> None:
+    """Not the general limit of 9 places, which is not the rule a price breaks."""
+    with pytest.raises(ProtocolError) as info:
+        protocol.price_field({"limit_price": text}, "limit_price")
+    assert rule in info.value.message

@@ -10,7 +10,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
@@ -289,9 +289,12 @@ _GRAMMAR = 'ASCII digits with an optional fraction, like "12" or "0.5"; no sign,
            "space or underscore"
 
 
-def decimal_field(args: dict[str, Any], name: str) -> Decimal | None:
+def decimal_field(args: dict[str, Any], name: str, *,
+                  increment: Callable[[str, Decimal], str | None] | None = None
+                  ) -> Decimal | None:
     """A decimal greater than 0, written plainly (PLAIN_DECIMAL) as a string or a JSON
-    number; a Decimal is taken as it is (internal callers)."""
+    number; a Decimal is taken as it is (internal callers). `increment`: the field's own
+    rule for its decimal places, said before the general limit (a price's is 2 or 4)."""
     v = args.get(name)
     if v is None:
         return None
@@ -312,6 +315,8 @@ def decimal_field(args: dict[str, Any], name: str) -> Decimal | None:
         raise invalid(f"{name} must be finite")
     if d <= 0:
         raise invalid(f"{name} must be greater than 0")
+    if increment is not None and (problem := increment(name, d)):
+        raise invalid(problem)
     if d.adjusted() > 12 or places(d) > PLACES:
         raise invalid(f"{name} is out of range (at most {PLACES} decimal places, below 10^12)")
     d = canonical(d)
@@ -322,10 +327,7 @@ def decimal_field(args: dict[str, Any], name: str) -> Decimal | None:
 
 def price_field(args: dict[str, Any], name: str) -> Decimal | None:
     """A price: a decimal that also keeps Alpaca's sub-penny rule."""
-    d = decimal_field(args, name)
-    if d is not None and (problem := price_increment_error(name, d)):
-        raise invalid(problem)
-    return d
+    return decimal_field(args, name, increment=price_increment_error)
 
 
 def strategy_id(args: dict[str, Any], *, required: bool) -> str | None:
