@@ -364,6 +364,8 @@ def _until_acked(sock: Path, op: str, fields: dict[str, Any], report: Report,
             with Client(sock, timeout=10) as cl:
                 cl.request(op, **fields)
             return True
+        except (OSError, ValueError):  # (first: DaemonUnreachable is an OSError too)
+            time.sleep(0.05)  # the daemon is down or restarting
         except ExecdError as e:
             if op == "close_position" and e.code in ("not_found", "risk_rejected"):
                 # no position (yet), or a fill raced the close so that it would have
@@ -380,8 +382,6 @@ def _until_acked(sock: Path, op: str, fields: dict[str, Any], report: Report,
                 done.set()
                 return False
             time.sleep(float(e.detail.get("retry_after_s", 0.05)))
-        except (OSError, ValueError):
-            time.sleep(0.05)  # the daemon is down or restarting
 
 
 def _settle(
