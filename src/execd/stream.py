@@ -256,7 +256,7 @@ class StreamActor:
         if before is None:
             m.stream_unknown.inc()
             log.debug("stream event for an order execd did not place", client_order_id=cid,
-                      event=update.event)
+                      trade_event=update.event)
             return
         try:
             after = await self.book.apply_found(cid, update.order)
