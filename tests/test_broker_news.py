@@ -8,11 +8,25 @@ and skipped; orders execd did not place are recorded as external, never taken fo
 from __future__ import annotations
 
 import ast
+import json
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import anyio
 import anyio.lowlevel
+import pytest
 
-from tests.test_stream import actor, update
+from execd.broker.alpaca import AlpacaClient, order_from
+from execd.broker.alpaca_stream import Skipped, TradeUpdate, read_update
+from execd.broker.base import BrokerAmbiguous, BrokerDataInvalid
+from execd.clock import FakeClock
+from execd.domain.broker_checks import REASONS, Refusal
+from execd.domain.orders import OrderSpec, OrderState
+from execd.limiter import Unlimited
+from execd.obs.metrics import Metrics
+from tests.conftest import OpenDaemon, connect
+from tests.test_stream import actor, broker_order, pending, until, update
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 LOG_METHODS = {"debug", "info", "warning", "warn", "error", "critical", "exception", "msg",
@@ -34,3 +48,275 @@ def test_no_structlog_call_passes_event_as_a_keyword() -> None:
            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
            and node.func.attr in LOG_METHODS and any(k.arg == "event" for k in node.keywords)]
     assert bad == []
+
+
+# ------------------------------------------------------- the adapter's parsing
+def alpaca_order(cid: str = "c1", **fields: Any) -> dict[str, Any]:
+    """An order as Alpaca's JSON has it (numbers as strings)."""
+    raw: dict[str, Any] = {
+        "id": f"id-{cid}", "client_order_id": cid, "symbol": "AAPL", "side": "buy",
+        "type": "market", "qty": "5", "filled_qty": "0", "filled_avg_price": None,
+        "status": "new", "time_in_force": "day", "order_class": "simple",
+        "created_at": "2026-12-07T10:00:00Z", "submitted_at": "2026-12-07T10:00:00Z"}
+    raw.update(fields)
+    return {k: v for k, v in raw.items() if v is not ...}
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"id": ...}, "malformed"),
+    ({"id": 7}, "malformed"),
+    ({"symbol": ["AAPL"]}, "malformed"),
+    ({"created_at": "yesterday", "submitted_at": None}, "malformed"),
+    ({"filled_qty": "abc"}, "bad_number"),
+    ({"filled_qty": True}, "bad_number"),
+    ({"filled_qty": "NaN", "filled_avg_price": "1"}, "bad_number"),
+    ({"filled_qty": "1", "filled_avg_price": "Infinity"}, "bad_number"),
+    ({"filled_qty": "1", "filled_avg_price": "-5"}, "bad_number"),
+    ({"filled_qty": "1", "filled_avg_price": "0"}, "bad_number"),
+    ({"filled_qty": "-1", "filled_avg_price": "1"}, "bad_number"),
+    ({"filled_qty": "1e999999", "filled_avg_price": "1"}, "bad_number"),
+    ({"limit_price": "sNaN"}, "bad_number"),
+    ({"filled_qty": "500", "filled_avg_price": "10"}, "overfill"),
+    ({"qty": None, "notional": "100", "filled_qty": "20", "filled_avg_price": "10"},
+     "overfill"),
+    ({"filled_qty": "1"}, "no_fill_price"),
+])
+def test_an_invalid_order_is_refused_with_its_reason(fields: dict[str, Any],
+                                                     reason: str) -> None:
+    with pytest.raises(BrokerDataInvalid) as e:
+        order_from(alpaca_order(**fields))
+    assert e.value.refusal.reason == reason
+
+
+def test_valid_orders_pass() -> None:
+    o = order_from(alpaca_order(filled_qty="5", filled_avg_price="10.5", status="filled"))
+    assert (o.view.filled_qty, o.view.filled_avg_price) == (Decimal(5), Decimal("10.5"))
+    n = order_from(alpaca_order(qty=None, notional="100", filled_qty="9.9",
+                                filled_avg_price="10.05"))  # within the 1% rounding
+    assert n.notional == 100
+    assert order_from(alpaca_order(client_order_id=None)).client_order_id == ""
+
+
+class Raw:
+    """alpaca-py's TradingClient as the adapter uses it, answering scripted JSON."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+
+    def get(self, path: str, params: Any = None) -> Any:
+        return self.answers[path]
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.answers[path]
+
+
+def client(answers: dict[str, Any]) -> AlpacaClient:
+    c = AlpacaClient(key_id="k", secret_key="s", url="http://127.0.0.1:9",
+                     limiter=Unlimited(), clock=FakeClock(), metrics=Metrics(), max_retries=0)
+    c._client = Raw(answers)  # type: ignore[assignment]
+    return c
+
+
+def rejected(m: Metrics, reason: str) -> float:
+    return m.registry.get_sample_value("execd_broker_rejected_messages_total",
+                                       {"reason": reason}) or 0.0
+
+
+def flag(m: Metrics) -> float | None:
+    return m.registry.get_sample_value("execd_broker_data_invalid")
+
+
+async def test_a_bad_entry_in_a_page_is_skipped_and_the_rest_kept() -> None:
+    c = client({"/orders": [alpaca_order("a"), {"client_order_id": "no-id"},
+                            alpaca_order("b", filled_qty="abc"), "junk", alpaca_order("c")]})
+    orders = await c.list_open_orders()
+    assert [o.client_order_id for o in orders] == ["a", "c"]
+    m = c._metrics
+    assert rejected(m, "malformed") == 2
+    assert rejected(m, "bad_number") == 1
+    assert flag(m) == 1  # an impossible number raises the flag; malformed alone does not
+    assert m.broker_news.invalid is not None
+    assert m.broker_news.invalid["reason"] == "bad_number"
+
+
+async def test_malformed_entries_alone_raise_no_flag() -> None:
+    c = client({"/orders": [{"client_order_id": "no-id"}]})
+    assert await c.list_open_orders() == []
+    assert rejected(c._metrics, "malformed") == 1
+    assert flag(c._metrics) == 0
+
+
+async def test_a_page_that_is_not_a_list_is_refused_whole() -> None:
+    c = client({"/orders": {"message": "surprise"}})
+    with pytest.raises(BrokerDataInvalid):
+        await c.list_open_orders()
+    assert rejected(c._metrics, "malformed") == 1
+
+
+@pytest.mark.parametrize("positions", [
+    [{"symbol": "AAPL", "qty": "NaN"}],
+    [{"symbol": "AAPL", "qty": "5", "current_price": "-1"}],
+    [{"symbol": "AAPL", "qty": "5"}, {"qty": "1"}],
+    {"AAPL": "5"},
+])
+async def test_invalid_positions_are_refused_whole(positions: Any) -> None:
+    c = client({"/positions": positions})
+    with pytest.raises(BrokerDataInvalid):
+        await c.positions()
+    assert sum(rejected(c._metrics, r) for r in REASONS) == 1
+
+
+async def test_positions_short_and_without_a_price_are_valid() -> None:
+    c = client({"/positions": [{"symbol": "AAPL", "qty": "-5", "current_price": None},
+                               {"symbol": "MSFT", "qty": 2, "current_price": "10.5"}]})
+    assert [(p.symbol, p.qty, p.current_price) for p in await c.positions()] == [
+        ("AAPL", Decimal(-5), None), ("MSFT", Decimal(2), Decimal("10.5"))]
+
+
+async def test_an_invalid_answer_to_a_look_up_is_an_error_and_to_a_submit_ambiguous() -> None:
+    c = client({"/orders:by_client_order_id": alpaca_order(filled_qty="abc"),
+                "/orders": {"id": None}})
+    with pytest.raises(BrokerDataInvalid):
+        await c.get_order_by_client_id("c1")
+    with pytest.raises(BrokerAmbiguous):
+        await c.submit_order(OrderSpec(client_order_id="c1", strategy_id="s", symbol="AAPL",
+                                       side="buy", qty=Decimal(1)))
+
+
+# ----------------------------------------------------------------- the stream
+def frame(data: Any, stream: str = "trade_updates") -> str:
+    return json.dumps({"stream": stream, "data": data})
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    ("not json {", "not_json"),
+    (b"\xff\xfe", "not_json"),
+    ("[" * 100_000, "not_json"),
+    ('"a string"', "malformed"),
+    (json.dumps({"stream": "trade_updates", "data": []}), "malformed"),
+    (frame({"event": "fill"}), "malformed"),
+    (frame({"event": "fill", "order": alpaca_order(id=...)}), "malformed"),
+    (frame({"event": "fill", "order": alpaca_order(filled_qty="abc")}), "bad_number"),
+    (frame({"event": {"x": 1}, "order": alpaca_order()}), "malformed"),
+    (frame({"event": "fill", "price": "NaN", "order": alpaca_order()}), "bad_number"),
+])
+def test_an_invalid_frame_is_refused(raw: str | bytes, reason: str) -> None:
+    with pytest.raises(BrokerDataInvalid) as e:
+        read_update(raw)
+    assert e.value.refusal.reason == reason
+
+
+def test_another_streams_frame_is_ignored_and_a_valid_update_read() -> None:
+    assert read_update(frame({"x": 1}, stream="listening")) is None
+    u = read_update(frame({"event": "fill", "execution_id": "e1", "price": "10",
+                           "qty": "5", "position_qty": "-5",
+                           "order": alpaca_order(filled_qty="5", filled_avg_price="10")}))
+    assert u is not None
+    assert u.order.view.filled_qty == 5
+
+
+class Frames:
+    """A connection that reads raw frames the way TradeUpdates does."""
+
+    def __init__(self) -> None:
+        self.send, self._receive = anyio.create_memory_object_stream[str | bytes](10)
+        self.pongs = 0
+        self.read = 0
+
+    async def receive(self) -> TradeUpdate | Skipped | None:
+        raw = await self._receive.receive()
+        self.read += 1
+        try:
+            return read_update(raw)
+        except BrokerDataInvalid as e:
+            return Skipped(e)
+
+    async def ping(self) -> None:
+        self.pongs += 1
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_bad_frame_is_skipped_and_a_resync_reads_what_it_was_about(
+        tmp_path: Path) -> None:
+    conn = Frames()
+
+    async def connect() -> Any:
+        return conn
+
+    async with actor(tmp_path, connect) as (a, _, broker):
+        await pending(a, "c1", qty="5")
+        await a.book.apply_view("c1", broker_order("c1", "new").view)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.run)
+            await until(lambda: a.health.stream_trusted)
+            lists = broker.lists
+            broker.orders["c1"] = broker_order("c1", "partially_filled", "2", "10")
+            for raw in ["garbage", frame({"event": "fill", "order": {"id": None}}),
+                        frame({"event": "fill", "order": alpaca_order(filled_qty="x")})]:
+                await conn.send.send(raw)
+            await until(lambda: conn.read == 3 and a.health.stream_trusted
+                        and broker.lists > lists)
+            assert a.health.stream_state == "healthy"  # the same connection: no reconnect
+            tg.cancel_scope.cancel()
+        conn.send.close()
+        conn._receive.close()
+        o = await a.book.get("c1")
+        assert o is not None
+        assert o.filled_qty == 2  # found by the resync
+        assert a.metrics.registry.get_sample_value("execd_stream_reconnects_total") == 0
+        assert rejected(a.metrics, "not_json") == 1
+        assert rejected(a.metrics, "malformed") == 1
+        assert rejected(a.metrics, "bad_number") == 1
+
+
+# ------------------------------------------------------------------- the book
+@pytest.mark.parametrize(("filled", "price", "reason"), [
+    ("500", "10", "overfill"),
+    ("1", "NaN", "bad_number"),
+    ("1", "-5", "bad_number"),
+    ("1", "0", "bad_number"),
+    ("1", None, "no_fill_price"),
+])
+async def test_a_view_that_breaks_a_rule_is_refused_by_the_book(
+        tmp_path: Path, filled: str, price: str | None, reason: str) -> None:
+    async with actor(tmp_path, lambda: anyio.lowlevel.checkpoint()) as (a, _, _):
+        await pending(a, "c1", qty="5")
+        await a.apply(update("c1", "new", "new"))
+        await a.apply(update("c1", "fill", "filled", filled, price, "x1"))
+        o = await a.book.get("c1")
+        assert o is not None
+        assert o.state == OrderState.SUBMITTED
+        assert (o.filled_qty, o.filled_avg_price) == (Decimal(0), None)
+        assert "AAPL" not in await a.book.store.positions()
+        assert rejected(a.metrics, reason) == 1
+        assert flag(a.metrics) == 1
+
+
+async def test_a_fill_whose_implied_price_is_not_positive_is_refused(tmp_path: Path) -> None:
+    async with actor(tmp_path, lambda: anyio.lowlevel.checkpoint()) as (a, _, _):
+        await pending(a, "c1", qty="5")
+        await a.apply(update("c1", "partial_fill", "partially_filled", "1", "100", "x1"))
+        # 2 at an average of 10: the second share "filled" at -80
+        await a.apply(update("c1", "partial_fill", "partially_filled", "2", "10", "x2"))
+        o = await a.book.get("c1")
+        assert o is not None
+        assert (o.filled_qty, o.filled_avg_price) == (Decimal(1), Decimal(100))
+        assert rejected(a.metrics, "bad_fill_price") == 1
+
+
+async def test_status_shows_broker_data_invalid_until_an_account_wide_resume(
+        daemon_factory: OpenDaemon) -> None:
+    async with daemon_factory() as d, connect(d) as c:
+        assert (await c.request("status"))["broker_data_invalid"] is None
+        d.metrics.broker_news.refused(Refusal("overfill", "filled_qty 500 > qty 5"),
+                                      source="test", at=1.0)
+        shown = (await c.request("status"))["broker_data_invalid"]
+        assert shown["reason"] == "overfill"
+        assert flag(d.metrics) == 1
+        await c.request("resume", strategy_id="alpha")  # one strategy's: not the account
+        assert (await c.request("status"))["broker_data_invalid"] is not None
+        await c.request("resume")
+        assert (await c.request("status"))["broker_data_invalid"] is None
+        assert flag(d.metrics) == 0

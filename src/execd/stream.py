@@ -33,6 +33,7 @@ from anyio.abc import TaskStatus
 from execd import poller
 from execd.book import OrderBook
 from execd.broker.alpaca_stream import (
+    Skipped,
     StreamAuthFailed,
     StreamProtocolError,
     TradeUpdate,
@@ -55,7 +56,7 @@ SEEN = 100_000  # execution ids remembered for dropping duplicates
 class Connection(Protocol):
     """An authenticated trade_updates connection (TradeUpdates; a fake in tests)."""
 
-    async def receive(self) -> TradeUpdate | None: ...
+    async def receive(self) -> TradeUpdate | Skipped | None: ...
 
     async def ping(self) -> None: ...
 
@@ -90,7 +91,7 @@ class _Pinged:
     def __init__(self, updates: TradeUpdates) -> None:
         self._u = updates
 
-    async def receive(self) -> TradeUpdate | None:
+    async def receive(self) -> TradeUpdate | Skipped | None:
         return await self._u.receive()
 
     async def ping(self) -> None:
@@ -130,6 +131,7 @@ class StreamActor:
         self.rng = rng or random.Random()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.failures = 0  # in a row
+        self._resyncing = False
 
     async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self.metrics.stream_enabled.set(1)
@@ -169,7 +171,9 @@ class StreamActor:
                 tg.start_soon(self._resync)
                 while True:
                     update = await conn.receive()
-                    if update is not None:
+                    if isinstance(update, Skipped):
+                        self._skipped(update, tg)
+                    elif update is not None:
                         await self.apply(update)
         except _LOST as e:
             reason = f"{type(e).__name__}: {e}"
@@ -215,9 +219,26 @@ class StreamActor:
             elif now - last_pong >= 2 * interval:
                 raise StreamStalled(f"no pong for {round(now - last_pong, 1)} s")
 
+    def _skipped(self, skipped: Skipped, tg: anyio.abc.TaskGroup) -> None:
+        """A frame refused: counted, and what it was about is read by REST (a resync,
+        unless one is under way), the stream untrusted until then."""
+        e = skipped.error
+        self.metrics.broker_news.refused(e.refusal, source="stream", text=e.text,
+                                         at=self.clock.time())
+        if not self._resyncing:
+            self._show("resyncing", trusted=False)
+            tg.start_soon(self._resync)
+
     async def _resync(self) -> None:
-        """One complete poll after every (re)connect: what the stream missed while we
-        were away is repaired; only then is the stream trusted."""
+        """One complete poll after every (re)connect (and after a frame refused): what
+        the stream missed is repaired; only then is the stream trusted."""
+        self._resyncing = True
+        try:
+            await self._resync_until_done()
+        finally:
+            self._resyncing = False
+
+    async def _resync_until_done(self) -> None:
         while True:
             started = self.clock.monotonic()
             try:

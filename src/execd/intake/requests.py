@@ -254,6 +254,8 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "stream": h.stream_as_dict(s.clock.time()),
         "last_reconcile": h.last_reconcile, "last_reconcile_result": h.last_reconcile_result,
         "broker_orders_unknown": h.broker_orders_unknown,
+        # sticky, None when lowered: obs/broker_news.py
+        "broker_data_invalid": s.metrics.broker_news.invalid,
         "orders": counts,
         "open_orders": sum(counts.get(st.value, 0) for st in OPEN_STATES),
         "subscribers": s.hub.subscribers,
@@ -288,7 +290,10 @@ async def op_resume(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     sid = protocol.strategy_id(args, required=False)
     if sid is not None and state != "ACTIVE":
         raise protocol.invalid('a strategy is resumed to "ACTIVE"; REDUCING is account-wide')
-    return await set_state(c, TradingState(state), protocol.reason(args), sid)
+    answer = await set_state(c, TradingState(state), protocol.reason(args), sid)
+    if sid is None:  # the operator has looked at the account: broker_data_invalid lowered
+        c.s.metrics.broker_news.clear()
+    return answer
 
 
 async def op_backup(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
