@@ -8,7 +8,11 @@ and skipped; orders execd did not place are recorded as external, never taken fo
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,17 +20,22 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from anyio.abc import ByteStream, SocketAttribute
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from execd.broker.alpaca import AlpacaClient, order_from
 from execd.broker.alpaca_stream import Skipped, TradeUpdate, read_update
 from execd.broker.base import BrokerAmbiguous, BrokerDataInvalid
+from execd.broker.websocket import MessageTooLarge, WebSocket
 from execd.clock import FakeClock
+from execd.config import ConfigError, load
 from execd.domain.broker_checks import REASONS, Refusal
 from execd.domain.orders import OrderSpec, OrderState
 from execd.limiter import Unlimited
 from execd.obs.metrics import Metrics
 from tests.conftest import OpenDaemon, connect
-from tests.test_stream import actor, broker_order, pending, until, update
+from tests.test_stream import Script, actor, broker_order, pending, until, update
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 LOG_METHODS = {"debug", "info", "warning", "warn", "error", "critical", "exception", "msg",
@@ -320,3 +329,143 @@ async def test_status_shows_broker_data_invalid_until_an_account_wide_resume(
         await c.request("resume")
         assert (await c.request("status"))["broker_data_invalid"] is None
         assert flag(d.metrics) == 0
+
+
+# ------------------------------------------------------------ websocket frames
+@dataclass
+class Served:
+    sent: int = 0  # payload bytes the server got out before our close frame came
+    close_code: int | None = None
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    async def send(self, stream: ByteStream, data: Callable[[], bytes]) -> bool:
+        """Send unless the client has closed; whether it was sent."""
+        async with self.lock:
+            if self.close_code is not None:
+                return False
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await stream.send(data())
+                return True
+            return False
+
+
+@asynccontextmanager
+async def ws_server(send: Callable[[ByteStream, WSConnection, Served], Coroutine[Any, Any, None]]
+                    ) -> AsyncIterator[tuple[str, Served]]:
+    """A websocket server on loopback that completes the handshake, then runs `send`
+    while it reads what the client says (until the client's close frame)."""
+    served = Served()
+
+    async def handle(stream: ByteStream) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        async with stream:
+            while True:
+                ws.receive_data(await stream.receive())
+                if any(isinstance(e, Request) for e in ws.events()):
+                    break
+            await stream.send(ws.send(AcceptConnection()))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send, stream, ws, served)
+                try:
+                    while served.close_code is None:
+                        ws.receive_data(await stream.receive())
+                        for e in ws.events():
+                            if isinstance(e, CloseConnection):
+                                async with served.lock:
+                                    served.close_code = e.code
+                                    await stream.send(ws.send(e.response()))
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    pass
+                tg.cancel_scope.cancel()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        port = listener.extra(SocketAttribute.local_port)
+        yield f"ws://127.0.0.1:{port}/stream", served
+        tg.cancel_scope.cancel()
+
+
+async def test_an_oversized_frame_is_refused_as_it_arrives_and_closed_with_1009() -> None:
+    huge = 50 * 1024 * 1024
+
+    async def one_huge_frame(stream: ByteStream, ws: WSConnection, served: Served) -> None:
+        # one binary frame announcing 50 MiB, its payload sent 64 KiB at a time
+        await served.send(stream, lambda: b"\x82\x7f" + huge.to_bytes(8, "big"))
+        chunk = b"x" * 65536
+        while served.sent < huge and await served.send(stream, lambda: chunk):
+            served.sent += len(chunk)
+            await anyio.sleep(0.001)
+
+    async with ws_server(one_huge_frame) as (url, served):
+        ws = await WebSocket.connect(url, max_message=100_000)
+        with anyio.fail_after(10), pytest.raises(MessageTooLarge):
+            await ws.receive()
+        assert ws.closed
+        with anyio.fail_after(5):
+            while served.close_code is None:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+    assert served.close_code == 1009
+    assert served.sent < 2 * 1024 * 1024  # refused as it came, not once it was whole
+
+
+async def test_a_fragmented_message_counts_all_its_fragments() -> None:
+    async def fragments(stream: ByteStream, ws: WSConnection, served: Served) -> None:
+        for _ in range(100):
+            if not await served.send(stream, lambda: ws.send(
+                    TextMessage(data="y" * 4000, message_finished=False))):
+                return
+            served.sent += 4000
+            await anyio.sleep(0.001)
+
+    async with ws_server(fragments) as (url, served):
+        ws = await WebSocket.connect(url, max_message=10_000)
+        with anyio.fail_after(10), pytest.raises(MessageTooLarge):
+            await ws.receive()
+        with anyio.fail_after(5):
+            while served.close_code is None:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+    assert served.close_code == 1009
+
+
+async def test_our_close_is_a_handshake() -> None:
+    async def hello(stream: ByteStream, ws: WSConnection, served: Served) -> None:
+        await served.send(stream, lambda: ws.send(TextMessage(data="hello")))
+
+    async with ws_server(hello) as (url, served):
+        ws = await WebSocket.connect(url)
+        with anyio.fail_after(5):
+            assert await ws.receive() == "hello"
+            await ws.aclose()
+        assert served.close_code == 1000  # the server saw our close frame and answered
+        assert ws.closed
+
+
+async def test_an_oversized_message_counts_and_the_stream_reconnects(tmp_path: Path) -> None:
+    attempts = 0
+
+    class TooLarge(Script):
+        async def receive(self) -> TradeUpdate | None:
+            raise MessageTooLarge("a message over 16 bytes")
+
+    async def connect() -> Any:
+        nonlocal attempts
+        attempts += 1
+        return TooLarge([])
+
+    async with actor(tmp_path, connect) as (a, _, _):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.run)
+            await until(lambda: attempts >= 3)
+            tg.cancel_scope.cancel()
+        assert rejected(a.metrics, "too_large") >= 2
+        assert flag(a.metrics) == 0
+
+
+def test_the_stream_max_message_is_configured(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[broker]\nstream_max_message = 4096\n")
+    assert load(path).broker.stream_max_message == 4096
+    path.write_text("[broker]\nstream_max_message = 10\n")
+    with pytest.raises(ConfigError, match="stream_max_message"):
+        load(path)

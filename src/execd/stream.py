@@ -40,8 +40,9 @@ from execd.broker.alpaca_stream import (
     TradeUpdates,
 )
 from execd.broker.base import BrokerClient, BrokerError
-from execd.broker.websocket import WebSocketClosed
+from execd.broker.websocket import MAX_MESSAGE, MessageTooLarge, WebSocketClosed
 from execd.clock import Clock
+from execd.domain.broker_checks import Refusal
 from execd.health import Health
 from execd.legs import adopt
 from execd.obs import logging
@@ -105,9 +106,11 @@ class _Pinged:
         await self._u.aclose()
 
 
-def alpaca_connect(url: str, key_id: str, secret_key: str) -> Connect:
+def alpaca_connect(url: str, key_id: str, secret_key: str, *,
+                   max_message: int = MAX_MESSAGE) -> Connect:
     async def connect() -> Connection:
-        return _Pinged(await TradeUpdates.open(url, key_id, secret_key))
+        return _Pinged(await TradeUpdates.open(url, key_id, secret_key,
+                                               max_message=max_message))
 
     return connect
 
@@ -176,13 +179,14 @@ class StreamActor:
                     elif update is not None:
                         await self.apply(update)
         except _LOST as e:
-            reason = f"{type(e).__name__}: {e}"
+            reason = self._lost(e)
         except BaseExceptionGroup as group:
             lost, rest = group.split(_LOST)
-            if lost is None or rest is not None:
+            if lost is None:
                 raise
-            first = _leaf(lost)
-            reason = f"{type(first).__name__}: {first}"
+            if rest is not None:  # cancelled as the connection broke: the cancel wins
+                raise rest from None
+            reason = self._lost(_leaf(lost))
         finally:
             self.metrics.stream_connected.set(0)
             with anyio.CancelScope(shield=True):
@@ -190,6 +194,13 @@ class StreamActor:
         if self.clock.monotonic() - up_since >= s.healthy_after:
             self.failures = 0
         await self._back_off(f"connection lost: {reason}")
+
+    def _lost(self, e: BaseException) -> str:
+        """Why the connection was lost; an oversized message is also a message refused."""
+        if isinstance(e, MessageTooLarge):
+            self.metrics.broker_news.refused(Refusal("too_large", str(e)), source="stream",
+                                             at=self.clock.time())
+        return f"{type(e).__name__}: {e}"
 
     def _show(self, state: str, *, trusted: bool, error: str | None = None) -> None:
         self.health.set_stream(state, trusted=trusted, at=self.clock.time(), error=error)

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from execd.broker.alpaca import order_from
 from execd.broker.base import BrokerDataInvalid, BrokerOrder
-from execd.broker.websocket import WebSocket, WebSocketClosed
+from execd.broker.websocket import MAX_MESSAGE, WebSocket, WebSocketClosed
 from execd.domain.broker_checks import InvalidNews, Refusal, number
 
 
@@ -130,8 +130,9 @@ class TradeUpdates:
         self.ws = ws
 
     @classmethod
-    async def open(cls, url: str, key_id: str, secret_key: str) -> TradeUpdates:
-        ws = await WebSocket.connect(url)
+    async def open(cls, url: str, key_id: str, secret_key: str, *,
+                   max_message: int = MAX_MESSAGE) -> TradeUpdates:
+        ws = await WebSocket.connect(url, max_message=max_message)
         try:
             await ws.send_text(json.dumps(
                 {"action": "authenticate", "data": {"key_id": key_id, "secret_key": secret_key}}))
