@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import io
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -20,22 +21,29 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+import structlog
 from anyio.abc import ByteStream, SocketAttribute
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
+from execd import cli, poller
+from execd.book import EventHub, OrderBook
 from execd.broker.alpaca import AlpacaClient, order_from
 from execd.broker.alpaca_stream import Skipped, TradeUpdate, read_update
-from execd.broker.base import BrokerAmbiguous, BrokerDataInvalid
+from execd.broker.base import BrokerAmbiguous, BrokerDataInvalid, BrokerOrder
 from execd.broker.websocket import MessageTooLarge, WebSocket
 from execd.clock import FakeClock
 from execd.config import ConfigError, load
 from execd.domain.broker_checks import REASONS, Refusal
-from execd.domain.orders import OrderSpec, OrderState
+from execd.domain.external import ExternalOrder, merge
+from execd.domain.orders import Order, OrderSpec, OrderState
+from execd.health import Health
 from execd.limiter import Unlimited
 from execd.obs.metrics import Metrics
-from tests.conftest import OpenDaemon, connect
-from tests.test_stream import Script, actor, broker_order, pending, until, update
+from execd.sim import SimServer
+from execd.store import Store
+from tests.conftest import OpenDaemon, connect, eventually
+from tests.test_stream import Broker, Script, actor, broker_order, pending, until, update
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 LOG_METHODS = {"debug", "info", "warning", "warn", "error", "critical", "exception", "msg",
@@ -469,3 +477,185 @@ def test_the_stream_max_message_is_configured(tmp_path: Path) -> None:
     path.write_text("[broker]\nstream_max_message = 10\n")
     with pytest.raises(ConfigError, match="stream_max_message"):
         load(path)
+
+
+# ------------------------------------------------------------- external orders
+def seen(status: str, filled: str = "0", *, at: float = 1.0) -> ExternalOrder:
+    return ExternalOrder(broker_order_id="x1", client_order_id="web-1", symbol="AAPL",
+                         side="buy", qty=Decimal(5), notional=None, type="limit",
+                         status=status, filled_qty=Decimal(filled),
+                         filled_avg_price=Decimal(10) if filled != "0" else None,
+                         first_seen=at, updated_at=at)
+
+
+def test_an_external_order_moves_forward_only() -> None:
+    first = seen("new")
+    assert merge(None, first) == first
+    assert merge(first, seen("new", at=2.0)) is None  # nothing new
+    part = merge(first, seen("partially_filled", "2", at=2.0))
+    assert part is not None
+    assert part.first_seen == 1.0
+    assert merge(part, seen("new", at=3.0)) is None  # older news: less filled
+    done = merge(part, seen("canceled", "2", at=3.0))
+    assert done is not None
+    assert not done.is_open
+    assert merge(done, seen("partially_filled", "2", at=4.0)) is None  # after the end
+
+
+async def test_a_streamed_order_execd_did_not_place_is_recorded_as_external(
+        tmp_path: Path) -> None:
+    async with actor(tmp_path, lambda: anyio.lowlevel.checkpoint()) as (a, _, _):
+        await pending(a, "ours", qty="5")
+        await a.apply(update("web-1", "new", "new"))
+        await a.apply(update("web-1", "fill", "filled", "2", "10", "x1"))
+        await a.apply(update("web-1", "new", "new"))  # late, reordered: ignored
+        (e,) = await a.book.store.external_orders()
+        assert (e.client_order_id, e.status, e.filled_qty, e.filled_avg_price) == (
+            "web-1", "filled", Decimal(2), Decimal(10))
+        assert await a.book.get("web-1") is None  # never taken for ours
+        assert "AAPL" not in await a.book.store.positions()  # its fill is not ours
+        snapshot = await a.book.store.status()
+        assert (snapshot.external_open, snapshot.external_total) == (0, 1)
+        # an event for our own order is never recorded as external
+        await a.apply(update("ours", "new", "new"))
+        assert len(await a.book.store.external_orders()) == 1
+
+
+class Listing(Broker):
+    """The open list, look-ups by client_order_id and by the broker's id."""
+
+    async def get_order(self, broker_order_id: str) -> BrokerOrder | None:
+        return next((o for o in self.orders.values()
+                     if o.view.broker_order_id == broker_order_id), None)
+
+
+async def test_the_poller_records_external_orders_and_follows_them_to_their_end(
+        tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = await Store.open(tmp_path / "execd.db")
+    try:
+        book = OrderBook(store, EventHub(), Metrics(), clock)
+        await book.load()
+        broker, health = Listing(), Health()
+        spec = OrderSpec(client_order_id="ours", strategy_id="s", symbol="AAPL", side="buy",
+                         qty=Decimal(1))
+        await book.commit_new(["ours"], lambda known: [Order(spec=spec)])
+        await book.apply_view("ours", broker_order("ours", "filled", "1", "10").view)
+        # the broker's list lags: it still shows our (closed) order open
+        broker.orders["ours"] = broker_order("ours", "new")
+        broker.orders["web-1"] = broker_order("web-1", "new")
+        broker.orders["web-2"] = broker_order("web-2", "partially_filled", "1", "10")
+        await poller.poll_once(book, broker, clock, health)  # type: ignore[arg-type]
+        assert {e.client_order_id: e.status for e in await store.external_orders()} == {
+            "web-1": "new", "web-2": "partially_filled"}
+        assert health.broker_orders_unknown == 2
+        broker.orders["web-1"] = broker_order("web-1", "canceled")  # gone from the list
+        del broker.orders["web-2"]  # gone, and the broker has no such order
+        await poller.poll_once(book, broker, clock, health)  # type: ignore[arg-type]
+        assert {e.client_order_id: e.status for e in await store.external_orders()} == {
+            "web-1": "canceled", "web-2": "not_found"}
+        assert (await store.status()).external_open == 0
+        assert await store.external_orders(open_only=True) == []
+    finally:
+        await store.close()
+
+
+async def test_orders_placed_beside_execd_are_listed_and_explain_a_halt(
+        daemon_factory: OpenDaemon, sim: SimServer) -> None:
+    """Another program on the same account: its orders are external, shown by `status`
+    and `external_orders`, and the reconciler still halts on the position they made,
+    saying where to look."""
+    beside = AlpacaClient(key_id=sim.config.key_id, secret_key=sim.config.secret_key,
+                          url=sim.url, limiter=Unlimited(), clock=FakeClock(),
+                          metrics=Metrics(), max_retries=0)
+    async with daemon_factory(broker={"stream": True}, poller={"interval_streaming": 0.05}
+                              ) as d, connect(d) as c:
+        ours = await c.submit(strategy_id="s", symbol="MSFT", side="buy", qty="1")
+        resting = await beside.submit_order(OrderSpec(
+            client_order_id="web-rest", strategy_id="-", symbol="AAPL", side="buy",
+            qty=Decimal(1), type="limit", limit_price=Decimal(1)))
+        await beside.submit_order(OrderSpec(client_order_id="web-fill", strategy_id="-",
+                                            symbol="AAPL", side="buy", qty=Decimal(2)))
+
+        async def listed() -> bool:
+            got = await c.request("external_orders")
+            return {o["client_order_id"] for o in got["external_orders"]} == {
+                "web-rest", "web-fill"}
+
+        await eventually(listed)
+        status = await c.request("status")
+        assert status["external_orders"] == {"open": 1, "total": 2}
+        assert ours["client_order_id"] not in {
+            o["client_order_id"] for o in (await c.request("external_orders"))["external_orders"]}
+        opened = (await c.request("external_orders", open=True))["external_orders"]
+        assert [o["client_order_id"] for o in opened] == ["web-rest"]
+        await beside.cancel_order(resting.view.broker_order_id)
+
+        async def halted() -> bool:
+            trading = (await c.request("status"))["trading"]
+            return bool(trading["state"] == "HALTED")
+
+        await eventually(halted)
+        reason = (await c.request("status"))["trading"]["reason"]
+        assert reason.startswith("reconcile_mismatch: AAPL local=0 broker=2")
+        assert "orders execd did not place on AAPL" in reason
+
+        async def closed() -> bool:
+            return bool((await c.request("status"))["external_orders"]["open"] == 0)
+
+        await eventually(closed, within=3)
+        aapl = (await d.store.positions()).get("AAPL")  # a row for the broker's mark only
+        assert aapl is None or aapl.qty == 0
+
+
+@pytest.fixture
+def daemon_logs_elsewhere() -> Iterator[None]:
+    """The daemon runs in this process: its log lines must not mix with the CLI's."""
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(io.StringIO()))
+    yield
+    structlog.configure(**saved)
+
+
+async def cli_in_thread(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """The CLI is blocking; the daemon runs in this event loop."""
+    def run() -> tuple[int, str, str]:
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return await anyio.to_thread.run_sync(run)
+
+
+@pytest.mark.usefixtures("daemon_logs_elsewhere")
+async def test_execd_orders_external_and_status_show_them(
+        daemon_factory: OpenDaemon, sim: SimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    beside = AlpacaClient(key_id=sim.config.key_id, secret_key=sim.config.secret_key,
+                          url=sim.url, limiter=Unlimited(), clock=FakeClock(),
+                          metrics=Metrics(), max_retries=0)
+    async with daemon_factory() as d, connect(d) as c:
+        sock = ["--socket", str(d.config.socket_path)]
+        await beside.submit_order(OrderSpec(
+            client_order_id="web-rest", strategy_id="-", symbol="AAPL", side="buy",
+            qty=Decimal(3), type="limit", limit_price=Decimal(1)))
+
+        async def recorded() -> bool:
+            return bool((await c.request("status"))["external_orders"]["total"] == 1)
+
+        await eventually(recorded)
+        code, out, err = await cli_in_thread(capsys, "orders", "--external", *sock)
+        assert (code, err) == (0, "")
+        header, row = out.splitlines()
+        assert header.split()[:2] == ["broker", "id"]
+        assert row.split()[1:6] == ["web-rest", "AAPL", "buy", "3", "new"]
+        d.metrics.broker_news.refused(Refusal("overfill", "filled_qty 500 > qty 5"),
+                                      source="test", at=1.0)
+        code, out, err = await cli_in_thread(capsys, "status", *sock)
+        assert "external orders (not placed by execd): 1 open, 1 seen" in out
+        assert "BROKER DATA INVALID: overfill: filled_qty 500 > qty 5" in out
+        assert max(len(line) for line in out.splitlines()) <= 100
+        code, out, err = await cli_in_thread(capsys, "orders", "--external", "--state",
+                                             "FILLED", *sock)
+        assert code == 1
+        assert "takes --open and --last only" in err

@@ -30,7 +30,7 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskStatus
 
-from execd import poller
+from execd import external, poller
 from execd.book import OrderBook
 from execd.broker.alpaca_stream import (
     Skipped,
@@ -289,6 +289,8 @@ class StreamActor:
             m.stream_unknown.inc()
             log.debug("stream event for an order execd did not place", client_order_id=cid,
                       trade_event=update.event)
+            await external.record(self.book, await external.not_ours(self.book, [update.order]),
+                                  self.clock.time(), source="stream")
             return
         try:
             after = await self.book.apply_found(cid, update.order)

@@ -228,6 +228,16 @@ async def op_orders(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     return {"orders": [o.to_json() for o in orders]}
 
 
+async def op_external_orders(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    """Orders on the account that execd did not place (domain/external.py)."""
+    _, _, limit = protocol.orders_filter({"limit": args.get("limit", 100)})
+    open_only = args.get("open", False)
+    if not isinstance(open_only, bool):
+        raise protocol.invalid("open must be true or false")
+    orders = await c.s.book.store.external_orders(open_only=open_only, limit=limit)
+    return {"external_orders": [o.to_json() for o in orders]}
+
+
 async def op_positions(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     positions = await c.s.book.store.positions()
     return {"positions": [
@@ -256,6 +266,7 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "broker_orders_unknown": h.broker_orders_unknown,
         # sticky, None when lowered: obs/broker_news.py
         "broker_data_invalid": s.metrics.broker_news.invalid,
+        "external_orders": {"open": stored.external_open, "total": stored.external_total},
         "orders": counts,
         "open_orders": sum(counts.get(st.value, 0) for st in OPEN_STATES),
         "subscribers": s.hub.subscribers,
@@ -330,6 +341,8 @@ OPS: dict[str, Op] = {
     "order": Op(handler=op_order, fields=frozenset({"client_order_id"})),
     "orders": Op(handler=op_orders, fields=frozenset({"strategy_id", "state", "open", "limit"})),
     "positions": Op(handler=op_positions),
+    "external_orders": Op(handler=op_external_orders, fields=frozenset({"open", "limit"}),
+                          admin=True),
     "status": Op(handler=op_status),
     "subscribe": Op(handler=op_subscribe, fields=frozenset({"strategy_id"})),
     "halt": Op(handler=op_halt, fields=frozenset({"reason", "strategy_id"}), admin=True),
