@@ -659,3 +659,16 @@ async def test_execd_orders_external_and_status_show_them(
                                              "FILLED", *sock)
         assert code == 1
         assert "takes --open and --last only" in err
+
+
+async def test_an_order_first_met_as_a_stranger_that_turns_out_ours_is_shown_as_ours(
+        tmp_path: Path) -> None:
+    """A leg streamed before its parent's answer named it is recorded as external; once
+    the book holds it, it is listed as ours only."""
+    async with actor(tmp_path, lambda: anyio.lowlevel.checkpoint()) as (a, _, _):
+        await a.apply(update("leg-1", "new", "new"))  # b-leg-1: no order of ours yet
+        assert len(await a.book.store.external_orders()) == 1
+        await pending(a, "leg-1", qty="1")
+        await a.book.apply_view("leg-1", broker_order("leg-1", "new").view)  # b-leg-1 ours
+        assert await a.book.store.external_orders() == []
+        assert (await a.book.store.status()).external_total == 0

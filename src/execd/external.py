@@ -56,9 +56,14 @@ async def record(book: OrderBook, found: Sequence[BrokerOrder], now: float, *,
 
 
 async def not_ours(book: OrderBook, found: Sequence[BrokerOrder]) -> list[BrokerOrder]:
-    """Those of `found` the book does not hold (by client_order_id, then broker id)."""
-    out = []
+    """Those of `found` the book does not hold (by client_order_id, then broker id).
+    One already recorded as external is not ours (it was checked then): one read for all
+    of them, so another program's hundred open orders cost no hundred reads a poll."""
+    known = await book.store.get_externals([o.view.broker_order_id for o in found])
+    out = [o for o in found if o.view.broker_order_id in known]
     for o in found:
+        if o.view.broker_order_id in known:
+            continue
         if o.client_order_id and await book.get(o.client_order_id) is not None:
             continue
         if await book.store.get_by_broker_id(o.view.broker_order_id) is not None:

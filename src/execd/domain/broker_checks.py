@@ -29,8 +29,9 @@ from execd.domain.orders import BrokerView, Order
 REASONS = ("malformed", "not_json", "too_large", "bad_number", "overfill", "no_fill_price",
            "bad_fill_price")
 INVALID_DATA = frozenset({"bad_number", "overfill", "no_fill_price", "bad_fill_price"})
-# Bounds that keep Decimal arithmetic exact and cheap: no share count or price comes
-# near 10^12, and none has more than 12 decimal places; a number's text is short.
+# Bounds that keep Decimal arithmetic cheap and clear of overflow (1e999999 * 2 raises):
+# no share count or price comes near 10^12, none is a nonzero below 10^-12, and a
+# number's text is short.
 LIMIT = Decimal(10) ** 12
 MIN_EXPONENT = -12
 MAX_TEXT = 40

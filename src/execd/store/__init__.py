@@ -177,6 +177,12 @@ _EXTERNAL_COLUMNS = ("broker_order_id, client_order_id, symbol, side, qty, notio
                      "status, filled_qty, filled_avg_price, first_seen, updated_at")
 
 
+# An order first met as a stranger can turn out to be ours (a leg streamed before its
+# parent's answer named it): once the book holds its broker id, it is shown as ours only.
+_NOT_OURS = ("broker_order_id NOT IN (SELECT broker_order_id FROM orders "
+             "WHERE broker_order_id IS NOT NULL)")
+
+
 def _external_row(e: ExternalOrder) -> tuple[Any, ...]:
     return (e.broker_order_id, e.client_order_id, e.symbol, e.side, _str(e.qty),
             _str(e.notional), e.type, e.status, plain(e.filled_qty), _str(e.filled_avg_price),
@@ -635,8 +641,8 @@ class Store:
 
     async def status(self) -> StatusSnapshot:
         def read(conn: sqlite3.Connection) -> StatusSnapshot:
-            by_status = conn.execute(
-                "SELECT status, count(*) FROM external_orders GROUP BY status").fetchall()
+            by_status = conn.execute(f"SELECT status, count(*) FROM external_orders WHERE "
+                                     f"{_NOT_OURS} GROUP BY status").fetchall()
             return StatusSnapshot(
                 trading=_trading(conn), counts=_count_by_state(conn),
                 halted_strategies=_strategy_halts(conn),
@@ -648,7 +654,7 @@ class Store:
     async def external_orders(self, *, open_only: bool = False, symbols: Collection[str] = (),
                               limit: int = 100) -> list[ExternalOrder]:
         """External orders, newest first (by when execd first saw them)."""
-        where, params = [], list(symbols)
+        where, params = [_NOT_OURS], list(symbols)
         if symbols:
             where.append(f"symbol IN ({','.join('?' * len(symbols))})")
         if open_only:
@@ -660,9 +666,10 @@ class Store:
             + " ORDER BY first_seen DESC, rowid DESC LIMIT ?", [*params, limit])
         return [_external_from(r) for r in rows]
 
-    async def get_external(self, broker_order_id: str) -> ExternalOrder | None:
-        return (await self._db.run(lambda conn: _externals(conn, [broker_order_id]))).get(
-            broker_order_id)
+    async def get_externals(self, broker_order_ids: Sequence[str]) -> dict[str, ExternalOrder]:
+        """The external orders recorded under these broker ids."""
+        ids = list(broker_order_ids)
+        return await self._db.run(lambda conn: _externals(conn, ids)) if ids else {}
 
     async def events(self, client_order_id: str) -> list[dict[str, Any]]:
         rows = await self._db.execute(
