@@ -254,7 +254,8 @@ def _stream_spec(
     settings = stream.StreamSettings(
         url=url, ping_interval=b.stream_ping_interval, connect_timeout=b.timeout,
         backoff_min=b.stream_backoff_min, backoff_max=b.stream_backoff_max)
-    connect = stream.alpaca_connect(url, credentials.key_id, credentials.secret_key)
+    connect = stream.alpaca_connect(url, credentials.key_id, credentials.secret_key,
+                                    max_message=b.stream_max_message)
     log.info("trade_updates stream on", url=url)
     return ChildSpec(name="stream", start=lambda task_status: stream.run(
         book=book, broker=broker, clock=clock, health=health, metrics=metrics,

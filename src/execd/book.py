@@ -16,6 +16,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from execd.broker.base import BrokerOrder
 from execd.clock import Clock
+from execd.domain.broker_checks import check_view
 from execd.domain.decimals import show, show_opt
 from execd.domain.orders import (
     ORDER_TYPES,
@@ -227,7 +228,7 @@ class OrderBook:
             known_legs = set(await self.store.get_orders(unknown_legs)) if unknown_legs else set()
             for q in batch:  # in order: later views of one order build on earlier ones
                 before = current.get(q.client_order_id)
-                if before is None:
+                if before is None or self._refused(before, q.view):
                     continue
                 update = apply_broker_view(before, q.view, now)
                 new_legs = [leg for leg in q.legs if leg.client_order_id not in self.open
@@ -247,7 +248,8 @@ class OrderBook:
                     for leg_row, leg in zip(born, new_legs, strict=True):
                         current[leg_row.client_order_id] = leg_row
                         changes.append((None, Update(order=leg_row, fill=None, event="LEG")))
-                        leg_update = apply_broker_view(leg_row, leg.view, now)
+                        leg_update = None if self._refused(leg_row, leg.view) else \
+                            apply_broker_view(leg_row, leg.view, now)
                         if leg_update is not None:
                             changes.append((leg_row, leg_update))
                             current[leg_row.client_order_id] = leg_update.order
@@ -273,6 +275,17 @@ class OrderBook:
         finally:
             for q in batch:
                 q.done = True
+
+    def _refused(self, order: Order, view: BrokerView) -> bool:
+        """Whether the broker's view breaks a rule against the order as we hold it
+        (domain/broker_checks.py): then it is counted and not applied."""
+        refusal = check_view(order, view)
+        if refusal is None:
+            return False
+        self.metrics.broker_news.refused(
+            refusal, source="book", at=self._clock.time(),
+            text=f"{order.client_order_id} ({view.broker_order_id}): {view}")
+        return True
 
     async def _replacement(self, old: Order, view: BrokerView,
                            current: dict[str, Order]) -> str | None:

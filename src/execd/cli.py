@@ -222,6 +222,11 @@ def _command(args: argparse.Namespace, c: Client) -> tuple[Any, Any]:
         call = calls.flatten(args.reason)
     elif cmd == "order":
         call = calls.order(_resolve(c, args.client_order_id))
+    elif cmd == "orders" and args.external:
+        if args.strategy or args.state:
+            raise ExecdError("invalid_request", "orders --external takes --open and --last "
+                                                "only (external orders have no strategy)")
+        call = calls.external_orders(open=True if args.open else None, limit=args.last)
     elif cmd == "orders":
         call = calls.orders(strategy_id=args.strategy, state=args.state,
                             open=True if args.open else None, limit=args.last)
@@ -269,6 +274,8 @@ def _show(cmd: str, raw: dict[str, Any], value: Any) -> None:
         _print(r.orders_table([value]))
     elif cmd == "order":
         _print(r.order_detail(value, raw.get("events") or []))
+    elif cmd == "orders" and "external_orders" in raw:
+        _print(r.external_table(value) if value else "no external orders")
     elif cmd in ("orders", "cancel-all"):
         if cmd == "cancel-all":
             _print(f"cancelled: {raw.get('count', 0)} of {len(value)}")
@@ -542,6 +549,9 @@ def _add_client_commands(sub: Any) -> None:
     os_.add_argument("--open", action="store_true",
                      help="only open orders: PENDING, SUBMITTED, PARTIALLY_FILLED "
                           "(default: all)")
+    os_.add_argument("--external", action="store_true",
+                     help="orders on the account that execd did not place (the web UI, "
+                          "another program), an operator's command (default: execd's own)")
     os_.add_argument("--last", type=int, default=50, metavar="N",
                      help="show the N newest orders, 1 to 10000 (default: %(default)s)")
     os_.add_argument("--limit", action=_Renamed, nargs="?", help=argparse.SUPPRESS,

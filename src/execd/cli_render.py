@@ -250,6 +250,24 @@ def positions_table(positions: Sequence[Position]) -> list[str]:
          dec(p.unrealized_pl)] for p in positions])
 
 
+EXTERNAL_COLUMNS = (Column("broker id"), Column("client_order_id", shrink=12),
+                    Column("symbol"), Column("side"), Column("qty", "d"), Column("status"),
+                    Column("filled", "d"), Column("avg price", "d"))
+
+
+def external_table(orders: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Orders execd did not place (`execd orders --external`)."""
+    def d(v: Any) -> str:
+        return "" if v is None else str(v)
+
+    return table(EXTERNAL_COLUMNS, [
+        [short_id(d(o.get("broker_order_id"))), d(o.get("client_order_id")),
+         d(o.get("symbol")), d(o.get("side")),
+         d(o.get("qty")) or ("$" + d(o.get("notional")) if o.get("notional") else ""),
+         d(o.get("status")), d(o.get("filled_qty")), d(o.get("filled_avg_price"))]
+        for o in orders])
+
+
 def status_lines(s: Status, now: datetime | None = None) -> list[str]:
     lines = [f"execd {s.version}   {trading_line(s.trading)}"]
     lines += [f"  {trading_line(t)}" for t in s.halted_strategies.values()]
@@ -273,6 +291,14 @@ def status_lines(s: Status, now: datetime | None = None) -> list[str]:
     if s.recovery and not s.recovery.get("done", True):
         lines.append(f"recovering: {s.recovery.get('pending_left')} of "
                      f"{s.recovery.get('pending_total')} pending orders left")
+    external = s.raw.get("external_orders")
+    if isinstance(external, Mapping) and external.get("total"):
+        lines.append(f"external orders (not placed by execd): {external.get('open')} open, "
+                     f"{external.get('total')} seen   (execd orders --external)")
+    invalid = s.raw.get("broker_data_invalid")
+    if isinstance(invalid, Mapping):
+        lines.append(f"BROKER DATA INVALID: {invalid.get('reason')}: {invalid.get('detail')} "
+                     "(refused; cleared by an account-wide resume)")
     if s.storage and not s.storage.get("available", True):
         lines.append(f"storage UNAVAILABLE: {s.storage.get('error')}")
     lines.append("")

@@ -59,6 +59,7 @@ class BrokerConfig:
     stream_ping_interval: float = 10.0  # no pong for two of these: the stream is replaced
     stream_backoff_min: float = 1.0  # reconnect after uniform(min, min(max, 2^n)) seconds
     stream_backoff_max: float = 30.0
+    stream_max_message: int = 16 * 1024 * 1024  # bytes: a larger frame closes (1009)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,6 +216,8 @@ def load(path: Path | None) -> Config:
         raise ConfigError(f"sim.{e}") from None
     if config.broker.stream_url and not config.broker.stream_url.startswith(("ws://", "wss://")):
         raise ConfigError("broker.stream_url must start with ws:// or wss:// (or be empty)")
+    if config.broker.stream_max_message < 1024:
+        raise ConfigError("broker.stream_max_message must be at least 1024 (bytes)")
     if config.poller.interval <= 0 or config.poller.interval_streaming < config.poller.interval:
         raise ConfigError("poller.interval must be > 0 and poller.interval_streaming at "
                           "least as long")

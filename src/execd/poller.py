@@ -11,8 +11,9 @@ from __future__ import annotations
 import anyio
 from anyio.abc import TaskStatus
 
+from execd import external
 from execd.book import OrderBook
-from execd.broker.base import BrokerClient, BrokerError
+from execd.broker.base import BrokerClient, BrokerError, BrokerOrder
 from execd.clock import Clock, within
 from execd.domain.orders import OrderState, apply_broker_view
 from execd.health import Health
@@ -38,7 +39,8 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
     # PENDING here, so it is skipped, not looked up (a look-up per order sent during
     # every list call, taken from the request budget, with nothing to learn).
     ours = book.open_orders()
-    open_at_broker = {o.client_order_id: o for o in await broker.list_open_orders()}
+    listed = await broker.list_open_orders()
+    open_at_broker = {o.client_order_id: o for o in listed}
     known = {o.client_order_id for o in ours}
     for order in ours:
         if order.state == OrderState.PENDING:
@@ -70,13 +72,28 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
             except BrokerError as e:
                 failed = e
     known = {o.client_order_id for o in book.open_orders()}
-    health.broker_orders_unknown = len(set(open_at_broker) - known)
+    await _externals(book, broker, health, [o for o in listed if o.client_order_id not in known],
+                     {o.view.broker_order_id for o in listed}, clock.time())
     if failed is not None:
         raise failed
     health.poll_completed(started, clock.time())
     health.last_complete_poll = number
     book.metrics.poll_last_success.set(clock.time())
     return changed
+
+
+async def _externals(book: OrderBook, broker: BrokerClient, health: Health,
+                     unknown: list[BrokerOrder], listed: set[str], now: float) -> None:
+    """Orders on the account that execd did not place: counted, recorded, and those that
+    left the open list followed to their end. Never fails the poll (nothing of ours is
+    in it)."""
+    try:
+        strangers = await external.not_ours(book, unknown)
+        health.broker_orders_unknown = len(strangers)
+        await external.record(book, strangers, now, source="poll")
+        await external.follow_closed(book, broker, listed, now)
+    except StorageUnavailable as e:
+        log.warning("cannot record orders execd did not place", error=str(e))
 
 
 async def poll_fresh(book: OrderBook, broker: BrokerClient, clock: Clock, health: Health

@@ -78,8 +78,17 @@ class Reconciler:
             metrics.reconcile_mismatches.inc(len(mismatches))
             self.health.last_reconcile_result = "mismatch"
             reason = f"{REASON}: " + "; ".join(_show(m) for m in mismatches)
+            # Orders execd did not place explain a difference, never hide one: the halt
+            # stands, and says where to look.
+            external = await self.book.store.external_orders(
+                symbols=[m.symbol for m in mismatches], limit=50)
+            if external:
+                reason += (" (orders execd did not place on " + ", ".join(sorted(
+                    {e.symbol for e in external})) + ": execd orders --external)")
             log.error("positions do not match the broker: halting trading",
-                      mismatches=[_show(m) for m in mismatches])
+                      mismatches=[_show(m) for m in mismatches],
+                      external_orders=[f"{e.symbol} {e.side} {show(e.filled_qty)} filled "
+                                       f"({e.status}, {e.broker_order_id})" for e in external])
             status = await self.book.store.trading_status()
             if status.state != TradingState.HALTED or not status.reason.startswith(REASON):
                 await self.risk.send(SetTradingState(state=TradingState.HALTED, reason=reason))

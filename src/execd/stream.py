@@ -30,17 +30,19 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskStatus
 
-from execd import poller
+from execd import external, poller
 from execd.book import OrderBook
 from execd.broker.alpaca_stream import (
+    Skipped,
     StreamAuthFailed,
     StreamProtocolError,
     TradeUpdate,
     TradeUpdates,
 )
 from execd.broker.base import BrokerClient, BrokerError
-from execd.broker.websocket import WebSocketClosed
+from execd.broker.websocket import MAX_MESSAGE, MessageTooLarge, WebSocketClosed
 from execd.clock import Clock
+from execd.domain.broker_checks import Refusal
 from execd.health import Health
 from execd.legs import adopt
 from execd.obs import logging
@@ -55,7 +57,7 @@ SEEN = 100_000  # execution ids remembered for dropping duplicates
 class Connection(Protocol):
     """An authenticated trade_updates connection (TradeUpdates; a fake in tests)."""
 
-    async def receive(self) -> TradeUpdate | None: ...
+    async def receive(self) -> TradeUpdate | Skipped | None: ...
 
     async def ping(self) -> None: ...
 
@@ -90,7 +92,7 @@ class _Pinged:
     def __init__(self, updates: TradeUpdates) -> None:
         self._u = updates
 
-    async def receive(self) -> TradeUpdate | None:
+    async def receive(self) -> TradeUpdate | Skipped | None:
         return await self._u.receive()
 
     async def ping(self) -> None:
@@ -104,9 +106,11 @@ class _Pinged:
         await self._u.aclose()
 
 
-def alpaca_connect(url: str, key_id: str, secret_key: str) -> Connect:
+def alpaca_connect(url: str, key_id: str, secret_key: str, *,
+                   max_message: int = MAX_MESSAGE) -> Connect:
     async def connect() -> Connection:
-        return _Pinged(await TradeUpdates.open(url, key_id, secret_key))
+        return _Pinged(await TradeUpdates.open(url, key_id, secret_key,
+                                               max_message=max_message))
 
     return connect
 
@@ -130,6 +134,7 @@ class StreamActor:
         self.rng = rng or random.Random()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.failures = 0  # in a row
+        self._resyncing = False
 
     async def run(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self.metrics.stream_enabled.set(1)
@@ -169,16 +174,19 @@ class StreamActor:
                 tg.start_soon(self._resync)
                 while True:
                     update = await conn.receive()
-                    if update is not None:
+                    if isinstance(update, Skipped):
+                        self._skipped(update, tg)
+                    elif update is not None:
                         await self.apply(update)
         except _LOST as e:
-            reason = f"{type(e).__name__}: {e}"
+            reason = self._lost(e)
         except BaseExceptionGroup as group:
             lost, rest = group.split(_LOST)
-            if lost is None or rest is not None:
+            if lost is None:
                 raise
-            first = _leaf(lost)
-            reason = f"{type(first).__name__}: {first}"
+            if rest is not None:  # cancelled as the connection broke: the cancel wins
+                raise rest from None
+            reason = self._lost(_leaf(lost))
         finally:
             self.metrics.stream_connected.set(0)
             with anyio.CancelScope(shield=True):
@@ -186,6 +194,13 @@ class StreamActor:
         if self.clock.monotonic() - up_since >= s.healthy_after:
             self.failures = 0
         await self._back_off(f"connection lost: {reason}")
+
+    def _lost(self, e: BaseException) -> str:
+        """Why the connection was lost; an oversized message is also a message refused."""
+        if isinstance(e, MessageTooLarge):
+            self.metrics.broker_news.refused(Refusal("too_large", str(e)), source="stream",
+                                             at=self.clock.time())
+        return f"{type(e).__name__}: {e}"
 
     def _show(self, state: str, *, trusted: bool, error: str | None = None) -> None:
         self.health.set_stream(state, trusted=trusted, at=self.clock.time(), error=error)
@@ -215,9 +230,26 @@ class StreamActor:
             elif now - last_pong >= 2 * interval:
                 raise StreamStalled(f"no pong for {round(now - last_pong, 1)} s")
 
+    def _skipped(self, skipped: Skipped, tg: anyio.abc.TaskGroup) -> None:
+        """A frame refused: counted, and what it was about is read by REST (a resync,
+        unless one is under way), the stream untrusted until then."""
+        e = skipped.error
+        self.metrics.broker_news.refused(e.refusal, source="stream", text=e.text,
+                                         at=self.clock.time())
+        if not self._resyncing:
+            self._show("resyncing", trusted=False)
+            tg.start_soon(self._resync)
+
     async def _resync(self) -> None:
-        """One complete poll after every (re)connect: what the stream missed while we
-        were away is repaired; only then is the stream trusted."""
+        """One complete poll after every (re)connect (and after a frame refused): what
+        the stream missed is repaired; only then is the stream trusted."""
+        self._resyncing = True
+        try:
+            await self._resync_until_done()
+        finally:
+            self._resyncing = False
+
+    async def _resync_until_done(self) -> None:
         while True:
             started = self.clock.monotonic()
             try:
@@ -256,7 +288,9 @@ class StreamActor:
         if before is None:
             m.stream_unknown.inc()
             log.debug("stream event for an order execd did not place", client_order_id=cid,
-                      event=update.event)
+                      trade_event=update.event)
+            await external.record(self.book, await external.not_ours(self.book, [update.order]),
+                                  self.clock.time(), source="stream")
             return
         try:
             after = await self.book.apply_found(cid, update.order)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import anyio
 import requests
@@ -33,6 +33,7 @@ from tenacity.wait import wait_base
 
 from execd.broker.base import (
     BrokerAmbiguous,
+    BrokerDataInvalid,
     BrokerError,
     BrokerOrder,
     BrokerPosition,
@@ -43,6 +44,7 @@ from execd.broker.base import (
     flatten,
 )
 from execd.clock import Clock
+from execd.domain.broker_checks import InvalidNews, Refusal, check_fill, number
 from execd.domain.decimals import plain
 from execd.domain.orders import BrokerView, OrderSpec
 from execd.limiter import RateLimiter
@@ -156,36 +158,100 @@ class _WaitForReset(wait_base):
         return float(self._rng.uniform(0, backoff))
 
 
-def _dec(v: Any) -> Decimal | None:
-    return None if v is None or v == "" else Decimal(str(v))
+def _dec(v: Any, name: str = "number", *, positive: bool = False) -> Decimal | None:
+    """An optional broker number (null or "" is None), checked (broker_checks.number)."""
+    return None if v is None or v == "" else number(v, name, positive=positive)
 
 
 def _time(v: str) -> datetime:
     return datetime.fromisoformat(v.replace("Z", "+00:00"))
 
 
-def order_from(raw: dict[str, Any], parent: str | None = None) -> BrokerOrder:
-    """Alpaca's order JSON (REST or stream) as ours, decimals exact, with its legs (each
-    naming `parent`, the broker id of the order they came in)."""
-    oid = str(raw["id"])
+def _text(raw: dict[str, Any], name: str, *, required: bool = True, default: str = "",
+          limit: int = 128) -> str:
+    """A string field of the broker's JSON: a string, not too long; else malformed."""
+    v = raw.get(name)
+    if v is None or (v == "" and not required):
+        if required:
+            raise InvalidNews("malformed", f"no {name}")
+        return default
+    if not isinstance(v, str) or not v or len(v) > limit:
+        raise InvalidNews("malformed", f"{name} is not a string of 1-{limit} characters: "
+                                       f"{str(v)[:60]!r}")
+    return v
+
+
+Refused = Callable[[BrokerDataInvalid], None]
+
+
+def order_from(raw: Any, parent: str | None = None, *,
+               refused: Refused | None = None) -> BrokerOrder:
+    """Alpaca's order JSON (REST or stream) as ours, decimals exact and checked
+    (domain/broker_checks.py), with its legs (each naming `parent`, the broker id of the
+    order they came in). BrokerDataInvalid if it is not a valid order; a leg that is not
+    valid is left out and handed to `refused` (without it, the whole order is refused).
+    A missing client_order_id is "" (an order execd did not place)."""
+    try:
+        return _order(raw, parent, refused)
+    except InvalidNews as e:
+        raise BrokerDataInvalid(e.refusal, raw) from None
+    except (ValueError, TypeError, ArithmeticError) as e:  # a time that is not one...
+        raise BrokerDataInvalid(Refusal("malformed", f"{type(e).__name__}: {e}"),
+                                raw) from None
+
+
+def _order(raw: Any, parent: str | None, refused: Refused | None) -> BrokerOrder:
+    if not isinstance(raw, dict):
+        raise InvalidNews("malformed", f"an order is a JSON object, not {type(raw).__name__}")
+    oid = _text(raw, "id")
+    filled = _dec(raw.get("filled_qty"), "filled_qty") or Decimal(0)
+    avg = _dec(raw.get("filled_avg_price"), "filled_avg_price", positive=True)
+    qty = _dec(raw.get("qty"), "qty", positive=True)
+    notional = _dec(raw.get("notional"), "notional", positive=True)
+    bad = check_fill(filled, avg, qty=qty, notional=notional)
+    if bad is not None:
+        raise InvalidNews(bad.reason, bad.detail)
+    side = _text(raw, "side", required=False, default="buy")
+    if side not in ("buy", "sell"):
+        raise InvalidNews("malformed", f"side {side[:20]!r}")
     replaced_by = raw.get("replaced_by")
+    legs_raw = raw.get("legs") or ()
+    if not isinstance(legs_raw, list | tuple):
+        raise InvalidNews("malformed", "legs is not a list")
+    legs: list[BrokerOrder] = []
+    for leg in legs_raw:
+        try:
+            legs.append(_leg(leg, oid, refused))
+        except BrokerDataInvalid as e:
+            if refused is None:
+                raise
+            refused(e)
     return BrokerOrder(
         view=BrokerView(
-            broker_order_id=oid, status=str(raw["status"]),
-            filled_qty=_dec(raw.get("filled_qty")) or Decimal(0),
-            filled_avg_price=_dec(raw.get("filled_avg_price")),
-            replaced_by=None if replaced_by is None else str(replaced_by),
+            broker_order_id=oid, status=_text(raw, "status", limit=40), filled_qty=filled,
+            filled_avg_price=avg,
+            replaced_by=None if replaced_by is None else _text(raw, "replaced_by"),
         ),
-        client_order_id=str(raw["client_order_id"]), symbol=str(raw["symbol"]),
-        submitted_at=_time(str(raw.get("submitted_at") or raw["created_at"])),
-        side=str(raw.get("side") or "buy"), type=str(raw.get("type") or raw.get("order_type")
-                                                      or "market"),
-        qty=_dec(raw.get("qty")), limit_price=_dec(raw.get("limit_price")),
-        stop_price=_dec(raw.get("stop_price")), time_in_force=str(raw.get("time_in_force")
-                                                                   or "day"),
-        order_class=str(raw.get("order_class") or "simple"), parent=parent,
-        legs=tuple(order_from(leg, oid) for leg in raw.get("legs") or ()),
+        client_order_id=_text(raw, "client_order_id", required=False),
+        symbol=_text(raw, "symbol", limit=32),
+        submitted_at=_time(_text(raw, "submitted_at", required=False)
+                           or _text(raw, "created_at", limit=64)),
+        side=side, type=_text(raw, "type", required=False)
+        or _text(raw, "order_type", required=False, default="market", limit=40),
+        qty=qty, notional=notional,
+        limit_price=_dec(raw.get("limit_price"), "limit_price", positive=True),
+        stop_price=_dec(raw.get("stop_price"), "stop_price", positive=True),
+        time_in_force=_text(raw, "time_in_force", required=False, default="day", limit=40),
+        order_class=_text(raw, "order_class", required=False, default="simple", limit=40),
+        parent=parent, legs=tuple(legs),
     )
+
+
+def _leg(raw: Any, parent: str, refused: Refused | None) -> BrokerOrder:
+    leg = order_from(raw, parent, refused=refused)
+    if not leg.client_order_id:  # a leg is recorded under its client_order_id
+        raise BrokerDataInvalid(Refusal("malformed", "a leg without a client_order_id"), raw)
+    return leg
 
 
 def order_body(spec: OrderSpec) -> dict[str, Any]:
@@ -285,7 +351,7 @@ class AlpacaClient:
             raise
         except BrokerUnavailable as e:  # the request may have been taken: look it up
             raise BrokerAmbiguous(f"submit outcome unknown: {e}") from e
-        return order_from(cast(dict[str, Any], raw))
+        return self._answer(raw, "submit_order")
 
     async def replace_order(
         self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str
@@ -308,7 +374,7 @@ class AlpacaClient:
             raise
         except BrokerUnavailable as e:
             raise BrokerAmbiguous(f"replace outcome unknown: {e}") from e
-        return order_from(cast(dict[str, Any], raw))
+        return self._answer(raw, "replace_order")
 
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         try:
@@ -318,7 +384,7 @@ class AlpacaClient:
         except BrokerRejected as e:
             _unless_not_found(e)
             return None
-        return order_from(cast(dict[str, Any], raw))
+        return self._parsed(raw, "get_order_by_client_id")
 
     async def get_order(self, broker_order_id: str) -> BrokerOrder | None:
         """By the broker's id, with its legs (a leg's own answer names no parent)."""
@@ -328,7 +394,7 @@ class AlpacaClient:
         except BrokerRejected as e:
             _unless_not_found(e)
             return None
-        return order_from(cast(dict[str, Any], raw))
+        return self._parsed(raw, "get_order")
 
     async def list_open_orders(self) -> Sequence[BrokerOrder]:
         return await self._list("open", None)
@@ -350,16 +416,51 @@ class AlpacaClient:
                 params["after"] = after.isoformat()
             # Parsed in the worker thread too: a page of 500 parsed on the loop held it for
             # tens of milliseconds, a stall for every submit behind it.
-            orders = await self._call("list_orders", partial(self._page, params),
-                                      priority=True)
+            orders, entries = await self._call("list_orders", partial(self._page, params),
+                                               priority=True)
             new = [o for o in flatten(orders) if o.view.broker_order_id not in out]
             out.update((o.view.broker_order_id, o) for o in new)
-            if len(orders) < PAGE or not new:
+            if entries < PAGE or not new:
                 return list(out.values())
             after = max(o.submitted_at for o in orders) - timedelta(microseconds=1)
 
-    def _page(self, params: dict[str, Any]) -> list[BrokerOrder]:
-        return [order_from(o) for o in self._client.get("/orders", params)]
+    def _page(self, params: dict[str, Any]) -> tuple[list[BrokerOrder], int]:
+        """One page's valid orders, and how many entries it had (it is full at PAGE,
+        whatever was refused). An invalid entry is refused and skipped, the rest kept;
+        a page that is not a list is refused whole."""
+        page = self._client.get("/orders", params)
+        if not isinstance(page, list):
+            e = BrokerDataInvalid(Refusal("malformed", "the order list is not a list"), page)
+            self._refused(e, "list_orders")
+            raise e
+        orders: list[BrokerOrder] = []
+        for raw in page:
+            try:
+                orders.append(order_from(raw, refused=partial(self._refused,
+                                                              source="list_orders")))
+            except BrokerDataInvalid as e:
+                self._refused(e, "list_orders")
+        return orders, len(page)
+
+    def _refused(self, e: BrokerDataInvalid, source: str) -> None:
+        self._metrics.broker_news.refused(e.refusal, source=source, text=e.text,
+                                          at=self._clock.time())
+
+    def _parsed(self, raw: Any, source: str) -> BrokerOrder:
+        """One order's answer: BrokerDataInvalid (counted) if it is not a valid order."""
+        try:
+            return order_from(raw, refused=partial(self._refused, source=source))
+        except BrokerDataInvalid as e:
+            self._refused(e, source)
+            raise
+
+    def _answer(self, raw: Any, source: str) -> BrokerOrder:
+        """The answer to a submit or replace: one we cannot read leaves the outcome
+        unknown (the order may have been taken): BrokerAmbiguous, looked up."""
+        try:
+            return self._parsed(raw, source)
+        except BrokerDataInvalid as e:
+            raise BrokerAmbiguous(f"{source}: the answer is not valid: {e}") from e
 
     async def cancel_order(self, broker_order_id: str) -> None:
         await self._call("cancel_order",
@@ -369,6 +470,28 @@ class AlpacaClient:
     async def positions(self) -> Sequence[BrokerPosition]:
         raw = await self._call("positions", lambda: self._client.get("/positions"),
                                priority=True)
-        return [BrokerPosition(symbol=str(p["symbol"]), qty=Decimal(str(p["qty"])),
-                               current_price=_dec(p.get("current_price")))
-                for p in raw]
+        try:
+            return positions_from(raw)
+        except BrokerDataInvalid as e:
+            self._refused(e, "positions")
+            raise
+
+
+def positions_from(raw: Any) -> list[BrokerPosition]:
+    """Alpaca's positions, checked. One invalid entry refuses the whole answer: a list
+    with a position left out would be a wrong picture of the account (the reconciler
+    would halt on a difference that is not there), so it is not reconciled at all."""
+    if not isinstance(raw, list):
+        raise BrokerDataInvalid(Refusal("malformed", "the position list is not a list"), raw)
+    out: list[BrokerPosition] = []
+    for p in raw:
+        try:
+            if not isinstance(p, dict):
+                raise InvalidNews("malformed", "a position is not a JSON object")
+            out.append(BrokerPosition(
+                symbol=_text(p, "symbol", limit=32), qty=number(p.get("qty"), "qty",
+                                                                 signed=True),
+                current_price=_dec(p.get("current_price"), "current_price", positive=True)))
+        except InvalidNews as e:
+            raise BrokerDataInvalid(e.refusal, p) from None
+    return out

@@ -7,7 +7,9 @@
     <- {"stream":"trade_updates","data":{"event","execution_id","order",...}}
 
 Server frames are binary JSON. Numbers are read from the raw JSON as Decimal (alpaca-py's
-TradeUpdate holds them as float).
+TradeUpdate holds them as float), and checked like a REST answer's (order_from). Once
+listening, a frame that is not valid is not a protocol failure: `receive` hands it back
+as `Skipped` (the actor counts it and resyncs by REST) and the connection carries on.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from execd.broker.alpaca import order_from
-from execd.broker.base import BrokerOrder
-from execd.broker.websocket import WebSocket, WebSocketClosed
+from execd.broker.base import BrokerDataInvalid, BrokerOrder
+from execd.broker.websocket import MAX_MESSAGE, WebSocket, WebSocketClosed
+from execd.domain.broker_checks import InvalidNews, Refusal, number
 
 
 class StreamAuthFailed(Exception):
@@ -53,8 +56,15 @@ class TradeUpdate:
     position_qty: Decimal | None
 
 
-def _dec(v: Any) -> Decimal | None:
-    return None if v is None or v == "" else Decimal(str(v))
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A frame refused: not applied (`error` says why); what it said is found by REST."""
+
+    error: BrokerDataInvalid
+
+
+def _dec(v: Any, name: str, *, signed: bool = False) -> Decimal | None:
+    return None if v is None or v == "" else number(v, name, signed=signed)
 
 
 def _ts(v: Any) -> datetime | None:
@@ -67,26 +77,50 @@ def _ts(v: Any) -> datetime | None:
 
 
 def parse_update(data: dict[str, Any]) -> TradeUpdate:
+    """A trade update's data, checked; BrokerDataInvalid if it is not a valid one. A bad
+    leg refuses the whole update (the resync reads the order again)."""
     order = data.get("order")
     if not isinstance(order, dict):
-        raise StreamProtocolError(f"trade update without an order: {data.get('event')!r}")
-    execution_id = data.get("execution_id")
+        raise BrokerDataInvalid(Refusal("malformed", "a trade update without an order"), data)
+    event, execution_id = data.get("event", ""), data.get("execution_id")
+    if not isinstance(event, str) or len(event) > 40:
+        raise BrokerDataInvalid(Refusal("malformed", "event is not a short string"), data)
+    if execution_id is not None and not (isinstance(execution_id, str | int)
+                                         and len(str(execution_id)) <= 128):
+        raise BrokerDataInvalid(Refusal("malformed", "execution_id is not an id"), data)
+    try:
+        price, qty = _dec(data.get("price"), "price"), _dec(data.get("qty"), "qty")
+        position_qty = _dec(data.get("position_qty"), "position_qty", signed=True)
+    except InvalidNews as e:
+        raise BrokerDataInvalid(e.refusal, data) from None
     return TradeUpdate(
-        event=str(data.get("event", "")), order=order_from(order),
+        event=event, order=order_from(order),
         execution_id=str(execution_id) if execution_id else None,
-        timestamp=_ts(data.get("timestamp")), price=_dec(data.get("price")),
-        qty=_dec(data.get("qty")), position_qty=_dec(data.get("position_qty")),
+        timestamp=_ts(data.get("timestamp")), price=price, qty=qty, position_qty=position_qty,
     )
 
 
 def _message(raw: bytes | str) -> tuple[str, dict[str, Any]]:
     try:
         msg = json.loads(raw)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
         raise StreamProtocolError(f"not JSON: {raw[:80]!r}") from e
     if not isinstance(msg, dict) or not isinstance(msg.get("data"), dict):
-        raise StreamProtocolError(f"unexpected message: {str(msg)[:120]}")
+        raise StreamProtocolError(f"unexpected message: {raw[:120]!r}")
     return str(msg.get("stream", "")), msg["data"]
+
+
+def read_update(raw: bytes | str) -> TradeUpdate | None:
+    """A frame received while listening: the trade update it carries, None for another
+    stream's message; BrokerDataInvalid if it is not valid."""
+    try:
+        stream, data = _message(raw)
+    except StreamProtocolError as e:
+        reason = "not_json" if e.__cause__ is not None else "malformed"
+        raise BrokerDataInvalid(Refusal(reason, str(e)[:120]), raw) from None
+    if stream != "trade_updates":
+        return None
+    return parse_update(data)
 
 
 class TradeUpdates:
@@ -96,8 +130,9 @@ class TradeUpdates:
         self.ws = ws
 
     @classmethod
-    async def open(cls, url: str, key_id: str, secret_key: str) -> TradeUpdates:
-        ws = await WebSocket.connect(url)
+    async def open(cls, url: str, key_id: str, secret_key: str, *,
+                   max_message: int = MAX_MESSAGE) -> TradeUpdates:
+        ws = await WebSocket.connect(url, max_message=max_message)
         try:
             await ws.send_text(json.dumps(
                 {"action": "authenticate", "data": {"key_id": key_id, "secret_key": secret_key}}))
@@ -118,16 +153,18 @@ class TradeUpdates:
             await ws.aclose()
             raise
 
-    async def receive(self) -> TradeUpdate | None:
-        """The next trade update; None for another kind of message (ignored)."""
-        stream, data = _message(await self.ws.receive())
-        if stream != "trade_updates":
-            return None
-        return parse_update(data)
+    async def receive(self) -> TradeUpdate | Skipped | None:
+        """The next trade update; None for another kind of message (ignored); Skipped
+        for a frame that is not valid."""
+        raw = await self.ws.receive()
+        try:
+            return read_update(raw)
+        except BrokerDataInvalid as e:
+            return Skipped(e)
 
     async def aclose(self) -> None:
         await self.ws.aclose()
 
 
-__all__ = ["StreamAuthFailed", "StreamProtocolError", "TradeUpdate", "TradeUpdates",
-           "WebSocketClosed", "parse_update", "stream_url_from"]
+__all__ = ["Skipped", "StreamAuthFailed", "StreamProtocolError", "TradeUpdate", "TradeUpdates",
+           "WebSocketClosed", "parse_update", "read_update", "stream_url_from"]

@@ -4,6 +4,8 @@
     BrokerAmbiguous    a submit whose outcome is unknown: look it up before resending
     BrokerRejected     final: the broker said no (bad order, buying power, not cancelable)
     DuplicateOrderId   the broker already has this client_order_id: look it up
+    BrokerDataInvalid  the broker's answer is not valid (malformed, impossible numbers):
+                       refused, never applied (domain/broker_checks.py says why)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
+from execd.domain.broker_checks import Refusal
 from execd.domain.orders import BrokerView, OrderSpec
 
 
@@ -45,6 +48,17 @@ class DuplicateOrderId(BrokerRejected):
     pass
 
 
+class BrokerDataInvalid(BrokerError):
+    """The broker sent something invalid: an answer, a list entry or a stream frame that
+    is not what it must be (`refusal` says why; `text` is the offending part, for the
+    log). What it is about is not applied; nothing is known about it."""
+
+    def __init__(self, refusal: Refusal, text: object = None) -> None:
+        super().__init__(f"invalid broker data ({refusal.reason}): {refusal.detail}")
+        self.refusal = refusal
+        self.text = text
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BrokerOrder:
     view: BrokerView
@@ -55,6 +69,7 @@ class BrokerOrder:
     side: str = "buy"
     type: str = "market"
     qty: Decimal | None = None
+    notional: Decimal | None = None
     limit_price: Decimal | None = None
     stop_price: Decimal | None = None
     time_in_force: str = "day"

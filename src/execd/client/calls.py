@@ -208,6 +208,14 @@ def positions() -> Call[list[Position]]:
                 lambda r: [Position.from_wire(p) for p in r.get("positions") or []])
 
 
+def external_orders(*, open: bool | None = None, limit: int | None = None
+                    ) -> Call[list[dict[str, Any]]]:
+    """Orders on the account that execd did not place, newest first (an operator's
+    command). Each as the daemon sends it (docs/protocol.md, `external_orders`)."""
+    return Call("external_orders", {"open": open, "limit": limit},
+                lambda r: [dict(o) for o in r.get("external_orders") or []])
+
+
 def status() -> Call[Status]:
     return Call("status", {}, Status.from_wire)
 

@@ -236,6 +236,16 @@ async def op_orders(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     return {"orders": [o.to_json() for o in orders]}
 
 
+async def op_external_orders(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    """Orders on the account that execd did not place (domain/external.py)."""
+    _, _, limit = protocol.orders_filter({"limit": args.get("limit", 100)})
+    open_only = args.get("open", False)
+    if not isinstance(open_only, bool):
+        raise protocol.invalid("open must be true or false")
+    orders = await c.s.book.store.external_orders(open_only=open_only, limit=limit)
+    return {"external_orders": [o.to_json() for o in orders]}
+
+
 async def op_positions(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     store = c.s.book.store
     positions = await store.positions()
@@ -267,6 +277,9 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "stream": h.stream_as_dict(s.clock.time()),
         "last_reconcile": h.last_reconcile, "last_reconcile_result": h.last_reconcile_result,
         "broker_orders_unknown": h.broker_orders_unknown,
+        # sticky, None when lowered: obs/broker_news.py
+        "broker_data_invalid": s.metrics.broker_news.invalid,
+        "external_orders": {"open": stored.external_open, "total": stored.external_total},
         "orders": counts,
         "open_orders": sum(counts.get(st.value, 0) for st in OPEN_STATES),
         "subscribers": s.hub.subscribers,
@@ -314,7 +327,10 @@ async def op_resume(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     sid = protocol.strategy_id(args, required=False)
     if sid is not None and state != "ACTIVE":
         raise protocol.invalid('a strategy is resumed to "ACTIVE"; REDUCING is account-wide')
-    return await set_state(c, TradingState(state), protocol.reason(args), sid)
+    answer = await set_state(c, TradingState(state), protocol.reason(args), sid)
+    if sid is None:  # the operator has looked at the account: broker_data_invalid lowered
+        c.s.metrics.broker_news.clear()
+    return answer
 
 
 async def op_backup(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -356,6 +372,8 @@ OPS: dict[str, Op] = {
     "order": Op(handler=op_order, fields=frozenset({"client_order_id"})),
     "orders": Op(handler=op_orders, fields=frozenset({"strategy_id", "state", "open", "limit"})),
     "positions": Op(handler=op_positions),
+    "external_orders": Op(handler=op_external_orders, fields=frozenset({"open", "limit"}),
+                          admin=True),
     "status": Op(handler=op_status),
     "subscribe": Op(handler=op_subscribe, fields=frozenset({"strategy_id", "trading"})),
     "halt": Op(handler=op_halt, fields=frozenset({"reason", "strategy_id"}), admin=True),

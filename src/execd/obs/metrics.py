@@ -20,6 +20,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import generate_latest
 
+from execd.obs.broker_news import BrokerNews
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Fill lag is poll-bound (seconds) without the stream, event-bound (milliseconds) with it.
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
@@ -226,6 +228,16 @@ class Metrics:
         self.intake_connections = Gauge(
             "execd_intake_connections", "Open client connections", registry=r
         )
+        self.broker_rejected = Counter(
+            "execd_broker_rejected_messages_total", "Broker messages, or entries of a list, "
+            "refused as invalid and skipped, by reason (domain/broker_checks.py)", ["reason"],
+            registry=r,
+        )
+        self.broker_data_invalid = Gauge(
+            "execd_broker_data_invalid", "1 while the broker_data_invalid flag is raised (the "
+            "broker sent an impossible number; cleared by an account-wide resume)", registry=r,
+        )
+        self.broker_news = BrokerNews(self.broker_rejected, self.broker_data_invalid)
         self.intake_errors = Counter(
             "execd_intake_errors_total", "Error answers by code", ["code"], registry=r
         )

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import anyio
 
 from execd.domain.decimals import plain, show
+from execd.domain.external import CLOSED_STATUSES, ExternalOrder, merge
 from execd.domain.orders import (
     OPEN_STATES,
     Fill,
@@ -144,6 +145,24 @@ MIGRATIONS: list[str] = [
         GROUP BY strategy_id;
     CREATE INDEX fills_order ON fills(client_order_id);
     """,
+    # 7: orders on the account that execd did not place (domain/external.py)
+    """
+    CREATE TABLE external_orders (
+        broker_order_id TEXT PRIMARY KEY,
+        client_order_id TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL,
+        qty TEXT,
+        notional TEXT,
+        type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        filled_qty TEXT NOT NULL,
+        filled_avg_price TEXT,
+        first_seen REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX external_orders_seen ON external_orders(first_seen);
+    """,
 ]
 
 _ORDER_COLUMNS = (
@@ -166,6 +185,40 @@ def _str(d: Decimal | None) -> str | None:
 
 _INSERT_EVENT = ("INSERT INTO order_events (client_order_id, event, state, filled_qty, detail, "
                  "at) VALUES (?, ?, ?, ?, ?, ?)")
+
+
+_EXTERNAL_COLUMNS = ("broker_order_id, client_order_id, symbol, side, qty, notional, type, "
+                     "status, filled_qty, filled_avg_price, first_seen, updated_at")
+
+
+# An order first met as a stranger can turn out to be ours (a leg streamed before its
+# parent's answer named it): once the book holds its broker id, it is shown as ours only.
+_NOT_OURS = ("broker_order_id NOT IN (SELECT broker_order_id FROM orders "
+             "WHERE broker_order_id IS NOT NULL)")
+
+
+def _external_row(e: ExternalOrder) -> tuple[Any, ...]:
+    return (e.broker_order_id, e.client_order_id, e.symbol, e.side, _str(e.qty),
+            _str(e.notional), e.type, e.status, plain(e.filled_qty), _str(e.filled_avg_price),
+            e.first_seen, e.updated_at)
+
+
+def _external_from(row: Row) -> ExternalOrder:
+    bid, cid, symbol, side, qty, notional, otype, status, filled, avg, first, updated = row
+    return ExternalOrder(broker_order_id=bid, client_order_id=cid, symbol=symbol, side=side,
+                         qty=_dec(qty), notional=_dec(notional), type=otype, status=status,
+                         filled_qty=Decimal(filled), filled_avg_price=_dec(avg),
+                         first_seen=first, updated_at=updated)
+
+
+def _externals(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, ExternalOrder]:
+    out: dict[str, ExternalOrder] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        out.update((e.broker_order_id, e) for e in map(_external_from, conn.execute(
+            f"SELECT {_EXTERNAL_COLUMNS} FROM external_orders WHERE broker_order_id IN "
+            f"({','.join('?' * len(chunk))})", chunk)))
+    return out
 
 
 class StoreError(Exception):
@@ -191,6 +244,8 @@ class StatusSnapshot:
     trading: TradingStatus
     counts: dict[str, int]  # orders by state
     halted_strategies: dict[str, TradingStatus]
+    external_open: int = 0  # external orders last seen open (domain/external.py)
+    external_total: int = 0
 
 
 def _count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
@@ -417,6 +472,26 @@ class Store:
     async def apply(self, update: Update) -> None:
         await self.apply_many([update])
 
+    async def record_external(self, seen: Sequence[ExternalOrder]) -> list[ExternalOrder]:
+        """Views of orders execd did not place, merged forward-only into what is
+        recorded (domain/external.merge), in one transaction; what changed."""
+        if not seen:
+            return []
+
+        def tx(conn: sqlite3.Connection) -> list[ExternalOrder]:
+            current = _externals(conn, list(dict.fromkeys(e.broker_order_id for e in seen)))
+            changed: dict[str, ExternalOrder] = {}
+            for e in seen:
+                merged = merge(current.get(e.broker_order_id), e)
+                if merged is not None:
+                    current[e.broker_order_id] = changed[e.broker_order_id] = merged
+            conn.executemany(
+                f"INSERT OR REPLACE INTO external_orders ({_EXTERNAL_COLUMNS}) VALUES "
+                f"({','.join('?' * 12)})", [_external_row(e) for e in changed.values()])
+            return list(changed.values())
+
+        return await self._transaction(tx)
+
     async def set_prices(self, prices: dict[str, Decimal]) -> None:
         """Fresh prices (the broker's position marks) for the notional check."""
         rows = [(s, plain(p)) for s, p in prices.items()]
@@ -614,9 +689,36 @@ class Store:
         return await self._db.run(_count_by_state)
 
     async def status(self) -> StatusSnapshot:
-        return await self._db.run(lambda conn: StatusSnapshot(
-            trading=_trading(conn), counts=_count_by_state(conn),
-            halted_strategies=_strategy_halts(conn)))
+        def read(conn: sqlite3.Connection) -> StatusSnapshot:
+            by_status = conn.execute(f"SELECT status, count(*) FROM external_orders WHERE "
+                                     f"{_NOT_OURS} GROUP BY status").fetchall()
+            return StatusSnapshot(
+                trading=_trading(conn), counts=_count_by_state(conn),
+                halted_strategies=_strategy_halts(conn),
+                external_open=sum(n for st, n in by_status if st not in CLOSED_STATUSES),
+                external_total=sum(n for _, n in by_status))
+
+        return await self._db.run(read)
+
+    async def external_orders(self, *, open_only: bool = False, symbols: Collection[str] = (),
+                              limit: int = 100) -> list[ExternalOrder]:
+        """External orders, newest first (by when execd first saw them)."""
+        where, params = [_NOT_OURS], list(symbols)
+        if symbols:
+            where.append(f"symbol IN ({','.join('?' * len(symbols))})")
+        if open_only:
+            where.append(f"status NOT IN ({','.join('?' * len(CLOSED_STATUSES))})")
+            params.extend(sorted(CLOSED_STATUSES))
+        rows = await self._db.execute(
+            f"SELECT {_EXTERNAL_COLUMNS} FROM external_orders"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY first_seen DESC, rowid DESC LIMIT ?", [*params, limit])
+        return [_external_from(r) for r in rows]
+
+    async def get_externals(self, broker_order_ids: Sequence[str]) -> dict[str, ExternalOrder]:
+        """The external orders recorded under these broker ids."""
+        ids = list(broker_order_ids)
+        return await self._db.run(lambda conn: _externals(conn, ids)) if ids else {}
 
     async def events(self, client_order_id: str) -> list[dict[str, Any]]:
         rows = await self._db.execute(
