@@ -144,8 +144,8 @@ async def test_an_ambiguous_patch_is_looked_up_never_resent(
     lost: list[str] = []
 
     async def answer_lost(self: AlpacaClient, broker_order_id: str, changes: ReplaceChanges,
-                          new_client_order_id: str) -> BrokerOrder:
-        await real(self, broker_order_id, changes, new_client_order_id)
+                          new_client_order_id: str, **kw: Any) -> BrokerOrder:
+        await real(self, broker_order_id, changes, new_client_order_id, **kw)
         lost.append(new_client_order_id)
         raise BrokerAmbiguous("replace outcome unknown: 504")
 
@@ -178,9 +178,9 @@ async def test_a_refused_patch_rejects_the_new_order_and_the_old_carries_on(
     real = AlpacaClient.replace_order
 
     async def refused(self: AlpacaClient, broker_order_id: str, changes: ReplaceChanges,
-                      new_client_order_id: str) -> BrokerOrder:
+                      new_client_order_id: str, **kw: Any) -> BrokerOrder:
         return await real(self, broker_order_id, ReplaceChanges(trail=Decimal(1)),
-                          new_client_order_id)
+                          new_client_order_id, **kw)
 
     monkeypatch.setattr(AlpacaClient, "replace_order", refused)
     async with daemon_factory() as d, connect(d) as c:

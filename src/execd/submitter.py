@@ -6,6 +6,12 @@ ambiguous outcome (timeout, dropped connection, 5xx, "client_order_id must be
 unique") is looked up by client_order_id before anything is sent again. One task at
 a time owns an order (a lock per client_order_id). An order stays PENDING, retried
 with backoff, until the broker has either taken it or refused it.
+
+A cancel of an order that never left (PENDING, no request for it ever let go) is
+local: recorded CANCELLED at once, without the order's lock (its send may be queued
+behind hundreds of submits at the limiter) and without a broker call. The send asks
+`_may_send` right before its request leaves and withdraws it (NotSent). Only an order
+whose request may have left (`in_doubt`) is looked up at the broker first.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from execd.broker.base import (
     BrokerRejected,
     BrokerUnavailable,
     DuplicateOrderId,
+    NotSent,
     ReplaceChanges,
 )
 from execd.clock import Clock
@@ -77,6 +84,27 @@ class Submitter:
         self._locks: dict[str, tuple[anyio.Lock, int]] = {}
         self._failures = 0
         self._halted = False
+        # PENDING orders whose request may have left (in this life, or a predecessor's:
+        # history unknown): a cancel must look them up. Others are cancelled locally.
+        self.in_doubt: set[str] = set()
+        self._withdrawn: set[str] = set()  # cancelled locally, being recorded
+
+    def _may_send(self, cid: str) -> bool:
+        """Right before a request for `cid` leaves: still wanted? Synchronous with a
+        local cancel's mark, so one of the two wins and the other knows it."""
+        current = self.book.open.get(cid)
+        if cid in self._withdrawn or current is None or current.state != OrderState.PENDING:
+            return False
+        if self.storage is not None and not self.storage.available:
+            return False  # its answer could not be recorded: wait for the disk first
+        self.in_doubt.add(cid)
+        return True
+
+    def _settled(self, cid: str) -> None:
+        """Forget that `cid` was in doubt once it has left PENDING."""
+        current = self.book.open.get(cid)
+        if current is None or current.state != OrderState.PENDING:
+            self.in_doubt.discard(cid)
 
     @asynccontextmanager
     async def owning(self, cid: str) -> AsyncIterator[None]:
@@ -122,6 +150,7 @@ class Submitter:
                 outcome = await self._send(order, unknown_history=unknown_history,
                                            linger=RECORD_LINGER if done is None else 0.0)
         finally:
+            self._settled(order.client_order_id)
             if done is not None:
                 if outcome is not None:
                     answer(done, outcome)
@@ -151,10 +180,17 @@ class Submitter:
                             raise BrokerUnavailable("broker says duplicate but has no such order")
                     if order.spec.replaces is not None:
                         return await self._replace(order)
-                    found = await self.broker.submit_order(order.spec)
+                    found = await self.broker.submit_order(
+                        order.spec, go=partial(self._may_send, cid))
                     HOOKS.point("after_submit")  # the broker has it; we have not recorded it
                     self._ok()
                     return await self.book.apply_found(cid, found, linger=linger)
+                except NotSent:
+                    current = self.book.open.get(cid)
+                    if current is None or current.state != OrderState.PENDING:
+                        return current if current is not None else await self.book.get(cid)
+                    # a local cancel being recorded, or the disk failing: ask again soon
+                    await self.clock.sleep(0.01)
                 except DuplicateOrderId:
                     log.warning("broker already has this client_order_id: looking it up",
                                 client_order_id=cid, strategy_id=order.spec.strategy_id)
@@ -194,7 +230,7 @@ class Submitter:
             return await self._record_rejection(
                 cid, f"the order it replaces ({old_cid}) is {state}")
         found = await self.broker.replace_order(
-            old.broker_order_id, changes(old, order), cid)
+            old.broker_order_id, changes(old, order), cid, go=partial(self._may_send, cid))
         HOOKS.point("after_submit")
         self._ok()
         after = await self.book.apply_found(cid, found)
@@ -228,7 +264,25 @@ class Submitter:
         return [o for o in pending
                 if o.created_at < now - older_than and o.client_order_id not in self._locks]
 
+    async def _cancel_unsent(self, order: Order) -> CancelResult:
+        """Cancel an order no request has left for, at once, with no broker call."""
+        cid = order.client_order_id
+        self._withdrawn.add(cid)  # from now on its send withdraws (_may_send)
+        try:
+            cancelled = await self.book.cancel_unsent(cid)
+        except StorageUnavailable:
+            return CancelDenied(code="storage_unavailable", reason=(
+                f"order {cid} has not reached the broker and the cancel cannot be recorded "
+                "(disk full or failing); it is not sent until the disk takes writes again"))
+        finally:
+            self._withdrawn.discard(cid)
+        return CancelRequested(orders=(cancelled or order,))
+
     async def cancel(self, cid: str) -> CancelResult:
+        unsent = self.book.open.get(cid)
+        if unsent is not None and unsent.state == OrderState.PENDING \
+                and cid not in self.in_doubt:
+            return await self._cancel_unsent(unsent)
         async with self.owning(cid):
             order = await self.book.get(cid)
             if order is None:
@@ -383,6 +437,7 @@ async def run(
 
     def adopt(orders: list[Order]) -> list[Order]:
         unknown.update(o.client_order_id for o in orders)
+        submitter.in_doubt.update(o.client_order_id for o in orders)
         return orders
 
     async with inbox, risk, anyio.create_task_group() as tg:
@@ -436,6 +491,7 @@ async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Reco
             if found is not None:
                 async with submitter.owning(order.client_order_id):
                     await submitter.book.apply_found(order.client_order_id, found)
+                submitter._settled(order.client_order_id)
             else:
                 await submitter.send(order, unknown_history=True)
         recovery.resolved()

@@ -39,6 +39,8 @@ from execd.broker.base import (
     BrokerRejected,
     BrokerUnavailable,
     DuplicateOrderId,
+    Go,
+    NotSent,
     ReplaceChanges,
     flatten,
 )
@@ -241,10 +243,13 @@ class AlpacaClient:
         self._threads = anyio.CapacityLimiter(THREADS)
 
     # ------------------------------------------------------------- plumbing
-    async def _once(self, endpoint: str, fn: Callable[[], T], *, priority: bool) -> T:
+    async def _once(self, endpoint: str, fn: Callable[[], T], *, priority: bool,
+                    go: Go | None = None) -> T:
         waited = await self._limiter.acquire(priority=priority)
         self._metrics.limiter_wait.observe(waited)
         self._metrics.limiter_remaining.set(self._limiter.remaining())
+        if go is not None and not go():  # withdrawn while it waited for the budget
+            raise NotSent(f"{endpoint} withdrawn before it was sent")
         start = self._clock.monotonic()
         status = "error"
         try:
@@ -264,7 +269,7 @@ class AlpacaClient:
 
     async def _call(
         self, endpoint: str, fn: Callable[[], T], *, priority: bool = False,
-        retry_on: type[BrokerError] = BrokerUnavailable,
+        retry_on: type[BrokerError] = BrokerUnavailable, go: Go | None = None,
     ) -> T:
         """One request through the limiter, retried on `retry_on` by the one policy."""
         async for attempt in AsyncRetrying(
@@ -272,15 +277,15 @@ class AlpacaClient:
             retry=retry_if_exception_type(retry_on), sleep=self._clock.sleep, reraise=True,
         ):
             with attempt:
-                return await self._once(endpoint, fn, priority=priority)
+                return await self._once(endpoint, fn, priority=priority, go=go)
         raise AssertionError("unreachable")
 
     # --------------------------------------------------------------- the port
-    async def submit_order(self, spec: OrderSpec) -> BrokerOrder:
+    async def submit_order(self, spec: OrderSpec, *, go: Go | None = None) -> BrokerOrder:
         body = order_body(spec)
         try:
             raw = await self._call("submit_order", lambda: self._client.post("/orders", body),
-                                   retry_on=_RateLimited)
+                                   retry_on=_RateLimited, go=go)
         except _RateLimited:
             raise
         except BrokerUnavailable as e:  # the request may have been taken: look it up
@@ -288,7 +293,8 @@ class AlpacaClient:
         return order_from(cast(dict[str, Any], raw))
 
     async def replace_order(
-        self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str
+        self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str,
+        *, go: Go | None = None,
     ) -> BrokerOrder:
         """PATCH /v2/orders/{id}: one attempt, like a submit (a 429 alone is retried).
         Ambiguous outcomes are the caller's to resolve by looking the new id up."""
@@ -303,7 +309,7 @@ class AlpacaClient:
         try:
             raw = await self._call(
                 "replace_order", lambda: self._client.patch(f"/orders/{broker_order_id}", body),
-                retry_on=_RateLimited)
+                retry_on=_RateLimited, go=go)
         except _RateLimited:
             raise
         except BrokerUnavailable as e:
