@@ -57,3 +57,32 @@ async def test_a_queued_never_sent_order_is_cancelled_locally_at_once(
         assert last not in sim.engine.client_order_ids()  # never sent
         assert await state_of(d, last) == "CANCELLED"
         assert requests_to(sim, "DELETE /v2/orders/{id}") == {}
+
+
+# ------------------------------------------------------------ cancel through 429s
+async def test_a_cancel_that_meets_429s_waits_for_the_reset_and_asks_again(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    """The broker's real limit is far below the daemon's budget: every request is
+    refused (429, reset within a second) for a while. The adapter gives up after one
+    try (max_retries 0); the cancel itself is never given up while its order is open."""
+    async with daemon_factory(broker={"max_retries": 0}) as d, connect(d) as c:
+        order = await c.submit(**resting("r"))
+        cid = order["client_order_id"]
+        sim.set_rate_limit(0, 1.0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(c.cancel, cid)  # its answer may come after the 429s or not
+
+            async def refused() -> bool:
+                return "429" in requests_to(sim, "DELETE /v2/orders/{id}")
+
+            await eventually(refused)
+            await anyio.sleep(1.5)  # a few resets' worth of refusals
+            assert await state_of(d, cid) == "SUBMITTED"
+            sim.set_rate_limit(10_000, 60.0)
+
+            async def cancelled() -> bool:
+                return await state_of(d, cid) == "CANCELLED"
+
+            await eventually(cancelled)
+        assert sim.engine.client_order_ids()[cid]["status"] == "canceled"

@@ -66,6 +66,7 @@ log = logging.get("execd.submitter")
 # PENDING orders resolved at once at start-up: enough to fill a group commit, few enough
 # that the socket's clients are not queued behind a thousand tasks.
 RESOLVE_LANES = 32
+CANCEL_BACKOFF = 0.5  # first wait before a cancel is asked again (doubling up to 30 s)
 
 
 class Submitter:
@@ -278,7 +279,12 @@ class Submitter:
             self._withdrawn.discard(cid)
         return CancelRequested(orders=(cancelled or order,))
 
-    async def cancel(self, cid: str) -> CancelResult:
+    async def cancel(self, cid: str, *, confirm: bool = True) -> CancelResult:
+        """Cancel one order. Never given up while the order is open: a 429 waits for the
+        broker's reset, other transient errors back off, and it asks again (a caller may
+        stop waiting; the cancel carries on until the order closes or the daemon stops).
+        `confirm`: look the order up once the broker took the cancel, for its state now;
+        without it a taken cancel is `pending` (the stream and the poll tell the end)."""
         unsent = self.book.open.get(cid)
         if unsent is not None and unsent.state == OrderState.PENDING \
                 and cid not in self.in_doubt:
@@ -290,40 +296,72 @@ class Submitter:
             if order.state in TERMINAL_STATES:
                 return CancelDenied(code="conflict",
                                     reason=f"order {cid} is already {order.state.value}")
-            try:
-                broker_id = order.broker_order_id
-                if broker_id is None:
-                    found = await self.broker.get_order_by_client_id(cid)
-                    if found is None:
-                        try:
-                            cancelled = await self.book.cancel_unsent(cid)
-                        except StorageUnavailable:  # unrecorded, it would be sent later
-                            return CancelDenied(code="storage_unavailable", reason=(
-                                f"order {cid} has not reached the broker and the cancel cannot "
-                                "be recorded (disk full or failing); it is not sent meanwhile"))
-                        return CancelRequested(orders=(cancelled or order,))
-                    broker_id = found.view.broker_order_id
+            delay = CANCEL_BACKOFF
+            while True:
                 try:
-                    await self.broker.cancel_order(broker_id)
+                    return await self._cancel_once(order, confirm=confirm)
                 except BrokerRejected as e:
-                    if e.status != 422:
-                        raise
-                    log.info("broker: order not cancelable", client_order_id=cid, error=str(e))
-                found = await self.broker.get_order_by_client_id(cid)
-                self._ok()
-                if found is None:
-                    return CancelRequested(orders=(order,))
+                    return CancelDenied(code="broker_rejected", reason=str(e))
+                except BrokerUnavailable as e:
+                    wait = delay if e.retry_at is None else \
+                        max(0.05, e.retry_at - self.clock.time())
+                    if e.status != 429:  # the budget is not the broker failing
+                        await self._failed(e)
+                        delay = min(delay * 2, 30.0)
+                    log.warning("cancel not done yet: asking again", client_order_id=cid,
+                                error=str(e), retry_in=round(wait, 3))
+                    await self.clock.sleep(wait)
+                now = self.book.open.get(cid)
+                if now is None:  # closed meanwhile (cancelled, filled): nothing to ask
+                    return CancelRequested(orders=(await self.book.get(cid) or order,))
+                order = now
+
+    async def _cancel_once(self, order: Order, *, confirm: bool) -> CancelResult:
+        """One try: DELETE (after a look-up if the order's broker id is not known yet);
+        a refusal as "not cancelable" (422) is ambiguous, so the order is looked up."""
+        cid = order.client_order_id
+        broker_id = order.broker_order_id
+        if broker_id is None:
+            found = await self.broker.get_order_by_client_id(cid)
+            if found is None:
                 try:
-                    after = await self.book.apply_found(cid, found)
-                except StorageUnavailable:  # as the broker says, not yet recorded
-                    change = apply_broker_view(order, found.view, self.clock.time())
-                    after = order if change is None else change.order
-                return CancelRequested(orders=(after or order,))
-            except BrokerRejected as e:
-                return CancelDenied(code="broker_rejected", reason=str(e))
-            except BrokerError as e:
-                await self._failed(e)
-                return CancelDenied(code="internal", reason=f"broker unavailable: {e}")
+                    cancelled = await self.book.cancel_unsent(cid)
+                except StorageUnavailable:  # unrecorded, it would be sent later
+                    return CancelDenied(code="storage_unavailable", reason=(
+                        f"order {cid} has not reached the broker and the cancel cannot "
+                        "be recorded (disk full or failing); it is not sent meanwhile"))
+                return CancelRequested(orders=(cancelled or order,))
+            broker_id = found.view.broker_order_id
+        taken = True
+        try:
+            await self.broker.cancel_order(broker_id)
+        except BrokerRejected as e:
+            if e.status != 422:
+                raise
+            log.info("broker: order not cancelable: looking it up", client_order_id=cid,
+                     error=str(e))
+            taken = False
+        self._ok()
+        if taken and not confirm:
+            return CancelRequested(orders=(order,), pending=(cid,))
+        try:
+            found = await self.broker.get_order_by_client_id(cid)
+        except BrokerError:
+            if not taken:
+                raise
+            return CancelRequested(orders=(order,), pending=(cid,))
+        if found is None:
+            return CancelRequested(orders=(order,), pending=(cid,) if taken else ())
+        try:
+            after = await self.book.apply_found(cid, found) or order
+        except StorageUnavailable:  # as the broker says, not yet recorded
+            change = apply_broker_view(order, found.view, self.clock.time())
+            after = order if change is None else change.order
+        if after.is_open and not taken and found.view.status != "pending_cancel":
+            # refused while open (pending_replace, say): ask again later
+            raise BrokerUnavailable(f"not cancelable now: the broker has it "
+                                    f"{found.view.status}")
+        return CancelRequested(orders=(after,), pending=(cid,) if after.is_open else ())
 
     async def cancel_family(self, cid: str, legs: bool) -> CancelResult:
         """Cancel an order; for a bracket/OCO/OTO parent, its family. The broker cancels
