@@ -4,13 +4,14 @@ Daemon + simulator through the socket, on both backends."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import anyio
 
 from execd.app import Daemon
 from execd.sim import SimServer
-from tests.conftest import OpenDaemon, connect, eventually
+from tests.conftest import OpenDaemon, connect, eventually, sim_config
 
 
 def resting(strategy: str, symbol: str = "AAPL", side: str = "buy") -> dict[str, Any]:
@@ -86,3 +87,85 @@ async def test_a_cancel_that_meets_429s_waits_for_the_reset_and_asks_again(
 
             await eventually(cancelled)
         assert sim.engine.client_order_ids()[cid]["status"] == "canceled"
+
+
+# ------------------------------------------------------ cancel_all, one per order
+def total(counts: dict[str, int]) -> int:
+    return sum(counts.values())
+
+
+async def test_cancel_all_spends_one_request_per_order_and_one_per_family(
+    daemon_factory: OpenDaemon
+) -> None:
+    """No look-up after a DELETE the broker took (the stream tells the end), no DELETE
+    for a leg whose parent is cancelled, one DELETE for a filled bracket's exits."""
+    with SimServer(sim_config(speed=0.001)) as sim:
+        streaming = {"broker": {"stream": True},
+                     "poller": {"interval": 30.0, "interval_streaming": 30.0}}
+        async with daemon_factory(sim, **streaming) as d, connect(d) as c:
+            plain = [await c.submit(**resting("ca", symbol=s))
+                     for s in ("AAPL", "MSFT", "SPY") for _ in range(10)]
+            px = sim.engine.price("AAPL")
+
+            def bracket(**entry: Any) -> dict[str, Any]:
+                return {"strategy_id": "ca", "symbol": "AAPL", "side": "buy", "qty": "1",
+                        "order_class": "bracket", "take_profit": {"limit_price": cents(px * 2)},
+                        "stop_loss": {"stop_price": cents(px / 2)}, **entry}
+
+            waiting = [await c.submit(**bracket(type="limit", limit_price=cents(px * Decimal("0.8")),
+                                                time_in_force="gtc")) for _ in range(3)]
+            filled = [await c.submit(**bracket()) for _ in range(3)]
+            for o in filled:
+                await until(d, o["client_order_id"], "FILLED")
+            legs = [leg for o in waiting + filled for leg in o["legs"]]
+            assert len(legs) == 12
+            everything = [o["client_order_id"] for o in plain + waiting + filled] + legs
+            assert len(d.book.open) == 30 + 3 + 6 + 6
+            before = sim.stats()["requests"]
+            result = await c.request("cancel_all", strategy_id="ca")
+            for cid in everything:
+                await until(d, cid, "CANCELLED", "FILLED")
+            after = sim.stats()["requests"]
+        deletes = "DELETE /v2/orders/{id}"
+        lookups = "GET /v2/orders:by_client_order_id"
+        assert total(after.get(deletes, {})) - total(before.get(deletes, {})) == 30 + 3 + 3
+        assert "422" not in after.get(deletes, {})
+        assert total(after.get(lookups, {})) == total(before.get(lookups, {}))
+        assert result["failed"] == []
+        assert set(result["cancelled"]) | set(result["pending"]) == \
+            set(everything) - {o["client_order_id"] for o in filled}
+        assert result["count"] == len(result["cancelled"])
+        assert result["done"] == (not result["pending"])
+
+
+def cents(d: Decimal) -> str:
+    return str(d.quantize(Decimal("0.01")))
+
+
+async def until(d: Daemon, cid: str, *states: str) -> None:
+    async def there() -> bool:
+        return await state_of(d, cid) in states
+
+    await eventually(there)
+
+
+async def test_a_slow_cancel_all_answers_in_time_with_what_is_still_going_on(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    """Every broker answer takes a second: 60 DELETEs on 16 connections outlast the
+    answer's bound (submit_timeout, 3 s here). cancel_all answers then, no error, with
+    what is pending; the cancels carry on and end."""
+    async with daemon_factory() as d, connect(d) as c:
+        orders = [await c.submit(**resting("slow")) for _ in range(60)]
+        sim.set_faults(p_slow=1.0, slow_seconds=1.0)
+        start = anyio.current_time()
+        result = await c.request("cancel_all", strategy_id="slow")
+        took = anyio.current_time() - start
+        assert took < 3.0 + 1.0
+        assert result["pending"]
+        assert result["done"] is False
+        assert set(result["pending"]) | set(result["cancelled"]) == \
+            {o["client_order_id"] for o in orders}
+        sim.set_faults(p_slow=0.0)
+        for o in orders:
+            await until(d, o["client_order_id"], "CANCELLED")

@@ -201,6 +201,7 @@ class CancelAll:
     strategy_id: str | None
     reply: Reply[CancelResult]
     owner_uid: int | None = None  # only this peer's orders
+    within: float = 5.0  # answer by then what is done and what goes on (background)
 
 
 SubmitterCommand = SendOrder | CancelOrder | CancelAll

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any, assert_never
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from execd.book import RECORD_LINGER, OrderBook
@@ -40,6 +41,7 @@ from execd.broker.base import (
     ReplaceChanges,
 )
 from execd.clock import Clock
+from execd.clock import within as within_clock
 from execd.domain.orders import TERMINAL_STATES, Order, OrderState, apply_broker_view
 from execd.domain.risk import TradingState
 from execd.health import Health
@@ -67,6 +69,10 @@ log = logging.get("execd.submitter")
 # that the socket's clients are not queued behind a thousand tasks.
 RESOLVE_LANES = 32
 CANCEL_BACKOFF = 0.5  # first wait before a cancel is asked again (doubling up to 30 s)
+CANCEL_ALL_ANSWER_S = 5.0  # cancel_all answers by then; what is left goes on behind
+# How long the legs of a cancelled parent (an exit's sibling) may take to be reported
+# ended before each is cancelled on its own.
+FOLLOW_S = 10.0
 
 
 class Submitter:
@@ -89,6 +95,8 @@ class Submitter:
         # history unknown): a cancel must look them up. Others are cancelled locally.
         self.in_doubt: set[str] = set()
         self._withdrawn: set[str] = set()  # cancelled locally, being recorded
+        # where work outlives the request that started it (cancel_all's cancels)
+        self.background: TaskGroup | None = None
 
     def _may_send(self, cid: str) -> bool:
         """Right before a request for `cid` leaves: still wanted? Synchronous with a
@@ -416,23 +424,116 @@ class Submitter:
             log.warning("cannot refresh an order's legs; the poller will", error=str(e),
                         client_order_id=cid)
 
-    async def cancel_all(self, strategy_id: str | None, owner_uid: int | None) -> CancelResult:
+    async def cancel_all(self, strategy_id: str | None, owner_uid: int | None, *,
+                         within: float = CANCEL_ALL_ANSWER_S) -> CancelResult:
+        """Cancel every open order (of a strategy, of an owner): one DELETE per order,
+        and no look-up unless its answer is ambiguous (Submitter.cancel, confirm=False).
+        A leg goes with its parent at the broker, and an exit with its sibling: one
+        DELETE per family (`_heads`). Answers within `within` seconds what is done and
+        what is still going on (`pending`); the cancels carry on in the background."""
         targets = [
             o for o in self.book.open_orders()
             if (strategy_id is None or o.spec.strategy_id == strategy_id)
             and (owner_uid is None or o.owner_uid == owner_uid)
         ]
-        results: list[Order] = []
+        results: dict[str, CancelResult] = {}
+        heads = _heads(targets)
+        finished = anyio.Event()
 
-        async def one(cid: str) -> None:
-            result = await self.cancel(cid)
-            if isinstance(result, CancelRequested):
-                results.extend(result.orders)
+        async def everything() -> None:
+            try:
+                async with anyio.create_task_group() as tg:
+                    for head, followers in heads.items():
+                        tg.start_soon(self._cancel_head, head, followers, results)
+            finally:
+                finished.set()
 
+        if self.background is None:
+            await everything()
+        else:
+            self.background.start_soon(everything)
+        ids = [o.client_order_id for o in targets]
+
+        async def settled() -> None:  # every DELETE answered, then the news of each end
+            await finished.wait()
+            await self._closed(ids)
+
+        await within_clock(self.clock, within, settled)
+        return await self._report(ids, results)
+
+    async def _closed(self, ids: list[str]) -> None:
+        """Until none of `ids` is open: woken by each change the book publishes."""
+        async with self.book.hub.subscribe(buffer=len(ids) + 64) as news:
+            while any(cid in self.book.open for cid in ids):
+                if self.book.hub.cut_off(news):  # fell behind: look now and then
+                    await self.clock.sleep(0.05)
+                    continue
+                try:
+                    await news.receive()
+                except anyio.EndOfStream:
+                    continue
+
+    async def _cancel_head(self, cid: str, followers: list[str],
+                           results: dict[str, CancelResult]) -> None:
+        """Cancel one order; its followers (legs, sibling exits) should end with it at
+        the broker. Any still open a while later (their news lost, or the head's cancel
+        refused) is cancelled on its own."""
+        results[cid] = result = await self.cancel(cid, confirm=False)
+        if not followers:
+            return
+        if isinstance(result, CancelRequested):
+            await within_clock(self.clock, FOLLOW_S, partial(self._closed, followers))
         async with anyio.create_task_group() as tg:
-            for o in targets:
-                tg.start_soon(one, o.client_order_id)
-        return CancelRequested(orders=tuple(results))
+            for f in followers:
+                if f in self.book.open:
+                    async def one(f: str = f) -> None:
+                        results[f] = await self.cancel(f, confirm=False)
+                    tg.start_soon(one)
+
+    async def _report(self, ids: list[str], results: dict[str, CancelResult]
+                      ) -> CancelRequested:
+        """Each order as it stands now: over (its state says how), still going on
+        (pending), or refused for good (failed)."""
+        gone = [cid for cid in ids if cid not in self.book.open]
+        closed = await self.book.store.get_orders(gone) if gone else {}
+        orders: list[Order] = []
+        pending: list[str] = []
+        failed: list[CancelDenied] = []
+        for cid in ids:
+            order = self.book.open.get(cid) or closed.get(cid)
+            if order is None:
+                continue
+            orders.append(order)
+            if not order.is_open:
+                continue
+            result = results.get(cid)
+            if isinstance(result, CancelDenied) and result.code not in ("conflict", "not_found"):
+                failed.append(replace(result, client_order_id=cid))
+            else:
+                pending.append(cid)
+        return CancelRequested(orders=tuple(orders), pending=tuple(pending),
+                               failed=tuple(failed))
+
+
+def _heads(targets: list[Order]) -> dict[str, list[str]]:
+    """The orders to DELETE, each with the orders that end with it at the broker: a
+    leg whose parent is cancelled too goes with its parent; of a filled parent's open
+    exits, the first takes its siblings."""
+    ids = {o.client_order_id for o in targets}
+    heads: dict[str, list[str]] = {}
+    first_exit: dict[str, str] = {}  # parent -> the exit DELETEd for the family
+    for o in targets:
+        parent = o.spec.parent
+        if parent is None:
+            heads.setdefault(o.client_order_id, [])
+        elif parent in ids:
+            heads.setdefault(parent, []).append(o.client_order_id)
+        elif parent in first_exit:
+            heads[first_exit[parent]].append(o.client_order_id)
+        else:
+            first_exit[parent] = o.client_order_id
+            heads.setdefault(o.client_order_id, [])
+    return heads
 
 
 def changes(old: Order, new: Order) -> ReplaceChanges:
@@ -479,6 +580,7 @@ async def run(
         return orders
 
     async with inbox, risk, anyio.create_task_group() as tg:
+        submitter.background = tg
         pending = adopt([o for o in book.open_orders() if o.state == OrderState.PENDING])
         recovery.pending(len(pending))
         if pending:
@@ -494,8 +596,9 @@ async def run(
                                           done=reply))
                 case CancelOrder(client_order_id=cid, reply=reply, legs=legs):
                     tg.start_soon(_answer_cancel, reply, submitter.cancel_family(cid, legs))
-                case CancelAll(strategy_id=sid, reply=reply, owner_uid=owner):
-                    tg.start_soon(_answer_cancel, reply, submitter.cancel_all(sid, owner))
+                case CancelAll(strategy_id=sid, reply=reply, owner_uid=owner, within=limit):
+                    tg.start_soon(_answer_cancel, reply,
+                                  submitter.cancel_all(sid, owner, within=limit))
                 case _:
                     assert_never(msg)
 

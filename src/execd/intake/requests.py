@@ -20,7 +20,6 @@ from execd.domain.decimals import show, show_opt
 from execd.domain.orders import OPEN_STATES, Order, OrderSpec, OrderState
 from execd.domain.risk import TradingState
 from execd.messages import (
-    CancelAll,
     CancelDenied,
     CancelOrder,
     CancelResult,
@@ -170,14 +169,7 @@ async def op_cancel_all(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     sid = protocol.strategy_id(args, required=False)
     if sid is None and not c.grant.admin:
         raise _operator_only("cancel_all of every strategy")
-    owner = c.grant.only_owner
-
-    def command(reply: Reply[CancelResult]) -> SubmitterCommand:
-        return CancelAll(strategy_id=sid, reply=reply, owner_uid=owner)
-
-    orders = await ask_submitter(c, command)
-    cancelled = [o for o in orders if o["state"] == OrderState.CANCELLED.value]
-    return {"count": len(cancelled), "orders": orders}
+    return cancelling.report(await cancelling.cancel_all(c, sid, c.grant.only_owner))
 
 
 async def ask_submitter(
@@ -312,6 +304,7 @@ def _operator_only(what: str) -> ProtocolError:
 
 
 # The exits and sessions build on the handlers above (place, set_state, ask_submitter).
+from execd.intake import cancel_all as cancelling  # noqa: E402
 from execd.intake import exits, sessions  # noqa: E402
 from execd.intake import replace as replacing  # noqa: E402
 
