@@ -48,9 +48,11 @@ from execd.clock import Clock
 from execd.domain.decimals import plain
 from execd.domain.orders import BrokerView, OrderSpec
 from execd.limiter import RateLimiter
+from execd.obs import logging
 from execd.obs.metrics import Metrics
 
 T = TypeVar("T")
+log = logging.get("execd.broker")
 PAGE = 500  # Alpaca's most orders per list call
 THREADS = 16  # worker threads for broker calls, and HTTP connections kept to the broker
 SDK_VERSION = "0.44.0"  # the alpaca-py whose private attributes `without_sdk_retries` sets
@@ -85,7 +87,11 @@ def without_sdk_retries(client: Any, session: requests.Session | None = None) ->
 
 
 class _RateLimited(BrokerUnavailable):
-    """429: the request was not taken; wait for the reset and try again."""
+    """429: the request was not taken; wait for the reset and try again. Carries the
+    broker's X-Ratelimit-Limit/-Remaining, for the limiter (limiter.py)."""
+
+    limit: int | None = None
+    remaining: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +125,24 @@ def _map(e: Exception, now: float) -> BrokerError | None:
         return None
     status, message, code = e.status_code, _message(e), _code(e)
     reset: float | None = None
+    headers = e.response.headers if status == 429 and e.response is not None else {}
     if status == 429:
-        try:
-            reset = float(e.response.headers.get("X-Ratelimit-Reset", "")) if e.response else None
-        except ValueError:
-            reset = None
-        reset = reset or now + 1
+        reset = _header(headers, "X-Ratelimit-Reset") or now + 1
     rule = next(r for r in _ERRORS if r.applies(status, message))
-    return rule.make(message, status, code, reset)
+    mapped = rule.make(message, status, code, reset)
+    if isinstance(mapped, _RateLimited):
+        limit, remaining = (_header(headers, f"X-Ratelimit-{n}") for n in ("Limit", "Remaining"))
+        mapped.limit = None if limit is None else int(limit)
+        mapped.remaining = None if remaining is None else int(remaining)
+    return mapped
+
+
+def _header(headers: Any, name: str) -> float | None:
+    """A numeric header, None if absent or not a number."""
+    try:
+        return float(headers.get(name, ""))
+    except (TypeError, ValueError):
+        return None
 
 
 def _message(e: Any) -> str:
@@ -261,11 +277,23 @@ class AlpacaClient:
             if mapped is None:
                 raise
             status = str(getattr(mapped, "status", None) or type(mapped).__name__)
+            if isinstance(mapped, _RateLimited):
+                self._rate_limited(mapped)
             raise mapped from e
         finally:
             self._metrics.broker_requests.labels(endpoint, status).inc()
             self._metrics.broker_latency.labels(endpoint).observe(
                 self._clock.monotonic() - start)
+
+    def _rate_limited(self, e: _RateLimited) -> None:
+        """A 429 shrinks the shared budget to what the broker says (limiter.py)."""
+        reset_in = (e.retry_at or self._clock.time() + 1) - self._clock.time()
+        if self._limiter.broker_says(limit=e.limit, remaining=e.remaining, reset_in=reset_in):
+            log.warning("the broker's request limit is below the configured budget: "
+                        "using the broker's", broker_limit=e.limit)
+        stats = self._limiter.statistics()
+        if stats.limit is not None:
+            self._metrics.limiter_limit.set(stats.limit)
 
     async def _call(
         self, endpoint: str, fn: Callable[[], T], *, priority: bool = False,

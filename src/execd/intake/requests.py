@@ -240,7 +240,7 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "trading": {"state": trading.state.value, "reason": trading.reason,
                     "since": trading.since},
         "actors": s.actors(),
-        "limiter": {"remaining": s.limiter.remaining()},
+        "limiter": {"remaining": s.limiter.remaining(), **s.limiter.statistics().as_dict()},
         "last_poll": h.last_poll, "last_poll_error": h.last_poll_error,
         "poll_interval": h.poll_interval,
         "stream": h.stream_as_dict(s.clock.time()),
