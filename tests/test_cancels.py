@@ -10,6 +10,15 @@ from typing import Any
 import anyio
 
 from execd.app import Daemon
+from execd.domain.orders import OrderSpec
+from execd.domain.risk import (
+    Exposure,
+    RiskContext,
+    RiskLimits,
+    TradingState,
+    TradingStatus,
+    check,
+)
 from execd.sim import SimServer
 from tests.conftest import OpenDaemon, connect, eventually, sim_config
 
@@ -193,3 +202,24 @@ async def test_a_429_shrinks_the_budget_to_the_brokers_so_submits_stop_feeding_a
         assert limiter["limit"] == 20
         assert limiter["configured_limit"] == 10_000
         assert d.metrics.registry.get_sample_value("execd_limiter_budget_limit") == 20
+
+
+# ----------------------------------------------------------------------- flatten
+def test_a_closing_order_that_shrinks_passes_every_limit() -> None:
+    """An exit is always allowed: over max_qty, max_notional, max_open_orders, in a
+    denied symbol, with no price, halted. Only one that would not shrink is refused."""
+    ctx = RiskContext(trading=TradingStatus(state=TradingState.HALTED, reason="flatten"),
+                      exposure={"AAPL": Exposure(position=Decimal(50_000))})
+    ctx.open_orders = 10
+    tight = RiskLimits(max_qty=Decimal(10), max_notional=Decimal(100),
+                       max_open_orders=1, deny_symbols=frozenset({"AAPL"}),
+                       reject_unpriced_market_orders=True, max_orders_per_minute=0)
+
+    def close(qty: str) -> OrderSpec:
+        return OrderSpec(client_order_id=f"c-{qty}", strategy_id="execd-flatten",
+                         symbol="AAPL", side="sell", qty=Decimal(qty))
+
+    assert check(close("50000"), ctx, tight, closing=True) is None
+    refused = check(close("50001"), ctx, tight, closing=True)
+    assert refused is not None
+    assert refused.rule == "reducing"
