@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 
 from execd.app import Daemon
-from execd.domain.orders import OrderSpec
+from execd.domain.orders import OrderSpec, OrderState
 from execd.domain.risk import (
     Exposure,
     RiskContext,
@@ -223,3 +223,66 @@ def test_a_closing_order_that_shrinks_passes_every_limit() -> None:
     refused = check(close("50001"), ctx, tight, closing=True)
     assert refused is not None
     assert refused.rule == "reducing"
+
+
+async def test_flatten_with_300_open_orders_answers_in_seconds_and_finishes(
+    daemon_factory: OpenDaemon
+) -> None:
+    """20 long positions, 300 open orders (8 sells holding shares and 7 buys per
+    symbol), every broker answer 0.25 s late: 300 DELETEs take longer than the answer
+    may. flatten answers within seconds with a closing order for each position's free
+    shares and the cancels still pending; the background closes what they free. No
+    share is sold twice; everything ends flat, cancelled, halted."""
+    symbols = tuple(f"FL{chr(65 + i)}" for i in range(20))
+    streaming = {"broker": {"stream": True},  # the ends of the cancels come by the stream
+                 "poller": {"interval": 30.0, "interval_streaming": 30.0}}
+    with SimServer(sim_config(speed=0.001, extra_symbols=symbols)) as sim:
+        async with daemon_factory(sim, **streaming) as d, connect(d) as c:
+            for s in symbols:
+                await c.submit(strategy_id="f", symbol=s, side="buy", qty="20", wait="accepted")
+            for s in symbols:
+                await eventually(lambda s=s: _position_is(d, s, Decimal(20)))  # type: ignore[misc]
+            resting_ids = [
+                (await c.submit(**resting("f", symbol=s, side=side), wait="accepted")
+                 )["client_order_id"]
+                for s in symbols for side in ["sell"] * 8 + ["buy"] * 7]
+            assert len(resting_ids) == 300
+            for cid in resting_ids:
+                await until(d, cid, "SUBMITTED")
+            sim.set_faults(p_slow=1.0, slow_seconds=0.25)
+            start = anyio.current_time()
+            result = await c.request("flatten", reason="eod")
+            took = anyio.current_time() - start
+            assert took < 5.0, took  # the cancels wait 3 s at most
+            assert result["trading"]["state"] == "HALTED"
+            assert result["cancels"]["pending"]  # the rest goes on behind the answer
+            assert result["done"] is False
+            assert [p["symbol"] for p in result["positions"]] == list(symbols)
+            for p in result["positions"]:
+                assert p["qty"] == "20"
+                assert p["ok"] or p["error"]["code"] == "in_progress", p
+                assert p["cancels"]["done"] + p["cancels"]["pending"] <= 15
+            assert any(p["ok"] for p in result["positions"])
+            sim.set_faults(p_slow=0.0)
+
+            async def finished() -> bool:
+                return bool((await c.request("status"))["flatten"]["state"] == "done")
+
+            await eventually(finished, within=30)
+            for cid in resting_ids:
+                assert await state_of(d, cid) == "CANCELLED"
+            assert {p.symbol: p.qty for p in (await d.store.positions()).values()
+                    if p.qty} == {}
+            assert {p["symbol"]: p["qty"] for p in sim.engine.list_positions()} == {}
+            status = await c.request("status")
+            assert status["trading"]["state"] == "HALTED"
+            for s in symbols:
+                closes = status["flatten"]["symbols"][s]["orders"]
+                filled = [await d.book.get(cid) for cid in closes]
+                assert sum(o.filled_qty for o in filled if o is not None) == 20
+                assert all(o is not None and o.state != OrderState.REJECTED for o in filled)
+
+
+async def _position_is(d: Daemon, symbol: str, qty: Decimal) -> bool:
+    p = (await d.store.positions()).get(symbol)
+    return (p.qty if p is not None else Decimal(0)) == qty

@@ -27,10 +27,11 @@ if TYPE_CHECKING:
     from execd.intake.connection import Connection as Caller
 
 
-async def cancel_all(c: Caller, strategy_id: str | None, owner_uid: int | None
-                     ) -> CancelRequested:
-    """Ask the submitter; it answers within submit_timeout (what is left goes on)."""
-    within = c.s.limits.submit_timeout
+async def cancel_all(c: Caller, strategy_id: str | None, owner_uid: int | None, *,
+                     within: float | None = None) -> CancelRequested:
+    """Ask the submitter; it answers within `within` (default submit_timeout): what is
+    left goes on."""
+    within = c.s.limits.submit_timeout if within is None else within
 
     def command(reply: Reply[CancelResult]) -> SubmitterCommand:
         return CancelAll(strategy_id=strategy_id, reply=reply, owner_uid=owner_uid,

@@ -16,17 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 from execd import protocol
 from execd.domain.decimals import show
-from execd.domain.orders import OrderSpec, Side
+from execd.domain.orders import OrderSpec, OrderState, Side
 from execd.domain.risk import TradingState
+from execd.intake import cancel_all as cancelling
 from execd.intake.requests import ask_submitter, place, set_state
-from execd.messages import CancelAll, CancelOrder, CancelResult, Reply, SubmitterCommand
+from execd.messages import CancelOrder, CancelResult, Reply, SubmitterCommand
 from execd.protocol import ProtocolError
 
 if TYPE_CHECKING:
     from execd.intake.connection import Connection as Caller
 
 CLOSE_STRATEGY = "execd-close"
-FLATTEN_STRATEGY = "execd-flatten"
+CANCEL_WAIT_S = 3.0  # flatten's wait for the cancels' first answer; the rest goes on
 
 
 def close_qty(position: Decimal, qty: Decimal | None, percentage: Decimal | None) -> Decimal:
@@ -113,24 +114,44 @@ async def op_close_position(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
-    """Halt, cancel every open order, then close every position; stay halted."""
+    """Halt, cancel every open order, close every position; stay halted. Always
+    finishes: answers within seconds with each position's closing order (for the shares
+    no open order holds) and the cancels done and pending; what the pending cancels
+    free is closed in the background (intake/flattening.py; `status` → `flatten`)."""
+    s = c.s
     reason = protocol.reason(args) or "flatten"
     halted = await set_state(c, TradingState.HALTED, f"flatten: {reason}")
-
-    def cancel_all(reply: Reply[CancelResult]) -> SubmitterCommand:
-        return CancelAll(strategy_id=None, reply=reply)
-
-    cancelled = await ask_submitter(c, cancel_all)
-    outcomes: list[dict[str, Any]] = []
-    for symbol, position in sorted((await c.s.book.store.positions()).items()):
-        if position.qty == 0:
-            continue
-        try:
-            closed = await close(c, symbol, strategy_id=FLATTEN_STRATEGY)
-        except ProtocolError as e:
-            outcomes.append({"symbol": symbol, "qty": show(position.qty), "ok": False,
-                             "error": {"code": e.code, "message": e.message}})
+    job = s.flattening
+    job.begin(reason, s.clock.time())
+    cancels = await cancelling.cancel_all(
+        c, None, None, within=min(s.limits.submit_timeout, CANCEL_WAIT_S))
+    closed = await job.close_free(s)
+    job.finish_in_background(s)
+    by_symbol: dict[str, dict[str, list[str]]] = {}
+    for o in cancels.orders:
+        if o.state == OrderState.CANCELLED or o.client_order_id in cancels.pending:
+            done = "done" if o.state == OrderState.CANCELLED else "pending"
+            by_symbol.setdefault(o.spec.symbol, {"done": [], "pending": []})[done].append(
+                o.client_order_id)
+    positions: list[dict[str, Any]] = []
+    for one in closed:
+        counts = by_symbol.get(one.symbol, {"done": [], "pending": []})
+        out: dict[str, Any] = {
+            "symbol": one.symbol, "qty": show(one.position), "ok": one.order is not None,
+            "orders": s.flattening.symbols[one.symbol].orders if one.order else [],
+            "held": show(one.held),
+            "cancels": {"done": len(counts["done"]), "pending": len(counts["pending"])}}
+        if one.order is not None:
+            out["order"] = one.order.to_json()
+        elif one.error is not None:
+            out["error"] = {"code": one.error[0], "message": one.error[1]}
         else:
-            outcomes.append({"symbol": symbol, "qty": show(position.qty), "ok": True,
-                             "order": closed["order"]})
-    return {**halted, "cancelled": len(cancelled), "positions": outcomes}
+            out["error"] = {"code": "in_progress", "message": (
+                f"{show(one.held)} held by open orders being cancelled; closed in the "
+                "background once they end (status: flatten)")}
+        positions.append(out)
+    report = cancelling.report(cancels)
+    return {**halted, "cancelled": report["count"],
+            "cancels": {"done": report["count"], "pending": report["pending"],
+                        "failed": report["failed"]},
+            "positions": positions, "done": job.state == "done"}

@@ -253,6 +253,7 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
                               for sid, st in sorted(stored.halted_strategies.items())},
         "recovery": s.recovery.as_dict(),
         "storage": s.storage.as_dict() if s.storage is not None else None,
+        "flatten": s.flattening.as_dict(),
     }
 
 

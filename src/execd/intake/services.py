@@ -13,6 +13,7 @@ from execd.clock import Clock
 from execd.config import AccessConfig
 from execd.deadman import DeadMan
 from execd.health import Health
+from execd.intake.flattening import Flattening
 from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs.metrics import Metrics
@@ -50,3 +51,4 @@ class Services:
     limits: Limits = field(default_factory=Limits)
     access: AccessConfig = field(default_factory=AccessConfig)
     deadman: DeadMan | None = None
+    flattening: Flattening = field(default_factory=Flattening)  # flatten's background
