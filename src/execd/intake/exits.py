@@ -154,4 +154,8 @@ async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     return {**halted, "cancelled": report["count"],
             "cancels": {"done": report["count"], "pending": report["pending"],
                         "failed": report["failed"]},
-            "positions": positions, "done": job.state == "done"}
+            "positions": positions,
+            # nothing left for the background: no cancel pending, every position's
+            # closing order made for all of it
+            "done": not cancels.pending and all(
+                one.order is not None and one.held == 0 for one in closed)}

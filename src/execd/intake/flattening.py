@@ -47,6 +47,7 @@ class SymbolProgress:
     position: Decimal  # when the flatten began
     orders: list[str] = field(default_factory=list)  # its closing orders
     held: Decimal = Decimal(0)  # held by open orders on the closing side, last look
+    denied: int = 0  # closing orders the risk gate refused
     error: str | None = None  # why the background gave up on it
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,9 +83,6 @@ class Flattening:
     def attach(self, tg: TaskGroup) -> None:
         """Where the background runs: the intake's own task group (each start)."""
         self._tg = tg
-        if self._running:  # its task group ended with the intake that ran it
-            self._running = False
-            self.state = "interrupted"
 
     def begin(self, reason: str, now: float) -> None:
         if not self._running:
@@ -119,6 +117,8 @@ class Flattening:
                         left={sym: p.error for sym, p in self.symbols.items() if p.error})
         finally:
             self._running = False
+            if self.state == "running":  # its task group ended with the intake
+                self.state = "interrupted"
 
     async def close_free(self, s: Services) -> list[Closed]:
         """One pass: for each open position, a closing order for the shares no open
@@ -140,9 +140,10 @@ class Flattening:
                 continue
             refused = [o for o in (await s.book.store.get_orders(progress.orders)).values()
                        if o.state == OrderState.REJECTED]
-            if len(refused) >= MAX_REFUSED:
-                progress.error = f"{len(refused)} closing orders refused; last: " \
-                                 f"{refused[-1].reason}"
+            if len(refused) + progress.denied >= MAX_REFUSED:
+                last = refused[-1].reason if refused else "denied by the risk gate"
+                progress.error = f"{len(refused) + progress.denied} closing orders " \
+                                 f"refused; last: {last}"
                 log.error("flatten: giving up on a symbol", symbol=symbol,
                           error=progress.error)
                 continue
@@ -161,6 +162,8 @@ class Flattening:
                 done.error = ("internal", "the risk gate went away; the background tries "
                               "again")
             else:
+                if result.code != "recovering":  # starting up: not a refusal of this close
+                    progress.denied += 1
                 done.error = (result.code, result.reason)
         return out
 
