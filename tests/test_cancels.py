@@ -4,13 +4,20 @@ Daemon + simulator through the socket, on both backends."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from execd.app import Daemon
-from execd.domain.orders import OrderSpec, OrderState
+from execd.book import EventHub, OrderBook
+from execd.broker.base import BrokerAmbiguous, BrokerOrder, Go
+from execd.clock import FakeClock
+from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
 from execd.domain.risk import (
     Exposure,
     RiskContext,
@@ -19,7 +26,12 @@ from execd.domain.risk import (
     TradingStatus,
     check,
 )
+from execd.health import Health
+from execd.messages import CancelRequested, CancelResult, RiskCommand
+from execd.obs.metrics import Metrics
 from execd.sim import SimServer
+from execd.store import Store
+from execd.submitter import Submitter
 from tests.conftest import OpenDaemon, connect, eventually, sim_config
 
 
@@ -288,3 +300,76 @@ async def test_flatten_with_300_open_orders_answers_in_seconds_and_finishes(
 async def _position_is(d: Daemon, symbol: str, qty: Decimal) -> bool:
     p = (await d.store.positions()).get(symbol)
     return (p.qty if p is not None else Decimal(0)) == qty
+
+
+# ---------------------------------------------- cancel, a send in doubt: look it up
+class DoubtfulBroker:
+    """The submit leaves (its `go` said yes) and its answer is lost; the look-up that
+    follows waits for the test. The broker has the order, open."""
+
+    def __init__(self) -> None:
+        self.looking = anyio.Event()
+        self.answer = anyio.Event()
+        self.cancels: list[str] = []
+        self.order: BrokerOrder | None = None
+
+    def _view(self, cid: str, status: str) -> BrokerOrder:
+        return BrokerOrder(view=BrokerView(broker_order_id=f"b-{cid}", status=status,
+                                           filled_qty=Decimal(0), filled_avg_price=None),
+                           client_order_id=cid, symbol="AAPL", submitted_at=datetime.now(UTC))
+
+    async def submit_order(self, spec: OrderSpec, *, go: Go | None = None) -> BrokerOrder:
+        assert go is not None
+        assert go()
+        self.order = self._view(spec.client_order_id, "new")
+        raise BrokerAmbiguous("submit outcome unknown: 504")
+
+    async def get_order_by_client_id(self, cid: str) -> BrokerOrder | None:
+        self.looking.set()
+        await self.answer.wait()
+        return self.order
+
+    async def cancel_order(self, broker_order_id: str) -> None:
+        self.cancels.append(broker_order_id)
+        assert self.order is not None
+        self.order = self._view(self.order.client_order_id, "canceled")
+
+
+async def test_a_cancel_of_an_order_whose_submit_may_have_left_looks_it_up_first(
+    tmp_path: Path
+) -> None:
+    """Not cancelled locally (the broker may have it): the cancel waits for the send's
+    look-up, then cancels at the broker."""
+    clock = FakeClock()
+    store = await Store.open(tmp_path / "x.db")
+    try:
+        book = OrderBook(store, EventHub(), Metrics(), clock)
+        await book.load()
+        spec = OrderSpec(client_order_id="doubt", strategy_id="s", symbol="AAPL",
+                         side="buy", qty=Decimal(1))
+        order, = await book.commit_new(["doubt"], lambda known: [Order(
+            spec=spec, state=OrderState.PENDING, created_at=0.0, updated_at=0.0)])
+        broker = DoubtfulBroker()
+        risk_send, risk_receive = anyio.create_memory_object_stream[RiskCommand](10)
+        with risk_send, risk_receive:
+            s = Submitter(book=book, broker=broker, clock=clock,  # type: ignore[arg-type]
+                          risk=risk_send, failures_before_halt=5, health=Health())
+            result: list[CancelResult] = []
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(partial(s.send, order, unknown_history=False))
+                    await broker.looking.wait()  # sent, answer lost, being looked up
+                    assert "doubt" in s.in_doubt
+                    tg.start_soon(lambda: _append(result, s.cancel("doubt")))
+                    await anyio.wait_all_tasks_blocked()
+                    assert (await book.get("doubt")).state == OrderState.PENDING  # type: ignore[union-attr]
+                    broker.answer.set()
+        assert broker.cancels == ["b-doubt"]
+        assert (await book.get("doubt")).state == OrderState.CANCELLED  # type: ignore[union-attr]
+        assert isinstance(result[0], CancelRequested)
+    finally:
+        await store.close()
+
+
+async def _append(into: list[CancelResult], work: Awaitable[CancelResult]) -> None:
+    into.append(await work)
