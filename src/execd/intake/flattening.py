@@ -147,6 +147,9 @@ class Flattening:
                 log.error("flatten: giving up on a symbol", symbol=symbol,
                           error=progress.error)
                 continue
+            if refused and any(o.spec.symbol == symbol and o.spec.side != side
+                               for o in open_orders):
+                continue  # refused (a wash trade, say): again once the other side is gone
             self._made += 1
             spec = OrderSpec(
                 client_order_id=f"flatten-{symbol.replace('/', '')}-"
