@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from execd.app import Daemon
 from execd.book import EventHub, OrderBook
@@ -29,6 +30,7 @@ from execd.domain.risk import (
 from execd.health import Health
 from execd.messages import CancelRequested, CancelResult, RiskCommand
 from execd.obs.metrics import Metrics
+from execd.protocol import ProtocolError
 from execd.sim import SimServer
 from execd.store import Store
 from execd.submitter import Submitter
@@ -373,3 +375,37 @@ async def test_a_cancel_of_an_order_whose_submit_may_have_left_looks_it_up_first
 
 async def _append(into: list[CancelResult], work: Awaitable[CancelResult]) -> None:
     into.append(await work)
+
+
+async def test_flatten_closes_what_is_free_even_if_its_cancels_were_not_answered(
+    daemon_factory: OpenDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The submitter does not answer the cancels (here: made to fail): the free shares
+    are closed all the same, the cancels asked for again in the background, and what
+    they free closed after."""
+    from execd.intake import cancel_all  # exits.py calls it through the module
+
+    async def unanswered(*args: Any, **kwargs: Any) -> Any:
+        raise ProtocolError("internal", "the submitter did not answer")
+
+    async with daemon_factory() as d, connect(d) as c:
+        await c.submit(strategy_id="u", symbol="AAPL", side="buy", qty="3")
+        await eventually(lambda: _position_is(d, "AAPL", Decimal(3)))
+        held = await c.submit(**resting("u", side="sell"))
+        other = await c.submit(**resting("u", side="buy"))
+        monkeypatch.setattr(cancel_all, "cancel_all", unanswered)
+        result = await c.request("flatten", reason="stuck")
+        assert result["cancels"]["error"]["code"] == "internal"
+        assert result["done"] is False
+        aapl, = result["positions"]
+        assert aapl["ok"] is True
+        assert aapl["held"] == "1"
+        assert aapl["order"]["qty"] == "2"  # the free shares, at once
+
+        async def finished() -> bool:
+            return bool((await c.request("status"))["flatten"]["state"] == "done")
+
+        await eventually(finished)
+        for o in (held, other):
+            assert await state_of(d, o["client_order_id"]) == "CANCELLED"
+        assert await _position_is(d, "AAPL", Decimal(0))

@@ -20,7 +20,14 @@ from execd.domain.orders import OrderSpec, OrderState, Side
 from execd.domain.risk import TradingState
 from execd.intake import cancel_all as cancelling
 from execd.intake.requests import ask_submitter, place, set_state
-from execd.messages import CancelOrder, CancelResult, Reply, SubmitterCommand
+from execd.messages import (
+    CancelOrder,
+    CancelRequested,
+    CancelResult,
+    Overloaded,
+    Reply,
+    SubmitterCommand,
+)
 from execd.protocol import ProtocolError
 
 if TYPE_CHECKING:
@@ -123,10 +130,17 @@ async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     halted = await set_state(c, TradingState.HALTED, f"flatten: {reason}")
     job = s.flattening
     job.begin(reason, s.clock.time())
-    cancels = await cancelling.cancel_all(
-        c, None, None, within=min(s.limits.submit_timeout, CANCEL_WAIT_S))
+    cancel_error: dict[str, str] | None = None
+    try:
+        cancels = await cancelling.cancel_all(
+            c, None, None, within=min(s.limits.submit_timeout, CANCEL_WAIT_S))
+    except (ProtocolError, Overloaded) as e:  # close what is free all the same
+        code, message = (e.code, e.message) if isinstance(e, ProtocolError) else \
+            ("overloaded", "the submitter's inbox is full")
+        cancel_error = {"code": code, "message": message}
+        cancels = CancelRequested(orders=())
     closed = await job.close_free(s)
-    job.finish_in_background(s)
+    job.finish_in_background(s, cancel_again=cancel_error is not None)
     by_symbol: dict[str, dict[str, list[str]]] = {}
     for o in cancels.orders:
         if o.state == OrderState.CANCELLED or o.client_order_id in cancels.pending:
@@ -138,7 +152,7 @@ async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         counts = by_symbol.get(one.symbol, {"done": [], "pending": []})
         out: dict[str, Any] = {
             "symbol": one.symbol, "qty": show(one.position), "ok": one.order is not None,
-            "orders": s.flattening.symbols[one.symbol].orders if one.order else [],
+            "orders": list(job.symbols[one.symbol].orders) if one.order else [],
             "held": show(one.held),
             "cancels": {"done": len(counts["done"]), "pending": len(counts["pending"])}}
         if one.order is not None:
@@ -153,9 +167,10 @@ async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     report = cancelling.report(cancels)
     return {**halted, "cancelled": report["count"],
             "cancels": {"done": report["count"], "pending": report["pending"],
-                        "failed": report["failed"]},
+                        "failed": report["failed"],
+                        **({"error": cancel_error} if cancel_error else {})},
             "positions": positions,
             # nothing left for the background: no cancel pending, every position's
             # closing order made for all of it
-            "done": not cancels.pending and all(
+            "done": cancel_error is None and not cancels.pending and all(
                 one.order is not None and one.held == 0 for one in closed)}

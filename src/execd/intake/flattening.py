@@ -23,12 +23,15 @@ from anyio.abc import TaskGroup
 from execd.domain.decimals import show
 from execd.domain.orders import Order, OrderSpec, OrderState, Side
 from execd.messages import (
+    CancelAll,
+    CancelResult,
     OrderAccepted,
     Overloaded,
     Reply,
     RiskCommand,
     SubmitOrder,
     SubmitResult,
+    SubmitterCommand,
     ask,
 )
 from execd.obs import logging
@@ -94,13 +97,17 @@ class Flattening:
                 "finished": self.finished,
                 "symbols": {k: v.as_dict() for k, v in sorted(self.symbols.items())}}
 
-    def finish_in_background(self, s: Services) -> None:
-        if self._running:
-            return  # the one running takes the new cancels and positions into account
+    def finish_in_background(self, s: Services, *, cancel_again: bool = False) -> None:
+        """`cancel_again`: the cancels were not asked for (the submitter did not
+        answer): ask until it does."""
         if self._tg is None:
             log.error("flatten: no background to finish in; flatten again to go on")
             self.state = "interrupted"
             return
+        if cancel_again:
+            self._tg.start_soon(_cancel_all, s)
+        if self._running:
+            return  # the one running takes the new cancels and positions into account
         self._running = True
         self._tg.start_soon(self._finish, s)
 
@@ -169,6 +176,23 @@ class Flattening:
                     progress.denied += 1
                 done.error = (result.code, result.reason)
         return out
+
+
+async def _cancel_all(s: Services) -> None:
+    """Every open order, through the submitter, until it answers (it then goes on by
+    itself while the orders are open)."""
+
+    def command(reply: Reply[CancelResult]) -> SubmitterCommand:
+        return CancelAll(strategy_id=None, reply=reply)
+
+    delay = 0.5
+    while True:
+        try:
+            await ask(s.submitter, command)
+            return
+        except (Overloaded, anyio.EndOfStream):
+            await s.clock.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 async def _submit(s: Services, spec: OrderSpec) -> SubmitResult | None:
