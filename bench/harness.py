@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketStream
 
-from execd.broker.base import BrokerOrder, BrokerPosition, ReplaceChanges
+from execd.broker.base import BrokerOrder, BrokerPosition, Go, NotSent, ReplaceChanges
 from execd.domain.orders import BrokerView, OrderSpec
 
 
@@ -41,9 +41,11 @@ class InstantBroker:
         self.orders[cid] = order
         return order
 
-    async def submit_order(self, spec: OrderSpec) -> BrokerOrder:
+    async def submit_order(self, spec: OrderSpec, *, go: Go | None = None) -> BrokerOrder:
         """Market orders fill at once (as they would), limit orders rest."""
         await anyio.lowlevel.checkpoint()
+        if go is not None and not go():
+            raise NotSent("withdrawn")
         order = self._add(spec.client_order_id, spec.symbol)
         if spec.type == "market":
             order = BrokerOrder(
@@ -68,7 +70,8 @@ class InstantBroker:
                      if o.view.broker_order_id == broker_order_id), None)
 
     async def replace_order(
-        self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str
+        self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str,
+        *, go: Go | None = None,
     ) -> BrokerOrder:
         """The old order goes (replaced), a new one rests in its place."""
         await anyio.lowlevel.checkpoint()

@@ -222,12 +222,12 @@ async def test_a_crashed_actor_restarts_and_loses_nothing(
         real = d.broker.submit_order
         calls = 0
 
-        async def crash_once(spec: Any) -> Any:
+        async def crash_once(spec: Any, **kw: Any) -> Any:
             nonlocal calls
             calls += 1
             if calls == 1:
                 raise RuntimeError("injected crash in the submitter")
-            return await real(spec)
+            return await real(spec, **kw)
 
         d.broker.submit_order = crash_once
         o = await c.submit(strategy_id="k", symbol="AAPL", side="buy", qty="1", wait="accepted")

@@ -118,3 +118,33 @@ async def test_remaining_reports_the_budget() -> None:
     assert bucket.remaining() == pytest.approx(4)
     clock.advance(60)
     assert bucket.remaining() == 5
+
+
+async def test_a_429_holds_the_budget_until_the_reset_and_its_lower_limit_stays() -> None:
+    """The broker says its limit is 30 (ours: 200), nothing remains, and its window
+    resets in 20 s: no token before then, and no window over 30 after."""
+    clock = FakeClock()
+    limiter = PriorityLimiter(TokenBucket(Budget(limit=200, window=60.0, burst=5), clock),
+                              clock)
+    assert limiter.broker_says(limit=30, remaining=0, reset_in=20.0) is True
+    assert limiter.broker_says(limit=30, remaining=0, reset_in=20.0) is False  # once
+    stats = limiter.statistics()
+    assert (stats.limit, stats.configured_limit, stats.broker_limit) == (30, 200, 30)
+    assert stats.held_for == 20.0
+    times: list[float] = []
+    while clock.monotonic() < 200:
+        await limiter.acquire(priority=len(times) % 2 == 0)
+        times.append(clock.monotonic())
+    assert times[0] >= 20.0
+    assert max_in_window(times, 60.0) <= 30
+    assert max_in_window(times, 60.0) >= 0.8 * 30  # and not needlessly slow
+
+
+async def test_a_429_with_budget_left_or_a_higher_limit_changes_no_rate() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(Budget(limit=200, window=60.0, burst=5), clock)
+    assert bucket.broker_says(limit=1000, remaining=3, reset_in=20.0) is False
+    assert bucket.remaining() == 3  # what the broker says is left, no hold
+    await bucket.acquire()
+    assert clock.monotonic() == 0
+    assert bucket.statistics().limit == 200

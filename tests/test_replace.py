@@ -62,8 +62,17 @@ async def test_replace_makes_a_new_order_and_the_old_one_replaced(
         assert Decimal(new["limit_price"]) == Decimal(new_price)
         assert new["qty"] == "6"
         assert new["broker_order_id"] != old["broker_order_id"]
-        was = await until_state(c, "r-1", "REPLACED")
-        assert was["replaced_by"] == "r-1b"
+        await until_state(c, "r-1", "REPLACED")
+
+        async def named() -> bool:  # once the successor's broker id is known (protocol.md)
+            return (await c.order("r-1")).replaced_by is not None
+
+        await eventually(named)
+        assert (await c.order("r-1"))["replaced_by"] == "r-1b"
+        with pytest.raises(ExecdError) as refused:  # the old id: which one to cancel
+            await c.cancel("r-1")
+        assert refused.value.code == "conflict"
+        assert "REPLACED by r-1b: cancel that one" in refused.value.message
         # the same replace again: nothing new is sent
         sent = patches(sim)
         again = await c.request("replace", client_order_id="r-1", limit_price=new_price,
@@ -144,8 +153,8 @@ async def test_an_ambiguous_patch_is_looked_up_never_resent(
     lost: list[str] = []
 
     async def answer_lost(self: AlpacaClient, broker_order_id: str, changes: ReplaceChanges,
-                          new_client_order_id: str) -> BrokerOrder:
-        await real(self, broker_order_id, changes, new_client_order_id)
+                          new_client_order_id: str, **kw: Any) -> BrokerOrder:
+        await real(self, broker_order_id, changes, new_client_order_id, **kw)
         lost.append(new_client_order_id)
         raise BrokerAmbiguous("replace outcome unknown: 504")
 
@@ -178,9 +187,9 @@ async def test_a_refused_patch_rejects_the_new_order_and_the_old_carries_on(
     real = AlpacaClient.replace_order
 
     async def refused(self: AlpacaClient, broker_order_id: str, changes: ReplaceChanges,
-                      new_client_order_id: str) -> BrokerOrder:
+                      new_client_order_id: str, **kw: Any) -> BrokerOrder:
         return await real(self, broker_order_id, ReplaceChanges(trail=Decimal(1)),
-                          new_client_order_id)
+                          new_client_order_id, **kw)
 
     monkeypatch.setattr(AlpacaClient, "replace_order", refused)
     async with daemon_factory() as d, connect(d) as c:

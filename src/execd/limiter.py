@@ -9,13 +9,18 @@ The bucket is the anyio-native TokenBucket below, on both backends: aiolimiter n
 asyncio, and its public API cannot say how much budget is left (`remaining`, for
 `status` and the metrics) — see docs/design.md. Risk-reducing calls (cancels) pass
 `priority=True` and go ahead of ordinary callers.
+
+A 429 is the broker saying our budget is wrong (its real limit is lower, or another
+client of the key spends it): `broker_says` gives no token until the broker's window
+resets (or only what it says remains), and a limit it states below ours becomes the
+rate from then on, so submits stop feeding a storm of refusals.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import anyio
 
@@ -41,10 +46,26 @@ class Budget:
         return self.burst + self.rate * self.window
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimiterStatistics:
+    limit: int | None  # requests per window in force (None: unlimited)
+    configured_limit: int | None
+    broker_limit: int | None  # the limit a 429 stated, when below ours
+    held_for: float  # seconds until the broker's window resets (after a 429), else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Bucket(Protocol):
     async def acquire(self) -> None: ...
 
     def remaining(self) -> float: ...
+
+    def broker_says(self, *, limit: int | None, remaining: int | None,
+                    reset_in: float) -> bool: ...
+
+    def statistics(self) -> LimiterStatistics: ...
 
 
 class RateLimiter(Protocol):
@@ -54,26 +75,63 @@ class RateLimiter(Protocol):
 
     def remaining(self) -> float: ...
 
+    def broker_says(self, *, limit: int | None, remaining: int | None,
+                    reset_in: float) -> bool:
+        """A 429's X-Ratelimit-Limit/-Remaining and the seconds to its reset; True if
+        the broker's limit has just become ours (log that once)."""
+        ...
+
+    def statistics(self) -> LimiterStatistics: ...
+
 
 class TokenBucket:
     """A leaky bucket on anyio and a Clock: capacity `burst`, refilled at `rate`/s."""
 
     def __init__(self, budget: Budget, clock: Clock) -> None:
+        self._budget = budget
         self._cap = float(budget.burst)
         self._rate = budget.rate
         self._clock = clock
         self._tokens = self._cap
         self._last = clock.monotonic()
+        self._held_until = self._last  # after a 429: nothing accrues before the reset
+        self._broker_limit: int | None = None
         self._lock = anyio.Lock()
 
     def _refill(self) -> None:
         now = self._clock.monotonic()
-        self._tokens = min(self._cap, self._tokens + (now - self._last) * self._rate)
-        self._last = now
+        start = max(self._last, self._held_until)
+        if now > start:
+            self._tokens = min(self._cap, self._tokens + (now - start) * self._rate)
+        self._last = max(self._last, now)
 
     def remaining(self) -> float:
         self._refill()
         return self._tokens
+
+    def broker_says(self, *, limit: int | None, remaining: int | None,
+                    reset_in: float) -> bool:
+        self._refill()
+        now = self._clock.monotonic()
+        if remaining is not None:
+            self._tokens = min(self._tokens, float(remaining))
+        if remaining is None or remaining < 1:
+            self._held_until = max(self._held_until, now + max(0.0, reset_in))
+        lower = self._broker_limit if self._broker_limit is not None else self._budget.limit
+        if limit is None or limit < 2 or limit >= lower:  # below 2 there is no rate to keep
+            return False
+        shrunk = Budget(limit=limit, window=self._budget.window,
+                        burst=max(1, min(self._budget.burst, limit // 10)))
+        self._broker_limit = limit
+        self._cap, self._rate = float(shrunk.burst), shrunk.rate
+        self._tokens = min(self._tokens, self._cap)
+        return True
+
+    def statistics(self) -> LimiterStatistics:
+        held = max(0.0, self._held_until - self._clock.monotonic())
+        limit = self._budget.limit if self._broker_limit is None else self._broker_limit
+        return LimiterStatistics(limit=limit, configured_limit=self._budget.limit,
+                                 broker_limit=self._broker_limit, held_for=round(held, 3))
 
     async def acquire(self) -> None:
         async with self._lock:  # FIFO: one waiter at a time takes the next token
@@ -81,7 +139,8 @@ class TokenBucket:
             # A tolerance: after sleeping exactly the time needed, float rounding can
             # leave 0.999999 tokens, and a sleep too small to move the clock never ends.
             while self._tokens < 1 - 1e-9:
-                await self._clock.sleep(max((1 - self._tokens) / self._rate, 1e-6))
+                held = max(0.0, self._held_until - self._clock.monotonic())
+                await self._clock.sleep(max(held + (1 - self._tokens) / self._rate, 1e-6))
                 self._refill()
             self._tokens = max(0.0, self._tokens - 1)
 
@@ -106,6 +165,13 @@ class PriorityLimiter:
 
     def remaining(self) -> float:
         return self._bucket.remaining()
+
+    def broker_says(self, *, limit: int | None, remaining: int | None,
+                    reset_in: float) -> bool:
+        return self._bucket.broker_says(limit=limit, remaining=remaining, reset_in=reset_in)
+
+    def statistics(self) -> LimiterStatistics:
+        return self._bucket.statistics()
 
     async def acquire(self, *, priority: bool = False) -> float:
         start = self._clock.monotonic()
@@ -136,6 +202,14 @@ class Unlimited:
 
     def remaining(self) -> float:
         return math.inf
+
+    def broker_says(self, *, limit: int | None, remaining: int | None,
+                    reset_in: float) -> bool:
+        return False
+
+    def statistics(self) -> LimiterStatistics:
+        return LimiterStatistics(limit=None, configured_limit=None, broker_limit=None,
+                                 held_for=0.0)
 
 
 def open_limiter(budget: Budget, clock: Clock) -> PriorityLimiter:

@@ -105,14 +105,21 @@ SubmitResult = OrderAccepted | OrderDenied
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CancelRequested:
-    orders: tuple[Order, ...]  # their state after the broker's answer
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class CancelDenied:
     code: str  # not_found, conflict, broker_rejected, internal
     reason: str
+    client_order_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRequested:
+    orders: tuple[Order, ...]  # their state after the broker's answer
+    # taken (or still being asked) but not known to be over: the stream and the poll
+    # will tell; the submitter keeps asking while they are open
+    pending: tuple[str, ...] = ()
+    failed: tuple[CancelDenied, ...] = ()  # cancels refused for good (cancel_all)
+
+
 
 
 CancelResult = CancelRequested | CancelDenied
@@ -194,6 +201,7 @@ class CancelAll:
     strategy_id: str | None
     reply: Reply[CancelResult]
     owner_uid: int | None = None  # only this peer's orders
+    within: float = 5.0  # answer by then what is done and what goes on (background)
 
 
 SubmitterCommand = SendOrder | CancelOrder | CancelAll

@@ -6,19 +6,26 @@ ambiguous outcome (timeout, dropped connection, 5xx, "client_order_id must be
 unique") is looked up by client_order_id before anything is sent again. One task at
 a time owns an order (a lock per client_order_id). An order stays PENDING, retried
 with backoff, until the broker has either taken it or refused it.
+
+A cancel of an order that never left (PENDING, no request for it ever let go) is
+local: recorded CANCELLED at once, without the order's lock (its send may be queued
+behind hundreds of submits at the limiter) and without a broker call. The send asks
+`_may_send` right before its request leaves and withdraws it (NotSent). Only an order
+whose request may have left (`in_doubt`) is looked up at the broker first.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any, assert_never
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from execd.book import RECORD_LINGER, OrderBook
@@ -30,9 +37,11 @@ from execd.broker.base import (
     BrokerRejected,
     BrokerUnavailable,
     DuplicateOrderId,
+    NotSent,
     ReplaceChanges,
 )
 from execd.clock import Clock
+from execd.clock import within as within_clock
 from execd.domain.orders import TERMINAL_STATES, Order, OrderState, apply_broker_view
 from execd.domain.risk import TradingState
 from execd.health import Health
@@ -59,6 +68,11 @@ log = logging.get("execd.submitter")
 # PENDING orders resolved at once at start-up: enough to fill a group commit, few enough
 # that the socket's clients are not queued behind a thousand tasks.
 RESOLVE_LANES = 32
+CANCEL_BACKOFF = 0.5  # first wait before a cancel is asked again (doubling up to 30 s)
+CANCEL_ALL_ANSWER_S = 5.0  # cancel_all answers by then; what is left goes on behind
+# How long the legs of a cancelled parent (an exit's sibling) may take to be reported
+# ended before each is cancelled on its own.
+FOLLOW_S = 10.0
 
 
 class Submitter:
@@ -77,6 +91,29 @@ class Submitter:
         self._locks: dict[str, tuple[anyio.Lock, int]] = {}
         self._failures = 0
         self._halted = False
+        # PENDING orders whose request may have left (in this life, or a predecessor's:
+        # history unknown): a cancel must look them up. Others are cancelled locally.
+        self.in_doubt: set[str] = set()
+        self._withdrawn: set[str] = set()  # cancelled locally, being recorded
+        # where work outlives the request that started it (cancel_all's cancels)
+        self.background: TaskGroup | None = None
+
+    def _may_send(self, cid: str) -> bool:
+        """Right before a request for `cid` leaves: still wanted? Synchronous with a
+        local cancel's mark, so one of the two wins and the other knows it."""
+        current = self.book.open.get(cid)
+        if cid in self._withdrawn or current is None or current.state != OrderState.PENDING:
+            return False
+        if self.storage is not None and not self.storage.available:
+            return False  # its answer could not be recorded: wait for the disk first
+        self.in_doubt.add(cid)
+        return True
+
+    def _settled(self, cid: str) -> None:
+        """Forget that `cid` was in doubt once it has left PENDING."""
+        current = self.book.open.get(cid)
+        if current is None or current.state != OrderState.PENDING:
+            self.in_doubt.discard(cid)
 
     @asynccontextmanager
     async def owning(self, cid: str) -> AsyncIterator[None]:
@@ -122,6 +159,7 @@ class Submitter:
                 outcome = await self._send(order, unknown_history=unknown_history,
                                            linger=RECORD_LINGER if done is None else 0.0)
         finally:
+            self._settled(order.client_order_id)
             if done is not None:
                 if outcome is not None:
                     answer(done, outcome)
@@ -151,10 +189,17 @@ class Submitter:
                             raise BrokerUnavailable("broker says duplicate but has no such order")
                     if order.spec.replaces is not None:
                         return await self._replace(order)
-                    found = await self.broker.submit_order(order.spec)
+                    found = await self.broker.submit_order(
+                        order.spec, go=partial(self._may_send, cid))
                     HOOKS.point("after_submit")  # the broker has it; we have not recorded it
                     self._ok()
                     return await self.book.apply_found(cid, found, linger=linger)
+                except NotSent:
+                    current = self.book.open.get(cid)
+                    if current is None or current.state != OrderState.PENDING:
+                        return current if current is not None else await self.book.get(cid)
+                    # a local cancel being recorded, or the disk failing: ask again soon
+                    await self.clock.sleep(0.01)
                 except DuplicateOrderId:
                     log.warning("broker already has this client_order_id: looking it up",
                                 client_order_id=cid, strategy_id=order.spec.strategy_id)
@@ -194,7 +239,7 @@ class Submitter:
             return await self._record_rejection(
                 cid, f"the order it replaces ({old_cid}) is {state}")
         found = await self.broker.replace_order(
-            old.broker_order_id, changes(old, order), cid)
+            old.broker_order_id, changes(old, order), cid, go=partial(self._may_send, cid))
         HOOKS.point("after_submit")
         self._ok()
         after = await self.book.apply_found(cid, found)
@@ -228,48 +273,105 @@ class Submitter:
         return [o for o in pending
                 if o.created_at < now - older_than and o.client_order_id not in self._locks]
 
-    async def cancel(self, cid: str) -> CancelResult:
+    async def _cancel_unsent(self, order: Order) -> CancelResult:
+        """Cancel an order no request has left for, at once, with no broker call."""
+        cid = order.client_order_id
+        self._withdrawn.add(cid)  # from now on its send withdraws (_may_send)
+        try:
+            cancelled = await self.book.cancel_unsent(cid)
+        except StorageUnavailable:
+            return CancelDenied(code="storage_unavailable", reason=(
+                f"order {cid} has not reached the broker and the cancel cannot be recorded "
+                "(disk full or failing); it is not sent until the disk takes writes again"))
+        finally:
+            self._withdrawn.discard(cid)
+        return CancelRequested(orders=(cancelled or order,))
+
+    async def cancel(self, cid: str, *, confirm: bool = True) -> CancelResult:
+        """Cancel one order. Never given up while the order is open: a 429 waits for the
+        broker's reset, other transient errors back off, and it asks again (a caller may
+        stop waiting; the cancel carries on until the order closes or the daemon stops).
+        `confirm`: look the order up once the broker took the cancel, for its state now;
+        without it a taken cancel is `pending` (the stream and the poll tell the end)."""
+        unsent = self.book.open.get(cid)
+        if unsent is not None and unsent.state == OrderState.PENDING \
+                and cid not in self.in_doubt:
+            return await self._cancel_unsent(unsent)
         async with self.owning(cid):
             order = await self.book.get(cid)
             if order is None:
                 return CancelDenied(code="not_found", reason=f"no order {cid}")
             if order.state in TERMINAL_STATES:
-                return CancelDenied(code="conflict",
-                                    reason=f"order {cid} is already {order.state.value}")
-            try:
-                broker_id = order.broker_order_id
-                if broker_id is None:
-                    found = await self.broker.get_order_by_client_id(cid)
-                    if found is None:
-                        try:
-                            cancelled = await self.book.cancel_unsent(cid)
-                        except StorageUnavailable:  # unrecorded, it would be sent later
-                            return CancelDenied(code="storage_unavailable", reason=(
-                                f"order {cid} has not reached the broker and the cancel cannot "
-                                "be recorded (disk full or failing); it is not sent meanwhile"))
-                        return CancelRequested(orders=(cancelled or order,))
-                    broker_id = found.view.broker_order_id
+                successor = "" if order.replaced_by is None else \
+                    f" by {order.replaced_by}: cancel that one"
+                return CancelDenied(code="conflict", reason=f"order {cid} is already "
+                                                            f"{order.state.value}{successor}")
+            delay = CANCEL_BACKOFF
+            while True:
                 try:
-                    await self.broker.cancel_order(broker_id)
+                    return await self._cancel_once(order, confirm=confirm)
                 except BrokerRejected as e:
-                    if e.status != 422:
-                        raise
-                    log.info("broker: order not cancelable", client_order_id=cid, error=str(e))
-                found = await self.broker.get_order_by_client_id(cid)
-                self._ok()
-                if found is None:
-                    return CancelRequested(orders=(order,))
+                    return CancelDenied(code="broker_rejected", reason=str(e))
+                except BrokerUnavailable as e:
+                    wait = delay if e.retry_at is None else \
+                        max(0.05, e.retry_at - self.clock.time())
+                    if e.status != 429:  # the budget is not the broker failing
+                        await self._failed(e)
+                        delay = min(delay * 2, 30.0)
+                    log.warning("cancel not done yet: asking again", client_order_id=cid,
+                                error=str(e), retry_in=round(wait, 3))
+                    await self.clock.sleep(wait)
+                now = self.book.open.get(cid)
+                if now is None:  # closed meanwhile (cancelled, filled): nothing to ask
+                    return CancelRequested(orders=(await self.book.get(cid) or order,))
+                order = now
+
+    async def _cancel_once(self, order: Order, *, confirm: bool) -> CancelResult:
+        """One try: DELETE (after a look-up if the order's broker id is not known yet);
+        a refusal as "not cancelable" (422) is ambiguous, so the order is looked up."""
+        cid = order.client_order_id
+        broker_id = order.broker_order_id
+        if broker_id is None:
+            found = await self.broker.get_order_by_client_id(cid)
+            if found is None:
                 try:
-                    after = await self.book.apply_found(cid, found)
-                except StorageUnavailable:  # as the broker says, not yet recorded
-                    change = apply_broker_view(order, found.view, self.clock.time())
-                    after = order if change is None else change.order
-                return CancelRequested(orders=(after or order,))
-            except BrokerRejected as e:
-                return CancelDenied(code="broker_rejected", reason=str(e))
-            except BrokerError as e:
-                await self._failed(e)
-                return CancelDenied(code="internal", reason=f"broker unavailable: {e}")
+                    cancelled = await self.book.cancel_unsent(cid)
+                except StorageUnavailable:  # unrecorded, it would be sent later
+                    return CancelDenied(code="storage_unavailable", reason=(
+                        f"order {cid} has not reached the broker and the cancel cannot "
+                        "be recorded (disk full or failing); it is not sent meanwhile"))
+                return CancelRequested(orders=(cancelled or order,))
+            broker_id = found.view.broker_order_id
+        taken = True
+        try:
+            await self.broker.cancel_order(broker_id)
+        except BrokerRejected as e:
+            if e.status != 422:
+                raise
+            log.info("broker: order not cancelable: looking it up", client_order_id=cid,
+                     error=str(e))
+            taken = False
+        self._ok()
+        if taken and not confirm:
+            return CancelRequested(orders=(order,), pending=(cid,))
+        try:
+            found = await self.broker.get_order_by_client_id(cid)
+        except BrokerError:
+            if not taken:
+                raise
+            return CancelRequested(orders=(order,), pending=(cid,))
+        if found is None:
+            return CancelRequested(orders=(order,), pending=(cid,) if taken else ())
+        try:
+            after = await self.book.apply_found(cid, found) or order
+        except StorageUnavailable:  # as the broker says, not yet recorded
+            change = apply_broker_view(order, found.view, self.clock.time())
+            after = order if change is None else change.order
+        if after.is_open and not taken and found.view.status != "pending_cancel":
+            # refused while open (pending_replace, say): ask again later
+            raise BrokerUnavailable(f"not cancelable now: the broker has it "
+                                    f"{found.view.status}")
+        return CancelRequested(orders=(after,), pending=(cid,) if after.is_open else ())
 
     async def cancel_family(self, cid: str, legs: bool) -> CancelResult:
         """Cancel an order; for a bracket/OCO/OTO parent, its family. The broker cancels
@@ -324,23 +426,116 @@ class Submitter:
             log.warning("cannot refresh an order's legs; the poller will", error=str(e),
                         client_order_id=cid)
 
-    async def cancel_all(self, strategy_id: str | None, owner_uid: int | None) -> CancelResult:
+    async def cancel_all(self, strategy_id: str | None, owner_uid: int | None, *,
+                         within: float = CANCEL_ALL_ANSWER_S) -> CancelResult:
+        """Cancel every open order (of a strategy, of an owner): one DELETE per order,
+        and no look-up unless its answer is ambiguous (Submitter.cancel, confirm=False).
+        A leg goes with its parent at the broker, and an exit with its sibling: one
+        DELETE per family (`_heads`). Answers within `within` seconds what is done and
+        what is still going on (`pending`); the cancels carry on in the background."""
         targets = [
             o for o in self.book.open_orders()
             if (strategy_id is None or o.spec.strategy_id == strategy_id)
             and (owner_uid is None or o.owner_uid == owner_uid)
         ]
-        results: list[Order] = []
+        results: dict[str, CancelResult] = {}
+        heads = _heads(targets)
+        finished = anyio.Event()
 
-        async def one(cid: str) -> None:
-            result = await self.cancel(cid)
-            if isinstance(result, CancelRequested):
-                results.extend(result.orders)
+        async def everything() -> None:
+            try:
+                async with anyio.create_task_group() as tg:
+                    for head, followers in heads.items():
+                        tg.start_soon(self._cancel_head, head, followers, results)
+            finally:
+                finished.set()
 
+        if self.background is None:
+            await everything()
+        else:
+            self.background.start_soon(everything)
+        ids = [o.client_order_id for o in targets]
+
+        async def settled() -> None:  # every DELETE answered, then the news of each end
+            await finished.wait()
+            await self._closed(ids)
+
+        await within_clock(self.clock, within, settled)
+        return await self._report(ids, results)
+
+    async def _closed(self, ids: list[str]) -> None:
+        """Until none of `ids` is open: woken by each change the book publishes."""
+        async with self.book.hub.subscribe(buffer=len(ids) + 64) as news:
+            while any(cid in self.book.open for cid in ids):
+                if self.book.hub.cut_off(news):  # fell behind: look now and then
+                    await self.clock.sleep(0.05)
+                    continue
+                try:
+                    await news.receive()
+                except anyio.EndOfStream:
+                    continue
+
+    async def _cancel_head(self, cid: str, followers: list[str],
+                           results: dict[str, CancelResult]) -> None:
+        """Cancel one order; its followers (legs, sibling exits) should end with it at
+        the broker. Any still open a while later (their news lost, or the head's cancel
+        refused) is cancelled on its own."""
+        results[cid] = result = await self.cancel(cid, confirm=False)
+        if not followers:
+            return
+        if isinstance(result, CancelRequested):
+            await within_clock(self.clock, FOLLOW_S, partial(self._closed, followers))
         async with anyio.create_task_group() as tg:
-            for o in targets:
-                tg.start_soon(one, o.client_order_id)
-        return CancelRequested(orders=tuple(results))
+            for f in followers:
+                if f in self.book.open:
+                    async def one(f: str = f) -> None:
+                        results[f] = await self.cancel(f, confirm=False)
+                    tg.start_soon(one)
+
+    async def _report(self, ids: list[str], results: dict[str, CancelResult]
+                      ) -> CancelRequested:
+        """Each order as it stands now: over (its state says how), still going on
+        (pending), or refused for good (failed)."""
+        gone = [cid for cid in ids if cid not in self.book.open]
+        closed = await self.book.store.get_orders(gone) if gone else {}
+        orders: list[Order] = []
+        pending: list[str] = []
+        failed: list[CancelDenied] = []
+        for cid in ids:
+            order = self.book.open.get(cid) or closed.get(cid)
+            if order is None:
+                continue
+            orders.append(order)
+            if not order.is_open:
+                continue
+            result = results.get(cid)
+            if isinstance(result, CancelDenied) and result.code not in ("conflict", "not_found"):
+                failed.append(replace(result, client_order_id=cid))
+            else:
+                pending.append(cid)
+        return CancelRequested(orders=tuple(orders), pending=tuple(pending),
+                               failed=tuple(failed))
+
+
+def _heads(targets: list[Order]) -> dict[str, list[str]]:
+    """The orders to DELETE, each with the orders that end with it at the broker: a
+    leg whose parent is cancelled too goes with its parent; of a filled parent's open
+    exits, the first takes its siblings."""
+    ids = {o.client_order_id for o in targets}
+    heads: dict[str, list[str]] = {}
+    first_exit: dict[str, str] = {}  # parent -> the exit DELETEd for the family
+    for o in targets:
+        parent = o.spec.parent
+        if parent is None:
+            heads.setdefault(o.client_order_id, [])
+        elif parent in ids:
+            heads.setdefault(parent, []).append(o.client_order_id)
+        elif parent in first_exit:
+            heads[first_exit[parent]].append(o.client_order_id)
+        else:
+            first_exit[parent] = o.client_order_id
+            heads.setdefault(o.client_order_id, [])
+    return heads
 
 
 def changes(old: Order, new: Order) -> ReplaceChanges:
@@ -383,9 +578,11 @@ async def run(
 
     def adopt(orders: list[Order]) -> list[Order]:
         unknown.update(o.client_order_id for o in orders)
+        submitter.in_doubt.update(o.client_order_id for o in orders)
         return orders
 
     async with inbox, risk, anyio.create_task_group() as tg:
+        submitter.background = tg
         pending = adopt([o for o in book.open_orders() if o.state == OrderState.PENDING])
         recovery.pending(len(pending))
         if pending:
@@ -401,8 +598,9 @@ async def run(
                                           done=reply))
                 case CancelOrder(client_order_id=cid, reply=reply, legs=legs):
                     tg.start_soon(_answer_cancel, reply, submitter.cancel_family(cid, legs))
-                case CancelAll(strategy_id=sid, reply=reply, owner_uid=owner):
-                    tg.start_soon(_answer_cancel, reply, submitter.cancel_all(sid, owner))
+                case CancelAll(strategy_id=sid, reply=reply, owner_uid=owner, within=limit):
+                    tg.start_soon(_answer_cancel, reply,
+                                  submitter.cancel_all(sid, owner, within=limit))
                 case _:
                     assert_never(msg)
 
@@ -436,6 +634,7 @@ async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Reco
             if found is not None:
                 async with submitter.owning(order.client_order_id):
                     await submitter.book.apply_found(order.client_order_id, found)
+                submitter._settled(order.client_order_id)
             else:
                 await submitter.send(order, unknown_history=True)
         recovery.resolved()

@@ -40,6 +40,8 @@ from execd.broker.base import (
     BrokerRejected,
     BrokerUnavailable,
     DuplicateOrderId,
+    Go,
+    NotSent,
     ReplaceChanges,
     flatten,
 )
@@ -48,9 +50,11 @@ from execd.domain.broker_checks import InvalidNews, Refusal, check_fill, number
 from execd.domain.decimals import plain
 from execd.domain.orders import BrokerView, OrderSpec
 from execd.limiter import RateLimiter
+from execd.obs import logging
 from execd.obs.metrics import Metrics
 
 T = TypeVar("T")
+log = logging.get("execd.broker")
 PAGE = 500  # Alpaca's most orders per list call
 THREADS = 16  # worker threads for broker calls, and HTTP connections kept to the broker
 SDK_VERSION = "0.44.0"  # the alpaca-py whose private attributes `without_sdk_retries` sets
@@ -85,7 +89,11 @@ def without_sdk_retries(client: Any, session: requests.Session | None = None) ->
 
 
 class _RateLimited(BrokerUnavailable):
-    """429: the request was not taken; wait for the reset and try again."""
+    """429: the request was not taken; wait for the reset and try again. Carries the
+    broker's X-Ratelimit-Limit/-Remaining, for the limiter (limiter.py)."""
+
+    limit: int | None = None
+    remaining: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +127,24 @@ def _map(e: Exception, now: float) -> BrokerError | None:
         return None
     status, message, code = e.status_code, _message(e), _code(e)
     reset: float | None = None
+    headers = e.response.headers if status == 429 and e.response is not None else {}
     if status == 429:
-        try:
-            reset = float(e.response.headers.get("X-Ratelimit-Reset", "")) if e.response else None
-        except ValueError:
-            reset = None
-        reset = reset or now + 1
+        reset = _header(headers, "X-Ratelimit-Reset") or now + 1
     rule = next(r for r in _ERRORS if r.applies(status, message))
-    return rule.make(message, status, code, reset)
+    mapped = rule.make(message, status, code, reset)
+    if isinstance(mapped, _RateLimited):
+        limit, remaining = (_header(headers, f"X-Ratelimit-{n}") for n in ("Limit", "Remaining"))
+        mapped.limit = None if limit is None else int(limit)
+        mapped.remaining = None if remaining is None else int(remaining)
+    return mapped
+
+
+def _header(headers: Any, name: str) -> float | None:
+    """A numeric header, None if absent or not a number."""
+    try:
+        return float(headers.get(name, ""))
+    except (TypeError, ValueError):
+        return None
 
 
 def _message(e: Any) -> str:
@@ -307,10 +325,13 @@ class AlpacaClient:
         self._threads = anyio.CapacityLimiter(THREADS)
 
     # ------------------------------------------------------------- plumbing
-    async def _once(self, endpoint: str, fn: Callable[[], T], *, priority: bool) -> T:
+    async def _once(self, endpoint: str, fn: Callable[[], T], *, priority: bool,
+                    go: Go | None = None) -> T:
         waited = await self._limiter.acquire(priority=priority)
         self._metrics.limiter_wait.observe(waited)
         self._metrics.limiter_remaining.set(self._limiter.remaining())
+        if go is not None and not go():  # withdrawn while it waited for the budget
+            raise NotSent(f"{endpoint} withdrawn before it was sent")
         start = self._clock.monotonic()
         status = "error"
         try:
@@ -322,15 +343,27 @@ class AlpacaClient:
             if mapped is None:
                 raise
             status = str(getattr(mapped, "status", None) or type(mapped).__name__)
+            if isinstance(mapped, _RateLimited):
+                self._rate_limited(mapped)
             raise mapped from e
         finally:
             self._metrics.broker_requests.labels(endpoint, status).inc()
             self._metrics.broker_latency.labels(endpoint).observe(
                 self._clock.monotonic() - start)
 
+    def _rate_limited(self, e: _RateLimited) -> None:
+        """A 429 shrinks the shared budget to what the broker says (limiter.py)."""
+        reset_in = (e.retry_at or self._clock.time() + 1) - self._clock.time()
+        if self._limiter.broker_says(limit=e.limit, remaining=e.remaining, reset_in=reset_in):
+            log.warning("the broker's request limit is below the configured budget: "
+                        "using the broker's", broker_limit=e.limit)
+        stats = self._limiter.statistics()
+        if stats.limit is not None:
+            self._metrics.limiter_limit.set(stats.limit)
+
     async def _call(
         self, endpoint: str, fn: Callable[[], T], *, priority: bool = False,
-        retry_on: type[BrokerError] = BrokerUnavailable,
+        retry_on: type[BrokerError] = BrokerUnavailable, go: Go | None = None,
     ) -> T:
         """One request through the limiter, retried on `retry_on` by the one policy."""
         async for attempt in AsyncRetrying(
@@ -338,15 +371,15 @@ class AlpacaClient:
             retry=retry_if_exception_type(retry_on), sleep=self._clock.sleep, reraise=True,
         ):
             with attempt:
-                return await self._once(endpoint, fn, priority=priority)
+                return await self._once(endpoint, fn, priority=priority, go=go)
         raise AssertionError("unreachable")
 
     # --------------------------------------------------------------- the port
-    async def submit_order(self, spec: OrderSpec) -> BrokerOrder:
+    async def submit_order(self, spec: OrderSpec, *, go: Go | None = None) -> BrokerOrder:
         body = order_body(spec)
         try:
             raw = await self._call("submit_order", lambda: self._client.post("/orders", body),
-                                   retry_on=_RateLimited)
+                                   retry_on=_RateLimited, go=go)
         except _RateLimited:
             raise
         except BrokerUnavailable as e:  # the request may have been taken: look it up
@@ -354,7 +387,8 @@ class AlpacaClient:
         return self._answer(raw, "submit_order")
 
     async def replace_order(
-        self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str
+        self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str,
+        *, go: Go | None = None,
     ) -> BrokerOrder:
         """PATCH /v2/orders/{id}: one attempt, like a submit (a 429 alone is retried).
         Ambiguous outcomes are the caller's to resolve by looking the new id up."""
@@ -369,7 +403,7 @@ class AlpacaClient:
         try:
             raw = await self._call(
                 "replace_order", lambda: self._client.patch(f"/orders/{broker_order_id}", body),
-                retry_on=_RateLimited)
+                retry_on=_RateLimited, go=go)
         except _RateLimited:
             raise
         except BrokerUnavailable as e:

@@ -6,11 +6,12 @@
     DuplicateOrderId   the broker already has this client_order_id: look it up
     BrokerDataInvalid  the broker's answer is not valid (malformed, impossible numbers):
                        refused, never applied (domain/broker_checks.py says why)
+    NotSent            the caller withdrew the request before it left (`go` said no)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -57,6 +58,15 @@ class BrokerDataInvalid(BrokerError):
         super().__init__(f"invalid broker data ({refusal.reason}): {refusal.detail}")
         self.refusal = refusal
         self.text = text
+
+
+class NotSent(BrokerError):
+    """Withdrawn before it left: the caller's `go` said no once the budget allowed it
+    (its order was cancelled while it waited). The broker has seen nothing of it."""
+
+
+# Asked right before a request leaves (after the limiter's wait): False withdraws it.
+Go = Callable[[], bool]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,8 +116,9 @@ class BrokerPosition:
 
 
 class BrokerClient(Protocol):
-    async def submit_order(self, spec: OrderSpec) -> BrokerOrder:
-        """One attempt. Raises BrokerAmbiguous when the outcome is unknown."""
+    async def submit_order(self, spec: OrderSpec, *, go: Go | None = None) -> BrokerOrder:
+        """One attempt. Raises BrokerAmbiguous when the outcome is unknown; NotSent when
+        `go` (asked right before each attempt leaves) says no."""
         ...
 
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
@@ -119,9 +130,11 @@ class BrokerClient(Protocol):
         ...
 
     async def replace_order(
-        self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str
+        self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str,
+        *, go: Go | None = None,
     ) -> BrokerOrder:
-        """One attempt at PATCH; raises BrokerAmbiguous when the outcome is unknown."""
+        """One attempt at PATCH; raises BrokerAmbiguous when the outcome is unknown,
+        NotSent as submit_order."""
         ...
 
     async def list_open_orders(self) -> Sequence[BrokerOrder]:

@@ -264,8 +264,10 @@ def check(
     replacing: Order | None = None,
 ) -> Denial | None:
     """Whether `spec` may go. A `closing` order (close_position, flatten) goes even while
-    trading is halted, but only if it shrinks a position, as in REDUCING. A replacement
-    is checked as the book will be after the change: without the order it replaces."""
+    trading is halted, but only if it shrinks a position, as in REDUCING; one that does
+    is held to no other limit (a large position must be closable at once). A
+    replacement is checked as the book will be after the change: without the order it
+    replaces."""
 
     def deny(rule: str, reason: str) -> Denial:
         return Denial(code="risk_rejected", rule=rule, reason=reason)
@@ -310,6 +312,8 @@ def check(
                 reason=f"trading is REDUCING ({t.reason or 'no reason given'}): only orders "
                 f"that shrink a position are accepted; {spec.symbol} position is {show(e.position)}",
             )
+        if closing:  # it shrinks the position: no limit stands in the way of an exit
+            return None
     if limits.allow_symbols and spec.symbol not in limits.allow_symbols:
         return deny("symbol_not_allowed", f"symbol {spec.symbol} is not in risk.allow_symbols")
     if spec.symbol in limits.deny_symbols:

@@ -101,5 +101,7 @@ async def run(
         except* Exception:  # one connection's trouble ends that connection only
             log.exception("connection failed")
 
-    task_status.started()
-    await listener.serve(handle)
+    async with anyio.create_task_group() as background:  # work that outlives a request
+        services.flattening.attach(background)
+        task_status.started()
+        await listener.serve(handle)

@@ -16,19 +16,27 @@ from typing import TYPE_CHECKING, Any
 
 from execd import protocol
 from execd.domain.decimals import show
-from execd.domain.orders import OrderSpec, Side, new_client_order_id
+from execd.domain.orders import OrderSpec, OrderState, Side, new_client_order_id
 from execd.domain.positions import Position
 from execd.domain.risk import TradingState
+from execd.intake import cancel_all as cancelling
 from execd.intake import ownership
 from execd.intake.requests import ask_submitter, place, set_state
-from execd.messages import CancelAll, CancelOrder, CancelResult, Reply, SubmitterCommand
+from execd.messages import (
+    CancelOrder,
+    CancelRequested,
+    CancelResult,
+    Overloaded,
+    Reply,
+    SubmitterCommand,
+)
 from execd.protocol import ProtocolError
 
 if TYPE_CHECKING:
     from execd.intake.connection import Connection as Caller
 
 CLOSE_STRATEGY = "execd-close"
-FLATTEN_STRATEGY = "execd-flatten"
+CANCEL_WAIT_S = 3.0  # flatten's wait for the cancels' first answer; the rest goes on
 
 
 def close_qty(position: Decimal, qty: Decimal | None, percentage: Decimal | None) -> Decimal:
@@ -139,24 +147,56 @@ async def op_close_position(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
-    """Halt, cancel every open order, then close every position; stay halted."""
+    """Halt, cancel every open order, close every position; stay halted. Always
+    finishes: answers within seconds with each position's closing order (for the shares
+    no open order holds) and the cancels done and pending; what the pending cancels
+    free is closed in the background (intake/flattening.py; `status` → `flatten`)."""
+    s = c.s
     reason = protocol.reason(args) or "flatten"
     halted = await set_state(c, TradingState.HALTED, f"flatten: {reason}")
-
-    def cancel_all(reply: Reply[CancelResult]) -> SubmitterCommand:
-        return CancelAll(strategy_id=None, reply=reply)
-
-    cancelled = await ask_submitter(c, cancel_all)
-    outcomes: list[dict[str, Any]] = []
-    for symbol, position in sorted((await c.s.book.store.positions()).items()):
-        if position.qty == 0:
-            continue
-        try:
-            closed = await close(c, symbol, strategy_id=FLATTEN_STRATEGY)
-        except ProtocolError as e:
-            outcomes.append({"symbol": symbol, "qty": show(position.qty), "ok": False,
-                             "error": {"code": e.code, "message": e.message}})
+    job = s.flattening
+    job.begin(reason, s.clock.time())
+    cancel_error: dict[str, str] | None = None
+    try:
+        cancels = await cancelling.cancel_all(
+            c, None, None, within=min(s.limits.submit_timeout, CANCEL_WAIT_S))
+    except (ProtocolError, Overloaded) as e:  # close what is free all the same
+        code, message = (e.code, e.message) if isinstance(e, ProtocolError) else \
+            ("overloaded", "the submitter's inbox is full")
+        cancel_error = {"code": code, "message": message}
+        cancels = CancelRequested(orders=())
+    closed = await job.close_free(s)
+    job.finish_in_background(s, cancel_again=cancel_error is not None)
+    by_symbol: dict[str, dict[str, list[str]]] = {}
+    for o in cancels.orders:
+        if o.state == OrderState.CANCELLED or o.client_order_id in cancels.pending:
+            done = "done" if o.state == OrderState.CANCELLED else "pending"
+            by_symbol.setdefault(o.spec.symbol, {"done": [], "pending": []})[done].append(
+                o.client_order_id)
+    positions: list[dict[str, Any]] = []
+    for one in closed:
+        counts = by_symbol.get(one.symbol, {"done": [], "pending": []})
+        out: dict[str, Any] = {
+            "symbol": one.symbol, "qty": show(one.position), "ok": one.order is not None,
+            "orders": list(job.symbols[one.symbol].orders) if one.order else [],
+            "held": show(one.held),
+            "cancels": {"done": len(counts["done"]), "pending": len(counts["pending"])}}
+        if one.order is not None:
+            out["order"] = one.order.to_json()
+        elif one.error is not None:
+            out["error"] = {"code": one.error[0], "message": one.error[1]}
         else:
-            outcomes.append({"symbol": symbol, "qty": show(position.qty), "ok": True,
-                             "order": closed["order"]})
-    return {**halted, "cancelled": len(cancelled), "positions": outcomes}
+            out["error"] = {"code": "in_progress", "message": (
+                f"{show(one.held)} held by open orders being cancelled; closed in the "
+                "background once they end (status: flatten)")}
+        positions.append(out)
+    report = cancelling.report(cancels)
+    return {**halted, "cancelled": report["count"],
+            "cancels": {"done": report["count"], "pending": report["pending"],
+                        "failed": report["failed"],
+                        **({"error": cancel_error} if cancel_error else {})},
+            "positions": positions,
+            # nothing left for the background: no cancel pending, every position's
+            # closing order made for all of it
+            "done": cancel_error is None and not cancels.pending and all(
+                one.order is not None and one.held == 0 for one in closed)}

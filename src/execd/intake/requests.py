@@ -22,7 +22,6 @@ from execd.domain.risk import TradingState, TradingStatus
 from execd.events import Event
 from execd.intake import ownership
 from execd.messages import (
-    CancelAll,
     CancelDenied,
     CancelOrder,
     CancelResult,
@@ -178,14 +177,7 @@ async def op_cancel_all(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     if sid is None and not c.grant.admin:
         raise _operator_only("cancel_all of every strategy")
     ownership.see_strategy(c, sid)
-    owner = c.grant.only_owner
-
-    def command(reply: Reply[CancelResult]) -> SubmitterCommand:
-        return CancelAll(strategy_id=sid, reply=reply, owner_uid=owner)
-
-    orders = await ask_submitter(c, command)
-    cancelled = [o for o in orders if o["state"] == OrderState.CANCELLED.value]
-    return {"count": len(cancelled), "orders": orders}
+    return cancelling.report(await cancelling.cancel_all(c, sid, c.grant.only_owner))
 
 
 async def ask_submitter(
@@ -271,7 +263,7 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "trading": {"state": trading.state.value, "reason": trading.reason,
                     "since": trading.since},
         "actors": s.actors(),
-        "limiter": {"remaining": s.limiter.remaining()},
+        "limiter": {"remaining": s.limiter.remaining(), **s.limiter.statistics().as_dict()},
         "last_poll": h.last_poll, "last_poll_error": h.last_poll_error,
         "poll_interval": h.poll_interval,
         "stream": h.stream_as_dict(s.clock.time()),
@@ -287,6 +279,7 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
                               for sid, st in sorted(stored.halted_strategies.items())},
         "recovery": s.recovery.as_dict(),
         "storage": s.storage.as_dict() if s.storage is not None else None,
+        "flatten": s.flattening.as_dict(),
     }
 
 
@@ -359,6 +352,7 @@ def _operator_only(what: str) -> ProtocolError:
 
 
 # The exits and sessions build on the handlers above (place, set_state, ask_submitter).
+from execd.intake import cancel_all as cancelling  # noqa: E402
 from execd.intake import exits, sessions  # noqa: E402
 from execd.intake import replace as replacing  # noqa: E402
 

@@ -15,6 +15,7 @@ from execd.config import AccessConfig
 from execd.deadman import DeadMan
 from execd.events import EventHub
 from execd.health import Health
+from execd.intake.flattening import Flattening
 from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs.metrics import Metrics
@@ -55,3 +56,4 @@ class Services:
     access: AccessConfig = field(default_factory=AccessConfig)
     deadman: DeadMan | None = None
     backups: BackupPlace | None = None  # daemon.backup_dir: where `backup` writes
+    flattening: Flattening = field(default_factory=Flattening)  # flatten's background

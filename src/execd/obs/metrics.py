@@ -118,6 +118,10 @@ class Metrics:
             "execd_limiter_budget_remaining", "Requests the limiter would let through now",
             registry=r,
         )
+        self.limiter_limit = Gauge(
+            "execd_limiter_budget_limit", "Requests per window in force: the configured "
+            "budget, or the broker's own limit once a 429 stated a lower one", registry=r,
+        )
         self.actor_restarts = Counter(
             "execd_actor_restarts_total", "Actor crashes followed by a restart", ["actor"],
             registry=r,
@@ -282,6 +286,7 @@ class Metrics:
         self.submit_timeout.set(submit_timeout)
         self.poll_interval.set(poll_interval)
         self.budget_requests.set(budget_requests)
+        self.limiter_limit.set(budget_requests)
         self.budget_window.set(budget_window)
 
     def show_halt(self, category: str | None) -> None:

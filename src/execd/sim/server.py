@@ -252,6 +252,13 @@ class SimServer:
             self.hub.refuse_for(float(values["stream_refuse_seconds"]))
         return self.faults()
 
+    def set_rate_limit(self, limit: int, window: float) -> None:
+        """A new per-key limit from now on, every window afresh: a broker whose real
+        limit is not what its clients were told (0: every request is refused)."""
+        with self._stats_lock:
+            self.config = replace(self.config, rate_limit=limit, rate_window=window)
+            self.windows.clear()
+
     def drop_streams(self) -> None:
         """Close every trade_updates connection now (the stream_drop action)."""
         self._on_loop(self.hub.drop_all)

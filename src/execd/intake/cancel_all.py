@@ -1,0 +1,69 @@
+"""cancel_all's answer: per order, what was done and what is still going on.
+
+The submitter spends one request per open order and answers within a bound (the
+client's submit_timeout); cancels still under way carry on in the background, and
+their ends come by the stream and the poll (subscribe, or query the orders).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from execd.domain.orders import OrderState
+from execd.messages import (
+    CancelAll,
+    CancelDenied,
+    CancelRequested,
+    CancelResult,
+    Reply,
+    SubmitterCommand,
+    ask,
+)
+from execd.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from execd.intake.connection import Connection as Caller
+
+
+async def cancel_all(c: Caller, strategy_id: str | None, owner_uid: int | None, *,
+                     within: float | None = None) -> CancelRequested:
+    """Ask the submitter; it answers within `within` (default submit_timeout): what is
+    left goes on."""
+    within = c.s.limits.submit_timeout if within is None else within
+
+    def command(reply: Reply[CancelResult]) -> SubmitterCommand:
+        return CancelAll(strategy_id=strategy_id, reply=reply, owner_uid=owner_uid,
+                         within=within)
+
+    # the submitter's own bound, and a margin: past it the submitter itself is stuck
+    with anyio.move_on_after(within * 3):
+        try:
+            result = await ask(c.s.submitter, command)
+        except anyio.EndOfStream:
+            raise ProtocolError("internal", "the submitter failed; retry") from None
+        if isinstance(result, CancelDenied):
+            raise ProtocolError(result.code, result.reason)
+        return result
+    raise ProtocolError("internal", "the submitter did not answer; the cancels go on; "
+                        "query the orders")
+
+
+def report(result: CancelRequested) -> dict[str, Any]:
+    """`count`: orders now CANCELLED; `orders`: each as it stands; `cancelled`,
+    `pending` (asked, or still being asked: not known to be over) and `failed` (refused
+    for good, with why) by client_order_id; an order that ended otherwise meanwhile
+    (filled, say) is in `orders` only. `done`: nothing is pending."""
+    cancelled = [o.client_order_id for o in result.orders
+                 if o.state == OrderState.CANCELLED]
+    return {
+        "count": len(cancelled),
+        "orders": [o.to_json() for o in result.orders],
+        "cancelled": cancelled,
+        "pending": list(result.pending),
+        "failed": [{"client_order_id": f.client_order_id, "code": f.code,
+                    "message": f.reason} for f in result.failed],
+        "done": not result.pending,
+    }
+

@@ -1,0 +1,209 @@
+"""A flatten that always finishes: what it closes at once, and the rest in the background.
+
+A position's shares held by open orders on its closing side (sells of a long) cannot be
+sold again: the broker refuses ("insufficient qty available"), and if those orders
+filled as well the account would cross zero. So a closing order takes what no open
+order holds; once the cancels of those orders end (the book shows them closed), what
+they freed is closed too. `close_free` does one such pass from the book as it stands,
+and is idempotent (a closing order is itself an open order holding its shares);
+`Flattening` repeats it in the background until every position is flat and no order
+is open, and says how far it got (`status` → `flatten`). Crash-only: it keeps nothing
+the book cannot tell again; a restarted intake marks it interrupted (flatten again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from execd.domain.decimals import show
+from execd.domain.orders import Order, OrderSpec, OrderState, Side, new_client_order_id
+from execd.messages import (
+    CancelAll,
+    CancelResult,
+    OrderAccepted,
+    Overloaded,
+    Reply,
+    RiskCommand,
+    SubmitOrder,
+    SubmitResult,
+    SubmitterCommand,
+    ask,
+)
+from execd.obs import logging
+
+if TYPE_CHECKING:
+    from execd.intake.services import Services
+
+log = logging.get("execd.flatten")
+FLATTEN_STRATEGY = "execd-flatten"
+RECHECK_S = 0.2  # how often the background looks at the book again
+MAX_REFUSED = 5  # closing orders of one symbol refused before the background gives up on it
+
+
+@dataclass(slots=True)
+class SymbolProgress:
+    position: Decimal  # when the flatten began
+    orders: list[str] = field(default_factory=list)  # its closing orders
+    held: Decimal = Decimal(0)  # held by open orders on the closing side, last look
+    denied: int = 0  # closing orders the risk gate refused
+    error: str | None = None  # why the background gave up on it
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"position": show(self.position), "orders": list(self.orders),
+                "held": show(self.held), "error": self.error}
+
+
+@dataclass(slots=True)
+class Closed:
+    """One symbol's outcome of one pass."""
+
+    symbol: str
+    position: Decimal
+    side: Side
+    held: Decimal
+    order: Order | None = None  # the closing order this pass made
+    error: tuple[str, str] | None = None  # (code, message): refused now
+
+
+class Flattening:
+    """The daemon's flatten: at most one background finisher at a time."""
+
+    def __init__(self) -> None:
+        self.state = "idle"  # idle, running, done, interrupted
+        self.reason: str | None = None
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.symbols: dict[str, SymbolProgress] = {}
+        self._tg: TaskGroup | None = None
+        self._running = False
+
+    def attach(self, tg: TaskGroup) -> None:
+        """Where the background runs: the intake's own task group (each start)."""
+        self._tg = tg
+
+    def begin(self, reason: str, now: float) -> None:
+        if not self._running:
+            self.symbols = {}
+        self.state, self.reason, self.started, self.finished = "running", reason, now, None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "reason": self.reason, "started": self.started,
+                "finished": self.finished,
+                "symbols": {k: v.as_dict() for k, v in sorted(self.symbols.items())}}
+
+    def finish_in_background(self, s: Services, *, cancel_again: bool = False) -> None:
+        """`cancel_again`: the cancels were not asked for (the submitter did not
+        answer): ask until it does."""
+        if self._tg is None:
+            log.error("flatten: no background to finish in; flatten again to go on")
+            self.state = "interrupted"
+            return
+        if cancel_again:
+            self._tg.start_soon(_cancel_all, s)
+        if self._running:
+            return  # the one running takes the new cancels and positions into account
+        self._running = True
+        self._tg.start_soon(self._finish, s)
+
+    async def _finish(self, s: Services) -> None:
+        try:
+            while True:
+                closed = await self.close_free(s)
+                given_up = {sym for sym, p in self.symbols.items() if p.error is not None}
+                if not s.book.open and all(c.symbol in given_up for c in closed):
+                    break
+                await s.clock.sleep(RECHECK_S)
+            self.state, self.finished = "done", s.clock.time()
+            log.warning("flatten finished", reason=self.reason,
+                        left={sym: p.error for sym, p in self.symbols.items() if p.error})
+        finally:
+            self._running = False
+            if self.state == "running":  # its task group ended with the intake
+                self.state = "interrupted"
+
+    async def close_free(self, s: Services) -> list[Closed]:
+        """One pass: for each open position, a closing order for the shares no open
+        order on its closing side holds (none if they hold them all)."""
+        out: list[Closed] = []
+        open_orders = list(s.book.open.values())
+        for symbol, p in sorted((await s.book.store.positions()).items()):
+            if p.qty == 0:
+                continue
+            side: Side = "sell" if p.qty > 0 else "buy"
+            held = sum((o.remaining for o in open_orders
+                        if o.spec.symbol == symbol and o.spec.side == side), Decimal(0))
+            progress = self.symbols.setdefault(symbol, SymbolProgress(position=p.qty))
+            progress.held = held
+            done = Closed(symbol=symbol, position=p.qty, side=side, held=held)
+            out.append(done)
+            free = abs(p.qty) - held
+            if free <= 0 or progress.error is not None:
+                continue
+            refused = [o for o in (await s.book.store.get_orders(progress.orders)).values()
+                       if o.state == OrderState.REJECTED]
+            if len(refused) + progress.denied >= MAX_REFUSED:
+                last = refused[-1].reason if refused else "denied by the risk gate"
+                progress.error = f"{len(refused) + progress.denied} closing orders " \
+                                 f"refused; last: {last}"
+                log.error("flatten: giving up on a symbol", symbol=symbol,
+                          error=progress.error)
+                continue
+            if refused and any(o.spec.symbol == symbol and o.spec.side != side
+                               for o in open_orders):
+                continue  # refused (a wash trade, say): again once the other side is gone
+            spec = OrderSpec(
+                client_order_id=new_client_order_id(f"flatten-{symbol.replace('/', '')}",
+                                                    s.clock.time()),  # a uuid in it
+                strategy_id=FLATTEN_STRATEGY, symbol=symbol, side=side, qty=free)
+            result = await _submit(s, spec)
+            if isinstance(result, OrderAccepted):
+                progress.orders.append(spec.client_order_id)
+                done.order = result.order
+                log.warning("flatten: closing", symbol=symbol, side=side, qty=show(free),
+                            held=show(held), client_order_id=spec.client_order_id)
+            elif result is None:
+                done.error = ("internal", "the risk gate went away; the background tries "
+                              "again")
+            else:
+                if result.code != "recovering":  # starting up: not a refusal of this close
+                    progress.denied += 1
+                done.error = (result.code, result.reason)
+        return out
+
+
+async def _cancel_all(s: Services) -> None:
+    """Every open order, through the submitter, until it answers (it then goes on by
+    itself while the orders are open)."""
+
+    def command(reply: Reply[CancelResult]) -> SubmitterCommand:
+        return CancelAll(strategy_id=None, reply=reply)
+
+    delay = 0.5
+    while True:
+        try:
+            await ask(s.submitter, command)
+            return
+        except (Overloaded, anyio.EndOfStream):
+            await s.clock.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+async def _submit(s: Services, spec: OrderSpec) -> SubmitResult | None:
+    """A closing order through the risk gate (durable first, like any order); the
+    submitter sends it. None: the gate went away before answering."""
+
+    def command(reply: Reply[SubmitResult]) -> RiskCommand:
+        return SubmitOrder(spec=spec, reply=reply, closing=True)
+
+    while True:
+        try:
+            return await ask(s.risk, command)
+        except Overloaded:
+            await s.clock.sleep(0.05)
+        except anyio.EndOfStream:
+            return None
