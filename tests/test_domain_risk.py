@@ -355,3 +355,27 @@ def test_a_kept_context_with_notional_orders_equals_a_rebuild() -> None:
     rebuilt = RiskContext.rebuild(trading=TradingStatus(), positions=[], open_orders=[a2, b],
                                   recent=[])
     assert c.summary()[1:3] == rebuilt.summary()[1:3]
+
+
+def test_a_difference_in_motion_is_not_confirmed_even_when_both_reads_agree() -> None:
+    """The first read: the broker behind our book (a close we recorded, not yet in its
+    positions); the second: our book behind the broker (a buy it filled, its answer on the
+    way). Both read AAPL local=0 broker=2: two fills in flight, not a mismatch."""
+    from execd.domain.orders import Order, OrderSpec, OrderState
+
+    def order(cid: str, state: OrderState, symbol: str = "AAPL", filled: str = "0") -> Order:
+        return Order(spec=OrderSpec(client_order_id=cid, strategy_id="s", symbol=symbol,
+                                    side="buy", qty=D(2)), state=state, filled_qty=D(filled))
+
+    first = reconcile.diff({}, {"AAPL": D(2), "MSFT": D(1)})
+    second = reconcile.diff({}, {"AAPL": D(2), "MSFT": D(1)})
+    resting = order("rest", OrderState.SUBMITTED, symbol="MSFT")
+    in_flight = order("buy", OrderState.PENDING)
+    moving = reconcile.in_motion([resting], [resting, in_flight])
+    assert moving == {"AAPL"}
+    assert [m.symbol for m in reconcile.confirmed(first, second, moving)] == ["MSFT"]
+    # an order that filled between the reads (and so left the open set) moves its symbol
+    assert reconcile.in_motion([order("x", OrderState.SUBMITTED)], []) == {"AAPL"}
+    assert reconcile.in_motion([order("x", OrderState.SUBMITTED)],
+                               [order("x", OrderState.PARTIALLY_FILLED, filled="1")]) == {"AAPL"}
+    assert reconcile.in_motion([resting], [resting]) == set()

@@ -29,8 +29,8 @@ from execd.client import AsyncClient, ExecdError
 from execd.clock import SystemClock
 from execd.domain.orders import Order, OrderState
 from execd.intake import access
+from execd.intake.owners import Owners
 from execd.intake.requests import OPS
-from execd.owners import Owners
 from execd.sim import SimServer
 from execd.store import MIGRATIONS, Store
 from tests.conftest import OpenDaemon, eventually, sim_config

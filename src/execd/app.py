@@ -36,11 +36,11 @@ from execd.deadman import DeadMan
 from execd.events import EventHub
 from execd.fatal import Fatal, address_problem
 from execd.health import Health
+from execd.intake.owners import Owners
 from execd.limiter import Budget, RateLimiter, open_limiter
 from execd.messages import RiskCommand, SubmitterCommand, discard
 from execd.obs import http, logging
 from execd.obs.metrics import Metrics
-from execd.owners import Owners
 from execd.recovery import Recovery
 from execd.sim import SimServer
 from execd.storage import Storage

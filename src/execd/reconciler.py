@@ -56,6 +56,7 @@ class Reconciler:
 
     async def once(self) -> list[reconcile.Mismatch]:
         metrics = self.book.metrics
+        open_before = self.book.open_orders()
         first = await _read(self.book, self.broker)
         mismatches: list[reconcile.Mismatch] = []
         if first:
@@ -69,7 +70,16 @@ class Reconciler:
                 self.book.metrics.reconcile_runs.labels("unconfirmed").inc()
                 self.health.last_reconcile_result = "unconfirmed: poller behind"
                 return []
-            mismatches = reconcile.confirmed(first, await _read(self.book, self.broker))
+            second = await _read(self.book, self.broker)
+            moving = reconcile.in_motion(open_before, self.book.open_orders())
+            mismatches = reconcile.confirmed(first, second, moving)
+            if not mismatches and reconcile.confirmed(first, second):
+                log.warning("cannot confirm the difference: orders on the symbol are in "
+                            "motion; trying again next run",
+                            differences=[_show(m) for m in second], moving=sorted(moving))
+                metrics.reconcile_runs.labels("unconfirmed").inc()
+                self.health.last_reconcile_result = "unconfirmed: orders in motion"
+                return []
         now = self.clock.time()
         self.health.last_reconcile = now
         if mismatches:

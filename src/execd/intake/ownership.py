@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from execd.domain.orders import Order
-from execd.owners import ACCOUNT_STRATEGIES
+from execd.intake.owners import ACCOUNT_STRATEGIES
 from execd.protocol import ProtocolError
 
 if TYPE_CHECKING:

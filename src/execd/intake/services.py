@@ -16,10 +16,10 @@ from execd.deadman import DeadMan
 from execd.events import EventHub
 from execd.health import Health
 from execd.intake.flattening import Flattening
+from execd.intake.owners import Owners
 from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs.metrics import Metrics
-from execd.owners import Owners
 from execd.recovery import Recovery
 from execd.storage import Storage
 
