@@ -7,6 +7,7 @@ their ends come by the stream and the poll (subscribe, or query the orders).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -38,16 +39,23 @@ async def cancel_all(c: Caller, strategy_id: str | None, owner_uid: int | None, 
                          within=within)
 
     # the submitter's own bound, and a margin: past it the submitter itself is stuck
-    with anyio.move_on_after(within * 3):
+    return await ask_cancels(c, command, bound=within * 3, late=(
+        "the submitter did not answer; the cancels go on; query the orders"))
+
+
+async def ask_cancels(c: Caller, make: Callable[[Reply[CancelResult]], SubmitterCommand],
+                      *, bound: float, late: str) -> CancelRequested:
+    """A cancel command's answer from the submitter; a refusal, a failed submitter or no
+    answer within `bound` (then `late` says what goes on) as the client's error."""
+    with anyio.move_on_after(bound):
         try:
-            result = await ask(c.s.submitter, command)
+            result = await ask(c.s.submitter, make)
         except anyio.EndOfStream:
             raise ProtocolError("internal", "the submitter failed; retry") from None
         if isinstance(result, CancelDenied):
             raise ProtocolError(result.code, result.reason)
         return result
-    raise ProtocolError("internal", "the submitter did not answer; the cancels go on; "
-                        "query the orders")
+    raise ProtocolError("internal", late)
 
 
 def report(result: CancelRequested) -> dict[str, Any]:

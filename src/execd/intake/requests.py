@@ -22,7 +22,6 @@ from execd.domain.risk import TradingState, TradingStatus
 from execd.events import Event
 from execd.intake import ownership
 from execd.messages import (
-    CancelDenied,
     CancelOrder,
     CancelResult,
     OrderAccepted,
@@ -183,16 +182,11 @@ async def op_cancel_all(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 async def ask_submitter(
     c: Caller, make: Callable[[Reply[CancelResult]], SubmitterCommand]
 ) -> list[dict[str, Any]]:
-    with anyio.move_on_after(c.s.limits.submit_timeout * 3):
-        try:
-            result = await ask(c.s.submitter, make)
-        except anyio.EndOfStream:
-            raise ProtocolError("internal", "the submitter failed; retry") from None
-        if isinstance(result, CancelDenied):
-            raise ProtocolError(result.code, result.reason)
-        return [o.to_json() for o in result.orders]
-    raise ProtocolError("internal", "the broker did not answer in time; the cancel "
-                                    "is still being attempted; query the order")
+    result = await cancelling.ask_cancels(
+        c, make, bound=c.s.limits.submit_timeout * 3, late=(
+            "the broker did not answer in time; the cancel is still being attempted; "
+            "query the order"))
+    return [o.to_json() for o in result.orders]
 
 
 async def op_order(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
