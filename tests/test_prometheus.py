@@ -269,7 +269,10 @@ def test_every_alert_says_how_bad_what_and_where_the_runbook_is() -> None:
         assert notes["summary"], rule["alert"]
         assert notes["description"], rule["alert"]
         page, _, anchor = notes["runbook_url"].partition("#")
-        assert page.endswith("docs/operations.md"), rule["alert"]
+        # the base: metrics.runbook_base as the daemon exports it, else the installed docs
+        assert page.endswith("{{ end }}/operations.md"), rule["alert"]
+        assert "execd_runbook_info" in page, rule["alert"]
+        assert "file:///opt/execd/docs" in page, rule["alert"]
         assert anchor in anchors, f"{rule['alert']}: no section #{anchor} in docs/operations.md"
         for name in metric_names(rule["expr"]):
             assert re.search(rf'{name}\{{[^}}]*job="execd"', rule["expr"]), (

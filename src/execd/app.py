@@ -116,6 +116,7 @@ async def open_daemon(
         submit_timeout=config.daemon.submit_timeout, poll_interval=config.poller.interval,
         budget_requests=config.broker.requests_per_minute,
         budget_window=config.broker.window_seconds,
+        runbook_base=config.metrics.runbook_base,
     )
     health = Health()
     b, d = config.broker, config.daemon

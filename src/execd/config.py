@@ -118,6 +118,9 @@ class MetricsConfig:
     port: int = 9464
     max_connections: int = 16  # scrapes at once; past it the oldest unfinished is dropped
     read_timeout: float = 5.0  # a scrape's request must arrive within this
+    # where the alert rules' runbook links point (execd_runbook_info): a URL your on-call
+    # can open from a pager, e.g. your repository's web view of docs/ or a wiki
+    runbook_base: str = "file:///opt/execd/docs"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

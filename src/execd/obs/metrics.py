@@ -118,6 +118,10 @@ class Metrics:
             "execd_limiter_budget_remaining", "Requests the limiter would let through now",
             registry=r,
         )
+        self.runbook = Gauge(
+            "execd_runbook_info", "1, labelled with the base URL of the runbooks "
+            "(metrics.runbook_base) that the alert rules link to", ["base"], registry=r,
+        )
         self.limiter_limit = Gauge(
             "execd_limiter_budget_limit", "Requests per window in force: the configured "
             "budget, or the broker's own limit once a 429 stated a lower one", registry=r,
@@ -279,7 +283,7 @@ class Metrics:
 
     def show_config(
         self, *, submit_timeout: float, poll_interval: float, budget_requests: int,
-        budget_window: float,
+        budget_window: float, runbook_base: str = "",
     ) -> None:
         """What the running daemon is configured with, for alerts that compare against it
         (no threshold in an alert rule repeats a number from config.toml)."""
@@ -288,6 +292,8 @@ class Metrics:
         self.budget_requests.set(budget_requests)
         self.limiter_limit.set(budget_requests)
         self.budget_window.set(budget_window)
+        if runbook_base:
+            self.runbook.labels(runbook_base.rstrip("/")).set(1)
 
     def show_halt(self, category: str | None) -> None:
         """1 for the current halt's category (from `halt_category`), 0 for the others;
