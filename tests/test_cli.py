@@ -421,3 +421,20 @@ async def test_short_ids_take_a_suffix_a_prefix_or_either_ellipsis(
         code, out, err = await cli_in_thread(capsys, "order", "zzz", *sock)
         assert code == 1
         assert "no order matches 'zzz'" in err
+
+
+async def test_the_cli_takes_plain_decimals_only(
+    daemon_factory: OpenDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--qty 1e3` was read as 1,000 shares; a float-derived price was told the 9-place
+    limit where the rule is 2 (or 4 below $1)."""
+    async with daemon_factory() as d:
+        sock = ["--socket", str(d.config.socket_path)]
+        code, _, err = await cli_in_thread(capsys, "submit", "buy", "1e3", "AAPL", *sock)
+        assert code == 1
+        assert "qty is not a plain decimal: '1e3'" in err
+        code, _, err = await cli_in_thread(capsys, "submit", "buy", "1", "AAPL",
+                                           "--limit-price", "190.29010000000001", *sock)
+        assert code == 1
+        assert "at most 2 for a price at or above $1" in err
+        assert not await d.store.list_orders()
