@@ -138,8 +138,10 @@ def cancel_through(submitter: MemoryObjectSendStream[SubmitterCommand]) -> Cance
             except Overloaded:
                 await anyio.sleep(0.05)
                 continue
-            if isinstance(result, CancelRequested):
-                return sum(o.state == OrderState.CANCELLED for o in result.orders)
+            if isinstance(result, CancelRequested):  # cancelled, or taken and under way
+                pending = set(result.pending)
+                return sum(o.state == OrderState.CANCELLED or o.client_order_id in pending
+                           for o in result.orders)
             log.error("dead-man cancel refused", strategy_id=strategy_id, reason=result.reason)
             return 0
 

@@ -120,8 +120,6 @@ class CancelRequested:
     failed: tuple[CancelDenied, ...] = ()  # cancels refused for good (cancel_all)
 
 
-
-
 CancelResult = CancelRequested | CancelDenied
 
 

@@ -230,7 +230,8 @@ class Metrics:
             "strategy_id); the account's trading state is apart", registry=r,
         )
         self.deadman_cancels = Counter(
-            "execd_deadman_cancels_total", "Open orders cancelled by a dead-man session (its "
+            "execd_deadman_cancels_total", "Open orders cancelled (or their cancel under way) by a "
+            "dead-man session (its "
             "connection closed or missed two heartbeats)", registry=r,
         )
         self.intake_connections = Gauge(
