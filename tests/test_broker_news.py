@@ -30,7 +30,7 @@ from execd import cli, poller
 from execd.book import OrderBook
 from execd.broker.alpaca import AlpacaClient, order_from
 from execd.broker.alpaca_stream import Skipped, TradeUpdate, read_update
-from execd.broker.base import BrokerAmbiguous, BrokerDataInvalid, BrokerOrder
+from execd.broker.base import BrokerAmbiguous, BrokerDataInvalid, BrokerOrder, BrokerUnavailable
 from execd.broker.websocket import MessageTooLarge, WebSocket
 from execd.clock import FakeClock
 from execd.config import ConfigError, load
@@ -191,11 +191,16 @@ async def test_positions_short_and_without_a_price_are_valid() -> None:
         ("AAPL", Decimal(-5), None), ("MSFT", Decimal(2), Decimal("10.5"))]
 
 
-async def test_an_invalid_answer_to_a_look_up_is_an_error_and_to_a_submit_ambiguous() -> None:
+async def test_an_invalid_answer_to_a_look_up_is_unavailable_and_to_a_submit_ambiguous(
+) -> None:
+    """A look-up that cannot be read says nothing about the order: asked again later
+    (BrokerUnavailable: every asker retries it), never taken for 'not found'. As the
+    BrokerDataInvalid it was, it escaped the submitter's handlers and killed the actor."""
     c = client({"/orders:by_client_order_id": alpaca_order(filled_qty="abc"),
                 "/orders": {"id": None}})
-    with pytest.raises(BrokerDataInvalid):
+    with pytest.raises(BrokerUnavailable) as looked:
         await c.get_order_by_client_id("c1")
+    assert isinstance(looked.value.__cause__, BrokerDataInvalid)
     with pytest.raises(BrokerAmbiguous):
         await c.submit_order(OrderSpec(client_order_id="c1", strategy_id="s", symbol="AAPL",
                                        side="buy", qty=Decimal(1)))

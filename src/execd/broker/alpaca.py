@@ -418,7 +418,7 @@ class AlpacaClient:
         except BrokerRejected as e:
             _unless_not_found(e)
             return None
-        return self._parsed(raw, "get_order_by_client_id")
+        return self._looked_up(raw, "get_order_by_client_id")
 
     async def get_order(self, broker_order_id: str) -> BrokerOrder | None:
         """By the broker's id, with its legs (a leg's own answer names no parent)."""
@@ -428,7 +428,7 @@ class AlpacaClient:
         except BrokerRejected as e:
             _unless_not_found(e)
             return None
-        return self._parsed(raw, "get_order")
+        return self._looked_up(raw, "get_order")
 
     async def list_open_orders(self) -> Sequence[BrokerOrder]:
         return await self._list("open", None)
@@ -487,6 +487,15 @@ class AlpacaClient:
         except BrokerDataInvalid as e:
             self._refused(e, source)
             raise
+
+    def _looked_up(self, raw: Any, source: str) -> BrokerOrder:
+        """A look-up's answer: one we cannot read tells nothing about the order, neither
+        that it exists nor that it does not: BrokerUnavailable, so the asker (a submit
+        resolving an ambiguity, a cancel, the poller) asks again later; never a crash."""
+        try:
+            return self._parsed(raw, source)
+        except BrokerDataInvalid as e:
+            raise BrokerUnavailable(f"{source}: the answer is not valid: {e}") from e
 
     def _answer(self, raw: Any, source: str) -> BrokerOrder:
         """The answer to a submit or replace: one we cannot read leaves the outcome
