@@ -273,7 +273,7 @@ async def test_flatten_with_300_open_orders_answers_in_seconds_and_finishes(
             assert took < 5.0, took  # the cancels wait 3 s at most
             assert result["trading"]["state"] == "HALTED"
             assert result["cancels"]["pending"]  # the rest goes on behind the answer
-            assert result["done"] is False
+            assert result["done"] is False, result
             assert [p["symbol"] for p in result["positions"]] == list(symbols)
             for p in result["positions"]:
                 assert p["qty"] == "20"
@@ -410,3 +410,38 @@ async def test_flatten_closes_what_is_free_even_if_its_cancels_were_not_answered
         for o in (held, other):
             assert await state_of(d, o["client_order_id"]) == "CANCELLED"
         assert await _position_is(d, "AAPL", Decimal(0))
+
+
+async def test_a_resume_stops_flattens_background(daemon_factory: OpenDaemon) -> None:
+    """flatten leaves a position held by a sell whose cancel has no answer yet to the
+    background; the operator resumes before it ends. From then on the account is the
+    strategies' again: what the cancel frees is not closed (it was, after the resume, for
+    as long as any order was open)."""
+    streaming = {"broker": {"stream": True},
+                 "poller": {"interval": 30.0, "interval_streaming": 30.0}}
+    with SimServer(sim_config(speed=0.001)) as sim:
+        async with daemon_factory(sim, **streaming) as d, connect(d) as c:
+            await c.submit(strategy_id="f", symbol="AAPL", side="buy", qty="1")
+            await eventually(lambda: _position_is(d, "AAPL", Decimal(1)))
+            held = await c.submit(**resting("f", side="sell"))  # holds the one share
+            answer = anyio.Event()
+            real = d.broker.cancel_order
+
+            async def held_back(broker_order_id: str, **kw: Any) -> None:
+                await answer.wait()  # the broker takes its time with the cancel
+                await real(broker_order_id, **kw)
+
+            d.broker.cancel_order = held_back
+            result = await c.request("flatten", reason="eod")
+            assert result["done"] is False, result
+            await c.request("resume", reason="back")
+            answer.set()
+            await until(d, held["client_order_id"], "CANCELLED")
+
+            async def stopped() -> bool:
+                return bool((await c.request("status"))["flatten"]["state"] == "stopped")
+
+            await eventually(stopped, within=15)
+            orders = await c.request("orders", strategy_id="execd-flatten")
+            assert orders["orders"] == []  # nothing was closed after the resume
+            assert await _position_is(d, "AAPL", Decimal(1))

@@ -7,7 +7,8 @@ order holds; once the cancels of those orders end (the book shows them closed), 
 they freed is closed too. `close_free` does one such pass from the book as it stands,
 and is idempotent (a closing order is itself an open order holding its shares);
 `Flattening` repeats it in the background until every position is flat and no order
-is open, and says how far it got (`status` → `flatten`). Crash-only: it keeps nothing
+is open, and says how far it got (`status` → `flatten`). It stops when trading is
+resumed: from then on the account is the operator's and the strategies' again. Crash-only: it keeps nothing
 the book cannot tell again; a restarted intake marks it interrupted (flatten again).
 """
 
@@ -22,6 +23,7 @@ from anyio.abc import TaskGroup
 
 from execd.domain.decimals import show
 from execd.domain.orders import Order, OrderSpec, OrderState, Side, new_client_order_id
+from execd.domain.risk import TradingState
 from execd.messages import (
     CancelAll,
     CancelResult,
@@ -35,6 +37,7 @@ from execd.messages import (
     ask,
 )
 from execd.obs import logging
+from execd.store import StorageUnavailable
 
 if TYPE_CHECKING:
     from execd.intake.services import Services
@@ -74,7 +77,7 @@ class Flattening:
     """The daemon's flatten: at most one background finisher at a time."""
 
     def __init__(self) -> None:
-        self.state = "idle"  # idle, running, done, interrupted
+        self.state = "idle"  # idle, running, done, stopped (resumed), interrupted
         self.reason: str | None = None
         self.started: float | None = None
         self.finished: float | None = None
@@ -113,7 +116,16 @@ class Flattening:
     async def _finish(self, s: Services) -> None:
         try:
             while True:
-                closed = await self.close_free(s)
+                if not await _halted(s):  # resumed: the operator has the account back
+                    self.state, self.finished = "stopped", s.clock.time()
+                    log.warning("flatten stopped: trading resumed", reason=self.reason)
+                    return
+                try:
+                    closed = await self.close_free(s)
+                except StorageUnavailable as e:  # the disk: look again, never end the intake
+                    log.error("flatten: cannot read the book; trying again", error=str(e))
+                    await s.clock.sleep(RECHECK_S * 5)
+                    continue
                 given_up = {sym for sym, p in self.symbols.items() if p.error is not None}
                 if not s.book.open and all(c.symbol in given_up for c in closed):
                     break
@@ -184,13 +196,23 @@ async def _cancel_all(s: Services) -> None:
         return CancelAll(strategy_id=None, reply=reply)
 
     delay = 0.5
-    while True:
+    while await _halted(s):  # after a resume, a cancel of every order is no one's wish
         try:
             await ask(s.submitter, command)
             return
         except (Overloaded, anyio.EndOfStream):
             await s.clock.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+async def _halted(s: Services) -> bool:
+    """Whether the account is still HALTED, as flatten left it (a failing disk: as the
+    risk gate holds it in memory)."""
+    try:
+        status = await s.book.store.trading_status()
+    except StorageUnavailable:
+        return True  # flatten's own halt is held in memory then; resume cannot be saved
+    return status.state == TradingState.HALTED
 
 
 async def _submit(s: Services, spec: OrderSpec) -> SubmitResult | None:
