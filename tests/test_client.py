@@ -593,3 +593,32 @@ def test_an_unreachable_daemon_is_still_an_oserror_for_code_that_retries_on_one(
         Client(tmp_path / "gone.sock")
     assert isinstance(caught.value, errors.DaemonUnreachable)
     assert caught.value.errno == 2
+
+
+async def test_a_subscriber_held_to_its_own_orders_hears_no_other_strategy() -> None:
+    """own_orders_only: a strategy's halt names it and its reason; a non-admin
+    subscribed to every strategy hears the account's changes only."""
+    from execd.domain.risk import TradingState, TradingStatus
+    from execd.events import EventHub, TradingEvent
+
+    hub = EventHub()
+    async with hub.subscribe(trading=True, owner_uid=1000) as mine, \
+            hub.subscribe(trading=True, owner_uid=1000, strategy_id="own") as own, \
+            hub.subscribe(trading=True) as admin:
+        for sid in ("someone-elses", "own", None):
+            hub.publish_trading(TradingEvent(
+                status=TradingStatus(state=TradingState.HALTED, reason=f"r-{sid}"),
+                strategy_id=sid))
+        heard = {name: [e.strategy_id for e in _drain(s)]
+                 for name, s in (("mine", mine), ("own", own), ("admin", admin))}
+    assert heard == {"mine": [None], "own": ["own", None],
+                     "admin": ["someone-elses", "own", None]}
+
+
+def _drain(stream: Any) -> list[Any]:
+    out = []
+    while True:
+        try:
+            out.append(stream.receive_nowait())
+        except anyio.WouldBlock:
+            return out

@@ -79,12 +79,14 @@ class EventHub:
 
     def publish_trading(self, event: TradingEvent) -> None:
         """To subscribers that asked: the account's changes to all of them, a strategy's
-        to those of every strategy or of that one."""
+        to those of every strategy or of that one. A subscriber held to its own orders
+        (own_orders_only) hears of no strategy but the one it subscribed to, which the
+        intake checked is its own: other users' strategies stay unknown to it."""
         for sub in list(self._subs):
             if not sub.trading or sub.client_order_id is not None:
                 continue
-            if None not in (sub.strategy_id, event.strategy_id) and \
-                    sub.strategy_id != event.strategy_id:
+            if event.strategy_id is not None and sub.strategy_id != event.strategy_id and (
+                    sub.strategy_id is not None or sub.owner_uid is not None):
                 continue
             self._offer(sub, event)
 
