@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+import requests
 from alpaca.common.exceptions import APIError
 
 from execd.broker.alpaca import SDK_VERSION, AlpacaClient, without_sdk_retries
@@ -210,3 +211,30 @@ async def test_a_refused_look_up_is_not_the_order_s_rejection(sim: SimServer) ->
     with pytest.raises(BrokerUnavailable):
         await broker.get_order("00000000-0000-0000-0000-000000000000")
     assert await adapter(sim).get_order_by_client_id("no-such-order") is None
+
+
+@pytest.mark.parametrize(("headers", "reset_in", "limit"), [
+    ({"X-Ratelimit-Reset": "1796614000000", "X-Ratelimit-Limit": "inf"}, 60.0, None),  # ms
+    ({"X-Ratelimit-Reset": "nan", "X-Ratelimit-Limit": "nan"}, 1.0, None),
+    ({"X-Ratelimit-Reset": "-5", "X-Ratelimit-Limit": "150"}, 1.0, 150),
+    ({"X-Ratelimit-Reset": "1000010", "X-Ratelimit-Limit": "150.0"}, 10.0, 150),
+])
+def test_a_429s_headers_cannot_hold_the_budget_for_ages_or_crash_the_caller(
+    headers: dict[str, str], reset_in: float, limit: int | None
+) -> None:
+    """A reset in milliseconds or far off is held to one window; a header that is no
+    finite number is ignored (int('inf') raised OverflowError in the request's handler)."""
+    from alpaca.common.exceptions import APIError
+
+    from execd.broker.alpaca import _map, _RateLimited
+
+    response = requests.Response()
+    response.status_code = 429
+    response.headers.update(headers)
+    e = APIError('{"code": 42910000, "message": "rate limit exceeded"}',  # type: ignore[no-untyped-call]
+                 requests.HTTPError(response=response))
+    mapped = _map(e, now=1_000_000.0)
+    assert isinstance(mapped, _RateLimited)
+    assert mapped.retry_at is not None
+    assert mapped.retry_at - 1_000_000.0 == reset_in
+    assert mapped.limit == limit

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ T = TypeVar("T")
 log = logging.get("execd.broker")
 PAGE = 500  # Alpaca's most orders per list call
 THREADS = 16  # worker threads for broker calls, and HTTP connections kept to the broker
+MAX_RESET_WAIT = 60.0  # seconds: the longest a 429's reset may hold the budget (a window)
 SDK_VERSION = "0.44.0"  # the alpaca-py whose private attributes `without_sdk_retries` sets
 
 
@@ -129,7 +131,9 @@ def _map(e: Exception, now: float) -> BrokerError | None:
     reset: float | None = None
     headers = e.response.headers if status == 429 and e.response is not None else {}
     if status == 429:
-        reset = _header(headers, "X-Ratelimit-Reset") or now + 1
+        # a reset never further off than one window: a header in milliseconds, or far in
+        # the future, must not hold every request of the account (cancels too) for ages
+        reset = min(_header(headers, "X-Ratelimit-Reset") or now + 1, now + MAX_RESET_WAIT)
     rule = next(r for r in _ERRORS if r.applies(status, message))
     mapped = rule.make(message, status, code, reset)
     if isinstance(mapped, _RateLimited):
@@ -140,11 +144,12 @@ def _map(e: Exception, now: float) -> BrokerError | None:
 
 
 def _header(headers: Any, name: str) -> float | None:
-    """A numeric header, None if absent or not a number."""
+    """A numeric header, None if absent, not a number, not finite or negative."""
     try:
-        return float(headers.get(name, ""))
+        value = float(headers.get(name, ""))
     except (TypeError, ValueError):
         return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _message(e: Any) -> str:
