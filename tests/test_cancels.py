@@ -16,7 +16,7 @@ import pytest
 
 from execd.app import Daemon
 from execd.book import OrderBook
-from execd.broker.base import BrokerAmbiguous, BrokerOrder, Go
+from execd.broker.base import BrokerAmbiguous, BrokerOrder, BrokerUnavailable, Go, NotSent
 from execd.clock import FakeClock
 from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
 from execd.domain.risk import (
@@ -445,3 +445,61 @@ async def test_a_resume_stops_flattens_background(daemon_factory: OpenDaemon) ->
             orders = await c.request("orders", strategy_id="execd-flatten")
             assert orders["orders"] == []  # nothing was closed after the resume
             assert await _position_is(d, "AAPL", Decimal(1))
+
+
+class RateLimitedBroker:
+    """The first submit is answered 429 (not taken); the second waits for the test
+    before it asks `go`, as the real adapter does once the budget lets it through."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.attempts = 0  # requests that left (go said yes)
+        self.refused = anyio.Event()
+        self.go_on = anyio.Event()
+        self.cancels: list[str] = []
+
+    async def submit_order(self, spec: OrderSpec, *, go: Go | None = None) -> BrokerOrder:
+        assert go is not None
+        if self.refused.is_set():
+            await self.go_on.wait()
+        if not go():
+            raise NotSent("withdrawn")
+        self.attempts += 1
+        self.refused.set()
+        raise BrokerUnavailable("rate limited", status=429, retry_at=self.clock.time() + 5)
+
+    async def cancel_order(self, broker_order_id: str) -> None:
+        self.cancels.append(broker_order_id)
+
+
+async def test_an_order_refused_429_is_not_in_doubt_so_its_cancel_is_local(
+    tmp_path: Path
+) -> None:
+    """A 429 proves the submit was not taken: a cancel while the submitter waits for the
+    reset is local (no DELETE), and the next attempt is withdrawn. With the order left in
+    doubt the cancel waited for the send's lock until the submit got through."""
+    clock = FakeClock()
+    store = await Store.open(tmp_path / "x.db")
+    try:
+        book = OrderBook(store, EventHub(), Metrics(), clock)
+        await book.load()
+        spec = OrderSpec(client_order_id="q", strategy_id="s", symbol="AAPL", side="buy",
+                         qty=Decimal(1))
+        order, = await book.commit_new(["q"], lambda known: [Order(spec=spec)])
+        broker = RateLimitedBroker(clock)
+        risk_send, risk_receive = anyio.create_memory_object_stream[RiskCommand](10)
+        with risk_send, risk_receive, anyio.fail_after(10):
+            s = Submitter(book=book, broker=broker, clock=clock,  # type: ignore[arg-type]
+                          risk=risk_send, failures_before_halt=5, health=Health())
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(s.send, order, unknown_history=False))
+                await broker.refused.wait()
+                result = await s.cancel("q")
+                broker.go_on.set()
+        assert isinstance(result, CancelRequested)
+        assert (await book.get("q")).state == OrderState.CANCELLED  # type: ignore[union-attr]
+        assert broker.attempts == 1  # the 429'd one: the next was withdrawn
+        assert broker.cancels == []
+        assert risk_receive.statistics().current_buffer_used == 0  # no broker_failures halt
+    finally:
+        await store.close()

@@ -187,6 +187,7 @@ class Submitter:
                             return await self.book.apply_found(cid, found)
                         if not may_send:
                             raise BrokerUnavailable("broker says duplicate but has no such order")
+                    doubted = cid in self.in_doubt  # before this attempt's go
                     if order.spec.replaces is not None:
                         return await self._replace(order)
                     found = await self.broker.submit_order(
@@ -220,6 +221,18 @@ class Submitter:
                     if self.storage is None:
                         raise
                 except BrokerUnavailable as e:
+                    if e.status == 429 and not look_first:
+                        # a 429 proves the submit was not taken: not in doubt (unless it
+                        # was before), so a cancel meanwhile is local and withdraws it;
+                        # the budget is not the broker failing: wait for its reset
+                        if not doubted:
+                            self.in_doubt.discard(cid)
+                        wait = delay if e.retry_at is None else \
+                            max(0.05, e.retry_at - self.clock.time())
+                        log.warning("rate limited: order stays PENDING, retrying after the "
+                                    "reset", client_order_id=cid, retry_in=round(wait, 3))
+                        await self.clock.sleep(wait)
+                        continue
                     log.warning("broker unavailable: order stays PENDING, retrying",
                                 client_order_id=cid, strategy_id=order.spec.strategy_id,
                                 error=str(e), retry_in=delay)
