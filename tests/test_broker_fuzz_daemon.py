@@ -21,6 +21,7 @@ one example's orders into the next), inside the test body."""
 from __future__ import annotations
 
 import copy
+import json
 import random
 import tempfile
 import uuid
@@ -52,7 +53,6 @@ STREAM = {"stream": True, "stream_backoff_min": 0.01, "stream_backoff_max": 0.05
           "stream_max_message": MAX_MESSAGE}
 POLL = {"interval": 0.1, "interval_streaming": 0.3}  # polls take the injected list answers
 STRATEGY = "fz"
-MAYBE = "maybe"  # refused or not, depending on when it comes (see _Tally)
 
 
 # ------------------------------------------------- the simulator's injection
@@ -276,8 +276,8 @@ faults = st.fixed_dictionaries({"p_stream_lose": st.sampled_from([0.0, 0.0, 0.3]
 class _Tally:
     """What the daemon must have refused: per reason at least `expected` (each of these
     comes where it is always read and always refused), and at most every item that is
-    not valid (`MAYBE`: a lie only the book can see, in a list entry that a poll reads
-    only while our order is open)."""
+    not valid (`maybe`: a lie only the book can see, in a list entry, which a poll holds
+    against our order only while it is open)."""
 
     expected: Counter[str] = field(default_factory=Counter)
     maybe: Counter[str] = field(default_factory=Counter)
@@ -435,8 +435,6 @@ class Run:
 
 
 def _frame(data: dict[str, Any]) -> str:
-    import json
-
     return json.dumps({"stream": "trade_updates", "data": data})
 
 
