@@ -106,7 +106,8 @@ SUBMIT = Endpoint("POST", "/v2/orders", lambda sim, c: (200, sim.engine.submit(c
                   creates=True)
 ENDPOINTS: tuple[Endpoint, ...] = (
     SUBMIT,
-    Endpoint("GET", "/v2/orders", lambda sim, c: (200, sim.engine.list_orders(c.query))),
+    Endpoint("GET", "/v2/orders",  # with what a test injected, if any (sim/inject.py)
+             lambda sim, c: (200, sim.list_injector.answer(sim.engine.list_orders(c.query)))),
     Endpoint("DELETE", "/v2/orders", lambda sim, c: (207, sim.engine.cancel_all())),
     Endpoint("GET", "/v2/orders:by_client_order_id", _by_client_id),
     Endpoint("GET", "/v2/orders/{id}", lambda sim, c: (200, sim.engine.get_order(c.path["id"]))),
@@ -140,6 +141,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/_sim/prices", lambda sim, c: (200, sim.engine.set_prices(c.body)),
              alpaca=False),
     Endpoint("POST", "/_sim/save", _save, alpaca=False),
+    Endpoint("POST", "/_sim/inject", lambda sim, c: (200, sim.inject_json(c.body)),
+             alpaca=False),  # test-only: raw frames and list entries (sim/inject.py)
 )
 NOT_FOUND = Endpoint("*", "/{rest:path}", _not_found)
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]

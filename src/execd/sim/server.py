@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import fields, replace
 from pathlib import Path
@@ -34,6 +34,7 @@ from execd.sim.engine import Engine
 from execd.sim.errors import invalid
 from execd.sim.events import TradeEvent
 from execd.sim.faults import FaultDice, RateWindow
+from execd.sim.inject import ListInjector
 from execd.sim.market import SimClock
 from execd.sim.settings import FAULTS, SimConfig, faults_of, with_faults
 from execd.sim.stream import StreamHub
@@ -58,6 +59,7 @@ class SimServer:
         self.dice = FaultDice(config.seed)
         self.hub = StreamHub(key_id=config.key_id, secret_key=config.secret_key,
                              settings=lambda: self.engine.settings, seed=config.seed)
+        self.list_injector: ListInjector = ListInjector()  # test-only (inject_list_entries)
         self._stats_lock = threading.Lock()
         self.requests: Counter[tuple[str, int]] = Counter()
         self.windows: dict[str, RateWindow] = {}
@@ -233,6 +235,7 @@ class SimServer:
                 ),
                 "sim_time": self.clock.now(),
                 "stream": self.hub.statistics(),
+                "list_answers_injected": self.list_injector.served,
             }
 
     # ------------------------------------------------------------------- faults
@@ -262,6 +265,38 @@ class SimServer:
     def drop_streams(self) -> None:
         """Close every trade_updates connection now (the stream_drop action)."""
         self._on_loop(self.hub.drop_all)
+
+    # ------------------------------------------------ test-only: raw broker news
+    def inject_frames(self, frames: Sequence[bytes | str]) -> None:
+        """Send `frames` as they are to every listening trade_updates connection (bytes
+        as binary frames, str as text), after what is queued: for tests only."""
+        frames = list(frames)
+        self._on_loop(lambda: self.hub.inject(frames))
+
+    def inject_list_entries(self, entries: Sequence[Any], *, answers: int = 1) -> None:
+        """Append `entries` (raw JSON values) to the next `answers` GET /v2/orders
+        answers: for tests only (sim/inject.py)."""
+        self.list_injector.append(entries, answers=answers)
+
+    def inject_list_page(self, page: Any, *, answers: int = 1) -> None:
+        """Answer the next `answers` GET /v2/orders with `page` instead: for tests only."""
+        self.list_injector.replace(page, answers=answers)
+
+    def inject_json(self, body: Any) -> dict[str, Any]:
+        """POST /_sim/inject: {"frames": [str...], "binary": bool, "list_entries": [...],
+        "list_page": X, "answers": n}."""
+        if not isinstance(body, dict):
+            raise invalid("body must be a JSON object")
+        frames = body.get("frames", [])
+        if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
+            raise invalid("frames must be a list of strings")
+        binary = body.get("binary", False)
+        if not isinstance(binary, bool):
+            raise invalid("binary must be true or false")
+        out = self.list_injector.from_json(body)
+        if frames:
+            self.inject_frames([f.encode() for f in frames] if binary else frames)
+        return {"frames": len(frames), **out}
 
     def reset_faults(self) -> dict[str, Any]:
         """Every fault off (its default)."""

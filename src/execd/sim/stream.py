@@ -10,6 +10,7 @@ Server frames are binary JSON; the client may send text or binary. Everything he
 on the server's event loop: `publish` is handed each engine event there, and it never
 waits: each connection has a bounded queue, and one that falls that far behind is
 closed. The stream faults (settings.py) are applied per event and per connection.
+`inject` (test-only, SimServer.inject_frames) sends raw frames as they are, no fault.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,7 @@ CLOSE_SLOW = 1011
 
 @dataclass(frozen=True, slots=True)
 class _Frame:
-    data: bytes
+    data: bytes | str  # bytes go as a binary frame, str as a text frame
     not_before: float  # time.monotonic() at which it may go
 
 
@@ -75,7 +76,8 @@ class StreamHub:
         self._next_id = 0
         self.refuse_until = 0.0  # time.monotonic(); read and written whole, from any thread
         self.counts = {"published": 0, "sent": 0, "withheld": 0, "duplicated": 0,
-                       "closed_slow": 0, "dropped": 0, "refused": 0, "connections_total": 0}
+                       "closed_slow": 0, "dropped": 0, "refused": 0, "connections_total": 0,
+                       "injected": 0}
 
     # ------------------------------------------------------------ from the loop
     def publish(self, event: TradeEvent, settings: SimConfig) -> None:
@@ -94,6 +96,14 @@ class StreamHub:
                 self.counts["duplicated"] += 1
             for _ in range(delivery.copies):
                 self._push(conn, _Frame(frame, now + delivery.delay))
+
+    def inject(self, frames: Sequence[bytes | str]) -> None:
+        """Test-only: send `frames` as they are (not JSON-checked, no fault) to every
+        listening connection, after what is already queued to it."""
+        for conn in [c for c in self._connections.values() if c.listening]:
+            for data in frames:
+                self.counts["injected"] += 1
+                self._push(conn, _Frame(data, 0.0))
 
     def drop_all(self) -> None:
         for conn in self._connections.values():
@@ -161,7 +171,10 @@ class StreamHub:
             if wait > 0:
                 await anyio.sleep(wait)
             try:
-                await ws.send_bytes(frame.data)
+                if isinstance(frame.data, str):
+                    await ws.send_text(frame.data)
+                else:
+                    await ws.send_bytes(frame.data)
             except (WebSocketDisconnect, WebSocketDisconnected):
                 return  # the receive loop hears the disconnect
             self.counts["sent"] += 1
