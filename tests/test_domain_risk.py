@@ -379,3 +379,20 @@ def test_a_difference_in_motion_is_not_confirmed_even_when_both_reads_agree() ->
     assert reconcile.in_motion([order("x", OrderState.SUBMITTED)],
                                [order("x", OrderState.PARTIALLY_FILLED, filled="1")]) == {"AAPL"}
     assert reconcile.in_motion([resting], [resting]) == set()
+
+
+def test_a_difference_behind_orders_in_motion_is_confirmed_after_three_runs() -> None:
+    """A symbol that trades all the time has orders in motion at every run: a difference
+    that stays the same through three runs is real all the same."""
+    diff = reconcile.diff({}, {"AAPL": D(2)})
+    runs: dict[reconcile.Mismatch, int] = {}
+    for _ in range(2):
+        found, runs = reconcile.settled(diff, diff, {"AAPL"}, runs, 3)
+        assert found == []
+    found, runs = reconcile.settled(diff, diff, {"AAPL"}, runs, 3)
+    assert [m.symbol for m in found] == ["AAPL"]
+    assert runs == {}
+    # a run where it is gone (or different) starts the count again
+    _, runs = reconcile.settled(diff, diff, {"AAPL"}, {}, 3)
+    _, runs = reconcile.settled(diff, [], {"AAPL"}, runs, 3)
+    assert runs == {}

@@ -31,6 +31,7 @@ from execd.store import StorageUnavailable
 
 log = logging.get("execd.reconciler")
 REASON = "reconcile_mismatch"
+MOVING_RUNS = 3  # runs in a row a difference may hide behind orders in motion
 
 
 async def _read(book: OrderBook, broker: BrokerClient) -> list[reconcile.Mismatch]:
@@ -53,6 +54,8 @@ class Reconciler:
         self.confirm_delay = confirm_delay
         self.auto_resume_after = auto_resume_after
         self.clean_runs = 0
+        # a difference seen the same through runs whose orders were in motion: how many
+        self._moving_runs: dict[reconcile.Mismatch, int] = {}
 
     async def once(self) -> list[reconcile.Mismatch]:
         metrics = self.book.metrics
@@ -72,7 +75,8 @@ class Reconciler:
                 return []
             second = await _read(self.book, self.broker)
             moving = reconcile.in_motion(open_before, self.book.open_orders())
-            mismatches = reconcile.confirmed(first, second, moving)
+            mismatches, self._moving_runs = reconcile.settled(
+                first, second, moving, self._moving_runs, MOVING_RUNS)
             if not mismatches and reconcile.confirmed(first, second):
                 log.warning("cannot confirm the difference: orders on the symbol are in "
                             "motion; trying again next run",

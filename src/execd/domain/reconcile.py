@@ -53,3 +53,16 @@ def confirmed(first: list[Mismatch], second: list[Mismatch],
     """
     seen = set(first)
     return [m for m in second if m in seen and m.symbol not in moving]
+
+
+def settled(first: list[Mismatch], second: list[Mismatch], moving: Collection[str],
+            runs: dict[Mismatch, int], limit: int
+            ) -> tuple[list[Mismatch], dict[Mismatch, int]]:
+    """`confirmed`, and a difference that only motion kept from it, once it has been the
+    same through `limit` runs in a row: a symbol that trades all the time must not hide a
+    real difference for ever. Returns the confirmed ones and the runs counted so far."""
+    still = confirmed(first, second)
+    out = confirmed(first, second, moving)
+    counted = {m: runs.get(m, 0) + 1 for m in still if m not in out}
+    out += [m for m, n in counted.items() if n >= limit]
+    return out, {m: n for m, n in counted.items() if n < limit}
