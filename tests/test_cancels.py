@@ -503,3 +503,42 @@ async def test_an_order_refused_429_is_not_in_doubt_so_its_cancel_is_local(
         assert risk_receive.statistics().current_buffer_used == 0  # no broker_failures halt
     finally:
         await store.close()
+
+
+async def test_flatten_waits_for_an_open_notional_order_on_the_closing_side(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notional sell's shares are known only once it fills (its remaining reads 0): it
+    may hold the whole position, so flatten closes nothing of it until it has ended. It
+    closed all of it, which the risk gate refused (it would cross zero), five times over,
+    and gave the symbol up."""
+    from types import SimpleNamespace
+
+    from execd.domain.positions import Position
+    from execd.intake import flattening
+
+    notional = Order(spec=OrderSpec(client_order_id="n", strategy_id="s", symbol="AAPL",
+                                    side="sell", notional=Decimal(500)),
+                     state=OrderState.SUBMITTED)
+    open_orders = {"n": notional}
+    made: list[OrderSpec] = []
+
+    async def positions() -> dict[str, Position]:
+        return {"AAPL": Position(symbol="AAPL", qty=Decimal(10))}
+
+    async def get_orders(cids: Any) -> dict[str, Order]:
+        return {}
+
+    async def submit(s: Any, spec: OrderSpec) -> None:
+        made.append(spec)
+
+    monkeypatch.setattr(flattening, "_submit", submit)
+    s = SimpleNamespace(book=SimpleNamespace(open=open_orders, store=SimpleNamespace(
+        positions=positions, get_orders=get_orders)), clock=FakeClock())
+    job = flattening.Flattening()
+    closed = await job.close_free(s)  # type: ignore[arg-type]
+    assert [(c.symbol, c.held) for c in closed] == [("AAPL", Decimal(10))]
+    assert made == []
+    open_orders.clear()  # the notional sell has ended: the whole position is free
+    await job.close_free(s)  # type: ignore[arg-type]
+    assert [(m.side, m.qty) for m in made] == [("sell", Decimal(10))]

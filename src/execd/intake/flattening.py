@@ -147,8 +147,10 @@ class Flattening:
             if p.qty == 0:
                 continue
             side: Side = "sell" if p.qty > 0 else "buy"
-            held = sum((o.remaining for o in open_orders
-                        if o.spec.symbol == symbol and o.spec.side == side), Decimal(0))
+            holding = [o for o in open_orders if o.spec.symbol == symbol and o.spec.side == side]
+            # a notional order's shares are known only once it fills: it may hold them all
+            held = abs(p.qty) if any(o.spec.qty is None for o in holding) else sum(
+                (o.remaining for o in holding), Decimal(0))
             progress = self.symbols.setdefault(symbol, SymbolProgress(position=p.qty))
             progress.held = held
             done = Closed(symbol=symbol, position=p.qty, side=side, held=held)
