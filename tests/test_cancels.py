@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from execd.app import Daemon
@@ -542,3 +543,56 @@ async def test_flatten_waits_for_an_open_notional_order_on_the_closing_side(
     open_orders.clear()  # the notional sell has ended: the whole position is free
     await job.close_free(s)  # type: ignore[arg-type]
     assert [(m.side, m.qty) for m in made] == [("sell", Decimal(10))]
+
+
+class FlakyCancels:
+    """DELETEs fail (5xx) a few times, then the order is cancelled."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.deletes = 0
+        self.status = "new"
+
+    def _view(self, cid: str) -> BrokerOrder:
+        return BrokerOrder(view=BrokerView(broker_order_id=f"b-{cid}", status=self.status,
+                                           filled_qty=Decimal(0), filled_avg_price=None),
+                           client_order_id=cid, symbol="AAPL", submitted_at=datetime.now(UTC))
+
+    async def cancel_order(self, broker_order_id: str) -> None:
+        self.deletes += 1
+        await anyio.lowlevel.checkpoint()
+        if self.deletes <= self.failures:
+            raise BrokerUnavailable("broker error 503", status=503)
+        self.status = "canceled"
+
+    async def get_order_by_client_id(self, cid: str) -> BrokerOrder | None:
+        return self._view(cid)
+
+
+async def test_a_cancel_asked_again_waits_for_the_one_under_way(tmp_path: Path) -> None:
+    """One cancel loop per order: a client retrying its cancel while the broker fails
+    does not start another loop each time (they never ended while the order was open)."""
+    clock = FakeClock()
+    store = await Store.open(tmp_path / "x.db")
+    try:
+        book = OrderBook(store, EventHub(), Metrics(), clock)
+        await book.load()
+        spec = OrderSpec(client_order_id="c", strategy_id="s", symbol="AAPL", side="buy",
+                         qty=Decimal(1))
+        await book.commit_new(["c"], lambda known: [Order(spec=spec)])
+        broker = FlakyCancels(failures=3)
+        await book.apply_found("c", broker._view("c"))
+        risk_send, risk_receive = anyio.create_memory_object_stream[RiskCommand](10)
+        results: list[CancelResult] = []
+        with risk_send, risk_receive, anyio.fail_after(10):
+            s = Submitter(book=book, broker=broker, clock=clock,  # type: ignore[arg-type]
+                          risk=risk_send, failures_before_halt=50, health=Health())
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(lambda: _append(results, s.cancel("c")))
+        assert broker.deletes == 4  # one loop: three failures, then the cancel
+        assert len(results) == 5
+        assert all(isinstance(r, CancelRequested) for r in results)
+        assert (await book.get("c")).state == OrderState.CANCELLED  # type: ignore[union-attr]
+    finally:
+        await store.close()

@@ -75,6 +75,24 @@ CANCEL_ALL_ANSWER_S = 5.0  # cancel_all answers by then; what is left goes on be
 FOLLOW_S = 10.0
 
 
+class _Asking:
+    """A cancel loop under way for one order: later cancels of it wait for its end."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._result: CancelResult | None = None
+
+    def done(self, result: CancelResult) -> None:
+        if self._result is None:  # the first word stands
+            self._result = result
+            self._event.set()
+
+    async def outcome(self) -> CancelResult:
+        await self._event.wait()
+        assert self._result is not None
+        return self._result
+
+
 class Submitter:
     def __init__(
         self, *, book: OrderBook, broker: BrokerClient, clock: Clock,
@@ -95,6 +113,7 @@ class Submitter:
         # history unknown): a cancel must look them up. Others are cancelled locally.
         self.in_doubt: set[str] = set()
         self._withdrawn: set[str] = set()  # cancelled locally, being recorded
+        self._cancelling: dict[str, _Asking] = {}  # orders a cancel loop is asking for
         # where work outlives the request that started it (cancel_all's cancels)
         self.background: TaskGroup | None = None
 
@@ -310,6 +329,20 @@ class Submitter:
         if unsent is not None and unsent.state == OrderState.PENDING \
                 and cid not in self.in_doubt:
             return await self._cancel_unsent(unsent)
+        asking = self._cancelling.get(cid)
+        if asking is not None:  # one loop per order: a cancel asked again waits for it
+            return await asking.outcome()
+        asking = self._cancelling[cid] = _Asking()
+        try:
+            result = await self._cancel_locked(cid, confirm=confirm)
+            asking.done(result)
+            return result
+        finally:
+            del self._cancelling[cid]
+            asking.done(CancelDenied(code="internal", reason=(
+                f"the cancel of {cid} stopped (the daemon is stopping?); ask again")))
+
+    async def _cancel_locked(self, cid: str, *, confirm: bool) -> CancelResult:
         async with self.owning(cid):
             order = await self.book.get(cid)
             if order is None:
