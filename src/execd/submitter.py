@@ -42,7 +42,9 @@ from execd.broker.base import (
 )
 from execd.clock import Clock
 from execd.clock import within as within_clock
-from execd.domain.orders import TERMINAL_STATES, Order, OrderState, apply_broker_view
+from execd.domain import fold
+from execd.domain.news import News
+from execd.domain.orders import TERMINAL_STATES, Order, OrderState
 from execd.domain.risk import TradingState
 from execd.health import Health
 from execd.messages import (
@@ -184,7 +186,7 @@ class Submitter:
                         found = await self.broker.get_order_by_client_id(cid)
                         if found is not None:
                             self._ok()
-                            return await self.book.apply_found(cid, found)
+                            return await self.book.apply(News.of(found, cid))
                         if not may_send:
                             raise BrokerUnavailable("broker says duplicate but has no such order")
                     if order.spec.replaces is not None:
@@ -193,7 +195,7 @@ class Submitter:
                         order.spec, go=partial(self._may_send, cid))
                     HOOKS.point("after_submit")  # the broker has it; we have not recorded it
                     self._ok()
-                    return await self.book.apply_found(cid, found, linger=linger)
+                    return await self.book.apply(News.of(found, cid), linger=linger)
                 except NotSent:
                     current = self.book.open.get(cid)
                     if current is None or current.state != OrderState.PENDING:
@@ -242,11 +244,11 @@ class Submitter:
             old.broker_order_id, changes(old, order), cid, go=partial(self._may_send, cid))
         HOOKS.point("after_submit")
         self._ok()
-        after = await self.book.apply_found(cid, found)
+        after = await self.book.apply(News.of(found, cid))
         try:  # the old one, as the broker has it now (REPLACED once the broker says so)
             was = await self.broker.get_order_by_client_id(old_cid)
             if was is not None:
-                await self.book.apply_found(old_cid, was)
+                await self.book.apply(News.of(was, old_cid))
         except BrokerError as e:
             log.info("cannot refresh a replaced order now; the poller will", error=str(e),
                      client_order_id=old_cid)
@@ -363,10 +365,10 @@ class Submitter:
         if found is None:
             return CancelRequested(orders=(order,), pending=(cid,) if taken else ())
         try:
-            after = await self.book.apply_found(cid, found) or order
+            after = await self.book.apply(News.of(found, cid)) or order
         except StorageUnavailable:  # as the broker says, not yet recorded
-            change = apply_broker_view(order, found.view, self.clock.time())
-            after = order if change is None else change.order
+            after = fold.fold({cid: order}, [News.of(found, cid)],
+                              self.clock.time()).orders.get(cid, order)
         if after.is_open and not taken and found.view.status != "pending_cancel":
             # refused while open (pending_replace, say): ask again later
             raise BrokerUnavailable(f"not cancelable now: the broker has it "
@@ -387,7 +389,8 @@ class Submitter:
             result = await self.cancel(cid)
             if isinstance(result, CancelDenied):
                 return result
-            await self._refresh(cid)
+            # the cancel's look-up brought the legs' news with the parent's (the fold
+            # applies both): the legs the broker cancelled with it are recorded
             after = await self.book.store.get_orders([cid, *order.legs])
             return CancelRequested(orders=tuple(after[c] for c in (cid, *order.legs)
                                                 if c in after))
@@ -411,20 +414,6 @@ class Submitter:
                 continue
             results.extend(r.orders)
         return CancelRequested(orders=(order, *results))
-
-    async def _refresh(self, cid: str) -> None:
-        """The order and its legs as the broker has them now (legs change with it)."""
-        try:
-            order = await self.book.get(cid)
-            found = None if order is None or order.broker_order_id is None else \
-                await self.broker.get_order(order.broker_order_id)  # nested=true: its legs
-            if found is not None:
-                await self.book.apply_found(cid, found)
-                for leg in found.legs:
-                    await self.book.apply_found(leg.client_order_id, leg)
-        except (BrokerError, StorageUnavailable) as e:
-            log.warning("cannot refresh an order's legs; the poller will", error=str(e),
-                        client_order_id=cid)
 
     async def cancel_all(self, strategy_id: str | None, owner_uid: int | None, *,
                          within: float = CANCEL_ALL_ANSWER_S) -> CancelResult:
@@ -633,7 +622,7 @@ async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Reco
             found = listed.get(order.client_order_id)
             if found is not None:
                 async with submitter.owning(order.client_order_id):
-                    await submitter.book.apply_found(order.client_order_id, found)
+                    await submitter.book.apply(News.of(found, order.client_order_id))
                 submitter._settled(order.client_order_id)
             else:
                 await submitter.send(order, unknown_history=True)
