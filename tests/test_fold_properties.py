@@ -146,12 +146,11 @@ def expected(world: World, told: list[dict[str, int]], parent: Order) -> dict[st
     for cid, k in latest.items():
         if cid in (TP, SL):
             order = leg_order(parent, broker_order(cid, world.histories[cid][0]), 1.0)
+        elif cid == PARENT:
+            order = parent
         else:
-            order = parent if cid == PARENT else None
-            assert order is not None or cid == SIMPLE
-            if order is None:
-                order = Order(spec=OrderSpec(client_order_id=SIMPLE, strategy_id="s",
-                                             symbol="AAPL", side="buy", qty=QTY[SIMPLE]))
+            order = Order(spec=OrderSpec(client_order_id=SIMPLE, strategy_id="s",
+                                         symbol="AAPL", side="buy", qty=QTY[SIMPLE]))
         for view in world.histories[cid][:k + 1]:
             update = apply_broker_view(order, view, 1.0)
             order = order if update is None else update.order

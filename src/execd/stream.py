@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
@@ -56,6 +57,9 @@ from execd.testhooks import HOOKS
 log = logging.get("execd.stream")
 SEEN = 100_000  # execution ids remembered for dropping duplicates
 ARRIVALS = 1024  # events read and not yet applied, at most (then reading waits)
+# Turns the applier gives the reader, with nothing new, before a batch goes: trio runs a
+# turn's tasks in either order, so one turn may end before the reader had its own.
+IDLE_TURNS = 3
 
 
 class Connection(Protocol):
@@ -285,12 +289,17 @@ class StreamActor:
         shares its fsyncs instead of waiting for one each)."""
         async with arrivals:
             async for first in arrivals:
-                batch = [first]
-                while len(batch) < FLUSH_MAX:
+                batch, idle = [first], 0
+                while len(batch) < FLUSH_MAX and idle < IDLE_TURNS:
                     try:
                         batch.append(arrivals.receive_nowait())
+                        idle = 0
                     except anyio.WouldBlock:
-                        break
+                        # The reader may have more frames already off the socket (a
+                        # burst waits in its buffer while a batch is written): a turn
+                        # lets it hand the next over; none in a few turns, the batch goes.
+                        idle += 1
+                        await anyio.lowlevel.checkpoint()
                 await self.apply_all(batch)
 
     async def apply(self, update: TradeUpdate) -> None:
