@@ -4,6 +4,7 @@ and late news of an order closed lately is answered from memory."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -15,10 +16,21 @@ import pytest
 
 from execd import poller
 from execd.book import FLUSH_MAX
+from execd.broker.alpaca import AlpacaClient
+from execd.broker.base import BrokerOrder
 from execd.domain.orders import OrderState
 from execd.health import Health
+from execd.sim import SimServer
 from execd.store.db import Db
+from tests.conftest import OpenDaemon, connect, sim_config
+from tests.test_legs import bracket, cents
 from tests.test_stream import Script, actor, broker_order, pending, until, update
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with SimServer(sim_config(speed=0.001)) as s:  # prices hold: the entry rests
+        yield s
 
 
 @contextmanager
@@ -97,3 +109,25 @@ async def test_late_news_of_an_order_closed_lately_reads_nothing_from_the_store(
         late = await a.book.apply_view("c1", broker_order("c1", "new").view)
         assert late == filled
     assert Decimal(1) == filled.filled_qty
+
+
+async def test_a_family_cancel_reads_the_legs_once_when_the_look_up_has_none(
+    daemon_factory: OpenDaemon, sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker whose look-up by client_order_id does not nest the legs: the legs the
+    broker cancelled with the parent are read once with it, by its id, and recorded."""
+    real = AlpacaClient.get_order_by_client_id
+
+    async def without_legs(self: AlpacaClient, cid: str) -> BrokerOrder | None:
+        found = await real(self, cid)
+        return None if found is None else dataclasses.replace(found, legs=())
+
+    monkeypatch.setattr(AlpacaClient, "get_order_by_client_id", without_legs)
+    px = sim.engine.price("AAPL")
+    async with daemon_factory(poller={"interval": 30.0}) as d, connect(d) as c:
+        parent = await bracket(c, sim, "fam-2", type="limit",
+                               limit_price=cents(px * Decimal("0.8")))
+        answer = await c.request("cancel", client_order_id="fam-2")
+        assert answer["order"]["state"] == "CANCELLED"
+        assert {o["client_order_id"]: o["state"] for o in answer["family"]} == \
+            dict.fromkeys(parent["legs"], "CANCELLED")

@@ -391,6 +391,7 @@ class Submitter:
                 return result
             # the cancel's look-up brought the legs' news with the parent's (the fold
             # applies both): the legs the broker cancelled with it are recorded
+            await self._legs_of_closed(cid, order.legs)
             after = await self.book.store.get_orders([cid, *order.legs])
             return CancelRequested(orders=tuple(after[c] for c in (cid, *order.legs)
                                                 if c in after))
@@ -414,6 +415,22 @@ class Submitter:
                 continue
             results.extend(r.orders)
         return CancelRequested(orders=(order, *results))
+
+    async def _legs_of_closed(self, cid: str, legs: tuple[str, ...]) -> None:
+        """A parent closed with legs still open in the book: the look-up that closed it
+        did not bring them (a broker whose look-up by client_order_id is not nested):
+        the parent with its legs, once, by its broker id."""
+        parent = self.book.held(cid)
+        if parent is None or parent.is_open or parent.broker_order_id is None \
+                or not any(leg in self.book.open for leg in legs):
+            return
+        try:
+            found = await self.broker.get_order(parent.broker_order_id)  # nested: its legs
+            if found is not None:
+                await self.book.apply(News.of(found, cid))
+        except (BrokerError, StorageUnavailable) as e:
+            log.warning("cannot read a cancelled order's legs; the poller will",
+                        error=str(e), client_order_id=cid)
 
     async def cancel_all(self, strategy_id: str | None, owner_uid: int | None, *,
                          within: float = CANCEL_ALL_ANSWER_S) -> CancelResult:
