@@ -131,3 +131,31 @@ async def test_a_family_cancel_reads_the_legs_once_when_the_look_up_has_none(
         assert answer["order"]["state"] == "CANCELLED"
         assert {o["client_order_id"]: o["state"] for o in answer["family"]} == \
             dict.fromkeys(parent["legs"], "CANCELLED")
+
+
+async def test_the_loop_runs_between_the_transactions_of_a_big_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll that finds 640 changed orders writes 10 transactions; a task woken by a
+    timer runs between each two (on asyncio such a task runs two turns after it is due:
+    one yield per transaction let it in only every other one)."""
+    cids = [f"c{i}" for i in range(10 * FLUSH_MAX)]
+    async with actor(tmp_path, lambda: anyio.lowlevel.checkpoint()) as (a, clock, broker):
+        for c in cids:
+            await pending(a, c, qty="2")
+            await a.book.apply_view(c, broker_order(c, "new").view)
+            broker.orders[c] = broker_order(c, "partially_filled", "1", "10")
+        seen: set[int] = set()
+        with transactions(monkeypatch) as count:
+            async with anyio.create_task_group() as tg:
+                async def ticker() -> None:
+                    while True:
+                        await anyio.sleep(0.00001)
+                        seen.add(count[0])
+
+                tg.start_soon(ticker)
+                await anyio.sleep(0.01)
+                await poller.poll_once(a.book, broker, clock, Health())  # type: ignore[arg-type]
+                tg.cancel_scope.cancel()
+        assert count[0] == 10
+        assert set(range(1, 10)) <= seen, sorted(seen)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from execd.clock import Clock
@@ -209,6 +210,10 @@ class OrderBook:
                     size += len(self._queue[0].news)
                     batch.append(self._queue.pop(0))
                 await self._flush(batch, linger=min(b.linger for b in batch))
+                if not items[-1].done:  # let the loop run between two transactions
+                    # (asyncio runs a task woken by a timer two turns later: one is not enough)
+                    await anyio.lowlevel.checkpoint()
+                    await anyio.lowlevel.checkpoint()
         for item in items:
             if item.error is not None:
                 raise item.error
