@@ -184,7 +184,7 @@ class StreamActor:
         log.info("trade_updates stream connected; resyncing", url=s.url)
         try:
             send, receive = anyio.create_memory_object_stream[_Arrival](ARRIVALS)
-            async with anyio.create_task_group() as tg, send:
+            async with send, receive, anyio.create_task_group() as tg:
                 tg.start_soon(self._keep_alive, conn)
                 tg.start_soon(self._resync)
                 tg.start_soon(self._apply_arrivals, receive)
@@ -287,20 +287,19 @@ class StreamActor:
         """Apply events as they come: every event that arrived while the previous batch
         was being written goes in the next batch, one transaction (a burst of fills
         shares its fsyncs instead of waiting for one each)."""
-        async with arrivals:
-            async for first in arrivals:
-                batch, idle = [first], 0
-                while len(batch) < FLUSH_MAX and idle < IDLE_TURNS:
-                    try:
-                        batch.append(arrivals.receive_nowait())
-                        idle = 0
-                    except anyio.WouldBlock:
-                        # The reader may have more frames already off the socket (a
-                        # burst waits in its buffer while a batch is written): a turn
-                        # lets it hand the next over; none in a few turns, the batch goes.
-                        idle += 1
-                        await anyio.lowlevel.checkpoint()
-                await self.apply_all(batch)
+        async for first in arrivals:
+            batch, idle = [first], 0
+            while len(batch) < FLUSH_MAX and idle < IDLE_TURNS:
+                try:
+                    batch.append(arrivals.receive_nowait())
+                    idle = 0
+                except anyio.WouldBlock:
+                    # The reader may have more frames already off the socket (a
+                    # burst waits in its buffer while a batch is written): a turn
+                    # lets it hand the next over; none in a few turns, the batch goes.
+                    idle += 1
+                    await anyio.lowlevel.checkpoint()
+            await self.apply_all(batch)
 
     async def apply(self, update: TradeUpdate) -> None:
         await self.apply_all([_Arrival(update, self.clock.monotonic())])
