@@ -109,3 +109,17 @@ async def test_the_same_difference_twice_from_two_fills_in_flight_does_not_halt(
         assert rec.health.last_reconcile_result == "unconfirmed: orders in motion"
     assert found == []
     assert halts(sent) == []
+
+
+async def test_a_difference_the_confirming_read_does_not_show_does_not_halt(
+    tmp_path: Path
+) -> None:
+    """The first read shows a fill the orders have not told yet (Alpaca's positions run
+    ahead of its orders); by the confirming read both agree: no halt, a clean run."""
+    broker = ScriptedBroker([{"AAPL": "2"}, {}])
+    async with reconciler(tmp_path, broker) as (rec, _, sent):
+        found = await rec.once()
+        assert rec.health.last_reconcile_result == "clean"
+    assert broker.reads == 2
+    assert found == []
+    assert halts(sent) == []

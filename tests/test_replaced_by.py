@@ -20,6 +20,7 @@ from anyio import wait_all_tasks_blocked
 from execd.book import OrderBook
 from execd.broker.base import BrokerOrder
 from execd.clock import FakeClock
+from execd.domain.news import News
 from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
 from execd.events import EventHub
 from execd.obs.metrics import Metrics
@@ -46,7 +47,7 @@ async def book_with_old_and_new(tmp_path: Path) -> AsyncIterator[OrderBook]:
                                    side="buy", qty=Decimal(5), type="limit",
                                    limit_price=Decimal(99), replaces="old"), created_at=2.0)
         await book.commit_new(["old"], lambda known: [old])
-        await book.apply_found("old", found("old", "b-old", "new"))
+        await book.apply(News.of(found("old", "b-old", "new"), "old"))
         await book.commit_new(["new"], lambda known: [new])
         yield book
     finally:
@@ -65,10 +66,10 @@ async def test_old_replaced_before_the_patch_answer_is_linked_by_the_answer(
     tmp_path: Path
 ) -> None:
     async with book_with_old_and_new(tmp_path) as book:
-        was = await book.apply_found("old", found("old", "b-old", "replaced", "b-new"))
+        was = await book.apply(News.of(found("old", "b-old", "replaced", "b-new"), "old"))
         assert was is not None
         assert was.state == OrderState.REPLACED
-        after = await book.apply_found("new", found("new", "b-new", "new"))
+        after = await book.apply(News.of(found("new", "b-new", "new"), "new"))
         assert after is not None
         assert after.state == OrderState.SUBMITTED
         was = await book.get("old")
@@ -86,9 +87,9 @@ async def test_both_news_in_one_batch_link_either_way(tmp_path: Path, old_first:
         # both queued behind the lock, in this order: written in one _flush
         async with anyio.create_task_group() as tg, book._lock:
             for cid, f in views if old_first else views[::-1]:
-                tg.start_soon(book.apply_found, cid, f)
+                tg.start_soon(book.apply, News.of(f, cid))
                 await wait_all_tasks_blocked()
-            assert [q.client_order_id for q in book._queue] == \
+            assert [n.client_order_id for q in book._queue for n in q.news] == \
                 [cid for cid, _ in (views if old_first else views[::-1])]
         was = await book.get("old")
         assert was is not None
@@ -100,7 +101,7 @@ async def test_a_pending_replacement_is_never_named_on_a_guess(tmp_path: Path) -
     """The broker names a successor we cannot match yet: nobody is named until the
     successor's broker id is known (a PENDING replacement may never reach the broker)."""
     async with book_with_old_and_new(tmp_path) as book:
-        was = await book.apply_found("old", found("old", "b-old", "replaced", "b-other"))
+        was = await book.apply(News.of(found("old", "b-old", "replaced", "b-other"), "old"))
         assert was is not None
         assert was.replaced_by is None
 

@@ -7,27 +7,24 @@ logged, counted and published the same way.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from execd.broker.base import BrokerOrder
 from execd.clock import Clock
-from execd.domain.broker_checks import check_view
+from execd.domain import fold
 from execd.domain.decimals import show, show_opt
+from execd.domain.news import News
 from execd.domain.orders import (
-    ORDER_TYPES,
     BrokerView,
     Order,
-    OrderSpec,
     OrderState,
-    OrderType,
-    Side,
     Update,
-    apply_broker_view,
     cancel_unsent,
     reject,
 )
@@ -41,31 +38,15 @@ log = logging.get("execd.book")
 
 
 @dataclass(slots=True)
-class _Queued:
-    client_order_id: str
-    view: BrokerView
-    legs: Sequence[BrokerOrder] = ()  # the broker's legs of this order, recorded with it
+class _Batch:
+    """News waiting for the book's lock, written in one transaction with whatever else
+    is queued (FLUSH_MAX items at most)."""
+
+    news: Sequence[News]
     linger: float = 0.0  # may wait that long for an urgent write to share its fsync
     done: bool = False
-    result: Order | None = None
+    results: list[Order | None] = field(default_factory=list)
     error: StorageUnavailable | None = None  # the group's write failed: for each waiter
-
-
-def leg_order(parent: Order, leg: BrokerOrder, now: float) -> Order:
-    """A leg the broker made, as our order: its own ids and terms, its parent's strategy
-    and owner. Born SUBMITTED with nothing filled; the broker's view of it is applied
-    next as any change, so a leg that filled at once counts its fill like any order."""
-    p = parent.spec
-    side: Side = "sell" if leg.side == "sell" else "buy"
-    otype: OrderType = leg.type if leg.type in ORDER_TYPES else "limit"
-    spec = OrderSpec(
-        client_order_id=leg.client_order_id, strategy_id=p.strategy_id, symbol=leg.symbol,
-        side=side, qty=leg.qty if leg.qty is not None else p.qty, type=otype,
-        limit_price=leg.limit_price, stop_price=leg.stop_price,
-        time_in_force=leg.time_in_force, order_class=p.order_class, parent=p.client_order_id,
-    )
-    return Order(spec=spec, state=OrderState.SUBMITTED, broker_order_id=leg.view.broker_order_id,
-                 created_at=now, updated_at=now, owner_uid=parent.owner_uid)
 
 
 FEED_BUFFER = 4096  # committed changes the risk gate may lag behind before it rebuilds
@@ -81,6 +62,9 @@ RECORD_LINGER = 0.010
 # store writes on its thread): after a burst, thousands of queued records written at
 # once stopped everything for 70 ms; 64 still share one fsync between many.
 FLUSH_MAX = 64
+# Orders closed lately, kept in memory: a late or duplicate event about one is answered
+# without reading the store.
+CLOSED_KEEP = 4096
 
 
 class OrderBook:
@@ -105,7 +89,8 @@ class OrderBook:
         # Every change is read-modify-write: two actors applying the same broker view
         # at once must not both count its fill.
         self._lock = anyio.Lock(fast_acquire=True)  # free: no checkpoint (a write yields)
-        self._queue: list[_Queued] = []
+        self._queue: list[_Batch] = []
+        self._closed: OrderedDict[str, Order] = OrderedDict()  # CLOSED_KEEP, newest last
         self._feed: MemoryObjectSendStream[BookChange] | None = None
 
     async def load(self) -> None:
@@ -120,9 +105,13 @@ class OrderBook:
         return sorted(self.open.values(), key=lambda o: o.created_at)
 
     async def get(self, client_order_id: str) -> Order | None:
-        """An order: open ones from memory, the others from the store."""
-        order = self.open.get(client_order_id)
+        """An order: open and lately closed ones from memory, the others from the store."""
+        order = self.open.get(client_order_id) or self._closed.get(client_order_id)
         return order if order is not None else await self.store.get_order(client_order_id)
+
+    def held(self, client_order_id: str) -> Order | None:
+        """An order if it is in memory (open or lately closed), without a read."""
+        return self.open.get(client_order_id) or self._closed.get(client_order_id)
 
     # ------------------------------------------------------- the risk gate's feed
     async def open_risk_feed(
@@ -184,157 +173,106 @@ class OrderBook:
             raise
         self._tell_risk(PricesChanged(prices=dict(prices)))
 
-    async def apply_found(self, client_order_id: str, found: BrokerOrder, *,
-                          linger: float = 0.0) -> Order | None:
-        """Apply a broker's answer about an order with its legs: legs the book does not
-        hold yet are recorded in the same transaction as the parent's change."""
-        return await self.apply_view(client_order_id, found.view, legs=found.legs,
-                                     linger=linger)
+    async def apply_view(self, client_order_id: str, view: BrokerView, *,
+                         linger: float = 0.0) -> Order | None:
+        """What the broker says about one order, with no legs (see apply_all)."""
+        return (await self.apply_all([News(client_order_id=client_order_id, view=view)],
+                                     linger=linger))[0]
 
-    async def apply_view(self, client_order_id: str, view: BrokerView,
-                         legs: Sequence[BrokerOrder] = (), *, linger: float = 0.0
-                         ) -> Order | None:
-        """Apply what the broker says about an order; None if the order is unknown.
+    async def apply(self, news: News, *, linger: float = 0.0) -> Order | None:
+        """One piece of news (see apply_all)."""
+        return (await self.apply_all([news], linger=linger))[0]
 
-        Group commit, leader/follower: the change is queued, and whoever holds the lock
-        writes everything queued in one transaction; a caller whose change a previous
-        holder already wrote finds it done and returns at once. With `linger` the write
-        may wait that long for company (RECORD_LINGER); a change that may not wait cuts
-        a lingering one short.
+    async def apply_all(self, news: Sequence[News], *, linger: float = 0.0
+                        ) -> list[Order | None]:
+        """Apply broker news, every source's, through the one fold (domain/fold.py): for
+        each piece, the order as it is after (None if the book does not know it).
+
+        Group commit, leader/follower: the news is queued, and whoever holds the lock
+        writes everything queued in one transaction (FLUSH_MAX pieces at most, so no
+        transaction holds the loop long); a caller whose news a previous holder already
+        wrote finds it done and returns at once. With `linger` the write may wait that
+        long for company (RECORD_LINGER); news that may not wait cuts a lingering
+        write short.
         """
-        item = _Queued(client_order_id, view, legs, linger)
-        self._queue.append(item)
+        if not news:
+            return []
+        items = [_Batch(news[i:i + FLUSH_MAX], linger) for i in range(0, len(news), FLUSH_MAX)]
+        self._queue.extend(items)
         if not linger and self._lock.locked():
             self.store.hurry()
         async with self._lock:
-            while not item.done:  # those queued before it first, FLUSH_MAX at a time
-                batch, self._queue = self._queue[:FLUSH_MAX], self._queue[FLUSH_MAX:]
-                await self._flush(batch, linger=min(q.linger for q in batch))
-        if item.error is not None:
-            raise item.error
-        return item.result
+            while not items[-1].done:  # those queued before first, FLUSH_MAX at a time
+                batch: list[_Batch] = []
+                size = 0
+                while self._queue and (not batch or size + len(self._queue[0].news)
+                                       <= FLUSH_MAX):
+                    size += len(self._queue[0].news)
+                    batch.append(self._queue.pop(0))
+                await self._flush(batch, linger=min(b.linger for b in batch))
+                if not items[-1].done:  # let the loop run between two transactions
+                    # (asyncio runs a task woken by a timer two turns later: one is not enough)
+                    await anyio.lowlevel.checkpoint()
+                    await anyio.lowlevel.checkpoint()
+        for item in items:
+            if item.error is not None:
+                raise item.error
+        return [o for item in items for o in item.results]
 
-    async def _flush(self, batch: list[_Queued], *, linger: float) -> None:
+    async def _flush(self, batch: list[_Batch], *, linger: float) -> None:
         try:
-            current = {q.client_order_id: self.open[q.client_order_id] for q in batch
-                       if q.client_order_id in self.open}
-            missing = {q.client_order_id for q in batch} - set(current)
-            if missing:  # closed (or unknown) orders: rare, from the store
-                current.update(await self.store.get_orders(missing))
-            now = self._clock.time()
-            changes: list[tuple[Order | None, Update]] = []
-            unknown_legs = [leg.client_order_id for q in batch for leg in q.legs
-                            if leg.client_order_id not in self.open]
-            known_legs = set(await self.store.get_orders(unknown_legs)) if unknown_legs else set()
-            for q in batch:  # in order: later views of one order build on earlier ones
-                before = current.get(q.client_order_id)
-                if before is None or self._refused(before, q.view):
-                    continue
-                update = apply_broker_view(before, q.view, now)
-                new_legs = [leg for leg in q.legs if leg.client_order_id not in self.open
-                            and leg.client_order_id not in known_legs
-                            and leg.client_order_id not in current]
-                named = before.legs if update is None else update.order.legs
-                if new_legs or any(leg.client_order_id not in named for leg in q.legs):
-                    # legs it does not name yet: new ones, or a replaced parent's, which
-                    # the broker hands on to its replacement
-                    parent = update.order if update is not None else before
-                    parent = replace(parent, legs=tuple(dict.fromkeys(
-                        (*parent.legs, *(leg.client_order_id for leg in q.legs)))),
-                        updated_at=now)
-                    born = tuple(leg_order(parent, leg, now) for leg in new_legs)
-                    update = Update(order=parent, fill=update.fill if update else None,
-                                    event=update.event if update else "LEGS", born=born)
-                    for leg_row, leg in zip(born, new_legs, strict=True):
-                        current[leg_row.client_order_id] = leg_row
-                        changes.append((None, Update(order=leg_row, fill=None, event="LEG")))
-                        leg_update = None if self._refused(leg_row, leg.view) else \
-                            apply_broker_view(leg_row, leg.view, now)
-                        if leg_update is not None:
-                            changes.append((leg_row, leg_update))
-                            current[leg_row.client_order_id] = leg_update.order
-                if update is not None and update.order.state == OrderState.REPLACED \
-                        and update.order.replaced_by is None:
-                    update = replace(update, order=replace(update.order, replaced_by=(
-                        await self._replacement(before, q.view, current))))
-                if update is not None:
-                    changes.append((before, update))
-                    current[q.client_order_id] = update.order
-                    for link in await self._successor_known(before, update.order, current,
-                                                            now):
-                        changes.append(link)
-                        current[link[1].order.client_order_id] = link[1].order
+            news = [n for b in batch for n in b.news]
+            held = await self._held(news)
+            folded = fold.fold(held, news, self._clock.time())
+            for r in folded.refused:
+                self.metrics.broker_news.refused(
+                    r.refusal, source="book", at=self._clock.time(),
+                    text=f"{r.order.client_order_id} ({r.view.broker_order_id}): {r.view}")
             try:
-                await self._commit(changes, linger=linger)
+                await self._commit(folded.changes, linger=linger)
             except StorageUnavailable as e:
-                for q in batch:
-                    q.error = e
+                for b in batch:
+                    b.error = e
                 return
-            for q in batch:
-                q.result = current.get(q.client_order_id)
+            for b in batch:
+                b.results = [folded.orders.get(n.client_order_id) or held.get(n.client_order_id)
+                             for n in b.news]
         finally:
-            for q in batch:
-                q.done = True
+            for b in batch:
+                b.done = True
 
-    def _refused(self, order: Order, view: BrokerView) -> bool:
-        """Whether the broker's view breaks a rule against the order as we hold it
-        (domain/broker_checks.py): then it is counted and not applied."""
-        refusal = check_view(order, view)
-        if refusal is None:
-            return False
-        self.metrics.broker_news.refused(
-            refusal, source="book", at=self._clock.time(),
-            text=f"{order.client_order_id} ({view.broker_order_id}): {view}")
-        return True
-
-    async def _replacement(self, old: Order, view: BrokerView,
-                           current: dict[str, Order]) -> str | None:
-        """The client_order_id of the order that replaced `old`: ours, by the broker's
-        `replaced_by` id, else our newest replacement of it still open. (`current`: the
-        batch's orders as changed so far, newer than `open`.)"""
-        ours = [o for o in {**self.open, **current}.values()
-                if o.spec.replaces == old.client_order_id]
-        for o in ours:
-            if view.replaced_by is not None and o.broker_order_id == view.replaced_by:
-                return o.client_order_id
-        if view.replaced_by is not None:  # it may have closed already
-            closed = await self.store.get_by_broker_id(view.replaced_by)
-            if closed is not None:
-                return closed.client_order_id
-        ours = [o for o in ours if o.state != OrderState.PENDING or view.replaced_by is None]
-        return max(ours, key=lambda o: o.created_at).client_order_id if ours else None
-
-    async def _successor_known(self, before: Order, after: Order, current: dict[str, Order],
-                               now: float) -> list[tuple[Order, Update]]:
-        """What a replacement's first broker id settles: the old order names it, and a
-        replaced leg's parent names the new leg among its legs.
-
-        The broker's news that the old order is `replaced` often comes first (the stream
-        or a poll beats the PATCH's own answer): the successor is still PENDING then,
-        with no broker id to match `replaced_by` against, and the old order is recorded
-        REPLACED naming nobody. The PATCH's answer (or the successor's own news) links
-        them here. A PATCH the broker took made the successor: the old order has no other."""
-        old_cid = after.spec.replaces
-        if old_cid is None or before.broker_order_id is not None \
-                or after.broker_order_id is None:
-            return []
-        links: list[tuple[Order, Update]] = []
-        old = current.get(old_cid) or await self.get(old_cid)
-        if old is not None and old.state == OrderState.REPLACED and old.replaced_by is None:
-            linked = replace(old, replaced_by=after.client_order_id, updated_at=now)
-            links.append((old, Update(order=linked, fill=None, event="REPLACED_BY")))
-        parent_cid = after.spec.parent
-        parent = None if parent_cid is None else (
-            current.get(parent_cid) or await self.get(parent_cid))
-        for _ in range(8):  # a replaced parent handed its legs on: the family is its heir's
-            if parent is None or parent.replaced_by is None:
+    async def _held(self, news: Sequence[News]) -> dict[str, Order]:
+        """Every order the fold may look at (fold.py), from memory; the store is read
+        only for closed orders not kept in memory (rare: late news, an old family)."""
+        held: dict[str, Order] = {}
+        asked: set[str] = set()
+        want = fold.needed(news)
+        for _ in range(fold.HEIRS + 2):  # each round follows one more link
+            missing = [c for c in want if c not in held and c not in asked]
+            if not missing:
                 break
-            parent = current.get(parent.replaced_by) or await self.get(parent.replaced_by)
-        if parent is not None and after.client_order_id not in parent.legs:
-            named = replace(parent, legs=(*parent.legs, after.client_order_id),
-                            updated_at=now)
-            links.append((parent, Update(order=named, fill=None, event="LEGS")))
-        return links
+            from_store = []
+            for cid in missing:
+                o = self.held(cid)
+                if o is not None:
+                    held[cid] = o
+                else:
+                    from_store.append(cid)
+            asked.update(missing)
+            if from_store:
+                held.update(await self.store.get_orders(from_store))
+            want = {link for c in missing if c in held for link in fold.links(held[c])}
+        for broker_id in fold.replaced_by_ids(news):
+            known = next((o for o in self.open.values() if o.broker_order_id == broker_id),
+                         None) or await self.store.get_by_broker_id(broker_id)
+            if known is not None:
+                held.setdefault(known.client_order_id, known)
+        # replacements of the news' orders (fold.replacement): ours are open, or named
+        replaces = set(held)
+        for o in self.open.values():
+            if o.spec.replaces in replaces:
+                held.setdefault(o.client_order_id, o)
+        return held
 
     async def reject(self, client_order_id: str, reason: str) -> Order | None:
         return await self._while_pending(
@@ -377,6 +315,10 @@ class OrderBook:
                 self.open[after.client_order_id] = after
             else:
                 self.open.pop(after.client_order_id, None)
+                self._closed[after.client_order_id] = after
+                self._closed.move_to_end(after.client_order_id)
+                if len(self._closed) > CLOSED_KEEP:
+                    self._closed.popitem(last=False)
             self._tell_risk(OrderChanged(before=before, after=after, fill=update.fill))
             self._announce(before, update)
 

@@ -2,7 +2,7 @@
 the parent's `legs` (a leg's own answer names no parent).
 
 Normally the POST's answer carries the legs and they are recorded with the parent's
-SUBMITTED (OrderBook.apply_found). An order the book does not know (a stream event, an
+SUBMITTED (the fold, domain/fold.py). An order the book does not know (a stream event, an
 order in a list) may be a leg it has not seen yet: `adopt` looks up the parent it may
 belong to and records the family.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from execd.book import OrderBook
 from execd.broker.base import BrokerClient, BrokerOrder, flatten
+from execd.domain.news import News
 from execd.domain.orders import Order
 from execd.obs import logging
 
@@ -39,11 +40,6 @@ async def adopt(book: OrderBook, broker: BrokerClient, found: BrokerOrder) -> Or
         log.info("a leg the book did not know: recorded with its parent",
                  client_order_id=found.client_order_id,
                  parent=parent.client_order_id, strategy_id=parent.spec.strategy_id)
-        await book.apply_found(parent.client_order_id, full)
+        await book.apply(News.of(full, parent.client_order_id))
         return await book.get(found.client_order_id)
     return None
-
-
-def missing_legs(order: Order, found: BrokerOrder) -> bool:
-    """Whether the broker's answer names legs the order does not hold yet."""
-    return any(leg.client_order_id not in order.legs for leg in found.legs)

@@ -15,9 +15,10 @@ from execd import external
 from execd.book import OrderBook
 from execd.broker.base import BrokerClient, BrokerError, BrokerOrder
 from execd.clock import Clock, within
-from execd.domain.orders import OrderState, apply_broker_view
+from execd.domain.news import News
+from execd.domain.orders import OrderState
 from execd.health import Health
-from execd.legs import adopt, missing_legs
+from execd.legs import adopt
 from execd.obs import logging
 from execd.recovery import Recovery
 from execd.store import StorageUnavailable
@@ -33,7 +34,6 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
     started = clock.time()
     health.polls_begun += 1
     number = health.polls_begun
-    changed = 0
     failed: BrokerError | None = None
     # Ours before the broker's list: an order sent while the list is on its way is still
     # PENDING here, so it is skipped, not looked up (a look-up per order sent during
@@ -42,6 +42,7 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
     listed = await broker.list_open_orders()
     open_at_broker = {o.client_order_id: o for o in listed}
     known = {o.client_order_id for o in ours}
+    news: list[News] = []
     for order in ours:
         if order.state == OrderState.PENDING:
             continue
@@ -61,13 +62,16 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
                           client_order_id=order.client_order_id,
                           strategy_id=order.spec.strategy_id, state=order.state.value)
                 continue
-        if apply_broker_view(order, found.view, started) is not None or missing_legs(
-                order, found):  # news: write it
-            await book.apply_found(order.client_order_id, found)
-            changed += 1
+        news.append(News.of(found, order.client_order_id))
+    # One road: every order's news and its legs' through the fold, FLUSH_MAX a
+    # transaction (an unchanged order costs no write).
+    before = {o.client_order_id: o for o in ours}
+    after = await book.apply_all(news)
+    changed = sum(a is not None and a != before.get(n.client_order_id)
+                  for n, a in zip(news, after, strict=True))
     for cid in set(open_at_broker) - known:  # a leg of ours the book has not seen?
-        if open_at_broker[cid].parent is not None:
-            try:
+        if open_at_broker[cid].parent is not None and book.held(cid) is None:
+            try:  # its parent was not in the list with it (closed): look it up
                 await adopt(book, broker, open_at_broker[cid])
             except BrokerError as e:
                 failed = e

@@ -28,10 +28,12 @@ from datetime import datetime
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from execd import external, poller
-from execd.book import OrderBook
+from execd.book import FLUSH_MAX, OrderBook
 from execd.broker.alpaca_stream import (
     Skipped,
     StreamAuthFailed,
@@ -43,6 +45,8 @@ from execd.broker.base import BrokerClient, BrokerError
 from execd.broker.websocket import MAX_MESSAGE, MessageTooLarge, WebSocketClosed
 from execd.clock import Clock
 from execd.domain.broker_checks import Refusal
+from execd.domain.news import News
+from execd.domain.orders import Order
 from execd.health import Health
 from execd.legs import adopt
 from execd.obs import logging
@@ -52,6 +56,10 @@ from execd.testhooks import HOOKS
 
 log = logging.get("execd.stream")
 SEEN = 100_000  # execution ids remembered for dropping duplicates
+ARRIVALS = 1024  # events read and not yet applied, at most (then reading waits)
+# Turns the applier gives the reader, with nothing new, before a batch goes: trio runs a
+# turn's tasks in either order, so one turn may end before the reader had its own.
+IDLE_TURNS = 3
 
 
 class Connection(Protocol):
@@ -115,6 +123,12 @@ def alpaca_connect(url: str, key_id: str, secret_key: str, *,
     return connect
 
 
+@dataclass(frozen=True, slots=True)
+class _Arrival:
+    update: TradeUpdate
+    received: float  # clock.monotonic() when read
+
+
 _LOST = (WebSocketClosed, StreamProtocolError, StreamStalled, OSError, TimeoutError)
 
 
@@ -169,15 +183,17 @@ class StreamActor:
         self._show("resyncing", trusted=False)
         log.info("trade_updates stream connected; resyncing", url=s.url)
         try:
-            async with anyio.create_task_group() as tg:
+            send, receive = anyio.create_memory_object_stream[_Arrival](ARRIVALS)
+            async with send, receive, anyio.create_task_group() as tg:
                 tg.start_soon(self._keep_alive, conn)
                 tg.start_soon(self._resync)
+                tg.start_soon(self._apply_arrivals, receive)
                 while True:
                     update = await conn.receive()
                     if isinstance(update, Skipped):
                         self._skipped(update, tg)
                     elif update is not None:
-                        await self.apply(update)
+                        await send.send(_Arrival(update, self.clock.monotonic()))
         except _LOST as e:
             reason = self._lost(e)
         except BaseExceptionGroup as group:
@@ -267,42 +283,93 @@ class StreamActor:
                      resync_seconds=round(self.clock.monotonic() - started, 3))
             return
 
+    async def _apply_arrivals(self, arrivals: MemoryObjectReceiveStream[_Arrival]) -> None:
+        """Apply events as they come: every event that arrived while the previous batch
+        was being written goes in the next batch, one transaction (a burst of fills
+        shares its fsyncs instead of waiting for one each)."""
+        async for first in arrivals:
+            batch, idle = [first], 0
+            while len(batch) < FLUSH_MAX and idle < IDLE_TURNS:
+                try:
+                    batch.append(arrivals.receive_nowait())
+                    idle = 0
+                except anyio.WouldBlock:
+                    # The reader may have more frames already off the socket (a
+                    # burst waits in its buffer while a batch is written): a turn
+                    # lets it hand the next over; none in a few turns, the batch goes.
+                    idle += 1
+                    await anyio.lowlevel.checkpoint()
+            await self.apply_all(batch)
+
     async def apply(self, update: TradeUpdate) -> None:
-        received = self.clock.monotonic()
+        await self.apply_all([_Arrival(update, self.clock.monotonic())])
+
+    async def apply_all(self, arrivals: list[_Arrival]) -> None:
+        """Events through the one road (OrderBook.apply_all) in one batch; duplicates
+        dropped, orders execd did not place recorded as external."""
         m = self.metrics
-        if update.execution_id is not None and update.execution_id in self._seen:
-            m.stream_duplicates.inc()
+        fresh: list[_Arrival] = []
+        ids: set[str] = set()
+        for arrival in arrivals:
+            update = arrival.update
+            eid = update.execution_id
+            if eid is not None and (eid in self._seen or eid in ids):
+                m.stream_duplicates.inc()
+                continue
+            if eid is not None:
+                ids.add(eid)
+            m.stream_events.labels(update.event if update.event in STREAM_EVENTS
+                                   else "other").inc()
+            fresh.append(arrival)
+        if not fresh:
             return
-        m.stream_events.labels(update.event if update.event in STREAM_EVENTS else "other").inc()
         self.health.stream_last_event = self.clock.time()
         m.stream_last_event.set(self.health.stream_last_event)
-        cid = update.order.client_order_id
-        before = await self.book.get(cid)
-        if before is None:
-            try:  # a leg of ours the book has not seen yet? (a leg names no parent)
-                if await adopt(self.book, self.broker, update.order) is not None:
-                    before = await self.book.get(cid)
-            except (BrokerError, StorageUnavailable) as e:
-                log.warning("cannot look up the parent of an unknown order", error=str(e),
-                            client_order_id=cid)
-        if before is None:
-            m.stream_unknown.inc()
-            log.debug("stream event for an order execd did not place", client_order_id=cid,
-                      trade_event=update.event)
-            await external.record(self.book, await external.not_ours(self.book, [update.order]),
-                                  self.clock.time(), source="stream")
+        before: dict[str, Order] = {}
+        ours: list[_Arrival] = []
+        for arrival in fresh:
+            update = arrival.update
+            cid = update.order.client_order_id
+            known = before.get(cid) or self.book.held(cid) or await self.book.get(cid)
+            if known is None:
+                known = await self._adopted(update)
+            if known is None:
+                m.stream_unknown.inc()
+                log.debug("stream event for an order execd did not place",
+                          client_order_id=cid, trade_event=update.event)
+                await external.record(self.book, await external.not_ours(
+                    self.book, [update.order]), self.clock.time(), source="stream")
+                continue
+            before.setdefault(cid, known)
+            ours.append(arrival)
+        if not ours:
             return
         try:
-            after = await self.book.apply_found(cid, update.order)
+            after = await self.book.apply_all([News.of(a.update.order) for a in ours])
         except StorageUnavailable:
             return  # not recorded: the safety-net poll repairs it once writes work
-        if update.execution_id is not None:
-            self._seen[update.execution_id] = None
-            if len(self._seen) > SEEN:
-                self._seen.popitem(last=False)
-        m.stream_apply.observe(self.clock.monotonic() - received)
-        if after is not None and after.filled_qty > before.filled_qty:
-            m.fill_lag.labels("stream").observe(_lag(self.clock.time(), update.timestamp))
+        now, mono = self.clock.time(), self.clock.monotonic()
+        for arrival, changed in zip(ours, after, strict=True):
+            update = arrival.update
+            if update.execution_id is not None:
+                self._seen[update.execution_id] = None
+                if len(self._seen) > SEEN:
+                    self._seen.popitem(last=False)
+            m.stream_apply.observe(mono - arrival.received)
+            was = before[update.order.client_order_id]
+            if changed is not None and changed.filled_qty > was.filled_qty:
+                m.fill_lag.labels("stream").observe(_lag(now, update.timestamp))
+                before[update.order.client_order_id] = changed
+
+    async def _adopted(self, update: TradeUpdate) -> Order | None:
+        """A leg of ours the book has not seen yet (a leg names no parent)?"""
+        try:
+            if await adopt(self.book, self.broker, update.order) is not None:
+                return await self.book.get(update.order.client_order_id)
+        except (BrokerError, StorageUnavailable) as e:
+            log.warning("cannot look up the parent of an unknown order", error=str(e),
+                        client_order_id=update.order.client_order_id)
+        return None
 
 
 def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -42,7 +42,9 @@ from execd.broker.base import (
 )
 from execd.clock import Clock
 from execd.clock import within as within_clock
-from execd.domain.orders import TERMINAL_STATES, Order, OrderState, apply_broker_view
+from execd.domain import fold
+from execd.domain.news import News
+from execd.domain.orders import TERMINAL_STATES, Order, OrderState
 from execd.domain.risk import TradingState
 from execd.health import Health
 from execd.messages import (
@@ -203,7 +205,7 @@ class Submitter:
                         found = await self.broker.get_order_by_client_id(cid)
                         if found is not None:
                             self._ok()
-                            return await self.book.apply_found(cid, found)
+                            return await self.book.apply(News.of(found, cid))
                         if not may_send:
                             raise BrokerUnavailable("broker says duplicate but has no such order")
                     doubted = cid in self.in_doubt  # before this attempt's go
@@ -213,7 +215,7 @@ class Submitter:
                         order.spec, go=partial(self._may_send, cid))
                     HOOKS.point("after_submit")  # the broker has it; we have not recorded it
                     self._ok()
-                    return await self.book.apply_found(cid, found, linger=linger)
+                    return await self.book.apply(News.of(found, cid), linger=linger)
                 except NotSent:
                     current = self.book.open.get(cid)
                     if current is None or current.state != OrderState.PENDING:
@@ -274,11 +276,11 @@ class Submitter:
             old.broker_order_id, changes(old, order), cid, go=partial(self._may_send, cid))
         HOOKS.point("after_submit")
         self._ok()
-        after = await self.book.apply_found(cid, found)
+        after = await self.book.apply(News.of(found, cid))
         try:  # the old one, as the broker has it now (REPLACED once the broker says so)
             was = await self.broker.get_order_by_client_id(old_cid)
             if was is not None:
-                await self.book.apply_found(old_cid, was)
+                await self.book.apply(News.of(was, old_cid))
         except BrokerError as e:
             log.info("cannot refresh a replaced order now; the poller will", error=str(e),
                      client_order_id=old_cid)
@@ -409,10 +411,10 @@ class Submitter:
         if found is None:
             return CancelRequested(orders=(order,), pending=(cid,) if taken else ())
         try:
-            after = await self.book.apply_found(cid, found) or order
+            after = await self.book.apply(News.of(found, cid)) or order
         except StorageUnavailable:  # as the broker says, not yet recorded
-            change = apply_broker_view(order, found.view, self.clock.time())
-            after = order if change is None else change.order
+            after = fold.fold({cid: order}, [News.of(found, cid)],
+                              self.clock.time()).orders.get(cid, order)
         if after.is_open and not taken and found.view.status != "pending_cancel":
             # refused while open (pending_replace, say): ask again later
             raise BrokerUnavailable(f"not cancelable now: the broker has it "
@@ -433,7 +435,9 @@ class Submitter:
             result = await self.cancel(cid)
             if isinstance(result, CancelDenied):
                 return result
-            await self._refresh(cid)
+            # the cancel's look-up brought the legs' news with the parent's (the fold
+            # applies both): the legs the broker cancelled with it are recorded
+            await self._legs_of_closed(cid, order.legs)
             after = await self.book.store.get_orders([cid, *order.legs])
             return CancelRequested(orders=tuple(after[c] for c in (cid, *order.legs)
                                                 if c in after))
@@ -458,19 +462,21 @@ class Submitter:
             results.extend(r.orders)
         return CancelRequested(orders=(order, *results))
 
-    async def _refresh(self, cid: str) -> None:
-        """The order and its legs as the broker has them now (legs change with it)."""
+    async def _legs_of_closed(self, cid: str, legs: tuple[str, ...]) -> None:
+        """A parent closed with legs still open in the book: the look-up that closed it
+        did not bring them (a broker whose look-up by client_order_id is not nested):
+        the parent with its legs, once, by its broker id."""
+        parent = self.book.held(cid)
+        if parent is None or parent.is_open or parent.broker_order_id is None \
+                or not any(leg in self.book.open for leg in legs):
+            return
         try:
-            order = await self.book.get(cid)
-            found = None if order is None or order.broker_order_id is None else \
-                await self.broker.get_order(order.broker_order_id)  # nested=true: its legs
+            found = await self.broker.get_order(parent.broker_order_id)  # nested: its legs
             if found is not None:
-                await self.book.apply_found(cid, found)
-                for leg in found.legs:
-                    await self.book.apply_found(leg.client_order_id, leg)
+                await self.book.apply(News.of(found, cid))
         except (BrokerError, StorageUnavailable) as e:
-            log.warning("cannot refresh an order's legs; the poller will", error=str(e),
-                        client_order_id=cid)
+            log.warning("cannot read a cancelled order's legs; the poller will",
+                        error=str(e), client_order_id=cid)
 
     async def cancel_all(self, strategy_id: str | None, owner_uid: int | None, *,
                          within: float = CANCEL_ALL_ANSWER_S) -> CancelResult:
@@ -679,7 +685,7 @@ async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Reco
             found = listed.get(order.client_order_id)
             if found is not None:
                 async with submitter.owning(order.client_order_id):
-                    await submitter.book.apply_found(order.client_order_id, found)
+                    await submitter.book.apply(News.of(found, order.client_order_id))
                 submitter._settled(order.client_order_id)
             else:
                 await submitter.send(order, unknown_history=True)

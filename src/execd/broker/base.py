@@ -18,7 +18,9 @@ from decimal import Decimal
 from typing import Protocol
 
 from execd.domain.broker_checks import Refusal
-from execd.domain.orders import BrokerView, OrderSpec
+from execd.domain.news import BrokerOrder as BrokerOrder  # built here, folded in the domain
+from execd.domain.news import flatten as flatten
+from execd.domain.orders import OrderSpec
 
 
 class BrokerError(Exception):
@@ -67,34 +69,6 @@ class NotSent(BrokerError):
 
 # Asked right before a request leaves (after the limiter's wait): False withdraws it.
 Go = Callable[[], bool]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BrokerOrder:
-    view: BrokerView
-    client_order_id: str
-    symbol: str
-    submitted_at: datetime
-    # What a leg's record is made from (a leg is created by the broker, not by us):
-    side: str = "buy"
-    type: str = "market"
-    qty: Decimal | None = None
-    notional: Decimal | None = None
-    limit_price: Decimal | None = None
-    stop_price: Decimal | None = None
-    time_in_force: str = "day"
-    order_class: str = "simple"
-    parent: str | None = None  # a leg: the broker id of the order it came in
-    legs: tuple[BrokerOrder, ...] = ()
-
-
-def flatten(orders: Sequence[BrokerOrder]) -> list[BrokerOrder]:
-    """Orders and their legs (nested=true lists them under their parent), as one list."""
-    out: list[BrokerOrder] = []
-    for o in orders:
-        out.append(o)
-        out.extend(flatten(o.legs))
-    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

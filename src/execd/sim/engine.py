@@ -174,6 +174,13 @@ class Engine:
             price=price, qty=qty, position_qty=position_qty,
         ))
 
+    def _pending(self, status: str, o: SimOrder, at: float) -> None:
+        """pending_cancel or pending_replace, as Alpaca streams it before the change (the
+        order itself keeps its status: the change follows at once)."""
+        if self.settings.stream_pending and self.events.has_subscribers:
+            self.events.emit(TradeEvent(event=status, execution_id=str(uuid.uuid4()),
+                                        order={**self._render(o), "status": status}, at=at))
+
     def _close(self, o: SimOrder, status: str, at: float) -> None:
         o.status, o.updated_at = status, at
         self.open.pop(o.id, None)
@@ -580,6 +587,7 @@ class Engine:
             if not order.is_open:
                 raise unprocessable("order status is not cancelable")
             now = self.clock.now()
+            self._pending("pending_cancel", order, now)
             for o in [order, *self._siblings(order)]:
                 if o.is_open:
                     self._close(o, "canceled", now)
@@ -648,6 +656,7 @@ class Engine:
                 new.hwm = old.hwm if old.hwm is not None else self.price(new.symbol)
                 new.stop_price = _trail_stop(new, new.hwm)
             s = self.settings
+            self._pending("pending_replace", old, now)
             if (s.p_replace_fills_first and old.status != "held"
                     and self.rng.random() < s.p_replace_fills_first):
                 return self._replace_too_late(old, new)

@@ -96,6 +96,9 @@ class SimConfig:
                                            group="faults")
     stream_refuse_auth: bool = setting(False, "answer every authenticate with "
                                        "unauthorized", group="faults")
+    stream_pending: bool = setting(False, "send pending_cancel and pending_replace on the "
+                                   "stream before a cancel or replace takes effect, as "
+                                   "Alpaca does", group="faults")
 
     def check(self) -> None:
         """Raise ValueError naming the first setting out of range."""
