@@ -19,6 +19,7 @@ from execd.app import Daemon
 from execd.book import OrderBook
 from execd.broker.base import BrokerAmbiguous, BrokerOrder, BrokerUnavailable, Go, NotSent
 from execd.clock import FakeClock
+from execd.domain.news import News
 from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
 from execd.domain.risk import (
     Exposure,
@@ -581,7 +582,7 @@ async def test_a_cancel_asked_again_waits_for_the_one_under_way(tmp_path: Path) 
                          qty=Decimal(1))
         await book.commit_new(["c"], lambda known: [Order(spec=spec)])
         broker = FlakyCancels(failures=3)
-        await book.apply_found("c", broker._view("c"))
+        await book.apply(News.of(broker._view("c"), "c"))
         risk_send, risk_receive = anyio.create_memory_object_stream[RiskCommand](10)
         results: list[CancelResult] = []
         with risk_send, risk_receive, anyio.fail_after(10):
