@@ -316,7 +316,8 @@ class Submitter:
         except StorageUnavailable:
             return CancelDenied(code="storage_unavailable", reason=(
                 f"order {cid} has not reached the broker and the cancel cannot be recorded "
-                "(disk full or failing); it is not sent until the disk takes writes again"))
+                "(disk full or failing): it is held back while the disk fails, and sent "
+                "once it takes writes again unless you cancel it then"))
         finally:
             self._withdrawn.discard(cid)
         return CancelRequested(orders=(cancelled or order,))

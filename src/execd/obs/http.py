@@ -59,10 +59,11 @@ class MetricsServer:
             try:
                 stream = await listener.accept()
             except OSError as e:  # out of descriptors: the next accept may do
-                if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
-                                   errno.ECONNABORTED):
-                    raise
-                log.warning("metrics endpoint cannot accept", error=str(e))
+                # whatever it is, the metrics endpoint never takes the daemon down with it
+                level = log.warning if e.errno in (
+                    errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
+                    errno.ECONNABORTED) else log.error
+                level("metrics endpoint cannot accept", error=str(e))
                 await anyio.sleep(ACCEPT_PAUSE)
                 continue
             if self.open >= self.limits.max_connections and not self._evict():
