@@ -147,6 +147,7 @@ class StreamActor:
         self.connect = connect
         self.rng = rng or random.Random()
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._applying: list[_Arrival] = []  # the batch being applied, until it is
         self.failures = 0  # in a row
         self._resyncing = False
 
@@ -182,9 +183,10 @@ class StreamActor:
         self.metrics.stream_connected.set(1)
         self._show("resyncing", trusted=False)
         log.info("trade_updates stream connected; resyncing", url=s.url)
+        send, receive = anyio.create_memory_object_stream[_Arrival](ARRIVALS)
+        self._applying = []
         try:
-            send, receive = anyio.create_memory_object_stream[_Arrival](ARRIVALS)
-            async with send, receive, anyio.create_task_group() as tg:
+            async with send, anyio.create_task_group() as tg:
                 tg.start_soon(self._keep_alive, conn)
                 tg.start_soon(self._resync)
                 tg.start_soon(self._apply_arrivals, receive)
@@ -207,6 +209,16 @@ class StreamActor:
             self.metrics.stream_connected.set(0)
             with anyio.CancelScope(shield=True):
                 await conn.aclose()
+            held = _drained(receive)
+            receive.close()
+        # What was read before the connection broke is applied all the same: the resync
+        # repairs our orders, but nothing repairs an order execd did not place whose only
+        # news was such a frame (a batch cut short is applied again: the fold is
+        # idempotent, and fills go by cumulative quantity)
+        leftover = [*self._applying, *held]
+        self._applying = []
+        if leftover:
+            await self.apply_all(leftover)
         if self.clock.monotonic() - up_since >= s.healthy_after:
             self.failures = 0
         await self._back_off(f"connection lost: {reason}")
@@ -289,6 +301,7 @@ class StreamActor:
         shares its fsyncs instead of waiting for one each)."""
         async for first in arrivals:
             batch, idle = [first], 0
+            self._applying = batch  # until applied: a broken connection applies it again
             while len(batch) < FLUSH_MAX and idle < IDLE_TURNS:
                 try:
                     batch.append(arrivals.receive_nowait())
@@ -300,6 +313,7 @@ class StreamActor:
                     idle += 1
                     await anyio.lowlevel.checkpoint()
             await self.apply_all(batch)
+            self._applying = []
 
     async def apply(self, update: TradeUpdate) -> None:
         await self.apply_all([_Arrival(update, self.clock.monotonic())])
@@ -370,6 +384,16 @@ class StreamActor:
             log.warning("cannot look up the parent of an unknown order", error=str(e),
                         client_order_id=update.order.client_order_id)
         return None
+
+
+def _drained(arrivals: MemoryObjectReceiveStream[_Arrival]) -> list[_Arrival]:
+    """What a (closed) channel still holds."""
+    out: list[_Arrival] = []
+    while True:
+        try:
+            out.append(arrivals.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return out
 
 
 def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
