@@ -12,6 +12,9 @@ local: recorded CANCELLED at once, without the order's lock (its send may be que
 behind hundreds of submits at the limiter) and without a broker call. The send asks
 `_may_send` right before its request leaves and withdraws it (NotSent). Only an order
 whose request may have left (`in_doubt`) is looked up at the broker first.
+
+While trading is halted, an order that does not reduce a position waits right before
+its send (halts.py), and `_may_send` withdraws one that the halt caught at the limiter.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from execd.clock import Clock
 from execd.clock import within as within_clock
 from execd.domain.orders import TERMINAL_STATES, Order, OrderState, apply_broker_view
 from execd.domain.risk import TradingState
+from execd.halts import HaltGate
 from execd.health import Health
 from execd.messages import (
     CancelAll,
@@ -79,9 +83,11 @@ class Submitter:
     def __init__(
         self, *, book: OrderBook, broker: BrokerClient, clock: Clock,
         risk: MemoryObjectSendStream[RiskCommand], failures_before_halt: int, health: Health,
-        storage: Storage | None = None,
+        storage: Storage | None = None, halts: HaltGate | None = None,
     ) -> None:
         self.storage = storage
+        self.halts = halts or HaltGate()
+        self.reducing: set[str] = set()  # closing orders (the risk gate checked they shrink)
         self.book = book
         self.broker = broker
         self.clock = clock
@@ -106,8 +112,29 @@ class Submitter:
             return False
         if self.storage is not None and not self.storage.available:
             return False  # its answer could not be recorded: wait for the disk first
+        self.halts.went(cid)  # whatever follows, the next held order may go
+        if self.halts.holds(current, reducing=cid in self.reducing):
+            return False  # halted while it waited for the budget: it waits for resume
         self.in_doubt.add(cid)
         return True
+
+    def _pending(self, cid: str) -> bool:
+        current = self.book.open.get(cid)
+        return current is not None and current.state == OrderState.PENDING \
+            and cid not in self._withdrawn
+
+    async def _hold(self, order: Order) -> bool:
+        """While halted, a non-reducing order waits here; False if it stopped being
+        PENDING meanwhile (cancelled). Nothing of it has left since the broker last
+        said it has no such order (or ever): a cancel while it waits is local."""
+        cid = order.client_order_id
+        reducing = cid in self.reducing
+        if self.halts.holds(order, reducing=reducing):
+            self.in_doubt.discard(cid)
+            log.info("trading halted: the order waits for resume", client_order_id=cid,
+                     strategy_id=order.spec.strategy_id)
+        await self.halts.wait(order, reducing=reducing, pending=partial(self._pending, cid))
+        return self._pending(cid)
 
     def _settled(self, cid: str) -> None:
         """Forget that `cid` was in doubt once it has left PENDING."""
@@ -159,6 +186,8 @@ class Submitter:
                 outcome = await self._send(order, unknown_history=unknown_history,
                                            linger=RECORD_LINGER if done is None else 0.0)
         finally:
+            self.halts.went(order.client_order_id)
+            self.reducing.discard(order.client_order_id)
             self._settled(order.client_order_id)
             if done is not None:
                 if outcome is not None:
@@ -187,6 +216,9 @@ class Submitter:
                             return await self.book.apply_found(cid, found)
                         if not may_send:
                             raise BrokerUnavailable("broker says duplicate but has no such order")
+                    if not await self._hold(order):
+                        current = self.book.open.get(cid)
+                        return current if current is not None else await self.book.get(cid)
                     if order.spec.replaces is not None:
                         return await self._replace(order)
                     found = await self.broker.submit_order(
@@ -285,6 +317,7 @@ class Submitter:
                 "(disk full or failing); it is not sent until the disk takes writes again"))
         finally:
             self._withdrawn.discard(cid)
+            self.halts.changed(cid)  # waiting for resume: it stops waiting
         return CancelRequested(orders=(cancelled or order,))
 
     async def cancel(self, cid: str, *, confirm: bool = True) -> CancelResult:
@@ -565,11 +598,16 @@ async def run(
     recovery: Recovery | None = None,
     storage: Storage | None = None,
     sweep_interval: float = 5.0,
+    halts: HaltGate | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     submitter = Submitter(book=book, broker=broker, clock=clock, risk=risk,
                           failures_before_halt=failures_before_halt, health=health,
-                          storage=storage)
+                          storage=storage, halts=halts)
+    if not submitter.halts.known:  # before anything is sent: a halt survives a restart
+        stored = await book.store.status()
+        held = storage.held if storage is not None else None
+        submitter.halts.set(held or stored.trading, stored.halted_strategies)
     recovery = recovery or Recovery()
     # Crash-only: every PENDING order is ours to resolve. Their history is unknown (a
     # predecessor may have sent them), so each is looked up first, also when the risk
@@ -592,8 +630,10 @@ async def run(
         task_status.started()  # cancels are served while the PENDING orders resolve
         async for msg in inbox:
             match msg:
-                case SendOrder(order=order, done=reply):
+                case SendOrder(order=order, done=reply, closing=closing):
                     cid = order.client_order_id
+                    if closing:
+                        submitter.reducing.add(cid)
                     tg.start_soon(partial(submitter.send, order, unknown_history=cid in unknown,
                                           done=reply))
                 case CancelOrder(client_order_id=cid, reply=reply, legs=legs):
