@@ -625,7 +625,7 @@ async def run(
         recovery.pending(len(pending))
         if pending:
             log.info("resolving PENDING orders left from before", count=len(pending))
-        tg.start_soon(_resolve_all, submitter, pending, recovery)
+        tg.start_soon(_resolve_all, submitter, pending, recovery, unknown)
         tg.start_soon(_sweep, submitter, adopt, sweep_interval, recovery)
         task_status.started()  # cancels are served while the PENDING orders resolve
         async for msg in inbox:
@@ -645,20 +645,27 @@ async def run(
                     assert_never(msg)
 
 
-async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Recovery) -> None:
+async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Recovery,
+                       unknown: set[str]) -> None:
     """The PENDING orders left from before. One paged list of every order submitted
-    since a minute before the oldest of them tells most apart; only those it does not
-    show are looked up one by one (and sent if the broker has never seen them). 822
-    orders one look-up at a time would take minutes of request budget."""
+    since a minute before the oldest of them settles them: one it shows is recorded as
+    the broker has it; one a complete list does not show never reached the broker and
+    is an order to send like any other. Only what an incomplete list leaves open is
+    looked up (822 look-ups took minutes of request budget). Each counts as resolved
+    once settled, not once sent: new orders wait for the settling and the first
+    reconcile, then queue behind the backlog's sends like any order."""
     if not orders:
         return
     oldest = min(o.created_at for o in orders) - 60
     listed: dict[str, BrokerOrder] = {}
+    complete = False
     delay = 0.5
     while True:
         try:
             since = datetime.fromtimestamp(oldest, UTC)
-            listed = {o.client_order_id: o for o in await submitter.broker.list_orders_since(since)}
+            found = await submitter.broker.list_orders_since(since)
+            listed = {o.client_order_id: o for o in found}
+            complete = getattr(found, "complete", False)
             break
         except BrokerError as e:
             log.warning("cannot list the broker's orders to resolve PENDING ones; retrying",
@@ -667,23 +674,34 @@ async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Reco
             delay = min(delay * 2, 30.0)
 
     lanes = anyio.CapacityLimiter(RESOLVE_LANES)
+    backlog: list[Order] = []
 
     async def one(order: Order) -> None:
+        cid = order.client_order_id
         async with lanes:
-            found = listed.get(order.client_order_id)
-            if found is not None:
-                async with submitter.owning(order.client_order_id):
-                    await submitter.book.apply_found(order.client_order_id, found)
-                submitter._settled(order.client_order_id)
-            else:
-                await submitter.send(order, unknown_history=True)
+            found = listed.get(cid)
+            if found is None and not complete:
+                await submitter.send(order, unknown_history=True)  # looked up first
+            elif found is not None:
+                async with submitter.owning(cid):
+                    await submitter.book.apply_found(cid, found)
+                submitter._settled(cid)
+            else:  # never reached the broker: nothing of it is in doubt
+                unknown.discard(cid)
+                submitter.in_doubt.discard(cid)
+                backlog.append(order)
         recovery.resolved()
 
     async with anyio.create_task_group() as tg:
         for order in orders:
             tg.start_soon(one, order)
     log.info("PENDING orders left from before resolved", count=len(orders),
-             found_in_list=sum(1 for o in orders if o.client_order_id in listed))
+             found_in_list=sum(1 for o in orders if o.client_order_id in listed),
+             list_complete=complete, to_send=len(backlog))
+    async with anyio.create_task_group() as tg:  # oldest first, like any order
+        for order in sorted(backlog, key=lambda o: o.created_at):
+            tg.start_soon(partial(submitter.send, order, unknown_history=False))
+            await anyio.lowlevel.checkpoint()  # each at the limiter in turn
 
 
 async def _sweep(

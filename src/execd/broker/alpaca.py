@@ -42,6 +42,7 @@ from execd.broker.base import (
     DuplicateOrderId,
     Go,
     NotSent,
+    OrderList,
     ReplaceChanges,
     flatten,
 )
@@ -443,6 +444,7 @@ class AlpacaClient:
         ends it (a full page of one timestamp cannot be paged past: the callers look up
         any of theirs the list did not show)."""
         out: dict[str, BrokerOrder] = {}
+        whole = True  # no entry refused: an order we cannot read is not "not there"
         while True:
             params: dict[str, Any] = {"status": status, "limit": PAGE, "direction": "asc",
                                       "nested": "true"}
@@ -452,10 +454,14 @@ class AlpacaClient:
             # tens of milliseconds, a stall for every submit behind it.
             orders, entries = await self._call("list_orders", partial(self._page, params),
                                                lane=Lane.READ)
+            whole = whole and len(orders) == entries
             new = [o for o in flatten(orders) if o.view.broker_order_id not in out]
             out.update((o.view.broker_order_id, o) for o in new)
             if entries < PAGE or not new:
-                return list(out.values())
+                listed = OrderList(out.values())
+                # a short page is the end; one with nothing new was not paged past
+                listed.complete = entries < PAGE and whole and status == "all"
+                return listed
             after = max(o.submitted_at for o in orders) - timedelta(microseconds=1)
 
     def _page(self, params: dict[str, Any]) -> tuple[list[BrokerOrder], int]:
