@@ -123,7 +123,8 @@ def _rest(sim: SimServer, n: int) -> None:
 
 
 def _config(tmp: Path, *, stream: bool, scale: float = 1.0, rpm: int = 200,
-            interval: float = 5.0, interval_streaming: float = 30.0,
+            interval: float = 5.0,
+            interval_streaming: float = PollerConfig().interval_streaming,
             backoff: tuple[float, float] = (1.0, 30.0)) -> Config:
     """The defaults, divided by `scale` where they are times; risk limits off."""
     return Config(
@@ -381,8 +382,8 @@ async def sustained(sizes: Sizes, progress: Progress, rows: list[Row],
     notes.append(
         f"sustained: 250 market orders/min offered for {sizes.minutes:g} scaled minutes "
         "(same scaling as the idle figure), POSTs counted at the sim. The limiter admits "
-        "burst + (200 - burst) x 0.97 per window = 5 + 189.2 for every broker call: the "
-        "ceiling for submits is ~189/min minus what the polls spend.")
+        "burst + (200 - burst) x 0.995 per window = 5 + 194.0 for every broker call: the "
+        "ceiling for submits is ~194/min minus what the polls spend.")
 
 
 # ------------------------------------------------------ 4. outage -> consistent

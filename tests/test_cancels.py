@@ -29,6 +29,7 @@ from execd.domain.risk import (
 )
 from execd.events import EventHub
 from execd.health import Health
+from execd.limiter import JITTER_MARGIN
 from execd.messages import CancelRequested, CancelResult, RiskCommand
 from execd.obs.metrics import Metrics
 from execd.protocol import ProtocolError
@@ -50,8 +51,9 @@ def requests_to(sim: SimServer, route: str) -> dict[str, int]:
 
 def slow_budget(per_second: float) -> dict[str, Any]:
     """A daemon whose own budget lets `per_second` requests go, and reads that spend
-    little of it (the poller and reconciler are priority callers)."""
-    return {"broker": {"requests_per_minute": int(per_second * 60 / 0.97) + 1, "burst": 1},
+    little of it (the poller's and reconciler's reads go in their own lane)."""
+    rpm = int(per_second * 60 / (1 - JITTER_MARGIN)) + 1
+    return {"broker": {"requests_per_minute": rpm, "burst": 1},
             "poller": {"interval": 5.0}, "reconciler": {"interval": 30.0}}
 
 

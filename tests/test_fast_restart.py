@@ -78,3 +78,40 @@ async def test_restart_to_first_accepted_submit_in_seconds(
 ) -> None:
     took = await restart_to_first_accepted(daemon_factory, sim, tmp_path, n)
     assert took < BOUND_S, took
+
+
+async def test_an_incomplete_list_is_completed_by_look_ups_then_the_backlog_goes(
+    daemon_factory: OpenDaemon, sim: SimServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A list that could not be paged to the end proves nothing of what it does not
+    show: those are looked up (each once), and what the broker has not got is sent,
+    each once."""
+    from execd.broker.alpaca import AlpacaClient
+
+    original = AlpacaClient.list_orders_since
+
+    async def partial_list(self: AlpacaClient, after: object) -> list[object]:
+        return list(await original(self, after))  # type: ignore[arg-type]  # a plain list
+
+    monkeypatch.setattr(AlpacaClient, "list_orders_since", partial_list)
+    now = time.time()
+    orders = [pending(f"q-{i}", now - 30 + i / 100) for i in range(60)]
+    store = await Store.open(tmp_path / "execd.db")
+    await store.insert_orders(orders)
+    await store.close()
+    for o in orders[:30]:
+        sim.engine.submit({"symbol": "AAPL", "qty": "1", "side": "buy", "type": "limit",
+                           "limit_price": "1", "time_in_force": "gtc",
+                           "client_order_id": o.client_order_id})
+    async with daemon_factory() as d:
+        for o in orders:
+            async def sent(cid: str = o.client_order_id) -> bool:
+                found = await d.book.get(cid)
+                return found is not None and found.state.value == "SUBMITTED"
+            await eventually(sent)
+    looked_up = sim.stats()["requests"]["GET /v2/orders:by_client_order_id"]
+    assert sum(looked_up.values()) == 30  # the unlisted ones, once each
+    ids = sim.engine.client_order_ids()
+    assert all(ids[o.client_order_id]["orders"] == 1 for o in orders)
+    assert all(ids[o.client_order_id]["submit_attempts"] == 1 for o in orders)

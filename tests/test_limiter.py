@@ -61,8 +61,8 @@ async def _admitted_in_a_window(budget: Budget, callers: int = 8) -> int:
 async def test_the_documented_trap_a_bucket_as_big_as_the_rate_doubles_the_window() -> None:
     """What aiolimiter's AsyncLimiter(200, 60) is: capacity 200, 200 per minute. Run, it
     lets ~400 through in one window; the budget execd uses stays under 200."""
-    # capacity 200, draining at (406 - 200) x 0.97 / 60 = 200/60 per second
-    trap = Budget(limit=406, window=60.0, burst=200)
+    # capacity 200, draining at (401 - 200) x 0.995 / 60 = 200/60 per second
+    trap = Budget(limit=401, window=60.0, burst=200)
     assert trap.rate == pytest.approx(200 / 60, rel=0.01)
     assert await _admitted_in_a_window(trap) >= 390
     assert await _admitted_in_a_window(Budget(limit=200, window=60.0, burst=5)) <= 200

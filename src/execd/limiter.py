@@ -29,7 +29,11 @@ import anyio
 
 from execd.clock import Clock
 
-JITTER_MARGIN = 0.03
+# Measured (bench/margin.py, 1,000 open orders, 250 submits/min offered, scaled time
+# where jitter weighs 10x more against the window): 0 -> the simulator's exact sliding
+# window reached 200 of 200; 0.0025 and 0.005 -> 199; 0.03 -> 194; no 429 at any. 0.005
+# keeps a request of room for jitter and gives submits ~4/min more than 0.03.
+JITTER_MARGIN = 0.005
 
 
 class Lane(enum.IntEnum):

@@ -651,9 +651,10 @@ async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Reco
     since a minute before the oldest of them settles them: one it shows is recorded as
     the broker has it; one a complete list does not show never reached the broker and
     is an order to send like any other. Only what an incomplete list leaves open is
-    looked up (822 look-ups took minutes of request budget). Each counts as resolved
-    once settled, not once sent: new orders wait for the settling and the first
-    reconcile, then queue behind the backlog's sends like any order."""
+    looked up, and what the look-up does not find joins the sends (822 look-ups took
+    minutes of request budget). Each counts as resolved once settled, not once sent:
+    new orders wait for the settling and the first reconcile, then queue behind the
+    backlog's sends like any order; a halt holds the backlog like any order."""
     if not orders:
         return
     oldest = min(o.created_at for o in orders) - 60
@@ -681,8 +682,8 @@ async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Reco
         async with lanes:
             found = listed.get(cid)
             if found is None and not complete:
-                await submitter.send(order, unknown_history=True)  # looked up first
-            elif found is not None:
+                found = await _look_up(submitter, cid)
+            if found is not None:
                 async with submitter.owning(cid):
                     await submitter.book.apply_found(cid, found)
                 submitter._settled(cid)
@@ -702,6 +703,19 @@ async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Reco
         for order in sorted(backlog, key=lambda o: o.created_at):
             tg.start_soon(partial(submitter.send, order, unknown_history=False))
             await anyio.lowlevel.checkpoint()  # each at the limiter in turn
+
+
+async def _look_up(submitter: Submitter, cid: str) -> BrokerOrder | None:
+    """What the broker has under `cid` (None: nothing), asked until it answers."""
+    delay = 0.5
+    while True:
+        try:
+            return await submitter.broker.get_order_by_client_id(cid)
+        except BrokerError as e:
+            log.warning("cannot look a PENDING order up; retrying", client_order_id=cid,
+                        error=str(e), retry_in=delay)
+            await submitter.clock.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 async def _sweep(
