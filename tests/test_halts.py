@@ -11,6 +11,7 @@ from execd.app import Daemon
 from execd.domain.orders import Order, OrderSpec, OrderState
 from execd.domain.risk import TradingState, TradingStatus
 from execd.halts import HaltGate
+from execd.limiter import LaneLimiter
 from execd.sim import SimServer
 from tests.conftest import OpenDaemon, connect, eventually
 from tests.test_cancels import requests_to, resting, slow_budget, state_of, until
@@ -37,7 +38,17 @@ async def test_a_halt_mid_burst_holds_all_but_reducing_orders_until_resume(
         burst = [(await c.submit(**resting("h"), wait="accepted"))["client_order_id"]
                  for _ in range(40)]  # ~4 s of budget at 10/s
         await anyio.sleep(0.5)
+        assert isinstance(d.limiter, LaneLimiter)
+        assert d.limiter.waiting()["submit"] > 20  # the burst waits for its budget
         await c.request("halt", reason="kill switch")
+        limiter = d.limiter
+
+        async def withdrawn() -> bool:
+            return limiter.waiting()["submit"] == 0
+
+        with anyio.fail_after(1.0):  # withdrawn from the limiter's queue at once, not
+            # each at its turn (3 s of tokens spent for nothing, a close behind them)
+            await eventually(withdrawn)
         await anyio.sleep(0.3)  # a request past its last check before the halt lands
         before = set(at_the_broker(sim))
         sent = [cid for cid in burst if cid in before]
@@ -45,7 +56,8 @@ async def test_a_halt_mid_burst_holds_all_but_reducing_orders_until_resume(
         assert len(sent) < 20
         assert len(held) > 20
         close = (await c.request("close_position", symbol="AAPL", qty="4"))["order"]
-        await until(d, close["client_order_id"], "FILLED")  # a reducing order goes
+        with anyio.fail_after(1.5):  # a reducing order goes at once
+            await until(d, close["client_order_id"], "FILLED")
         await anyio.sleep(2.0)  # 20 requests' worth of budget
         assert set(at_the_broker(sim)) == before | {close["client_order_id"]}
         status = await c.request("status")

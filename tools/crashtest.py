@@ -106,6 +106,7 @@ class Report:
     halt_held: int = 0  # orders `status` showed held after the mid-burst halt
     halt_leaks: list[str] = field(default_factory=list)  # non-closing orders sent while halted
     halt_closes: int = 0  # closing orders sent while halted
+    halt_no_close: int = 0  # closes refused (no position to close): nothing sent
 
     @property
     def ok(self) -> bool:
@@ -129,8 +130,9 @@ class Report:
             ("brackets submitted / their legs at the broker / legs unknown to the daemon",
              f"{self.brackets} / {self.legs} / {self.legs_unknown}"),
             ("replaces acknowledged / orders REPLACED", f"{self.replaces} / {self.replaced}"),
-            ("halt mid-burst: held / closes sent / other orders sent while halted",
-             f"{self.halt_held} / {self.halt_closes} / {len(self.halt_leaks)}"),
+            ("halt mid-burst: held / closes sent (refused) / other orders sent while halted",
+             f"{self.halt_held} / {self.halt_closes} ({self.halt_no_close}) / "
+             f"{len(self.halt_leaks)}"),
             ("acknowledged orders lost", str(self.lost)),
             ("orders in the wrong final state", str(len(self.wrong_state))),
             ("client_order_ids sent again after the broker had them", str(self.duplicate_submits)),
@@ -440,6 +442,8 @@ def _halt_steps(sock: Path, acked: set[str], sim: SimServer, report: Report,
         if _until_acked(sock, "close_position", {"symbol": symbol, "client_order_id": cid,
                                                  "wait": "accepted"}, report, done):
             acked.add(cid)
+        else:
+            report.halt_no_close += 1
     time.sleep(3.0)  # ~50 requests' worth of budget
     sent = set(sim.engine.client_order_ids()) - before
     report.halt_closes = sum(1 for cid in sent if cid.startswith(("halt-close-", "close-")))

@@ -43,12 +43,15 @@ class HaltGate:
         self._held: dict[str, _Held] = {}
         self._turn: str | None = None  # released, its request about to leave
         self._seq = itertools.count()
+        self.on_set: Callable[[], None] | None = None  # the submitter's: withdraw queued sends
 
     def set(self, account: TradingStatus, strategies: Mapping[str, TradingStatus]) -> None:
         self.account = account
         self.strategies = {sid: st for sid, st in strategies.items()
                            if st.state == TradingState.HALTED}
         self.known = True
+        if self.on_set is not None:
+            self.on_set()
         self._next()
 
     def holds(self, order: Order, *, reducing: bool) -> bool:

@@ -14,18 +14,20 @@ behind hundreds of submits at the limiter) and without a broker call. The send a
 whose request may have left (`in_doubt`) is looked up at the broker first.
 
 While trading is halted, an order that does not reduce a position waits right before
-its send (halts.py), and `_may_send` withdraws one that the halt caught at the limiter.
+its send (halts.py); one already queued at the limiter is withdrawn from its queue
+when the halt comes (it would spend a token only to be refused by `_may_send`, and hold
+a close behind it), and `_may_send` withdraws one that passed the queue meanwhile.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
-from typing import Any, assert_never
+from typing import Any, TypeVar, assert_never
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -69,6 +71,7 @@ from execd.store import StorageUnavailable
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.submitter")
+T = TypeVar("T")
 # PENDING orders resolved at once at start-up: enough to fill a group commit, few enough
 # that the socket's clients are not queued behind a thousand tasks.
 RESOLVE_LANES = 32
@@ -87,7 +90,10 @@ class Submitter:
     ) -> None:
         self.storage = storage
         self.halts = halts or HaltGate()
+        self.halts.on_set = self._halted_now
         self.reducing: set[str] = set()  # closing orders (the risk gate checked they shrink)
+        # sends waiting at the limiter, not yet past `_may_send`: a halt withdraws them
+        self._queued: dict[str, tuple[anyio.CancelScope, Order]] = {}
         self.book = book
         self.broker = broker
         self.clock = clock
@@ -113,10 +119,30 @@ class Submitter:
         if self.storage is not None and not self.storage.available:
             return False  # its answer could not be recorded: wait for the disk first
         self.halts.went(cid)  # whatever follows, the next held order may go
+        self._queued.pop(cid, None)  # past the queue: never cancelled from here on
         if self.halts.holds(current, reducing=cid in self.reducing):
             return False  # halted while it waited for the budget: it waits for resume
         self.in_doubt.add(cid)
         return True
+
+    def _halted_now(self) -> None:
+        """The trading state changed: sends queued at the limiter that a halt now holds
+        leave the queue (NotSent) and wait in `_hold`."""
+        for cid, (scope, order) in list(self._queued.items()):
+            if self.halts.holds(order, reducing=cid in self.reducing):
+                scope.cancel()
+
+    async def _unless_halted(self, order: Order, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, a send that may queue at the limiter; NotSent if a halt comes before
+        its request leaves (`_may_send` ends the window: no cancel after that)."""
+        cid = order.client_order_id
+        with anyio.CancelScope() as scope:
+            self._queued[cid] = (scope, order)
+            try:
+                return await call()
+            finally:
+                self._queued.pop(cid, None)
+        raise NotSent("halted while it waited for the budget")
 
     def _pending(self, cid: str) -> bool:
         current = self.book.open.get(cid)
@@ -221,8 +247,8 @@ class Submitter:
                         return current if current is not None else await self.book.get(cid)
                     if order.spec.replaces is not None:
                         return await self._replace(order)
-                    found = await self.broker.submit_order(
-                        order.spec, go=partial(self._may_send, cid))
+                    found = await self._unless_halted(order, partial(
+                        self.broker.submit_order, order.spec, go=partial(self._may_send, cid)))
                     HOOKS.point("after_submit")  # the broker has it; we have not recorded it
                     self._ok()
                     return await self.book.apply_found(cid, found, linger=linger)
@@ -270,8 +296,9 @@ class Submitter:
             state = "unknown" if old is None else old.state.value
             return await self._record_rejection(
                 cid, f"the order it replaces ({old_cid}) is {state}")
-        found = await self.broker.replace_order(
-            old.broker_order_id, changes(old, order), cid, go=partial(self._may_send, cid))
+        found = await self._unless_halted(order, partial(
+            self.broker.replace_order, old.broker_order_id, changes(old, order), cid,
+            go=partial(self._may_send, cid)))
         HOOKS.point("after_submit")
         self._ok()
         after = await self.book.apply_found(cid, found)
