@@ -3,6 +3,7 @@ ambiguity, paging, Decimal on the wire, no secrets in errors."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from decimal import Decimal
 
 import pytest
@@ -13,7 +14,7 @@ from execd.broker.alpaca import SDK_VERSION, AlpacaClient, without_sdk_retries
 from execd.broker.base import BrokerAmbiguous, BrokerRejected, BrokerUnavailable, DuplicateOrderId
 from execd.clock import FakeClock, SystemClock
 from execd.domain.orders import OrderSpec
-from execd.limiter import Budget, PriorityLimiter, TokenBucket, Unlimited
+from execd.limiter import Budget, Lane, LaneLimiter, TokenBucket, Unlimited
 from execd.obs.metrics import Metrics
 from execd.sim import SimServer
 from tests.conftest import sim_config
@@ -133,7 +134,7 @@ async def test_every_attempt_passes_the_limiter(sim: SimServer) -> None:
     clock = FakeClock()
     bucket = TokenBucket(Budget(limit=100, window=60.0, burst=10), clock)
     broker = AlpacaClient(key_id=sim.config.key_id, secret_key=sim.config.secret_key,
-                          url=sim.url, limiter=PriorityLimiter(bucket, clock), clock=clock,
+                          url=sim.url, limiter=LaneLimiter(bucket, clock), clock=clock,
                           metrics=Metrics(), max_retries=3, backoff_initial=0.01)
     sim.set_faults(p_5xx=1.0)
     with pytest.raises(BrokerUnavailable):
@@ -238,3 +239,49 @@ def test_a_429s_headers_cannot_hold_the_budget_for_ages_or_crash_the_caller(
     assert mapped.retry_at is not None
     assert mapped.retry_at - 1_000_000.0 == reset_in
     assert mapped.limit == limit
+
+
+class LaneRecorder(Unlimited):
+    """Unlimited, noting each request's lane."""
+
+    def __init__(self) -> None:
+        self.lanes: list[Lane] = []
+
+    async def acquire(self, lane: Lane = Lane.SUBMIT) -> float:
+        self.lanes.append(lane)
+        return await super().acquire(lane)
+
+
+async def test_each_request_takes_its_lane(sim: SimServer) -> None:
+    """DESIGN.md invariant 4: a cancel in the cancel lane, reads in the read lane,
+    submits and replaces in the submit lane."""
+    from datetime import UTC, datetime, timedelta
+
+    from execd.broker.base import ReplaceChanges
+
+    recorder = LaneRecorder()
+    broker = AlpacaClient(key_id=sim.config.key_id, secret_key=sim.config.secret_key,
+                          url=sim.url, limiter=recorder, clock=FakeClock(),
+                          metrics=Metrics(), max_retries=0)
+
+    async def lanes_of(call: Awaitable[object]) -> list[Lane]:
+        recorder.lanes.clear()
+        await call
+        return list(recorder.lanes)
+
+    resting = OrderSpec(client_order_id="lane-1", strategy_id="t", symbol="AAPL", side="buy",
+                        qty=Decimal(1), type="limit", limit_price=Decimal(1))
+    order = await broker.submit_order(resting)
+    oid = order.view.broker_order_id
+    assert await lanes_of(broker.submit_order(spec("lane-2"))) == [Lane.SUBMIT]
+    assert await lanes_of(broker.replace_order(oid, ReplaceChanges(qty=Decimal(2)),
+                                               "lane-1r")) == [Lane.SUBMIT]
+    replaced = await broker.get_order_by_client_id("lane-1r")
+    assert replaced is not None
+    assert await lanes_of(broker.cancel_order(replaced.view.broker_order_id)) == [Lane.CANCEL]
+    assert await lanes_of(broker.get_order_by_client_id("lane-1")) == [Lane.READ]
+    assert await lanes_of(broker.get_order(oid)) == [Lane.READ]
+    assert await lanes_of(broker.list_open_orders()) == [Lane.READ]
+    assert set(await lanes_of(broker.list_orders_since(
+        datetime.now(UTC) - timedelta(hours=1)))) == {Lane.READ}
+    assert await lanes_of(broker.positions()) == [Lane.READ]

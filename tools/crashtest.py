@@ -18,12 +18,15 @@ between the durable write and the broker's answer; it is restarted each time. Th
    does not know;
 3. the daemon's positions equal the broker's;
 4. no sliding window saw more requests than the limit;
-5. (faults) the daemon never halted without a reason, never crashed by itself.
+5. (faults) the daemon never halted without a reason, never crashed by itself;
+6. halted mid-burst (after the kills), only orders that reduce a position (closes)
+   reach the broker until the resume; then the held ones go.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -52,6 +55,7 @@ SOAK_FAULTS = {"p_5xx": 0.10, "p_slow": 0.05, "slow_seconds": 1.0, "p_drop_submi
 STREAM_FAULTS = {"p_stream_lose": 0.10, "p_stream_duplicate": 0.10,
                  "stream_delay_seconds": 0.05}
 STREAM_DROP_EVERY = 3.0
+RESUMED = "crashtest: resumed after the halt mid-burst"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -99,14 +103,18 @@ class Report:
     legs_unknown: int = 0
     replaces: int = 0
     replaced: int = 0
+    halt_held: int = 0  # orders `status` showed held after the mid-burst halt
+    halt_leaks: list[str] = field(default_factory=list)  # non-closing orders sent while halted
+    halt_closes: int = 0  # closing orders sent while halted
+    halt_no_close: int = 0  # closes refused (no position to close): nothing sent
 
     @property
     def ok(self) -> bool:
         return (self.lost == 0 and self.duplicate_submits == 0 and self.unknown_to_daemon == 0
-                and self.legs_unknown == 0
+                and self.legs_unknown == 0 and not self.halt_leaks
                 and not self.wrong_state and self.positions_equal
                 and self.max_in_window <= self.limit and not self.other_exits
-                and not self.client_error and self.trading == "ACTIVE")
+                and not self.client_error and self.trading in ("ACTIVE", f"ACTIVE: {RESUMED}"))
 
     def table(self) -> str:
         rows = [
@@ -122,6 +130,9 @@ class Report:
             ("brackets submitted / their legs at the broker / legs unknown to the daemon",
              f"{self.brackets} / {self.legs} / {self.legs_unknown}"),
             ("replaces acknowledged / orders REPLACED", f"{self.replaces} / {self.replaced}"),
+            ("halt mid-burst: held / closes sent (refused) / other orders sent while halted",
+             f"{self.halt_held} / {self.halt_closes} ({self.halt_no_close}) / "
+             f"{len(self.halt_leaks)}"),
             ("acknowledged orders lost", str(self.lost)),
             ("orders in the wrong final state", str(len(self.wrong_state))),
             ("client_order_ids sent again after the broker had them", str(self.duplicate_submits)),
@@ -290,6 +301,7 @@ def run(c: Campaign) -> Report:
             for _ in kill_at:  # kill points the client outran: kill while settling
                 daemon.kill(sock, report)
             sim.reset_faults()
+            _halt_mid_burst(sock, acked, sim, daemon, report)
             _settle(sock, acked, sim, daemon, report)
             with Client(sock) as cl:
                 t = cl.request("status")["trading"]
@@ -382,6 +394,62 @@ def _until_acked(sock: Path, op: str, fields: dict[str, Any], report: Report,
                 done.set()
                 return False
             time.sleep(float(e.detail.get("retry_after_s", 0.05)))
+
+
+def _halt_mid_burst(sock: Path, acked: set[str], sim: SimServer, daemon: DaemonProcess,
+                    report: Report, burst: int = 80) -> None:
+    """A burst of resting orders (a couple of seconds of budget), halted midway: until
+    the resume, nothing but closing orders (close_position's) may reach the broker."""
+    done = threading.Event()
+    stop_reaping = threading.Event()
+
+    def reaping() -> None:  # a test hook may kill it meanwhile: restart it
+        while not stop_reaping.wait(0.05):
+            daemon.reap(sock, report)
+
+    reaper = threading.Thread(target=reaping, daemon=True)
+    reaper.start()
+    try:
+        _halt_steps(sock, acked, sim, report, done, burst)
+    finally:
+        stop_reaping.set()
+        reaper.join()
+
+
+def _halt_steps(sock: Path, acked: set[str], sim: SimServer, report: Report,
+                done: threading.Event, burst: int) -> None:
+    def order(cid: str) -> dict[str, Any]:
+        return {"strategy_id": "halt", "symbol": "AAPL", "side": "buy", "qty": "1",
+                "type": "limit", "limit_price": "1.00", "time_in_force": "gtc",
+                "client_order_id": cid, "wait": "accepted"}
+
+    burst_ids = [f"halt-burst-{i}" for i in range(burst)]
+    with contextlib.suppress(OSError, ExecdError), Client(sock, timeout=10) as cl:
+        for cid in burst_ids:  # on one connection: faster than the budget sends them
+            cl.request("submit", **order(cid))
+            acked.add(cid)
+    for cid in burst_ids:
+        if cid not in acked:  # the daemon restarted meanwhile (a test hook): safe retries
+            _until_acked(sock, "submit", order(cid), report, done)
+            acked.add(cid)
+    _until_acked(sock, "halt", {"reason": "crashtest: halt mid-burst"}, report, done)
+    time.sleep(0.5)  # a request already past its last check when the halt came lands
+    before = set(sim.engine.client_order_ids())
+    with contextlib.suppress(OSError, ExecdError), Client(sock, timeout=10) as cl:
+        report.halt_held = int(cl.request("status")["held"]["count"])
+    for symbol in SYMBOLS:  # closes go while halted
+        cid = f"halt-close-{symbol}"
+        if _until_acked(sock, "close_position", {"symbol": symbol, "client_order_id": cid,
+                                                 "wait": "accepted"}, report, done):
+            acked.add(cid)
+        else:
+            report.halt_no_close += 1
+    time.sleep(3.0)  # ~50 requests' worth of budget
+    sent = set(sim.engine.client_order_ids()) - before
+    report.halt_closes = sum(1 for cid in sent if cid.startswith(("halt-close-", "close-")))
+    report.halt_leaks = sorted(cid for cid in sent
+                               if not cid.startswith(("halt-close-", "close-")))
+    _until_acked(sock, "resume", {"reason": RESUMED}, report, done)
 
 
 def _settle(

@@ -35,6 +35,7 @@ from execd.config import Config, ConfigError, Credentials, load_credentials
 from execd.deadman import DeadMan
 from execd.events import EventHub
 from execd.fatal import Fatal, address_problem
+from execd.halts import HaltGate
 from execd.health import Health
 from execd.intake.owners import Owners
 from execd.limiter import Budget, RateLimiter, open_limiter
@@ -110,6 +111,7 @@ async def open_daemon(
     A start-up failure a person can fix raises `Fatal` (or `ConfigError`) with one line."""
     clock = clock or SystemClock()
     recovery = Recovery()
+    halts = HaltGate()  # what a halt holds back in the submitter (halts.py)
     metrics = Metrics()
     # Set before the first scrape: alert rules compare against these, not copies of them.
     metrics.show_config(
@@ -174,7 +176,7 @@ async def open_daemon(
             risk=risk_send, submitter=sub_send, book=book, hub=hub, health=health,
             limiter=limiter, metrics=metrics, clock=clock,
             actors=lambda: sup.statistics().as_dict(), owners=owners, recovery=recovery,
-            storage=storage,
+            storage=storage, halts=halts,
             limits=intake.Limits(
                 max_connections=d.max_connections, admin_connections=d.admin_connections,
                 max_connections_per_uid=d.max_connections_per_uid, max_line=d.max_line_bytes,
@@ -191,7 +193,7 @@ async def open_daemon(
             ChildSpec(name="submitter", start=lambda task_status: submitter.run(
                 sub_recv.clone(), risk_send.clone(), book=book, broker=brk, clock=clock,
                 failures_before_halt=b.failures_before_halt, health=health,
-                recovery=recovery, storage=storage, task_status=task_status)),
+                recovery=recovery, storage=storage, halts=halts, task_status=task_status)),
             ChildSpec(name="poller", start=lambda task_status: poller.run(
                 book=book, broker=brk, clock=clock, health=health,
                 interval=config.poller.interval,
@@ -208,7 +210,8 @@ async def open_daemon(
                 probe_interval=d.storage_probe_interval, task_status=task_status)),
             ChildSpec(name="risk", start=lambda task_status: risk.run(
                 risk_recv.clone(), sub_send.clone(), book=book, limits=config.risk.limits(),
-                clock=clock, recovery=recovery, storage=storage, task_status=task_status)),
+                clock=clock, recovery=recovery, storage=storage, halts=halts,
+                task_status=task_status)),
             *([stream_spec] if stream_spec else []),
             ChildSpec(name="intake", start=lambda task_status: intake.run(
                 listener=listener, services=services, task_status=task_status)),

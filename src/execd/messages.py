@@ -185,6 +185,7 @@ class SendOrder:
 
     order: Order
     done: Reply[Order] | None = None  # the client's, if it waits for the broker's answer
+    closing: bool = False  # close_position/flatten: it shrinks a position; sent while halted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

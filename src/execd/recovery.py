@@ -1,7 +1,9 @@
 """Start-up after a stop or a crash: the socket serves at once (status, halt, cancel,
 queries), but no new order reaches the broker until the PENDING orders left from
 before are resolved and one complete poll and one reconciliation have run. Until then
-a submit is answered `recovering`, with `retry_after_s`."""
+a submit is answered `recovering`, with `retry_after_s`. Resolved means settled (found
+at the broker, or known never to have reached it), not sent: the backlog's sends do not
+hold new orders back, which queue behind them (submitter._resolve_all)."""
 
 from __future__ import annotations
 

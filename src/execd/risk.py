@@ -24,6 +24,7 @@ from execd.domain import risk
 from execd.domain.orders import Order, OrderState
 from execd.domain.risk import RiskContext, RiskLimits, TradingState, TradingStatus
 from execd.events import TradingEvent
+from execd.halts import HaltGate
 from execd.messages import (
     BookChange,
     OrderAccepted,
@@ -64,9 +65,11 @@ class RiskGate:
     def __init__(
         self, *, submitter: MemoryObjectSendStream[SubmitterCommand], book: OrderBook,
         limits: RiskLimits, clock: Clock, recovery: Recovery | None = None,
-        storage: Storage | None = None,
+        storage: Storage | None = None, halts: HaltGate | None = None,
     ) -> None:
         self.recovery = recovery
+        self.halts = halts  # the submitter's: it holds what a halt must stop (halts.py)
+        self._closing: set[str] = set()  # accepted closing orders, not yet handed on
         self.storage = storage
         # held in memory while writes fail (and in `storage`, beyond this actor's life)
         self._unsaved: TradingStatus | None = storage.held if storage is not None else None
@@ -90,7 +93,12 @@ class RiskGate:
             halted=snapshot.halted_strategies)
         self.metrics.strategies_halted.set(len(self._ctx.halted))
         show_trading_state(self.metrics, self._ctx.trading)
+        self._show_halts(self._ctx)
         return self._ctx
+
+    def _show_halts(self, ctx: RiskContext) -> None:
+        if self.halts is not None:
+            self.halts.set(ctx.trading, ctx.halted)
 
     def _drain(self, ctx: RiskContext) -> bool:
         """Apply what the feed holds; False if it ended (fell behind: rebuild)."""
@@ -137,10 +145,13 @@ class RiskGate:
         try:
             while pending:
                 order, done = pending[-1]
+                cmd = SendOrder(order=order, done=done,
+                                closing=order.client_order_id in self._closing)
                 try:  # room in the inbox (nearly always): no task switch per order
-                    self.submitter.send_nowait(SendOrder(order=order, done=done))
+                    self.submitter.send_nowait(cmd)
                 except anyio.WouldBlock:
-                    await self.submitter.send(SendOrder(order=order, done=done))
+                    await self.submitter.send(cmd)
+                self._closing.discard(order.client_order_id)
                 pending.pop()
         finally:  # not handed over (cancelled): the submitter's sweep will find them
             for _, done in pending:
@@ -165,6 +176,7 @@ class RiskGate:
                     await flush()
                     status = TradingStatus(state=state, reason=reason, since=self.clock.time())
                     await self._halt_strategy(ctx, sid, status)
+                    self._show_halts(ctx)
                     self.book.hub.publish_trading(TradingEvent(status=status, strategy_id=sid))
                     if reply is not None:
                         answer(reply, TradingStateChanged(status=status))
@@ -172,6 +184,7 @@ class RiskGate:
                     await flush()  # orders before the change are decided by the old state
                     status = TradingStatus(state=state, reason=reason, since=self.clock.time())
                     ctx.trading = status
+                    self._show_halts(ctx)  # before the write: nothing more goes out
                     await self._save(status)
                     show_trading_state(self.metrics, status)
                     level = log.warning if state != TradingState.ACTIVE else log.info
@@ -268,6 +281,8 @@ class RiskGate:
             if isinstance(result, OrderAccepted) and result.order.client_order_id in fresh:
                 fresh.discard(result.order.client_order_id)
                 handed.append((result.order, msg.done))
+                if msg.closing:
+                    self._closing.add(result.order.client_order_id)
         return handed
 
     def _no_storage(self) -> OrderDenied:
@@ -322,10 +337,11 @@ async def run(
     clock: Clock,
     recovery: Recovery | None = None,
     storage: Storage | None = None,
+    halts: HaltGate | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     gate = RiskGate(submitter=submitter, book=book, limits=limits, clock=clock,
-                    recovery=recovery, storage=storage)
+                    recovery=recovery, storage=storage, halts=halts)
     # Orders committed by a predecessor that crashed before handing them on: the
     # submitter picks every PENDING order up when it starts, and sweeps for orphans.
     # Started before the context is built: the snapshot waits behind the book's writes,

@@ -12,17 +12,22 @@ local: recorded CANCELLED at once, without the order's lock (its send may be que
 behind hundreds of submits at the limiter) and without a broker call. The send asks
 `_may_send` right before its request leaves and withdraws it (NotSent). Only an order
 whose request may have left (`in_doubt`) is looked up at the broker first.
+
+While trading is halted, an order that does not reduce a position waits right before
+its send (halts.py); one already queued at the limiter is withdrawn from its queue
+when the halt comes (it would spend a token only to be refused by `_may_send`, and hold
+a close behind it), and `_may_send` withdraws one that passed the queue meanwhile.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
-from typing import Any, assert_never
+from typing import Any, TypeVar, assert_never
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -46,6 +51,7 @@ from execd.domain import fold
 from execd.domain.news import News
 from execd.domain.orders import TERMINAL_STATES, Order, OrderState
 from execd.domain.risk import TradingState
+from execd.halts import HaltGate
 from execd.health import Health
 from execd.messages import (
     CancelAll,
@@ -67,6 +73,7 @@ from execd.store import StorageUnavailable
 from execd.testhooks import HOOKS
 
 log = logging.get("execd.submitter")
+T = TypeVar("T")
 # PENDING orders resolved at once at start-up: enough to fill a group commit, few enough
 # that the socket's clients are not queued behind a thousand tasks.
 RESOLVE_LANES = 32
@@ -99,9 +106,14 @@ class Submitter:
     def __init__(
         self, *, book: OrderBook, broker: BrokerClient, clock: Clock,
         risk: MemoryObjectSendStream[RiskCommand], failures_before_halt: int, health: Health,
-        storage: Storage | None = None,
+        storage: Storage | None = None, halts: HaltGate | None = None,
     ) -> None:
         self.storage = storage
+        self.halts = halts or HaltGate()
+        self.halts.on_set = self._halted_now
+        self.reducing: set[str] = set()  # closing orders (the risk gate checked they shrink)
+        # sends waiting at the limiter, not yet past `_may_send`: a halt withdraws them
+        self._queued: dict[str, tuple[anyio.CancelScope, Order]] = {}
         self.book = book
         self.broker = broker
         self.clock = clock
@@ -127,8 +139,49 @@ class Submitter:
             return False
         if self.storage is not None and not self.storage.available:
             return False  # its answer could not be recorded: wait for the disk first
+        self.halts.went(cid)  # whatever follows, the next held order may go
+        self._queued.pop(cid, None)  # past the queue: never cancelled from here on
+        if self.halts.holds(current, reducing=cid in self.reducing):
+            return False  # halted while it waited for the budget: it waits for resume
         self.in_doubt.add(cid)
         return True
+
+    def _halted_now(self) -> None:
+        """The trading state changed: sends queued at the limiter that a halt now holds
+        leave the queue (NotSent) and wait in `_hold`."""
+        for cid, (scope, order) in list(self._queued.items()):
+            if self.halts.holds(order, reducing=cid in self.reducing):
+                scope.cancel()
+
+    async def _unless_halted(self, order: Order, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, a send that may queue at the limiter; NotSent if a halt comes before
+        its request leaves (`_may_send` ends the window: no cancel after that)."""
+        cid = order.client_order_id
+        with anyio.CancelScope() as scope:
+            self._queued[cid] = (scope, order)
+            try:
+                return await call()
+            finally:
+                self._queued.pop(cid, None)
+        raise NotSent("halted while it waited for the budget")
+
+    def _pending(self, cid: str) -> bool:
+        current = self.book.open.get(cid)
+        return current is not None and current.state == OrderState.PENDING \
+            and cid not in self._withdrawn
+
+    async def _hold(self, order: Order) -> bool:
+        """While halted, a non-reducing order waits here; False if it stopped being
+        PENDING meanwhile (cancelled). Nothing of it has left since the broker last
+        said it has no such order (or ever): a cancel while it waits is local."""
+        cid = order.client_order_id
+        reducing = cid in self.reducing
+        if self.halts.holds(order, reducing=reducing):
+            self.in_doubt.discard(cid)
+            log.info("trading halted: the order waits for resume", client_order_id=cid,
+                     strategy_id=order.spec.strategy_id)
+        await self.halts.wait(order, reducing=reducing, pending=partial(self._pending, cid))
+        return self._pending(cid)
 
     def _settled(self, cid: str) -> None:
         """Forget that `cid` was in doubt once it has left PENDING."""
@@ -180,6 +233,8 @@ class Submitter:
                 outcome = await self._send(order, unknown_history=unknown_history,
                                            linger=RECORD_LINGER if done is None else 0.0)
         finally:
+            self.halts.went(order.client_order_id)
+            self.reducing.discard(order.client_order_id)
             self._settled(order.client_order_id)
             if done is not None:
                 if outcome is not None:
@@ -208,11 +263,14 @@ class Submitter:
                             return await self.book.apply(News.of(found, cid))
                         if not may_send:
                             raise BrokerUnavailable("broker says duplicate but has no such order")
+                    if not await self._hold(order):
+                        current = self.book.open.get(cid)
+                        return current if current is not None else await self.book.get(cid)
                     doubted = cid in self.in_doubt  # before this attempt's go
                     if order.spec.replaces is not None:
                         return await self._replace(order)
-                    found = await self.broker.submit_order(
-                        order.spec, go=partial(self._may_send, cid))
+                    found = await self._unless_halted(order, partial(
+                        self.broker.submit_order, order.spec, go=partial(self._may_send, cid)))
                     HOOKS.point("after_submit")  # the broker has it; we have not recorded it
                     self._ok()
                     return await self.book.apply(News.of(found, cid), linger=linger)
@@ -272,8 +330,9 @@ class Submitter:
             state = "unknown" if old is None else old.state.value
             return await self._record_rejection(
                 cid, f"the order it replaces ({old_cid}) is {state}")
-        found = await self.broker.replace_order(
-            old.broker_order_id, changes(old, order), cid, go=partial(self._may_send, cid))
+        found = await self._unless_halted(order, partial(
+            self.broker.replace_order, old.broker_order_id, changes(old, order), cid,
+            go=partial(self._may_send, cid)))
         HOOKS.point("after_submit")
         self._ok()
         after = await self.book.apply(News.of(found, cid))
@@ -320,6 +379,7 @@ class Submitter:
                 "once it takes writes again unless you cancel it then"))
         finally:
             self._withdrawn.discard(cid)
+            self.halts.changed(cid)  # waiting for resume: it stops waiting
         return CancelRequested(orders=(cancelled or order,))
 
     async def cancel(self, cid: str, *, confirm: bool = True) -> CancelResult:
@@ -618,11 +678,16 @@ async def run(
     recovery: Recovery | None = None,
     storage: Storage | None = None,
     sweep_interval: float = 5.0,
+    halts: HaltGate | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     submitter = Submitter(book=book, broker=broker, clock=clock, risk=risk,
                           failures_before_halt=failures_before_halt, health=health,
-                          storage=storage)
+                          storage=storage, halts=halts)
+    if not submitter.halts.known:  # before anything is sent: a halt survives a restart
+        stored = await book.store.status()
+        held = storage.held if storage is not None else None
+        submitter.halts.set(held or stored.trading, stored.halted_strategies)
     recovery = recovery or Recovery()
     # Crash-only: every PENDING order is ours to resolve. Their history is unknown (a
     # predecessor may have sent them), so each is looked up first, also when the risk
@@ -640,13 +705,15 @@ async def run(
         recovery.pending(len(pending))
         if pending:
             log.info("resolving PENDING orders left from before", count=len(pending))
-        tg.start_soon(_resolve_all, submitter, pending, recovery)
+        tg.start_soon(_resolve_all, submitter, pending, recovery, unknown)
         tg.start_soon(_sweep, submitter, adopt, sweep_interval, recovery)
         task_status.started()  # cancels are served while the PENDING orders resolve
         async for msg in inbox:
             match msg:
-                case SendOrder(order=order, done=reply):
+                case SendOrder(order=order, done=reply, closing=closing):
                     cid = order.client_order_id
+                    if closing:
+                        submitter.reducing.add(cid)
                     tg.start_soon(partial(submitter.send, order, unknown_history=cid in unknown,
                                           done=reply))
                 case CancelOrder(client_order_id=cid, reply=reply, legs=legs):
@@ -658,20 +725,28 @@ async def run(
                     assert_never(msg)
 
 
-async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Recovery) -> None:
+async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Recovery,
+                       unknown: set[str]) -> None:
     """The PENDING orders left from before. One paged list of every order submitted
-    since a minute before the oldest of them tells most apart; only those it does not
-    show are looked up one by one (and sent if the broker has never seen them). 822
-    orders one look-up at a time would take minutes of request budget."""
+    since a minute before the oldest of them settles them: one it shows is recorded as
+    the broker has it; one a complete list does not show never reached the broker and
+    is an order to send like any other. Only what an incomplete list leaves open is
+    looked up, and what the look-up does not find joins the sends (822 look-ups took
+    minutes of request budget). Each counts as resolved once settled, not once sent:
+    new orders wait for the settling and the first reconcile, then queue behind the
+    backlog's sends like any order; a halt holds the backlog like any order."""
     if not orders:
         return
     oldest = min(o.created_at for o in orders) - 60
     listed: dict[str, BrokerOrder] = {}
+    complete = False
     delay = 0.5
     while True:
         try:
             since = datetime.fromtimestamp(oldest, UTC)
-            listed = {o.client_order_id: o for o in await submitter.broker.list_orders_since(since)}
+            found = await submitter.broker.list_orders_since(since)
+            listed = {o.client_order_id: o for o in found}
+            complete = getattr(found, "complete", False)
             break
         except BrokerError as e:
             log.warning("cannot list the broker's orders to resolve PENDING ones; retrying",
@@ -680,23 +755,47 @@ async def _resolve_all(submitter: Submitter, orders: list[Order], recovery: Reco
             delay = min(delay * 2, 30.0)
 
     lanes = anyio.CapacityLimiter(RESOLVE_LANES)
+    backlog: list[Order] = []
 
     async def one(order: Order) -> None:
+        cid = order.client_order_id
         async with lanes:
-            found = listed.get(order.client_order_id)
+            found = listed.get(cid)
+            if found is None and not complete:
+                found = await _look_up(submitter, cid)
             if found is not None:
-                async with submitter.owning(order.client_order_id):
-                    await submitter.book.apply(News.of(found, order.client_order_id))
-                submitter._settled(order.client_order_id)
-            else:
-                await submitter.send(order, unknown_history=True)
+                async with submitter.owning(cid):
+                    await submitter.book.apply(News.of(found, cid))
+                submitter._settled(cid)
+            else:  # never reached the broker: nothing of it is in doubt
+                unknown.discard(cid)
+                submitter.in_doubt.discard(cid)
+                backlog.append(order)
         recovery.resolved()
 
     async with anyio.create_task_group() as tg:
         for order in orders:
             tg.start_soon(one, order)
     log.info("PENDING orders left from before resolved", count=len(orders),
-             found_in_list=sum(1 for o in orders if o.client_order_id in listed))
+             found_in_list=sum(1 for o in orders if o.client_order_id in listed),
+             list_complete=complete, to_send=len(backlog))
+    async with anyio.create_task_group() as tg:  # oldest first, like any order
+        for order in sorted(backlog, key=lambda o: o.created_at):
+            tg.start_soon(partial(submitter.send, order, unknown_history=False))
+            await anyio.lowlevel.checkpoint()  # each at the limiter in turn
+
+
+async def _look_up(submitter: Submitter, cid: str) -> BrokerOrder | None:
+    """What the broker has under `cid` (None: nothing), asked until it answers."""
+    delay = 0.5
+    while True:
+        try:
+            return await submitter.broker.get_order_by_client_id(cid)
+        except BrokerError as e:
+            log.warning("cannot look a PENDING order up; retrying", client_order_id=cid,
+                        error=str(e), retry_in=delay)
+            await submitter.clock.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 async def _sweep(

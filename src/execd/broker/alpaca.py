@@ -43,6 +43,7 @@ from execd.broker.base import (
     DuplicateOrderId,
     Go,
     NotSent,
+    OrderList,
     ReplaceChanges,
     flatten,
 )
@@ -50,7 +51,7 @@ from execd.clock import Clock
 from execd.domain.broker_checks import InvalidNews, Refusal, check_fill, number
 from execd.domain.decimals import plain
 from execd.domain.orders import BrokerView, OrderSpec
-from execd.limiter import RateLimiter
+from execd.limiter import Lane, RateLimiter
 from execd.obs import logging
 from execd.obs.metrics import Metrics
 
@@ -330,9 +331,9 @@ class AlpacaClient:
         self._threads = anyio.CapacityLimiter(THREADS)
 
     # ------------------------------------------------------------- plumbing
-    async def _once(self, endpoint: str, fn: Callable[[], T], *, priority: bool,
+    async def _once(self, endpoint: str, fn: Callable[[], T], *, lane: Lane,
                     go: Go | None = None) -> T:
-        waited = await self._limiter.acquire(priority=priority)
+        waited = await self._limiter.acquire(lane)
         self._metrics.limiter_wait.observe(waited)
         self._metrics.limiter_remaining.set(self._limiter.remaining())
         if go is not None and not go():  # withdrawn while it waited for the budget
@@ -367,7 +368,7 @@ class AlpacaClient:
             self._metrics.limiter_limit.set(stats.limit)
 
     async def _call(
-        self, endpoint: str, fn: Callable[[], T], *, priority: bool = False,
+        self, endpoint: str, fn: Callable[[], T], *, lane: Lane,
         retry_on: type[BrokerError] = BrokerUnavailable, go: Go | None = None,
     ) -> T:
         """One request through the limiter, retried on `retry_on` by the one policy."""
@@ -376,7 +377,7 @@ class AlpacaClient:
             retry=retry_if_exception_type(retry_on), sleep=self._clock.sleep, reraise=True,
         ):
             with attempt:
-                return await self._once(endpoint, fn, priority=priority, go=go)
+                return await self._once(endpoint, fn, lane=lane, go=go)
         raise AssertionError("unreachable")
 
     # --------------------------------------------------------------- the port
@@ -384,7 +385,7 @@ class AlpacaClient:
         body = order_body(spec)
         try:
             raw = await self._call("submit_order", lambda: self._client.post("/orders", body),
-                                   retry_on=_RateLimited, go=go)
+                                   lane=Lane.SUBMIT, retry_on=_RateLimited, go=go)
         except _RateLimited:
             raise
         except BrokerUnavailable as e:  # the request may have been taken: look it up
@@ -408,7 +409,7 @@ class AlpacaClient:
         try:
             raw = await self._call(
                 "replace_order", lambda: self._client.patch(f"/orders/{broker_order_id}", body),
-                retry_on=_RateLimited, go=go)
+                lane=Lane.SUBMIT, retry_on=_RateLimited, go=go)
         except _RateLimited:
             raise
         except BrokerUnavailable as e:
@@ -419,7 +420,7 @@ class AlpacaClient:
         try:
             raw = await self._call("get_order_by_client_id", lambda: self._client.get(
                 "/orders:by_client_order_id", {"client_order_id": client_order_id,
-                                               "nested": "true"}), priority=True)
+                                               "nested": "true"}), lane=Lane.READ)
         except BrokerRejected as e:
             _unless_not_found(e)
             return None
@@ -429,7 +430,7 @@ class AlpacaClient:
         """By the broker's id, with its legs (a leg's own answer names no parent)."""
         try:
             raw = await self._call("get_order", lambda: self._client.get(
-                f"/orders/{broker_order_id}", {"nested": "true"}), priority=True)
+                f"/orders/{broker_order_id}", {"nested": "true"}), lane=Lane.READ)
         except BrokerRejected as e:
             _unless_not_found(e)
             return None
@@ -448,6 +449,7 @@ class AlpacaClient:
         ends it (a full page of one timestamp cannot be paged past: the callers look up
         any of theirs the list did not show)."""
         out: dict[str, BrokerOrder] = {}
+        whole = True  # no entry refused: an order we cannot read is not "not there"
         while True:
             params: dict[str, Any] = {"status": status, "limit": PAGE, "direction": "asc",
                                       "nested": "true"}
@@ -456,11 +458,15 @@ class AlpacaClient:
             # Parsed in the worker thread too: a page of 500 parsed on the loop held it for
             # tens of milliseconds, a stall for every submit behind it.
             orders, entries = await self._call("list_orders", partial(self._page, params),
-                                               priority=True)
+                                               lane=Lane.READ)
+            whole = whole and len(orders) == entries
             new = [o for o in flatten(orders) if o.view.broker_order_id not in out]
             out.update((o.view.broker_order_id, o) for o in new)
             if entries < PAGE or not new:
-                return list(out.values())
+                listed = OrderList(out.values())
+                # a short page is the end; one with nothing new was not paged past
+                listed.complete = entries < PAGE and whole and status == "all"
+                return listed
             after = max(o.submitted_at for o in orders) - timedelta(microseconds=1)
 
     def _page(self, params: dict[str, Any]) -> tuple[list[BrokerOrder], int]:
@@ -513,11 +519,11 @@ class AlpacaClient:
     async def cancel_order(self, broker_order_id: str) -> None:
         await self._call("cancel_order",
                          lambda: self._client.delete(f"/orders/{broker_order_id}"),
-                         priority=True)
+                         lane=Lane.CANCEL)
 
     async def positions(self) -> Sequence[BrokerPosition]:
         raw = await self._call("positions", lambda: self._client.get("/positions"),
-                               priority=True)
+                               lane=Lane.READ)
         try:
             return positions_from(raw)
         except BrokerDataInvalid as e:

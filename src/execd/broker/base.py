@@ -89,6 +89,14 @@ class BrokerPosition:
     current_price: Decimal | None
 
 
+class OrderList(list[BrokerOrder]):
+    """A list of the broker's orders that knows whether it is every order of its span
+    (paged to the end): an order it does not show has never reached the broker, as a
+    look-up's 404 would say. A plain list promises nothing (look the missing ones up)."""
+
+    complete: bool = False
+
+
 class BrokerClient(Protocol):
     async def submit_order(self, spec: OrderSpec, *, go: Go | None = None) -> BrokerOrder:
         """One attempt. Raises BrokerAmbiguous when the outcome is unknown; NotSent when
@@ -116,7 +124,8 @@ class BrokerClient(Protocol):
         ...
 
     async def list_orders_since(self, after: datetime) -> Sequence[BrokerOrder]:
-        """Every order (open or closed) submitted after `after`, paged as needed."""
+        """Every order (open or closed) submitted after `after`, paged as needed (an
+        OrderList saying whether the paging reached the end)."""
         ...
 
     async def cancel_order(self, broker_order_id: str) -> None: ...

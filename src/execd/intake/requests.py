@@ -274,6 +274,8 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "recovery": s.recovery.as_dict(),
         "storage": s.storage.as_dict() if s.storage is not None else None,
         "flatten": s.flattening.as_dict(),
+        # PENDING orders a halt holds back until resume (halts.py)
+        "held": s.halts.as_dict() if s.halts is not None else {"count": 0, "orders": []},
     }
 
 

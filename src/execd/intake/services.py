@@ -14,6 +14,7 @@ from execd.clock import Clock
 from execd.config import AccessConfig
 from execd.deadman import DeadMan
 from execd.events import EventHub
+from execd.halts import HaltGate
 from execd.health import Health
 from execd.intake.flattening import Flattening
 from execd.intake.owners import Owners
@@ -57,3 +58,4 @@ class Services:
     deadman: DeadMan | None = None
     backups: BackupPlace | None = None  # daemon.backup_dir: where `backup` writes
     flattening: Flattening = field(default_factory=Flattening)  # flatten's background
+    halts: HaltGate | None = None  # orders a halt holds back (halts.py)
