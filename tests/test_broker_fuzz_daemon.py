@@ -620,7 +620,7 @@ EVERY_KIND: list[Step] = [
 # No shrinking: each example runs a daemon (~1 s), and a failure shrunk in CI ran past
 # the per-test timeout for many minutes (the timeout's exception is one more failure to
 # hypothesis). The failing example is printed whole, with its @reproduce_failure blob.
-@settings(max_examples=15, deadline=None,
+@settings(max_examples=10, deadline=None,
           phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @example(EVERY_KIND, {"p_stream_lose": 0.0, "p_stream_duplicate": 0.3, "fill_parts": 3})

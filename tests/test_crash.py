@@ -16,7 +16,8 @@ from tools.crashtest import Campaign, run
 def test_sigkill_at_random_and_in_the_windows_loses_and_duplicates_nothing(
     backend: str, tmp_path: Path
 ) -> None:
-    report = run(Campaign(orders=60, kills=3, seed=2, backend=backend, workdir=tmp_path))
+    report = run(Campaign(orders=60, kills=3, seed=2, backend=backend, workdir=tmp_path,
+                          halt_burst=30, halt_watch=1.5))  # the short version's halt step
     print(report.table())  # noqa: T201
     assert report.kills_by_us + report.kills_by_hooks >= 3
     assert report.restarts == report.kills_by_us + report.kills_by_hooks
@@ -32,6 +33,7 @@ def test_sigkill_at_random_and_in_the_windows_loses_and_duplicates_nothing(
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_fault_soak_holds_every_invariant(backend: str, tmp_path: Path) -> None:
     report = run(Campaign(orders=60, kills=0, faults=True, seed=3, backend=backend,
+                          halt_burst=30, halt_watch=1.5,
                           workdir=tmp_path))
     print(report.table())  # noqa: T201
     assert report.other_exits == []  # it never crashed by itself

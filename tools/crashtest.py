@@ -74,6 +74,8 @@ class Campaign:
     backend: str = "asyncio"
     progress: bool = False
     workdir: Path | None = None
+    halt_burst: int = 80  # the halt step's resting orders (a couple of seconds of budget)
+    halt_watch: float = 3.0  # seconds it watches the broker while halted (~50 requests)
 
 
 @dataclass(slots=True)
@@ -301,7 +303,7 @@ def run(c: Campaign) -> Report:
             for _ in kill_at:  # kill points the client outran: kill while settling
                 daemon.kill(sock, report)
             sim.reset_faults()
-            _halt_mid_burst(sock, acked, sim, daemon, report)
+            _halt_mid_burst(sock, acked, sim, daemon, report, c.halt_burst, c.halt_watch)
             _settle(sock, acked, sim, daemon, report)
             with Client(sock) as cl:
                 t = cl.request("status")["trading"]
@@ -397,7 +399,7 @@ def _until_acked(sock: Path, op: str, fields: dict[str, Any], report: Report,
 
 
 def _halt_mid_burst(sock: Path, acked: set[str], sim: SimServer, daemon: DaemonProcess,
-                    report: Report, burst: int = 80) -> None:
+                    report: Report, burst: int, watch: float) -> None:
     """A burst of resting orders (a couple of seconds of budget), halted midway: until
     the resume, nothing but closing orders (close_position's) may reach the broker."""
     done = threading.Event()
@@ -410,14 +412,14 @@ def _halt_mid_burst(sock: Path, acked: set[str], sim: SimServer, daemon: DaemonP
     reaper = threading.Thread(target=reaping, daemon=True)
     reaper.start()
     try:
-        _halt_steps(sock, acked, sim, report, done, burst)
+        _halt_steps(sock, acked, sim, report, done, burst, watch)
     finally:
         stop_reaping.set()
         reaper.join()
 
 
 def _halt_steps(sock: Path, acked: set[str], sim: SimServer, report: Report,
-                done: threading.Event, burst: int) -> None:
+                done: threading.Event, burst: int, watch: float) -> None:
     def order(cid: str) -> dict[str, Any]:
         return {"strategy_id": "halt", "symbol": "AAPL", "side": "buy", "qty": "1",
                 "type": "limit", "limit_price": "1.00", "time_in_force": "gtc",
@@ -444,7 +446,7 @@ def _halt_steps(sock: Path, acked: set[str], sim: SimServer, report: Report,
             acked.add(cid)
         else:
             report.halt_no_close += 1
-    time.sleep(3.0)  # ~50 requests' worth of budget
+    time.sleep(watch)  # at 3 s, ~50 requests' worth of budget
     sent = set(sim.engine.client_order_ids()) - before
     report.halt_closes = sum(1 for cid in sent if cid.startswith(("halt-close-", "close-")))
     report.halt_leaks = sorted(cid for cid in sent
