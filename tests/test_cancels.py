@@ -232,7 +232,7 @@ def test_a_closing_order_that_shrinks_passes_every_limit() -> None:
     """An exit is always allowed: over max_qty, max_notional, max_open_orders, in a
     denied symbol, with no price, halted. Only one that would not shrink is refused."""
     ctx = RiskContext(trading=TradingStatus(state=TradingState.HALTED, reason="flatten"),
-                      exposure={"AAPL": Exposure(position=Decimal(50_000))})
+                      exposure={("default", "AAPL"): Exposure(position=Decimal(50_000))})
     ctx.open_orders = 10
     tight = RiskLimits(max_qty=Decimal(10), max_notional=Decimal(100),
                        max_open_orders=1, deny_symbols=frozenset({"AAPL"}),

@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from execd.domain.orders import DEFAULT_ACCOUNT
 from execd.domain.risk import RiskLimits
 from execd.sim.settings import SimConfig
 from execd.supervisor import Intensity
@@ -73,7 +74,6 @@ class BrokerConfig(BrokerSettings):
 
 
 ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-DEFAULT_ACCOUNT = "default"  # the account of a `[broker]` config, and of older orders
 BROKERS = ("alpaca", "sim")
 
 

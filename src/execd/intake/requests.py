@@ -234,15 +234,16 @@ async def op_external_orders(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 
 async def op_positions(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     store = c.s.book.store
-    positions = await store.positions()
+    account = protocol.account_field(args)
+    positions = await store.all_positions()
     if c.grant.only_owner is not None:  # its own book (its orders' fills), at the marks
-        positions = {s: dataclasses.replace(p, last_price=positions[s].last_price
-                                            if s in positions else None)
-                     for s, p in (await store.own_positions(c.grant.only_owner)).items()}
+        marks = {(p.account, p.symbol): p.last_price for p in positions}
+        positions = [dataclasses.replace(p, last_price=marks.get((p.account, p.symbol)))
+                     for p in await store.own_positions(c.grant.only_owner)]
     return {"positions": [
         {"symbol": p.symbol, "qty": show(p.qty), "avg_entry_price": show_opt(p.avg_entry_price),
-         "last_price": show_opt(p.last_price)}
-        for p in sorted(positions.values(), key=lambda p: p.symbol) if p.qty
+         "last_price": show_opt(p.last_price), "account": p.account}
+        for p in positions if p.qty and account in (None, p.account)
     ]}
 
 
