@@ -21,7 +21,7 @@ from execd.domain.positions import Position
 from execd.domain.risk import TradingState
 from execd.intake import cancel_all as cancelling
 from execd.intake import ownership
-from execd.intake.requests import ask_submitter, place, set_state
+from execd.intake.requests import ask_submitter, known_account, place, set_state
 from execd.messages import (
     CancelOrder,
     CancelRequested,
@@ -159,7 +159,7 @@ async def op_close_position(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         strategy_id=protocol.strategy_id(args, required=c.grant.only_owner is not None)
         or CLOSE_STRATEGY,
         client_order_id=protocol.client_order_id(args, required=False),
-        account=protocol.account_field(args))
+        account=known_account(c, args))
 
 
 async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -169,13 +169,14 @@ async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     free is closed in the background (intake/flattening.py; `status` → `flatten`)."""
     s = c.s
     reason = protocol.reason(args) or "flatten"
-    halted = await set_state(c, TradingState.HALTED, f"flatten: {reason}")
+    account = known_account(c, args)
+    halted = await set_state(c, TradingState.HALTED, f"flatten: {reason}", account=account)
     job = s.flattening
-    job.begin(reason, s.clock.time())
+    job.begin(reason, s.clock.time(), account)
     cancel_error: dict[str, str] | None = None
     try:
         cancels = await cancelling.cancel_all(
-            c, None, None, within=min(s.limits.submit_timeout, CANCEL_WAIT_S))
+            c, None, None, within=min(s.limits.submit_timeout, CANCEL_WAIT_S), account=account)
     except (ProtocolError, Overloaded) as e:  # close what is free all the same
         code, message = (e.code, e.message) if isinstance(e, ProtocolError) else \
             ("overloaded", "the submitter's inbox is full")
@@ -183,18 +184,19 @@ async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         cancels = CancelRequested(orders=())
     closed = await job.close_free(s)
     job.finish_in_background(s, cancel_again=cancel_error is not None)
-    by_symbol: dict[str, dict[str, list[str]]] = {}
+    by_symbol: dict[tuple[str, str], dict[str, list[str]]] = {}
     for o in cancels.orders:
         if o.state == OrderState.CANCELLED or o.client_order_id in cancels.pending:
             done = "done" if o.state == OrderState.CANCELLED else "pending"
-            by_symbol.setdefault(o.spec.symbol, {"done": [], "pending": []})[done].append(
-                o.client_order_id)
+            by_symbol.setdefault((o.account, o.spec.symbol), {"done": [], "pending": []})[
+                done].append(o.client_order_id)
     positions: list[dict[str, Any]] = []
     for one in closed:
-        counts = by_symbol.get(one.symbol, {"done": [], "pending": []})
+        counts = by_symbol.get((one.account, one.symbol), {"done": [], "pending": []})
         out: dict[str, Any] = {
-            "symbol": one.symbol, "qty": show(one.position), "ok": one.order is not None,
-            "orders": list(job.symbols[one.symbol].orders) if one.order else [],
+            "symbol": one.symbol, "account": one.account, "qty": show(one.position),
+            "ok": one.order is not None,
+            "orders": list(job.symbols[one.key].orders) if one.order else [],
             "held": show(one.held),
             "cancels": {"done": len(counts["done"]), "pending": len(counts["pending"])}}
         if one.order is not None:
