@@ -141,6 +141,9 @@ async def open_daemon(
         listener = await intake.bind(config.socket_path, int(d.socket_mode, 8),
                                      config.access.socket_group)
         stack.push_async_callback(_close_listener, listener, config.socket_path)
+        store = await _open_store(config)
+        stack.push_async_callback(_shielded, store.close)
+        await _check_accounts_in_use(store, config)  # before any account starts
         sync = stack.enter_context(ExitStack())
         accounts: dict[str, Account] = {}
         for i, a in enumerate(configured.values()):
@@ -152,9 +155,6 @@ async def open_daemon(
                 limiter=limiter if ours else None)
         main = accounts_mod.first(accounts)
         several = len(accounts) > 1
-        store = await _open_store(config)
-        stack.push_async_callback(_shielded, store.close)
-        await _check_accounts_in_use(store, config)
         deadman = DeadMan(store, clock, metrics)
         await deadman.restore()
         owners = Owners(store, clock)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from execd.book import OrderBook
@@ -75,13 +75,22 @@ async def run(
 ) -> None:
     """`default`: where a cancel of an order the book does not know goes (to be
     answered not_found there)."""
-    async with inbox, anyio.create_task_group() as tg:
-        task_status.started()
-        async for msg in inbox:
-            match msg:
-                case SendOrder(order=order):
-                    await outboxes[order.account].send(msg)
-                case CancelOrder(client_order_id=cid):
-                    await outboxes[await _account_of(book, cid, default)].send(msg)
-                case CancelAll():
-                    tg.start_soon(_fan_out, msg, outboxes)
+    try:
+        async with inbox, anyio.create_task_group() as tg:
+            task_status.started()
+            await _serve(inbox, outboxes, book, default, tg)
+    finally:
+        for out in outboxes.values():  # this start's own clones
+            out.close()
+
+
+async def _serve(inbox: MemoryObjectReceiveStream[SubmitterCommand], outboxes: Outboxes,
+                 book: OrderBook, default: str, tg: TaskGroup) -> None:
+    async for msg in inbox:
+        match msg:
+            case SendOrder(order=order):
+                await outboxes[order.account].send(msg)
+            case CancelOrder(client_order_id=cid):
+                await outboxes[await _account_of(book, cid, default)].send(msg)
+            case CancelAll():
+                tg.start_soon(_fan_out, msg, outboxes)
