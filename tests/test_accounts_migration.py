@@ -45,7 +45,8 @@ async def test_the_6452178_database_upgrades_with_everything_at_default(tmp_path
         assert orders["alpha-resting"].spec.limit_price == Decimal(250)
         assert orders["alpha-pending"].state == OrderState.PENDING
         (position,) = await store.all_positions()
-        assert (position.account, position.symbol, position.qty) == ("default", "AAPL", 10)
+        assert (position.account, position.symbol, position.qty) == ("default", "AAPL",
+                                                                     Decimal(10))
         assert position.avg_entry_price == Decimal("189.5")
         status = await store.status()
         assert status.trading.state == TradingState.HALTED
