@@ -529,8 +529,8 @@ async def test_flatten_waits_for_an_open_notional_order_on_the_closing_side(
     open_orders = {"n": notional}
     made: list[OrderSpec] = []
 
-    async def positions() -> dict[str, Position]:
-        return {"AAPL": Position(symbol="AAPL", qty=Decimal(10))}
+    async def all_positions() -> list[Position]:
+        return [Position(symbol="AAPL", qty=Decimal(10))]
 
     async def get_orders(cids: Any) -> dict[str, Order]:
         return {}
@@ -540,7 +540,7 @@ async def test_flatten_waits_for_an_open_notional_order_on_the_closing_side(
 
     monkeypatch.setattr(flattening, "_submit", submit)
     s = SimpleNamespace(book=SimpleNamespace(open=open_orders, store=SimpleNamespace(
-        positions=positions, get_orders=get_orders)), clock=FakeClock())
+        all_positions=all_positions, get_orders=get_orders)), clock=FakeClock(), accounts={})
     job = flattening.Flattening()
     closed = await job.close_free(s)  # type: ignore[arg-type]
     assert [(c.symbol, c.held) for c in closed] == [("AAPL", Decimal(10))]
