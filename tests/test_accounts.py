@@ -219,3 +219,62 @@ def test_sim_state_files_are_one_per_account(tmp_path: Path) -> None:
     assert paths == {tmp_path / "var" / "sim-a.json", tmp_path / "var" / "sim-b.json"}
 
 
+
+
+async def test_a_flatten_of_one_account_leaves_the_other_as_it_was(
+        tmp_path: Path, sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running(two_accounts(tmp_path, sims, monkeypatch)) as (d, c):
+        resting = {}
+        for name, sim in sims.items():
+            await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="5",
+                           account=name)
+            px = sim.engine.price("MSFT")
+            resting[name] = (await c.submit(
+                strategy_id="alpha", symbol="MSFT", side="buy", qty="1", type="limit",
+                limit_price=str(px - 50), time_in_force="gtc", account=name))["client_order_id"]
+
+        async def filled() -> bool:
+            rows = (await c.request("positions"))["positions"]
+            return len([p for p in rows if p["symbol"] == "AAPL"]) == 2
+
+        await eventually(filled)
+        answer = await c.request("flatten", account="live", reason="drill")
+        assert answer["account"]["state"] == "HALTED"
+        assert [(p["account"], p["symbol"]) for p in answer["positions"]] == [("live", "AAPL")]
+
+        async def live_flat() -> bool:
+            rows = (await c.request("positions"))["positions"]
+            return {(p["account"], p["symbol"], p["qty"]) for p in rows} == {
+                ("paper", "AAPL", "5")}
+
+        await eventually(live_flat)
+        assert (await c.order(resting["live"]))["state"] == "CANCELLED"
+        assert (await c.order(resting["paper"]))["state"] == "SUBMITTED"
+        status = await c.request("status")
+        assert (status["trading"]["state"], status["accounts"]["paper"]["state"],
+                status["accounts"]["live"]["state"]) == ("ACTIVE", "ACTIVE", "HALTED")
+        assert sims["paper"].engine.list_positions()[0]["qty"] == "5"
+        assert d.accounts["live"].halts.account.state.value == "HALTED"
+
+
+async def test_a_dead_man_cancels_its_strategy_at_every_account(
+        tmp_path: Path, sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running(two_accounts(tmp_path, sims, monkeypatch)) as (d, c):
+        cids = []
+        async with connect(d) as session:
+            await session.request("session", strategy_id="dm", heartbeat_s=30)
+            for name, sim in sims.items():
+                px = sim.engine.price("MSFT")
+                cids.append((await session.submit(
+                    strategy_id="dm", symbol="MSFT", side="buy", qty="1", type="limit",
+                    limit_price=str(px - 50), time_in_force="gtc", account=name)
+                )["client_order_id"])
+        # the session's connection is gone: its strategy's orders at both accounts end
+
+        async def cancelled() -> bool:
+            return [(await c.order(cid))["state"] for cid in cids] == ["CANCELLED"] * 2
+
+        await eventually(cancelled)
+        for name, sim in sims.items():
+            assert all(o["status"] == "canceled" for cid, o in
+                       sim.engine.client_order_ids().items() if cid in cids), name
