@@ -376,8 +376,8 @@ async def run_daemon(config: Config) -> int:
                 async with open_daemon(config) as daemon:
                     ready = True
                     settle_heap()
-                    systemd.notify("READY=1", f"STATUS={daemon.recovery.progress()}")
-                    tg.start_soon(_show_recovery, daemon.recovery, daemon.health)
+                    systemd.notify("READY=1", f"STATUS={_progress(daemon.accounts)}")
+                    tg.start_soon(_show_recovery, daemon.accounts)
                     await stop.wait()
                     systemd.notify("STOPPING=1", "STATUS=stopping")
             finally:
@@ -396,16 +396,24 @@ async def run_daemon(config: Config) -> int:
     return 0
 
 
-async def _show_recovery(recovery: Recovery, health: Health) -> None:
-    """systemd's STATUS= follows the recovery; test hooks arm once it is over."""
+def _progress(accounts: dict[str, Account]) -> str:
+    """Every account's start-up, in one line (one account: its own words)."""
+    if len(accounts) == 1:
+        return accounts_mod.first(accounts).recovery.progress()
+    return "; ".join(f"{n}: {a.recovery.progress()}" for n, a in accounts.items())
+
+
+async def _show_recovery(accounts: dict[str, Account]) -> None:
+    """systemd's STATUS= follows the recovery; test hooks arm once every account's is
+    over."""
     shown = ""
     while True:
-        now = recovery.progress()
+        now = _progress(accounts)
         if now != shown:
             systemd.notify(f"STATUS={now}")
             log.info("start-up", status=now)
             shown = now
-        if recovery.done:
+        if all(a.recovery.done for a in accounts.values()):
             HOOKS.arm()  # kill points fire only once start-up recovery is over
         await anyio.sleep(0.2)
 
