@@ -281,6 +281,35 @@ def test_a_price_set_right_after_a_bracket_reaches_its_legs() -> None:
         ("canceled", "0"), ("filled", "4")]
 
 
+def test_a_price_set_through_the_control_api_has_taken_effect_when_it_returns() -> None:
+    """The flaky test above, through HTTP, made deterministic: the sim's clock stands
+    still, so every request lands at the very moment the legs were stamped (the race
+    that made it flaky, now on every run). POST /_sim/prices answers only once every
+    order the new price triggers has filled or been cancelled: the next GET sees it,
+    and the ticker finds nothing more to do."""
+    frozen = SimClock(start=1_800_000_000.0, monotonic=lambda: 0.0)
+    with SimServer(sim_config(), clock=frozen) as sim:
+        c = client(sim)
+        price(sim, "NVDA", "100.00")
+        parent = c.submit_order(MarketOrderRequest(
+            symbol="NVDA", qty=4, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+            order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=110),
+            stop_loss=StopLossRequest(stop_price=90, limit_price=89)))
+        assert [leg.status for leg in parent.legs] == [OrderStatus.NEW, OrderStatus.HELD]
+        events: list[str] = []
+        unsubscribe = sim.engine.subscribe(lambda e: events.append(e.event))
+        try:
+            price(sim, "NVDA", "89.50")
+            after_post = list(events)
+            legs = c.get_order_by_id(parent.id).legs
+            sim.engine.advance()  # what the ticker would do next: nothing is left
+        finally:
+            unsubscribe()
+        assert [(leg.status, leg.filled_qty) for leg in legs] == [
+            (OrderStatus.CANCELED, "0"), (OrderStatus.FILLED, "4")]
+        assert after_post == ["new", "fill", "canceled"] == events
+
+
 def test_a_stop_limit_tries_its_limit_the_moment_it_triggers() -> None:
     """A stop_limit triggered at a moment the price then holds (here the walk's own
     second) trades as a limit from that moment, not from the next price change."""

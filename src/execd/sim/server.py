@@ -46,14 +46,17 @@ TICK = 0.05  # real seconds between the ticker's advances
 class SimServer:
     """A running simulator. Use as a context manager, or `start()`/`close()`."""
 
-    def __init__(self, config: SimConfig, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: SimConfig, *, monotonic: Callable[[], float] = time.monotonic,
+                 clock: SimClock | None = None) -> None:
+        """`clock`: the simulated time (a test's may stand still); by default one running
+        at `config.speed` from now."""
         config.check()
         if not config.key_id or not config.secret_key:
             config = replace(config, key_id="SIM" + secrets.token_hex(8).upper(),
                              secret_key=secrets.token_urlsafe(30))
         self.config = config
         self._monotonic = monotonic
-        self.clock = SimClock(speed=config.speed)
+        self.clock = clock if clock is not None else SimClock(speed=config.speed)
         state_file = Path(config.state_file) if config.state_file else None
         self.engine: Engine = Engine(config, self.clock, state_file)
         self.dice = FaultDice(config.seed)
