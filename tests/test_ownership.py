@@ -261,6 +261,7 @@ async def test_strategies_in_use_before_the_upgrade_take_their_first_orders_owne
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db, isolation_level=None)
     for script in MIGRATIONS[:5]:  # a database of schema 5, before owners were recorded
+        assert isinstance(script, str)
         conn.executescript(script)
     conn.execute("PRAGMA user_version = 5")
     rows = [("a-1", "alpha", ALICE, 1.0), ("a-2", "alpha", MALLORY, 2.0),

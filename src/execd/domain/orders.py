@@ -81,6 +81,9 @@ STRATEGY_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9.]{0,15}|[A-Z0-9]{2,10}/[A-Z0-9]{2,10}", re.ASCII)
 CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 DEFAULT_ACCOUNT = "default"  # a [broker] config's one account, and every older order's
+# The book of an account's shares no strategy's fills explain (books.py): its own
+# strategy_id, so that an order closing them is booked to it; shown as null.
+UNATTRIBUTED = "execd-unattributed"
 
 
 def can_transition(current: OrderState, new: OrderState) -> bool:
@@ -230,6 +233,7 @@ class Fill:
     price: Decimal
     at: float
     account: str = DEFAULT_ACCOUNT
+    strategy_id: str = UNATTRIBUTED  # whose book it moves (its order's strategy)
 
     @property
     def signed_qty(self) -> Decimal:
@@ -277,7 +281,7 @@ def apply_broker_view(order: Order, view: BrokerView, now: float) -> Update | No
         fill = Fill(
             client_order_id=order.client_order_id, symbol=order.spec.symbol,
             side=order.spec.side, qty=delta, price=(after - before) / delta, at=now,
-            account=order.account,
+            account=order.account, strategy_id=order.spec.strategy_id,
         )
         filled_qty, avg = view.filled_qty, view.filled_avg_price
         if new_state in (OrderState.PENDING, OrderState.SUBMITTED):

@@ -20,6 +20,7 @@ from execd.domain.external import CLOSED_STATUSES, ExternalOrder, merge
 from execd.domain.orders import (
     DEFAULT_ACCOUNT,
     OPEN_STATES,
+    UNATTRIBUTED,
     Fill,
     Order,
     OrderSpec,
@@ -28,7 +29,7 @@ from execd.domain.orders import (
     TakeProfit,
     Update,
 )
-from execd.domain.positions import Position, apply_fill
+from execd.domain.positions import Position, apply_fill, books_from_fills, unattributed
 from execd.domain.risk import TradingState, TradingStatus
 from execd.files import private_dir, private_file
 from execd.store.db import Db, Row, StorageUnavailable
@@ -37,7 +38,9 @@ __all__ = ["MIGRATIONS", "RiskSnapshot", "StorageUnavailable", "Store", "StoreEr
 
 T = TypeVar("T")
 
-MIGRATIONS: list[str] = [
+# Each a SQL script, or a function for what SQL cannot say (run in the same transaction).
+Migration = str | Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = [
     # 1: the first schema
     """
     CREATE TABLE orders (
@@ -188,6 +191,9 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE external_orders ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
     """,
+    # 9: a book per strategy (issue 31): positions per (account, strategy, symbol), rebuilt
+    # from each strategy's fills; what the totals hold beyond them: unattributed
+    lambda conn: _rebuild_books(conn),
 ]
 
 _ORDER_COLUMNS = (
@@ -286,7 +292,55 @@ def _strategy_halts(conn: sqlite3.Connection) -> dict[str, TradingStatus]:
                 "SELECT strategy_id, reason, since FROM strategy_halts")}
 
 
+def _rebuild_books(conn: sqlite3.Connection) -> None:
+    conn.execute("""CREATE TABLE books (
+        account TEXT NOT NULL,
+        strategy_id TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        qty TEXT NOT NULL,
+        cost_basis TEXT NOT NULL,
+        PRIMARY KEY (account, strategy_id, symbol))""")
+    fills = [(a, sid, sym, Decimal(q) if side == "buy" else -Decimal(q), Decimal(px))
+             for a, sid, sym, side, q, px in conn.execute(
+                 "SELECT o.account, o.strategy_id, f.symbol, f.side, f.qty, f.price FROM fills f "
+                 "JOIN orders o ON o.client_order_id = f.client_order_id ORDER BY f.id")]
+    books = books_from_fills(fills)
+    rows = [b for b in books.values() if b.qty] + unattributed(_positions(conn), books)
+    _write_books(conn, rows)
+
+
+def _write_books(conn: sqlite3.Connection, books: Iterable[Position]) -> None:
+    conn.executemany(
+        "INSERT INTO books (account, strategy_id, symbol, qty, cost_basis) VALUES "
+        "(?, ?, ?, ?, ?) ON CONFLICT(account, strategy_id, symbol) DO UPDATE SET "
+        "qty=excluded.qty, cost_basis=excluded.cost_basis",
+        [(b.account, b.strategy_id, b.symbol, plain(b.qty), plain(b.cost_basis))
+         for b in books])
+
+
+def _books(conn: sqlite3.Connection, where: str = "", params: Sequence[Any] = ()
+           ) -> list[Position]:
+    return [Position(account=a, strategy_id=sid, symbol=s, qty=Decimal(q),
+                     cost_basis=Decimal(c)) for a, sid, s, q, c in conn.execute(
+                "SELECT account, strategy_id, symbol, qty, cost_basis FROM books "
+                f"{where} ORDER BY account, strategy_id, symbol", params)]
+
+
+def _move_books(conn: sqlite3.Connection, fills: Sequence[Fill]) -> None:
+    """Each fill moves its order's strategy's book (the account's total moves too)."""
+    symbols = sorted({f.symbol for f in fills})
+    books = {(b.account, b.strategy_id or UNATTRIBUTED, b.symbol): b for b in _books(
+        conn, f"WHERE symbol IN ({','.join('?' * len(symbols))})", symbols)}
+    for f in fills:
+        key = (f.account, f.strategy_id, f.symbol)
+        books[key] = apply_fill(books.get(key, Position(
+            account=f.account, strategy_id=f.strategy_id, symbol=f.symbol)),
+            f.signed_qty, f.price)
+    _write_books(conn, books.values())
+
+
 def _move_positions(conn: sqlite3.Connection, fills: Sequence[Fill]) -> None:
+    _move_books(conn, fills)
     symbols = sorted({f.symbol for f in fills})
     rows = conn.execute(
         "SELECT account, symbol, qty, cost_basis, last_price FROM positions WHERE symbol IN "
@@ -753,6 +807,20 @@ class Store:
         """Every account's positions, by account and symbol."""
         return await self._db.run(_positions)
 
+    async def books(self, *, account: str | None = None, strategy_id: str | None = None,
+                    symbol: str | None = None) -> list[Position]:
+        """Books with shares in them (a strategy's, or UNATTRIBUTED), by account,
+        strategy and symbol."""
+        where: list[str] = ["qty != '0'"]
+        params: list[Any] = []
+        for column, value in (("account", account), ("strategy_id", strategy_id),
+                              ("symbol", symbol)):
+            if value is not None:
+                where.append(f"{column}=?")
+                params.append(value)
+        clause = "WHERE " + " AND ".join(where)
+        return await self._db.run(lambda conn: _books(conn, clause, params))
+
     async def trading_status(self) -> TradingStatus:
         return await self._db.run(_trading)
 
@@ -819,7 +887,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     for n, script in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in script.split(";"):
+            if callable(script):
+                script(conn)
+            for statement in script.split(";") if isinstance(script, str) else ():
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {n}")
