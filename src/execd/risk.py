@@ -106,6 +106,8 @@ class RiskGate:
             open_orders=snapshot.open_orders, recent=snapshot.recent,
             halted=snapshot.halted_strategies, accounts=snapshot.halted_accounts)
         self.metrics.strategies_halted.set(len(self._ctx.halted))
+        for name in self.accounts:
+            self.metrics.show_account_state(name, self._ctx.accounts.get(name) or TradingStatus())
         show_trading_state(self.metrics, self._ctx.trading)
         self._show_halts(self._ctx)
         return self._ctx

@@ -164,6 +164,13 @@ class Order:
     legs: tuple[str, ...] = ()  # a bracket/OCO/OTO parent: its legs' client_order_ids
     replaced_by: str | None = None  # REPLACED: the new order's client_order_id
 
+    def __post_init__(self) -> None:
+        # An order is at one account, always named: one that came with none (made in
+        # code, not routed by the risk gate) is at the default account, as the store
+        # would read it back.
+        if self.spec.account is None:
+            object.__setattr__(self, "spec", replace(self.spec, account=DEFAULT_ACCOUNT))
+
     @property
     def client_order_id(self) -> str:
         return self.spec.client_order_id
