@@ -104,7 +104,8 @@ class RiskGate:
         self._ctx = RiskContext.rebuild(
             trading=self._unsaved or snapshot.trading, positions=snapshot.positions,
             open_orders=snapshot.open_orders, recent=snapshot.recent,
-            halted=snapshot.halted_strategies, accounts=snapshot.halted_accounts)
+            halted=snapshot.halted_strategies, accounts=snapshot.halted_accounts,
+            books=snapshot.books)
         self.metrics.strategies_halted.set(len(self._ctx.halted))
         for name in self.accounts:
             self.metrics.show_account_state(name, self._ctx.accounts.get(name) or TradingStatus())

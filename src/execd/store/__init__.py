@@ -266,6 +266,7 @@ class RiskSnapshot:
     recent: list[tuple[float, str]]  # (created_at, strategy_id) of the last minute's orders
     halted_strategies: dict[str, TradingStatus] = field(default_factory=dict)
     halted_accounts: dict[str, TradingStatus] = field(default_factory=dict)
+    books: list[Position] = field(default_factory=list)  # every strategy's, with shares
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -700,20 +701,17 @@ class Store:
                             ) -> list[Position]:
         """Positions from the fills of one uid's orders (of one strategy): its own book,
         where the positions table holds the accounts'."""
-        sql = ("SELECT o.account, f.symbol, f.side, f.qty, f.price FROM fills f JOIN orders o "
-               "ON o.client_order_id = f.client_order_id WHERE o.owner_uid=?")
+        sql = ("SELECT o.account, o.strategy_id, f.symbol, f.side, f.qty, f.price FROM fills f "
+               "JOIN orders o ON o.client_order_id = f.client_order_id WHERE o.owner_uid=?")
         params: list[Any] = [owner_uid]
         if strategy_id is not None:
             sql += " AND o.strategy_id=?"
             params.append(strategy_id)
-        out: dict[tuple[str, str], Position] = {}
-        for account, symbol, side, qty, price in await self._db.execute(
-                sql + " ORDER BY f.id", params):
-            signed = Decimal(qty) if side == "buy" else -Decimal(qty)
-            key = (account, symbol)
-            out[key] = apply_fill(out.get(key, Position(account=account, symbol=symbol)),
-                                  signed, Decimal(price))
-        return [out[k] for k in sorted(out)]
+        rows = await self._db.execute(sql + " ORDER BY f.id", params)
+        books = books_from_fills(
+            (a, sid, sym, Decimal(q) if side == "buy" else -Decimal(q), Decimal(px))
+            for a, sid, sym, side, q, px in rows)
+        return [books[k] for k in sorted(books)]
 
     async def sessions(self) -> dict[str, float]:
         """Dead-man sessions left open: strategy_id → heartbeat_s."""
@@ -738,6 +736,7 @@ class Store:
                     "ORDER BY created_at", (since,))],
                 halted_strategies=_strategy_halts(conn),
                 halted_accounts=_account_halts(conn),
+                books=_books(conn, "WHERE qty != '0'"),
             )
 
         return await self._db.run(read)
