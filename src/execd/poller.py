@@ -48,6 +48,12 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
             continue
         found = open_at_broker.get(order.client_order_id)
         if found is None:
+            now = book.held(order.client_order_id)
+            if now is not None and not now.is_open:
+                # Closed while we listed (the stream's fill, applied meanwhile): its
+                # final state is in the book, nothing to learn (at ~190 submits/min,
+                # ~3 look-ups a poll went to market orders filling during the list).
+                continue
             # Sent before the list was asked for, and not in it: closed. Looked up (an
             # order the stream touched while we listed may have lost its fill event:
             # skipping it would let the reconciler trust a poll that missed it).
