@@ -26,6 +26,7 @@ from execd.domain.orders import (
     OrderState,
     Update,
     cancel_unsent,
+    expire_unsent,
     reject,
 )
 from execd.events import EventHub
@@ -281,6 +282,11 @@ class OrderBook:
     async def cancel_unsent(self, client_order_id: str) -> Order | None:
         """Cancel a PENDING order the broker was just found not to have."""
         return await self._while_pending(client_order_id, cancel_unsent)
+
+    async def expire_unsent(self, client_order_id: str, reason: str) -> Order | None:
+        """Expire a PENDING `day` order never sent, at its session's close."""
+        return await self._while_pending(
+            client_order_id, lambda order, now: expire_unsent(order, reason, now))
 
     async def _while_pending(
         self, client_order_id: str, change: Callable[[Order, float], Update]

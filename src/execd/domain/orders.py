@@ -291,6 +291,15 @@ def reject(order: Order, reason: str, now: float) -> Update:
     )
 
 
+def expire_unsent(order: Order, reason: str, now: float) -> Update:
+    """A `day` order the broker has never seen, past its session's close (checked by
+    the caller): it would have expired there; it expires here, with why."""
+    return Update(
+        order=replace(order, state=OrderState.EXPIRED, reason=reason, updated_at=now),
+        fill=None, event=OrderState.EXPIRED.value,
+    )
+
+
 def cancel_unsent(order: Order, now: float) -> Update:
     """Cancel an order the broker has never seen (checked by the caller)."""
     return Update(
