@@ -144,16 +144,20 @@ class Submitter:
             return False  # its answer could not be recorded: wait for the disk first
         self.halts.went(cid)  # whatever follows, the next held order may go
         self._queued.pop(cid, None)  # past the queue: never cancelled from here on
-        if self.halts.holds(current, reducing=cid in self.reducing):
+        if self.halts.holds(current, reducing=self._reducing(current)):
             return False  # halted while it waited for the budget: it waits for resume
         self.in_doubt.add(cid)
         return True
 
+    def _reducing(self, order: Order) -> bool:
+        """Sent while halted: a closing order (stored with it, so also after a restart)."""
+        return order.closing or order.client_order_id in self.reducing
+
     def _halted_now(self) -> None:
         """The trading state changed: sends queued at the limiter that a halt now holds
         leave the queue (NotSent) and wait in `_hold`."""
-        for cid, (scope, order) in list(self._queued.items()):
-            if self.halts.holds(order, reducing=cid in self.reducing):
+        for scope, order in list(self._queued.values()):
+            if self.halts.holds(order, reducing=self._reducing(order)):
                 scope.cancel()
 
     async def _unless_halted(self, order: Order, call: Callable[[], Awaitable[T]]) -> T:
@@ -178,7 +182,7 @@ class Submitter:
         PENDING meanwhile (cancelled). Nothing of it has left since the broker last
         said it has no such order (or ever): a cancel while it waits is local."""
         cid = order.client_order_id
-        reducing = cid in self.reducing
+        reducing = self._reducing(order)
         wait = partial(self.halts.wait, order, reducing=reducing,
                        pending=partial(self._pending, cid))
         if not self.halts.holds(order, reducing=reducing):

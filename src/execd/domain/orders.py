@@ -156,6 +156,9 @@ class Order:
     owner_uid: int | None = None  # the peer that submitted it, for access control
     legs: tuple[str, ...] = ()  # a bracket/OCO/OTO parent: its legs' client_order_ids
     replaced_by: str | None = None  # REPLACED: the new order's client_order_id
+    # it only reduces a position (close_position, flatten: the risk gate checked it
+    # shrinks one): sent while trading is halted; stored, so a restart keeps it
+    closing: bool = False
 
     @property
     def client_order_id(self) -> str:
