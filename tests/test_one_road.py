@@ -188,3 +188,38 @@ async def test_a_poll_looks_up_no_order_the_stream_closed_while_it_listed(
         await poller.poll_once(a.book, broker, clock, Health())  # type: ignore[arg-type]
         assert looked_up == ["silent"]
         assert all(c not in a.book.open for c in ("streamed", "silent"))
+
+
+async def test_a_transaction_holds_at_most_flush_max_changes_not_pieces_of_news(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 orders each news of two legs the book has not seen: each piece is several
+    changes (the parent naming its legs, each leg born), so 64 pieces are not one
+    transaction: none holds more than FLUSH_MAX changes, and every leg is recorded."""
+    from execd.book import OrderBook
+    from execd.domain.news import News
+
+    cids = [f"p{i}" for i in range(FLUSH_MAX)]
+    sizes: list[int] = []
+    real = OrderBook._commit
+
+    async def counted(self: OrderBook, changes: Any, **kw: Any) -> None:
+        sizes.append(len(changes))
+        await real(self, changes, **kw)
+
+    async with actor(tmp_path, lambda: anyio.lowlevel.checkpoint()) as (a, _, _):
+        for c in cids:
+            await pending(a, c, qty="2")
+            await a.book.apply_view(c, broker_order(c, "new").view)
+        news = []
+        for c in cids:
+            legs = tuple(dataclasses.replace(broker_order(f"{c}-{k}", "new"), parent=f"b-{c}")
+                         for k in ("tp", "sl"))
+            news.append(News.of(dataclasses.replace(broker_order(c, "new"), legs=legs)))
+        monkeypatch.setattr(OrderBook, "_commit", counted)
+        await a.book.apply_all(news)
+        assert max(sizes) <= FLUSH_MAX, sizes
+        assert sum(sizes) >= 3 * FLUSH_MAX  # each parent and its two legs
+        for c in cids:
+            assert a.book.open[c].legs == (f"{c}-tp", f"{c}-sl")
+            assert a.book.held(f"{c}-sl") is not None
