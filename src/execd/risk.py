@@ -379,7 +379,7 @@ class RiskGate:
             return OrderDenied(code=denial.code, reason=denial.reason)
         now = self.clock.time()
         order = Order(spec=spec, state=OrderState.PENDING, created_at=now, updated_at=now,
-                      owner_uid=msg.owner_uid)
+                      owner_uid=msg.owner_uid, closing=msg.closing)
         ctx.admit(order)
         known[spec.client_order_id] = order
         metrics.submits.labels("accepted").inc()

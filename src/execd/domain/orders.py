@@ -163,6 +163,9 @@ class Order:
     owner_uid: int | None = None  # the peer that submitted it, for access control
     legs: tuple[str, ...] = ()  # a bracket/OCO/OTO parent: its legs' client_order_ids
     replaced_by: str | None = None  # REPLACED: the new order's client_order_id
+    # it only reduces a position (close_position, flatten: the risk gate checked it
+    # shrinks one): sent while trading is halted; stored, so a restart keeps it
+    closing: bool = False
 
     def __post_init__(self) -> None:
         # An order is at one account, always named: one that came with none (made in
@@ -310,6 +313,15 @@ def reject(order: Order, reason: str, now: float) -> Update:
     return Update(
         order=replace(order, state=OrderState.REJECTED, reason=reason, updated_at=now),
         fill=None, event=OrderState.REJECTED.value,
+    )
+
+
+def expire_unsent(order: Order, reason: str, now: float) -> Update:
+    """A `day` order the broker has never seen, past its session's close (checked by
+    the caller): it would have expired there; it expires here, with why."""
+    return Update(
+        order=replace(order, state=OrderState.EXPIRED, reason=reason, updated_at=now),
+        fill=None, event=OrderState.EXPIRED.value,
     )
 
 

@@ -194,6 +194,11 @@ MIGRATIONS: list[Migration] = [
     # 9: a book per strategy (issue 31): positions per (account, strategy, symbol), rebuilt
     # from each strategy's fills; what the totals hold beyond them: unattributed
     lambda conn: _rebuild_books(conn),
+    # 10: an order that only reduces a position (close_position, flatten), as the risk
+    # gate admitted it: sent while halted, also after a restart (halts.py)
+    """
+    ALTER TABLE orders ADD COLUMN closing INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 _ORDER_COLUMNS = (
@@ -201,7 +206,7 @@ _ORDER_COLUMNS = (
     "state, broker_order_id, filled_qty, filled_avg_price, reason, created_at, updated_at, "
     "owner_uid, notional, stop_price, trail_price, trail_percent, extended_hours, "
     "order_class, take_profit_limit_price, stop_loss_stop_price, stop_loss_limit_price, "
-    "parent_client_order_id, legs, replaces, replaced_by, account"
+    "parent_client_order_id, legs, replaces, replaced_by, account, closing"
 )
 _N_COLUMNS = _ORDER_COLUMNS.count(",") + 1
 
@@ -366,7 +371,7 @@ def _detail(u: Update) -> str | None:
     if u.fill is not None:
         # for people: a fill's price is derived by division (show rounds it)
         return json.dumps({"qty": show(u.fill.qty), "price": show(u.fill.price)})
-    if u.order.reason and u.event in ("REJECTED", "CANCELLED"):
+    if u.order.reason and u.event in ("REJECTED", "CANCELLED", "EXPIRED"):
         return json.dumps({"reason": u.order.reason})
     return None
 
@@ -383,7 +388,7 @@ def _order_row(o: Order) -> tuple[Any, ...]:
         _str(s.trail_percent), int(s.extended_hours), s.order_class,
         _str(tp.limit_price) if tp else None, _str(sl.stop_price) if sl else None,
         _str(sl.limit_price) if sl else None, s.parent, _legs(o.legs), s.replaces,
-        o.replaced_by, o.account,
+        o.replaced_by, o.account, int(o.closing),
     )
 
 
@@ -394,7 +399,8 @@ def _legs(legs: Sequence[str]) -> str | None:
 def _order_from(row: Row) -> Order:
     (cid, strategy, symbol, side, qty, otype, limit, tif, state, broker_id, filled, avg,
      reason, created, updated, owner, notional, stop, trail_price, trail_percent, ext,
-     oclass, tp_limit, sl_stop, sl_limit, parent, legs, replaces, replaced_by, account) = row
+     oclass, tp_limit, sl_stop, sl_limit, parent, legs, replaces, replaced_by, account,
+     closing) = row
     return Order(
         spec=OrderSpec(
             client_order_id=cid, strategy_id=strategy, symbol=symbol, side=side,
@@ -410,7 +416,7 @@ def _order_from(row: Row) -> Order:
         state=OrderState(state), broker_order_id=broker_id, filled_qty=Decimal(filled),
         filled_avg_price=_dec(avg), reason=reason, created_at=created, updated_at=updated,
         owner_uid=owner, legs=tuple(json.loads(legs)) if legs else (),
-        replaced_by=replaced_by,
+        replaced_by=replaced_by, closing=bool(closing),
     )
 
 
