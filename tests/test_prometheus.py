@@ -189,9 +189,10 @@ async def test_a_fresh_daemon_exports_every_family_and_every_metric_kit_uses(
     assert actors <= set(metrics.ACTORS)
     for actor in metrics.ACTORS:
         assert f'execd_actor_restarts_total{{actor="{actor}"}} 0.0' in text
-    for config_gauge in ("execd_submit_timeout_seconds 3.0", "execd_poll_interval_seconds 0.05",
-                         "execd_broker_budget_requests_per_window 10000.0",
-                         "execd_broker_budget_window_seconds 60.0"):
+    for config_gauge in ("execd_submit_timeout_seconds 3.0",
+                         'execd_poll_interval_seconds{account="default"} 0.05',
+                         'execd_broker_budget_requests_per_window{account="default"} 10000.0',
+                         'execd_broker_budget_window_seconds{account="default"} 60.0'):
         assert config_gauge in text  # tests/conftest.py's daemon_config
     exported = exported_names(text) | SYNTHETIC
     used = {f"alert {r['alert']}": metric_names(r["expr"]) for r in alert_rules()}
