@@ -58,6 +58,7 @@ PER_ACCOUNT = {
     "execd_stream_resync_repaired", "execd_stream_apply_seconds",
     "execd_stream_last_event_timestamp_seconds", "execd_fill_lag_seconds",
     "execd_oldest_pending_order_age_seconds", "execd_account_halted",
+    "execd_account_trading_halted",
 }
 
 
@@ -102,6 +103,27 @@ async def test_each_account_has_its_series_and_counts_its_own_requests(
             assert value(m, "execd_broker_budget_requests_per_window", account=a) == (
                 d.accounts[a].config.requests_per_minute)
             assert value(m, "execd_poll_last_success_timestamp_seconds", account=a)
+
+
+def halted_by(m: Metrics, account: str) -> dict[str, float | None]:
+    return {reason: value(m, "execd_account_trading_halted", account=account, reason=reason)
+            for reason in ("operator", "reconcile")}
+
+
+async def test_an_accounts_halt_is_published_with_its_category_and_after_a_restart(
+        tmp_path: Path, sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    config = two_accounts(tmp_path, sims, monkeypatch)
+    async with running(config) as (d, c):
+        assert halted_by(d.metrics, "live") == {"operator": 0, "reconcile": 0}
+        await c.request("halt", account="live", reason="lunch")
+        assert halted_by(d.metrics, "live") == {"operator": 1, "reconcile": 0}
+        assert halted_by(d.metrics, "paper") == {"operator": 0, "reconcile": 0}
+        assert value(d.metrics, "execd_account_halted", account="live") == 1
+    async with running(config) as (d, c):  # the halt is in the store: shown from the start
+        assert halted_by(d.metrics, "live") == {"operator": 1, "reconcile": 0}
+        await c.request("resume", account="live", reason="back")
+        assert halted_by(d.metrics, "live") == {"operator": 0, "reconcile": 0}
+        assert value(d.metrics, "execd_account_halted", account="live") == 0
 
 
 async def test_a_per_account_actors_log_lines_name_the_account(

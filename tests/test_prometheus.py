@@ -48,7 +48,7 @@ _INSTALL = "install Debian's `prometheus` package (apt-get install prometheus; .
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=f"no promtool on PATH: {_INSTALL}")
 
 # Grafana's variables, as Prometheus would receive them.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*", "$account": ".*"}
 # Prometheus' own series for every target, not the daemon's.
 SYNTHETIC = {"up"}
 _KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
@@ -312,6 +312,31 @@ def test_dashboard_is_importable_with_a_datasource_input() -> None:
         assert {"x", "y", "w", "h"} <= set(p["gridPos"]), p["title"]
         for t in p.get("targets", []):
             assert t["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+
+
+def per_account_names() -> set[str]:
+    """The sample names that carry the `account` label."""
+    m = metrics.Metrics()
+    m.for_account("x")
+    return {s.name for f in m.registry.collect() for s in f.samples if "account" in s.labels}
+
+
+def test_per_account_panels_follow_the_account_variable() -> None:
+    d = dashboard()
+    assert "account" in [v["name"] for v in d["templating"]["list"]]
+    per_account = per_account_names()
+    for p in d["panels"]:
+        for t in p.get("targets", []):
+            for name in metric_names(t["expr"]) & per_account:
+                assert re.search(rf'{name}\{{[^}}]*account=~"\$account"', t["expr"]), (
+                    f"panel {p['title']}: {name} without account=~\"$account\"")
+
+
+def test_per_account_alerts_name_the_account() -> None:
+    per_account = per_account_names()
+    for rule in alert_rules():
+        if metric_names(rule["expr"]) & per_account:
+            assert "$labels.account" in rule["annotations"]["summary"], rule["alert"]
 
 
 @needs_promtool

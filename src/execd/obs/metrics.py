@@ -245,6 +245,12 @@ class Metrics:
             "reconcile mismatch or broker failures there, or an operator's halt of it); "
             "the global trading state is apart", ["account"], registry=r,
         )
+        self.account_trading_halted = Gauge(
+            "execd_account_trading_halted",
+            "1 for the category of the reason of this account's own halt (operator, "
+            "reconcile, broker_failures, storage, other); all 0 unless it is halted",
+            ["account", "reason"], registry=r,
+        )
         self.deadman_cancels = Counter(
             "execd_deadman_cancels_total", "Open orders cancelled (or their cancel under way) by a "
             "dead-man session (its "
@@ -307,8 +313,11 @@ class Metrics:
             self.runbook.labels(runbook_base.rstrip("/")).set(1)
 
     def show_account_state(self, account: str, status: TradingStatus) -> None:
-        self.account_halted.labels(account).set(
-            1 if status.state == TradingState.HALTED else 0)
+        halted = status.state == TradingState.HALTED
+        self.account_halted.labels(account).set(1 if halted else 0)
+        category = halt_category(status.reason) if halted else None
+        for c in HALT_CATEGORIES:
+            self.account_trading_halted.labels(account, c).set(1 if c == category else 0)
 
     def show_halt(self, category: str | None) -> None:
         """1 for the current halt's category (from `halt_category`), 0 for the others;
@@ -375,7 +384,7 @@ class AccountMetrics:
         self.fill_lag = Labelled(m.fill_lag, a)
         self.oldest_pending_age = m.oldest_pending_age.labels(a)
         self.broker_news = m.broker_news  # not per account: what the broker got wrong
-        m.account_halted.labels(a)
+        m.show_account_state(a, TradingStatus())
         for endpoint in BROKER_ENDPOINTS:
             self.broker_requests.labels(endpoint, "ok")
             self.broker_latency.labels(endpoint)
