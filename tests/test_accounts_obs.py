@@ -1,11 +1,12 @@
 """Several accounts, seen from outside (issue 30): every per-account metric carries
 the `account` label, each configured account's series exist at 0 from the start, an
 account's requests count at that account only; every log line of a per-account actor
-names its account."""
+names its account; a subscriber's trading event and an external order name theirs."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
+from execd.client import TradingEvent
+from execd.domain.external import ExternalOrder
 from execd.obs import logging
 from execd.obs.metrics import BROKER_ENDPOINTS, STREAM_EVENTS, Metrics
 from execd.sim import SimServer
@@ -158,3 +161,22 @@ async def test_in_account_binds_the_account_for_the_task_and_its_children() -> N
         log.info("outside")
     assert [(line["event"], line.get("account")) for line in seen] == [
         ("in the actor", "live"), ("in its child", "live"), ("outside", None)]
+
+
+async def test_a_subscriber_hears_which_account_was_halted(
+        tmp_path: Path, sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running(two_accounts(tmp_path, sims, monkeypatch)) as (_, c), \
+            await c.subscribe(trading=True) as events:
+        await c.halt("lunch", account="live")
+        async for e in events:
+            assert isinstance(e, TradingEvent)
+            assert (e.trading.account, e.state, e.trading.reason) == ("live", "HALTED", "lunch")
+            break
+
+
+def test_an_external_order_says_at_which_account_it_was_seen() -> None:
+    seen = ExternalOrder(broker_order_id="b-1", client_order_id="", symbol="AAPL",
+                         side="buy", qty=Decimal(1), notional=None, type="market",
+                         status="new", filled_qty=Decimal(0), filled_avg_price=None,
+                         first_seen=1.0, updated_at=1.0, account="live")
+    assert seen.to_json()["account"] == "live"
