@@ -40,7 +40,7 @@ from execd.domain.orders import Order, OrderSpec, OrderState
 from execd.events import EventHub
 from execd.health import Health
 from execd.limiter import Unlimited
-from execd.obs.metrics import Metrics
+from execd.obs.metrics import AccountMetrics, Metrics
 from execd.sim import SimServer
 from execd.store import Store
 from tests.conftest import OpenDaemon, connect, eventually
@@ -55,7 +55,8 @@ async def test_an_event_for_an_order_execd_did_not_place_is_no_crash(tmp_path: P
     async with actor(tmp_path, lambda: anyio.lowlevel.checkpoint()) as (a, _, _):
         await a.apply(update("placed-in-the-web-ui", "new", "new"))
         await a.apply(update("placed-in-the-web-ui", "fill", "filled", "1", "10", "x1"))
-        assert a.metrics.registry.get_sample_value("execd_stream_unknown_orders_total") == 2
+        assert a.metrics.registry.get_sample_value(
+            "execd_stream_unknown_orders_total", {"account": "default"}) == 2
 
 
 def test_no_structlog_call_passes_event_as_a_keyword() -> None:
@@ -135,12 +136,12 @@ def client(answers: dict[str, Any]) -> AlpacaClient:
     return c
 
 
-def rejected(m: Metrics, reason: str) -> float:
+def rejected(m: Metrics | AccountMetrics, reason: str) -> float:
     return m.registry.get_sample_value("execd_broker_rejected_messages_total",
                                        {"reason": reason}) or 0.0
 
 
-def flag(m: Metrics) -> float | None:
+def flag(m: Metrics | AccountMetrics) -> float | None:
     return m.registry.get_sample_value("execd_broker_data_invalid")
 
 
@@ -288,7 +289,8 @@ async def test_a_bad_frame_is_skipped_and_a_resync_reads_what_it_was_about(
         o = await a.book.get("c1")
         assert o is not None
         assert o.filled_qty == 2  # found by the resync
-        assert a.metrics.registry.get_sample_value("execd_stream_reconnects_total") == 0
+        assert a.metrics.registry.get_sample_value(
+            "execd_stream_reconnects_total", {"account": "default"}) == 0
         assert rejected(a.metrics, "not_json") == 1
         assert rejected(a.metrics, "malformed") == 1
         assert rejected(a.metrics, "bad_number") == 1

@@ -224,7 +224,7 @@ async def test_a_429_shrinks_the_budget_to_the_brokers_so_submits_stop_feeding_a
         limiter = (await c.request("status"))["limiter"]
         assert limiter["broker_limit"] in (20, None)  # 20 until the reset, then ours
         assert limiter["configured_limit"] == 10_000
-        assert d.metrics.registry.get_sample_value("execd_limiter_budget_limit") == 20
+        assert d.metrics.registry.get_sample_value("execd_limiter_budget_limit", {"account": "default"}) == 20
 
 
 # ----------------------------------------------------------------------- flatten

@@ -23,10 +23,12 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from execd import cli
 from execd.app import Daemon
-from execd.client import AsyncClient
+from execd.client import AsyncClient, ExecdError
 from execd.client import discovery as disc
-from tests.conftest import OpenDaemon, connect, eventually
+from execd.sim import SimServer
+from tests.conftest import OpenDaemon, connect, eventually, sim_config
 from tests.fake_execd import fake_execd
+from tests.test_accounts import running, two_accounts
 
 EPOCH = re.compile(r"\b1[6-9]\d{8}(\.\d+)?\b")  # an epoch time printed raw
 CLOCK = re.compile(r"\b\d\d:\d\d:\d\d\b")
@@ -438,3 +440,95 @@ async def test_the_cli_takes_plain_decimals_only(
         assert code == 1
         assert "at most 2 for a price at or above $1" in err
         assert not await d.store.list_orders()
+
+
+# ------------------------------------------------ several broker accounts (issue 30)
+@pytest.fixture
+def two_sims() -> Iterator[dict[str, SimServer]]:
+    with SimServer(sim_config(seed=1)) as a, SimServer(sim_config(seed=2)) as b:
+        yield {"paper": a, "live": b}
+
+
+async def test_account_takes_the_commands_to_one_account_and_status_shows_each(
+    tmp_path: Path, two_sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with running(two_accounts(tmp_path, two_sims, monkeypatch)) as (d, c):
+        sock = ["--socket", str(d.config.socket_path)]
+
+        async def cli_ok(*argv: str) -> str:
+            code, out, err = await cli_in_thread(capsys, *argv, *sock)
+            assert (code, err) == (0, ""), (argv, err)
+            assert max(len(line) for line in out.splitlines()) <= 100, (argv, out)
+            assert "{" not in out, (argv, out)
+            return out
+
+        live = (await cli_ok("submit", "buy", "2", "AAPL", "--account", "live")).split()[1]
+        paper = (await cli_ok("submit", "buy", "3", "MSFT")).split()[1]
+        assert [o.account for o in await c.orders()] == ["paper", "live"]
+        await c.wait_for(live, ["FILLED"], timeout=10)
+        await c.wait_for(paper, ["FILLED"], timeout=10)
+        only_live = await cli_ok("orders", "--account", "live")
+        assert "AAPL" in only_live
+        assert "MSFT" not in only_live
+        table = (await cli_ok("positions")).splitlines()
+        assert table[0].split()[:2] == ["account", "symbol"]
+        assert sorted(row.split()[:2] for row in table[1:]) == [["live", "AAPL"],
+                                                                 ["paper", "MSFT"]]
+        assert "MSFT" not in await cli_ok("positions", "--account", "live")
+
+        halted = await cli_ok("halt", "--account", "live", "--reason", "lunch")
+        assert halted.startswith("account live: HALTED (lunch) since ")
+        status = (await cli_ok("status")).splitlines()
+        head = next(i for i, line in enumerate(status) if line.startswith("account "))
+        assert status[head].split() == ["account", "broker", "state", "stream", "budget",
+                                        "left", "last", "poll", "last", "reconcile"]
+        rows = {line.split()[0]: line for line in status[head + 1:head + 4]}
+        assert rows["paper"].split()[1:3] == ["alpaca", "ACTIVE"]
+        assert rows["live"].split()[1:3] == ["alpaca", "HALTED"]
+        assert status[status.index(rows["live"]) + 1].strip() == "↳ lunch"
+        assert re.search(r"\d+/10000", rows["paper"])  # budget left of its own budget
+        assert "trading: ACTIVE" in status[0]  # the daemon's own state is apart
+        with pytest.raises(ExecdError, match="account live is halted"):
+            await c.submit(strategy_id="x", symbol="AAPL", side="buy", qty="1",
+                           account="live")
+        resumed = await cli_ok("resume", "--account", "live")
+        assert resumed.startswith("account live: ACTIVE")
+
+        flat = (await cli_ok("flatten", "--account", "live")).splitlines()
+        assert flat[0].startswith("account live: HALTED (flatten: ")
+        assert any(line.startswith("AAPL 2 at live: ") for line in flat), flat
+        assert flat[-1] == "account live stays HALTED until `execd resume --account live`"
+        assert (await c.status()).accounts["paper"].trading.state == "ACTIVE"
+
+        code, _, err = await cli_in_thread(capsys, "orders", "--account", "ibkr", *sock)
+        assert code == 1
+        assert "unknown account ibkr; accounts: paper, live" in err
+
+
+ACCOUNT_REQUESTS: list[tuple[list[str], dict[str, Any]]] = [
+    (["submit", "buy", "1", "AAPL", "--account", "live"],
+     {"op": "submit", "strategy_id": "cli", "symbol": "AAPL", "side": "buy", "qty": "1",
+      "type": "market", "account": "live"}),
+    (["halt", "--account", "live"],
+     {"op": "halt", "reason": "operator halt", "account": "live"}),
+    (["resume", "--account", "live"],
+     {"op": "resume", "reason": "operator resume", "account": "live"}),
+    (["close", "AAPL", "--account", "live"],
+     {"op": "close_position", "symbol": "AAPL", "account": "live"}),
+    (["flatten", "--account", "live"], {"op": "flatten", "account": "live"}),
+    (["cancel-all", "--account", "live"], {"op": "cancel_all", "account": "live"}),
+]
+
+
+async def test_account_is_sent_as_the_protocols_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with fake_execd(tmp_path) as fake:
+        fake.answers["cancel_all"] = lambda r: {"orders": [], "count": 0}
+        for argv, request in ACCOUNT_REQUESTS:
+            fake.received.clear()
+            code, _, err = await cli_in_thread(capsys, *argv, "--socket", str(fake.path))
+            assert (code, err) == (0, ""), (argv, err)
+            assert [{k: v for k, v in r.items() if k != "id"} for r in fake.received] == [
+                request], argv

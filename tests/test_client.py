@@ -8,6 +8,7 @@ import functools
 import inspect
 import re
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -38,8 +39,10 @@ from execd.client import (
 )
 from execd.client import discovery as disc
 from execd.intake.requests import FIELDS
-from tests.conftest import OpenDaemon, connect
+from execd.sim import SimServer
+from tests.conftest import OpenDaemon, connect, sim_config
 from tests.fake_execd import fake_execd, order
+from tests.test_accounts import running, two_accounts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -622,3 +625,81 @@ def _drain(stream: Any) -> list[Any]:
             out.append(stream.receive_nowait())
         except anyio.WouldBlock:
             return out
+
+
+# ------------------------------------------------ several broker accounts (issue 30)
+ACCOUNT_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any]]] = [
+    ("orders", (), {"open": True, "account": "live"},
+     {"op": "orders", "open": True, "account": "live"}),
+    ("positions", (), {"account": "live"}, {"op": "positions", "account": "live"}),
+    ("halt", ("lunch",), {"account": "live"},
+     {"op": "halt", "reason": "lunch", "account": "live"}),
+    ("resume", (), {"account": "live"}, {"op": "resume", "account": "live"}),
+    ("close_position", ("AAPL",), {"account": "live"},
+     {"op": "close_position", "symbol": "AAPL", "account": "live"}),
+    ("flatten", (), {"account": "live"}, {"op": "flatten", "account": "live"}),
+    ("cancel_all", (), {"account": "live"}, {"op": "cancel_all", "account": "live"}),
+]
+
+
+def test_every_op_that_takes_an_account_has_it_on_both_clients() -> None:
+    takes = {op for op, fields in FIELDS.items() if "account" in fields}
+    methods = {"cancel_all", "close_position", "flatten", "orders", "positions", "halt",
+               "resume", "submit"}
+    assert takes - {"external_orders"} == methods  # external_orders: calls.py (CLI)
+    for cls in (Client, AsyncClient):
+        for name in methods:
+            assert "account" in inspect.signature(getattr(cls, name)).parameters, (cls, name)
+
+
+async def test_account_is_sent_by_both_clients(tmp_path: Path) -> None:
+    async with fake_execd(tmp_path) as fake:
+        fake.answers.update({"orders": lambda r: {"orders": []},
+                             "positions": lambda r: {"positions": []},
+                             "cancel_all": lambda r: {"orders": [], "count": 0}})
+        async with await AsyncClient.connect(fake.path) as c:
+            for name, args, kwargs, _ in ACCOUNT_CALLS:
+                await getattr(c, name)(*args, **kwargs)
+
+        def sync() -> None:
+            with Client(fake.path) as b:
+                for name, args, kwargs, _ in ACCOUNT_CALLS:
+                    getattr(b, name)(*args, **kwargs)
+
+        await blocking(sync)
+    sent = [{k: v for k, v in r.items() if k != "id"} for r in fake.received]
+    want = [e for _, _, _, e in ACCOUNT_CALLS]
+    assert sent == want + want
+
+
+@pytest.fixture
+def two_sims() -> Iterator[dict[str, SimServer]]:
+    with SimServer(sim_config(seed=1)) as a, SimServer(sim_config(seed=2)) as b:
+        yield {"paper": a, "live": b}
+
+
+async def test_an_accounts_answers_are_typed(
+    tmp_path: Path, two_sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running(two_accounts(tmp_path, two_sims, monkeypatch)) as (_, c):
+        o = await c.submit(strategy_id="a", symbol="AAPL", side="buy", qty="1", account="live")
+        await c.wait_for(o.client_order_id, ["FILLED"], timeout=10)
+        assert [p.account for p in await c.positions(account="live")] == ["live"]
+        assert await c.positions(account="paper") == []
+        assert [x.client_order_id for x in await c.orders(account="live")] == [
+            o.client_order_id]
+        assert await c.orders(account="paper") == []
+        halted = await c.halt("lunch", account="live")
+        assert (halted.account, halted.state, halted.reason) == ("live", "HALTED", "lunch")
+        status = await c.status()
+        assert list(status.accounts) == ["paper", "live"]
+        live = status.accounts["live"]
+        assert (live.name, live.broker, live.trading.state) == ("live", "alpaca", "HALTED")
+        assert live.trading.reason == "lunch"
+        assert status.accounts["paper"].trading.state == "ACTIVE"
+        assert live.budget_limit == 10000
+        assert live.budget_remaining is not None
+        assert live.last_poll is not None
+        assert "accounts" not in status.extra
+        resumed = await c.resume(account="live")
+        assert (resumed.account, resumed.state) == ("live", "ACTIVE")

@@ -212,7 +212,8 @@ async def test_reconcile_mismatch_halts_trading(daemon_factory: OpenDaemon, sim:
         with pytest.raises(ExecdError) as info:
             await c.submit(strategy_id="r", symbol="AAPL", side="buy", qty="1")
         assert info.value.code == "trading_halted"
-        assert d.metrics.registry.get_sample_value("execd_reconcile_mismatches_total") >= 1
+        assert d.metrics.registry.get_sample_value(
+            "execd_reconcile_mismatches_total", {"account": "default"}) >= 1
 
 
 async def test_a_crashed_actor_restarts_and_loses_nothing(
@@ -282,7 +283,7 @@ async def test_submit_timeout_yields_one_broker_order(
         await until_state(c, cid, "FILLED")
         assert d.metrics.registry.get_sample_value(
             "execd_broker_requests_total",
-            {"endpoint": "submit_order", "status": "BrokerUnavailable"}) >= 1
+            {"account": "default", "endpoint": "submit_order", "status": "BrokerUnavailable"}) >= 1
     assert broker_orders(sim)[cid]["submit_attempts"] == 1
     assert_at_most_once(sim)
 

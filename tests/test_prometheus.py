@@ -48,7 +48,7 @@ _INSTALL = "install Debian's `prometheus` package (apt-get install prometheus; .
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=f"no promtool on PATH: {_INSTALL}")
 
 # Grafana's variables, as Prometheus would receive them.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*", "$account": ".*"}
 # Prometheus' own series for every target, not the daemon's.
 SYNTHETIC = {"up"}
 _KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
@@ -189,9 +189,10 @@ async def test_a_fresh_daemon_exports_every_family_and_every_metric_kit_uses(
     assert actors <= set(metrics.ACTORS)
     for actor in metrics.ACTORS:
         assert f'execd_actor_restarts_total{{actor="{actor}"}} 0.0' in text
-    for config_gauge in ("execd_submit_timeout_seconds 3.0", "execd_poll_interval_seconds 0.05",
-                         "execd_broker_budget_requests_per_window 10000.0",
-                         "execd_broker_budget_window_seconds 60.0"):
+    for config_gauge in ("execd_submit_timeout_seconds 3.0",
+                         'execd_poll_interval_seconds{account="default"} 0.05',
+                         'execd_broker_budget_requests_per_window{account="default"} 10000.0',
+                         'execd_broker_budget_window_seconds{account="default"} 60.0'):
         assert config_gauge in text  # tests/conftest.py's daemon_config
     exported = exported_names(text) | SYNTHETIC
     used = {f"alert {r['alert']}": metric_names(r["expr"]) for r in alert_rules()}
@@ -311,6 +312,31 @@ def test_dashboard_is_importable_with_a_datasource_input() -> None:
         assert {"x", "y", "w", "h"} <= set(p["gridPos"]), p["title"]
         for t in p.get("targets", []):
             assert t["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+
+
+def per_account_names() -> set[str]:
+    """The sample names that carry the `account` label."""
+    m = metrics.Metrics()
+    m.for_account("x")
+    return {s.name for f in m.registry.collect() for s in f.samples if "account" in s.labels}
+
+
+def test_per_account_panels_follow_the_account_variable() -> None:
+    d = dashboard()
+    assert "account" in [v["name"] for v in d["templating"]["list"]]
+    per_account = per_account_names()
+    for p in d["panels"]:
+        for t in p.get("targets", []):
+            for name in metric_names(t["expr"]) & per_account:
+                assert re.search(rf'{name}\{{[^}}]*account=~"\$account"', t["expr"]), (
+                    f"panel {p['title']}: {name} without account=~\"$account\"")
+
+
+def test_per_account_alerts_name_the_account() -> None:
+    per_account = per_account_names()
+    for rule in alert_rules():
+        if metric_names(rule["expr"]) & per_account:
+            assert "$labels.account" in rule["annotations"]["summary"], rule["alert"]
 
 
 @needs_promtool

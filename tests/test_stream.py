@@ -322,7 +322,8 @@ async def test_fills_count_by_cumulative_quantity_and_duplicates_are_dropped(
         assert o.filled_qty == 2
         assert o.filled_avg_price == 11
         assert (await a.book.store.positions())["AAPL"].qty == 2
-        assert a.metrics.registry.get_sample_value("execd_stream_duplicates_total") == 2
+        assert a.metrics.registry.get_sample_value(
+            "execd_stream_duplicates_total", {"account": "default"}) == 2
         # a poll's view of the same fills adds nothing
         await a.book.apply_view("c1", broker_order("c1", "filled", "2", "11").view)
         assert (await a.book.store.positions())["AAPL"].qty == 2
@@ -354,7 +355,8 @@ async def test_reconnects_back_off_and_reset_after_a_healthy_minute(tmp_path: Pa
         gaps = [b - x for x, b in itertools.pairwise(attempts)]
         for n, gap in enumerate(gaps, start=1):
             assert 1.0 <= gap <= min(30.0, 2.0 ** n) + 1e-9, (n, gap)
-        assert a.metrics.registry.get_sample_value("execd_stream_reconnects_total") == 8
+        assert a.metrics.registry.get_sample_value(
+            "execd_stream_reconnects_total", {"account": "default"}) == 8
         assert a.failures == 8
         assert a.health.stream_state == "down"
         assert not a.health.stream_trusted
@@ -377,7 +379,8 @@ async def test_a_stalled_stream_is_replaced_and_an_idle_one_is_not(tmp_path: Pat
         assert conns[0].closed
         assert len(conns) == 2  # the idle stream with pongs was kept
         assert broker.lists >= 1  # the resync polled
-        assert a.metrics.registry.get_sample_value("execd_stream_reconnects_total") == 1
+        assert a.metrics.registry.get_sample_value(
+            "execd_stream_reconnects_total", {"account": "default"}) == 1
 
 
 async def test_an_auth_failure_waits_at_least_a_minute(tmp_path: Path) -> None:
@@ -396,7 +399,8 @@ async def test_an_auth_failure_waits_at_least_a_minute(tmp_path: Path) -> None:
         assert gaps
         assert min(gaps) >= 60.0
         assert a.health.stream_state == "auth_failed"
-        assert a.metrics.registry.get_sample_value("execd_stream_auth_failures_total") == 5
+        assert a.metrics.registry.get_sample_value(
+            "execd_stream_auth_failures_total", {"account": "default"}) == 5
 
 
 async def test_the_resync_repairs_what_the_stream_missed(tmp_path: Path) -> None:
@@ -417,7 +421,8 @@ async def test_the_resync_repairs_what_the_stream_missed(tmp_path: Path) -> None
         o = await a.book.get("gone")
         assert o is not None
         assert o.state == OrderState.FILLED
-        assert a.metrics.registry.get_sample_value("execd_stream_resync_repaired_total") == 1
+        assert a.metrics.registry.get_sample_value(
+            "execd_stream_resync_repaired_total", {"account": "default"}) == 1
 
 
 # ------------------------------------------------------------------ config

@@ -89,6 +89,10 @@ def open_account(
 ) -> Account:
     """One account: its limiter, its simulator (a sim account), its broker client.
     `broker`/`broker_url`/`limiter`/`credentials`: a test's or a benchmark's own."""
+    mine = metrics.for_account(account.name)  # its series, at 0 before the first scrape
+    mine.show_config(poll_interval=config.poller.interval,
+                     budget_requests=account.requests_per_minute,
+                     budget_window=account.window_seconds)
     limiter = limiter or open_limiter(
         Budget(limit=account.requests_per_minute, window=account.window_seconds,
                burst=account.burst), clock)
@@ -104,7 +108,7 @@ def open_account(
         credentials = credentials or load_credentials(config, account)
         broker = AlpacaClient(
             key_id=credentials.key_id, secret_key=credentials.secret_key, url=broker_url,
-            limiter=limiter, clock=clock, metrics=metrics, timeout=account.timeout,
+            limiter=limiter, clock=clock, metrics=mine, timeout=account.timeout,
             max_retries=account.max_retries, backoff_initial=account.backoff_initial,
             backoff_max=account.backoff_max,
         )

@@ -15,7 +15,7 @@ import signal
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,13 +123,10 @@ async def open_daemon(
     clock = clock or SystemClock()
     metrics = Metrics()
     configured = config.accounts
-    lead = next(iter(configured.values()))
-    # Set before the first scrape: alert rules compare against these, not copies of them.
-    metrics.show_config(
-        submit_timeout=config.daemon.submit_timeout, poll_interval=config.poller.interval,
-        budget_requests=lead.requests_per_minute, budget_window=lead.window_seconds,
-        runbook_base=config.metrics.runbook_base,
-    )
+    # Set before the first scrape: alert rules compare against these, not copies of them
+    # (each account's own: open_account).
+    metrics.show_config(submit_timeout=config.daemon.submit_timeout,
+                        runbook_base=config.metrics.runbook_base)
     for name in configured:  # a sample from the first scrape on (the risk gate sets them)
         metrics.account_halted.labels(name).set(0)
     d = config.daemon
@@ -264,7 +261,7 @@ def _account_specs(
     """One account's submitter, poller and reconciler: a crash restarts that child only."""
     a, rc, h, name = acct.config, config.reconciler, acct.health, acct.name
     streaming = a.stream and acct.broker_url is not None
-    return [
+    return [_in_account(name, spec) for spec in (
         ChildSpec(name=_named("submitter", acct, several), start=lambda task_status:
                   submitter.run(
                       inbox.clone(), risk_send.clone(), book=book, broker=acct.broker,
@@ -282,7 +279,12 @@ def _account_specs(
                       interval=rc.interval, confirm_delay=rc.confirm_delay,
                       auto_resume_after=rc.auto_resume_after, recovery=acct.recovery,
                       account=name, task_status=task_status)),
-    ]
+    )]
+
+
+def _in_account(account: str, spec: ChildSpec) -> ChildSpec:
+    """Every log line of an account's actor names the account (JSON logs: `account`)."""
+    return replace(spec, start=logging.in_account(account, spec.start))
 
 
 def _stream_spec(
@@ -295,7 +297,7 @@ def _stream_spec(
     url = b.stream_url or (stream_url_from(acct.broker_url) if acct.broker_url else "")
     if not b.stream or not url or credentials is None:
         health.set_stream("disabled", trusted=False, at=clock.time())
-        metrics.stream_enabled.set(0)
+        metrics.for_account(acct.name).stream_enabled.set(0)
         return None
     settings = stream.StreamSettings(
         url=url, ping_interval=b.stream_ping_interval, connect_timeout=b.timeout,
@@ -303,9 +305,10 @@ def _stream_spec(
     connect = stream.alpaca_connect(url, credentials.key_id, credentials.secret_key,
                                     max_message=b.stream_max_message)
     log.info("trade_updates stream on", url=url, account=acct.name)
-    return ChildSpec(name=_named("stream", acct, several), start=lambda task_status: stream.run(
-        book=book, broker=acct.broker, clock=clock, health=health, metrics=metrics,
-        settings=settings, connect=connect, account=acct.name, task_status=task_status))
+    return _in_account(acct.name, ChildSpec(
+        name=_named("stream", acct, several), start=lambda task_status: stream.run(
+            book=book, broker=acct.broker, clock=clock, health=health, metrics=metrics,
+            settings=settings, connect=connect, account=acct.name, task_status=task_status)))
 
 
 async def _close_pair(send: MemoryObjectSendStream[SubmitterCommand],

@@ -193,7 +193,7 @@ def _submit_fields(args: argparse.Namespace) -> dict[str, Any]:
         "stop_loss": None if args.stop_loss is None else {
             "stop_price": args.stop_loss, "limit_price": args.stop_loss_limit},
         "client_order_id": args.client_order_id,
-        "wait": "submitted" if args.wait == "filled" else args.wait,
+        "wait": "submitted" if args.wait == "filled" else args.wait, "account": args.account,
     }
 
 
@@ -213,31 +213,35 @@ def _command(args: argparse.Namespace, c: Client) -> tuple[Any, Any]:
     elif cmd == "cancel":
         call = calls.cancel(_resolve(c, args.client_order_id), legs=args.legs)
     elif cmd == "cancel-all":
-        call = calls.cancel_all(args.strategy)
+        call = calls.cancel_all(args.strategy, account=args.account)
     elif cmd == "close":
         call = calls.close_position(args.symbol.upper(), qty=args.qty,
                                     percentage=args.percentage, strategy_id=args.strategy,
-                                    client_order_id=args.client_order_id, wait=args.wait)
+                                    client_order_id=args.client_order_id, wait=args.wait,
+                                    account=args.account)
     elif cmd == "flatten":
-        call = calls.flatten(args.reason)
+        call = calls.flatten(args.reason, account=args.account)
     elif cmd == "order":
         call = calls.order(_resolve(c, args.client_order_id))
     elif cmd == "orders" and args.external:
         if args.strategy or args.state:
             raise ExecdError("invalid_request", "orders --external takes --open and --last "
                                                 "only (external orders have no strategy)")
-        call = calls.external_orders(open=True if args.open else None, limit=args.last)
+        call = calls.external_orders(open=True if args.open else None, limit=args.last,
+                                     account=args.account)
     elif cmd == "orders":
         call = calls.orders(strategy_id=args.strategy, state=args.state,
-                            open=True if args.open else None, limit=args.last)
+                            open=True if args.open else None, limit=args.last,
+                            account=args.account)
     elif cmd == "positions":
-        call = calls.positions()
+        call = calls.positions(account=args.account)
     elif cmd == "status":
         call = calls.status()
     elif cmd == "halt":
-        call = calls.halt(args.reason, strategy_id=args.strategy)
+        call = calls.halt(args.reason, strategy_id=args.strategy, account=args.account)
     elif cmd == "resume":
-        call = calls.resume(args.reason, reducing=args.reducing, strategy_id=args.strategy)
+        call = calls.resume(args.reason, reducing=args.reducing, strategy_id=args.strategy,
+                            account=args.account)
     elif cmd == "ping":
         call = calls.ping()
     else:  # pragma: no cover - the parser knows every command
@@ -297,10 +301,13 @@ def _flatten_lines(raw: dict[str, Any]) -> list[str]:
     from execd import cli_render as r
     from execd.client import Order, Trading
 
-    lines = [r.trading_line(Trading.from_wire(raw.get("trading") or {"state": "HALTED"})),
+    account = raw.get("account")  # one account of several flattened: its own halt
+    state = account or raw.get("trading") or {"state": "HALTED"}
+    lines = [r.trading_line(Trading.from_wire(state)),
              f"cancelled: {raw.get('cancelled', 0)} open orders"]
     for p in raw.get("positions") or []:
-        head = f"{p.get('symbol')} {p.get('qty')}: "
+        at = f" at {p['account']}" if p.get("account") not in (None, "default") else ""
+        head = f"{p.get('symbol')} {p.get('qty')}{at}: "
         if p.get("ok") and isinstance(p.get("order"), dict):
             o = Order.from_wire(p["order"])
             lines.append(head + f"{o.state}  {r.short_id(o.client_order_id)}  "
@@ -308,7 +315,9 @@ def _flatten_lines(raw: dict[str, Any]) -> list[str]:
         else:
             err = p.get("error") or {}
             lines.append(head + f"NOT CLOSED: {err.get('code')}: {err.get('message')}")
-    lines.append("trading stays HALTED until `execd resume`")
+    lines.append(f"account {account['account']} stays HALTED until `execd resume --account "
+                 f"{account['account']}`" if isinstance(account, dict) and account.get("account")
+                 else "trading stays HALTED until `execd resume`")
     return [r.cut(line, r.WIDTH) for line in lines]
 
 
@@ -427,6 +436,11 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
+def _account(p: Any, help_: str) -> None:
+    """--account NAME: one broker account of the config's [accounts.NAME]."""
+    p.add_argument("--account", metavar="NAME", help=help_)
+
+
 STATES = ("PENDING", "SUBMITTED", "PARTIALLY_FILLED", "FILLED", "REJECTED", "CANCELLED",
           "EXPIRED", "REPLACED")
 TIFS = ("day", "gtc", "ioc", "fok", "opg", "cls")
@@ -482,6 +496,8 @@ def _add_client_commands(sub: Any) -> None:
     ident = s.add_argument_group("identity and waiting")
     ident.add_argument("--strategy", default="cli", metavar="ID",
                        help="strategy_id the order belongs to (default: %(default)s)")
+    _account(ident, "the broker account to send it to (default: the config's [routing] "
+                    "default)")
     ident.add_argument("--client-order-id", metavar="ID",
                        help="the idempotency key: sending it again is a safe retry "
                             "(default: generated as STRATEGY-EPOCHMS-UUID)")
@@ -517,6 +533,7 @@ def _add_client_commands(sub: Any) -> None:
     ca.add_argument("--strategy", metavar="ID",
                     help="only this strategy's orders (default: every strategy's; an "
                          "operator's command)")
+    _account(ca, "only the orders at this broker account (default: every account's)")
     cl = client("close", "close a position with a market order of execd's own",
                 "Cancel the symbol's open orders that hold its shares, then send an "
                 "opposite-side market order (durable and idempotent like any order).")
@@ -534,12 +551,16 @@ def _add_client_commands(sub: Any) -> None:
     cl.add_argument("--wait", choices=["submitted", "accepted"],
                     help="answer once the broker has the order (submitted) or once it is "
                          "durable (accepted) (default: submitted)")
+    _account(cl, "the position at this broker account (default: the one account that "
+                 "holds the symbol; needed when two do)")
     fl = client("flatten", "halt, cancel every open order and close every position "
                 "(operator)", "Halt trading, cancel every open order, then close every "
                 "position with orders of execd's own. Trading stays HALTED until "
                 "`execd resume`.")
     fl.add_argument("--reason", help="why, shown by status as `flatten: REASON` "
                     "(default: operator)")
+    _account(fl, "flatten and halt only this broker account (default: every account, "
+                 "and trading halts daemon-wide)")
 
     o = client("order", "show one order, its legs and its history")
     o.add_argument("client_order_id", help="the order (full id, or as tables show it)")
@@ -557,13 +578,17 @@ def _add_client_commands(sub: Any) -> None:
                      help="show the N newest orders, 1 to 10000 (default: %(default)s)")
     os_.add_argument("--limit", action=_Renamed, nargs="?", help=argparse.SUPPRESS,
                      new="--last N (a number of rows; --limit-price is a price)")
-    client("positions", "execd's positions (its own book)")
+    _account(os_, "only the orders at this broker account (default: every account's)")
+    ps = client("positions", "execd's positions (its own book)")
+    _account(ps, "only the positions at this broker account (default: every account's)")
     client("status", "trading state, actors, broker budget, last poll and reconcile")
     h = client("halt", "stop new orders, account-wide or for one strategy (cancels work)")
     h.add_argument("--strategy", metavar="ID",
                    help="halt only this strategy (default: the whole account)")
     h.add_argument("--reason", default="operator halt",
                    help="why, shown by status (default: %(default)s)")
+    _account(h, "halt only this broker account; the others trade on (default: the whole "
+                "daemon)")
     r = client("resume", "resume trading, account-wide or for one strategy")
     r.add_argument("--strategy", metavar="ID",
                    help="resume only this strategy (default: the whole account)")
@@ -572,6 +597,7 @@ def _add_client_commands(sub: Any) -> None:
                         "(default: all orders)")
     r.add_argument("--reason", default="operator resume",
                    help="why, shown by status (default: %(default)s)")
+    _account(r, "lift only this broker account's own halt (default: the whole daemon)")
     client("ping", "check that the daemon answers")
     w = client("watch", "print order events and trading-state changes as they happen",
                fn=cmd_watch)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from execd.client.records import Order, Position, Status, Trading
+from execd.client.records import AccountStatus, Order, Position, Status, Trading
 from execd.domain.decimals import show
 
 WIDTH = 100
@@ -57,7 +57,8 @@ def ago(t: datetime | None, now: datetime | None = None) -> str:
 
 
 def trading_line(t: Trading) -> str:
-    who = f"strategy {t.strategy_id}" if t.strategy_id else "trading"
+    who = (f"strategy {t.strategy_id}" if t.strategy_id else
+           f"account {t.account}" if t.account else "trading")
     return (f"{who}: {t.state}" + (f" ({t.reason})" if t.reason else "")
             + (f" since {local(t.since)}" if t.since else ""))
 
@@ -203,7 +204,9 @@ def order_summary(o: Order) -> str:
 def order_detail(o: Order, events: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     lines = [f"{k + ':':<17} {v}" for k, v in (
         ("client_order_id", o.client_order_id), ("broker_order_id", o.broker_order_id or ""),
-        ("strategy", o.strategy_id), ("order", order_words(o)),
+        ("strategy", o.strategy_id),
+        ("account", o.account if o.account != DEFAULT_ACCOUNT else ""),
+        ("order", order_words(o)),
         ("state", o.state), ("time_in_force", o.time_in_force + (
             ", extended hours" if o.extended_hours else "")),
         ("created", local(o.created_at)), ("updated", local(o.updated_at)),
@@ -239,15 +242,19 @@ def _detail(e: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in items if v not in (None, ""))
 
 
-POSITION_COLUMNS = (Column("symbol"), Column("qty", "d"), Column("avg entry", "d"),
-                    Column("last", "d"), Column("market value", "d"),
+POSITION_COLUMNS = (Column("account", optional=True), Column("symbol"), Column("qty", "d"),
+                    Column("avg entry", "d"), Column("last", "d"), Column("market value", "d"),
                     Column("unrealized P/L", "d"))
+DEFAULT_ACCOUNT = "default"  # a [broker] config's one account
 
 
 def positions_table(positions: Sequence[Position]) -> list[str]:
+    """With several accounts (or one named in [accounts.NAME]) each row says where."""
+    accounts = {p.account for p in positions}
+    named = bool(accounts - {DEFAULT_ACCOUNT}) or len(accounts) > 1
     return table(POSITION_COLUMNS, [
-        [p.symbol, dec(p.qty), dec(p.avg_entry_price), dec(p.last_price), dec(p.market_value),
-         dec(p.unrealized_pl)] for p in positions])
+        [p.account if named else "", p.symbol, dec(p.qty), dec(p.avg_entry_price),
+         dec(p.last_price), dec(p.market_value), dec(p.unrealized_pl)] for p in positions])
 
 
 EXTERNAL_COLUMNS = (Column("broker id"), Column("client_order_id", shrink=12),
@@ -268,9 +275,47 @@ def external_table(orders: Sequence[Mapping[str, Any]]) -> list[str]:
         for o in orders])
 
 
+ACCOUNT_COLUMNS = (Column("account"), Column("broker"), Column("state"), Column("stream"),
+                   Column("budget left", "r"), Column("last poll", shrink=10),
+                   Column("last reconcile", shrink=12))
+
+
+def accounts_table(accounts: Sequence[AccountStatus], now: datetime | None = None,
+                   width: int = WIDTH) -> list[str]:
+    """A row per broker account; why an account is not ACTIVE, or its poll failed, on a
+    line of its own under its row."""
+    def budget(a: AccountStatus) -> str:
+        left = "?" if a.budget_remaining is None else f"{a.budget_remaining:.0f}"
+        return left + ("" if a.budget_limit is None else f"/{a.budget_limit}")
+
+    def stream(a: AccountStatus) -> str:
+        st = a.stream or {}
+        return str(st.get("state") or "?") + ("" if st.get("trusted") or st.get(
+            "state") in (None, "disabled") else " (not trusted)")
+
+    lines = table(ACCOUNT_COLUMNS, [
+        [a.name, a.broker, str(a.trading.state), stream(a), budget(a), ago(a.last_poll, now),
+         ago(a.last_reconcile, now) + (f" ({a.last_reconcile_result})"
+                                       if a.last_reconcile_result else "")]
+        for a in accounts], width)
+    out = lines[:1]
+    for line, a in zip(lines[1:], accounts, strict=True):
+        out.append(line)
+        if a.trading.state != "ACTIVE" and a.trading.reason:
+            out.append(cut(f"    ↳ {a.trading.reason}", width))
+        if a.last_poll_error:
+            out.append(cut(f"    ↳ poll failed: {a.last_poll_error}", width))
+    return out
+
+
 def status_lines(s: Status, now: datetime | None = None) -> list[str]:
     lines = [f"execd {s.version}   {trading_line(s.trading)}"]
     lines += [f"  {trading_line(t)}" for t in s.halted_strategies.values()]
+    if len(s.accounts) > 1:  # the budget, poll, reconcile and stream are each account's
+        lines.append(f"open orders: {s.open_orders}   subscribers: {s.subscribers}")
+        lines += _common_lines(s)
+        lines += ["", *accounts_table(list(s.accounts.values()), now)]
+        return _actor_lines(s, lines)
     budget = f"{s.limiter_remaining:.1f}" if s.limiter_remaining is not None else "?"
     lines.append(f"open orders: {s.open_orders}   subscribers: {s.subscribers}   "
                  f"broker budget now: {budget} requests")
@@ -286,6 +331,13 @@ def status_lines(s: Status, now: datetime | None = None) -> list[str]:
             + (f" (error: {st.get('error')})" if st.get("error") else "")
             + f"   last event: {'never' if age is None else f'{age:.1f} s ago'}"
             + (f"   polling every {s.poll_interval:g} s" if s.poll_interval else ""))
+    lines += _common_lines(s)
+    return _actor_lines(s, lines)
+
+
+def _common_lines(s: Status) -> list[str]:
+    """What the daemon has once, however many accounts: orders, recovery, storage."""
+    lines: list[str] = []
     if s.orders:
         lines.append("orders: " + ", ".join(f"{k} {v}" for k, v in sorted(s.orders.items())))
     if s.recovery and not s.recovery.get("done", True):
@@ -301,6 +353,10 @@ def status_lines(s: Status, now: datetime | None = None) -> list[str]:
                      "(refused; cleared by an account-wide resume)")
     if s.storage and not s.storage.get("available", True):
         lines.append(f"storage UNAVAILABLE: {s.storage.get('error')}")
+    return lines
+
+
+def _actor_lines(s: Status, lines: list[str]) -> list[str]:
     lines.append("")
     lines += table((Column("actor"), Column("state"), Column("restarts", "r"),
                     Column("last error", shrink=20)),

@@ -23,6 +23,7 @@ from execd.domain.news import News
 from execd.domain.orders import DEFAULT_ACCOUNT, Order, OrderState
 from execd.health import Health
 from execd.obs import logging
+from execd.obs.metrics import AccountMetrics
 from execd.recovery import Recovery
 from execd.store import StorageUnavailable
 from execd.testhooks import HOOKS
@@ -60,7 +61,7 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
     # every list call, taken from the request budget, with nothing to learn).
     ours = book.open_orders(account)
     recorded = await _recorded_open(book, account)
-    read = await _read(book, broker, clock, ours, recorded)
+    read = await _read(book, broker, clock, ours, recorded, account)
     adopted, health.broker_orders_unknown = await external.settle(
         book, read.unknown, read.parents, read.closed, read.missing, clock.time(), account)
     asked = {n.client_order_id for n in read.news}  # an open parent's news has its legs
@@ -77,7 +78,7 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
         raise read.failed
     health.poll_completed(started, clock.time())
     health.last_complete_poll = number
-    book.metrics.poll_last_success.set(clock.time())
+    book.metrics.for_account(account).poll_last_success.set(clock.time())
     return changed
 
 
@@ -92,7 +93,7 @@ async def _recorded_open(book: OrderBook, account: str) -> list[ExternalOrder]:
 
 
 async def _read(book: OrderBook, broker: BrokerClient, clock: Clock, ours: list[Order],
-                recorded: list[ExternalOrder]) -> _Read:
+                recorded: list[ExternalOrder], account: str) -> _Read:
     """Every broker request of one poll: the open list; a look-up of each of our orders
     that left it (closed) unless the stream closed it meanwhile; a few external orders
     that left it (LOOKUPS a poll: another program's orders must not eat our budget)."""
@@ -113,7 +114,7 @@ async def _read(book: OrderBook, broker: BrokerClient, clock: Clock, ours: list[
             # Sent before the list was asked for, and not in it: closed. Looked up (an
             # order the stream touched while we listed may have lost its fill event:
             # skipping it would let the reconciler trust a poll that missed it).
-            book.metrics.poll_lookups.inc()
+            book.metrics.for_account(account).poll_lookups.inc()
             try:
                 found = await broker.get_order_by_client_id(order.client_order_id)
             except BrokerError as err:
@@ -176,10 +177,11 @@ async def run(
         except (BrokerError, StorageUnavailable) as e:
             health.last_poll_error = str(e)
             log.warning("poll failed; trying again next interval", error=str(e))
-        await _until_next(book, clock, health, started, interval, interval_streaming)
+        await _until_next(book.metrics.for_account(account), clock, health, started, interval,
+                          interval_streaming)
 
 
-async def _until_next(book: OrderBook, clock: Clock, health: Health, started: float,
+async def _until_next(metrics: AccountMetrics, clock: Clock, health: Health, started: float,
                       interval: float, interval_streaming: float | None) -> None:
     """Until the next poll is due: `interval` after the last one began, or
     `interval_streaming` while the stream is trusted; a change of trust moves the
@@ -187,7 +189,7 @@ async def _until_next(book: OrderBook, clock: Clock, health: Health, started: fl
     while True:
         trusted = interval_streaming is not None and health.stream_trusted
         wait = interval_streaming if trusted and interval_streaming is not None else interval
-        _in_force(book, health, wait)
+        _in_force(metrics, health, wait)
         remaining = started + wait - clock.monotonic()
         if remaining <= 0:
             return
@@ -199,8 +201,8 @@ async def _until_next(book: OrderBook, clock: Clock, health: Health, started: fl
             return
 
 
-def _in_force(book: OrderBook, health: Health, interval: float) -> None:
+def _in_force(metrics: AccountMetrics, health: Health, interval: float) -> None:
     if health.poll_interval != interval:
         log.info("poll interval", seconds=interval, stream_trusted=health.stream_trusted)
     health.poll_interval = interval
-    book.metrics.poll_interval.set(interval)
+    metrics.poll_interval.set(interval)

@@ -63,7 +63,7 @@ class Reconciler:
         self._moving_runs: dict[reconcile.Mismatch, int] = {}
 
     async def once(self) -> list[reconcile.Mismatch]:
-        metrics = self.book.metrics
+        metrics = self.book.metrics.for_account(self.account)
         open_before = self.book.open_orders(self.account)
         first = await _read(self.book, self.broker, self.account)
         mismatches: list[reconcile.Mismatch] = []
@@ -75,7 +75,7 @@ class Reconciler:
             if not await self._polled_since(first_at):
                 log.warning("cannot confirm the difference: no complete poll since; "
                             "trying again next run", differences=[_show(m) for m in first])
-                self.book.metrics.reconcile_runs.labels("unconfirmed").inc()
+                metrics.reconcile_runs.labels("unconfirmed").inc()
                 self.health.last_reconcile_result = "unconfirmed: poller behind"
                 return []
             second = await _read(self.book, self.broker, self.account)
@@ -161,7 +161,7 @@ async def run(
                 await rec.once()
                 concluded = health.last_reconcile_result in ("clean", "mismatch")
             except BrokerError as e:
-                book.metrics.reconcile_runs.labels("error").inc()
+                book.metrics.for_account(account).reconcile_runs.labels("error").inc()
                 health.last_reconcile_result = f"error: {e}"
                 log.warning("reconcile failed; trying again next interval", error=str(e))
             if recovery is not None and not recovery.reconciled:

@@ -115,6 +115,8 @@ class RiskGate:
 
     def _show_halts(self, ctx: RiskContext) -> None:
         for name, gate in self.accounts.items():
+            # a halt restored from the store too
+            self.metrics.show_account_state(name, ctx.accounts.get(name, TradingStatus()))
             if gate.halts is not None:
                 gate.halts.set(effective_state(ctx.trading, ctx.accounts, name), ctx.halted)
 

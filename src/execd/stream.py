@@ -50,7 +50,7 @@ from execd.domain.orders import DEFAULT_ACCOUNT, Order
 from execd.health import Health
 from execd.legs import adopt
 from execd.obs import logging
-from execd.obs.metrics import STREAM_EVENTS, Metrics
+from execd.obs.metrics import STREAM_EVENTS, AccountMetrics, Metrics, account_view
 from execd.store import StorageUnavailable
 from execd.testhooks import HOOKS
 
@@ -135,7 +135,7 @@ _LOST = (WebSocketClosed, StreamProtocolError, StreamStalled, OSError, TimeoutEr
 class StreamActor:
     def __init__(
         self, *, book: OrderBook, broker: BrokerClient, clock: Clock, health: Health,
-        metrics: Metrics, settings: StreamSettings, connect: Connect,
+        metrics: Metrics | AccountMetrics, settings: StreamSettings, connect: Connect,
         rng: random.Random | None = None, account: str = DEFAULT_ACCOUNT,
     ) -> None:
         self.account = account  # the broker account this stream is of
@@ -143,7 +143,7 @@ class StreamActor:
         self.broker = broker
         self.clock = clock
         self.health = health
-        self.metrics = metrics
+        self.metrics = account_view(metrics, account)  # its account's series
         self.settings = settings
         self.connect = connect
         self.rng = rng or random.Random()

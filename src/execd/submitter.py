@@ -412,7 +412,7 @@ class Submitter:
         pending = [o for o in self.book.open.values()
                    if o.state == OrderState.PENDING and o.account == self.account]
         oldest = min((o.created_at for o in pending), default=now)
-        self.book.metrics.oldest_pending_age.set(max(0.0, now - oldest))
+        self.book.metrics.for_account(self.account).oldest_pending_age.set(max(0.0, now - oldest))
         return [o for o in pending
                 if o.created_at < now - older_than and o.client_order_id not in self._locks]
 

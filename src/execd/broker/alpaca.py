@@ -54,7 +54,7 @@ from execd.domain.decimals import plain
 from execd.domain.orders import BrokerView, OrderSpec
 from execd.limiter import Lane, RateLimiter
 from execd.obs import logging
-from execd.obs.metrics import Metrics
+from execd.obs.metrics import AccountMetrics, Metrics, account_view
 
 T = TypeVar("T")
 log = logging.get("execd.broker")
@@ -317,7 +317,7 @@ def _unless_not_found(e: BrokerRejected) -> None:
 class AlpacaClient:
     def __init__(
         self, *, key_id: str, secret_key: str, url: str, limiter: RateLimiter, clock: Clock,
-        metrics: Metrics, timeout: float = 10.0, max_retries: int = 3,
+        metrics: Metrics | AccountMetrics, timeout: float = 10.0, max_retries: int = 3,
         backoff_initial: float = 0.5, backoff_max: float = 8.0,
     ) -> None:
         from alpaca.trading.client import TradingClient
@@ -326,7 +326,7 @@ class AlpacaClient:
         without_sdk_retries(self._client, _TimeoutSession(timeout, pool=THREADS))
         self._limiter = limiter
         self._clock = clock
-        self._metrics = metrics
+        self._metrics = account_view(metrics)  # its account's series
         self._retries = max_retries
         self._wait = _WaitForReset(backoff_initial, backoff_max, clock)
         self._threads = anyio.CapacityLimiter(THREADS)

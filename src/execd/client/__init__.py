@@ -32,6 +32,7 @@ from execd.client.errors import (
     UnknownOp,
 )
 from execd.client.records import (
+    AccountStatus,
     Actor,
     Order,
     OrderEvent,
@@ -44,7 +45,7 @@ from execd.client.records import (
 )
 
 __all__ = [
-    "Actor", "AsyncClient", "AsyncEvents", "BrokerRejected", "Client", "Conflict",
+    "AccountStatus", "Actor", "AsyncClient", "AsyncEvents", "BrokerRejected", "Client", "Conflict",
     "ConnectionLost", "DaemonUnreachable", "Events", "ExecdError", "IdleClosed",
     "InternalError", "InvalidRequest",
     "LineTooLong", "NotFound", "Order", "OrderEvent", "OrderState", "Overloaded",

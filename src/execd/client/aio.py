@@ -179,18 +179,21 @@ class AsyncClient:
     async def cancel(self, client_order_id: str, *, legs: bool = False) -> Order:
         return await self._run(calls.cancel(client_order_id, legs=legs))
 
-    async def cancel_all(self, strategy_id: str | None = None) -> list[Order]:
-        return await self._run(calls.cancel_all(strategy_id))
+    async def cancel_all(self, strategy_id: str | None = None, *,
+                         account: str | None = None) -> list[Order]:
+        return await self._run(calls.cancel_all(strategy_id, account=account))
 
     async def close_position(self, symbol: str, *, qty: Num | None = None,
                              percentage: Num | None = None, strategy_id: str | None = None,
-                             client_order_id: str | None = None, wait: str | None = None) -> Order:
+                             client_order_id: str | None = None, wait: str | None = None,
+                             account: str | None = None) -> Order:
         return await self._run(calls.close_position(
             symbol, qty=qty, percentage=percentage, strategy_id=strategy_id,
-            client_order_id=client_order_id, wait=wait))
+            client_order_id=client_order_id, wait=wait, account=account))
 
-    async def flatten(self, reason: str | None = None) -> dict[str, Any]:
-        return await self._run(calls.flatten(reason))
+    async def flatten(self, reason: str | None = None, *,
+                      account: str | None = None) -> dict[str, Any]:
+        return await self._run(calls.flatten(reason, account=account))
 
     async def order(self, client_order_id: str) -> Order:
         return await self._run(calls.order(client_order_id))
@@ -200,23 +203,25 @@ class AsyncClient:
 
     async def orders(self, *, strategy_id: str | None = None,
                      state: OrderState | str | None = None, open: bool | None = None,
-                     limit: int | None = None) -> list[Order]:
+                     limit: int | None = None,
+                     account: str | None = None) -> list[Order]:
         return await self._run(calls.orders(strategy_id=strategy_id, state=state, open=open,
-                                            limit=limit))
+                                            limit=limit, account=account))
 
-    async def positions(self) -> list[Position]:
-        return await self._run(calls.positions())
+    async def positions(self, *, account: str | None = None) -> list[Position]:
+        return await self._run(calls.positions(account=account))
 
     async def status(self) -> Status:
         return await self._run(calls.status())
 
-    async def halt(self, reason: str | None = None, *,
-                   strategy_id: str | None = None) -> Trading:
-        return await self._run(calls.halt(reason, strategy_id=strategy_id))
+    async def halt(self, reason: str | None = None, *, strategy_id: str | None = None,
+                   account: str | None = None) -> Trading:
+        return await self._run(calls.halt(reason, strategy_id=strategy_id, account=account))
 
     async def resume(self, reason: str | None = None, *, reducing: bool = False,
-                     strategy_id: str | None = None) -> Trading:
-        return await self._run(calls.resume(reason, reducing=reducing, strategy_id=strategy_id))
+                     strategy_id: str | None = None, account: str | None = None) -> Trading:
+        return await self._run(calls.resume(reason, reducing=reducing, strategy_id=strategy_id,
+                                            account=account))
 
     async def session(self, strategy_id: str, *, cancel_on_disconnect: bool = True,
                       heartbeat_s: float = 10.0) -> dict[str, Any]:

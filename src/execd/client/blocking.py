@@ -216,18 +216,21 @@ class Client:
     def cancel(self, client_order_id: str, *, legs: bool = False) -> Order:
         return self._run(calls.cancel(client_order_id, legs=legs))
 
-    def cancel_all(self, strategy_id: str | None = None) -> list[Order]:
-        return self._run(calls.cancel_all(strategy_id))
+    def cancel_all(self, strategy_id: str | None = None, *,
+                   account: str | None = None) -> list[Order]:
+        return self._run(calls.cancel_all(strategy_id, account=account))
 
     def close_position(self, symbol: str, *, qty: Num | None = None,
                        percentage: Num | None = None, strategy_id: str | None = None,
-                       client_order_id: str | None = None, wait: str | None = None) -> Order:
+                       client_order_id: str | None = None, wait: str | None = None,
+                       account: str | None = None) -> Order:
         return self._run(calls.close_position(
             symbol, qty=qty, percentage=percentage, strategy_id=strategy_id,
-            client_order_id=client_order_id, wait=wait))
+            client_order_id=client_order_id, wait=wait, account=account))
 
-    def flatten(self, reason: str | None = None) -> dict[str, Any]:
-        return self._run(calls.flatten(reason))
+    def flatten(self, reason: str | None = None, *,
+                account: str | None = None) -> dict[str, Any]:
+        return self._run(calls.flatten(reason, account=account))
 
     def order(self, client_order_id: str) -> Order:
         return self._run(calls.order(client_order_id))
@@ -236,22 +239,25 @@ class Client:
         return self._run(calls.history(client_order_id))
 
     def orders(self, *, strategy_id: str | None = None, state: OrderState | str | None = None,
-               open: bool | None = None, limit: int | None = None) -> list[Order]:
+               open: bool | None = None, limit: int | None = None,
+               account: str | None = None) -> list[Order]:
         return self._run(calls.orders(strategy_id=strategy_id, state=state, open=open,
-                                      limit=limit))
+                                      limit=limit, account=account))
 
-    def positions(self) -> list[Position]:
-        return self._run(calls.positions())
+    def positions(self, *, account: str | None = None) -> list[Position]:
+        return self._run(calls.positions(account=account))
 
     def status(self) -> Status:
         return self._run(calls.status())
 
-    def halt(self, reason: str | None = None, *, strategy_id: str | None = None) -> Trading:
-        return self._run(calls.halt(reason, strategy_id=strategy_id))
+    def halt(self, reason: str | None = None, *, strategy_id: str | None = None,
+             account: str | None = None) -> Trading:
+        return self._run(calls.halt(reason, strategy_id=strategy_id, account=account))
 
     def resume(self, reason: str | None = None, *, reducing: bool = False,
-               strategy_id: str | None = None) -> Trading:
-        return self._run(calls.resume(reason, reducing=reducing, strategy_id=strategy_id))
+               strategy_id: str | None = None, account: str | None = None) -> Trading:
+        return self._run(calls.resume(reason, reducing=reducing, strategy_id=strategy_id,
+                                      account=account))
 
     def session(self, strategy_id: str, *, cancel_on_disconnect: bool = True,
                 heartbeat_s: float = 10.0) -> dict[str, Any]:

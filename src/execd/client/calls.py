@@ -99,8 +99,9 @@ def _orders(r: dict[str, Any]) -> list[Order]:
 
 
 def _trading(r: dict[str, Any]) -> Trading:
-    """`{"trading": …}` account-wide, `{"strategy": …}` for one strategy."""
-    return Trading.from_wire(r.get("strategy") or r.get("trading") or r)
+    """`{"trading": …}` daemon-wide, `{"strategy": …}` for one strategy, `{"account": …}`
+    for one broker account of several."""
+    return Trading.from_wire(r.get("strategy") or r.get("account") or r.get("trading") or r)
 
 
 def _leg(value: TakeProfit | StopLoss | Mapping[str, Any] | Num | None,
@@ -164,25 +165,31 @@ def cancel(client_order_id: str, *, legs: bool = False) -> Call[Order]:
                 _order)
 
 
-def cancel_all(strategy_id: str | None = None) -> Call[list[Order]]:
-    return Call("cancel_all", {"strategy_id": strategy_id}, _orders)
+def cancel_all(strategy_id: str | None = None, *, account: str | None = None
+               ) -> Call[list[Order]]:
+    """`account`: its orders only (several broker accounts)."""
+    return Call("cancel_all", {"strategy_id": strategy_id, "account": account}, _orders)
 
 
 def close_position(symbol: str, *, qty: Num | None = None, percentage: Num | None = None,
                    strategy_id: str | None = None, client_order_id: str | None = None,
-                   wait: str | None = None) -> Call[Order]:
+                   wait: str | None = None, account: str | None = None) -> Call[Order]:
     """Answers the closing order (an opposite-side market order of execd's own; its
-    `client_order_id` makes a retried close safe)."""
+    `client_order_id` makes a retried close safe). `account`: the position there (needed
+    only when two accounts hold the symbol)."""
     if qty is not None and percentage is not None:
         raise ValueError("close_position takes qty or percentage, not both")
     return Call("close_position", {"symbol": symbol, "qty": num(qty),
                                    "percentage": num(percentage), "strategy_id": strategy_id,
-                                   "client_order_id": client_order_id, "wait": wait}, _order)
+                                   "client_order_id": client_order_id, "wait": wait,
+                                   "account": account}, _order)
 
 
-def flatten(reason: str | None = None) -> Call[dict[str, Any]]:
-    """Answers the daemon's report: each position's outcome (trading stays HALTED)."""
-    return Call("flatten", {"reason": reason}, dict)
+def flatten(reason: str | None = None, *, account: str | None = None
+            ) -> Call[dict[str, Any]]:
+    """Answers the daemon's report: each position's outcome (trading stays HALTED; with
+    `account`, that account alone is flattened and halted)."""
+    return Call("flatten", {"reason": reason, "account": account}, dict)
 
 
 def order(client_order_id: str) -> Call[Order]:
@@ -197,23 +204,25 @@ def history(client_order_id: str) -> Call[list[dict[str, Any]]]:
 
 
 def orders(*, strategy_id: str | None = None, state: OrderState | str | None = None,
-           open: bool | None = None, limit: int | None = None) -> Call[list[Order]]:
+           open: bool | None = None, limit: int | None = None,
+           account: str | None = None) -> Call[list[Order]]:
     """Newest first; `limit` rows at most (the daemon's default: 100)."""
     return Call("orders", {"strategy_id": strategy_id,
                            "state": None if state is None else str(state),
-                           "open": open, "limit": limit}, _orders)
+                           "open": open, "limit": limit, "account": account}, _orders)
 
 
-def positions() -> Call[list[Position]]:
-    return Call("positions", {},
+def positions(*, account: str | None = None) -> Call[list[Position]]:
+    """Every account's positions, or `account`'s."""
+    return Call("positions", {"account": account},
                 lambda r: [Position.from_wire(p) for p in r.get("positions") or []])
 
 
-def external_orders(*, open: bool | None = None, limit: int | None = None
-                    ) -> Call[list[dict[str, Any]]]:
+def external_orders(*, open: bool | None = None, limit: int | None = None,
+                    account: str | None = None) -> Call[list[dict[str, Any]]]:
     """Orders on the account that execd did not place, newest first (an operator's
     command). Each as the daemon sends it (docs/protocol.md, `external_orders`)."""
-    return Call("external_orders", {"open": open, "limit": limit},
+    return Call("external_orders", {"open": open, "limit": limit, "account": account},
                 lambda r: [dict(o) for o in r.get("external_orders") or []])
 
 
@@ -221,16 +230,19 @@ def status() -> Call[Status]:
     return Call("status", {}, Status.from_wire)
 
 
-def halt(reason: str | None = None, *, strategy_id: str | None = None) -> Call[Trading]:
-    """Account-wide, or only `strategy_id`'s orders. Cancels still work."""
-    return Call("halt", {"reason": reason, "strategy_id": strategy_id}, _trading)
+def halt(reason: str | None = None, *, strategy_id: str | None = None,
+         account: str | None = None) -> Call[Trading]:
+    """Daemon-wide, or only `strategy_id`'s orders, or only one broker `account`'s.
+    Cancels still work."""
+    return Call("halt", {"reason": reason, "strategy_id": strategy_id, "account": account},
+                _trading)
 
 
 def resume(reason: str | None = None, *, reducing: bool = False,
-           strategy_id: str | None = None) -> Call[Trading]:
-    """ACTIVE again, or REDUCING (only orders that shrink a position)."""
+           strategy_id: str | None = None, account: str | None = None) -> Call[Trading]:
+    """ACTIVE again, or REDUCING (only orders that shrink a position; daemon-wide only)."""
     return Call("resume", {"state": "REDUCING" if reducing else None, "reason": reason,
-                           "strategy_id": strategy_id}, _trading)
+                           "strategy_id": strategy_id, "account": account}, _trading)
 
 
 def session(strategy_id: str, *, cancel_on_disconnect: bool = True,

@@ -246,19 +246,20 @@ class Position(_Wire):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Trading(_Wire):
-    """The trading state (account-wide, or one strategy's)."""
+    """The trading state (daemon-wide, one strategy's, or one broker account's)."""
 
     state: TradingState
     reason: str | None = None
     since: datetime | None = None
     strategy_id: str | None = None
+    account: str | None = None  # one account's (several accounts): its own halt
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_wire(cls, t: Mapping[str, Any]) -> Trading:
         return cls(state=TradingState(str(t.get("state", "ACTIVE"))), reason=_str(t.get("reason")),
                    since=when(t.get("since") or None),  # 0: never changed
-                   strategy_id=_str(t.get("strategy_id")),
+                   strategy_id=_str(t.get("strategy_id")), account=_str(t.get("account")),
                    raw=dict(t))
 
 
@@ -271,11 +272,43 @@ class Actor(_Wire):
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountStatus(_Wire):
+    """One broker account in `status` (docs/protocol.md): its trading state (its own
+    halt, or the daemon's), broker, stream, request budget, last poll and reconcile."""
+
+    name: str
+    trading: Trading
+    broker: str = ""
+    url: str | None = None
+    stream: Mapping[str, Any] | None = field(default=None, compare=False)
+    budget_remaining: Decimal | None = None
+    budget_limit: int | None = None
+    last_poll: datetime | None = None
+    last_poll_error: str | None = None
+    last_reconcile: datetime | None = None
+    last_reconcile_result: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_wire(cls, name: str, a: Mapping[str, Any]) -> AccountStatus:
+        given = a.get("budget")
+        budget: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+        return cls(
+            name=name, trading=Trading.from_wire({**a, "account": name}),
+            broker=str(a.get("broker") or ""), url=_str(a.get("url")), stream=a.get("stream"),
+            budget_remaining=dec(budget.get("remaining")),
+            budget_limit=int(budget["limit"]) if budget.get("limit") is not None else None,
+            last_poll=when(a.get("last_poll")), last_poll_error=_str(a.get("last_poll_error")),
+            last_reconcile=when(a.get("last_reconcile")),
+            last_reconcile_result=_str(a.get("last_reconcile_result")), raw=dict(a))
+
+
 _STATUS_FIELDS = frozenset({
     "version", "trading", "actors", "limiter", "last_poll", "last_poll_error",
     "last_reconcile", "last_reconcile_result", "broker_orders_unknown", "orders",
     "open_orders", "subscribers", "recovery", "storage", "halted_strategies", "stream",
-    "poll_interval"})
+    "poll_interval", "accounts"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -298,6 +331,8 @@ class Status(_Wire):
     # auth_failed), trusted, error, for_s, last_event_age_s
     stream: Mapping[str, Any] | None = field(default=None, compare=False)
     poll_interval: float | None = None  # seconds: the poller's interval in force
+    # each broker account, in the config's order (one: "default" for a [broker] config)
+    accounts: Mapping[str, AccountStatus] = field(default_factory=dict, compare=False)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -327,6 +362,8 @@ class Status(_Wire):
             recovery=s.get("recovery"), storage=s.get("storage"), stream=s.get("stream"),
             poll_interval=float(s["poll_interval"]) if s.get("poll_interval") is not None
             else None,
+            accounts={str(n): AccountStatus.from_wire(str(n), a)
+                      for n, a in (s.get("accounts") or {}).items() if isinstance(a, Mapping)},
             extra={k: v for k, v in s.items() if k not in _STATUS_FIELDS}, raw=dict(s),
         )
 

@@ -55,7 +55,8 @@ class ExternalOrder:
                 "side": self.side, "qty": show_opt(self.qty), "notional": show_opt(self.notional),
                 "type": self.type, "status": self.status, "filled_qty": show(self.filled_qty),
                 "filled_avg_price": show_opt(self.filled_avg_price),
-                "first_seen": self.first_seen, "updated_at": self.updated_at}
+                "first_seen": self.first_seen, "updated_at": self.updated_at,
+                "account": self.account}
 
 
 def external_from(found: BrokerOrder, now: float, account: str = DEFAULT_ACCOUNT

@@ -328,6 +328,8 @@ def event_line(event: Event) -> dict[str, Any]:
     shown = trading_json(event.status)
     if event.strategy_id is not None:
         shown["strategy_id"] = event.strategy_id
+    if event.account is not None:  # one account's own state (several accounts)
+        shown["account"] = event.account
     return {"event": "trading", "trading": shown}
 
 

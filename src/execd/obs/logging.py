@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 import structlog
@@ -52,3 +52,17 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
 
 def get(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def in_account(
+    account: str, start: Callable[..., Awaitable[None]],
+) -> Callable[..., Coroutine[Any, Any, None]]:
+    """`start` (a supervisor child's) with `account` on every log line of its task and
+    of the tasks it starts (a context variable: each task has its own copy), so that a
+    per-account actor's lines, and its broker client's, name their account."""
+
+    async def run(**kwargs: Any) -> None:
+        with structlog.contextvars.bound_contextvars(account=account):
+            await start(**kwargs)
+
+    return run

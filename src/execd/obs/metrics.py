@@ -7,9 +7,18 @@ event is invisible to `rate()` and to alerts, which then see nothing rather than
 The known values are the tuples below; a new actor, outcome, state, endpoint or code
 belongs in them. `deploy/prometheus/alerts.yml` and `deploy/grafana/execd.json` use
 these names: `tests/test_prometheus.py` checks that every name they use is exported.
+
+What is per broker account (its broker requests, limiter and budget, stream, poller,
+reconciler, PENDING orders) carries an `account` label (a [broker] config's one account
+is "default"). The code that runs per account never names it: it is handed
+`metrics.for_account(name)`, an `AccountMetrics` whose families have the label given,
+and that call creates the account's series at 0 (app.py makes one per configured
+account before the first scrape).
 """
 
 from __future__ import annotations
+
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,6 +29,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import generate_latest
 
+from execd.domain.orders import DEFAULT_ACCOUNT
 from execd.domain.risk import TradingState, TradingStatus
 from execd.obs.broker_news import BrokerNews
 
@@ -96,28 +106,28 @@ class Metrics:
             "execd_broker_requests_total",
             "Broker requests (every attempt, retries included) by endpoint and status: ok, "
             "an HTTP status, or the error's name when no answer came",
-            ["endpoint", "status"], registry=r,
+            ["account", "endpoint", "status"], registry=r,
         )
         self.broker_latency = Histogram(
-            "execd_broker_request_seconds", "Broker request latency", ["endpoint"],
+            "execd_broker_request_seconds", "Broker request latency", ["account", "endpoint"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.budget_requests = Gauge(
             "execd_broker_budget_requests_per_window",
             "The request budget: broker requests allowed in any sliding window "
-            "(broker.requests_per_minute)", registry=r,
+            "(broker.requests_per_minute)", ["account"], registry=r,
         )
         self.budget_window = Gauge(
             "execd_broker_budget_window_seconds",
-            "The request budget's sliding window (broker.window_seconds)", registry=r,
+            "The request budget's sliding window (broker.window_seconds)", ["account"], registry=r,
         )
         self.limiter_wait = Histogram(
             "execd_limiter_wait_seconds", "Time waited for the shared request budget",
-            buckets=LATENCY_BUCKETS, registry=r,
+            buckets=LATENCY_BUCKETS, labelnames=["account"], registry=r,
         )
         self.limiter_remaining = Gauge(
             "execd_limiter_budget_remaining", "Requests the limiter would let through now",
-            registry=r,
+            ["account"], registry=r,
         )
         self.runbook = Gauge(
             "execd_runbook_info", "1, labelled with the base URL of the runbooks "
@@ -125,7 +135,7 @@ class Metrics:
         )
         self.limiter_limit = Gauge(
             "execd_limiter_budget_limit", "Requests per window in force: the configured "
-            "budget, or the broker's own limit once a 429 stated a lower one", registry=r,
+            "budget, or the broker's own limit once a 429 stated a lower one", ["account"], registry=r,
         )
         self.actor_restarts = Counter(
             "execd_actor_restarts_total", "Actor crashes followed by a restart", ["actor"],
@@ -142,80 +152,80 @@ class Metrics:
             ["reason"], registry=r,
         )
         self.reconcile_runs = Counter(
-            "execd_reconcile_runs_total", "Reconciliations by result", ["result"], registry=r
+            "execd_reconcile_runs_total", "Reconciliations by result", ["account", "result"], registry=r
         )
         self.reconcile_mismatches = Counter(
             "execd_reconcile_mismatches_total", "Symbols found mismatched (confirmed)",
-            registry=r,
+            ["account"], registry=r,
         )
         self.reconcile_last_success = Gauge(
             "execd_reconcile_last_success_timestamp_seconds", "Last clean reconciliation",
-            registry=r,
+            ["account"], registry=r,
         )
         self.poll_last_success = Gauge(
-            "execd_poll_last_success_timestamp_seconds", "Last completed poll", registry=r
+            "execd_poll_last_success_timestamp_seconds", "Last completed poll", ["account"], registry=r
         )
         self.poll_interval = Gauge(
             "execd_poll_interval_seconds",
             "The poller's interval in force (longer while the trade_updates stream is healthy)",
-            registry=r,
+            ["account"], registry=r,
         )
         self.poll_lookups = Counter(
-            "execd_poll_lookups_total", "Single-order look-ups made by the poller", registry=r
+            "execd_poll_lookups_total", "Single-order look-ups made by the poller", ["account"], registry=r
         )
         self.stream_enabled = Gauge(
-            "execd_stream_enabled", "1 if the trade_updates stream is configured on", registry=r
+            "execd_stream_enabled", "1 if the trade_updates stream is configured on", ["account"], registry=r
         )
         self.stream_connected = Gauge(
             "execd_stream_connected", "1 while the trade_updates stream is connected and "
-            "subscribed", registry=r,
+            "subscribed", ["account"], registry=r,
         )
         self.stream_events = Counter(
             "execd_stream_events_total", "trade_updates events received, by event (duplicates "
-            "not included)", ["event"], registry=r,
+            "not included)", ["account", "event"], registry=r,
         )
         self.stream_duplicates = Counter(
             "execd_stream_duplicates_total", "trade_updates events dropped as duplicates (an "
-            "execution_id already applied)", registry=r,
+            "execution_id already applied)", ["account"], registry=r,
         )
         self.stream_unknown = Counter(
             "execd_stream_unknown_orders_total", "trade_updates events for orders execd did not "
-            "place", registry=r,
+            "place", ["account"], registry=r,
         )
         self.stream_reconnects = Counter(
             "execd_stream_reconnects_total", "trade_updates connections lost or failed (each is "
-            "followed by a backoff and a reconnect)", registry=r,
+            "followed by a backoff and a reconnect)", ["account"], registry=r,
         )
         self.stream_auth_failures = Counter(
             "execd_stream_auth_failures_total", "trade_updates authentications refused",
-            registry=r,
+            ["account"], registry=r,
         )
         self.stream_resyncs = Counter(
             "execd_stream_resyncs_total", "Complete polls run after a stream (re)connect",
-            registry=r,
+            ["account"], registry=r,
         )
         self.stream_resync_repaired = Counter(
             "execd_stream_resync_repaired_total", "Orders a resync found changed (what the "
-            "stream missed)", registry=r,
+            "stream missed)", ["account"], registry=r,
         )
         self.stream_apply = Histogram(
             "execd_stream_apply_seconds", "A trade_updates event's receipt to its recording in "
-            "the book (monotonic clock)", buckets=LATENCY_BUCKETS, registry=r,
+            "the book (monotonic clock)", buckets=LATENCY_BUCKETS, labelnames=["account"], registry=r,
         )
         self.stream_last_event = Gauge(
             "execd_stream_last_event_timestamp_seconds", "When the last trade_updates event "
-            "arrived", registry=r,
+            "arrived", ["account"], registry=r,
         )
         self.fill_lag = Histogram(
             "execd_fill_lag_seconds",
             "A fill's time at the broker to its recording in the book, by the source that "
             "brought the news (stream or poll)",
-            ["source"], buckets=LAG_BUCKETS, registry=r,
+            ["account", "source"], buckets=LAG_BUCKETS, registry=r,
         )
         self.oldest_pending_age = Gauge(
             "execd_oldest_pending_order_age_seconds",
             "Age of the oldest order still PENDING (committed, not yet known to the broker); "
-            "0 when there is none", registry=r,
+            "0 when there is none", ["account"], registry=r,
         )
         self.submit_timeout = Gauge(
             "execd_submit_timeout_seconds",
@@ -234,6 +244,12 @@ class Metrics:
             "execd_account_halted", "1 while this broker account is halted on its own (a "
             "reconcile mismatch or broker failures there, or an operator's halt of it); "
             "the global trading state is apart", ["account"], registry=r,
+        )
+        self.account_trading_halted = Gauge(
+            "execd_account_trading_halted",
+            "1 for the category of the reason of this account's own halt (operator, "
+            "reconcile, broker_failures, storage, other); all 0 unless it is halted",
+            ["account", "reason"], registry=r,
         )
         self.deadman_cancels = Counter(
             "execd_deadman_cancels_total", "Open orders cancelled (or their cancel under way) by a "
@@ -256,7 +272,16 @@ class Metrics:
         self.intake_errors = Counter(
             "execd_intake_errors_total", "Error answers by code", ["code"], registry=r
         )
+        self._accounts: dict[str, AccountMetrics] = {}
         self._initialise()
+
+    def for_account(self, account: str) -> AccountMetrics:
+        """The account's view (one per name: a per-account actor's restart gets the same
+        one); its first call creates the account's series at 0."""
+        view = self._accounts.get(account)
+        if view is None:
+            view = self._accounts[account] = AccountMetrics(self, account)
+        return view
 
     def _initialise(self) -> None:
         """Every known child at 0, so that each series exists from the start."""
@@ -276,35 +301,23 @@ class Metrics:
             self.rejections.labels(rule)
         for wait in WAIT_MODES:
             self.ack_latency.labels(wait)
-        for endpoint in BROKER_ENDPOINTS:
-            self.broker_requests.labels(endpoint, "ok")
-            self.broker_latency.labels(endpoint)
-        for result in RECONCILE_RESULTS:
-            self.reconcile_runs.labels(result)
         for code in INTAKE_ERROR_CODES:
             self.intake_errors.labels(code)
-        for source in FILL_SOURCES:
-            self.fill_lag.labels(source)
-        for event in STREAM_EVENTS:
-            self.stream_events.labels(event)
 
-    def show_config(
-        self, *, submit_timeout: float, poll_interval: float, budget_requests: int,
-        budget_window: float, runbook_base: str = "",
-    ) -> None:
+    def show_config(self, *, submit_timeout: float, runbook_base: str = "") -> None:
         """What the running daemon is configured with, for alerts that compare against it
-        (no threshold in an alert rule repeats a number from config.toml)."""
+        (no threshold in an alert rule repeats a number from config.toml); an account's
+        own numbers: `AccountMetrics.show_config`."""
         self.submit_timeout.set(submit_timeout)
-        self.poll_interval.set(poll_interval)
-        self.budget_requests.set(budget_requests)
-        self.limiter_limit.set(budget_requests)
-        self.budget_window.set(budget_window)
         if runbook_base:
             self.runbook.labels(runbook_base.rstrip("/")).set(1)
 
     def show_account_state(self, account: str, status: TradingStatus) -> None:
-        self.account_halted.labels(account).set(
-            1 if status.state == TradingState.HALTED else 0)
+        halted = status.state == TradingState.HALTED
+        self.account_halted.labels(account).set(1 if halted else 0)
+        category = halt_category(status.reason) if halted else None
+        for c in HALT_CATEGORIES:
+            self.account_trading_halted.labels(account, c).set(1 if c == category else 0)
 
     def show_halt(self, category: str | None) -> None:
         """1 for the current halt's category (from `halt_category`), 0 for the others;
@@ -314,3 +327,84 @@ class Metrics:
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
+
+
+F = TypeVar("F", Counter, Gauge, Histogram)
+
+
+class Labelled(Generic[F]):
+    """A family with more labels than `account`, the account given: `.labels(*rest)`."""
+
+    __slots__ = ("_account", "_family")
+
+    def __init__(self, family: F, account: str) -> None:
+        self._family: F = family
+        self._account = account
+
+    def labels(self, *values: str) -> F:
+        child: F = self._family.labels(self._account, *values)
+        return child
+
+
+class AccountMetrics:
+    """One account's share of `Metrics` (`Metrics.for_account`): every per-account family
+    with its `account` label given, so the code that runs per account (broker client,
+    stream, poller, reconciler, submitter) is the same with one account or several.
+    A family with only the `account` label is its child itself; the others are
+    `Labelled`. Created with every known child at 0."""
+
+    def __init__(self, m: Metrics, account: str) -> None:
+        self.account = account
+        self.registry = m.registry  # the daemon's, for tests that read a value back
+        a = account
+        self.broker_requests = Labelled(m.broker_requests, a)
+        self.broker_latency = Labelled(m.broker_latency, a)
+        self.budget_requests = m.budget_requests.labels(a)
+        self.budget_window = m.budget_window.labels(a)
+        self.limiter_wait = m.limiter_wait.labels(a)
+        self.limiter_remaining = m.limiter_remaining.labels(a)
+        self.limiter_limit = m.limiter_limit.labels(a)
+        self.reconcile_runs = Labelled(m.reconcile_runs, a)
+        self.reconcile_mismatches = m.reconcile_mismatches.labels(a)
+        self.reconcile_last_success = m.reconcile_last_success.labels(a)
+        self.poll_last_success = m.poll_last_success.labels(a)
+        self.poll_interval = m.poll_interval.labels(a)
+        self.poll_lookups = m.poll_lookups.labels(a)
+        self.stream_enabled = m.stream_enabled.labels(a)
+        self.stream_connected = m.stream_connected.labels(a)
+        self.stream_events = Labelled(m.stream_events, a)
+        self.stream_duplicates = m.stream_duplicates.labels(a)
+        self.stream_unknown = m.stream_unknown.labels(a)
+        self.stream_reconnects = m.stream_reconnects.labels(a)
+        self.stream_auth_failures = m.stream_auth_failures.labels(a)
+        self.stream_resyncs = m.stream_resyncs.labels(a)
+        self.stream_resync_repaired = m.stream_resync_repaired.labels(a)
+        self.stream_apply = m.stream_apply.labels(a)
+        self.stream_last_event = m.stream_last_event.labels(a)
+        self.fill_lag = Labelled(m.fill_lag, a)
+        self.oldest_pending_age = m.oldest_pending_age.labels(a)
+        self.broker_news = m.broker_news  # not per account: what the broker got wrong
+        m.show_account_state(a, TradingStatus())
+        for endpoint in BROKER_ENDPOINTS:
+            self.broker_requests.labels(endpoint, "ok")
+            self.broker_latency.labels(endpoint)
+        for result in RECONCILE_RESULTS:
+            self.reconcile_runs.labels(result)
+        for source in FILL_SOURCES:
+            self.fill_lag.labels(source)
+        for event in STREAM_EVENTS:
+            self.stream_events.labels(event)
+
+    def show_config(self, *, poll_interval: float, budget_requests: int,
+                    budget_window: float) -> None:
+        """The account's configured numbers, for the alerts that compare against them."""
+        self.poll_interval.set(poll_interval)
+        self.budget_requests.set(budget_requests)
+        self.limiter_limit.set(budget_requests)
+        self.budget_window.set(budget_window)
+
+
+def account_view(metrics: Metrics | AccountMetrics,
+                 account: str = DEFAULT_ACCOUNT) -> AccountMetrics:
+    """An account's view from either (a test's broker client is handed `Metrics()`)."""
+    return metrics if isinstance(metrics, AccountMetrics) else metrics.for_account(account)
