@@ -7,7 +7,9 @@ the types here, calls the market, and renders what comes back in its broker's wo
 
 What it models: seeded price paths (prices.py) on a session clock; market, limit, stop,
 stop_limit and trailing_stop orders, fractional and notional quantities, time in force
-day/gtc/ioc/fok/opg/cls (schedule.py); bracket/OTO/OCO families (lifecycle.py);
+day/gtc/ioc/fok/opg/cls (schedule.py); bracket/OTO/OCO families, and one-cancels-all
+groups of any orders (`OrderRequest.oca_group`: a fill, even partial, cancels the
+group's other open orders, as IB's OCA type 1) (lifecycle.py);
 partial fills (`fill_parts`), cash, positions and buying power (account.py); faults
 per order (stuck, rejected after acceptance, a replace that loses to a fill).
 
@@ -27,6 +29,8 @@ Orders
     list_orders("open" | "closed" | "all") -> list[SimOrder]  legs included, oldest first
     legs(order) -> list[SimOrder]               a parent's children, in order
     attempted(cid)                              count a submit naming cid (refusals too)
+    executions(since=None) -> list[Execution]   every fill and part fill, in order (kept
+                                                in the state file): id, order, qty, price
     orders, open, by_client_id, submit_attempts the books themselves (under the lock)
 Positions and the account
     positions() -> list[PositionView], position(symbol) -> PositionView  (NOT_FOUND)
@@ -55,12 +59,19 @@ quantity and the signed position after it.
 
 from execd.sim.market.errors import MarketError, Reason
 from execd.sim.market.events import Subscriber, TradeEvent
-from execd.sim.market.orders import Exit, OrderChanges, OrderRequest, SimOrder, SimPosition
+from execd.sim.market.orders import (
+    Execution,
+    Exit,
+    OrderChanges,
+    OrderRequest,
+    SimOrder,
+    SimPosition,
+)
 from execd.sim.market.prices import UNIVERSE, Asset, PricePaths, Sessions, SimClock
 from execd.sim.market.venue import AccountView, Market, PositionView
 
 __all__ = [
-    "UNIVERSE", "AccountView", "Asset", "Exit", "Market", "MarketError", "OrderChanges",
-    "OrderRequest", "PositionView", "PricePaths", "Reason", "Sessions", "SimClock",
-    "SimOrder", "SimPosition", "Subscriber", "TradeEvent",
+    "UNIVERSE", "AccountView", "Asset", "Execution", "Exit", "Market", "MarketError",
+    "OrderChanges", "OrderRequest", "PositionView", "PricePaths", "Reason", "Sessions",
+    "SimClock", "SimOrder", "SimPosition", "Subscriber", "TradeEvent",
 ]
