@@ -187,3 +187,32 @@ def test_a_fill_in_an_oca_group_cancels_the_others_and_is_logged() -> None:
         (now.id, D(2), D(2)), (now.id, D(2), D(4))]
     assert len({x.execution_id for x in log}) == 2
     assert m.executions(since=log[1].at) == [log[1]]
+
+
+def test_modify_changes_the_order_in_place_and_keeps_its_fills() -> None:
+    """IB's modify: the same order (id, client id, fills) with new terms; `qty` the new
+    total. A limit modified through the market fills at once, at the market's price."""
+    m, elapsed = frozen_market(fill_parts=2, fill_delay=1.0)
+    m.set_prices({"AAPL": D("100.00")})
+    seen: list[str] = []
+    m.subscribe(lambda e: seen.append(e.event))
+    o = m.submit(req(qty="4", client_order_id="m1"))  # a market order, in 2 parts
+    elapsed[0] = 1.5
+    assert m.order(o.id).filled_qty == D(2)
+    assert refused(lambda: m.modify(o.id, OrderChanges(qty=D(2)))) == Reason.INVALID
+    assert refused(lambda: m.modify(o.id, OrderChanges(client_order_id="m2"))) == Reason.INVALID
+    same = m.modify(o.id, OrderChanges(qty=D(6)))
+    assert same is o
+    assert (o.qty, o.filled_qty, o.status) == (D(6), D(2), "partially_filled")
+    elapsed[0] = 3.0
+    assert (m.order(o.id).status, o.filled_qty, m.order_by_client_id("m1") is o) == (
+        "filled", D(6), True)
+    assert refused(lambda: m.modify(o.id, OrderChanges(qty=D(7)))) == Reason.NOT_OPEN
+    low = m.submit(req(type="limit", qty="1", limit_price=D("90.00")))
+    assert m.modify(low.id, OrderChanges(limit_price=D("90.00"))).status == "new"  # no change
+    m.modify(low.id, OrderChanges(limit_price=D("101.00")))  # through the market
+    assert (low.status, low.limit_price, low.filled_avg_price) == (
+        "filled", D(101), m.price("AAPL"))  # the market's price, below its new limit
+    assert m.price("AAPL") < D(101)
+    assert seen[-3:] == ["new", "modified", "fill"]
+    assert len(m.list_orders("all")) == 2  # no new order either time

@@ -227,6 +227,27 @@ class Lifecycle:
         self._save()
         return answer
 
+    def _modify(self, o: SimOrder, changes: Mapping[str, Any], now: float) -> None:
+        if holds(o):  # what it will hold, against what it holds now
+            after = replace(o, **changes)
+            self.account.check(OrderRequest(
+                symbol=o.symbol, side=o.side, type=o.type, qty=after.remaining,
+                time_in_force=after.time_in_force, notional=o.notional,
+                limit_price=after.limit_price, stop_price=after.stop_price,
+            ), now, shorting=self.settings.shorting, freed=o)
+        for name, value in changes.items():
+            setattr(o, name, value)
+        if o.type == "trailing_stop" and o.hwm is not None:
+            o.stop_price = trail_stop(o, o.hwm)
+        o.updated_at = now
+        if o.acts_as != "market":  # its prices hold from now on: checked afresh from now
+            o.activate_at, o.checked_until = max(o.activate_at, now), 0.0  # (as a new order)
+        for leg in self.book.legs(o):
+            if leg.dormant:  # an entry's exits protect what it will buy
+                leg.qty = o.qty
+        self._emit("modified", o, now)
+        self.advance_orders([o], now)
+
     # ------------------------------------------------------------------ trading
     def advance_orders(self, orders: Iterable[SimOrder], now: float) -> None:
         """Apply every change due by `now` to `orders`, in time order across them."""

@@ -227,23 +227,46 @@ class Market(Lifecycle):
                 if c.client_order_id in self.book.by_client_id:
                     raise MarketError(Reason.DUPLICATE_CLIENT_ID,
                                       "client_order_id must be unique")
-            trail_field = "trail_price" if old.trail_price is not None else "trail_percent"
-            wanted: dict[str, Any] = {
-                "qty": c.qty, "time_in_force": c.time_in_force, "limit_price": c.limit_price,
-                "stop_price": c.stop_price, trail_field: c.trail,
-            }
-            changes = {k: v for k, v in wanted.items()
-                       if v is not None and v != getattr(old, k)}
+            changes = self._changes(old, c)
             if not changes and c.client_order_id is None:
                 raise MarketError(Reason.NOT_CHANGED, "order parameters are not changed")
-            qty = changes.get("qty")
-            if isinstance(qty, Decimal):
-                if old.notional is not None:
-                    raise MarketError(Reason.INVALID,
-                                      "qty must not be given for notional orders")
-                if qty <= old.filled_qty:
-                    raise MarketError(Reason.INVALID, "qty must be > filled_qty")
             return self._replace(old, changes, c.client_order_id)
+
+    def modify(self, order_id: str, c: OrderChanges) -> SimOrder:
+        """The order itself changed in place, as IB modifies one (same id, its fills
+        kept): `qty` is the new total (more than has filled); the price is looked at
+        afresh from now, so a modify that makes it marketable fills at once. Its client
+        order id cannot change. Nothing to change: the order as it is."""
+        with self.lock:
+            self.advance()
+            o = self.book.find(order_id)
+            if not o.is_open:
+                raise MarketError(Reason.NOT_OPEN,
+                                  f"order is not modifiable in status {o.status}")
+            if c.client_order_id not in (None, o.client_order_id):
+                raise MarketError(Reason.INVALID, "client_order_id cannot be modified")
+            changes = self._changes(o, c)
+            if changes:
+                self._modify(o, changes, self.clock.now())
+                self._save()
+            return o
+
+    @staticmethod
+    def _changes(old: SimOrder, c: OrderChanges) -> dict[str, Any]:
+        """The fields `c` changes (a trail: the order's own kind of trail)."""
+        trail_field = "trail_price" if old.trail_price is not None else "trail_percent"
+        wanted: dict[str, Any] = {
+            "qty": c.qty, "time_in_force": c.time_in_force, "limit_price": c.limit_price,
+            "stop_price": c.stop_price, trail_field: c.trail,
+        }
+        changes = {k: v for k, v in wanted.items() if v is not None and v != getattr(old, k)}
+        qty = changes.get("qty")
+        if isinstance(qty, Decimal):
+            if old.notional is not None:
+                raise MarketError(Reason.INVALID, "qty must not be given for notional orders")
+            if qty <= old.filled_qty:
+                raise MarketError(Reason.INVALID, "qty must be > filled_qty")
+        return changes
 
     # ------------------------------------------------------- closing positions
     def close_position(self, symbol: str, qty: Decimal | None = None) -> SimOrder:
