@@ -159,5 +159,60 @@ def test_time_moves_and_the_account_survives_a_restart(tmp_path: Path) -> None:
     restored = again.order_by_client_id("slow")
     assert replace(restored) == replace(o)
     assert [(p.symbol, p.qty) for p in again.positions()] == [("AAPL", D(3))]
+    assert again.executions() == m.executions()  # the fills' log is kept too
     assert o.filled_at is not None
     assert again.clock.now() >= o.filled_at
+
+
+def test_a_fill_in_an_oca_group_cancels_the_others_and_is_logged() -> None:
+    """Any orders may share a one-cancels-all group (IB's OCA): a fill, even a part
+    fill, cancels the group's other open orders, not those of another group."""
+    m, elapsed = frozen_market(fill_parts=2, fill_delay=1.0)
+    m.set_prices({"MSFT": D("400.00")})
+    low = m.submit(req(type="limit", qty="2", symbol="MSFT", limit_price=D("390"),
+                       oca_group="g"))
+    high = m.submit(req(type="stop", qty="2", symbol="MSFT", stop_price=D("410"),
+                        oca_group="g"))
+    other = m.submit(req(type="limit", qty="1", symbol="MSFT", limit_price=D("380"),
+                         oca_group="h"))
+    now = m.submit(req(qty="4", symbol="MSFT", oca_group="g"))  # a market order, in 2 parts
+    elapsed[0] = 1.5  # its first part (due a second after it began)
+    m.advance()  # (what a ticker does; any call would)
+    assert (now.status, now.filled_qty) == ("partially_filled", D(2))
+    assert (low.status, high.status, other.status) == ("canceled", "canceled", "new")
+    elapsed[0] = 2.5
+    assert m.order(now.id).status == "filled"
+    log = m.executions()
+    assert [(x.order_id, x.qty, x.position_qty) for x in log] == [
+        (now.id, D(2), D(2)), (now.id, D(2), D(4))]
+    assert len({x.execution_id for x in log}) == 2
+    assert m.executions(since=log[1].at) == [log[1]]
+
+
+def test_modify_changes_the_order_in_place_and_keeps_its_fills() -> None:
+    """IB's modify: the same order (id, client id, fills) with new terms; `qty` the new
+    total. A limit modified through the market fills at once, at the market's price."""
+    m, elapsed = frozen_market(fill_parts=2, fill_delay=1.0)
+    m.set_prices({"AAPL": D("100.00")})
+    seen: list[str] = []
+    m.subscribe(lambda e: seen.append(e.event))
+    o = m.submit(req(qty="4", client_order_id="m1"))  # a market order, in 2 parts
+    elapsed[0] = 1.5
+    assert m.order(o.id).filled_qty == D(2)
+    assert refused(lambda: m.modify(o.id, OrderChanges(qty=D(2)))) == Reason.INVALID
+    assert refused(lambda: m.modify(o.id, OrderChanges(client_order_id="m2"))) == Reason.INVALID
+    same = m.modify(o.id, OrderChanges(qty=D(6)))
+    assert same is o
+    assert (o.qty, o.filled_qty, o.status) == (D(6), D(2), "partially_filled")
+    elapsed[0] = 3.0
+    assert (m.order(o.id).status, o.filled_qty, m.order_by_client_id("m1") is o) == (
+        "filled", D(6), True)
+    assert refused(lambda: m.modify(o.id, OrderChanges(qty=D(7)))) == Reason.NOT_OPEN
+    low = m.submit(req(type="limit", qty="1", limit_price=D("90.00")))
+    assert m.modify(low.id, OrderChanges(limit_price=D("90.00"))).status == "new"  # no change
+    m.modify(low.id, OrderChanges(limit_price=D("101.00")))  # through the market
+    assert (low.status, low.limit_price, low.filled_avg_price) == (
+        "filled", D(101), m.price("AAPL"))  # the market's price, below its new limit
+    assert m.price("AAPL") < D(101)
+    assert seen[-3:] == ["new", "modified", "fill"]
+    assert len(m.list_orders("all")) == 2  # no new order either time

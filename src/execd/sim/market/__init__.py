@@ -7,9 +7,11 @@ the types here, calls the market, and renders what comes back in its broker's wo
 
 What it models: seeded price paths (prices.py) on a session clock; market, limit, stop,
 stop_limit and trailing_stop orders, fractional and notional quantities, time in force
-day/gtc/ioc/fok/opg/cls (schedule.py); bracket/OTO/OCO families (lifecycle.py);
-partial fills (`fill_parts`), cash, positions and buying power (account.py); faults
-per order (stuck, rejected after acceptance, a replace that loses to a fill).
+day/gtc/ioc/fok/opg/cls (schedule.py); bracket/OTO/OCO families, and one-cancels-all
+groups of any orders (`OrderRequest.oca_group`: a fill, even partial, cancels the
+group's other open orders, as IB's OCA type 1) (lifecycle.py); partial fills
+(`fill_parts`), cash, positions and buying power (account.py); faults per order
+(stuck, rejected after acceptance, a replace that loses to a fill).
 
 Every method is thread-safe (one re-entrant lock, `market.lock`) and first brings the
 market up to the simulated now. Orders come back as the market's own `SimOrder` records,
@@ -23,10 +25,14 @@ Orders
     cancel_all() -> list[SimOrder]              those that were open
     replace(order_id, OrderChanges) -> SimOrder the new order; the old one is `replaced`
     check_replaceable(order)                    raises what replace would (NOT_OPEN, ...)
+    modify(order_id, OrderChanges) -> SimOrder  the same order changed in place (IB's way:
+                                                same id, fills kept; qty: the new total)
     order(order_id), order_by_client_id(cid) -> SimOrder      (NOT_FOUND)
     list_orders("open" | "closed" | "all") -> list[SimOrder]  legs included, oldest first
     legs(order) -> list[SimOrder]               a parent's children, in order
     attempted(cid)                              count a submit naming cid (refusals too)
+    executions(since=None) -> list[Execution]   every fill and part fill, in order (kept
+                                                in the state file): id, order, qty, price
     orders, open, by_client_id, submit_attempts the books themselves (under the lock)
 Positions and the account
     positions() -> list[PositionView], position(symbol) -> PositionView  (NOT_FOUND)
@@ -47,20 +53,27 @@ Events
                                                 in the caller's thread under the lock:
                                                 never block (hand it to your loop)
 
-A `TradeEvent` (events.py) names the change (`new`, `partial_fill`, `fill`, `canceled`,
-`expired`, `rejected`, `replaced`, ...), carries copies of the order and its legs as
-they were just after it, the simulated time, and for fills the execution's price and
-quantity and the signed position after it.
+A `TradeEvent` (events.py) names the change (`new`, `partial_fill`, `fill`,
+`canceled`, `expired`, `rejected`, `replaced`, `modified`, ...), carries copies of the
+order and its legs as they were just after it, the simulated time, and for fills the
+execution's id, price and quantity and the signed position after it.
 """
 
 from execd.sim.market.errors import MarketError, Reason
 from execd.sim.market.events import Subscriber, TradeEvent
-from execd.sim.market.orders import Exit, OrderChanges, OrderRequest, SimOrder, SimPosition
+from execd.sim.market.orders import (
+    Execution,
+    Exit,
+    OrderChanges,
+    OrderRequest,
+    SimOrder,
+    SimPosition,
+)
 from execd.sim.market.prices import UNIVERSE, Asset, PricePaths, Sessions, SimClock
 from execd.sim.market.venue import AccountView, Market, PositionView
 
 __all__ = [
-    "UNIVERSE", "AccountView", "Asset", "Exit", "Market", "MarketError", "OrderChanges",
-    "OrderRequest", "PositionView", "PricePaths", "Reason", "Sessions", "SimClock",
-    "SimOrder", "SimPosition", "Subscriber", "TradeEvent",
+    "UNIVERSE", "AccountView", "Asset", "Execution", "Exit", "Market", "MarketError",
+    "OrderChanges", "OrderRequest", "PositionView", "PricePaths", "Reason", "Sessions",
+    "SimClock", "SimOrder", "SimPosition", "Subscriber", "TradeEvent",
 ]

@@ -8,7 +8,8 @@ so it can be read later, from any thread.
 The names (Alpaca's, which the market speaks natively; a TWS front maps them):
 `pending_new`, `accepted`, `new` (working; a leg that wakes or an armed stop that
 triggers is `new` again), `partial_fill`, `fill`, `canceled`, `expired`, `rejected`,
-`replaced` (the old order, once its replacement stands), and, only with the setting
+`replaced` (the old order, once its replacement stands), `modified` (changed in place:
+`Market.modify`, which only a TWS front calls), and, only with the setting
 `stream_pending`, `pending_cancel`/`pending_replace` just before those changes.
 """
 

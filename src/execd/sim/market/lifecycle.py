@@ -1,14 +1,17 @@
 """How orders are born, trade and end: the market's state and its transitions.
 
 An order is stamped (strictly increasing times), registered, and from then on moved
-only by `advance_orders`: every open order says when its next change is due
-(schedule.py), and the changes are applied in time order across all orders, each one
-published as a trade event. A bracket/OTO's legs are created with their entry, `held`
-and dormant until it fills completely; then a take-profit wakes (`new`) and a
-stop-loss with a take-profit sibling stays `held` but armed (only one exit holds the
-shares, as at Alpaca); an OCO is a limit order (the take-profit) with one armed, held
-stop-loss leg. One exit's fill cancels its siblings; an entry that ends unfilled takes
-its legs with it, one that ends part-filled leaves them protecting what filled.
+only by `advance_orders` (or replaced: a new order takes its place and family): every
+open order says when its next change is due (schedule.py), and the changes are applied
+in time order across all orders, each one published as a trade event.
+
+A bracket/OTO's legs are created with their entry, `held` and dormant until it fills
+completely; then a take-profit wakes (`new`) and a stop-loss with a take-profit sibling
+stays `held` but armed (only one exit holds the shares, as at Alpaca); an OCO is a
+limit order (the take-profit) with one armed, held stop-loss leg. One exit's fill
+cancels its siblings, and a fill cancels the other open orders of its `oca_group`; an
+entry that ends unfilled takes its legs with it, one that ends part-filled leaves them
+protecting what filled. Every fill is logged (`execution_log`).
 
 Not locked here: `Market` (venue.py) takes its lock around every call.
 """
@@ -20,16 +23,17 @@ import itertools
 import random
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from execd.sim.market import state
 from execd.sim.market.account import Account
-from execd.sim.market.book import Book
+from execd.sim.market.book import Book, holds
 from execd.sim.market.events import Emitter, TradeEvent
-from execd.sim.market.orders import OrderRequest, SimOrder
+from execd.sim.market.orders import Execution, OrderRequest, SimOrder
 from execd.sim.market.prices import PricePaths, Sessions, SimClock
 from execd.sim.market.schedule import OPPOSITE, Change, next_change, trail_stop
 from execd.sim.settings import SimConfig
@@ -48,6 +52,7 @@ class Lifecycle:
         self.rng = random.Random(settings.seed)
         self.account_id = str(uuid.UUID(int=random.Random(f"acct{settings.seed}").getrandbits(128)))
         self.submit_attempts: Counter[str] = Counter()  # by client order id, refusals too
+        self.execution_log: list[Execution] = []  # every fill, in order
         self._last_submitted = 0.0
         self._woken: list[SimOrder] = []  # legs woken during advance_orders, to be scheduled
         saved = state.load(state_file) if state_file is not None and state_file.exists() else None
@@ -65,17 +70,19 @@ class Lifecycle:
             self._restore(saved)
 
     # ------------------------------------------------------------------ events
-    def _emit(self, event: str, o: SimOrder, at: float, *, price: Decimal | None = None,
-              qty: Decimal | None = None, position_qty: Decimal | None = None,
+    def _emit(self, event: str, o: SimOrder, at: float, *, fill: Execution | None = None,
               status: str | None = None) -> None:
         if not self.events.has_subscribers:
             return  # nobody listens: no copies
         copy = replace(o, legs=list(o.legs), status=status or o.status)
         legs = tuple(replace(leg, legs=[]) for leg in self.book.legs(o))
-        self.events.emit(TradeEvent(
-            event=event, execution_id=str(uuid.uuid4()), order=copy, legs=legs, at=at,
-            price=price, qty=qty, position_qty=position_qty,
-        ))
+        if fill is None:
+            self.events.emit(TradeEvent(event=event, execution_id=str(uuid.uuid4()),
+                                        order=copy, legs=legs, at=at))
+        else:
+            self.events.emit(TradeEvent(
+                event=event, execution_id=fill.execution_id, order=copy, legs=legs, at=at,
+                price=fill.price, qty=fill.qty, position_qty=fill.position_qty))
 
     def _pending(self, status: str, o: SimOrder, at: float) -> None:
         """pending_cancel or pending_replace, as Alpaca streams it before the change (the
@@ -109,7 +116,7 @@ class Lifecycle:
             limit_price=r.limit_price, stop_price=r.stop_price,
             trail_price=r.trail_price, trail_percent=r.trail_percent,
             order_class=r.order_class, extended_hours=r.extended_hours,
-            created_at=created, updated_at=created,
+            oca_group=r.oca_group, created_at=created, updated_at=created,
             fill_parts=max(1, s.fill_parts), activate_at=created,
         )
         if r.type == "trailing_stop":
@@ -158,6 +165,88 @@ class Lifecycle:
             )
             self.book.register(order)
             parent.legs.append(order.id)
+
+    # ------------------------------------------------------------ replacement
+    def _replace(self, old: SimOrder, changes: Mapping[str, Any],
+                 client_order_id: str | None) -> SimOrder:
+        now = self.clock.now()
+        new = replace(
+            old, id=self._new_id(), client_order_id=client_order_id or str(uuid.uuid4()),
+            created_at=0.0, status="held" if old.status == "held" else "new",
+            filled_qty=Decimal(0), filled_notional=Decimal(0), filled_at=None,
+            legs=list(old.legs), replaces=old.id, replaced_by=None, replaced_at=None,
+            parts_done=0, reject_at=None, triggered_at=None, **changes,
+        )
+        if holds(new):  # a held leg holds nothing (its entry or sibling does)
+            self.account.check(OrderRequest(
+                symbol=new.symbol, side=new.side, type=new.type, qty=new.remaining,
+                time_in_force=new.time_in_force, notional=new.notional,
+                limit_price=new.limit_price, stop_price=new.stop_price,
+            ), now, shorting=self.settings.shorting, freed=old)
+        new.created_at = new.updated_at = new.activate_at = new.checked_until = (
+            self._stamp(now))
+        if new.type == "trailing_stop":
+            new.hwm = old.hwm if old.hwm is not None else self.prices.price(new.symbol, now)
+            new.stop_price = trail_stop(new, new.hwm)
+        s = self.settings
+        self._pending("pending_replace", old, now)
+        if (s.p_replace_fills_first and old.status != "held"
+                and self.rng.random() < s.p_replace_fills_first):
+            return self._replace_too_late(old, new)
+        old.status, old.replaced_by = "replaced", new.id
+        old.legs = []  # the family is the new order's now: listed once
+        old.replaced_at = old.updated_at = new.created_at
+        self.book.open.pop(old.id, None)
+        parent = self.book.parent(old)  # the new order takes the old one's place
+        if parent is not None:
+            parent.legs[parent.legs.index(old.id)] = new.id
+        for leg in self.book.legs(new):
+            leg.parent_id = new.id
+            if leg.dormant:  # an entry's exits protect what it will buy
+                leg.qty = new.qty
+        if new.status == "new" and not self.sessions.is_open(new.created_at):
+            new.status = "accepted"
+        self.book.register(new)
+        self._emit("replaced", old, new.created_at)
+        self._emit(new.status if new.status != "held" else "new", new, new.created_at)
+        self.advance_orders([new], new.created_at)
+        self._save()
+        return new
+
+    def _replace_too_late(self, old: SimOrder, new: SimOrder) -> SimOrder:
+        """The fault: the answer is the new order, pending; then the old one fills (at
+        the market) before the replacement takes effect, and the new one is rejected.
+        Returns a copy of the new order as it was answered."""
+        at = new.created_at
+        new.status, new.legs, new.parent_id = "pending_new", [], None  # never in the family
+        self.book.register(new)
+        answer = replace(new, legs=[])
+        self._emit("pending_new", new, at)
+        self._fill(old, old.remaining, self.prices.price(old.symbol, at), at)
+        self._close(new, "rejected", at)
+        self._save()
+        return answer
+
+    def _modify(self, o: SimOrder, changes: Mapping[str, Any], now: float) -> None:
+        if holds(o):  # what it will hold, against what it holds now
+            after = replace(o, **changes)
+            self.account.check(OrderRequest(
+                symbol=o.symbol, side=o.side, type=o.type, qty=after.remaining,
+                time_in_force=after.time_in_force, notional=o.notional,
+                limit_price=after.limit_price, stop_price=after.stop_price,
+            ), now, shorting=self.settings.shorting, freed=o)
+        for name, value in changes.items():
+            setattr(o, name, value)
+        if o.type == "trailing_stop" and o.hwm is not None:
+            o.stop_price = trail_stop(o, o.hwm)
+        o.updated_at = now
+        if o.acts_as != "market":  # its prices hold from now on: checked afresh from now
+            o.activate_at, o.checked_until = max(o.activate_at, now), 0.0  # (as a new order)
+        for leg in self.book.legs(o):
+            if leg.dormant:  # an entry's exits protect what it will buy
+                leg.qty = o.qty
+        self._emit("modified", o, now)
+        self.advance_orders([o], now)
 
     # ------------------------------------------------------------------ trading
     def advance_orders(self, orders: Iterable[SimOrder], now: float) -> None:
@@ -208,14 +297,20 @@ class Lifecycle:
         signed = qty if o.side == "buy" else -qty
         self.account.cash -= signed * px
         held = self.account.apply_position(o.symbol, signed, px)
+        execution = Execution(
+            execution_id=str(uuid.uuid4()), order_id=o.id, client_order_id=o.client_order_id,
+            symbol=o.symbol, side=o.side, qty=qty, price=px, at=t, position_qty=held)
+        self.execution_log.append(execution)
         if o.filled_qty >= o.qty:
             self._close(o, "filled", t)
             event = "fill"
         else:
             o.status = "partially_filled"
             event = "partial_fill"
-        self._emit(event, o, t, price=px, qty=qty, position_qty=held)
-        for sibling in self.book.siblings(o):  # one exit trades: the others go
+        self._emit(event, o, t, fill=execution)
+        others = [x for x in self.book.open.values()
+                  if o.oca_group is not None and x.oca_group == o.oca_group and x is not o]
+        for sibling in [*self.book.siblings(o), *others]:  # one exit trades: the others go
             if sibling.is_open:
                 self._close(sibling, "canceled", t)
         if event == "fill" and self.book.is_entry(o):
@@ -280,6 +375,7 @@ class Lifecycle:
             last_submitted=self._last_submitted, orders=list(self.book.orders.values()),
             positions=self.account.positions, submit_attempts=self.submit_attempts,
             rng=self.rng.getstate(), price_shifts=self.prices.shifts(),
+            executions=self.execution_log,
         ))
 
     def _restore(self, saved: state.AccountState) -> None:
@@ -288,5 +384,6 @@ class Lifecycle:
         self.book.restore(saved.orders)
         self.account.positions = saved.positions
         self.submit_attempts = saved.submit_attempts
+        self.execution_log = saved.executions
         self.rng.setstate(saved.rng)
         self.prices.restore_shifts(saved.price_shifts)

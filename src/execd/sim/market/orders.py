@@ -44,6 +44,7 @@ class OrderRequest:
     extended_hours: bool = False
     take_profit: Exit | None = None
     stop_loss: Exit | None = None
+    oca_group: str | None = None  # one fill (even partial) cancels the group's other orders
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +94,7 @@ class SimOrder:
     replaces: str | None = None
     replaced_by: str | None = None
     replaced_at: float | None = None
+    oca_group: str | None = None  # one-cancels-all: a fill cancels the group's others
     # The simulation's schedule
     fill_parts: int = 1
     parts_done: int = 0
@@ -123,6 +125,21 @@ class SimOrder:
         if not self.filled_qty:
             return None
         return (self.filled_notional / self.filled_qty).quantize(Decimal("0.0001"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Execution:
+    """One fill (or part of one), as it happened."""
+
+    execution_id: str  # unique; the fill's TradeEvent carries the same
+    order_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    qty: Decimal
+    price: Decimal
+    at: float  # simulated time
+    position_qty: Decimal  # the signed position after it
 
 
 @dataclass(slots=True)

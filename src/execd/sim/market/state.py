@@ -14,11 +14,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from execd.sim.market.orders import SimOrder, SimPosition
+from execd.sim.market.orders import Execution, SimOrder, SimPosition
 
 _DECIMALS = frozenset(
     name for name, hint in get_type_hints(SimOrder).items() if Decimal in (hint, *get_args(hint))
 )
+
 
 
 @dataclass(slots=True, kw_only=True)
@@ -32,6 +33,7 @@ class AccountState:
     submit_attempts: Counter[str]
     rng: tuple[Any, ...]
     price_shifts: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    executions: list[Execution] = field(default_factory=list)
 
 
 def save(path: Path, state: AccountState) -> None:
@@ -48,6 +50,10 @@ def save(path: Path, state: AccountState) -> None:
         "submit_attempts": dict(state.submit_attempts),
         "rng": _rng_state(state.rng),
         "price_shifts": state.price_shifts,
+        "executions": [
+            {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(x).items()}
+            for x in state.executions
+        ],
     }
     tmp = path.with_suffix(".tmp")
     # 0600 whatever the umask: the account's state is as private as the daemon's database
@@ -79,7 +85,16 @@ def load(path: Path) -> AccountState:
         rng=_rng_unstate(raw["rng"]),
         price_shifts={s: [(t, x) for t, x in pairs]
                       for s, pairs in raw.get("price_shifts", {}).items()},
+        executions=[_execution(x) for x in raw.get("executions", [])],
     )
+
+
+def _execution(raw: dict[str, Any]) -> Execution:
+    return Execution(
+        execution_id=raw["execution_id"], order_id=raw["order_id"],
+        client_order_id=raw["client_order_id"], symbol=raw["symbol"], side=raw["side"],
+        qty=Decimal(raw["qty"]), price=Decimal(raw["price"]), at=raw["at"],
+        position_qty=Decimal(raw["position_qty"]))
 
 
 def _rng_state(state: tuple[Any, ...]) -> list[Any]:

@@ -8,20 +8,23 @@ See the package's docstring (market/__init__.py) for the API as a front uses it.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from execd.sim.market.book import holds
 from execd.sim.market.errors import MarketError, Reason
 from execd.sim.market.events import Subscriber
 from execd.sim.market.lifecycle import Lifecycle
-from execd.sim.market.orders import OrderChanges, OrderRequest, SimOrder, SimPosition
+from execd.sim.market.orders import (
+    Execution,
+    OrderChanges,
+    OrderRequest,
+    SimOrder,
+    SimPosition,
+)
 from execd.sim.market.prices import Asset, SimClock
-from execd.sim.market.schedule import trail_stop
 from execd.sim.settings import SimConfig
 
 
@@ -114,6 +117,12 @@ class Market(Lifecycle):
             pool = self.book.open.values() if status == "open" else self.book.orders.values()
             chosen = [o for o in pool if status == "all" or o.is_open == (status == "open")]
             return sorted(chosen, key=lambda o: o.created_at)
+
+    def executions(self, since: float | None = None) -> list[Execution]:
+        """Every fill (and part of one) at or after simulated time `since`, in order."""
+        with self.lock:
+            self.advance()
+            return [x for x in self.execution_log if since is None or x.at >= since]
 
     def positions(self) -> list[PositionView]:
         with self.lock:
@@ -218,83 +227,46 @@ class Market(Lifecycle):
                 if c.client_order_id in self.book.by_client_id:
                     raise MarketError(Reason.DUPLICATE_CLIENT_ID,
                                       "client_order_id must be unique")
-            trail_field = "trail_price" if old.trail_price is not None else "trail_percent"
-            wanted: dict[str, Any] = {
-                "qty": c.qty, "time_in_force": c.time_in_force, "limit_price": c.limit_price,
-                "stop_price": c.stop_price, trail_field: c.trail,
-            }
-            changes = {k: v for k, v in wanted.items()
-                       if v is not None and v != getattr(old, k)}
+            changes = self._changes(old, c)
             if not changes and c.client_order_id is None:
                 raise MarketError(Reason.NOT_CHANGED, "order parameters are not changed")
-            qty = changes.get("qty")
-            if isinstance(qty, Decimal):
-                if old.notional is not None:
-                    raise MarketError(Reason.INVALID,
-                                      "qty must not be given for notional orders")
-                if qty <= old.filled_qty:
-                    raise MarketError(Reason.INVALID, "qty must be > filled_qty")
             return self._replace(old, changes, c.client_order_id)
 
-    def _replace(self, old: SimOrder, changes: Mapping[str, Any],
-                 client_order_id: str | None) -> SimOrder:
-        now = self.clock.now()
-        new = replace(
-            old, id=self._new_id(), client_order_id=client_order_id or str(uuid.uuid4()),
-            created_at=0.0, status="held" if old.status == "held" else "new",
-            filled_qty=Decimal(0), filled_notional=Decimal(0), filled_at=None,
-            legs=list(old.legs), replaces=old.id, replaced_by=None, replaced_at=None,
-            parts_done=0, reject_at=None, triggered_at=None, **changes,
-        )
-        if holds(new):  # a held leg holds nothing (its entry or sibling does)
-            self.account.check(OrderRequest(
-                symbol=new.symbol, side=new.side, type=new.type, qty=new.remaining,
-                time_in_force=new.time_in_force, notional=new.notional,
-                limit_price=new.limit_price, stop_price=new.stop_price,
-            ), now, shorting=self.settings.shorting, freed=old)
-        new.created_at = new.updated_at = new.activate_at = new.checked_until = (
-            self._stamp(now))
-        if new.type == "trailing_stop":
-            new.hwm = old.hwm if old.hwm is not None else self.price(new.symbol)
-            new.stop_price = trail_stop(new, new.hwm)
-        s = self.settings
-        self._pending("pending_replace", old, now)
-        if (s.p_replace_fills_first and old.status != "held"
-                and self.rng.random() < s.p_replace_fills_first):
-            return self._replace_too_late(old, new)
-        old.status, old.replaced_by = "replaced", new.id
-        old.legs = []  # the family is the new order's now: listed once
-        old.replaced_at = old.updated_at = new.created_at
-        self.book.open.pop(old.id, None)
-        parent = self.book.parent(old)  # the new order takes the old one's place
-        if parent is not None:
-            parent.legs[parent.legs.index(old.id)] = new.id
-        for leg in self.book.legs(new):
-            leg.parent_id = new.id
-            if leg.dormant:  # an entry's exits protect what it will buy
-                leg.qty = new.qty
-        if new.status == "new" and not self.sessions.is_open(new.created_at):
-            new.status = "accepted"
-        self.book.register(new)
-        self._emit("replaced", old, new.created_at)
-        self._emit(new.status if new.status != "held" else "new", new, new.created_at)
-        self.advance_orders([new], new.created_at)
-        self._save()
-        return new
+    def modify(self, order_id: str, c: OrderChanges) -> SimOrder:
+        """The order itself changed in place, as IB modifies one (same id, its fills
+        kept): `qty` is the new total (more than has filled); the price is looked at
+        afresh from now, so a modify that makes it marketable fills at once. Its client
+        order id cannot change. Nothing to change: the order as it is."""
+        with self.lock:
+            self.advance()
+            o = self.book.find(order_id)
+            if not o.is_open:
+                raise MarketError(Reason.NOT_OPEN,
+                                  f"order is not modifiable in status {o.status}")
+            if c.client_order_id not in (None, o.client_order_id):
+                raise MarketError(Reason.INVALID, "client_order_id cannot be modified")
+            changes = self._changes(o, c)
+            if changes:
+                self._modify(o, changes, self.clock.now())
+                self._save()
+            return o
 
-    def _replace_too_late(self, old: SimOrder, new: SimOrder) -> SimOrder:
-        """The fault: the answer is the new order, pending; then the old one fills (at
-        the market) before the replacement takes effect, and the new one is rejected.
-        Returns a copy of the new order as it was answered."""
-        at = new.created_at
-        new.status, new.legs, new.parent_id = "pending_new", [], None  # never in the family
-        self.book.register(new)
-        answer = replace(new, legs=[])
-        self._emit("pending_new", new, at)
-        self._fill(old, old.remaining, self.prices.price(old.symbol, at), at)
-        self._close(new, "rejected", at)
-        self._save()
-        return answer
+    @staticmethod
+    def _changes(old: SimOrder, c: OrderChanges) -> dict[str, Any]:
+        """The fields `c` changes (a trail: the order's own kind of trail)."""
+        trail_field = "trail_price" if old.trail_price is not None else "trail_percent"
+        wanted: dict[str, Any] = {
+            "qty": c.qty, "time_in_force": c.time_in_force, "limit_price": c.limit_price,
+            "stop_price": c.stop_price, trail_field: c.trail,
+        }
+        changes = {k: v for k, v in wanted.items() if v is not None and v != getattr(old, k)}
+        qty = changes.get("qty")
+        if isinstance(qty, Decimal):
+            if old.notional is not None:
+                raise MarketError(Reason.INVALID, "qty must not be given for notional orders")
+            if qty <= old.filled_qty:
+                raise MarketError(Reason.INVALID, "qty must be > filled_qty")
+        return changes
 
     # ------------------------------------------------------- closing positions
     def close_position(self, symbol: str, qty: Decimal | None = None) -> SimOrder:
