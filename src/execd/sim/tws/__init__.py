@@ -1,0 +1,11 @@
+"""The simulator's TWS front: Interactive Brokers' TWS wire protocol over the same market.
+
+wire.py frames and versions, messages.py builds what TWS sends, requests.py reads what
+a client sends, orders.py maps an IB order to a market order, market.py is the one
+adapter to the market, desk.py keeps the IB-side account (orders, permIds,
+executions), session.py serves one connection and server.py the TCP server.
+"""
+
+from execd.sim.tws.server import TwsFaults, TwsServer
+
+__all__ = ["TwsFaults", "TwsServer"]

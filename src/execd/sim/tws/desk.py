@@ -1,0 +1,549 @@
+"""The IB side of the account: orders by permId and by (clientId, orderId), executions,
+parent/child and OCA groups, and what each client is told.
+
+Only the server's event loop calls in (requests from sessions, the market's events
+queued from any thread), so there is no lock here. The market holds the trading truth
+(prices, matching, positions); the desk holds what IB adds to it: order ids and
+permIds, orderRef, transmit=False orders held until their group's last arrives,
+bracket children held until their parent fills, OCA groups, executions and
+commissions, and which client owns which order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Protocol
+
+from execd.sim.tws import messages as m
+from execd.sim.tws.market import Market, MarketEvent, Rejected
+from execd.sim.tws.orders import BadOrder, Contract, IbOrder, market_order, parse_place
+from execd.sim.tws.records import (
+    CANCELLED,
+    FILLED,
+    PENDING_SUBMIT,
+    PRE_SUBMITTED,
+    SUBMITTED,
+    Execution,
+    TwsOrder,
+)
+from execd.sim.tws.wire import num
+
+# IB's contract ids for the built-in symbols (others: a stable hash)
+CON_IDS = {"AAPL": 265598, "MSFT": 272093, "NVDA": 4815747, "AMZN": 3691937,
+           "GOOGL": 208813719, "META": 107113386, "TSLA": 76792991, "QQQ": 320227571,
+           "SPY": 756733, "IWM": 9579970, "F": 9599491}
+NO_SECURITY = "No security definition has been found for the request"
+# IB's fixed pricing: $0.005 a share, at least $1, at most 1% of the trade's value
+PER_SHARE, MIN_COMMISSION, MAX_RATE = Decimal("0.005"), Decimal("1.00"), Decimal("0.01")
+AVG_QUANTUM = Decimal("0.000001")
+
+
+def con_id_of(symbol: str) -> int:
+    return CON_IDS.get(symbol) or 10_000_000 + zlib.crc32(symbol.encode()) % 90_000_000
+
+
+def commission(shares: Decimal, price: Decimal) -> Decimal:
+    fee = max(MIN_COMMISSION, shares * PER_SHARE)
+    return min(fee, (shares * price * MAX_RATE).quantize(Decimal("0.01"))).quantize(
+        Decimal("0.01"))
+
+
+class Client(Protocol):
+    """A connected session, as the desk sees it."""
+
+    client_id: int
+    version: int
+
+    def send(self, fields: list[str]) -> None: ...
+
+
+@dataclass(slots=True, kw_only=True)
+class Faults:
+    """The desk's share of the faults (counters count down as they fire)."""
+
+    reject_next: int = 0
+    duplicate_next_modify: int = 0
+    roll_back_ids: bool = False
+
+
+@dataclass(slots=True)
+class Placed:
+    order_id: int
+    client_id: int
+    perm_id: int | None
+    order_ref: str
+    modify: bool
+
+
+@dataclass(slots=True)
+class _Subs:
+    positions: set[int] = field(default_factory=set)
+    account: set[int] = field(default_factory=set)
+
+
+class Desk:
+    def __init__(self, market: Market, account: str, *, first_perm_id: int = 1_500_000_000) -> None:
+        self.market = market
+        self.account = account
+        self.faults = Faults()
+        self.orders: dict[int, TwsOrder] = {}  # permId -> order, in placement order
+        self.ids: dict[int, dict[int, TwsOrder]] = {}  # clientId -> orderId -> order
+        self.next_ids: dict[int, int] = {}  # clientId -> the next valid id
+        self.by_market: dict[str, TwsOrder] = {}
+        self.base_filled: dict[int, Decimal] = {}  # permId -> filled before its market order
+        self.executions: list[Execution] = []
+        self.completed: list[TwsOrder] = []
+        self.clients: dict[int, Client] = {}
+        self.placed: list[Placed] = []
+        self._subs = _Subs()
+        self._perm = itertools.count(first_perm_id)
+        self._exec_seq = itertools.count(1)
+        self.muted = False  # connectivity lost (1100): order messages wait
+        self._held_msgs: list[tuple[int, list[str]]] = []
+
+    # ------------------------------------------------------------ clients
+    def attach(self, client: Client) -> int:
+        """A client finished startApi; returns its nextValidId."""
+        cid = client.client_id
+        self.clients[cid] = client
+        if self.faults.roll_back_ids:  # a restarted Gateway: old ids forgotten
+            self.faults.roll_back_ids = False
+            self.ids.pop(cid, None)
+            self.next_ids[cid] = 1
+        return self.next_ids.setdefault(cid, 1)
+
+    def detach(self, client: Client) -> None:
+        if self.clients.get(client.client_id) is client:
+            del self.clients[client.client_id]
+        self._subs.positions.discard(client.client_id)
+        self._subs.account.discard(client.client_id)
+
+    def _tell(self, cid: int, fields: list[str]) -> None:
+        if self.muted:
+            self._held_msgs.append((cid, fields))
+            return
+        client = self.clients.get(cid)
+        if client is not None:
+            client.send(fields)
+
+    def _version(self, cid: int) -> int:
+        client = self.clients.get(cid)
+        return client.version if client is not None else 178
+
+    def connectivity(self, lost: bool) -> None:
+        """1100 (lost) to every client and order messages held; 1102 (restored, data
+        maintained) and the held messages sent."""
+        if lost:
+            for c in list(self.clients.values()):
+                c.send(m.error(-1, 1100, "Connectivity between IB and Trader Workstation "
+                                         "has been lost."))
+            self.muted = True
+            return
+        self.muted = False
+        for c in list(self.clients.values()):
+            c.send(m.error(-1, 1102, "Connectivity between IB and Trader Workstation has "
+                                     "been restored - data maintained."))
+        held, self._held_msgs = self._held_msgs, []
+        for cid, fields in held:
+            self._tell(cid, fields)
+
+    # ------------------------------------------------------------- orders
+    def _announce(self, o: TwsOrder) -> None:
+        if o.order_id == 0 and o.client_id not in self.clients:
+            return
+        self._tell(o.client_id, m.open_order(o, con_id_of(o.contract.symbol), self.account,
+                                             self._version(o.client_id)))
+        self._tell(o.client_id, m.order_status(o))
+
+    def place(self, client: Client, fields: list[str]) -> None:
+        cid = client.client_id
+        try:
+            order_id, contract, terms = parse_place(fields, client.version)
+        except (BadOrder, ValueError) as e:
+            oid = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else -1
+            client.send(m.error(oid, 321, f"Error validating request.-'{e}'"))
+            return
+        known = self.ids.setdefault(cid, {})
+        self.next_ids[cid] = max(self.next_ids.get(cid, 1), order_id + 1)
+        existing = known.get(order_id)
+        self.placed.append(Placed(order_id, cid, existing.perm_id if existing else None,
+                                  terms.order_ref, existing is not None))
+        if existing is not None:
+            self._modify(client, existing, terms)
+            return
+        symbol = self._symbol(contract)
+        if symbol is None:
+            client.send(m.error(order_id, 200, NO_SECURITY))
+            return
+        o = TwsOrder(perm_id=next(self._perm), client_id=cid, order_id=order_id,
+                     contract=replace(contract, symbol=symbol, con_id=con_id_of(symbol)),
+                     terms=terms)
+        self.placed[-1].perm_id = o.perm_id
+        self.orders[o.perm_id] = o
+        known[order_id] = o
+        if self.faults.reject_next > 0:
+            self.faults.reject_next -= 1
+            self._reject(o, "simulated rejection (fault reject_next)")
+            return
+        if terms.transmit:
+            self._transmit(o)
+        # transmit=False: held, and nothing said, until its group's last order arrives
+
+    def _symbol(self, c: Contract) -> str | None:
+        if c.sec_type not in ("STK", "") or c.currency not in ("USD", ""):
+            return None
+        if c.con_id:
+            for symbol, con_id in CON_IDS.items():
+                if con_id == c.con_id and self.market.has_symbol(symbol):
+                    return symbol
+        return c.symbol if c.symbol and self.market.has_symbol(c.symbol) else None
+
+    def _children(self, parent: TwsOrder) -> list[TwsOrder]:
+        return [o for o in self.ids.get(parent.client_id, {}).values()
+                if o.terms.parent_id == parent.order_id and o.order_id != 0
+                and o.perm_id != parent.perm_id]
+
+    def _parent(self, o: TwsOrder) -> TwsOrder | None:
+        if not o.terms.parent_id:
+            return None
+        return self.ids.get(o.client_id, {}).get(o.terms.parent_id)
+
+    def _transmit(self, o: TwsOrder) -> None:
+        """Send `o` and the orders of its group held (transmit=False) until now."""
+        parent = self._parent(o)
+        top = parent if parent is not None else o
+        group = [top, *self._children(top)]
+        for x in group:
+            if x is not o and x.status != PENDING_SUBMIT:
+                continue
+            self._go(x)
+
+    def _go(self, o: TwsOrder) -> None:
+        """A transmitted order: to the market, or waiting for its parent's fill."""
+        parent = self._parent(o)
+        if parent is not None and parent.status != FILLED:
+            if parent.status == CANCELLED:
+                self._cancelled(o)
+                return
+            o.status = PRE_SUBMITTED
+            self._announce(o)
+            return
+        self._to_market(o)
+
+    def _to_market(self, o: TwsOrder) -> None:
+        try:
+            mo = market_order(o.terms, o.contract.symbol, f"tws-{o.perm_id}")
+            mid = self.market.submit(mo)
+        except (BadOrder, Rejected) as e:
+            self._reject(o, str(e))
+            return
+        o.market_id = mid
+        self.by_market[mid] = o
+        o.status = SUBMITTED
+        self._announce(o)
+
+    def _close(self, o: TwsOrder, status: str, text: str) -> None:
+        o.status = status
+        o.completed_at = self.market.now()
+        o.completed_status = text
+        self.completed.append(o)
+
+    def _reject(self, o: TwsOrder, why: str) -> None:
+        o.rejected = True
+        self._close(o, CANCELLED, f"Rejected: {why}")
+        self._tell(o.client_id, m.error(o.order_id, 201, f"Order rejected - reason:{why}"))
+        self._tell(o.client_id, m.order_status(o))
+        self._end_children(o)
+
+    def _cancelled(self, o: TwsOrder) -> None:
+        self._close(o, CANCELLED, "Cancelled")
+        if o.cancel_requested:
+            self._tell(o.client_id, m.error(o.order_id, 202, "Order Canceled - reason:"))
+        self._tell(o.client_id, m.order_status(o))
+        self._end_children(o)
+
+    def _end_children(self, parent: TwsOrder) -> None:
+        """A parent that ended without filling takes its waiting children along."""
+        if parent.status == FILLED:
+            return
+        for child in self._children(parent):
+            if child.status in (PRE_SUBMITTED, PENDING_SUBMIT):
+                self._cancelled(child)
+
+    def _modify(self, client: Client, o: TwsOrder, terms: IbOrder) -> None:
+        if o.done:
+            if o.status == FILLED:
+                client.send(m.error(o.order_id, 104, "Can't modify a filled order."))
+            else:
+                client.send(m.error(o.order_id, 103, "Duplicate order id"))
+            return
+        old = o.terms
+        if terms.order_type != old.order_type or terms.action != old.action:
+            client.send(m.error(o.order_id, 321, "Error validating request.-'Order type or "
+                                                 "side cannot be changed'"))
+            return
+        if o.market_id is None:  # held or waiting: the new terms simply replace the old
+            o.terms = terms
+            if o.status == PENDING_SUBMIT:
+                if terms.transmit:
+                    self._transmit(o)
+            else:
+                self._announce(o)
+            return
+        if self.faults.duplicate_next_modify > 0:
+            self.faults.duplicate_next_modify -= 1
+            self._duplicate(o, terms)
+            return
+        changes: dict[str, Decimal | None] = {}
+        base = self.base_filled.get(o.perm_id, Decimal(0))
+        if terms.qty != old.qty or base:
+            changes["qty"] = terms.qty - base
+        if terms.lmt_price != old.lmt_price and old.order_type in ("LMT", "STP LMT"):
+            changes["limit_price"] = terms.lmt_price
+        if terms.aux_price != old.aux_price and old.order_type in ("STP", "STP LMT"):
+            changes["stop_price"] = terms.aux_price
+        if old.order_type == "TRAIL":
+            if terms.trailing_percent != old.trailing_percent:
+                changes["trail"] = terms.trailing_percent
+            elif terms.aux_price != old.aux_price:
+                changes["trail"] = terms.aux_price
+        if changes.get("qty") == old.qty - base and terms.qty == old.qty and len(changes) == 1:
+            changes.clear()
+        if changes:
+            try:
+                new_id = self.market.replace(o.market_id, **changes)
+            except Rejected as e:
+                client.send(m.error(o.order_id, 321, f"Error validating request.-'{e}'"))
+                return
+            del self.by_market[o.market_id]
+            # the market's new order starts unfilled: what filled before stays ours
+            self.base_filled[o.perm_id] = o.filled
+            o.market_id = new_id
+            self.by_market[new_id] = o
+        o.terms = terms
+        self._announce(o)
+
+    def _duplicate(self, o: TwsOrder, terms: IbOrder) -> None:
+        """The fault: a modify that leaves the old order working (detached from its
+        orderId, as an order IB no longer ties to the API) and places the new terms as a
+        second live order with the same orderRef (NautilusTrader #4564)."""
+        twin = TwsOrder(perm_id=next(self._perm), client_id=o.client_id, order_id=o.order_id,
+                        contract=o.contract, terms=terms)
+        o.order_id = 0
+        self.orders[twin.perm_id] = twin
+        self.ids[o.client_id][twin.order_id] = twin
+        self._to_market(twin)
+
+    def cancel(self, client: Client, order_id: int) -> None:
+        o = self.ids.get(client.client_id, {}).get(order_id)
+        if o is None:
+            client.send(m.error(order_id, 10147,
+                                f"OrderId {order_id} that needs to be cancelled is not found."))
+            return
+        if o.done:
+            client.send(m.error(order_id, 10148, f"OrderId {order_id} that needs to be "
+                                                 f"cancelled cannot be cancelled, state: "
+                                                 f"{o.status}."))
+            return
+        o.cancel_requested = True
+        if o.market_id is None:
+            self._cancelled(o)
+            return
+        with contextlib.suppress(Rejected):  # already ending at the market: its event follows
+            self.market.cancel(o.market_id)
+
+    def cancel_all(self) -> None:
+        for o in list(self.orders.values()):
+            if not o.done:
+                cl = self.clients.get(o.client_id)
+                if cl is not None and o.order_id:
+                    self.cancel(cl, o.order_id)
+                else:
+                    o.cancel_requested = True
+                    if o.market_id is None:
+                        self._cancelled(o)
+                    else:
+                        self.market.cancel(o.market_id)
+
+    # ------------------------------------------------------- market events
+    def on_market_event(self, ev: MarketEvent) -> None:
+        o = self.by_market.get(ev.order_id)
+        if o is None or o.done:
+            return
+        if ev.kind in ("fill", "partial_fill") and ev.qty is not None and ev.price is not None:
+            self._fill(o, ev, ev.qty, ev.price)
+        elif ev.kind in ("canceled", "expired"):
+            self._cancelled(o)
+        elif ev.kind == "rejected":
+            self._reject(o, "rejected by the market")
+
+    def _fill(self, o: TwsOrder, ev: MarketEvent, qty: Decimal, price: Decimal) -> None:
+        o.filled = self.base_filled.get(o.perm_id, Decimal(0)) + ev.filled_qty
+        o.notional += qty * price
+        o.avg_price = (o.notional / o.filled).quantize(AVG_QUANTUM).normalize()
+        o.last_fill_price = price
+        seq = next(self._exec_seq)
+        e = Execution(exec_id=f"{o.perm_id:08x}.{seq:08x}.01.01", perm_id=o.perm_id,
+                      client_id=o.client_id, order_id=o.order_id, contract=o.contract,
+                      side="BOT" if o.terms.action.upper() == "BUY" else "SLD", shares=qty,
+                      price=price, cum_qty=o.filled, avg_price=o.avg_price,
+                      order_ref=o.terms.order_ref, at=ev.at, commission=commission(qty, price))
+        self.executions.append(e)
+        first_fill = o.filled == qty
+        if o.filled >= o.terms.qty:
+            self._close(o, FILLED, "Filled Size: " + num(o.filled))
+        v = self._version(o.client_id)
+        con_id = con_id_of(o.contract.symbol)
+        self._tell(o.client_id, m.exec_details(-1, e, con_id, self.account, v))
+        self._tell(o.client_id, m.order_status(o))
+        self._tell(o.client_id, m.commission_report(e))
+        if first_fill:
+            self._oca_fired(o)
+        if o.status == FILLED:
+            for child in self._children(o):
+                if child.status == PRE_SUBMITTED:
+                    self._to_market(child)
+        self._push_position(o.contract)
+
+    def _oca_fired(self, o: TwsOrder) -> None:
+        """One order of an OCA group (or of a bracket's children) traded: the others go."""
+        group = [x for x in self.orders.values()
+                 if x is not o and not x.done and x.client_id == o.client_id
+                 and ((o.terms.oca_group and x.terms.oca_group == o.terms.oca_group)
+                      or (o.terms.parent_id and x.terms.parent_id == o.terms.parent_id
+                          and x.order_id != 0))]
+        for x in group:
+            if x.market_id is None:
+                self._cancelled(x)
+            else:
+                with contextlib.suppress(Rejected):
+                    self.market.cancel(x.market_id)
+
+    # ------------------------------------------------------------ queries
+    def open_orders(self, client: Client, *, everyone: bool) -> None:
+        for o in self.orders.values():
+            if o.done or o.status == PENDING_SUBMIT:
+                continue
+            if everyone or o.client_id == client.client_id:
+                client.send(m.open_order(o, con_id_of(o.contract.symbol), self.account,
+                                         client.version))
+                client.send(m.order_status(o))
+        client.send(m.open_order_end())
+
+    def completed_orders(self, client: Client) -> None:
+        for o in self.completed:
+            parent = self._parent(o)
+            client.send(m.completed_order(o, con_id_of(o.contract.symbol), self.account,
+                                          client.version, parent.perm_id if parent else None))
+        client.send(m.completed_orders_end())
+
+    def send_executions(self, client: Client, req_id: int, fields: list[str]) -> None:
+        f_client, f_symbol, f_side = 0, "", ""
+        if len(fields) >= 10:
+            f_client = int(fields[3] or 0)
+            f_symbol, f_side = fields[6].upper(), fields[9].upper()
+        for e in self.executions:
+            if f_client and e.client_id != f_client:
+                continue
+            if f_symbol and e.contract.symbol != f_symbol:
+                continue
+            if f_side and {"BUY": "BOT", "SELL": "SLD"}.get(f_side, f_side) != e.side:
+                continue
+            client.send(m.exec_details(req_id, e, con_id_of(e.contract.symbol), self.account,
+                                       client.version))
+            client.send(m.commission_report(e))
+        client.send(m.exec_details_end(req_id))
+
+    def positions(self, client: Client) -> None:
+        self._subs.positions.add(client.client_id)
+        for symbol, (qty, avg) in sorted(self.market.positions().items()):
+            c = self._stock(symbol)
+            client.send(m.position(self.account, c, con_id_of(symbol), qty, avg))
+        client.send(m.position_end())
+
+    def cancel_positions(self, client: Client) -> None:
+        self._subs.positions.discard(client.client_id)
+
+    def _stock(self, symbol: str) -> Contract:
+        return Contract(con_id=con_id_of(symbol), symbol=symbol, sec_type="STK",
+                        exchange="SMART", currency="USD")
+
+    def _push_position(self, c: Contract) -> None:
+        qty, avg = self.market.positions().get(c.symbol, (Decimal(0), Decimal(0)))
+        for cid in list(self._subs.positions):
+            self._tell(cid, m.position(self.account, self._stock(c.symbol),
+                                       con_id_of(c.symbol), qty, avg))
+        if self._subs.account:
+            px = self.market.price(c.symbol)
+            for cid in list(self._subs.account):
+                self._tell(cid, m.portfolio(self.account, self._stock(c.symbol),
+                                            con_id_of(c.symbol), qty, px, avg))
+
+    def account_updates(self, client: Client, subscribe: bool) -> None:
+        if not subscribe:
+            self._subs.account.discard(client.client_id)
+            return
+        self._subs.account.add(client.client_id)
+        cash = self.market.cash()
+        positions = self.market.positions()
+        value = sum((q * self.market.price(s) for s, (q, _) in positions.items()), Decimal(0))
+        for key, val in (("NetLiquidation", cash + value), ("TotalCashValue", cash),
+                         ("GrossPositionValue", value), ("BuyingPower", cash),
+                         ("AvailableFunds", cash), ("EquityWithLoanValue", cash + value)):
+            client.send(m.account_value(key, num(val.quantize(Decimal("0.01"))),
+                                        self.account))
+        client.send(m.account_value("AccountType", "INDIVIDUAL", self.account, ""))
+        for symbol, (qty, avg) in sorted(positions.items()):
+            client.send(m.portfolio(self.account, self._stock(symbol), con_id_of(symbol), qty,
+                                    self.market.price(symbol), avg))
+        client.send(m.account_time(self.market.now()))
+        client.send(m.account_download_end(self.account))
+
+    def contract_details(self, client: Client, req_id: int, fields: list[str]) -> None:
+        c = _contract_at(fields, 3)
+        symbol = self._symbol(c) if c is not None else None
+        if symbol is None:
+            client.send(m.error(req_id, 200, NO_SECURITY))
+            return
+        client.send(m.contract_details(req_id, self._stock(symbol), con_id_of(symbol),
+                                       self.market.exchange(symbol)))
+        client.send(m.contract_details_end(req_id))
+
+    def market_data(self, client: Client, req_id: int, fields: list[str]) -> None:
+        c = _contract_at(fields, 3)
+        symbol = self._symbol(c) if c is not None else None
+        if symbol is None:
+            client.send(m.error(req_id, 200, NO_SECURITY))
+            return
+        px = self.market.price(symbol)
+        cent = Decimal("0.01")
+        for tick, price in ((1, px - cent), (2, px + cent), (4, px), (9, px)):
+            client.send(m.tick_price(req_id, tick, price, Decimal(100)))
+        dnc = fields[15] if len(fields) > 15 else "0"
+        snap_at = 17 + (3 if dnc == "1" else 0)
+        if len(fields) > snap_at and fields[snap_at] == "1":
+            client.send(m.tick_snapshot_end(req_id))
+
+    # -------------------------------------------------------------- state
+    def live(self) -> Iterable[TwsOrder]:
+        return (o for o in self.orders.values() if not o.done)
+
+
+def _contract_at(fields: list[str], i: int) -> Contract | None:
+    """The 12-field contract ib_async writes at `i` (conId, symbol, secType, ...)."""
+    if len(fields) < i + 12:
+        return None
+    try:
+        con_id = int(fields[i] or 0)
+    except ValueError:
+        return None
+    return Contract(con_id=con_id, symbol=fields[i + 1].upper(), sec_type=fields[i + 2],
+                    exchange=fields[i + 7], currency=fields[i + 9])
+
+
+Sender = Callable[[list[str]], None]
