@@ -49,6 +49,11 @@ class Session:
         if not transport.is_closing():
             transport.abort()
 
+    def hang_up(self) -> None:
+        """Close once what was sent has gone (the client reads the error first)."""
+        self.closing = True
+        self._writer.close()
+
     # ---------------------------------------------------------------- input
     async def run(self) -> None:
         frames = FrameReader()
@@ -81,7 +86,8 @@ class Session:
             pass
         finally:
             self.desk.detach(self)
-            self.abort()
+            if not self._writer.transport.is_closing():  # hang_up's close still flushes
+                self.abort()
 
     def _paced(self) -> bool:
         """False: this message is over the pace and is not executed."""
@@ -94,7 +100,7 @@ class Session:
         self.server.stats.saw_rate(len(q))
         if len(q) > f.pacing_drop:
             self.server.stats.pacing_drops += 1
-            self.abort()
+            self.hang_up()
             return False
         if len(q) > f.pacing_limit:
             self.server.stats.pacing_errors += 1
@@ -131,8 +137,7 @@ class Session:
         if client_id in self.desk.clients:
             self.send(m.error(-1, 326, IN_USE))
             self.server.stats.in_use += 1
-            self.closing = True
-            self._writer.close()  # after the error is written, as TWS does
+            self.hang_up()  # after the error is written, as TWS does
             return
         self.started = True
         next_id = self.desk.attach(self)
