@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -58,9 +59,9 @@ def decoder_failures(records: list[logging.LogRecord]) -> list[str]:
             if r.name == "ib_async.Decoder" or "Error handling fields" in r.getMessage()]
 
 
-@pytest.fixture
-def ib_log() -> Iterator[list[logging.LogRecord]]:
-    """ib_async's log records; the test fails if its decoder logged an error."""
+@contextmanager
+def ib_log_watched() -> Iterator[list[logging.LogRecord]]:
+    """ib_async's log records meanwhile; AssertionError if its decoder logged an error."""
     capture = _Capture()
     logger = logging.getLogger("ib_async")
     old_level = logger.level
@@ -73,6 +74,13 @@ def ib_log() -> Iterator[list[logging.LogRecord]]:
         logger.setLevel(old_level)
     failures = decoder_failures(capture.records)
     assert not failures, f"ib_async's decoder failed: {failures}"
+
+
+@pytest.fixture
+def ib_log() -> Iterator[list[logging.LogRecord]]:
+    """ib_async's log records; the test fails if its decoder logged an error."""
+    with ib_log_watched() as records:
+        yield records
 
 
 @pytest.fixture
@@ -107,12 +115,18 @@ def run(make: Callable[[], Coroutine[Any, Any, T]], timeout: float = 10.0) -> T:
         try:
             return await asyncio.wait_for(make(), timeout)
         finally:
+            while _connected:  # a failed test's clients too: no socket left to the GC
+                _connected.pop().disconnect()
             await asyncio.sleep(0.01)  # closed transports finish closing on this loop
     return asyncio.run(bounded())
 
 
+_connected: list[IB] = []
+
+
 async def connect(sim: TwsServer, client_id: int = 1, wait: float = 2.0) -> IB:
     ib = IB()
+    _connected.append(ib)
     await ib.connectAsync("127.0.0.1", sim.port, clientId=client_id, timeout=wait)
     return ib
 
