@@ -48,7 +48,7 @@ from execd.config import (
 )
 from execd.domain.orders import ALPACA_STATUS, OrderState
 from execd.sim import SimConfig, SimServer
-from execd.sim.events import TradeEvent
+from execd.sim.market import TradeEvent
 
 Progress = Callable[[str], None]
 LIST = "GET /v2/orders"
@@ -178,7 +178,7 @@ async def _fill_latencies(sizes: Sizes, *, stream: bool) -> tuple[list[float], l
 
     def on_event(e: TradeEvent) -> None:
         if e.event == "fill":
-            made[e.order["client_order_id"]] = time.time()
+            made[e.order.client_order_id] = time.time()
 
     # The budget is raised: what is timed here is delivery, not the rate limit.
     sim = _sim(rate_limit=100_000, fill_delay=0.05, on_event=on_event)

@@ -40,8 +40,9 @@ from execd.client import AsyncClient
 from execd.config import Credentials
 from execd.domain.broker_checks import INVALID_DATA
 from execd.domain.orders import ALPACA_STATUS
-from execd.sim import SimServer, render
-from execd.sim.events import TradeEvent
+from execd.sim import SimServer
+from execd.sim.alpaca import render
+from execd.sim.market import TradeEvent
 from tests.conftest import connect, daemon_config, eventually, recovered, sim_config
 from tests.test_e2e import broker_orders, our_positions, sim_positions
 from tests.test_sim_stream import listening as stream_listening

@@ -232,7 +232,7 @@ def test_a_closing_order_that_shrinks_passes_every_limit() -> None:
     """An exit is always allowed: over max_qty, max_notional, max_open_orders, in a
     denied symbol, with no price, halted. Only one that would not shrink is refused."""
     ctx = RiskContext(trading=TradingStatus(state=TradingState.HALTED, reason="flatten"),
-                      exposure={"AAPL": Exposure(position=Decimal(50_000))})
+                      exposure={("default", "AAPL"): Exposure(position=Decimal(50_000))})
     ctx.open_orders = 10
     tight = RiskLimits(max_qty=Decimal(10), max_notional=Decimal(100),
                        max_open_orders=1, deny_symbols=frozenset({"AAPL"}),
@@ -529,8 +529,8 @@ async def test_flatten_waits_for_an_open_notional_order_on_the_closing_side(
     open_orders = {"n": notional}
     made: list[OrderSpec] = []
 
-    async def positions() -> dict[str, Position]:
-        return {"AAPL": Position(symbol="AAPL", qty=Decimal(10))}
+    async def all_positions() -> list[Position]:
+        return [Position(symbol="AAPL", qty=Decimal(10))]
 
     async def get_orders(cids: Any) -> dict[str, Order]:
         return {}
@@ -540,7 +540,7 @@ async def test_flatten_waits_for_an_open_notional_order_on_the_closing_side(
 
     monkeypatch.setattr(flattening, "_submit", submit)
     s = SimpleNamespace(book=SimpleNamespace(open=open_orders, store=SimpleNamespace(
-        positions=positions, get_orders=get_orders)), clock=FakeClock())
+        all_positions=all_positions, get_orders=get_orders)), clock=FakeClock(), accounts={})
     job = flattening.Flattening()
     closed = await job.close_free(s)  # type: ignore[arg-type]
     assert [(c.symbol, c.held) for c in closed] == [("AAPL", Decimal(10))]

@@ -32,7 +32,7 @@ def spec(side: str = "buy", qty: str = "10", symbol: str = "AAPL", limit: str | 
 
 def ctx(state: TradingState = TradingState.ACTIVE, position: str = "0", **kw: object) -> RiskContext:
     c = RiskContext(trading=TradingStatus(state=state, reason="why"),
-                    exposure={"AAPL": Exposure(position=D(position))})
+                    exposure={("default", "AAPL"): Exposure(position=D(position))})
     for k, v in kw.items():
         setattr(c, k, v)
     return c
@@ -61,7 +61,7 @@ def test_reducing_admits_only_what_shrinks(position: str, side: str, qty: str, o
 
 def test_reducing_counts_open_orders_on_the_same_side() -> None:
     c = ctx(TradingState.REDUCING, "10")
-    c.exposure["AAPL"].open_sells = D(8)
+    c.exposure["default", "AAPL"].open_sells = D(8)
     assert check(spec("sell", "3"), c, RiskLimits()) is not None
     assert check(spec("sell", "2"), c, RiskLimits()) is None
 
@@ -94,7 +94,7 @@ def test_notional_of_market_order_uses_last_price() -> None:
 
 def test_max_position_counts_open_orders_worst_case() -> None:
     c = ctx(position="0")
-    c.exposure["AAPL"].open_buys = D(8)
+    c.exposure["default", "AAPL"].open_buys = D(8)
     assert check(spec(qty="3"), c, RiskLimits(max_position=D(10))) is not None
     assert check(spec(qty="2"), c, RiskLimits(max_position=D(10))) is None
     assert check(spec("sell", "3"), c, RiskLimits(max_position=D(10))) is None
@@ -149,7 +149,7 @@ def test_limits_are_inclusive_at_their_value() -> None:
 
 def test_max_position_holds_on_the_short_side() -> None:
     c = ctx(position="-10")
-    c.exposure["AAPL"].open_sells = D(3)
+    c.exposure["default", "AAPL"].open_sells = D(3)
     limits = RiskLimits(max_position=D(15))
     denial = check(spec("sell", "3"), c, limits)  # -10 - 3 open - 3 = -16
     assert denial is not None
@@ -191,17 +191,17 @@ def test_an_open_notional_order_counts_only_the_dollars_not_yet_filled() -> None
     c = ctx(prices={"AAPL": D(100)})
     order = Order(spec=notional("n", "5000"))
     c.admit(order)
-    assert c.exposure["AAPL"].pending("buy", D(100)) == 50
+    assert c.exposure["default", "AAPL"].pending("buy", D(100)) == 50
     part = replace(order, state=OrderState.PARTIALLY_FILLED, filled_qty=D(20),
                    filled_avg_price=D(100))
     c.apply(order, part, Fill(client_order_id="n", symbol="AAPL", side="buy", qty=D(20),
                               price=D(100), at=0))
-    assert c.exposure["AAPL"].position == 20
-    assert c.exposure["AAPL"].pending("buy", D(100)) == 30  # $3,000 left
+    assert c.exposure["default", "AAPL"].position == 20
+    assert c.exposure["default", "AAPL"].pending("buy", D(100)) == 30  # $3,000 left
     done = replace(part, state=OrderState.FILLED, filled_qty=D(50))
     c.apply(part, done, None)
-    assert c.exposure["AAPL"].pending("buy", D(100)) == 0
-    assert not c.exposure["AAPL"].notional
+    assert c.exposure["default", "AAPL"].pending("buy", D(100)) == 0
+    assert not c.exposure["default", "AAPL"].notional
 
 
 def test_a_notional_order_with_no_price_counts_as_all_of_max_position() -> None:

@@ -113,7 +113,7 @@ async def test_a_close_goes_while_trading_is_halted_and_only_if_it_shrinks(
 def test_a_closing_order_that_would_not_shrink_is_refused_even_halted() -> None:
     """The risk gate's rule for closing orders: through a halt, but only toward zero."""
     halted = RiskContext(trading=TradingStatus(state=TradingState.HALTED, reason="t"),
-                         exposure={"AAPL": Exposure(position=Decimal(3))})
+                         exposure={("default", "AAPL"): Exposure(position=Decimal(3))})
 
     def spec(side: str, qty: str) -> OrderSpec:
         return OrderSpec(client_order_id=f"c-{side}-{qty}", strategy_id="execd-close",

@@ -272,7 +272,7 @@ def _spec(**kw: Any) -> OrderSpec:
 def _ctx(position: str = "0", state: Any = None) -> Any:
     from execd.domain.risk import Exposure, RiskContext, TradingState, TradingStatus
     return RiskContext(trading=TradingStatus(state=state or TradingState.ACTIVE, reason="why"),
-                       exposure={"AAPL": Exposure(position=Decimal(position))})
+                       exposure={("default", "AAPL"): Exposure(position=Decimal(position))})
 
 
 @pytest.mark.parametrize("kind", [
@@ -285,7 +285,7 @@ def test_stops_count_as_open_exposure_like_limits(kind: dict[str, Any]) -> None:
     from execd.domain.risk import RiskLimits, check
     ctx = _ctx()
     ctx.admit(Order(spec=_spec(client_order_id="open", **kind), state=OrderState.SUBMITTED))
-    assert ctx.exposure["AAPL"].open_buys == 10
+    assert ctx.exposure["default", "AAPL"].open_buys == 10
     denial = check(_spec(), ctx, RiskLimits(max_position=Decimal(15)))
     assert denial is not None
     assert denial.rule == "max_position"
@@ -328,14 +328,14 @@ def test_a_bracket_counts_its_exits_once_and_an_oco_its_larger_leg() -> None:
                order_class="bracket", parent="br")
     for s in (tp, sl):
         ctx.admit(Order(spec=s, state=OrderState.SUBMITTED))
-    assert ctx.exposure["AAPL"].open_sells == 10  # one reducing order, not two
+    assert ctx.exposure["default", "AAPL"].open_sells == 10  # one reducing order, not two
     oco_tp = _spec(client_order_id="oco", side="sell", type="limit", limit_price=Decimal(110),
                    order_class="oco")
     oco_sl = _spec(client_order_id="oco-sl", side="sell", type="stop", stop_price=Decimal(90),
                    order_class="oco", parent="oco")
     for s in (oco_tp, oco_sl):
         ctx.admit(Order(spec=s, state=OrderState.SUBMITTED))
-    assert ctx.exposure["AAPL"].open_sells == 20
+    assert ctx.exposure["default", "AAPL"].open_sells == 20
 
 
 def test_a_replacement_is_checked_without_the_order_it_replaces() -> None:

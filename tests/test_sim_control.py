@@ -21,7 +21,7 @@ from execd import cli
 from execd.broker.alpaca import without_sdk_retries
 from execd.config import ConfigError, load
 from execd.sim import SimConfig, SimServer
-from execd.sim.api import MAX_ADVANCE_SECONDS
+from execd.sim.alpaca.api import MAX_ADVANCE_SECONDS
 from execd.sim.market import UNIVERSE
 from execd.sim.settings import add_arguments, from_arguments
 from tests.conftest import sim_config
@@ -90,7 +90,7 @@ def test_price_paths_are_deterministic_under_a_seed() -> None:
     def prices(seed: int) -> dict[str, str]:
         with SimServer(sim_config(seed=seed)) as sim:
             raw(sim, "POST", "/_sim/advance", json={"seconds": 3 * 86400})
-            return {s: str(sim.engine.market.price(s, sim.clock.start + 86400.0))
+            return {s: str(sim.market.prices.price(s, sim.clock.start + 86400.0))
                     for s in UNIVERSE}
 
     assert prices(3) == prices(3)

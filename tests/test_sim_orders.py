@@ -35,8 +35,8 @@ from alpaca.trading.requests import (
 
 from execd.broker.alpaca import without_sdk_retries
 from execd.sim import SimServer
-from execd.sim.engine import Engine
-from execd.sim.market import SimClock
+from execd.sim.alpaca.front import AlpacaFront
+from execd.sim.market import Market, SimClock
 from tests.conftest import sim_config
 from tests.test_sim_stream import listening, nothing_more, updates
 
@@ -257,11 +257,12 @@ def test_bracket_stop_loss_fills_and_cancels_the_take_profit(sim: SimServer) -> 
     assert legs[1].filled_avg_price == "89.5"
 
 
-def frozen_engine() -> tuple[Engine, list[float]]:
-    """An engine whose clock moves only when the test moves `elapsed[0]` (real seconds)."""
+def frozen_engine() -> tuple[AlpacaFront, list[float]]:
+    """The Alpaca front on a market whose clock moves only when the test moves
+    `elapsed[0]` (real seconds)."""
     elapsed = [0.0]
     clock = SimClock(start=1_800_000_000.0, monotonic=lambda: elapsed[0])
-    return Engine(sim_config(), clock), elapsed
+    return AlpacaFront(Market(sim_config(), clock)), elapsed
 
 
 def test_a_price_set_right_after_a_bracket_reaches_its_legs() -> None:
@@ -281,14 +282,43 @@ def test_a_price_set_right_after_a_bracket_reaches_its_legs() -> None:
         ("canceled", "0"), ("filled", "4")]
 
 
+def test_a_price_set_through_the_control_api_has_taken_effect_when_it_returns() -> None:
+    """The flaky test above, through HTTP, made deterministic: the sim's clock stands
+    still, so every request lands at the very moment the legs were stamped (the race
+    that made it flaky, now on every run). POST /_sim/prices answers only once every
+    order the new price triggers has filled or been cancelled: the next GET sees it,
+    and the ticker finds nothing more to do."""
+    frozen = SimClock(start=1_800_000_000.0, monotonic=lambda: 0.0)
+    with SimServer(sim_config(), clock=frozen) as sim:
+        c = client(sim)
+        price(sim, "NVDA", "100.00")
+        parent = c.submit_order(MarketOrderRequest(
+            symbol="NVDA", qty=4, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+            order_class=OrderClass.BRACKET, take_profit=TakeProfitRequest(limit_price=110),
+            stop_loss=StopLossRequest(stop_price=90, limit_price=89)))
+        assert [leg.status for leg in parent.legs] == [OrderStatus.NEW, OrderStatus.HELD]
+        events: list[str] = []
+        unsubscribe = sim.engine.subscribe(lambda e: events.append(e.event))
+        try:
+            price(sim, "NVDA", "89.50")
+            after_post = list(events)
+            legs = c.get_order_by_id(parent.id).legs
+            sim.engine.advance()  # what the ticker would do next: nothing is left
+        finally:
+            unsubscribe()
+        assert [(leg.status, leg.filled_qty) for leg in legs] == [
+            (OrderStatus.CANCELED, "0"), (OrderStatus.FILLED, "4")]
+        assert after_post == ["new", "fill", "canceled"] == events
+
+
 def test_a_stop_limit_tries_its_limit_the_moment_it_triggers() -> None:
     """A stop_limit triggered at a moment the price then holds (here the walk's own
     second) trades as a limit from that moment, not from the next price change."""
     e, elapsed = frozen_engine()
-    t0 = e.clock.start
-    p0 = e.market.price("AAPL", t0)
-    x = next(s for s in range(1, 86400) if e.market.price("AAPL", t0 + s) > p0)
-    up = e.market.price("AAPL", t0 + x)  # first second at or above the stop
+    t0 = e.market.clock.start
+    p0 = e.market.prices.price("AAPL", t0)
+    x = next(s for s in range(1, 86400) if e.market.prices.price("AAPL", t0 + s) > p0)
+    up = e.market.prices.price("AAPL", t0 + x)  # first second at or above the stop
     o = e.submit({"symbol": "AAPL", "qty": "1", "side": "buy", "type": "stop_limit",
                   "time_in_force": "gtc", "stop_price": str(p0 + Decimal("0.01")),
                   "limit_price": str(up)})
@@ -555,7 +585,7 @@ def test_a_stop_is_streamed_as_new_then_fill_with_no_request(sim: SimServer) -> 
         o = c.submit_order(StopOrderRequest(symbol="AAPL", qty=2, side=OrderSide.SELL,
                                             time_in_force=TimeInForce.DAY, stop_price=99))
         assert [u["event"] for u in updates(ws, 1)] == ["new"]
-        sim.engine.market.set_price("AAPL", sim.clock.now(), Decimal("98.00"))  # no advance
+        sim.market.prices.set_price("AAPL", sim.clock.now(), Decimal("98.00"))  # no advance
         (fill,) = updates(ws, 1)  # the ticker found it
     assert (fill["event"], fill["order"]["id"], fill["price"], fill["position_qty"]) == (
         "fill", str(o.id), "98", "0")

@@ -61,10 +61,10 @@ async def _apply(ib: IB, sim: TwsServer, ops: list[Op]) -> list[Trade]:
 
 
 def _market_state(sim: TwsServer) -> dict[str, Any]:
-    desk, engine = sim.desk, sim.engine
+    desk, market = sim.desk, sim.sim_market
     live = {o.perm_id for o in desk.live()}
     working = {o.perm_id for o in desk.live() if o.market_id is not None}
-    assert all(o.market_id in engine.open for o in desk.live() if o.perm_id in working)
+    assert all(o.market_id in market.open for o in desk.live() if o.perm_id in working)
     return {
         "live": live,
         "filled": {o.perm_id: o.filled for o in desk.orders.values()},

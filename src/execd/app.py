@@ -14,35 +14,37 @@ import gc
 import signal
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import SocketListener
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from execd import accounts as accounts_mod
 from execd import deadman as deadman_actor
-from execd import files, intake, poller, reconciler, risk, stream, submitter, systemd
+from execd import dispatch, files, intake, poller, reconciler, risk, stream, submitter, systemd
 from execd import storage as storage_actor
+from execd.accounts import Account
 from execd.backup import Place as BackupPlace
 from execd.book import OrderBook
-from execd.broker.alpaca import AlpacaClient
 from execd.broker.alpaca_stream import stream_url_from
 from execd.broker.base import BrokerClient
 from execd.clock import Clock, SystemClock, within
-from execd.config import Config, ConfigError, Credentials, load_credentials
+from execd.config import Config, ConfigError, Credentials, distinct_keys
 from execd.deadman import DeadMan
 from execd.events import EventHub
 from execd.fatal import Fatal, address_problem
-from execd.halts import HaltGate
 from execd.health import Health
 from execd.intake.owners import Owners
-from execd.limiter import Budget, RateLimiter, open_limiter
+from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand, discard
 from execd.obs import http, logging
 from execd.obs.metrics import Metrics
 from execd.recovery import Recovery
+from execd.risk import AccountGate
 from execd.sim import SimServer
 from execd.storage import Storage
 from execd.store import Store, StoreError
@@ -56,7 +58,9 @@ SUBMITTER_INBOX = 4096
 
 @dataclass(slots=True, kw_only=True)
 class Daemon:
-    """Handles on a running daemon (for the CLI, tests and benchmarks)."""
+    """Handles on a running daemon (for the CLI, tests and benchmarks). `limiter`,
+    `broker`, `sim`, `health` and `recovery` are the first account's (the only one of a
+    [broker] config); `accounts` has each."""
 
     config: Config
     store: Store
@@ -69,19 +73,12 @@ class Daemon:
     sim: SimServer | None
     recovery: Recovery
     storage: Storage
+    accounts: dict[str, Account]
 
 
 def start_embedded_sim(config: Config) -> SimServer:
-    """The simulator as [sim] says, its account kept at `config.sim_state_path`."""
-    path = config.sim_state_path
-    s = config.sim
-    try:
-        sim = SimServer(replace(s, state_file=str(path)))
-    except OSError as e:
-        raise address_problem("sim.port", f"{s.host}:{s.port}", e) from e
-    log.info("embedded simulator started", url=sim.url, stream=sim.stream_url,
-             state_file=str(path))
-    return sim.start()
+    """The first account's simulator (the CLI's `execd sim`-like start of [sim])."""
+    return accounts_mod.start_embedded_sim(config, next(iter(config.accounts.values())))
 
 
 async def _metrics_listeners(config: Config) -> list[SocketListener]:
@@ -100,6 +97,19 @@ async def _open_store(config: Config) -> Store:
         raise Fatal(f"cannot open daemon.database {path}: {e}") from e
 
 
+async def _check_accounts_in_use(store: Store, config: Config) -> None:
+    """Renaming or dropping an account must not orphan its orders: refused, by name."""
+    missing = sorted(await store.accounts_in_use() - set(config.accounts))
+    if missing:
+        raise Fatal(f"the store has open or PENDING orders at account(s) {', '.join(missing)}, "
+                    f"which the config does not have (accounts: {', '.join(config.accounts)}); "
+                    "put them back until those orders are closed")
+
+
+def _named(base: str, account: Account, several: bool) -> str:
+    return f"{base}@{account.name}" if several else base
+
+
 @asynccontextmanager
 async def open_daemon(
     config: Config, *, clock: Clock | None = None, broker: BrokerClient | None = None,
@@ -107,26 +117,23 @@ async def open_daemon(
     limiter: RateLimiter | None = None,
 ) -> AsyncIterator[Daemon]:
     """Run the daemon until the block exits; yields once it is ready for orders.
+    `broker`, `broker_url`, `credentials`, `limiter`: a test's own, for the first account.
 
     A start-up failure a person can fix raises `Fatal` (or `ConfigError`) with one line."""
     clock = clock or SystemClock()
-    recovery = Recovery()
-    halts = HaltGate()  # what a halt holds back in the submitter (halts.py)
     metrics = Metrics()
+    configured = config.accounts
+    lead = next(iter(configured.values()))
     # Set before the first scrape: alert rules compare against these, not copies of them.
     metrics.show_config(
         submit_timeout=config.daemon.submit_timeout, poll_interval=config.poller.interval,
-        budget_requests=config.broker.requests_per_minute,
-        budget_window=config.broker.window_seconds,
+        budget_requests=lead.requests_per_minute, budget_window=lead.window_seconds,
         runbook_base=config.metrics.runbook_base,
     )
-    health = Health()
-    b, d = config.broker, config.daemon
-    limiter = limiter or open_limiter(
-        Budget(limit=b.requests_per_minute, window=b.window_seconds, burst=b.burst), clock
-    )
-    if broker is None and broker_url is None and b.mode == "alpaca":
-        credentials = credentials or load_credentials(config)  # no keys: fail before anything
+    d = config.daemon
+    # Every real account's keys before anything starts: none missing, none shared.
+    keys = {} if broker is not None or broker_url is not None else accounts_mod.keys_of(config)
+    distinct_keys(keys)
     async with AsyncExitStack() as stack:
         files.private_dir(config.database_path.parent, "daemon.state_dir")
         files.private_dir(config.socket_path.parent, "daemon.socket")
@@ -134,25 +141,20 @@ async def open_daemon(
         listener = await intake.bind(config.socket_path, int(d.socket_mode, 8),
                                      config.access.socket_group)
         stack.push_async_callback(_close_listener, listener, config.socket_path)
-        sim: SimServer | None = None
-        if broker is None:
-            if broker_url is None and b.mode == "sim":
-                files.private_dir(config.sim_state_path.parent, "sim.state_file")
-                sim = start_embedded_sim(config)
-                stack.callback(sim.close)
-                broker_url = sim.url
-                credentials = Credentials(sim.config.key_id, sim.config.secret_key)
-            elif broker_url is None:
-                broker_url = b.url
-            credentials = credentials or load_credentials(config)
-            broker = AlpacaClient(
-                key_id=credentials.key_id, secret_key=credentials.secret_key, url=broker_url,
-                limiter=limiter, clock=clock, metrics=metrics, timeout=b.timeout,
-                max_retries=b.max_retries, backoff_initial=b.backoff_initial,
-                backoff_max=b.backoff_max,
-            )
         store = await _open_store(config)
         stack.push_async_callback(_shielded, store.close)
+        await _check_accounts_in_use(store, config)  # before any account starts
+        sync = stack.enter_context(ExitStack())
+        accounts: dict[str, Account] = {}
+        for i, a in enumerate(configured.values()):
+            ours = i == 0  # a test's own broker, url, keys and limiter: the first account's
+            accounts[a.name] = accounts_mod.open_account(
+                config, a, clock=clock, metrics=metrics, stack=sync,
+                credentials=(credentials if ours else None) or keys.get(a.name),
+                broker=broker if ours else None, broker_url=broker_url if ours else None,
+                limiter=limiter if ours else None)
+        main = accounts_mod.first(accounts)
+        several = len(accounts) > 1
         deadman = DeadMan(store, clock, metrics)
         await deadman.restore()
         owners = Owners(store, clock)
@@ -172,11 +174,17 @@ async def open_daemon(
         sup = Supervisor(clock=clock, metrics=metrics, intensity=config.supervisor)
         risk_send, risk_recv = anyio.create_memory_object_stream[RiskCommand](RISK_INBOX)
         sub_send, sub_recv = anyio.create_memory_object_stream[SubmitterCommand](SUBMITTER_INBOX)
+        # Several accounts: one inbox each behind the dispatch (dispatch.py); one: its
+        # submitter reads the daemon's inbox itself.
+        inboxes = {name: anyio.create_memory_object_stream[SubmitterCommand](SUBMITTER_INBOX)
+                   for name in accounts} if several else {main.name: (sub_send, sub_recv)}
+        for send, recv in inboxes.values() if several else ():
+            stack.push_async_callback(_close_pair, send, recv)
         services = intake.Services(
-            risk=risk_send, submitter=sub_send, book=book, hub=hub, health=health,
-            limiter=limiter, metrics=metrics, clock=clock,
-            actors=lambda: sup.statistics().as_dict(), owners=owners, recovery=recovery,
-            storage=storage, halts=halts,
+            risk=risk_send, submitter=sub_send, book=book, hub=hub, health=main.health,
+            limiter=main.limiter, metrics=metrics, clock=clock,
+            actors=lambda: sup.statistics().as_dict(), owners=owners, recovery=main.recovery,
+            storage=storage, halts=main.halts, accounts=accounts,
             limits=intake.Limits(
                 max_connections=d.max_connections, admin_connections=d.admin_connections,
                 max_connections_per_uid=d.max_connections_per_uid, max_line=d.max_line_bytes,
@@ -185,34 +193,33 @@ async def open_daemon(
             access=config.access, deadman=deadman,
             backups=BackupPlace(directory=config.backup_path, socket=config.socket_path),
         )
-        rc = config.reconciler
-        brk: BrokerClient = broker
-        stream_spec = _stream_spec(config, broker_url, credentials, book=book, broker=brk,
-                                   clock=clock, health=health, metrics=metrics)
+        core: list[ChildSpec] = []
+        streams: list[ChildSpec] = []
+        for acct in accounts.values():
+            core.extend(_account_specs(config, acct, inboxes[acct.name][1], risk_send,
+                                       book=book, clock=clock, storage=storage,
+                                       several=several))
+            spec = _stream_spec(config, acct, book=book, clock=clock, metrics=metrics,
+                                several=several)
+            if spec is not None:
+                streams.append(spec)
+        if several:
+            outboxes = {name: pair[0] for name, pair in inboxes.items()}
+            core.append(ChildSpec(name="dispatch", start=lambda task_status: dispatch.run(
+                sub_recv.clone(), {n: o.clone() for n, o in outboxes.items()}, book=book,
+                default=main.name, task_status=task_status)))
+        gates = {name: AccountGate(a.recovery, a.halts) for name, a in accounts.items()}
         specs = [
-            ChildSpec(name="submitter", start=lambda task_status: submitter.run(
-                sub_recv.clone(), risk_send.clone(), book=book, broker=brk, clock=clock,
-                failures_before_halt=b.failures_before_halt, health=health,
-                recovery=recovery, storage=storage, halts=halts, task_status=task_status)),
-            ChildSpec(name="poller", start=lambda task_status: poller.run(
-                book=book, broker=brk, clock=clock, health=health,
-                interval=config.poller.interval,
-                interval_streaming=config.poller.interval_streaming if stream_spec else None,
-                recovery=recovery, task_status=task_status)),
-            ChildSpec(name="reconciler", start=lambda task_status: reconciler.run(
-                risk_send.clone(), book=book, broker=brk, clock=clock, health=health,
-                interval=rc.interval, confirm_delay=rc.confirm_delay,
-                auto_resume_after=rc.auto_resume_after, recovery=recovery,
-                task_status=task_status)),
+            *core,
             ChildSpec(name="storage", start=lambda task_status: storage_actor.run(
                 risk_send.clone(), storage=storage, store=store, clock=clock,
                 ballast=config.database_path.parent / "execd.ballast",
                 probe_interval=d.storage_probe_interval, task_status=task_status)),
             ChildSpec(name="risk", start=lambda task_status: risk.run(
                 risk_recv.clone(), sub_send.clone(), book=book, limits=config.risk.limits(),
-                clock=clock, recovery=recovery, storage=storage, halts=halts,
-                task_status=task_status)),
-            *([stream_spec] if stream_spec else []),
+                clock=clock, storage=storage, accounts=gates,
+                default_account=config.default_accounts[0], task_status=task_status)),
+            *streams,
             ChildSpec(name="intake", start=lambda task_status: intake.run(
                 listener=listener, services=services, task_status=task_status)),
             # After the intake, so it stops first: the connections a stop closes are no
@@ -228,29 +235,62 @@ async def open_daemon(
                 await tg.start(metrics_server.serve, metrics_listeners)
             await tg.start(sup.run, specs)
             log.info("execd ready", socket=str(config.socket_path),
-                     broker=broker_url or type(brk).__name__)
+                     accounts={n: a.broker_url or type(a.broker).__name__
+                               for n, a in accounts.items()})
             try:
                 yield Daemon(config=config, store=store, book=book, supervisor=sup,
-                             metrics=metrics, health=health, limiter=limiter, broker=brk, sim=sim,
-                             recovery=recovery, storage=storage)
+                             metrics=metrics, health=main.health, limiter=main.limiter,
+                             broker=main.broker, sim=main.sim, recovery=main.recovery,
+                             storage=storage, accounts=accounts)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await _stop(sup, health, clock, d.shutdown_grace)
-                for inbox in (risk_recv, sub_recv):
-                    if left := discard(inbox):
-                        log.info("commands left unanswered at the stop", count=left)
+                    await _stop(sup, list(accounts.values()), clock, d.shutdown_grace,
+                                down_to=core[-1].name)
+                left = discard(risk_recv) + discard(sub_recv) + sum(
+                    discard(pair[1]) for pair in inboxes.values() if several)
+                if left:
+                    log.info("commands left unanswered at the stop", count=left)
                 tg.cancel_scope.cancel()
     log.info("execd stopped")
 
 
+def _account_specs(
+    config: Config, acct: Account, inbox: MemoryObjectReceiveStream[SubmitterCommand],
+    risk_send: MemoryObjectSendStream[RiskCommand], *, book: OrderBook, clock: Clock,
+    storage: Storage, several: bool,
+) -> list[ChildSpec]:
+    """One account's submitter, poller and reconciler: a crash restarts that child only."""
+    a, rc, h, name = acct.config, config.reconciler, acct.health, acct.name
+    streaming = a.stream and acct.broker_url is not None
+    return [
+        ChildSpec(name=_named("submitter", acct, several), start=lambda task_status:
+                  submitter.run(
+                      inbox.clone(), risk_send.clone(), book=book, broker=acct.broker,
+                      clock=clock, failures_before_halt=a.failures_before_halt, health=h,
+                      recovery=acct.recovery, storage=storage, halts=acct.halts, account=name,
+                      task_status=task_status)),
+        ChildSpec(name=_named("poller", acct, several), start=lambda task_status: poller.run(
+            book=book, broker=acct.broker, clock=clock, health=h,
+            interval=config.poller.interval,
+            interval_streaming=config.poller.interval_streaming if streaming else None,
+            recovery=acct.recovery, account=name, task_status=task_status)),
+        ChildSpec(name=_named("reconciler", acct, several), start=lambda task_status:
+                  reconciler.run(
+                      risk_send.clone(), book=book, broker=acct.broker, clock=clock, health=h,
+                      interval=rc.interval, confirm_delay=rc.confirm_delay,
+                      auto_resume_after=rc.auto_resume_after, recovery=acct.recovery,
+                      account=name, task_status=task_status)),
+    ]
+
+
 def _stream_spec(
-    config: Config, broker_url: str | None, credentials: Credentials | None, *,
-    book: OrderBook, broker: BrokerClient, clock: Clock, health: Health, metrics: Metrics,
+    config: Config, acct: Account, *, book: OrderBook, clock: Clock, metrics: Metrics,
+    several: bool,
 ) -> ChildSpec | None:
-    """The trade_updates actor, if the stream is on and there is a broker to stream from
-    (a test's in-process broker has none)."""
-    b = config.broker
-    url = b.stream_url or (stream_url_from(broker_url) if broker_url else "")
+    """An account's trade_updates actor, if its stream is on and there is a broker to
+    stream from (a test's in-process broker has none)."""
+    b, health, credentials = acct.config, acct.health, acct.credentials
+    url = b.stream_url or (stream_url_from(acct.broker_url) if acct.broker_url else "")
     if not b.stream or not url or credentials is None:
         health.set_stream("disabled", trusted=False, at=clock.time())
         metrics.stream_enabled.set(0)
@@ -260,10 +300,16 @@ def _stream_spec(
         backoff_min=b.stream_backoff_min, backoff_max=b.stream_backoff_max)
     connect = stream.alpaca_connect(url, credentials.key_id, credentials.secret_key,
                                     max_message=b.stream_max_message)
-    log.info("trade_updates stream on", url=url)
-    return ChildSpec(name="stream", start=lambda task_status: stream.run(
-        book=book, broker=broker, clock=clock, health=health, metrics=metrics,
-        settings=settings, connect=connect, task_status=task_status))
+    log.info("trade_updates stream on", url=url, account=acct.name)
+    return ChildSpec(name=_named("stream", acct, several), start=lambda task_status: stream.run(
+        book=book, broker=acct.broker, clock=clock, health=health, metrics=metrics,
+        settings=settings, connect=connect, account=acct.name, task_status=task_status))
+
+
+async def _close_pair(send: MemoryObjectSendStream[SubmitterCommand],
+                      recv: MemoryObjectReceiveStream[SubmitterCommand]) -> None:
+    send.close()
+    recv.close()
 
 
 async def _shielded(close: Callable[[], Awaitable[None]]) -> None:
@@ -277,15 +323,21 @@ async def _close_listener(listener: SocketListener, path: Path) -> None:
         await anyio.to_thread.run_sync(intake.remove, path)
 
 
-async def _stop(sup: Supervisor, health: Health, clock: Clock, grace: float) -> None:
+async def _stop(sup: Supervisor, accounts: list[Account], clock: Clock, grace: float, *,
+                down_to: str) -> None:
     """Stop taking orders, let orders on their way to the broker finish within `grace`
     seconds, then stop the rest. What does not finish stays PENDING and is looked up
     at the next start: handed back, never lost."""
-    await sup.stop(down_to="reconciler")  # watchdog, intake and risk gate: no new work
-    await within(clock, grace, health.wait_idle)
-    if health.submits_in_flight:
+    await sup.stop(down_to=down_to)  # watchdog, intake and risk gate: no new work
+
+    async def idle() -> None:
+        for a in accounts:
+            await a.health.wait_idle()
+
+    await within(clock, grace, idle)
+    if in_flight := sum(a.health.submits_in_flight for a in accounts):
         log.warning("stopping with orders still on their way; they stay PENDING and are "
-                    "resolved at the next start", count=health.submits_in_flight)
+                    "resolved at the next start", count=in_flight)
     await sup.stop()
 
 
@@ -324,8 +376,8 @@ async def run_daemon(config: Config) -> int:
                 async with open_daemon(config) as daemon:
                     ready = True
                     settle_heap()
-                    systemd.notify("READY=1", f"STATUS={daemon.recovery.progress()}")
-                    tg.start_soon(_show_recovery, daemon.recovery, daemon.health)
+                    systemd.notify("READY=1", f"STATUS={_progress(daemon.accounts)}")
+                    tg.start_soon(_show_recovery, daemon.accounts)
                     await stop.wait()
                     systemd.notify("STOPPING=1", "STATUS=stopping")
             finally:
@@ -344,16 +396,24 @@ async def run_daemon(config: Config) -> int:
     return 0
 
 
-async def _show_recovery(recovery: Recovery, health: Health) -> None:
-    """systemd's STATUS= follows the recovery; test hooks arm once it is over."""
+def _progress(accounts: dict[str, Account]) -> str:
+    """Every account's start-up, in one line (one account: its own words)."""
+    if len(accounts) == 1:
+        return accounts_mod.first(accounts).recovery.progress()
+    return "; ".join(f"{n}: {a.recovery.progress()}" for n, a in accounts.items())
+
+
+async def _show_recovery(accounts: dict[str, Account]) -> None:
+    """systemd's STATUS= follows the recovery; test hooks arm once every account's is
+    over."""
     shown = ""
     while True:
-        now = recovery.progress()
+        now = _progress(accounts)
         if now != shown:
             systemd.notify(f"STATUS={now}")
             log.info("start-up", status=now)
             shown = now
-        if recovery.done:
+        if all(a.recovery.done for a in accounts.values()):
             HOOKS.arm()  # kill points fire only once start-up recovery is over
         await anyio.sleep(0.2)
 

@@ -21,6 +21,7 @@ from execd.domain import fold
 from execd.domain.decimals import show, show_opt
 from execd.domain.news import News
 from execd.domain.orders import (
+    DEFAULT_ACCOUNT,
     BrokerView,
     Order,
     OrderState,
@@ -100,9 +101,11 @@ class OrderBook:
         for state in OrderState:
             self.metrics.orders.labels(state.value).set(counts.get(state.value, 0))
 
-    def open_orders(self) -> list[Order]:
-        """Every open order, oldest first."""
-        return sorted(self.open.values(), key=lambda o: o.created_at)
+    def open_orders(self, account: str | None = None) -> list[Order]:
+        """Every open order (at one account), oldest first."""
+        orders = self.open.values() if account is None else [
+            o for o in self.open.values() if o.account == account]
+        return sorted(orders, key=lambda o: o.created_at)
 
     async def get(self, client_order_id: str) -> Order | None:
         """An order: open and lately closed ones from memory, the others from the store."""
@@ -164,10 +167,11 @@ class OrderBook:
                 self.hub.publish(o)
         return new
 
-    async def set_prices(self, prices: dict[str, Decimal]) -> None:
-        """The broker's marks, for the notional check."""
+    async def set_prices(self, prices: dict[str, Decimal], account: str = DEFAULT_ACCOUNT
+                         ) -> None:
+        """An account's broker's marks, for the notional check."""
         try:
-            await self.store.set_prices(prices)
+            await self.store.set_prices(prices, account)
         except StorageUnavailable as e:
             self._storage_failed(e)
             raise

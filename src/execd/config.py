@@ -7,12 +7,14 @@ credentials file (see `load_credentials`).
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from execd.domain.orders import DEFAULT_ACCOUNT
 from execd.domain.risk import RiskLimits
 from execd.sim.settings import SimConfig
 from execd.supervisor import Intensity
@@ -42,8 +44,10 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class BrokerConfig:
-    mode: str = "sim"  # "sim": the embedded simulator; "alpaca": the url below
+class BrokerSettings:
+    """How to talk to one broker account: the keys of `[broker]` and of an
+    `[accounts.NAME]` table alike."""
+
     url: str = "https://paper-api.alpaca.markets"
     credentials_file: str = ""
     timeout: float = 10.0
@@ -60,6 +64,42 @@ class BrokerConfig:
     stream_backoff_min: float = 1.0  # reconnect after uniform(min, min(max, 2^n)) seconds
     stream_backoff_max: float = 30.0
     stream_max_message: int = 16 * 1024 * 1024  # bytes: a larger frame closes (1009)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerConfig(BrokerSettings):
+    """`[broker]`: the one account of a config with no `[accounts]` (named "default")."""
+
+    mode: str = "sim"  # "sim": the embedded simulator; "alpaca": the url above
+
+
+ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+BROKERS = ("alpaca", "sim")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountConfig(BrokerSettings):
+    """`[accounts.NAME]`: one broker account, its own budget, actors and trading state."""
+
+    name: str = field(default=DEFAULT_ACCOUNT, metadata={"config": False})
+    broker: str = "sim"  # "alpaca" | "sim" (an embedded simulator of its own)
+    # the one source of keys besides credentials_file: two environment variables
+    key_id_env: str = ""
+    secret_key_env: str = ""
+    data_url: str = "https://data.alpaca.markets"  # Alpaca's market data (routing)
+    # [sim] with this account's [accounts.NAME.sim] over it; state_file resolved
+    sim: SimConfig = field(default_factory=SimConfig)
+    legacy: bool = field(default=False, metadata={"config": False})  # from [broker]
+
+    @property
+    def settings(self) -> BrokerSettings:
+        return self
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingConfig:
+    # where an order that names no account goes: its first account (rules: issue 34)
+    default: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,7 +183,22 @@ class Config:
     access: AccessConfig = field(default_factory=AccessConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    # [accounts.NAME] tables, in the file's order; a [broker] config: one, "default"
+    # (built by `load`, or by `with_accounts` for a Config made in code)
+    account_tables: tuple[AccountConfig, ...] = field(default=(), metadata={"config": False})
     base_dir: Path = Path(".")  # relative paths are relative to the config file
+
+    @property
+    def accounts(self) -> dict[str, AccountConfig]:
+        """Every account by name, in the config's order ([broker] alone: "default")."""
+        tables = self.account_tables or (_legacy_account(self),)
+        return {a.name: a for a in tables}
+
+    @property
+    def default_accounts(self) -> tuple[str, ...]:
+        """[routing] default: where an order that names no account goes (its first)."""
+        return self.routing.default or tuple(self.accounts)[:1]
 
     def path(self, value: str, default_name: str) -> Path:
         p = Path(value) if value else Path(self.daemon.state_dir) / default_name
@@ -164,6 +219,19 @@ class Config:
     @property
     def sim_state_path(self) -> Path:
         return self.path(self.sim.state_file, "sim-state.json")
+
+    def sim_state_path_of(self, account: AccountConfig) -> Path:
+        """An embedded simulator's state file: [broker]'s as before, an account's its own."""
+        if account.legacy:
+            return self.sim_state_path
+        return self.path(account.sim.state_file, f"sim-{account.name}.json")
+
+
+def _legacy_account(config: Config) -> AccountConfig:
+    b = config.broker
+    shared = {f.name: getattr(b, f.name) for f in fields(BrokerSettings)}
+    return AccountConfig(name=DEFAULT_ACCOUNT, broker=b.mode, sim=config.sim, legacy=True,
+                         **shared)
 
 
 def _build(cls: type[Any], raw: Any, where: str) -> Any:
@@ -208,9 +276,16 @@ def load(path: Path | None) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
     raw = dict(raw)
+    tables = raw.pop("accounts", None)
+    if tables is not None and "broker" in raw:
+        raise ConfigError("[broker] and [accounts] together: use one (a [broker] config is "
+                          'one account named "default")')
     config: Config = _build(Config, raw, "config")
     if config.broker.mode not in ("sim", "alpaca"):
         raise ConfigError('broker.mode must be "sim" or "alpaca"')
+    if tables is not None:
+        config = replace(config, account_tables=_accounts(tables, raw.get("sim", {})))
+    _check_accounts(config)
     try:
         int(config.daemon.socket_mode, 8)
     except ValueError:
@@ -219,10 +294,6 @@ def load(path: Path | None) -> Config:
         config.sim.check()
     except ValueError as e:
         raise ConfigError(f"sim.{e}") from None
-    if config.broker.stream_url and not config.broker.stream_url.startswith(("ws://", "wss://")):
-        raise ConfigError("broker.stream_url must start with ws:// or wss:// (or be empty)")
-    if config.broker.stream_max_message < 1024:
-        raise ConfigError("broker.stream_max_message must be at least 1024 (bytes)")
     if config.poller.interval <= 0 or config.poller.interval_streaming < config.poller.interval:
         raise ConfigError("poller.interval must be > 0 and poller.interval_streaming at "
                           "least as long")
@@ -234,6 +305,66 @@ def load(path: Path | None) -> Config:
     return replace(config, base_dir=path.resolve().parent)
 
 
+def _accounts(tables: Any, sim: Any) -> tuple[AccountConfig, ...]:
+    """[accounts.NAME] tables; each sim account's [sim] is [sim] with its own over it."""
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError("[accounts] must hold at least one [accounts.NAME] table")
+    out = []
+    for name, table in tables.items():
+        if not ACCOUNT_NAME.match(name):
+            raise ConfigError(f"account name {name!r} must match {ACCOUNT_NAME.pattern}")
+        where = f"accounts.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{where}] must be a table")
+        table = dict(table)
+        if "mode" in table:
+            raise ConfigError(f'{where}.mode is not an account key: broker = "alpaca" or '
+                              '"sim" says it')
+        own_sim = table.pop("sim", {})
+        if not isinstance(own_sim, dict) or not isinstance(sim, dict):
+            raise ConfigError(f"[{where}.sim] must be a table")
+        built: AccountConfig = _build(AccountConfig, table, where)
+        merged: SimConfig = _build(SimConfig, {**sim, **own_sim}, f"{where}.sim")
+        try:
+            merged.check()
+        except ValueError as e:
+            raise ConfigError(f"{where}.sim.{e}") from None
+        out.append(replace(built, name=name, sim=merged))
+    return tuple(out)
+
+
+def _check_accounts(config: Config) -> None:
+    accounts = config.accounts
+    for a in accounts.values():
+        where = "broker" if a.legacy else f"accounts.{a.name}"
+        if a.broker not in BROKERS:
+            raise ConfigError(f'{where}.broker must be "alpaca" or "sim"')
+        if a.stream_url and not a.stream_url.startswith(("ws://", "wss://")):
+            raise ConfigError(f"{where}.stream_url must start with ws:// or wss:// (or be "
+                              "empty)")
+        if a.stream_max_message < 1024:
+            raise ConfigError(f"{where}.stream_max_message must be at least 1024 (bytes)")
+        if a.requests_per_minute <= a.burst or a.window_seconds <= 0:
+            raise ConfigError(f"{where}.requests_per_minute must be above {where}.burst, "
+                              f"and {where}.window_seconds above 0")
+        if a.credentials_file and (a.key_id_env or a.secret_key_env):
+            raise ConfigError(f"{where}: credentials_file or key_id_env/secret_key_env, "
+                              "not both (one source of keys per account)")
+        if bool(a.key_id_env) != bool(a.secret_key_env):
+            raise ConfigError(f"{where}: key_id_env and secret_key_env go together")
+    names = config.routing.default
+    if len(accounts) > 1 and not names:
+        raise ConfigError("several accounts: [routing] default = [\"NAME\", ...] must say "
+                          "where an order that names no account goes; accounts: "
+                          + ", ".join(accounts))
+    unknown = [n for n in names if n not in accounts]
+    if unknown:
+        raise ConfigError(f"routing.default names unknown account(s) {', '.join(unknown)}; "
+                          f"accounts: {', '.join(accounts)}")
+    if len(set(names)) != len(names):
+        raise ConfigError("routing.default names an account twice")
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
     key_id: str
@@ -243,25 +374,58 @@ class Credentials:
         return f"Credentials(key_id={self.key_id[:4]}…, secret_key=[redacted])"
 
 
-def load_credentials(config: Config) -> Credentials:
-    """From the environment, else from the credentials file (KEY=value lines)."""
-    key, secret = os.environ.get("APCA_API_KEY_ID"), os.environ.get("APCA_API_SECRET_KEY")
-    if key and secret:
-        return Credentials(key, secret)
-    if config.broker.credentials_file:
-        path = config.path(config.broker.credentials_file, "")
-        try:
-            pairs = dict(
-                line.split("=", 1) for line in path.read_text().splitlines()
-                if "=" in line and not line.lstrip().startswith("#")
-            )
-        except OSError as e:
-            raise ConfigError(f"cannot read broker.credentials_file {path}: {e.strerror}") from None
-        key = pairs.get("APCA_API_KEY_ID", "").strip()
-        secret = pairs.get("APCA_API_SECRET_KEY", "").strip()
+def load_credentials(config: Config, account: AccountConfig | None = None) -> Credentials:
+    """An account's keys from its one source. A [broker] config (or an account alone
+    that names none): APCA_API_KEY_ID/APCA_API_SECRET_KEY, else its credentials file."""
+    a = account or next(iter(config.accounts.values()))
+    where = "broker" if a.legacy else f"accounts.{a.name}"
+    if a.key_id_env:
+        key, secret = os.environ.get(a.key_id_env), os.environ.get(a.secret_key_env)
         if key and secret:
             return Credentials(key, secret)
+        raise ConfigError(f"{where} needs the environment variables {a.key_id_env} and "
+                          f"{a.secret_key_env} (key_id_env/secret_key_env)")
+    alone = len(config.accounts) == 1
+    if not a.credentials_file or a.legacy:
+        key, secret = os.environ.get("APCA_API_KEY_ID"), os.environ.get("APCA_API_SECRET_KEY")
+        if alone and key and secret:
+            return Credentials(key, secret)
+    if a.credentials_file:
+        return _credentials_file(config, a, where)
     raise ConfigError(
-        'broker.mode = "alpaca" needs APCA_API_KEY_ID and APCA_API_SECRET_KEY (in the '
-        "environment, or in the file named by broker.credentials_file)"
+        f'{where}: broker "alpaca" needs APCA_API_KEY_ID and APCA_API_SECRET_KEY (in the '
+        f"environment, or in the file named by {where}.credentials_file)" if alone else
+        f'{where}: broker "alpaca" needs credentials_file or key_id_env/secret_key_env '
+        "(with several accounts, each names its own keys)"
     )
+
+
+def _credentials_file(config: Config, a: AccountConfig, where: str) -> Credentials:
+    path = config.path(a.credentials_file, "")
+    try:
+        if not a.legacy and path.stat().st_mode & 0o077:
+            raise ConfigError(f"{where}.credentials_file {path} must be mode 0600 (it is "
+                              f"{path.stat().st_mode & 0o777:04o}): chmod 600 it")
+        pairs = dict(
+            line.split("=", 1) for line in path.read_text().splitlines()
+            if "=" in line and not line.lstrip().startswith("#")
+        )
+    except OSError as e:
+        raise ConfigError(f"cannot read {where}.credentials_file {path}: {e.strerror}") from None
+    key = pairs.get("APCA_API_KEY_ID", "").strip()
+    secret = pairs.get("APCA_API_SECRET_KEY", "").strip()
+    if key and secret:
+        return Credentials(key, secret)
+    raise ConfigError(f"{where}.credentials_file {path} must hold APCA_API_KEY_ID=... and "
+                      "APCA_API_SECRET_KEY=... lines")
+
+
+def distinct_keys(keys: dict[str, Credentials]) -> None:
+    """Two accounts on one key share one real budget and would each count the other's
+    orders as out-of-band: refused at start-up."""
+    seen: dict[str, str] = {}
+    for name, c in keys.items():
+        if c.key_id in seen:
+            raise ConfigError(f"accounts {seen[c.key_id]} and {name} use the same API key id "
+                              f"({c.key_id[:4]}…): each account needs its own keys")
+        seen[c.key_id] = name

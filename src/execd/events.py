@@ -25,6 +25,7 @@ class TradingEvent:
 
     status: TradingStatus
     strategy_id: str | None = None
+    account: str | None = None  # one account's state (several accounts)
 
 
 Event = Order | TradingEvent

@@ -23,23 +23,24 @@ log = logging.get("execd.external")
 LOOKUPS = 5  # external orders gone from the open list looked up per poll, at most
 
 
-def external_from(found: BrokerOrder, now: float) -> ExternalOrder:
+def external_from(found: BrokerOrder, now: float, account: str) -> ExternalOrder:
     v = found.view
     return ExternalOrder(
         broker_order_id=v.broker_order_id, client_order_id=found.client_order_id,
         symbol=found.symbol, side=found.side, qty=found.qty, notional=found.notional,
         type=found.type, status=v.status, filled_qty=v.filled_qty,
-        filled_avg_price=v.filled_avg_price, first_seen=now, updated_at=now)
+        filled_avg_price=v.filled_avg_price, first_seen=now, updated_at=now, account=account)
 
 
 async def record(book: OrderBook, found: Sequence[BrokerOrder], now: float, *,
-                 source: str) -> None:
+                 source: str, account: str) -> None:
     """Record these orders (checked not to be ours) as external. A storage failure is
     logged and swallowed: nothing of ours depends on this record."""
     if not found:
         return
     try:
-        changed = await book.store.record_external([external_from(o, now) for o in found])
+        changed = await book.store.record_external([external_from(o, now, account)
+                                                   for o in found])
     except StorageUnavailable as err:
         log.warning("cannot record orders execd did not place", error=str(err))
         return
@@ -47,7 +48,7 @@ async def record(book: OrderBook, found: Sequence[BrokerOrder], now: float, *,
         fields = {"broker_order_id": e.broker_order_id,
                   "client_order_id": e.client_order_id or None, "symbol": e.symbol,
                   "side": e.side, "qty": show_opt(e.qty), "status": e.status,
-                  "filled_qty": show(e.filled_qty), "source": source}
+                  "filled_qty": show(e.filled_qty), "source": source, "account": account}
         if e.first_seen == e.updated_at:
             log.warning("an order on the account that execd did not place: recorded as "
                         "external (execd orders --external)", **fields)
@@ -73,11 +74,12 @@ async def not_ours(book: OrderBook, found: Sequence[BrokerOrder]) -> list[Broker
 
 
 async def follow_closed(book: OrderBook, broker: BrokerClient, listed: set[str],
-                        now: float) -> None:
+                        now: float, account: str) -> None:
     """External orders recorded open that the open list no longer shows have closed:
     look a few up (LOOKUPS a poll: another program's orders must not eat our request
     budget) for their final status and fills."""
-    gone = [e for e in await book.store.external_orders(open_only=True, limit=1000)
+    gone = [e for e in await book.store.external_orders(open_only=True, limit=1000,
+                                                         account=account)
             if e.broker_order_id not in listed]
     gone.sort(key=lambda e: e.updated_at)  # the longest unheard of first
     found: list[BrokerOrder] = []
@@ -93,7 +95,7 @@ async def follow_closed(book: OrderBook, broker: BrokerClient, listed: set[str],
             found.append(o)
         else:
             missing.append(replace(e, status=NOT_FOUND, updated_at=now))
-    await record(book, found, now, source="poll")
+    await record(book, found, now, source="poll", account=account)
     if missing:
         try:
             await book.store.record_external(missing)

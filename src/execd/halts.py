@@ -46,6 +46,7 @@ class HaltGate:
         self.on_set: Callable[[], None] | None = None  # the submitter's: withdraw queued sends
 
     def set(self, account: TradingStatus, strategies: Mapping[str, TradingStatus]) -> None:
+        """`account`: the state this gate's account trades under (effective_state)."""
         self.account = account
         self.strategies = {sid: st for sid, st in strategies.items()
                            if st.state == TradingState.HALTED}
@@ -109,3 +110,13 @@ class HaltGate:
         held = sorted(self._held.values(), key=lambda h: (h.order.created_at, h.seq))
         return {"count": len(held),
                 "orders": [h.order.client_order_id for h in held[:SHOWN]]}
+
+
+def effective_state(trading: TradingStatus, accounts: Mapping[str, TradingStatus],
+                    account: str) -> TradingStatus:
+    """What one account trades under: the global state, unless that is not HALTED and
+    the account is halted on its own."""
+    alone = accounts.get(account)
+    if alone is not None and trading.state != TradingState.HALTED:
+        return alone
+    return trading

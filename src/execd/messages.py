@@ -165,6 +165,9 @@ class SetTradingState:
     reason: str
     reply: Reply[TradingStateChanged] | None = None
     strategy_id: str | None = None  # one strategy only (HALTED or ACTIVE); None: the account
+    # one account only (HALTED or ACTIVE); None: every account (the global state). With a
+    # single account the two are one: its halts are the global state, as before accounts.
+    account: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +204,7 @@ class CancelAll:
     reply: Reply[CancelResult]
     owner_uid: int | None = None  # only this peer's orders
     within: float = 5.0  # answer by then what is done and what goes on (background)
+    account: str | None = None  # one account's orders; None: every account's
 
 
 SubmitterCommand = SendOrder | CancelOrder | CancelAll

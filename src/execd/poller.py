@@ -16,7 +16,7 @@ from execd.book import OrderBook
 from execd.broker.base import BrokerClient, BrokerError, BrokerOrder
 from execd.clock import Clock, within
 from execd.domain.news import News
-from execd.domain.orders import OrderState
+from execd.domain.orders import DEFAULT_ACCOUNT, OrderState
 from execd.health import Health
 from execd.legs import adopt
 from execd.obs import logging
@@ -27,7 +27,8 @@ from execd.testhooks import HOOKS
 log = logging.get("execd.poller")
 
 
-async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health: Health) -> int:
+async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health: Health,
+                    account: str = DEFAULT_ACCOUNT) -> int:
     """One poll; how many orders it changed. A look-up that fails skips its order (the
     next poll tries again); the poll counts as complete, and is stamped in
     `health.last_poll`, only if nothing failed."""
@@ -38,7 +39,7 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
     # Ours before the broker's list: an order sent while the list is on its way is still
     # PENDING here, so it is skipped, not looked up (a look-up per order sent during
     # every list call, taken from the request budget, with nothing to learn).
-    ours = book.open_orders()
+    ours = book.open_orders(account)
     listed = await broker.list_open_orders()
     open_at_broker = {o.client_order_id: o for o in listed}
     known = {o.client_order_id for o in ours}
@@ -75,9 +76,9 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
                 await adopt(book, broker, open_at_broker[cid])
             except BrokerError as e:
                 failed = e
-    known = {o.client_order_id for o in book.open_orders()}
+    known = {o.client_order_id for o in book.open_orders(account)}
     await _externals(book, broker, health, [o for o in listed if o.client_order_id not in known],
-                     {o.view.broker_order_id for o in listed}, clock.time())
+                     {o.view.broker_order_id for o in listed}, clock.time(), account)
     if failed is not None:
         raise failed
     health.poll_completed(started, clock.time())
@@ -87,21 +88,22 @@ async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health:
 
 
 async def _externals(book: OrderBook, broker: BrokerClient, health: Health,
-                     unknown: list[BrokerOrder], listed: set[str], now: float) -> None:
+                     unknown: list[BrokerOrder], listed: set[str], now: float, account: str
+                     ) -> None:
     """Orders on the account that execd did not place: counted, recorded, and those that
     left the open list followed to their end. Never fails the poll (nothing of ours is
     in it)."""
     try:
         strangers = await external.not_ours(book, unknown)
         health.broker_orders_unknown = len(strangers)
-        await external.record(book, strangers, now, source="poll")
-        await external.follow_closed(book, broker, listed, now)
+        await external.record(book, strangers, now, source="poll", account=account)
+        await external.follow_closed(book, broker, listed, now, account)
     except StorageUnavailable as e:
         log.warning("cannot record orders execd did not place", error=str(e))
 
 
-async def poll_fresh(book: OrderBook, broker: BrokerClient, clock: Clock, health: Health
-                     ) -> int:
+async def poll_fresh(book: OrderBook, broker: BrokerClient, clock: Clock, health: Health,
+                     account: str = DEFAULT_ACCOUNT) -> int:
     """A complete poll that began after this call: ours, or one that another caller (the
     stream's resync, the poller) began while we waited for the lock, which counts as
     ours (two callers do not look the same orders up twice). How many orders *we*
@@ -110,12 +112,13 @@ async def poll_fresh(book: OrderBook, broker: BrokerClient, clock: Clock, health
     async with health.poll_lock:
         if health.last_complete_poll > begun_before:
             return 0
-        return await poll_once(book, broker, clock, health)
+        return await poll_once(book, broker, clock, health, account)
 
 
 async def run(
     *, book: OrderBook, broker: BrokerClient, clock: Clock, health: Health, interval: float,
     interval_streaming: float | None = None, recovery: Recovery | None = None,
+    account: str = DEFAULT_ACCOUNT,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     task_status.started()
@@ -123,7 +126,7 @@ async def run(
         HOOKS.crash("poller")
         started = clock.monotonic()
         try:
-            await poll_fresh(book, broker, clock, health)
+            await poll_fresh(book, broker, clock, health, account)
             if recovery is not None:
                 recovery.mark_polled()
         except (BrokerError, StorageUnavailable) as e:

@@ -438,17 +438,29 @@ def submit_spec(args: dict[str, Any], now: float) -> tuple[OrderSpec, str]:
         stop_price=price_field(args, "stop_price"), trail_price=price_field(args, "trail_price"),
         trail_percent=decimal_field(args, "trail_percent"), time_in_force=tif,
         extended_hours=flag(args, "extended_hours"), order_class=oclass,
-        take_profit=take_profit, stop_loss=stop_loss,
+        take_profit=take_profit, stop_loss=stop_loss, account=account_field(args),
     )
     if (broken := first_violation(spec)) is not None:
         raise invalid(broken.message)
     return spec, wait
 
 
+ACCOUNT = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def account_field(args: dict[str, Any], name: str = "account") -> str | None:
+    """An account's name (whether it is configured is the intake's to say)."""
+    v = _str(args, name, required=False)
+    if v is not None and not ACCOUNT.fullmatch(v):
+        raise invalid(f"{name} must be an account name: 1-32 of a-z 0-9 _ - (from the "
+                      "config's [accounts.NAME])")
+    return v
+
+
 SUBMIT_FIELDS = frozenset({
     "strategy_id", "symbol", "side", "qty", "notional", "type", "limit_price", "stop_price",
     "trail_price", "trail_percent", "time_in_force", "extended_hours", "order_class",
-    "take_profit", "stop_loss", "client_order_id", "wait"})
+    "take_profit", "stop_loss", "client_order_id", "wait", "account"})
 
 
 def orders_filter(args: dict[str, Any]) -> tuple[str | None, list[OrderState] | None, int]:

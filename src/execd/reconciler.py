@@ -22,7 +22,9 @@ from execd.broker.base import BrokerClient, BrokerError
 from execd.clock import Clock, within
 from execd.domain import reconcile
 from execd.domain.decimals import show
-from execd.domain.risk import TradingState
+from execd.domain.orders import DEFAULT_ACCOUNT
+from execd.domain.risk import TradingState, TradingStatus
+from execd.halts import effective_state
 from execd.health import Health
 from execd.messages import RiskCommand, SetTradingState
 from execd.obs import logging
@@ -34,13 +36,14 @@ REASON = "reconcile_mismatch"
 MOVING_RUNS = 3  # runs in a row a difference may hide behind orders in motion
 
 
-async def _read(book: OrderBook, broker: BrokerClient) -> list[reconcile.Mismatch]:
+async def _read(book: OrderBook, broker: BrokerClient, account: str
+                ) -> list[reconcile.Mismatch]:
     theirs = await broker.positions()
     prices = {p.symbol: p.current_price for p in theirs if p.current_price is not None}
     if prices:
         with contextlib.suppress(StorageUnavailable):  # marks for the notional check only
-            await book.set_prices(prices)
-    ours = {s: p.qty for s, p in (await book.store.positions()).items() if p.qty}
+            await book.set_prices(prices, account)
+    ours = {s: p.qty for s, p in (await book.store.positions(account)).items() if p.qty}
     return reconcile.diff(ours, {p.symbol: p.qty for p in theirs if p.qty != Decimal(0)})
 
 
@@ -48,8 +51,10 @@ class Reconciler:
     def __init__(
         self, *, book: OrderBook, broker: BrokerClient, clock: Clock, health: Health,
         risk: MemoryObjectSendStream[RiskCommand], confirm_delay: float, auto_resume_after: int,
+        account: str = DEFAULT_ACCOUNT,
     ) -> None:
         self.book, self.broker, self.clock, self.health = book, broker, clock, health
+        self.account = account  # the broker account it compares (its own halt)
         self.risk = risk
         self.confirm_delay = confirm_delay
         self.auto_resume_after = auto_resume_after
@@ -59,8 +64,8 @@ class Reconciler:
 
     async def once(self) -> list[reconcile.Mismatch]:
         metrics = self.book.metrics
-        open_before = self.book.open_orders()
-        first = await _read(self.book, self.broker)
+        open_before = self.book.open_orders(self.account)
+        first = await _read(self.book, self.broker, self.account)
         mismatches: list[reconcile.Mismatch] = []
         if first:
             first_at = self.clock.time()
@@ -73,8 +78,8 @@ class Reconciler:
                 self.book.metrics.reconcile_runs.labels("unconfirmed").inc()
                 self.health.last_reconcile_result = "unconfirmed: poller behind"
                 return []
-            second = await _read(self.book, self.broker)
-            moving = reconcile.in_motion(open_before, self.book.open_orders())
+            second = await _read(self.book, self.broker, self.account)
+            moving = reconcile.in_motion(open_before, self.book.open_orders(self.account))
             mismatches, self._moving_runs = reconcile.settled(
                 first, second, moving, self._moving_runs, MOVING_RUNS)
             if not mismatches and reconcile.confirmed(first, second):
@@ -95,31 +100,39 @@ class Reconciler:
             # Orders execd did not place explain a difference, never hide one: the halt
             # stands, and says where to look.
             external = await self.book.store.external_orders(
-                symbols=[m.symbol for m in mismatches], limit=50)
+                symbols=[m.symbol for m in mismatches], limit=50, account=self.account)
             if external:
                 reason += (" (orders execd did not place on " + ", ".join(sorted(
                     {e.symbol for e in external})) + ": execd orders --external)")
-            log.error("positions do not match the broker: halting trading",
+            log.error("positions do not match the broker: halting trading", account=self.account,
                       mismatches=[_show(m) for m in mismatches],
                       external_orders=[f"{e.symbol} {e.side} {show(e.filled_qty)} filled "
                                        f"({e.status}, {e.broker_order_id})" for e in external])
-            status = await self.book.store.trading_status()
+            status = await self._state()
             if status.state != TradingState.HALTED or not status.reason.startswith(REASON):
-                await self.risk.send(SetTradingState(state=TradingState.HALTED, reason=reason))
+                await self.risk.send(SetTradingState(state=TradingState.HALTED, reason=reason,
+                                                     account=self.account))
             return mismatches
         self.clean_runs += 1
         metrics.reconcile_runs.labels("clean").inc()
         metrics.reconcile_last_success.set(now)
         self.health.last_reconcile_result = "clean"
         if self.auto_resume_after and self.clean_runs >= self.auto_resume_after:
-            status = await self.book.store.trading_status()
+            status = await self._state()
             if status.state == TradingState.HALTED and status.reason.startswith(REASON):
-                log.warning("positions match again: resuming", clean_runs=self.clean_runs)
+                log.warning("positions match again: resuming", clean_runs=self.clean_runs,
+                            account=self.account)
                 await self.risk.send(SetTradingState(
                     state=TradingState.ACTIVE,
                     reason=f"auto-resumed after {self.clean_runs} clean reconciliations",
+                    account=self.account,
                 ))
         return []
+
+    async def _state(self) -> TradingStatus:
+        """The state this account trades under, as stored (its own halt, or the global)."""
+        snapshot = await self.book.store.status()
+        return effective_state(snapshot.trading, snapshot.halted_accounts, self.account)
 
     async def _polled_since(self, t: float) -> bool:
         """Wait (a while) for a complete poll that began after `t`."""
@@ -134,11 +147,12 @@ def _show(m: reconcile.Mismatch) -> str:
 async def run(
     risk: MemoryObjectSendStream[RiskCommand], *, book: OrderBook, broker: BrokerClient,
     clock: Clock, health: Health, interval: float, confirm_delay: float,
-    auto_resume_after: int, recovery: Recovery | None = None,
+    auto_resume_after: int, recovery: Recovery | None = None, account: str = DEFAULT_ACCOUNT,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     rec = Reconciler(book=book, broker=broker, clock=clock, health=health, risk=risk,
-                     confirm_delay=confirm_delay, auto_resume_after=auto_resume_after)
+                     confirm_delay=confirm_delay, auto_resume_after=auto_resume_after,
+                     account=account)
     task_status.started()
     async with risk:
         while True:

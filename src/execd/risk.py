@@ -11,7 +11,8 @@ once its order is committed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import assert_never
 
 import anyio
@@ -21,10 +22,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from execd.book import OrderBook
 from execd.clock import Clock
 from execd.domain import risk
-from execd.domain.orders import Order, OrderState
+from execd.domain.orders import DEFAULT_ACCOUNT, Order, OrderState
 from execd.domain.risk import RiskContext, RiskLimits, TradingState, TradingStatus
 from execd.events import TradingEvent
-from execd.halts import HaltGate
+from execd.halts import HaltGate, effective_state
 from execd.messages import (
     BookChange,
     OrderAccepted,
@@ -61,14 +62,27 @@ def show_trading_state(metrics: Metrics, status: TradingStatus) -> None:
     metrics.show_halt(halt_category(status.reason) if status.state == TradingState.HALTED else None)
 
 
+@dataclass(frozen=True, slots=True)
+class AccountGate:
+    """What the risk gate holds of one broker account: its start-up recovery (no new
+    order there before it is done) and its submitter's halt gate."""
+
+    recovery: Recovery | None = None
+    halts: HaltGate | None = None  # the submitter's: it holds what a halt must stop
+
+
 class RiskGate:
     def __init__(
         self, *, submitter: MemoryObjectSendStream[SubmitterCommand], book: OrderBook,
         limits: RiskLimits, clock: Clock, recovery: Recovery | None = None,
         storage: Storage | None = None, halts: HaltGate | None = None,
+        accounts: Mapping[str, AccountGate] | None = None,
+        default_account: str = DEFAULT_ACCOUNT,
     ) -> None:
-        self.recovery = recovery
-        self.halts = halts  # the submitter's: it holds what a halt must stop (halts.py)
+        # every account by name (one alone: `recovery` and `halts` are its own); an order
+        # that names none goes to `default_account` ([routing] default)
+        self.accounts = dict(accounts or {default_account: AccountGate(recovery, halts)})
+        self.default_account = default_account
         self._closing: set[str] = set()  # accepted closing orders, not yet handed on
         self.storage = storage
         # held in memory while writes fail (and in `storage`, beyond this actor's life)
@@ -88,17 +102,18 @@ class RiskGate:
         self.close()
         snapshot, self._feed = await self.book.open_risk_feed(since=self.clock.time() - 60)
         self._ctx = RiskContext.rebuild(
-            trading=self._unsaved or snapshot.trading, positions=snapshot.positions.values(),
+            trading=self._unsaved or snapshot.trading, positions=snapshot.positions,
             open_orders=snapshot.open_orders, recent=snapshot.recent,
-            halted=snapshot.halted_strategies)
+            halted=snapshot.halted_strategies, accounts=snapshot.halted_accounts)
         self.metrics.strategies_halted.set(len(self._ctx.halted))
         show_trading_state(self.metrics, self._ctx.trading)
         self._show_halts(self._ctx)
         return self._ctx
 
     def _show_halts(self, ctx: RiskContext) -> None:
-        if self.halts is not None:
-            self.halts.set(ctx.trading, ctx.halted)
+        for name, gate in self.accounts.items():
+            if gate.halts is not None:
+                gate.halts.set(effective_state(ctx.trading, ctx.accounts, name), ctx.halted)
 
     def _drain(self, ctx: RiskContext) -> bool:
         """Apply what the feed holds; False if it ended (fell behind: rebuild)."""
@@ -170,7 +185,19 @@ class RiskGate:
                 submits.clear()
 
         for msg in batch:
+            if isinstance(msg, SetTradingState) and msg.account is not None \
+                    and len(self.accounts) == 1:
+                msg = replace(msg, account=None)  # one account: its state is the global one
             match msg:
+                case SetTradingState(account=str() as name, state=state, reason=reason,
+                                     reply=reply):
+                    await flush()
+                    status = TradingStatus(state=state, reason=reason, since=self.clock.time())
+                    await self._halt_account(ctx, name, status)
+                    self._show_halts(ctx)
+                    self.book.hub.publish_trading(TradingEvent(status=status, account=name))
+                    if reply is not None:
+                        answer(reply, TradingStateChanged(status=status))
                 case SetTradingState(strategy_id=str() as sid, state=state, reason=reason,
                                      reply=reply):
                     await flush()
@@ -203,6 +230,26 @@ class RiskGate:
                     assert_never(msg)
         await flush()
         return accepted
+
+    async def _halt_account(self, ctx: RiskContext, name: str, status: TradingStatus) -> None:
+        """Halt one account, or lift its halt; the others' states stay as they are."""
+        halted = status.state == TradingState.HALTED
+        if halted:  # in memory first: nothing more goes out there, whatever the disk says
+            ctx.accounts[name] = status
+        else:
+            ctx.accounts.pop(name, None)
+        self._show_halts(ctx)
+        try:
+            await self.book.store.set_account_halt(name, status if halted else None)
+        except StorageUnavailable as e:
+            if self.storage is not None:
+                self.storage.failed(e)
+            log.error("cannot write an account's halt: held in memory", account=name,
+                      error=str(e))
+        self.metrics.show_account_state(name, status)
+        level = log.warning if halted else log.info
+        level("account trading state changed", account=name, state=status.state.value,
+              reason=status.reason)
 
     async def _halt_strategy(self, ctx: RiskContext, sid: str, status: TradingStatus) -> None:
         """Halt one strategy, or lift its halt; the account's state stays as it is."""
@@ -292,6 +339,12 @@ class RiskGate:
 
     def _decide(self, msg: SubmitOrder, ctx: RiskContext, known: dict[str, Order]) -> SubmitResult:
         spec, metrics = msg.spec, self.metrics
+        if spec.account is None:  # routed before anything is compared or committed
+            spec = replace(spec, account=self.default_account)
+        elif spec.account not in self.accounts:
+            metrics.submits.labels("denied").inc()
+            return OrderDenied(code="invalid_request", reason=(
+                f"unknown account {spec.account}; accounts: {', '.join(self.accounts)}"))
         existing = known.get(spec.client_order_id)
         if existing is not None:
             # An order from before owners were recorded (schema 1) has none: it matches.
@@ -305,11 +358,13 @@ class RiskGate:
                 reason=f"client_order_id {spec.client_order_id} is already used by an order "
                 "with different parameters",
             )
-        if self.recovery is not None and not self.recovery.done:
+        recovery = self.accounts[spec.account or self.default_account].recovery
+        if recovery is not None and not recovery.done:
             metrics.submits.labels("recovering").inc()
+            at = "" if len(self.accounts) == 1 else f" at account {spec.account}"
             return OrderDenied(
                 code="recovering", retry_after_s=RECOVERING_RETRY_S,
-                reason=f"execd is starting up ({self.recovery.progress()}); no new order goes "
+                reason=f"execd is starting up{at} ({recovery.progress()}); no new order goes "
                 "to the broker until that is done: retry shortly")
         replacing = None if spec.replaces is None else self.book.open.get(spec.replaces)
         denial = risk.check(spec, ctx, self.limits, closing=msg.closing, replacing=replacing)
@@ -338,10 +393,13 @@ async def run(
     recovery: Recovery | None = None,
     storage: Storage | None = None,
     halts: HaltGate | None = None,
+    accounts: Mapping[str, AccountGate] | None = None,
+    default_account: str = DEFAULT_ACCOUNT,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     gate = RiskGate(submitter=submitter, book=book, limits=limits, clock=clock,
-                    recovery=recovery, storage=storage, halts=halts)
+                    recovery=recovery, storage=storage, halts=halts, accounts=accounts,
+                    default_account=default_account)
     # Orders committed by a predecessor that crashed before handing them on: the
     # submitter picks every PENDING order up when it starts, and sweeps for orphans.
     # Started before the context is built: the snapshot waits behind the book's writes,

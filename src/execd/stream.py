@@ -46,7 +46,7 @@ from execd.broker.websocket import MAX_MESSAGE, MessageTooLarge, WebSocketClosed
 from execd.clock import Clock
 from execd.domain.broker_checks import Refusal
 from execd.domain.news import News
-from execd.domain.orders import Order
+from execd.domain.orders import DEFAULT_ACCOUNT, Order
 from execd.health import Health
 from execd.legs import adopt
 from execd.obs import logging
@@ -136,8 +136,9 @@ class StreamActor:
     def __init__(
         self, *, book: OrderBook, broker: BrokerClient, clock: Clock, health: Health,
         metrics: Metrics, settings: StreamSettings, connect: Connect,
-        rng: random.Random | None = None,
+        rng: random.Random | None = None, account: str = DEFAULT_ACCOUNT,
     ) -> None:
+        self.account = account  # the broker account this stream is of
         self.book = book
         self.broker = broker
         self.clock = clock
@@ -282,7 +283,7 @@ class StreamActor:
             started = self.clock.monotonic()
             try:
                 repaired = await poller.poll_fresh(self.book, self.broker, self.clock,
-                                                   self.health)
+                                                   self.health, self.account)
             except (BrokerError, StorageUnavailable) as e:
                 log.warning("resync failed; the stream stays untrusted, retrying",
                             error=str(e), retry_in=self.settings.resync_retry)
@@ -352,7 +353,8 @@ class StreamActor:
                 log.debug("stream event for an order execd did not place",
                           client_order_id=cid, trade_event=update.event)
                 await external.record(self.book, await external.not_ours(
-                    self.book, [update.order]), self.clock.time(), source="stream")
+                    self.book, [update.order]), self.clock.time(), source="stream",
+                    account=self.account)
                 continue
             before.setdefault(cid, known)
             ours.append(arrival)
@@ -408,9 +410,9 @@ def _lag(now: float, at: datetime | None) -> float:
 
 async def run(
     *, book: OrderBook, broker: BrokerClient, clock: Clock, health: Health, metrics: Metrics,
-    settings: StreamSettings, connect: Connect,
+    settings: StreamSettings, connect: Connect, account: str = DEFAULT_ACCOUNT,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     actor = StreamActor(book=book, broker=broker, clock=clock, health=health, metrics=metrics,
-                        settings=settings, connect=connect)
+                        settings=settings, connect=connect, account=account)
     await actor.run(task_status)

@@ -49,9 +49,9 @@ from execd.clock import Clock
 from execd.clock import within as within_clock
 from execd.domain import fold
 from execd.domain.news import News
-from execd.domain.orders import TERMINAL_STATES, Order, OrderState
+from execd.domain.orders import DEFAULT_ACCOUNT, TERMINAL_STATES, Order, OrderState
 from execd.domain.risk import TradingState
-from execd.halts import HaltGate
+from execd.halts import HaltGate, effective_state
 from execd.health import Health
 from execd.messages import (
     CancelAll,
@@ -107,7 +107,9 @@ class Submitter:
         self, *, book: OrderBook, broker: BrokerClient, clock: Clock,
         risk: MemoryObjectSendStream[RiskCommand], failures_before_halt: int, health: Health,
         storage: Storage | None = None, halts: HaltGate | None = None,
+        account: str = DEFAULT_ACCOUNT,
     ) -> None:
+        self.account = account  # the broker account it sends to: its orders only
         self.storage = storage
         self.halts = halts or HaltGate()
         self.halts.on_set = self._halted_now
@@ -217,8 +219,10 @@ class Submitter:
         if self._failures >= self.failures_before_halt and not self._halted:
             self._halted = True
             reason = f"broker_failures: {self._failures} failed attempts in a row ({e})"
-            log.error("halting trading: the broker keeps failing", reason=reason)
-            await self.risk.send(SetTradingState(state=TradingState.HALTED, reason=reason))
+            log.error("halting trading: the broker keeps failing", reason=reason,
+                      account=self.account)
+            await self.risk.send(SetTradingState(state=TradingState.HALTED, reason=reason,
+                                                 account=self.account))
 
     # ------------------------------------------------------------------ orders
     async def send(self, order: Order, *, unknown_history: bool,
@@ -360,7 +364,8 @@ class Submitter:
         """PENDING orders nobody is taking to the broker (a risk gate that died between
         its commit and the hand-over), and the age of the oldest PENDING order."""
         now = self.clock.time()
-        pending = [o for o in self.book.open.values() if o.state == OrderState.PENDING]
+        pending = [o for o in self.book.open.values()
+                   if o.state == OrderState.PENDING and o.account == self.account]
         oldest = min((o.created_at for o in pending), default=now)
         self.book.metrics.oldest_pending_age.set(max(0.0, now - oldest))
         return [o for o in pending
@@ -547,7 +552,7 @@ class Submitter:
         DELETE per family (`_heads`). Answers within `within` seconds what is done and
         what is still going on (`pending`); the cancels carry on in the background."""
         targets = [
-            o for o in self.book.open_orders()
+            o for o in self.book.open_orders(self.account)
             if (strategy_id is None or o.spec.strategy_id == strategy_id)
             and (owner_uid is None or o.owner_uid == owner_uid)
         ]
@@ -679,15 +684,17 @@ async def run(
     storage: Storage | None = None,
     sweep_interval: float = 5.0,
     halts: HaltGate | None = None,
+    account: str = DEFAULT_ACCOUNT,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     submitter = Submitter(book=book, broker=broker, clock=clock, risk=risk,
                           failures_before_halt=failures_before_halt, health=health,
-                          storage=storage, halts=halts)
+                          storage=storage, halts=halts, account=account)
     if not submitter.halts.known:  # before anything is sent: a halt survives a restart
         stored = await book.store.status()
         held = storage.held if storage is not None else None
-        submitter.halts.set(held or stored.trading, stored.halted_strategies)
+        submitter.halts.set(effective_state(held or stored.trading, stored.halted_accounts,
+                                            account), stored.halted_strategies)
     recovery = recovery or Recovery()
     # Crash-only: every PENDING order is ours to resolve. Their history is unknown (a
     # predecessor may have sent them), so each is looked up first, also when the risk
@@ -701,7 +708,8 @@ async def run(
 
     async with inbox, risk, anyio.create_task_group() as tg:
         submitter.background = tg
-        pending = adopt([o for o in book.open_orders() if o.state == OrderState.PENDING])
+        pending = adopt([o for o in book.open_orders(account)
+                         if o.state == OrderState.PENDING])
         recovery.pending(len(pending))
         if pending:
             log.info("resolving PENDING orders left from before", count=len(pending))

@@ -156,14 +156,16 @@ class AsyncClient:
                      extended_hours: bool | None = None, order_class: str | None = None,
                      take_profit: TakeProfit | Mapping[str, Any] | Num | None = None,
                      stop_loss: StopLoss | Mapping[str, Any] | Num | None = None,
-                     client_order_id: str | None = None, wait: str | None = None) -> Order:
+                     client_order_id: str | None = None, wait: str | None = None,
+                     account: str | None = None) -> Order:
         """One order (every field of the protocol's `submit`); see Client.submit."""
         return await self._run(calls.submit(
             strategy_id=strategy_id, symbol=symbol, side=side, qty=qty, notional=notional,
             type=type, limit_price=limit_price, stop_price=stop_price, trail_price=trail_price,
             trail_percent=trail_percent, time_in_force=time_in_force,
             extended_hours=extended_hours, order_class=order_class, take_profit=take_profit,
-            stop_loss=stop_loss, client_order_id=client_order_id, wait=wait))
+            stop_loss=stop_loss, client_order_id=client_order_id, wait=wait,
+            account=account))
 
     async def replace(self, client_order_id: str, *, qty: Num | None = None,
                       limit_price: Num | None = None, stop_price: Num | None = None,

@@ -190,7 +190,8 @@ class Client:
                extended_hours: bool | None = None, order_class: str | None = None,
                take_profit: TakeProfit | Mapping[str, Any] | Num | None = None,
                stop_loss: StopLoss | Mapping[str, Any] | Num | None = None,
-               client_order_id: str | None = None, wait: str | None = None) -> Order:
+               client_order_id: str | None = None, wait: str | None = None,
+                     account: str | None = None) -> Order:
         """One order. `qty` or `notional`; `type` market (default), limit, stop,
         stop_limit or trailing_stop with its prices; `order_class` simple (default),
         bracket, oco or oto with `take_profit` / `stop_loss` legs; `wait` "submitted"
@@ -200,7 +201,8 @@ class Client:
             type=type, limit_price=limit_price, stop_price=stop_price, trail_price=trail_price,
             trail_percent=trail_percent, time_in_force=time_in_force,
             extended_hours=extended_hours, order_class=order_class, take_profit=take_profit,
-            stop_loss=stop_loss, client_order_id=client_order_id, wait=wait))
+            stop_loss=stop_loss, client_order_id=client_order_id, wait=wait,
+            account=account))
 
     def replace(self, client_order_id: str, *, qty: Num | None = None,
                 limit_price: Num | None = None, stop_price: Num | None = None,

@@ -133,7 +133,8 @@ def submit(*, strategy_id: str, symbol: str, side: str, qty: Num | None = None,
            order_class: str | None = None,
            take_profit: TakeProfit | Mapping[str, Any] | Num | None = None,
            stop_loss: StopLoss | Mapping[str, Any] | Num | None = None,
-           client_order_id: str | None = None, wait: str | None = None) -> Call[Order]:
+           client_order_id: str | None = None, wait: str | None = None,
+           account: str | None = None) -> Call[Order]:
     fields = {
         "strategy_id": strategy_id, "symbol": symbol, "side": side, "qty": num(qty),
         "notional": num(notional), "type": type, "limit_price": num(limit_price),
@@ -142,7 +143,7 @@ def submit(*, strategy_id: str, symbol: str, side: str, qty: Num | None = None,
         "extended_hours": extended_hours, "order_class": order_class,
         "take_profit": _drop_none(_leg(take_profit, "limit_price")),
         "stop_loss": _drop_none(_leg(stop_loss, "stop_price")),
-        "client_order_id": client_order_id, "wait": wait,
+        "client_order_id": client_order_id, "wait": wait, "account": account,
     }
     return Call("submit", fields, _order)
 

@@ -122,7 +122,7 @@ _ORDER_FIELDS = frozenset({
     "type", "limit_price", "stop_price", "trail_price", "trail_percent", "time_in_force",
     "extended_hours", "order_class", "state", "filled_qty", "filled_avg_price", "reason",
     "created_at", "updated_at", "replaced_by", "replaces", "legs", "parent_client_order_id",
-    "take_profit", "stop_loss"})
+    "take_profit", "stop_loss", "account"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +156,7 @@ class Order(_Wire):
     stop_loss_limit: Decimal | None = None
     leg_ids: tuple[str, ...] = ()  # a parent's legs' client_order_ids
     legs: tuple[Order, ...] = ()  # the legs themselves, where the answer carries them
+    account: str = "default"  # the broker account it is at (several accounts)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -199,6 +200,7 @@ class Order(_Wire):
             leg_ids=tuple(str(x) for x in wire_legs if isinstance(x, str))
             or tuple(str(leg.get("client_order_id", "")) for leg in legs),
             legs=tuple(cls.from_wire(leg) for leg in legs),
+            account=str(o.get("account") or "default"),
             extra={k: v for k, v in o.items() if k not in _ORDER_FIELDS},
             raw=dict(o),
         )
@@ -218,15 +220,17 @@ class Position(_Wire):
     qty: Decimal
     avg_entry_price: Decimal | None = None
     last_price: Decimal | None = None
+    account: str = "default"  # the broker account that holds it
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_wire(cls, p: Mapping[str, Any]) -> Position:
-        known = {"symbol", "qty", "avg_entry_price", "last_price"}
+        known = {"symbol", "qty", "avg_entry_price", "last_price", "account"}
         return cls(symbol=str(p.get("symbol", "")), qty=dec(p.get("qty")) or Decimal(0),
                    avg_entry_price=dec(p.get("avg_entry_price")),
                    last_price=dec(p.get("last_price")),
+                   account=str(p.get("account") or "default"),
                    extra={k: v for k, v in p.items() if k not in known}, raw=dict(p))
 
     @property

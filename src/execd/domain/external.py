@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from execd.domain.decimals import show, show_opt
-from execd.domain.orders import ALPACA_STATUS, TERMINAL_STATES
+from execd.domain.orders import ALPACA_STATUS, DEFAULT_ACCOUNT, TERMINAL_STATES
 
 NOT_FOUND = "not_found"  # gone from the open list, and the broker has no such order
 # Statuses after which an external order changes no more (Alpaca's final ones).
@@ -38,6 +38,7 @@ class ExternalOrder:
     filled_avg_price: Decimal | None
     first_seen: float
     updated_at: float
+    account: str = DEFAULT_ACCOUNT  # where it was seen
 
     @property
     def is_open(self) -> bool:

@@ -67,6 +67,7 @@ def leg_order(parent: Order, leg: BrokerOrder, now: float) -> Order:
         side=side, qty=leg.qty if leg.qty is not None else p.qty, type=otype,
         limit_price=leg.limit_price, stop_price=leg.stop_price,
         time_in_force=leg.time_in_force, order_class=p.order_class, parent=p.client_order_id,
+        account=parent.account,  # a leg is at its parent's account, always
     )
     return Order(spec=spec, state=OrderState.SUBMITTED, broker_order_id=leg.view.broker_order_id,
                  created_at=now, updated_at=now, owner_uid=parent.owner_uid)

@@ -80,6 +80,7 @@ STRATEGY_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 # crypto pair like BTC/USD.
 SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9.]{0,15}|[A-Z0-9]{2,10}/[A-Z0-9]{2,10}", re.ASCII)
 CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+DEFAULT_ACCOUNT = "default"  # a [broker] config's one account, and every older order's
 
 
 def can_transition(current: OrderState, new: OrderState) -> bool:
@@ -132,6 +133,9 @@ class OrderSpec:
     stop_loss: StopLoss | None = None
     parent: str | None = None  # a leg: its parent's client_order_id
     replaces: str | None = None  # a replacement: the client_order_id it replaces
+    # the broker account it goes to: None until the risk gate routes it (then durable,
+    # and never changed: an order is at one account only)
+    account: str | None = None
 
     @property
     def size(self) -> Decimal:
@@ -162,6 +166,10 @@ class Order:
         return self.spec.client_order_id
 
     @property
+    def account(self) -> str:
+        return self.spec.account or DEFAULT_ACCOUNT
+
+    @property
     def is_open(self) -> bool:
         return self.state in OPEN_STATES
 
@@ -188,6 +196,7 @@ class Order:
             "reason": self.reason,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "account": self.account,
         }
         # the newer fields only where they say something: older clients see what they saw
         extra: dict[str, Any] = {
@@ -220,6 +229,7 @@ class Fill:
     qty: Decimal
     price: Decimal
     at: float
+    account: str = DEFAULT_ACCOUNT
 
     @property
     def signed_qty(self) -> Decimal:
@@ -267,6 +277,7 @@ def apply_broker_view(order: Order, view: BrokerView, now: float) -> Update | No
         fill = Fill(
             client_order_id=order.client_order_id, symbol=order.spec.symbol,
             side=order.spec.side, qty=delta, price=(after - before) / delta, at=now,
+            account=order.account,
         )
         filled_qty, avg = view.filled_qty, view.filled_avg_price
         if new_state in (OrderState.PENDING, OrderState.SUBMITTED):

@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from execd.domain.orders import DEFAULT_ACCOUNT
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Position:
     symbol: str
+    account: str = DEFAULT_ACCOUNT
     qty: Decimal = Decimal(0)  # signed: negative is short
     cost_basis: Decimal = Decimal(0)  # signed like qty
     last_price: Decimal | None = None
@@ -27,5 +30,5 @@ def apply_fill(pos: Position, signed_qty: Decimal, price: Decimal) -> Position:
         cost = pos.cost_basis * (qty / pos.qty)
     else:  # through zero: what is left opens a new position at this price
         cost = qty * price
-    return Position(symbol=pos.symbol, qty=qty, cost_basis=cost if qty else Decimal(0),
+    return Position(symbol=pos.symbol, account=pos.account, qty=qty, cost_basis=cost if qty else Decimal(0),
                     last_price=price)

@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from execd.domain.decimals import show
-from execd.domain.orders import Fill, Order, OrderSpec, Side
+from execd.domain.orders import DEFAULT_ACCOUNT, Fill, Order, OrderSpec, Side
 from execd.domain.positions import Position
 
 
@@ -51,7 +51,7 @@ class RiskLimits:
     deny_symbols: frozenset[str] = frozenset()
     max_qty: Decimal | None = None
     max_notional: Decimal | None = None
-    max_position: Decimal | None = None  # absolute, per symbol, counting open orders
+    max_position: Decimal | None = None  # absolute, per symbol at an account, with open orders
     max_open_orders: int | None = None
     max_orders_per_minute: int | None = None  # per strategy
     reject_unpriced_market_orders: bool = False
@@ -105,22 +105,24 @@ class RiskContext:
     gate's own admissions (`admit`). Equal to a rebuild at every moment."""
 
     trading: TradingStatus
-    exposure: dict[str, Exposure] = field(default_factory=dict)
+    exposure: dict[tuple[str, str], Exposure] = field(default_factory=dict)  # (account, symbol)
     open_orders: int = 0
     orders_last_minute: dict[str, int] = field(default_factory=dict)  # by strategy
     prices: dict[str, Decimal] = field(default_factory=dict)
     recent: deque[tuple[float, str]] = field(default_factory=deque)  # (created_at, strategy)
     halted: dict[str, TradingStatus] = field(default_factory=dict)  # strategies halted alone
+    accounts: dict[str, TradingStatus] = field(default_factory=dict)  # accounts halted alone
 
     @classmethod
     def rebuild(
         cls, *, trading: TradingStatus, positions: Iterable[Position],
         open_orders: Iterable[Order], recent: Iterable[tuple[float, str]],
         halted: dict[str, TradingStatus] | None = None,
+        accounts: dict[str, TradingStatus] | None = None,
     ) -> RiskContext:
-        ctx = cls(trading=trading, halted=dict(halted or {}))
+        ctx = cls(trading=trading, halted=dict(halted or {}), accounts=dict(accounts or {}))
         for p in positions:
-            ctx.exposure[p.symbol] = Exposure(position=p.qty)
+            ctx.exposure[p.account, p.symbol] = Exposure(position=p.qty)
             if p.last_price is not None:
                 ctx.prices[p.symbol] = p.last_price
         for o in open_orders:
@@ -140,7 +142,7 @@ class RiskContext:
             self._count(before, -1)
         self._count(after, +1)
         if fill is not None:
-            e = self.exposure.setdefault(fill.symbol, Exposure())
+            e = self.exposure.setdefault((fill.account, fill.symbol), Exposure())
             e.position += fill.signed_qty
             self.prices[fill.symbol] = fill.price  # a position's last price is its last fill
 
@@ -164,7 +166,7 @@ class RiskContext:
         if _shadow_exit(order.spec):
             return
         s = order.spec
-        e = self.exposure.setdefault(s.symbol, Exposure())
+        e = self.exposure.setdefault((order.account, s.symbol), Exposure())
         if s.notional is not None:
             if sign < 0:
                 e.notional.pop(s.client_order_id, None)
@@ -188,7 +190,7 @@ class RiskContext:
                     for s, e in self.exposure.items()
                     if e.position or e.open_buys or e.open_sells or e.notional}
         return (self.trading, exposure, self.open_orders, dict(self.orders_last_minute),
-                dict(self.prices), dict(self.halted))
+                dict(self.prices), dict(self.halted), dict(self.accounts))
 
 
 def _shadow_exit(spec: OrderSpec) -> bool:
@@ -278,6 +280,14 @@ def check(
             code="trading_halted", rule="halted",
             reason=f"trading is halted ({t.reason or 'no reason given'}); cancels still work",
         )
+    account = spec.account or DEFAULT_ACCOUNT
+    held = ctx.accounts.get(account)
+    if held is not None and not closing:
+        return Denial(
+            code="trading_halted", rule="account_halted",
+            reason=f"account {account} is halted ({held.reason or 'no reason given'}); "
+            "cancels still work",
+        )
     alone = ctx.halted.get(spec.strategy_id)
     if alone is not None and not closing:
         return Denial(
@@ -285,7 +295,7 @@ def check(
             reason=f"strategy {spec.strategy_id} is halted ({alone.reason or 'no reason given'})"
             "; cancels still work",
         )
-    e = ctx.exposure.get(spec.symbol, Exposure())
+    e = ctx.exposure.get((account, spec.symbol), Exposure())
     open_orders = ctx.open_orders
     adds = broker_orders(spec)
     if replacing is not None and replacing.is_open:

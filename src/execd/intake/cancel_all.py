@@ -29,14 +29,15 @@ if TYPE_CHECKING:
 
 
 async def cancel_all(c: Caller, strategy_id: str | None, owner_uid: int | None, *,
-                     within: float | None = None) -> CancelRequested:
+                     within: float | None = None, account: str | None = None
+                     ) -> CancelRequested:
     """Ask the submitter; it answers within `within` (default submit_timeout): what is
     left goes on."""
     within = c.s.limits.submit_timeout if within is None else within
 
     def command(reply: Reply[CancelResult]) -> SubmitterCommand:
         return CancelAll(strategy_id=strategy_id, reply=reply, owner_uid=owner_uid,
-                         within=within)
+                         within=within, account=account)
 
     # the submitter's own bound, and a margin: past it the submitter itself is stuck
     return await ask_cancels(c, command, bound=within * 3, late=(

@@ -21,7 +21,7 @@ from execd.domain.positions import Position
 from execd.domain.risk import TradingState
 from execd.intake import cancel_all as cancelling
 from execd.intake import ownership
-from execd.intake.requests import ask_submitter, place, set_state
+from execd.intake.requests import ask_submitter, known_account, place, set_state
 from execd.messages import (
     CancelOrder,
     CancelRequested,
@@ -64,22 +64,33 @@ def close_id(symbol: str, now: float) -> str:
     return new_client_order_id(f"close-{symbol.replace('/', '')}", now)
 
 
-async def _positions(c: Caller, strategy_id: str) -> dict[str, Position]:
-    """The account's positions; under own_orders_only, a non-admin's strategy's own."""
+async def _positions(c: Caller, strategy_id: str) -> list[Position]:
+    """Every account's positions; under own_orders_only, a non-admin's strategy's own."""
     mine = c.grant.only_owner
     if mine is None:
-        return await c.s.book.store.positions()
+        return await c.s.book.store.all_positions()
     return await c.s.book.store.own_positions(mine, strategy_id=strategy_id)
 
 
-async def _cancel_holding(c: Caller, symbol: str, side: Side, strategy_id: str
-                          ) -> list[dict[str, Any]]:
+async def _position(c: Caller, strategy_id: str, symbol: str, account: str | None
+                    ) -> Position | None:
+    """The position a close takes: at `account`, or at the one account holding it."""
+    held = [p for p in await _positions(c, strategy_id)
+            if p.symbol == symbol and p.qty and account in (None, p.account)]
+    if len(held) > 1:
+        raise protocol.invalid(f"{symbol} is held at accounts "
+                               f"{', '.join(p.account for p in held)}: name one (account)")
+    return held[0] if held else None
+
+
+async def _cancel_holding(c: Caller, symbol: str, side: Side, strategy_id: str,
+                          account: str) -> list[dict[str, Any]]:
     """Cancel the open orders on `side` of `symbol` (they hold the shares a close needs):
     under own_orders_only, a non-admin's own strategy's only."""
     cancelled: list[dict[str, Any]] = []
     mine = c.grant.only_owner
     for order in c.s.book.open_orders():
-        if order.spec.symbol != symbol or order.spec.side != side:
+        if order.spec.symbol != symbol or order.spec.side != side or order.account != account:
             continue
         if mine is not None and (order.owner_uid != mine
                                  or order.spec.strategy_id != strategy_id):
@@ -102,7 +113,8 @@ async def _cancel_holding(c: Caller, symbol: str, side: Side, strategy_id: str
 
 async def close(c: Caller, symbol: str, *, qty: Decimal | None = None,
                 percentage: Decimal | None = None, strategy_id: str = CLOSE_STRATEGY,
-                client_order_id: str | None = None, wait: str = "submitted") -> dict[str, Any]:
+                client_order_id: str | None = None, wait: str = "submitted",
+                account: str | None = None) -> dict[str, Any]:
     s = c.s
     await ownership.use_strategy(c, strategy_id)  # before anything is cancelled
     if client_order_id is not None:  # a retried close: the order it made, nothing new
@@ -111,22 +123,25 @@ async def close(c: Caller, symbol: str, *, qty: Decimal | None = None,
             if ownership.visible(c, existing) is None:
                 raise ownership.taken(client_order_id)
             return {"order": existing.to_json(), "existing": True, "cancelled": []}
-    position = (await _positions(c, strategy_id)).get(symbol)
+    position = await _position(c, strategy_id, symbol, account)
     if position is None or position.qty == 0:
-        raise ProtocolError("not_found", f"no {symbol} position to close")
+        at = f" at account {account}" if account else ""
+        raise ProtocolError("not_found", f"no {symbol} position to close{at}")
     side: Side = "sell" if position.qty > 0 else "buy"
-    cancelled = await _cancel_holding(c, symbol, side, strategy_id)
+    account = position.account
+    cancelled = await _cancel_holding(c, symbol, side, strategy_id, account)
     # Read again: an order cancelled just now may have filled first (an earlier close, an
     # exit). A fill landing later still is caught by the risk gate: a close that would
     # cross zero is refused, never sent.
-    position = (await _positions(c, strategy_id)).get(symbol)
+    position = await _position(c, strategy_id, symbol, account)
     if position is None or position.qty == 0 or (position.qty > 0) != (side == "sell"):
         raise ProtocolError("not_found", f"no {symbol} position left to close "
                             f"(cancelled {len(cancelled)} orders)")
     amount = close_qty(position.qty, qty, percentage)
     now = s.clock.time()
     spec = OrderSpec(client_order_id=client_order_id or close_id(symbol, now),
-                     strategy_id=strategy_id, symbol=symbol, side=side, qty=amount)
+                     strategy_id=strategy_id, symbol=symbol, side=side, qty=amount,
+                     account=account)
     placed = await place(c, spec, wait, closing=True)
     return {**placed, "cancelled": cancelled}
 
@@ -143,7 +158,8 @@ async def op_close_position(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         # under own_orders_only a non-admin closes its own strategy's book: it names it
         strategy_id=protocol.strategy_id(args, required=c.grant.only_owner is not None)
         or CLOSE_STRATEGY,
-        client_order_id=protocol.client_order_id(args, required=False))
+        client_order_id=protocol.client_order_id(args, required=False),
+        account=known_account(c, args))
 
 
 async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -153,13 +169,14 @@ async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     free is closed in the background (intake/flattening.py; `status` → `flatten`)."""
     s = c.s
     reason = protocol.reason(args) or "flatten"
-    halted = await set_state(c, TradingState.HALTED, f"flatten: {reason}")
+    account = known_account(c, args)
+    halted = await set_state(c, TradingState.HALTED, f"flatten: {reason}", account=account)
     job = s.flattening
-    job.begin(reason, s.clock.time())
+    job.begin(reason, s.clock.time(), account)
     cancel_error: dict[str, str] | None = None
     try:
         cancels = await cancelling.cancel_all(
-            c, None, None, within=min(s.limits.submit_timeout, CANCEL_WAIT_S))
+            c, None, None, within=min(s.limits.submit_timeout, CANCEL_WAIT_S), account=account)
     except (ProtocolError, Overloaded) as e:  # close what is free all the same
         code, message = (e.code, e.message) if isinstance(e, ProtocolError) else \
             ("overloaded", "the submitter's inbox is full")
@@ -167,18 +184,19 @@ async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         cancels = CancelRequested(orders=())
     closed = await job.close_free(s)
     job.finish_in_background(s, cancel_again=cancel_error is not None)
-    by_symbol: dict[str, dict[str, list[str]]] = {}
+    by_symbol: dict[tuple[str, str], dict[str, list[str]]] = {}
     for o in cancels.orders:
         if o.state == OrderState.CANCELLED or o.client_order_id in cancels.pending:
             done = "done" if o.state == OrderState.CANCELLED else "pending"
-            by_symbol.setdefault(o.spec.symbol, {"done": [], "pending": []})[done].append(
-                o.client_order_id)
+            by_symbol.setdefault((o.account, o.spec.symbol), {"done": [], "pending": []})[
+                done].append(o.client_order_id)
     positions: list[dict[str, Any]] = []
     for one in closed:
-        counts = by_symbol.get(one.symbol, {"done": [], "pending": []})
+        counts = by_symbol.get((one.account, one.symbol), {"done": [], "pending": []})
         out: dict[str, Any] = {
-            "symbol": one.symbol, "qty": show(one.position), "ok": one.order is not None,
-            "orders": list(job.symbols[one.symbol].orders) if one.order else [],
+            "symbol": one.symbol, "account": one.account, "qty": show(one.position),
+            "ok": one.order is not None,
+            "orders": list(job.symbols[one.key].orders) if one.order else [],
             "held": show(one.held),
             "cancels": {"done": len(counts["done"]), "pending": len(counts["pending"])}}
         if one.order is not None:

@@ -22,8 +22,16 @@ import anyio
 from anyio.abc import TaskGroup
 
 from execd.domain.decimals import show
-from execd.domain.orders import Order, OrderSpec, OrderState, Side, new_client_order_id
+from execd.domain.orders import (
+    DEFAULT_ACCOUNT,
+    Order,
+    OrderSpec,
+    OrderState,
+    Side,
+    new_client_order_id,
+)
 from execd.domain.risk import TradingState
+from execd.halts import effective_state
 from execd.messages import (
     CancelAll,
     CancelResult,
@@ -69,6 +77,8 @@ class Closed:
     position: Decimal
     side: Side
     held: Decimal
+    account: str = DEFAULT_ACCOUNT
+    key: str = ""  # its entry in Flattening.symbols
     order: Order | None = None  # the closing order this pass made
     error: tuple[str, str] | None = None  # (code, message): refused now
 
@@ -81,7 +91,8 @@ class Flattening:
         self.reason: str | None = None
         self.started: float | None = None
         self.finished: float | None = None
-        self.symbols: dict[str, SymbolProgress] = {}
+        self.symbols: dict[str, SymbolProgress] = {}  # by symbol ("account:symbol": several)
+        self.account: str | None = None  # one account's flatten; None: every account's
         self._tg: TaskGroup | None = None
         self._running = False
 
@@ -89,14 +100,17 @@ class Flattening:
         """Where the background runs: the intake's own task group (each start)."""
         self._tg = tg
 
-    def begin(self, reason: str, now: float) -> None:
+    def begin(self, reason: str, now: float, account: str | None = None) -> None:
         if not self._running:
             self.symbols = {}
+        elif self.account != account:
+            account = None  # a second flatten of another scope while one runs: both
+        self.account = account
         self.state, self.reason, self.started, self.finished = "running", reason, now, None
 
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "reason": self.reason, "started": self.started,
-                "finished": self.finished,
+                "finished": self.finished, "account": self.account,
                 "symbols": {k: v.as_dict() for k, v in sorted(self.symbols.items())}}
 
     def finish_in_background(self, s: Services, *, cancel_again: bool = False) -> None:
@@ -107,7 +121,7 @@ class Flattening:
             self.state = "interrupted"
             return
         if cancel_again:
-            self._tg.start_soon(_cancel_all, s)
+            self._tg.start_soon(_cancel_all, s, self.account)
         if self._running:
             return  # the one running takes the new cancels and positions into account
         self._running = True
@@ -116,7 +130,7 @@ class Flattening:
     async def _finish(self, s: Services) -> None:
         try:
             while True:
-                if not await _halted(s):  # resumed: the operator has the account back
+                if not await _halted(s, self.account):  # resumed: the operator has it back
                     self.state, self.finished = "stopped", s.clock.time()
                     log.warning("flatten stopped: trading resumed", reason=self.reason)
                     return
@@ -127,7 +141,9 @@ class Flattening:
                     await s.clock.sleep(RECHECK_S * 5)
                     continue
                 given_up = {sym for sym, p in self.symbols.items() if p.error is not None}
-                if not s.book.open and all(c.symbol in given_up for c in closed):
+                still_open = [o for o in s.book.open.values()
+                              if self.account in (None, o.account)]
+                if not still_open and all(c.key in given_up for c in closed):
                     break
                 await s.clock.sleep(RECHECK_S)
             self.state, self.finished = "done", s.clock.time()
@@ -142,18 +158,22 @@ class Flattening:
         """One pass: for each open position, a closing order for the shares no open
         order on its closing side holds (none if they hold them all)."""
         out: list[Closed] = []
-        open_orders = list(s.book.open.values())
-        for symbol, p in sorted((await s.book.store.positions()).items()):
-            if p.qty == 0:
+        several = len(s.accounts) > 1
+        for p in await s.book.store.all_positions():
+            if p.qty == 0 or self.account not in (None, p.account):
                 continue
+            symbol, account = p.symbol, p.account
+            key = f"{account}:{symbol}" if several else symbol
+            open_orders = [o for o in s.book.open.values() if o.account == account]
             side: Side = "sell" if p.qty > 0 else "buy"
             holding = [o for o in open_orders if o.spec.symbol == symbol and o.spec.side == side]
             # a notional order's shares are known only once it fills: it may hold them all
             held = abs(p.qty) if any(o.spec.qty is None for o in holding) else sum(
                 (o.remaining for o in holding), Decimal(0))
-            progress = self.symbols.setdefault(symbol, SymbolProgress(position=p.qty))
+            progress = self.symbols.setdefault(key, SymbolProgress(position=p.qty))
             progress.held = held
-            done = Closed(symbol=symbol, position=p.qty, side=side, held=held)
+            done = Closed(symbol=symbol, position=p.qty, side=side, held=held, account=account,
+                          key=key)
             out.append(done)
             free = abs(p.qty) - held
             if free <= 0 or progress.error is not None:
@@ -164,7 +184,7 @@ class Flattening:
                 last = refused[-1].reason if refused else "denied by the risk gate"
                 progress.error = f"{len(refused) + progress.denied} closing orders " \
                                  f"refused; last: {last}"
-                log.error("flatten: giving up on a symbol", symbol=symbol,
+                log.error("flatten: giving up on a symbol", symbol=symbol, account=account,
                           error=progress.error)
                 continue
             if refused and any(o.spec.symbol == symbol and o.spec.side != side
@@ -173,12 +193,14 @@ class Flattening:
             spec = OrderSpec(
                 client_order_id=new_client_order_id(f"flatten-{symbol.replace('/', '')}",
                                                     s.clock.time()),  # a uuid in it
-                strategy_id=FLATTEN_STRATEGY, symbol=symbol, side=side, qty=free)
+                strategy_id=FLATTEN_STRATEGY, symbol=symbol, side=side, qty=free,
+                account=account)
             result = await _submit(s, spec)
             if isinstance(result, OrderAccepted):
                 progress.orders.append(spec.client_order_id)
                 done.order = result.order
-                log.warning("flatten: closing", symbol=symbol, side=side, qty=show(free),
+                log.warning("flatten: closing", symbol=symbol, account=account, side=side,
+                            qty=show(free),
                             held=show(held), client_order_id=spec.client_order_id)
             elif result is None:
                 done.error = ("internal", "the risk gate went away; the background tries "
@@ -190,15 +212,15 @@ class Flattening:
         return out
 
 
-async def _cancel_all(s: Services) -> None:
-    """Every open order, through the submitter, until it answers (it then goes on by
-    itself while the orders are open)."""
+async def _cancel_all(s: Services, account: str | None) -> None:
+    """Every open order (at one account), through the submitter, until it answers (it
+    then goes on by itself while the orders are open)."""
 
     def command(reply: Reply[CancelResult]) -> SubmitterCommand:
-        return CancelAll(strategy_id=None, reply=reply)
+        return CancelAll(strategy_id=None, reply=reply, account=account)
 
     delay = 0.5
-    while await _halted(s):  # after a resume, a cancel of every order is no one's wish
+    while await _halted(s, account):  # after a resume, a cancel of every order is no one's wish
         try:
             await ask(s.submitter, command)
             return
@@ -207,13 +229,15 @@ async def _cancel_all(s: Services) -> None:
             delay = min(delay * 2, 10.0)
 
 
-async def _halted(s: Services) -> bool:
-    """Whether the account is still HALTED, as flatten left it (a failing disk: as the
-    risk gate holds it in memory)."""
+async def _halted(s: Services, account: str | None) -> bool:
+    """Whether trading (at `account`) is still HALTED, as flatten left it (a failing
+    disk: as the risk gate holds it in memory)."""
     try:
-        status = await s.book.store.trading_status()
+        stored = await s.book.store.status()
     except StorageUnavailable:
         return True  # flatten's own halt is held in memory then; resume cannot be saved
+    status = stored.trading if account is None or len(s.accounts) <= 1 else \
+        effective_state(stored.trading, stored.halted_accounts, account)
     return status.state == TradingState.HALTED
 
 

@@ -20,6 +20,7 @@ from execd.domain.decimals import show, show_opt
 from execd.domain.orders import OPEN_STATES, Order, OrderSpec, OrderState
 from execd.domain.risk import TradingState, TradingStatus
 from execd.events import Event
+from execd.halts import effective_state
 from execd.intake import ownership
 from execd.messages import (
     CancelOrder,
@@ -176,7 +177,8 @@ async def op_cancel_all(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     if sid is None and not c.grant.admin:
         raise _operator_only("cancel_all of every strategy")
     ownership.see_strategy(c, sid)
-    return cancelling.report(await cancelling.cancel_all(c, sid, c.grant.only_owner))
+    return cancelling.report(await cancelling.cancel_all(c, sid, c.grant.only_owner,
+                                                        account=known_account(c, args)))
 
 
 async def ask_submitter(
@@ -218,7 +220,8 @@ async def op_orders(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     sid, states, limit = protocol.orders_filter(args)
     ownership.see_strategy(c, sid)
     orders = await c.s.book.store.list_orders(strategy_id=sid, states=states, limit=limit,
-                                              owner_uid=c.grant.only_owner)
+                                              owner_uid=c.grant.only_owner,
+                                              account=known_account(c, args))
     return {"orders": [o.to_json() for o in orders]}
 
 
@@ -228,21 +231,23 @@ async def op_external_orders(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     open_only = args.get("open", False)
     if not isinstance(open_only, bool):
         raise protocol.invalid("open must be true or false")
-    orders = await c.s.book.store.external_orders(open_only=open_only, limit=limit)
+    orders = await c.s.book.store.external_orders(open_only=open_only, limit=limit,
+                                                  account=known_account(c, args))
     return {"external_orders": [o.to_json() for o in orders]}
 
 
 async def op_positions(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     store = c.s.book.store
-    positions = await store.positions()
+    account = known_account(c, args)
+    positions = await store.all_positions()
     if c.grant.only_owner is not None:  # its own book (its orders' fills), at the marks
-        positions = {s: dataclasses.replace(p, last_price=positions[s].last_price
-                                            if s in positions else None)
-                     for s, p in (await store.own_positions(c.grant.only_owner)).items()}
+        marks = {(p.account, p.symbol): p.last_price for p in positions}
+        positions = [dataclasses.replace(p, last_price=marks.get((p.account, p.symbol)))
+                     for p in await store.own_positions(c.grant.only_owner)]
     return {"positions": [
         {"symbol": p.symbol, "qty": show(p.qty), "avg_entry_price": show_opt(p.avg_entry_price),
-         "last_price": show_opt(p.last_price)}
-        for p in sorted(positions.values(), key=lambda p: p.symbol) if p.qty
+         "last_price": show_opt(p.last_price), "account": p.account}
+        for p in positions if p.qty and account in (None, p.account)
     ]}
 
 
@@ -251,7 +256,7 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     held = s.storage.held if s.storage is not None else None
     stored = await s.book.store.status()
     trading, counts = held or stored.trading, stored.counts
-    h = s.health
+    h, now = s.health, s.clock.time()
     return {
         "version": __version__,
         "trading": {"state": trading.state.value, "reason": trading.reason,
@@ -276,17 +281,26 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "flatten": s.flattening.as_dict(),
         # PENDING orders a halt holds back until resume (halts.py)
         "held": s.halts.as_dict() if s.halts is not None else {"count": 0, "orders": []},
+        # each broker account: its own state (a halt of its own, or the global one),
+        # broker, stream, budget, last poll and reconcile
+        "accounts": {name: {
+            **trading_json(effective_state(trading, stored.halted_accounts, name)),
+            **a.as_dict(now)} for name, a in s.accounts.items()},
     }
 
 
 async def set_state(c: Caller, state: TradingState, reason: str,
-                    strategy_id: str | None = None) -> dict[str, Any]:
+                    strategy_id: str | None = None, *, account: str | None = None
+                    ) -> dict[str, Any]:
     def command(reply: Reply[TradingStateChanged]) -> RiskCommand:
-        return SetTradingState(state=state, reason=reason, reply=reply, strategy_id=strategy_id)
+        return SetTradingState(state=state, reason=reason, reply=reply, strategy_id=strategy_id,
+                               account=account)
 
     st = (await ask(c.s.risk, command)).status
     if strategy_id is not None:  # one strategy: the account's state is not this
         return {"strategy": {"strategy_id": strategy_id, **trading_json(st)}}
+    if account is not None and len(c.s.accounts) > 1:  # one account of several
+        return {"account": {"account": account, **trading_json(st)}}
     return {"trading": trading_json(st)}
 
 
@@ -304,9 +318,26 @@ def event_line(event: Event) -> dict[str, Any]:
     return {"event": "trading", "trading": shown}
 
 
+def known_account(c: Caller, args: dict[str, Any]) -> str | None:
+    """The `account` a request names, checked against the config's accounts."""
+    name = protocol.account_field(args)
+    known = c.s.accounts
+    if name is not None and known and name not in known:
+        raise protocol.invalid(f"unknown account {name}; accounts: {', '.join(known)}")
+    return name
+
+
+def _one_scope(sid: str | None, account: str | None) -> None:
+    if sid is not None and account is not None:
+        raise protocol.invalid("give strategy_id or account, not both: a strategy's state "
+                               "holds at every account")
+
+
 async def op_halt(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     sid = protocol.strategy_id(args, required=False)
-    return await set_state(c, TradingState.HALTED, protocol.reason(args), sid)
+    account = known_account(c, args)
+    _one_scope(sid, account)
+    return await set_state(c, TradingState.HALTED, protocol.reason(args), sid, account=account)
 
 
 async def op_resume(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -314,9 +345,13 @@ async def op_resume(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     if state not in ("ACTIVE", "REDUCING"):
         raise protocol.invalid('state must be "ACTIVE" or "REDUCING"')
     sid = protocol.strategy_id(args, required=False)
-    if sid is not None and state != "ACTIVE":
-        raise protocol.invalid('a strategy is resumed to "ACTIVE"; REDUCING is account-wide')
-    answer = await set_state(c, TradingState(state), protocol.reason(args), sid)
+    account = known_account(c, args)
+    _one_scope(sid, account)
+    if (sid is not None or account is not None) and state != "ACTIVE":
+        raise protocol.invalid('a strategy or an account is resumed to "ACTIVE"; REDUCING '
+                               "is the global state's")
+    answer = await set_state(c, TradingState(state), protocol.reason(args), sid,
+                             account=account)
     if sid is None:  # the operator has looked at the account: broker_data_invalid lowered
         c.s.metrics.broker_news.clear()
     return answer
@@ -358,20 +393,24 @@ OPS: dict[str, Op] = {
     "replace": Op(handler=replacing.op_replace, fields=replacing.FIELDS),
     "cancel": Op(handler=op_cancel, fields=frozenset({"client_order_id", "legs"})),
     # account-wide (no strategy_id) is an operator's; checked in the handler
-    "cancel_all": Op(handler=op_cancel_all, fields=frozenset({"strategy_id"})),
+    "cancel_all": Op(handler=op_cancel_all, fields=frozenset({"strategy_id", "account"})),
     "order": Op(handler=op_order, fields=frozenset({"client_order_id"})),
-    "orders": Op(handler=op_orders, fields=frozenset({"strategy_id", "state", "open", "limit"})),
-    "positions": Op(handler=op_positions),
-    "external_orders": Op(handler=op_external_orders, fields=frozenset({"open", "limit"}),
+    "orders": Op(handler=op_orders, fields=frozenset({"strategy_id", "state", "open", "limit",
+                                                      "account"})),
+    "positions": Op(handler=op_positions, fields=frozenset({"account"})),
+    "external_orders": Op(handler=op_external_orders, fields=frozenset({"open", "limit",
+                                                                        "account"}),
                           admin=True),
     "status": Op(handler=op_status),
     "subscribe": Op(handler=op_subscribe, fields=frozenset({"strategy_id", "trading"})),
-    "halt": Op(handler=op_halt, fields=frozenset({"reason", "strategy_id"}), admin=True),
-    "resume": Op(handler=op_resume, fields=frozenset({"state", "reason", "strategy_id"}),
-                 admin=True),
+    "halt": Op(handler=op_halt, fields=frozenset({"reason", "strategy_id", "account"}),
+               admin=True),
+    "resume": Op(handler=op_resume, fields=frozenset({"state", "reason", "strategy_id",
+                                                      "account"}), admin=True),
     "close_position": Op(handler=exits.op_close_position, fields=frozenset({
-        "symbol", "qty", "percentage", "strategy_id", "client_order_id", "wait"})),
-    "flatten": Op(handler=exits.op_flatten, fields=frozenset({"reason"}), admin=True),
+        "symbol", "qty", "percentage", "strategy_id", "client_order_id", "wait", "account"})),
+    "flatten": Op(handler=exits.op_flatten, fields=frozenset({"reason", "account"}),
+                  admin=True),
     "session": Op(handler=sessions.op_session, fields=frozenset({
         "strategy_id", "cancel_on_disconnect", "heartbeat_s"})),
     "backup": Op(handler=op_backup, fields=frozenset({"path", "overwrite"}), admin=True),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from anyio.streams.memory import MemoryObjectSendStream
 
+from execd.accounts import Account
 from execd.backup import Place as BackupPlace
 from execd.book import OrderBook
 from execd.clock import Clock
@@ -59,3 +60,6 @@ class Services:
     backups: BackupPlace | None = None  # daemon.backup_dir: where `backup` writes
     flattening: Flattening = field(default_factory=Flattening)  # flatten's background
     halts: HaltGate | None = None  # orders a halt holds back (halts.py)
+    # every broker account by name (the first is also `health`, `limiter`, `recovery`,
+    # `halts` above); empty: one account, "default" (tests that build Services alone)
+    accounts: Mapping[str, Account] = field(default_factory=dict)

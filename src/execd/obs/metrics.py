@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import generate_latest
 
+from execd.domain.risk import TradingState, TradingStatus
 from execd.obs.broker_news import BrokerNews
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -229,6 +230,11 @@ class Metrics:
             "execd_strategies_halted", "Strategies halted on their own (halt with a "
             "strategy_id); the account's trading state is apart", registry=r,
         )
+        self.account_halted = Gauge(
+            "execd_account_halted", "1 while this broker account is halted on its own (a "
+            "reconcile mismatch or broker failures there, or an operator's halt of it); "
+            "the global trading state is apart", ["account"], registry=r,
+        )
         self.deadman_cancels = Counter(
             "execd_deadman_cancels_total", "Open orders cancelled (or their cancel under way) by a "
             "dead-man session (its "
@@ -295,6 +301,10 @@ class Metrics:
         self.budget_window.set(budget_window)
         if runbook_base:
             self.runbook.labels(runbook_base.rstrip("/")).set(1)
+
+    def show_account_state(self, account: str, status: TradingStatus) -> None:
+        self.account_halted.labels(account).set(
+            1 if status.state == TradingState.HALTED else 0)
 
     def show_halt(self, category: str | None) -> None:
         """1 for the current halt's category (from `halt_category`), 0 for the others;

@@ -1,11 +1,10 @@
-"""An Alpaca-compatible paper broker on loopback, for tests and offline first runs.
+"""A paper broker on loopback, for tests and offline first runs: one market, and the
+fronts that serve it in a broker's words.
 
-Layers: `settings` (every setting, once) → `market` (seeded prices, session clock) →
-`orders`, `rules` (Alpaca's rules for a new order) → `engine` (the account: orders,
-fills, positions; no I/O but `state`, the state file) → `events` (one record per
-change) → `render` (Alpaca's JSON) → `faults` (misbehaviour on purpose, the rate
-window) → `api` (REST routes), `stream` (the trade_updates websocket) → `server`
-(Starlette on uvicorn, in a thread of its own).
+Layers: `settings` (every setting, once) → `market` (broker-neutral: prices, the
+session clock, orders and their matching, the account; no I/O but its state file;
+its API is in market/__init__.py) → `alpaca` (the Alpaca front: REST and the
+trade_updates stream, which the real alpaca-py talks to).
 
 `SimServer` is imported on first use, so reading the settings (config.py, the CLI)
 does not load the web stack.
@@ -18,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 from execd.sim.settings import SimConfig
 
 if TYPE_CHECKING:
-    from execd.sim.server import SimServer
+    from execd.sim.alpaca.server import SimServer
 
 __all__ = ["SimConfig", "SimServer"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "SimServer":
-        from execd.sim.server import SimServer
+        from execd.sim.alpaca.server import SimServer
 
         return SimServer
     raise AttributeError(f"module 'execd.sim' has no attribute {name!r}")

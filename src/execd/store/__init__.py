@@ -18,6 +18,7 @@ import anyio
 from execd.domain.decimals import plain, show
 from execd.domain.external import CLOSED_STATUSES, ExternalOrder, merge
 from execd.domain.orders import (
+    DEFAULT_ACCOUNT,
     OPEN_STATES,
     Fill,
     Order,
@@ -163,6 +164,30 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX external_orders_seen ON external_orders(first_seen);
     """,
+    # 8: several broker accounts (issue 30): each order at one account (older ones at
+    # "default", a [broker] config's one account), positions and halts per account
+    """
+    ALTER TABLE orders ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX orders_account ON orders(account, state);
+    CREATE TABLE account_positions (
+        account TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        qty TEXT NOT NULL,
+        cost_basis TEXT NOT NULL,
+        last_price TEXT,
+        PRIMARY KEY (account, symbol)
+    );
+    INSERT INTO account_positions (account, symbol, qty, cost_basis, last_price)
+        SELECT 'default', symbol, qty, cost_basis, last_price FROM positions;
+    DROP TABLE positions;
+    ALTER TABLE account_positions RENAME TO positions;
+    CREATE TABLE account_halts (
+        account TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        since REAL NOT NULL
+    );
+    ALTER TABLE external_orders ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
+    """,
 ]
 
 _ORDER_COLUMNS = (
@@ -170,7 +195,7 @@ _ORDER_COLUMNS = (
     "state, broker_order_id, filled_qty, filled_avg_price, reason, created_at, updated_at, "
     "owner_uid, notional, stop_price, trail_price, trail_percent, extended_hours, "
     "order_class, take_profit_limit_price, stop_loss_stop_price, stop_loss_limit_price, "
-    "parent_client_order_id, legs, replaces, replaced_by"
+    "parent_client_order_id, legs, replaces, replaced_by, account"
 )
 _N_COLUMNS = _ORDER_COLUMNS.count(",") + 1
 
@@ -188,7 +213,7 @@ _INSERT_EVENT = ("INSERT INTO order_events (client_order_id, event, state, fille
 
 
 _EXTERNAL_COLUMNS = ("broker_order_id, client_order_id, symbol, side, qty, notional, type, "
-                     "status, filled_qty, filled_avg_price, first_seen, updated_at")
+                     "status, filled_qty, filled_avg_price, first_seen, updated_at, account")
 
 
 # An order first met as a stranger can turn out to be ours (a leg streamed before its
@@ -200,15 +225,15 @@ _NOT_OURS = ("broker_order_id NOT IN (SELECT broker_order_id FROM orders "
 def _external_row(e: ExternalOrder) -> tuple[Any, ...]:
     return (e.broker_order_id, e.client_order_id, e.symbol, e.side, _str(e.qty),
             _str(e.notional), e.type, e.status, plain(e.filled_qty), _str(e.filled_avg_price),
-            e.first_seen, e.updated_at)
+            e.first_seen, e.updated_at, e.account)
 
 
 def _external_from(row: Row) -> ExternalOrder:
-    bid, cid, symbol, side, qty, notional, otype, status, filled, avg, first, updated = row
+    bid, cid, symbol, side, qty, notional, otype, status, filled, avg, first, updated, acct = row
     return ExternalOrder(broker_order_id=bid, client_order_id=cid, symbol=symbol, side=side,
                          qty=_dec(qty), notional=_dec(notional), type=otype, status=status,
                          filled_qty=Decimal(filled), filled_avg_price=_dec(avg),
-                         first_seen=first, updated_at=updated)
+                         first_seen=first, updated_at=updated, account=acct)
 
 
 def _externals(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, ExternalOrder]:
@@ -229,11 +254,12 @@ class StoreError(Exception):
 class RiskSnapshot:
     """What the risk gate rebuilds its context from (read in one hop)."""
 
-    positions: dict[str, Position]
+    positions: list[Position]
     open_orders: list[Order]
     trading: TradingStatus
     recent: list[tuple[float, str]]  # (created_at, strategy_id) of the last minute's orders
     halted_strategies: dict[str, TradingStatus] = field(default_factory=dict)
+    halted_accounts: dict[str, TradingStatus] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,6 +270,7 @@ class StatusSnapshot:
     trading: TradingStatus
     counts: dict[str, int]  # orders by state
     halted_strategies: dict[str, TradingStatus]
+    halted_accounts: dict[str, TradingStatus] = field(default_factory=dict)
     external_open: int = 0  # external orders last seen open (domain/external.py)
     external_total: int = 0
 
@@ -262,18 +289,20 @@ def _strategy_halts(conn: sqlite3.Connection) -> dict[str, TradingStatus]:
 def _move_positions(conn: sqlite3.Connection, fills: Sequence[Fill]) -> None:
     symbols = sorted({f.symbol for f in fills})
     rows = conn.execute(
-        "SELECT symbol, qty, cost_basis, last_price FROM positions WHERE symbol IN "
+        "SELECT account, symbol, qty, cost_basis, last_price FROM positions WHERE symbol IN "
         f"({','.join('?' * len(symbols))})", symbols).fetchall()
-    positions = {s: Position(symbol=s, qty=Decimal(q), cost_basis=Decimal(c),
-                             last_price=_dec(p)) for s, q, c, p in rows}
+    positions = {(a, s): Position(account=a, symbol=s, qty=Decimal(q), cost_basis=Decimal(c),
+                                  last_price=_dec(p)) for a, s, q, c, p in rows}
     for f in fills:  # in order: each fill moves the position the previous one left
-        positions[f.symbol] = apply_fill(positions.get(f.symbol, Position(symbol=f.symbol)),
-                                         f.signed_qty, f.price)
+        key = (f.account, f.symbol)
+        positions[key] = apply_fill(
+            positions.get(key, Position(account=f.account, symbol=f.symbol)),
+            f.signed_qty, f.price)
     conn.executemany(
-        "INSERT INTO positions (symbol, qty, cost_basis, last_price) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT(symbol) DO UPDATE SET qty=excluded.qty, "
+        "INSERT INTO positions (account, symbol, qty, cost_basis, last_price) VALUES "
+        "(?, ?, ?, ?, ?) ON CONFLICT(account, symbol) DO UPDATE SET qty=excluded.qty, "
         "cost_basis=excluded.cost_basis, last_price=excluded.last_price",
-        [(p.symbol, plain(p.qty), plain(p.cost_basis), _str(p.last_price))
+        [(p.account, p.symbol, plain(p.qty), plain(p.cost_basis), _str(p.last_price))
          for p in positions.values()],
     )
 
@@ -299,7 +328,7 @@ def _order_row(o: Order) -> tuple[Any, ...]:
         _str(s.trail_percent), int(s.extended_hours), s.order_class,
         _str(tp.limit_price) if tp else None, _str(sl.stop_price) if sl else None,
         _str(sl.limit_price) if sl else None, s.parent, _legs(o.legs), s.replaces,
-        o.replaced_by,
+        o.replaced_by, o.account,
     )
 
 
@@ -310,7 +339,7 @@ def _legs(legs: Sequence[str]) -> str | None:
 def _order_from(row: Row) -> Order:
     (cid, strategy, symbol, side, qty, otype, limit, tif, state, broker_id, filled, avg,
      reason, created, updated, owner, notional, stop, trail_price, trail_percent, ext,
-     oclass, tp_limit, sl_stop, sl_limit, parent, legs, replaces, replaced_by) = row
+     oclass, tp_limit, sl_stop, sl_limit, parent, legs, replaces, replaced_by, account) = row
     return Order(
         spec=OrderSpec(
             client_order_id=cid, strategy_id=strategy, symbol=symbol, side=side,
@@ -321,7 +350,7 @@ def _order_from(row: Row) -> Order:
             take_profit=None if tp_limit is None else TakeProfit(limit_price=Decimal(tp_limit)),
             stop_loss=None if sl_stop is None else StopLoss(stop_price=Decimal(sl_stop),
                                                              limit_price=_dec(sl_limit)),
-            parent=parent, replaces=replaces,
+            parent=parent, replaces=replaces, account=account,
         ),
         state=OrderState(state), broker_order_id=broker_id, filled_qty=Decimal(filled),
         filled_avg_price=_dec(avg), reason=reason, created_at=created, updated_at=updated,
@@ -334,10 +363,19 @@ _SELECT = f"SELECT {_ORDER_COLUMNS} FROM orders"
 _OPEN = ("WHERE state IN (" + ",".join(f"'{s.value}'" for s in sorted(OPEN_STATES)) + ")")
 
 
-def _positions(conn: sqlite3.Connection) -> dict[str, Position]:
-    return {s: Position(symbol=s, qty=Decimal(q), cost_basis=Decimal(c), last_price=_dec(p))
-            for s, q, c, p in conn.execute(
-                "SELECT symbol, qty, cost_basis, last_price FROM positions")}
+def _positions(conn: sqlite3.Connection, account: str | None = None) -> list[Position]:
+    """Every account's positions (or one account's), by account and symbol."""
+    sql = "SELECT account, symbol, qty, cost_basis, last_price FROM positions"
+    rows = conn.execute(sql + " WHERE account=? ORDER BY symbol", (account,)) \
+        if account is not None else conn.execute(sql + " ORDER BY account, symbol")
+    return [Position(account=a, symbol=s, qty=Decimal(q), cost_basis=Decimal(c),
+                     last_price=_dec(p)) for a, s, q, c, p in rows]
+
+
+def _account_halts(conn: sqlite3.Connection) -> dict[str, TradingStatus]:
+    return {a: TradingStatus(state=TradingState.HALTED, reason=reason, since=since)
+            for a, reason, since in conn.execute(
+                "SELECT account, reason, since FROM account_halts")}
 
 
 def _trading(conn: sqlite3.Connection) -> TradingStatus:
@@ -487,17 +525,18 @@ class Store:
                     current[e.broker_order_id] = changed[e.broker_order_id] = merged
             conn.executemany(
                 f"INSERT OR REPLACE INTO external_orders ({_EXTERNAL_COLUMNS}) VALUES "
-                f"({','.join('?' * 12)})", [_external_row(e) for e in changed.values()])
+                f"({','.join('?' * 13)})", [_external_row(e) for e in changed.values()])
             return list(changed.values())
 
         return await self._transaction(tx)
 
-    async def set_prices(self, prices: dict[str, Decimal]) -> None:
-        """Fresh prices (the broker's position marks) for the notional check."""
-        rows = [(s, plain(p)) for s, p in prices.items()]
+    async def set_prices(self, prices: dict[str, Decimal], account: str) -> None:
+        """Fresh prices (an account's broker's position marks) for the notional check."""
+        rows = [(account, s, plain(p)) for s, p in prices.items()]
         await self._transaction(lambda conn: conn.executemany(
-            "INSERT INTO positions (symbol, qty, cost_basis, last_price) VALUES (?, '0', "
-            "'0', ?) ON CONFLICT(symbol) DO UPDATE SET last_price=excluded.last_price", rows))
+            "INSERT INTO positions (account, symbol, qty, cost_basis, last_price) VALUES "
+            "(?, ?, '0', '0', ?) ON CONFLICT(account, symbol) DO UPDATE SET "
+            "last_price=excluded.last_price", rows))
 
     async def probe(self, at: float) -> None:
         """One small write: raises StorageUnavailable while writes do not reach the disk."""
@@ -510,6 +549,18 @@ class Store:
         await self._transaction(lambda conn: conn.execute(
             "INSERT INTO trading_state (id, state, reason, since) VALUES (1, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET state=excluded.state, reason=excluded.reason, "
+            "since=excluded.since", row))
+
+    async def set_account_halt(self, account: str, status: TradingStatus | None) -> None:
+        """Halt one account (a HALTED status), or lift its halt (None)."""
+        if status is None:
+            await self._transaction(lambda conn: conn.execute(
+                "DELETE FROM account_halts WHERE account=?", (account,)))
+            return
+        row = (account, status.reason, status.since)
+        await self._transaction(lambda conn: conn.execute(
+            "INSERT INTO account_halts (account, reason, since) VALUES (?, ?, ?) "
+            "ON CONFLICT(account) DO UPDATE SET reason=excluded.reason, "
             "since=excluded.since", row))
 
     async def set_strategy_halt(self, strategy_id: str, status: TradingStatus | None) -> None:
@@ -577,27 +628,38 @@ class Store:
     async def strategy_halts(self) -> dict[str, TradingStatus]:
         return await self._db.run(_strategy_halts)
 
+    async def account_halts(self) -> dict[str, TradingStatus]:
+        return await self._db.run(_account_halts)
+
+    async def accounts_in_use(self) -> set[str]:
+        """Accounts that still have open or PENDING orders (start-up checks each is
+        configured: renaming an account must not orphan its orders)."""
+        rows = await self._db.execute(f"SELECT DISTINCT account FROM orders {_OPEN}")
+        return {str(a) for a, in rows}
+
     async def strategy_owners(self) -> dict[str, int]:
         """strategy_id → the uid that first used it."""
         rows = await self._db.execute("SELECT strategy_id, owner_uid FROM strategy_owners")
         return {str(sid): int(uid) for sid, uid in rows}
 
     async def own_positions(self, owner_uid: int, *, strategy_id: str | None = None
-                            ) -> dict[str, Position]:
+                            ) -> list[Position]:
         """Positions from the fills of one uid's orders (of one strategy): its own book,
-        where the positions table holds the account's."""
-        sql = ("SELECT f.symbol, f.side, f.qty, f.price FROM fills f JOIN orders o ON "
-               "o.client_order_id = f.client_order_id WHERE o.owner_uid=?")
+        where the positions table holds the accounts'."""
+        sql = ("SELECT o.account, f.symbol, f.side, f.qty, f.price FROM fills f JOIN orders o "
+               "ON o.client_order_id = f.client_order_id WHERE o.owner_uid=?")
         params: list[Any] = [owner_uid]
         if strategy_id is not None:
             sql += " AND o.strategy_id=?"
             params.append(strategy_id)
-        out: dict[str, Position] = {}
-        for symbol, side, qty, price in await self._db.execute(sql + " ORDER BY f.id", params):
+        out: dict[tuple[str, str], Position] = {}
+        for account, symbol, side, qty, price in await self._db.execute(
+                sql + " ORDER BY f.id", params):
             signed = Decimal(qty) if side == "buy" else -Decimal(qty)
-            out[symbol] = apply_fill(out.get(symbol, Position(symbol=symbol)), signed,
-                                     Decimal(price))
-        return out
+            key = (account, symbol)
+            out[key] = apply_fill(out.get(key, Position(account=account, symbol=symbol)),
+                                  signed, Decimal(price))
+        return [out[k] for k in sorted(out)]
 
     async def sessions(self) -> dict[str, float]:
         """Dead-man sessions left open: strategy_id → heartbeat_s."""
@@ -621,6 +683,7 @@ class Store:
                     "SELECT strategy_id, created_at FROM orders WHERE created_at >= ? "
                     "ORDER BY created_at", (since,))],
                 halted_strategies=_strategy_halts(conn),
+                halted_accounts=_account_halts(conn),
             )
 
         return await self._db.run(read)
@@ -634,10 +697,13 @@ class Store:
     async def list_orders(
         self, *, strategy_id: str | None = None,
         states: Collection[OrderState] | None = None, limit: int = 100,
-        owner_uid: int | None = None,
+        owner_uid: int | None = None, account: str | None = None,
     ) -> list[Order]:
         where: list[str] = []
         params: list[Any] = []
+        if account is not None:
+            where.append("account=?")
+            params.append(account)
         if strategy_id is not None:
             where.append("strategy_id=?")
             params.append(strategy_id)
@@ -679,7 +745,12 @@ class Store:
         return [_order_from(r) for r in await self._db.execute(
             f"{_SELECT} {_OPEN} ORDER BY created_at")]
 
-    async def positions(self) -> dict[str, Position]:
+    async def positions(self, account: str = DEFAULT_ACCOUNT) -> dict[str, Position]:
+        """One account's positions by symbol."""
+        return {p.symbol: p for p in await self._db.run(lambda conn: _positions(conn, account))}
+
+    async def all_positions(self) -> list[Position]:
+        """Every account's positions, by account and symbol."""
         return await self._db.run(_positions)
 
     async def trading_status(self) -> TradingStatus:
@@ -695,17 +766,22 @@ class Store:
             return StatusSnapshot(
                 trading=_trading(conn), counts=_count_by_state(conn),
                 halted_strategies=_strategy_halts(conn),
+                halted_accounts=_account_halts(conn),
                 external_open=sum(n for st, n in by_status if st not in CLOSED_STATUSES),
                 external_total=sum(n for _, n in by_status))
 
         return await self._db.run(read)
 
     async def external_orders(self, *, open_only: bool = False, symbols: Collection[str] = (),
-                              limit: int = 100) -> list[ExternalOrder]:
+                              limit: int = 100, account: str | None = None
+                              ) -> list[ExternalOrder]:
         """External orders, newest first (by when execd first saw them)."""
         where, params = [_NOT_OURS], list(symbols)
         if symbols:
             where.append(f"symbol IN ({','.join('?' * len(symbols))})")
+        if account is not None:
+            where.append("account=?")
+            params.append(account)
         if open_only:
             where.append(f"status NOT IN ({','.join('?' * len(CLOSED_STATUSES))})")
             params.extend(sorted(CLOSED_STATUSES))

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import fields, replace
 
-from execd.sim.server import SimServer
+from execd.sim.alpaca.server import SimServer
 from execd.sim.settings import SimConfig
 from execd.sim.tws.server import TwsFaults, TwsServer
 
@@ -43,7 +43,7 @@ def run_ib_sim(config: SimConfig, *, control_port: int, faults: list[str]) -> in
     generated = not config.key_id
     try:
         control = SimServer(replace(config, port=control_port))
-        tws = TwsServer(config, faults=tws_faults, engine=control.engine)
+        tws = TwsServer(config, faults=tws_faults, market=control.market)
     except OSError as e:
         reason = os.strerror(e.errno) if e.errno else str(e)
         print(f"execd sim: cannot listen on {config.host}:{config.port} or --control-port "

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from execd.sim.engine import Engine
+from execd.sim.market import Market as SimMarket
 from execd.sim.market import SimClock
 from execd.sim.settings import SimConfig
 from execd.sim.tws.desk import Desk
@@ -79,17 +79,16 @@ class TwsServer:
     """A running TWS front. Use as a context manager, or `start()`/`close()`."""
 
     def __init__(self, config: SimConfig, *, faults: TwsFaults | None = None,
-                 engine: Engine | None = None, account: str | None = None,
+                 market: SimMarket | None = None, account: str | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         config.check()
         self.config = config
         self.monotonic = monotonic
-        if engine is None:
-            clock = SimClock(speed=config.speed)
+        if market is None:  # a market of its own; else one another front serves too
             state_file = Path(config.state_file) if config.state_file else None
-            engine = Engine(config, clock, state_file)
-        self.engine = engine
-        self.market = Market(engine)
+            market = SimMarket(config, SimClock(speed=config.speed), state_file)
+        self.sim_market = market
+        self.market = Market(market)
         self.desk = Desk(self.market, account or f"DU{1_000_000 + config.seed % 9_000_000}")
         self.faults = TwsFaults()
         self.stats = TwsStats()

@@ -27,9 +27,9 @@ import anyio
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from execd.sim import render
-from execd.sim.events import TradeEvent
-from execd.sim.faults import StreamDice
+from execd.sim.alpaca import render
+from execd.sim.alpaca.faults import StreamDice
+from execd.sim.market.events import TradeEvent
 from execd.sim.settings import SimConfig
 
 QUEUE = 1024  # frames a connection may fall behind before it is closed

@@ -1,8 +1,8 @@
 """The REST face: Alpaca's routes under /v2 and the simulator's under /_sim/, one table.
 
 Every route passes the same gate (`_serve`): body size, keys, then for Alpaca's routes
-the rate window and the fault dice; the handler runs in a worker thread (the engine is
-synchronous, under its lock). /_sim/ routes are not Alpaca: never rate limited, never
+the rate window and the fault dice; the handler runs in a worker thread (the front is
+synchronous, under the market's lock). /_sim/ routes are not Alpaca: never rate limited, never
 faulted, same keys, except that `GET /_sim/stats` answers loopback clients without keys
 (so `execd sim --stats` works against a sim that printed keys nobody exported).
 """
@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from execd.sim.errors import (
+from execd.sim.alpaca.errors import (
     SimError,
     forbidden_keys,
     invalid,
@@ -31,10 +31,31 @@ from execd.sim.errors import (
     rate_limited,
     unauthorized,
 )
-from execd.sim.faults import NO_FAULT, FaultPlan
+from execd.sim.alpaca.faults import NO_FAULT, FaultDice, FaultPlan
+from execd.sim.alpaca.front import AlpacaFront
+from execd.sim.alpaca.inject import ListInjector
+from execd.sim.settings import SimConfig
 
-if TYPE_CHECKING:
-    from execd.sim.server import SimServer
+
+class Host(Protocol):
+    """What the routes need of the server (server.py's SimServer): named here, so the
+    server imports the routes and not the other way round."""
+
+    engine: AlpacaFront
+    config: SimConfig
+    dice: FaultDice
+    list_injector: ListInjector
+
+    @property
+    def settings(self) -> SimConfig: ...
+    def stats(self) -> dict[str, Any]: ...
+    def faults(self) -> dict[str, Any]: ...
+    def set_faults_json(self, body: Any) -> dict[str, Any]: ...
+    def inject_json(self, body: Any) -> dict[str, Any]: ...
+    def count(self, route: str, status: int) -> None: ...
+    def rate(self, key: str) -> tuple[bool, dict[str, str]]: ...
+    async def pause(self, seconds: float) -> None: ...
+    def hang_up(self, client: tuple[str, int]) -> bool: ...
 
 MAX_BODY = 1 << 20
 # /_sim/advance refuses more per call: a jump's work (limit crosses, the walk's chunks)
@@ -51,7 +72,7 @@ class Call:
     body: Any
 
 
-Handler = Callable[["SimServer", Call], tuple[int, Any]]
+Handler = Callable[["Host", Call], tuple[int, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,35 +91,33 @@ class Endpoint:
 
 
 # ----------------------------------------------------------------- handlers
-def _by_client_id(sim: SimServer, c: Call) -> tuple[int, Any]:
+def _by_client_id(sim: Host, c: Call) -> tuple[int, Any]:
     if "client_order_id" not in c.query:
         raise invalid("client_order_id is required")
     return 200, sim.engine.get_order_by_client_id(c.query["client_order_id"])
 
 
-def _cancel(sim: SimServer, c: Call) -> tuple[int, Any]:
+def _cancel(sim: Host, c: Call) -> tuple[int, Any]:
     sim.engine.cancel(c.path["id"])
     return 204, None
 
 
-def _advance(sim: SimServer, c: Call) -> tuple[int, Any]:
+def _advance(sim: Host, c: Call) -> tuple[int, Any]:
     seconds = c.body.get("seconds") if isinstance(c.body, dict) else None
     if isinstance(seconds, bool) or not isinstance(seconds, int | Decimal) or not seconds >= 0:
         raise invalid("seconds must be a number >= 0")
     if seconds > MAX_ADVANCE_SECONDS:
         raise invalid(f"seconds must be at most {MAX_ADVANCE_SECONDS} (7 days) per call")
-    sim.clock.advance(float(seconds))
-    sim.engine.advance()  # the work of the jump is done here, not by the next caller
+    sim.engine.market.advance(float(seconds))  # the jump's work is done here, not later
     return 200, sim.engine.clock_json()
 
 
-def _save(sim: SimServer, c: Call) -> tuple[int, Any]:
-    with sim.engine.lock:
-        sim.engine.save()
+def _save(sim: Host, c: Call) -> tuple[int, Any]:
+    sim.engine.save()
     return 200, {"saved": sim.engine.state_file is not None}
 
 
-def _not_found(sim: SimServer, c: Call) -> tuple[int, Any]:
+def _not_found(sim: Host, c: Call) -> tuple[int, Any]:
     raise not_found("endpoint not found")
 
 
@@ -106,7 +125,7 @@ SUBMIT = Endpoint("POST", "/v2/orders", lambda sim, c: (200, sim.engine.submit(c
                   creates=True)
 ENDPOINTS: tuple[Endpoint, ...] = (
     SUBMIT,
-    Endpoint("GET", "/v2/orders",  # with what a test injected, if any (sim/inject.py)
+    Endpoint("GET", "/v2/orders",  # with what a test injected, if any (sim/alpaca/inject.py)
              lambda sim, c: (200, sim.list_injector.answer(sim.engine.list_orders(c.query)))),
     Endpoint("DELETE", "/v2/orders", lambda sim, c: (207, sim.engine.cancel_all())),
     Endpoint("GET", "/v2/orders:by_client_order_id", _by_client_id),
@@ -142,13 +161,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              alpaca=False),
     Endpoint("POST", "/_sim/save", _save, alpaca=False),
     Endpoint("POST", "/_sim/inject", lambda sim, c: (200, sim.inject_json(c.body)),
-             alpaca=False),  # test-only: raw frames and list entries (sim/inject.py)
+             alpaca=False),  # test-only: raw frames and list entries (sim/alpaca/inject.py)
 )
 NOT_FOUND = Endpoint("*", "/{rest:path}", _not_found)
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def routes(sim: SimServer) -> list[BaseRoute]:
+def routes(sim: Host) -> list[BaseRoute]:
     def route(ep: Endpoint) -> Route:
         async def endpoint(request: Request) -> Response:
             return await _serve(sim, ep, request)
@@ -179,7 +198,7 @@ def _loopback(request: Request) -> bool:
         return False
 
 
-def _keys_ok(sim: SimServer, key: str | None, secret: str | None) -> SimError | None:
+def _keys_ok(sim: Host, key: str | None, secret: str | None) -> SimError | None:
     if not key or not secret:
         return unauthorized()
     if not (secrets.compare_digest(key.encode(), sim.config.key_id.encode())
@@ -188,7 +207,7 @@ def _keys_ok(sim: SimServer, key: str | None, secret: str | None) -> SimError | 
     return None
 
 
-async def _serve(sim: SimServer, ep: Endpoint, request: Request) -> Response:
+async def _serve(sim: Host, ep: Endpoint, request: Request) -> Response:
     path = request.url.path
     name = f"{request.method} {path}" if ep is NOT_FOUND else ep.name
     alpaca = ep.alpaca and not path.startswith("/_sim/")
@@ -238,7 +257,7 @@ async def _serve(sim: SimServer, ep: Endpoint, request: Request) -> Response:
 class _HangUp(Response):
     """No answer at all: the connection is reset under the request (the drop fault)."""
 
-    def __init__(self, sim: SimServer) -> None:
+    def __init__(self, sim: Host) -> None:
         super().__init__()
         self._sim = sim
 

@@ -1,8 +1,9 @@
 """The account's records: orders and positions.
 
-Plain data; the engine changes them under its lock. An order carries every field
+Plain data; the market changes them under its lock. An order carries every field
 Alpaca's order has (stop, stop_limit, trailing_stop, notional, brackets/OCO/OTO legs,
-replacement) and the simulation's own schedule.
+replacement) and the simulation's own schedule. `OrderRequest` and `OrderChanges` are
+what a front asks the market for, already checked against its broker's rules.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Exit:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OrderRequest:
-    """A new order as the rules accepted it (rules.py)."""
+    """A new order, as a front's rules accepted it (the Alpaca front: alpaca/rules.py)."""
 
     symbol: str
     side: str  # buy | sell
@@ -43,6 +44,19 @@ class OrderRequest:
     extended_hours: bool = False
     take_profit: Exit | None = None
     stop_loss: Exit | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderChanges:
+    """What a replace asks to change; None: unchanged. `trail`: a trailing stop's
+    trail_price or trail_percent, whichever it has."""
+
+    qty: Decimal | None = None
+    time_in_force: str | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    trail: Decimal | None = None
+    client_order_id: str | None = None
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from execd.sim.errors import invalid
+from execd.sim.alpaca.errors import invalid
 
 
 @dataclass(frozen=True, slots=True)

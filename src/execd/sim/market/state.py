@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from execd.sim.orders import SimOrder, SimPosition
+from execd.sim.market.orders import SimOrder, SimPosition
 
 _DECIMALS = frozenset(
     name for name, hint in get_type_hints(SimOrder).items() if Decimal in (hint, *get_args(hint))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from execd.sim.market.errors import MarketError, Reason
+
 
 class SimError(Exception):
     """An Alpaca-style error answer; `code` None: a body with only `message` (auth)."""
@@ -50,3 +52,21 @@ def unauthorized() -> SimError:
 
 def forbidden_keys() -> SimError:
     return SimError(403, None, "forbidden.")
+
+
+def from_market(e: MarketError) -> SimError:
+    """The market's refusal as Alpaca answers it (its message as it is)."""
+    return _BY_REASON[e.reason](e.message)
+
+
+_BY_REASON = {
+    Reason.INVALID: invalid,
+    Reason.UNKNOWN_SYMBOL: invalid,
+    Reason.DUPLICATE_CLIENT_ID: invalid,
+    Reason.NOT_FOUND: not_found,
+    Reason.NOT_OPEN: unprocessable,
+    Reason.NOT_REPLACEABLE: unprocessable,
+    Reason.NOT_CHANGED: unprocessable,
+    Reason.INSUFFICIENT_FUNDS: forbidden,
+    Reason.INSUFFICIENT_QTY: forbidden,
+}

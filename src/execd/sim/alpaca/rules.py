@@ -1,10 +1,11 @@
 """Alpaca's rules for a new order or a replacement, as tables and one pass over them.
 
 The account's own checks (unique client_order_id, buying power, quantity available)
-are the engine's: they need its books. Adding an order type or class means adding a
-row here and its behaviour in the engine. Messages are Alpaca's where known (ALPACA.md);
-the ones marked (u) are unconfirmed and follow Alpaca's style. Alpaca has widened some of
-these rules over time (fractional types): change the tables, not the code.
+are the market's: they need its books. Adding an order type or class means adding a
+row here and its behaviour in the market (sim/market/schedule.py, lifecycle.py).
+Messages are Alpaca's where known (ALPACA.md); the ones marked (u) are unconfirmed and
+follow Alpaca's style. Alpaca has widened some of these rules over time (fractional
+types): change the tables, not the code.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from execd.sim.errors import SimError, invalid, unprocessable
-from execd.sim.market import Asset
-from execd.sim.orders import Exit, OrderRequest
+from execd.sim.alpaca.errors import invalid, unprocessable
+from execd.sim.market.orders import Exit, OrderChanges, OrderRequest
+from execd.sim.market.prices import Asset
 
 MAX_CLIENT_ORDER_ID = 128
 SIDES = frozenset({"buy", "sell"})
@@ -87,9 +88,6 @@ MESSAGES = {
     "sl_below": "stop_loss.stop_price must be <= base_price - 0.01",
     "sl_above": "stop_loss.stop_price must be >= base_price + 0.01",
     "oco_order": "take_profit.limit_price must be {rel} stop_loss.stop_price",  # (u)
-    "not_changed": "order parameters are not changed",
-    "not_replaceable": "order is not replaceable in status {status}",  # (u)
-    "leg_not_replaceable": "oto legs cannot be replaced",  # (u)
 }
 
 
@@ -276,19 +274,7 @@ REPLACE_FIELDS = ("qty", "time_in_force", "limit_price", "stop_price", "trail",
                   "client_order_id")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Replacement:
-    """What a PATCH asks to change; None: unchanged."""
-
-    qty: Decimal | None = None
-    time_in_force: str | None = None
-    limit_price: Decimal | None = None
-    stop_price: Decimal | None = None
-    trail: Decimal | None = None
-    client_order_id: str | None = None
-
-
-def parse_replace(body: Any, *, otype: str) -> Replacement:
+def parse_replace(body: Any, *, otype: str) -> OrderChanges:
     """The PATCH body for an order of type `otype`, checked field by field."""
     if body is None:
         body = {}
@@ -314,11 +300,7 @@ def parse_replace(body: Any, *, otype: str) -> Replacement:
         values["time_in_force"] = tif
     if body.get("client_order_id") is not None:
         values["client_order_id"] = client_order_id(body)
-    return Replacement(**values)
-
-
-def not_changed() -> SimError:
-    return unprocessable(MESSAGES["not_changed"])
+    return OrderChanges(**values)
 
 
 def price_checked(value: Any, name: str) -> Decimal:

@@ -1,4 +1,4 @@
-"""Alpaca's JSON shapes, from the engine's records. Pure functions, decimals as strings.
+"""Alpaca's JSON shapes, from the market's records. Pure functions, decimals as strings.
 
 The REST order and the `order` of a trade_updates event are both `order_json`: the two
 cannot drift apart.
@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from execd.sim.events import TradeEvent
-from execd.sim.market import Asset, Sessions
-from execd.sim.orders import SimOrder, SimPosition
+from execd.sim.market.events import TradeEvent
+from execd.sim.market.orders import SimOrder, SimPosition
+from execd.sim.market.prices import Asset, Sessions
 
 CENT = Decimal("0.01")
 BP = Decimal("0.0001")
@@ -87,7 +87,7 @@ def trade_update(e: TradeEvent) -> dict[str, Any]:
     data: dict[str, Any] = {
         "event": e.event,
         "execution_id": e.execution_id,
-        "order": e.order,
+        "order": order_json(e.order, legs=list(e.legs) if e.order.legs else None),
         "timestamp": iso(e.at),
     }
     if e.price is not None:

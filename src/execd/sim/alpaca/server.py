@@ -4,7 +4,7 @@ REST and the /stream websocket on one port, as Alpaca's paper host.
 uvicorn runs in a thread of its own with its own asyncio loop, so an embedded sim
 serves whatever backend the daemon runs on. The socket is bound before the thread
 starts (port 0 works, and `url` is known at once). A ticker on that loop advances the
-engine every `TICK` seconds, so fills happen, and are streamed, with no request to
+market every `TICK` seconds, so fills happen, and are streamed, with no request to
 trigger them.
 """
 
@@ -29,15 +29,14 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 
 from execd.obs import logging
-from execd.sim import api
-from execd.sim.engine import Engine
-from execd.sim.errors import invalid
-from execd.sim.events import TradeEvent
-from execd.sim.faults import FaultDice, RateWindow
-from execd.sim.inject import ListInjector
-from execd.sim.market import SimClock
+from execd.sim.alpaca import api
+from execd.sim.alpaca.errors import invalid
+from execd.sim.alpaca.faults import FaultDice, RateWindow
+from execd.sim.alpaca.front import AlpacaFront
+from execd.sim.alpaca.inject import ListInjector
+from execd.sim.alpaca.stream import StreamHub
+from execd.sim.market import Market, SimClock, TradeEvent
 from execd.sim.settings import FAULTS, SimConfig, faults_of, with_faults
-from execd.sim.stream import StreamHub
 
 log = logging.get("execd.sim")
 TICK = 0.05  # real seconds between the ticker's advances
@@ -46,19 +45,23 @@ TICK = 0.05  # real seconds between the ticker's advances
 class SimServer:
     """A running simulator. Use as a context manager, or `start()`/`close()`."""
 
-    def __init__(self, config: SimConfig, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: SimConfig, *, monotonic: Callable[[], float] = time.monotonic,
+                 clock: SimClock | None = None) -> None:
+        """`clock`: the simulated time (a test's may stand still); by default one running
+        at `config.speed` from now."""
         config.check()
         if not config.key_id or not config.secret_key:
             config = replace(config, key_id="SIM" + secrets.token_hex(8).upper(),
                              secret_key=secrets.token_urlsafe(30))
         self.config = config
         self._monotonic = monotonic
-        self.clock = SimClock(speed=config.speed)
+        self.clock = clock if clock is not None else SimClock(speed=config.speed)
         state_file = Path(config.state_file) if config.state_file else None
-        self.engine: Engine = Engine(config, self.clock, state_file)
+        self.market = Market(config, self.clock, state_file)
+        self.engine = AlpacaFront(self.market)  # Alpaca's operations, JSON in and out
         self.dice = FaultDice(config.seed)
         self.hub = StreamHub(key_id=config.key_id, secret_key=config.secret_key,
-                             settings=lambda: self.engine.settings, seed=config.seed)
+                             settings=lambda: self.market.settings, seed=config.seed)
         self.list_injector: ListInjector = ListInjector()  # test-only (inject_list_entries)
         self._stats_lock = threading.Lock()
         self.requests: Counter[tuple[str, int]] = Counter()
@@ -117,7 +120,7 @@ class SimServer:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
         self._stopping = anyio.Event()
-        unsubscribe = self.engine.subscribe(self._on_event)
+        unsubscribe = self.market.subscribe(self._on_event)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._tick)
@@ -135,8 +138,7 @@ class SimServer:
             self._thread.join()
             self._thread = None
         self._sock.close()
-        with self.engine.lock:
-            self.engine.save()
+        self.market.save()
 
     def __enter__(self) -> SimServer:
         return self.start()
@@ -154,19 +156,19 @@ class SimServer:
                 loop.call_soon_threadsafe(fn)
 
     def _on_event(self, event: TradeEvent) -> None:
-        """From the engine, under its lock: hand the event to the loop, never wait."""
+        """From the market, under its lock: hand the event to the loop, never wait."""
         loop = self._loop
         if loop is not None:
             with suppress(RuntimeError):
-                loop.call_soon_threadsafe(self.hub.publish, event, self.engine.settings)
+                loop.call_soon_threadsafe(self.hub.publish, event, self.market.settings)
 
     async def _tick(self) -> None:
         while True:
             await anyio.sleep(TICK)
-            if not self.engine.open:
+            if not self.market.open:
                 continue
             try:
-                await anyio.to_thread.run_sync(self.engine.advance)
+                await anyio.to_thread.run_sync(self.market.advance)
             except Exception:
                 log.exception("simulator: advancing the market failed")
 
@@ -219,8 +221,8 @@ class SimServer:
                 }
                 for k, w in self.windows.items()
             }
-        with self.engine.lock:
-            attempts = self.engine.submit_attempts
+        with self.market.lock:
+            attempts = self.market.submit_attempts
             return {
                 "requests": by_route,
                 "requests_total": sum(sum(v.values()) for v in by_route.values()),
@@ -228,7 +230,7 @@ class SimServer:
                 "max_requests_in_window": max(
                     (w["max_in_window"] for w in windows.values()), default=0
                 ),
-                "orders": len(self.engine.orders),
+                "orders": len(self.market.orders),
                 "client_order_ids": len(attempts),
                 "client_order_ids_submitted_more_than_once": sum(
                     1 for n in attempts.values() if n > 1
@@ -242,15 +244,15 @@ class SimServer:
     @property
     def settings(self) -> SimConfig:
         """The live settings: the start-up config with the faults as now set."""
-        return self.engine.settings
+        return self.market.settings
 
     def faults(self) -> dict[str, Any]:
-        return faults_of(self.engine.settings)
+        return faults_of(self.market.settings)
 
     def set_faults(self, **values: Any) -> dict[str, Any]:
         """Change fault settings now; ValueError names a bad one."""
-        with self.engine.lock:
-            self.engine.settings = with_faults(self.engine.settings, values)
+        with self.market.lock:
+            self.market.settings = with_faults(self.market.settings, values)
         if "stream_refuse_seconds" in values:
             self.hub.refuse_for(float(values["stream_refuse_seconds"]))
         return self.faults()
@@ -275,7 +277,7 @@ class SimServer:
 
     def inject_list_entries(self, entries: Sequence[Any], *, answers: int = 1) -> None:
         """Append `entries` (raw JSON values) to the next `answers` GET /v2/orders
-        answers: for tests only (sim/inject.py)."""
+        answers: for tests only (sim/alpaca/inject.py)."""
         self.list_injector.append(entries, answers=answers)
 
     def inject_list_page(self, page: Any, *, answers: int = 1) -> None:

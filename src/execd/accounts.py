@@ -1,0 +1,116 @@
+"""One broker account at run time: its own budget (limiter), broker client, health,
+start-up recovery and halt gate, and its embedded simulator if it is a sim account.
+
+Everything here is per account and nothing is shared between two accounts but the
+store, the book, the risk gate and the intake (app.py wires them). `open_account`
+builds one from its `[accounts.NAME]` table (or `[broker]`, the "default" account).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+
+from execd import files
+from execd.broker.alpaca import AlpacaClient
+from execd.broker.base import BrokerClient
+from execd.clock import Clock
+from execd.config import AccountConfig, Config, Credentials, load_credentials
+from execd.fatal import address_problem
+from execd.halts import HaltGate
+from execd.health import Health
+from execd.limiter import Budget, RateLimiter, open_limiter
+from execd.obs import logging
+from execd.obs.metrics import Metrics
+from execd.recovery import Recovery
+from execd.sim import SimServer
+
+log = logging.get("execd.accounts")
+
+
+@dataclass(slots=True, kw_only=True)
+class Account:
+    name: str
+    config: AccountConfig
+    limiter: RateLimiter
+    broker: BrokerClient
+    health: Health = field(default_factory=Health)
+    recovery: Recovery = field(default_factory=Recovery)
+    halts: HaltGate = field(default_factory=HaltGate)  # what a halt holds in its submitter
+    sim: SimServer | None = None
+    broker_url: str | None = None  # None: an in-process broker (tests): no stream
+    credentials: Credentials | None = None
+
+    def as_dict(self, now: float) -> dict[str, object]:
+        """For `status`: what a person running several accounts looks at first."""
+        h = self.health
+        return {
+            "broker": self.config.broker, "url": self.broker_url,
+            "stream": h.stream_as_dict(now),
+            "budget": {"remaining": self.limiter.remaining(),
+                       "limit": self.config.requests_per_minute,
+                       "window_seconds": self.config.window_seconds},
+            "last_poll": h.last_poll, "last_poll_error": h.last_poll_error,
+            "last_reconcile": h.last_reconcile,
+            "last_reconcile_result": h.last_reconcile_result,
+            "recovery": self.recovery.as_dict(),
+            "held": self.halts.as_dict(),
+        }
+
+
+def start_embedded_sim(config: Config, account: AccountConfig) -> SimServer:
+    """An account's own simulator as its [sim] says, its state in its own file."""
+    path = config.sim_state_path_of(account)
+    files.private_dir(path.parent, "sim.state_file")
+    s = account.sim
+    where = "sim.port" if account.legacy else f"accounts.{account.name}.sim.port"
+    try:
+        sim = SimServer(replace(s, state_file=str(path)))
+    except OSError as e:
+        raise address_problem(where, f"{s.host}:{s.port}", e) from e
+    log.info("embedded simulator started", account=account.name, url=sim.url,
+             stream=sim.stream_url, state_file=str(path))
+    return sim.start()
+
+
+def keys_of(config: Config) -> dict[str, Credentials]:
+    """Every real broker account's keys, read before anything starts (a missing key is
+    a start-up error, not a failure at the first order)."""
+    return {a.name: load_credentials(config, a) for a in config.accounts.values()
+            if a.broker == "alpaca"}
+
+
+def open_account(
+    config: Config, account: AccountConfig, *, clock: Clock, metrics: Metrics,
+    stack: ExitStack, credentials: Credentials | None = None,
+    broker: BrokerClient | None = None, broker_url: str | None = None,
+    limiter: RateLimiter | None = None,
+) -> Account:
+    """One account: its limiter, its simulator (a sim account), its broker client.
+    `broker`/`broker_url`/`limiter`/`credentials`: a test's or a benchmark's own."""
+    limiter = limiter or open_limiter(
+        Budget(limit=account.requests_per_minute, window=account.window_seconds,
+               burst=account.burst), clock)
+    sim: SimServer | None = None
+    if broker is None:
+        if broker_url is None and account.broker == "sim":
+            sim = start_embedded_sim(config, account)
+            stack.callback(sim.close)
+            broker_url = sim.url
+            credentials = Credentials(sim.config.key_id, sim.config.secret_key)
+        elif broker_url is None:
+            broker_url = account.url
+        credentials = credentials or load_credentials(config, account)
+        broker = AlpacaClient(
+            key_id=credentials.key_id, secret_key=credentials.secret_key, url=broker_url,
+            limiter=limiter, clock=clock, metrics=metrics, timeout=account.timeout,
+            max_retries=account.max_retries, backoff_initial=account.backoff_initial,
+            backoff_max=account.backoff_max,
+        )
+    return Account(name=account.name, config=account, limiter=limiter, broker=broker,
+                   sim=sim, broker_url=broker_url, credentials=credentials)
+
+
+def first(accounts: Mapping[str, Account]) -> Account:
+    return next(iter(accounts.values()))
