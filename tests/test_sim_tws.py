@@ -24,6 +24,7 @@ from ib_async import (
     Order,
     StopLimitOrder,
     StopOrder,
+    TagValue,
     Trade,
 )
 
@@ -343,6 +344,22 @@ def test_avg_price_over_fills_is_exact(tws: TwsServer) -> None:
         await until(b.isDone)
         [p] = ib.positions()
         assert Decimal(str(p.avgCost)) == Decimal("100.75")
+        ib.disconnect()
+
+    run(go)
+
+
+def test_what_if_is_refused_and_never_placed(tws: TwsServer) -> None:
+    async def go() -> None:
+        ib = await connect(tws)
+        state = await ib.whatIfOrderAsync(AAPL, MarketOrder("BUY", 1))
+        assert not state  # ended by error 201, no margin preview
+        algo = Order(action="BUY", totalQuantity=1, orderType="MKT", algoStrategy="Adaptive",
+                     algoParams=[TagValue("adaptivePriority", "Normal")], orderRef="algo")
+        trade = ib.placeOrder(AAPL, algo)  # fields after the algo group still line up
+        await until(trade.isDone)
+        assert trade.orderStatus.status == "Filled"
+        assert tws.call(lambda: len(tws.desk.orders)) == 1
         ib.disconnect()
 
     run(go)

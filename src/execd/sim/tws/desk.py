@@ -168,6 +168,10 @@ class Desk:
             oid = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else -1
             client.send(m.error(oid, 321, f"Error validating request.-'{e}'"))
             return
+        if terms.what_if:  # ends ib_async's whatIfOrderAsync (an error, not a warning)
+            client.send(m.error(order_id, 201, "Order rejected - reason:whatIf orders are "
+                                               "not simulated"))
+            return
         known = self.ids.setdefault(cid, {})
         self.next_ids[cid] = max(self.next_ids.get(cid, 1), order_id + 1)
         existing = known.get(order_id)

@@ -46,6 +46,7 @@ class IbOrder:
     oca_type: int
     trail_stop_price: Decimal | None
     trailing_percent: Decimal | None
+    what_if: bool = False  # a margin preview: not simulated (refused, never placed)
 
 
 class BadOrder(Exception):
@@ -90,6 +91,7 @@ def parse_place(fields: list[str], version: int) -> tuple[int, Contract, IbOrder
         c.take(8)
     c.take(2)  # continuousUpdate, referencePriceType
     trail_stop, trailing_pct = c.take(2)
+    what_if = _what_if(c)
     try:
         order = IbOrder(
             action=action, qty=Decimal(qty or "0"), order_type=otype.upper(),
@@ -97,13 +99,30 @@ def parse_place(fields: list[str], version: int) -> tuple[int, Contract, IbOrder
             oca_group=oca_group, account=account, order_ref=ref, transmit=boolean(transmit),
             parent_id=int_or(parent), outside_rth=boolean(outside_rth),
             oca_type=int_or(oca_type), trail_stop_price=dec_or_none(trail_stop),
-            trailing_percent=dec_or_none(trailing_pct),
+            trailing_percent=dec_or_none(trailing_pct), what_if=what_if,
         )
     except ArithmeticError as e:
         raise BadOrder(f"bad number in placeOrder: {e}") from None
     contract = Contract(con_id=int_or(con_id), symbol=symbol, sec_type=sec_type,
                         exchange=exchange, currency=currency)
     return order_id, contract, order
+
+
+def _what_if(c: _Cursor) -> bool:
+    """Read on to the whatIf flag (scale, hedge, delta-neutral and algo groups first)."""
+    increment = c.take(3)[2]
+    if dec_or_none(increment) is not None and Decimal(increment) > 0:
+        c.take(7)  # the scale price adjustments
+    hedge_type = c.take(4)[3]  # scaleTable, activeStartTime, activeStopTime, hedgeType
+    if hedge_type:
+        c.take(1)
+    c.take(4)  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
+    if boolean(c.one()):  # a delta-neutral contract
+        c.take(3)
+    if c.one():  # algoStrategy
+        c.take(2 * int_or(c.one()))
+    c.take(1)  # algoId
+    return boolean(c.one())
 
 
 def market_order(o: IbOrder, symbol: str, ref: str) -> MarketOrder:
