@@ -363,3 +363,28 @@ def test_what_if_is_refused_and_never_placed(tws: TwsServer) -> None:
         ib.disconnect()
 
     run(go)
+
+
+def test_modify_of_a_partly_filled_order_fills_only_the_new_total(
+        ib_log: list[logging.LogRecord]) -> None:
+    with start(tws_config(fill_parts=3, fill_delay=1.0, speed=1e-6)) as sim:
+        async def go() -> None:
+            ib = await connect(sim)
+            trade = ib.placeOrder(AAPL, MarketOrder("BUY", 9, orderRef="grow"))
+            await until(lambda: trade.orderStatus.status == "Submitted")
+            await later(lambda: sim.call(lambda: sim.sim_market.advance(1.0)))
+            await until(lambda: trade.orderStatus.filled == 3.0, what="first part")
+            trade.order.totalQuantity = 12
+            ib.placeOrder(AAPL, trade.order)
+            await until(lambda: trade.orderStatus.remaining == 9.0, what="modified")
+            for _ in range(4):
+                await later(lambda: sim.call(lambda: sim.sim_market.advance(1.0)))
+            await until(trade.isDone, what="filled")
+            assert trade.orderStatus.filled == 12.0
+            assert sum(f.execution.shares for f in trade.fills) == 12.0
+            assert [f.execution.cumQty for f in trade.fills][-1] == 12.0
+            [p] = ib.positions()
+            assert p.position == 12.0
+            ib.disconnect()
+
+        run(go)

@@ -103,6 +103,7 @@ class Desk:
         self._subs = _Subs()
         self._perm = itertools.count(first_perm_id)
         self._exec_seq = itertools.count(1)
+        self._resubmits = itertools.count(1)  # the market's references must be unique
         self.muted = False  # connectivity lost (1100): order messages wait
         self._held_msgs: list[tuple[int, list[str]]] = []
 
@@ -299,14 +300,12 @@ class Desk:
             else:
                 self._announce(o)
             return
+        working = o.market_id  # the market's order now
         if self.faults.duplicate_next_modify > 0:
             self.faults.duplicate_next_modify -= 1
             self._duplicate(o, terms)
             return
         changes: dict[str, Decimal | None] = {}
-        base = self.base_filled.get(o.perm_id, Decimal(0))
-        if terms.qty != old.qty or base:
-            changes["qty"] = terms.qty - base
         if terms.lmt_price != old.lmt_price and old.order_type in ("LMT", "STP LMT"):
             changes["limit_price"] = terms.lmt_price
         if terms.aux_price != old.aux_price and old.order_type in ("STP", "STP LMT"):
@@ -316,21 +315,50 @@ class Desk:
                 changes["trail"] = terms.trailing_percent
             elif terms.aux_price != old.aux_price:
                 changes["trail"] = terms.aux_price
-        if changes.get("qty") == old.qty - base and terms.qty == old.qty and len(changes) == 1:
-            changes.clear()
-        if changes:
-            try:
-                new_id = self.market.replace(o.market_id, **changes)
-            except Rejected as e:
-                client.send(m.error(o.order_id, 321, f"Error validating request.-'{e}'"))
+        if terms.qty != old.qty or (changes and o.filled):
+            # the market's new order starts unfilled: it is given what is left to fill
+            if terms.qty <= o.filled:
+                client.send(m.error(o.order_id, 321, "Error validating request.-'The "
+                                                     "quantity must exceed what has filled'"))
                 return
-            del self.by_market[o.market_id]
-            # the market's new order starts unfilled: what filled before stays ours
-            self.base_filled[o.perm_id] = o.filled
+            changes["qty"] = terms.qty - o.filled
+        if changes:
+            if o.filled:
+                new_id = self._resubmit(client, o, terms)
+            else:
+                try:
+                    new_id = self.market.replace(working, **changes)
+                except Rejected as e:
+                    client.send(m.error(o.order_id, 321, f"Error validating request.-'{e}'"))
+                    return
+            if new_id is None:
+                return
+            del self.by_market[working]
+            self.base_filled[o.perm_id] = o.filled  # what filled before stays ours
             o.market_id = new_id
             self.by_market[new_id] = o
         o.terms = terms
         self._announce(o)
+
+    def _resubmit(self, client: Client, o: TwsOrder, terms: IbOrder) -> str | None:
+        """A partly filled order modified: the market's order is cancelled and one for
+        what is left to fill takes its place (a market replace would start the whole
+        quantity over)."""
+        assert o.market_id is not None
+        try:
+            mo = market_order(replace(terms, qty=terms.qty - o.filled), o.contract.symbol,
+                              f"tws-{o.perm_id}-r{next(self._resubmits)}")
+            self.market.cancel(o.market_id)
+        except (BadOrder, Rejected) as e:
+            client.send(m.error(o.order_id, 321, f"Error validating request.-'{e}'"))
+            return None
+        try:
+            return self.market.submit(mo)
+        except Rejected as e:  # the old one is gone: the order ends here
+            del self.by_market[o.market_id]
+            o.market_id = None
+            self._reject(o, str(e))
+            return None
 
     def _duplicate(self, o: TwsOrder, terms: IbOrder) -> None:
         """The fault: a modify that leaves the old order working (detached from its
