@@ -388,3 +388,36 @@ def test_modify_of_a_partly_filled_order_fills_only_the_new_total(
             ib.disconnect()
 
         run(go)
+
+
+def test_account_values_portfolio_and_global_cancel(tws: TwsServer) -> None:
+    async def go() -> None:
+        ib = await connect(tws)
+        values = {v.tag: v.value for v in ib.accountValues()}
+        assert values["NetLiquidation"] == "100000.00"
+        bought = ib.placeOrder(AAPL, MarketOrder("BUY", 2))
+        await until(bought.isDone)
+        await until(lambda: len(ib.portfolio()) == 1, what="portfolio line")
+        [item] = ib.portfolio()
+        assert (item.contract.symbol, item.position, item.marketPrice) == ("AAPL", 2.0, 100.0)
+        resting = [ib.placeOrder(AAPL, LimitOrder("BUY", 1, 50.0 + i)) for i in range(3)]
+        await until(lambda: all(t.orderStatus.status == "Submitted" for t in resting))
+        ib.reqGlobalCancel()
+        await until(lambda: all(t.isDone() for t in resting), what="global cancel")
+        assert {t.orderStatus.status for t in resting} == {"Cancelled"}
+        ib.disconnect()
+
+    run(go)
+
+
+def test_client_id_zero_connects_and_ioc_that_cannot_trade_is_cancelled(tws: TwsServer) -> None:
+    async def go() -> None:
+        ib = await connect(tws, client_id=0)  # ib_async also sends reqAutoOpenOrders
+        ioc = LimitOrder("BUY", 1, 90.0, tif="IOC", orderRef="ioc")
+        trade = ib.placeOrder(AAPL, ioc)
+        await until(trade.isDone)
+        assert trade.orderStatus.status == "Cancelled"
+        assert trade.fills == []
+        ib.disconnect()
+
+    run(go)

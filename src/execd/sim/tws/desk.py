@@ -527,7 +527,7 @@ class Desk:
         for key, val in (("NetLiquidation", cash + value), ("TotalCashValue", cash),
                          ("GrossPositionValue", value), ("BuyingPower", cash),
                          ("AvailableFunds", cash), ("EquityWithLoanValue", cash + value)):
-            client.send(m.account_value(key, num(val.quantize(Decimal("0.01"))),
+            client.send(m.account_value(key, str(val.quantize(Decimal("0.01"))),
                                         self.account))
         client.send(m.account_value("AccountType", "INDIVIDUAL", self.account, ""))
         for symbol, (qty, avg) in sorted(positions.items()):
