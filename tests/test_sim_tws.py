@@ -402,7 +402,7 @@ def test_account_values_portfolio_and_global_cancel(tws: TwsServer) -> None:
         assert (item.contract.symbol, item.position, item.marketPrice) == ("AAPL", 2.0, 100.0)
         resting = [ib.placeOrder(AAPL, LimitOrder("BUY", 1, 50.0 + i)) for i in range(3)]
         await until(lambda: all(t.orderStatus.status == "Submitted" for t in resting))
-        ib.reqGlobalCancel()
+        raw(ib).reqGlobalCancel()
         await until(lambda: all(t.isDone() for t in resting), what="global cancel")
         assert {t.orderStatus.status for t in resting} == {"Cancelled"}
         ib.disconnect()
