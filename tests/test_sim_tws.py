@@ -421,3 +421,24 @@ def test_client_id_zero_connects_and_ioc_that_cannot_trade_is_cancelled(tws: Tws
         ib.disconnect()
 
     run(go)
+
+
+def test_orders_placed_by_hand_in_tws_have_order_id_zero_and_no_order_ref(
+        tws: TwsServer) -> None:
+    async def go() -> None:
+        ib = await connect(tws)
+        bought = await later(lambda: tws.place_external("AAPL", "BUY", 5))
+        resting = await later(lambda: tws.place_external("AAPL", "SELL", 1, lmt_price="150"))
+        await until(lambda: [p.position for p in ib.positions()] == [5.0], what="position")
+        assert await ib.reqOpenOrdersAsync() == []  # not this client's
+        [manual] = await ib.reqAllOpenOrdersAsync()
+        assert (manual.order.permId, manual.order.orderId, manual.order.orderRef) == (
+            resting, 0, "")
+        [fill] = await ib.reqExecutionsAsync()
+        ex = fill.execution
+        assert (ex.permId, ex.orderId, ex.clientId, ex.orderRef) == (bought, 0, 0, "")
+        completed = await ib.reqCompletedOrdersAsync(apiOnly=False)
+        assert [t.order.permId for t in completed] == [bought]
+        ib.disconnect()
+
+    run(go)

@@ -155,8 +155,6 @@ class Desk:
 
     # ------------------------------------------------------------- orders
     def _announce(self, o: TwsOrder) -> None:
-        if o.order_id == 0 and o.client_id not in self.clients:
-            return
         self._tell(o.client_id, m.open_order(o, con_id_of(o.contract.symbol), self.account,
                                              self._version(o.client_id)))
         self._tell(o.client_id, m.order_status(o))
@@ -388,6 +386,21 @@ class Desk:
             return
         with contextlib.suppress(Rejected):  # already ending at the market: its event follows
             self.market.cancel(o.market_id)
+
+    def place_external(self, symbol: str, action: str, qty: Decimal, *,
+                       lmt_price: Decimal | None = None) -> int:
+        """An order placed by hand in TWS, behind every API client's back: orderId 0,
+        clientId 0, no orderRef (a MKT order, or LMT with `lmt_price`). Its permId."""
+        terms = IbOrder(action=action, qty=qty, order_type="MKT" if lmt_price is None else "LMT",
+                        lmt_price=lmt_price, aux_price=None, tif="DAY", oca_group="",
+                        account=self.account, order_ref="", transmit=True, parent_id=0,
+                        outside_rth=False, oca_type=0, trail_stop_price=None,
+                        trailing_percent=None)
+        o = TwsOrder(perm_id=next(self._perm), client_id=0, order_id=0,
+                     contract=self._stock(symbol), terms=terms)
+        self.orders[o.perm_id] = o
+        self._to_market(o)
+        return o.perm_id
 
     def cancel_all(self) -> None:
         for o in list(self.orders.values()):

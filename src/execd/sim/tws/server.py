@@ -242,6 +242,14 @@ class TwsServer:
         this returns."""
         self.call(lambda: self.market.set_prices({s: Decimal(str(p)) for s, p in prices.items()}))
 
+    def place_external(self, symbol: str, action: str, qty: Decimal | int, *,
+                       lmt_price: Decimal | str | None = None) -> int:
+        """An order placed by hand in TWS (orderId 0, clientId 0, no orderRef); its
+        permId. Market orders have filled, and been told of, when this returns."""
+        lmt = None if lmt_price is None else Decimal(str(lmt_price))
+        return self.call(lambda: self.desk.place_external(symbol, action, Decimal(qty),
+                                                          lmt_price=lmt))
+
     def disconnect_all(self) -> None:
         def drop() -> None:
             for s in list(self.sessions):
