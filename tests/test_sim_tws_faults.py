@@ -234,3 +234,19 @@ def test_stats_list_every_place_order(tws: TwsServer) -> None:
     stats = tws.stats_json()
     assert stats["connections"] == 2
     assert stats["unhandled"] == {}
+
+
+def test_exec_details_before_open_order(tws: TwsServer, ib_log: list[logging.LogRecord]) -> None:
+    async def go() -> None:
+        ib = await connect(tws)
+        await later(lambda: tws.set_faults(exec_first_next=1))
+        trade = ib.placeOrder(AAPL, MarketOrder("BUY", 2, orderRef="early"))
+        await until(trade.isDone)
+        assert [e.status for e in trade.log][:2] == ["PendingSubmit", "PendingSubmit"]
+        assert trade.log[1].message.startswith("Fill 2.0@")  # the fill before any status
+        assert trade.fills[0].execution.orderRef == "early"
+        assert trade.order.permId == trade.fills[0].execution.permId
+        ib.disconnect()
+
+    run(go)
+    assert not [r for r in ib_log if "No order found" in r.getMessage()]

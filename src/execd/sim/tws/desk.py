@@ -68,6 +68,7 @@ class Faults:
 
     reject_next: int = 0
     duplicate_next_modify: int = 0
+    exec_first_next: int = 0
     roll_back_ids: bool = False
 
 
@@ -104,6 +105,7 @@ class Desk:
         self._perm = itertools.count(first_perm_id)
         self._exec_seq = itertools.count(1)
         self._resubmits = itertools.count(1)  # the market's references must be unique
+        self._unannounced: set[int] = set()  # permIds whose openOrder waits for a fill
         self.muted = False  # connectivity lost (1100): order messages wait
         self._held_msgs: list[tuple[int, list[str]]] = []
 
@@ -248,6 +250,10 @@ class Desk:
         o.market_id = mid
         self.by_market[mid] = o
         o.status = SUBMITTED
+        if self.faults.exec_first_next > 0:  # its first execDetails will come first
+            self.faults.exec_first_next -= 1
+            self._unannounced.add(o.perm_id)
+            return
         self._announce(o)
 
     def _close(self, o: TwsOrder, status: str, text: str) -> None:
@@ -445,6 +451,9 @@ class Desk:
         v = self._version(o.client_id)
         con_id = con_id_of(o.contract.symbol)
         self._tell(o.client_id, m.exec_details(-1, e, con_id, self.account, v))
+        if o.perm_id in self._unannounced:  # the fault: openOrder after the execution
+            self._unannounced.discard(o.perm_id)
+            self._tell(o.client_id, m.open_order(o, con_id, self.account, v))
         self._tell(o.client_id, m.order_status(o))
         self._tell(o.client_id, m.commission_report(e))
         if first_fill:

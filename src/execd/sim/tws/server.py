@@ -46,6 +46,7 @@ class TwsFaults:
     refuse_seconds: float = 0.0  # disconnect everyone, refuse connections this long
     roll_back_ids: bool = False  # the next connect gets nextValidId 1, old ids forgotten
     duplicate_next_modify: int = 0  # the next n modifies leave the old order live too
+    exec_first_next: int = 0  # the next n orders: no answer until their first execDetails
     connectivity_lost: bool = False  # 1100 now, order messages held; False: 1102, sent
     pacing_limit: int = 50  # messages per second before error 100
     pacing_drop: int = 100  # messages per second before the socket is closed
@@ -212,6 +213,7 @@ class TwsServer:
             d = self.desk.faults
             d.reject_next = wanted.reject_next
             d.duplicate_next_modify = wanted.duplicate_next_modify
+            d.exec_first_next = wanted.exec_first_next
             d.roll_back_ids = wanted.roll_back_ids
             if wanted.refuse_seconds and "refuse_seconds" in values:
                 self._refuse_until = self.monotonic() + wanted.refuse_seconds
@@ -235,6 +237,7 @@ class TwsServer:
         d = self.desk.faults
         return self.call(lambda: replace(self.faults, reject_next=d.reject_next,
                                          duplicate_next_modify=d.duplicate_next_modify,
+                                         exec_first_next=d.exec_first_next,
                                          roll_back_ids=d.roll_back_ids))
 
     def set_prices(self, prices: dict[str, Decimal | str]) -> None:
