@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Protocol
@@ -599,5 +599,3 @@ def _contract_at(fields: list[str], i: int) -> Contract | None:
     return Contract(con_id=con_id, symbol=fields[i + 1].upper(), sec_type=fields[i + 2],
                     exchange=fields[i + 7], currency=fields[i + 9])
 
-
-Sender = Callable[[list[str]], None]

@@ -165,9 +165,10 @@ class Session:
                 desk.contract_details(self, int(f[2]), f)
             case 1:
                 desk.market_data(self, int(f[2]), f)
-            case 2 | 59 | 64 | 77:
-                if msg_id == 64:
-                    desk.cancel_positions(self)
+            case 64:
+                desk.cancel_positions(self)
+            case 2 | 59 | 77:
+                pass  # cancelMktData, reqMarketDataType, cancelAccountUpdatesMulti
             case 6:
                 desk.account_updates(self, f[2] == "1")
             case 76:
