@@ -3,7 +3,8 @@
 wire.py frames and versions, messages.py builds what TWS sends, requests.py reads what
 a client sends, orders.py maps an IB order to a market order, market.py is the one
 adapter to the market, desk.py keeps the IB-side account (orders, permIds,
-executions), session.py serves one connection and server.py the TCP server.
+executions) and answers.py answers the queries from it, session.py serves one
+connection and server.py the TCP server; cli.py is `execd sim --broker ib`.
 """
 
 from execd.sim.tws.server import TwsFaults, TwsServer

@@ -6,7 +6,8 @@ queued from any thread), so there is no lock here. The market holds the trading 
 (prices, matching, positions); the desk holds what IB adds to it: order ids and
 permIds, orderRef, transmit=False orders held until their group's last arrives,
 bracket children held until their parent fills, OCA groups, executions and
-commissions, and which client owns which order.
+commissions, and which client owns which order. The answers to requests that change
+nothing are in answers.py.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Placed:
 
 
 @dataclass(slots=True)
-class _Subs:
+class Subscribers:
     positions: set[int] = field(default_factory=set)
     account: set[int] = field(default_factory=set)
 
@@ -101,7 +102,7 @@ class Desk:
         self.completed: list[TwsOrder] = []
         self.clients: dict[int, Client] = {}
         self.placed: list[Placed] = []
-        self._subs = _Subs()
+        self.subs = Subscribers()  # who asked for position and account updates
         self._perm = itertools.count(first_perm_id)
         self._exec_seq = itertools.count(1)
         self._resubmits = itertools.count(1)  # the market's references must be unique
@@ -123,8 +124,8 @@ class Desk:
     def detach(self, client: Client) -> None:
         if self.clients.get(client.client_id) is client:
             del self.clients[client.client_id]
-        self._subs.positions.discard(client.client_id)
-        self._subs.account.discard(client.client_id)
+        self.subs.positions.discard(client.client_id)
+        self.subs.account.discard(client.client_id)
 
     def _tell(self, cid: int, fields: list[str]) -> None:
         if self.muted:
@@ -181,7 +182,7 @@ class Desk:
         if existing is not None:
             self._modify(client, existing, terms)
             return
-        symbol = self._symbol(contract)
+        symbol = self.symbol_of(contract)
         if symbol is None:
             client.send(m.error(order_id, 200, NO_SECURITY))
             return
@@ -199,7 +200,7 @@ class Desk:
             self._transmit(o)
         # transmit=False: held, and nothing said, until its group's last order arrives
 
-    def _symbol(self, c: Contract) -> str | None:
+    def symbol_of(self, c: Contract) -> str | None:
         if c.sec_type not in ("STK", "") or c.currency not in ("USD", ""):
             return None
         if c.con_id:
@@ -213,14 +214,14 @@ class Desk:
                 if o.terms.parent_id == parent.order_id and o.order_id != 0
                 and o.perm_id != parent.perm_id]
 
-    def _parent(self, o: TwsOrder) -> TwsOrder | None:
+    def parent_of(self, o: TwsOrder) -> TwsOrder | None:
         if not o.terms.parent_id:
             return None
         return self.ids.get(o.client_id, {}).get(o.terms.parent_id)
 
     def _transmit(self, o: TwsOrder) -> None:
         """Send `o` and the orders of its group held (transmit=False) until now."""
-        parent = self._parent(o)
+        parent = self.parent_of(o)
         top = parent if parent is not None else o
         group = [top, *self._children(top)]
         for x in group:
@@ -230,7 +231,7 @@ class Desk:
 
     def _go(self, o: TwsOrder) -> None:
         """A transmitted order: to the market, or waiting for its parent's fill."""
-        parent = self._parent(o)
+        parent = self.parent_of(o)
         if parent is not None and parent.status != FILLED:
             if parent.status == CANCELLED:
                 self._cancelled(o)
@@ -403,7 +404,7 @@ class Desk:
                         outside_rth=False, oca_type=0, trail_stop_price=None,
                         trailing_percent=None)
         o = TwsOrder(perm_id=next(self._perm), client_id=0, order_id=0,
-                     contract=self._stock(symbol), terms=terms)
+                     contract=self.stock(symbol), terms=terms)
         self.orders[o.perm_id] = o
         self._to_market(o)
         return o.perm_id
@@ -478,124 +479,21 @@ class Desk:
                 with contextlib.suppress(Rejected):
                     self.market.cancel(x.market_id)
 
-    # ------------------------------------------------------------ queries
-    def open_orders(self, client: Client, *, everyone: bool) -> None:
-        for o in self.orders.values():
-            if o.done or o.status == PENDING_SUBMIT:
-                continue
-            if everyone or o.client_id == client.client_id:
-                client.send(m.open_order(o, con_id_of(o.contract.symbol), self.account,
-                                         client.version))
-                client.send(m.order_status(o))
-        client.send(m.open_order_end())
-
-    def completed_orders(self, client: Client) -> None:
-        for o in self.completed:
-            parent = self._parent(o)
-            client.send(m.completed_order(o, con_id_of(o.contract.symbol), self.account,
-                                          client.version, parent.perm_id if parent else None))
-        client.send(m.completed_orders_end())
-
-    def send_executions(self, client: Client, req_id: int, fields: list[str]) -> None:
-        f_client, f_symbol, f_side = 0, "", ""
-        if len(fields) >= 10:
-            f_client = int(fields[3] or 0)
-            f_symbol, f_side = fields[6].upper(), fields[9].upper()
-        for e in self.executions:
-            if f_client and e.client_id != f_client:
-                continue
-            if f_symbol and e.contract.symbol != f_symbol:
-                continue
-            if f_side and {"BUY": "BOT", "SELL": "SLD"}.get(f_side, f_side) != e.side:
-                continue
-            client.send(m.exec_details(req_id, e, con_id_of(e.contract.symbol), self.account,
-                                       client.version))
-            client.send(m.commission_report(e))
-        client.send(m.exec_details_end(req_id))
-
-    def positions(self, client: Client) -> None:
-        self._subs.positions.add(client.client_id)
-        for symbol, (qty, avg) in sorted(self.market.positions().items()):
-            c = self._stock(symbol)
-            client.send(m.position(self.account, c, con_id_of(symbol), qty, avg))
-        client.send(m.position_end())
-
-    def cancel_positions(self, client: Client) -> None:
-        self._subs.positions.discard(client.client_id)
-
-    def _stock(self, symbol: str) -> Contract:
+    def stock(self, symbol: str) -> Contract:
         return Contract(con_id=con_id_of(symbol), symbol=symbol, sec_type="STK",
                         exchange="SMART", currency="USD")
 
     def _push_position(self, c: Contract) -> None:
         qty, avg = self.market.positions().get(c.symbol, (Decimal(0), Decimal(0)))
-        for cid in list(self._subs.positions):
-            self._tell(cid, m.position(self.account, self._stock(c.symbol),
+        for cid in list(self.subs.positions):
+            self._tell(cid, m.position(self.account, self.stock(c.symbol),
                                        con_id_of(c.symbol), qty, avg))
-        if self._subs.account:
+        if self.subs.account:
             px = self.market.price(c.symbol)
-            for cid in list(self._subs.account):
-                self._tell(cid, m.portfolio(self.account, self._stock(c.symbol),
+            for cid in list(self.subs.account):
+                self._tell(cid, m.portfolio(self.account, self.stock(c.symbol),
                                             con_id_of(c.symbol), qty, px, avg))
-
-    def account_updates(self, client: Client, subscribe: bool) -> None:
-        if not subscribe:
-            self._subs.account.discard(client.client_id)
-            return
-        self._subs.account.add(client.client_id)
-        cash = self.market.cash()
-        positions = self.market.positions()
-        value = sum((q * self.market.price(s) for s, (q, _) in positions.items()), Decimal(0))
-        for key, val in (("NetLiquidation", cash + value), ("TotalCashValue", cash),
-                         ("GrossPositionValue", value), ("BuyingPower", cash),
-                         ("AvailableFunds", cash), ("EquityWithLoanValue", cash + value)):
-            client.send(m.account_value(key, str(val.quantize(Decimal("0.01"))),
-                                        self.account))
-        client.send(m.account_value("AccountType", "INDIVIDUAL", self.account, ""))
-        for symbol, (qty, avg) in sorted(positions.items()):
-            client.send(m.portfolio(self.account, self._stock(symbol), con_id_of(symbol), qty,
-                                    self.market.price(symbol), avg))
-        client.send(m.account_time(self.market.now()))
-        client.send(m.account_download_end(self.account))
-
-    def contract_details(self, client: Client, req_id: int, fields: list[str]) -> None:
-        c = _contract_at(fields, 3)
-        symbol = self._symbol(c) if c is not None else None
-        if symbol is None:
-            client.send(m.error(req_id, 200, NO_SECURITY))
-            return
-        client.send(m.contract_details(req_id, self._stock(symbol), con_id_of(symbol),
-                                       self.market.exchange(symbol)))
-        client.send(m.contract_details_end(req_id))
-
-    def market_data(self, client: Client, req_id: int, fields: list[str]) -> None:
-        c = _contract_at(fields, 3)
-        symbol = self._symbol(c) if c is not None else None
-        if symbol is None:
-            client.send(m.error(req_id, 200, NO_SECURITY))
-            return
-        px = self.market.price(symbol)
-        cent = Decimal("0.01")
-        for tick, price in ((1, px - cent), (2, px + cent), (4, px), (9, px)):
-            client.send(m.tick_price(req_id, tick, price, Decimal(100)))
-        dnc = fields[15] if len(fields) > 15 else "0"
-        snap_at = 17 + (3 if dnc == "1" else 0)
-        if len(fields) > snap_at and fields[snap_at] == "1":
-            client.send(m.tick_snapshot_end(req_id))
 
     # -------------------------------------------------------------- state
     def live(self) -> Iterable[TwsOrder]:
         return (o for o in self.orders.values() if not o.done)
-
-
-def _contract_at(fields: list[str], i: int) -> Contract | None:
-    """The 12-field contract ib_async writes at `i` (conId, symbol, secType, ...)."""
-    if len(fields) < i + 12:
-        return None
-    try:
-        con_id = int(fields[i] or 0)
-    except ValueError:
-        return None
-    return Contract(con_id=con_id, symbol=fields[i + 1].upper(), sec_type=fields[i + 2],
-                    exchange=fields[i + 7], currency=fields[i + 9])
-

@@ -13,6 +13,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from execd.obs import logging
+from execd.sim.tws import answers
 from execd.sim.tws import messages as m
 from execd.sim.tws.wire import FrameReader, ProtocolError, frame, negotiate, split
 
@@ -152,31 +153,31 @@ class Session:
             case 4:
                 desk.cancel(self, int(f[2]))
             case 5:
-                desk.open_orders(self, everyone=False)
+                answers.open_orders(desk, self, everyone=False)
             case 16:
-                desk.open_orders(self, everyone=True)
+                answers.open_orders(desk, self, everyone=True)
             case 15:
                 pass  # reqAutoOpenOrders: a subscription, no answer
             case 7:
-                desk.send_executions(self, int(f[2]), f)
+                answers.executions(desk, self, int(f[2]), f)
             case 8:
                 self.send(m.next_valid_id(desk.next_ids.get(self.client_id, 1)))
             case 9:
-                desk.contract_details(self, int(f[2]), f)
+                answers.contract_details(desk, self, int(f[2]), f)
             case 1:
-                desk.market_data(self, int(f[2]), f)
+                answers.market_data(desk, self, int(f[2]), f)
             case 64:
-                desk.cancel_positions(self)
+                answers.cancel_positions(desk, self)
             case 2 | 59 | 77:
                 pass  # cancelMktData, reqMarketDataType, cancelAccountUpdatesMulti
             case 6:
-                desk.account_updates(self, f[2] == "1")
+                answers.account_updates(desk, self, f[2] == "1")
             case 76:
                 self.send(m.account_update_multi_end(int(f[2])))
             case 61:
-                desk.positions(self)
+                answers.positions(desk, self)
             case 99:
-                desk.completed_orders(self)
+                answers.completed_orders(desk, self)
             case 49:
                 self.send(m.current_time(desk.market.now()))
             case 58:
