@@ -442,3 +442,29 @@ def test_orders_placed_by_hand_in_tws_have_order_id_zero_and_no_order_ref(
         ib.disconnect()
 
     run(go)
+
+
+def test_bracket_exits_hold_the_shares_once_without_short_sales(
+        ib_log: list[logging.LogRecord]) -> None:
+    with start(tws_config(shorting=False)) as sim:
+        sim.set_prices({"AAPL": "100.00"})
+
+        async def go() -> None:
+            ib = await connect(sim)
+            trades = [ib.placeOrder(AAPL, o) for o in ib.bracketOrder("BUY", 10, 101.0, 110.0,
+                                                                       90.0)]
+            entry, tp, sl = trades
+            await until(lambda: entry.isDone() and tp.orderStatus.status == "Submitted"
+                        and sl.orderStatus.status == "Submitted", what="both exits working")
+            sl.order.auxPrice = 95.0  # a modify of the stop-loss leg
+            ib.placeOrder(AAPL, sl.order)
+            await until(lambda: len(sim.desk.placed) == 4, what="the modify arrived")
+            await later(lambda: sim.call(lambda: None))  # ... and was applied
+            await later(lambda: sim.set_prices({"AAPL": "94.00"}))
+            await until(lambda: tp.isDone() and sl.isDone(), what="exits done")
+            assert (tp.orderStatus.status, sl.orderStatus.status) == ("Cancelled", "Filled")
+            assert sl.fills[0].execution.price == 94.0
+            assert ib.positions() == []
+            ib.disconnect()
+
+        run(go)

@@ -460,10 +460,34 @@ class Desk:
         if first_fill:
             self._oca_fired(o)
         if o.status == FILLED:
-            for child in self._children(o):
-                if child.status == PRE_SUBMITTED:
-                    self._to_market(child)
+            self._release([c for c in self._children(o) if c.status == PRE_SUBMITTED])
         self._push_position(o.contract)
+
+    def _release(self, children: list[TwsOrder]) -> None:
+        """A parent filled: its children go to the market. A take-profit and stop-loss
+        pair goes as the market's OCO, so one exit's fill takes the other at once and
+        the pair holds the shares once (a sell pair needs no short sale)."""
+        pair = _exit_pair(children)
+        if pair is not None:
+            self._pair_to_market(*pair)
+            children = [c for c in children if c not in pair]
+        for child in children:
+            self._to_market(child)
+
+    def _pair_to_market(self, tp: TwsOrder, sl: TwsOrder) -> None:
+        try:
+            ids = self.market.submit_pair(
+                market_order(tp.terms, tp.contract.symbol, f"tws-{tp.perm_id}"),
+                market_order(sl.terms, sl.contract.symbol, f"tws-{sl.perm_id}"))
+        except (BadOrder, Rejected) as e:
+            self._reject(tp, str(e))
+            self._reject(sl, str(e))
+            return
+        for o, mid in zip((tp, sl), ids, strict=True):
+            o.market_id = mid
+            self.by_market[mid] = o
+            o.status = SUBMITTED
+            self._announce(o)
 
     def _oca_fired(self, o: TwsOrder) -> None:
         """One order of an OCA group (or of a bracket's children) traded: the others go."""
@@ -497,3 +521,18 @@ class Desk:
     # -------------------------------------------------------------- state
     def live(self) -> Iterable[TwsOrder]:
         return (o for o in self.orders.values() if not o.done)
+
+
+def _exit_pair(children: list[TwsOrder]) -> tuple[TwsOrder, TwsOrder] | None:
+    """(take-profit, stop-loss) when `children` are exactly a LMT and a STP or STP LMT
+    on one side, for one quantity and time in force: a bracket's exits."""
+    if len(children) != 2:
+        return None
+    a, b = children
+    tp, sl = (a, b) if a.terms.order_type == "LMT" else (b, a)
+    t, s = tp.terms, sl.terms
+    if t.order_type != "LMT" or s.order_type not in ("STP", "STP LMT"):
+        return None
+    if (t.action, t.qty, t.tif) != (s.action, s.qty, s.tif) or tp.filled or sl.filled:
+        return None
+    return tp, sl

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from execd.sim.market import Exit, MarketError, OrderChanges, OrderRequest, TradeEvent
 from execd.sim.market import Market as SimMarket
-from execd.sim.market import MarketError, OrderChanges, OrderRequest, TradeEvent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +60,21 @@ class Market:
                 trail_percent=o.trail_percent)).id
         except MarketError as e:
             raise Rejected(e.message) from None
+
+    def submit_pair(self, take_profit: MarketOrder, stop_loss: MarketOrder) -> tuple[str, str]:
+        """A take-profit limit and a stop-loss as one OCO (the market's own: one fill
+        takes the other at once, and only the working exit holds the shares). Their ids."""
+        tp, sl = take_profit, stop_loss
+        try:
+            parent = self.sim.submit(OrderRequest(
+                symbol=tp.symbol, side=tp.side, type="limit", time_in_force=tp.time_in_force,
+                qty=tp.qty, client_order_id=tp.ref or None, limit_price=tp.limit_price,
+                order_class="oco", take_profit=Exit(limit_price=tp.limit_price),
+                stop_loss=Exit(stop_price=sl.stop_price, limit_price=sl.limit_price)))
+            [leg] = self.sim.legs(parent)
+        except MarketError as e:
+            raise Rejected(e.message) from None
+        return parent.id, leg.id
 
     def replace(self, order_id: str, *, qty: Decimal | None = None,
                 limit_price: Decimal | None = None, stop_price: Decimal | None = None,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from execd.sim.tws.server import TwsServer
 
 log = logging.get("execd.sim.tws")
+DRAIN_SECONDS = 2.0  # after hang_up: how long the client has to close its end
 IN_USE = "Unable to connect as the client id is already in use. Retry with a unique client id."
 
 
@@ -35,6 +36,7 @@ class Session:
         self.version = 0
         self.started = False
         self.closing = False
+        self._draining = False
         self._arrivals: deque[float] = deque()
 
     # --------------------------------------------------------------- output
@@ -51,9 +53,13 @@ class Session:
             transport.abort()
 
     def hang_up(self) -> None:
-        """Close once what was sent has gone (the client reads the error first)."""
-        self.closing = True
-        self._writer.close()
+        """Close once what was sent has gone (the client reads the error first): the
+        write side is shut after the buffer is flushed, and what the client still sends
+        is read and dropped until it closes (closing with unread input would send a reset,
+        which can destroy the error on its way)."""
+        self.closing = self._draining = True
+        if self._writer.can_write_eof():
+            self._writer.write_eof()
 
     # ---------------------------------------------------------------- input
     async def run(self) -> None:
@@ -72,23 +78,28 @@ class Session:
                 pending = frames.feed(data)
             self.version = negotiate(split(pending.pop(0))[0])
             self.send(m.handshake(self.version))
-            while not self.closing:
+            while True:
                 for payload in pending:
                     self._handle(split(payload))
                     if self.closing:
                         break
+                if self.closing:
+                    break
                 data = await self._reader.read(65536)
                 if not data:
                     break
                 pending = frames.feed(data)
+            if self._draining:
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    while await self._reader.read(65536):
+                        pass
         except ProtocolError as e:
             log.info("tws_protocol_error", error=str(e))
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, TimeoutError):
             pass
         finally:
             self.desk.detach(self)
-            if not self._writer.transport.is_closing():  # hang_up's close still flushes
-                self.abort()
+            self.abort()
 
     def _paced(self) -> bool:
         """False: this message is over the pace and is not executed."""
