@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,14 @@ from typing import Any
 import anyio
 from anyio.abc import SocketStream
 
-from execd.broker.base import BrokerOrder, BrokerPosition, Go, NotSent, ReplaceChanges
+from execd.broker.base import (
+    BrokerOrder,
+    BrokerPosition,
+    Go,
+    MarketClock,
+    NotSent,
+    ReplaceChanges,
+)
 from execd.domain.orders import BrokerView, OrderSpec
 
 
@@ -94,6 +101,12 @@ class InstantBroker:
     async def positions(self) -> Sequence[BrokerPosition]:
         await anyio.lowlevel.checkpoint()
         return []
+
+    async def market_clock(self) -> MarketClock:
+        await anyio.lowlevel.checkpoint()
+        now = datetime.now(UTC)
+        return MarketClock(is_open=True, next_open=now + timedelta(days=1),
+                           next_close=now + timedelta(hours=8))
 
 
 def rss_bytes(pid: int) -> int:

@@ -20,13 +20,15 @@ from execd import limiter
 CANDIDATES = (0.0, 0.0025, 0.005, 0.01, 0.03)
 
 
-async def measure(margins: tuple[float, ...], sizes: streaming.Sizes) -> list[str]:
+async def measure(margins: tuple[float, ...], sizes: streaming.Sizes,
+                  slack: float = limiter.WINDOW_SLACK) -> list[str]:
     lines = ["| margin | submits/min | 429s | most requests in a window (limit 200) |",
              "|---|---|---|---|"]
-    saved = limiter.JITTER_MARGIN
+    saved = limiter.JITTER_MARGIN, limiter.WINDOW_SLACK
     try:
         for m in margins:
             limiter.JITTER_MARGIN = m
+            limiter.WINDOW_SLACK = slack
             for _ in range(sizes.runs):
                 r = await streaming._sustained(sizes, stream=True)
                 lines.append(f"| {m:g} | {r['submits_per_minute']:.1f} | {r['429s']:g} | "
@@ -35,7 +37,7 @@ async def measure(margins: tuple[float, ...], sizes: streaming.Sizes) -> list[st
                                    if k.startswith("route "))
                 print(lines[-1], f"(per minute: {routes})", file=sys.stderr, flush=True)
     finally:
-        limiter.JITTER_MARGIN = saved
+        limiter.JITTER_MARGIN, limiter.WINDOW_SLACK = saved
     return lines
 
 
@@ -46,10 +48,12 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--margins", type=float, nargs="*", default=list(CANDIDATES))
+    p.add_argument("--slack", type=float, default=limiter.WINDOW_SLACK,
+                   help="the log's window over the broker's, a fraction of it")
     a = p.parse_args()
     logging.configure("error")
     sizes = replace(streaming.QUICK if a.quick else streaming.FULL, runs=a.runs, minutes=3)
-    print("\n".join(anyio.run(measure, tuple(a.margins), sizes)))
+    print("\n".join(anyio.run(measure, tuple(a.margins), sizes, a.slack)))
     return 0
 
 

@@ -385,8 +385,8 @@ async def sustained(sizes: Sizes, progress: Progress, rows: list[Row],
     notes.append(
         f"sustained: 250 market orders/min offered for {sizes.minutes:g} scaled minutes "
         "(same scaling as the idle figure), POSTs counted at the sim. The limiter admits "
-        "burst + (200 - burst) x 0.995 per window = 5 + 194.0 for every broker call: the "
-        "ceiling for submits is ~194/min minus what the polls spend.")
+        "floor(200 x 0.995) = 199 per 60.6 s (its window plus 1% slack) for every broker "
+        "call: the ceiling for submits is ~197/min minus what the polls spend.")
 
 
 # ------------------------------------------------------ 4. outage -> consistent

@@ -1,6 +1,7 @@
-"""The upgrade to several accounts (schema 8) on a database the code at commit 6452178
-wrote (tests/data/db_6452178.sql, made by tests/data/make_db_6452178.py): every order,
-position and halt is kept, and all of it belongs to the account named "default"."""
+"""The upgrades to several accounts (schema 8) and to a book per strategy (schema 9) on a
+database the code at commit 6452178 wrote (tests/data/db_6452178.sql, made by
+tests/data/make_db_6452178.py): every order, position and halt is kept, all of it at the
+account named "default", and each strategy's book rebuilt from its fills."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ async def test_the_6452178_database_upgrades_with_everything_at_default(tmp_path
         assert (position.account, position.symbol, position.qty) == ("default", "AAPL",
                                                                      Decimal(10))
         assert position.avg_entry_price == Decimal("189.5")
+        # schema 9: the books rebuilt from the fills; the totals held nothing beyond them
+        (book,) = await store.books()
+        assert (book.account, book.strategy_id, book.symbol, book.qty, book.cost_basis) == (
+            "default", "alpha", "AAPL", Decimal(10), Decimal("1895.0"))
         status = await store.status()
         assert status.trading.state == TradingState.HALTED
         assert status.trading.reason == "operator"

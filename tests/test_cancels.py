@@ -232,14 +232,15 @@ def test_a_closing_order_that_shrinks_passes_every_limit() -> None:
     """An exit is always allowed: over max_qty, max_notional, max_open_orders, in a
     denied symbol, with no price, halted. Only one that would not shrink is refused."""
     ctx = RiskContext(trading=TradingStatus(state=TradingState.HALTED, reason="flatten"),
-                      exposure={("default", "AAPL"): Exposure(position=Decimal(50_000))})
+                      exposure={("default", "AAPL"): Exposure(position=Decimal(50_000))},
+                      books={("default", "s", "AAPL"): Exposure(position=Decimal(50_000))})
     ctx.open_orders = 10
     tight = RiskLimits(max_qty=Decimal(10), max_notional=Decimal(100),
                        max_open_orders=1, deny_symbols=frozenset({"AAPL"}),
                        reject_unpriced_market_orders=True, max_orders_per_minute=0)
 
     def close(qty: str) -> OrderSpec:
-        return OrderSpec(client_order_id=f"c-{qty}", strategy_id="execd-flatten",
+        return OrderSpec(client_order_id=f"c-{qty}", strategy_id="s",
                          symbol="AAPL", side="sell", qty=Decimal(qty))
 
     assert check(close("50000"), ctx, tight, closing=True) is None
@@ -300,7 +301,7 @@ async def test_flatten_with_300_open_orders_answers_in_seconds_and_finishes(
             status = await c.request("status")
             assert status["trading"]["state"] == "HALTED"
             for s in symbols:
-                closes = status["flatten"]["symbols"][s]["orders"]
+                closes = status["flatten"]["symbols"][f"{s}/f"]["orders"]  # f's book
                 filled = [await d.book.get(cid) for cid in closes]
                 assert sum(o.filled_qty for o in filled if o is not None) == 20
                 assert all(o is not None and o.state != OrderState.REJECTED for o in filled)
@@ -529,8 +530,8 @@ async def test_flatten_waits_for_an_open_notional_order_on_the_closing_side(
     open_orders = {"n": notional}
     made: list[OrderSpec] = []
 
-    async def all_positions() -> list[Position]:
-        return [Position(symbol="AAPL", qty=Decimal(10))]
+    async def books() -> list[Position]:
+        return [Position(symbol="AAPL", strategy_id="s", qty=Decimal(10))]
 
     async def get_orders(cids: Any) -> dict[str, Order]:
         return {}
@@ -540,7 +541,7 @@ async def test_flatten_waits_for_an_open_notional_order_on_the_closing_side(
 
     monkeypatch.setattr(flattening, "_submit", submit)
     s = SimpleNamespace(book=SimpleNamespace(open=open_orders, store=SimpleNamespace(
-        all_positions=all_positions, get_orders=get_orders)), clock=FakeClock(), accounts={})
+        books=books, get_orders=get_orders)), clock=FakeClock(), accounts={})
     job = flattening.Flattening()
     closed = await job.close_free(s)  # type: ignore[arg-type]
     assert [(c.symbol, c.held) for c in closed] == [("AAPL", Decimal(10))]

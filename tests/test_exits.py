@@ -69,7 +69,7 @@ async def test_close_cancels_what_holds_the_shares_then_sells_them(
             [held["client_order_id"]]
         assert result["order"]["side"] == "sell"
         assert result["order"]["qty"] == "10"
-        assert result["order"]["strategy_id"] == "execd-close"
+        assert result["order"]["strategy_id"] == "s"  # booked to the book it closes
         await eventually(lambda: _position_is(d, "AAPL", Decimal(0)))
         assert await state(d, other["client_order_id"]) == OrderState.SUBMITTED
         again = await c.request("close_position", symbol="AAPL", client_order_id="close-1")
@@ -111,12 +111,15 @@ async def test_a_close_goes_while_trading_is_halted_and_only_if_it_shrinks(
 
 
 def test_a_closing_order_that_would_not_shrink_is_refused_even_halted() -> None:
-    """The risk gate's rule for closing orders: through a halt, but only toward zero."""
+    """The risk gate's rule for closing orders: through a halt, but only toward zero, of
+    the book it closes (the account's total, 0 here, is not the point)."""
     halted = RiskContext(trading=TradingStatus(state=TradingState.HALTED, reason="t"),
-                         exposure={("default", "AAPL"): Exposure(position=Decimal(3))})
+                         exposure={("default", "AAPL"): Exposure(position=Decimal(0))},
+                         books={("default", "s", "AAPL"): Exposure(position=Decimal(3)),
+                                ("default", "t", "AAPL"): Exposure(position=Decimal(-3))})
 
     def spec(side: str, qty: str) -> OrderSpec:
-        return OrderSpec(client_order_id=f"c-{side}-{qty}", strategy_id="execd-close",
+        return OrderSpec(client_order_id=f"c-{side}-{qty}", strategy_id="s",
                          symbol="AAPL", side=side, qty=Decimal(qty))  # type: ignore[arg-type]
 
     assert check(spec("sell", "3"), halted, RiskLimits(), closing=True) is None

@@ -124,3 +124,33 @@ async def test_the_gate_lets_held_orders_go_one_at_a_time_oldest_first() -> None
         assert gate.as_dict() == {"count": 4, "orders": ["o0", "o1", "o2", "o3"]}
         gate.set(TradingStatus(), {})
     assert went == ["o0", "o1", "o2", "o3"]
+
+
+async def test_a_closing_order_still_pending_at_a_restart_is_sent_while_halted(
+    daemon_factory: OpenDaemon, sim: SimServer
+) -> None:
+    """A close accepted while halted that has not reached the broker (every request
+    answered 429, which proves it was not taken) when the daemon stops: the next daemon,
+    still halted, sends it (its `closing` flag is stored with it), and holds the order
+    accepted before the halt, which does not reduce a position."""
+    async with daemon_factory() as d, connect(d) as c:
+        await c.submit(strategy_id="h", symbol="AAPL", side="buy", qty="10", wait="submitted")
+        await eventually(lambda: _position_is(d, "AAPL", Decimal(10)))
+        sim.set_faults(p_429=1.0)
+        adding = (await c.submit(**resting("h"), wait="accepted"))["client_order_id"]
+        await c.request("halt", reason="kill switch")
+        close = (await c.request("close_position", symbol="AAPL", qty="4",
+                                 wait="accepted"))["order"]["client_order_id"]
+        await anyio.sleep(0.3)
+        assert await state_of(d, close) == "PENDING"
+        assert await state_of(d, adding) == "PENDING"
+    sim.set_faults(p_429=0.0)
+    assert close not in sim.engine.client_order_ids()
+    async with daemon_factory() as d, connect(d) as c:
+        assert (await c.request("status"))["trading"]["state"] == "HALTED"
+        await until(d, close, "FILLED")
+        await eventually(lambda: _position_is(d, "AAPL", Decimal(6)))
+        await anyio.sleep(0.5)
+        assert await state_of(d, adding) == "PENDING"
+        assert adding not in sim.engine.client_order_ids()
+        assert (await c.request("status"))["held"]["orders"] == [adding]

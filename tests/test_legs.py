@@ -217,7 +217,10 @@ async def test_a_leg_unknown_to_the_book_is_found_through_its_parent(
             d.book.open.pop(leg, None)
         parent = d.book.open.get("br-lost")
         assert parent is None  # FILLED: not in memory
+        by_id = sum(sim.stats()["requests"].get("GET /v2/orders/{id}", {}).values())
         await eventually(lambda: _known(c, legs))  # found again through the parent
+        # the list carries the parent with its legs: recorded from it, no look-up
+        assert sum(sim.stats()["requests"].get("GET /v2/orders/{id}", {}).values()) == by_id
         sim.engine.set_prices({"AAPL": cents(px * Decimal("1.06"))})
         await eventually(lambda: _all_closed(c, legs))
         await positions_equal(c, sim)

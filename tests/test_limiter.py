@@ -6,7 +6,14 @@ import anyio
 import pytest
 
 from execd.clock import FakeClock
-from execd.limiter import Budget, Lane, LaneLimiter, LimiterStatistics, TokenBucket
+from execd.limiter import (
+    WINDOW_SLACK,
+    Budget,
+    Lane,
+    LaneLimiter,
+    LimiterStatistics,
+    TokenBucket,
+)
 
 
 def max_in_window(times: list[float], window: float) -> int:
@@ -58,14 +65,54 @@ async def _admitted_in_a_window(budget: Budget, callers: int = 8) -> int:
     return max_in_window(sorted(times), budget.window)
 
 
-async def test_the_documented_trap_a_bucket_as_big_as_the_rate_doubles_the_window() -> None:
-    """What aiolimiter's AsyncLimiter(200, 60) is: capacity 200, 200 per minute. Run, it
-    lets ~400 through in one window; the budget execd uses stays under 200."""
-    # capacity 200, draining at (401 - 200) x 0.995 / 60 = 200/60 per second
-    trap = Budget(limit=401, window=60.0, burst=200)
-    assert trap.rate == pytest.approx(200 / 60, rel=0.01)
-    assert await _admitted_in_a_window(trap) >= 390
-    assert await _admitted_in_a_window(Budget(limit=200, window=60.0, burst=5)) <= 200
+async def test_the_documented_trap_a_bucket_as_big_as_the_rate_is_bounded_by_the_log() -> None:
+    """What aiolimiter's AsyncLimiter(200, 60) is: capacity 200, 200 per minute. A
+    bucket alone lets ~400 through in one window; the log of sends holds any window
+    to floor(200 x 0.995) = 199, whatever the burst."""
+    trap = Budget(limit=200, window=60.0, burst=200)
+    assert trap.cap == 199
+    assert await _admitted_in_a_window(trap) == 199
+    assert await _admitted_in_a_window(Budget(limit=200, window=60.0, burst=5)) == 199
+
+
+async def test_the_budget_is_spent_exactly_cap_per_window_sustained() -> None:
+    """Ten minutes of callers hammering: every window holds at most the cap (199 of
+    200) and the sustained rate is the cap per log window (the broker's plus its jitter
+    slack), not (limit - burst) x (1 - margin)."""
+    clock = FakeClock()
+    budget = Budget(limit=200, window=60.0, burst=5)
+    limiter = LaneLimiter(TokenBucket(budget, clock), clock)
+    times: list[float] = []
+
+    async def caller(lane: Lane) -> None:
+        while clock.monotonic() < 600:
+            await limiter.acquire(lane)
+            times.append(clock.monotonic())
+
+    async with anyio.create_task_group() as tg:
+        for i in range(6):
+            tg.start_soon(caller, Lane(i % 3))
+    times.sort()
+    assert max_in_window(times, 60.0) == 199
+    sent = sum(t < 600 for t in times)
+    per_log_window = 199 * 600 / (60 * (1 + WINDOW_SLACK))
+    assert sent >= per_log_window - 2  # the cap per log window, to the request
+    assert sent <= 199 * 10  # never more than the cap in any 60 s
+
+
+async def test_after_a_broker_s_lower_limit_the_log_counts_what_was_sent() -> None:
+    """199 sent in the first 30 s, then a 429 says 100 per window with budget left: no
+    send until enough of the 199 have left the window for fewer than 99 to remain."""
+    clock = FakeClock()
+    limiter = LaneLimiter(TokenBucket(Budget(limit=200, window=60.0, burst=199), clock),
+                          clock)
+    for _ in range(199):
+        await limiter.acquire()
+    assert clock.monotonic() == 0
+    clock.advance(30)
+    limiter.broker_says(limit=100, remaining=50, reset_in=40.0)
+    await limiter.acquire()
+    assert clock.monotonic() >= 60.0  # all 199 were sent at 0: out of the window at 60
 
 
 async def test_two_cancels_go_ahead_of_every_queued_submit() -> None:

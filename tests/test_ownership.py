@@ -57,6 +57,7 @@ CASES: dict[str, Case] = {
     "cancel_all": lambda sid, cid: {"strategy_id": sid},
     "order": lambda sid, cid: {"client_order_id": cid},
     "orders": lambda sid, cid: {"strategy_id": sid},
+    "positions": lambda sid, cid: {"strategy_id": sid},
     "subscribe": lambda sid, cid: {"strategy_id": sid},
     "close_position": lambda sid, cid: {"symbol": "AAPL", "strategy_id": sid,
                                         "client_order_id": "m-close"},
@@ -261,6 +262,7 @@ async def test_strategies_in_use_before_the_upgrade_take_their_first_orders_owne
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db, isolation_level=None)
     for script in MIGRATIONS[:5]:  # a database of schema 5, before owners were recorded
+        assert isinstance(script, str)
         conn.executescript(script)
     conn.execute("PRAGMA user_version = 5")
     rows = [("a-1", "alpha", ALICE, 1.0), ("a-2", "alpha", MALLORY, 2.0),
@@ -294,8 +296,11 @@ async def test_a_user_sees_its_own_book_in_positions(
             assert (mine["symbol"], mine["qty"]) == ("AAPL", "2")
             assert mine["last_price"] is not None  # the account's mark
         async with as_user(d, peers, ADMIN) as root:  # an admin sees the account
-            (account,) = (await root.request("positions"))["positions"]
+            seen = await root.request("positions")
+            (account,) = seen["totals"]
             assert account["qty"] == "10"
+            assert {(p["strategy_id"], p["qty"]) for p in seen["positions"]} == {
+                ("alpha", "7"), ("m", "2"), ("r", "1")}  # each strategy's book
 
 
 async def test_two_first_uses_at_once_agree_on_one_owner(tmp_path: Path) -> None:

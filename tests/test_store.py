@@ -89,3 +89,45 @@ async def test_a_duplicate_client_order_id_is_refused_whole(tmp_path: Path) -> N
     assert await store.get_order("c") is None  # the batch rolled back as one
     await store.insert_orders([new_order("d")])  # and the store still works
     await store.close()
+
+
+async def test_a_closing_order_keeps_its_flag_and_an_old_database_gains_the_column(
+    tmp_path: Path
+) -> None:
+    """The migration that stores `closing` (an order that only reduces a position, sent
+    while halted), on a database from before it: its orders are not closing; a new
+    closing order reads back closing."""
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    before = next(i for i, m in enumerate(MIGRATIONS)
+                  if isinstance(m, str) and "ADD COLUMN closing" in m)
+    conn = sqlite3.connect(db, isolation_level=None)
+    for script in MIGRATIONS[:before]:
+        if isinstance(script, str):
+            conn.executescript(script)
+        else:  # a migration that is a function
+            script(conn)
+    conn.execute(f"PRAGMA user_version = {before}")
+    conn.execute(
+        "INSERT INTO orders (client_order_id, strategy_id, symbol, side, qty, type, "
+        "time_in_force, state, filled_qty, created_at, updated_at) VALUES "
+        "('old-1', 's', 'AAPL', 'sell', '1', 'market', 'day', 'PENDING', '0', 1.0, 1.0)")
+    conn.close()
+    store = await Store.open(db)
+    try:
+        assert await store.schema_version() == len(MIGRATIONS)
+        old = await store.get_order("old-1")
+        assert old is not None
+        assert old.closing is False
+        from dataclasses import replace
+
+        await store.insert_orders([replace(new_order("close-1", side="sell"), closing=True)])
+    finally:
+        await store.close()
+    store = await Store.open(db)
+    try:
+        flags = {o.client_order_id: o.closing for o in await store.open_orders()}
+        assert flags == {"old-1": False, "close-1": True}
+    finally:
+        await store.close()

@@ -331,6 +331,7 @@ async def _replay(path: Path, changes: list[tuple[Any, ...]]) -> None:
         kept.expire(r.clock.time())
         snap = await r.store.risk_snapshot(since=r.clock.time() - 60)
         rebuilt = RiskContext.rebuild(trading=snap.trading, positions=snap.positions,
+                                      books=snap.books,
                                       open_orders=snap.open_orders, recent=snap.recent)
         rebuilt.expire(r.clock.time())
         assert kept.summary() == rebuilt.summary()

@@ -19,7 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from execd.clock import Clock
 from execd.domain import fold
 from execd.domain.decimals import show, show_opt
-from execd.domain.news import News
+from execd.domain.news import News, flatten
 from execd.domain.orders import (
     DEFAULT_ACCOUNT,
     BrokerView,
@@ -27,6 +27,7 @@ from execd.domain.orders import (
     OrderState,
     Update,
     cancel_unsent,
+    expire_unsent,
     reject,
 )
 from execd.events import EventHub
@@ -41,9 +42,10 @@ log = logging.get("execd.book")
 @dataclass(slots=True)
 class _Batch:
     """News waiting for the book's lock, written in one transaction with whatever else
-    is queued (FLUSH_MAX items at most)."""
+    is queued (FLUSH_MAX changes at most: see `changes`)."""
 
     news: Sequence[News]
+    weight: int = 0  # the most changes its news can make (`changes`)
     linger: float = 0.0  # may wait that long for an urgent write to share its fsync
     done: bool = False
     results: list[Order | None] = field(default_factory=list)
@@ -63,6 +65,29 @@ RECORD_LINGER = 0.010
 # store writes on its thread): after a burst, thousands of queued records written at
 # once stopped everything for 70 ms; 64 still share one fsync between many.
 FLUSH_MAX = 64
+
+
+def changes(news: News) -> int:
+    """The most changes one piece of news can make: its order, and each leg (nested
+    ones too) born and then updated by its own view. An order with legs is several
+    changes, so the cap counts these, not pieces of news."""
+    return 1 + 2 * len(flatten(news.legs))
+
+
+def _chunks(news: Sequence[News], linger: float) -> list[_Batch]:
+    """`news` in order, cut into batches of at most FLUSH_MAX changes (a piece heavier
+    than that alone: one order's news is never split across transactions)."""
+    out: list[_Batch] = []
+    start, weight = 0, 0
+    for i, n in enumerate(news):
+        w = changes(n)
+        if i > start and weight + w > FLUSH_MAX:
+            out.append(_Batch(news[start:i], linger=linger, weight=weight))
+            start, weight = i, 0
+        weight += w
+    out.append(_Batch(news[start:], linger=linger, weight=weight))
+    return out
+
 # Orders closed lately, kept in memory: a late or duplicate event about one is answered
 # without reading the store.
 CLOSED_KEEP = 4096
@@ -193,7 +218,7 @@ class OrderBook:
         each piece, the order as it is after (None if the book does not know it).
 
         Group commit, leader/follower: the news is queued, and whoever holds the lock
-        writes everything queued in one transaction (FLUSH_MAX pieces at most, so no
+        writes everything queued in one transaction (FLUSH_MAX changes at most, so no
         transaction holds the loop long); a caller whose news a previous holder already
         wrote finds it done and returns at once. With `linger` the write may wait that
         long for company (RECORD_LINGER); news that may not wait cuts a lingering
@@ -201,7 +226,7 @@ class OrderBook:
         """
         if not news:
             return []
-        items = [_Batch(news[i:i + FLUSH_MAX], linger) for i in range(0, len(news), FLUSH_MAX)]
+        items = _chunks(news, linger)
         self._queue.extend(items)
         if not linger and self._lock.locked():
             self.store.hurry()
@@ -209,9 +234,9 @@ class OrderBook:
             while not items[-1].done:  # those queued before first, FLUSH_MAX at a time
                 batch: list[_Batch] = []
                 size = 0
-                while self._queue and (not batch or size + len(self._queue[0].news)
+                while self._queue and (not batch or size + self._queue[0].weight
                                        <= FLUSH_MAX):
-                    size += len(self._queue[0].news)
+                    size += self._queue[0].weight
                     batch.append(self._queue.pop(0))
                 await self._flush(batch, linger=min(b.linger for b in batch))
                 if not items[-1].done:  # let the loop run between two transactions
@@ -285,6 +310,11 @@ class OrderBook:
     async def cancel_unsent(self, client_order_id: str) -> Order | None:
         """Cancel a PENDING order the broker was just found not to have."""
         return await self._while_pending(client_order_id, cancel_unsent)
+
+    async def expire_unsent(self, client_order_id: str, reason: str) -> Order | None:
+        """Expire a PENDING `day` order never sent, at its session's close."""
+        return await self._while_pending(
+            client_order_id, lambda order, now: expire_unsent(order, reason, now))
 
     async def _while_pending(
         self, client_order_id: str, change: Callable[[Order, float], Update]

@@ -530,7 +530,8 @@ def _add_client_commands(sub: Any) -> None:
     amount.add_argument("--percentage", metavar="PERCENT",
                         help="close only this percentage of it (default: all)")
     cl.add_argument("--strategy", metavar="ID",
-                    help="strategy_id of the closing order (default: execd-close)")
+                    help="whose book to close (default: every book in the symbol, one "
+                    "order each)")
     cl.add_argument("--client-order-id", metavar="ID",
                     help="the closing order's id: repeating the command with it is a safe "
                          "retry (default: generated)")

@@ -393,8 +393,9 @@ def load_credentials(config: Config, account: AccountConfig | None = None) -> Cr
     if a.credentials_file:
         return _credentials_file(config, a, where)
     raise ConfigError(
-        f'{where}: broker "alpaca" needs APCA_API_KEY_ID and APCA_API_SECRET_KEY (in the '
-        f"environment, or in the file named by {where}.credentials_file)" if alone else
+        f'{"broker.mode" if a.legacy else where + ".broker"} = "alpaca" needs APCA_API_KEY_ID '
+        "and APCA_API_SECRET_KEY (in the environment, or in the file named by "
+        f"{where}.credentials_file)" if alone else
         f'{where}: broker "alpaca" needs credentials_file or key_id_env/secret_key_env '
         "(with several accounts, each names its own keys)"
     )

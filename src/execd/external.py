@@ -3,33 +3,24 @@ them (domain/external.py says what is kept and why).
 
 An order is external when the book holds no order with its client_order_id (durable
 intent first: every order of ours is in the store before the broker sees it) and it is
-not a leg of ours (`legs.adopt` was asked first). It is recorded, never applied to the
+not a leg of ours (its parent, listed with it, or `legs.adopt` said so). It is recorded, never applied to the
 book: its fills move no position of execd's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 
 from execd.book import OrderBook
-from execd.broker.base import BrokerClient, BrokerError, BrokerOrder
+from execd.broker.base import BrokerOrder
 from execd.domain.decimals import show, show_opt
-from execd.domain.external import NOT_FOUND, ExternalOrder
+from execd.domain.external import ExternalOrder, external_from
+from execd.domain.orders import Order
 from execd.obs import logging
 from execd.store import StorageUnavailable
 
 log = logging.get("execd.external")
 LOOKUPS = 5  # external orders gone from the open list looked up per poll, at most
-
-
-def external_from(found: BrokerOrder, now: float, account: str) -> ExternalOrder:
-    v = found.view
-    return ExternalOrder(
-        broker_order_id=v.broker_order_id, client_order_id=found.client_order_id,
-        symbol=found.symbol, side=found.side, qty=found.qty, notional=found.notional,
-        type=found.type, status=v.status, filled_qty=v.filled_qty,
-        filled_avg_price=v.filled_avg_price, first_seen=now, updated_at=now, account=account)
 
 
 async def record(book: OrderBook, found: Sequence[BrokerOrder], now: float, *,
@@ -44,11 +35,15 @@ async def record(book: OrderBook, found: Sequence[BrokerOrder], now: float, *,
     except StorageUnavailable as err:
         log.warning("cannot record orders execd did not place", error=str(err))
         return
+    _log_recorded(changed, source)
+
+
+def _log_recorded(changed: Sequence[ExternalOrder], source: str) -> None:
     for e in changed:
         fields = {"broker_order_id": e.broker_order_id,
                   "client_order_id": e.client_order_id or None, "symbol": e.symbol,
                   "side": e.side, "qty": show_opt(e.qty), "status": e.status,
-                  "filled_qty": show(e.filled_qty), "source": source, "account": account}
+                  "filled_qty": show(e.filled_qty), "source": source}
         if e.first_seen == e.updated_at:
             log.warning("an order on the account that execd did not place: recorded as "
                         "external (execd orders --external)", **fields)
@@ -73,31 +68,41 @@ async def not_ours(book: OrderBook, found: Sequence[BrokerOrder]) -> list[Broker
     return out
 
 
-async def follow_closed(book: OrderBook, broker: BrokerClient, listed: set[str],
-                        now: float, account: str) -> None:
-    """External orders recorded open that the open list no longer shows have closed:
-    look a few up (LOOKUPS a poll: another program's orders must not eat our request
-    budget) for their final status and fills."""
-    gone = [e for e in await book.store.external_orders(open_only=True, limit=1000,
-                                                         account=account)
-            if e.broker_order_id not in listed]
-    gone.sort(key=lambda e: e.updated_at)  # the longest unheard of first
-    found: list[BrokerOrder] = []
-    missing: list[ExternalOrder] = []
-    for e in gone[:LOOKUPS]:
-        try:
-            o = await broker.get_order(e.broker_order_id)
-        except BrokerError as err:
-            log.debug("cannot look an external order up", broker_order_id=e.broker_order_id,
-                      error=str(err))
-            continue
-        if o is not None:
-            found.append(o)
-        else:
-            missing.append(replace(e, status=NOT_FOUND, updated_at=now))
-    await record(book, found, now, source="poll", account=account)
-    if missing:
-        try:
-            await book.store.record_external(missing)
-        except StorageUnavailable as err:
-            log.warning("cannot record orders execd did not place", error=str(err))
+async def settle(book: OrderBook, unknown: Sequence[BrokerOrder],
+                 parents: Mapping[str, BrokerOrder], closed: Sequence[BrokerOrder],
+                 missing: Sequence[ExternalOrder], now: float, account: str
+                 ) -> tuple[list[tuple[BrokerOrder, Order]], int]:
+    """What a poll met that the book does not hold, and the external orders it looked up
+    after they left the open list (`closed`: as the broker has them now; `missing`: the
+    broker has no such order, recorded NOT_FOUND). A leg listed nested under a parent
+    of ours (`parents`: the list's orders by broker id) is ours: returned as (listed
+    parent, our parent), for the book to record the family from the list with no
+    look-up. The rest is recorded as external; how many there are is returned too.
+    Never fails the poll (nothing of ours is in it).
+
+    One pass down: memory, then the store, whose record of it all comes last."""
+    adopted: dict[str, tuple[BrokerOrder, Order]] = {}
+    strangers: list[BrokerOrder] = []
+    changed: list[ExternalOrder] = []
+    # a leg is ours if its parent is; the parent (or the order) is ours if we hold it
+    heads = [parents.get(o.parent) if o.parent is not None else None for o in unknown]
+    tops = [o if h is None else h for o, h in zip(unknown, heads, strict=True)]
+    held = [book.held(t.client_order_id) if t.client_order_id else None for t in tops]
+    try:
+        # one read for those already recorded as external (checked then: not ours)
+        known = await book.store.get_externals([t.view.broker_order_id for t in tops])
+        for o, head, top, mine in zip(unknown, heads, tops, held, strict=True):
+            if mine is None and top.view.broker_order_id not in known:
+                mine = (await book.store.get_order(top.client_order_id)
+                        if top.client_order_id else None) \
+                    or await book.store.get_by_broker_id(top.view.broker_order_id)
+            if mine is None:
+                strangers.append(o)
+            elif head is not None:
+                adopted.setdefault(head.view.broker_order_id, (head, mine))
+        changed = await book.store.record_external(
+            [external_from(o, now, account) for o in (*strangers, *closed)] + list(missing))
+    except StorageUnavailable as e:
+        log.warning("cannot record orders execd did not place", error=str(e))
+    _log_recorded(changed, "poll")
+    return list(adopted.values()), len(strangers)

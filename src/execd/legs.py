@@ -2,9 +2,10 @@
 the parent's `legs` (a leg's own answer names no parent).
 
 Normally the POST's answer carries the legs and they are recorded with the parent's
-SUBMITTED (the fold, domain/fold.py). An order the book does not know (a stream event, an
-order in a list) may be a leg it has not seen yet: `adopt` looks up the parent it may
-belong to and records the family.
+SUBMITTED (the fold, domain/fold.py). In a poll's list a leg the book has not seen comes
+nested under its parent, which is all it takes to record the family (poller.py,
+external.settle): no request. A stream event names no parent: `adopt` looks up the
+parents it may belong to, as nothing else can tell.
 """
 
 from __future__ import annotations

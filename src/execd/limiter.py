@@ -1,9 +1,14 @@
 """The RateLimiter port: one request budget for every broker call of every actor.
 
 Sizing (DESIGN.md trap): a leaky bucket of capacity B draining at r/s admits up to
-B + 60r in any 60 s window. For a broker limit L per window W we choose a small burst
-B and r = (L - B) * (1 - margin) / W, so every sliding window stays under L even with
-a little network jitter between our acquire and the broker's count.
+B + 60r in any 60 s window. So the bucket only smooths (a small burst B, refilled at
+r = C / W), and the bound is exact: a log of the send times of the last window W
+admits a request only while it holds fewer than C = floor(L * (1 - margin)) of them,
+so no sliding window holds more than C; the log's window is W plus a little slack,
+and with the margin (one request at L = 200) that is room for the network jitter
+between our acquire and the broker's count. The budget is spent to the last request:
+C per log window sustained (197/min at L = 200), not (L - B) * 0.995 as when the
+bucket alone was the bound (194/min).
 
 The bucket is the anyio-native TokenBucket below, on both backends: aiolimiter needs
 asyncio, and its public API cannot say how much budget is left (`remaining`, for
@@ -30,10 +35,14 @@ import anyio
 from execd.clock import Clock
 
 # Measured (bench/margin.py, 1,000 open orders, 250 submits/min offered, scaled time
-# where jitter weighs 10x more against the window): 0 -> the simulator's exact sliding
-# window reached 200 of 200; 0.0025 and 0.005 -> 199; 0.03 -> 194; no 429 at any. 0.005
-# keeps a request of room for jitter and gives submits ~4/min more than 0.03.
+# where jitter weighs 10x more against the window), with the exact log: margin 0.005
+# and no slack -> the simulator's window saw 201 of 200 and a 429; slack 0.005 -> 199,
+# 200, 199 (194-195 submits/min); slack 0.01 -> 199 three times (193.3-194.7/min).
 JITTER_MARGIN = 0.005
+# The log's window is this much longer than the broker's: a send is logged when its
+# token is taken, and reaches the broker a varying few ms later, so two sends logged
+# exactly W apart can arrive less than W apart (0.6 s at W = 60 s).
+WINDOW_SLACK = 0.01
 
 
 class Lane(enum.IntEnum):
@@ -52,14 +61,19 @@ class Budget:
     burst: int = 5
 
     @property
+    def cap(self) -> int:
+        """The most requests sent in any sliding window (the exact bound)."""
+        return max(1, math.floor(self.limit * (1 - JITTER_MARGIN) + 1e-9))
+
+    @property
     def rate(self) -> float:
-        """Tokens per second."""
-        return (self.limit - self.burst) * (1 - JITTER_MARGIN) / self.window
+        """Tokens per second: the bucket's refill, which smooths the cap over W."""
+        return self.cap / self.window
 
     @property
     def worst_window(self) -> float:
         """The most requests we can send in any sliding window."""
-        return self.burst + self.rate * self.window
+        return min(self.cap, self.burst + self.rate * self.window)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,7 +119,8 @@ class RateLimiter(Protocol):
 
 
 class TokenBucket:
-    """A leaky bucket on anyio and a Clock: capacity `burst`, refilled at `rate`/s."""
+    """A leaky bucket on anyio and a Clock: capacity `burst`, refilled at `rate`/s,
+    bounded by the exact log of the last window's sends (`Budget.cap`)."""
 
     def __init__(self, budget: Budget, clock: Clock) -> None:
         self._budget = budget
@@ -117,6 +132,9 @@ class TokenBucket:
         self._held_until = self._last  # after a 429: nothing accrues before the reset
         self._broker_limit: int | None = None
         self._broker_until = self._last  # the broker's lower limit holds until its reset
+        self._window_cap = budget.cap
+        self._log_window = budget.window * (1 + WINDOW_SLACK)
+        self._sent: deque[float] = deque()  # send times within the last window
         self._lock = anyio.Lock()
 
     def _accrue(self, until: float) -> None:
@@ -133,11 +151,23 @@ class TokenBucket:
             self._accrue(self._broker_until)
             self._broker_limit = None
             self._cap, self._rate = float(self._budget.burst), self._budget.rate
+            self._window_cap = self._budget.cap
         self._accrue(now)
+        # The broker's window is (now - W, now]: a send exactly W ago no longer counts.
+        while self._sent and self._sent[0] <= now - self._log_window:
+            self._sent.popleft()
+
+    def _log_wait(self) -> float:
+        """Seconds until the log admits one more send (0: it does now). Only the pruning
+        in `_refill` admits: a wait that floats to 0 before it would let one too many."""
+        if len(self._sent) < self._window_cap:
+            return 0.0
+        oldest = self._sent[len(self._sent) - self._window_cap]
+        return max(oldest + self._log_window - self._clock.monotonic(), 1e-6)
 
     def remaining(self) -> float:
         self._refill()
-        return self._tokens
+        return min(self._tokens, float(max(0, self._window_cap - len(self._sent))))
 
     def broker_says(self, *, limit: int | None, remaining: int | None,
                     reset_in: float) -> bool:
@@ -157,6 +187,7 @@ class TokenBucket:
         self._broker_limit = limit
         self._broker_until = now + max(0.0, reset_in)
         self._cap, self._rate = float(shrunk.burst), shrunk.rate
+        self._window_cap = shrunk.cap
         self._tokens = min(self._tokens, self._cap)
         return True
 
@@ -171,11 +202,14 @@ class TokenBucket:
         self._refill()
         # A tolerance: after sleeping exactly the time needed, float rounding can leave
         # 0.999999 tokens, and a sleep too small to move the clock never ends.
-        if self._tokens >= 1 - 1e-9:
+        logged = self._log_wait()
+        if self._tokens >= 1 - 1e-9 and logged <= 0:
             self._tokens = max(0.0, self._tokens - 1)
+            self._sent.append(self._clock.monotonic())
             return 0.0
         held = max(0.0, self._held_until - self._clock.monotonic())
-        return max(held + (1 - self._tokens) / self._rate, 1e-6)
+        bucket = held + max(0.0, 1 - self._tokens) / self._rate
+        return max(bucket, logged, 1e-6)
 
     async def acquire(self) -> None:
         async with self._lock:  # FIFO: one waiter at a time takes the next token

@@ -3,10 +3,13 @@
 One paged list request for every open order per interval, however many there are;
 a look-up by client_order_id only for an order that has left the open list (its
 final state says how). A 404 there is not proof of anything: the order is left as it
-is and reported. PENDING orders belong to the submitter.
+is and reported. PENDING orders belong to the submitter. A leg the book has not seen
+comes nested under its parent in the list: recorded from that, with no request.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
 
 import anyio
 from anyio.abc import TaskStatus
@@ -15,10 +18,10 @@ from execd import external
 from execd.book import OrderBook
 from execd.broker.base import BrokerClient, BrokerError, BrokerOrder
 from execd.clock import Clock, within
+from execd.domain.external import NOT_FOUND, ExternalOrder
 from execd.domain.news import News
-from execd.domain.orders import DEFAULT_ACCOUNT, OrderState
+from execd.domain.orders import DEFAULT_ACCOUNT, Order, OrderState
 from execd.health import Health
-from execd.legs import adopt
 from execd.obs import logging
 from execd.recovery import Recovery
 from execd.store import StorageUnavailable
@@ -27,79 +30,120 @@ from execd.testhooks import HOOKS
 log = logging.get("execd.poller")
 
 
+@dataclass(slots=True)
+class _Read:
+    """What one poll learnt from the broker, before anything is applied."""
+
+    news: list[News] = field(default_factory=list)  # our open orders, as the broker has them
+    unknown: list[BrokerOrder] = field(default_factory=list)  # listed, not held
+    parents: dict[str, BrokerOrder] = field(default_factory=dict)  # listed, by broker id
+    closed: list[BrokerOrder] = field(default_factory=list)  # external, left the list
+    missing: list[ExternalOrder] = field(default_factory=list)  # external, gone at the broker
+    failed: BrokerError | None = None
+
+
 async def poll_once(book: OrderBook, broker: BrokerClient, clock: Clock, health: Health,
                     account: str = DEFAULT_ACCOUNT) -> int:
     """One poll; how many orders it changed. A look-up that fails skips its order (the
     next poll tries again); the poll counts as complete, and is stamped in
-    `health.last_poll`, only if nothing failed."""
+    `health.last_poll`, only if nothing failed.
+
+    The broker is read first, every request of the poll in `_read`; what it said then
+    flows down once: the orders nobody here holds to external.settle (which tells legs
+    of ours from other programs' orders), then everything of ours, with the families
+    found, to the book in one batch (apply_all: FLUSH_MAX changes a transaction)."""
     started = clock.time()
     health.polls_begun += 1
     number = health.polls_begun
-    failed: BrokerError | None = None
     # Ours before the broker's list: an order sent while the list is on its way is still
     # PENDING here, so it is skipped, not looked up (a look-up per order sent during
     # every list call, taken from the request budget, with nothing to learn).
     ours = book.open_orders(account)
-    listed = await broker.list_open_orders()
-    open_at_broker = {o.client_order_id: o for o in listed}
-    known = {o.client_order_id for o in ours}
-    news: list[News] = []
-    for order in ours:
-        if order.state == OrderState.PENDING:
-            continue
-        found = open_at_broker.get(order.client_order_id)
-        if found is None:
-            # Sent before the list was asked for, and not in it: closed. Looked up (an
-            # order the stream touched while we listed may have lost its fill event:
-            # skipping it would let the reconciler trust a poll that missed it).
-            book.metrics.poll_lookups.inc()
-            try:
-                found = await broker.get_order_by_client_id(order.client_order_id)
-            except BrokerError as e:
-                failed = e
-                continue
-            if found is None:
-                log.error("order missing at the broker; left as it is",
-                          client_order_id=order.client_order_id,
-                          strategy_id=order.spec.strategy_id, state=order.state.value)
-                continue
-        news.append(News.of(found, order.client_order_id))
-    # One road: every order's news and its legs' through the fold, FLUSH_MAX a
-    # transaction (an unchanged order costs no write).
+    recorded = await _recorded_open(book, account)
+    read = await _read(book, broker, clock, ours, recorded)
+    adopted, health.broker_orders_unknown = await external.settle(
+        book, read.unknown, read.parents, read.closed, read.missing, clock.time(), account)
+    asked = {n.client_order_id for n in read.news}  # an open parent's news has its legs
+    families = [News.of(listed, mine.client_order_id) for listed, mine in adopted
+                if mine.client_order_id not in asked]
+    if families:
+        log.info("legs the book did not know: recorded with their listed parents",
+                 parents=[n.client_order_id for n in families])
     before = {o.client_order_id: o for o in ours}
-    after = await book.apply_all(news)
+    after = await book.apply_all(read.news + families)
     changed = sum(a is not None and a != before.get(n.client_order_id)
-                  for n, a in zip(news, after, strict=True))
-    for cid in set(open_at_broker) - known:  # a leg of ours the book has not seen?
-        if open_at_broker[cid].parent is not None and book.held(cid) is None:
-            try:  # its parent was not in the list with it (closed): look it up
-                await adopt(book, broker, open_at_broker[cid])
-            except BrokerError as e:
-                failed = e
-    known = {o.client_order_id for o in book.open_orders(account)}
-    await _externals(book, broker, health, [o for o in listed if o.client_order_id not in known],
-                     {o.view.broker_order_id for o in listed}, clock.time(), account)
-    if failed is not None:
-        raise failed
+                  for n, a in zip(read.news, after[:len(read.news)], strict=True))
+    if read.failed is not None:
+        raise read.failed
     health.poll_completed(started, clock.time())
     health.last_complete_poll = number
     book.metrics.poll_last_success.set(clock.time())
     return changed
 
 
-async def _externals(book: OrderBook, broker: BrokerClient, health: Health,
-                     unknown: list[BrokerOrder], listed: set[str], now: float, account: str
-                     ) -> None:
-    """Orders on the account that execd did not place: counted, recorded, and those that
-    left the open list followed to their end. Never fails the poll (nothing of ours is
-    in it)."""
+async def _recorded_open(book: OrderBook, account: str) -> list[ExternalOrder]:
+    """External orders recorded open at the account (to follow those that leave the
+    list)."""
     try:
-        strangers = await external.not_ours(book, unknown)
-        health.broker_orders_unknown = len(strangers)
-        await external.record(book, strangers, now, source="poll", account=account)
-        await external.follow_closed(book, broker, listed, now, account)
+        return await book.store.external_orders(open_only=True, limit=1000, account=account)
     except StorageUnavailable as e:
-        log.warning("cannot record orders execd did not place", error=str(e))
+        log.warning("cannot read the external orders", error=str(e))
+        return []
+
+
+async def _read(book: OrderBook, broker: BrokerClient, clock: Clock, ours: list[Order],
+                recorded: list[ExternalOrder]) -> _Read:
+    """Every broker request of one poll: the open list; a look-up of each of our orders
+    that left it (closed) unless the stream closed it meanwhile; a few external orders
+    that left it (LOOKUPS a poll: another program's orders must not eat our budget)."""
+    read = _Read()
+    listed = await broker.list_open_orders()
+    by_cid = {o.client_order_id: o for o in listed}
+    for order in ours:
+        if order.state == OrderState.PENDING:
+            continue
+        found = by_cid.get(order.client_order_id)
+        if found is None:
+            lately = book.held(order.client_order_id)
+            if lately is not None and not lately.is_open:
+                # Closed while we listed (the stream's fill, applied meanwhile): its
+                # final state is in the book, nothing to learn (at ~190 submits/min,
+                # ~3 look-ups a poll went to market orders filling during the list).
+                continue
+            # Sent before the list was asked for, and not in it: closed. Looked up (an
+            # order the stream touched while we listed may have lost its fill event:
+            # skipping it would let the reconciler trust a poll that missed it).
+            book.metrics.poll_lookups.inc()
+            try:
+                found = await broker.get_order_by_client_id(order.client_order_id)
+            except BrokerError as err:
+                read.failed = err
+                continue
+            if found is None:
+                log.error("order missing at the broker; left as it is",
+                          client_order_id=order.client_order_id,
+                          strategy_id=order.spec.strategy_id, state=order.state.value)
+                continue
+        read.news.append(News.of(found, order.client_order_id))
+    held = {o.client_order_id for o in ours}
+    read.unknown = [o for o in listed if o.client_order_id not in held
+                    and book.held(o.client_order_id) is None]
+    read.parents = {o.view.broker_order_id: o for o in listed}
+    gone = sorted((x for x in recorded if x.broker_order_id not in read.parents),
+                  key=lambda x: x.updated_at)  # the longest unheard of first
+    now = clock.time()
+    for x in gone[:external.LOOKUPS]:
+        try:
+            o = await broker.get_order(x.broker_order_id)
+        except BrokerError as err:
+            log.debug("cannot look an external order up", broker_order_id=x.broker_order_id,
+                      error=str(err))
+            continue
+        if o is not None:
+            read.closed.append(o)
+        else:
+            read.missing.append(replace(x, status=NOT_FOUND, updated_at=now))
+    return read
 
 
 async def poll_fresh(book: OrderBook, broker: BrokerClient, clock: Clock, health: Health,

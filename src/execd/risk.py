@@ -104,8 +104,11 @@ class RiskGate:
         self._ctx = RiskContext.rebuild(
             trading=self._unsaved or snapshot.trading, positions=snapshot.positions,
             open_orders=snapshot.open_orders, recent=snapshot.recent,
-            halted=snapshot.halted_strategies, accounts=snapshot.halted_accounts)
+            halted=snapshot.halted_strategies, accounts=snapshot.halted_accounts,
+            books=snapshot.books)
         self.metrics.strategies_halted.set(len(self._ctx.halted))
+        for name in self.accounts:
+            self.metrics.show_account_state(name, self._ctx.accounts.get(name) or TradingStatus())
         show_trading_state(self.metrics, self._ctx.trading)
         self._show_halts(self._ctx)
         return self._ctx
@@ -376,7 +379,7 @@ class RiskGate:
             return OrderDenied(code=denial.code, reason=denial.reason)
         now = self.clock.time()
         order = Order(spec=spec, state=OrderState.PENDING, created_at=now, updated_at=now,
-                      owner_uid=msg.owner_uid)
+                      owner_uid=msg.owner_uid, closing=msg.closing)
         ctx.admit(order)
         known[spec.client_order_id] = order
         metrics.submits.labels("accepted").inc()

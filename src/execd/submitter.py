@@ -68,6 +68,7 @@ from execd.messages import (
 )
 from execd.obs import logging
 from execd.recovery import Recovery
+from execd.sessions import RETRY_AFTER, SessionCloses
 from execd.storage import Storage
 from execd.store import StorageUnavailable
 from execd.testhooks import HOOKS
@@ -82,6 +83,7 @@ CANCEL_ALL_ANSWER_S = 5.0  # cancel_all answers by then; what is left goes on be
 # How long the legs of a cancelled parent (an exit's sibling) may take to be reported
 # ended before each is cancelled on its own.
 FOLLOW_S = 10.0
+DAY_EXPIRED = "a day order held by a halt, never sent, expired at the session's close"
 
 
 class _Asking:
@@ -113,6 +115,7 @@ class Submitter:
         self.storage = storage
         self.halts = halts or HaltGate()
         self.halts.on_set = self._halted_now
+        self.closes = SessionCloses(broker, clock)  # asked only when a day order is held
         self.reducing: set[str] = set()  # closing orders (the risk gate checked they shrink)
         # sends waiting at the limiter, not yet past `_may_send`: a halt withdraws them
         self._queued: dict[str, tuple[anyio.CancelScope, Order]] = {}
@@ -143,16 +146,20 @@ class Submitter:
             return False  # its answer could not be recorded: wait for the disk first
         self.halts.went(cid)  # whatever follows, the next held order may go
         self._queued.pop(cid, None)  # past the queue: never cancelled from here on
-        if self.halts.holds(current, reducing=cid in self.reducing):
+        if self.halts.holds(current, reducing=self._reducing(current)):
             return False  # halted while it waited for the budget: it waits for resume
         self.in_doubt.add(cid)
         return True
 
+    def _reducing(self, order: Order) -> bool:
+        """Sent while halted: a closing order (stored with it, so also after a restart)."""
+        return order.closing or order.client_order_id in self.reducing
+
     def _halted_now(self) -> None:
         """The trading state changed: sends queued at the limiter that a halt now holds
         leave the queue (NotSent) and wait in `_hold`."""
-        for cid, (scope, order) in list(self._queued.items()):
-            if self.halts.holds(order, reducing=cid in self.reducing):
+        for scope, order in list(self._queued.values()):
+            if self.halts.holds(order, reducing=self._reducing(order)):
                 scope.cancel()
 
     async def _unless_halted(self, order: Order, call: Callable[[], Awaitable[T]]) -> T:
@@ -177,13 +184,51 @@ class Submitter:
         PENDING meanwhile (cancelled). Nothing of it has left since the broker last
         said it has no such order (or ever): a cancel while it waits is local."""
         cid = order.client_order_id
-        reducing = cid in self.reducing
-        if self.halts.holds(order, reducing=reducing):
-            self.in_doubt.discard(cid)
-            log.info("trading halted: the order waits for resume", client_order_id=cid,
-                     strategy_id=order.spec.strategy_id)
-        await self.halts.wait(order, reducing=reducing, pending=partial(self._pending, cid))
+        reducing = self._reducing(order)
+        wait = partial(self.halts.wait, order, reducing=reducing,
+                       pending=partial(self._pending, cid))
+        if not self.halts.holds(order, reducing=reducing):
+            await wait()
+            return self._pending(cid)
+        self.in_doubt.discard(cid)
+        log.info("trading halted: the order waits for resume", client_order_id=cid,
+                 strategy_id=order.spec.strategy_id)
+        if order.spec.time_in_force != "day":
+            await wait()
+            return self._pending(cid)
+        async with anyio.create_task_group() as tg:  # a day order: until its close at most
+            tg.start_soon(self._expire_at_close, order, reducing)
+            await wait()
+            tg.cancel_scope.cancel()
         return self._pending(cid)
+
+    async def _expire_at_close(self, order: Order, reducing: bool) -> None:
+        """A held `day` order never sent expires at the session's close, locally (sent
+        after it, the broker would take it for the next session)."""
+        cid = order.client_order_id
+        held_at = self.clock.time()
+        while True:
+            close = await self.closes.next_close(held_at)
+            if close is not None:
+                break
+            await self.clock.sleep(RETRY_AFTER)  # the broker cannot say now: ask again
+        await self.clock.sleep(max(0.0, close - self.clock.time()))
+        if not self.halts.holds(order, reducing=reducing) or not self._pending(cid) \
+                or cid in self.in_doubt:
+            return  # released (resume) or no longer PENDING meanwhile
+        self._withdrawn.add(cid)  # from now on its send withdraws (_may_send)
+        try:
+            with anyio.CancelScope(shield=True):  # its waiter, woken, ends this task group
+                expired = await self.book.expire_unsent(cid, DAY_EXPIRED)
+        except StorageUnavailable:
+            log.error("cannot record a held day order's expiry: it waits", client_order_id=cid)
+            return
+        finally:
+            self._withdrawn.discard(cid)
+            self.halts.changed(cid)  # it stops waiting
+        if expired is not None and expired.state == OrderState.EXPIRED:
+            log.info("a held day order expired unsent at the session's close",
+                     client_order_id=cid, strategy_id=order.spec.strategy_id)
 
     def _settled(self, cid: str) -> None:
         """Forget that `cid` was in doubt once it has left PENDING."""

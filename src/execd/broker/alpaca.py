@@ -42,6 +42,7 @@ from execd.broker.base import (
     BrokerUnavailable,
     DuplicateOrderId,
     Go,
+    MarketClock,
     NotSent,
     OrderList,
     ReplaceChanges,
@@ -521,6 +522,15 @@ class AlpacaClient:
                          lambda: self._client.delete(f"/orders/{broker_order_id}"),
                          lane=Lane.CANCEL)
 
+    async def market_clock(self) -> MarketClock:
+        raw = await self._call("market_clock", lambda: self._client.get("/clock"),
+                               lane=Lane.READ)
+        try:
+            return market_clock_from(raw)
+        except BrokerDataInvalid as e:
+            self._refused(e, "market_clock")
+            raise
+
     async def positions(self) -> Sequence[BrokerPosition]:
         raw = await self._call("positions", lambda: self._client.get("/positions"),
                                lane=Lane.READ)
@@ -529,6 +539,23 @@ class AlpacaClient:
         except BrokerDataInvalid as e:
             self._refused(e, "positions")
             raise
+
+
+def market_clock_from(raw: Any) -> MarketClock:
+    """Alpaca's GET /v2/clock, checked (a close in the past or before the next open of
+    a closed market is not refused: the caller asks again after the close it used)."""
+    try:
+        if not isinstance(raw, dict) or not isinstance(raw.get("is_open"), bool):
+            raise InvalidNews("malformed", "the clock is not an object with is_open")
+        times = {k: _time(_text(raw, k, limit=64)) for k in ("next_open", "next_close")}
+        if any(t.tzinfo is None for t in times.values()):
+            raise InvalidNews("malformed", "the clock's times name no timezone")
+    except ValueError as e:
+        raise BrokerDataInvalid(Refusal("malformed", f"the clock: {e}"), raw) from None
+    except InvalidNews as e:
+        raise BrokerDataInvalid(e.refusal, raw) from None
+    return MarketClock(is_open=raw["is_open"], next_open=times["next_open"],
+                       next_close=times["next_close"])
 
 
 def positions_from(raw: Any) -> list[BrokerPosition]:

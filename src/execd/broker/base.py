@@ -89,6 +89,16 @@ class BrokerPosition:
     current_price: Decimal | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarketClock:
+    """The broker's trading calendar now: whether the session is open, and when the
+    next one opens and the current (or next) one closes (timezone-aware)."""
+
+    is_open: bool
+    next_open: datetime
+    next_close: datetime
+
+
 class OrderList(list[BrokerOrder]):
     """A list of the broker's orders that knows whether it is every order of its span
     (paged to the end): an order it does not show has never reached the broker, as a
@@ -131,3 +141,7 @@ class BrokerClient(Protocol):
     async def cancel_order(self, broker_order_id: str) -> None: ...
 
     async def positions(self) -> Sequence[BrokerPosition]: ...
+
+    async def market_clock(self) -> MarketClock:
+        """The session's clock (a read: asked rarely, e.g. once a session)."""
+        ...

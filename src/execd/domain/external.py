@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from execd.domain.decimals import show, show_opt
+from execd.domain.news import BrokerOrder
 from execd.domain.orders import ALPACA_STATUS, DEFAULT_ACCOUNT, TERMINAL_STATES
 
 NOT_FOUND = "not_found"  # gone from the open list, and the broker has no such order
@@ -55,6 +56,17 @@ class ExternalOrder:
                 "type": self.type, "status": self.status, "filled_qty": show(self.filled_qty),
                 "filled_avg_price": show_opt(self.filled_avg_price),
                 "first_seen": self.first_seen, "updated_at": self.updated_at}
+
+
+def external_from(found: BrokerOrder, now: float, account: str = DEFAULT_ACCOUNT
+                  ) -> ExternalOrder:
+    """A broker's order that is not ours, as recorded (where it was seen)."""
+    v = found.view
+    return ExternalOrder(
+        broker_order_id=v.broker_order_id, client_order_id=found.client_order_id,
+        symbol=found.symbol, side=found.side, qty=found.qty, notional=found.notional,
+        type=found.type, status=v.status, filled_qty=v.filled_qty,
+        filled_avg_price=v.filled_avg_price, first_seen=now, updated_at=now, account=account)
 
 
 def merge(old: ExternalOrder | None, new: ExternalOrder) -> ExternalOrder | None:

@@ -81,6 +81,9 @@ STRATEGY_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9.]{0,15}|[A-Z0-9]{2,10}/[A-Z0-9]{2,10}", re.ASCII)
 CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 DEFAULT_ACCOUNT = "default"  # a [broker] config's one account, and every older order's
+# The book of an account's shares no strategy's fills explain (books.py): its own
+# strategy_id, so that an order closing them is booked to it; shown as null.
+UNATTRIBUTED = "execd-unattributed"
 
 
 def can_transition(current: OrderState, new: OrderState) -> bool:
@@ -160,6 +163,16 @@ class Order:
     owner_uid: int | None = None  # the peer that submitted it, for access control
     legs: tuple[str, ...] = ()  # a bracket/OCO/OTO parent: its legs' client_order_ids
     replaced_by: str | None = None  # REPLACED: the new order's client_order_id
+    # it only reduces a position (close_position, flatten: the risk gate checked it
+    # shrinks one): sent while trading is halted; stored, so a restart keeps it
+    closing: bool = False
+
+    def __post_init__(self) -> None:
+        # An order is at one account, always named: one that came with none (made in
+        # code, not routed by the risk gate) is at the default account, as the store
+        # would read it back.
+        if self.spec.account is None:
+            object.__setattr__(self, "spec", replace(self.spec, account=DEFAULT_ACCOUNT))
 
     @property
     def client_order_id(self) -> str:
@@ -230,6 +243,7 @@ class Fill:
     price: Decimal
     at: float
     account: str = DEFAULT_ACCOUNT
+    strategy_id: str = UNATTRIBUTED  # whose book it moves (its order's strategy)
 
     @property
     def signed_qty(self) -> Decimal:
@@ -277,7 +291,7 @@ def apply_broker_view(order: Order, view: BrokerView, now: float) -> Update | No
         fill = Fill(
             client_order_id=order.client_order_id, symbol=order.spec.symbol,
             side=order.spec.side, qty=delta, price=(after - before) / delta, at=now,
-            account=order.account,
+            account=order.account, strategy_id=order.spec.strategy_id,
         )
         filled_qty, avg = view.filled_qty, view.filled_avg_price
         if new_state in (OrderState.PENDING, OrderState.SUBMITTED):
@@ -299,6 +313,15 @@ def reject(order: Order, reason: str, now: float) -> Update:
     return Update(
         order=replace(order, state=OrderState.REJECTED, reason=reason, updated_at=now),
         fill=None, event=OrderState.REJECTED.value,
+    )
+
+
+def expire_unsent(order: Order, reason: str, now: float) -> Update:
+    """A `day` order the broker has never seen, past its session's close (checked by
+    the caller): it would have expired there; it expires here, with why."""
+    return Update(
+        order=replace(order, state=OrderState.EXPIRED, reason=reason, updated_at=now),
+        fill=None, event=OrderState.EXPIRED.value,
     )
 
 

@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from execd.domain.decimals import show
-from execd.domain.orders import DEFAULT_ACCOUNT, Fill, Order, OrderSpec, Side
+from execd.domain.orders import DEFAULT_ACCOUNT, UNATTRIBUTED, Fill, Order, OrderSpec, Side
 from execd.domain.positions import Position
 
 
@@ -112,19 +112,24 @@ class RiskContext:
     recent: deque[tuple[float, str]] = field(default_factory=deque)  # (created_at, strategy)
     halted: dict[str, TradingStatus] = field(default_factory=dict)  # strategies halted alone
     accounts: dict[str, TradingStatus] = field(default_factory=dict)  # accounts halted alone
+    # each strategy's book at each account, and its open orders: (account, strategy, symbol)
+    books: dict[tuple[str, str, str], Exposure] = field(default_factory=dict)
 
     @classmethod
     def rebuild(
         cls, *, trading: TradingStatus, positions: Iterable[Position],
         open_orders: Iterable[Order], recent: Iterable[tuple[float, str]],
         halted: dict[str, TradingStatus] | None = None,
-        accounts: dict[str, TradingStatus] | None = None,
+        accounts: dict[str, TradingStatus] | None = None, books: Iterable[Position] = (),
     ) -> RiskContext:
         ctx = cls(trading=trading, halted=dict(halted or {}), accounts=dict(accounts or {}))
         for p in positions:
             ctx.exposure[p.account, p.symbol] = Exposure(position=p.qty)
             if p.last_price is not None:
                 ctx.prices[p.symbol] = p.last_price
+        for b in books:
+            ctx.books[b.account, b.strategy_id or UNATTRIBUTED, b.symbol] = Exposure(
+                position=b.qty)
         for o in open_orders:
             ctx._count(o, +1)
         for at, sid in recent:
@@ -144,6 +149,8 @@ class RiskContext:
         if fill is not None:
             e = self.exposure.setdefault((fill.account, fill.symbol), Exposure())
             e.position += fill.signed_qty
+            b = self.books.setdefault((fill.account, fill.strategy_id, fill.symbol), Exposure())
+            b.position += fill.signed_qty
             self.prices[fill.symbol] = fill.price  # a position's last price is its last fill
 
     def set_prices(self, prices: dict[str, Decimal]) -> None:
@@ -166,18 +173,19 @@ class RiskContext:
         if _shadow_exit(order.spec):
             return
         s = order.spec
-        e = self.exposure.setdefault((order.account, s.symbol), Exposure())
-        if s.notional is not None:
-            if sign < 0:
-                e.notional.pop(s.client_order_id, None)
+        for e in (self.exposure.setdefault((order.account, s.symbol), Exposure()),
+                  self.books.setdefault((order.account, s.strategy_id, s.symbol), Exposure())):
+            if s.notional is not None:
+                if sign < 0:
+                    e.notional.pop(s.client_order_id, None)
+                else:
+                    e.notional[s.client_order_id] = OpenNotional(
+                        side=s.side, dollars=_dollars_left(order), limit_price=s.limit_price,
+                        stop_price=s.stop_price)
+            elif s.side == "buy":
+                e.open_buys += sign * order.remaining
             else:
-                e.notional[s.client_order_id] = OpenNotional(
-                    side=s.side, dollars=_dollars_left(order), limit_price=s.limit_price,
-                    stop_price=s.stop_price)
-        elif s.side == "buy":
-            e.open_buys += sign * order.remaining
-        else:
-            e.open_sells += sign * order.remaining
+                e.open_sells += sign * order.remaining
 
     def _recent(self, at: float, strategy_id: str) -> None:
         self.recent.append((at, strategy_id))
@@ -186,11 +194,14 @@ class RiskContext:
     def summary(self) -> tuple[Any, ...]:
         """Everything the checks read, with empty entries dropped: for comparing a context
         kept current against a rebuild."""
-        exposure = {s: (e.position, e.open_buys, e.open_sells, dict(e.notional))
-                    for s, e in self.exposure.items()
+        def kept(d: dict[Any, Exposure]) -> dict[Any, tuple[Any, ...]]:
+            return {s: (e.position, e.open_buys, e.open_sells, dict(e.notional))
+                    for s, e in d.items()
                     if e.position or e.open_buys or e.open_sells or e.notional}
-        return (self.trading, exposure, self.open_orders, dict(self.orders_last_minute),
-                dict(self.prices), dict(self.halted), dict(self.accounts))
+
+        return (self.trading, kept(self.exposure), self.open_orders,
+                dict(self.orders_last_minute), dict(self.prices), dict(self.halted),
+                dict(self.accounts), kept(self.books))
 
 
 def _shadow_exit(spec: OrderSpec) -> bool:
@@ -296,6 +307,8 @@ def check(
             "; cancels still work",
         )
     e = ctx.exposure.get((account, spec.symbol), Exposure())
+    if closing:  # a close shrinks its own book: a strategy's, or the unattributed one
+        e = ctx.books.get((account, spec.strategy_id, spec.symbol), Exposure())
     open_orders = ctx.open_orders
     adds = broker_orders(spec)
     if replacing is not None and replacing.is_open:

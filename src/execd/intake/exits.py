@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from execd import protocol
 from execd.domain.decimals import show
-from execd.domain.orders import OrderSpec, OrderState, Side, new_client_order_id
+from execd.domain.orders import UNATTRIBUTED, OrderSpec, OrderState, Side, new_client_order_id
 from execd.domain.positions import Position
 from execd.domain.risk import TradingState
 from execd.intake import cancel_all as cancelling
@@ -35,7 +35,6 @@ from execd.protocol import ProtocolError
 if TYPE_CHECKING:
     from execd.intake.connection import Connection as Caller
 
-CLOSE_STRATEGY = "execd-close"
 CANCEL_WAIT_S = 3.0  # flatten's wait for the cancels' first answer; the rest goes on
 
 
@@ -64,36 +63,35 @@ def close_id(symbol: str, now: float) -> str:
     return new_client_order_id(f"close-{symbol.replace('/', '')}", now)
 
 
-async def _positions(c: Caller, strategy_id: str) -> list[Position]:
-    """Every account's positions; under own_orders_only, a non-admin's strategy's own."""
+async def _books(c: Caller, symbol: str, strategy_id: str | None, account: str | None
+                 ) -> list[Position]:
+    """The books a close takes, all at one account: `strategy_id`'s (under own_orders_only
+    a non-admin names its own), or every book in the symbol (an account-wide close:
+    each strategy's and the unattributed one). At `account`, or at the one account
+    holding them."""
     mine = c.grant.only_owner
-    if mine is None:
-        return await c.s.book.store.all_positions()
-    return await c.s.book.store.own_positions(mine, strategy_id=strategy_id)
-
-
-async def _position(c: Caller, strategy_id: str, symbol: str, account: str | None
-                    ) -> Position | None:
-    """The position a close takes: at `account`, or at the one account holding it."""
-    held = [p for p in await _positions(c, strategy_id)
-            if p.symbol == symbol and p.qty and account in (None, p.account)]
-    if len(held) > 1:
-        raise protocol.invalid(f"{symbol} is held at accounts "
-                               f"{', '.join(p.account for p in held)}: name one (account)")
-    return held[0] if held else None
+    store = c.s.book.store
+    books = await store.books(symbol=symbol, strategy_id=strategy_id) if mine is None else [
+        b for b in await store.own_positions(mine, strategy_id=strategy_id)
+        if b.symbol == symbol]
+    held = [b for b in books if b.qty and account in (None, b.account)]
+    accounts = sorted({b.account for b in held})
+    if len(accounts) > 1:
+        raise protocol.invalid(f"{symbol} is held at accounts {', '.join(accounts)}: "
+                               "name one (account)")
+    return held
 
 
 async def _cancel_holding(c: Caller, symbol: str, side: Side, strategy_id: str,
                           account: str) -> list[dict[str, Any]]:
-    """Cancel the open orders on `side` of `symbol` (they hold the shares a close needs):
-    under own_orders_only, a non-admin's own strategy's only."""
+    """Cancel a book's open orders on `side` of `symbol` (they hold the shares its close
+    needs): that strategy's only; other books' orders are theirs."""
     cancelled: list[dict[str, Any]] = []
-    mine = c.grant.only_owner
-    for order in c.s.book.open_orders():
-        if order.spec.symbol != symbol or order.spec.side != side or order.account != account:
+    for order in c.s.book.open_orders(account):
+        if order.spec.symbol != symbol or order.spec.side != side \
+                or order.spec.strategy_id != strategy_id:
             continue
-        if mine is not None and (order.owner_uid != mine
-                                 or order.spec.strategy_id != strategy_id):
+        if ownership.visible(c, order) is None:
             continue
         cid = order.client_order_id
 
@@ -112,38 +110,60 @@ async def _cancel_holding(c: Caller, symbol: str, side: Side, strategy_id: str,
 
 
 async def close(c: Caller, symbol: str, *, qty: Decimal | None = None,
-                percentage: Decimal | None = None, strategy_id: str = CLOSE_STRATEGY,
+                percentage: Decimal | None = None, strategy_id: str | None = None,
                 client_order_id: str | None = None, wait: str = "submitted",
                 account: str | None = None) -> dict[str, Any]:
+    """Close `strategy_id`'s book in `symbol` (only its shares, only its orders), or, with
+    no strategy, every book in the symbol at the account: one order per book, each booked
+    to its book (the unattributed one to UNATTRIBUTED)."""
     s = c.s
-    await ownership.use_strategy(c, strategy_id)  # before anything is cancelled
+    if strategy_id is not None:
+        await ownership.use_strategy(c, strategy_id)  # before anything is cancelled
     if client_order_id is not None:  # a retried close: the order it made, nothing new
         existing = await s.book.get(client_order_id)
         if existing is not None:
             if ownership.visible(c, existing) is None:
                 raise ownership.taken(client_order_id)
             return {"order": existing.to_json(), "existing": True, "cancelled": []}
-    position = await _position(c, strategy_id, symbol, account)
-    if position is None or position.qty == 0:
+    books = await _books(c, symbol, strategy_id, account)
+    whose = f"{strategy_id}'s " if strategy_id is not None else ""
+    if not books:
         at = f" at account {account}" if account else ""
-        raise ProtocolError("not_found", f"no {symbol} position to close{at}")
-    side: Side = "sell" if position.qty > 0 else "buy"
-    account = position.account
-    cancelled = await _cancel_holding(c, symbol, side, strategy_id, account)
+        raise ProtocolError("not_found", f"no {whose}{symbol} position to close{at}")
+    if len(books) > 1 and (qty is not None or client_order_id is not None):
+        raise protocol.invalid(
+            f"{len(books)} books hold {symbol} ({', '.join(_who(b) for b in books)}): a qty "
+            "or a client_order_id closes one; name its strategy_id")
+    account = books[0].account
+    cancelled: list[dict[str, Any]] = []
+    for b in books:
+        cancelled += await _cancel_holding(c, symbol, "sell" if b.qty > 0 else "buy",
+                                           b.strategy_id or UNATTRIBUTED, account)
     # Read again: an order cancelled just now may have filled first (an earlier close, an
     # exit). A fill landing later still is caught by the risk gate: a close that would
-    # cross zero is refused, never sent.
-    position = await _position(c, strategy_id, symbol, account)
-    if position is None or position.qty == 0 or (position.qty > 0) != (side == "sell"):
-        raise ProtocolError("not_found", f"no {symbol} position left to close "
+    # cross its book's zero is refused, never sent.
+    before = {b.strategy_id: b.qty for b in books}
+    books = [b for b in await _books(c, symbol, strategy_id, account)
+             if b.strategy_id in before and (b.qty > 0) == (before[b.strategy_id] > 0)]
+    if not books:
+        raise ProtocolError("not_found", f"no {whose}{symbol} position left to close "
                             f"(cancelled {len(cancelled)} orders)")
-    amount = close_qty(position.qty, qty, percentage)
-    now = s.clock.time()
-    spec = OrderSpec(client_order_id=client_order_id or close_id(symbol, now),
-                     strategy_id=strategy_id, symbol=symbol, side=side, qty=amount,
-                     account=account)
-    placed = await place(c, spec, wait, closing=True)
-    return {**placed, "cancelled": cancelled}
+    placed: list[dict[str, Any]] = []
+    for b in books:
+        spec = OrderSpec(
+            client_order_id=client_order_id or close_id(symbol, s.clock.time()),
+            strategy_id=b.strategy_id or UNATTRIBUTED, symbol=symbol,
+            side="sell" if b.qty > 0 else "buy",
+            qty=close_qty(b.qty, qty, percentage), account=account)
+        placed.append(await place(c, spec, wait, closing=True))
+    out = {**placed[0], "cancelled": cancelled}
+    if len(placed) > 1:  # one order per book
+        out["orders"] = [p["order"] for p in placed]
+    return out
+
+
+def _who(b: Position) -> str:
+    return "unattributed" if b.strategy_id in (None, UNATTRIBUTED) else str(b.strategy_id)
 
 
 async def op_close_position(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -156,8 +176,7 @@ async def op_close_position(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     return await close(
         c, symbol, qty=qty, percentage=percentage, wait=wait,
         # under own_orders_only a non-admin closes its own strategy's book: it names it
-        strategy_id=protocol.strategy_id(args, required=c.grant.only_owner is not None)
-        or CLOSE_STRATEGY,
+        strategy_id=protocol.strategy_id(args, required=c.grant.only_owner is not None),
         client_order_id=protocol.client_order_id(args, required=False),
         account=known_account(c, args))
 

@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup
 from execd.domain.decimals import show
 from execd.domain.orders import (
     DEFAULT_ACCOUNT,
+    UNATTRIBUTED,
     Order,
     OrderSpec,
     OrderState,
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
     from execd.intake.services import Services
 
 log = logging.get("execd.flatten")
-FLATTEN_STRATEGY = "execd-flatten"
 RECHECK_S = 0.2  # how often the background looks at the book again
 MAX_REFUSED = 5  # closing orders of one symbol refused before the background gives up on it
 
@@ -91,7 +91,9 @@ class Flattening:
         self.reason: str | None = None
         self.started: float | None = None
         self.finished: float | None = None
-        self.symbols: dict[str, SymbolProgress] = {}  # by symbol ("account:symbol": several)
+        # by book: "SYMBOL/strategy" (unattributed: "SYMBOL/-"), "account:" before it when
+        # there are several accounts; stable while the flatten runs
+        self.symbols: dict[str, SymbolProgress] = {}
         self.account: str | None = None  # one account's flatten; None: every account's
         self._tg: TaskGroup | None = None
         self._running = False
@@ -155,21 +157,30 @@ class Flattening:
                 self.state = "interrupted"
 
     async def close_free(self, s: Services) -> list[Closed]:
-        """One pass: for each open position, a closing order for the shares no open
-        order on its closing side holds (none if they hold them all)."""
+        """One pass: for each book with shares (a strategy's, or the unattributed one, at
+        each account), a closing order booked to it for the shares none of its open orders
+        on the closing side holds (none if they hold them all)."""
         out: list[Closed] = []
         several = len(s.accounts) > 1
-        for p in await s.book.store.all_positions():
+        closes = {cid for progress in self.symbols.values() for cid in progress.orders}
+        for p in await s.book.store.books():
             if p.qty == 0 or self.account not in (None, p.account):
                 continue
             symbol, account = p.symbol, p.account
-            key = f"{account}:{symbol}" if several else symbol
+            sid = p.strategy_id or UNATTRIBUTED
+            key = f"{symbol}/{'-' if sid == UNATTRIBUTED else sid}"
+            key = f"{account}:{key}" if several else key
+            # An open order on the closing side holds the account's shares at the broker,
+            # whoever's it is: the book's own (its closes too: a pass is idempotent), and
+            # other strategies' still being cancelled (the book waits for them: it only
+            # delays), but not this flatten's closes of other books (each has its shares)
             open_orders = [o for o in s.book.open.values() if o.account == account]
             side: Side = "sell" if p.qty > 0 else "buy"
-            holding = [o for o in open_orders if o.spec.symbol == symbol and o.spec.side == side]
+            holding = [o for o in open_orders if o.spec.symbol == symbol and o.spec.side == side
+                       and (o.spec.strategy_id == sid or o.client_order_id not in closes)]
             # a notional order's shares are known only once it fills: it may hold them all
-            held = abs(p.qty) if any(o.spec.qty is None for o in holding) else sum(
-                (o.remaining for o in holding), Decimal(0))
+            held = abs(p.qty) if any(o.spec.qty is None for o in holding) else min(abs(p.qty), sum(
+                (o.remaining for o in holding), Decimal(0)))
             progress = self.symbols.setdefault(key, SymbolProgress(position=p.qty))
             progress.held = held
             done = Closed(symbol=symbol, position=p.qty, side=side, held=held, account=account,
@@ -188,13 +199,12 @@ class Flattening:
                           error=progress.error)
                 continue
             if refused and any(o.spec.symbol == symbol and o.spec.side != side
-                               for o in open_orders):
+                               for o in s.book.open.values() if o.account == account):
                 continue  # refused (a wash trade, say): again once the other side is gone
             spec = OrderSpec(
                 client_order_id=new_client_order_id(f"flatten-{symbol.replace('/', '')}",
                                                     s.clock.time()),  # a uuid in it
-                strategy_id=FLATTEN_STRATEGY, symbol=symbol, side=side, qty=free,
-                account=account)
+                strategy_id=sid, symbol=symbol, side=side, qty=free, account=account)
             result = await _submit(s, spec)
             if isinstance(result, OrderAccepted):
                 progress.orders.append(spec.client_order_id)

@@ -14,7 +14,7 @@ from execd.clock import Clock
 from execd.store import Store
 
 # The account's own strategies (exits.py's closes and flatten): an admin's, owned by no one.
-ACCOUNT_STRATEGIES = frozenset({"execd-close", "execd-flatten"})
+ACCOUNT_STRATEGIES = frozenset({"execd-close", "execd-flatten", "execd-unattributed"})
 
 
 class Owners:

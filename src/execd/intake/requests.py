@@ -8,7 +8,6 @@ A handler gets its connection (`Caller`) and the request's arguments, and return
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,8 @@ import anyio
 
 from execd import __version__, backup, protocol
 from execd.domain.decimals import show, show_opt
-from execd.domain.orders import OPEN_STATES, Order, OrderSpec, OrderState
+from execd.domain.orders import OPEN_STATES, UNATTRIBUTED, Order, OrderSpec, OrderState
+from execd.domain.positions import Position
 from execd.domain.risk import TradingState, TradingStatus
 from execd.events import Event
 from execd.halts import effective_state
@@ -237,18 +237,31 @@ async def op_external_orders(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def op_positions(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    """Each book (a strategy's, or the unattributed one: strategy_id null) at each
+    account, and each account's totals (the sum of its books: what the broker holds)."""
     store = c.s.book.store
     account = known_account(c, args)
-    positions = await store.all_positions()
-    if c.grant.only_owner is not None:  # its own book (its orders' fills), at the marks
-        marks = {(p.account, p.symbol): p.last_price for p in positions}
-        positions = [dataclasses.replace(p, last_price=marks.get((p.account, p.symbol)))
-                     for p in await store.own_positions(c.grant.only_owner)]
-    return {"positions": [
-        {"symbol": p.symbol, "qty": show(p.qty), "avg_entry_price": show_opt(p.avg_entry_price),
-         "last_price": show_opt(p.last_price), "account": p.account}
-        for p in positions if p.qty and account in (None, p.account)
-    ]}
+    sid = protocol.strategy_id(args, required=False)
+    ownership.see_strategy(c, sid)
+    totals = await store.all_positions()
+    marks = {(p.account, p.symbol): p.last_price for p in totals}
+    mine = c.grant.only_owner
+    # under own_orders_only a non-admin sees its own orders' books only
+    books = await store.books() if mine is None else await store.own_positions(mine)
+
+    def row(p: Position) -> dict[str, Any]:
+        strategy = None if p.strategy_id in (None, UNATTRIBUTED) else p.strategy_id
+        return {"account": p.account, "strategy_id": strategy, "symbol": p.symbol,
+                "qty": show(p.qty), "avg_entry_price": show_opt(p.avg_entry_price),
+                "last_price": show_opt(marks.get((p.account, p.symbol)))}
+
+    out: dict[str, Any] = {"positions": [
+        row(p) for p in books
+        if p.qty and account in (None, p.account) and sid in (None, p.strategy_id)]}
+    if mine is None and sid is None:
+        out["totals"] = [{k: v for k, v in row(p).items() if k != "strategy_id"}
+                         for p in totals if p.qty and account in (None, p.account)]
+    return out
 
 
 async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -397,7 +410,7 @@ OPS: dict[str, Op] = {
     "order": Op(handler=op_order, fields=frozenset({"client_order_id"})),
     "orders": Op(handler=op_orders, fields=frozenset({"strategy_id", "state", "open", "limit",
                                                       "account"})),
-    "positions": Op(handler=op_positions, fields=frozenset({"account"})),
+    "positions": Op(handler=op_positions, fields=frozenset({"account", "strategy_id"})),
     "external_orders": Op(handler=op_external_orders, fields=frozenset({"open", "limit",
                                                                         "account"}),
                           admin=True),

@@ -20,6 +20,7 @@ from execd.domain.external import CLOSED_STATUSES, ExternalOrder, merge
 from execd.domain.orders import (
     DEFAULT_ACCOUNT,
     OPEN_STATES,
+    UNATTRIBUTED,
     Fill,
     Order,
     OrderSpec,
@@ -28,7 +29,7 @@ from execd.domain.orders import (
     TakeProfit,
     Update,
 )
-from execd.domain.positions import Position, apply_fill
+from execd.domain.positions import Position, apply_fill, books_from_fills, unattributed
 from execd.domain.risk import TradingState, TradingStatus
 from execd.files import private_dir, private_file
 from execd.store.db import Db, Row, StorageUnavailable
@@ -37,7 +38,9 @@ __all__ = ["MIGRATIONS", "RiskSnapshot", "StorageUnavailable", "Store", "StoreEr
 
 T = TypeVar("T")
 
-MIGRATIONS: list[str] = [
+# Each a SQL script, or a function for what SQL cannot say (run in the same transaction).
+Migration = str | Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = [
     # 1: the first schema
     """
     CREATE TABLE orders (
@@ -188,6 +191,14 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE external_orders ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
     """,
+    # 9: a book per strategy (issue 31): positions per (account, strategy, symbol), rebuilt
+    # from each strategy's fills; what the totals hold beyond them: unattributed
+    lambda conn: _rebuild_books(conn),
+    # 10: an order that only reduces a position (close_position, flatten), as the risk
+    # gate admitted it: sent while halted, also after a restart (halts.py)
+    """
+    ALTER TABLE orders ADD COLUMN closing INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 _ORDER_COLUMNS = (
@@ -195,7 +206,7 @@ _ORDER_COLUMNS = (
     "state, broker_order_id, filled_qty, filled_avg_price, reason, created_at, updated_at, "
     "owner_uid, notional, stop_price, trail_price, trail_percent, extended_hours, "
     "order_class, take_profit_limit_price, stop_loss_stop_price, stop_loss_limit_price, "
-    "parent_client_order_id, legs, replaces, replaced_by, account"
+    "parent_client_order_id, legs, replaces, replaced_by, account, closing"
 )
 _N_COLUMNS = _ORDER_COLUMNS.count(",") + 1
 
@@ -260,6 +271,7 @@ class RiskSnapshot:
     recent: list[tuple[float, str]]  # (created_at, strategy_id) of the last minute's orders
     halted_strategies: dict[str, TradingStatus] = field(default_factory=dict)
     halted_accounts: dict[str, TradingStatus] = field(default_factory=dict)
+    books: list[Position] = field(default_factory=list)  # every strategy's, with shares
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,7 +298,55 @@ def _strategy_halts(conn: sqlite3.Connection) -> dict[str, TradingStatus]:
                 "SELECT strategy_id, reason, since FROM strategy_halts")}
 
 
+def _rebuild_books(conn: sqlite3.Connection) -> None:
+    conn.execute("""CREATE TABLE books (
+        account TEXT NOT NULL,
+        strategy_id TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        qty TEXT NOT NULL,
+        cost_basis TEXT NOT NULL,
+        PRIMARY KEY (account, strategy_id, symbol))""")
+    fills = [(a, sid, sym, Decimal(q) if side == "buy" else -Decimal(q), Decimal(px))
+             for a, sid, sym, side, q, px in conn.execute(
+                 "SELECT o.account, o.strategy_id, f.symbol, f.side, f.qty, f.price FROM fills f "
+                 "JOIN orders o ON o.client_order_id = f.client_order_id ORDER BY f.id")]
+    books = books_from_fills(fills)
+    rows = [b for b in books.values() if b.qty] + unattributed(_positions(conn), books)
+    _write_books(conn, rows)
+
+
+def _write_books(conn: sqlite3.Connection, books: Iterable[Position]) -> None:
+    conn.executemany(
+        "INSERT INTO books (account, strategy_id, symbol, qty, cost_basis) VALUES "
+        "(?, ?, ?, ?, ?) ON CONFLICT(account, strategy_id, symbol) DO UPDATE SET "
+        "qty=excluded.qty, cost_basis=excluded.cost_basis",
+        [(b.account, b.strategy_id, b.symbol, plain(b.qty), plain(b.cost_basis))
+         for b in books])
+
+
+def _books(conn: sqlite3.Connection, where: str = "", params: Sequence[Any] = ()
+           ) -> list[Position]:
+    return [Position(account=a, strategy_id=sid, symbol=s, qty=Decimal(q),
+                     cost_basis=Decimal(c)) for a, sid, s, q, c in conn.execute(
+                "SELECT account, strategy_id, symbol, qty, cost_basis FROM books "
+                f"{where} ORDER BY account, strategy_id, symbol", params)]
+
+
+def _move_books(conn: sqlite3.Connection, fills: Sequence[Fill]) -> None:
+    """Each fill moves its order's strategy's book (the account's total moves too)."""
+    symbols = sorted({f.symbol for f in fills})
+    books = {(b.account, b.strategy_id or UNATTRIBUTED, b.symbol): b for b in _books(
+        conn, f"WHERE symbol IN ({','.join('?' * len(symbols))})", symbols)}
+    for f in fills:
+        key = (f.account, f.strategy_id, f.symbol)
+        books[key] = apply_fill(books.get(key, Position(
+            account=f.account, strategy_id=f.strategy_id, symbol=f.symbol)),
+            f.signed_qty, f.price)
+    _write_books(conn, books.values())
+
+
 def _move_positions(conn: sqlite3.Connection, fills: Sequence[Fill]) -> None:
+    _move_books(conn, fills)
     symbols = sorted({f.symbol for f in fills})
     rows = conn.execute(
         "SELECT account, symbol, qty, cost_basis, last_price FROM positions WHERE symbol IN "
@@ -311,7 +371,7 @@ def _detail(u: Update) -> str | None:
     if u.fill is not None:
         # for people: a fill's price is derived by division (show rounds it)
         return json.dumps({"qty": show(u.fill.qty), "price": show(u.fill.price)})
-    if u.order.reason and u.event in ("REJECTED", "CANCELLED"):
+    if u.order.reason and u.event in ("REJECTED", "CANCELLED", "EXPIRED"):
         return json.dumps({"reason": u.order.reason})
     return None
 
@@ -328,7 +388,7 @@ def _order_row(o: Order) -> tuple[Any, ...]:
         _str(s.trail_percent), int(s.extended_hours), s.order_class,
         _str(tp.limit_price) if tp else None, _str(sl.stop_price) if sl else None,
         _str(sl.limit_price) if sl else None, s.parent, _legs(o.legs), s.replaces,
-        o.replaced_by, o.account,
+        o.replaced_by, o.account, int(o.closing),
     )
 
 
@@ -339,7 +399,8 @@ def _legs(legs: Sequence[str]) -> str | None:
 def _order_from(row: Row) -> Order:
     (cid, strategy, symbol, side, qty, otype, limit, tif, state, broker_id, filled, avg,
      reason, created, updated, owner, notional, stop, trail_price, trail_percent, ext,
-     oclass, tp_limit, sl_stop, sl_limit, parent, legs, replaces, replaced_by, account) = row
+     oclass, tp_limit, sl_stop, sl_limit, parent, legs, replaces, replaced_by, account,
+     closing) = row
     return Order(
         spec=OrderSpec(
             client_order_id=cid, strategy_id=strategy, symbol=symbol, side=side,
@@ -355,7 +416,7 @@ def _order_from(row: Row) -> Order:
         state=OrderState(state), broker_order_id=broker_id, filled_qty=Decimal(filled),
         filled_avg_price=_dec(avg), reason=reason, created_at=created, updated_at=updated,
         owner_uid=owner, legs=tuple(json.loads(legs)) if legs else (),
-        replaced_by=replaced_by,
+        replaced_by=replaced_by, closing=bool(closing),
     )
 
 
@@ -646,20 +707,17 @@ class Store:
                             ) -> list[Position]:
         """Positions from the fills of one uid's orders (of one strategy): its own book,
         where the positions table holds the accounts'."""
-        sql = ("SELECT o.account, f.symbol, f.side, f.qty, f.price FROM fills f JOIN orders o "
-               "ON o.client_order_id = f.client_order_id WHERE o.owner_uid=?")
+        sql = ("SELECT o.account, o.strategy_id, f.symbol, f.side, f.qty, f.price FROM fills f "
+               "JOIN orders o ON o.client_order_id = f.client_order_id WHERE o.owner_uid=?")
         params: list[Any] = [owner_uid]
         if strategy_id is not None:
             sql += " AND o.strategy_id=?"
             params.append(strategy_id)
-        out: dict[tuple[str, str], Position] = {}
-        for account, symbol, side, qty, price in await self._db.execute(
-                sql + " ORDER BY f.id", params):
-            signed = Decimal(qty) if side == "buy" else -Decimal(qty)
-            key = (account, symbol)
-            out[key] = apply_fill(out.get(key, Position(account=account, symbol=symbol)),
-                                  signed, Decimal(price))
-        return [out[k] for k in sorted(out)]
+        rows = await self._db.execute(sql + " ORDER BY f.id", params)
+        books = books_from_fills(
+            (a, sid, sym, Decimal(q) if side == "buy" else -Decimal(q), Decimal(px))
+            for a, sid, sym, side, q, px in rows)
+        return [books[k] for k in sorted(books)]
 
     async def sessions(self) -> dict[str, float]:
         """Dead-man sessions left open: strategy_id → heartbeat_s."""
@@ -684,6 +742,7 @@ class Store:
                     "ORDER BY created_at", (since,))],
                 halted_strategies=_strategy_halts(conn),
                 halted_accounts=_account_halts(conn),
+                books=_books(conn, "WHERE qty != '0'"),
             )
 
         return await self._db.run(read)
@@ -753,6 +812,20 @@ class Store:
         """Every account's positions, by account and symbol."""
         return await self._db.run(_positions)
 
+    async def books(self, *, account: str | None = None, strategy_id: str | None = None,
+                    symbol: str | None = None) -> list[Position]:
+        """Books with shares in them (a strategy's, or UNATTRIBUTED), by account,
+        strategy and symbol."""
+        where: list[str] = ["qty != '0'"]
+        params: list[Any] = []
+        for column, value in (("account", account), ("strategy_id", strategy_id),
+                              ("symbol", symbol)):
+            if value is not None:
+                where.append(f"{column}=?")
+                params.append(value)
+        clause = "WHERE " + " AND ".join(where)
+        return await self._db.run(lambda conn: _books(conn, clause, params))
+
     async def trading_status(self) -> TradingStatus:
         return await self._db.run(_trading)
 
@@ -819,7 +892,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     for n, script in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in script.split(";"):
+            if callable(script):
+                script(conn)
+            for statement in script.split(";") if isinstance(script, str) else ():
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {n}")

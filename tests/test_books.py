@@ -1,0 +1,72 @@
+"""A book per strategy (issue 31): positions per (account, strategy, symbol) from each
+strategy's fills; the account's total is the sum of its books and the unattributed
+book, which the upgrade fills with what the totals hold beyond the books."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+from execd.client import AsyncClient
+from execd.domain.orders import UNATTRIBUTED
+from execd.domain.positions import Position, books_from_fills, unattributed
+from execd.sim import SimServer
+from tests.conftest import OpenDaemon, connect, eventually
+
+
+def test_books_follow_each_strategys_fills_with_average_cost() -> None:
+    books = books_from_fills([
+        ("paper", "alpha", "AAPL", D(10), D(100)),
+        ("paper", "beta", "AAPL", D(5), D(110)),
+        ("paper", "alpha", "AAPL", D(-4), D(120)),  # reducing keeps alpha's average
+        ("live", "alpha", "AAPL", D(2), D(90)),
+    ])
+    alpha = books["paper", "alpha", "AAPL"]
+    assert (alpha.qty, alpha.avg_entry_price) == (D(6), D(100))
+    assert books["paper", "beta", "AAPL"].qty == 5
+    assert books["live", "alpha", "AAPL"].qty == 2
+
+
+def test_the_upgrade_puts_what_the_books_do_not_explain_in_unattributed() -> None:
+    books = books_from_fills([("paper", "alpha", "AAPL", D(6), D(100))])
+    totals = [Position(account="paper", symbol="AAPL", qty=D(9), cost_basis=D(912)),
+              Position(account="paper", symbol="MSFT", qty=D(-2), cost_basis=D(-600)),
+              Position(account="live", symbol="AAPL", qty=D(0))]
+    rest = unattributed(totals, books)
+    assert [(p.account, p.strategy_id, p.symbol, p.qty, p.cost_basis) for p in rest] == [
+        ("paper", UNATTRIBUTED, "AAPL", D(3), D(312)),
+        ("paper", UNATTRIBUTED, "MSFT", D(-2), D(-600))]
+
+
+async def test_a_close_sells_only_its_strategys_shares_and_cancels_only_its_orders(
+        daemon_factory: OpenDaemon, sim: SimServer) -> None:
+    """The README's bracket as `demo`, then `mine` buys 2 and closes: 2 shares are sold
+    (not the account's 5), and demo's take-profit and stop-loss stay open."""
+    async with daemon_factory() as d, connect(d) as c:
+        px = sim.engine.price("AAPL")
+        bracket = await c.submit(strategy_id="demo", symbol="AAPL", side="buy", qty="3",
+                                 order_class="bracket", take_profit=str(px + 50),
+                                 stop_loss=str(px - 50))
+        mine = await c.submit(strategy_id="mine", symbol="AAPL", side="buy", qty="2")
+        await eventually(lambda: _filled(c, bracket["client_order_id"], mine["client_order_id"]))
+        rows = (await c.request("positions"))["positions"]
+        assert {(p["strategy_id"], p["qty"]) for p in rows} == {("demo", "3"), ("mine", "2")}
+        closed = await c.request("close_position", symbol="AAPL", strategy_id="mine")
+        assert (closed["order"]["strategy_id"], closed["order"]["qty"]) == ("mine", "2")
+        assert closed["cancelled"] == []
+
+        async def mine_flat() -> bool:
+            books = (await c.request("positions"))["positions"]
+            return {(p["strategy_id"], p["qty"]) for p in books} == {("demo", "3")}
+
+        await eventually(mine_flat)
+        legs = (await c.request("order", client_order_id=bracket["client_order_id"]))["family"]
+        assert [leg["state"] for leg in legs] == ["SUBMITTED", "SUBMITTED"]
+        assert {p["symbol"]: p["qty"] for p in sim.engine.list_positions()} == {"AAPL": "3"}
+        (total,) = (await c.request("positions"))["totals"]
+        assert total["qty"] == "3"
+        assert [b.strategy_id for b in await d.store.books()] == ["demo"]
+
+
+async def _filled(c: AsyncClient, *cids: str) -> bool:
+    states = [(await c.order(cid))["state"] for cid in cids]
+    return states == ["FILLED"] * len(cids)
