@@ -468,3 +468,19 @@ def test_bracket_exits_hold_the_shares_once_without_short_sales(
             ib.disconnect()
 
         run(go)
+
+
+def test_a_clock_that_stands_still_holds_the_prices(ib_log: list[logging.LogRecord]) -> None:
+    from execd.sim.market import SimClock
+    still = SimClock(speed=1.0, monotonic=lambda: 0.0)
+    with TwsServer(tws_config(), clock=still) as sim:
+        sim.set_prices({"AAPL": "100.00"})
+
+        async def go() -> None:
+            ib = await connect(sim)
+            trades = [ib.placeOrder(AAPL, MarketOrder("BUY", 1)) for _ in range(3)]
+            await until(lambda: all(t.isDone() for t in trades))
+            assert {t.fills[0].execution.price for t in trades} == {100.0}
+            ib.disconnect()
+
+        run(go)

@@ -81,13 +81,17 @@ class TwsServer:
 
     def __init__(self, config: SimConfig, *, faults: TwsFaults | None = None,
                  market: SimMarket | None = None, account: str | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 clock: SimClock | None = None) -> None:
+        """`market`: one another front serves too (else one of its own, on `clock`: the
+        simulated time, a test's may stand still; by default running at `config.speed`).
+        `monotonic`: real time, for pacing and refusal windows."""
         config.check()
         self.config = config
         self.monotonic = monotonic
         if market is None:  # a market of its own; else one another front serves too
             state_file = Path(config.state_file) if config.state_file else None
-            market = SimMarket(config, SimClock(speed=config.speed), state_file)
+            market = SimMarket(config, clock or SimClock(speed=config.speed), state_file)
         self.sim_market = market
         self.market = Market(market)
         self.desk = Desk(self.market, account or f"DU{1_000_000 + config.seed % 9_000_000}")
