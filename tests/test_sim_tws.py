@@ -22,12 +22,14 @@ from ib_async import (
     LimitOrder,
     MarketOrder,
     Order,
+    Stock,
     StopLimitOrder,
     StopOrder,
     TagValue,
     Trade,
 )
 
+from execd.sim.market import SimClock
 from execd.sim.tws import TwsServer
 from tests.tws_kit import (  # noqa: F401 (fixtures: ib_log, tws, tws_clock)
     AAPL,
@@ -309,7 +311,6 @@ def test_open_orders_per_client_and_all(tws: TwsServer) -> None:
 def test_contract_details_and_a_quote_snapshot(tws: TwsServer) -> None:
     async def go() -> None:
         ib = await connect(tws)
-        from ib_async import Stock
         [c] = await ib.qualifyContractsAsync(Stock("AAPL", "SMART", "USD"))
         assert isinstance(c, Stock)
         assert c.conId == 265598
@@ -323,7 +324,6 @@ def test_contract_details_and_a_quote_snapshot(tws: TwsServer) -> None:
 
 def test_unknown_symbol_order_is_refused_with_200(tws: TwsServer) -> None:
     async def go() -> None:
-        from ib_async import Stock
         ib = await connect(tws)
         trade = ib.placeOrder(Stock("NOPE", "SMART", "USD"), MarketOrder("BUY", 1))
         await until(trade.isDone)
@@ -471,7 +471,6 @@ def test_bracket_exits_hold_the_shares_once_without_short_sales(
 
 
 def test_a_clock_that_stands_still_holds_the_prices(ib_log: list[logging.LogRecord]) -> None:
-    from execd.sim.market import SimClock
     still = SimClock(speed=1.0, monotonic=lambda: 0.0)
     with TwsServer(tws_config(), clock=still) as sim:
         sim.set_prices({"AAPL": "100.00"})
