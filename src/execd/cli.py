@@ -58,6 +58,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
         return 2
     config = replace(config, key_id=config.key_id or os.environ.get("APCA_API_KEY_ID", ""),
                      secret_key=config.secret_key or os.environ.get("APCA_API_SECRET_KEY", ""))
+    if args.broker == "ib":
+        from execd.sim.tws.cli import run_ib_sim
+
+        return run_ib_sim(config, control_port=args.control_port, faults=args.ib_fault)
     generated = not config.key_id
     try:
         sim = SimServer(config)
@@ -655,6 +659,14 @@ def parser() -> argparse.ArgumentParser:
                      help="print the statistics of the sim running at --host/--port")
     sim.add_argument("--json", action="store_true",
                      help="with --stats: print them as JSON (default: tables)")
+    sim.add_argument("--broker", choices=["alpaca", "ib"], default="alpaca",
+                     help="the wire protocol served on --port: Alpaca's REST + stream, or "
+                          "IB's TWS API (ib_async connects to it; docs/simulator.md)")
+    sim.add_argument("--control-port", type=int, default=0,
+                     help="with --broker ib: the Alpaca-style REST port of the same market, "
+                          "for /_sim/prices and the like (default: any free port)")
+    sim.add_argument("--ib-fault", action="append", default=[], metavar="NAME=VALUE",
+                     help="with --broker ib: a TWS fault from the start, e.g. reject_next=2")
     sim.set_defaults(fn=cmd_sim)
 
     _add_client_commands(sub)

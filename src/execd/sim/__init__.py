@@ -4,7 +4,8 @@ fronts that serve it in a broker's words.
 Layers: `settings` (every setting, once) → `market` (broker-neutral: prices, the
 session clock, orders and their matching, the account; no I/O but its state file;
 its API is in market/__init__.py) → `alpaca` (the Alpaca front: REST and the
-trade_updates stream, which the real alpaca-py talks to).
+trade_updates stream, which the real alpaca-py talks to) and `tws` (the TWS front:
+Interactive Brokers' TWS API, which the real ib_async talks to).
 
 `SimServer` is imported on first use, so reading the settings (config.py, the CLI)
 does not load the web stack.
