@@ -22,6 +22,7 @@ from execd.fatal import Fatal
 from execd.limiter import Budget, open_limiter
 from execd.obs.metrics import Metrics
 from execd.sim import SimServer
+from execd.store import StorageUnavailable
 from tests.conftest import connect, daemon_config, eventually, sim_config
 
 
@@ -207,7 +208,7 @@ async def test_start_up_refuses_a_config_without_an_account_that_has_open_orders
     with pytest.raises(Fatal) as e:
         async with open_daemon(renamed):
             pass
-    assert str(e.value).startswith("the store has open or PENDING orders at account(s) live")
+    assert str(e.value).startswith("the store has open or PENDING orders or positions at account(s) live")
     assert "\n" not in str(e.value)
 
 
@@ -278,3 +279,87 @@ async def test_a_dead_man_cancels_its_strategy_at_every_account(
         for name, sim in sims.items():
             assert all(o["status"] == "canceled" for cid, o in
                        sim.engine.client_order_ids().items() if cid in cids), name
+
+
+async def test_a_flatten_of_one_more_account_adds_it_and_no_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flatten of `live` still running (its close stuck at the broker), then one of
+    `paper`: the two are flattened, and `third`, never asked about, gets nothing
+    (found by review: the running flatten's scope became every account)."""
+    with SimServer(sim_config(seed=1)) as a, SimServer(sim_config(seed=2)) as b, \
+            SimServer(sim_config(seed=3)) as t:
+        sims = {"paper": a, "live": b, "third": t}
+        async with running(two_accounts(tmp_path, sims, monkeypatch)) as (_, c):
+            for name in sims:
+                await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="5",
+                               account=name)
+
+            async def filled() -> bool:
+                rows = (await c.request("positions"))["positions"]
+                return len([p for p in rows if p["symbol"] == "AAPL"]) == 3
+
+            await eventually(filled)
+            sims["live"].set_faults(p_stuck=1.0, stuck_seconds=3600)  # its close stays open
+            await c.request("flatten", account="live", reason="drill live")
+            before = sent(sims["third"])
+            answer = await c.request("flatten", account="paper", reason="drill paper")
+            assert {p["account"] for p in answer["positions"]} == {"live", "paper"}  # both
+            status = await c.request("status")
+            assert status["flatten"]["accounts"] == ["live", "paper"]
+            assert status["accounts"]["third"]["state"] == "ACTIVE"
+
+            async def paper_flat() -> bool:
+                rows = (await c.request("positions"))["positions"]
+                return {p["account"] for p in rows} == {"live", "third"}
+
+            await eventually(paper_flat)
+            assert sent(sims["third"]) == before  # nothing new reached third's broker
+
+
+async def test_an_account_halt_taken_while_writes_fail_is_written_when_they_succeed(
+        tmp_path: Path, sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """(found by review: only the global state held in memory was written back)"""
+    config = two_accounts(tmp_path, sims, monkeypatch)
+    config = dataclasses.replace(config, daemon=dataclasses.replace(
+        config.daemon, storage_probe_interval=0.05))
+    async with running(config) as (d, c):
+        real = d.store._transaction
+        broken = {"on": True}
+
+        async def transaction(fn: Any, **how: Any) -> Any:
+            if broken["on"]:
+                raise StorageUnavailable("database or disk is full (injected)")
+            return await real(fn, **how)
+
+        monkeypatch.setattr(d.store, "_transaction", transaction)
+        await c.request("halt", account="live", reason="operator: live is wrong")
+        status = await c.request("status")
+        assert status["accounts"]["live"]["state"] == "HALTED"  # held in memory, shown
+        broken["on"] = False
+
+        async def written() -> bool:
+            return bool(d.storage.available) and "live" in await d.store.account_halts()
+
+        await eventually(written)
+        await c.request("resume", reason="disk fixed")  # the storage halt, global
+    async with running(config) as (d, c):
+        with pytest.raises(ExecdError, match="account live is halted"):
+            await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="1",
+                           account="live")
+
+
+async def test_a_stored_account_halt_becomes_the_global_one_with_one_account_left(
+        tmp_path: Path, sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """(found by review: with one account, `resume` could not lift it)"""
+    config = two_accounts(tmp_path, sims, monkeypatch)
+    async with running(config) as (_, c):
+        await c.request("halt", account="paper", reason="checking paper")
+    one = dataclasses.replace(config, account_tables=config.account_tables[:1])
+    async with running(one) as (d, c):
+        status = await c.request("status")
+        assert (status["trading"]["state"], status["trading"]["reason"]) == (
+            "HALTED", "checking paper")
+        assert await d.store.account_halts() == {}
+        await c.request("resume", reason="checked")
+        order = await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="1")
+        assert order["account"] == "paper"

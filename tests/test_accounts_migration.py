@@ -69,8 +69,8 @@ async def test_a_daemon_starts_on_it_and_a_config_without_default_is_refused(
     old_database(tmp_path / "state")
     renamed = dataclasses.replace(config, account_tables=(AccountConfig(name="paper"),),
                                   routing=RoutingConfig(default=("paper",)))
-    with pytest.raises(Fatal, match=r"orders at account\(s\) default, which the config does "
-                       r"not have \(accounts: paper\)"):
+    with pytest.raises(Fatal, match=r"orders or positions at account\(s\) default, which the "
+                       r"config does not have \(accounts: paper\)"):
         async with open_daemon(renamed, broker_url=sim.url):
             pass
     async with open_daemon(config, broker_url=sim.url, credentials=Credentials(

@@ -101,9 +101,10 @@ async def _check_accounts_in_use(store: Store, config: Config) -> None:
     """Renaming or dropping an account must not orphan its orders: refused, by name."""
     missing = sorted(await store.accounts_in_use() - set(config.accounts))
     if missing:
-        raise Fatal(f"the store has open or PENDING orders at account(s) {', '.join(missing)}, "
-                    f"which the config does not have (accounts: {', '.join(config.accounts)}); "
-                    "put them back until those orders are closed")
+        raise Fatal(f"the store has open or PENDING orders or positions at account(s) "
+                    f"{', '.join(missing)}, which the config does not have (accounts: "
+                    f"{', '.join(config.accounts)}); put them back until those orders are "
+                    "closed and those positions flat")
 
 
 def _named(base: str, account: Account, several: bool) -> str:

@@ -40,32 +40,42 @@ async def _account_of(book: OrderBook, client_order_id: str, default: str) -> st
 
 
 async def _fan_out(msg: CancelAll, outboxes: Outboxes) -> None:
-    """One CancelAll per account it covers; their answers merged into one."""
-    results: list[CancelResult] = []
+    """One CancelAll per account it covers; their answers merged into one. Whatever
+    happens, the asker hears the end (a dead-man waits on it)."""
+    with msg.reply:
+        await _merged(msg, outboxes)
 
-    async def one(out: MemoryObjectSendStream[SubmitterCommand]) -> None:
+
+async def _merged(msg: CancelAll, outboxes: Outboxes) -> None:
+    results: list[tuple[str, CancelResult]] = []
+
+    async def one(name: str, out: MemoryObjectSendStream[SubmitterCommand]) -> None:
         reply: Reply[CancelResult] = Reply()
         await out.send(CancelAll(strategy_id=msg.strategy_id, reply=reply,
                                  owner_uid=msg.owner_uid, within=msg.within,
                                  account=msg.account))
         try:
-            results.append(await reply.receive())
+            results.append((name, await reply.receive()))
         except anyio.EndOfStream:  # that submitter stopped: its cancels were not asked
-            results.append(CancelDenied(code="internal", reason="a submitter stopped; retry"))
+            results.append((name, CancelDenied(code="internal",
+                                               reason="its submitter stopped; retry")))
 
-    targets = [out for name, out in outboxes.items() if msg.account in (None, name)]
+    targets = [(name, out) for name, out in outboxes.items() if msg.account in (None, name)]
     async with anyio.create_task_group() as tg:
-        for out in targets:
-            tg.start_soon(one, out)
-    asked = [r for r in results if isinstance(r, CancelRequested)]
+        for name, out in targets:
+            tg.start_soon(one, name, out)
+    asked = [r for _, r in results if isinstance(r, CancelRequested)]
+    # an account whose cancel-all was refused is in `failed`, named: never hidden
+    # behind the others' answers
+    denied = [CancelDenied(code=r.code, reason=f"account {name}: {r.reason}")
+              for name, r in results if isinstance(r, CancelDenied)]
     if not asked:
-        denied = [r for r in results if isinstance(r, CancelDenied)]
         answer(msg.reply, denied[0] if denied else CancelRequested(orders=()))
         return
     answer(msg.reply, CancelRequested(
         orders=tuple(o for r in asked for o in r.orders),
         pending=tuple(c for r in asked for c in r.pending),
-        failed=tuple(f for r in asked for f in r.failed)))
+        failed=tuple(f for r in asked for f in r.failed) + tuple(denied)))
 
 
 async def run(

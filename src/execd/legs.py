@@ -13,25 +13,27 @@ from __future__ import annotations
 from execd.book import OrderBook
 from execd.broker.base import BrokerClient, BrokerOrder, flatten
 from execd.domain.news import News
-from execd.domain.orders import Order
+from execd.domain.orders import DEFAULT_ACCOUNT, Order
 from execd.obs import logging
 
 log = logging.get("execd.legs")
 CANDIDATES = 5  # parents looked up for one unknown order at most (request budget)
 
 
-async def adopt(book: OrderBook, broker: BrokerClient, found: BrokerOrder) -> Order | None:
+async def adopt(book: OrderBook, broker: BrokerClient, found: BrokerOrder,
+                account: str = DEFAULT_ACCOUNT) -> Order | None:
     """The order `found` as ours if it is a leg of one of our orders (recorded now), else
     None. `found.parent` (from a nested list) says which; otherwise our newest
     multi-leg orders on its symbol whose legs are not recorded are looked up, nested,
-    until one lists it (so an order that is not ours costs no request as a rule)."""
+    until one lists it (so an order that is not ours costs no request as a rule). Only
+    parents at `account`, the broker's: another account's orders are not asked about."""
     oid = found.view.broker_order_id
     parents: list[Order] = []
     if found.parent is not None:
         parent = await book.store.get_by_broker_id(found.parent)
-        parents = [parent] if parent is not None else []
+        parents = [parent] if parent is not None and parent.account == account else []
     else:
-        parents = await book.store.multi_leg(found.symbol, limit=CANDIDATES)
+        parents = await book.store.multi_leg(found.symbol, limit=CANDIDATES, account=account)
     for parent in parents:
         if parent.broker_order_id is None:
             continue

@@ -131,8 +131,8 @@ class Reconciler:
 
     async def _state(self) -> TradingStatus:
         """The state this account trades under, as stored (its own halt, or the global)."""
-        snapshot = await self.book.store.status()
-        return effective_state(snapshot.trading, snapshot.halted_accounts, self.account)
+        trading, accounts = await self.book.store.trading_states()
+        return effective_state(trading, accounts, self.account)
 
     async def _polled_since(self, t: float) -> bool:
         """Wait (a while) for a complete poll that began after `t`."""

@@ -87,6 +87,10 @@ class RiskGate:
         self.storage = storage
         # held in memory while writes fail (and in `storage`, beyond this actor's life)
         self._unsaved: TradingStatus | None = storage.held if storage is not None else None
+        # accounts' halts and lifts not yet written (shared with `storage`: beyond this
+        # actor's life); a rebuild of the context lays them over what the store says
+        self._unsaved_accounts: dict[str, TradingStatus | None] = \
+            storage.held_accounts if storage is not None else {}
         self.submitter = submitter
         self.book = book
         self.limits = limits
@@ -101,11 +105,18 @@ class RiskGate:
             return self._ctx
         self.close()
         snapshot, self._feed = await self.book.open_risk_feed(since=self.clock.time() - 60)
+        accounts = dict(snapshot.halted_accounts)
+        for name, held in self._unsaved_accounts.items():
+            if held is None:
+                accounts.pop(name, None)
+            else:
+                accounts[name] = held
         self._ctx = RiskContext.rebuild(
             trading=self._unsaved or snapshot.trading, positions=snapshot.positions,
             open_orders=snapshot.open_orders, recent=snapshot.recent,
-            halted=snapshot.halted_strategies, accounts=snapshot.halted_accounts,
-            books=snapshot.books)
+            halted=snapshot.halted_strategies, accounts=accounts, books=snapshot.books)
+        if len(self.accounts) == 1 and self._ctx.accounts:
+            await self._fold(self._ctx)
         self.metrics.strategies_halted.set(len(self._ctx.halted))
         for name in self.accounts:
             self.metrics.show_account_state(name, self._ctx.accounts.get(name) or TradingStatus())
@@ -226,7 +237,8 @@ class RiskGate:
                         answer(reply, TradingStateChanged(status=status))
                 case Persist(reply=reply):
                     await flush()
-                    saved = self._unsaved is None or await self._save(self._unsaved)
+                    saved = await self._save_accounts() and (
+                        self._unsaved is None or await self._save(self._unsaved))
                     if reply is not None:
                         answer(reply, saved)
                 case SubmitOrder():
@@ -244,17 +256,43 @@ class RiskGate:
         else:
             ctx.accounts.pop(name, None)
         self._show_halts(ctx)
-        try:
-            await self.book.store.set_account_halt(name, status if halted else None)
-        except StorageUnavailable as e:
-            if self.storage is not None:
-                self.storage.failed(e)
-            log.error("cannot write an account's halt: held in memory", account=name,
-                      error=str(e))
+        self._unsaved_accounts[name] = status if halted else None
+        await self._save_accounts()
         self.metrics.show_account_state(name, status)
         level = log.warning if halted else log.info
         level("account trading state changed", account=name, state=status.state.value,
               reason=status.reason)
+
+    async def _save_accounts(self) -> bool:
+        """Write the accounts' halts and lifts held in memory; False while writes fail."""
+        for name, held in list(self._unsaved_accounts.items()):
+            try:
+                await self.book.store.set_account_halt(name, held)
+            except StorageUnavailable as e:
+                if self.storage is not None:
+                    self.storage.failed(e)
+                log.error("cannot write an account's halt: held in memory", account=name,
+                          error=str(e))
+                return False
+            if self._unsaved_accounts.get(name, held) == held:
+                self._unsaved_accounts.pop(name, None)
+        return True
+
+    async def _fold(self, ctx: RiskContext) -> None:
+        """One account left in the config, with a halt of its own stored (it was one of
+        several): with a single account its halts are the global state, so the stored
+        one becomes the global halt (unless that is halted already), where `resume`
+        lifts it."""
+        held = next(iter(ctx.accounts.values()))
+        names, ctx.accounts = list(ctx.accounts), {}
+        if ctx.trading.state != TradingState.HALTED:
+            ctx.trading = held
+            await self._save(held)
+        for name in names:
+            self._unsaved_accounts[name] = None
+        await self._save_accounts()
+        log.warning("an account's own halt is the global state now (one account)",
+                    accounts=names, reason=held.reason)
 
     async def _halt_strategy(self, ctx: RiskContext, sid: str, status: TradingStatus) -> None:
         """Halt one strategy, or lift its halt; the account's state stays as it is."""

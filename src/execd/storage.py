@@ -43,6 +43,8 @@ class Storage:
         # The trading state the risk gate could not write: what status shows meanwhile,
         # and what a restarted risk gate starts from.
         self.held: TradingStatus | None = None
+        # accounts' halts (None: a lift) the risk gate could not write, written first too
+        self.held_accounts: dict[str, TradingStatus | None] = {}
         self._failed = anyio.Event()
         self._restored: anyio.Event | None = None
         metrics.storage_available.set(1)

@@ -380,7 +380,7 @@ class StreamActor:
     async def _adopted(self, update: TradeUpdate) -> Order | None:
         """A leg of ours the book has not seen yet (a leg names no parent)?"""
         try:
-            if await adopt(self.book, self.broker, update.order) is not None:
+            if await adopt(self.book, self.broker, update.order, self.account) is not None:
                 return await self.book.get(update.order.client_order_id)
         except (BrokerError, StorageUnavailable) as e:
             log.warning("cannot look up the parent of an unknown order", error=str(e),

@@ -275,6 +275,12 @@ class Submitter:
         """Get one PENDING order to the broker or to REJECTED, whatever it takes; then
         tell `done` (a client waiting for the broker's answer) how it stands."""
         outcome: Order | None = None
+        if order.account != self.account:  # its account's or nowhere (invariant 9)
+            log.critical("an order of another account reached this submitter: not sent",
+                         client_order_id=order.client_order_id, its_account=order.account)
+            if done is not None:
+                done.close()
+            return
         try:
             with self.health.in_flight():
                 # a client waiting for the broker's answer hears it once it is recorded:

@@ -94,7 +94,9 @@ class Flattening:
         # by book: "SYMBOL/strategy" (unattributed: "SYMBOL/-"), "account:" before it when
         # there are several accounts; stable while the flatten runs
         self.symbols: dict[str, SymbolProgress] = {}
-        self.account: str | None = None  # one account's flatten; None: every account's
+        # the accounts flattened: a flatten of one more while this one runs adds it; None:
+        # every account (a flatten with no account, which takes in any running)
+        self.accounts: frozenset[str] | None = None
         self._tg: TaskGroup | None = None
         self._running = False
 
@@ -103,16 +105,23 @@ class Flattening:
         self._tg = tg
 
     def begin(self, reason: str, now: float, account: str | None = None) -> None:
+        scope = None if account is None else frozenset({account})
         if not self._running:
             self.symbols = {}
-        elif self.account != account:
-            account = None  # a second flatten of another scope while one runs: both
-        self.account = account
+        elif self.accounts is None or scope is None:
+            scope = None
+        else:  # a flatten of another account while one runs: both, and no other
+            scope = self.accounts | scope
+        self.accounts = scope
         self.state, self.reason, self.started, self.finished = "running", reason, now, None
+
+    def covers(self, account: str) -> bool:
+        return self.accounts is None or account in self.accounts
 
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "reason": self.reason, "started": self.started,
-                "finished": self.finished, "account": self.account,
+                "finished": self.finished,
+                "accounts": None if self.accounts is None else sorted(self.accounts),
                 "symbols": {k: v.as_dict() for k, v in sorted(self.symbols.items())}}
 
     def finish_in_background(self, s: Services, *, cancel_again: bool = False) -> None:
@@ -123,7 +132,8 @@ class Flattening:
             self.state = "interrupted"
             return
         if cancel_again:
-            self._tg.start_soon(_cancel_all, s, self.account)
+            for account in [None] if self.accounts is None else sorted(self.accounts):
+                self._tg.start_soon(_cancel_all, s, account)
         if self._running:
             return  # the one running takes the new cancels and positions into account
         self._running = True
@@ -132,7 +142,7 @@ class Flattening:
     async def _finish(self, s: Services) -> None:
         try:
             while True:
-                if not await _halted(s, self.account):  # resumed: the operator has it back
+                if not await self._still_halted(s):  # resumed: the operator has it back
                     self.state, self.finished = "stopped", s.clock.time()
                     log.warning("flatten stopped: trading resumed", reason=self.reason)
                     return
@@ -143,8 +153,7 @@ class Flattening:
                     await s.clock.sleep(RECHECK_S * 5)
                     continue
                 given_up = {sym for sym, p in self.symbols.items() if p.error is not None}
-                still_open = [o for o in s.book.open.values()
-                              if self.account in (None, o.account)]
+                still_open = [o for o in s.book.open.values() if self.covers(o.account)]
                 if not still_open and all(c.key in given_up for c in closed):
                     break
                 await s.clock.sleep(RECHECK_S)
@@ -156,6 +165,16 @@ class Flattening:
             if self.state == "running":  # its task group ended with the intake
                 self.state = "interrupted"
 
+    async def _still_halted(self, s: Services) -> bool:
+        """Whether the flatten goes on: every account it covers still halted; one an
+        operator resumed leaves its scope (it is theirs again), and with none left it
+        stops."""
+        if self.accounts is None:
+            return await _halted(s, None)
+        left = frozenset([a for a in sorted(self.accounts) if await _halted(s, a)])
+        self.accounts = left
+        return bool(left)
+
     async def close_free(self, s: Services) -> list[Closed]:
         """One pass: for each book with shares (a strategy's, or the unattributed one, at
         each account), a closing order booked to it for the shares none of its open orders
@@ -164,7 +183,7 @@ class Flattening:
         several = len(s.accounts) > 1
         closes = {cid for progress in self.symbols.values() for cid in progress.orders}
         for p in await s.book.store.books():
-            if p.qty == 0 or self.account not in (None, p.account):
+            if p.qty == 0 or not self.covers(p.account):
                 continue
             symbol, account = p.symbol, p.account
             sid = p.strategy_id or UNATTRIBUTED
@@ -243,11 +262,11 @@ async def _halted(s: Services, account: str | None) -> bool:
     """Whether trading (at `account`) is still HALTED, as flatten left it (a failing
     disk: as the risk gate holds it in memory)."""
     try:
-        stored = await s.book.store.status()
+        trading, accounts = await s.book.store.trading_states()
     except StorageUnavailable:
         return True  # flatten's own halt is held in memory then; resume cannot be saved
-    status = stored.trading if account is None or len(s.accounts) <= 1 else \
-        effective_state(stored.trading, stored.halted_accounts, account)
+    status = trading if account is None or len(s.accounts) <= 1 else \
+        effective_state(trading, accounts, account)
     return status.state == TradingState.HALTED
 
 

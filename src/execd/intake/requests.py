@@ -37,9 +37,11 @@ from execd.messages import (
     ask,
 )
 from execd.protocol import ProtocolError
+from execd.store import StatusSnapshot
 
 if TYPE_CHECKING:
     from execd.intake.connection import Connection as Caller
+    from execd.intake.services import Services
 
 Handler = Callable[["Caller", dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -297,9 +299,21 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         # each broker account: its own state (a halt of its own, or the global one),
         # broker, stream, budget, last poll and reconcile
         "accounts": {name: {
-            **trading_json(effective_state(trading, stored.halted_accounts, name)),
+            **trading_json(effective_state(trading, _halted_accounts(s, stored), name)),
             **a.as_dict(now)} for name, a in s.accounts.items()},
     }
+
+
+def _halted_accounts(s: Services, stored: StatusSnapshot) -> dict[str, TradingStatus]:
+    """The accounts halted on their own: as stored, with what the risk gate holds in
+    memory while writes fail laid over it."""
+    out = dict(stored.halted_accounts)
+    for name, held in (s.storage.held_accounts if s.storage is not None else {}).items():
+        if held is None:
+            out.pop(name, None)
+        else:
+            out[name] = held
+    return out
 
 
 async def set_state(c: Caller, state: TradingState, reason: str,

@@ -692,10 +692,18 @@ class Store:
     async def account_halts(self) -> dict[str, TradingStatus]:
         return await self._db.run(_account_halts)
 
+    async def trading_states(self) -> tuple[TradingStatus, dict[str, TradingStatus]]:
+        """The global trading state and the accounts halted on their own: two small
+        reads in one hop (status() counts every order: too much to ask often)."""
+        return await self._db.run(lambda conn: (_trading(conn), _account_halts(conn)))
+
     async def accounts_in_use(self) -> set[str]:
-        """Accounts that still have open or PENDING orders (start-up checks each is
-        configured: renaming an account must not orphan its orders)."""
-        rows = await self._db.execute(f"SELECT DISTINCT account FROM orders {_OPEN}")
+        """Accounts that still have open or PENDING orders, or shares (start-up checks
+        each is configured: renaming an account must not orphan its orders or leave a
+        position nobody reconciles or can close)."""
+        rows = await self._db.execute(
+            f"SELECT DISTINCT account FROM orders {_OPEN} UNION "
+            "SELECT DISTINCT account FROM positions WHERE CAST(qty AS REAL) != 0")
         return {str(a) for a, in rows}
 
     async def strategy_owners(self) -> dict[str, int]:
@@ -784,13 +792,14 @@ class Store:
                                       (broker_order_id,))
         return _order_from(rows[0]) if rows else None
 
-    async def multi_leg(self, symbol: str, *, limit: int) -> list[Order]:
+    async def multi_leg(self, symbol: str, *, limit: int, account: str = DEFAULT_ACCOUNT
+                        ) -> list[Order]:
         """Our newest bracket/OCO/OTO parents on a symbol whose legs are not recorded
         (where an unknown leg may belong: the broker makes a parent's legs once)."""
         rows = await self._db.execute(
-            f"{_SELECT} WHERE symbol=? AND order_class != 'simple' AND legs IS NULL AND "
-            "parent_client_order_id IS NULL AND broker_order_id IS NOT NULL "
-            "ORDER BY created_at DESC LIMIT ?", (symbol, limit))
+            f"{_SELECT} WHERE symbol=? AND account=? AND order_class != 'simple' AND "
+            "legs IS NULL AND parent_client_order_id IS NULL AND broker_order_id IS NOT NULL "
+            "ORDER BY created_at DESC LIMIT ?", (symbol, account, limit))
         return [_order_from(r) for r in rows]
 
     async def family(self, client_order_id: str) -> list[Order]:
