@@ -32,6 +32,7 @@ from execd.broker.alpaca import AlpacaClient, order_from
 from execd.broker.alpaca_stream import Skipped, TradeUpdate, read_update
 from execd.broker.base import BrokerAmbiguous, BrokerDataInvalid, BrokerOrder, BrokerUnavailable
 from execd.broker.websocket import MessageTooLarge, WebSocket
+from execd.client import ExecdError
 from execd.clock import FakeClock
 from execd.config import ConfigError, load
 from execd.domain.broker_checks import REASONS, Refusal
@@ -521,7 +522,11 @@ async def test_a_streamed_order_execd_did_not_place_is_recorded_as_external(
         assert (e.client_order_id, e.status, e.filled_qty, e.filled_avg_price) == (
             "web-1", "filled", Decimal(2), Decimal(10))
         assert await a.book.get("web-1") is None  # never taken for ours
-        assert "AAPL" not in await a.book.store.positions()  # its fill is not ours
+        # its fill is no strategy's: the unattributed book's (and the account's total),
+        # counted once, whatever the reordering (issue 31)
+        books = await a.book.store.books(symbol="AAPL")
+        assert [(b.strategy_id, b.qty) for b in books] == [("execd-unattributed", Decimal(2))]
+        assert (await a.book.store.positions())["AAPL"].qty == 2
         snapshot = await a.book.store.status()
         assert (snapshot.external_open, snapshot.external_total) == (0, 1)
         # an event for our own order is never recorded as external
@@ -604,16 +609,34 @@ async def test_orders_placed_beside_execd_are_listed_and_explain_a_halt(
             return bool(trading["state"] == "HALTED")
 
         await eventually(halted)
+        # its fill is in the unattributed book (the total agrees with the broker), and
+        # the account is halted for an operator (issue 31)
         reason = (await c.request("status"))["trading"]["reason"]
-        assert reason.startswith("reconcile_mismatch: AAPL local=0 broker=2")
-        assert "orders execd did not place on AAPL" in reason
+        assert reason.startswith("external_fill: AAPL buy 2 ("), reason
+        positions = await c.request("positions")
+        assert [(p["strategy_id"], p["symbol"], p["qty"]) for p in positions["positions"]
+                if p["symbol"] == "AAPL"] == [(None, "AAPL", "2")]
+        assert [(p["symbol"], p["qty"]) for p in positions["totals"]
+                if p["symbol"] == "AAPL"] == [("AAPL", "2")]
 
         async def closed() -> bool:
             return bool((await c.request("status"))["external_orders"]["open"] == 0)
 
         await eventually(closed, within=3)
-        aapl = (await d.store.positions()).get("AAPL")  # a row for the broker's mark only
-        assert aapl is None or aapl.qty == 0
+        aapl = (await d.store.positions()).get("AAPL")
+        assert aapl is not None
+        assert aapl.qty == 2
+        # the operator gives the shares to strategy s, and resumes: s may close them
+        moved = await c.request("adopt", symbol="AAPL", strategy_id="s", qty="2",
+                                reason="bought by hand for s")
+        assert (moved["unattributed"], moved["book"]["qty"]) == ("0", "2")
+        await c.request("resume", reason="adopted")
+        books = (await c.request("positions", strategy_id="s"))["positions"]
+        assert {(p["symbol"], p["qty"]) for p in books} == {("AAPL", "2"), ("MSFT", "1")}
+        with pytest.raises(ExecdError, match="holds 0 AAPL"):
+            await c.request("adopt", symbol="AAPL", strategy_id="s", qty="1")
+        closed_s = await c.request("close_position", symbol="AAPL", strategy_id="s")
+        assert closed_s["order"]["qty"] == "2"
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from execd.store import StorageUnavailable
 
 log = logging.get("execd.reconciler")
 REASON = "reconcile_mismatch"
+EXTERNAL = "external_fill"  # a halt's reason: an order execd did not place filled
 MOVING_RUNS = 3  # runs in a row a difference may hide behind orders in motion
 
 
@@ -64,6 +65,7 @@ class Reconciler:
 
     async def once(self) -> list[reconcile.Mismatch]:
         metrics = self.book.metrics.for_account(self.account)
+        await self._external_fills()
         open_before = self.book.open_orders(self.account)
         first = await _read(self.book, self.broker, self.account)
         mismatches: list[reconcile.Mismatch] = []
@@ -128,6 +130,23 @@ class Reconciler:
                     account=self.account,
                 ))
         return []
+
+    async def _external_fills(self) -> None:
+        """Fills of orders execd did not place are in the unattributed book (the totals
+        agree with the broker), but someone else traded this account: halt it until an
+        operator adopts the shares into a strategy's book or resumes (each fill is
+        reported once)."""
+        fills = await self.book.store.unseen_external_fills(self.account)
+        if not fills:
+            return
+        said = "; ".join(f"{s} {side} {q} ({bid})" for s, side, q, bid in fills[:5])
+        more = f" and {len(fills) - 5} more" if len(fills) > 5 else ""
+        reason = (f"{EXTERNAL}: {said}{more}: in the unattributed book; execd orders "
+                  "--external, then adopt them into a strategy's book or resume")
+        log.error("orders execd did not place have filled at this account: halting it",
+                  account=self.account, fills=len(fills), reason=reason)
+        await self.risk.send(SetTradingState(state=TradingState.HALTED, reason=reason,
+                                             account=self.account))
 
     async def _state(self) -> TradingStatus:
         """The state this account trades under, as stored (its own halt, or the global)."""

@@ -17,7 +17,13 @@ from typing import Any
 
 from execd.domain.decimals import show, show_opt
 from execd.domain.news import BrokerOrder
-from execd.domain.orders import ALPACA_STATUS, DEFAULT_ACCOUNT, TERMINAL_STATES
+from execd.domain.orders import (
+    ALPACA_STATUS,
+    DEFAULT_ACCOUNT,
+    TERMINAL_STATES,
+    UNATTRIBUTED,
+    Fill,
+)
 
 NOT_FOUND = "not_found"  # gone from the open list, and the broker has no such order
 # Statuses after which an external order changes no more (Alpaca's final ones).
@@ -68,6 +74,22 @@ def external_from(found: BrokerOrder, now: float, account: str = DEFAULT_ACCOUNT
         symbol=found.symbol, side=found.side, qty=found.qty, notional=found.notional,
         type=found.type, status=v.status, filled_qty=v.filled_qty,
         filled_avg_price=v.filled_avg_price, first_seen=now, updated_at=now, account=account)
+
+
+def filled_since(old: ExternalOrder | None, new: ExternalOrder, at: float) -> Fill | None:
+    """What an external order filled between two records of it: a fill of the
+    unattributed book (by cumulative quantity, as for our orders; None if nothing
+    filled, or if the broker gave no price or an unknown side)."""
+    before = old.filled_qty if old is not None else Decimal(0)
+    delta = new.filled_qty - before
+    if delta <= 0 or new.filled_avg_price is None or new.side not in ("buy", "sell"):
+        return None
+    paid = before * (old.filled_avg_price or Decimal(0) if old is not None else Decimal(0))
+    price = (new.filled_qty * new.filled_avg_price - paid) / delta
+    return Fill(client_order_id=new.client_order_id, symbol=new.symbol,
+                side="buy" if new.side == "buy" else "sell", qty=delta,
+                price=price if price > 0 else new.filled_avg_price, at=at,
+                account=new.account, strategy_id=UNATTRIBUTED)
 
 
 def merge(old: ExternalOrder | None, new: ExternalOrder) -> ExternalOrder | None:

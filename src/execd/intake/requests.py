@@ -22,6 +22,7 @@ from execd.domain.risk import TradingState, TradingStatus
 from execd.events import Event
 from execd.halts import effective_state
 from execd.intake import ownership
+from execd.intake.owners import ACCOUNT_STRATEGIES
 from execd.messages import (
     CancelOrder,
     CancelResult,
@@ -36,6 +37,7 @@ from execd.messages import (
     TradingStateChanged,
     ask,
 )
+from execd.obs import logging
 from execd.protocol import ProtocolError
 from execd.store import StatusSnapshot
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from execd.intake.connection import Connection as Caller
     from execd.intake.services import Services
 
+log = logging.get("execd.intake")
 Handler = Callable[["Caller", dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -362,6 +365,39 @@ def _one_scope(sid: str | None, account: str | None) -> None:
                                "holds at every account")
 
 
+async def op_adopt(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
+    """An operator gives shares of the unattributed book (another program's fills, what
+    the upgrade to books found) to a strategy's book, or back (`back`), at the giving
+    book's average price; recorded. The account's total does not move."""
+    symbol = protocol.symbol_field(args)
+    sid = protocol.strategy_id(args, required=True)
+    assert sid is not None
+    if sid in ACCOUNT_STRATEGIES:
+        raise protocol.invalid(f"{sid} is execd's own strategy, not a book to adopt into")
+    qty = protocol.decimal_field(args, "qty")
+    if qty is None:
+        raise protocol.invalid("qty is required: the shares to move")
+    back = protocol.flag(args, "back")
+    account = known_account(c, args) or (next(iter(c.s.accounts)) if len(c.s.accounts) == 1
+                                         else None)
+    if account is None:
+        raise protocol.invalid(f"account is required: accounts {', '.join(c.s.accounts)}")
+    reason = protocol.reason(args)
+    try:
+        rest, book = await c.s.book.store.adopt(account=account, symbol=symbol,
+                                                strategy_id=sid, qty=qty, reason=reason,
+                                                at=c.s.clock.time(), back=back)
+    except ValueError as e:
+        raise protocol.invalid(str(e)) from None
+    c.s.book.close_risk_feed()  # the risk gate reads the books again from the store
+    log.warning("shares adopted into a strategy's book", account=account, symbol=symbol,
+                strategy_id=sid, qty=show(qty), reason=reason)
+    return {"account": account, "symbol": symbol,
+            "unattributed": show(rest.qty), "book": {"strategy_id": sid, "qty": show(book.qty),
+                                                     "avg_entry_price": show_opt(
+                                                         book.avg_entry_price)}}
+
+
 async def op_halt(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     sid = protocol.strategy_id(args, required=False)
     account = known_account(c, args)
@@ -443,6 +479,8 @@ OPS: dict[str, Op] = {
     "session": Op(handler=sessions.op_session, fields=frozenset({
         "strategy_id", "cancel_on_disconnect", "heartbeat_s"})),
     "backup": Op(handler=op_backup, fields=frozenset({"path", "overwrite"}), admin=True),
+    "adopt": Op(handler=op_adopt, fields=frozenset({"account", "symbol", "strategy_id", "qty",
+                                                     "back", "reason"}), admin=True),
 }
 FIELDS: dict[str, frozenset[str]] = {name: op.fields for name, op in OPS.items()}
 

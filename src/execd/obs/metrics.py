@@ -70,7 +70,10 @@ HALT_CATEGORIES = ("operator", "reconcile", "broker_failures", "storage", "other
 # local=5 broker=3"); the token's prefix names the category. Operators' reasons are free
 # text from the `halt` op, so anything else is the operator's.
 _HALT_TOKENS = (("reconcile", "reconcile"), ("broker_failures", "broker_failures"),
-                ("storage", "storage"))
+                ("storage", "storage"),
+                # someone else traded the account: as serious as a mismatch, and the same
+                # runbook (the reconciler halts for it)
+                ("external_fill", "reconcile"))
 
 
 def halt_category(reason: str) -> str:

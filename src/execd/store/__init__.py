@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import anyio
 
 from execd.domain.decimals import plain, show
-from execd.domain.external import CLOSED_STATUSES, ExternalOrder, merge
+from execd.domain.external import CLOSED_STATUSES, ExternalOrder, filled_since, merge
 from execd.domain.orders import (
     DEFAULT_ACCOUNT,
     OPEN_STATES,
@@ -198,6 +198,33 @@ MIGRATIONS: list[Migration] = [
     # gate admitted it: sent while halted, also after a restart (halts.py)
     """
     ALTER TABLE orders ADD COLUMN closing INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 11: fills of orders execd did not place, in the unattributed book (issue 31); the
+    # reconciler halts their account for an operator (`seen` once it has); and what an
+    # operator moved between the unattributed book and a strategy's (`adopt`)
+    """
+    CREATE TABLE external_fills (
+        id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        broker_order_id TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL,
+        qty TEXT NOT NULL,
+        price TEXT NOT NULL,
+        at REAL NOT NULL,
+        seen INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX external_fills_unseen ON external_fills(account, seen);
+    CREATE TABLE adoptions (
+        id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        strategy_id TEXT NOT NULL,
+        qty TEXT NOT NULL,
+        price TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
     """,
 ]
 
@@ -580,13 +607,25 @@ class Store:
         def tx(conn: sqlite3.Connection) -> list[ExternalOrder]:
             current = _externals(conn, list(dict.fromkeys(e.broker_order_id for e in seen)))
             changed: dict[str, ExternalOrder] = {}
+            fills: list[tuple[str, Fill]] = []
             for e in seen:
-                merged = merge(current.get(e.broker_order_id), e)
+                old = current.get(e.broker_order_id)
+                merged = merge(old, e)
                 if merged is not None:
                     current[e.broker_order_id] = changed[e.broker_order_id] = merged
+                    fill = filled_since(old, merged, merged.updated_at)
+                    if fill is not None:
+                        fills.append((e.broker_order_id, fill))
             conn.executemany(
                 f"INSERT OR REPLACE INTO external_orders ({_EXTERNAL_COLUMNS}) VALUES "
                 f"({','.join('?' * 13)})", [_external_row(e) for e in changed.values()])
+            if fills:  # the account's total and its unattributed book move with them
+                _move_positions(conn, [f for _, f in fills])
+                conn.executemany(
+                    "INSERT INTO external_fills (account, broker_order_id, symbol, side, qty, "
+                    "price, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(f.account, bid, f.symbol, f.side, plain(f.qty), plain(f.price), f.at)
+                     for bid, f in fills])
             return list(changed.values())
 
         return await self._transaction(tx)
@@ -691,6 +730,51 @@ class Store:
 
     async def account_halts(self) -> dict[str, TradingStatus]:
         return await self._db.run(_account_halts)
+
+    async def unseen_external_fills(self, account: str) -> list[tuple[str, str, str, str]]:
+        """External fills at `account` no halt has reported yet: (symbol, side, qty,
+        broker_order_id), oldest first; marked seen as they are read."""
+        def tx(conn: sqlite3.Connection) -> list[tuple[str, str, str, str]]:
+            rows = conn.execute(
+                "SELECT id, symbol, side, qty, broker_order_id FROM external_fills WHERE "
+                "account=? AND seen=0 ORDER BY id", (account,)).fetchall()
+            conn.executemany("UPDATE external_fills SET seen=1 WHERE id=?",
+                             [(r[0],) for r in rows])
+            return [(s, side, q, bid) for _, s, side, q, bid in rows]
+
+        return await self._transaction(tx)
+
+    async def adopt(self, *, account: str, symbol: str, strategy_id: str, qty: Decimal,
+                    reason: str, at: float, back: bool = False) -> tuple[Position, Position]:
+        """Move `qty` shares (> 0) of the unattributed book to `strategy_id`'s (`back`:
+        from the strategy's to the unattributed one), long or short as the giving book
+        is, at its average price; recorded in `adoptions` (signed: into the strategy).
+        Refuses (ValueError) to take more than the giving book holds. The unattributed
+        book and the strategy's, after."""
+        def tx(conn: sqlite3.Connection) -> tuple[Position, Position]:
+            keyed = {b.strategy_id: b for b in _books(
+                conn, "WHERE account=? AND symbol=? AND strategy_id IN (?, ?)",
+                (account, symbol, UNATTRIBUTED, strategy_id))}
+            empty = Position(account=account, symbol=symbol)
+            rest = keyed.get(UNATTRIBUTED, replace(empty, strategy_id=UNATTRIBUTED))
+            book = keyed.get(strategy_id, replace(empty, strategy_id=strategy_id))
+            giver = book if back else rest
+            if qty <= 0 or qty > abs(giver.qty):
+                whose = f"{strategy_id}'s" if back else "the unattributed"
+                raise ValueError(f"{whose} book holds {plain(giver.qty)} {symbol} at "
+                                 f"{account}: cannot give {plain(qty)}")
+            signed = qty if giver.qty > 0 else -qty  # what leaves the giver
+            into = -signed if back else signed  # what the strategy's book gains
+            price = giver.avg_entry_price or Decimal(0)
+            after_rest = apply_fill(rest, -into, price)
+            after_book = apply_fill(book, into, price)
+            _write_books(conn, [after_rest, after_book])
+            conn.execute("INSERT INTO adoptions (account, symbol, strategy_id, qty, price, "
+                         "reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (account, symbol, strategy_id, plain(into), plain(price), reason, at))
+            return after_rest, after_book
+
+        return await self._transaction(tx)
 
     async def trading_states(self) -> tuple[TradingStatus, dict[str, TradingStatus]]:
         """The global trading state and the accounts halted on their own: two small
