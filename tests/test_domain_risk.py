@@ -32,7 +32,8 @@ def spec(side: str = "buy", qty: str = "10", symbol: str = "AAPL", limit: str | 
 
 def ctx(state: TradingState = TradingState.ACTIVE, position: str = "0", **kw: object) -> RiskContext:
     c = RiskContext(trading=TradingStatus(state=state, reason="why"),
-                    exposure={("default", "AAPL"): Exposure(position=D(position))})
+                    exposure={("default", "AAPL"): Exposure(position=D(position))},
+                    books={("default", "s", "AAPL"): Exposure(position=D(position))})
     for k, v in kw.items():
         setattr(c, k, v)
     return c
@@ -396,3 +397,26 @@ def test_a_difference_behind_orders_in_motion_is_confirmed_after_three_runs() ->
     _, runs = reconcile.settled(diff, diff, {"AAPL"}, {}, 3)
     _, runs = reconcile.settled(diff, [], {"AAPL"}, runs, 3)
     assert runs == {}
+
+
+def test_max_position_holds_for_a_strategy_over_every_account_and_for_each_account() -> None:
+    """Issue 31: strategy s holds 8 at paper and 6 at live; t holds 5 at live."""
+    c = RiskContext(trading=TradingStatus(), exposure={
+        ("paper", "AAPL"): Exposure(position=D(8)), ("live", "AAPL"): Exposure(position=D(11))},
+        books={("paper", "s", "AAPL"): Exposure(position=D(8)),
+               ("live", "s", "AAPL"): Exposure(position=D(6)),
+               ("live", "t", "AAPL"): Exposure(position=D(5))})
+    limits = RiskLimits(max_position=D(15))
+
+    def at(account: str, strategy: str, qty: str) -> OrderSpec:
+        return OrderSpec(client_order_id="c", strategy_id=strategy, symbol="AAPL",
+                         side="buy", qty=D(qty), account=account)
+
+    over = check(at("paper", "s", "2"), c, limits)  # s: 8 + 6 + 2 = 16 over every account
+    assert over is not None
+    assert over.reason.startswith("strategy s's AAPL position over all accounts could reach 16")
+    assert check(at("paper", "s", "1"), c, limits) is None  # 15: at the limit
+    account = check(at("live", "t", "5"), c, limits)  # live: 11 + 5 = 16; t alone: 10
+    assert account is not None
+    assert account.reason.startswith("AAPL position could reach 16")
+    assert check(at("paper", "t", "5"), c, limits) is None  # paper 13, t 10

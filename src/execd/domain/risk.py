@@ -51,7 +51,9 @@ class RiskLimits:
     deny_symbols: frozenset[str] = frozenset()
     max_qty: Decimal | None = None
     max_notional: Decimal | None = None
-    max_position: Decimal | None = None  # absolute, per symbol at an account, with open orders
+    # absolute, per symbol, counting open orders: each account's total, and each
+    # strategy's over every account
+    max_position: Decimal | None = None
     max_open_orders: int | None = None
     max_orders_per_minute: int | None = None  # per strategy
     reject_unpriced_market_orders: bool = False
@@ -215,6 +217,37 @@ def _shadow_exit(spec: OrderSpec) -> bool:
 LEGS = {"simple": 0, "bracket": 2, "oco": 1, "oto": 1}
 
 
+def strategy_exposure(ctx: RiskContext, strategy_id: str, symbol: str) -> Exposure:
+    """A strategy's books in a symbol at every account, added up."""
+    total = Exposure()
+    for (_, sid, sym), b in ctx.books.items():
+        if (sid, sym) == (strategy_id, symbol):
+            total = Exposure(position=total.position + b.position,
+                             open_buys=total.open_buys + b.open_buys,
+                             open_sells=total.open_sells + b.open_sells,
+                             notional={**total.notional, **b.notional})
+    return total
+
+
+def _over_max_position(e: Exposure, spec: OrderSpec, shares: Decimal | None,
+                       last: Decimal | None, room: Decimal) -> str | None:
+    """Why `spec` could take `e` over max_position, or None. Only the side this order
+    adds to: an order never makes the other worse, and a price move may leave that one
+    over the limit, which must not block reducing it."""
+    pending = e.pending(spec.side, last, unpriced=room)
+    size = room if shares is None else shares
+    worst = e.position + pending + size if spec.side == "buy" else -(e.position - pending - size)
+    if worst <= room:
+        return None
+    unpriced = shares is None or (last is None and any(
+        _share_price(n.side, n.limit_price, n.stop_price, None) is None
+        for n in e.notional.values() if n.side == spec.side))
+    return (f"{show(worst if spec.side == 'buy' else -worst)} counting open orders, over "
+            f"risk.max_position {show(room)}"
+            + (" (a notional order with no known price counts as all of it)"
+               if unpriced else ""))
+
+
 def broker_orders(spec: OrderSpec, *, legs_known: bool = False) -> int:
     """How many open orders at the broker `spec` stands for: its legs too, until they are
     in the book as orders of their own. A leg is one; so is a replacement (the broker
@@ -369,24 +402,17 @@ def check(
                 f"risk.max_notional {show(limits.max_notional)}",
             )
     if limits.max_position is not None:
-        # Only the side this order adds to: an order never makes the other worse, and a
-        # price move may leave that one over the limit, which must not block reducing it.
-        room = limits.max_position
-        pending = e.pending(spec.side, last, unpriced=room)
-        size = room if shares is None else shares
-        worst = e.position + pending + size if spec.side == "buy" \
-            else -(e.position - pending - size)
-        if worst > room:
-            unpriced = shares is None or (last is None and any(
-                _share_price(n.side, n.limit_price, n.stop_price, None) is None
-                for n in e.notional.values() if n.side == spec.side))
-            return deny(
-                "max_position", f"{spec.symbol} position could reach "
-                f"{show(worst if spec.side == 'buy' else -worst)} counting open orders, "
-                f"over risk.max_position {show(limits.max_position)}"
-                + (" (a notional order with no known price counts as all of it)"
-                   if unpriced else ""),
-            )
+        # The account's total, and the strategy's own over every account (its books):
+        # each at most max_position, counting open orders (issue 31).
+        mine = strategy_exposure(ctx, spec.strategy_id, spec.symbol)
+        if replacing is not None and replacing.is_open and not _shadow_exit(replacing.spec):
+            mine = mine.without(replacing)
+        for whose, exposure in ((f"{spec.symbol} position", e),
+                                (f"strategy {spec.strategy_id}'s {spec.symbol} position over "
+                                 "all accounts", mine)):
+            over = _over_max_position(exposure, spec, shares, last, limits.max_position)
+            if over is not None:
+                return deny("max_position", f"{whose} could reach {over}")
     if limits.max_open_orders is not None and open_orders + adds > limits.max_open_orders:
         return deny("max_open_orders", f"{open_orders} open orders at the broker (legs "
                     f"included) and this one makes {adds}: risk.max_open_orders is "
