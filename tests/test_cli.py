@@ -472,9 +472,11 @@ async def test_account_takes_the_commands_to_one_account_and_status_shows_each(
         assert "AAPL" in only_live
         assert "MSFT" not in only_live
         table = (await cli_ok("positions")).splitlines()
-        assert table[0].split()[:2] == ["account", "symbol"]
-        assert sorted(row.split()[:2] for row in table[1:]) == [["live", "AAPL"],
-                                                                 ["paper", "MSFT"]]
+        assert table[0].split()[:3] == ["account", "strategy", "symbol"]
+        assert sorted(row.split()[:3] for row in table[1:]) == [["live", "cli", "AAPL"],
+                                                                 ["paper", "cli", "MSFT"]]
+        totals = (await cli_ok("positions", "--totals")).splitlines()
+        assert totals[0].split()[:2] == ["account", "symbol"]
         assert "MSFT" not in await cli_ok("positions", "--account", "live")
 
         halted = await cli_ok("halt", "--account", "live", "--reason", "lunch")

@@ -92,7 +92,7 @@ async def test_blocking_client_positions_orders_cancel_first_try(
         bought, cancelled, listed, positions = await blocking(strategy)
         assert {o.client_order_id for o in listed} == {bought.client_order_id,
                                                         cancelled.client_order_id}
-        assert positions == [Position(symbol="AAPL", qty=Decimal(5),
+        assert positions == [Position(symbol="AAPL", qty=Decimal(5), strategy_id="one",
                                       avg_entry_price=positions[0].avg_entry_price,
                                       last_price=positions[0].last_price)]
         assert isinstance(positions[0].qty, Decimal)
@@ -645,7 +645,7 @@ ACCOUNT_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any]]]
 def test_every_op_that_takes_an_account_has_it_on_both_clients() -> None:
     takes = {op for op, fields in FIELDS.items() if "account" in fields}
     methods = {"cancel_all", "close_position", "flatten", "orders", "positions", "halt",
-               "resume", "submit"}
+               "resume", "submit", "adopt"}
     assert takes - {"external_orders"} == methods  # external_orders: calls.py (CLI)
     for cls in (Client, AsyncClient):
         for name in methods:

@@ -238,7 +238,8 @@ def _command(args: argparse.Namespace, c: Client) -> tuple[Any, Any]:
                             open=True if args.open else None, limit=args.last,
                             account=args.account)
     elif cmd == "positions":
-        call = calls.positions(account=args.account)
+        call = calls.totals(account=args.account) if args.totals else calls.positions(
+            account=args.account, strategy_id=args.strategy)
     elif cmd == "status":
         call = calls.status()
     elif cmd == "halt":
@@ -583,8 +584,12 @@ def _add_client_commands(sub: Any) -> None:
     os_.add_argument("--limit", action=_Renamed, nargs="?", help=argparse.SUPPRESS,
                      new="--last N (a number of rows; --limit-price is a price)")
     _account(os_, "only the orders at this broker account (default: every account's)")
-    ps = client("positions", "execd's positions (its own book)")
+    ps = client("positions", "each strategy's book (and the unattributed one) at each account")
     _account(ps, "only the positions at this broker account (default: every account's)")
+    ps.add_argument("--strategy", metavar="ID", help="only this strategy's books")
+    ps.add_argument("--totals", action="store_true",
+                    help="each account's totals instead (the sum of its books: what the "
+                    "broker holds; default: the books)")
     client("status", "trading state, actors, broker budget, last poll and reconcile")
     h = client("halt", "stop new orders, account-wide or for one strategy (cancels work)")
     h.add_argument("--strategy", metavar="ID",

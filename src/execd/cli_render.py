@@ -242,18 +242,22 @@ def _detail(e: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in items if v not in (None, ""))
 
 
-POSITION_COLUMNS = (Column("account", optional=True), Column("symbol"), Column("qty", "d"),
+POSITION_COLUMNS = (Column("account", optional=True), Column("strategy", optional=True),
+                    Column("symbol"), Column("qty", "d"),
                     Column("avg entry", "d"), Column("last", "d"), Column("market value", "d"),
                     Column("unrealized P/L", "d"))
 DEFAULT_ACCOUNT = "default"  # a [broker] config's one account
 
 
 def positions_table(positions: Sequence[Position]) -> list[str]:
-    """With several accounts (or one named in [accounts.NAME]) each row says where."""
+    """With several accounts (or one named in [accounts.NAME]) each row says where; a
+    book says whose ("-": the unattributed one; none: an account's total)."""
     accounts = {p.account for p in positions}
     named = bool(accounts - {DEFAULT_ACCOUNT}) or len(accounts) > 1
+    books = any("strategy_id" in p.raw for p in positions)
     return table(POSITION_COLUMNS, [
-        [p.account if named else "", p.symbol, dec(p.qty), dec(p.avg_entry_price),
+        [p.account if named else "", (p.strategy_id or "-") if books else "", p.symbol,
+         dec(p.qty), dec(p.avg_entry_price),
          dec(p.last_price), dec(p.market_value), dec(p.unrealized_pl)] for p in positions])
 
 

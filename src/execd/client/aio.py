@@ -195,6 +195,13 @@ class AsyncClient:
                       account: str | None = None) -> dict[str, Any]:
         return await self._run(calls.flatten(reason, account=account))
 
+    async def adopt(self, symbol: str, strategy_id: str, qty: Num, *,
+                    account: str | None = None, back: bool | None = None,
+                    reason: str | None = None) -> dict[str, Any]:
+        """See calls.adopt (an operator's)."""
+        return await self._run(calls.adopt(symbol, strategy_id, qty, account=account,
+                                           back=back, reason=reason))
+
     async def order(self, client_order_id: str) -> Order:
         return await self._run(calls.order(client_order_id))
 
@@ -208,8 +215,14 @@ class AsyncClient:
         return await self._run(calls.orders(strategy_id=strategy_id, state=state, open=open,
                                             limit=limit, account=account))
 
-    async def positions(self, *, account: str | None = None) -> list[Position]:
-        return await self._run(calls.positions(account=account))
+    async def positions(self, *, account: str | None = None,
+                        strategy_id: str | None = None) -> list[Position]:
+        """Each book (strategy_id None: the unattributed one); see calls.positions."""
+        return await self._run(calls.positions(account=account, strategy_id=strategy_id))
+
+    async def totals(self, *, account: str | None = None) -> list[Position]:
+        """Each account's total in each symbol (the sum of its books)."""
+        return await self._run(calls.totals(account=account))
 
     async def status(self) -> Status:
         return await self._run(calls.status())

@@ -232,6 +232,12 @@ class Client:
                 account: str | None = None) -> dict[str, Any]:
         return self._run(calls.flatten(reason, account=account))
 
+    def adopt(self, symbol: str, strategy_id: str, qty: Num, *, account: str | None = None,
+              back: bool | None = None, reason: str | None = None) -> dict[str, Any]:
+        """See calls.adopt (an operator's)."""
+        return self._run(calls.adopt(symbol, strategy_id, qty, account=account, back=back,
+                                     reason=reason))
+
     def order(self, client_order_id: str) -> Order:
         return self._run(calls.order(client_order_id))
 
@@ -244,8 +250,14 @@ class Client:
         return self._run(calls.orders(strategy_id=strategy_id, state=state, open=open,
                                       limit=limit, account=account))
 
-    def positions(self, *, account: str | None = None) -> list[Position]:
-        return self._run(calls.positions(account=account))
+    def positions(self, *, account: str | None = None,
+                  strategy_id: str | None = None) -> list[Position]:
+        """Each book (strategy_id None: the unattributed one); see calls.positions."""
+        return self._run(calls.positions(account=account, strategy_id=strategy_id))
+
+    def totals(self, *, account: str | None = None) -> list[Position]:
+        """Each account's total in each symbol (the sum of its books)."""
+        return self._run(calls.totals(account=account))
 
     def status(self) -> Status:
         return self._run(calls.status())

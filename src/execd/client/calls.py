@@ -192,6 +192,14 @@ def flatten(reason: str | None = None, *, account: str | None = None
     return Call("flatten", {"reason": reason, "account": account}, dict)
 
 
+def adopt(symbol: str, strategy_id: str, qty: Num, *, account: str | None = None,
+          back: bool | None = None, reason: str | None = None) -> Call[dict[str, Any]]:
+    """An operator's: give `qty` shares of the unattributed book to `strategy_id`'s book
+    (`back`: the other way). Answers both books' quantities after."""
+    return Call("adopt", {"symbol": symbol, "strategy_id": strategy_id, "qty": num(qty),
+                          "account": account, "back": back, "reason": reason}, dict)
+
+
 def order(client_order_id: str) -> Call[Order]:
     """The order, with its legs when it is a parent."""
     return Call("order", {"client_order_id": client_order_id},
@@ -212,10 +220,19 @@ def orders(*, strategy_id: str | None = None, state: OrderState | str | None = N
                            "open": open, "limit": limit, "account": account}, _orders)
 
 
-def positions(*, account: str | None = None) -> Call[list[Position]]:
-    """Every account's positions, or `account`'s."""
-    return Call("positions", {"account": account},
+def positions(*, account: str | None = None, strategy_id: str | None = None
+              ) -> Call[list[Position]]:
+    """Each book (a strategy's, or the unattributed one: strategy_id None) at every
+    account, or at `account`, or `strategy_id`'s only; the accounts' totals are
+    `totals()`."""
+    return Call("positions", {"account": account, "strategy_id": strategy_id},
                 lambda r: [Position.from_wire(p) for p in r.get("positions") or []])
+
+
+def totals(*, account: str | None = None) -> Call[list[Position]]:
+    """Each account's total in each symbol: the sum of its books (what its broker holds)."""
+    return Call("positions", {"account": account},
+                lambda r: [Position.from_wire(p) for p in r.get("totals") or []])
 
 
 def external_orders(*, open: bool | None = None, limit: int | None = None,

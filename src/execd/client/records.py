@@ -221,16 +221,19 @@ class Position(_Wire):
     avg_entry_price: Decimal | None = None
     last_price: Decimal | None = None
     account: str = "default"  # the broker account that holds it
+    # whose book: a strategy's, or None for the unattributed book (or an account total)
+    strategy_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_wire(cls, p: Mapping[str, Any]) -> Position:
-        known = {"symbol", "qty", "avg_entry_price", "last_price", "account"}
+        known = {"symbol", "qty", "avg_entry_price", "last_price", "account", "strategy_id"}
         return cls(symbol=str(p.get("symbol", "")), qty=dec(p.get("qty")) or Decimal(0),
                    avg_entry_price=dec(p.get("avg_entry_price")),
                    last_price=dec(p.get("last_price")),
                    account=str(p.get("account") or "default"),
+                   strategy_id=None if p.get("strategy_id") is None else str(p["strategy_id"]),
                    extra={k: v for k, v in p.items() if k not in known}, raw=dict(p))
 
     @property
