@@ -16,7 +16,7 @@ between the durable write and the broker's answer; it is restarted each time. Th
    daemon, in the broker's final state;
 2. no client_order_id reached the broker twice, and the broker has no order the daemon
    does not know;
-3. the daemon's positions equal the broker's;
+3. the daemon's positions, and the sum of its strategies' books, equal the broker's;
 4. no sliding window saw more requests than the limit;
 5. (faults) the daemon never halted without a reason, never crashed by itself;
 6. halted mid-burst (after the kills), only orders that reduce a position (closes)
@@ -139,7 +139,8 @@ class Report:
             ("orders in the wrong final state", str(len(self.wrong_state))),
             ("client_order_ids sent again after the broker had them", str(self.duplicate_submits)),
             ("broker orders unknown to the daemon", str(self.unknown_to_daemon)),
-            ("local positions == broker positions", "yes" if self.positions_equal else "NO"),
+            ("local positions == sum of the books == broker positions",
+             "yes" if self.positions_equal else "NO"),
             (f"most requests in any {self.window:g} s window (limit)",
              f"{self.max_in_window} ({self.limit})"),
             ("trading state at the end", self.trading),
@@ -335,9 +336,9 @@ def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: thre
         }
         roll, op = rng.random(), "submit"
         if i % 25 == 24:  # now and then a close: our own market order, durable like any
-            op, fields = "close_position", {
-                "symbol": rng.choice(SYMBOLS), "client_order_id": f"close-crash-{i}",
-                "wait": "accepted"}
+            op, fields = "close_position", {  # this strategy's book (issue 31)
+                "symbol": rng.choice(SYMBOLS), "strategy_id": strategy,
+                "client_order_id": f"close-crash-{i}", "wait": "accepted"}
         elif roll < 0.2:  # some rest open: a limit far below the market
             fields.update(type="limit", limit_price="1.00", time_in_force="gtc")
         elif roll < 0.35:  # a bracket: exits far from the market, resting as legs
@@ -439,9 +440,10 @@ def _halt_steps(sock: Path, acked: set[str], sim: SimServer, report: Report,
     before = set(sim.engine.client_order_ids())
     with contextlib.suppress(OSError, ExecdError), Client(sock, timeout=10) as cl:
         report.halt_held = int(cl.request("status")["held"]["count"])
-    for symbol in SYMBOLS:  # closes go while halted
+    for symbol in SYMBOLS:  # closes go while halted: one strategy's book each
         cid = f"halt-close-{symbol}"
-        if _until_acked(sock, "close_position", {"symbol": symbol, "client_order_id": cid,
+        if _until_acked(sock, "close_position", {"symbol": symbol, "strategy_id": "s0",
+                                                 "client_order_id": cid,
                                                  "wait": "accepted"}, report, done):
             acked.add(cid)
         else:
@@ -497,6 +499,9 @@ def _verify(report: Report, db: Path, acked: set[str], sim: SimServer) -> None:
     ours = dict(conn.execute("SELECT client_order_id, state FROM orders").fetchall())
     local_pos = {s: Decimal(q) for s, q in conn.execute("SELECT symbol, qty FROM positions")
                  if Decimal(q)}
+    books: dict[str, Decimal] = {}  # each strategy's books (issue 31), added up per symbol
+    for s, q in conn.execute("SELECT symbol, qty FROM books"):
+        books[s] = books.get(s, Decimal(0)) + Decimal(q)
     conn.close()
     legs = _legs(sim)
     theirs = {**sim.engine.client_order_ids(), **legs}
@@ -516,7 +521,9 @@ def _verify(report: Report, db: Path, acked: set[str], sim: SimServer) -> None:
             report.wrong_state.append(f"{cid}: ours {ours.get(cid)}, broker "
                                       f"{theirs.get(cid, {}).get('status')}")
     broker_pos = {p["symbol"]: Decimal(p["qty"]) for p in sim.engine.list_positions()}
-    report.positions_equal = local_pos == broker_pos
+    # the account's totals, and the books that make them, both equal the broker's
+    report.positions_equal = local_pos == broker_pos == {
+        sym: q for sym, q in books.items() if q}
     report.max_in_window = sim.stats()["max_requests_in_window"]
 
 
