@@ -7,6 +7,7 @@ executions) and answers.py answers the queries from it, session.py serves one
 connection and server.py the TCP server; cli.py is `execd sim --broker ib`.
 """
 
-from execd.sim.tws.server import TwsFaults, TwsServer
+from execd.sim.tws.faults import TwsFaults
+from execd.sim.tws.server import TwsServer
 
 __all__ = ["TwsFaults", "TwsServer"]

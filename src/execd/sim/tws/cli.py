@@ -11,7 +11,8 @@ from dataclasses import fields, replace
 
 from execd.sim.alpaca.server import SimServer
 from execd.sim.settings import SimConfig
-from execd.sim.tws.server import TwsFaults, TwsServer
+from execd.sim.tws.faults import TwsFaults
+from execd.sim.tws.server import TwsServer
 
 
 def parse_faults(items: list[str]) -> TwsFaults:

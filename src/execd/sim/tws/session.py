@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from execd.obs import logging
 from execd.sim.tws import answers
 from execd.sim.tws import messages as m
+from execd.sim.tws.desk import Desk
+from execd.sim.tws.faults import TwsFaults, TwsStats
 from execd.sim.tws.wire import FrameReader, ProtocolError, frame, negotiate, split
 
-if TYPE_CHECKING:
-    from execd.sim.tws.server import TwsServer
+
+class Host(Protocol):
+    """What a session needs of the server that accepted it (server.TwsServer)."""
+
+    faults: TwsFaults
+    stats: TwsStats
+    desk: Desk
+
+    def monotonic(self) -> float: ...
+
+    def take_drop(self) -> bool: ...
 
 log = logging.get("execd.sim.tws")
 DRAIN_SECONDS = 2.0  # after hang_up: how long the client has to close its end
@@ -26,7 +37,7 @@ IN_USE = "Unable to connect as the client id is already in use. Retry with a uni
 
 
 class Session:
-    def __init__(self, server: TwsServer, reader: asyncio.StreamReader,
+    def __init__(self, server: Host, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
         self.server = server
         self.desk = server.desk
