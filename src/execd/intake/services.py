@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from anyio.streams.memory import MemoryObjectSendStream
 
-from execd.accounts import Account
 from execd.backup import Place as BackupPlace
 from execd.book import OrderBook
 from execd.clock import Clock
@@ -24,6 +23,13 @@ from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs.metrics import Metrics
 from execd.recovery import Recovery
 from execd.storage import Storage
+
+
+class AccountView(Protocol):
+    """What the socket shows of a broker account (accounts.Account): a front door reads
+    an account's state, never its broker client."""
+
+    def as_dict(self, now: float) -> dict[str, object]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,4 +68,4 @@ class Services:
     halts: HaltGate | None = None  # orders a halt holds back (halts.py)
     # every broker account by name (the first is also `health`, `limiter`, `recovery`,
     # `halts` above); empty: one account, "default" (tests that build Services alone)
-    accounts: Mapping[str, Account] = field(default_factory=dict)
+    accounts: Mapping[str, AccountView] = field(default_factory=dict)
