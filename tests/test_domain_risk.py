@@ -10,7 +10,6 @@ import pytest
 from execd.domain import reconcile
 from execd.domain.orders import Fill, Order, OrderSpec, OrderState, StopLoss, TakeProfit
 from execd.domain.positions import Position, apply_fill
-from execd.domain.wash import OpenSides
 from execd.domain.risk import (
     Exposure,
     RiskContext,
@@ -20,6 +19,7 @@ from execd.domain.risk import (
     broker_orders,
     check,
 )
+from execd.domain.wash import OpenSides
 
 D = Decimal
 

@@ -24,7 +24,7 @@ from alpaca.trading.requests import (
 from execd.broker.alpaca import without_sdk_retries
 from execd.client import AsyncClient, WashTrade
 from execd.domain.orders import Order, OrderSpec, OrderState, StopLoss, TakeProfit
-from execd.domain.risk import RiskContext, RiskLimits, TradingStatus, check
+from execd.domain.risk import Exposure, RiskContext, RiskLimits, TradingStatus, check
 from execd.sim import SimServer
 from execd.sim.market import Market, OrderRequest, SimClock
 from tests.conftest import OpenDaemon, connect, eventually, sim_config
@@ -141,8 +141,17 @@ def test_the_gate_names_the_open_order_on_the_other_side() -> None:
     assert (denial.code, denial.rule, denial.conflicting) == ("wash_trade", "wash_trade", "s1")
     assert "s1" in denial.reason
     assert "cancel it first" in denial.reason
-    # closing orders too: the broker would refuse them all the same
-    assert check(_order("b2", "buy").spec, ctx, RiskLimits(), closing=True) is not None
+    # closing orders too: the broker would refuse them all the same (a buy that shrinks
+    # beta's short book: nothing but the wash trade stands in its way)
+    ctx.books["default", "beta", "AAPL"] = Exposure(position=D(-1))
+    closing = _order("b2", "buy", strategy="beta").spec
+    assert check(closing, _ctx(), RiskLimits(), closing=True) is not None  # no book there
+    with_book = _ctx()
+    with_book.books["default", "beta", "AAPL"] = Exposure(position=D(-1))
+    assert check(closing, with_book, RiskLimits(), closing=True) is None
+    denial = check(closing, ctx, RiskLimits(), closing=True)
+    assert denial is not None
+    assert denial.code == "wash_trade"
     # another symbol, another account, the same side, a closed order: no wash
     for spec in (_order("b3", "buy", symbol="MSFT").spec, _order("b4", "buy", account="x").spec,
                  _order("s2", "sell").spec):
@@ -173,6 +182,9 @@ def test_a_family_is_no_wash_with_itself() -> None:
                        account="default", order_class="bracket")
     assert check(entry2, ctx, RiskLimits(),
                  replacing=Order(spec=entry.spec, state=OrderState.SUBMITTED, legs=("tp",))) is None
+    # a leg its parent does not name yet (the fold names it with the broker's next news)
+    assert check(entry2, ctx, RiskLimits(),
+                 replacing=Order(spec=entry.spec, state=OrderState.SUBMITTED)) is None
     # anyone else's buy meets the sell leg; a new bracket meets the entry on its exits' side
     denial = check(_order("b", "buy", strategy="beta").spec, ctx, RiskLimits())
     assert denial is not None
@@ -193,6 +205,34 @@ def test_a_kept_context_forgets_a_closed_order() -> None:
     ctx.apply(s, Order(spec=s.spec, state=OrderState.CANCELLED), None)
     assert check(_order("b", "buy").spec, ctx, RiskLimits()) is None
     assert ctx.sides.summary() == {}
+
+
+def test_a_brackets_sides_kept_current_equal_a_rebuild() -> None:
+    """The parent stands for its exits until its legs are in the book; then each leg for
+    itself; kept current through every step, the context is its rebuild."""
+    entry = _order("e", "buy", state=OrderState.PENDING, order_class="bracket", type="limit",
+                   limit_price=D(90), take_profit=TakeProfit(limit_price=D(120)),
+                   stop_loss=StopLoss(stop_price=D(80)))
+    tp = _order("tp", "sell", parent="e", order_class="bracket", type="limit",
+                limit_price=D(120))
+    sl = _order("sl", "sell", parent="e", order_class="bracket", type="stop",
+                stop_price=D(80))
+    kept = _ctx()
+    kept.admit(entry)
+    assert kept.sides.summary() == _ctx(entry).sides.summary() == {
+        ("default", "AAPL", "buy"): {"e": None}, ("default", "AAPL", "sell"): {"e": None}}
+    sent = Order(spec=entry.spec, state=OrderState.SUBMITTED)
+    named = Order(spec=entry.spec, state=OrderState.SUBMITTED, legs=("tp", "sl"))
+    filled = Order(spec=entry.spec, state=OrderState.FILLED, filled_qty=D(1), legs=("tp", "sl"))
+    steps: list[tuple[Order | None, Order, tuple[Order, ...]]] = [
+        (entry, sent, (sent,)), (None, tp, (sent, tp)), (None, sl, (sent, tp, sl)),
+        (sent, named, (named, tp, sl)), (named, filled, (tp, sl)),
+        (tp, Order(spec=tp.spec, state=OrderState.FILLED), (sl,)),
+        (sl, Order(spec=sl.spec, state=OrderState.CANCELLED), ())]
+    for before, after, now_open in steps:
+        kept.apply(before, after, None)
+        assert kept.sides.summary() == _ctx(*now_open).sides.summary()
+    assert kept.sides.summary() == {}
 
 
 # ------------------------------------------------------------------- the daemon
