@@ -39,14 +39,16 @@ def test_the_upgrade_puts_what_the_books_do_not_explain_in_unattributed() -> Non
 
 async def test_a_close_sells_only_its_strategys_shares_and_cancels_only_its_orders(
         daemon_factory: OpenDaemon, sim: SimServer) -> None:
-    """The README's bracket as `demo`, then `mine` buys 2 and closes: 2 shares are sold
-    (not the account's 5), and demo's take-profit and stop-loss stay open."""
+    """`mine` buys 2, then the README's bracket as `demo`, and mine closes: 2 shares are
+    sold (not the account's 5), and demo's take-profit and stop-loss stay open."""
     async with daemon_factory() as d, connect(d) as c:
         px = sim.engine.price("AAPL")
+        # mine first: a buy while demo's sell exits are open is a wash trade (refused)
+        mine = await c.submit(strategy_id="mine", symbol="AAPL", side="buy", qty="2")
+        await eventually(lambda: _filled(c, mine["client_order_id"]))
         bracket = await c.submit(strategy_id="demo", symbol="AAPL", side="buy", qty="3",
                                  order_class="bracket", take_profit=str(px + 50),
                                  stop_loss=str(px - 50))
-        mine = await c.submit(strategy_id="mine", symbol="AAPL", side="buy", qty="2")
         await eventually(lambda: _filled(c, bracket["client_order_id"], mine["client_order_id"]))
         rows = (await c.request("positions"))["positions"]
         assert {(p["strategy_id"], p["qty"]) for p in rows} == {("demo", "3"), ("mine", "2")}

@@ -133,15 +133,21 @@ async def test_cancel_all_spends_one_request_per_order_and_one_per_family(
         async with daemon_factory(sim, **streaming) as d, connect(d) as c:
             plain = [await c.submit(**resting("ca", symbol=s))
                      for s in ("AAPL", "MSFT", "SPY") for _ in range(10)]
-            px = sim.engine.price("AAPL")
+            # a bracket each in a symbol of its own: a bracket's buy entry faces the sell
+            # exits of any other open in its symbol (a wash trade the broker refuses)
+            own = iter(("NVDA", "AMZN", "GOOGL", "META", "TSLA", "QQQ"))
 
             def bracket(**entry: Any) -> dict[str, Any]:
-                return {"strategy_id": "ca", "symbol": "AAPL", "side": "buy", "qty": "1",
+                symbol = next(own)
+                px = sim.engine.price(symbol)
+                if entry:
+                    entry["limit_price"] = cents(px * Decimal("0.8"))
+                return {"strategy_id": "ca", "symbol": symbol, "side": "buy", "qty": "1",
                         "order_class": "bracket", "take_profit": {"limit_price": cents(px * 2)},
                         "stop_loss": {"stop_price": cents(px / 2)}, **entry}
 
-            waiting = [await c.submit(**bracket(type="limit", limit_price=cents(px * Decimal("0.8")),
-                                                time_in_force="gtc")) for _ in range(3)]
+            waiting = [await c.submit(**bracket(type="limit", time_in_force="gtc"))
+                       for _ in range(3)]
             filled = [await c.submit(**bracket()) for _ in range(3)]
             for o in filled:
                 await until(d, o["client_order_id"], "FILLED")
@@ -258,18 +264,22 @@ async def test_flatten_with_300_open_orders_answers_in_seconds_and_finishes(
     shares and the cancels still pending; the background closes what they free. No
     share is sold twice; everything ends flat, cancelled, halted."""
     symbols = tuple(f"FL{chr(65 + i)}" for i in range(20))
+    # the buys in symbols of their own: a buy resting against a sell in one symbol is a
+    # wash trade (the broker refuses it, and so does the risk gate)
+    others = tuple(f"FB{chr(65 + i)}" for i in range(20))
     streaming = {"broker": {"stream": True},  # the ends of the cancels come by the stream
                  "poller": {"interval": 30.0, "interval_streaming": 30.0}}
-    with SimServer(sim_config(speed=0.001, extra_symbols=symbols)) as sim:
+    with SimServer(sim_config(speed=0.001, extra_symbols=symbols + others)) as sim:
         async with daemon_factory(sim, **streaming) as d, connect(d) as c:
             for s in symbols:
                 await c.submit(strategy_id="f", symbol=s, side="buy", qty="20", wait="accepted")
             for s in symbols:
                 await eventually(lambda s=s: _position_is(d, s, Decimal(20)))  # type: ignore[misc]
             resting_ids = [
-                (await c.submit(**resting("f", symbol=s, side=side), wait="accepted")
-                 )["client_order_id"]
-                for s in symbols for side in ["sell"] * 8 + ["buy"] * 7]
+                (await c.submit(**resting("f", symbol=s if side == "sell" else o, side=side),
+                                wait="accepted"))["client_order_id"]
+                for s, o in zip(symbols, others, strict=True)
+                for side in ["sell"] * 8 + ["buy"] * 7]
             assert len(resting_ids) == 300
             for cid in resting_ids:
                 await until(d, cid, "SUBMITTED")
@@ -400,7 +410,9 @@ async def test_flatten_closes_what_is_free_even_if_its_cancels_were_not_answered
         await c.submit(strategy_id="u", symbol="AAPL", side="buy", qty="3")
         await eventually(lambda: _position_is(d, "AAPL", Decimal(3)))
         held = await c.submit(**resting("u", side="sell"))
-        other = await c.submit(**resting("u", side="buy"))
+        # in another symbol: a buy resting against the sell is a wash trade (and a close
+        # with it open one too, until its cancel is answered)
+        other = await c.submit(**resting("u", symbol="MSFT", side="buy"))
         monkeypatch.setattr(cancel_all, "cancel_all", unanswered)
         result = await c.request("flatten", reason="stuck")
         assert result["cancels"]["error"]["code"] == "internal"

@@ -19,6 +19,7 @@ from execd.domain.risk import (
     broker_orders,
     check,
 )
+from execd.domain.wash import OpenSides
 
 D = Decimal
 
@@ -37,6 +38,13 @@ def ctx(state: TradingState = TradingState.ACTIVE, position: str = "0", **kw: ob
     for k, v in kw.items():
         setattr(c, k, v)
     return c
+
+
+def unwashed(c: RiskContext) -> RiskContext:
+    """`c` as max_position & co see it, without the open orders the wash-trade rule sees:
+    an order against an open one on the other side is refused first as `wash_trade`
+    (tests/test_wash_trades.py), before the limit a test means to look at."""
+    return replace(c, sides=OpenSides())
 
 
 def test_active_with_no_limits_admits() -> None:
@@ -182,10 +190,10 @@ def test_an_open_notional_order_counts_its_shares_toward_max_position() -> None:
     assert check(spec(qty="6"), c, limits) is not None  # 100.4
     c.set_prices({"AAPL": D(170)})  # the market falls under its limit: more shares
     assert check(spec(qty="1"), c, limits) is not None  # 100 + 1
-    assert check(spec("sell", "50"), c, limits) is None  # the other side is not its
+    assert check(spec("sell", "50"), unwashed(c), limits) is None  # the other side is not its
     c.set_prices({"AAPL": D(150)})  # 113 shares now: the long side is over the limit
     assert check(spec(qty="1"), c, limits) is not None
-    assert check(spec("sell", "50"), c, limits) is None  # which must not block a sell
+    assert check(spec("sell", "50"), unwashed(c), limits) is None  # which must not block a sell
 
 
 def test_an_open_notional_order_counts_only_the_dollars_not_yet_filled() -> None:
@@ -215,7 +223,7 @@ def test_a_notional_order_with_no_price_counts_as_all_of_max_position() -> None:
     assert denial is not None
     assert denial.rule == "max_position"
     assert check(notional("n2", "1"), c, limits) is not None
-    assert check(spec("sell", "1"), c, limits) is None
+    assert check(spec("sell", "1"), unwashed(c), limits) is None
     c.set_prices({"AAPL": D(10)})  # priced: $100 is 10 shares
     assert check(spec(qty="90"), c, limits) is None
     assert check(spec(qty="91"), c, limits) is not None
@@ -298,14 +306,16 @@ def test_max_open_orders_counts_every_leg() -> None:
     """Ten brackets pipelined against max_open_orders 10 left 30 orders at the broker."""
     limits = RiskLimits(max_open_orders=10)
     c = ctx()
+    symbols = ("AAPL", "MSFT", "NVDA", "AMZN")  # one each: a bracket's exits face its buy
     for n in range(3):
-        assert check(bracket(f"b{n}"), c, limits) is None
-        c.admit(Order(spec=bracket(f"b{n}")))
+        b = replace(bracket(f"b{n}"), symbol=symbols[n])
+        assert check(b, c, limits) is None
+        c.admit(Order(spec=b))
     assert c.open_orders == 9
-    denial = check(bracket("b3"), c, limits)
+    denial = check(replace(bracket("b3"), symbol=symbols[3]), c, limits)
     assert denial is not None
     assert denial.rule == "max_open_orders"
-    assert check(spec(), c, limits) is None  # a simple order fits: 10
+    assert check(spec(symbol="TSLA"), c, limits) is None  # a simple order fits: 10
 
 
 def test_legs_count_as_the_open_orders_they_are() -> None:

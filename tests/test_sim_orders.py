@@ -86,10 +86,12 @@ def status(sim: SimServer, order_id: Any) -> OrderStatus:
 def test_stop_orders_trigger_when_the_price_crosses(sim: SimServer) -> None:
     c = client(sim)
     price(sim, "AAPL", "100.00")
+    price(sim, "MSFT", "100.00")
     buy(sim, 10)
     sell_stop = c.submit_order(StopOrderRequest(symbol="AAPL", qty=10, side=OrderSide.SELL,
                                                 time_in_force=TimeInForce.GTC, stop_price=95))
-    buy_stop = c.submit_order(StopOrderRequest(symbol="AAPL", qty=1, side=OrderSide.BUY,
+    # another symbol: a buy against AAPL's open sell is a wash trade Alpaca refuses
+    buy_stop = c.submit_order(StopOrderRequest(symbol="MSFT", qty=1, side=OrderSide.BUY,
                                                time_in_force=TimeInForce.GTC, stop_price=105))
     assert (sell_stop.status, sell_stop.type.value, sell_stop.stop_price) == (
         OrderStatus.NEW, "stop", "95")
@@ -100,7 +102,9 @@ def test_stop_orders_trigger_when_the_price_crosses(sim: SimServer) -> None:
     assert (done.status, done.filled_qty, done.filled_avg_price) == (
         OrderStatus.FILLED, "10", "94")
     assert status(sim, buy_stop.id) == OrderStatus.NEW
-    price(sim, "AAPL", "106.00")
+    price(sim, "MSFT", "104.00")
+    assert status(sim, buy_stop.id) == OrderStatus.NEW
+    price(sim, "MSFT", "106.00")
     assert c.get_order_by_id(buy_stop.id).filled_avg_price == "106"
 
 
@@ -398,8 +402,10 @@ def test_replace_makes_a_new_order_and_marks_the_old_replaced(sim: SimServer) ->
     assert [o.id for o in c.get_orders(GetOrdersRequest(status=QueryOrderStatus.OPEN))] == [
         new.id]
     # a generated client_order_id when none is given; a bracket leg keeps its family
+    # (in another symbol: its sell exits against AAPL's open buy would be a wash trade)
+    price(sim, "MSFT", "100.00")
     parent = c.submit_order(LimitOrderRequest(
-        symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
+        symbol="MSFT", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
         limit_price=90, order_class=OrderClass.BRACKET,
         take_profit=TakeProfitRequest(limit_price=120), stop_loss=StopLossRequest(stop_price=80)))
     tp2 = c.replace_order_by_id(parent.legs[0].id, ReplaceOrderRequest(limit_price=125))
@@ -549,15 +555,19 @@ def test_new_fields_survive_a_restart(tmp_path: Path) -> None:
             symbol="AAPL", qty=5, side=OrderSide.SELL, time_in_force=TimeInForce.GTC,
             trail_percent=10))
         price(sim, "AAPL", "120.00")
+        # each in a symbol of its own: a buy against an open sell (the trailing stop, the
+        # bracket's exits) is a wash trade Alpaca refuses
+        price(sim, "MSFT", "120.00")
+        price(sim, "NVDA", "100.00")
         parent = c.submit_order(LimitOrderRequest(
-            symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
+            symbol="MSFT", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
             limit_price=90, order_class=OrderClass.BRACKET,
             take_profit=TakeProfitRequest(limit_price=130),
             stop_loss=StopLossRequest(stop_price=80)))
-        notional = c.submit_order(MarketOrderRequest(symbol="AAPL", notional=60,
+        notional = c.submit_order(MarketOrderRequest(symbol="NVDA", notional=60,
                                                      side=OrderSide.BUY,
                                                      time_in_force=TimeInForce.DAY))
-        old = c.submit_order(LimitOrderRequest(symbol="AAPL", qty=1, side=OrderSide.BUY,
+        old = c.submit_order(LimitOrderRequest(symbol="NVDA", qty=1, side=OrderSide.BUY,
                                                time_in_force=TimeInForce.GTC, limit_price=50))
         new = c.replace_order_by_id(old.id, ReplaceOrderRequest(limit_price=51))
         before = {o: raw(sim, "GET", f"/v2/orders/{o}").json()
@@ -569,9 +579,10 @@ def test_new_fields_survive_a_restart(tmp_path: Path) -> None:
         after = {o: raw(sim, "GET", f"/v2/orders/{o}").json() for o in before}
         assert after == before
         price(sim, "AAPL", "89.00")  # the restored bracket and trailing stop still trade
+        price(sim, "MSFT", "89.00")
         c = client(sim)
         assert c.get_order_by_id(parent.id).status == OrderStatus.FILLED
-        price(sim, "AAPL", "79.00")
+        price(sim, "MSFT", "79.00")
         family = c.get_order_by_id(parent.id)
         assert [leg.status for leg in family.legs] == [OrderStatus.CANCELED, OrderStatus.FILLED]
         assert c.get_order_by_id(trail.id).status == OrderStatus.FILLED

@@ -309,8 +309,10 @@ async def _replay(path: Path, changes: list[tuple[Any, ...]]) -> None:
                     cid = f"c{len(cids)}"
                     msg, answer = submit(order_spec(cid, side, str(qty), symbol))
                     await r.gate.handle([msg])
-                    answer.close()
-                    cids.append(cid)
+                    with answer:
+                        result = answer.receive_nowait()
+                    if isinstance(result, OrderAccepted):  # not a wash trade, say
+                        cids.append(cid)
                 case ("view", i, status, fill_pct, price) if cids:
                     cid = cids[i % len(cids)]
                     order = await r.book.get(cid)

@@ -99,6 +99,7 @@ class OrderDenied:
     code: str  # protocol error code: risk_rejected, trading_halted, conflict, recovering, ...
     reason: str
     retry_after_s: float | None = None  # when trying again makes sense (recovering)
+    conflicting: str | None = None  # wash_trade: the open order's client_order_id
 
 
 SubmitResult = OrderAccepted | OrderDenied

@@ -46,7 +46,8 @@ Fields = Mapping[str, frozenset[str]]  # op -> the fields it takes
 
 class ProtocolError(Exception):
     """A refusal: its code, its message, and fields the error object carries besides
-    (`order` for broker_rejected, `retry_after_s` for recovering)."""
+    (`order` for broker_rejected, `retry_after_s` for recovering,
+    `conflicting_client_order_id` for wash_trade)."""
 
     def __init__(self, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)

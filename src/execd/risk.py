@@ -416,7 +416,8 @@ class RiskGate:
             metrics.rejections.labels(denial.rule).inc()
             log.info("order denied", client_order_id=spec.client_order_id,
                      strategy_id=spec.strategy_id, rule=denial.rule, reason=denial.reason)
-            return OrderDenied(code=denial.code, reason=denial.reason)
+            return OrderDenied(code=denial.code, reason=denial.reason,
+                               conflicting=denial.conflicting)
         now = self.clock.time()
         order = Order(spec=spec, state=OrderState.PENDING, created_at=now, updated_at=now,
                       owner_uid=msg.owner_uid, closing=msg.closing)

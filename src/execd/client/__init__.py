@@ -30,6 +30,7 @@ from execd.client.errors import (
     TradingHalted,
     Unauthorized,
     UnknownOp,
+    WashTrade,
 )
 from execd.client.records import (
     AccountStatus,
@@ -51,5 +52,5 @@ __all__ = [
     "LineTooLong", "NotFound", "Order", "OrderEvent", "OrderState", "Overloaded",
     "Position", "Recovering", "RiskRejected", "Status", "StopLoss", "StorageUnavailable",
     "TakeProfit", "Trading", "TradingEvent", "TradingHalted", "TradingState", "Unauthorized", "UnknownOp",
-    "find_socket",
+    "WashTrade", "find_socket",
 ]

@@ -45,6 +45,18 @@ class TradingHalted(ExecdError):
     """Trading is HALTED (or REDUCING and the order would not reduce)."""
 
 
+class WashTrade(ExecdError):
+    """The order is on the other side of an open order in the same symbol and account,
+    which the broker refuses (a potential wash trade): cancel that order first, or send
+    exits with their entry as one bracket/OCO order."""
+
+    @property
+    def conflicting_client_order_id(self) -> str | None:
+        """The open order in the way."""
+        v = self.detail.get("conflicting_client_order_id")
+        return v if isinstance(v, str) else None
+
+
 class BrokerRejected(ExecdError):
     """The broker refused the order or the cancel."""
 
@@ -117,6 +129,7 @@ BY_CODE: dict[str, type[ExecdError]] = {
     "unknown_op": UnknownOp,
     "risk_rejected": RiskRejected,
     "trading_halted": TradingHalted,
+    "wash_trade": WashTrade,
     "broker_rejected": BrokerRejected,
     "not_found": NotFound,
     "conflict": Conflict,

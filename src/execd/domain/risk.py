@@ -30,6 +30,8 @@ from typing import Any
 from execd.domain.decimals import show
 from execd.domain.orders import DEFAULT_ACCOUNT, UNATTRIBUTED, Fill, Order, OrderSpec, Side
 from execd.domain.positions import Position
+from execd.domain.wash import OpenSides
+from execd.domain.wash import reason as wash_reason
 
 
 class TradingState(StrEnum):
@@ -116,6 +118,7 @@ class RiskContext:
     accounts: dict[str, TradingStatus] = field(default_factory=dict)  # accounts halted alone
     # each strategy's book at each account, and its open orders: (account, strategy, symbol)
     books: dict[tuple[str, str, str], Exposure] = field(default_factory=dict)
+    sides: OpenSides = field(default_factory=OpenSides)  # open orders, for wash trades
 
     @classmethod
     def rebuild(
@@ -171,6 +174,7 @@ class RiskContext:
     def _count(self, order: Order, sign: int) -> None:
         if not order.is_open:
             return
+        self.sides.count(order, sign)
         self.open_orders += sign * broker_orders(order.spec, legs_known=bool(order.legs))
         if _shadow_exit(order.spec):
             return
@@ -203,7 +207,7 @@ class RiskContext:
 
         return (self.trading, kept(self.exposure), self.open_orders,
                 dict(self.orders_last_minute), dict(self.prices), dict(self.halted),
-                dict(self.accounts), kept(self.books))
+                dict(self.accounts), kept(self.books), self.sides.summary())
 
 
 def _shadow_exit(spec: OrderSpec) -> bool:
@@ -300,9 +304,10 @@ def _price(spec: OrderSpec, ctx: RiskContext) -> tuple[Decimal | None, bool]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Denial:
-    code: str  # "trading_halted" or "risk_rejected"
+    code: str  # "trading_halted", "risk_rejected" or "wash_trade"
     rule: str
     reason: str
+    conflicting: str | None = None  # wash_trade: the open order in the way
 
 
 def check(
@@ -339,6 +344,10 @@ def check(
             reason=f"strategy {spec.strategy_id} is halted ({alone.reason or 'no reason given'})"
             "; cancels still work",
         )
+    washed = ctx.sides.conflict(spec, replacing)
+    if washed is not None:  # a closing order too: the broker would refuse it all the same
+        return Denial(code="wash_trade", rule="wash_trade", reason=wash_reason(washed, spec),
+                      conflicting=washed)
     e = ctx.exposure.get((account, spec.symbol), Exposure())
     if closing:  # a close shrinks its own book: a strategy's, or the unattributed one
         e = ctx.books.get((account, spec.strategy_id, spec.symbol), Exposure())

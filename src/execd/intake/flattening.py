@@ -217,9 +217,14 @@ class Flattening:
                 log.error("flatten: giving up on a symbol", symbol=symbol, account=account,
                           error=progress.error)
                 continue
-            if refused and any(o.spec.symbol == symbol and o.spec.side != side
-                               for o in s.book.open.values() if o.account == account):
-                continue  # refused (a wash trade, say): again once the other side is gone
+            if any(o.spec.symbol == symbol and o.spec.side != side
+                   for o in s.book.open.values() if o.account == account):
+                # a wash trade, which the broker (and the risk gate) refuses: again once
+                # the other side is gone (cancelled by this flatten, or another book's close)
+                done.error = ("in_progress", f"an open order on the other side of {symbol} "
+                              "is in the way (a wash trade); closed in the background once "
+                              "it ends (status: flatten)")
+                continue
             spec = OrderSpec(
                 client_order_id=new_client_order_id(f"flatten-{symbol.replace('/', '')}",
                                                     s.clock.time()),  # a uuid in it
@@ -235,7 +240,8 @@ class Flattening:
                 done.error = ("internal", "the risk gate went away; the background tries "
                               "again")
             else:
-                if result.code != "recovering":  # starting up: not a refusal of this close
+                # starting up, or the other side not gone yet: not a refusal of this close
+                if result.code not in ("recovering", "wash_trade"):
                     progress.denied += 1
                 done.error = (result.code, result.reason)
         return out

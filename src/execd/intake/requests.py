@@ -109,7 +109,10 @@ def _accepted(spec: OrderSpec, result: SubmitResult | None) -> OrderAccepted:
             "internal", f"the risk gate failed on this order; query client_order_id "
             f"{spec.client_order_id} to learn whether it was recorded")
     if isinstance(result, OrderDenied):
-        extra = {} if result.retry_after_s is None else {"retry_after_s": result.retry_after_s}
+        extra: dict[str, Any] = {} if result.retry_after_s is None else {
+            "retry_after_s": result.retry_after_s}
+        if result.conflicting is not None:  # wash_trade: the order in the way
+            extra["conflicting_client_order_id"] = result.conflicting
         raise ProtocolError(result.code, result.reason, **extra)
     return result
 

@@ -47,7 +47,8 @@ SUBMIT_OUTCOMES = ("accepted", "denied", "duplicate", "conflict", "recovering",
                    "storage_unavailable")  # risk.py
 RISK_RULES = ("halted", "strategy_halted", "reducing", "symbol_not_allowed", "symbol_denied",
               "max_qty", "no_price",
-              "max_notional", "max_position", "max_open_orders", "max_orders_per_minute")
+              "max_notional", "max_position", "max_open_orders", "max_orders_per_minute",
+              "wash_trade")
 WAIT_MODES = ("submitted", "accepted")  # protocol.py: when a submit is answered
 # AlpacaClient._once/_call's endpoints; statuses are open-ended
 BROKER_ENDPOINTS = ("submit_order", "replace_order", "get_order_by_client_id", "get_order",
@@ -56,7 +57,8 @@ RECONCILE_RESULTS = ("clean", "mismatch", "unconfirmed", "error")
 # docs/protocol.md, "Error codes"
 INTAKE_ERROR_CODES = ("invalid_request", "unknown_op", "risk_rejected", "trading_halted",
                       "broker_rejected", "not_found", "conflict", "unauthorized", "line_too_long",
-                      "overloaded", "internal", "recovering", "storage_unavailable")
+                      "overloaded", "internal", "recovering", "storage_unavailable",
+                      "wash_trade")
 FILL_SOURCES = ("stream", "poll")
 # trade_updates events (ALPACA.md); anything else is counted as "other".
 STREAM_EVENTS = ("new", "fill", "partial_fill", "canceled", "expired", "done_for_day",

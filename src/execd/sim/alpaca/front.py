@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, ParamSpec, TypeVar
 
-from execd.sim.alpaca import render, rules
+from execd.sim.alpaca import render, rules, wash
 from execd.sim.alpaca.errors import SimError, from_market, invalid, not_found
 from execd.sim.market import Market, MarketError, PositionView, SimOrder, SimPosition
 from execd.sim.market.events import Subscriber
@@ -96,6 +96,7 @@ class AlpacaFront:
                 m.attempted(cid)
             now = m.clock.now()
             request = rules.parse_order(body, m.assets, lambda s: m.prices.price(s, now))
+            wash.check_new(m.book, request)
             return self._render(m.submit(request))
 
     @_alpaca_errors
@@ -174,6 +175,7 @@ class AlpacaFront:
             old = m.book.find(order_id)
             m.check_replaceable(old)
             changes = rules.parse_replace(body, otype=old.type)
+            wash.check_replace(m.book, old)
             return self._render(m.replace(order_id, changes))
 
     # ---------------------------------------------------------- closing positions
@@ -204,6 +206,7 @@ class AlpacaFront:
                     Decimal(1) if whole else rules.QTY_QUANTUM, rounding=ROUND_DOWN)
                 if qty <= 0:
                     raise invalid("percentage gives a qty of 0")
+            wash.refuse(m.book, symbol, ("sell" if pos.qty > 0 else "buy",))
             return self._render(m.close_position(symbol, qty))
 
     @_alpaca_errors
