@@ -72,3 +72,22 @@ async def test_a_close_sells_only_its_strategys_shares_and_cancels_only_its_orde
 async def _filled(c: AsyncClient, *cids: str) -> bool:
     states = [(await c.order(cid))["state"] for cid in cids]
     return states == ["FILLED"] * len(cids)
+
+
+async def test_a_close_cancels_its_books_orders_on_both_sides_first(
+        daemon_factory: OpenDaemon) -> None:
+    """A resting buy of the strategy's own would make its closing sell a wash trade
+    (the broker refuses it, and so does the risk gate): a close gets the strategy out,
+    so both sides of its orders in the symbol go first; another strategy's stay."""
+    async with daemon_factory() as d, connect(d) as c:
+        bought = await c.submit(strategy_id="s", symbol="AAPL", side="buy", qty="4")
+        await eventually(lambda: _filled(c, bought["client_order_id"]))
+        buy = await c.submit(strategy_id="s", symbol="AAPL", side="buy", qty="1",
+                             type="limit", limit_price="1", time_in_force="gtc")
+        theirs = await c.submit(strategy_id="t", symbol="MSFT", side="buy", qty="1",
+                                type="limit", limit_price="1", time_in_force="gtc")
+        closed = await c.request("close_position", symbol="AAPL", strategy_id="s")
+        assert [o["client_order_id"] for o in closed["cancelled"]] == [buy["client_order_id"]]
+        assert (closed["order"]["side"], closed["order"]["qty"]) == ("sell", "4")
+        assert (await c.order(theirs["client_order_id"]))["state"] == "SUBMITTED"
+        assert [b.strategy_id for b in await d.store.books()] in (["s"], [])

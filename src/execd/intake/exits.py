@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from execd import protocol
 from execd.domain.decimals import show
-from execd.domain.orders import UNATTRIBUTED, OrderSpec, OrderState, Side, new_client_order_id
+from execd.domain.orders import UNATTRIBUTED, OrderSpec, OrderState, new_client_order_id
 from execd.domain.positions import Position
 from execd.domain.risk import TradingState
 from execd.intake import cancel_all as cancelling
@@ -82,14 +82,15 @@ async def _books(c: Caller, symbol: str, strategy_id: str | None, account: str |
     return held
 
 
-async def _cancel_holding(c: Caller, symbol: str, side: Side, strategy_id: str,
-                          account: str) -> list[dict[str, Any]]:
-    """Cancel a book's open orders on `side` of `symbol` (they hold the shares its close
-    needs): that strategy's only; other books' orders are theirs."""
+async def _cancel_holding(c: Caller, symbol: str, strategy_id: str, account: str
+                          ) -> list[dict[str, Any]]:
+    """Cancel a book's open orders in `symbol`: those on the closing side hold the shares
+    its close needs, and one on the other side would make the close a wash trade (the
+    broker refuses it); a close gets the strategy out. That strategy's only: other
+    books' orders are theirs."""
     cancelled: list[dict[str, Any]] = []
     for order in c.s.book.open_orders(account):
-        if order.spec.symbol != symbol or order.spec.side != side \
-                or order.spec.strategy_id != strategy_id:
+        if order.spec.symbol != symbol or order.spec.strategy_id != strategy_id:
             continue
         if ownership.visible(c, order) is None:
             continue
@@ -137,8 +138,7 @@ async def close(c: Caller, symbol: str, *, qty: Decimal | None = None,
     account = books[0].account
     cancelled: list[dict[str, Any]] = []
     for b in books:
-        cancelled += await _cancel_holding(c, symbol, "sell" if b.qty > 0 else "buy",
-                                           b.strategy_id or UNATTRIBUTED, account)
+        cancelled += await _cancel_holding(c, symbol, b.strategy_id or UNATTRIBUTED, account)
     # Read again: an order cancelled just now may have filled first (an earlier close, an
     # exit). A fill landing later still is caught by the risk gate: a close that would
     # cross its book's zero is refused, never sent.
