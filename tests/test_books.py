@@ -91,3 +91,20 @@ async def test_a_close_cancels_its_books_orders_on_both_sides_first(
         assert (closed["order"]["side"], closed["order"]["qty"]) == ("sell", "4")
         assert (await c.order(theirs["client_order_id"]))["state"] == "SUBMITTED"
         assert [b.strategy_id for b in await d.store.books()] in (["s"], [])
+
+
+async def test_an_account_wide_flatten_sends_one_order_per_book(
+        daemon_factory: OpenDaemon) -> None:
+    async with daemon_factory() as d, connect(d) as c:
+        for sid, qty in (("s", "2"), ("t", "3")):
+            o = await c.submit(strategy_id=sid, symbol="AAPL", side="buy", qty=qty)
+            await eventually(lambda o=o: _filled(c, o["client_order_id"]))  # type: ignore[misc]
+        result = await c.request("flatten", reason="books")
+        orders = [p["order"] for p in result["positions"]]
+        assert sorted((o["strategy_id"], o["qty"]) for o in orders) == [("s", "2"), ("t", "3")]
+
+        async def flat() -> bool:
+            return not await d.store.books()
+
+        await eventually(flat)
+        assert (await d.store.positions())["AAPL"].qty == 0

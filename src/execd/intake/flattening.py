@@ -232,6 +232,7 @@ class Flattening:
             result = await _submit(s, spec)
             if isinstance(result, OrderAccepted):
                 progress.orders.append(spec.client_order_id)
+                closes.add(spec.client_order_id)  # holds its own book's shares only
                 done.order = result.order
                 log.warning("flatten: closing", symbol=symbol, account=account, side=side,
                             qty=show(free),
