@@ -555,11 +555,11 @@ async def test_flatten_waits_for_an_open_notional_order_on_the_closing_side(
     s = SimpleNamespace(book=SimpleNamespace(open=open_orders, store=SimpleNamespace(
         books=books, get_orders=get_orders)), clock=FakeClock(), accounts={})
     job = flattening.Flattening()
-    closed = await job.close_free(s)  # type: ignore[arg-type]
+    closed = await job.close_free(s)
     assert [(c.symbol, c.held) for c in closed] == [("AAPL", Decimal(10))]
     assert made == []
     open_orders.clear()  # the notional sell has ended: the whole position is free
-    await job.close_free(s)  # type: ignore[arg-type]
+    await job.close_free(s)
     assert [(m.side, m.qty) for m in made] == [("sell", Decimal(10))]
 
 

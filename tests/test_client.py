@@ -38,7 +38,7 @@ from execd.client import (
     errors,
 )
 from execd.client import discovery as disc
-from execd.intake.requests import FIELDS
+from execd.intake.ops import FIELDS
 from execd.sim import SimServer
 from tests.conftest import OpenDaemon, connect, sim_config
 from tests.fake_execd import fake_execd, order

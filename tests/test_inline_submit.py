@@ -1,6 +1,6 @@
 """A submit with wait="accepted" has no task of its own: the connection's reading loop
 sends it to the risk gate, and the gate's commit writes its answer (Reply(then),
-requests.submit_inline, Connection.write_soon)."""
+verbs.submit_inline, Connection.write_soon)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from anyio.abc import UNIXSocketStream
 
 from execd import protocol
 from execd.clock import SystemClock
-from execd.intake import requests
+from execd.intake import ops, verbs
 from execd.intake.access import Grant
 from execd.intake.connection import Connection
 from execd.intake.services import Limits
@@ -65,7 +65,7 @@ def _caller(risk: Any) -> Connection:
 def _request(**args: Any) -> protocol.Request:
     line = json.dumps({"id": 1, "op": "submit", "strategy_id": "s", "symbol": "AAPL",
                        "side": "buy", "qty": "1", **args}).encode()
-    return protocol.parse_line(line, requests.FIELDS)
+    return protocol.parse_line(line, ops.FIELDS)
 
 
 async def test_submit_inline_answers_from_the_gate_and_tells_a_gate_that_went_away() -> None:
@@ -73,9 +73,9 @@ async def test_submit_inline_answers_from_the_gate_and_tells_a_gate_that_went_aw
     results: list[Callable[[], dict[str, Any]]] = []
     c = _caller(send)
     with send, receive:
-        assert requests.submit_inline(c, _request(wait="accepted", client_order_id="a"),
+        assert verbs.submit_inline(c, _request(wait="accepted", client_order_id="a"),
                                       results.append)
-        assert requests.submit_inline(c, _request(wait="accepted", client_order_id="b"),
+        assert verbs.submit_inline(c, _request(wait="accepted", client_order_id="b"),
                                       results.append)
         first, second = receive.receive_nowait(), receive.receive_nowait()
         assert isinstance(first, SubmitOrder)
@@ -89,7 +89,7 @@ async def test_submit_inline_answers_from_the_gate_and_tells_a_gate_that_went_aw
             results[1]()
         assert e.value.code == "internal"
         assert "query client_order_id b" in e.value.message
-        assert requests.submit_inline(c, _request(wait="accepted", client_order_id="c"),
+        assert verbs.submit_inline(c, _request(wait="accepted", client_order_id="c"),
                                       results.append)
         third = receive.receive_nowait()
         assert isinstance(third, SubmitOrder)
@@ -106,13 +106,13 @@ async def test_submit_inline_leaves_everything_else_to_the_task_path() -> None:
         for req in (_request(),  # wait defaults to "submitted"
                     _request(wait="submitted"),
                     _request(wait="accepted", side="hold"),  # told precisely by the task path
-                    protocol.parse_line(b'{"id": 2, "op": "ping"}', requests.FIELDS)):
-            assert not requests.submit_inline(c, req, lambda _: None)
+                    protocol.parse_line(b'{"id": 2, "op": "ping"}', ops.FIELDS)):
+            assert not verbs.submit_inline(c, req, lambda _: None)
         with pytest.raises(anyio.WouldBlock):
             receive.receive_nowait()  # none of them was sent
-        assert requests.submit_inline(c, _request(wait="accepted"), lambda _: None)
+        assert verbs.submit_inline(c, _request(wait="accepted"), lambda _: None)
         # the inbox is full: nothing sent, the task path answers (or says "overloaded")
-        assert not requests.submit_inline(c, _request(wait="accepted"), lambda _: None)
+        assert not verbs.submit_inline(c, _request(wait="accepted"), lambda _: None)
         receive.receive_nowait()
         with pytest.raises(anyio.WouldBlock):
             receive.receive_nowait()

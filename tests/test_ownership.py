@@ -1,6 +1,6 @@
 """Ownership under access.own_orders_only (issue 26): a strategy_id belongs to the uid
 that first used it, an order to the uid that submitted it, and another non-admin may
-not act on either. Table-driven over requests.OPS: every op that takes a strategy_id or
+not act on either. Table-driven over ops.OPS: every op that takes a strategy_id or
 a client_order_id is tried with a victim's, and a new op without a case here fails
 `test_every_op_that_takes_an_id_has_a_case`.
 
@@ -29,8 +29,8 @@ from execd.client import AsyncClient, ExecdError
 from execd.clock import SystemClock
 from execd.domain.orders import Order, OrderState
 from execd.intake import access
+from execd.intake.ops import OPS
 from execd.intake.owners import Owners
-from execd.intake.requests import OPS
 from execd.sim import SimServer
 from execd.store import MIGRATIONS, Store
 from tests.conftest import OpenDaemon, eventually, sim_config
@@ -49,7 +49,7 @@ ID_FIELDS = {"strategy_id": "strategy", "client_order_id": "order",
 Case = Callable[[str, str], dict[str, Any]]
 CASES: dict[str, Case] = {
     "submit": lambda sid, cid: {
-        "strategy_id": sid, "client_order_id": "m-new", "symbol": "AAPL", "side": "buy",
+        "strategy_id": sid, "client_order_id": "m-new", "symbol": "MSFT", "side": "buy",
         "qty": "1", "type": "limit", "limit_price": "1", "time_in_force": "gtc"},
     "replace": lambda sid, cid: {"client_order_id": cid, "new_client_order_id": "m-rest-2",
                                  "limit_price": "2"},
@@ -59,7 +59,7 @@ CASES: dict[str, Case] = {
     "orders": lambda sid, cid: {"strategy_id": sid},
     "positions": lambda sid, cid: {"strategy_id": sid},
     "subscribe": lambda sid, cid: {"strategy_id": sid},
-    "close_position": lambda sid, cid: {"symbol": "AAPL", "strategy_id": sid,
+    "close_position": lambda sid, cid: {"symbol": "MSFT", "strategy_id": sid,
                                         "client_order_id": "m-close"},
     "session": lambda sid, cid: {"strategy_id": sid, "heartbeat_s": "0.05"},
 }
@@ -127,15 +127,18 @@ async def filled(d: Daemon, cid: str) -> None:
     await eventually(done)
 
 
-async def victim(d: Daemon, peers: Peers, sim: SimServer, uid: int, name: str) -> None:
-    """A bracket bought and held (its two exits open), and a resting buy."""
-    px = sim.engine.price("AAPL")
+async def victim(d: Daemon, peers: Peers, sim: SimServer, uid: int, name: str,
+                 symbol: str = "AAPL") -> None:
+    """A bracket bought and held (its two exits open), and a resting buy. (Each victim in
+    a symbol of its own: another's bracket buy against these exits is a wash trade.)"""
+    px = sim.engine.price(symbol)
     async with as_user(d, peers, uid) as c:
-        await c.submit(strategy_id=name, symbol="AAPL", side="buy", qty="10",
+        await c.submit(strategy_id=name, symbol=symbol, side="buy", qty="10",
                        order_class="bracket", client_order_id=f"{name}-br",
                        take_profit={"limit_price": cents(px * Decimal("1.5"))},
                        stop_loss={"stop_price": cents(px * Decimal("0.5"))})
-        await c.submit(strategy_id=name, symbol="AAPL", side="buy", qty="1", type="limit",
+        # (in another symbol: a buy in AAPL would be a wash trade against its own exits)
+        await c.submit(strategy_id=name, symbol="SPY", side="buy", qty="1", type="limit",
                        limit_price="1", time_in_force="gtc", client_order_id=f"{name}-rest")
     await filled(d, f"{name}-br")
 
@@ -162,14 +165,15 @@ async def test_another_users_strategy_and_orders_are_out_of_reach(
 ) -> None:
     async with daemon_factory(access={"own_orders_only": True}) as d:
         victims = {"alice": ALICE, "root": ADMIN}
-        for name, uid in victims.items():
-            await victim(d, peers, sim, uid, name)
+        for (name, uid), symbol in zip(victims.items(), ("AAPL", "QQQ"), strict=True):
+            await victim(d, peers, sim, uid, name, symbol)
         async with as_user(d, peers, MALLORY) as m:  # mallory's own: a position, orders
-            await m.submit(strategy_id="m", symbol="AAPL", side="buy", qty="5",
+            # (in MSFT: a buy in AAPL would be a wash trade against the victims' exits)
+            await m.submit(strategy_id="m", symbol="MSFT", side="buy", qty="5",
                            client_order_id="m-buy")
-            await m.submit(strategy_id="m", symbol="AAPL", side="buy", qty="1", type="limit",
+            await m.submit(strategy_id="m", symbol="MSFT", side="buy", qty="1", type="limit",
                            limit_price="1", time_in_force="gtc", client_order_id="m-rest")
-            await m.submit(strategy_id="m2", symbol="AAPL", side="buy", qty="1", type="limit",
+            await m.submit(strategy_id="m2", symbol="MSFT", side="buy", qty="1", type="limit",
                            limit_price="1", time_in_force="gtc", client_order_id="m2-canary")
         await eventually(lambda: _state_is(d, "m-buy", OrderState.FILLED))
         before = await snapshot(d, list(victims))
@@ -206,9 +210,13 @@ async def test_another_users_strategy_and_orders_are_out_of_reach(
             assert answer["ok"], answer
             if op == "close_position":  # only mallory's 5, nothing of the victims'
                 assert answer["result"]["order"]["qty"] == "5"
-                assert answer["result"]["cancelled"] == []
+                # its own resting buy in the symbol goes first (against the close it
+                # would be a wash trade); nothing of the victims'
+                assert [o["client_order_id"] for o in answer["result"]["cancelled"]] == [
+                    "m-rest"]
                 await eventually(lambda: _state_is(d, "m-close", OrderState.FILLED))
-                assert (await d.store.positions())["AAPL"].qty == account - 5
+                assert (await d.store.positions())["MSFT"].qty == 0
+                assert (await d.store.positions())["AAPL"].qty == account
         assert await snapshot(d, list(victims)) == before
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from execd import protocol
 from execd.domain.decimals import canonical, places, plain
-from execd.intake.requests import FIELDS
+from execd.intake.ops import FIELDS
 from execd.protocol import ProtocolError
 
 

@@ -31,7 +31,7 @@ class Reply(Generic[T]):
 
     `Reply(then)` hands the answer (None: closed without one) to `then` at once, on the
     answerer's task, instead of waking an asker: for an asker with nothing else to do
-    than pass it on (a plain submit's connection, intake/requests.py). `then` must not
+    than pass it on (a plain submit's connection, intake/verbs.py). `then` must not
     raise, and must not block; such a reply cannot be received."""
 
     __slots__ = ("_closed", "_event", "_sent", "_then", "_value")

@@ -8,11 +8,12 @@ their ends come by the stream and the poll (subscribe, or query the orders).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from execd.domain.orders import OrderState
+from execd.intake.caller import Caller
 from execd.messages import (
     CancelAll,
     CancelDenied,
@@ -23,9 +24,6 @@ from execd.messages import (
     ask,
 )
 from execd.protocol import ProtocolError
-
-if TYPE_CHECKING:
-    from execd.intake.connection import Connection as Caller
 
 
 async def cancel_all(c: Caller, strategy_id: str | None, owner_uid: int | None, *,

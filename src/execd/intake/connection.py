@@ -3,7 +3,7 @@
 Each request runs as its own task (requests may be pipelined; answers carry their id),
 at most MAX_IN_FLIGHT at a time; but a submit with wait "accepted" goes to the risk gate
 from the reading loop and is answered from the gate's commit, with no task of its own
-(requests.submit_inline: a task, its wake-up and its event per such submit cost the
+(verbs.submit_inline: a task, its wake-up and its event per such submit cost the
 daemon ~10-20% of its CPU per order at full speed). Lines are framed by anyio's
 buffered stream under two deadlines: a line begun must end within `line_timeout` (a
 client that trickles bytes is cut), and a connection with nothing in flight and no
@@ -25,7 +25,7 @@ from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from execd import protocol
-from execd.intake import requests
+from execd.intake import ops, verbs
 from execd.intake.access import Grant, Peer
 from execd.intake.services import Services
 from execd.messages import Overloaded
@@ -248,17 +248,17 @@ class Connection:
     def _parsed(self, line: bytes) -> protocol.Request | None:
         """The request, or None: `_handle` parses it again, to tell what is wrong."""
         try:
-            return protocol.parse_line(line, requests.FIELDS)
+            return protocol.parse_line(line, ops.FIELDS)
         except Exception:
             return None
 
     def _inline(self, req: protocol.Request) -> bool:
         """A wait="accepted" submit goes on from here, answered by `_finish`
-        (requests.submit_inline).
+        (verbs.submit_inline).
         Nothing is sent to the risk gate unless it says True, so on any failure the
         task path takes the request from the start."""
         try:
-            return requests.submit_inline(self, req, partial(self._finish, req.raw_id))
+            return verbs.submit_inline(self, req, partial(self._finish, req.raw_id))
         except Exception:
             return False
 
@@ -267,9 +267,9 @@ class Connection:
         try:
             try:
                 if req is None:
-                    req = protocol.parse_line(line, requests.FIELDS)
+                    req = protocol.parse_line(line, ops.FIELDS)
                 raw_id = req.raw_id
-                body: dict[str, Any] = {"ok": True, "result": await requests.handle(self, req)}
+                body: dict[str, Any] = {"ok": True, "result": await ops.handle(self, req)}
             except protocol.IdentifiedError as e:
                 raw_id = e.raw_id
                 body = error_body(self.s.metrics, e.code, e.message)
@@ -331,7 +331,7 @@ class Connection:
                 async for event in events:
                     if hub.cut_off(events):
                         break  # what is queued is stale: tell them now
-                    await self.write(requests.event_line(event))
+                    await self.write(verbs.event_line(event))
             await self._say_goodbye(
                 "overloaded", "events were dropped because this subscriber read too slowly; "
                 "reconnect, subscribe and query orders to catch up")

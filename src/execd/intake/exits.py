@@ -12,7 +12,7 @@ shrinks the position.
 from __future__ import annotations
 
 from decimal import ROUND_DOWN, Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from execd import protocol
 from execd.domain.decimals import show
@@ -21,7 +21,8 @@ from execd.domain.positions import Position
 from execd.domain.risk import TradingState
 from execd.intake import cancel_all as cancelling
 from execd.intake import ownership
-from execd.intake.requests import ask_submitter, known_account, place, set_state
+from execd.intake.caller import Caller
+from execd.intake.verbs import ask_submitter, known_account, place, set_state
 from execd.messages import (
     CancelOrder,
     CancelRequested,
@@ -31,9 +32,6 @@ from execd.messages import (
     SubmitterCommand,
 )
 from execd.protocol import ProtocolError
-
-if TYPE_CHECKING:
-    from execd.intake.connection import Connection as Caller
 
 CANCEL_WAIT_S = 3.0  # flatten's wait for the cancels' first answer; the rest goes on
 

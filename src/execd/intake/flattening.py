@@ -14,13 +14,17 @@ the book cannot tell again; a restarted intake marks it interrupted (flatten aga
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
 
+from execd.book import OrderBook
+from execd.clock import Clock
 from execd.domain.decimals import show
 from execd.domain.orders import (
     DEFAULT_ACCOUNT,
@@ -48,8 +52,21 @@ from execd.messages import (
 from execd.obs import logging
 from execd.store import StorageUnavailable
 
-if TYPE_CHECKING:
-    from execd.intake.services import Services
+
+class Services(Protocol):
+    """What a flatten uses of the intake's services (services.Services holds the
+    Flattening: this is its view of them, so neither imports the other)."""
+
+    @property
+    def book(self) -> OrderBook: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def accounts(self) -> Mapping[str, object]: ...
+    @property
+    def risk(self) -> MemoryObjectSendStream[RiskCommand]: ...
+    @property
+    def submitter(self) -> MemoryObjectSendStream[SubmitterCommand]: ...
 
 log = logging.get("execd.flatten")
 RECHECK_S = 0.2  # how often the background looks at the book again

@@ -5,20 +5,16 @@ that submitted it (its owner_uid). A non-admin under own_orders_only is told
 `not_found` for another user's strategy or order, exactly as for one that does not
 exist: it may not submit under the strategy, open its session, close its positions,
 cancel or read its orders. Admins act on the account and pass every check. Every op
-that takes a strategy_id or a client_order_id goes through here (requests.OPS; the
+that takes a strategy_id or a client_order_id goes through here (ops.OPS; the
 table-driven test in tests/test_ownership.py fails for an op that does not).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from execd.domain.orders import Order
+from execd.intake.caller import Caller
 from execd.intake.owners import ACCOUNT_STRATEGIES
 from execd.protocol import ProtocolError
-
-if TYPE_CHECKING:
-    from execd.intake.connection import Connection as Caller
 
 
 def _not_yours(strategy_id: str) -> ProtocolError:

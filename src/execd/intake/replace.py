@@ -12,7 +12,7 @@ id, its prices only (Alpaca's rule); the new leg keeps the parent.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from execd import protocol
 from execd.domain.decimals import price_increment_error
@@ -25,11 +25,9 @@ from execd.domain.orders import (
     OrderState,
     new_client_order_id,
 )
-from execd.intake.requests import _own, place
+from execd.intake.caller import Caller
+from execd.intake.verbs import own_order, place
 from execd.protocol import ProtocolError, invalid
-
-if TYPE_CHECKING:
-    from execd.intake.connection import Connection as Caller
 
 FIELDS: frozenset[str] = frozenset({"client_order_id", "qty", "limit_price", "stop_price", "trail",
                     "time_in_force", "new_client_order_id", "wait"})
@@ -99,7 +97,7 @@ async def op_replace(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     cid = protocol.client_order_id(args)
     assert cid is not None
     wait = protocol.wait_field(args)
-    old = await _own(c, cid)
+    old = await own_order(c, cid)
     new_cid = protocol.string(args, "new_client_order_id")
     if new_cid is not None:
         earlier = await c.s.book.get(new_cid)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from execd import protocol
+from execd.intake.caller import Caller
 from execd.intake.ownership import use_strategy
 from execd.protocol import ProtocolError
-
-if TYPE_CHECKING:
-    from execd.intake.connection import Connection as Caller
 
 HEARTBEAT_MIN, HEARTBEAT_MAX = Decimal("0.05"), Decimal(3600)
 
