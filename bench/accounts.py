@@ -131,11 +131,14 @@ class Daemon:
         return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
+        """SIGTERM; a daemon that does not stop cleanly within its grace fails the run."""
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=60)
+            code = self.proc.wait(timeout=60)
         finally:
             self.log.close()
+        if code != 0:
+            raise RuntimeError(f"the daemon exited {code} on SIGTERM; see {self.log.name}")
 
 
 class Conn:
