@@ -44,15 +44,19 @@ def test_fault_soak_holds_every_invariant(backend: str, tmp_path: Path) -> None:
     assert report.ok
 
 
+@pytest.mark.timeout(120)  # ~20 s; a loaded box has doubled it
 def test_two_accounts_under_kills_and_faults_each_order_at_its_own_broker_only(
     tmp_path: Path,
 ) -> None:
     """Two [accounts.NAME] tables, each at a simulator of its own (keys, rate window):
     orders naming an account and routed by default, SIGKILLs and broker faults together
-    (one short run: ~20 s); judged per account from each simulator's own records."""
-    report = run(Campaign(orders=40, kills=2, faults=True, seed=4, accounts=2,
-                          workdir=tmp_path, halt_burst=20, halt_watch=1.0))
+    (one short run: ~20 s, most of it the restarts); judged per account from each
+    simulator's own records."""
+    report = run(Campaign(orders=30, kills=1, faults=True, seed=4, accounts=2,
+                          workdir=tmp_path, halt_burst=16, halt_watch=1.0, settle=40))
     print(report.table())  # noqa: T201
+    assert report.kills_by_us + report.kills_by_hooks >= 1
+    assert report.restarts == report.kills_by_us + report.kills_by_hooks
     assert set(report.account_orders) == {"acct1", "acct2"}
     assert all(report.account_orders.values())  # both accounts traded
     assert report.routed
