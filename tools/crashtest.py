@@ -136,6 +136,7 @@ class Report:
     account_positions_equal: dict[str, bool] = field(default_factory=dict)
     account_max_in_window: dict[str, int] = field(default_factory=dict)
     account_states: dict[str, str] = field(default_factory=dict)
+    secrets_in_log: int = 0  # the daemon's log lines holding an account's secret key
 
     @property
     def ok(self) -> bool:
@@ -146,6 +147,7 @@ class Report:
                 and self.max_in_window <= self.limit and not self.other_exits
                 and not self.client_error and self.trading in active
                 and not self.at_two_accounts and not self.wrong_account
+                and self.secrets_in_log == 0
                 and all(st in active for st in self.account_states.values()))
 
     def table(self) -> str:
@@ -173,6 +175,7 @@ class Report:
             (f"most requests in any {self.window:g} s window (limit)",
              f"{self.max_in_window} ({self.limit})"),
             ("trading state at the end", self.trading),
+            ("daemon log lines holding a secret key", str(self.secrets_in_log)),
             ("client stopped by an error", self.client_error or "no"),
             ("elapsed", f"{self.seconds:.1f} s"),
             ("all invariants held", "YES" if self.ok else "NO"),
@@ -407,6 +410,9 @@ def run(c: Campaign) -> Report:
         if code not in (0, None):
             report.other_exits.append(code)
         _verify(report, workdir / "state" / "execd.db", acked, sims)
+        keys = [sim.config.secret_key for sim in sims.values()]
+        with (workdir / "daemon.log").open(errors="replace") as log:
+            report.secrets_in_log = sum(1 for line in log if any(k in line for k in keys))
     report.seconds = time.monotonic() - started
     if c.progress:
         print(file=sys.stderr)
