@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SUITES = ("overhead", "budget", "recovery", "freshness", "stream", "submit")
+SUITES = ("overhead", "budget", "recovery", "freshness", "stream", "submit", "accounts")
 
 
 @pytest.mark.timeout(300)

@@ -31,7 +31,7 @@ from execd.book import OrderBook
 from execd.broker.alpaca import AlpacaClient, order_from
 from execd.broker.alpaca_stream import Skipped, TradeUpdate, read_update
 from execd.broker.base import BrokerAmbiguous, BrokerDataInvalid, BrokerOrder, BrokerUnavailable
-from execd.broker.websocket import MessageTooLarge, WebSocket
+from execd.broker.websocket import MessageTooLarge, WebSocket, WebSocketClosed
 from execd.client import ExecdError
 from execd.clock import FakeClock
 from execd.config import ConfigError, load
@@ -456,6 +456,30 @@ async def test_our_close_is_a_handshake() -> None:
             await ws.aclose()
         assert served.close_code == 1000  # the server saw our close frame and answered
         assert ws.closed
+
+
+async def test_a_send_after_the_server_closed_is_a_closed_connection_without_the_keys(
+) -> None:
+    """The sim drops a stream as the daemon authenticates: wsproto refuses the send
+    (the connection closing) with the whole message in its error, the account's secret
+    key with it. It must be the closed connection the stream reconnects after, and say
+    nothing of what was being sent (the crash campaign logged a secret key this way)."""
+    async def close_at_once(stream: ByteStream, ws: WSConnection, served: Served) -> None:
+        await served.send(stream, lambda: ws.send(CloseConnection(code=1001)))
+
+    async with ws_server(close_at_once) as (url, _):
+        ws = await WebSocket.connect(url)
+        with anyio.fail_after(5), pytest.raises(WebSocketClosed):
+            await ws.receive()  # the server's close
+        auth = json.dumps({"action": "authenticate",
+                           "data": {"key_id": "K1", "secret_key": "s3cr3t-value"}})
+        with pytest.raises(WebSocketClosed) as raised:
+            await ws.send_text(auth)
+        for text in (str(raised.value), repr(raised.value), repr(raised.value.__cause__),
+                     repr(raised.value.__context__)):
+            assert "s3cr3t" not in text
+        with pytest.raises(WebSocketClosed):
+            await ws.ping()
 
 
 async def test_an_oversized_message_counts_and_the_stream_reconnects(tmp_path: Path) -> None:

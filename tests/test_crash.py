@@ -44,6 +44,34 @@ def test_fault_soak_holds_every_invariant(backend: str, tmp_path: Path) -> None:
     assert report.ok
 
 
+@pytest.mark.timeout(120)  # ~20 s; a loaded box has doubled it
+def test_two_accounts_under_kills_and_faults_each_order_at_its_own_broker_only(
+    tmp_path: Path,
+) -> None:
+    """Two [accounts.NAME] tables, each at a simulator of its own (keys, rate window):
+    orders naming an account and routed by default, SIGKILLs and broker faults together
+    (one short run: ~20 s, most of it the restarts); judged per account from each
+    simulator's own records."""
+    report = run(Campaign(orders=30, kills=1, faults=True, seed=4, accounts=2,
+                          workdir=tmp_path, halt_burst=16, halt_watch=1.0, settle=40))
+    print(report.table())  # noqa: T201
+    assert report.kills_by_us + report.kills_by_hooks >= 1
+    assert report.restarts == report.kills_by_us + report.kills_by_hooks
+    assert set(report.account_orders) == {"acct1", "acct2"}
+    assert all(report.account_orders.values())  # both accounts traded
+    assert report.routed
+    assert report.named
+    assert report.lost == 0
+    assert report.duplicate_submits == 0
+    assert report.at_two_accounts == []
+    assert report.wrong_account == []
+    assert report.unknown_to_daemon == 0
+    assert not report.wrong_state
+    assert report.account_positions_equal == {"acct1": True, "acct2": True}
+    assert all(n <= report.limit for n in report.account_max_in_window.values())
+    assert report.ok
+
+
 def test_a_crash_loop_exits_non_zero_with_a_clear_last_line(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[daemon]\nstate_dir = "s"\n[metrics]\nenabled = false\n'

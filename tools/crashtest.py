@@ -3,6 +3,7 @@ the simulator, whose own records are the witness.
 
     python -m tools.crashtest --orders 1000 --kills 20            # the long crash run
     python -m tools.crashtest --orders 1000 --kills 0 --faults    # the fault soak
+    python -m tools.crashtest --accounts 2 --orders 300 --kills 10  # two broker accounts
 
 A client submits orders steadily over several strategies (each with its own
 client_order_id, retried safely after a connection failure until acknowledged); some
@@ -16,11 +17,18 @@ between the durable write and the broker's answer; it is restarted each time. Th
    daemon, in the broker's final state;
 2. no client_order_id reached the broker twice, and the broker has no order the daemon
    does not know;
-3. the daemon's positions, and the sum of its strategies' books, equal the broker's;
+3. the daemon's positions equal the broker's;
 4. no sliding window saw more requests than the limit;
 5. (faults) the daemon never halted without a reason, never crashed by itself;
 6. halted mid-burst (after the kills), only orders that reduce a position (closes)
    reach the broker until the resume; then the held ones go.
+
+With `--accounts N` (N > 1) the daemon runs N `[accounts.NAME]` tables, each an alpaca
+account at a simulator of its own (its own keys, its own rate window); the orders are
+spread over them (some name an account, the others go to `[routing] default`), and every
+invariant is judged per account from that account's simulator: each acknowledged order
+is at its own account's broker and at no other, each account's positions equal its
+broker's, and neither simulator's window saw more than the limit.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import dataclasses
 import json
 import os
 import random
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -38,13 +47,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from execd.client import Client, ExecdError
-from execd.domain.orders import ALPACA_STATUS, OrderState
+from execd.domain.orders import ALPACA_STATUS, DEFAULT_ACCOUNT, OrderState
 from execd.sim import SimConfig, SimServer
 
 SYMBOLS = ("AAPL", "MSFT", "SPY", "QQQ")
@@ -76,6 +85,15 @@ class Campaign:
     workdir: Path | None = None
     halt_burst: int = 80  # the halt step's resting orders (a couple of seconds of budget)
     halt_watch: float = 3.0  # seconds it watches the broker while halted (~50 requests)
+    accounts: int = 1  # > 1: [accounts.NAME] tables, each at a simulator of its own
+    settle: float = 120.0  # s to wait at the end for the daemon to match the brokers
+
+    @property
+    def names(self) -> list[str]:
+        """The accounts; the first is [routing] default (a [broker] config: "default")."""
+        if self.accounts == 1:
+            return [DEFAULT_ACCOUNT]
+        return [f"acct{i + 1}" for i in range(self.accounts)]
 
 
 @dataclass(slots=True)
@@ -109,18 +127,34 @@ class Report:
     halt_leaks: list[str] = field(default_factory=list)  # non-closing orders sent while halted
     halt_closes: int = 0  # closing orders sent while halted
     halt_no_close: int = 0  # closes refused (no position to close): nothing sent
+    wash_refused: int = 0  # orders refused as wash trades (before anything was recorded)
+    # per account (with one account: "default" alone, and the rows below are not shown)
+    routed: int = 0  # acknowledged orders that named no account ([routing] default)
+    named: int = 0  # ... that named one
+    account_orders: dict[str, int] = field(default_factory=dict)  # orders at each broker
+    at_two_accounts: list[str] = field(default_factory=list)  # a cid at two brokers
+    wrong_account: list[str] = field(default_factory=list)  # at another account's broker
+    account_positions_equal: dict[str, bool] = field(default_factory=dict)
+    account_max_in_window: dict[str, int] = field(default_factory=dict)
+    account_states: dict[str, str] = field(default_factory=dict)
+    secrets_in_log: int = 0  # the daemon's log lines holding an account's secret key
 
     @property
     def ok(self) -> bool:
+        active = ("ACTIVE", f"ACTIVE: {RESUMED}")
         return (self.lost == 0 and self.duplicate_submits == 0 and self.unknown_to_daemon == 0
                 and self.legs_unknown == 0 and not self.halt_leaks
                 and not self.wrong_state and self.positions_equal
                 and self.max_in_window <= self.limit and not self.other_exits
-                and not self.client_error and self.trading in ("ACTIVE", f"ACTIVE: {RESUMED}"))
+                and not self.client_error and self.trading in active
+                and not self.at_two_accounts and not self.wrong_account
+                and self.secrets_in_log == 0
+                and all(st in active for st in self.account_states.values()))
 
     def table(self) -> str:
         rows = [
-            ("orders submitted / acknowledged", f"{self.submitted} / {self.acknowledged}"),
+            ("orders submitted / acknowledged (refused as wash trades)",
+             f"{self.submitted} / {self.acknowledged} ({self.wash_refused})"),
             ("daemon kills (random SIGKILL / test hooks)",
              f"{self.kills_by_us + self.kills_by_hooks} ({self.kills_by_us} / "
              f"{self.kills_by_hooks})"),
@@ -139,15 +173,32 @@ class Report:
             ("orders in the wrong final state", str(len(self.wrong_state))),
             ("client_order_ids sent again after the broker had them", str(self.duplicate_submits)),
             ("broker orders unknown to the daemon", str(self.unknown_to_daemon)),
-            ("local positions == sum of the books == broker positions",
-             "yes" if self.positions_equal else "NO"),
+            ("local positions == broker positions", "yes" if self.positions_equal else "NO"),
             (f"most requests in any {self.window:g} s window (limit)",
              f"{self.max_in_window} ({self.limit})"),
             ("trading state at the end", self.trading),
+            ("daemon log lines holding a secret key", str(self.secrets_in_log)),
             ("client stopped by an error", self.client_error or "no"),
             ("elapsed", f"{self.seconds:.1f} s"),
             ("all invariants held", "YES" if self.ok else "NO"),
         ]
+        if len(self.account_orders) > 1:
+            def each(values: dict[str, Any]) -> str:
+                return ", ".join(f"{k} {v}" for k, v in values.items())
+
+            rows[-3:-3] = [
+                ("accounts: acknowledged orders routed by default / naming one",
+                 f"{', '.join(self.account_orders)}: {self.routed} / {self.named}"),
+                ("orders at each account's broker", each(self.account_orders)),
+                ("client_order_ids at two accounts' brokers", str(len(self.at_two_accounts))),
+                ("orders at another account than their own", str(len(self.wrong_account))),
+                ("each account's positions == its broker's",
+                 each({k: "yes" if v else "NO"
+                       for k, v in self.account_positions_equal.items()})),
+                (f"most requests in any {self.window:g} s window, per account (limit)",
+                 f"{each(self.account_max_in_window)} ({self.limit})"),
+                ("trading state per account", each(self.account_states)),
+            ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"| {k.ljust(width)} | {v} |" for k, v in rows)
 
@@ -214,18 +265,15 @@ class DaemonProcess:
         return self.proc.wait(timeout=60)
 
 
-def _config(workdir: Path, sim: SimServer, c: Campaign) -> Path:
+def _keys_env(name: str) -> tuple[str, str]:
+    """An account's two environment variables (key id, secret)."""
+    return f"CRASH_KEY_{name.upper()}", f"CRASH_SECRET_{name.upper()}"
+
+
+def _config(workdir: Path, sims: dict[str, SimServer], c: Campaign) -> Path:
+    """One [broker] (one account, as ever), or an [accounts.NAME] table per simulator."""
     timeout = 0.5 if c.faults else 5.0
-    path = workdir / "config.toml"
-    path.write_text(f"""
-[daemon]
-state_dir = "{workdir / 'state'}"
-submit_timeout = 2.0
-shutdown_grace = 2.0
-[broker]
-mode = "alpaca"
-url = "{sim.url}"
-timeout = {timeout}
+    settings = f"""timeout = {timeout}
 requests_per_minute = {c.rate_limit}
 window_seconds = {c.rate_window}
 burst = 5
@@ -236,7 +284,27 @@ stream = {"true" if c.stream else "false"}
 stream_backoff_min = 0.05
 stream_backoff_max = 0.5
 stream_ping_interval = 1.0
-[poller]
+"""
+    if c.accounts == 1:
+        brokers = f"""[broker]
+mode = "alpaca"
+url = "{sims[DEFAULT_ACCOUNT].url}"
+{settings}"""
+    else:
+        brokers = "".join(f"""[accounts.{name}]
+broker = "alpaca"
+url = "{sim.url}"
+key_id_env = "{_keys_env(name)[0]}"
+secret_key_env = "{_keys_env(name)[1]}"
+{settings}""" for name, sim in sims.items())
+        brokers += f'[routing]\ndefault = ["{c.names[0]}"]\n'
+    path = workdir / "config.toml"
+    path.write_text(f"""
+[daemon]
+state_dir = "{workdir / 'state'}"
+submit_timeout = 2.0
+shutdown_grace = 2.0
+{brokers}[poller]
 interval = 0.5
 interval_streaming = 2.0
 [reconciler]
@@ -254,74 +322,110 @@ max_open_orders = 100000
     return path
 
 
+def _sims(c: Campaign, stack: contextlib.ExitStack) -> dict[str, SimServer]:
+    """A simulator per account: one as ever, or each with its own seed and keys."""
+    sim_cfg = SimConfig(rate_limit=c.rate_limit, rate_window=c.rate_window, seed=c.seed,
+                        fill_delay=0.3, fill_parts=2, starting_cash="10000000")
+    if c.accounts == 1:
+        return {DEFAULT_ACCOUNT: stack.enter_context(SimServer(sim_cfg))}
+    return {name: stack.enter_context(SimServer(replace(
+                sim_cfg, seed=c.seed + i, key_id=f"CRASH{i + 1}{secrets.token_hex(6).upper()}",
+                secret_key=secrets.token_urlsafe(24))))
+            for i, name in enumerate(c.names)}
+
+
+def _keys(sims: dict[str, SimServer]) -> dict[str, str]:
+    """The daemon's environment: each account's keys (one account: APCA_API_*)."""
+    if list(sims) == [DEFAULT_ACCOUNT]:
+        sim = sims[DEFAULT_ACCOUNT]
+        return {"APCA_API_KEY_ID": sim.config.key_id,
+                "APCA_API_SECRET_KEY": sim.config.secret_key}
+    out: dict[str, str] = {}
+    for name, sim in sims.items():
+        key, secret = _keys_env(name)
+        out |= {key: sim.config.key_id, secret: sim.config.secret_key}
+    return out
+
+
 def run(c: Campaign) -> Report:
     report = Report(limit=c.rate_limit, window=c.rate_window,
                     stream=("on, with faults" if c.stream_faults else "on") if c.stream else "off")
     rng = random.Random(c.seed)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="execd-crash-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="execd-crash-") as tmp, \
+            contextlib.ExitStack() as stack:
         workdir = c.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        sim_cfg = SimConfig(rate_limit=c.rate_limit, rate_window=c.rate_window, seed=c.seed,
-                            fill_delay=0.3, fill_parts=2, starting_cash="10000000")
-        with SimServer(sim_cfg) as sim:
-            env = {**os.environ, "APCA_API_KEY_ID": sim.config.key_id,
-                   "APCA_API_SECRET_KEY": sim.config.secret_key,
-                   "EXECD_TEST_HOOKS": f"{c.hooks},seed={c.seed}" if c.kills else "",
-                   "PYTHONUNBUFFERED": "1"}
-            config = _config(workdir, sim, c)
-            sock = workdir / "state" / "execd.sock"
-            daemon = DaemonProcess(config, env, workdir / "daemon.log", c.backend)
-            daemon.start()
-            if not daemon.wait_ready(sock):
-                raise RuntimeError(f"daemon did not start; see {workdir / 'daemon.log'}")
+        sims = _sims(c, stack)
+        env = {**os.environ, **_keys(sims),
+               "EXECD_TEST_HOOKS": f"{c.hooks},seed={c.seed}" if c.kills else "",
+               "PYTHONUNBUFFERED": "1"}
+        config = _config(workdir, sims, c)
+        sock = workdir / "state" / "execd.sock"
+        daemon = DaemonProcess(config, env, workdir / "daemon.log", c.backend)
+        daemon.start()
+        if not daemon.wait_ready(sock):
+            raise RuntimeError(f"daemon did not start; see {workdir / 'daemon.log'}")
+        for sim in sims.values():
             if c.faults:
                 sim.set_faults(**SOAK_FAULTS)
             if c.stream and c.stream_faults:
                 sim.set_faults(**STREAM_FAULTS)
-            dropped_at = time.monotonic()
-            acked: set[str] = set()
-            done = threading.Event()
-            client = threading.Thread(target=_client, args=(sock, c, acked, report, done, sim),
-                                      daemon=True)
-            client.start()
-            kill_at = sorted(rng.uniform(0.05, 0.95) for _ in range(c.kills))
-            shown = 0.0
-            while client.is_alive():
-                daemon.reap(sock, report)
-                if kill_at and report.submitted / c.orders >= kill_at[0]:
-                    kill_at.pop(0)
-                    daemon.kill(sock, report)
-                if c.stream and c.stream_faults and \
-                        time.monotonic() - dropped_at > STREAM_DROP_EVERY:
-                    dropped_at = time.monotonic()
-                    sim.drop_streams()
-                    report.stream_drops += 1
-                if c.progress and time.monotonic() - shown > 1.0:
-                    shown = time.monotonic()
-                    _bar(report, c, shown - started)
-                time.sleep(0.02)
-            for _ in kill_at:  # kill points the client outran: kill while settling
+        dropped_at = time.monotonic()
+        acked: dict[str, str] = {}  # client_order_id -> the account it must be at
+        done = threading.Event()
+        client = threading.Thread(target=_client, args=(sock, c, acked, report, done, sims),
+                                  daemon=True)
+        client.start()
+        kill_at = sorted(rng.uniform(0.05, 0.95) for _ in range(c.kills))
+        shown = 0.0
+        while client.is_alive():
+            daemon.reap(sock, report)
+            if kill_at and report.submitted / c.orders >= kill_at[0]:
+                kill_at.pop(0)
                 daemon.kill(sock, report)
+            if c.stream and c.stream_faults and \
+                    time.monotonic() - dropped_at > STREAM_DROP_EVERY:
+                dropped_at = time.monotonic()
+                for sim in sims.values():
+                    sim.drop_streams()
+                report.stream_drops += 1
+            if c.progress and time.monotonic() - shown > 1.0:
+                shown = time.monotonic()
+                _bar(report, c, shown - started)
+            time.sleep(0.02)
+        for _ in kill_at:  # kill points the client outran: kill while settling
+            daemon.kill(sock, report)
+        for sim in sims.values():
             sim.reset_faults()
-            _halt_mid_burst(sock, acked, sim, daemon, report, c.halt_burst, c.halt_watch)
-            _settle(sock, acked, sim, daemon, report)
-            with Client(sock) as cl:
-                t = cl.request("status")["trading"]
-                report.trading = t["state"] + (f": {t['reason']}" if t["reason"] else "")
-            code = daemon.stop()
-            if code not in (0, None):
-                report.other_exits.append(code)
-            _verify(report, workdir / "state" / "execd.db", acked, sim)
+        _halt_mid_burst(sock, acked, sims, daemon, report, c.halt_burst, c.halt_watch)
+        _settle(sock, acked, sims, daemon, report, c.settle)
+        with Client(sock) as cl:
+            status = cl.request("status")
+        t = status["trading"]
+        report.trading = t["state"] + (f": {t['reason']}" if t["reason"] else "")
+        if len(sims) > 1:
+            report.account_states = {  # the reason where it is not the global one's
+                name: a["state"] + (f": {a['reason']}" if a["reason"] != t["reason"] else "")
+                for name, a in status["accounts"].items()}
+        code = daemon.stop()
+        if code not in (0, None):
+            report.other_exits.append(code)
+        _verify(report, workdir / "state" / "execd.db", acked, sims)
+        keys = [sim.config.secret_key for sim in sims.values()]
+        with (workdir / "daemon.log").open(errors="replace") as log:
+            report.secrets_in_log = sum(1 for line in log if any(k in line for k in keys))
     report.seconds = time.monotonic() - started
     if c.progress:
         print(file=sys.stderr)
     return report
 
 
-def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: threading.Event,
-            sim: SimServer) -> None:
+def _client(sock: Path, c: Campaign, acked: dict[str, str], report: Report,
+            done: threading.Event, sims: dict[str, SimServer]) -> None:
     rng = random.Random(c.seed * 7919)
+    arng = random.Random(c.seed * 104729)  # the accounts' own: rng's draws as with one
+    names = c.names
     next_at = time.monotonic()
     resting: list[str] = []
     for i in range(c.orders):
@@ -329,6 +433,8 @@ def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: thre
         time.sleep(max(0.0, next_at - time.monotonic()))
         strategy = f"s{i % c.strategies}"
         symbol = rng.choice(SYMBOLS)
+        # several accounts: a third go where [routing] default says, the rest name one
+        account = arng.choice(names) if len(names) > 1 and i % 3 else None
         fields: dict[str, Any] = {
             "strategy_id": strategy, "symbol": symbol, "side": "buy",
             "qty": str(rng.randint(1, 3)), "client_order_id": f"{strategy}-crash-{i}",
@@ -336,25 +442,35 @@ def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: thre
         }
         roll, op = rng.random(), "submit"
         if i % 25 == 24:  # now and then a close: our own market order, durable like any
+            # (with several accounts it names one: two may hold the symbol)
+            account = arng.choice(names) if len(names) > 1 else None
             op, fields = "close_position", {  # this strategy's book (issue 31)
                 "symbol": rng.choice(SYMBOLS), "strategy_id": strategy,
                 "client_order_id": f"close-crash-{i}", "wait": "accepted"}
         elif roll < 0.2:  # some rest open: a limit far below the market
             fields.update(type="limit", limit_price="1.00", time_in_force="gtc")
         elif roll < 0.35:  # a bracket: exits far from the market, resting as legs
-            px = sim.engine.price(symbol)
+            px = sims[account or names[0]].engine.price(symbol)
             fields.update(order_class="bracket", time_in_force="gtc",
                           take_profit={"limit_price": str((px * 2).quantize(Decimal("0.01")))},
                           stop_loss={"stop_price": str((px / 2).quantize(Decimal("0.01")))})
             report.brackets += 1
+        if account is not None:
+            fields["account"] = account
         report.submitted += 1
         acked_now = _until_acked(sock, op, fields, report, done)
         if done.is_set():
             return
         report.acknowledged += 1
         if not acked_now:
-            continue  # a close with no position in that symbol yet: nothing sent
-        acked.add(fields["client_order_id"])
+            continue  # refused before it was recorded (a close with no position in that
+            # symbol yet, a wash trade): nothing sent
+        acked[fields["client_order_id"]] = account or names[0]
+        if len(names) > 1:
+            if account is None:
+                report.routed += 1
+            else:
+                report.named += 1
         if op == "submit" and fields.get("type") == "limit":
             resting.append(fields["client_order_id"])
         if resting and rng.random() < 0.3:  # replace a resting order: a new price
@@ -362,7 +478,7 @@ def _client(sock: Path, c: Campaign, acked: set[str], report: Report, done: thre
             change = {"client_order_id": old, "new_client_order_id": f"{old}-r",
                       "limit_price": "1.01", "wait": "accepted"}
             if _until_acked(sock, "replace", change, report, done, tolerate=("conflict",)):
-                acked.add(change["new_client_order_id"])
+                acked[change["new_client_order_id"]] = acked[old]  # at the old one's account
                 report.replaces += 1
             elif done.is_set():
                 return
@@ -386,6 +502,11 @@ def _until_acked(sock: Path, op: str, fields: dict[str, Any], report: Report,
                 # no position (yet), or a fill raced the close so that it would have
                 # crossed zero: refused by the risk gate, nothing sent
                 return False
+            if e.code == "wash_trade":
+                # another strategy's order on the other side (a bracket's exits): refused
+                # before anything was recorded, nothing sent, as the broker would refuse it
+                report.wash_refused += 1
+                return False
             if e.code in tolerate and tolerated < 20:
                 tolerated += 1
                 time.sleep(0.1)
@@ -399,8 +520,8 @@ def _until_acked(sock: Path, op: str, fields: dict[str, Any], report: Report,
             time.sleep(float(e.detail.get("retry_after_s", 0.05)))
 
 
-def _halt_mid_burst(sock: Path, acked: set[str], sim: SimServer, daemon: DaemonProcess,
-                    report: Report, burst: int, watch: float) -> None:
+def _halt_mid_burst(sock: Path, acked: dict[str, str], sims: dict[str, SimServer],
+                    daemon: DaemonProcess, report: Report, burst: int, watch: float) -> None:
     """A burst of resting orders (a couple of seconds of budget), halted midway: until
     the resume, nothing but closing orders (close_position's) may reach the broker."""
     done = threading.Event()
@@ -413,69 +534,85 @@ def _halt_mid_burst(sock: Path, acked: set[str], sim: SimServer, daemon: DaemonP
     reaper = threading.Thread(target=reaping, daemon=True)
     reaper.start()
     try:
-        _halt_steps(sock, acked, sim, report, done, burst, watch)
+        _halt_steps(sock, acked, sims, report, done, burst, watch)
     finally:
         stop_reaping.set()
         reaper.join()
 
 
-def _halt_steps(sock: Path, acked: set[str], sim: SimServer, report: Report,
-                done: threading.Event, burst: int, watch: float) -> None:
-    def order(cid: str) -> dict[str, Any]:
-        return {"strategy_id": "halt", "symbol": "AAPL", "side": "buy", "qty": "1",
-                "type": "limit", "limit_price": "1.00", "time_in_force": "gtc",
-                "client_order_id": cid, "wait": "accepted"}
+def _sent(sims: dict[str, SimServer]) -> set[tuple[str, str]]:
+    """Every (account, client_order_id) the brokers have had a submit of."""
+    return {(name, cid) for name, sim in sims.items() for cid in sim.engine.client_order_ids()}
 
-    burst_ids = [f"halt-burst-{i}" for i in range(burst)]
+
+def _halt_steps(sock: Path, acked: dict[str, str], sims: dict[str, SimServer], report: Report,
+                done: threading.Event, burst: int, watch: float) -> None:
+    names = list(sims)
+    several = len(names) > 1
+
+    # (in a symbol the client does not trade: its brackets' exits there would make these
+    # buys wash trades)
+    def order(i: int) -> dict[str, Any]:  # several accounts: spread over them
+        return {"strategy_id": "halt", "symbol": "NVDA", "side": "buy", "qty": "1",
+                "type": "limit", "limit_price": "1.00", "time_in_force": "gtc",
+                "client_order_id": f"halt-burst-{i}", "wait": "accepted",
+                **({"account": names[i % len(names)]} if several else {})}
+
     with contextlib.suppress(OSError, ExecdError), Client(sock, timeout=10) as cl:
-        for cid in burst_ids:  # on one connection: faster than the budget sends them
-            cl.request("submit", **order(cid))
-            acked.add(cid)
-    for cid in burst_ids:
-        if cid not in acked:  # the daemon restarted meanwhile (a test hook): safe retries
-            _until_acked(sock, "submit", order(cid), report, done)
-            acked.add(cid)
+        for i in range(burst):  # on one connection: faster than the budget sends them
+            cl.request("submit", **order(i))
+            acked[f"halt-burst-{i}"] = names[i % len(names)]
+    for i in range(burst):  # the daemon restarted meanwhile: safe retries
+        if f"halt-burst-{i}" not in acked and _until_acked(sock, "submit", order(i), report,
+                                                           done):
+            acked[f"halt-burst-{i}"] = names[i % len(names)]
     _until_acked(sock, "halt", {"reason": "crashtest: halt mid-burst"}, report, done)
     time.sleep(0.5)  # a request already past its last check when the halt came lands
-    before = set(sim.engine.client_order_ids())
+    before = _sent(sims)
     with contextlib.suppress(OSError, ExecdError), Client(sock, timeout=10) as cl:
-        report.halt_held = int(cl.request("status")["held"]["count"])
-    for symbol in SYMBOLS:  # closes go while halted: one strategy's book each
-        cid = f"halt-close-{symbol}"
-        if _until_acked(sock, "close_position", {"symbol": symbol, "strategy_id": "s0",
-                                                 "client_order_id": cid,
-                                                 "wait": "accepted"}, report, done):
-            acked.add(cid)
-        else:
-            report.halt_no_close += 1
+        status = cl.request("status")
+        report.halt_held = int(status["held"]["count"]) if not several else sum(
+            int(a["held"]["count"]) for a in status["accounts"].values())
+    for name in names:
+        for symbol in SYMBOLS:  # closes go while halted (at each account)
+            cid = f"halt-close-{symbol}" + (f"-{name}" if several else "")
+            close = {"symbol": symbol, "strategy_id": "s0", "client_order_id": cid,
+                     "wait": "accepted", **({"account": name} if several else {})}
+            if _until_acked(sock, "close_position", close, report, done):
+                acked[cid] = name
+            else:
+                report.halt_no_close += 1
     time.sleep(watch)  # at 3 s, ~50 requests' worth of budget
-    sent = set(sim.engine.client_order_ids()) - before
+    sent = {cid for _, cid in _sent(sims) - before}
     report.halt_closes = sum(1 for cid in sent if cid.startswith(("halt-close-", "close-")))
     report.halt_leaks = sorted(cid for cid in sent
                                if not cid.startswith(("halt-close-", "close-")))
     _until_acked(sock, "resume", {"reason": RESUMED}, report, done)
 
 
-def _settle(
-    sock: Path, acked: set[str], sim: SimServer, daemon: DaemonProcess, report: Report
-) -> None:
-    """Wait until every order the broker has is in its final state at the daemon."""
-    deadline = time.monotonic() + 120
+def _settle(sock: Path, acked: dict[str, str], sims: dict[str, SimServer],
+            daemon: DaemonProcess, report: Report, timeout: float) -> None:
+    """Wait until every order each broker has is in its final state at the daemon."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         daemon.reap(sock, report)
         try:
             with Client(sock, timeout=10) as cl:
-                ours = {o["client_order_id"]: o["state"]
+                ours = {o["client_order_id"]: (o["state"], o.get("account", DEFAULT_ACCOUNT))
                         for o in cl.request("orders", limit=10_000)["orders"]}
         except (OSError, ExecdError):
             time.sleep(0.2)
             continue
-        theirs = {**sim.engine.client_order_ids(), **_legs(sim)}
-        with sim.engine.lock:
-            moving = [o for o in sim.engine.orders.values() if o.is_open and o.type == "market"]
-        pending = [cid for cid, st in ours.items() if st == "PENDING"]
-        behind = [cid for cid, v in theirs.items() if _mapped(v["status"]) != ours.get(cid)]
-        if not pending and not behind and not moving and acked <= set(ours):
+        behind, moving = [], []
+        for name, sim in sims.items():
+            theirs = {**sim.engine.client_order_ids(), **_legs(sim)}
+            with sim.engine.lock:
+                moving += [o for o in sim.engine.orders.values()
+                           if o.is_open and o.type == "market"]
+            behind += [cid for cid, v in theirs.items()
+                       if (_mapped(v["status"]), name) != ours.get(cid)]
+        pending = [cid for cid, (st, _) in ours.items() if st == "PENDING"]
+        if not pending and not behind and not moving and set(acked) <= set(ours):
             return
         time.sleep(0.2)
 
@@ -494,37 +631,59 @@ def _mapped(status: str | None) -> str | None:
     return state.value if state else OrderState.SUBMITTED.value
 
 
-def _verify(report: Report, db: Path, acked: set[str], sim: SimServer) -> None:
+def _verify(report: Report, db: Path, acked: dict[str, str],
+            sims: dict[str, SimServer]) -> None:
+    """Each account's records against its own simulator's (one account: "default")."""
     conn = sqlite3.connect(db)
-    ours = dict(conn.execute("SELECT client_order_id, state FROM orders").fetchall())
-    local_pos = {s: Decimal(q) for s, q in conn.execute("SELECT symbol, qty FROM positions")
-                 if Decimal(q)}
-    books: dict[str, Decimal] = {}  # each strategy's books (issue 31), added up per symbol
-    for s, q in conn.execute("SELECT symbol, qty FROM books"):
-        books[s] = books.get(s, Decimal(0)) + Decimal(q)
+    ours = {cid: (st, account) for cid, st, account in
+            conn.execute("SELECT client_order_id, state, account FROM orders")}
+    local_pos = {(a, s): Decimal(q) for a, s, q in
+                 conn.execute("SELECT account, symbol, qty FROM positions") if Decimal(q)}
+    books: dict[tuple[str, str], Decimal] = {}  # the strategies' books (issue 31), added up
+    for a, s, q in conn.execute("SELECT account, symbol, qty FROM books"):
+        books[a, s] = books.get((a, s), Decimal(0)) + Decimal(q)
     conn.close()
-    legs = _legs(sim)
-    theirs = {**sim.engine.client_order_ids(), **legs}
-    report.broker_orders = sum(v["orders"] for v in theirs.values())
-    report.legs = len(legs)
-    report.legs_unknown = len(set(legs) - set(ours))
-    report.replaced = sum(1 for st in ours.values() if st == OrderState.REPLACED.value)
-    report.lost = len(acked - set(ours))
-    report.unknown_to_daemon = len(set(theirs) - set(ours))
-    posts = sim.stats()["requests"].get("POST /v2/orders", {})
-    report.duplicate_submits = posts.get("422", 0)  # every order is valid: 422 = duplicate
-    # every replace is of an order resting far from the market: a 422 is a PATCH resent
-    report.duplicate_submits += sum(by.get("422", 0) for ep, by in
-                                    sim.stats()["requests"].items() if ep.startswith("PATCH"))
-    for cid in acked | set(legs):
-        if _mapped(theirs.get(cid, {}).get("status")) != ours.get(cid):
-            report.wrong_state.append(f"{cid}: ours {ours.get(cid)}, broker "
-                                      f"{theirs.get(cid, {}).get('status')}")
-    broker_pos = {p["symbol"]: Decimal(p["qty"]) for p in sim.engine.list_positions()}
-    # the account's totals, and the books that make them, both equal the broker's
-    report.positions_equal = local_pos == broker_pos == {
-        sym: q for sym, q in books.items() if q}
-    report.max_in_window = sim.stats()["max_requests_in_window"]
+    seen_at: dict[str, list[str]] = {}  # client_order_id -> the brokers that had it
+    wrong: set[str] = set()  # at another account than its own, at ours or at a broker
+    report.positions_equal = not {a for a, _ in local_pos} - set(sims)
+    for name, sim in sims.items():
+        legs = _legs(sim)
+        theirs = {**sim.engine.client_order_ids(), **legs}
+        for cid in theirs:
+            seen_at.setdefault(cid, []).append(name)
+        report.account_orders[name] = sum(v["orders"] for v in theirs.values())
+        report.legs += len(legs)
+        report.legs_unknown += len(set(legs) - set(ours))
+        report.unknown_to_daemon += len(set(theirs) - set(ours))
+        wrong |= {cid for cid in theirs if cid in ours and ours[cid][1] != name}
+        posts = sim.stats()["requests"].get("POST /v2/orders", {})
+        report.duplicate_submits += posts.get("422", 0)  # every order is valid: a duplicate
+        # every replace is of an order resting far from the market: a 422 is a PATCH resent
+        report.duplicate_submits += sum(by.get("422", 0) for ep, by in
+                                        sim.stats()["requests"].items()
+                                        if ep.startswith("PATCH"))
+        mine = [cid for cid, at in acked.items() if at == name]
+        for cid in mine:  # lost: unknown to the daemon, or never reached its own broker
+            if cid not in ours or not theirs.get(cid, {}).get("orders"):
+                report.lost += 1
+        for cid in mine + list(legs):
+            if _mapped(theirs.get(cid, {}).get("status")) != ours.get(cid, (None,))[0]:
+                report.wrong_state.append(f"{cid}: ours {ours.get(cid)}, broker at {name} "
+                                          f"{theirs.get(cid, {}).get('status')}")
+            elif cid in ours and ours[cid][1] != name:
+                wrong.add(cid)
+        broker_pos = {p["symbol"]: Decimal(p["qty"]) for p in sim.engine.list_positions()}
+        # the account's totals, and the books that make them, both equal its broker's
+        equal = {s: q for (a, s), q in local_pos.items() if a == name} == broker_pos == {
+            s: q for (a, s), q in books.items() if a == name and q}
+        report.account_positions_equal[name] = equal
+        report.positions_equal = report.positions_equal and equal
+        report.account_max_in_window[name] = sim.stats()["max_requests_in_window"]
+    report.broker_orders = sum(report.account_orders.values())
+    report.wrong_account = sorted(wrong)
+    report.at_two_accounts = sorted(cid for cid, at in seen_at.items() if len(at) > 1)
+    report.replaced = sum(1 for st, _ in ours.values() if st == OrderState.REPLACED.value)
+    report.max_in_window = max(report.account_max_in_window.values())
 
 
 def _bar(report: Report, c: Campaign, elapsed: float) -> None:
@@ -551,13 +710,15 @@ def main() -> int:
                    "(polling only)")
     p.add_argument("--no-stream-faults", action="store_true", help="the stream on, without "
                    "its faults (10%% of events lost, 10%% duplicated, drops every 3 s)")
+    p.add_argument("--accounts", type=int, default=1, help="broker accounts, each at a "
+                   "simulator of its own (1: a [broker] config, as ever)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     report = run(Campaign(orders=a.orders, kills=a.kills, strategies=a.strategies,
                           faults=a.faults, seed=a.seed, rate_limit=a.rate_limit,
                           rate_window=a.rate_window, backend=a.backend, pace=a.pace,
                           progress=not a.json, stream=not a.no_stream,
-                          stream_faults=not a.no_stream_faults))
+                          stream_faults=not a.no_stream_faults, accounts=a.accounts))
     print(json.dumps(dataclasses.asdict(report) | {"ok": report.ok}) if a.json else report.table())
     return 0 if report.ok else 1
 

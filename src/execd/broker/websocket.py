@@ -35,6 +35,7 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
 
 READ = 65536
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes: broker.stream_max_message
@@ -118,10 +119,21 @@ class WebSocket:
             raise
 
     async def send_text(self, text: str) -> None:
-        await self._write(self._ws.send(TextMessage(data=text)))
+        await self._write(self._frame(TextMessage(data=text)))
 
     async def ping(self, payload: bytes = b"execd") -> None:
-        await self._write(self._ws.send(Ping(payload=payload)))
+        await self._write(self._frame(Ping(payload=payload)))
+
+    def _frame(self, event: Event) -> bytes:
+        """An event's bytes. One wsproto will not send (the peer closed or is closing)
+        is a closed connection, and the error names no data: wsproto's own quotes the
+        whole message, and the stream's first one holds the account's keys."""
+        try:
+            return self._ws.send(event)
+        except LocalProtocolError:
+            pass  # raised outside: not even as the new error's __context__
+        raise WebSocketClosed(f"connection {self._ws.state.name.lower()}: "
+                              f"{type(event).__name__} not sent")
 
     async def receive(self) -> bytes | str:
         """The next whole message (text or binary). Answers pings on the way."""
