@@ -1,0 +1,442 @@
+"""IBClient: the BrokerClient port over unmodified ib_async (Interactive Brokers' TWS API).
+
+- ib_async is asyncio-only: it runs on a thread of its own that owns an asyncio loop,
+  whatever the daemon runs on (asyncio or trio). A port call crosses with
+  `asyncio.run_coroutine_threadsafe` and is awaited from a worker thread
+  (`anyio.to_thread.run_sync`), so both backends see the same adapter. Only the `*Async`
+  request calls are used (never `startLoop`/nest_asyncio).
+- Identity: `orderRef` = our client_order_id; `permId` (account-wide, stable) is the
+  broker's id; orderIds come from a durable high-water mark (ib_ids.py) and never from
+  IB's `nextValidId` alone (it can roll back). ib_async draws request ids from the same
+  sequence as order ids (`getReqId`), so a request id never equals an order id.
+- Each connection is a fresh `IB()`: a server-side close wipes ib_async's state and old
+  Trade objects stop updating (IB.md). `ib.trades()` is a cache of IB's answers, never the
+  source of truth: a look-up asks IB (open orders, completed orders, executions).
+- Budget: IB counts messages per second; every message we send takes a token of the
+  account's limiter first (cancels first), a bracket all of its messages before any goes.
+- At most once: a placeOrder whose answer did not come (the socket dropped after it
+  left, a timeout) is BrokerAmbiguous; the caller looks its orderRef up, after a
+  reconnect, before anything is resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import anyio
+
+from execd.broker.base import (
+    BrokerAmbiguous,
+    BrokerOrder,
+    BrokerPosition,
+    BrokerRejected,
+    BrokerUnavailable,
+    Go,
+    MarketClock,
+    NotSent,
+    OrderList,
+    ReplaceChanges,
+)
+from execd.broker.ib_ids import IdMark
+from execd.broker.ib_orders import (
+    BROKER,
+    REJECTED_CODES,
+    contract,
+    order_of,
+    orders_for,
+    refusal,
+    rejection,
+)
+from execd.clock import Clock
+from execd.domain.decimals import plain
+from execd.domain.orders import OrderSpec
+from execd.limiter import Lane, RateLimiter
+from execd.obs import logging
+from execd.obs.metrics import AccountMetrics, Metrics, account_view
+
+T = TypeVar("T")
+log = logging.get("execd.broker.ib")
+NEW_YORK = ZoneInfo("America/New_York")
+CONNECT_MESSAGES = 4  # handshake, startApi, reqPositions, and one to spare
+POLL = 0.005  # seconds between looks at ib_async's state while an answer is awaited
+
+
+class IBClient:
+    def __init__(
+        self, *, host: str, port: int, client_id: int, account: str | None,
+        limiter: RateLimiter, clock: Clock, metrics: Metrics | AccountMetrics,
+        ids_path: Path, timeout: float = 10.0,
+    ) -> None:
+        if client_id <= 0:
+            raise ValueError("client_id must be a fixed non-zero number (0 binds TWS's "
+                             "manual orders)")
+        self._host, self._port, self._client_id = host, port, client_id
+        self._account = account or ""
+        self._limiter = limiter
+        self._clock = clock
+        self._metrics = account_view(metrics)
+        self._ids = IdMark(ids_path)
+        self._timeout = timeout
+        self._ib: Any = None  # the current connection's IB(), touched on the loop only
+        # orderRefs IB rejected (201/203): a completedOrder says only Cancelled, and
+        # ib_async drops its completedStatus (kept for this process's life)
+        self._rejected: set[str] = set()
+        self.sessions = 0  # connections made (a new one is a new ib_async state)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name=f"execd-ib-{client_id}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------- plumbing
+    def close(self) -> None:
+        """Disconnect and stop the loop's thread (idempotent)."""
+        if not self._thread.is_alive():
+            return
+
+        async def bye() -> None:
+            if self._ib is not None:
+                self._ib.disconnect()
+                await asyncio.sleep(0.01)  # the transport finishes closing
+
+        try:
+            asyncio.run_coroutine_threadsafe(bye(), self._loop).result(timeout=5)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._loop.close()
+
+    async def _on_loop(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run `fn()` on ib_async's loop; wait in a worker thread (either backend)."""
+        async def bounded() -> T:
+            return await asyncio.wait_for(fn(), self._timeout * 3)
+
+        fut = asyncio.run_coroutine_threadsafe(bounded(), self._loop)
+        try:
+            return await anyio.to_thread.run_sync(fut.result)
+        except TimeoutError as e:
+            raise BrokerUnavailable(f"{BROKER}: no answer in time") from e
+
+    async def _tokens(self, lane: Lane, n: int, go: Go | None = None) -> None:
+        """n messages' tokens, all taken before any message leaves."""
+        waited = 0.0
+        for _ in range(n):
+            waited += await self._limiter.acquire(lane)
+        self._metrics.limiter_wait.observe(waited)
+        self._metrics.limiter_remaining.set(self._limiter.remaining())
+        if go is not None and not go():
+            raise NotSent("withdrawn before it was sent")
+
+    def _is_connected(self) -> bool:
+        ib = self._ib
+        return bool(ib is not None and ib.isConnected())
+
+    async def _connect(self) -> Any:
+        """The live connection (on the loop), made if needed: a fresh IB() whose request
+        ids start past every orderId we may have used, then resynced from IB's answers
+        (open orders, completed orders, executions) before anything trusts it."""
+        if self._is_connected():
+            return self._ib
+        from ib_async import IB, StartupFetch
+
+        if self._ib is not None:
+            self._ib.disconnect()
+        ib = IB()
+        try:
+            # nothing fetched during connect: its requests would take request ids
+            # before ours are set past the high-water mark
+            await ib.connectAsync(self._host, self._port, clientId=self._client_id,
+                                  timeout=self._timeout, account=self._account,
+                                  fetchFields=StartupFetch(0))
+        except (OSError, TimeoutError, ConnectionError) as e:
+            ib.disconnect()
+            raise BrokerUnavailable(f"{BROKER}: cannot connect to "
+                                    f"{self._host}:{self._port}: {type(e).__name__}") from e
+        # request and order ids share one sequence: max(ours, nextValidId)
+        ib.client.updateReqId(self._ids.first_free())  # type: ignore[no-untyped-call]
+        ib.errorEvent += lambda req_id, code, *_: self._on_error(ib, req_id, code)
+        self._ib = ib
+        self.sessions += 1
+        await self._resync(ib)
+        log.info("connected to IB", host=self._host, port=self._port,
+                 client_id=self._client_id, session=self.sessions)
+        return ib
+
+    async def _resync(self, ib: Any) -> None:
+        """What IB has: open orders, today's completed orders, executions (fills made
+        while we were away are found here, Lean IB #249)."""
+        await ib.reqAllOpenOrdersAsync()
+        await ib.reqCompletedOrdersAsync(apiOnly=True)
+        await ib.reqExecutionsAsync()
+
+    async def _connected(self, lane: Lane = Lane.READ) -> None:
+        """Connect (from the daemon's side) with the connect's messages budgeted."""
+        if not self._is_connected():
+            await self._tokens(lane, CONNECT_MESSAGES + 3)
+            await self._on_loop(self._connect)
+
+    def _on_error(self, ib: Any, req_id: int, code: int) -> None:
+        if code in REJECTED_CODES:
+            trade = ib.wrapper.trades.get((self._client_id, req_id))
+            if trade is not None and trade.order.orderRef:
+                self._rejected.add(trade.order.orderRef)
+
+    def _fills(self, ib: Any, perm_id: int) -> list[Any]:
+        return [f for f in ib.fills() if f.execution.permId == perm_id]
+
+    def _trades(self, ib: Any) -> dict[int, Any]:
+        """One trade per permId (ib_async can hold a stale PendingSubmit one beside a
+        completed one for the same order: the one that has got further wins)."""
+        out: dict[int, Any] = {}
+        for t in ib.trades():
+            pid = t.order.permId
+            if not pid:
+                continue
+            have = out.get(pid)
+            if have is None or (not have.isDone() and t.isDone()):
+                out[pid] = t
+        return out
+
+    def _order(self, ib: Any, trade: Any, trades: dict[int, Any]) -> BrokerOrder:
+        """A trade as ours, with its legs (children by parentId) when it is a parent."""
+        oid = trade.order.orderId
+        legs = [order_of(child, self._fills(ib, child.order.permId),
+                         parent=str(trade.order.permId),
+                         rejected=child.order.orderRef in self._rejected)
+                for child in trades.values()
+                if oid and child.order.parentId == oid
+                and child.order.clientId == trade.order.clientId]
+        parent: str | None = None
+        if trade.order.parentId:
+            parent = next((str(p) for p, t in trades.items()
+                           if t.order.orderId == trade.order.parentId), None)
+        return order_of(trade, self._fills(ib, trade.order.permId), parent=parent,
+                        legs=tuple(legs), rejected=trade.order.orderRef in self._rejected)
+
+    async def _answer(self, ib: Any, trades: list[Any], what: str) -> None:
+        """Wait until IB answered every sent order (a permId, or done), or fail: a lost
+        socket or no answer in time leaves the outcome unknown."""
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        while not all(t.order.permId or t.isDone() for t in trades):
+            if not ib.isConnected():
+                raise BrokerAmbiguous(f"{BROKER}: the connection dropped after {what}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerAmbiguous(f"{BROKER}: no answer to {what} in time")
+            await asyncio.sleep(POLL)
+
+    # --------------------------------------------------------------- the port
+    async def submit_order(self, spec: OrderSpec, *, go: Go | None = None) -> BrokerOrder:
+        why = refusal(spec)
+        if why is not None:  # never sent: IB cannot take it as we would send it
+            raise BrokerRejected(why, status=422)
+        orders = orders_for(spec)
+        await self._connected(Lane.SUBMIT)
+        await self._tokens(Lane.SUBMIT, len(orders), go)
+
+        async def place() -> BrokerOrder:
+            if not self._is_connected():  # dropped while we waited: nothing was sent
+                raise BrokerUnavailable(f"{BROKER}: not connected")
+            ib = self._ib
+            for o in orders:
+                o.orderId = ib.client.getReqId()
+                self._ids.cover(o.orderId)  # durable before it is sent
+                o.account = self._account
+            for o in orders[1:]:
+                if spec.order_class == "bracket":
+                    o.parentId = orders[0].orderId
+            try:
+                sent = [ib.placeOrder(contract(spec.symbol), o) for o in orders]
+            except (OSError, ConnectionError) as e:
+                raise BrokerAmbiguous(f"{BROKER}: placeOrder failed: {e}") from e
+            await self._answer(ib, sent, "placeOrder")
+            why = rejection(sent[0])
+            if why is not None:
+                raise BrokerRejected(why, status=422, code=201)
+            return self._order(ib, sent[0], self._trades(ib))
+
+        start = self._clock.monotonic()
+        status = "error"
+        try:
+            result = await self._on_loop(place)
+            status = "ok"
+            return result
+        except BrokerUnavailable as e:
+            raise BrokerAmbiguous(f"submit outcome unknown: {e}") from e
+        finally:
+            self._metrics.broker_requests.labels("submit_order", status).inc()
+            self._metrics.broker_latency.labels("submit_order").observe(
+                self._clock.monotonic() - start)
+
+    async def _look(self, pick: Callable[[Any, dict[int, Any]], Any]) -> BrokerOrder | None:
+        """Ask IB afresh (open orders, completed orders, executions: 3 messages), then
+        pick the trade; None when IB has no such order."""
+        await self._connected()
+        await self._tokens(Lane.READ, 3)
+
+        async def look() -> BrokerOrder | None:
+            ib = await self._connect()
+            await self._resync(ib)
+            trades = self._trades(ib)
+            found = pick(ib, trades)
+            return None if found is None else self._order(ib, found, trades)
+
+        return await self._on_loop(look)
+
+    async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        def pick(ib: Any, trades: dict[int, Any]) -> Any:
+            mine = [t for t in trades.values() if t.order.orderRef == client_order_id]
+            live = [t for t in mine if not t.isDone()]
+            if len(live) > 1:  # IB does not enforce orderRef uniqueness (Nautilus #4564)
+                log.error("two live IB orders with one orderRef", client_order_id=client_order_id,
+                          perm_ids=[t.order.permId for t in live])
+            return (live or mine or [None])[0]
+
+        return await self._look(pick)
+
+    async def get_order(self, broker_order_id: str) -> BrokerOrder | None:
+        perm = int(broker_order_id)
+        return await self._look(lambda ib, trades: trades.get(perm))
+
+    async def list_open_orders(self) -> Sequence[BrokerOrder]:
+        await self._connected()
+        await self._tokens(Lane.READ, 1)
+
+        async def listed() -> list[BrokerOrder]:
+            ib = await self._connect()
+            opened = await ib.reqAllOpenOrdersAsync()
+            trades = self._trades(ib)
+            perms = {t.order.permId for t in opened if t.order.permId}
+            return [self._order(ib, trades[p], trades) for p in sorted(perms) if p in trades]
+
+        return await self._on_loop(listed)
+
+    async def list_orders_since(self, after: datetime) -> Sequence[BrokerOrder]:
+        """Open and today's completed orders (IB keeps no longer history: the list says
+        it is not complete, so callers look up any of theirs it does not show)."""
+        await self._connected()
+        await self._tokens(Lane.READ, 3)
+
+        async def listed() -> OrderList:
+            ib = await self._connect()
+            await self._resync(ib)
+            trades = self._trades(ib)
+            out = OrderList(self._order(ib, t, trades) for _, t in sorted(trades.items()))
+            return OrderList(o for o in out if o.submitted_at > after)
+
+        return await self._on_loop(listed)
+
+    async def cancel_order(self, broker_order_id: str) -> None:
+        perm = int(broker_order_id)
+        await self._connected(Lane.CANCEL)
+        await self._tokens(Lane.CANCEL, 1)
+
+        async def cancel() -> None:
+            ib = await self._connect()
+            trade = self._trades(ib).get(perm)
+            if trade is None or trade.isDone() or not trade.order.orderId:
+                raise BrokerRejected(f"{BROKER}: no open order {perm} of this client",
+                                     status=422, code=10147)
+            ib.cancelOrder(trade.order)
+
+        await self._on_loop(cancel)
+
+    async def replace_order(
+        self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str,
+        *, go: Go | None = None,
+    ) -> BrokerOrder:
+        """IB modifies in place: the same order (orderId, permId, orderRef) with new
+        terms; `new_client_order_id` is not IB's to keep (docs/protocol.md)."""
+        perm = int(broker_order_id)
+        await self._connected(Lane.SUBMIT)
+        await self._tokens(Lane.SUBMIT, 1, go)
+
+        async def modify() -> BrokerOrder:
+            ib = await self._connect()
+            trade = self._trades(ib).get(perm)
+            if trade is None or trade.isDone() or not trade.order.orderId:
+                raise BrokerRejected(f"{BROKER}: no open order {perm} to modify", status=422,
+                                     code=104)
+            o = trade.order
+            if changes.qty is not None:
+                o.totalQuantity = float(plain(changes.qty))
+            if changes.limit_price is not None:
+                o.lmtPrice = float(plain(changes.limit_price))
+            if changes.stop_price is not None:
+                o.auxPrice = float(plain(changes.stop_price))
+            if changes.trail is not None:
+                o.auxPrice = float(plain(changes.trail))
+            if changes.time_in_force is not None:
+                o.tif = changes.time_in_force.upper()
+            seen = len(trade.log)
+            try:
+                ib.placeOrder(trade.contract, o)
+            except AssertionError as e:  # ib_async: the trade finished meanwhile
+                raise BrokerRejected(f"{BROKER}: the order is done", status=422) from e
+            deadline = asyncio.get_running_loop().time() + self._timeout
+            # IB answers a modify with openOrder/orderStatus: a log entry after ours
+            while len(trade.log) <= seen + 1:
+                if not ib.isConnected():
+                    raise BrokerAmbiguous(f"{BROKER}: the connection dropped after a modify")
+                if asyncio.get_running_loop().time() > deadline:
+                    raise BrokerAmbiguous(f"{BROKER}: no answer to a modify in time")
+                await asyncio.sleep(POLL)
+            return self._order(ib, trade, self._trades(ib))
+
+        try:
+            return await self._on_loop(modify)
+        except BrokerUnavailable as e:
+            raise BrokerAmbiguous(f"replace outcome unknown: {e}") from e
+
+    async def positions(self) -> Sequence[BrokerPosition]:
+        await self._connected()
+        await self._tokens(Lane.READ, 1)
+
+        async def held() -> list[BrokerPosition]:
+            ib = await self._connect()
+            out: dict[str, Decimal] = {}
+            for p in await ib.reqPositionsAsync():
+                if self._account and p.account != self._account:
+                    continue
+                qty = Decimal(str(p.position))
+                if qty:
+                    out[p.contract.symbol] = out.get(p.contract.symbol, Decimal(0)) + qty
+            return [BrokerPosition(symbol=s, qty=q, current_price=None)
+                    for s, q in sorted(out.items())]
+
+        return await self._on_loop(held)
+
+    async def market_clock(self) -> MarketClock:
+        """IB has no clock call: the regular US equity session (09:30-16:00 New York,
+        weekdays) computed here; holidays are not known (docs/design.md)."""
+        return regular_session(datetime.fromtimestamp(self._clock.time(), UTC))
+
+
+def regular_session(now: datetime) -> MarketClock:
+    local = now.astimezone(NEW_YORK)
+    day = local.date()
+
+    def at(d: Any, t: time) -> datetime:
+        return datetime.combine(d, t, NEW_YORK)
+
+    def next_weekday(d: Any) -> Any:
+        d += timedelta(days=1)
+        while d.weekday() >= 5:
+            d += timedelta(days=1)
+        return d
+
+    open_t, close_t = time(9, 30), time(16, 0)
+    trading_day = local.weekday() < 5
+    if trading_day and at(day, open_t) <= local < at(day, close_t):
+        return MarketClock(is_open=True, next_open=at(next_weekday(day), open_t),
+                           next_close=at(day, close_t))
+    if trading_day and local < at(day, open_t):
+        return MarketClock(is_open=False, next_open=at(day, open_t),
+                           next_close=at(day, close_t))
+    nxt = next_weekday(day)
+    return MarketClock(is_open=False, next_open=at(nxt, open_t), next_close=at(nxt, close_t))
