@@ -89,6 +89,7 @@ class IBClient:
         # ib_async drops its completedStatus (kept for this process's life)
         self._rejected: set[str] = set()
         self.sessions = 0  # connections made (a new one is a new ib_async state)
+        self._connecting: asyncio.Lock | None = None  # made on the loop, used there only
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name=f"execd-ib-{client_id}", daemon=True)
@@ -141,8 +142,14 @@ class IBClient:
         """The live connection (on the loop), made if needed: a fresh IB() whose request
         ids start past every orderId we may have used, then resynced from IB's answers
         (open orders, completed orders, executions) before anything trusts it."""
-        if self._is_connected():
-            return self._ib
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:  # one connection at a time: a second is 326
+            if self._is_connected():
+                return self._ib
+            return await self._reconnect()
+
+    async def _reconnect(self) -> Any:
         from ib_async import IB, StartupFetch
 
         if self._ib is not None:

@@ -1,0 +1,91 @@
+"""An IB account in a two-account daemon (issue 33): an Alpaca simulator account and a
+`sim-ib` account (an embedded TWS simulator, the real ib_async). An order through the
+socket reaches the IB account only and fills; the book is kept right by the poller (no
+IB stream yet: list_open_orders/get_order_by_client_id), and positions agree."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from execd.app import open_daemon
+from execd.config import AccountConfig, Config, ConfigError, RoutingConfig, load
+from execd.sim import SimServer
+from tests.conftest import connect, daemon_config, eventually, sim_config
+from tests.test_accounts import recovered_at
+from tests.tws_kit import ib_log_watched, tws_config
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def alpaca_sim() -> Iterator[SimServer]:
+    with ib_log_watched(), SimServer(sim_config(seed=1)) as s:
+        yield s
+
+
+def two_accounts(tmp_path: Path, sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> Config:
+    base = daemon_config(tmp_path)
+    monkeypatch.setenv("KEY_PAPER", sim.config.key_id)
+    monkeypatch.setenv("SECRET_PAPER", sim.config.secret_key)
+    shared = {f.name: getattr(base.broker, f.name) for f in dataclasses.fields(base.broker)
+              if f.name not in ("mode", "url")}
+    paper = AccountConfig(**{**shared, "name": "paper", "broker": "alpaca", "url": sim.url,
+                             "key_id_env": "KEY_PAPER", "secret_key_env": "SECRET_PAPER"})
+    ibkr = AccountConfig(**{**shared, "name": "ibkr", "broker": "sim-ib", "client_id": 9,
+                            "sim": tws_config()})
+    return dataclasses.replace(base, account_tables=(paper, ibkr),
+                               routing=RoutingConfig(default=("paper",)))
+
+
+async def test_an_order_at_the_ib_account_fills_through_the_socket(
+        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = two_accounts(tmp_path, alpaca_sim, monkeypatch)
+    async with open_daemon(config) as d, connect(d) as c:
+        for name in d.accounts:
+            await recovered_at(d, name)
+        tws = d.accounts["ibkr"].tws
+        assert tws is not None
+        tws.set_prices({"AAPL": "100.00"})
+        sent = await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="4",
+                              account="ibkr")
+        assert sent["account"] == "ibkr"
+
+        async def filled() -> bool:
+            o = await c.request("order", client_order_id=sent["client_order_id"])
+            return bool(o["order"]["state"] == "FILLED")
+
+        await eventually(filled)
+        order = (await c.request("order", client_order_id=sent["client_order_id"]))["order"]
+        assert order["filled_qty"] == "4"
+        refs = [p["orderRef"] for p in tws.stats_json()["place_orders"]]
+        assert refs == [sent["client_order_id"]]  # once, at IB only
+        assert not alpaca_sim.engine.client_order_ids()
+
+        async def positions() -> bool:
+            rows = (await c.request("positions"))["positions"]
+            return {(p["account"], p["symbol"], p["qty"]) for p in rows} == {
+                ("ibkr", "AAPL", "4")}
+
+        await eventually(positions)
+        status = await c.request("status")
+        assert status["accounts"]["ibkr"]["state"] == "ACTIVE"
+        assert status["accounts"]["ibkr"]["broker"] == "sim-ib"
+        assert status["accounts"]["ibkr"]["budget"]["limit"] == 45
+
+
+def test_an_ib_account_needs_a_fixed_client_id(tmp_path: Path) -> None:
+    path = tmp_path / "execd.toml"
+    path.write_text('[accounts.ibkr]\nbroker = "ib"\nport = 4002\n')
+    with pytest.raises(ConfigError, match="client_id must be a fixed number above 0"):
+        load(path)
+    path.write_text('[accounts.ibkr]\nbroker = "ib"\nclient_id = 3\nmessages_per_second = 60\n')
+    with pytest.raises(ConfigError, match="messages_per_second must be 2-50"):
+        load(path)
+    path.write_text('[accounts.ibkr]\nbroker = "ib"\nclient_id = 3\naccount = "DU123"\n')
+    a = load(path).accounts["ibkr"]
+    assert (a.broker, a.client_id, a.account, a.port, a.messages_per_second) == (
+        "ib", 3, "DU123", 4002, 45)
