@@ -222,3 +222,26 @@ def test_regular_session_clock() -> None:
     saturday = regular_session(datetime(2026, 12, 12, 15, 0, tzinfo=UTC))
     assert not saturday.is_open
     assert saturday.next_open.weekday() == 0
+
+
+async def test_concurrent_requests_of_one_kind_all_get_their_answer(
+        ib: IBClient, tws: TwsServer) -> None:
+    """ib_async keys a request's future by its kind: two open-orders requests at once
+    left the first waiting forever (a poller and a look-up, seen in the daemon on trio).
+    The adapter asks one at a time."""
+    await ib.submit_order(spec("c-1", type="limit", limit_price=Decimal("90")))
+    answers: list[int] = []
+
+    async def lists() -> None:
+        answers.append(len(await ib.list_open_orders()))
+
+    async def looks() -> None:
+        found = await ib.get_order_by_client_id("c-1")
+        answers.append(0 if found is None else 1)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(lists)
+                tg.start_soon(looks)
+    assert answers == [1] * 10

@@ -89,3 +89,29 @@ def test_an_ib_account_needs_a_fixed_client_id(tmp_path: Path) -> None:
     a = load(path).accounts["ibkr"]
     assert (a.broker, a.client_id, a.account, a.port, a.messages_per_second) == (
         "ib", 3, "DU123", 4002, 45)
+
+
+async def test_an_ambiguous_submit_at_the_ib_account_is_sent_once(
+        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The socket drops right after the placeOrder left (the order kept at IB): the
+    submitter looks the orderRef up after reconnecting and finds it; the simulator saw one
+    placeOrder for it (IB.md; NautilusTrader #4970)."""
+    config = two_accounts(tmp_path, alpaca_sim, monkeypatch)
+    async with open_daemon(config) as d, connect(d) as c:
+        for name in d.accounts:
+            await recovered_at(d, name)
+        tws = d.accounts["ibkr"].tws
+        assert tws is not None
+        tws.set_prices({"AAPL": "100.00"})
+        tws.set_faults(drop_next_places=1)
+        sent = await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="2",
+                              account="ibkr")
+
+        async def filled() -> bool:
+            o = await c.request("order", client_order_id=sent["client_order_id"])
+            return bool(o["order"]["state"] == "FILLED")
+
+        await eventually(filled)
+        stats = tws.stats_json()
+        assert [p["orderRef"] for p in stats["place_orders"]] == [sent["client_order_id"]]
+        assert stats["connections"] >= 2  # it was dropped and reconnected

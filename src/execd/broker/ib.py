@@ -90,6 +90,10 @@ class IBClient:
         self._rejected: set[str] = set()
         self.sessions = 0  # connections made (a new one is a new ib_async state)
         self._connecting: asyncio.Lock | None = None  # made on the loop, used there only
+        # ib_async keys a request's future by its kind ("openOrders", "positions", ...):
+        # a second one of a kind before the first's End replaces the first's future,
+        # which then never completes. Requests therefore go one at a time.
+        self._asking: asyncio.Lock | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name=f"execd-ib-{client_id}", daemon=True)
@@ -175,12 +179,22 @@ class IBClient:
                  client_id=self._client_id, session=self.sessions)
         return ib
 
+    async def _ask(self, request: Callable[[], Awaitable[T]]) -> T:
+        """One ib_async request at a time (on the loop)."""
+        if self._asking is None:
+            self._asking = asyncio.Lock()
+        async with self._asking:
+            return await request()
+
     async def _resync(self, ib: Any) -> None:
         """What IB has: open orders, today's completed orders, executions (fills made
         while we were away are found here, Lean IB #249)."""
-        await ib.reqAllOpenOrdersAsync()
-        await ib.reqCompletedOrdersAsync(apiOnly=True)
-        await ib.reqExecutionsAsync()
+        async def all_three() -> None:
+            await ib.reqAllOpenOrdersAsync()
+            await ib.reqCompletedOrdersAsync(apiOnly=True)
+            await ib.reqExecutionsAsync()
+
+        await self._ask(all_three)
 
     async def _connected(self, lane: Lane = Lane.READ) -> None:
         """Connect (from the daemon's side) with the connect's messages budgeted."""
@@ -316,7 +330,7 @@ class IBClient:
 
         async def listed() -> list[BrokerOrder]:
             ib = await self._connect()
-            opened = await ib.reqAllOpenOrdersAsync()
+            opened = await self._ask(ib.reqAllOpenOrdersAsync)
             trades = self._trades(ib)
             perms = {t.order.permId for t in opened if t.order.permId}
             return [self._order(ib, trades[p], trades) for p in sorted(perms) if p in trades]
@@ -407,7 +421,7 @@ class IBClient:
         async def held() -> list[BrokerPosition]:
             ib = await self._connect()
             out: dict[str, Decimal] = {}
-            for p in await ib.reqPositionsAsync():
+            for p in await self._ask(ib.reqPositionsAsync):
                 if self._account and p.account != self._account:
                     continue
                 qty = Decimal(str(p.position))
