@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from execd.app import open_daemon
+from execd.client import ExecdError
 from execd.config import AccountConfig, Config, ConfigError, RoutingConfig, load
 from execd.sim import SimServer
 from tests.conftest import connect, daemon_config, eventually, sim_config
@@ -115,3 +116,35 @@ async def test_an_ambiguous_submit_at_the_ib_account_is_sent_once(
         stats = tws.stats_json()
         assert [p["orderRef"] for p in stats["place_orders"]] == [sent["client_order_id"]]
         assert stats["connections"] >= 2  # it was dropped and reconnected
+
+
+async def test_a_replace_at_the_ib_account_is_refused_and_nothing_is_sent(
+        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IB modifies in place; the daemon's replace makes a new order. Until the daemon
+    models a modify, a replace at an IB account is rejected before anything is sent and
+    the order it named stays as it was."""
+    config = two_accounts(tmp_path, alpaca_sim, monkeypatch)
+    async with open_daemon(config) as d, connect(d) as c:
+        for name in d.accounts:
+            await recovered_at(d, name)
+        tws = d.accounts["ibkr"].tws
+        assert tws is not None
+        tws.set_prices({"AAPL": "100.00"})
+        sent = await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="2",
+                              type="limit", limit_price="90", account="ibkr",
+                              client_order_id="ib-r-1")
+
+        async def submitted() -> bool:
+            o = await c.request("order", client_order_id="ib-r-1")
+            return bool(o["order"]["state"] == "SUBMITTED")
+
+        await eventually(submitted)
+        with pytest.raises(ExecdError, match="replace is not supported at an IB account"):
+            await c.request("replace", client_order_id="ib-r-1", limit_price="91",
+                            new_client_order_id="ib-r-1b")
+        new = (await c.request("order", client_order_id="ib-r-1b"))["order"]
+        assert new["state"] == "REJECTED"
+        old = (await c.request("order", client_order_id="ib-r-1"))["order"]
+        assert old["state"] == "SUBMITTED"
+        assert [p["orderRef"] for p in tws.stats_json()["place_orders"]] == [
+            sent["client_order_id"]]

@@ -371,8 +371,21 @@ class IBClient:
         self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str,
         *, go: Go | None = None,
     ) -> BrokerOrder:
-        """IB modifies in place: the same order (orderId, permId, orderRef) with new
-        terms; `new_client_order_id` is not IB's to keep (docs/protocol.md)."""
+        """Refused, never sent: the port's replace makes a new order under a new
+        client_order_id (Alpaca's PATCH), and IB cannot: it modifies the same order in
+        place (`modify_order`). Answered as if it were that new order, the book would
+        hold two orders for one at IB, and the poller, finding no order under the new
+        id, could send it again. Until the daemon models a modify (issue 33: a MODIFIED
+        event on the same order), a replace at an IB account is rejected."""
+        raise BrokerRejected(f"{BROKER}: replace is not supported at an IB account yet "
+                             "(IB modifies an order in place; cancel and submit instead)",
+                             status=422)
+
+    async def modify_order(
+        self, broker_order_id: str, changes: ReplaceChanges, *, go: Go | None = None,
+    ) -> BrokerOrder:
+        """IB's modify: the same order (orderId, permId, orderRef) with new terms, one
+        placeOrder with the same orderId."""
         perm = int(broker_order_id)
         await self._connected(Lane.SUBMIT)
         await self._tokens(Lane.SUBMIT, 1, go)
