@@ -148,3 +148,26 @@ async def test_a_replace_at_the_ib_account_is_refused_and_nothing_is_sent(
         assert old["state"] == "SUBMITTED"
         assert [p["orderRef"] for p in tws.stats_json()["place_orders"]] == [
             sent["client_order_id"]]
+
+
+async def test_a_notional_order_at_the_ib_account_is_an_invalid_request(
+        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IB cannot take a cash-quantity order as we would send it: the risk gate refuses
+    it with invalid_request naming the broker; nothing is recorded or sent. The same
+    order at the Alpaca account is taken."""
+    config = two_accounts(tmp_path, alpaca_sim, monkeypatch)
+    async with open_daemon(config) as d, connect(d) as c:
+        for name in d.accounts:
+            await recovered_at(d, name)
+        tws = d.accounts["ibkr"].tws
+        assert tws is not None
+        with pytest.raises(ExecdError, match="ib: notional") as e:
+            await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", notional="500",
+                           account="ibkr", client_order_id="cash-ib")
+        assert e.value.code == "invalid_request"
+        with pytest.raises(ExecdError, match="no order"):
+            await c.request("order", client_order_id="cash-ib")
+        assert tws.stats_json()["place_orders"] == []
+        taken = await c.submit(strategy_id="alpha", symbol="AAPL", side="buy",
+                               notional="500", account="paper")
+        assert taken["account"] == "paper"

@@ -8,7 +8,7 @@ builds one from its `[accounts.NAME]` table (or `[broker]`, the "default" accoun
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 
@@ -17,6 +17,7 @@ from execd.broker.alpaca import AlpacaClient
 from execd.broker.base import BrokerClient
 from execd.clock import Clock
 from execd.config import IB_BROKERS, AccountConfig, Config, Credentials, load_credentials
+from execd.domain.orders import OrderSpec
 from execd.fatal import address_problem
 from execd.halts import HaltGate
 from execd.health import Health
@@ -42,6 +43,8 @@ class Account:
     sim: SimServer | None = None
     tws: TwsServer | None = None  # a sim-ib account's embedded TWS simulator
     broker_url: str | None = None  # None: an in-process broker (tests), or IB: no stream
+    # what its broker cannot take (asked by the risk gate before anything is committed)
+    refuses: Callable[[OrderSpec], str | None] | None = None
     credentials: Credentials | None = None
 
     def as_dict(self, now: float) -> dict[str, object]:
@@ -162,8 +165,14 @@ def open_account(
             max_retries=account.max_retries, backoff_initial=account.backoff_initial,
             backoff_max=account.backoff_max,
         )
+    refuses: Callable[[OrderSpec], str | None] | None = None
+    if account.broker in IB_BROKERS:
+        from execd.broker.ib_orders import refusal
+
+        refuses = refusal
     return Account(name=account.name, config=account, limiter=limiter, broker=broker,
-                   sim=sim, tws=tws, broker_url=broker_url, credentials=credentials)
+                   sim=sim, tws=tws, broker_url=broker_url, credentials=credentials,
+                   refuses=refuses)
 
 
 def first(accounts: Mapping[str, Account]) -> Account:

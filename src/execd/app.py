@@ -208,7 +208,8 @@ async def open_daemon(
             core.append(ChildSpec(name="dispatch", start=lambda task_status: dispatch.run(
                 sub_recv.clone(), {n: o.clone() for n, o in outboxes.items()}, book=book,
                 default=main.name, task_status=task_status)))
-        gates = {name: AccountGate(a.recovery, a.halts) for name, a in accounts.items()}
+        gates = {name: AccountGate(a.recovery, a.halts, a.refuses)
+                 for name, a in accounts.items()}
         specs = [
             *core,
             ChildSpec(name="storage", start=lambda task_status: storage_actor.run(
