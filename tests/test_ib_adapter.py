@@ -19,6 +19,7 @@ import pytest
 from execd.broker.base import (
     BrokerAmbiguous,
     BrokerRejected,
+    BrokerUnavailable,
     ReplaceChanges,
 )
 from execd.broker.ib import IBClient, regular_session
@@ -247,3 +248,44 @@ async def test_concurrent_requests_of_one_kind_all_get_their_answer(
                 tg.start_soon(lists)
                 tg.start_soon(looks)
     assert answers == [1] * 10
+
+
+async def test_execution_before_open_order_still_reads_filled(
+        ib: IBClient, tws: TwsServer) -> None:
+    """execDetails can arrive before openOrder (NautilusTrader #3949): the order's fill
+    is counted and its permId known once IB answers."""
+    await ib.positions()
+    tws.set_faults(exec_first_next=1)
+    answer = await ib.submit_order(spec("early-1"))
+    assert int(answer.view.broker_order_id) > 0
+    done = await until_state(ib, "early-1", "filled")
+    assert done.view.filled_qty == Decimal(10)
+    assert done.view.broker_order_id == answer.view.broker_order_id
+
+
+async def test_fills_while_disconnected_are_found_by_the_resync(
+        ib: IBClient, tws: TwsServer) -> None:
+    """Everyone is disconnected and refused for a while, and a resting order fills
+    meanwhile (Lean IB #249): the next look-up reconnects, resyncs and finds the fill."""
+    await ib.submit_order(spec("away-1", type="limit", limit_price=Decimal("95")))
+    tws.set_faults(refuse_seconds=0.3)
+    tws.set_prices({"AAPL": "94.00"})  # fills while nobody is connected
+    with anyio.fail_after(5):
+        while True:
+            try:
+                found = await ib.get_order_by_client_id("away-1")
+                break
+            except BrokerUnavailable:  # refused: try again
+                await anyio.sleep(0.05)
+    assert found is not None
+    assert found.view.status == "filled"
+    assert found.view.filled_qty == Decimal(10)
+    assert ib.sessions == 2
+
+
+async def test_an_order_placed_by_hand_is_external(ib: IBClient, tws: TwsServer) -> None:
+    """An order placed in TWS by hand has orderId 0 and no orderRef (NautilusTrader
+    #3465): it is listed with an empty client_order_id, never taken for one of ours."""
+    tws.place_external("AAPL", "BUY", 3, lmt_price="90")
+    listed = await ib.list_open_orders()
+    assert [(o.client_order_id, o.qty) for o in listed] == [("", Decimal(3))]

@@ -171,3 +171,30 @@ async def test_a_notional_order_at_the_ib_account_is_an_invalid_request(
         taken = await c.submit(strategy_id="alpha", symbol="AAPL", side="buy",
                                notional="500", account="paper")
         assert taken["account"] == "paper"
+
+
+async def test_an_execution_placed_by_hand_at_ib_halts_that_account_alone(
+        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An order placed in TWS by hand fills (orderId 0, no orderRef): IB's positions
+    differ from the account's books, so the reconciler halts the IB account; the Alpaca
+    account keeps trading."""
+    config = two_accounts(tmp_path, alpaca_sim, monkeypatch)
+    async with open_daemon(config) as d, connect(d) as c:
+        for name in d.accounts:
+            await recovered_at(d, name)
+        tws = d.accounts["ibkr"].tws
+        assert tws is not None
+        tws.set_prices({"MSFT": "400.00"})
+        tws.place_external("MSFT", "BUY", 7)
+
+        async def ib_halted() -> bool:
+            return bool((await c.request("status"))["accounts"]["ibkr"]["state"] == "HALTED")
+
+        await eventually(ib_halted)
+        status = await c.request("status")
+        assert status["accounts"]["paper"]["state"] == "ACTIVE"
+        with pytest.raises(ExecdError, match="account ibkr is halted"):
+            await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="1",
+                           account="ibkr")
+        ok = await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="1")
+        assert ok["account"] == "paper"
