@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from execd.app import open_daemon
@@ -198,3 +199,52 @@ async def test_an_execution_placed_by_hand_at_ib_halts_that_account_alone(
                            account="ibkr")
         ok = await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="1")
         assert ok["account"] == "paper"
+
+
+async def test_the_ib_stream_brings_fills_and_resyncs_after_a_lost_socket(
+        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ib_async's events are the IB account's stream: with the poller at 30 s, a resting
+    order's fill reaches the book through the stream alone. The socket is then dropped
+    and an order fills while nobody is connected (Lean IB #249): the stream reconnects,
+    resyncs, and the fill is found."""
+    config = two_accounts(tmp_path, alpaca_sim, monkeypatch)
+    ibkr = dataclasses.replace(config.account_tables[1], stream=True, stream_backoff_min=0.05,
+                               stream_backoff_max=0.1)
+    config = dataclasses.replace(
+        config, account_tables=(config.account_tables[0], ibkr),
+        poller=dataclasses.replace(config.poller, interval=30.0, interval_streaming=30.0))
+    async with open_daemon(config) as d, connect(d) as c:
+        for name in d.accounts:
+            await recovered_at(d, name)
+        tws = d.accounts["ibkr"].tws
+        assert tws is not None
+        tws.set_prices({"AAPL": "100.00"})
+
+        async def trusted() -> bool:
+            stream = (await c.request("status"))["accounts"]["ibkr"]["stream"]
+            return bool(stream["trusted"])
+
+        await eventually(trusted)
+        for cid in ("st-1", "st-2"):
+            await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="3",
+                           type="limit", limit_price="95", account="ibkr",
+                           client_order_id=cid)
+
+        async def state_of(cid: str, state: str) -> bool:
+            o = await c.request("order", client_order_id=cid)
+            return bool(o["order"]["state"] == state)
+
+        await eventually(lambda: state_of("st-1", "SUBMITTED"))
+        await eventually(lambda: state_of("st-2", "SUBMITTED"))
+        await anyio.to_thread.run_sync(lambda: tws.set_prices({"AAPL": "94.00"}))
+        await eventually(lambda: state_of("st-1", "FILLED"), within=5)
+        await eventually(lambda: state_of("st-2", "FILLED"), within=5)
+        # away: refused for a moment, and a fill meanwhile
+        await c.submit(strategy_id="alpha", symbol="AAPL", side="sell", qty="6",
+                       type="limit", limit_price="97", account="ibkr", client_order_id="st-3")
+        await eventually(lambda: state_of("st-3", "SUBMITTED"))
+        await anyio.to_thread.run_sync(lambda: tws.set_faults(refuse_seconds=0.3))
+        await anyio.to_thread.run_sync(lambda: tws.set_prices({"AAPL": "98.00"}))
+        await eventually(lambda: state_of("st-3", "FILLED"), within=8)
+        assert [p["orderRef"] for p in tws.stats_json()["place_orders"]] == [
+            "st-1", "st-2", "st-3"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from execd import files
 from execd.broker.alpaca import AlpacaClient
@@ -27,6 +28,10 @@ from execd.obs.metrics import AccountMetrics, Metrics
 from execd.recovery import Recovery
 from execd.sim import SimServer
 from execd.sim.tws import TwsServer
+from execd.stream import Connect
+
+if TYPE_CHECKING:
+    from execd.broker.ib import IBClient
 
 log = logging.get("execd.accounts")
 
@@ -43,6 +48,8 @@ class Account:
     sim: SimServer | None = None
     tws: TwsServer | None = None  # a sim-ib account's embedded TWS simulator
     broker_url: str | None = None  # None: an in-process broker (tests), or IB: no stream
+    # an IB account's stream: ib_async's events (broker/ib_stream.py); None: Alpaca's
+    events: Connect | None = None
     # what its broker cannot take (asked by the risk gate before anything is committed)
     refuses: Callable[[OrderSpec], str | None] | None = None
     credentials: Credentials | None = None
@@ -83,8 +90,6 @@ def start_embedded_sim(config: Config, account: AccountConfig) -> SimServer:
 
 def start_embedded_tws(config: Config, account: AccountConfig) -> TwsServer:
     """A sim-ib account's own TWS simulator, its market's state in its own file."""
-    from execd.sim.tws import TwsServer
-
     path = config.sim_state_path_of(account)
     files.private_dir(path.parent, "sim.state_file")
     s = account.sim
@@ -99,7 +104,7 @@ def start_embedded_tws(config: Config, account: AccountConfig) -> TwsServer:
 
 
 def open_ib(config: Config, account: AccountConfig, *, limiter: RateLimiter, clock: Clock,
-            metrics: AccountMetrics, stack: ExitStack) -> tuple[BrokerClient, TwsServer | None]:
+            metrics: AccountMetrics, stack: ExitStack) -> tuple[IBClient, TwsServer | None]:
     """An IB account's client (and its embedded TWS simulator, a sim-ib account); its
     orderIds' high-water mark in the state dir (broker/ib_ids.py)."""
     from execd.broker.ib import IBClient
@@ -147,9 +152,11 @@ def open_account(
     limiter = limiter or open_limiter(budget, clock)
     sim: SimServer | None = None
     tws: TwsServer | None = None
+    events: Connect | None = None
     if broker is None and account.broker in IB_BROKERS:
-        broker, tws = open_ib(config, account, limiter=limiter, clock=clock, metrics=mine,
-                              stack=stack)
+        ib, tws = open_ib(config, account, limiter=limiter, clock=clock, metrics=mine,
+                          stack=stack)
+        broker, events = ib, ib.events
     elif broker is None:
         if broker_url is None and account.broker == "sim":
             sim = start_embedded_sim(config, account)
@@ -172,7 +179,7 @@ def open_account(
         refuses = refusal
     return Account(name=account.name, config=account, limiter=limiter, broker=broker,
                    sim=sim, tws=tws, broker_url=broker_url, credentials=credentials,
-                   refuses=refuses)
+                   refuses=refuses, events=events)
 
 
 def first(accounts: Mapping[str, Account]) -> Account:

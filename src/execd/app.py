@@ -262,7 +262,7 @@ def _account_specs(
 ) -> list[ChildSpec]:
     """One account's submitter, poller and reconciler: a crash restarts that child only."""
     a, rc, h, name = acct.config, config.reconciler, acct.health, acct.name
-    streaming = a.stream and acct.broker_url is not None
+    streaming = a.stream and (acct.broker_url is not None or acct.events is not None)
     return [_in_account(name, spec) for spec in (
         ChildSpec(name=_named("submitter", acct, several), start=lambda task_status:
                   submitter.run(
@@ -297,15 +297,20 @@ def _stream_spec(
     stream from (a test's in-process broker has none)."""
     b, health, credentials = acct.config, acct.health, acct.credentials
     url = b.stream_url or (stream_url_from(acct.broker_url) if acct.broker_url else "")
-    if not b.stream or not url or credentials is None:
+    if acct.events is not None:  # an IB account: ib_async's events are its stream
+        url = f"ib://{b.host}:{b.port}"
+    if not b.stream or not url or (credentials is None and acct.events is None):
         health.set_stream("disabled", trusted=False, at=clock.time())
         metrics.for_account(acct.name).stream_enabled.set(0)
         return None
     settings = stream.StreamSettings(
         url=url, ping_interval=b.stream_ping_interval, connect_timeout=b.timeout,
         backoff_min=b.stream_backoff_min, backoff_max=b.stream_backoff_max)
-    connect = stream.alpaca_connect(url, credentials.key_id, credentials.secret_key,
-                                    max_message=b.stream_max_message)
+    connect = acct.events
+    if connect is None:
+        assert credentials is not None
+        connect = stream.alpaca_connect(url, credentials.key_id, credentials.secret_key,
+                                        max_message=b.stream_max_message)
     log.info("trade_updates stream on", url=url, account=acct.name)
     return _in_account(acct.name, ChildSpec(
         name=_named("stream", acct, several), start=lambda task_status: stream.run(

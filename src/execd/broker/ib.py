@@ -54,6 +54,7 @@ from execd.broker.ib_orders import (
     refusal,
     rejection,
 )
+from execd.broker.ib_stream import IBEvents
 from execd.clock import Clock
 from execd.domain.decimals import plain
 from execd.domain.orders import OrderSpec
@@ -444,6 +445,30 @@ class IBClient:
                     for s, q in sorted(out.items())]
 
         return await self._on_loop(held)
+
+    # ------------------------------------------------------------- the stream
+    async def events(self) -> IBEvents:
+        """A stream connection: this client's (re)connected IB's events (ib_stream.py)."""
+        await self._connected()
+
+        async def subscribe() -> IBEvents:
+            ib = await self._connect()
+            conn = IBEvents(self, ib)
+            conn.subscribe()
+            return conn
+
+        return await self._on_loop(subscribe)
+
+    async def unsubscribe(self, conn: IBEvents) -> None:
+        async def off() -> None:
+            conn.unsubscribe()
+
+        if self._thread.is_alive():
+            await self._on_loop(off)
+
+    def order_now(self, ib: Any, trade: Any) -> BrokerOrder:
+        """A trade as ours, now (on the loop: ib_async's state is touched there only)."""
+        return self._order(ib, trade, self._trades(ib))
 
     async def market_clock(self) -> MarketClock:
         """IB has no clock call: the regular US equity session (09:30-16:00 New York,
