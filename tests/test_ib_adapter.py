@@ -289,3 +289,27 @@ async def test_an_order_placed_by_hand_is_external(ib: IBClient, tws: TwsServer)
     tws.place_external("AAPL", "BUY", 3, lmt_price="90")
     listed = await ib.list_open_orders()
     assert [(o.client_order_id, o.qty) for o in listed] == [("", Decimal(3))]
+
+
+async def test_two_live_orders_with_one_order_ref_raise_the_alarm_once(
+        ib: IBClient, tws: TwsServer) -> None:
+    """IB does not enforce orderRef uniqueness: a modify left the old order live beside
+    the new one (NautilusTrader #4564). The adapter's alarm (app.py: halt the account)
+    is raised once, naming the orderRef and both permIds."""
+    alarms: list[str] = []
+
+    async def alarm(reason: str) -> None:
+        alarms.append(reason)
+
+    ib.alarm = alarm
+    resting = await ib.submit_order(spec("twin-1", type="limit", limit_price=Decimal("90")))
+    tws.set_faults(duplicate_next_modify=1)
+    await ib.modify_order(resting.view.broker_order_id, ReplaceChanges(limit_price=Decimal("91")))
+    with anyio.fail_after(3):
+        while not alarms:
+            await ib.list_open_orders()
+            await anyio.sleep(0.02)
+    await ib.get_order_by_client_id("twin-1")
+    assert len(alarms) == 1
+    assert alarms[0].startswith(
+        "reconcile_duplicate_order_ref: 2 live IB orders with orderRef twin-1")

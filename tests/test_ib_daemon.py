@@ -18,7 +18,7 @@ from execd.config import AccountConfig, Config, ConfigError, RoutingConfig, load
 from execd.sim import SimServer
 from tests.conftest import connect, daemon_config, eventually, sim_config
 from tests.test_accounts import recovered_at
-from tests.tws_kit import ib_log_watched, tws_config
+from tests.tws_kit import ib_log_watched, tws_config, until
 
 pytestmark = pytest.mark.anyio
 
@@ -248,3 +248,46 @@ async def test_the_ib_stream_brings_fills_and_resyncs_after_a_lost_socket(
         await eventually(lambda: state_of("st-3", "FILLED"), within=8)
         assert [p["orderRef"] for p in tws.stats_json()["place_orders"]] == [
             "st-1", "st-2", "st-3"]
+
+
+async def test_a_second_live_order_with_our_order_ref_halts_the_ib_account(
+        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another client of the Gateway places an order under one of our orderRefs (IB
+    does not enforce their uniqueness): the next look at IB's open orders finds two live
+    orders with one orderRef and halts the IB account, naming it; Alpaca's trades on."""
+    from ib_async import IB, LimitOrder, Stock
+
+    config = two_accounts(tmp_path, alpaca_sim, monkeypatch)
+    async with open_daemon(config) as d, connect(d) as c:
+        for name in d.accounts:
+            await recovered_at(d, name)
+        tws = d.accounts["ibkr"].tws
+        assert tws is not None
+        tws.set_prices({"AAPL": "100.00"})
+        await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="1",
+                       type="limit", limit_price="90", account="ibkr", client_order_id="tw-1")
+
+        def other_client() -> None:
+            import asyncio
+
+            async def place() -> None:
+                ib = IB()
+                await ib.connectAsync("127.0.0.1", tws.port, clientId=44, timeout=3)
+                trade = ib.placeOrder(Stock("AAPL", "SMART", "USD"),
+                                      LimitOrder("BUY", 1, 89, orderRef="tw-1"))
+                await until(lambda: bool(trade.order.permId), what="the order's permId")
+                ib.disconnect()
+
+            asyncio.run(place())
+
+        await anyio.to_thread.run_sync(other_client)
+
+        async def halted() -> bool:
+            acct = (await c.request("status"))["accounts"]["ibkr"]
+            return bool(acct["state"] == "HALTED")
+
+        await eventually(halted)
+        acct = (await c.request("status"))["accounts"]["ibkr"]
+        assert acct["reason"].startswith("reconcile_duplicate_order_ref: 2 live IB orders "
+                                         "with orderRef tw-1")
+        assert (await c.request("status"))["accounts"]["paper"]["state"] == "ACTIVE"

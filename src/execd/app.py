@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,17 @@ from execd.backup import Place as BackupPlace
 from execd.book import OrderBook
 from execd.broker.alpaca_stream import stream_url_from
 from execd.broker.base import BrokerClient
+from execd.broker.ib import IBClient
 from execd.clock import Clock, SystemClock, within
 from execd.config import Config, ConfigError, Credentials, distinct_keys
 from execd.deadman import DeadMan
+from execd.domain.risk import TradingState
 from execd.events import EventHub
 from execd.fatal import Fatal, address_problem
 from execd.health import Health
 from execd.intake.owners import Owners
 from execd.limiter import RateLimiter
-from execd.messages import RiskCommand, SubmitterCommand, discard
+from execd.messages import RiskCommand, SetTradingState, SubmitterCommand, discard
 from execd.obs import http, logging
 from execd.obs.metrics import Metrics
 from execd.recovery import Recovery
@@ -262,6 +265,8 @@ def _account_specs(
 ) -> list[ChildSpec]:
     """One account's submitter, poller and reconciler: a crash restarts that child only."""
     a, rc, h, name = acct.config, config.reconciler, acct.health, acct.name
+    if isinstance(acct.broker, IBClient):  # what IB alone can tell halts its account
+        acct.broker.alarm = partial(_halt_account, risk_send, name)
     streaming = a.stream and (acct.broker_url is not None or acct.events is not None)
     return [_in_account(name, spec) for spec in (
         ChildSpec(name=_named("submitter", acct, several), start=lambda task_status:
@@ -282,6 +287,11 @@ def _account_specs(
                       auto_resume_after=rc.auto_resume_after, recovery=acct.recovery,
                       account=name, task_status=task_status)),
     )]
+
+
+async def _halt_account(risk: MemoryObjectSendStream[RiskCommand], account: str,
+                        reason: str) -> None:
+    await risk.send(SetTradingState(state=TradingState.HALTED, reason=reason, account=account))
 
 
 def _in_account(account: str, spec: ChildSpec) -> ChildSpec:

@@ -89,6 +89,10 @@ class IBClient:
         # orderRefs IB rejected (201/203): a completedOrder says only Cancelled, and
         # ib_async drops its completedStatus (kept for this process's life)
         self._rejected: set[str] = set()
+        # what halts the account (app.py sets it: a SetTradingState to the risk gate)
+        self.alarm: Callable[[str], Awaitable[None]] | None = None
+        self._twins: dict[str, list[int]] = {}  # found on the loop, raised by the caller
+        self._alarmed: set[str] = set()
         self.sessions = 0  # connections made (a new one is a new ib_async state)
         self._connecting: asyncio.Lock | None = None  # made on the loop, used there only
         # ib_async keys a request's future by its kind ("openOrders", "positions", ...):
@@ -305,19 +309,43 @@ class IBClient:
             ib = await self._connect()
             await self._resync(ib)
             trades = self._trades(ib)
+            self._find_twins(trades)
             found = pick(ib, trades)
             return None if found is None else self._order(ib, found, trades)
 
-        return await self._on_loop(look)
+        found = await self._on_loop(look)
+        await self._raise_alarms()
+        return found
+
+    def _find_twins(self, trades: dict[int, Any]) -> None:
+        """Two live orders under one orderRef (IB does not enforce its uniqueness; a
+        modify during a connectivity loss left two, NautilusTrader #4564): noted for
+        `_raise_alarms` (on the loop)."""
+        live: dict[str, list[int]] = {}
+        for perm, t in trades.items():
+            if t.order.orderRef and not t.isDone():
+                live.setdefault(t.order.orderRef, []).append(perm)
+        for ref, perms in live.items():
+            if len(perms) > 1 and ref not in self._alarmed:
+                self._twins[ref] = sorted(perms)
+
+    async def _raise_alarms(self) -> None:
+        """Halt the account (the daemon's `alarm`) for each new pair of twins, once."""
+        while self._twins:
+            ref, perms = self._twins.popitem()
+            self._alarmed.add(ref)
+            reason = (f"reconcile_duplicate_order_ref: {len(perms)} live IB orders with orderRef "
+                      f"{ref} (permIds {', '.join(map(str, perms))})")
+            log.critical("two live IB orders with one orderRef: halting the account",
+                         client_order_id=ref, perm_ids=perms)
+            if self.alarm is not None:
+                await self.alarm(reason)
 
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         def pick(ib: Any, trades: dict[int, Any]) -> Any:
             mine = [t for t in trades.values() if t.order.orderRef == client_order_id]
             live = [t for t in mine if not t.isDone()]
-            if len(live) > 1:  # IB does not enforce orderRef uniqueness (Nautilus #4564)
-                log.error("two live IB orders with one orderRef", client_order_id=client_order_id,
-                          perm_ids=[t.order.permId for t in live])
-            return (live or mine or [None])[0]
+            return (live or mine or [None])[0]  # twins: noted by _find_twins
 
         return await self._look(pick)
 
@@ -333,10 +361,13 @@ class IBClient:
             ib = await self._connect()
             opened = await self._ask(ib.reqAllOpenOrdersAsync)
             trades = self._trades(ib)
+            self._find_twins(trades)
             perms = {t.order.permId for t in opened if t.order.permId}
             return [self._order(ib, trades[p], trades) for p in sorted(perms) if p in trades]
 
-        return await self._on_loop(listed)
+        listed_now = await self._on_loop(listed)
+        await self._raise_alarms()
+        return listed_now
 
     async def list_orders_since(self, after: datetime) -> Sequence[BrokerOrder]:
         """Open and today's completed orders (IB keeps no longer history: the list says
@@ -348,10 +379,13 @@ class IBClient:
             ib = await self._connect()
             await self._resync(ib)
             trades = self._trades(ib)
+            self._find_twins(trades)
             out = OrderList(self._order(ib, t, trades) for _, t in sorted(trades.items()))
             return OrderList(o for o in out if o.submitted_at > after)
 
-        return await self._on_loop(listed)
+        since = await self._on_loop(listed)
+        await self._raise_alarms()
+        return since
 
     async def cancel_order(self, broker_order_id: str) -> None:
         perm = int(broker_order_id)
