@@ -313,3 +313,22 @@ async def test_two_live_orders_with_one_order_ref_raise_the_alarm_once(
     assert len(alarms) == 1
     assert alarms[0].startswith(
         "reconcile_duplicate_order_ref: 2 live IB orders with orderRef twin-1")
+
+
+async def test_a_client_id_in_use_is_said_loudly_and_retried_slowly(
+        ib: IBClient, tws: TwsServer, tmp_path: Path) -> None:
+    """326: another client holds our clientId (another execd?). The connect fails with
+    that reason, and the next attempts wait CONNECT_BACKOFF's longest, not hammering."""
+    await ib.positions()  # the first client holds clientId 7
+    second = IBClient(host="127.0.0.1", port=tws.port, client_id=7, account=None,
+                      limiter=Unlimited(), clock=SystemClock(), metrics=Metrics(),
+                      ids_path=tmp_path / "other-ids", timeout=0.5)
+    try:
+        with pytest.raises(BrokerUnavailable, match="error 326"):
+            await second.positions()
+        connections = tws.stats_json()["connections"]
+        with pytest.raises(BrokerUnavailable, match=r"error 326.*next try in (29|30)\."):
+            await second.positions()
+        assert tws.stats_json()["connections"] == connections  # no new attempt
+    finally:
+        second.close()

@@ -67,6 +67,7 @@ log = logging.get("execd.broker.ib")
 NEW_YORK = ZoneInfo("America/New_York")
 CONNECT_MESSAGES = 4  # handshake, startApi, reqPositions, and one to spare
 POLL = 0.005  # seconds between looks at ib_async's state while an answer is awaited
+CONNECT_BACKOFF = (0.25, 30.0)  # seconds after a failed connect: first, and most
 
 
 class IBClient:
@@ -93,6 +94,9 @@ class IBClient:
         self.alarm: Callable[[str], Awaitable[None]] | None = None
         self._twins: dict[str, list[int]] = {}  # found on the loop, raised by the caller
         self._alarmed: set[str] = set()
+        self._backoff = CONNECT_BACKOFF[0]
+        self._next_connect = 0.0  # monotonic: no connect attempt before this
+        self._last_failure = ""
         self.sessions = 0  # connections made (a new one is a new ib_async state)
         self._connecting: asyncio.Lock | None = None  # made on the loop, used there only
         # ib_async keys a request's future by its kind ("openOrders", "positions", ...):
@@ -161,9 +165,15 @@ class IBClient:
     async def _reconnect(self) -> Any:
         from ib_async import IB, StartupFetch
 
+        now = self._clock.monotonic()
+        if now < self._next_connect:  # a failed connect is retried after a backoff
+            raise BrokerUnavailable(f"{BROKER}: not connected ({self._last_failure}); "
+                                    f"next try in {self._next_connect - now:.1f} s")
         if self._ib is not None:
             self._ib.disconnect()
         ib = IB()
+        codes: list[int] = []
+        ib.errorEvent += lambda req_id, code, *_: codes.append(code)
         try:
             # nothing fetched during connect: its requests would take request ids
             # before ours are set past the high-water mark
@@ -172,8 +182,10 @@ class IBClient:
                                   fetchFields=StartupFetch(0))
         except (OSError, TimeoutError, ConnectionError) as e:
             ib.disconnect()
-            raise BrokerUnavailable(f"{BROKER}: cannot connect to "
-                                    f"{self._host}:{self._port}: {type(e).__name__}") from e
+            self._connect_failed(326 in codes, type(e).__name__)
+            raise BrokerUnavailable(f"{BROKER}: cannot connect to {self._host}:{self._port}:"
+                                    f" {self._last_failure}") from e
+        self._backoff = CONNECT_BACKOFF[0]
         # request and order ids share one sequence: max(ours, nextValidId)
         ib.client.updateReqId(self._ids.first_free())  # type: ignore[no-untyped-call]
         ib.errorEvent += lambda req_id, code, *_: self._on_error(ib, req_id, code)
@@ -183,6 +195,22 @@ class IBClient:
         log.info("connected to IB", host=self._host, port=self._port,
                  client_id=self._client_id, session=self.sessions)
         return ib
+
+    def _connect_failed(self, in_use: bool, why: str) -> None:
+        """Back off before the next connect: doubling to CONNECT_BACKOFF's end, and that
+        at once for 326 (our clientId is in use: another process holds this account's
+        orders; retried slowly, said loudly)."""
+        if in_use:
+            self._last_failure = f"error 326: clientId {self._client_id} is already in use"
+            self._backoff = CONNECT_BACKOFF[1]
+            log.critical("IB refused the connection: this clientId is already in use by "
+                         "another client (another execd?); retrying slowly",
+                         client_id=self._client_id, host=self._host, port=self._port,
+                         retry_in=self._backoff)
+        else:
+            self._last_failure = why
+        self._next_connect = self._clock.monotonic() + self._backoff
+        self._backoff = min(CONNECT_BACKOFF[1], self._backoff * 2)
 
     async def _ask(self, request: Callable[[], Awaitable[T]]) -> T:
         """One ib_async request at a time (on the loop)."""
@@ -482,7 +510,14 @@ class IBClient:
 
     # ------------------------------------------------------------- the stream
     async def events(self) -> IBEvents:
-        """A stream connection: this client's (re)connected IB's events (ib_stream.py)."""
+        """A stream connection: this client's (re)connected IB's events (ib_stream.py).
+        Not connected: ConnectionError, which the stream actor backs off from."""
+        try:
+            return await self._events()
+        except BrokerUnavailable as e:
+            raise ConnectionError(str(e)) from e
+
+    async def _events(self) -> IBEvents:
         await self._connected()
 
         async def subscribe() -> IBEvents:
