@@ -16,6 +16,7 @@ from execd.app import open_daemon
 from execd.client import ExecdError
 from execd.config import AccountConfig, Config, ConfigError, RoutingConfig, load
 from execd.sim import SimServer
+from execd.sim.tws import TwsServer
 from tests.conftest import connect, daemon_config, eventually, sim_config
 from tests.test_accounts import recovered_at
 from tests.tws_kit import ib_log_watched, tws_config, until
@@ -291,3 +292,43 @@ async def test_a_second_live_order_with_our_order_ref_halts_the_ib_account(
         assert acct["reason"].startswith("reconcile_duplicate_order_ref: 2 live IB orders "
                                          "with orderRef tw-1")
         assert (await c.request("status"))["accounts"]["paper"]["state"] == "ACTIVE"
+
+
+async def test_a_restarted_daemon_at_an_ib_gateway_sends_nothing_again(
+        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker = "ib" account at a Gateway that outlives the daemon (a TWS simulator of
+    its own): after a restart, a fresh ib_async connection finds every order from IB's
+    answers alone; nothing is sent again, no orderId is reused, positions agree."""
+    with TwsServer(tws_config()) as gateway:
+        gateway.set_prices({"AAPL": "100.00"})
+        config = two_accounts(tmp_path, alpaca_sim, monkeypatch)
+        ibkr = dataclasses.replace(config.account_tables[1], broker="ib", port=gateway.port,
+                                   client_id=12)
+        config = dataclasses.replace(config, account_tables=(config.account_tables[0], ibkr))
+        for run in range(2):
+            async with open_daemon(config) as d, connect(d) as c:
+                for name in d.accounts:
+                    await recovered_at(d, name)
+                await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="2",
+                               account="ibkr", client_order_id=f"rs-{run}")
+                await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="1",
+                               type="limit", limit_price="90", account="ibkr",
+                               client_order_id=f"rest-{run}")
+
+                async def settled(run: int = run) -> bool:
+                    a = (await c.request("order", client_order_id=f"rs-{run}"))["order"]
+                    b = (await c.request("order", client_order_id=f"rest-{run}"))["order"]
+                    return bool(a["state"] == "FILLED" and b["state"] == "SUBMITTED")
+
+                await eventually(settled)
+                if run == 1:  # the first run's orders, as the restarted daemon has them
+                    first = (await c.request("order", client_order_id="rs-0"))["order"]
+                    assert first["state"] == "FILLED"
+                    assert (await c.request("order", client_order_id="rest-0"))["order"][
+                        "state"] == "SUBMITTED"
+                    status = await c.request("status")
+                    assert status["accounts"]["ibkr"]["state"] == "ACTIVE"
+        placed = [p for p in gateway.stats_json()["place_orders"] if not p["modify"]]
+        assert [p["orderRef"] for p in placed] == ["rs-0", "rest-0", "rs-1", "rest-1"]
+        ids = [p["orderId"] for p in placed]
+        assert len(set(ids)) == 4
