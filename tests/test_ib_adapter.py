@@ -22,7 +22,8 @@ from execd.broker.base import (
     BrokerUnavailable,
     ReplaceChanges,
 )
-from execd.broker.ib import IBClient, regular_session
+from execd.broker.ib import IBClient
+from execd.broker.ib_clock import regular_session
 from execd.clock import SystemClock
 from execd.domain.orders import OrderSpec, StopLoss, TakeProfit
 from execd.limiter import Unlimited

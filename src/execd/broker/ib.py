@@ -22,15 +22,11 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
-
-import anyio
 
 from execd.broker.base import (
     BrokerAmbiguous,
@@ -44,7 +40,9 @@ from execd.broker.base import (
     OrderList,
     ReplaceChanges,
 )
+from execd.broker.ib_clock import regular_session
 from execd.broker.ib_ids import IdMark
+from execd.broker.ib_loop import LoopThread
 from execd.broker.ib_orders import (
     BROKER,
     REJECTED_CODES,
@@ -64,7 +62,6 @@ from execd.obs.metrics import AccountMetrics, Metrics, account_view
 
 T = TypeVar("T")
 log = logging.get("execd.broker.ib")
-NEW_YORK = ZoneInfo("America/New_York")
 CONNECT_MESSAGES = 4  # handshake, startApi, reqPositions, and one to spare
 POLL = 0.005  # seconds between looks at ib_async's state while an answer is awaited
 CONNECT_BACKOFF = (0.25, 30.0)  # seconds after a failed connect: first, and most
@@ -103,37 +100,22 @@ class IBClient:
         # a second one of a kind before the first's End replaces the first's future,
         # which then never completes. Requests therefore go one at a time.
         self._asking: asyncio.Lock | None = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name=f"execd-ib-{client_id}", daemon=True)
-        self._thread.start()
+        self._thread = LoopThread(f"execd-ib-{client_id}")
 
     # ------------------------------------------------------------- plumbing
     def close(self) -> None:
         """Disconnect and stop the loop's thread (idempotent)."""
-        if not self._thread.is_alive():
-            return
-
         async def bye() -> None:
             if self._ib is not None:
                 self._ib.disconnect()
                 await asyncio.sleep(0.01)  # the transport finishes closing
 
-        try:
-            asyncio.run_coroutine_threadsafe(bye(), self._loop).result(timeout=5)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
-            self._loop.close()
+        self._thread.close(bye)
 
     async def _on_loop(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run `fn()` on ib_async's loop; wait in a worker thread (either backend)."""
-        async def bounded() -> T:
-            return await asyncio.wait_for(fn(), self._timeout * 3)
-
-        fut = asyncio.run_coroutine_threadsafe(bounded(), self._loop)
+        """Run `fn()` on ib_async's loop (no answer in 3 timeouts: unavailable)."""
         try:
-            return await anyio.to_thread.run_sync(fut.result)
+            return await self._thread.run(fn, self._timeout * 3)
         except TimeoutError as e:
             raise BrokerUnavailable(f"{BROKER}: no answer in time") from e
 
@@ -532,7 +514,7 @@ class IBClient:
         async def off() -> None:
             conn.unsubscribe()
 
-        if self._thread.is_alive():
+        if self._thread.running:
             await self._on_loop(off)
 
     def order_now(self, ib: Any, trade: Any) -> BrokerOrder:
@@ -544,27 +526,3 @@ class IBClient:
         weekdays) computed here; holidays are not known (docs/design.md)."""
         return regular_session(datetime.fromtimestamp(self._clock.time(), UTC))
 
-
-def regular_session(now: datetime) -> MarketClock:
-    local = now.astimezone(NEW_YORK)
-    day = local.date()
-
-    def at(d: Any, t: time) -> datetime:
-        return datetime.combine(d, t, NEW_YORK)
-
-    def next_weekday(d: Any) -> Any:
-        d += timedelta(days=1)
-        while d.weekday() >= 5:
-            d += timedelta(days=1)
-        return d
-
-    open_t, close_t = time(9, 30), time(16, 0)
-    trading_day = local.weekday() < 5
-    if trading_day and at(day, open_t) <= local < at(day, close_t):
-        return MarketClock(is_open=True, next_open=at(next_weekday(day), open_t),
-                           next_close=at(day, close_t))
-    if trading_day and local < at(day, open_t):
-        return MarketClock(is_open=False, next_open=at(day, open_t),
-                           next_close=at(day, close_t))
-    nxt = next_weekday(day)
-    return MarketClock(is_open=False, next_open=at(nxt, open_t), next_close=at(nxt, close_t))
