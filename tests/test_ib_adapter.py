@@ -333,3 +333,29 @@ async def test_a_client_id_in_use_is_said_loudly_and_retried_slowly(
         assert tws.stats_json()["connections"] == connections  # no new attempt
     finally:
         second.close()
+
+
+async def test_an_open_orders_request_that_never_ends_is_unknown_not_empty(
+        tws: TwsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NautilusTrader PR #4230: a timed-out open-orders request was read as "the broker
+    has no orders". Here the request's End never comes (ib_async's request waits on it
+    forever): the list is BrokerUnavailable, never an empty list."""
+    import asyncio
+
+    from ib_async import IB
+
+    client = make(tws, tmp_path)
+    client._timeout = 0.2  # its bound on a request: 3 x timeout
+    try:
+        await client.submit_order(spec("t-1", type="limit", limit_price=Decimal("90")))
+
+        def never(self: IB) -> asyncio.Future[list[object]]:
+            return asyncio.get_running_loop().create_future()
+
+        monkeypatch.setattr(IB, "reqAllOpenOrdersAsync", never)
+        with pytest.raises(BrokerUnavailable, match="no answer in time"):
+            await client.list_open_orders()
+        monkeypatch.undo()
+        assert [o.client_order_id for o in await client.list_open_orders()] == ["t-1"]
+    finally:
+        client.close()
