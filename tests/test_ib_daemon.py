@@ -78,6 +78,7 @@ async def test_an_order_at_the_ib_account_fills_through_the_socket(
         assert status["accounts"]["ibkr"]["state"] == "ACTIVE"
         assert status["accounts"]["ibkr"]["broker"] == "sim-ib"
         assert status["accounts"]["ibkr"]["budget"]["limit"] == 45
+        assert status["accounts"]["ibkr"]["url"] == f"ib://127.0.0.1:{tws.port}"
 
 
 def test_an_ib_account_needs_a_fixed_client_id(tmp_path: Path) -> None:

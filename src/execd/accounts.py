@@ -54,11 +54,19 @@ class Account:
     refuses: Callable[[OrderSpec], str | None] | None = None
     credentials: Credentials | None = None
 
+    def ib_address(self) -> str | None:
+        """An IB account's Gateway (its embedded simulator's, a sim-ib account)."""
+        if self.config.broker not in IB_BROKERS:
+            return None
+        if self.tws is not None:
+            return f"ib://{self.tws.host}:{self.tws.port}"
+        return f"ib://{self.config.host}:{self.config.port}"
+
     def as_dict(self, now: float) -> dict[str, object]:
         """For `status`: what a person running several accounts looks at first."""
         h = self.health
         return {
-            "broker": self.config.broker, "url": self.broker_url,
+            "broker": self.config.broker, "url": self.broker_url or self.ib_address(),
             "stream": h.stream_as_dict(now),
             "budget": {"remaining": self.limiter.remaining(),
                        **({"limit": self.config.messages_per_second, "window_seconds": 1.0}
