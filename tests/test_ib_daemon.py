@@ -333,3 +333,44 @@ async def test_a_restarted_daemon_at_an_ib_gateway_sends_nothing_again(
         assert [p["orderRef"] for p in placed] == ["rs-0", "rest-0", "rs-1", "rest-1"]
         ids = [p["orderId"] for p in placed]
         assert len(set(ids)) == 4
+
+
+async def test_a_bracket_at_the_ib_account_is_a_family_of_three(
+        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bracket at IB: a parent and two children (parentId, transmit on the last only);
+    the legs are recorded as orders of the family (orderRef = parent's id + .tp/.sl);
+    the take-profit fills, IB cancels the stop-loss, the position closes."""
+    config = two_accounts(tmp_path, alpaca_sim, monkeypatch)
+    async with open_daemon(config) as d, connect(d) as c:
+        for name in d.accounts:
+            await recovered_at(d, name)
+        tws = d.accounts["ibkr"].tws
+        assert tws is not None
+        tws.set_prices({"AAPL": "100.00"})
+        parent = await c.submit(strategy_id="br", symbol="AAPL", side="buy", qty="3",
+                                type="limit", limit_price="101", order_class="bracket",
+                                client_order_id="ib-br", account="ibkr",
+                                take_profit={"limit_price": "110"},
+                                stop_loss={"stop_price": "90"})
+        assert parent["order_class"] == "bracket"
+
+        async def state_of(cid: str, state: str) -> bool:
+            o = await c.request("order", client_order_id=cid)
+            return bool(o["order"]["state"] == state)
+
+        await eventually(lambda: state_of("ib-br", "FILLED"))
+        family = (await c.request("order", client_order_id="ib-br"))["family"]
+        assert {o["client_order_id"] for o in family} == {"ib-br.tp", "ib-br.sl"}
+        await eventually(lambda: state_of("ib-br.sl", "SUBMITTED"))
+        await anyio.to_thread.run_sync(lambda: tws.set_prices({"AAPL": "111.00"}))
+        await eventually(lambda: state_of("ib-br.tp", "FILLED"))
+        await eventually(lambda: state_of("ib-br.sl", "CANCELLED"))
+
+        async def flat() -> bool:
+            rows = (await c.request("positions"))["positions"]
+            return not [p for p in rows if p["account"] == "ibkr" and p["qty"] != "0"]
+
+        await eventually(flat)
+        assert (await c.request("status"))["accounts"]["ibkr"]["state"] == "ACTIVE"
+        refs = [p["orderRef"] for p in tws.stats_json()["place_orders"]]
+        assert refs == ["ib-br", "ib-br.tp", "ib-br.sl"]
