@@ -359,3 +359,20 @@ async def test_an_open_orders_request_that_never_ends_is_unknown_not_empty(
         assert [o.client_order_id for o in await client.list_open_orders()] == ["t-1"]
     finally:
         client.close()
+
+
+def test_what_ib_cannot_take_is_refused_with_the_reason() -> None:
+    from execd.broker.ib_orders import refusal
+
+    assert refusal(spec("ok")) is None
+    assert refusal(spec("n", qty=None, notional=Decimal(5))) == (
+        "ib: notional (cash quantity) orders are not supported")
+    assert refusal(spec("c", symbol="BTC/USD")) is not None
+    oco = spec("o", type="limit", limit_price=Decimal("110"), order_class="oco",
+               take_profit=TakeProfit(limit_price=Decimal("110")),
+               stop_loss=StopLoss(stop_price=Decimal("90")))
+    assert refusal(oco) == "ib: oco orders are not supported yet"
+    long_bracket = spec("b" * 126, type="limit", limit_price=Decimal("99"),
+                        order_class="bracket", take_profit=TakeProfit(limit_price=Decimal("110")),
+                        stop_loss=StopLoss(stop_price=Decimal("90")))
+    assert "at most 125" in (refusal(long_bracket) or "")

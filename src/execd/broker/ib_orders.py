@@ -29,6 +29,7 @@ _TIF = {"day": "DAY", "gtc": "GTC", "ioc": "IOC", "fok": "FOK", "opg": "OPG"}
 _TYPES = {"market": "MKT", "limit": "LMT", "stop": "STP", "stop_limit": "STP LMT",
           "trailing_stop": "TRAIL"}
 _BACK_TYPES = {v: k for k, v in _TYPES.items()} | {"MOC": "market", "LOC": "limit"}
+LEG_ROOM = 125  # a client_order_id is at most 128 characters; a leg's adds ".tp"
 
 
 def refusal(spec: OrderSpec) -> str | None:
@@ -44,8 +45,12 @@ def refusal(spec: OrderSpec) -> str | None:
         return f"{BROKER}: time_in_force cls takes market or limit orders only"
     if spec.time_in_force not in _TIF and spec.time_in_force != "cls":
         return f"{BROKER}: time_in_force {spec.time_in_force} is not supported"
-    if spec.order_class == "oto":
-        return f"{BROKER}: oto orders are not supported"
+    if spec.order_class in ("oto", "oco"):
+        # an OCO's second order would reach the book as an order execd did not place
+        return f"{BROKER}: {spec.order_class} orders are not supported yet"
+    if spec.order_class == "bracket" and len(spec.client_order_id) > LEG_ROOM:
+        return (f"{BROKER}: a bracket's client_order_id must be at most {LEG_ROOM} "
+                "characters (its legs' orderRefs add .tp and .sl)")
     return None
 
 
