@@ -376,3 +376,39 @@ def test_what_ib_cannot_take_is_refused_with_the_reason() -> None:
                         order_class="bracket", take_profit=TakeProfit(limit_price=Decimal("110")),
                         stop_loss=StopLoss(stop_price=Decimal("90")))
     assert "at most 125" in (refusal(long_bracket) or "")
+
+
+async def test_an_order_sent_on_an_earlier_ib_day_and_not_found_is_never_resent(
+        tws: TwsServer, tmp_path: Path) -> None:
+    """IB's look-ups forget (completed orders: today's session; executions: since
+    midnight). The journal of sends says what "not found" means: never sent -> None;
+    sent today -> None (IB would know it); sent on an earlier day -> unresolved: not
+    None (the caller would send it again), and the account halts, once."""
+    from execd.broker.ib_clock import ib_day
+
+    now = SystemClock().time()
+    today, earlier = ib_day(now), ib_day(now - 3 * 86_400)
+    (tmp_path / "ib-ids.sent").write_text(
+        f"ancient\t4\t2020-01-02\nold-1\t5\t{earlier}\ntoday-1\t6\t{today}\ncut-sho")
+    client = make(tws, tmp_path)
+    alarms: list[str] = []
+
+    async def alarm(reason: str) -> None:
+        alarms.append(reason)
+
+    client.alarm = alarm
+    try:
+        assert await client.get_order_by_client_id("never-1") is None
+        assert await client.get_order_by_client_id("today-1") is None
+        for _ in range(2):
+            with pytest.raises(BrokerUnavailable, match="unresolved: earlier IB session"):
+                await client.get_order_by_client_id("old-1")
+        assert len(alarms) == 1
+        assert alarms[0].startswith("reconcile_unresolved_submit: order old-1 was sent to "
+                                    f"IB on {earlier}")
+        await client.submit_order(spec("new-1"))  # journaled before it left
+    finally:
+        client.close()
+    lines = (tmp_path / "ib-ids.sent").read_text().splitlines()
+    # kept 30 days (the ancient one pruned), a line cut short by a crash dropped
+    assert [line.split("\t")[0] for line in lines] == ["old-1", "today-1", "new-1"]

@@ -40,8 +40,8 @@ from execd.broker.base import (
     OrderList,
     ReplaceChanges,
 )
-from execd.broker.ib_clock import regular_session
-from execd.broker.ib_ids import IdMark
+from execd.broker.ib_clock import ib_day, regular_session
+from execd.broker.ib_ids import IdMark, SentJournal
 from execd.broker.ib_loop import LoopThread
 from execd.broker.ib_orders import (
     BROKER,
@@ -82,6 +82,8 @@ class IBClient:
         self._clock = clock
         self._metrics = account_view(metrics)
         self._ids = IdMark(ids_path)
+        self._sent = SentJournal(ids_path.with_name(ids_path.name + ".sent"),
+                                 ib_day(clock.time()))
         self._timeout = timeout
         self._ib: Any = None  # the current connection's IB(), touched on the loop only
         # orderRefs IB rejected (201/203): a completedOrder says only Cancelled, and
@@ -89,7 +91,7 @@ class IBClient:
         self._rejected: set[str] = set()
         # what halts the account (app.py sets it: a SetTradingState to the risk gate)
         self.alarm: Callable[[str], Awaitable[None]] | None = None
-        self._twins: dict[str, list[int]] = {}  # found on the loop, raised by the caller
+        self._alarms: dict[str, str] = {}  # found on the loop, raised by the caller
         self._alarmed: set[str] = set()
         self._backoff = CONNECT_BACKOFF[0]
         self._next_connect = 0.0  # monotonic: no connect attempt before this
@@ -111,6 +113,7 @@ class IBClient:
                 await asyncio.sleep(0.01)  # the transport finishes closing
 
         self._thread.close(bye)
+        self._sent.close()
 
     async def _on_loop(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn()` on ib_async's loop (no answer in 3 timeouts: unavailable)."""
@@ -282,6 +285,7 @@ class IBClient:
             for o in orders:
                 o.orderId = ib.client.getReqId()
                 self._ids.cover(o.orderId)  # durable before it is sent
+                self._sent.record(o.orderRef, o.orderId, self._today())
                 o.account = self._account
             for o in orders[1:]:
                 if spec.order_class == "bracket":
@@ -329,35 +333,53 @@ class IBClient:
 
     def _find_twins(self, trades: dict[int, Any]) -> None:
         """Two live orders under one orderRef (IB does not enforce its uniqueness; a
-        modify during a connectivity loss left two, NautilusTrader #4564): noted for
-        `_raise_alarms` (on the loop)."""
+        modify during a connectivity loss left two, NautilusTrader #4564): an alarm,
+        raised by `_raise_alarms` once the loop's work is done."""
         live: dict[str, list[int]] = {}
         for perm, t in trades.items():
             if t.order.orderRef and not t.isDone():
                 live.setdefault(t.order.orderRef, []).append(perm)
         for ref, perms in live.items():
-            if len(perms) > 1 and ref not in self._alarmed:
-                self._twins[ref] = sorted(perms)
+            if len(perms) > 1:
+                self._alarm(f"twins:{ref}", (
+                    f"reconcile_duplicate_order_ref: {len(perms)} live IB orders with "
+                    f"orderRef {ref} (permIds {', '.join(map(str, sorted(perms)))})"))
+
+    def _alarm(self, key: str, reason: str) -> None:
+        if key not in self._alarmed:
+            self._alarms[key] = reason
 
     async def _raise_alarms(self) -> None:
-        """Halt the account (the daemon's `alarm`) for each new pair of twins, once."""
-        while self._twins:
-            ref, perms = self._twins.popitem()
-            self._alarmed.add(ref)
-            reason = (f"reconcile_duplicate_order_ref: {len(perms)} live IB orders with orderRef "
-                      f"{ref} (permIds {', '.join(map(str, perms))})")
-            log.critical("two live IB orders with one orderRef: halting the account",
-                         client_order_id=ref, perm_ids=perms)
+        """Halt the account (the daemon's `alarm`) for each new alarm, once."""
+        while self._alarms:
+            key, reason = self._alarms.popitem()
+            self._alarmed.add(key)
+            log.critical("IB: halting the account", reason=reason)
             if self.alarm is not None:
                 await self.alarm(reason)
 
     async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        """None only when IB's answer is an answer: the order was never sent (the
+        journal lacks it), or sent today and IB has it not. Sent on an earlier day and
+        not found, it is unresolved (IB forgets): never resent, the account halts."""
         def pick(ib: Any, trades: dict[int, Any]) -> Any:
             mine = [t for t in trades.values() if t.order.orderRef == client_order_id]
             live = [t for t in mine if not t.isDone()]
             return (live or mine or [None])[0]  # twins: noted by _find_twins
 
-        return await self._look(pick)
+        found = await self._look(pick)
+        sent_on = self._sent.day_of(client_order_id)
+        if found is None and sent_on is not None and sent_on != self._today():
+            reason = (f"reconcile_unresolved_submit: order {client_order_id} was sent to IB "
+                      f"on {sent_on} and IB no longer knows it (an earlier IB session): it "
+                      "is not sent again; find it in TWS and settle it by hand")
+            self._alarm(f"unresolved:{client_order_id}", reason)
+            await self._raise_alarms()
+            raise BrokerUnavailable(f"{BROKER}: unresolved: earlier IB session ({sent_on})")
+        return found
+
+    def _today(self) -> str:
+        return ib_day(self._clock.time())
 
     async def get_order(self, broker_order_id: str) -> BrokerOrder | None:
         perm = int(broker_order_id)

@@ -35,3 +35,9 @@ def regular_session(now: datetime) -> MarketClock:
                            next_close=_at(day, CLOSE))
     nxt = _next_weekday(day)
     return MarketClock(is_open=False, next_open=_at(nxt, OPEN), next_close=_at(nxt, CLOSE))
+
+
+def ib_day(now: float) -> str:
+    """The IB day an epoch time falls on: the New York date (IB's look-ups reach back to
+    the start of it: executions since midnight, completed orders of today's session)."""
+    return datetime.fromtimestamp(now, NEW_YORK).date().isoformat()

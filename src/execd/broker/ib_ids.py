@@ -51,3 +51,59 @@ class IdMark:
         """Make `order_id` durable as used before it is sent."""
         if order_id >= self.reserved:
             self._write(order_id + self._block)
+
+
+class SentJournal:
+    """Every orderRef sent, with its orderId and the IB day it was sent on, written
+    (fsync) before the placeOrder leaves. IB's look-ups forget (completed orders cover
+    today's session, executions go back to midnight), so "IB has no such order" is an
+    answer only for an order sent today: one sent on an earlier day and not found is
+    unresolved, never resent. An orderRef the journal lacks was never sent by us.
+    Entries older than KEEP_DAYS are dropped when the journal is opened."""
+
+    KEEP_DAYS = 30
+
+    def __init__(self, path: Path, today: str) -> None:
+        self._path = path
+        self._days: dict[str, str] = {}
+        kept: list[str] = []
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            parts = line.split("\t")
+            if len(parts) != 3:
+                continue  # a line cut short by a crash: its send never left
+            ref, _, day = parts
+            if _days_between(day, today) <= self.KEEP_DAYS:
+                self._days[ref] = day
+                kept.append(line)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, path)
+        self._file = open(path, "a")  # noqa: SIM115 (open for the adapter's life)
+
+    def record(self, order_ref: str, order_id: int, day: str) -> None:
+        if order_ref in self._days:
+            return  # a modify, or a look-up found it sent before: its first day counts
+        self._file.write(f"{order_ref}\t{order_id}\t{day}\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._days[order_ref] = day
+
+    def day_of(self, order_ref: str) -> str | None:
+        return self._days.get(order_ref)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _days_between(earlier: str, later: str) -> int:
+    from datetime import date
+
+    try:
+        return (date.fromisoformat(later) - date.fromisoformat(earlier)).days
+    except ValueError:
+        return 0  # unreadable: kept (never forget what may have been sent)
