@@ -412,3 +412,31 @@ async def test_an_order_sent_on_an_earlier_ib_day_and_not_found_is_never_resent(
     lines = (tmp_path / "ib-ids.sent").read_text().splitlines()
     # kept 30 days (the ancient one pruned), a line cut short by a crash dropped
     assert [line.split("\t")[0] for line in lines] == ["old-1", "today-1", "new-1"]
+
+
+async def test_every_port_call_is_counted_as_on_alpaca(tws: TwsServer, tmp_path: Path) -> None:
+    metrics = Metrics()
+    client = IBClient(host="127.0.0.1", port=tws.port, client_id=8, account=None,
+                      limiter=Unlimited(), clock=SystemClock(),
+                      metrics=metrics.for_account("ibkr"), ids_path=tmp_path / "ids",
+                      timeout=2.0)
+    try:
+        answer = await client.submit_order(spec("m-1", type="limit", limit_price=Decimal("90")))
+        await client.list_open_orders()
+        await client.get_order_by_client_id("m-1")
+        await client.positions()
+        await client.cancel_order(answer.view.broker_order_id)
+        with pytest.raises(BrokerRejected):
+            await client.cancel_order(answer.view.broker_order_id + "0")
+    finally:
+        client.close()
+
+    def count(endpoint: str, status: str = "ok") -> float | None:
+        return metrics.registry.get_sample_value(
+            "execd_broker_requests_total",
+            {"account": "ibkr", "endpoint": endpoint, "status": status})
+
+    for endpoint in ("submit_order", "list_orders", "get_order_by_client_id", "positions",
+                     "cancel_order"):
+        assert count(endpoint) == 1.0, endpoint
+    assert count("cancel_order", "BrokerRejected") == 1.0

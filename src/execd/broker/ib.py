@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from execd.broker.base import (
     BrokerAmbiguous,
+    BrokerError,
     BrokerOrder,
     BrokerPosition,
     BrokerRejected,
@@ -115,12 +116,25 @@ class IBClient:
         self._thread.close(bye)
         self._sent.close()
 
-    async def _on_loop(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run `fn()` on ib_async's loop (no answer in 3 timeouts: unavailable)."""
+    async def _on_loop(self, fn: Callable[[], Awaitable[T]], endpoint: str | None = None) -> T:
+        """Run `fn()` on ib_async's loop (no answer in 3 timeouts: unavailable); with
+        `endpoint`, counted and timed as the Alpaca adapter's requests are."""
+        start = self._clock.monotonic()
+        status = "error"
         try:
-            return await self._thread.run(fn, self._timeout * 3)
+            result = await self._thread.run(fn, self._timeout * 3)
+            status = "ok"
+            return result
         except TimeoutError as e:
             raise BrokerUnavailable(f"{BROKER}: no answer in time") from e
+        except BrokerError as e:
+            status = type(e).__name__
+            raise
+        finally:
+            if endpoint is not None:
+                self._metrics.broker_requests.labels(endpoint, status).inc()
+                self._metrics.broker_latency.labels(endpoint).observe(
+                    self._clock.monotonic() - start)
 
     async def _tokens(self, lane: Lane, n: int, go: Go | None = None) -> None:
         """n messages' tokens, all taken before any message leaves."""
@@ -300,20 +314,13 @@ class IBClient:
                 raise BrokerRejected(why, status=422, code=201)
             return self._order(ib, sent[0], self._trades(ib))
 
-        start = self._clock.monotonic()
-        status = "error"
         try:
-            result = await self._on_loop(place)
-            status = "ok"
-            return result
+            return await self._on_loop(place, "submit_order")
         except BrokerUnavailable as e:
             raise BrokerAmbiguous(f"submit outcome unknown: {e}") from e
-        finally:
-            self._metrics.broker_requests.labels("submit_order", status).inc()
-            self._metrics.broker_latency.labels("submit_order").observe(
-                self._clock.monotonic() - start)
 
-    async def _look(self, pick: Callable[[Any, dict[int, Any]], Any]) -> BrokerOrder | None:
+    async def _look(self, pick: Callable[[Any, dict[int, Any]], Any],
+                    endpoint: str) -> BrokerOrder | None:
         """Ask IB afresh (open orders, completed orders, executions: 3 messages), then
         pick the trade; None when IB has no such order."""
         await self._connected()
@@ -327,7 +334,7 @@ class IBClient:
             found = pick(ib, trades)
             return None if found is None else self._order(ib, found, trades)
 
-        found = await self._on_loop(look)
+        found = await self._on_loop(look, endpoint)
         await self._raise_alarms()
         return found
 
@@ -367,7 +374,7 @@ class IBClient:
             live = [t for t in mine if not t.isDone()]
             return (live or mine or [None])[0]  # twins: noted by _find_twins
 
-        found = await self._look(pick)
+        found = await self._look(pick, "get_order_by_client_id")
         sent_on = self._sent.day_of(client_order_id)
         if found is None and sent_on is not None and sent_on != self._today():
             reason = (f"reconcile_unresolved_submit: order {client_order_id} was sent to IB "
@@ -383,7 +390,7 @@ class IBClient:
 
     async def get_order(self, broker_order_id: str) -> BrokerOrder | None:
         perm = int(broker_order_id)
-        return await self._look(lambda ib, trades: trades.get(perm))
+        return await self._look(lambda ib, trades: trades.get(perm), "get_order")
 
     async def list_open_orders(self) -> Sequence[BrokerOrder]:
         await self._connected()
@@ -397,7 +404,7 @@ class IBClient:
             perms = {t.order.permId for t in opened if t.order.permId}
             return [self._order(ib, trades[p], trades) for p in sorted(perms) if p in trades]
 
-        listed_now = await self._on_loop(listed)
+        listed_now = await self._on_loop(listed, "list_orders")
         await self._raise_alarms()
         return listed_now
 
@@ -415,7 +422,7 @@ class IBClient:
             out = OrderList(self._order(ib, t, trades) for _, t in sorted(trades.items()))
             return OrderList(o for o in out if o.submitted_at > after)
 
-        since = await self._on_loop(listed)
+        since = await self._on_loop(listed, "list_orders")
         await self._raise_alarms()
         return since
 
@@ -432,7 +439,7 @@ class IBClient:
                                      status=422, code=10147)
             ib.cancelOrder(trade.order)
 
-        await self._on_loop(cancel)
+        await self._on_loop(cancel, "cancel_order")
 
     async def replace_order(
         self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str,
@@ -490,7 +497,7 @@ class IBClient:
             return self._order(ib, trade, self._trades(ib))
 
         try:
-            return await self._on_loop(modify)
+            return await self._on_loop(modify, "replace_order")
         except BrokerUnavailable as e:
             raise BrokerAmbiguous(f"replace outcome unknown: {e}") from e
 
@@ -510,7 +517,7 @@ class IBClient:
             return [BrokerPosition(symbol=s, qty=q, current_price=None)
                     for s, q in sorted(out.items())]
 
-        return await self._on_loop(held)
+        return await self._on_loop(held, "positions")
 
     # ------------------------------------------------------------- the stream
     async def events(self) -> IBEvents:
