@@ -8,23 +8,30 @@ builds one from its `[accounts.NAME]` table (or `[broker]`, the "default" accoun
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from execd import files
 from execd.broker.alpaca import AlpacaClient
 from execd.broker.base import BrokerClient
 from execd.clock import Clock
-from execd.config import AccountConfig, Config, Credentials, load_credentials
+from execd.config import IB_BROKERS, AccountConfig, Config, Credentials, load_credentials
+from execd.domain.orders import OrderSpec
 from execd.fatal import address_problem
 from execd.halts import HaltGate
 from execd.health import Health
 from execd.limiter import Budget, RateLimiter, open_limiter
 from execd.obs import logging
-from execd.obs.metrics import Metrics
+from execd.obs.metrics import AccountMetrics, Metrics
 from execd.recovery import Recovery
 from execd.sim import SimServer
+from execd.sim.tws import TwsServer
+from execd.stream import Connect
+
+if TYPE_CHECKING:
+    from execd.broker.ib import IBClient
 
 log = logging.get("execd.accounts")
 
@@ -39,18 +46,33 @@ class Account:
     recovery: Recovery = field(default_factory=Recovery)
     halts: HaltGate = field(default_factory=HaltGate)  # what a halt holds in its submitter
     sim: SimServer | None = None
-    broker_url: str | None = None  # None: an in-process broker (tests): no stream
+    tws: TwsServer | None = None  # a sim-ib account's embedded TWS simulator
+    broker_url: str | None = None  # None: an in-process broker (tests), or IB: no stream
+    # an IB account's stream: ib_async's events (broker/ib_stream.py); None: Alpaca's
+    events: Connect | None = None
+    # what its broker cannot take (asked by the risk gate before anything is committed)
+    refuses: Callable[[OrderSpec], str | None] | None = None
     credentials: Credentials | None = None
+
+    def ib_address(self) -> str | None:
+        """An IB account's Gateway (its embedded simulator's, a sim-ib account)."""
+        if self.config.broker not in IB_BROKERS:
+            return None
+        if self.tws is not None:
+            return f"ib://{self.tws.host}:{self.tws.port}"
+        return f"ib://{self.config.host}:{self.config.port}"
 
     def as_dict(self, now: float) -> dict[str, object]:
         """For `status`: what a person running several accounts looks at first."""
         h = self.health
         return {
-            "broker": self.config.broker, "url": self.broker_url,
+            "broker": self.config.broker, "url": self.broker_url or self.ib_address(),
             "stream": h.stream_as_dict(now),
             "budget": {"remaining": self.limiter.remaining(),
-                       "limit": self.config.requests_per_minute,
-                       "window_seconds": self.config.window_seconds},
+                       **({"limit": self.config.messages_per_second, "window_seconds": 1.0}
+                          if self.config.broker in IB_BROKERS else
+                          {"limit": self.config.requests_per_minute,
+                           "window_seconds": self.config.window_seconds})},
             "last_poll": h.last_poll, "last_poll_error": h.last_poll_error,
             "last_reconcile": h.last_reconcile,
             "last_reconcile_result": h.last_reconcile_result,
@@ -74,6 +96,42 @@ def start_embedded_sim(config: Config, account: AccountConfig) -> SimServer:
     return sim.start()
 
 
+def start_embedded_tws(config: Config, account: AccountConfig) -> TwsServer:
+    """A sim-ib account's own TWS simulator, its market's state in its own file."""
+    path = config.sim_state_path_of(account)
+    files.private_dir(path.parent, "sim.state_file")
+    s = account.sim
+    try:
+        tws = TwsServer(replace(s, state_file=str(path)), account=account.account or None)
+    except OSError as e:
+        raise address_problem(f"accounts.{account.name}.sim.port", f"{s.host}:{s.port}",
+                              e) from e
+    log.info("embedded TWS simulator started", account=account.name,
+             address=f"{tws.host}:{tws.port}", state_file=str(path))
+    return tws.start()
+
+
+def open_ib(config: Config, account: AccountConfig, *, limiter: RateLimiter, clock: Clock,
+            metrics: AccountMetrics, stack: ExitStack) -> tuple[IBClient, TwsServer | None]:
+    """An IB account's client (and its embedded TWS simulator, a sim-ib account); its
+    orderIds' high-water mark in the state dir (broker/ib_ids.py)."""
+    from execd.broker.ib import IBClient
+
+    tws: TwsServer | None = None
+    host, port, client_id = account.host, account.port, account.client_id
+    if account.broker == "sim-ib":
+        tws = start_embedded_tws(config, account)
+        stack.callback(tws.close)
+        host, port, client_id = tws.host, tws.port, client_id or 1
+    ids = config.path("", f"ib-{account.name}-order-ids")
+    files.private_dir(ids.parent, "daemon.state_dir")
+    client = IBClient(host=host, port=port, client_id=client_id,
+                      account=account.account or None, limiter=limiter, clock=clock,
+                      metrics=metrics, ids_path=ids, timeout=account.timeout)
+    stack.callback(client.close)
+    return client, tws
+
+
 def keys_of(config: Config) -> dict[str, Credentials]:
     """Every real broker account's keys, read before anything starts (a missing key is
     a start-up error, not a failure at the first order)."""
@@ -93,11 +151,21 @@ def open_account(
     mine.show_config(poll_interval=config.poller.interval,
                      budget_requests=account.requests_per_minute,
                      budget_window=account.window_seconds)
-    limiter = limiter or open_limiter(
-        Budget(limit=account.requests_per_minute, window=account.window_seconds,
-               burst=account.burst), clock)
+    if account.broker in IB_BROKERS:  # IB counts messages per second, all kinds together
+        budget = Budget(limit=account.messages_per_second, window=1.0,
+                        burst=min(account.burst, account.messages_per_second - 1))
+    else:
+        budget = Budget(limit=account.requests_per_minute, window=account.window_seconds,
+                        burst=account.burst)
+    limiter = limiter or open_limiter(budget, clock)
     sim: SimServer | None = None
-    if broker is None:
+    tws: TwsServer | None = None
+    events: Connect | None = None
+    if broker is None and account.broker in IB_BROKERS:
+        ib, tws = open_ib(config, account, limiter=limiter, clock=clock, metrics=mine,
+                          stack=stack)
+        broker, events = ib, ib.events
+    elif broker is None:
         if broker_url is None and account.broker == "sim":
             sim = start_embedded_sim(config, account)
             stack.callback(sim.close)
@@ -112,8 +180,14 @@ def open_account(
             max_retries=account.max_retries, backoff_initial=account.backoff_initial,
             backoff_max=account.backoff_max,
         )
+    refuses: Callable[[OrderSpec], str | None] | None = None
+    if account.broker in IB_BROKERS:
+        from execd.broker.ib_orders import refusal
+
+        refuses = refusal
     return Account(name=account.name, config=account, limiter=limiter, broker=broker,
-                   sim=sim, broker_url=broker_url, credentials=credentials)
+                   sim=sim, tws=tws, broker_url=broker_url, credentials=credentials,
+                   refuses=refuses, events=events)
 
 
 def first(accounts: Mapping[str, Account]) -> Account:

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,17 @@ from execd.backup import Place as BackupPlace
 from execd.book import OrderBook
 from execd.broker.alpaca_stream import stream_url_from
 from execd.broker.base import BrokerClient
+from execd.broker.ib import IBClient
 from execd.clock import Clock, SystemClock, within
 from execd.config import Config, ConfigError, Credentials, distinct_keys
 from execd.deadman import DeadMan
+from execd.domain.risk import TradingState
 from execd.events import EventHub
 from execd.fatal import Fatal, address_problem
 from execd.health import Health
 from execd.intake.owners import Owners
 from execd.limiter import RateLimiter
-from execd.messages import RiskCommand, SubmitterCommand, discard
+from execd.messages import RiskCommand, SetTradingState, SubmitterCommand, discard
 from execd.obs import http, logging
 from execd.obs.metrics import Metrics
 from execd.recovery import Recovery
@@ -208,7 +211,8 @@ async def open_daemon(
             core.append(ChildSpec(name="dispatch", start=lambda task_status: dispatch.run(
                 sub_recv.clone(), {n: o.clone() for n, o in outboxes.items()}, book=book,
                 default=main.name, task_status=task_status)))
-        gates = {name: AccountGate(a.recovery, a.halts) for name, a in accounts.items()}
+        gates = {name: AccountGate(a.recovery, a.halts, a.refuses)
+                 for name, a in accounts.items()}
         specs = [
             *core,
             ChildSpec(name="storage", start=lambda task_status: storage_actor.run(
@@ -261,7 +265,9 @@ def _account_specs(
 ) -> list[ChildSpec]:
     """One account's submitter, poller and reconciler: a crash restarts that child only."""
     a, rc, h, name = acct.config, config.reconciler, acct.health, acct.name
-    streaming = a.stream and acct.broker_url is not None
+    if isinstance(acct.broker, IBClient):  # what IB alone can tell halts its account
+        acct.broker.alarm = partial(_halt_account, risk_send, name)
+    streaming = a.stream and (acct.broker_url is not None or acct.events is not None)
     return [_in_account(name, spec) for spec in (
         ChildSpec(name=_named("submitter", acct, several), start=lambda task_status:
                   submitter.run(
@@ -283,6 +289,11 @@ def _account_specs(
     )]
 
 
+async def _halt_account(risk: MemoryObjectSendStream[RiskCommand], account: str,
+                        reason: str) -> None:
+    await risk.send(SetTradingState(state=TradingState.HALTED, reason=reason, account=account))
+
+
 def _in_account(account: str, spec: ChildSpec) -> ChildSpec:
     """Every log line of an account's actor names the account (JSON logs: `account`)."""
     return replace(spec, start=logging.in_account(account, spec.start))
@@ -296,15 +307,20 @@ def _stream_spec(
     stream from (a test's in-process broker has none)."""
     b, health, credentials = acct.config, acct.health, acct.credentials
     url = b.stream_url or (stream_url_from(acct.broker_url) if acct.broker_url else "")
-    if not b.stream or not url or credentials is None:
+    if acct.events is not None:  # an IB account: ib_async's events are its stream
+        url = f"ib://{b.host}:{b.port}"
+    if not b.stream or not url or (credentials is None and acct.events is None):
         health.set_stream("disabled", trusted=False, at=clock.time())
         metrics.for_account(acct.name).stream_enabled.set(0)
         return None
     settings = stream.StreamSettings(
         url=url, ping_interval=b.stream_ping_interval, connect_timeout=b.timeout,
         backoff_min=b.stream_backoff_min, backoff_max=b.stream_backoff_max)
-    connect = stream.alpaca_connect(url, credentials.key_id, credentials.secret_key,
-                                    max_message=b.stream_max_message)
+    connect = acct.events
+    if connect is None:
+        assert credentials is not None
+        connect = stream.alpaca_connect(url, credentials.key_id, credentials.secret_key,
+                                        max_message=b.stream_max_message)
     log.info("trade_updates stream on", url=url, account=acct.name)
     return _in_account(acct.name, ChildSpec(
         name=_named("stream", acct, several), start=lambda task_status: stream.run(

@@ -74,7 +74,8 @@ class BrokerConfig(BrokerSettings):
 
 
 ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-BROKERS = ("alpaca", "sim")
+BROKERS = ("alpaca", "sim", "ib", "sim-ib")
+IB_BROKERS = ("ib", "sim-ib")  # Interactive Brokers through ib_async (broker/ib.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +83,8 @@ class AccountConfig(BrokerSettings):
     """`[accounts.NAME]`: one broker account, its own budget, actors and trading state."""
 
     name: str = field(default=DEFAULT_ACCOUNT, metadata={"config": False})
-    broker: str = "sim"  # "alpaca" | "sim" (an embedded simulator of its own)
+    broker: str = "sim"  # "alpaca" | "sim" (an embedded simulator of its own) | "ib" |
+    # "sim-ib" (an embedded TWS simulator of its own)
     # the one source of keys besides credentials_file: two environment variables
     key_id_env: str = ""
     secret_key_env: str = ""
@@ -90,6 +92,13 @@ class AccountConfig(BrokerSettings):
     # [sim] with this account's [accounts.NAME.sim] over it; state_file resolved
     sim: SimConfig = field(default_factory=SimConfig)
     legacy: bool = field(default=False, metadata={"config": False})  # from [broker]
+    # broker = "ib": the Gateway's API socket, a fixed non-zero clientId, the IB account
+    # code ("": the one the Gateway manages), IB's budget (50 messages/s at most)
+    host: str = "127.0.0.1"
+    port: int = 4002  # IB Gateway, paper (TWS paper: 7497)
+    client_id: int = 0
+    account: str = ""
+    messages_per_second: int = 45
 
     @property
     def settings(self) -> BrokerSettings:
@@ -338,7 +347,12 @@ def _check_accounts(config: Config) -> None:
     for a in accounts.values():
         where = "broker" if a.legacy else f"accounts.{a.name}"
         if a.broker not in BROKERS:
-            raise ConfigError(f'{where}.broker must be "alpaca" or "sim"')
+            raise ConfigError(f'{where}.broker must be "alpaca", "sim", "ib" or "sim-ib"')
+        if a.broker == "ib" and a.client_id <= 0:
+            raise ConfigError(f"{where}.client_id must be a fixed number above 0 (0 binds "
+                              "the orders placed by hand in TWS)")
+        if a.broker in IB_BROKERS and not 1 < a.messages_per_second <= 50:
+            raise ConfigError(f"{where}.messages_per_second must be 2-50 (IB allows 50)")
         if a.stream_url and not a.stream_url.startswith(("ws://", "wss://")):
             raise ConfigError(f"{where}.stream_url must start with ws:// or wss:// (or be "
                               "empty)")

@@ -11,7 +11,7 @@ once its order is committed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import assert_never
 
@@ -22,7 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from execd.book import OrderBook
 from execd.clock import Clock
 from execd.domain import risk
-from execd.domain.orders import DEFAULT_ACCOUNT, Order, OrderState
+from execd.domain.orders import DEFAULT_ACCOUNT, Order, OrderSpec, OrderState
 from execd.domain.risk import RiskContext, RiskLimits, TradingState, TradingStatus
 from execd.events import TradingEvent
 from execd.halts import HaltGate, effective_state
@@ -69,6 +69,8 @@ class AccountGate:
 
     recovery: Recovery | None = None
     halts: HaltGate | None = None  # the submitter's: it holds what a halt must stop
+    # what its broker cannot take as we would send it (e.g. notional at IB): the reason
+    refuses: Callable[[OrderSpec], str | None] | None = None
 
 
 class RiskGate:
@@ -409,6 +411,11 @@ class RiskGate:
                 code="recovering", retry_after_s=RECOVERING_RETRY_S,
                 reason=f"execd is starting up{at} ({recovery.progress()}); no new order goes "
                 "to the broker until that is done: retry shortly")
+        gate = self.accounts[spec.account or self.default_account]
+        why = None if gate.refuses is None else gate.refuses(spec)
+        if why is not None:  # never committed, never sent: the broker cannot take it
+            metrics.submits.labels("denied").inc()
+            return OrderDenied(code="invalid_request", reason=why)
         replacing = None if spec.replaces is None else self.book.open.get(spec.replaces)
         denial = risk.check(spec, ctx, self.limits, closing=msg.closing, replacing=replacing)
         if denial is not None:
