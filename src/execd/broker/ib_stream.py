@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import queue
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 
 from execd.broker.alpaca_stream import Skipped, TradeUpdate
+from execd.broker.base import BrokerOrder
 
-if TYPE_CHECKING:
-    from execd.broker.ib import IBClient
+
+class Source(Protocol):
+    """What the events need of their IBClient (ib.py), so neither module imports the
+    other: the trade as a BrokerOrder now, and an unsubscribe on its loop."""
+
+    def order_now(self, ib: Any, trade: Any) -> BrokerOrder: ...
+
+    async def unsubscribe(self, conn: IBEvents) -> None: ...
 
 # our status names as Alpaca's trade_updates event names (metrics, logs)
 _EVENTS = {"filled": "fill", "partially_filled": "partial_fill", "canceled": "canceled",
@@ -33,7 +40,7 @@ _END = object()
 class IBEvents:
     """One subscription to one IB() connection's events."""
 
-    def __init__(self, client: IBClient, ib: Any) -> None:
+    def __init__(self, client: Source, ib: Any) -> None:
         self._client = client
         self._ib = ib
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
