@@ -5,6 +5,7 @@ book, which the upgrade fills with what the totals hold beyond the books."""
 from __future__ import annotations
 
 from decimal import Decimal as D
+from pathlib import Path
 
 from execd.client import AsyncClient
 from execd.domain.orders import UNATTRIBUTED
@@ -108,3 +109,31 @@ async def test_an_account_wide_flatten_sends_one_order_per_book(
 
         await eventually(flat)
         assert (await d.store.positions())["AAPL"].qty == 0
+
+
+async def test_an_order_first_met_as_a_stranger_that_is_ours_fills_no_unattributed_book(
+        tmp_path: Path) -> None:
+    """A leg of ours recorded as external before its parent's answer named it: its fills
+    are its strategy's (through the fold), never the unattributed book's as well."""
+    from execd.domain.external import ExternalOrder
+    from execd.domain.orders import Order, OrderSpec, OrderState
+    from execd.store import Store
+
+    store = await Store.open(tmp_path / "s.db")
+    try:
+        ours = Order(spec=OrderSpec(client_order_id="leg", strategy_id="s", symbol="AAPL",
+                                    side="sell", qty=D(2)),
+                     state=OrderState.SUBMITTED, broker_order_id="b-leg")
+        await store.insert_orders([ours])
+
+        def seen(bid: str, filled: str) -> ExternalOrder:
+            return ExternalOrder(broker_order_id=bid, client_order_id="", symbol="AAPL",
+                                 side="sell", qty=D(2), notional=None, type="limit",
+                                 status="filled", filled_qty=D(filled),
+                                 filled_avg_price=D(10), first_seen=1.0, updated_at=1.0)
+
+        await store.record_external([seen("b-leg", "2"), seen("b-other", "1")])
+        assert [(b.strategy_id, b.qty) for b in await store.books()] == [
+            (UNATTRIBUTED, D(-1))]  # the stranger's only
+    finally:
+        await store.close()

@@ -619,6 +619,13 @@ class Store:
             conn.executemany(
                 f"INSERT OR REPLACE INTO external_orders ({_EXTERNAL_COLUMNS}) VALUES "
                 f"({','.join('?' * 13)})", [_external_row(e) for e in changed.values()])
+            # An order first met as a stranger that is ours after all (a leg seen before
+            # its parent's answer named it): its fills are the book's through the fold,
+            # never the unattributed book's as well
+            ours = {bid for bid, in conn.execute(
+                f"SELECT broker_order_id FROM orders WHERE broker_order_id IN "
+                f"({','.join('?' * len(fills))})", [bid for bid, _ in fills])} if fills else set()
+            fills = [(bid, f) for bid, f in fills if bid not in ours]
             if fills:  # the account's total and its unattributed book move with them
                 _move_positions(conn, [f for _, f in fills])
                 conn.executemany(
