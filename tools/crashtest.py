@@ -17,7 +17,8 @@ between the durable write and the broker's answer; it is restarted each time. Th
    daemon, in the broker's final state;
 2. no client_order_id reached the broker twice, and the broker has no order the daemon
    does not know;
-3. the daemon's positions equal the broker's;
+3. the daemon's positions, and the sum of its strategies' books, equal the broker's
+   (and after every kill, the totals the dead daemon left equal the sum of its books);
 4. no sliding window saw more requests than the limit;
 5. (faults) the daemon never halted without a reason, never crashed by itself;
 6. halted mid-burst (after the kills), only orders that reduce a position (closes)
@@ -128,6 +129,9 @@ class Report:
     halt_closes: int = 0  # closing orders sent while halted
     halt_no_close: int = 0  # closes refused (no position to close): nothing sent
     wash_refused: int = 0  # orders refused as wash trades (before anything was recorded)
+    cancelled_unsent: int = 0  # acknowledged, then cancelled by a close before being sent
+    books_checked: int = 0  # kills after which the books were compared with the totals
+    books_apart: list[str] = field(default_factory=list)  # where they differed
     # per account (with one account: "default" alone, and the rows below are not shown)
     routed: int = 0  # acknowledged orders that named no account ([routing] default)
     named: int = 0  # ... that named one
@@ -143,7 +147,7 @@ class Report:
     def ok(self) -> bool:
         active = ("ACTIVE", f"ACTIVE: {RESUMED}")
         return (self.lost == 0 and self.duplicate_submits == 0 and self.unknown_to_daemon == 0
-                and self.legs_unknown == 0 and not self.halt_leaks
+                and self.legs_unknown == 0 and not self.halt_leaks and not self.books_apart
                 and not self.wrong_state and self.positions_equal
                 and self.max_in_window <= self.limit and not self.other_exits
                 and not self.client_error and self.trading in active
@@ -169,11 +173,16 @@ class Report:
             ("halt mid-burst: held / closes sent (refused) / other orders sent while halted",
              f"{self.halt_held} / {self.halt_closes} ({self.halt_no_close}) / "
              f"{len(self.halt_leaks)}"),
-            ("acknowledged orders lost", str(self.lost)),
+            ("acknowledged orders lost (cancelled by a close before being sent)",
+             f"{self.lost} ({self.cancelled_unsent})"),
             ("orders in the wrong final state", str(len(self.wrong_state))),
             ("client_order_ids sent again after the broker had them", str(self.duplicate_submits)),
             ("broker orders unknown to the daemon", str(self.unknown_to_daemon)),
-            ("local positions == broker positions", "yes" if self.positions_equal else "NO"),
+            ("local positions == sum of the books == broker positions",
+             "yes" if self.positions_equal else "NO"),
+            ("after each kill: totals == sum of the books (kills checked / apart)",
+             f"{self.books_checked} / {len(self.books_apart)}"
+             + (f": {'; '.join(self.books_apart[:3])}" if self.books_apart else "")),
             (f"most requests in any {self.window:g} s window (limit)",
              f"{self.max_in_window} ({self.limit})"),
             ("trading state at the end", self.trading),
@@ -253,6 +262,7 @@ class DaemonProcess:
         self.restart(sock, report)
 
     def restart(self, sock: Path, report: Report) -> None:
+        _books_add_up(self.config.parent / "state" / "execd.db", report)  # as it died
         self.start()
         report.restarts += 1
         self.wait_ready(sock)
@@ -263,6 +273,30 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)
+
+
+def _books_add_up(db: Path, report: Report) -> None:
+    """After every kill, before the restart: each account's totals are the sum of its
+    books (a strategy's and the unattributed one), as the dead daemon left them (issue
+    31); a symbol where they differ is named in `books_apart`."""
+    if not db.exists():
+        return
+    conn = sqlite3.connect(db)
+    try:
+        totals = {(a, s): Decimal(q) for a, s, q in
+                  conn.execute("SELECT account, symbol, qty FROM positions")}
+        books: dict[tuple[str, str], Decimal] = {}
+        for a, s, q in conn.execute("SELECT account, symbol, qty FROM books"):
+            books[a, s] = books.get((a, s), Decimal(0)) + Decimal(q)
+    except sqlite3.Error:  # (a database from before books: nothing to compare)
+        return
+    finally:
+        conn.close()
+    report.books_checked += 1
+    for key in sorted(set(totals) | set(books)):
+        if totals.get(key, Decimal(0)) != books.get(key, Decimal(0)):
+            report.books_apart.append(f"{key[0]}:{key[1]} total {totals.get(key)} books "
+                                      f"{books.get(key)}")
 
 
 def _keys_env(name: str) -> tuple[str, str]:
@@ -635,8 +669,13 @@ def _verify(report: Report, db: Path, acked: dict[str, str],
             sims: dict[str, SimServer]) -> None:
     """Each account's records against its own simulator's (one account: "default")."""
     conn = sqlite3.connect(db)
-    ours = {cid: (st, account) for cid, st, account in
-            conn.execute("SELECT client_order_id, state, account FROM orders")}
+    ours: dict[str, tuple[str, str]] = {}
+    unsent: set[str] = set()  # cancelled before the broker saw them (a close of their book)
+    for cid, st, account, reason in conn.execute(
+            "SELECT client_order_id, state, account, reason FROM orders"):
+        ours[cid] = (st, account)
+        if st == OrderState.CANCELLED.value and reason == "cancelled before submission":
+            unsent.add(cid)
     local_pos = {(a, s): Decimal(q) for a, s, q in
                  conn.execute("SELECT account, symbol, qty FROM positions") if Decimal(q)}
     books: dict[tuple[str, str], Decimal] = {}  # the strategies' books (issue 31), added up
@@ -662,7 +701,11 @@ def _verify(report: Report, db: Path, acked: dict[str, str],
         report.duplicate_submits += sum(by.get("422", 0) for ep, by in
                                         sim.stats()["requests"].items()
                                         if ep.startswith("PATCH"))
-        mine = [cid for cid, at in acked.items() if at == name]
+        # an order a close cancelled before it was sent (its strategy's close cancels its
+        # orders in the symbol): never at a broker, rightly
+        never = {cid for cid in unsent if cid not in theirs}
+        report.cancelled_unsent += len(never)
+        mine = [cid for cid, at in acked.items() if at == name and cid not in never]
         for cid in mine:  # lost: unknown to the daemon, or never reached its own broker
             if cid not in ours or not theirs.get(cid, {}).get("orders"):
                 report.lost += 1
