@@ -136,7 +136,10 @@ class Reconciler:
         agree with the broker), but someone else traded this account: halt it until an
         operator adopts the shares into a strategy's book or resumes (each fill is
         reported once)."""
-        fills = await self.book.store.unseen_external_fills(self.account)
+        try:
+            fills = await self.book.store.unseen_external_fills(self.account)
+        except StorageUnavailable:  # (a write: marks them seen) the next run reports them
+            return
         if not fills:
             return
         said = "; ".join(f"{s} {side} {q} ({bid})" for s, side, q, bid in fills[:5])
