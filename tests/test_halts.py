@@ -35,8 +35,10 @@ async def test_a_halt_mid_burst_holds_all_but_reducing_orders_until_resume(
     async with daemon_factory(**slow_budget(10)) as d, connect(d) as c:
         await c.submit(strategy_id="h", symbol="AAPL", side="buy", qty="10", wait="submitted")
         await eventually(lambda: _position_is(d, "AAPL", Decimal(10)))
-        burst = [(await c.submit(**resting("h"), wait="accepted"))["client_order_id"]
-                 for _ in range(40)]  # ~4 s of budget at 10/s
+        # (the resting buys in MSFT: in AAPL they would be h's own orders against its
+        # close, which the close cancels first, as a wash trade the broker would refuse)
+        burst = [(await c.submit(**resting("h", symbol="MSFT"), wait="accepted")
+                  )["client_order_id"] for _ in range(40)]  # ~4 s of budget at 10/s
         await anyio.sleep(0.5)
         assert isinstance(d.limiter, LaneLimiter)
         assert d.limiter.waiting()["submit"] > 20  # the burst waits for its budget
@@ -137,7 +139,8 @@ async def test_a_closing_order_still_pending_at_a_restart_is_sent_while_halted(
         await c.submit(strategy_id="h", symbol="AAPL", side="buy", qty="10", wait="submitted")
         await eventually(lambda: _position_is(d, "AAPL", Decimal(10)))
         sim.set_faults(p_429=1.0)
-        adding = (await c.submit(**resting("h"), wait="accepted"))["client_order_id"]
+        adding = (await c.submit(**resting("h", symbol="MSFT"), wait="accepted")
+                  )["client_order_id"]  # (not against the close in AAPL: a wash trade)
         await c.request("halt", reason="kill switch")
         close = (await c.request("close_position", symbol="AAPL", qty="4",
                                  wait="accepted"))["order"]["client_order_id"]
