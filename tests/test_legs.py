@@ -172,14 +172,17 @@ async def test_cancelling_the_exits_when_the_first_takes_its_sibling_before_its_
 async def test_oto_and_oco(daemon_factory: OpenDaemon, sim: SimServer) -> None:
     px = sim.engine.price("AAPL")
     async with daemon_factory() as d, connect(d) as c:
+        # 3 shares first, for the OCO to exit (bought after the OTO, against its open stop,
+        # they would be a wash trade, refused)
+        first = await c.submit(strategy_id="o", symbol="AAPL", side="buy", qty="3")
+        await until_state(c, first["client_order_id"], "FILLED")
         oto = await c.submit(strategy_id="o", symbol="AAPL", side="buy", qty="3",
                              order_class="oto", client_order_id="oto-1",
                              stop_loss={"stop_price": cents(px * Decimal("0.9"))})
         assert len(oto["legs"]) == 1
         await until_state(c, "oto-1", "FILLED")
         await until_state(c, oto["legs"][0], "SUBMITTED")
-        # the OTO's stop holds its 3 shares: the OCO exits 3 more
-        await c.submit(strategy_id="o", symbol="AAPL", side="buy", qty="3")
+        # the OTO's stop holds its 3 shares: the OCO exits the 3 others
         oco = await c.submit(strategy_id="o", symbol="AAPL", side="sell", qty="3", type="limit",
                              order_class="oco", client_order_id="oco-1",
                              take_profit={"limit_price": cents(px * Decimal("1.1"))},

@@ -220,7 +220,8 @@ def test_a_brackets_sides_kept_current_equal_a_rebuild() -> None:
     kept = _ctx()
     kept.admit(entry)
     assert kept.sides.summary() == _ctx(entry).sides.summary() == {
-        ("default", "AAPL", "buy"): {"e": None}, ("default", "AAPL", "sell"): {"e": None}}
+        ("default", "AAPL", "buy"): {"e": (None, None)},
+        ("default", "AAPL", "sell"): {"e": (None, None)}}
     sent = Order(spec=entry.spec, state=OrderState.SUBMITTED)
     named = Order(spec=entry.spec, state=OrderState.SUBMITTED, legs=("tp", "sl"))
     filled = Order(spec=entry.spec, state=OrderState.FILLED, filled_qty=D(1), legs=("tp", "sl"))

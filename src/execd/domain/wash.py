@@ -8,7 +8,8 @@ becomes a broker rejection after an acknowledgement. The same rule as the simula
   in the book as themselves, until then as the parent's (the broker holds them from the
   start, on the side opposite its entry);
 - an order's own family does not: a bracket/OTO/OCO's parent and its legs go together,
-  and a replacement is no wash with the order it replaces nor with that order's family;
+  and a replacement is no wash with the order it replaces nor with that order's family
+  (a replaced parent's heir among them: it took the legs);
 - a new bracket or OTO is checked on both sides: its exits are at the broker at once.
 """
 
@@ -34,10 +35,10 @@ def _sides(s: OrderSpec, *, legs_known: bool = False) -> tuple[Side, ...]:
 
 @dataclass(slots=True)
 class OpenSides:
-    """The open orders by (account, symbol, side): client_order_id -> its parent's (a
-    leg) or None."""
+    """The open orders by (account, symbol, side): client_order_id -> (its parent's (a
+    leg), the order it replaced (an heir)), each or None."""
 
-    orders: dict[Key, dict[str, str | None]] = field(default_factory=dict)
+    orders: dict[Key, dict[str, tuple[str | None, str | None]]] = field(default_factory=dict)
 
     def count(self, order: Order, sign: int) -> None:
         if not order.is_open:
@@ -45,7 +46,8 @@ class OpenSides:
         for side in _sides(order.spec, legs_known=bool(order.legs)):
             key = (order.account, order.spec.symbol, side)
             if sign > 0:
-                self.orders.setdefault(key, {})[order.client_order_id] = order.spec.parent
+                self.orders.setdefault(key, {})[order.client_order_id] = (
+                    order.spec.parent, order.spec.replaces)
             else:
                 held = self.orders.get(key, {})
                 held.pop(order.client_order_id, None)
@@ -61,12 +63,13 @@ class OpenSides:
         family.discard(None)
         for side in _sides(spec):  # a new bracket's exits are open orders at once
             key = (spec.account or DEFAULT_ACCOUNT, spec.symbol, OTHER[side])
-            for cid, parent in self.orders.get(key, {}).items():
-                if cid not in family and parent not in family:
+            for cid, (parent, replaced) in self.orders.get(key, {}).items():
+                # a replaced parent's heir is the family too (it took the parent's legs)
+                if cid not in family and parent not in family and replaced not in family:
                     return cid
         return None
 
-    def summary(self) -> dict[Key, dict[str, str | None]]:
+    def summary(self) -> dict[Key, dict[str, tuple[str | None, str | None]]]:
         return {k: dict(v) for k, v in self.orders.items() if v}
 
 
