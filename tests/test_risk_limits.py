@@ -87,20 +87,28 @@ async def test_notional_limit_buys_cannot_build_a_position_past_max_position(
         assert 0 < sim_positions(sim)["AAPL"] <= 100
 
 
+# Each bracket in a symbol of its own: a bracket's exits are sells at the broker, and a
+# second bracket's buy entry in the same symbol would be a wash trade (refused first).
+SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "QQQ", "SPY", "IWM")
+
+
 async def test_pipelined_brackets_leave_no_more_than_max_open_orders_at_the_broker(
     daemon_factory: OpenDaemon, sim: SimServer,
 ) -> None:
     """Ten brackets pipelined with wait "accepted" against max_open_orders 10 left 30
     open orders at the broker: their legs were not counted."""
-    px = sim.engine.price("AAPL")
-    bracket = {"op": "submit", "strategy_id": "b", "symbol": "AAPL", "side": "buy",
-               "qty": "1", "type": "limit", "limit_price": cents(px - 5),
-               "time_in_force": "gtc", "order_class": "bracket",
-               "take_profit": {"limit_price": cents(px + 5)},
-               "stop_loss": {"stop_price": cents(px - 10)}, "wait": "accepted"}
+    px = {s: sim.engine.price(s) for s in SYMBOLS}
+
+    def bracket(n: int, under: int = 5, stop: int = 10) -> dict[str, object]:
+        s = SYMBOLS[n]
+        return {"op": "submit", "strategy_id": "b", "symbol": s, "side": "buy", "qty": "1",
+                "type": "limit", "limit_price": cents(px[s] - under), "time_in_force": "gtc",
+                "order_class": "bracket", "take_profit": {"limit_price": cents(px[s] + 5)},
+                "stop_loss": {"stop_price": cents(px[s] - stop)}, "wait": "accepted"}
+
     async with daemon_factory(risk=LIMITS) as d, connect(d) as c:
         replies = await pipelined(d.config.socket_path, [
-            {**bracket, "client_order_id": f"b-{n}"} for n in range(10)])
+            {**bracket(n), "client_order_id": f"b-{n}"} for n in range(10)])
         ok = [r["result"]["order"]["client_order_id"] for r in replies if r["ok"]]
         assert len(ok) == 3  # 3 orders at the broker each
         for r in replies:
@@ -110,22 +118,26 @@ async def test_pipelined_brackets_leave_no_more_than_max_open_orders_at_the_brok
         for cid in ok:
             await until_state(c, cid, "SUBMITTED")
         assert open_at_broker(sim) == 9
-        tenth = await c.submit(strategy_id="b", symbol="AAPL", side="buy", qty="1",
-                               type="limit", limit_price=cents(px - 5), time_in_force="gtc")
+        used = [SYMBOLS[int(cid.split("-")[1])] for cid in ok]
+        free = [s for s in SYMBOLS if s not in used]
+        tenth = await c.submit(strategy_id="b", symbol=free[0], side="buy", qty="1",
+                               type="limit", limit_price=cents(px[free[0]] - 5),
+                               time_in_force="gtc")
         with pytest.raises(ExecdError) as info:
-            await c.submit(strategy_id="b", symbol="AAPL", side="buy", qty="1", type="limit",
-                           limit_price=cents(px - 5), time_in_force="gtc")
+            await c.submit(strategy_id="b", symbol=free[1], side="buy", qty="1", type="limit",
+                           limit_price=cents(px[free[1]] - 5), time_in_force="gtc")
         assert "risk.max_open_orders" in info.value.message
         assert open_at_broker(sim) == 10
         # the entries fill (and the simple buy): each bracket leaves two exits open at
         # the broker, and they count as the orders they are
-        sim.engine.set_prices({"AAPL": cents(px - 6)})
+        sim.engine.set_prices({s: cents(px[s] - 6) for s in [*used, free[0]]})
         for cid in [*ok, tenth["client_order_id"]]:
             await until_state(c, cid, "FILLED")
         assert open_at_broker(sim) == 6
-        resting = {"limit_price": cents(px - 8), "stop_loss": {"stop_price": cents(px - 12)}}
+        more = [SYMBOLS.index(s) for s in free[2:5]]
         replies = await pipelined(d.config.socket_path, [
-            {**bracket, **resting, "client_order_id": f"more-{n}"} for n in range(3)])
+            {**bracket(n, under=8, stop=12), "client_order_id": f"more-{i}"}
+            for i, n in enumerate(more)])
         assert [r["ok"] for r in replies] == [True, False, False]  # 6 + 3; 6 + 6 > 10
         await until_state(c, "more-0", "SUBMITTED")
         assert open_at_broker(sim) == 9
