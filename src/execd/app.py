@@ -211,7 +211,7 @@ async def open_daemon(
             core.append(ChildSpec(name="dispatch", start=lambda task_status: dispatch.run(
                 sub_recv.clone(), {n: o.clone() for n, o in outboxes.items()}, book=book,
                 default=main.name, task_status=task_status)))
-        gates = {name: AccountGate(a.recovery, a.halts, a.refuses)
+        gates = {name: AccountGate(a.recovery, a.halts, a.refuses, a.health.failing)
                  for name, a in accounts.items()}
         specs = [
             *core,
@@ -222,7 +222,8 @@ async def open_daemon(
             ChildSpec(name="risk", start=lambda task_status: risk.run(
                 risk_recv.clone(), sub_send.clone(), book=book, limits=config.risk.limits(),
                 clock=clock, storage=storage, accounts=gates,
-                default_account=config.default_accounts[0], task_status=task_status)),
+                default_account=config.default_accounts[0], rules=config.routing.rules,
+                default_accounts=config.default_accounts, task_status=task_status)),
             *streams,
             ChildSpec(name="intake", start=lambda task_status: intake.run(
                 listener=listener, services=services, task_status=task_status)),
