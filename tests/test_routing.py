@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from execd.cli_render import order_detail
 from execd.client import AsyncClient, ExecdError
 from execd.config import ConfigError, RoutingConfig, load
 from execd.domain.orders import OrderSpec
@@ -114,6 +115,11 @@ async def test_rules_in_order_and_an_explicit_account_beats_them(
             "account paper by rules[1] (paper: chosen)"
         assert await routed_event(c, msft["client_order_id"]) == \
             "account paper by default (paper: chosen; live: not tried)"
+        # `execd order` shows it in the history
+        shown = "\n".join(order_detail(await c.order(aapl["client_order_id"]),
+                                       await c.history(aapl["client_order_id"])))
+        routed_line = next(line for line in shown.splitlines() if "ROUTED" in line)
+        assert "account=live rule=rules[0] candidates=live: chosen" in routed_line, shown
         assert not [e for e in await c.history(named["client_order_id"])
                     if e["event"] == "ROUTED"]  # named: no decision was made
         await eventually(lambda: _async(sent(sims["live"]) == {aapl["client_order_id"]}))
@@ -207,6 +213,12 @@ async def test_a_sell_goes_where_the_shares_are(
         assert await routed_event(c, sold["client_order_id"]) == (
             "account live by default (paper: holds no AAPL of alpha (a sell goes where the "
             "shares are); live: chosen)")
+        await c.request("halt", account="live", reason="operator")
+        with pytest.raises(ExecdError, match=r"no account can take this order \(default: "
+                           r"paper: holds no AAPL of alpha .*; live: halted: operator\)") as e:
+            await c.submit(**{**AAPL, "side": "sell"})
+        assert e.value.code == "no_route"
+        await c.request("resume", account="live", reason="checked")
         other = await c.submit(**{**AAPL, "strategy_id": "beta", "side": "sell"},
                                wait="accepted")
         assert other["account"] == "paper"  # beta holds nothing: a short, at preference
