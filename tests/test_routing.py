@@ -18,8 +18,10 @@ from execd.domain.routing import Rule, choose, parse_rules, rule_for
 from execd.sim import SimServer
 from tests.conftest import eventually
 from tests.test_accounts import running, sent, sims, two_accounts
+from tests.test_ib_daemon import alpaca_sim
+from tests.test_ib_daemon import two_accounts as ib_two_accounts
 
-__all__ = ["sims"]  # the fixture, shared with test_accounts
+__all__ = ["alpaca_sim", "sims"]  # the fixtures, shared
 
 AAPL: dict[str, Any] = {"strategy_id": "alpha", "symbol": "AAPL", "side": "buy", "qty": "1"}
 
@@ -222,3 +224,27 @@ async def test_a_sell_goes_where_the_shares_are(
         other = await c.submit(**{**AAPL, "strategy_id": "beta", "side": "sell"},
                                wait="accepted")
         assert other["account"] == "paper"  # beta holds nothing: a short, at preference
+
+
+async def test_failover_past_an_account_that_cannot_take_the_order(
+        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IB takes no notional order (its adapter says so, with no network call): routed,
+    such an order goes to the next account; sent to IB by name, it is refused."""
+    config = ib_two_accounts(tmp_path, alpaca_sim, monkeypatch)
+    config = dataclasses.replace(  # no price known yet: a notional order counts in full
+        config, routing=RoutingConfig(default=("ibkr", "paper")),
+        risk=dataclasses.replace(config.risk, max_position=""))
+    async with running(config) as (d, c):
+        tws = d.accounts["ibkr"].tws
+        assert tws is not None
+        tws.set_prices({"AAPL": "100.00"})
+        by_qty = await c.submit(**AAPL, wait="accepted")
+        assert by_qty["account"] == "ibkr"
+        by_cash = await c.submit(**{**AAPL, "qty": None, "notional": "50"}, wait="accepted")
+        assert by_cash["account"] == "paper"
+        assert await routed_event(c, by_cash["client_order_id"]) == (
+            "account paper by default (ibkr: cannot take it: ib: notional (cash quantity) "
+            "orders are not supported; paper: chosen)")
+        with pytest.raises(ExecdError, match="notional") as e:
+            await c.submit(**{**AAPL, "qty": None, "notional": "50"}, account="ibkr")
+        assert e.value.code == "invalid_request"
