@@ -248,3 +248,24 @@ async def test_failover_past_an_account_that_cannot_take_the_order(
         with pytest.raises(ExecdError, match="notional") as e:
             await c.submit(**{**AAPL, "qty": None, "notional": "50"}, account="ibkr")
         assert e.value.code == "invalid_request"
+
+
+async def test_failover_past_an_account_whose_stream_and_poll_both_fail(
+        tmp_path: Path, sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No order of ours failed there yet, but its stream is refused and its polls fail:
+    its broker is failing, known without a network call."""
+    config = routed(tmp_path, sims, monkeypatch, stream=True, stream_backoff_min=0.01,
+                    stream_backoff_max=0.05, stream_ping_interval=0.5)
+    async with running(config) as (d, c):
+        paper = sims["paper"]
+        paper.set_faults(stream_refuse_auth=True, p_5xx=1.0)
+        paper.drop_streams()
+
+        async def failing() -> bool:
+            return d.accounts["paper"].health.failing() is not None
+
+        await eventually(failing)
+        o = await c.submit(**AAPL, wait="accepted")
+        assert o["account"] == "live"
+        detail = await routed_event(c, o["client_order_id"])
+        assert "paper: broker failing: stream auth_failed and poll failing (" in detail, detail
