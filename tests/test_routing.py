@@ -269,3 +269,17 @@ async def test_failover_past_an_account_whose_stream_and_poll_both_fail(
         assert o["account"] == "live"
         detail = await routed_event(c, o["client_order_id"])
         assert "paper: broker failing: stream auth_failed and poll failing (" in detail, detail
+
+
+async def test_a_retried_submit_is_its_order_wherever_routing_would_send_it_now(
+        tmp_path: Path, sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first answer lost, the client sends the same submit again after the account
+    it went to halted: it gets its order (at paper), not a conflict nor a second order."""
+    async with running(routed(tmp_path, sims, monkeypatch)) as (_, c):
+        first = await c.submit(**AAPL, client_order_id="once-1", wait="accepted")
+        assert first["account"] == "paper"
+        await c.request("halt", account="paper", reason="operator")
+        again = await c.submit(**AAPL, client_order_id="once-1", wait="accepted")
+        assert again["account"] == "paper"
+        assert again["client_order_id"] == "once-1"
+        assert "once-1" not in sent(sims["live"])

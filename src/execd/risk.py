@@ -395,8 +395,12 @@ class RiskGate:
     def _decide(self, msg: SubmitOrder, ctx: RiskContext, known: dict[str, Order]) -> SubmitResult:
         spec, metrics = msg.spec, self.metrics
         decision: Decision | None = None
+        retried = known.get(spec.client_order_id)
         if spec.account is None and len(self.accounts) == 1:
             spec = replace(spec, account=next(iter(self.accounts)))
+        elif spec.account is None and retried is not None:
+            # a retry of a routed order is that order, wherever routing would send it now
+            spec = replace(spec, account=retried.spec.account)
         elif spec.account is None:  # routed before anything is compared or committed
             decision = self._route(msg, ctx)
             if decision.account is None:
