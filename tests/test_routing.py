@@ -137,7 +137,7 @@ async def _async(value: bool) -> bool:
 
 async def test_failover_past_a_halted_account_and_explicit_is_refused_there(
         tmp_path: Path, sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch) -> None:
-    async with running(routed(tmp_path, sims, monkeypatch)) as (_, c):
+    async with running(routed(tmp_path, sims, monkeypatch)) as (d, c):
         sims["paper"].engine.set_position("MSFT", {"qty": "7"})  # out of band: paper halts
 
         async def paper_halted() -> bool:
@@ -157,6 +157,10 @@ async def test_failover_past_a_halted_account_and_explicit_is_refused_there(
                            r"checking live\)") as e:
             await c.submit(**AAPL)
         assert e.value.code == "trading_halted"
+        decisions = {(s.labels["account"], s.labels["reason"]): s.value
+                     for m in d.metrics.routing_decisions.collect() for s in m.samples
+                     if s.name.endswith("_total")}
+        assert decisions == {("live", "failover"): 1, ("", "refused"): 1}
         assert o["client_order_id"] in sent(sims["live"])
         assert not sent(sims["paper"])
 

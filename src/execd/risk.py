@@ -351,6 +351,7 @@ class RiskGate:
 
         def decide(known: dict[str, Order]) -> Sequence[Order]:
             results.clear()
+            self._routed.clear()
             new: list[Order] = []
             for msg in submits:  # in order: a repeat within the batch sees the first
                 result = self._decide(msg, ctx, known)
@@ -363,7 +364,6 @@ class RiskGate:
             for msg in submits:
                 answer(msg.reply, self._no_storage())
             return []
-        self._routed.clear()
         try:
             new = await self.book.commit_new([m.spec.client_order_id for m in submits], decide,
                                              notes=self._routed)
