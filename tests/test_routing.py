@@ -73,13 +73,19 @@ def test_every_name_in_the_rules_is_checked_at_start_up(
     with pytest.raises(ConfigError, match=error) as e:
         load(path)
     assert "\n" not in str(e.value)
+    path.write_text('[routing]\ndefault = ["paper"]\nmax_queue_s = 0\n'
+                    '[accounts.paper]\nbroker = "sim"\n')
+    with pytest.raises(ConfigError, match=r"routing\.max_queue_s must be above 0"):
+        load(path)
 
 
 def test_rules_load_from_the_config(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    path.write_text('[routing]\ndefault = ["paper"]\n[[routing.rules]]\nsymbols = ["SPY"]\n'
+    path.write_text('[routing]\ndefault = ["paper"]\nmax_queue_s = 2.5\n'
+                    '[[routing.rules]]\nsymbols = ["SPY"]\n'
                     'accounts = ["live", "paper"]\npolicy = "first"\n'
                     '[accounts.paper]\nbroker = "sim"\n[accounts.live]\nbroker = "sim"\n')
+    assert load(path).routing.max_queue_s == 2.5
     rules = load(path).routing.rules
     assert rules == (Rule(accounts=("live", "paper"), symbols=("SPY",), name="rules[0]"),)
 
@@ -287,3 +293,22 @@ async def test_a_retried_submit_is_its_order_wherever_routing_would_send_it_now(
         assert again["account"] == "paper"
         assert again["client_order_id"] == "once-1"
         assert "once-1" not in sent(sims["live"])
+
+
+async def test_failover_past_an_account_whose_queue_is_too_long(
+        tmp_path: Path, sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paper's broker cuts its rate limit to one request in 30 s (429s: its window must
+    pass before anything goes): a new order would wait there longer than
+    routing.max_queue_s."""
+    async with running(routed(tmp_path, sims, monkeypatch)) as (d, c):
+        sims["paper"].set_rate_limit(1, 30.0)  # one request each 30 s
+
+        async def queued() -> bool:
+            return d.accounts["paper"].limiter.statistics().held_for > 5
+
+        await eventually(queued)
+        o = await c.submit(**AAPL, wait="accepted")
+        assert o["account"] == "live"
+        detail = await routed_event(c, o["client_order_id"])
+        assert "paper: queue " in detail, detail
+        assert "s > routing.max_queue_s 5 s; live: chosen" in detail, detail

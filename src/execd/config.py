@@ -112,6 +112,7 @@ class RoutingConfig:
     default: tuple[str, ...] = ()
     # [[routing.rules]], first match wins (domain/routing.py); parsed in `load`
     rules: tuple[Rule, ...] = field(default=(), metadata={"config": False})
+    max_queue_s: float = 5.0  # an account where a new order would wait longer: skipped
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -307,6 +308,8 @@ def load(path: Path | None) -> Config:
             config.routing, rules=parse_rules(rules, config.accounts)))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if config.routing.max_queue_s <= 0:
+        raise ConfigError("routing.max_queue_s must be above 0 (seconds)")
     try:
         int(config.daemon.socket_mode, 8)
     except ValueError:

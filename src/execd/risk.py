@@ -75,6 +75,7 @@ class AccountGate:
     refuses: Callable[[OrderSpec], str | None] | None = None
     # why its broker is failing now, known without a network call (routing skips it)
     failing: Callable[[], str | None] | None = None
+    queue_s: Callable[[], float] | None = None  # how long a new order would queue there
 
 
 class RiskGate:
@@ -84,7 +85,7 @@ class RiskGate:
         storage: Storage | None = None, halts: HaltGate | None = None,
         accounts: Mapping[str, AccountGate] | None = None,
         default_account: str = DEFAULT_ACCOUNT, rules: Sequence[Rule] = (),
-        default_accounts: Sequence[str] = (),
+        default_accounts: Sequence[str] = (), max_queue_s: float = 5.0,
     ) -> None:
         # every account by name (one alone: `recovery` and `halts` are its own); an order
         # that names none goes to `default_account` ([routing] default)
@@ -92,6 +93,7 @@ class RiskGate:
         self.default_account = default_account
         self.rules = tuple(rules)  # [[routing.rules]]; none match: `default_accounts`
         self.default_accounts = tuple(default_accounts) or (default_account,)
+        self.max_queue_s = max_queue_s  # a longer wait at an account: routing skips it
         self._routed: dict[str, str] = {}  # this batch's ROUTED details (JSON) by order
         self._closing: set[str] = set()  # accepted closing orders, not yet handed on
         self.storage = storage
@@ -486,6 +488,9 @@ class RiskGate:
             failing = None if gate.failing is None else gate.failing()
             if failing is not None:
                 return f"broker failing: {failing}"
+            waits = 0.0 if gate.queue_s is None else gate.queue_s()
+            if waits > self.max_queue_s:
+                return f"queue {waits:.1f} s > routing.max_queue_s {self.max_queue_s:g} s"
             refused = None if gate.refuses is None else gate.refuses(spec)
             if refused is not None:
                 return f"cannot take it: {refused}"
@@ -513,12 +518,13 @@ async def run(
     default_account: str = DEFAULT_ACCOUNT,
     rules: Sequence[Rule] = (),
     default_accounts: Sequence[str] = (),
+    max_queue_s: float = 5.0,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     gate = RiskGate(submitter=submitter, book=book, limits=limits, clock=clock,
                     recovery=recovery, storage=storage, halts=halts, accounts=accounts,
                     default_account=default_account, rules=rules,
-                    default_accounts=default_accounts)
+                    default_accounts=default_accounts, max_queue_s=max_queue_s)
     # Orders committed by a predecessor that crashed before handing them on: the
     # submitter picks every PENDING order up when it starts, and sweeps for orphans.
     # Started before the context is built: the snapshot waits behind the book's writes,
