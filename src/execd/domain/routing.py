@@ -132,7 +132,7 @@ class Decision:
 
     @property
     def reason(self) -> str:
-        """The metric's label: "chosen" first time, else the first skip's kind."""
+        """The metric's label: `preferred` (its first account), `failover` or `refused`."""
         if self.account is None:
             return "refused"
         first = self.candidates[0]
