@@ -102,10 +102,10 @@ def hold_commits(r: Rig, monkeypatch: pytest.MonkeyPatch) -> tuple[anyio.Event, 
     entered, release = anyio.Event(), anyio.Event()
     commit = r.store.commit_new
 
-    async def held(ids: Any, decide: Any) -> Any:
+    async def held(ids: Any, decide: Any, **kw: Any) -> Any:
         entered.set()
         await release.wait()
-        return await commit(ids, decide)
+        return await commit(ids, decide, **kw)
 
     monkeypatch.setattr(r.store, "commit_new", held)
     return entered, release

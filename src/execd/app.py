@@ -35,7 +35,7 @@ from execd.broker.alpaca_stream import stream_url_from
 from execd.broker.base import BrokerClient
 from execd.broker.ib import IBClient
 from execd.clock import Clock, SystemClock, within
-from execd.config import Config, ConfigError, Credentials, distinct_keys
+from execd.config import IB_BROKERS, Config, ConfigError, Credentials, distinct_keys
 from execd.deadman import DeadMan
 from execd.domain.risk import TradingState
 from execd.events import EventHub
@@ -48,6 +48,7 @@ from execd.obs import http, logging
 from execd.obs.metrics import Metrics
 from execd.recovery import Recovery
 from execd.risk import AccountGate
+from execd.routing import queue_wait
 from execd.sim import SimServer
 from execd.storage import Storage
 from execd.store import Store, StoreError
@@ -211,7 +212,9 @@ async def open_daemon(
             core.append(ChildSpec(name="dispatch", start=lambda task_status: dispatch.run(
                 sub_recv.clone(), {n: o.clone() for n, o in outboxes.items()}, book=book,
                 default=main.name, task_status=task_status)))
-        gates = {name: AccountGate(a.recovery, a.halts, a.refuses)
+        gates = {name: AccountGate(a.recovery, a.halts, a.refuses, a.health.failing,
+                                   partial(queue_wait, a.limiter, 1.0 if a.config.broker
+                                           in IB_BROKERS else a.config.window_seconds))
                  for name, a in accounts.items()}
         specs = [
             *core,
@@ -222,7 +225,9 @@ async def open_daemon(
             ChildSpec(name="risk", start=lambda task_status: risk.run(
                 risk_recv.clone(), sub_send.clone(), book=book, limits=config.risk.limits(),
                 clock=clock, storage=storage, accounts=gates,
-                default_account=config.default_accounts[0], task_status=task_status)),
+                default_account=config.default_accounts[0], rules=config.routing.rules,
+                default_accounts=config.default_accounts,
+                max_queue_s=config.routing.max_queue_s, task_status=task_status)),
             *streams,
             ChildSpec(name="intake", start=lambda task_status: intake.run(
                 listener=listener, services=services, task_status=task_status)),

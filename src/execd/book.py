@@ -8,7 +8,7 @@ logged, counted and published the same way.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -178,11 +178,12 @@ class OrderBook:
     async def commit_new(
         self, client_order_ids: Collection[str],
         decide: Callable[[dict[str, Order]], Sequence[Order]],
+        notes: Mapping[str, str] | None = None,
     ) -> Sequence[Order]:
         """New PENDING orders, decided and committed in one hop (see Store.commit_new).
         Shielded: once the commit is on its way, what is committed is also recorded."""
         with anyio.CancelScope(shield=True):
-            new = await self.store.commit_new(client_order_ids, decide)
+            new = await self.store.commit_new(client_order_ids, decide, notes=notes)
             for o in new:
                 self.open[o.client_order_id] = o
                 self.metrics.orders.labels(o.state.value).inc()

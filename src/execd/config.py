@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 
 from execd.domain.orders import DEFAULT_ACCOUNT
 from execd.domain.risk import RiskLimits
+from execd.domain.routing import Rule, parse_rules
 from execd.sim.settings import SimConfig
 from execd.supervisor import Intensity
 
@@ -109,6 +110,9 @@ class AccountConfig(BrokerSettings):
 class RoutingConfig:
     # where an order that names no account goes: its first account (rules: issue 34)
     default: tuple[str, ...] = ()
+    # [[routing.rules]], first match wins (domain/routing.py); parsed in `load`
+    rules: tuple[Rule, ...] = field(default=(), metadata={"config": False})
+    max_queue_s: float = 5.0  # an account where a new order would wait longer: skipped
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,6 +290,10 @@ def load(path: Path | None) -> Config:
         raise ConfigError(f"{path}: {e}") from None
     raw = dict(raw)
     tables = raw.pop("accounts", None)
+    rules = None  # [[routing.rules]]: a list of tables, checked once accounts are known
+    if isinstance(raw.get("routing"), dict) and "rules" in raw["routing"]:
+        raw["routing"] = dict(raw["routing"])
+        rules = raw["routing"].pop("rules")
     if tables is not None and "broker" in raw:
         raise ConfigError("[broker] and [accounts] together: use one (a [broker] config is "
                           'one account named "default")')
@@ -295,6 +303,13 @@ def load(path: Path | None) -> Config:
     if tables is not None:
         config = replace(config, account_tables=_accounts(tables, raw.get("sim", {})))
     _check_accounts(config)
+    try:
+        config = replace(config, routing=replace(
+            config.routing, rules=parse_rules(rules, config.accounts)))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.routing.max_queue_s <= 0:
+        raise ConfigError("routing.max_queue_s must be above 0 (seconds)")
     try:
         int(config.daemon.socket_mode, 8)
     except ValueError:

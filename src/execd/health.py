@@ -21,6 +21,7 @@ class Health:
     last_reconcile_result: str | None = None
     broker_orders_unknown: int = 0  # open at the broker, not placed by execd
     submits_in_flight: int = 0  # orders the submitter is taking to the broker now
+    broker_failures: int = 0  # the submitter's run of failed attempts (0: its last went)
     # The trade_updates stream: disabled | connecting | resyncing | healthy | down |
     # auth_failed | stopped. Trusted only once the resync after a (re)connect completed.
     stream_state: str = "disabled"
@@ -91,6 +92,15 @@ class Health:
                 "for_s": None if self.stream_since is None else round(
                     max(0.0, now - self.stream_since), 1),
                 "last_event_age_s": None if last is None else round(max(0.0, now - last), 3)}
+
+    def failing(self) -> str | None:
+        """Why this account's broker is failing now, or None: what routing skips it for
+        (issue 34), known without a network call."""
+        if self.broker_failures:
+            return f"{self.broker_failures} failed attempt(s) in a row"
+        if self.last_poll_error is not None and self.stream_state in ("down", "auth_failed"):
+            return f"stream {self.stream_state} and poll failing ({self.last_poll_error})"
+        return None
 
     def poll_completed(self, started: float, ended: float) -> None:
         self.last_poll_started, self.last_poll = started, ended

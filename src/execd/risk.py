@@ -11,6 +11,7 @@ once its order is committed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import assert_never
@@ -24,6 +25,7 @@ from execd.clock import Clock
 from execd.domain import risk
 from execd.domain.orders import DEFAULT_ACCOUNT, Order, OrderSpec, OrderState
 from execd.domain.risk import RiskContext, RiskLimits, TradingState, TradingStatus
+from execd.domain.routing import Decision, Rule, choose, rule_for, where_shares_are
 from execd.events import TradingEvent
 from execd.halts import HaltGate, effective_state
 from execd.messages import (
@@ -71,6 +73,9 @@ class AccountGate:
     halts: HaltGate | None = None  # the submitter's: it holds what a halt must stop
     # what its broker cannot take as we would send it (e.g. notional at IB): the reason
     refuses: Callable[[OrderSpec], str | None] | None = None
+    # why its broker is failing now, known without a network call (routing skips it)
+    failing: Callable[[], str | None] | None = None
+    queue_s: Callable[[], float] | None = None  # how long a new order would queue there
 
 
 class RiskGate:
@@ -79,12 +84,17 @@ class RiskGate:
         limits: RiskLimits, clock: Clock, recovery: Recovery | None = None,
         storage: Storage | None = None, halts: HaltGate | None = None,
         accounts: Mapping[str, AccountGate] | None = None,
-        default_account: str = DEFAULT_ACCOUNT,
+        default_account: str = DEFAULT_ACCOUNT, rules: Sequence[Rule] = (),
+        default_accounts: Sequence[str] = (), max_queue_s: float = 5.0,
     ) -> None:
         # every account by name (one alone: `recovery` and `halts` are its own); an order
         # that names none goes to `default_account` ([routing] default)
         self.accounts = dict(accounts or {default_account: AccountGate(recovery, halts)})
         self.default_account = default_account
+        self.rules = tuple(rules)  # [[routing.rules]]; none match: `default_accounts`
+        self.default_accounts = tuple(default_accounts) or (default_account,)
+        self.max_queue_s = max_queue_s  # a longer wait at an account: routing skips it
+        self._routed: dict[str, str] = {}  # this batch's ROUTED details (JSON) by order
         self._closing: set[str] = set()  # accepted closing orders, not yet handed on
         self.storage = storage
         # held in memory while writes fail (and in `storage`, beyond this actor's life)
@@ -343,6 +353,7 @@ class RiskGate:
 
         def decide(known: dict[str, Order]) -> Sequence[Order]:
             results.clear()
+            self._routed.clear()
             new: list[Order] = []
             for msg in submits:  # in order: a repeat within the batch sees the first
                 result = self._decide(msg, ctx, known)
@@ -356,7 +367,8 @@ class RiskGate:
                 answer(msg.reply, self._no_storage())
             return []
         try:
-            new = await self.book.commit_new([m.spec.client_order_id for m in submits], decide)
+            new = await self.book.commit_new([m.spec.client_order_id for m in submits], decide,
+                                             notes=self._routed)
         except StorageUnavailable as e:  # nothing was committed: nobody hears "accepted"
             if self.storage is not None:
                 self.storage.failed(e)
@@ -384,8 +396,18 @@ class RiskGate:
 
     def _decide(self, msg: SubmitOrder, ctx: RiskContext, known: dict[str, Order]) -> SubmitResult:
         spec, metrics = msg.spec, self.metrics
-        if spec.account is None:  # routed before anything is compared or committed
-            spec = replace(spec, account=self.default_account)
+        decision: Decision | None = None
+        retried = known.get(spec.client_order_id)
+        if spec.account is None and len(self.accounts) == 1:
+            spec = replace(spec, account=next(iter(self.accounts)))
+        elif spec.account is None and retried is not None:
+            # a retry of a routed order is that order, wherever routing would send it now
+            spec = replace(spec, account=retried.spec.account)
+        elif spec.account is None:  # routed before anything is compared or committed
+            decision = self._route(msg, ctx)
+            if decision.account is None:
+                return self._unrouted(decision)
+            spec = replace(spec, account=decision.account)
         elif spec.account not in self.accounts:
             metrics.submits.labels("denied").inc()
             return OrderDenied(code="invalid_request", reason=(
@@ -430,8 +452,56 @@ class RiskGate:
                       owner_uid=msg.owner_uid, closing=msg.closing)
         ctx.admit(order)
         known[spec.client_order_id] = order
+        if decision is not None:  # on the record in the commit's own transaction
+            self._routed[spec.client_order_id] = json.dumps(decision.record())
+            metrics.routing_decisions.labels(decision.rule, spec.account or "",
+                                             decision.reason).inc()
         metrics.submits.labels("accepted").inc()
         return OrderAccepted(order=order)
+
+    def _unrouted(self, decision: Decision) -> OrderDenied:
+        """No account can take it: every one halted is `trading_halted` as with one
+        account, every one starting up is `recovering`; otherwise `no_route`."""
+        kinds = {(why or "").split(":")[0] for _, why in decision.candidates}
+        if kinds == {"recovering"}:
+            self.metrics.submits.labels("recovering").inc()
+            return OrderDenied(code="recovering", retry_after_s=RECOVERING_RETRY_S,
+                               reason=decision.refusal())
+        self.metrics.submits.labels("denied").inc()
+        return OrderDenied(code="trading_halted" if kinds == {"halted"} else "no_route",
+                           reason=decision.refusal())
+
+    def _route(self, msg: SubmitOrder, ctx: RiskContext) -> Decision:
+        """Which account an order that names none goes to: its rule's accounts in order,
+        each skipped for what is known here without a network call (issue 34)."""
+        spec = msg.spec
+
+        def why_not(name: str) -> str | None:
+            gate = self.accounts.get(name)
+            if gate is None:
+                return "not configured"
+            if gate.recovery is not None and not gate.recovery.done:
+                return "recovering"
+            held = ctx.accounts.get(name)
+            if held is not None and not msg.closing:
+                return f"halted: {held.reason or 'no reason given'}"
+            failing = None if gate.failing is None else gate.failing()
+            if failing is not None:
+                return f"broker failing: {failing}"
+            waits = 0.0 if gate.queue_s is None else gate.queue_s()
+            if waits > self.max_queue_s:
+                return f"queue {waits:.1f} s > routing.max_queue_s {self.max_queue_s:g} s"
+            refused = None if gate.refuses is None else gate.refuses(spec)
+            if refused is not None:
+                return f"cannot take it: {refused}"
+            return where_shares_are(ctx.books, spec, name)
+
+        decision = choose(rule_for(self.rules, self.default_accounts, spec), why_not)
+        if decision.account is None:
+            self.metrics.routing_decisions.labels(decision.rule, "", "refused").inc()
+            log.info("order not routed", client_order_id=spec.client_order_id,
+                     strategy_id=spec.strategy_id, reason=decision.refusal())
+        return decision
 
 
 async def run(
@@ -446,11 +516,15 @@ async def run(
     halts: HaltGate | None = None,
     accounts: Mapping[str, AccountGate] | None = None,
     default_account: str = DEFAULT_ACCOUNT,
+    rules: Sequence[Rule] = (),
+    default_accounts: Sequence[str] = (),
+    max_queue_s: float = 5.0,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     gate = RiskGate(submitter=submitter, book=book, limits=limits, clock=clock,
                     recovery=recovery, storage=storage, halts=halts, accounts=accounts,
-                    default_account=default_account)
+                    default_account=default_account, rules=rules,
+                    default_accounts=default_accounts, max_queue_s=max_queue_s)
     # Orders committed by a predecessor that crashed before handing them on: the
     # submitter picks every PENDING order up when it starts, and sweeps for orphans.
     # Started before the context is built: the snapshot waits behind the book's writes,

@@ -256,11 +256,12 @@ class Submitter:
 
     # ------------------------------------------------------------ broker health
     def _ok(self) -> None:
-        self._failures = 0
+        self._failures = self.health.broker_failures = 0
         self._halted = False
 
     async def _failed(self, e: BrokerError) -> None:
         self._failures += 1
+        self.health.broker_failures = self._failures  # routing skips this account meanwhile
         if self._failures >= self.failures_before_halt and not self._halted:
             self._halted = True
             reason = f"broker_failures: {self._failures} failed attempts in a row ({e})"

@@ -98,6 +98,11 @@ class Recovering(ExecdError):
         return float(v) if isinstance(v, int | float) else None
 
 
+class NoRoute(ExecdError):
+    """(submit, no `account`) none of its rule's accounts can take the order; the
+    message names each and why (issue 34)."""
+
+
 class StorageUnavailable(ExecdError):
     """The daemon cannot write to its disk; new orders are refused."""
 
@@ -138,6 +143,7 @@ BY_CODE: dict[str, type[ExecdError]] = {
     "overloaded": Overloaded,
     "recovering": Recovering,
     "storage_unavailable": StorageUnavailable,
+    "no_route": NoRoute,
     "internal": InternalError,
     "idle": IdleClosed,
     "connection_lost": ConnectionLost,

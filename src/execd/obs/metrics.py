@@ -103,6 +103,11 @@ class Metrics:
         self.rejections = Counter(
             "execd_rejections_total", "Refused orders by reason", ["reason"], registry=r
         )
+        self.routing_decisions = Counter(  # issue 34: reason preferred | failover | refused
+            "execd_routing_decisions_total", "Routing decisions for orders that name no "
+            "account, by rule, chosen account and reason", ["rule", "account", "reason"],
+            registry=r,
+        )
         self.ack_latency = Histogram(
             "execd_order_ack_seconds", "Submit request to answer, by wait mode", ["wait"],
             buckets=LATENCY_BUCKETS, registry=r,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -544,16 +544,22 @@ class Store:
     async def commit_new(
         self, client_order_ids: Collection[str],
         decide: Callable[[dict[str, Order]], Sequence[Order]],
+        notes: Mapping[str, str] | None = None,
     ) -> Sequence[Order]:
         """The risk gate's batch in one hop and one transaction: read which of these
         client_order_ids we already hold, let `decide` (pure, run inside the transaction
-        while its caller waits) say which new orders to record, record them, commit."""
+        while its caller waits) say which new orders to record, record them, commit.
+        `notes`: filled by `decide`, a ROUTED event's detail by client_order_id."""
         ids = list(client_order_ids)
 
         def tx(conn: sqlite3.Connection) -> Sequence[Order]:
             new = decide(_in(conn, ids))
             if new:
                 _insert(conn, new)
+                routed = [(o.client_order_id, "ROUTED", o.state.value, plain(o.filled_qty),
+                           notes[o.client_order_id], o.created_at)
+                          for o in new if notes and o.client_order_id in notes]
+                conn.executemany(_INSERT_EVENT, routed)
             return new
 
         return await self._transaction(tx)

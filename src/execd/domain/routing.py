@@ -1,0 +1,151 @@
+"""Routing (issue 34): which account an order that names none goes to.
+
+Pure: the rules as the config states them, which one an order matches (first match
+wins), and the choice among its accounts given why each one cannot take it (the risk
+gate says why, from what it knows without a network call). The choice is made before
+the order is committed; once committed it stays at its account.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from fnmatch import fnmatchcase
+
+from execd.domain.orders import OrderSpec
+from execd.domain.risk import Exposure
+
+POLICIES = ("first",)  # "best_price" is not built yet: refused at start-up
+DEFAULT_RULE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One `[[routing.rules]]` table; empty globs match anything."""
+
+    accounts: tuple[str, ...]
+    strategies: tuple[str, ...] = ()
+    symbols: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    policy: str = "first"
+    name: str = DEFAULT_RULE  # "rules[N]" as the record names it
+
+    def matches(self, spec: OrderSpec) -> bool:
+        return all(not globs or any(fnmatchcase(value, g) for g in globs) for value, globs in (
+            (spec.strategy_id, self.strategies), (spec.symbol, self.symbols),
+            (spec.type, self.types)))
+
+
+def _globs(raw: object, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(g, str) and g for g in raw):
+        raise ValueError(f"{where} must be a list of non-empty strings (globs)")
+    for g in raw:  # fnmatch takes anything: an unclosed [ would silently match literally
+        if g.count("[") != g.count("]"):
+            raise ValueError(f"{where}: bad glob {g!r} (unbalanced [ ])")
+    return tuple(raw)
+
+
+def parse_rules(raw: object, accounts: Collection[str]) -> tuple[Rule, ...]:
+    """`[[routing.rules]]` checked against the accounts; ValueError: one line."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+        raise ValueError("routing.rules must be [[routing.rules]] tables")
+    rules = []
+    known = ", ".join(accounts)
+    for i, table in enumerate(raw):
+        where = f"routing.rules[{i}]"
+        unknown = set(table) - {"strategies", "symbols", "types", "accounts", "policy"}
+        if unknown:
+            raise ValueError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
+        names = _globs(table.get("accounts"), f"{where}.accounts")
+        if not names:
+            raise ValueError(f"{where}.accounts must name at least one account; accounts: "
+                             f"{known}")
+        bad = [n for n in names if n not in accounts]
+        if bad:
+            raise ValueError(f"{where}.accounts names unknown account(s) {', '.join(bad)}; "
+                             f"accounts: {known}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{where}.accounts names an account twice")
+        policy = table.get("policy", "first")
+        if policy not in POLICIES:
+            raise ValueError(f"{where}.policy must be one of: {', '.join(POLICIES)} "
+                             "(best_price is not built yet)")
+        rules.append(Rule(accounts=names, strategies=_globs(table.get("strategies"),
+                                                             f"{where}.strategies"),
+                          symbols=_globs(table.get("symbols"), f"{where}.symbols"),
+                          types=_globs(table.get("types"), f"{where}.types"),
+                          policy=policy, name=f"rules[{i}]"))
+    return tuple(rules)
+
+
+def rule_for(rules: Sequence[Rule], default: Sequence[str], spec: OrderSpec) -> Rule:
+    """The first rule the order matches; none: the default accounts."""
+    for r in rules:
+        if r.matches(spec):
+            return r
+    return Rule(accounts=tuple(default))
+
+
+def where_shares_are(books: Mapping[tuple[str, str, str], Exposure], spec: OrderSpec,
+                     account: str) -> str | None:
+    """A sell that reduces the strategy's long (over every account) goes only where its
+    book is long, a buy that covers its short only where it is short: why not here."""
+    total = sum((b.position for (_, sid, sym), b in books.items()
+                 if (sid, sym) == (spec.strategy_id, spec.symbol)), Decimal(0))
+    here = books.get((account, spec.strategy_id, spec.symbol))
+    mine = here.position if here is not None else Decimal(0)
+    if spec.side == "sell" and total > 0 and mine <= 0:
+        return f"holds no {spec.symbol} of {spec.strategy_id} (a sell goes where the shares are)"
+    if spec.side == "buy" and total < 0 and mine >= 0:
+        return f"no {spec.symbol} short of {spec.strategy_id} (a cover goes where the short is)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The record of one routing decision: the chosen account (None: refused), the rule,
+    and each candidate in preference order with why it was skipped (None: chosen, or
+    not reached)."""
+
+    account: str | None
+    rule: str
+    candidates: tuple[tuple[str, str | None], ...]
+
+    def candidates_line(self) -> str:
+        return "; ".join(f"{name}: {why or ('chosen' if name == self.account else 'not tried')}"
+                         for name, why in self.candidates)
+
+    def record(self) -> dict[str, str]:
+        """The ROUTED event's detail in the order's history."""
+        return {"account": self.account or "", "rule": self.rule,
+                "candidates": self.candidates_line()}
+
+    def refusal(self) -> str:
+        """One line for the refused submit: each account and why."""
+        shown = "; ".join(f"{name}: {why}" for name, why in self.candidates)
+        return f"no account can take this order ({self.rule}: {shown})"
+
+    @property
+    def reason(self) -> str:
+        """The metric's label: `preferred` (its first account), `failover` or `refused`."""
+        if self.account is None:
+            return "refused"
+        first = self.candidates[0]
+        return "preferred" if first[0] == self.account else "failover"
+
+
+def choose(rule: Rule, why_not: Callable[[str], str | None]) -> Decision:
+    """The first of the rule's accounts that can take the order ("first" policy)."""
+    seen: list[tuple[str, str | None]] = []
+    for name in rule.accounts:
+        why = why_not(name)
+        seen.append((name, why))
+        if why is None:
+            seen.extend((rest, None) for rest in rule.accounts[len(seen):])
+            return Decision(account=name, rule=rule.name, candidates=tuple(seen))
+    return Decision(account=None, rule=rule.name, candidates=tuple(seen))
