@@ -16,6 +16,8 @@ from typing import Any, get_type_hints
 
 from execd.domain.orders import DEFAULT_ACCOUNT
 from execd.domain.risk import RiskLimits
+from execd.gateway.settings import GatewayConfig, GatewaySettingsError
+from execd.gateway.settings import parse as parse_gateway
 from execd.sim.settings import SimConfig
 from execd.supervisor import Intensity
 
@@ -193,6 +195,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    # [gateway] and [gateway.keys.NAME]: read by gateway/settings.py (tables of tables)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig, metadata={"config": False})
     # [accounts.NAME] tables, in the file's order; a [broker] config: one, "default"
     # (built by `load`, or by `with_accounts` for a Config made in code)
     account_tables: tuple[AccountConfig, ...] = field(default=(), metadata={"config": False})
@@ -286,6 +290,7 @@ def load(path: Path | None) -> Config:
         raise ConfigError(f"{path}: {e}") from None
     raw = dict(raw)
     tables = raw.pop("accounts", None)
+    gateway = raw.pop("gateway", None)
     if tables is not None and "broker" in raw:
         raise ConfigError("[broker] and [accounts] together: use one (a [broker] config is "
                           'one account named "default")')
@@ -294,6 +299,11 @@ def load(path: Path | None) -> Config:
         raise ConfigError('broker.mode must be "sim" or "alpaca"')
     if tables is not None:
         config = replace(config, account_tables=_accounts(tables, raw.get("sim", {})))
+    if gateway is not None:
+        try:
+            config = replace(config, gateway=parse_gateway(gateway, path.resolve().parent))
+        except GatewaySettingsError as e:
+            raise ConfigError(str(e)) from None
     _check_accounts(config)
     try:
         int(config.daemon.socket_mode, 8)

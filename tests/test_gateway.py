@@ -1,0 +1,262 @@
+"""The Alpaca gateway (issue 35): unchanged alpaca-py against execd in front of the
+simulator. alpaca-py is blocking: it runs in a worker thread while the daemon runs on
+the test's event loop (both anyio backends)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import anyio
+import pytest
+from alpaca.common.exceptions import APIError
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderClass, OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
+from alpaca.trading.models import Order, Position
+from alpaca.trading.requests import (
+    CancelOrderResponse,
+    GetOrdersRequest,
+    LimitOrderRequest,
+    MarketOrderRequest,
+    OrderRequest,
+    StopLossRequest,
+    TakeProfitRequest,
+)
+
+from execd.app import Daemon
+from execd.config import ConfigError, load
+from execd.gateway.settings import GatewayKey
+from execd.sim import SimServer
+from tests.conftest import OpenDaemon, eventually
+
+T = TypeVar("T")
+SECRETS = {"alpha": "alpha-secret-0123456789", "beta": "beta-secret-0123456789",
+           "boss": "boss-secret-0123456789"}
+
+
+def _key(name: str, strategy: str, admin: bool = False) -> GatewayKey:
+    return GatewayKey(name=name, key_id=f"KEY{name.upper()}00000",
+                      secret_sha256=hashlib.sha256(SECRETS[name].encode()).digest(),
+                      strategy_id=strategy, admin=admin)
+
+
+GATEWAY = {"listen": "127.0.0.1:0",
+           "keys": (_key("alpha", "alpha"), _key("beta", "beta"), _key("boss", "ops", True))}
+
+
+def client(d: Daemon, name: str, secret: str | None = None) -> Api:
+    return Api(TradingClient(f"KEY{name.upper()}00000", secret or SECRETS[name], paper=True,
+                             url_override=f"http://127.0.0.1:{d.gateway_port}"))
+
+
+async def call(fn: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+class Api:
+    """alpaca-py's TradingClient, unchanged, called from a worker thread; its answers
+    typed (it declares every answer as its model or raw data)."""
+
+    def __init__(self, c: TradingClient) -> None:
+        self.c = c
+
+    async def submit(self, req: OrderRequest) -> Order:
+        return _is(Order, await call(self.c.submit_order, req))
+
+    async def get(self, oid: UUID | str) -> Order:
+        return _is(Order, await call(self.c.get_order_by_id, oid))
+
+    async def by_cid(self, cid: str) -> Order:
+        return _is(Order, await call(self.c.get_order_by_client_id, cid))
+
+    async def orders(self, req: GetOrdersRequest | None = None) -> list[Order]:
+        return [_is(Order, o) for o in await call(self.c.get_orders, req)]
+
+    async def cancel(self, oid: UUID) -> None:
+        await call(self.c.cancel_order_by_id, oid)
+
+    async def cancel_all(self) -> list[CancelOrderResponse]:
+        return [_is(CancelOrderResponse, r) for r in await call(self.c.cancel_orders)]
+
+    async def positions(self) -> list[Position]:
+        return [_is(Position, p) for p in await call(self.c.get_all_positions)]
+
+    async def position(self, symbol: str) -> Position:
+        return _is(Position, await call(self.c.get_open_position, symbol))
+
+    async def close(self, symbol: str) -> Order:
+        return _is(Order, await call(self.c.close_position, symbol))
+
+
+def _is(kind: type[T], x: object) -> T:
+    assert isinstance(x, kind), x
+    return x
+
+
+async def test_alpaca_py_submits_reads_lists_and_cancels_through_the_gateway(
+        daemon_factory: OpenDaemon, sim: SimServer) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d:
+        a = client(d, "alpha")
+        px = sim.engine.price("AAPL")
+        bought = await a.submit(MarketOrderRequest(
+            symbol="AAPL", qty=2, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
+        assert bought.status in (OrderStatus.ACCEPTED, OrderStatus.NEW, OrderStatus.FILLED)
+        assert bought.client_order_id.startswith("alpha")  # execd's format, the key's strategy
+        resting = await a.submit(LimitOrderRequest(
+            symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+            limit_price=round(float(px) * 0.5, 2), client_order_id="alpha-rest-1"))
+        assert resting.client_order_id == "alpha-rest-1"
+        assert (await a.get(resting.id)).id == resting.id
+        assert (await a.by_cid("alpha-rest-1")).id == resting.id
+
+        async def filled() -> bool:
+            return (await a.get(bought.id)).status == OrderStatus.FILLED
+
+        await eventually(filled)
+        open_ = await a.orders(GetOrdersRequest(status=QueryOrderStatus.OPEN))
+        assert [o.id for o in open_] == [resting.id]
+        every = await a.orders(GetOrdersRequest(status=QueryOrderStatus.ALL,
+                                                          symbols=["AAPL"], limit=10))
+        assert {o.id for o in every} == {bought.id, resting.id}
+        await a.cancel(resting.id)
+
+        async def cancelled() -> bool:
+            return (await a.get(resting.id)).status == OrderStatus.CANCELED
+
+        await eventually(cancelled)
+        (pos,) = await a.positions()
+        assert (pos.symbol, pos.qty) == ("AAPL", "2")
+        assert (await a.position("AAPL")).qty == "2"
+        closing = await a.close("AAPL")
+        assert closing.side == OrderSide.SELL
+        assert closing.qty == "2"
+
+        async def flat() -> bool:
+            return await a.positions() == []
+
+        await eventually(flat)
+
+
+async def test_a_bracket_answers_with_its_legs(daemon_factory: OpenDaemon,
+                                              sim: SimServer) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d:
+        a = client(d, "alpha")
+        px = float(sim.engine.price("AAPL"))
+        order = await a.submit(MarketOrderRequest(
+            symbol="AAPL", qty=3, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
+            order_class=OrderClass.BRACKET,
+            take_profit=TakeProfitRequest(limit_price=round(px + 50, 2)),
+            stop_loss=StopLossRequest(stop_price=round(px - 50, 2))))
+        assert order.order_class == OrderClass.BRACKET
+
+        async def legs() -> bool:
+            got = await a.get(order.id)
+            return got.legs is not None and len(got.legs) == 2
+
+        await eventually(legs)
+
+
+async def test_the_same_client_order_id_is_the_same_order_and_another_body_is_422(
+        daemon_factory: OpenDaemon, sim: SimServer) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d:
+        a, b = client(d, "alpha"), client(d, "beta")
+        ask = MarketOrderRequest(symbol="MSFT", qty=1, side=OrderSide.BUY,
+                                 time_in_force=TimeInForce.DAY, client_order_id="retry-1")
+        first = await a.submit(ask)
+        again = await a.submit(ask)
+        assert again.id == first.id
+        with pytest.raises(APIError) as other_body:
+            await a.submit(MarketOrderRequest(
+                symbol="MSFT", qty=2, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                client_order_id="retry-1"))
+        assert (other_body.value.status_code, other_body.value.code) == (422, 40010001)
+        with pytest.raises(APIError) as other_key:
+            await b.submit(ask)
+        assert (other_key.value.status_code, other_key.value.code) == (422, 40010001)
+
+        async def sent_once() -> bool:
+            return [o.client_order_id for o in sim.engine.orders.values()].count("retry-1") == 1
+
+        await eventually(sent_once)
+
+
+async def test_keys_are_scoped_apart_and_an_admin_sees_the_account(
+        daemon_factory: OpenDaemon, sim: SimServer) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d:
+        a, b, boss = client(d, "alpha"), client(d, "beta"), client(d, "boss")
+        px = float(sim.engine.price("AAPL"))
+
+        def resting(cid: str) -> LimitOrderRequest:
+            return LimitOrderRequest(
+                symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                limit_price=round(px * 0.5, 2), client_order_id=cid)
+
+        mine = await a.submit(resting("a-1"))
+        theirs = await b.submit(resting("b-1"))
+        with pytest.raises(APIError) as hidden:
+            await a.get(theirs.id)
+        assert (hidden.value.status_code, hidden.value.code) == (404, 40410000)
+        with pytest.raises(APIError):
+            await a.cancel(theirs.id)
+        assert [o.id for o in await a.orders()] == [mine.id]
+        assert {o.id for o in await boss.orders()} == {mine.id, theirs.id}
+        answers = await a.cancel_all()
+        assert [(r.id, r.status) for r in answers] == [(mine.id, 200)]
+        assert (await b.get(theirs.id)).status != OrderStatus.CANCELED
+        await b.submit(MarketOrderRequest(
+            symbol="MSFT", qty=2, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
+
+        async def beta_holds() -> bool:
+            return [p.symbol for p in await boss.positions()] == ["MSFT"]
+
+        await eventually(beta_holds)
+        assert await a.positions() == []
+        with pytest.raises(APIError) as none:
+            await a.close("MSFT")
+        assert none.value.status_code == 404
+
+
+async def test_a_wrong_secret_or_an_unknown_key_is_401(daemon_factory: OpenDaemon) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d:
+        for c in (client(d, "alpha", secret="wrong-secret-0123456789"),
+                  Api(TradingClient("NOSUCHKEY000", "x", paper=True,
+                                    url_override=f"http://127.0.0.1:{d.gateway_port}"))):
+            with pytest.raises(APIError) as refused:
+                await c.orders()
+            assert refused.value.status_code == 401
+
+
+async def test_an_unsupported_field_is_422_naming_it(daemon_factory: OpenDaemon) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d:
+        a = client(d, "alpha")
+        with pytest.raises(APIError) as refused:
+            await a.submit(MarketOrderRequest(
+                symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                position_intent="buy_to_open"))
+        assert refused.value.status_code == 422
+        assert "position_intent" in str(refused.value)
+
+
+def test_the_config_takes_loopback_only_and_hashes_a_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "alpha.secret"
+    secret.write_text("s3cret-value\n")
+    secret.chmod(0o600)
+    path = tmp_path / "execd.toml"
+    path.write_text('[gateway]\nlisten = "127.0.0.1:9999"\n[gateway.keys.alpha]\n'
+                    'key_id = "KEYALPHA0000"\nsecret_file = "alpha.secret"\n'
+                    'strategy_id = "alpha"\n')
+    (key,) = load(path).gateway.keys
+    assert key.secret_sha256 == hashlib.sha256(b"s3cret-value").digest()
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match="0600"):
+        load(path)
+    path.write_text('[gateway]\nlisten = "0.0.0.0:8787"\n')
+    with pytest.raises(ConfigError, match="loopback"):
+        load(path)
+    path.write_text('[gateway.keys.alpha]\nkey_id = "KEYALPHA0000"\nsecret = "hunter2"\n'
+                    'strategy_id = "alpha"\n')
+    with pytest.raises(ConfigError, match="sha256"):
+        load(path)
