@@ -27,10 +27,12 @@ from alpaca.trading.requests import (
 )
 
 from execd.app import Daemon
+from execd.cli import main
 from execd.config import ConfigError, load
-from execd.gateway.settings import GatewayKey
+from execd.gateway.keys import KeyTable
+from execd.gateway.settings import GatewayConfig, GatewayKey
 from execd.sim import SimServer
-from tests.conftest import OpenDaemon, eventually
+from tests.conftest import OpenDaemon, connect, eventually
 
 T = TypeVar("T")
 SECRETS = {"alpha": "alpha-secret-0123456789", "beta": "beta-secret-0123456789",
@@ -43,8 +45,8 @@ def _key(name: str, strategy: str, admin: bool = False) -> GatewayKey:
                       strategy_id=strategy, admin=admin)
 
 
-GATEWAY = {"listen": "127.0.0.1:0",
-           "keys": (_key("alpha", "alpha"), _key("beta", "beta"), _key("boss", "ops", True))}
+GATEWAY_KEYS = (_key("alpha", "alpha"), _key("beta", "beta"), _key("boss", "ops", True))
+GATEWAY = {"listen": "127.0.0.1:0", "keys": GATEWAY_KEYS}
 
 
 def client(d: Daemon, name: str, secret: str | None = None) -> Api:
@@ -260,3 +262,34 @@ def test_the_config_takes_loopback_only_and_hashes_a_secret_file(tmp_path: Path)
                     'strategy_id = "alpha"\n')
     with pytest.raises(ConfigError, match="sha256"):
         load(path)
+
+
+def test_gateway_key_prints_lines_the_config_takes_and_the_secret_opens(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gateway-key", "alpha", "--strategy", "alpha"]) == 0
+    out = capsys.readouterr().out
+    secret = out.split("not stored anywhere): ")[1].split("\n")[0]
+    path = tmp_path / "execd.toml"
+    path.write_text(out)
+    config = load(path).gateway
+    assert secret not in out.split("[gateway.keys.alpha]")[1]  # only its SHA-256
+    (key,) = config.keys
+    assert KeyTable(config.keys).authenticate(key.key_id, secret) == key
+    assert KeyTable(config.keys).authenticate(key.key_id, secret + "x") is None
+    assert config.enabled
+    assert config.address() == ("127.0.0.1", 8787)
+
+
+def test_without_keys_the_gateway_binds_nothing() -> None:
+    assert not GatewayConfig().enabled  # the default listen, but nobody could get in
+    assert not GatewayConfig(listen="", keys=GATEWAY_KEYS).enabled
+
+
+async def test_a_halt_is_403_with_execds_reason(daemon_factory: OpenDaemon) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d, connect(d) as c:
+        await c.request("halt", reason="desk says stop", strategy_id="alpha")
+        with pytest.raises(APIError) as refused:
+            await client(d, "alpha").submit(MarketOrderRequest(
+                symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
+        assert (refused.value.status_code, refused.value.code) == (403, 40310000)
+        assert "desk says stop" in str(refused.value)

@@ -18,8 +18,8 @@ from typing import Any
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 KEY_FIELDS = frozenset({"key_id", "secret", "secret_file", "strategy_id", "account", "admin"})
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
-_STRATEGY = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # protocol.STRATEGY_ID's rule
+KEY_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+STRATEGY = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # protocol.STRATEGY_ID's rule
 _HEX = re.compile(r"sha256:([0-9a-f]{64})")
 
 
@@ -93,7 +93,7 @@ def parse(raw: Any, base_dir: Path) -> GatewayConfig:
 
 def _key(name: str, t: Any, base_dir: Path) -> GatewayKey:
     where = f"gateway.keys.{name}"
-    if not _NAME.fullmatch(name) or not isinstance(t, dict):
+    if not KEY_NAME.fullmatch(name) or not isinstance(t, dict):
         raise GatewaySettingsError(f"[{where}] must be a table named by 1-32 of A-Z a-z 0-9 _ -")
     unknown = set(t) - KEY_FIELDS
     if unknown:
@@ -102,7 +102,7 @@ def _key(name: str, t: Any, base_dir: Path) -> GatewayKey:
                                    t.get("admin", False))
     if not isinstance(key_id, str) or not 8 <= len(key_id) <= 128:
         raise GatewaySettingsError(f"{where}.key_id must be a string of 8-128 characters")
-    if not isinstance(sid, str) or not _STRATEGY.fullmatch(sid):
+    if not isinstance(sid, str) or not STRATEGY.fullmatch(sid):
         raise GatewaySettingsError(f"{where}.strategy_id must be 1-32 of A-Z a-z 0-9 _ . -")
     if account is not None and not isinstance(account, str):
         raise GatewaySettingsError(f"{where}.account must be an account's name")
