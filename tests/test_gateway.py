@@ -15,13 +15,14 @@ import pytest
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderClass, OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
-from alpaca.trading.models import Order, Position
+from alpaca.trading.models import ClosePositionResponse, Order, Position
 from alpaca.trading.requests import (
     CancelOrderResponse,
     GetOrdersRequest,
     LimitOrderRequest,
     MarketOrderRequest,
     OrderRequest,
+    ReplaceOrderRequest,
     StopLossRequest,
     TakeProfitRequest,
 )
@@ -88,6 +89,13 @@ class Api:
 
     async def position(self, symbol: str) -> Position:
         return _is(Position, await call(self.c.get_open_position, symbol))
+
+    async def replace(self, oid: UUID, req: ReplaceOrderRequest) -> Order:
+        return _is(Order, await call(self.c.replace_order_by_id, oid, req))
+
+    async def close_all(self) -> list[ClosePositionResponse]:
+        return [_is(ClosePositionResponse, r)
+                for r in await call(self.c.close_all_positions, True)]
 
     async def close(self, symbol: str) -> Order:
         return _is(Order, await call(self.c.close_position, symbol))
@@ -293,3 +301,43 @@ async def test_a_halt_is_403_with_execds_reason(daemon_factory: OpenDaemon) -> N
                 symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
         assert (refused.value.status_code, refused.value.code) == (403, 40310000)
         assert "desk says stop" in str(refused.value)
+
+
+async def test_a_replace_and_a_close_of_everything(daemon_factory: OpenDaemon,
+                                                   sim: SimServer) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d:
+        a, b = client(d, "alpha"), client(d, "beta")
+        px = float(sim.engine.price("AAPL"))
+        rest = await a.submit(LimitOrderRequest(
+            symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+            limit_price=round(px * 0.5, 2)))
+
+        async def sent() -> bool:
+            return (await a.get(rest.id)).status == OrderStatus.NEW
+
+        await eventually(sent)
+        new = await a.replace(rest.id, ReplaceOrderRequest(limit_price=round(px * 0.6, 2),
+                                                          client_order_id="alpha-new-1"))
+        assert (new.client_order_id, new.replaces) == ("alpha-new-1", rest.id)
+
+        async def replaced() -> bool:
+            return (await a.get(rest.id)).status == OrderStatus.REPLACED
+
+        await eventually(replaced)
+        await a.cancel(new.id)
+        for c in (a, b):
+            await c.submit(MarketOrderRequest(symbol="MSFT", qty=2, side=OrderSide.BUY,
+                                              time_in_force=TimeInForce.DAY))
+
+        async def both_hold() -> bool:
+            return len(await a.positions()) == 1 and len(await b.positions()) == 1
+
+        await eventually(both_hold)
+        (closed,) = await a.close_all()
+        assert (closed.symbol, closed.status) == ("MSFT", 200)
+
+        async def alpha_flat() -> bool:
+            return await a.positions() == []
+
+        await eventually(alpha_flat)
+        assert [p.qty for p in await b.positions()] == ["2"]

@@ -26,6 +26,7 @@ from execd.gateway.http import Request, Response
 from execd.gateway.keys import KeyTable
 from execd.gateway.settings import GatewayKey
 from execd.intake import exits
+from execd.intake import replace as replacing
 from execd.intake.access import Grant, Peer
 from execd.intake.requests import op_cancel, op_cancel_all
 from execd.intake.services import Services
@@ -40,6 +41,9 @@ ORDER_FIELDS = frozenset({
     "symbol", "qty", "notional", "side", "type", "time_in_force", "limit_price", "stop_price",
     "trail_price", "trail_percent", "extended_hours", "client_order_id", "order_class",
     "take_profit", "stop_loss"})
+# PATCH /v2/orders/{id}: client_order_id is the replacement's own
+REPLACE_FIELDS = frozenset({"qty", "time_in_force", "limit_price", "stop_price", "trail",
+                            "client_order_id"})
 NOT_FOUND = 40410000
 INVALID = 42210000
 FORBIDDEN = 40310000
@@ -87,6 +91,11 @@ class Routes:
         except ProtocolError as e:
             status, code = REFUSALS.get(e.code, (500, 50000000))
             return Response(status, shapes.error(code, e.message))
+        except Exception:  # a bug answers 500 (not retried), and the gateway goes on
+            log.exception("gateway request failed", key=key.name, method=req.method,
+                          path=req.path)
+            return Response(500, shapes.error(50000000, "internal error; query the order "
+                                              "by client_order_id before resending"))
 
     async def _route(self, c: KeyCaller, req: Request) -> Response:
         m, path = req.method, req.path.rstrip("/")
@@ -106,8 +115,12 @@ class Routes:
                 return Response(200, await self._shown(o, True))  # legs, as Alpaca
             if m == "DELETE":
                 return await self.cancel(c, o)
+            if m == "PATCH":
+                return await self.replace(c, o, req)
         elif path == "/v2/positions" and m == "GET":
             return Response(200, await self.positions(c))
+        elif path == "/v2/positions" and m == "DELETE":
+            return await self.close_all(c, req)
         elif (hit := re.fullmatch(r"/v2/positions/([^/]+)", path)) is not None:
             symbol = hit.group(1).upper()
             if m == "GET":
@@ -123,12 +136,7 @@ class Routes:
 
     # ------------------------------------------------------------------ orders
     async def submit(self, c: KeyCaller, req: Request) -> Response:
-        try:  # numbers kept as written: qty 1.5 is Decimal("1.5"), never a float
-            body = json.loads(req.body or b"{}", parse_float=str)
-        except ValueError:
-            raise protocol.invalid("the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise protocol.invalid("the body must be a JSON object")
+        body = _body(req)
         unknown = sorted(k for k, v in body.items() if k not in ORDER_FIELDS and v is not None)
         if unknown:
             raise protocol.invalid(f"{unknown[0]} is not supported by execd's gateway")
@@ -178,6 +186,21 @@ class Routes:
             if len(shown) == limit:
                 break
         return Response(200, shown)
+
+    async def replace(self, c: KeyCaller, o: Order, req: Request) -> Response:
+        body = _body(req)
+        unknown = sorted(k for k, v in body.items() if k not in REPLACE_FIELDS and v is not None)
+        if unknown:
+            raise protocol.invalid(f"{unknown[0]} is not supported by execd's gateway")
+        args: dict[str, Any] = {k: v for k, v in body.items()
+                                if v is not None and k != "client_order_id"}
+        if body.get("client_order_id") is not None:  # Alpaca's name for the new order's
+            args["new_client_order_id"] = body["client_order_id"]
+        args.update(client_order_id=o.client_order_id, wait="accepted")
+        answer = await replacing.op_replace(c, args)
+        new = await self.s.book.get(answer["order"]["client_order_id"])
+        assert new is not None  # placed: durable
+        return Response(200, await self._shown(new, True))
 
     async def cancel(self, c: KeyCaller, o: Order) -> Response:
         if o.state in TERMINAL_STATES:
@@ -229,6 +252,31 @@ class Routes:
         assert o is not None
         return Response(200, await self._shown(o, False))
 
+    async def close_all(self, c: KeyCaller, req: Request) -> Response:
+        """Every position of the key's book (an admin's: the account's), each closed as
+        DELETE /v2/positions/{symbol} would; 207 with one answer per symbol."""
+        if _flag(req, "cancel_orders"):
+            await self.cancel_all(c)
+        out = []
+        for p in await self.positions(c):
+            args: dict[str, Any] = {"symbol": p["symbol"], "wait": "accepted"}
+            if not c.key.admin:
+                args["strategy_id"] = c.key.strategy_id
+            if c.key.account is not None:
+                args["account"] = c.key.account
+            try:
+                answer = await exits.op_close_position(c, args)
+            except ProtocolError as e:
+                status, code = REFUSALS.get(e.code, (500, 50000000))
+                out.append({"symbol": p["symbol"], "status": status,
+                            "body": shapes.error(code, e.message)})
+                continue
+            o = await self.s.book.get(answer["order"]["client_order_id"])
+            assert o is not None
+            out.append({"symbol": p["symbol"], "status": 200, "order_id": shapes.order_id(
+                o.client_order_id), "body": await self._shown(o, False)})
+        return Response(207, out)
+
     # ----------------------------------------------------------------- look-ups
     def _mine(self, c: KeyCaller, o: Order | None) -> Order | None:
         if o is None or c.key.admin or o.spec.strategy_id == c.key.strategy_id:
@@ -265,6 +313,16 @@ class Routes:
             for leg in legs:
                 self.ids[shapes.order_id(leg.client_order_id)] = leg.client_order_id
         return shapes.order(o, legs)
+
+
+def _body(req: Request) -> dict[str, Any]:
+    try:  # numbers kept as written: qty 1.5 is Decimal("1.5"), never a float
+        body = json.loads(req.body or b"{}", parse_float=str)
+    except ValueError:
+        raise protocol.invalid("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise protocol.invalid("the body must be a JSON object")
+    return body
 
 
 def _flag(req: Request, name: str) -> bool:
