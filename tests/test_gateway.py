@@ -5,17 +5,19 @@ the test's event loop (both anyio backends)."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
+import anyio.lowlevel
 import pytest
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderClass, OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
-from alpaca.trading.models import ClosePositionResponse, Order, Position
+from alpaca.trading.models import ClosePositionResponse, Order, Position, TradeUpdate
 from alpaca.trading.requests import (
     CancelOrderResponse,
     GetOrdersRequest,
@@ -26,6 +28,7 @@ from alpaca.trading.requests import (
     StopLossRequest,
     TakeProfitRequest,
 )
+from alpaca.trading.stream import TradingStream
 
 from execd.app import Daemon
 from execd.cli import main
@@ -341,3 +344,44 @@ async def test_a_replace_and_a_close_of_everything(daemon_factory: OpenDaemon,
 
         await eventually(alpha_flat)
         assert [p.qty for p in await b.positions()] == ["2"]
+
+
+async def test_trading_stream_hears_the_keys_own_orders_only(daemon_factory: OpenDaemon) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d:
+        a, b = client(d, "alpha"), client(d, "beta")
+        heard: list[tuple[str, str]] = []
+        listening = threading.Event()
+
+        async def on_update(u: TradeUpdate) -> None:
+            heard.append((str(u.event), u.order.client_order_id))
+            listening.set()
+
+        ts = TradingStream("KEYALPHA00000", SECRETS["alpha"], paper=True,
+                           url_override=f"ws://127.0.0.1:{d.gateway_port}/stream")
+        ts.subscribe_trade_updates(on_update)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, ts.run)
+            await anyio.lowlevel.checkpoint()
+
+            async def hears(cid: str, event: str) -> bool:
+                return (event, cid) in heard
+
+            try:
+                # until the stream listens: a probe order of alpha's is heard
+                probe = 0
+                while not listening.is_set():
+                    probe += 1
+                    await a.submit(MarketOrderRequest(
+                        symbol="AAPL", qty=1, side=OrderSide.BUY,
+                        time_in_force=TimeInForce.DAY, client_order_id=f"probe-{probe}"))
+                    await call(listening.wait, 0.5)
+                for c, cid in ((b, "beta-1"), (a, "alpha-1")):
+                    await c.submit(MarketOrderRequest(
+                        symbol="MSFT", qty=1, side=OrderSide.BUY,
+                        time_in_force=TimeInForce.DAY, client_order_id=cid))
+                await eventually(lambda: hears("alpha-1", "fill"))
+                assert not [cid for _, cid in heard if cid.startswith("beta")]
+            finally:
+                await call(ts.stop)
+                await a.submit(MarketOrderRequest(  # a message: the stream sees its stop
+                    symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))

@@ -5,10 +5,11 @@ gateway serves the same listener."""
 from __future__ import annotations
 
 import anyio
-from anyio.abc import Listener, SocketAttribute, SocketStream, TaskStatus
+from anyio.abc import ByteStream, Listener, SocketAttribute, SocketStream, TaskStatus
 
 from execd.fatal import address_problem
 from execd.gateway import http
+from execd.gateway import stream as stream_mod
 from execd.gateway.keys import KeyTable
 from execd.gateway.routes import Routes
 from execd.gateway.settings import GatewayConfig
@@ -34,6 +35,11 @@ def port_of(listener: Listener[SocketStream]) -> int:
 
 async def run(*, listener: Listener[SocketStream], config: GatewayConfig, services: Services,
               task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-    routes = Routes(services, KeyTable(config.keys))
+    keys = KeyTable(config.keys)
+    routes = Routes(services, keys)
+
+    async def websocket(stream: ByteStream, raw: bytes) -> None:
+        await stream_mod.Session(stream, services, keys).run(raw)
+
     task_status.started()
-    await http.serve(listener, routes.handle)
+    await http.serve(listener, routes.handle, websocket)

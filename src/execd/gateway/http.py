@@ -38,19 +38,29 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# a websocket upgrade: the stream, and every byte read of it so far (wsproto reads the
+# handshake again itself)
+Upgrade = Callable[[ByteStream, bytes], Awaitable[None]]
 
 
-async def serve(listener: Listener[SocketStream], handler: Handler) -> None:
-    await listener.serve(lambda stream: _connection(stream, handler))
+async def serve(listener: Listener[SocketStream], handler: Handler,
+                upgrade: Upgrade | None = None) -> None:
+    await listener.serve(lambda stream: _connection(stream, handler, upgrade))
 
 
-async def _connection(stream: ByteStream, handler: Handler) -> None:
+async def _connection(stream: ByteStream, handler: Handler, upgrade: Upgrade | None) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+    raw: bytearray | None = bytearray()  # the first request's bytes (an upgrade's)
     async with stream:
         while True:
-            request = await _read_request(stream, conn)
+            request = await _read_request(stream, conn, raw)
             if request is None:
                 return
+            if raw is not None and upgrade is not None and request.headers.get(
+                    "upgrade", "").lower() == "websocket":
+                await upgrade(stream, bytes(raw))
+                return
+            raw = None
             response = await handler(request)
             await _write(stream, conn, response)
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -61,7 +71,8 @@ async def _connection(stream: ByteStream, handler: Handler) -> None:
                 return
 
 
-async def _read_request(stream: ByteStream, conn: h11.Connection) -> Request | None:
+async def _read_request(stream: ByteStream, conn: h11.Connection,
+                        raw: bytearray | None) -> Request | None:
     head: h11.Request | None = None
     body = bytearray()
     with anyio.move_on_after(IDLE):
@@ -78,6 +89,8 @@ async def _read_request(stream: ByteStream, conn: h11.Connection) -> Request | N
                 except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                     data = b""
                 conn.receive_data(data)
+                if raw is not None:
+                    raw += data
                 if not data and conn.their_state is h11.IDLE:
                     return None
                 continue

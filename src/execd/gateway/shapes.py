@@ -36,6 +36,15 @@ def order_id(client_order_id: str) -> str:
     return str(uuid.uuid5(NAMESPACE, client_order_id))
 
 
+def execution_id(client_order_id: str, filled_qty: Decimal) -> str:
+    """One fill's id: the same fill (the order's cumulative quantity) always has the same."""
+    return str(uuid.uuid5(NAMESPACE, f"{client_order_id}/{filled_qty}"))
+
+
+def time_of(t: float) -> str:
+    return _time(t) or datetime.fromtimestamp(0, UTC).isoformat().replace("+00:00", "Z")
+
+
 def _time(t: float | None) -> str | None:
     if not t:
         return None
