@@ -17,9 +17,18 @@ import pytest
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderClass, OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
-from alpaca.trading.models import ClosePositionResponse, Order, Position, TradeUpdate
+from alpaca.trading.models import (
+    Asset,
+    Clock,
+    ClosePositionResponse,
+    Order,
+    Position,
+    TradeAccount,
+    TradeUpdate,
+)
 from alpaca.trading.requests import (
     CancelOrderResponse,
+    CreateWatchlistRequest,
     GetOrdersRequest,
     LimitOrderRequest,
     MarketOrderRequest,
@@ -385,3 +394,25 @@ async def test_trading_stream_hears_the_keys_own_orders_only(daemon_factory: Ope
                 await call(ts.stop)
                 await a.submit(MarketOrderRequest(  # a message: the stream sees its stop
                     symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
+
+
+async def test_account_clock_and_assets_are_forwarded_and_cached(
+        daemon_factory: OpenDaemon, sim: SimServer) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d:
+        a = client(d, "alpha")
+
+        def asked(word: str) -> int:
+            return sum(n for (route, _), n in sim.requests.items() if word in route)
+
+        account = await call(a.c.get_account)
+        assert isinstance(account, TradeAccount)
+        assert isinstance(await call(a.c.get_clock), Clock)
+        before = asked("assets")
+        for _ in range(3):
+            asset = await call(a.c.get_asset, "AAPL")
+            assert isinstance(asset, Asset)
+            assert asset.symbol == "AAPL"
+        assert asked("assets") == before + 1  # the next two from the cache
+        with pytest.raises(APIError) as refused:  # a write execd does not own
+            await call(a.c.create_watchlist, CreateWatchlistRequest(name="w", symbols=["AAPL"]))
+        assert refused.value.status_code == 403

@@ -234,6 +234,7 @@ async def open_daemon(
             *([] if gw_listener is None else [ChildSpec(
                 name="gateway", start=lambda task_status: gateway_actor.run(
                     listener=gw_listener, config=config.gateway, services=services,
+                    accounts=accounts, default_account=config.default_accounts[0],
                     task_status=task_status))]),
             # After the intake, so it stops first: the connections a stop closes are no
             # disconnects (the sessions are stored, and wait for the next start).

@@ -4,12 +4,15 @@ gateway serves the same listener."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import anyio
 from anyio.abc import ByteStream, Listener, SocketAttribute, SocketStream, TaskStatus
 
 from execd.fatal import address_problem
 from execd.gateway import http
 from execd.gateway import stream as stream_mod
+from execd.gateway.forward import Forwarder, Upstream
 from execd.gateway.keys import KeyTable
 from execd.gateway.routes import Routes
 from execd.gateway.settings import GatewayConfig
@@ -34,9 +37,10 @@ def port_of(listener: Listener[SocketStream]) -> int:
 
 
 async def run(*, listener: Listener[SocketStream], config: GatewayConfig, services: Services,
+              accounts: Mapping[str, Upstream], default_account: str,
               task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     keys = KeyTable(config.keys)
-    routes = Routes(services, keys)
+    routes = Routes(services, keys, Forwarder(accounts, default_account, services.clock))
 
     async def websocket(stream: ByteStream, raw: bytes) -> None:
         await stream_mod.Session(stream, services, keys).run(raw)

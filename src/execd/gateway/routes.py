@@ -22,6 +22,7 @@ from execd.domain.orders import (
     OrderState,
 )
 from execd.gateway import shapes
+from execd.gateway.forward import Forwarder
 from execd.gateway.http import Request, Response
 from execd.gateway.keys import KeyTable
 from execd.gateway.settings import GatewayKey
@@ -75,9 +76,11 @@ class KeyCaller:
 
 
 class Routes:
-    def __init__(self, services: Services, keys: KeyTable) -> None:
+    def __init__(self, services: Services, keys: KeyTable,
+                 forwarder: Forwarder | None = None) -> None:
         self.s = services
         self.keys = keys
+        self.forwarder = forwarder
         self.ids: dict[str, str] = {}  # shapes.order_id -> client_order_id
 
     async def handle(self, req: Request) -> Response:
@@ -130,6 +133,9 @@ class Routes:
                 return Response(200, rows[0])
             if m == "DELETE":
                 return await self.close(c, symbol, req)
+        if m == "GET" and self.forwarder is not None and self.forwarder.serves(path):
+            answer = await self.forwarder.get(c.key.account, path, req.query)
+            return Response(answer.status, answer.body)
         return Response(404 if m == "GET" else 403, shapes.error(
             NOT_FOUND if m == "GET" else FORBIDDEN,
             f"{m} {req.path} is not served by execd's gateway (docs/gateway.md)"))
