@@ -14,6 +14,7 @@ from uuid import UUID
 import anyio
 import anyio.lowlevel
 import pytest
+import requests
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderClass, OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
@@ -416,3 +417,19 @@ async def test_account_clock_and_assets_are_forwarded_and_cached(
         with pytest.raises(APIError) as refused:  # a write execd does not own
             await call(a.c.create_watchlist, CreateWatchlistRequest(name="w", symbols=["AAPL"]))
         assert refused.value.status_code == 403
+
+
+async def test_answers_show_the_shared_budget_and_each_key_is_counted(
+        daemon_factory: OpenDaemon) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d:
+        r = await call(lambda: requests.get(
+            f"http://127.0.0.1:{d.gateway_port}/v2/orders", timeout=5,
+            headers={"APCA-API-KEY-ID": "KEYALPHA00000",
+                     "APCA-API-SECRET-KEY": SECRETS["alpha"]}))
+        assert r.status_code == 200
+        assert r.json() == []
+        assert int(r.headers["X-Ratelimit-Limit"]) == 10_000  # the tests' budget
+        assert 0 <= int(r.headers["X-Ratelimit-Remaining"]) <= 10_000
+        count = d.metrics.registry.get_sample_value(
+            "execd_gateway_requests_total", {"key": "alpha", "status": "200"})
+        assert count == 1

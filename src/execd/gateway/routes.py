@@ -8,10 +8,13 @@ A refusal because execd cannot take the order now is 503, which it does not retr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
 
 from execd import protocol
 from execd.domain.orders import (
@@ -21,6 +24,7 @@ from execd.domain.orders import (
     Order,
     OrderState,
 )
+from execd.gateway import metrics as gateway_metrics
 from execd.gateway import shapes
 from execd.gateway.forward import Forwarder
 from execd.gateway.http import Request, Response
@@ -81,6 +85,7 @@ class Routes:
         self.s = services
         self.keys = keys
         self.forwarder = forwarder
+        self.metrics = gateway_metrics.of(services.metrics.registry)
         self.ids: dict[str, str] = {}  # shapes.order_id -> client_order_id
 
     async def handle(self, req: Request) -> Response:
@@ -88,6 +93,25 @@ class Routes:
                                      req.headers.get("apca-api-secret-key"))
         if key is None:  # as Alpaca: 401 unauthorized, no word of which part was wrong
             return Response(401, shapes.error(40110000, "request is not authorized"))
+        start = anyio.current_time()
+        answer = await self._answer(key, req)
+        self.metrics.requests.labels(key.name, str(answer.status)).inc()
+        self.metrics.seconds.labels(key.name).observe(anyio.current_time() - start)
+        return dataclasses.replace(answer, headers={**answer.headers, **self._budget(key)})
+
+    def _budget(self, key: GatewayKey) -> dict[str, str]:
+        """The key's account's shared budget, as Alpaca's X-Ratelimit headers show it."""
+        up = self.forwarder.accounts.get(key.account or self.forwarder.default) \
+            if self.forwarder is not None else None
+        if up is None:
+            return {}
+        limit = up.limiter.statistics().limit
+        out = {"X-Ratelimit-Remaining": str(int(up.limiter.remaining()))}
+        if limit is not None:
+            out["X-Ratelimit-Limit"] = str(limit)
+        return out
+
+    async def _answer(self, key: GatewayKey, req: Request) -> Response:
         c = KeyCaller(self.s, Grant(allowed=True, admin=key.admin, only_owner=None), key)
         try:
             return await self._route(c, req)
