@@ -433,3 +433,22 @@ async def test_answers_show_the_shared_budget_and_each_key_is_counted(
         count = d.metrics.registry.get_sample_value(
             "execd_gateway_requests_total", {"key": "alpha", "status": "200"})
         assert count == 1
+
+
+@pytest.mark.parametrize("faults", [{"p_slow": 1.0, "slow_seconds": 3.0},
+                                    {"p_429": 1.0}, {"p_5xx": 1.0}])
+async def test_a_post_answers_once_durable_and_never_429_or_504(
+        daemon_factory: OpenDaemon, sim: SimServer, faults: dict[str, float]) -> None:
+    """The broker slow, answering 429 or 5xx: alpaca-py's POST is answered `accepted`
+    within a second (alpaca-py would resend a 429 or 504 blindly)."""
+    async with daemon_factory(gateway=GATEWAY) as d:
+        a = client(d, "alpha")
+        sim.set_faults(**faults)
+        try:
+            start = anyio.current_time()
+            order = await a.submit(MarketOrderRequest(
+                symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
+            assert anyio.current_time() - start < 1.0
+            assert order.status == OrderStatus.ACCEPTED
+        finally:
+            sim.set_faults(p_slow=0.0, p_429=0.0, p_5xx=0.0)
