@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -15,6 +17,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 import requests
+from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderClass, OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
@@ -39,10 +42,13 @@ from alpaca.trading.requests import (
     TakeProfitRequest,
 )
 from alpaca.trading.stream import TradingStream
+from anyio.abc import SocketAttribute
 
 from execd.app import Daemon
 from execd.cli import main
 from execd.config import ConfigError, load
+from execd.gateway import http
+from execd.gateway.http import Request, Response
 from execd.gateway.keys import KeyTable
 from execd.gateway.settings import GatewayConfig, GatewayKey
 from execd.sim import SimServer
@@ -144,6 +150,12 @@ async def test_alpaca_py_submits_reads_lists_and_cancels_through_the_gateway(
         every = await a.orders(GetOrdersRequest(status=QueryOrderStatus.ALL,
                                                           symbols=["AAPL"], limit=10))
         assert {o.id for o in every} == {bought.id, resting.id}
+        oldest = await a.orders(GetOrdersRequest(status=QueryOrderStatus.ALL,
+                                                 direction=Sort.ASC))
+        assert [o.id for o in oldest] == [bought.id, resting.id]
+        assert await a.orders(GetOrdersRequest(status=QueryOrderStatus.ALL,
+                                                until=bought.created_at - timedelta(
+                                                    seconds=1))) == []
         await a.cancel(resting.id)
 
         async def cancelled() -> bool:
@@ -362,8 +374,12 @@ async def test_trading_stream_hears_the_keys_own_orders_only(daemon_factory: Ope
         heard: list[tuple[str, str]] = []
         listening = threading.Event()
 
+        held: list[float | None] = []
+
         async def on_update(u: TradeUpdate) -> None:
             heard.append((str(u.event), u.order.client_order_id))
+            if u.order.client_order_id == "alpha-1" and u.event == "fill":
+                held.append(u.position_qty)
             listening.set()
 
         ts = TradingStream("KEYALPHA00000", SECRETS["alpha"], paper=True,
@@ -391,6 +407,7 @@ async def test_trading_stream_hears_the_keys_own_orders_only(daemon_factory: Ope
                         time_in_force=TimeInForce.DAY, client_order_id=cid))
                 await eventually(lambda: hears("alpha-1", "fill"))
                 assert not [cid for _, cid in heard if cid.startswith("beta")]
+                assert held == [1.0]  # alpha's MSFT book, not the account's 2
             finally:
                 await call(ts.stop)
                 await a.submit(MarketOrderRequest(  # a message: the stream sees its stop
@@ -452,3 +469,24 @@ async def test_a_post_answers_once_durable_and_never_429_or_504(
             assert order.status == OrderStatus.ACCEPTED
         finally:
             sim.set_faults(p_slow=0.0, p_429=0.0, p_5xx=0.0)
+
+
+
+async def test_past_max_connections_a_connection_is_closed_at_once() -> None:
+    async def ok(req: Request) -> Response:
+        return Response(200, {"path": req.path})
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(partial(http.serve, listener, ok, max_connections=1))
+        async with await anyio.connect_tcp("127.0.0.1", port) as first:
+            await first.send(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+            got = b""
+            while not got.endswith(b'{"path": "/a"}'):  # the head and body: two sends
+                got += await first.receive()
+            async with await anyio.connect_tcp("127.0.0.1", port) as second:
+                await second.send(b"GET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    await second.receive()
+        tg.cancel_scope.cancel()

@@ -18,6 +18,7 @@ from anyio.abc import ByteStream, Listener, SocketStream
 
 READ = 65536
 MAX_BODY = 1 << 20  # an order is a few hundred bytes
+MAX_CONNECTIONS = 256  # strategies' clients at once (each keeps one or two alive)
 IDLE = 60.0  # seconds a kept-alive connection may wait for its next request
 
 
@@ -44,8 +45,22 @@ Upgrade = Callable[[ByteStream, bytes], Awaitable[None]]
 
 
 async def serve(listener: Listener[SocketStream], handler: Handler,
-                upgrade: Upgrade | None = None) -> None:
-    await listener.serve(lambda stream: _connection(stream, handler, upgrade))
+                upgrade: Upgrade | None = None, *, max_connections: int = MAX_CONNECTIONS
+                ) -> None:
+    seats = anyio.CapacityLimiter(max_connections)
+
+    async def one(stream: SocketStream) -> None:
+        try:
+            seats.acquire_nowait()
+        except anyio.WouldBlock:  # full: closed at once, not queued
+            await stream.aclose()
+            return
+        try:
+            await _connection(stream, handler, upgrade)
+        finally:
+            seats.release()
+
+    await listener.serve(one)
 
 
 async def _connection(stream: ByteStream, handler: Handler, upgrade: Upgrade | None) -> None:
@@ -117,10 +132,10 @@ async def _write(stream: ByteStream, conn: h11.Connection, r: Response) -> None:
     headers = [("content-type", "application/json"), ("content-length", str(len(payload))),
                *r.headers.items()]
     try:
-        await stream.send(conn.send(h11.Response(status_code=r.status, headers=headers,
-                                                 reason=b"")) or b"")
+        out = conn.send(h11.Response(status_code=r.status, headers=headers, reason=b"")) or b""
         if payload:
-            await stream.send(conn.send(h11.Data(data=payload)) or b"")
-        await stream.send(conn.send(h11.EndOfMessage()) or b"")
+            out += conn.send(h11.Data(data=payload)) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        await stream.send(out)  # one write: a small answer in one segment
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, h11.LocalProtocolError):
         conn.send_failed()

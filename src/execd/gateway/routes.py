@@ -12,6 +12,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -208,8 +209,16 @@ class Routes:
         orders = await self.s.book.store.list_orders(
             strategy_id=None if c.key.admin else c.key.strategy_id, states=list(states),
             limit=10_000, owner_uid=None, account=c.key.account)
+        after, until = _when(q, "after"), _when(q, "until")
+        direction = q.get("direction", "desc")
+        if direction not in ("asc", "desc"):
+            raise protocol.invalid("direction must be asc or desc")
+        orders = [o for o in orders if (after is None or o.created_at > after)
+                  and (until is None or o.created_at < until)]
+        if direction == "asc":  # the store's are newest first, as Alpaca's default
+            orders.reverse()
         shown = []
-        for o in orders:  # newest first, as Alpaca's default direction
+        for o in orders:
             if (symbols and o.spec.symbol not in symbols) or (nested and o.spec.parent):
                 continue
             shown.append(await self._shown(o, nested))
@@ -353,6 +362,18 @@ def _body(req: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise protocol.invalid("the body must be a JSON object")
     return body
+
+
+def _when(query: dict[str, str], name: str) -> float | None:
+    """An ISO 8601 time (alpaca-py sends a datetime's isoformat) as epoch seconds."""
+    v = query.get(name)
+    if not v:
+        return None
+    try:
+        t = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise protocol.invalid(f"{name} must be an ISO 8601 time") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
 def _flag(req: Request, name: str) -> bool:

@@ -107,8 +107,10 @@ class Session:
                 tg.start_soon(self._drain, tg.cancel_scope)
                 async for event in updates:
                     if isinstance(event, Order) and key.account in (None, event.account):
-                        await self._json({"stream": "trade_updates",
-                                          "data": self._update(event)})
+                        data = self._update(event)
+                        if "qty" in data:  # a fill: the book's position after it
+                            data["position_qty"] = await self._position(event, key)
+                        await self._json({"stream": "trade_updates", "data": data})
                 tg.cancel_scope.cancel()  # cut off: the client reconnects
 
     async def _drain(self, scope: anyio.CancelScope) -> None:
@@ -130,6 +132,17 @@ class Session:
                        execution_id=shapes.execution_id(o.client_order_id, o.filled_qty))
             self.filled[o.client_order_id] = (o.filled_qty, o.filled_avg_price)
         return out
+
+    async def _position(self, o: Order, key: GatewayKey) -> str:
+        """The key's book in the symbol (an admin's: the account's total)."""
+        store = self.s.book.store
+        if key.admin:
+            rows = [p for p in await store.all_positions()
+                    if (p.account, p.symbol) == (o.account, o.spec.symbol)]
+        else:
+            rows = await store.books(account=o.account, strategy_id=o.spec.strategy_id,
+                                     symbol=o.spec.symbol)
+        return show(sum((p.qty for p in rows), Decimal(0)))
 
     # ------------------------------------------------------------------ wire
     async def _json(self, obj: dict[str, Any]) -> None:
