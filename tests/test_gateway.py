@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
@@ -490,3 +491,31 @@ async def test_past_max_connections_a_connection_is_closed_at_once() -> None:
                 with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
                     await second.receive()
         tg.cancel_scope.cancel()
+
+
+async def test_three_clients_posting_at_once_are_each_answered_and_sent_once(
+        daemon_factory: OpenDaemon, sim: SimServer) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d:
+        slowest: list[float] = []
+
+        def burst(name: str) -> None:  # one client per thread, as one per process
+            c = client(d, name).c
+            for i in range(15):
+                start = time.monotonic()
+                c.submit_order(MarketOrderRequest(
+                    symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                    client_order_id=f"{name}-burst-{i}"))
+                slowest.append(time.monotonic() - start)
+
+        async with anyio.create_task_group() as tg:
+            for name in ("alpha", "beta", "boss"):
+                tg.start_soon(call, burst, name)
+        assert len(slowest) == 45
+        assert max(slowest) < 1.0
+
+        async def all_sent() -> bool:
+            sent = [o.client_order_id for o in sim.engine.orders.values()]
+            return sorted(sent) == sorted(f"{n}-burst-{i}" for n in ("alpha", "beta", "boss")
+                                          for i in range(15))
+
+        await eventually(all_sent)
