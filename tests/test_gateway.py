@@ -5,6 +5,7 @@ the test's event loop (both anyio backends)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from alpaca.trading.stream import TradingStream
 from anyio.abc import SocketAttribute
 
 from execd.app import Daemon
+from execd.broker.websocket import WebSocket
 from execd.cli import main
 from execd.config import ConfigError, load
 from execd.gateway import http
@@ -519,3 +521,29 @@ async def test_three_clients_posting_at_once_are_each_answered_and_sent_once(
                                           for i in range(15))
 
         await eventually(all_sent)
+
+
+async def test_a_stream_client_that_vanishes_ends_its_connection_only(
+        daemon_factory: OpenDaemon) -> None:
+    async with daemon_factory(gateway=GATEWAY) as d:
+        url = f"ws://127.0.0.1:{d.gateway_port}/stream/"
+        wrong = await WebSocket.connect(url)
+        await wrong.send_text(json.dumps({"action": "authenticate", "data": {
+            "key_id": "KEYALPHA00000", "secret_key": "nope"}}))
+        assert json.loads(await wrong.receive())["data"]["status"] == "unauthorized"
+        await wrong.aclose()
+        ws = await WebSocket.connect(url)
+        await ws.send_text(json.dumps({"action": "authenticate", "data": {
+            "key_id": "KEYALPHA00000", "secret_key": SECRETS["alpha"]}}))
+        assert json.loads(await ws.receive())["data"]["status"] == "authorized"
+        await ws.send_text(json.dumps({"action": "listen",
+                                       "data": {"streams": ["trade_updates"]}}))
+        assert json.loads(await ws.receive())["stream"] == "listening"
+        await ws._stream.aclose()  # gone, no close frame: updates meet a dead socket
+        a = client(d, "alpha")
+        for _i in range(5):
+            await a.submit(MarketOrderRequest(symbol="AAPL", qty=1, side=OrderSide.BUY,
+                                              time_in_force=TimeInForce.DAY))
+        await a.orders()
+        (gateway,) = [c for c in d.supervisor.statistics().children if c.name == "gateway"]
+        assert gateway.restarts == 0

@@ -16,6 +16,10 @@ import anyio
 import h11
 from anyio.abc import ByteStream, Listener, SocketStream
 
+from execd.obs import logging
+
+log = logging.get("execd.gateway")
+
 READ = 65536
 MAX_BODY = 1 << 20  # an order is a few hundred bytes
 MAX_CONNECTIONS = 256  # strategies' clients at once (each keeps one or two alive)
@@ -57,6 +61,8 @@ async def serve(listener: Listener[SocketStream], handler: Handler,
             return
         try:
             await _connection(stream, handler, upgrade)
+        except Exception:  # one client's trouble (a group of them too) ends its connection only
+            log.exception("gateway connection failed")
         finally:
             seats.release()
 
