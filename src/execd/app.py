@@ -40,6 +40,7 @@ from execd.deadman import DeadMan
 from execd.domain.risk import TradingState
 from execd.events import EventHub
 from execd.fatal import Fatal, address_problem
+from execd.gateway import actor as gateway_actor
 from execd.health import Health
 from execd.intake.owners import Owners
 from execd.limiter import RateLimiter
@@ -78,6 +79,7 @@ class Daemon:
     recovery: Recovery
     storage: Storage
     accounts: dict[str, Account]
+    gateway_port: int | None = None  # the Alpaca gateway's (gateway/), when it listens
 
 
 def start_embedded_sim(config: Config) -> SimServer:
@@ -145,6 +147,9 @@ async def open_daemon(
         listener = await intake.bind(config.socket_path, int(d.socket_mode, 8),
                                      config.access.socket_group)
         stack.push_async_callback(_close_listener, listener, config.socket_path)
+        gw_listener = await gateway_actor.bind(config.gateway)  # before anything starts
+        if gw_listener is not None:
+            stack.push_async_callback(_shielded, gw_listener.aclose)
         store = await _open_store(config)
         stack.push_async_callback(_shielded, store.close)
         await _check_accounts_in_use(store, config)  # before any account starts
@@ -231,6 +236,11 @@ async def open_daemon(
             *streams,
             ChildSpec(name="intake", start=lambda task_status: intake.run(
                 listener=listener, services=services, task_status=task_status)),
+            *([] if gw_listener is None else [ChildSpec(
+                name="gateway", start=lambda task_status: gateway_actor.run(
+                    listener=gw_listener, config=config.gateway, services=services,
+                    accounts=accounts, default_account=config.default_accounts[0],
+                    task_status=task_status))]),
             # After the intake, so it stops first: the connections a stop closes are no
             # disconnects (the sessions are stored, and wait for the next start).
             ChildSpec(name="deadman", start=lambda task_status: deadman_actor.run(
@@ -250,7 +260,9 @@ async def open_daemon(
                 yield Daemon(config=config, store=store, book=book, supervisor=sup,
                              metrics=metrics, health=main.health, limiter=main.limiter,
                              broker=main.broker, sim=main.sim, recovery=main.recovery,
-                             storage=storage, accounts=accounts)
+                             storage=storage, accounts=accounts,
+                             gateway_port=None if gw_listener is None else gateway_actor.port_of(
+                                 gw_listener))
             finally:
                 with anyio.CancelScope(shield=True):
                     await _stop(sup, list(accounts.values()), clock, d.shutdown_grace,

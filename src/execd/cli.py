@@ -674,8 +674,32 @@ def parser() -> argparse.ArgumentParser:
                      help="with --broker ib: a TWS fault from the start, e.g. reject_next=2")
     sim.set_defaults(fn=cmd_sim)
 
+    gk = sub.add_parser("gateway-key", help="print a new Alpaca gateway key pair and its "
+                        "config lines", description="A new key id and secret for one "
+                        "strategy's alpaca-py client, and the [gateway.keys.NAME] table "
+                        "for config.toml (it holds the secret's SHA-256, never the secret).")
+    gk.add_argument("name", help="the key's table name (1-32 of A-Z a-z 0-9 _ -)")
+    gk.add_argument("--strategy", required=True, help="the strategy_id the key acts as")
+    gk.set_defaults(fn=cmd_gateway_key)
+
     _add_client_commands(sub)
     return p
+
+
+def cmd_gateway_key(args: argparse.Namespace) -> int:
+    from execd.gateway.keys import config_lines, new_pair
+    from execd.gateway.settings import KEY_NAME, STRATEGY
+
+    if not KEY_NAME.fullmatch(args.name) or not STRATEGY.fullmatch(args.strategy):
+        print("execd gateway-key: NAME is 1-32 of A-Z a-z 0-9 _ -; --strategy 1-32 of "
+              "A-Z a-z 0-9 _ . -", file=sys.stderr)
+        return 2
+    key_id, secret = new_pair()
+    print(f"# give the strategy: TradingClient({key_id!r}, <secret>, paper=True, "
+          'url_override="http://127.0.0.1:8787")')
+    print(f"# secret (shown once; not stored anywhere): {secret}")
+    print(config_lines(args.name, key_id, secret, args.strategy), end="")
+    return 0
 
 
 def cmd_backup(args: argparse.Namespace) -> int:

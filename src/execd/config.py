@@ -17,6 +17,8 @@ from typing import Any, get_type_hints
 from execd.domain.orders import DEFAULT_ACCOUNT
 from execd.domain.risk import RiskLimits
 from execd.domain.routing import Rule, parse_rules
+from execd.gateway.settings import GatewayConfig, GatewaySettingsError
+from execd.gateway.settings import parse as parse_gateway
 from execd.sim.settings import SimConfig
 from execd.supervisor import Intensity
 
@@ -197,6 +199,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    # [gateway] and [gateway.keys.NAME]: read by gateway/settings.py (tables of tables)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig, metadata={"config": False})
     # [accounts.NAME] tables, in the file's order; a [broker] config: one, "default"
     # (built by `load`, or by `with_accounts` for a Config made in code)
     account_tables: tuple[AccountConfig, ...] = field(default=(), metadata={"config": False})
@@ -294,6 +298,7 @@ def load(path: Path | None) -> Config:
     if isinstance(raw.get("routing"), dict) and "rules" in raw["routing"]:
         raw["routing"] = dict(raw["routing"])
         rules = raw["routing"].pop("rules")
+    gateway = raw.pop("gateway", None)
     if tables is not None and "broker" in raw:
         raise ConfigError("[broker] and [accounts] together: use one (a [broker] config is "
                           'one account named "default")')
@@ -302,6 +307,11 @@ def load(path: Path | None) -> Config:
         raise ConfigError('broker.mode must be "sim" or "alpaca"')
     if tables is not None:
         config = replace(config, account_tables=_accounts(tables, raw.get("sim", {})))
+    if gateway is not None:
+        try:
+            config = replace(config, gateway=parse_gateway(gateway, path.resolve().parent))
+        except GatewaySettingsError as e:
+            raise ConfigError(str(e)) from None
     _check_accounts(config)
     try:
         config = replace(config, routing=replace(
