@@ -148,7 +148,7 @@ def test_every_error_code_has_its_class() -> None:
     codes = {"invalid_request", "unknown_op", "risk_rejected", "trading_halted",
              "broker_rejected", "not_found", "conflict", "unauthorized", "line_too_long",
              "overloaded", "recovering", "storage_unavailable", "internal", "idle",
-             "wash_trade"}
+             "wash_trade", "no_route"}
     protocol_doc = (ROOT / "docs" / "protocol.md").read_text().split("## Error codes")[1]
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", protocol_doc, re.M))
     sources = "\n".join(p.read_text() for p in (ROOT / "src" / "execd").rglob("*.py"))

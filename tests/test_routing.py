@@ -165,7 +165,7 @@ async def test_failover_past_a_halted_account_and_explicit_is_refused_there(
         assert e.value.code == "trading_halted"
         decisions = {(s.labels["account"], s.labels["reason"]): s.value
                      for m in d.metrics.routing_decisions.collect() for s in m.samples
-                     if s.name.endswith("_total")}
+                     if s.name.endswith("_total") and s.value}  # (each account's at 0 too)
         assert decisions == {("live", "failover"): 1, ("", "refused"): 1}
         assert o["client_order_id"] in sent(sims["live"])
         assert not sent(sims["paper"])
@@ -312,3 +312,33 @@ async def test_failover_past_an_account_whose_queue_is_too_long(
         detail = await routed_event(c, o["client_order_id"])
         assert "paper: queue " in detail, detail
         assert "s > routing.max_queue_s 5 s; live: chosen" in detail, detail
+
+
+async def test_a_failing_broker_with_no_sound_account_left_still_takes_the_order(
+        tmp_path: Path, sims: dict[str, SimServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing broker is worse, not unable: with no sound account left the order is
+    taken where it would go and waits there, as with one account (a transient 5xx must
+    not turn into refusals at the front door: the two-account crash campaign's client was
+    refused `no_route` for one failed attempt)."""
+    config = routed(tmp_path, sims, monkeypatch, default=("paper",), failures_before_halt=50,
+                    max_retries=0, backoff_initial=0.01, backoff_max=0.02)
+    async with running(config) as (d, c):
+        sims["paper"].set_faults(p_5xx=1.0)
+        await c.submit(**AAPL, wait="accepted")
+
+        async def paper_failing() -> bool:
+            return d.accounts["paper"].health.broker_failures > 0
+
+        await eventually(paper_failing)
+        taken = await c.submit(**AAPL, wait="accepted")
+        assert taken["account"] == "paper"
+        detail = await routed_event(c, taken["client_order_id"])
+        assert "paper: chosen (broker failing: " in detail, detail
+        assert "no sound account: it waits here" in detail
+        sims["paper"].set_faults(p_5xx=0.0)
+
+        async def sent_there() -> bool:
+            return taken["client_order_id"] in sent(sims["paper"])
+
+        await eventually(sent_there)
+        assert taken["client_order_id"] not in sent(sims["live"])

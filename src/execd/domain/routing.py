@@ -117,8 +117,12 @@ class Decision:
     candidates: tuple[tuple[str, str | None], ...]
 
     def candidates_line(self) -> str:
-        return "; ".join(f"{name}: {why or ('chosen' if name == self.account else 'not tried')}"
-                         for name, why in self.candidates)
+        def said(name: str, why: str | None) -> str:
+            if name == self.account:
+                return f"chosen ({why})" if why else "chosen"
+            return why or "not tried"
+
+        return "; ".join(f"{name}: {said(name, why)}" for name, why in self.candidates)
 
     def record(self) -> dict[str, str]:
         """The ROUTED event's detail in the order's history."""
@@ -139,13 +143,24 @@ class Decision:
         return "preferred" if first[0] == self.account else "failover"
 
 
+# Reasons that only make an account worse than another, not unable: a broker failing
+# now (it may answer the next try) or a long queue. Skipped for a sound account; with none
+# left, the first of them takes the order, which waits there as it would with one account.
+SOFT = ("broker failing", "queue ")
+
+
 def choose(rule: Rule, why_not: Callable[[str], str | None]) -> Decision:
-    """The first of the rule's accounts that can take the order ("first" policy)."""
+    """The first of the rule's accounts that can take the order ("first" policy); if
+    none is sound, the first one skipped only for a soft reason (SOFT)."""
     seen: list[tuple[str, str | None]] = []
     for name in rule.accounts:
         why = why_not(name)
         seen.append((name, why))
         if why is None:
             seen.extend((rest, None) for rest in rule.accounts[len(seen):])
+            return Decision(account=name, rule=rule.name, candidates=tuple(seen))
+    for i, (name, why) in enumerate(seen):
+        if why is not None and why.startswith(SOFT):
+            seen[i] = (name, f"{why}; no sound account: it waits here")
             return Decision(account=name, rule=rule.name, candidates=tuple(seen))
     return Decision(account=None, rule=rule.name, candidates=tuple(seen))
