@@ -90,7 +90,8 @@ async def test_each_account_has_its_series_and_counts_its_own_requests(
     async with running(two_accounts(tmp_path, sims, monkeypatch)) as (d, c):
         m = d.metrics
         found = accounts_by_family(m.registry)
-        assert set(found) == PER_ACCOUNT
+        # (routing's decisions carry the chosen account too: a sample each from the start)
+        assert set(found) == PER_ACCOUNT | {"execd_routing_decisions"}
         for name, accounts in found.items():
             assert accounts == ACCOUNTS, name
         before = {a: value(m, "execd_broker_requests_total", account=a,

@@ -136,6 +136,7 @@ async def open_daemon(
                         runbook_base=config.metrics.runbook_base)
     for name in configured:  # a sample from the first scrape on (the risk gate sets them)
         metrics.account_halted.labels(name).set(0)
+        metrics.routing_decisions.labels("default", name, "preferred")
     d = config.daemon
     # Every real account's keys before anything starts: none missing, none shared.
     keys = {} if broker is not None or broker_url is not None else accounts_mod.keys_of(config)

@@ -395,7 +395,6 @@ class AccountMetrics:
         self.oldest_pending_age = m.oldest_pending_age.labels(a)
         self.broker_news = m.broker_news  # not per account: what the broker got wrong
         m.show_account_state(a, TradingStatus())
-        m.routing_decisions.labels("default", a, "preferred")  # a sample from the start
         for endpoint in BROKER_ENDPOINTS:
             self.broker_requests.labels(endpoint, "ok")
             self.broker_latency.labels(endpoint)
