@@ -71,8 +71,11 @@ def test_every_answered_post_is_at_the_broker_once_after_a_kill(
     try:
         _until_up(base, proc)
 
+        refused: list[str] = []
+
         def post() -> None:
-            for i in range(10_000):
+            i = 0
+            while i < 10_000:
                 cid = f"kill-{i}"
                 try:
                     r = requests.post(f"{base}/v2/orders", headers=HEADERS, timeout=5, json={
@@ -80,12 +83,24 @@ def test_every_answered_post_is_at_the_broker_once_after_a_kill(
                         "time_in_force": "day", "client_order_id": cid})
                 except requests.RequestException:
                     return  # the daemon is gone: this one has no answer
-                assert r.status_code == 200, r.text
+                if r.status_code == 503:
+                    # The gateway reads before it writes: GETs answer while recovery
+                    # still holds new orders back. Same order again, as a client would.
+                    time.sleep(0.02)
+                    continue
+                if r.status_code != 200:
+                    refused.append(r.text)
+                    return
                 answered.append(cid)
+                i += 1
 
-        poster = threading.Thread(target=post)
+        poster = threading.Thread(target=post, daemon=True)
         poster.start()
+        deadline = time.monotonic() + 30
         while len(answered) < 20:
+            assert not refused, refused
+            assert poster.is_alive() and time.monotonic() < deadline, (
+                f"only {len(answered)} orders answered")
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
