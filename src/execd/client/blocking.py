@@ -8,23 +8,21 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 from execd.client import calls
-from execd.client.calls import MAX_LINE, Num, StopLoss, TakeProfit
+from execd.client.calls import MAX_LINE
 from execd.client.discovery import locate, unreachable
 from execd.client.errors import ConnectionLost, ExecdError
+from execd.client.ops_sync import SyncOps
 from execd.client.records import (
     Order,
     OrderEvent,
     OrderState,
-    Position,
-    Status,
-    Trading,
     TradingEvent,
 )
 
@@ -129,7 +127,7 @@ class Events(Generic[E]):
         self.close()
 
 
-class Client:
+class Client(SyncOps):
     """One connection, for scripts and synchronous strategies. Thread-safe: one request
     at a time.
 
@@ -174,102 +172,6 @@ class Client:
                     raise TimeoutError(f"no answer to {op} within {self.timeout} s")
                 if reply.get("id") == rid:
                     return calls.result(reply)
-
-    def _run(self, call: calls.Call[T]) -> T:
-        return call.parse(self.request(call.op, **call.fields))
-
-    # ------------------------------------------------------------------ the ops
-    def ping(self) -> str:
-        return self._run(calls.ping())
-
-    def submit(self, *, strategy_id: str, symbol: str, side: str,
-               qty: Num | None = None, notional: Num | None = None,
-               type: str | None = None, limit_price: Num | None = None,
-               stop_price: Num | None = None, trail_price: Num | None = None,
-               trail_percent: Num | None = None, time_in_force: str | None = None,
-               extended_hours: bool | None = None, order_class: str | None = None,
-               take_profit: TakeProfit | Mapping[str, Any] | Num | None = None,
-               stop_loss: StopLoss | Mapping[str, Any] | Num | None = None,
-               client_order_id: str | None = None, wait: str | None = None,
-                     account: str | None = None) -> Order:
-        """One order. `qty` or `notional`; `type` market (default), limit, stop,
-        stop_limit or trailing_stop with its prices; `order_class` simple (default),
-        bracket, oco or oto with `take_profit` / `stop_loss` legs; `wait` "submitted"
-        (default: once the broker has it) or "accepted" (once durable)."""
-        return self._run(calls.submit(
-            strategy_id=strategy_id, symbol=symbol, side=side, qty=qty, notional=notional,
-            type=type, limit_price=limit_price, stop_price=stop_price, trail_price=trail_price,
-            trail_percent=trail_percent, time_in_force=time_in_force,
-            extended_hours=extended_hours, order_class=order_class, take_profit=take_profit,
-            stop_loss=stop_loss, client_order_id=client_order_id, wait=wait,
-            account=account))
-
-    def replace(self, client_order_id: str, *, qty: Num | None = None,
-                limit_price: Num | None = None, stop_price: Num | None = None,
-                trail: Num | None = None, time_in_force: str | None = None,
-                new_client_order_id: str | None = None, wait: str | None = None) -> Order:
-        return self._run(calls.replace(
-            client_order_id, qty=qty, limit_price=limit_price, stop_price=stop_price,
-            trail=trail, time_in_force=time_in_force, new_client_order_id=new_client_order_id,
-            wait=wait))
-
-    def cancel(self, client_order_id: str, *, legs: bool = False) -> Order:
-        return self._run(calls.cancel(client_order_id, legs=legs))
-
-    def cancel_all(self, strategy_id: str | None = None, *,
-                   account: str | None = None) -> list[Order]:
-        return self._run(calls.cancel_all(strategy_id, account=account))
-
-    def close_position(self, symbol: str, *, qty: Num | None = None,
-                       percentage: Num | None = None, strategy_id: str | None = None,
-                       client_order_id: str | None = None, wait: str | None = None,
-                       account: str | None = None) -> Order:
-        return self._run(calls.close_position(
-            symbol, qty=qty, percentage=percentage, strategy_id=strategy_id,
-            client_order_id=client_order_id, wait=wait, account=account))
-
-    def flatten(self, reason: str | None = None, *,
-                account: str | None = None) -> dict[str, Any]:
-        return self._run(calls.flatten(reason, account=account))
-
-    def adopt(self, symbol: str, strategy_id: str, qty: Num, *, account: str | None = None,
-              back: bool | None = None, reason: str | None = None) -> dict[str, Any]:
-        """See calls.adopt (an operator's)."""
-        return self._run(calls.adopt(symbol, strategy_id, qty, account=account, back=back,
-                                     reason=reason))
-
-    def order(self, client_order_id: str) -> Order:
-        return self._run(calls.order(client_order_id))
-
-    def history(self, client_order_id: str) -> list[dict[str, Any]]:
-        return self._run(calls.history(client_order_id))
-
-    def orders(self, *, strategy_id: str | None = None, state: OrderState | str | None = None,
-               open: bool | None = None, limit: int | None = None,
-               account: str | None = None) -> list[Order]:
-        return self._run(calls.orders(strategy_id=strategy_id, state=state, open=open,
-                                      limit=limit, account=account))
-
-    def positions(self, *, account: str | None = None,
-                  strategy_id: str | None = None) -> list[Position]:
-        """Each book (strategy_id None: the unattributed one); see calls.positions."""
-        return self._run(calls.positions(account=account, strategy_id=strategy_id))
-
-    def totals(self, *, account: str | None = None) -> list[Position]:
-        """Each account's total in each symbol (the sum of its books)."""
-        return self._run(calls.totals(account=account))
-
-    def status(self) -> Status:
-        return self._run(calls.status())
-
-    def halt(self, reason: str | None = None, *, strategy_id: str | None = None,
-             account: str | None = None) -> Trading:
-        return self._run(calls.halt(reason, strategy_id=strategy_id, account=account))
-
-    def resume(self, reason: str | None = None, *, reducing: bool = False,
-               strategy_id: str | None = None, account: str | None = None) -> Trading:
-        return self._run(calls.resume(reason, reducing=reducing, strategy_id=strategy_id,
-                                      account=account))
 
     def session(self, strategy_id: str, *, cancel_on_disconnect: bool = True,
                 heartbeat_s: float = 10.0) -> dict[str, Any]:
