@@ -37,7 +37,7 @@ from execd import files
 from execd.config import Config
 from execd.fatal import Fatal
 from execd.obs import logging
-from execd.protocol import ProtocolError, invalid
+from execd.protocol import ErrorCode, ProtocolError, invalid
 from execd.store import MIGRATIONS, StorageUnavailable, Store
 
 log = logging.get("execd.backup")
@@ -78,11 +78,11 @@ async def write(store: Store, place: Place, name: str, *, overwrite: bool = Fals
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_discard, tmp)
         if isinstance(e, FileExistsError):
-            raise ProtocolError("conflict", f"{path} appeared meanwhile; not overwritten"
+            raise ProtocolError(ErrorCode.CONFLICT, f"{path} appeared meanwhile; not overwritten"
                                 ) from None
         if isinstance(e, OSError | sqlite3.Error | StorageUnavailable):
             log.error("backup failed", path=str(path), error=str(e))
-            raise ProtocolError("internal", f"backup to {path} failed: {e}") from None
+            raise ProtocolError(ErrorCode.INTERNAL, f"backup to {path} failed: {e}") from None
         raise
     seconds = time.monotonic() - start
     log.info("backup written", path=str(path), bytes=size, orders=orders,
@@ -95,7 +95,7 @@ def _target(place: Place, name: str, overwrite: bool, live: Path) -> Path:
     try:  # private: no one but the daemon's user can swap what is checked here
         files.private_dir(place.directory, "daemon.backup_dir")
     except (OSError, files.UnsafeDirectory) as e:
-        raise ProtocolError("internal", f"cannot use daemon.backup_dir: {e}") from None
+        raise ProtocolError(ErrorCode.INTERNAL, f"cannot use daemon.backup_dir: {e}") from None
     root = place.directory.resolve()
     path = (root / name).resolve()  # an absolute name stays itself; symlinks followed
     if path.parent != root:
@@ -112,10 +112,10 @@ def _target(place: Place, name: str, overwrite: bool, live: Path) -> Path:
     if not stat.S_ISREG(mode):
         raise invalid(f"{path} exists and is not a regular file: never replaced")
     if not overwrite:
-        raise ProtocolError("conflict", f"{path} exists; not overwritten (`execd backup "
+        raise ProtocolError(ErrorCode.CONFLICT, f"{path} exists; not overwritten (`execd backup "
                                         "--overwrite`, or overwrite: true, replaces it)")
     if not is_backup(path):
-        raise ProtocolError("conflict", f"{path} exists and is not an execd backup: "
+        raise ProtocolError(ErrorCode.CONFLICT, f"{path} exists and is not an execd backup: "
                                         "overwrite replaces only a backup")
     return path
 

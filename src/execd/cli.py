@@ -16,6 +16,7 @@ import anyio
 from execd import __version__
 from execd.client import Client, ExecdError
 from execd.config import Config, ConfigError, load
+from execd.protocol import ErrorCode
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -164,10 +165,10 @@ def _resolve(c: Client, given: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise NotFound("not_found", f"no order matches {given!r} (as a whole id, a prefix or "
+        raise NotFound(ErrorCode.NOT_FOUND, f"no order matches {given!r} (as a whole id, a prefix or "
                                     "a suffix); `execd orders` lists them")
     shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
-    raise NotFound("not_found", f"{len(matches)} orders match {given!r}: {shown}; give more of "
+    raise NotFound(ErrorCode.NOT_FOUND, f"{len(matches)} orders match {given!r}: {shown}; give more of "
                                 "the id")
 
 
@@ -229,7 +230,7 @@ def _command(args: argparse.Namespace, c: Client) -> tuple[Any, Any]:
         call = calls.order(_resolve(c, args.client_order_id))
     elif cmd == "orders" and args.external:
         if args.strategy or args.state:
-            raise ExecdError("invalid_request", "orders --external takes --open and --last "
+            raise ExecdError(ErrorCode.INVALID_REQUEST, "orders --external takes --open and --last "
                                                 "only (external orders have no strategy)")
         call = calls.external_orders(open=True if args.open else None, limit=args.last,
                                      account=args.account)
@@ -333,7 +334,7 @@ def cmd_client(args: argparse.Namespace) -> int:
             raw, value = _command(args, c)
     except ExecdError as e:
         hint = (f" (this daemon does not know `{args.command}`: it is older than this "
-                f"execd)" if e.code == "unknown_op" else "")
+                f"execd)" if e.code == ErrorCode.UNKNOWN_OP else "")
         print(f"error: {e.code}: {e.message}{hint}", file=sys.stderr)
         if args.json:
             _json({"ok": False, "error": e.detail or {"code": e.code, "message": e.message}})

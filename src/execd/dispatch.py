@@ -29,6 +29,7 @@ from execd.messages import (
     answer,
 )
 from execd.obs import logging
+from execd.protocol import ErrorCode
 
 log = logging.get("execd.dispatch")
 Outboxes = Mapping[str, MemoryObjectSendStream[SubmitterCommand]]
@@ -57,7 +58,7 @@ async def _merged(msg: CancelAll, outboxes: Outboxes) -> None:
         try:
             results.append((name, await reply.receive()))
         except anyio.EndOfStream:  # that submitter stopped: its cancels were not asked
-            results.append((name, CancelDenied(code="internal",
+            results.append((name, CancelDenied(code=ErrorCode.INTERNAL,
                                                reason="its submitter stopped; retry")))
 
     targets = [(name, out) for name, out in outboxes.items() if msg.account in (None, name)]

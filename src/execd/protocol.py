@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
 
+from execd.domain.codes import ErrorCode as ErrorCode  # the protocol's own (re-exported)
 from execd.domain.decimals import PLACES, canonical, places, price_increment_error, show
 from execd.domain.order_rules import first_violation
 from execd.domain.orders import (
@@ -57,7 +58,7 @@ class ProtocolError(Exception):
 
 
 def invalid(message: str) -> ProtocolError:
-    return ProtocolError("invalid_request", message)
+    return ProtocolError(ErrorCode.INVALID_REQUEST, message)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,7 +194,7 @@ def parse_line(line: bytes, fields: Fields) -> Request:
     if not isinstance(op, str):
         raise refuse(invalid("op is required and must be a string"))
     if op not in fields:
-        raise refuse(ProtocolError("unknown_op", f"unknown op {op[:40]!r}"))
+        raise refuse(ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op[:40]!r}"))
     args = {k: v for k, v in raw.items() if k not in ("id", "op")}
     unknown = sorted(set(args) - fields[op])
     if unknown:
@@ -240,10 +241,10 @@ def _walked(text: str) -> tuple[dict[str, Any], str | None]:
     except ProtocolError as e:
         raise IdentifiedError(e.code, e.message, raw_id) from None
     except RecursionError:
-        raise IdentifiedError("invalid_request", "request JSON is nested too deeply",
+        raise IdentifiedError(ErrorCode.INVALID_REQUEST, "request JSON is nested too deeply",
                               raw_id) from None
     except ValueError as e:
-        raise IdentifiedError("invalid_request", f"request is not valid JSON: {e}",
+        raise IdentifiedError(ErrorCode.INVALID_REQUEST, f"request is not valid JSON: {e}",
                               raw_id) from None
     return raw, raw_id
 

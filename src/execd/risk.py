@@ -47,6 +47,7 @@ from execd.messages import (
 )
 from execd.obs import logging
 from execd.obs.metrics import Metrics, halt_category
+from execd.protocol import ErrorCode
 from execd.recovery import Recovery
 from execd.storage import Storage
 from execd.store import StorageUnavailable
@@ -391,7 +392,7 @@ class RiskGate:
 
     def _no_storage(self) -> OrderDenied:
         self.metrics.submits.labels("storage_unavailable").inc()
-        return OrderDenied(code="storage_unavailable", reason="the daemon cannot write to its "
+        return OrderDenied(code=ErrorCode.STORAGE_UNAVAILABLE, reason="the daemon cannot write to its "
                            "disk (full or failing): no order is taken until it can; see status")
 
     def _decide(self, msg: SubmitOrder, ctx: RiskContext, known: dict[str, Order]) -> SubmitResult:
@@ -410,7 +411,7 @@ class RiskGate:
             spec = replace(spec, account=decision.account)
         elif spec.account not in self.accounts:
             metrics.submits.labels("denied").inc()
-            return OrderDenied(code="invalid_request", reason=(
+            return OrderDenied(code=ErrorCode.INVALID_REQUEST, reason=(
                 f"unknown account {spec.account}; accounts: {', '.join(self.accounts)}"))
         existing = known.get(spec.client_order_id)
         if existing is not None:
@@ -421,7 +422,7 @@ class RiskGate:
                 return OrderAccepted(order=existing, existing=True)
             metrics.submits.labels("conflict").inc()
             return OrderDenied(
-                code="conflict",
+                code=ErrorCode.CONFLICT,
                 reason=f"client_order_id {spec.client_order_id} is already used by an order "
                 "with different parameters",
             )
@@ -430,14 +431,14 @@ class RiskGate:
             metrics.submits.labels("recovering").inc()
             at = "" if len(self.accounts) == 1 else f" at account {spec.account}"
             return OrderDenied(
-                code="recovering", retry_after_s=RECOVERING_RETRY_S,
+                code=ErrorCode.RECOVERING, retry_after_s=RECOVERING_RETRY_S,
                 reason=f"execd is starting up{at} ({recovery.progress()}); no new order goes "
                 "to the broker until that is done: retry shortly")
         gate = self.accounts[spec.account or self.default_account]
         why = None if gate.refuses is None else gate.refuses(spec)
         if why is not None:  # never committed, never sent: the broker cannot take it
             metrics.submits.labels("denied").inc()
-            return OrderDenied(code="invalid_request", reason=why)
+            return OrderDenied(code=ErrorCode.INVALID_REQUEST, reason=why)
         replacing = None if spec.replaces is None else self.book.open.get(spec.replaces)
         denial = risk.check(spec, ctx, self.limits, closing=msg.closing, replacing=replacing)
         if denial is not None:
@@ -463,12 +464,12 @@ class RiskGate:
         """No account can take it: every one halted is `trading_halted` as with one
         account, every one starting up is `recovering`; otherwise `no_route`."""
         kinds = {(why or "").split(":")[0] for _, why in decision.candidates}
-        if kinds == {"recovering"}:
+        if kinds == {ErrorCode.RECOVERING}:
             self.metrics.submits.labels("recovering").inc()
-            return OrderDenied(code="recovering", retry_after_s=RECOVERING_RETRY_S,
+            return OrderDenied(code=ErrorCode.RECOVERING, retry_after_s=RECOVERING_RETRY_S,
                                reason=decision.refusal())
         self.metrics.submits.labels("denied").inc()
-        return OrderDenied(code="trading_halted" if kinds == {"halted"} else "no_route",
+        return OrderDenied(code=ErrorCode.TRADING_HALTED if kinds == {"halted"} else ErrorCode.NO_ROUTE,
                            reason=decision.refusal())
 
     def _route(self, msg: SubmitOrder, ctx: RiskContext) -> Decision:
@@ -481,7 +482,7 @@ class RiskGate:
             if gate is None:
                 return "not configured"
             if gate.recovery is not None and not gate.recovery.done:
-                return "recovering"
+                return ErrorCode.RECOVERING
             held = ctx.accounts.get(name)
             if held is not None and not msg.closing:
                 return f"halted: {held.reason or 'no reason given'}"

@@ -67,6 +67,7 @@ from execd.messages import (
     answer,
 )
 from execd.obs import logging
+from execd.protocol import ErrorCode
 from execd.recovery import Recovery
 from execd.sessions import RETRY_AFTER, SessionCloses
 from execd.storage import Storage
@@ -430,7 +431,7 @@ class Submitter:
         try:
             cancelled = await self.book.cancel_unsent(cid)
         except StorageUnavailable:
-            return CancelDenied(code="storage_unavailable", reason=(
+            return CancelDenied(code=ErrorCode.STORAGE_UNAVAILABLE, reason=(
                 f"order {cid} has not reached the broker and the cancel cannot be recorded "
                 "(disk full or failing): it is held back while the disk fails, and sent "
                 "once it takes writes again unless you cancel it then"))
@@ -459,25 +460,25 @@ class Submitter:
             return result
         finally:
             del self._cancelling[cid]
-            asking.done(CancelDenied(code="internal", reason=(
+            asking.done(CancelDenied(code=ErrorCode.INTERNAL, reason=(
                 f"the cancel of {cid} stopped (the daemon is stopping?); ask again")))
 
     async def _cancel_locked(self, cid: str, *, confirm: bool) -> CancelResult:
         async with self.owning(cid):
             order = await self.book.get(cid)
             if order is None:
-                return CancelDenied(code="not_found", reason=f"no order {cid}")
+                return CancelDenied(code=ErrorCode.NOT_FOUND, reason=f"no order {cid}")
             if order.state in TERMINAL_STATES:
                 successor = "" if order.replaced_by is None else \
                     f" by {order.replaced_by}: cancel that one"
-                return CancelDenied(code="conflict", reason=f"order {cid} is already "
+                return CancelDenied(code=ErrorCode.CONFLICT, reason=f"order {cid} is already "
                                                             f"{order.state.value}{successor}")
             delay = CANCEL_BACKOFF
             while True:
                 try:
                     return await self._cancel_once(order, confirm=confirm)
                 except BrokerRejected as e:
-                    return CancelDenied(code="broker_rejected", reason=str(e))
+                    return CancelDenied(code=ErrorCode.BROKER_REJECTED, reason=str(e))
                 except BrokerUnavailable as e:
                     wait = delay if e.retry_at is None else \
                         max(0.05, e.retry_at - self.clock.time())
@@ -503,7 +504,7 @@ class Submitter:
                 try:
                     cancelled = await self.book.cancel_unsent(cid)
                 except StorageUnavailable:  # unrecorded, it would be sent later
-                    return CancelDenied(code="storage_unavailable", reason=(
+                    return CancelDenied(code=ErrorCode.STORAGE_UNAVAILABLE, reason=(
                         f"order {cid} has not reached the broker and the cancel cannot "
                         "be recorded (disk full or failing); it is not sent meanwhile"))
                 return CancelRequested(orders=(cancelled or order,))
@@ -562,7 +563,7 @@ class Submitter:
         if not open_legs:
             return await self.cancel(cid)
         if not legs:
-            return CancelDenied(code="conflict", reason=(
+            return CancelDenied(code=ErrorCode.CONFLICT, reason=(
                 f"order {cid} is {order.state.value}: its exits {', '.join(open_legs)} protect "
                 'the position; send "legs": true to cancel them (the position is then '
                 "unprotected)"))
@@ -679,7 +680,8 @@ class Submitter:
             if not order.is_open:
                 continue
             result = results.get(cid)
-            if isinstance(result, CancelDenied) and result.code not in ("conflict", "not_found"):
+            if isinstance(result, CancelDenied) and result.code not in (
+                    ErrorCode.CONFLICT, ErrorCode.NOT_FOUND):
                 failed.append(replace(result, client_order_id=cid))
             else:
                 pending.append(cid)

@@ -25,6 +25,7 @@ from execd.client.records import (
     OrderState,
     TradingEvent,
 )
+from execd.protocol import ErrorCode
 
 T = TypeVar("T")
 E = TypeVar("E")  # what a subscription yields: OrderEvent, or OrderEvent | TradingEvent
@@ -61,7 +62,7 @@ class _Lines:
         deadline = None if timeout is None else time.monotonic() + timeout
         while (end := self._buf.find(b"\n")) < 0:
             if len(self._buf) > MAX_LINE:
-                raise ExecdError("internal", "the daemon sent a line too long to read")
+                raise ExecdError(ErrorCode.INTERNAL, "the daemon sent a line too long to read")
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -26,6 +26,7 @@ from execd.client.records import (
     TradingEvent,
 )
 from execd.domain.decimals import plain
+from execd.protocol import ErrorCode
 
 T = TypeVar("T")
 Num = Decimal | str | int | float  # a decimal given as a Decimal, a string or a number
@@ -80,7 +81,7 @@ def encode(op: str, rid: int, fields: Mapping[str, Any]) -> bytes:
 def decode(raw: bytes) -> dict[str, Any]:
     value = json.loads(raw)
     if not isinstance(value, dict):
-        raise ExecdError("internal", f"the daemon sent a line that is not an object: {raw!r}")
+        raise ExecdError(ErrorCode.INTERNAL, f"the daemon sent a line that is not an object: {raw!r}")
     return value
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from execd.protocol import ErrorCode
+
 if TYPE_CHECKING:
     from execd.client.records import Order
 
@@ -129,23 +131,25 @@ class DaemonUnreachable(ExecdError, ConnectionError):
         return f"{self.code}: {self.message}"
 
 
+# Every protocol code (execd.protocol.ErrorCode) has its class; the last two are this
+# client's own (the connection ended; no daemon at the socket).
 BY_CODE: dict[str, type[ExecdError]] = {
-    "invalid_request": InvalidRequest,
-    "unknown_op": UnknownOp,
-    "risk_rejected": RiskRejected,
-    "trading_halted": TradingHalted,
-    "wash_trade": WashTrade,
-    "broker_rejected": BrokerRejected,
-    "not_found": NotFound,
-    "conflict": Conflict,
-    "unauthorized": Unauthorized,
-    "line_too_long": LineTooLong,
-    "overloaded": Overloaded,
-    "recovering": Recovering,
-    "storage_unavailable": StorageUnavailable,
-    "no_route": NoRoute,
-    "internal": InternalError,
-    "idle": IdleClosed,
+    ErrorCode.INVALID_REQUEST: InvalidRequest,
+    ErrorCode.UNKNOWN_OP: UnknownOp,
+    ErrorCode.RISK_REJECTED: RiskRejected,
+    ErrorCode.TRADING_HALTED: TradingHalted,
+    ErrorCode.WASH_TRADE: WashTrade,
+    ErrorCode.BROKER_REJECTED: BrokerRejected,
+    ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.CONFLICT: Conflict,
+    ErrorCode.UNAUTHORIZED: Unauthorized,
+    ErrorCode.LINE_TOO_LONG: LineTooLong,
+    ErrorCode.OVERLOADED: Overloaded,
+    ErrorCode.RECOVERING: Recovering,
+    ErrorCode.STORAGE_UNAVAILABLE: StorageUnavailable,
+    ErrorCode.NO_ROUTE: NoRoute,
+    ErrorCode.INTERNAL: InternalError,
+    ErrorCode.IDLE: IdleClosed,
     "connection_lost": ConnectionLost,
     "unreachable": DaemonUnreachable,
 }

@@ -27,6 +27,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from execd.domain.codes import ErrorCode
 from execd.domain.decimals import show
 from execd.domain.orders import DEFAULT_ACCOUNT, UNATTRIBUTED, Fill, Order, OrderSpec, Side
 from execd.domain.positions import Position
@@ -304,7 +305,7 @@ def _price(spec: OrderSpec, ctx: RiskContext) -> tuple[Decimal | None, bool]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Denial:
-    code: str  # "trading_halted", "risk_rejected" or "wash_trade"
+    code: str  # ErrorCode.TRADING_HALTED, ErrorCode.RISK_REJECTED or ErrorCode.WASH_TRADE
     rule: str
     reason: str
     conflicting: str | None = None  # wash_trade: the open order in the way
@@ -321,32 +322,32 @@ def check(
     replaces."""
 
     def deny(rule: str, reason: str) -> Denial:
-        return Denial(code="risk_rejected", rule=rule, reason=reason)
+        return Denial(code=ErrorCode.RISK_REJECTED, rule=rule, reason=reason)
 
     t = ctx.trading
     if t.state == TradingState.HALTED and not closing:
         return Denial(
-            code="trading_halted", rule="halted",
+            code=ErrorCode.TRADING_HALTED, rule="halted",
             reason=f"trading is halted ({t.reason or 'no reason given'}); cancels still work",
         )
     account = spec.account or DEFAULT_ACCOUNT
     held = ctx.accounts.get(account)
     if held is not None and not closing:
         return Denial(
-            code="trading_halted", rule="account_halted",
+            code=ErrorCode.TRADING_HALTED, rule="account_halted",
             reason=f"account {account} is halted ({held.reason or 'no reason given'}); "
             "cancels still work",
         )
     alone = ctx.halted.get(spec.strategy_id)
     if alone is not None and not closing:
         return Denial(
-            code="trading_halted", rule="strategy_halted",
+            code=ErrorCode.TRADING_HALTED, rule="strategy_halted",
             reason=f"strategy {spec.strategy_id} is halted ({alone.reason or 'no reason given'})"
             "; cancels still work",
         )
     washed = ctx.sides.conflict(spec, replacing)
     if washed is not None:  # a closing order too: the broker would refuse it all the same
-        return Denial(code="wash_trade", rule="wash_trade", reason=wash_reason(washed, spec),
+        return Denial(code=ErrorCode.WASH_TRADE, rule=ErrorCode.WASH_TRADE, reason=wash_reason(washed, spec),
                       conflicting=washed)
     e = ctx.exposure.get((account, spec.symbol), Exposure())
     if closing:  # a close shrinks its own book: a strategy's, or the unattributed one
@@ -373,7 +374,7 @@ def check(
                             f"{spec.symbol} position is {show(e.position)}, open "
                             f"{'sells' if spec.side == 'sell' else 'buys'} {show(pending)}")
             return Denial(
-                code="trading_halted", rule="reducing",
+                code=ErrorCode.TRADING_HALTED, rule="reducing",
                 reason=f"trading is REDUCING ({t.reason or 'no reason given'}): only orders "
                 f"that shrink a position are accepted; {spec.symbol} position is {show(e.position)}",
             )

@@ -38,7 +38,7 @@ from execd.intake.requests import op_cancel, op_cancel_all
 from execd.intake.services import Services
 from execd.intake.verbs import place
 from execd.obs import logging
-from execd.protocol import ProtocolError
+from execd.protocol import ErrorCode, ProtocolError
 
 log = logging.get("execd.gateway")
 
@@ -56,13 +56,13 @@ FORBIDDEN = 40310000
 NOT_UNIQUE = 40010001
 # execd's refusal codes -> (HTTP status, Alpaca code)
 REFUSALS: dict[str, tuple[int, int]] = {
-    "invalid_request": (422, INVALID), "not_found": (404, NOT_FOUND),
-    "conflict": (422, NOT_UNIQUE), "risk_rejected": (403, FORBIDDEN),
-    "trading_halted": (403, FORBIDDEN), "wash_trade": (403, FORBIDDEN),
-    "unauthorized": (403, FORBIDDEN), "broker_rejected": (422, INVALID),
+    ErrorCode.INVALID_REQUEST: (422, INVALID), ErrorCode.NOT_FOUND: (404, NOT_FOUND),
+    ErrorCode.CONFLICT: (422, NOT_UNIQUE), ErrorCode.RISK_REJECTED: (403, FORBIDDEN),
+    ErrorCode.TRADING_HALTED: (403, FORBIDDEN), ErrorCode.WASH_TRADE: (403, FORBIDDEN),
+    ErrorCode.UNAUTHORIZED: (403, FORBIDDEN), ErrorCode.BROKER_REJECTED: (422, INVALID),
     # saturated or not ready: 503, never 429/504 (alpaca-py would resend a write)
-    "storage_unavailable": (503, 50300000), "recovering": (503, 50300000),
-    "overloaded": (503, 50300000), "internal": (500, 50000000),
+    ErrorCode.STORAGE_UNAVAILABLE: (503, 50300000), ErrorCode.RECOVERING: (503, 50300000),
+    ErrorCode.OVERLOADED: (503, 50300000), ErrorCode.INTERNAL: (500, 50000000),
 }
 
 
@@ -77,7 +77,7 @@ class KeyCaller:
     peer: Peer | None = None
 
     async def subscribe(self, strategy_id: str | None, *, trading: bool = False) -> None:
-        raise ProtocolError("invalid_request", "the gateway streams at /stream")
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, "the gateway streams at /stream")
 
 
 class Routes:
@@ -181,12 +181,12 @@ class Routes:
         try:  # the same client_order_id and body: the same order (the risk gate's rule)
             answer = await place(c, spec, "accepted")
         except ProtocolError as e:
-            if e.code == "conflict":  # another body, or another key's: as Alpaca says it
-                raise ProtocolError("conflict", "client_order_id must be unique") from None
+            if e.code == ErrorCode.CONFLICT:  # another body, or another key's: as Alpaca says it
+                raise ProtocolError(ErrorCode.CONFLICT, "client_order_id must be unique") from None
             raise
         o = await self.s.book.get(spec.client_order_id)
         if o is None:  # place answered: it is durable
-            raise ProtocolError("internal", "the order was accepted but cannot be read")
+            raise ProtocolError(ErrorCode.INTERNAL, "the order was accepted but cannot be read")
         log.info("gateway order", key=c.key.name, client_order_id=spec.client_order_id,
                  existing=answer["existing"])
         return Response(200, await self._shown(o, True))
@@ -327,7 +327,7 @@ class Routes:
     async def _order_by_cid(self, c: KeyCaller, cid: str) -> Order:
         o = self._mine(c, await self.s.book.get(cid)) if cid else None
         if o is None:
-            raise ProtocolError("not_found", "order not found")
+            raise ProtocolError(ErrorCode.NOT_FOUND, "order not found")
         return o
 
     async def _order_by_id(self, c: KeyCaller, oid: str) -> Order:

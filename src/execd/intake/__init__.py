@@ -21,6 +21,7 @@ from execd.intake.connection import Connection, error_body
 from execd.intake.server import SocketInUse, bind, remove
 from execd.intake.services import Limits, Services
 from execd.obs import logging
+from execd.protocol import ErrorCode
 
 __all__ = ["Limits", "Services", "SocketInUse", "bind", "remove", "run"]
 log = logging.get("execd.intake")
@@ -37,16 +38,16 @@ class _Seats:
     def refusal(self, peer: Peer | None, g: Grant) -> tuple[str, str] | None:
         lim = self.limits
         if not g.allowed:
-            return "unauthorized", "this user may not use execd (access.allow_uids/gids)"
+            return ErrorCode.UNAUTHORIZED, "this user may not use execd (access.allow_uids/gids)"
         if g.admin:
             if self.total >= lim.max_connections:
-                return "overloaded", f"too many connections ({lim.max_connections})"
+                return ErrorCode.OVERLOADED, f"too many connections ({lim.max_connections})"
             return None
         if self.total >= lim.max_connections - lim.admin_connections:
-            return "overloaded", (f"too many connections ({lim.max_connections}, of which "
+            return ErrorCode.OVERLOADED, (f"too many connections ({lim.max_connections}, of which "
                                   f"{lim.admin_connections} are kept for admins)")
         if peer is not None and self.by_uid[peer.uid] >= lim.max_connections_per_uid:
-            return "overloaded", (f"too many connections for uid {peer.uid} "
+            return ErrorCode.OVERLOADED, (f"too many connections for uid {peer.uid} "
                                   f"(daemon.max_connections_per_uid = "
                                   f"{lim.max_connections_per_uid})")
         return None

@@ -23,7 +23,7 @@ from execd.messages import (
     SubmitterCommand,
     ask,
 )
-from execd.protocol import ProtocolError
+from execd.protocol import ErrorCode, ProtocolError
 
 
 async def cancel_all(c: Caller, strategy_id: str | None, owner_uid: int | None, *,
@@ -50,11 +50,11 @@ async def ask_cancels(c: Caller, make: Callable[[Reply[CancelResult]], Submitter
         try:
             result = await ask(c.s.submitter, make)
         except anyio.EndOfStream:
-            raise ProtocolError("internal", "the submitter failed; retry") from None
+            raise ProtocolError(ErrorCode.INTERNAL, "the submitter failed; retry") from None
         if isinstance(result, CancelDenied):
             raise ProtocolError(result.code, result.reason)
         return result
-    raise ProtocolError("internal", late)
+    raise ProtocolError(ErrorCode.INTERNAL, late)
 
 
 def report(result: CancelRequested) -> dict[str, Any]:

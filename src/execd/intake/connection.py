@@ -31,7 +31,7 @@ from execd.intake.services import Services
 from execd.messages import Overloaded
 from execd.obs import logging
 from execd.obs.metrics import Metrics
-from execd.protocol import ProtocolError
+from execd.protocol import ErrorCode, ProtocolError
 
 log = logging.get("execd.intake")
 
@@ -167,7 +167,7 @@ class Connection:
         if b"\n" in self._reader.buffer:  # a whole line waits already: no deadline needed
             line = await self._reader.receive_until(b"\n", limits.max_line + 1)
             if len(line) > limits.max_line:
-                raise ProtocolError("line_too_long", f"line over {limits.max_line} bytes")
+                raise ProtocolError(ErrorCode.LINE_TOO_LONG, f"line over {limits.max_line} bytes")
             return line
         begun: float | None = None
         while True:
@@ -181,7 +181,7 @@ class Connection:
             else:
                 deadline = math.inf
             # Wake at least every quarter line_timeout: a line may begin meanwhile.
-            too_long = ProtocolError("line_too_long", f"line over {limits.max_line} bytes")
+            too_long = ProtocolError(ErrorCode.LINE_TOO_LONG, f"line over {limits.max_line} bytes")
             with anyio.move_on_at(min(deadline, now + limits.line_timeout / 4)):
                 try:
                     line = await self._reader.receive_until(b"\n", limits.max_line)
@@ -196,9 +196,9 @@ class Connection:
             if anyio.current_time() < deadline:
                 continue
             if begun is not None:
-                raise ProtocolError("invalid_request", "line not finished in time")
+                raise ProtocolError(ErrorCode.INVALID_REQUEST, "line not finished in time")
             if self.idle:
-                await self._say_goodbye("idle", f"no request for {limits.idle_timeout:g} s "
+                await self._say_goodbye(ErrorCode.IDLE, f"no request for {limits.idle_timeout:g} s "
                                         "(daemon.idle_timeout); reconnect when you need to")
                 return None
 
@@ -302,10 +302,10 @@ class Connection:
         if isinstance(e, ProtocolError):
             return error_body(self.s.metrics, e.code, e.message, **e.extra)
         if isinstance(e, Overloaded):
-            return error_body(self.s.metrics, "overloaded",
+            return error_body(self.s.metrics, ErrorCode.OVERLOADED,
                               "the daemon is saturated; retry shortly")
         log.exception("request failed", op=line[:40].decode(errors="replace"))
-        return error_body(self.s.metrics, "internal", "internal error; see the daemon's log")
+        return error_body(self.s.metrics, ErrorCode.INTERNAL, "internal error; see the daemon's log")
 
     def _done(self) -> None:
         """A request answered (or dropped): its slot is free."""
@@ -318,7 +318,7 @@ class Connection:
         """Forward order events (and trading-state changes, if asked) from now on;
         returns once subscribed."""
         if self._subscribed:
-            raise ProtocolError("conflict", "this connection is already subscribed")
+            raise ProtocolError(ErrorCode.CONFLICT, "this connection is already subscribed")
         assert self._tg is not None
         self._subscribed = True
         ready = anyio.Event()
@@ -333,7 +333,7 @@ class Connection:
                         break  # what is queued is stale: tell them now
                     await self.write(verbs.event_line(event))
             await self._say_goodbye(
-                "overloaded", "events were dropped because this subscriber read too slowly; "
+                ErrorCode.OVERLOADED, "events were dropped because this subscriber read too slowly; "
                 "reconnect, subscribe and query orders to catch up")
             await self.stream.aclose()
 

@@ -31,7 +31,7 @@ from execd.messages import (
     Reply,
     SubmitterCommand,
 )
-from execd.protocol import ProtocolError
+from execd.protocol import ErrorCode, ProtocolError
 
 CANCEL_WAIT_S = 3.0  # flatten's wait for the cancels' first answer; the rest goes on
 
@@ -103,7 +103,7 @@ async def _cancel_holding(c: Caller, symbol: str, strategy_id: str, account: str
         except ProtocolError as e:
             # filled or gone meanwhile (a bracket's exit cancels its sibling): nothing
             # holds the shares now
-            if e.code not in ("not_found", "conflict"):
+            if e.code not in (ErrorCode.NOT_FOUND, ErrorCode.CONFLICT):
                 raise
     return cancelled
 
@@ -128,7 +128,7 @@ async def close(c: Caller, symbol: str, *, qty: Decimal | None = None,
     whose = f"{strategy_id}'s " if strategy_id is not None else ""
     if not books:
         at = f" at account {account}" if account else ""
-        raise ProtocolError("not_found", f"no {whose}{symbol} position to close{at}")
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no {whose}{symbol} position to close{at}")
     if len(books) > 1 and (qty is not None or client_order_id is not None):
         raise protocol.invalid(
             f"{len(books)} books hold {symbol} ({', '.join(_who(b) for b in books)}): a qty "
@@ -144,7 +144,7 @@ async def close(c: Caller, symbol: str, *, qty: Decimal | None = None,
     books = [b for b in await _books(c, symbol, strategy_id, account)
              if b.strategy_id in before and (b.qty > 0) == (before[b.strategy_id] > 0)]
     if not books:
-        raise ProtocolError("not_found", f"no {whose}{symbol} position left to close "
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no {whose}{symbol} position left to close "
                             f"(cancelled {len(cancelled)} orders)")
     placed: list[dict[str, Any]] = []
     for b in books:
@@ -196,7 +196,7 @@ async def op_flatten(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
             c, None, None, within=min(s.limits.submit_timeout, CANCEL_WAIT_S), account=account)
     except (ProtocolError, Overloaded) as e:  # close what is free all the same
         code, message = (e.code, e.message) if isinstance(e, ProtocolError) else \
-            ("overloaded", "the submitter's inbox is full")
+            (ErrorCode.OVERLOADED, "the submitter's inbox is full")
         cancel_error = {"code": code, "message": message}
         cancels = CancelRequested(orders=())
     closed = await job.close_free(s)

@@ -50,6 +50,7 @@ from execd.messages import (
     ask,
 )
 from execd.obs import logging
+from execd.protocol import ErrorCode
 from execd.store import StorageUnavailable
 
 
@@ -255,11 +256,11 @@ class Flattening:
                             qty=show(free),
                             held=show(held), client_order_id=spec.client_order_id)
             elif result is None:
-                done.error = ("internal", "the risk gate went away; the background tries "
+                done.error = (ErrorCode.INTERNAL, "the risk gate went away; the background tries "
                               "again")
             else:
                 # starting up, or the other side not gone yet: not a refusal of this close
-                if result.code not in ("recovering", "wash_trade"):
+                if result.code not in (ErrorCode.RECOVERING, ErrorCode.WASH_TRADE):
                     progress.denied += 1
                 done.error = (result.code, result.reason)
         return out

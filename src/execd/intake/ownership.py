@@ -14,11 +14,11 @@ from __future__ import annotations
 from execd.domain.orders import Order
 from execd.intake.caller import Caller
 from execd.intake.owners import ACCOUNT_STRATEGIES
-from execd.protocol import ProtocolError
+from execd.protocol import ErrorCode, ProtocolError
 
 
 def _not_yours(strategy_id: str) -> ProtocolError:
-    return ProtocolError("not_found", f"no strategy {strategy_id} of yours (with "
+    return ProtocolError(ErrorCode.NOT_FOUND, f"no strategy {strategy_id} of yours (with "
                          "access.own_orders_only a strategy_id belongs to the user who "
                          "first used it)")
 
@@ -75,5 +75,5 @@ def visible(c: Caller, order: Order | None) -> Order | None:
 def taken(client_order_id: str) -> ProtocolError:
     """A client_order_id another user's order holds: refused as the risk gate refuses a
     reused one, without a word of that order."""
-    return ProtocolError("conflict", f"client_order_id {client_order_id} is already used "
+    return ProtocolError(ErrorCode.CONFLICT, f"client_order_id {client_order_id} is already used "
                          "by another order")

@@ -27,7 +27,7 @@ from execd.domain.orders import (
 )
 from execd.intake.caller import Caller
 from execd.intake.verbs import own_order, place
-from execd.protocol import ProtocolError, invalid
+from execd.protocol import ErrorCode, ProtocolError, invalid
 
 FIELDS: frozenset[str] = frozenset({"client_order_id", "qty", "limit_price", "stop_price", "trail",
                     "time_in_force", "new_client_order_id", "wait"})
@@ -37,7 +37,7 @@ def replacement(old: Order, args: dict[str, Any], now: float) -> OrderSpec:
     """The order `old` becomes with the changes in `args`."""
     s = old.spec
     if s.order_class == "oto" and s.parent is not None:
-        raise ProtocolError("conflict", "an OTO leg cannot be replaced (Alpaca refuses it)")
+        raise ProtocolError(ErrorCode.CONFLICT, "an OTO leg cannot be replaced (Alpaca refuses it)")
     if s.parent is not None:
         for name in ("qty", "trail", "time_in_force"):
             if args.get(name) is not None:
@@ -105,9 +105,9 @@ async def op_replace(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
             # the same replace again (the key is its new id): nothing new is sent
             return await place(c, earlier.spec, wait)
     if old.state == OrderState.PENDING or old.broker_order_id is None:
-        raise ProtocolError("conflict", f"order {cid} has not reached the broker yet: "
+        raise ProtocolError(ErrorCode.CONFLICT, f"order {cid} has not reached the broker yet: "
                             "cancel it, or wait until it is SUBMITTED")
     if not old.is_open:
-        raise ProtocolError("conflict", f"order {cid} is {old.state.value}: only an open "
+        raise ProtocolError(ErrorCode.CONFLICT, f"order {cid} is {old.state.value}: only an open "
                             "order can be replaced")
     return await place(c, replacement(old, args, c.s.clock.time()), wait)

@@ -34,7 +34,7 @@ from execd.messages import (
     SubmitterCommand,
 )
 from execd.obs import logging
-from execd.protocol import ProtocolError
+from execd.protocol import ErrorCode, ProtocolError
 from execd.store import StatusSnapshot
 
 if TYPE_CHECKING:
@@ -284,7 +284,7 @@ async def op_backup(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(overwrite, bool):
         raise protocol.invalid("overwrite must be true or false")
     if c.s.backups is None:
-        raise ProtocolError("internal", "this daemon has no backup directory")
+        raise ProtocolError(ErrorCode.INTERNAL, "this daemon has no backup directory")
     return await backup.write(c.s.book.store, c.s.backups, path, overwrite=overwrite)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from execd import protocol
 from execd.intake.caller import Caller
 from execd.intake.ownership import use_strategy
-from execd.protocol import ProtocolError
+from execd.protocol import ErrorCode, ProtocolError
 
 HEARTBEAT_MIN, HEARTBEAT_MAX = Decimal("0.05"), Decimal(3600)
 
@@ -16,7 +16,7 @@ HEARTBEAT_MIN, HEARTBEAT_MAX = Decimal("0.05"), Decimal(3600)
 async def op_session(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
     deadman = c.s.deadman
     if deadman is None:
-        raise ProtocolError("internal", "this daemon runs without dead-man sessions")
+        raise ProtocolError(ErrorCode.INTERNAL, "this daemon runs without dead-man sessions")
     sid = protocol.strategy_id(args, required=True)
     assert sid is not None
     on = args.get("cancel_on_disconnect", True)
@@ -31,6 +31,6 @@ async def op_session(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         await deadman.open(c, sid, float(heartbeat))
         return {"session": shown}
     if not await deadman.close(c, sid) and sid in deadman.sessions:
-        raise ProtocolError("conflict", f"strategy {sid}'s session belongs to another "
+        raise ProtocolError(ErrorCode.CONFLICT, f"strategy {sid}'s session belongs to another "
                             "connection")
     return {"session": shown}

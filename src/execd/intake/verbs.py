@@ -33,7 +33,7 @@ from execd.messages import (
     TradingStateChanged,
     ask,
 )
-from execd.protocol import ProtocolError
+from execd.protocol import ErrorCode, ProtocolError
 
 
 async def place(c: Caller, spec: OrderSpec, wait: str, *, closing: bool = False
@@ -66,7 +66,7 @@ async def place(c: Caller, spec: OrderSpec, wait: str, *, closing: bool = False
                     order = await s.book.get(order.client_order_id) or order
     s.metrics.ack_latency.labels(wait).observe(anyio.current_time() - start)
     if order.state == OrderState.REJECTED and wait == "submitted":
-        raise ProtocolError("broker_rejected", f"the broker rejected the order: {order.reason}",
+        raise ProtocolError(ErrorCode.BROKER_REJECTED, f"the broker rejected the order: {order.reason}",
                             order=order.to_json())
     return {"order": order.to_json(), "existing": result.existing}
 
@@ -76,7 +76,7 @@ def _accepted(spec: OrderSpec, result: SubmitResult | None) -> OrderAccepted:
     away with the order in hand)."""
     if result is None:
         raise ProtocolError(
-            "internal", f"the risk gate failed on this order; query client_order_id "
+            ErrorCode.INTERNAL, f"the risk gate failed on this order; query client_order_id "
             f"{spec.client_order_id} to learn whether it was recorded")
     if isinstance(result, OrderDenied):
         extra: dict[str, Any] = {} if result.retry_after_s is None else {
@@ -151,7 +151,7 @@ async def own_order(c: Caller, cid: str) -> Order:
     """The order, if this peer may see it (others' orders look absent)."""
     order = ownership.visible(c, await c.s.book.get(cid))
     if order is None:
-        raise ProtocolError("not_found", f"no order with client_order_id {cid}")
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no order with client_order_id {cid}")
     return order
 
 
@@ -196,5 +196,5 @@ def known_account(c: Caller, args: dict[str, Any]) -> str | None:
 
 
 def operator_only(what: str) -> ProtocolError:
-    return ProtocolError("unauthorized", f"{what} is an operator command (an admin: root, "
+    return ProtocolError(ErrorCode.UNAUTHORIZED, f"{what} is an operator command (an admin: root, "
                          "the daemon's user, access.admin_uids or access.admin_gids)")

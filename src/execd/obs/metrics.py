@@ -29,7 +29,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import generate_latest
 
-from execd.domain.orders import DEFAULT_ACCOUNT
+from execd.domain.codes import ErrorCode
+from execd.domain.orders import DEFAULT_ACCOUNT, OrderState
 from execd.domain.risk import TradingState, TradingStatus
 from execd.obs.broker_news import BrokerNews
 
@@ -40,9 +41,8 @@ LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 # The known label values (app.py's ChildSpec names; `stream` is the trade_updates actor).
 ACTORS = ("submitter", "poller", "reconciler", "storage", "risk", "intake", "watchdog",
           "stream", "deadman")
-ORDER_STATES = ("PENDING", "SUBMITTED", "PARTIALLY_FILLED", "FILLED", "REJECTED", "CANCELLED",
-                "EXPIRED", "REPLACED")
-TRADING_STATES = ("ACTIVE", "REDUCING", "HALTED")
+ORDER_STATES = tuple(OrderState)
+TRADING_STATES = tuple(TradingState)
 SUBMIT_OUTCOMES = ("accepted", "denied", "duplicate", "conflict", "recovering",
                    "storage_unavailable")  # risk.py
 RISK_RULES = ("halted", "strategy_halted", "reducing", "symbol_not_allowed", "symbol_denied",
@@ -54,11 +54,7 @@ WAIT_MODES = ("submitted", "accepted")  # protocol.py: when a submit is answered
 BROKER_ENDPOINTS = ("submit_order", "replace_order", "get_order_by_client_id", "get_order",
                     "list_orders", "cancel_order", "positions")
 RECONCILE_RESULTS = ("clean", "mismatch", "unconfirmed", "error")
-# docs/protocol.md, "Error codes"
-INTAKE_ERROR_CODES = ("invalid_request", "unknown_op", "risk_rejected", "trading_halted",
-                      "broker_rejected", "not_found", "conflict", "unauthorized", "line_too_long",
-                      "overloaded", "internal", "recovering", "storage_unavailable",
-                      "wash_trade")
+INTAKE_ERROR_CODES = tuple(ErrorCode)  # docs/protocol.md, "Error codes"
 FILL_SOURCES = ("stream", "poll")
 # trade_updates events (ALPACA.md); anything else is counted as "other".
 STREAM_EVENTS = ("new", "fill", "partial_fill", "canceled", "expired", "done_for_day",
@@ -301,8 +297,8 @@ class Metrics:
         # (a stream turned off in config is not an actor down).
         for state in ORDER_STATES:
             self.orders.labels(state)
-        for state in TRADING_STATES:
-            self.trading_state.labels(state)
+        for trading in TRADING_STATES:
+            self.trading_state.labels(trading)
         for category in HALT_CATEGORIES:
             self.trading_halted.labels(category)
         for outcome in SUBMIT_OUTCOMES:

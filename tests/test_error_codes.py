@@ -1,0 +1,29 @@
+"""Error codes have one home: the ErrorCode enum. docs/protocol.md, the client's error
+classes and the metrics' label values all follow it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from execd.client.errors import BY_CODE
+from execd.obs import metrics
+from execd.protocol import ErrorCode
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+
+
+def _documented_codes() -> set[str]:
+    text = DOCS.read_text()
+    section = text.split("## Error codes", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+
+
+def test_docs_protocol_lists_exactly_the_enums_codes() -> None:
+    assert _documented_codes() == {c.value for c in ErrorCode}
+
+
+def test_every_code_has_its_client_error_class_and_metric_label() -> None:
+    assert {c.value for c in ErrorCode} <= set(BY_CODE)
+    assert set(BY_CODE) - {c.value for c in ErrorCode} == {"connection_lost", "unreachable"}
+    assert set(metrics.INTAKE_ERROR_CODES) == {c.value for c in ErrorCode}
