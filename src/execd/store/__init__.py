@@ -1,13 +1,15 @@
 """The durable order book: orders, the append-only order_events, fills, positions and
-the trading state in SQLite. `Store` holds the SQL once; the `Db` port beneath it is
-aiosqlite on asyncio and a one-thread sqlite3 adapter on trio.
+the trading state in SQLite. `Store` is the book's API: each method one read or one
+transaction. Beneath it: `schema` (the migrations), `records` (rows into domain records
+and back), `queries` (the SQL run inside a transaction), and `db` (the `Db` port: one
+worker thread for reads, group-committed writes on the loop's thread).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -15,278 +17,26 @@ from typing import Any, TypeVar
 
 import anyio
 
-from execd.domain.decimals import plain, show
+from execd.domain.decimals import plain
 from execd.domain.external import CLOSED_STATUSES, ExternalOrder, filled_since, merge
 from execd.domain.orders import (
     DEFAULT_ACCOUNT,
-    OPEN_STATES,
     UNATTRIBUTED,
     Fill,
     Order,
-    OrderSpec,
     OrderState,
-    StopLoss,
-    TakeProfit,
     Update,
 )
-from execd.domain.positions import Position, apply_fill, books_from_fills, unattributed
-from execd.domain.risk import TradingState, TradingStatus
+from execd.domain.positions import Position, apply_fill, books_from_fills
+from execd.domain.risk import TradingStatus
 from execd.files import private_dir, private_file
-from execd.store.db import Db, Row, StorageUnavailable
+from execd.store import queries, records, schema
+from execd.store.db import Db, StorageUnavailable
+from execd.store.schema import MIGRATIONS, StoreError
 
 __all__ = ["MIGRATIONS", "RiskSnapshot", "StorageUnavailable", "Store", "StoreError"]
 
 T = TypeVar("T")
-
-# Each a SQL script, or a function for what SQL cannot say (run in the same transaction).
-Migration = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[Migration] = [
-    # 1: the first schema
-    """
-    CREATE TABLE orders (
-        client_order_id TEXT PRIMARY KEY,
-        strategy_id TEXT NOT NULL,
-        symbol TEXT NOT NULL,
-        side TEXT NOT NULL,
-        qty TEXT NOT NULL,
-        type TEXT NOT NULL,
-        limit_price TEXT,
-        time_in_force TEXT NOT NULL,
-        state TEXT NOT NULL,
-        broker_order_id TEXT,
-        filled_qty TEXT NOT NULL,
-        filled_avg_price TEXT,
-        reason TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX orders_open ON orders(state)
-        WHERE state IN ('PENDING', 'SUBMITTED', 'PARTIALLY_FILLED');
-    CREATE INDEX orders_strategy ON orders(strategy_id, created_at);
-    CREATE INDEX orders_created ON orders(created_at);
-    CREATE TABLE order_events (
-        id INTEGER PRIMARY KEY,
-        client_order_id TEXT NOT NULL REFERENCES orders(client_order_id),
-        event TEXT NOT NULL,
-        state TEXT NOT NULL,
-        filled_qty TEXT NOT NULL,
-        detail TEXT,
-        at REAL NOT NULL
-    );
-    CREATE INDEX order_events_order ON order_events(client_order_id);
-    CREATE TABLE fills (
-        id INTEGER PRIMARY KEY,
-        client_order_id TEXT NOT NULL REFERENCES orders(client_order_id),
-        symbol TEXT NOT NULL,
-        side TEXT NOT NULL,
-        qty TEXT NOT NULL,
-        price TEXT NOT NULL,
-        at REAL NOT NULL
-    );
-    CREATE TABLE positions (
-        symbol TEXT PRIMARY KEY,
-        qty TEXT NOT NULL,
-        cost_basis TEXT NOT NULL,
-        last_price TEXT
-    );
-    CREATE TABLE trading_state (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        state TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        since REAL NOT NULL
-    );
-    """,
-    # 2: who submitted each order (peer uid), for access control
-    """
-    ALTER TABLE orders ADD COLUMN owner_uid INTEGER;
-    CREATE INDEX orders_owner ON orders(owner_uid, created_at);
-    """,
-    # 3: a row the storage monitor writes to learn whether writes reach the disk again
-    """
-    CREATE TABLE storage_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
-    """,
-    # 4: strategies halted on their own; dead-man sessions that outlive a restart
-    """
-    CREATE TABLE strategy_halts (
-        strategy_id TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL
-    );
-    CREATE TABLE sessions (
-        strategy_id TEXT PRIMARY KEY, heartbeat_s REAL NOT NULL, opened_at REAL NOT NULL
-    );
-    """,
-    # 5: every Alpaca order type (issue 14). A notional order has no qty: its qty is ''
-    # (the column is NOT NULL since 1, and SQLite cannot relax that in place). Legs are
-    # orders: a leg names its parent; a parent lists its legs (JSON, in Alpaca's order).
-    """
-    ALTER TABLE orders ADD COLUMN notional TEXT;
-    ALTER TABLE orders ADD COLUMN stop_price TEXT;
-    ALTER TABLE orders ADD COLUMN trail_price TEXT;
-    ALTER TABLE orders ADD COLUMN trail_percent TEXT;
-    ALTER TABLE orders ADD COLUMN extended_hours INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE orders ADD COLUMN order_class TEXT NOT NULL DEFAULT 'simple';
-    ALTER TABLE orders ADD COLUMN take_profit_limit_price TEXT;
-    ALTER TABLE orders ADD COLUMN stop_loss_stop_price TEXT;
-    ALTER TABLE orders ADD COLUMN stop_loss_limit_price TEXT;
-    ALTER TABLE orders ADD COLUMN parent_client_order_id TEXT;
-    ALTER TABLE orders ADD COLUMN legs TEXT;
-    ALTER TABLE orders ADD COLUMN replaces TEXT;
-    ALTER TABLE orders ADD COLUMN replaced_by TEXT;
-    CREATE INDEX orders_parent ON orders(parent_client_order_id)
-        WHERE parent_client_order_id IS NOT NULL;
-    CREATE INDEX orders_broker_id ON orders(broker_order_id);
-    """,
-    # 6: a strategy_id belongs to the uid that first used it (access.own_orders_only);
-    # the strategies in use before take their first order's owner (execd-close and
-    # execd-flatten are the account's, owned by no one). Fills by order, for a strategy's
-    # own book.
-    """
-    CREATE TABLE strategy_owners (
-        strategy_id TEXT PRIMARY KEY, owner_uid INTEGER NOT NULL, since REAL NOT NULL
-    );
-    INSERT INTO strategy_owners (strategy_id, owner_uid, since)
-        SELECT strategy_id, owner_uid, min(created_at) FROM orders
-        WHERE owner_uid IS NOT NULL AND strategy_id NOT IN ('execd-close', 'execd-flatten')
-        GROUP BY strategy_id;
-    CREATE INDEX fills_order ON fills(client_order_id);
-    """,
-    # 7: orders on the account that execd did not place (domain/external.py)
-    """
-    CREATE TABLE external_orders (
-        broker_order_id TEXT PRIMARY KEY,
-        client_order_id TEXT NOT NULL,
-        symbol TEXT NOT NULL,
-        side TEXT NOT NULL,
-        qty TEXT,
-        notional TEXT,
-        type TEXT NOT NULL,
-        status TEXT NOT NULL,
-        filled_qty TEXT NOT NULL,
-        filled_avg_price TEXT,
-        first_seen REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX external_orders_seen ON external_orders(first_seen);
-    """,
-    # 8: several broker accounts (issue 30): each order at one account (older ones at
-    # "default", a [broker] config's one account), positions and halts per account
-    """
-    ALTER TABLE orders ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
-    CREATE INDEX orders_account ON orders(account, state);
-    CREATE TABLE account_positions (
-        account TEXT NOT NULL,
-        symbol TEXT NOT NULL,
-        qty TEXT NOT NULL,
-        cost_basis TEXT NOT NULL,
-        last_price TEXT,
-        PRIMARY KEY (account, symbol)
-    );
-    INSERT INTO account_positions (account, symbol, qty, cost_basis, last_price)
-        SELECT 'default', symbol, qty, cost_basis, last_price FROM positions;
-    DROP TABLE positions;
-    ALTER TABLE account_positions RENAME TO positions;
-    CREATE TABLE account_halts (
-        account TEXT PRIMARY KEY,
-        reason TEXT NOT NULL,
-        since REAL NOT NULL
-    );
-    ALTER TABLE external_orders ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
-    """,
-    # 9: a book per strategy (issue 31): positions per (account, strategy, symbol), rebuilt
-    # from each strategy's fills; what the totals hold beyond them: unattributed
-    lambda conn: _rebuild_books(conn),
-    # 10: an order that only reduces a position (close_position, flatten), as the risk
-    # gate admitted it: sent while halted, also after a restart (halts.py)
-    """
-    ALTER TABLE orders ADD COLUMN closing INTEGER NOT NULL DEFAULT 0;
-    """,
-    # 11: fills of orders execd did not place, in the unattributed book (issue 31); the
-    # reconciler halts their account for an operator (`seen` once it has); and what an
-    # operator moved between the unattributed book and a strategy's (`adopt`)
-    """
-    CREATE TABLE external_fills (
-        id INTEGER PRIMARY KEY,
-        account TEXT NOT NULL,
-        broker_order_id TEXT NOT NULL,
-        symbol TEXT NOT NULL,
-        side TEXT NOT NULL,
-        qty TEXT NOT NULL,
-        price TEXT NOT NULL,
-        at REAL NOT NULL,
-        seen INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX external_fills_unseen ON external_fills(account, seen);
-    CREATE TABLE adoptions (
-        id INTEGER PRIMARY KEY,
-        account TEXT NOT NULL,
-        symbol TEXT NOT NULL,
-        strategy_id TEXT NOT NULL,
-        qty TEXT NOT NULL,
-        price TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        at REAL NOT NULL
-    );
-    """,
-]
-
-_ORDER_COLUMNS = (
-    "client_order_id, strategy_id, symbol, side, qty, type, limit_price, time_in_force, "
-    "state, broker_order_id, filled_qty, filled_avg_price, reason, created_at, updated_at, "
-    "owner_uid, notional, stop_price, trail_price, trail_percent, extended_hours, "
-    "order_class, take_profit_limit_price, stop_loss_stop_price, stop_loss_limit_price, "
-    "parent_client_order_id, legs, replaces, replaced_by, account, closing"
-)
-_N_COLUMNS = _ORDER_COLUMNS.count(",") + 1
-
-
-def _dec(text: str | None) -> Decimal | None:
-    return None if text is None else Decimal(text)
-
-
-def _str(d: Decimal | None) -> str | None:
-    return None if d is None else plain(d)
-
-
-_INSERT_EVENT = ("INSERT INTO order_events (client_order_id, event, state, filled_qty, detail, "
-                 "at) VALUES (?, ?, ?, ?, ?, ?)")
-
-
-_EXTERNAL_COLUMNS = ("broker_order_id, client_order_id, symbol, side, qty, notional, type, "
-                     "status, filled_qty, filled_avg_price, first_seen, updated_at, account")
-
-
-# An order first met as a stranger can turn out to be ours (a leg streamed before its
-# parent's answer named it): once the book holds its broker id, it is shown as ours only.
-_NOT_OURS = ("broker_order_id NOT IN (SELECT broker_order_id FROM orders "
-             "WHERE broker_order_id IS NOT NULL)")
-
-
-def _external_row(e: ExternalOrder) -> tuple[Any, ...]:
-    return (e.broker_order_id, e.client_order_id, e.symbol, e.side, _str(e.qty),
-            _str(e.notional), e.type, e.status, plain(e.filled_qty), _str(e.filled_avg_price),
-            e.first_seen, e.updated_at, e.account)
-
-
-def _external_from(row: Row) -> ExternalOrder:
-    bid, cid, symbol, side, qty, notional, otype, status, filled, avg, first, updated, acct = row
-    return ExternalOrder(broker_order_id=bid, client_order_id=cid, symbol=symbol, side=side,
-                         qty=_dec(qty), notional=_dec(notional), type=otype, status=status,
-                         filled_qty=Decimal(filled), filled_avg_price=_dec(avg),
-                         first_seen=first, updated_at=updated, account=acct)
-
-
-def _externals(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, ExternalOrder]:
-    out: dict[str, ExternalOrder] = {}
-    for i in range(0, len(ids), 500):
-        chunk = ids[i:i + 500]
-        out.update((e.broker_order_id, e) for e in map(_external_from, conn.execute(
-            f"SELECT {_EXTERNAL_COLUMNS} FROM external_orders WHERE broker_order_id IN "
-            f"({','.join('?' * len(chunk))})", chunk)))
-    return out
-
-
-class StoreError(Exception):
-    """The database cannot be used as it is (e.g. written by a newer execd)."""
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RiskSnapshot:
@@ -314,188 +64,6 @@ class StatusSnapshot:
     external_total: int = 0
 
 
-def _count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
-    return {s: int(n) for s, n in conn.execute(
-        "SELECT state, count(*) FROM orders GROUP BY state")}
-
-
-def _strategy_halts(conn: sqlite3.Connection) -> dict[str, TradingStatus]:
-    return {sid: TradingStatus(state=TradingState.HALTED, reason=reason, since=since)
-            for sid, reason, since in conn.execute(
-                "SELECT strategy_id, reason, since FROM strategy_halts")}
-
-
-def _rebuild_books(conn: sqlite3.Connection) -> None:
-    conn.execute("""CREATE TABLE books (
-        account TEXT NOT NULL,
-        strategy_id TEXT NOT NULL,
-        symbol TEXT NOT NULL,
-        qty TEXT NOT NULL,
-        cost_basis TEXT NOT NULL,
-        PRIMARY KEY (account, strategy_id, symbol))""")
-    fills = [(a, sid, sym, Decimal(q) if side == "buy" else -Decimal(q), Decimal(px))
-             for a, sid, sym, side, q, px in conn.execute(
-                 "SELECT o.account, o.strategy_id, f.symbol, f.side, f.qty, f.price FROM fills f "
-                 "JOIN orders o ON o.client_order_id = f.client_order_id ORDER BY f.id")]
-    books = books_from_fills(fills)
-    rows = [b for b in books.values() if b.qty] + unattributed(_positions(conn), books)
-    _write_books(conn, rows)
-
-
-def _write_books(conn: sqlite3.Connection, books: Iterable[Position]) -> None:
-    conn.executemany(
-        "INSERT INTO books (account, strategy_id, symbol, qty, cost_basis) VALUES "
-        "(?, ?, ?, ?, ?) ON CONFLICT(account, strategy_id, symbol) DO UPDATE SET "
-        "qty=excluded.qty, cost_basis=excluded.cost_basis",
-        [(b.account, b.strategy_id, b.symbol, plain(b.qty), plain(b.cost_basis))
-         for b in books])
-
-
-def _books(conn: sqlite3.Connection, where: str = "", params: Sequence[Any] = ()
-           ) -> list[Position]:
-    return [Position(account=a, strategy_id=sid, symbol=s, qty=Decimal(q),
-                     cost_basis=Decimal(c)) for a, sid, s, q, c in conn.execute(
-                "SELECT account, strategy_id, symbol, qty, cost_basis FROM books "
-                f"{where} ORDER BY account, strategy_id, symbol", params)]
-
-
-def _move_books(conn: sqlite3.Connection, fills: Sequence[Fill]) -> None:
-    """Each fill moves its order's strategy's book (the account's total moves too)."""
-    symbols = sorted({f.symbol for f in fills})
-    books = {(b.account, b.strategy_id or UNATTRIBUTED, b.symbol): b for b in _books(
-        conn, f"WHERE symbol IN ({','.join('?' * len(symbols))})", symbols)}
-    for f in fills:
-        key = (f.account, f.strategy_id, f.symbol)
-        books[key] = apply_fill(books.get(key, Position(
-            account=f.account, strategy_id=f.strategy_id, symbol=f.symbol)),
-            f.signed_qty, f.price)
-    _write_books(conn, books.values())
-
-
-def _move_positions(conn: sqlite3.Connection, fills: Sequence[Fill]) -> None:
-    _move_books(conn, fills)
-    symbols = sorted({f.symbol for f in fills})
-    rows = conn.execute(
-        "SELECT account, symbol, qty, cost_basis, last_price FROM positions WHERE symbol IN "
-        f"({','.join('?' * len(symbols))})", symbols).fetchall()
-    positions = {(a, s): Position(account=a, symbol=s, qty=Decimal(q), cost_basis=Decimal(c),
-                                  last_price=_dec(p)) for a, s, q, c, p in rows}
-    for f in fills:  # in order: each fill moves the position the previous one left
-        key = (f.account, f.symbol)
-        positions[key] = apply_fill(
-            positions.get(key, Position(account=f.account, symbol=f.symbol)),
-            f.signed_qty, f.price)
-    conn.executemany(
-        "INSERT INTO positions (account, symbol, qty, cost_basis, last_price) VALUES "
-        "(?, ?, ?, ?, ?) ON CONFLICT(account, symbol) DO UPDATE SET qty=excluded.qty, "
-        "cost_basis=excluded.cost_basis, last_price=excluded.last_price",
-        [(p.account, p.symbol, plain(p.qty), plain(p.cost_basis), _str(p.last_price))
-         for p in positions.values()],
-    )
-
-
-def _detail(u: Update) -> str | None:
-    if u.fill is not None:
-        # for people: a fill's price is derived by division (show rounds it)
-        return json.dumps({"qty": show(u.fill.qty), "price": show(u.fill.price)})
-    if u.order.reason and u.event in ("REJECTED", "CANCELLED", "EXPIRED"):
-        return json.dumps({"reason": u.order.reason})
-    return None
-
-
-def _order_row(o: Order) -> tuple[Any, ...]:
-    s = o.spec
-    tp, sl = s.take_profit, s.stop_loss
-    return (
-        s.client_order_id, s.strategy_id, s.symbol, s.side,
-        "" if s.qty is None else plain(s.qty), s.type,
-        _str(s.limit_price), s.time_in_force, o.state.value, o.broker_order_id,
-        plain(o.filled_qty), _str(o.filled_avg_price), o.reason, o.created_at, o.updated_at,
-        o.owner_uid, _str(s.notional), _str(s.stop_price), _str(s.trail_price),
-        _str(s.trail_percent), int(s.extended_hours), s.order_class,
-        _str(tp.limit_price) if tp else None, _str(sl.stop_price) if sl else None,
-        _str(sl.limit_price) if sl else None, s.parent, _legs(o.legs), s.replaces,
-        o.replaced_by, o.account, int(o.closing),
-    )
-
-
-def _legs(legs: Sequence[str]) -> str | None:
-    return json.dumps(list(legs)) if legs else None
-
-
-def _order_from(row: Row) -> Order:
-    (cid, strategy, symbol, side, qty, otype, limit, tif, state, broker_id, filled, avg,
-     reason, created, updated, owner, notional, stop, trail_price, trail_percent, ext,
-     oclass, tp_limit, sl_stop, sl_limit, parent, legs, replaces, replaced_by, account,
-     closing) = row
-    return Order(
-        spec=OrderSpec(
-            client_order_id=cid, strategy_id=strategy, symbol=symbol, side=side,
-            qty=_dec(qty or None), notional=_dec(notional), type=otype, limit_price=_dec(limit),
-            stop_price=_dec(stop), trail_price=_dec(trail_price),
-            trail_percent=_dec(trail_percent), time_in_force=tif, extended_hours=bool(ext),
-            order_class=oclass,
-            take_profit=None if tp_limit is None else TakeProfit(limit_price=Decimal(tp_limit)),
-            stop_loss=None if sl_stop is None else StopLoss(stop_price=Decimal(sl_stop),
-                                                             limit_price=_dec(sl_limit)),
-            parent=parent, replaces=replaces, account=account,
-        ),
-        state=OrderState(state), broker_order_id=broker_id, filled_qty=Decimal(filled),
-        filled_avg_price=_dec(avg), reason=reason, created_at=created, updated_at=updated,
-        owner_uid=owner, legs=tuple(json.loads(legs)) if legs else (),
-        replaced_by=replaced_by, closing=bool(closing),
-    )
-
-
-_SELECT = f"SELECT {_ORDER_COLUMNS} FROM orders"
-_OPEN = ("WHERE state IN (" + ",".join(f"'{s.value}'" for s in sorted(OPEN_STATES)) + ")")
-
-
-def _positions(conn: sqlite3.Connection, account: str | None = None) -> list[Position]:
-    """Every account's positions (or one account's), by account and symbol."""
-    sql = "SELECT account, symbol, qty, cost_basis, last_price FROM positions"
-    rows = conn.execute(sql + " WHERE account=? ORDER BY symbol", (account,)) \
-        if account is not None else conn.execute(sql + " ORDER BY account, symbol")
-    return [Position(account=a, symbol=s, qty=Decimal(q), cost_basis=Decimal(c),
-                     last_price=_dec(p)) for a, s, q, c, p in rows]
-
-
-def _account_halts(conn: sqlite3.Connection) -> dict[str, TradingStatus]:
-    return {a: TradingStatus(state=TradingState.HALTED, reason=reason, since=since)
-            for a, reason, since in conn.execute(
-                "SELECT account, reason, since FROM account_halts")}
-
-
-def _trading(conn: sqlite3.Connection) -> TradingStatus:
-    rows = conn.execute("SELECT state, reason, since FROM trading_state").fetchall()
-    if not rows:
-        return TradingStatus()
-    state, reason, since = rows[0]
-    return TradingStatus(state=TradingState(state), reason=reason, since=since)
-
-
-def _in(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, Order]:
-    """The orders with these client_order_ids, in chunks under SQLite's variable limit."""
-    wanted = list(ids)
-    out: dict[str, Order] = {}
-    for i in range(0, len(wanted), 500):
-        chunk = wanted[i:i + 500]
-        rows = conn.execute(f"{_SELECT} WHERE client_order_id IN ({','.join('?' * len(chunk))})",
-                            chunk).fetchall()
-        out.update((o.client_order_id, o) for o in map(_order_from, rows))
-    return out
-
-
-def _insert(conn: sqlite3.Connection, orders: Sequence[Order], *,
-            ignore_known: bool = False) -> None:
-    if ignore_known:
-        known = _in(conn, (o.client_order_id for o in orders))
-        orders = [o for o in orders if o.client_order_id not in known]
-    conn.executemany(f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ({','.join('?' * _N_COLUMNS)})",
-                     [_order_row(o) for o in orders])
-    conn.executemany(_INSERT_EVENT, [(o.client_order_id, "ACCEPTED", o.state.value,
-                                      plain(o.filled_qty), None, o.created_at) for o in orders])
-
 
 class Store:
     """The SQL, once. Every read is one trip to the database's worker thread, and every
@@ -512,7 +80,7 @@ class Store:
         await anyio.to_thread.run_sync(private_file, path)
         store = cls(await Db.open(path))
         try:
-            await store._db.run(_migrate)
+            await store._db.run(schema.migrate)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await store.close()
@@ -539,7 +107,7 @@ class Store:
     async def insert_orders(self, orders: Sequence[Order]) -> None:
         """Durably record new PENDING orders, all in one transaction (group commit)."""
         if orders:
-            await self._transaction(lambda conn: _insert(conn, orders))
+            await self._transaction(lambda conn: queries.insert(conn, orders))
 
     async def commit_new(
         self, client_order_ids: Collection[str],
@@ -553,13 +121,13 @@ class Store:
         ids = list(client_order_ids)
 
         def tx(conn: sqlite3.Connection) -> Sequence[Order]:
-            new = decide(_in(conn, ids))
+            new = decide(queries.orders_in(conn, ids))
             if new:
-                _insert(conn, new)
+                queries.insert(conn, new)
                 routed = [(o.client_order_id, "ROUTED", o.state.value, plain(o.filled_qty),
                            notes[o.client_order_id], o.created_at)
                           for o in new if notes and o.client_order_id in notes]
-                conn.executemany(_INSERT_EVENT, routed)
+                conn.executemany(records.INSERT_EVENT, routed)
             return new
 
         return await self._transaction(tx)
@@ -571,18 +139,18 @@ class Store:
         if not updates:
             return
         order_rows = [(u.order.state.value, u.order.broker_order_id, plain(u.order.filled_qty),
-                       _str(u.order.filled_avg_price), u.order.reason, u.order.updated_at,
-                       _legs(u.order.legs), u.order.replaced_by,
+                       records.text_of(u.order.filled_avg_price), u.order.reason, u.order.updated_at,
+                       records.legs_json(u.order.legs), u.order.replaced_by,
                        u.order.client_order_id) for u in updates]
         fills = [u.fill for u in updates if u.fill is not None]
         events = [(u.order.client_order_id, u.event, u.order.state.value,
-                   plain(u.order.filled_qty), _detail(u), u.order.updated_at) for u in updates]
+                   plain(u.order.filled_qty), records.event_detail(u), u.order.updated_at) for u in updates]
 
         born = [o for u in updates for o in u.born]
 
         def tx(conn: sqlite3.Connection) -> None:
             if born:  # legs, with the parent that names them; known ones stay as they are
-                _insert(conn, born, ignore_known=True)
+                queries.insert(conn, born, ignore_known=True)
             conn.executemany(
                 "UPDATE orders SET state=?, broker_order_id=?, filled_qty=?, "
                 "filled_avg_price=?, reason=?, updated_at=?, legs=?, replaced_by=? "
@@ -596,8 +164,8 @@ class Store:
                     [(f.client_order_id, f.symbol, f.side, plain(f.qty), plain(f.price), f.at)
                      for f in fills],
                 )
-                _move_positions(conn, fills)
-            conn.executemany(_INSERT_EVENT, events)
+                queries.move_positions(conn, fills)
+            conn.executemany(records.INSERT_EVENT, events)
 
         await self._transaction(tx, linger=linger)
 
@@ -611,7 +179,7 @@ class Store:
             return []
 
         def tx(conn: sqlite3.Connection) -> list[ExternalOrder]:
-            current = _externals(conn, list(dict.fromkeys(e.broker_order_id for e in seen)))
+            current = queries.externals_by_id(conn, list(dict.fromkeys(e.broker_order_id for e in seen)))
             changed: dict[str, ExternalOrder] = {}
             fills: list[tuple[str, Fill]] = []
             for e in seen:
@@ -623,8 +191,8 @@ class Store:
                     if fill is not None:
                         fills.append((e.broker_order_id, fill))
             conn.executemany(
-                f"INSERT OR REPLACE INTO external_orders ({_EXTERNAL_COLUMNS}) VALUES "
-                f"({','.join('?' * 13)})", [_external_row(e) for e in changed.values()])
+                f"INSERT OR REPLACE INTO external_orders ({records.EXTERNAL_COLUMNS}) VALUES "
+                f"({','.join('?' * 13)})", [records.external_row(e) for e in changed.values()])
             # An order first met as a stranger that is ours after all (a leg seen before
             # its parent's answer named it): its fills are the book's through the fold,
             # never the unattributed book's as well
@@ -633,7 +201,7 @@ class Store:
                 f"({','.join('?' * len(fills))})", [bid for bid, _ in fills])} if fills else set()
             fills = [(bid, f) for bid, f in fills if bid not in ours]
             if fills:  # the account's total and its unattributed book move with them
-                _move_positions(conn, [f for _, f in fills])
+                queries.move_positions(conn, [f for _, f in fills])
                 conn.executemany(
                     "INSERT INTO external_fills (account, broker_order_id, symbol, side, qty, "
                     "price, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -739,10 +307,10 @@ class Store:
 
     # ------------------------------------------------------------------- reads
     async def strategy_halts(self) -> dict[str, TradingStatus]:
-        return await self._db.run(_strategy_halts)
+        return await self._db.run(queries.strategy_halts)
 
     async def account_halts(self) -> dict[str, TradingStatus]:
-        return await self._db.run(_account_halts)
+        return await self._db.run(queries.account_halts)
 
     async def unseen_external_fills(self, account: str) -> list[tuple[str, str, str, str]]:
         """External fills at `account` no halt has reported yet: (symbol, side, qty,
@@ -765,7 +333,7 @@ class Store:
         Refuses (ValueError) to take more than the giving book holds. The unattributed
         book and the strategy's, after."""
         def tx(conn: sqlite3.Connection) -> tuple[Position, Position]:
-            keyed = {b.strategy_id: b for b in _books(
+            keyed = {b.strategy_id: b for b in queries.read_books(
                 conn, "WHERE account=? AND symbol=? AND strategy_id IN (?, ?)",
                 (account, symbol, UNATTRIBUTED, strategy_id))}
             empty = Position(account=account, symbol=symbol)
@@ -781,7 +349,7 @@ class Store:
             price = giver.avg_entry_price or Decimal(0)
             after_rest = apply_fill(rest, -into, price)
             after_book = apply_fill(book, into, price)
-            _write_books(conn, [after_rest, after_book])
+            queries.write_books(conn, [after_rest, after_book])
             conn.execute("INSERT INTO adoptions (account, symbol, strategy_id, qty, price, "
                          "reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (account, symbol, strategy_id, plain(into), plain(price), reason, at))
@@ -792,14 +360,14 @@ class Store:
     async def trading_states(self) -> tuple[TradingStatus, dict[str, TradingStatus]]:
         """The global trading state and the accounts halted on their own: two small
         reads in one hop (status() counts every order: too much to ask often)."""
-        return await self._db.run(lambda conn: (_trading(conn), _account_halts(conn)))
+        return await self._db.run(lambda conn: (queries.read_trading(conn), queries.account_halts(conn)))
 
     async def accounts_in_use(self) -> set[str]:
         """Accounts that still have open or PENDING orders, or shares (start-up checks
         each is configured: renaming an account must not orphan its orders or leave a
         position nobody reconciles or can close)."""
         rows = await self._db.execute(
-            f"SELECT DISTINCT account FROM orders {_OPEN} UNION "
+            f"SELECT DISTINCT account FROM orders {records.OPEN} UNION "
             "SELECT DISTINCT account FROM positions WHERE CAST(qty AS REAL) != 0")
         return {str(a) for a, in rows}
 
@@ -837,17 +405,17 @@ class Store:
 
         def read(conn: sqlite3.Connection) -> RiskSnapshot:
             return RiskSnapshot(
-                positions=_positions(conn),
+                positions=queries.read_positions(conn),
                 open_orders=open_orders if open_orders is not None else [
-                    _order_from(r) for r in conn.execute(
-                        f"{_SELECT} {_OPEN} ORDER BY created_at")],
-                trading=_trading(conn),
+                    records.order_from(r) for r in conn.execute(
+                        f"{records.SELECT} {records.OPEN} ORDER BY created_at")],
+                trading=queries.read_trading(conn),
                 recent=[(at, sid) for sid, at in conn.execute(
                     "SELECT strategy_id, created_at FROM orders WHERE created_at >= ? "
                     "ORDER BY created_at", (since,))],
-                halted_strategies=_strategy_halts(conn),
-                halted_accounts=_account_halts(conn),
-                books=_books(conn, "WHERE qty != '0'"),
+                halted_strategies=queries.strategy_halts(conn),
+                halted_accounts=queries.account_halts(conn),
+                books=queries.read_books(conn, "WHERE qty != '0'"),
             )
 
         return await self._db.run(read)
@@ -856,7 +424,7 @@ class Store:
         return (await self.get_orders([client_order_id])).get(client_order_id)
 
     async def get_orders(self, client_order_ids: Collection[str]) -> dict[str, Order]:
-        return await self._db.run(lambda conn: _in(conn, client_order_ids))
+        return await self._db.run(lambda conn: queries.orders_in(conn, client_order_ids))
 
     async def list_orders(
         self, *, strategy_id: str | None = None,
@@ -877,46 +445,46 @@ class Store:
         if states is not None:
             where.append(f"state IN ({','.join('?' * len(states))})")
             params.extend(s.value for s in states)
-        sql = _SELECT
+        sql = records.SELECT
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
         params.append(limit)
-        return [_order_from(r) for r in await self._db.execute(sql, params)]
+        return [records.order_from(r) for r in await self._db.execute(sql, params)]
 
     async def get_by_broker_id(self, broker_order_id: str) -> Order | None:
-        rows = await self._db.execute(f"{_SELECT} WHERE broker_order_id=? LIMIT 1",
+        rows = await self._db.execute(f"{records.SELECT} WHERE broker_order_id=? LIMIT 1",
                                       (broker_order_id,))
-        return _order_from(rows[0]) if rows else None
+        return records.order_from(rows[0]) if rows else None
 
     async def multi_leg(self, symbol: str, *, limit: int, account: str = DEFAULT_ACCOUNT
                         ) -> list[Order]:
         """Our newest bracket/OCO/OTO parents on a symbol whose legs are not recorded
         (where an unknown leg may belong: the broker makes a parent's legs once)."""
         rows = await self._db.execute(
-            f"{_SELECT} WHERE symbol=? AND account=? AND order_class != 'simple' AND "
+            f"{records.SELECT} WHERE symbol=? AND account=? AND order_class != 'simple' AND "
             "legs IS NULL AND parent_client_order_id IS NULL AND broker_order_id IS NOT NULL "
             "ORDER BY created_at DESC LIMIT ?", (symbol, account, limit))
-        return [_order_from(r) for r in rows]
+        return [records.order_from(r) for r in rows]
 
     async def family(self, client_order_id: str) -> list[Order]:
         """An order's legs (or a leg's siblings and parent), oldest first."""
         rows = await self._db.execute(
-            f"{_SELECT} WHERE parent_client_order_id=? OR client_order_id=? ORDER BY created_at",
+            f"{records.SELECT} WHERE parent_client_order_id=? OR client_order_id=? ORDER BY created_at",
             (client_order_id, client_order_id))
-        return [_order_from(r) for r in rows]
+        return [records.order_from(r) for r in rows]
 
     async def open_orders(self) -> list[Order]:
-        return [_order_from(r) for r in await self._db.execute(
-            f"{_SELECT} {_OPEN} ORDER BY created_at")]
+        return [records.order_from(r) for r in await self._db.execute(
+            f"{records.SELECT} {records.OPEN} ORDER BY created_at")]
 
     async def positions(self, account: str = DEFAULT_ACCOUNT) -> dict[str, Position]:
         """One account's positions by symbol."""
-        return {p.symbol: p for p in await self._db.run(lambda conn: _positions(conn, account))}
+        return {p.symbol: p for p in await self._db.run(lambda conn: queries.read_positions(conn, account))}
 
     async def all_positions(self) -> list[Position]:
         """Every account's positions, by account and symbol."""
-        return await self._db.run(_positions)
+        return await self._db.run(queries.read_positions)
 
     async def books(self, *, account: str | None = None, strategy_id: str | None = None,
                     symbol: str | None = None) -> list[Position]:
@@ -930,22 +498,22 @@ class Store:
                 where.append(f"{column}=?")
                 params.append(value)
         clause = "WHERE " + " AND ".join(where)
-        return await self._db.run(lambda conn: _books(conn, clause, params))
+        return await self._db.run(lambda conn: queries.read_books(conn, clause, params))
 
     async def trading_status(self) -> TradingStatus:
-        return await self._db.run(_trading)
+        return await self._db.run(queries.read_trading)
 
     async def count_by_state(self) -> dict[str, int]:
-        return await self._db.run(_count_by_state)
+        return await self._db.run(queries.count_by_state)
 
     async def status(self) -> StatusSnapshot:
         def read(conn: sqlite3.Connection) -> StatusSnapshot:
             by_status = conn.execute(f"SELECT status, count(*) FROM external_orders WHERE "
-                                     f"{_NOT_OURS} GROUP BY status").fetchall()
+                                     f"{records.NOT_OURS} GROUP BY status").fetchall()
             return StatusSnapshot(
-                trading=_trading(conn), counts=_count_by_state(conn),
-                halted_strategies=_strategy_halts(conn),
-                halted_accounts=_account_halts(conn),
+                trading=queries.read_trading(conn), counts=queries.count_by_state(conn),
+                halted_strategies=queries.strategy_halts(conn),
+                halted_accounts=queries.account_halts(conn),
                 external_open=sum(n for st, n in by_status if st not in CLOSED_STATUSES),
                 external_total=sum(n for _, n in by_status))
 
@@ -955,7 +523,7 @@ class Store:
                               limit: int = 100, account: str | None = None
                               ) -> list[ExternalOrder]:
         """External orders, newest first (by when execd first saw them)."""
-        where, params = [_NOT_OURS], list(symbols)
+        where, params = [records.NOT_OURS], list(symbols)
         if symbols:
             where.append(f"symbol IN ({','.join('?' * len(symbols))})")
         if account is not None:
@@ -965,15 +533,15 @@ class Store:
             where.append(f"status NOT IN ({','.join('?' * len(CLOSED_STATUSES))})")
             params.extend(sorted(CLOSED_STATUSES))
         rows = await self._db.execute(
-            f"SELECT {_EXTERNAL_COLUMNS} FROM external_orders"
+            f"SELECT {records.EXTERNAL_COLUMNS} FROM external_orders"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY first_seen DESC, rowid DESC LIMIT ?", [*params, limit])
-        return [_external_from(r) for r in rows]
+        return [records.external_from(r) for r in rows]
 
     async def get_externals(self, broker_order_ids: Sequence[str]) -> dict[str, ExternalOrder]:
         """The external orders recorded under these broker ids."""
         ids = list(broker_order_ids)
-        return await self._db.run(lambda conn: _externals(conn, ids)) if ids else {}
+        return await self._db.run(lambda conn: queries.externals_by_id(conn, ids)) if ids else {}
 
     async def events(self, client_order_id: str) -> list[dict[str, Any]]:
         rows = await self._db.execute(
@@ -986,25 +554,3 @@ class Store:
              "detail": None if d is None else json.loads(d), "at": at}
             for e, s, q, d, at in rows
         ]
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    (version,), = conn.execute("PRAGMA user_version").fetchall()
-    if version > len(MIGRATIONS):
-        raise StoreError(
-            f"database schema version {version} is newer than this execd "
-            f"({len(MIGRATIONS)}): upgrade execd"
-        )
-    for n, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if callable(script):
-                script(conn)
-            for statement in script.split(";") if isinstance(script, str) else ():
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {n}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
