@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import inspect
 
+from tools import unasync
+
 from execd.client import AsyncClient, Client
 from execd.client.ops_async import AsyncOps
 from execd.client.ops_sync import SyncOps
-from tools import unasync
 
 
 def test_the_sync_ops_are_generated_from_the_async_ones() -> None:

@@ -16,9 +16,9 @@ from execd.broker.alpaca import AlpacaClient
 from execd.broker.base import BrokerAmbiguous, BrokerOrder, ReplaceChanges
 from execd.client import AsyncClient, ExecdError
 from execd.client import Order as ClientOrder
+from execd.domain.families import replace_changes as changes
 from execd.domain.orders import Order, OrderSpec, OrderState
 from execd.sim import SimServer
-from execd.submitter import changes
 from tests.conftest import OpenDaemon, connect, eventually, sim_config
 from tests.test_e2e import our_positions, sim_positions, until_state
 

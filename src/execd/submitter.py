@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
-from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar, assert_never
 
@@ -43,11 +42,11 @@ from execd.broker.base import (
     BrokerUnavailable,
     DuplicateOrderId,
     NotSent,
-    ReplaceChanges,
 )
 from execd.clock import Clock
 from execd.clock import within as within_clock
 from execd.domain import fold
+from execd.domain.families import FamilyStep, cancel_heads, family_cancel, replace_changes
 from execd.domain.news import News
 from execd.domain.orders import DEFAULT_ACCOUNT, TERMINAL_STATES, Order, OrderState
 from execd.domain.risk import TradingState
@@ -388,7 +387,7 @@ class Submitter:
             return await self._record_rejection(
                 cid, f"the order it replaces ({old_cid}) is {state}")
         found = await self._unless_halted(order, partial(
-            self.broker.replace_order, old.broker_order_id, changes(old, order), cid,
+            self.broker.replace_order, old.broker_order_id, replace_changes(old, order), cid,
             go=partial(self._may_send, cid)))
         HOOKS.point("after_submit")
         self._ok()
@@ -549,8 +548,8 @@ class Submitter:
         if order is None or not order.legs:
             return await self.cancel(cid)
         family = await self.book.store.get_orders(order.legs)
-        open_legs = [o.client_order_id for o in family.values() if o.is_open]
-        if order.is_open:
+        plan = family_cancel(order, family.values(), legs)
+        if plan.step is FamilyStep.PARENT:
             result = await self.cancel(cid)
             if isinstance(result, CancelDenied):
                 return result
@@ -560,15 +559,12 @@ class Submitter:
             after = await self.book.store.get_orders([cid, *order.legs])
             return CancelRequested(orders=tuple(after[c] for c in (cid, *order.legs)
                                                 if c in after))
-        if not open_legs:
+        if plan.step is FamilyStep.ALONE:
             return await self.cancel(cid)
-        if not legs:
-            return CancelDenied(code=ErrorCode.CONFLICT, reason=(
-                f"order {cid} is {order.state.value}: its exits {', '.join(open_legs)} protect "
-                'the position; send "legs": true to cancel them (the position is then '
-                "unprotected)"))
+        if plan.step is FamilyStep.REFUSE:
+            return CancelDenied(code=ErrorCode.CONFLICT, reason=plan.reason or "")
         results: list[Order] = []
-        for leg in open_legs:
+        for leg in plan.open_legs:
             r = await self.cancel(leg)
             if isinstance(r, CancelDenied):
                 # The broker cancels an exit's sibling with it: a leg heard of as ended
@@ -602,7 +598,7 @@ class Submitter:
         """Cancel every open order (of a strategy, of an owner): one DELETE per order,
         and no look-up unless its answer is ambiguous (Submitter.cancel, confirm=False).
         A leg goes with its parent at the broker, and an exit with its sibling: one
-        DELETE per family (`_heads`). Answers within `within` seconds what is done and
+        DELETE per family (`cancel_heads`). Answers within `within` seconds what is done and
         what is still going on (`pending`); the cancels carry on in the background."""
         targets = [
             o for o in self.book.open_orders(self.account)
@@ -610,7 +606,7 @@ class Submitter:
             and (owner_uid is None or o.owner_uid == owner_uid)
         ]
         results: dict[str, CancelResult] = {}
-        heads = _heads(targets)
+        heads = cancel_heads(targets)
         finished = anyio.Event()
 
         async def everything() -> None:
@@ -687,42 +683,6 @@ class Submitter:
                 pending.append(cid)
         return CancelRequested(orders=tuple(orders), pending=tuple(pending),
                                failed=tuple(failed))
-
-
-def _heads(targets: list[Order]) -> dict[str, list[str]]:
-    """The orders to DELETE, each with the orders that end with it at the broker: a
-    leg whose parent is cancelled too goes with its parent; of a filled parent's open
-    exits, the first takes its siblings."""
-    ids = {o.client_order_id for o in targets}
-    heads: dict[str, list[str]] = {}
-    first_exit: dict[str, str] = {}  # parent -> the exit DELETEd for the family
-    for o in targets:
-        parent = o.spec.parent
-        if parent is None:
-            heads.setdefault(o.client_order_id, [])
-        elif parent in ids:
-            heads.setdefault(parent, []).append(o.client_order_id)
-        elif parent in first_exit:
-            heads[first_exit[parent]].append(o.client_order_id)
-        else:
-            first_exit[parent] = o.client_order_id
-            heads.setdefault(o.client_order_id, [])
-    return heads
-
-
-def changes(old: Order, new: Order) -> ReplaceChanges:
-    """What a PATCH must say to turn `old` into `new`: the fields that differ."""
-    a, b = old.spec, new.spec
-
-    def differs(x: Decimal | None, y: Decimal | None) -> Decimal | None:
-        return y if y is not None and x != y else None
-
-    trail = differs(a.trail_price, b.trail_price) or differs(a.trail_percent, b.trail_percent)
-    return ReplaceChanges(
-        qty=differs(a.qty, b.qty), limit_price=differs(a.limit_price, b.limit_price),
-        stop_price=differs(a.stop_price, b.stop_price), trail=trail,
-        time_in_force=b.time_in_force if b.time_in_force != a.time_in_force else None,
-    )
 
 
 async def run(

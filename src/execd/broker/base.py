@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from execd.domain.broker_checks import Refusal
+from execd.domain.families import ReplaceChanges as ReplaceChanges  # what a PATCH says
 from execd.domain.news import BrokerOrder as BrokerOrder  # built here, folded in the domain
 from execd.domain.news import flatten as flatten
 from execd.domain.orders import OrderSpec
@@ -69,17 +70,6 @@ class NotSent(BrokerError):
 
 # Asked right before a request leaves (after the limiter's wait): False withdraws it.
 Go = Callable[[], bool]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReplaceChanges:
-    """What a replace (PATCH) changes; None leaves a field as it is."""
-
-    qty: Decimal | None = None
-    limit_price: Decimal | None = None
-    stop_price: Decimal | None = None
-    trail: Decimal | None = None
-    time_in_force: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
