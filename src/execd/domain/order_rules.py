@@ -24,7 +24,7 @@ PRICE_FIELDS = ("limit_price", "stop_price", "trail_price", "trail_percent")
 # Which types may be fractional or notional (Alpaca: all but trailing stops, today).
 FRACTIONAL_TYPES = frozenset({"market", "limit", "stop", "stop_limit"})
 FRACTIONAL_TIF = frozenset({"day"})
-BRACKET_TIF = frozenset({"day", "gtc"})
+CLASS_TIF = frozenset({"day", "gtc"})  # bracket, oco and oto orders (the simulator agrees)
 TRAILING_TIF = frozenset({"day", "gtc"})
 EXTENDED_HOURS_TYPES = frozenset({"limit"})
 EXTENDED_HOURS_TIF = frozenset({"day"})
@@ -119,8 +119,10 @@ RULES: tuple[Rule, ...] = (
     Rule("take_profit", lambda s: s.order_class == "simple"
          and (s.take_profit is not None or s.stop_loss is not None),
          'take_profit and stop_loss need order_class "bracket", "oco" or "oto"'),
-    Rule("time_in_force", lambda s: s.order_class == "bracket"
-         and s.time_in_force not in BRACKET_TIF, "a bracket order must be day or gtc"),
+    Rule("time_in_force", lambda s: s.order_class != "simple"
+         and s.time_in_force not in CLASS_TIF,
+         lambda s: f"{'an' if s.order_class[0] in 'ao' else 'a'} {s.order_class} order must "
+         "be day or gtc"),
     Rule("type", lambda s: _oco(s) and s.type != "limit", 'an oco order must be type "limit"'),
     Rule("type", lambda s: s.order_class != "simple" and s.type == "trailing_stop",
          "a trailing_stop order must be simple"),
