@@ -88,7 +88,7 @@ FULL = Sizes(runs=3, latency_orders=100, latency_gap=0.1, latency_poll=5.0,
              open_orders=1000, scale=10.0, minutes=5, outage_orders=(10, 50), refuse=2.0,
              backoff=(0.1, 0.5), outage_poll=5.0)
 QUICK = Sizes(runs=1, latency_orders=8, latency_gap=0.05, latency_poll=0.5, open_orders=100,
-              scale=30.0, minutes=1, outage_orders=(3,), refuse=0.3, backoff=(0.05, 0.1),
+              scale=15.0, minutes=1, outage_orders=(3,), refuse=0.3, backoff=(0.05, 0.1),
               outage_poll=1.0)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 from bench import streaming
 
 
@@ -17,9 +16,12 @@ def _one(rows: dict[str, streaming.Row], *words: str) -> streaming.Row:
     return found[0]
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_the_stream_figures_are_measured(backend: str) -> None:
-    measured, notes = streaming.run(quick=True, backend=backend)
+def test_the_stream_figures_are_measured() -> None:
+    """On one backend (the stream's behaviour on both is tested in test_stream.py; this
+    keeps the benchmark from rotting). At 15x scaled time, not 30x: the limiter's 1%
+    window slack is 40 ms of real time then, which a loaded 2-core box's thread hand-off
+    did exceed once at 30x (20 ms), for one 429 the real 60 s window never sees."""
+    measured, notes = streaming.run(quick=True, backend="asyncio")
     assert notes
     rows = {r.figure: r for r in measured}
     sizes = streaming.QUICK
