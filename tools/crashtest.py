@@ -267,6 +267,23 @@ class DaemonProcess:
         report.restarts += 1
         self.wait_ready(sock)
 
+    def calm(self, sock: Path, report: Report) -> None:
+        """The kills are over: stop it (SIGTERM) and start it again without test hooks,
+        so that nothing the settling still sends can fire one. A hook that fires during
+        that stop is a kill like any other (counted, and the books checked)."""
+        if not self.env.get("EXECD_TEST_HOOKS"):
+            return
+        self.env = {**self.env, "EXECD_TEST_HOOKS": ""}
+        code = self.stop()
+        if code == -signal.SIGKILL:
+            report.kills_by_hooks += 1
+            self.restart(sock, report)
+            return
+        if code not in (0, None):
+            report.other_exits.append(code)
+        self.start()
+        self.wait_ready(sock)
+
     def stop(self) -> int | None:
         if self.proc is None:
             return None
@@ -433,6 +450,7 @@ def run(c: Campaign) -> Report:
         for sim in sims.values():
             sim.reset_faults()
         _halt_mid_burst(sock, acked, sims, daemon, report, c.halt_burst, c.halt_watch)
+        daemon.calm(sock, report)
         _settle(sock, acked, sims, daemon, report, c.settle)
         with Client(sock) as cl:
             status = cl.request("status")
