@@ -39,7 +39,7 @@ def _domain_refusal(o: dict[str, Any]) -> str | None:
         take_profit=None if o["take_profit"] is None else TakeProfit(
             limit_price=o["take_profit"]),
         stop_loss=None if o["stop_loss"] is None else StopLoss(stop_price=o["stop_loss"]),
-        **_sizes(o["size"]))
+        qty=_sizes(o["size"]).get("qty"), notional=_sizes(o["size"]).get("notional"))
     v = first_violation(spec)
     return None if v is None else v.message
 
