@@ -25,8 +25,8 @@ from execd.domain.orders import (
     Order,
     OrderState,
 )
+from execd.gateway import budget, shapes
 from execd.gateway import metrics as gateway_metrics
-from execd.gateway import shapes
 from execd.gateway.forward import Forwarder
 from execd.gateway.http import Request, Response
 from execd.gateway.keys import KeyTable
@@ -104,13 +104,7 @@ class Routes:
         """The key's account's shared budget, as Alpaca's X-Ratelimit headers show it."""
         up = self.forwarder.accounts.get(key.account or self.forwarder.default) \
             if self.forwarder is not None else None
-        if up is None:
-            return {}
-        limit = up.limiter.statistics().limit
-        out = {"X-Ratelimit-Remaining": str(int(up.limiter.remaining()))}
-        if limit is not None:
-            out["X-Ratelimit-Limit"] = str(limit)
-        return out
+        return {} if up is None else budget.headers(up.limiter, self.s.clock)
 
     async def _answer(self, key: GatewayKey, req: Request) -> Response:
         c = KeyCaller(self.s, Grant(allowed=True, admin=key.admin, only_owner=None), key)
