@@ -31,6 +31,7 @@ from execd.gateway.forward import Forwarder
 from execd.gateway.http import Request, Response
 from execd.gateway.keys import KeyTable
 from execd.gateway.settings import GatewayKey
+from execd.gateway.status import GatewayStatus
 from execd.intake import exits
 from execd.intake import replace as replacing
 from execd.intake.access import Grant, Peer
@@ -82,10 +83,12 @@ class KeyCaller:
 
 class Routes:
     def __init__(self, services: Services, keys: KeyTable,
-                 forwarder: Forwarder | None = None) -> None:
+                 forwarder: Forwarder | None = None, status: GatewayStatus | None = None
+                 ) -> None:
         self.s = services
         self.keys = keys
         self.forwarder = forwarder
+        self.status = status or GatewayStatus(listen="", keys=())
         self.metrics = gateway_metrics.of(services.metrics.registry)
         self.ids: dict[str, str] = {}  # shapes.order_id -> client_order_id
 
@@ -93,10 +96,12 @@ class Routes:
         key = self.keys.authenticate(req.headers.get("apca-api-key-id"),
                                      req.headers.get("apca-api-secret-key"))
         if key is None:  # as Alpaca: 401 unauthorized, no word of which part was wrong
+            self.status.unauthorized += 1
             return Response(401, shapes.error(40110000, "request is not authorized"))
         start = anyio.current_time()
         answer = await self._answer(key, req)
         self.metrics.requests.labels(key.name, str(answer.status)).inc()
+        self.status.answered(key.name, answer.status)
         self.metrics.seconds.labels(key.name).observe(anyio.current_time() - start)
         return dataclasses.replace(answer, headers={**answer.headers, **self._budget(key)})
 
