@@ -28,6 +28,8 @@ async def test_status_shows_the_gateway_its_keys_counts_and_stream_clients(
         assert await call(_get, port, "/v2/orders", *alpha) == 200
         assert await call(_get, port, "/v2/positions/NONE", *alpha) == 404  # an error
         assert await call(_get, port, "/v2/orders", "KEYALPHA00000", "wrong") == 401
+        for _ in range(2):  # the second from the cache
+            assert await call(_get, port, "/v2/assets/AAPL", *alpha) == 200
         ws = await WebSocket.connect(f"ws://127.0.0.1:{port}/stream")
         try:
             await ws.send_text(json.dumps({"action": "authenticate", "data": {
@@ -38,14 +40,16 @@ async def test_status_shows_the_gateway_its_keys_counts_and_stream_clients(
             assert set(g["keys"]) == {"alpha", "beta", "boss"}
             assert {k: (v["requests"], v["errors"], v["streams"])
                     for k, v in g["keys"].items()} == {
-                "alpha": (2, 1, 0), "beta": (0, 0, 1), "boss": (0, 0, 0)}
+                "alpha": (4, 1, 0), "beta": (0, 0, 1), "boss": (0, 0, 0)}
             assert (g["stream_clients"], g["unauthorized"]) == (1, 1)
+            assert (g["forwarded"], g["from_cache"]) == (1, 1)
             assert g["keys"]["boss"]["admin"] is True
             text = "\n".join(status_lines(await c.status()))
             assert f"gateway: 127.0.0.1:{port}   3 key(s)   1 stream client(s)   1 refused" \
                 in text
+            assert "reads forwarded to the broker: 1   answered from the cache: 1" in text
             (row,) = [line for line in text.splitlines() if line.startswith("alpha ")]
-            assert row.split() == ["alpha", "alpha", "2", "1", "0"]
+            assert row.split() == ["alpha", "alpha", "4", "1", "0"]
             assert "ops (admin)" in text
         finally:
             await ws.aclose()

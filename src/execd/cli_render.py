@@ -378,7 +378,9 @@ def gateway_lines(g: Mapping[str, Any], width: int = WIDTH) -> list[str]:
     refused = g.get("unauthorized") or 0
     lines = ["", f"gateway: {g.get('listen')}   {len(keys)} key(s)   "
              f"{g.get('stream_clients', 0)} stream client(s)"
-             + (f"   {refused} refused (unknown key or wrong secret)" if refused else "")]
+             + (f"   {refused} refused (unknown key or wrong secret)" if refused else ""),
+             f"reads forwarded to the broker: {g.get('forwarded', 0)}   answered from the "
+             f"cache: {g.get('from_cache', 0)}"]
     rows = [[str(name), str(k.get("strategy_id")) + (" (admin)" if k.get("admin") else ""),
              str(k.get("account") or ""), str(k.get("requests", 0)), str(k.get("errors", 0)),
              str(k.get("streams", 0))]

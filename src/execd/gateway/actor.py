@@ -50,8 +50,8 @@ async def run(*, listener: Listener[SocketStream], config: GatewayConfig, servic
               task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     keys = KeyTable(config.keys)
     shown = status or status_of(config, listener)
-    routes = Routes(services, keys, Forwarder(accounts, default_account, services.clock),
-                    shown)
+    routes = Routes(services, keys, Forwarder(accounts, default_account, services.clock,
+                                              status=shown), shown)
 
     async def websocket(stream: ByteStream, raw: bytes) -> None:
         await stream_mod.Session(stream, services, keys, shown).run(raw)

@@ -25,6 +25,8 @@ class GatewayStatus:
     listen: str  # host:port as bound (a port 0 in the config: the one given)
     keys: tuple[GatewayKey, ...]
     unauthorized: int = 0  # requests and stream logins with an unknown key or wrong secret
+    forwarded: int = 0  # reads forwarded to the broker (forward.py)...
+    from_cache: int = 0  # ... and those its cache answered instead
     _counts: dict[str, KeyCounts] = field(default_factory=dict)
 
     def counts(self, key: str) -> KeyCounts:
@@ -53,4 +55,5 @@ class GatewayStatus:
                          "streams": self.counts(k.name).streams} for k in self.keys}
         return {"listen": self.listen, "keys": keys,
                 "stream_clients": sum(k["streams"] for k in keys.values()),
-                "unauthorized": self.unauthorized}
+                "unauthorized": self.unauthorized, "forwarded": self.forwarded,
+                "from_cache": self.from_cache}
