@@ -144,7 +144,7 @@ def url(d: Daemon) -> str:
 def spawn(mode: str, where: str, key: str, *, secret: str = "", count: int,
           prefix: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.gateway_client", mode, where, key, "--secret", secret,
+        [sys.executable, "-m", "bench.gateway_client", mode, where, key, f"--secret={secret}",
          "--count", str(count), "--prefix", prefix],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
@@ -284,8 +284,7 @@ async def lumibot_loop(strategies: int, every: float, seconds: float) -> Loop:
         return sum(sum(req.get(r, {}).values()) for r in ("GET /v2/account", "GET /v2/clock"))
 
     with tempfile.TemporaryDirectory() as tmp, sim_server(60.0, ROOMY) as sim:
-        async with daemon(sim, Path(tmp), 60.0, ks) as d, \
-                await AsyncClient.connect(d.config.socket_path) as c:
+        async with daemon(sim, Path(tmp), 60.0, ks) as d:
             sim_before = at_sim(sim)
             threads = [threading.Thread(target=strategy, args=(k, i * every / strategies,
                                                                 url(d)), daemon=True)
@@ -296,7 +295,8 @@ async def lumibot_loop(strategies: int, every: float, seconds: float) -> Loop:
             stop.set()
             for t in threads:
                 await anyio.to_thread.run_sync(t.join, 30)
-            g = (await c.request("status"))["gateway"]
+            async with await AsyncClient.connect(d.config.socket_path) as c:  # idle: no
+                g = (await c.request("status"))["gateway"]  # connection held through the loop
             sim_after = at_sim(sim)
     return Loop(calls=sum(calls.values()), cacheable=calls["account"] + calls["clock"],
                 forwarded=g["forwarded"], from_cache=g["from_cache"],
