@@ -450,6 +450,8 @@ async def test_answers_show_the_shared_budget_and_each_key_is_counted(
         assert r.json() == []
         assert int(r.headers["X-Ratelimit-Limit"]) == 10_000  # the tests' budget
         assert 0 <= int(r.headers["X-Ratelimit-Remaining"]) <= 10_000
+        # a Unix epoch second, within the budget's window (60 s, and its slack)
+        assert time.time() - 1 <= int(r.headers["X-Ratelimit-Reset"]) <= time.time() + 62
         count = d.metrics.registry.get_sample_value(
             "execd_gateway_requests_total", {"key": "alpha", "status": "200"})
         assert count == 1

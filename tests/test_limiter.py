@@ -13,6 +13,7 @@ from execd.limiter import (
     LaneLimiter,
     LimiterStatistics,
     TokenBucket,
+    Window,
 )
 
 
@@ -248,6 +249,9 @@ class GivenTokens:
 
     def remaining(self) -> float:
         return self.tokens
+
+    def window(self) -> Window:
+        return Window(room=self.tokens, grows_in=0.0)
 
     def broker_says(self, *, limit: int | None, remaining: int | None,
                     reset_in: float) -> bool:

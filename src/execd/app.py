@@ -151,6 +151,8 @@ async def open_daemon(
         gw_listener = await gateway_actor.bind(config.gateway)  # before anything starts
         if gw_listener is not None:
             stack.push_async_callback(_shielded, gw_listener.aclose)
+        gw_status = None if gw_listener is None else gateway_actor.status_of(
+            config.gateway, gw_listener)
         store = await _open_store(config)
         stack.push_async_callback(_shielded, store.close)
         await _check_accounts_in_use(store, config)  # before any account starts
@@ -202,6 +204,7 @@ async def open_daemon(
                 idle_timeout=d.idle_timeout, submit_timeout=d.submit_timeout),
             access=config.access, deadman=deadman,
             backups=BackupPlace(directory=config.backup_path, socket=config.socket_path),
+            gateway=None if gw_status is None else gw_status.as_dict,
         )
         core: list[ChildSpec] = []
         streams: list[ChildSpec] = []
@@ -241,7 +244,7 @@ async def open_daemon(
                 name="gateway", start=lambda task_status: gateway_actor.run(
                     listener=gw_listener, config=config.gateway, services=services,
                     accounts=accounts, default_account=config.default_accounts[0],
-                    task_status=task_status))]),
+                    status=gw_status, task_status=task_status))]),
             # After the intake, so it stops first: the connections a stop closes are no
             # disconnects (the sessions are stored, and wait for the next start).
             ChildSpec(name="deadman", start=lambda task_status: deadman_actor.run(

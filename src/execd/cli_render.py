@@ -357,6 +357,9 @@ def _common_lines(s: Status) -> list[str]:
                      "(refused; cleared by an account-wide resume)")
     if s.storage and not s.storage.get("available", True):
         lines.append(f"storage UNAVAILABLE: {s.storage.get('error')}")
+    gateway = s.raw.get("gateway")
+    if isinstance(gateway, Mapping):
+        lines += gateway_lines(gateway)
     return lines
 
 
@@ -366,3 +369,22 @@ def _actor_lines(s: Status, lines: list[str]) -> list[str]:
                     Column("last error", shrink=20)),
                    [[a.name, a.state, str(a.restarts), a.last_error or ""] for a in s.actors])
     return lines
+
+
+def gateway_lines(g: Mapping[str, Any], width: int = WIDTH) -> list[str]:
+    """The Alpaca gateway (status's `gateway`): where it listens, and a row per key."""
+    keys = g.get("keys") if isinstance(g.get("keys"), Mapping) else {}
+    assert isinstance(keys, Mapping)
+    refused = g.get("unauthorized") or 0
+    lines = ["", f"gateway: {g.get('listen')}   {len(keys)} key(s)   "
+             f"{g.get('stream_clients', 0)} stream client(s)"
+             + (f"   {refused} refused (unknown key or wrong secret)" if refused else ""),
+             f"reads forwarded to the broker: {g.get('forwarded', 0)}   answered from the "
+             f"cache: {g.get('from_cache', 0)}"]
+    rows = [[str(name), str(k.get("strategy_id")) + (" (admin)" if k.get("admin") else ""),
+             str(k.get("account") or ""), str(k.get("requests", 0)), str(k.get("errors", 0)),
+             str(k.get("streams", 0))]
+            for name, k in keys.items() if isinstance(k, Mapping)]
+    return lines + table((Column("key"), Column("strategy"), Column("account", optional=True),
+                          Column("requests", "r"), Column("errors", "r"),
+                          Column("streams", "r")), rows, width)

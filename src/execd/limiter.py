@@ -87,6 +87,16 @@ class LimiterStatistics:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Window:
+    """The sliding window as Alpaca counts it: sends it has room for (0 while a 429's
+    hold lasts), and the seconds until that room next grows (the oldest send leaves the
+    window, or the hold ends); 0 when nothing is in the window."""
+
+    room: int
+    grows_in: float
+
+
 class Bucket(Protocol):
     async def acquire(self) -> None: ...
 
@@ -95,6 +105,8 @@ class Bucket(Protocol):
         ...
 
     def remaining(self) -> float: ...
+
+    def window(self) -> Window: ...
 
     def broker_says(self, *, limit: int | None, remaining: int | None,
                     reset_in: float) -> bool: ...
@@ -108,6 +120,10 @@ class RateLimiter(Protocol):
         ...
 
     def remaining(self) -> float: ...
+
+    def window(self) -> Window:
+        """The budget as Alpaca's X-Ratelimit headers show it (the gateway's)."""
+        ...
 
     def broker_says(self, *, limit: int | None, remaining: int | None,
                     reset_in: float) -> bool:
@@ -168,6 +184,20 @@ class TokenBucket:
     def remaining(self) -> float:
         self._refill()
         return min(self._tokens, float(max(0, self._window_cap - len(self._sent))))
+
+    def window(self) -> Window:
+        self._refill()
+        now = self._clock.monotonic()
+        if self._held_until > now:  # the broker said none is left until its reset
+            return Window(room=0, grows_in=self._held_until - now)
+        sent, cap = len(self._sent), self._window_cap
+        if not sent:
+            return Window(room=cap, grows_in=0.0)
+        # the send whose leaving frees a place: the oldest, or (over a shrunk cap) the
+        # one that brings the count below it
+        leaving = self._sent[sent - cap] if sent >= cap else self._sent[0]
+        return Window(room=max(0, cap - sent),
+                      grows_in=max(0.0, leaving + self._log_window - now))
 
     def broker_says(self, *, limit: int | None, remaining: int | None,
                     reset_in: float) -> bool:
@@ -248,6 +278,9 @@ class LaneLimiter:
     def remaining(self) -> float:
         return self._bucket.remaining()
 
+    def window(self) -> Window:
+        return self._bucket.window()
+
     def broker_says(self, *, limit: int | None, remaining: int | None,
                     reset_in: float) -> bool:
         return self._bucket.broker_says(limit=limit, remaining=remaining, reset_in=reset_in)
@@ -288,6 +321,9 @@ class Unlimited:
 
     def remaining(self) -> float:
         return math.inf
+
+    def window(self) -> Window:
+        return Window(room=0, grows_in=0.0)  # no limit: no headers (limit is None)
 
     def broker_says(self, *, limit: int | None, remaining: int | None,
                     reset_in: float) -> bool:

@@ -16,6 +16,7 @@ from execd.gateway.forward import Forwarder, Upstream
 from execd.gateway.keys import KeyTable
 from execd.gateway.routes import Routes
 from execd.gateway.settings import GatewayConfig
+from execd.gateway.status import GatewayStatus
 from execd.intake.services import Services
 
 
@@ -36,14 +37,24 @@ def port_of(listener: Listener[SocketStream]) -> int:
     return port
 
 
+def status_of(config: GatewayConfig, listener: Listener[SocketStream]) -> GatewayStatus:
+    """For `status`: made once with the listener, so a restarted gateway counts on."""
+    host = config.address()[0]
+    host = f"[{host}]" if ":" in host else host
+    return GatewayStatus(listen=f"{host}:{port_of(listener)}", keys=config.keys)
+
+
 async def run(*, listener: Listener[SocketStream], config: GatewayConfig, services: Services,
               accounts: Mapping[str, Upstream], default_account: str,
+              status: GatewayStatus | None = None,
               task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     keys = KeyTable(config.keys)
-    routes = Routes(services, keys, Forwarder(accounts, default_account, services.clock))
+    shown = status or status_of(config, listener)
+    routes = Routes(services, keys, Forwarder(accounts, default_account, services.clock,
+                                              status=shown), shown)
 
     async def websocket(stream: ByteStream, raw: bytes) -> None:
-        await stream_mod.Session(stream, services, keys).run(raw)
+        await stream_mod.Session(stream, services, keys, shown).run(raw)
 
     task_status.started()
     await http.serve(listener, routes.handle, websocket)

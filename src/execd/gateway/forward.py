@@ -18,6 +18,7 @@ import requests
 
 from execd.clock import Clock
 from execd.config import Credentials
+from execd.gateway.status import GatewayStatus
 from execd.limiter import Lane, RateLimiter
 
 TIMEOUT = 10.0  # seconds for the broker's answer
@@ -57,11 +58,11 @@ def _http_get(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
 
 class Forwarder:
     def __init__(self, accounts: Mapping[str, Upstream], default: str, clock: Clock,
-                 get: Get = _http_get) -> None:
+                 get: Get = _http_get, status: GatewayStatus | None = None) -> None:
         self.accounts, self.default, self.clock, self._get = accounts, default, clock, get
         self._cache: dict[tuple[str, str], tuple[float, Answer]] = {}
-        self.saved = 0  # reads answered from the cache (docs/gateway.md's figure)
-        self.sent = 0
+        # reads sent and answered from the cache (status; docs/gateway.md's figure)
+        self.status = status or GatewayStatus(listen="", keys=())
 
     @staticmethod
     def serves(path: str) -> bool:
@@ -78,10 +79,10 @@ class Forwarder:
         now = self.clock.time()
         hit = self._cache.get((name, target))
         if hit is not None and now < hit[0]:
-            self.saved += 1
+            self.status.from_cache += 1
             return hit[1]
         await up.limiter.acquire(Lane.READ)
-        self.sent += 1
+        self.status.forwarded += 1
         headers = {"APCA-API-KEY-ID": up.credentials.key_id,
                    "APCA-API-SECRET-KEY": up.credentials.secret_key}
         url = up.broker_url.rstrip("/") + target

@@ -25,12 +25,13 @@ from execd.domain.orders import (
     Order,
     OrderState,
 )
+from execd.gateway import budget, shapes
 from execd.gateway import metrics as gateway_metrics
-from execd.gateway import shapes
 from execd.gateway.forward import Forwarder
 from execd.gateway.http import Request, Response
 from execd.gateway.keys import KeyTable
 from execd.gateway.settings import GatewayKey
+from execd.gateway.status import GatewayStatus
 from execd.intake import exits
 from execd.intake import replace as replacing
 from execd.intake.access import Grant, Peer
@@ -82,10 +83,12 @@ class KeyCaller:
 
 class Routes:
     def __init__(self, services: Services, keys: KeyTable,
-                 forwarder: Forwarder | None = None) -> None:
+                 forwarder: Forwarder | None = None, status: GatewayStatus | None = None
+                 ) -> None:
         self.s = services
         self.keys = keys
         self.forwarder = forwarder
+        self.status = status or GatewayStatus(listen="", keys=())
         self.metrics = gateway_metrics.of(services.metrics.registry)
         self.ids: dict[str, str] = {}  # shapes.order_id -> client_order_id
 
@@ -93,10 +96,12 @@ class Routes:
         key = self.keys.authenticate(req.headers.get("apca-api-key-id"),
                                      req.headers.get("apca-api-secret-key"))
         if key is None:  # as Alpaca: 401 unauthorized, no word of which part was wrong
+            self.status.unauthorized += 1
             return Response(401, shapes.error(40110000, "request is not authorized"))
         start = anyio.current_time()
         answer = await self._answer(key, req)
         self.metrics.requests.labels(key.name, str(answer.status)).inc()
+        self.status.answered(key.name, answer.status)
         self.metrics.seconds.labels(key.name).observe(anyio.current_time() - start)
         return dataclasses.replace(answer, headers={**answer.headers, **self._budget(key)})
 
@@ -104,13 +109,7 @@ class Routes:
         """The key's account's shared budget, as Alpaca's X-Ratelimit headers show it."""
         up = self.forwarder.accounts.get(key.account or self.forwarder.default) \
             if self.forwarder is not None else None
-        if up is None:
-            return {}
-        limit = up.limiter.statistics().limit
-        out = {"X-Ratelimit-Remaining": str(int(up.limiter.remaining()))}
-        if limit is not None:
-            out["X-Ratelimit-Limit"] = str(limit)
-        return out
+        return {} if up is None else budget.headers(up.limiter, self.s.clock)
 
     async def _answer(self, key: GatewayKey, req: Request) -> Response:
         c = KeyCaller(self.s, Grant(allowed=True, admin=key.admin, only_owner=None), key)

@@ -30,6 +30,7 @@ from execd.domain.orders import Order, OrderState
 from execd.gateway import shapes
 from execd.gateway.keys import KeyTable
 from execd.gateway.settings import GatewayKey
+from execd.gateway.status import GatewayStatus
 from execd.intake.services import Services
 
 PATHS = ("/stream", "/stream/")  # alpaca-trade-api asks for the trailing slash
@@ -49,8 +50,9 @@ class _Closed(Exception):
 
 
 class Session:
-    def __init__(self, stream: ByteStream, services: Services, keys: KeyTable) -> None:
-        self.stream, self.s, self.keys = stream, services, keys
+    def __init__(self, stream: ByteStream, services: Services, keys: KeyTable,
+                 status: GatewayStatus) -> None:
+        self.stream, self.s, self.keys, self.status = stream, services, keys, status
         self.ws = WSConnection(ConnectionType.SERVER)
         self.lock = anyio.Lock()
         self.pending: list[Event] = []
@@ -68,8 +70,10 @@ class Session:
             with anyio.fail_after(AUTH_WITHIN):
                 key = await self._authenticate()
             if key is None:
+                self.status.unauthorized += 1
                 return
-            await self._listen(key)
+            with self.status.streaming(key.name):
+                await self._listen(key)
         except (_Closed, TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError,
                 anyio.EndOfStream, OSError, LocalProtocolError, RemoteProtocolError):
             return

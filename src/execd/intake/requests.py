@@ -185,6 +185,7 @@ async def op_status(c: Caller, args: dict[str, Any]) -> dict[str, Any]:
         "flatten": s.flattening.as_dict(),
         # PENDING orders a halt holds back until resume (halts.py)
         "held": s.halts.as_dict() if s.halts is not None else {"count": 0, "orders": []},
+        "gateway": None if s.gateway is None else s.gateway(),  # the Alpaca gateway's
         # each broker account: its own state (a halt of its own, or the global one),
         # broker, stream, budget, last poll and reconcile
         "accounts": {name: {

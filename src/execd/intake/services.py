@@ -69,3 +69,4 @@ class Services:
     # every broker account by name (the first is also `health`, `limiter`, `recovery`,
     # `halts` above); empty: one account, "default" (tests that build Services alone)
     accounts: Mapping[str, AccountView] = field(default_factory=dict)
+    gateway: Callable[[], dict[str, Any]] | None = None  # its status (gateway/status.py)
