@@ -218,22 +218,19 @@ class RiskGate:
                     and len(self.accounts) == 1:
                 msg = replace(msg, account=None)  # one account: its state is the global one
             match msg:
-                case SetTradingState(account=str() as name, state=state, reason=reason,
-                                     reply=reply):
-                    await flush()
+                case SetTradingState(account=name, strategy_id=sid, state=state,
+                                     reason=reason, reply=reply) if name or sid:
+                    await flush()  # one account's or one strategy's: an account's first
                     status = TradingStatus(state=state, reason=reason, since=self.clock.time())
-                    await self._halt_account(ctx, name, status)
+                    if name is not None:
+                        await self._halt_account(ctx, name, status)
+                        event = TradingEvent(status=status, account=name)
+                    else:
+                        assert sid is not None
+                        await self._halt_strategy(ctx, sid, status)
+                        event = TradingEvent(status=status, strategy_id=sid)
                     self._show_halts(ctx)
-                    self.book.hub.publish_trading(TradingEvent(status=status, account=name))
-                    if reply is not None:
-                        answer(reply, TradingStateChanged(status=status))
-                case SetTradingState(strategy_id=str() as sid, state=state, reason=reason,
-                                     reply=reply):
-                    await flush()
-                    status = TradingStatus(state=state, reason=reason, since=self.clock.time())
-                    await self._halt_strategy(ctx, sid, status)
-                    self._show_halts(ctx)
-                    self.book.hub.publish_trading(TradingEvent(status=status, strategy_id=sid))
+                    self.book.hub.publish_trading(event)
                     if reply is not None:
                         answer(reply, TradingStateChanged(status=status))
                 case SetTradingState(state=state, reason=reason, reply=reply):

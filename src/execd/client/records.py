@@ -13,7 +13,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _newer(cls: type[E], value: object) -> E | None:
+    """A value from a newer daemon: a member of its own (made once), not a crash. The
+    client's enums tolerate what the daemon's own (execd.domain) refuse, on purpose."""
+    if not isinstance(value, str):
+        return None
+    member = str.__new__(cls, value)
+    member._name_ = value
+    member._value_ = value
+    return cls._value2member_map_.setdefault(value, member)  # type: ignore[return-value]
 
 
 class OrderState(StrEnum):
@@ -29,12 +42,7 @@ class OrderState(StrEnum):
     @classmethod
     def _missing_(cls, value: object) -> OrderState | None:
         """A state from a newer daemon: a member of its own, not a crash."""
-        if not isinstance(value, str):
-            return None
-        member = str.__new__(cls, value)
-        member._name_ = value
-        member._value_ = value
-        return cls._value2member_map_.setdefault(value, member)  # type: ignore[return-value]
+        return _newer(cls, value)
 
     @property
     def is_open(self) -> bool:
@@ -59,12 +67,7 @@ class TradingState(StrEnum):
 
     @classmethod
     def _missing_(cls, value: object) -> TradingState | None:
-        if not isinstance(value, str):
-            return None
-        member = str.__new__(cls, value)
-        member._name_ = value
-        member._value_ = value
-        return cls._value2member_map_.setdefault(value, member)  # type: ignore[return-value]
+        return _newer(cls, value)
 
 
 def dec(value: Any) -> Decimal | None:
