@@ -385,9 +385,3 @@ def gateway(*, quick: bool, backend: str, progress: Progress) -> Result:
     anyio.run(main, backend=backend)
     return res
 
-
-if __name__ == "__main__":
-    from bench.__main__ import main as bench_main
-
-    sys.argv[1:1] = ["gateway"]
-    sys.exit(bench_main())

@@ -33,7 +33,7 @@ from execd.obs.metrics import Metrics
 from execd.sessions import RETRY_AFTER
 from execd.sim import SimServer
 from execd.store import Store
-from execd.submitter import DAY_EXPIRED, Submitter
+from execd.submitting import DAY_EXPIRED, Submitter
 
 CLOSE_IN = 3600.0  # s from the start of the test to the session's close
 

@@ -21,7 +21,7 @@ from bench.harness import InstantBroker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from execd import messages, risk, submitter
+from execd import messages, risk, submitter, submitting
 from execd.book import FLUSH_MAX, OrderBook
 from execd.clock import FakeClock
 from execd.domain.orders import BrokerView, Order, OrderSpec, OrderState
@@ -414,7 +414,7 @@ async def test_the_record_a_client_waits_for_goes_at_once_one_nobody_waits_for_l
     """wait=submitted: the client hears the broker's answer once it is recorded, so that
     record does not linger for company (RECORD_LINGER); the record of an order nobody
     waits for does, until an urgent write (or hurry) takes it along."""
-    monkeypatch.setattr(submitter, "RECORD_LINGER", 30.0)
+    monkeypatch.setattr(submitting, "RECORD_LINGER", 30.0)
     async with rig(tmp_path / "x.db") as r:
         with submitter_for(r) as s:
             done: Reply[Order] = Reply()
@@ -440,7 +440,7 @@ async def test_a_cancel_does_not_wait_behind_a_lingering_record(
 ) -> None:
     """The submitter holds an order while its record lingers; a cancel for it cuts the
     linger short instead of waiting it out."""
-    monkeypatch.setattr(submitter, "RECORD_LINGER", 30.0)
+    monkeypatch.setattr(submitting, "RECORD_LINGER", 30.0)
     async with rig(tmp_path / "x.db") as r:
         with submitter_for(r) as s:
             order = await handed_over(r, "c")
