@@ -27,7 +27,7 @@ from execd.sim.market import Market as SimMarket
 from execd.sim.market import SimClock
 from execd.sim.settings import SimConfig
 from execd.sim.tws.desk import Desk
-from execd.sim.tws.faults import TwsFaults, TwsStats
+from execd.sim.tws.faults import TwsFaults, TwsStats, faults_from_json
 from execd.sim.tws.market import Market
 from execd.sim.tws.session import Session
 
@@ -188,6 +188,18 @@ class TwsServer:
             return self.faults
 
         return self.call(apply)
+
+    def check_faults_json(self, body: Any) -> dict[str, Any]:
+        """The fault settings in a JSON object (the control port's `{"tws": {...}}`),
+        checked as `set_faults` would take them; ValueError names a bad one."""
+        values: dict[str, Any] = dict(faults_from_json(body))
+        replace(self.faults, **values).check()
+        return values
+
+    def faults_json(self) -> dict[str, Any]:
+        """The live faults (counters as they have counted down; `refuse_seconds` reads
+        0: it acts once, when set)."""
+        return asdict(self.current_faults())
 
     def take_drop(self) -> bool:
         """Whether this placeOrder's connection is dropped (counts the fault down)."""
