@@ -95,11 +95,9 @@ async def test_submit_look_up_list_cancel_modify_positions(ib: IBClient, tws: Tw
     opened = await ib.list_open_orders()
     assert [o.client_order_id for o in opened] == ["lmt-1"]
 
-    with pytest.raises(BrokerRejected, match="replace is not supported at an IB account"):
-        await ib.replace_order(resting.view.broker_order_id,
-                               ReplaceChanges(limit_price=Decimal("91")), "lmt-1-r")
-    modified = await ib.modify_order(resting.view.broker_order_id,
-                                     ReplaceChanges(limit_price=Decimal("91"), qty=Decimal(5)))
+    # the port's replace is IB's modify: the new client_order_id is not used
+    modified = await ib.replace_order(resting.view.broker_order_id, ReplaceChanges(
+        limit_price=Decimal("91"), qty=Decimal(5)), "lmt-1-r")
     # IB modifies in place: the same permId, orderId and orderRef
     assert modified.view.broker_order_id == resting.view.broker_order_id
     assert modified.client_order_id == "lmt-1"

@@ -33,6 +33,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from execd import modifier
 from execd.book import RECORD_LINGER, OrderBook
 from execd.broker.base import (
     BrokerAmbiguous,
@@ -59,6 +60,7 @@ from execd.messages import (
     CancelOrder,
     CancelRequested,
     CancelResult,
+    ModifyOrder,
     Reply,
     RiskCommand,
     SendOrder,
@@ -781,6 +783,8 @@ async def run(
                 case CancelAll(strategy_id=sid, reply=reply, owner_uid=owner, within=limit):
                     tg.start_soon(_answer_cancel, reply,
                                   submitter.cancel_all(sid, owner, within=limit))
+                case ModifyOrder():  # a replace at a broker that modifies in place (IB)
+                    tg.start_soon(modifier.modify, submitter, msg)
                 case _:
                     assert_never(msg)
 

@@ -445,15 +445,10 @@ class IBClient:
         self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str,
         *, go: Go | None = None,
     ) -> BrokerOrder:
-        """Refused, never sent: the port's replace makes a new order under a new
-        client_order_id (Alpaca's PATCH), and IB cannot: it modifies the same order in
-        place (`modify_order`). Answered as if it were that new order, the book would
-        hold two orders for one at IB, and the poller, finding no order under the new
-        id, could send it again. Until the daemon models a modify (issue 33: a MODIFIED
-        event on the same order), a replace at an IB account is rejected."""
-        raise BrokerRejected(f"{BROKER}: replace is not supported at an IB account yet "
-                             "(IB modifies an order in place; cancel and submit instead)",
-                             status=422)
+        """IB's replace is a modify (`modify_order`): the same order (orderId, permId,
+        orderRef) with new terms; `new_client_order_id` is not used (the order keeps its
+        id). The daemon records it as a change of that order (modifier.py)."""
+        return await self.modify_order(broker_order_id, changes, go=go)
 
     async def modify_order(
         self, broker_order_id: str, changes: ReplaceChanges, *, go: Go | None = None,
@@ -462,7 +457,7 @@ class IBClient:
         placeOrder with the same orderId."""
         perm = int(broker_order_id)
         await self._connected(Lane.SUBMIT)
-        await self._tokens(Lane.SUBMIT, 1, go)
+        await self._tokens(Lane.SUBMIT, 2, go)  # the round trip first, then the modify
 
         async def modify() -> BrokerOrder:
             ib = await self._connect()
@@ -470,6 +465,12 @@ class IBClient:
             if trade is None or trade.isDone() or not trade.order.orderId:
                 raise BrokerRejected(f"{BROKER}: no open order {perm} to modify", status=422,
                                      code=104)
+            # what IB sent before the modify is read first (one round trip), so that
+            # only an answer to it (its openOrder, or an error for its orderId) counts
+            await self._ask(ib.reqCurrentTimeAsync)
+            if trade.isDone():
+                raise BrokerRejected(f"{BROKER}: order {perm} ended before the modify",
+                                     status=422)
             o = trade.order
             if changes.qty is not None:
                 o.totalQuantity = float(plain(changes.qty))
@@ -481,19 +482,41 @@ class IBClient:
                 o.auxPrice = float(plain(changes.trail))
             if changes.time_in_force is not None:
                 o.tif = changes.time_in_force.upper()
-            seen = len(trade.log)
+            answered = asyncio.Event()
+            refused: list[tuple[int, str]] = []
+
+            def on_open(t: Any) -> None:
+                if t.order.orderId == o.orderId and t.order.clientId == o.clientId:
+                    answered.set()
+
+            def on_error(req_id: int, code: int, message: str, *_: Any) -> None:
+                if req_id == o.orderId:
+                    refused.append((code, message))
+                    answered.set()
+
+            ib.openOrderEvent += on_open
+            ib.errorEvent += on_error
             try:
-                ib.placeOrder(trade.contract, o)
-            except AssertionError as e:  # ib_async: the trade finished meanwhile
-                raise BrokerRejected(f"{BROKER}: the order is done", status=422) from e
-            deadline = asyncio.get_running_loop().time() + self._timeout
-            # IB answers a modify with openOrder/orderStatus: a log entry after ours
-            while len(trade.log) <= seen + 1:
-                if not ib.isConnected():
-                    raise BrokerAmbiguous(f"{BROKER}: the connection dropped after a modify")
-                if asyncio.get_running_loop().time() > deadline:
-                    raise BrokerAmbiguous(f"{BROKER}: no answer to a modify in time")
-                await asyncio.sleep(POLL)
+                try:
+                    ib.placeOrder(trade.contract, o)
+                except AssertionError as e:  # ib_async: the trade finished meanwhile
+                    raise BrokerRejected(f"{BROKER}: the order is done", status=422) from e
+                # IB answers a modify with openOrder (and orderStatus), or an error (104:
+                # filled first; 103; 321: not taken, the order stays live)
+                deadline = asyncio.get_running_loop().time() + self._timeout
+                while not answered.is_set():
+                    if not ib.isConnected():
+                        raise BrokerAmbiguous(f"{BROKER}: the connection dropped after a "
+                                              "modify")
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise BrokerAmbiguous(f"{BROKER}: no answer to a modify in time")
+                    await asyncio.sleep(POLL)
+            finally:
+                ib.openOrderEvent -= on_open
+                ib.errorEvent -= on_error
+            if refused:  # ib_async may have marked it Cancelled: it is not
+                code, message = refused[0]
+                raise BrokerRejected(f"{BROKER} {code}: {message}", status=422, code=code)
             return self._order(ib, trade, self._trades(ib))
 
         try:

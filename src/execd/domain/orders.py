@@ -325,6 +325,16 @@ def expire_unsent(order: Order, reason: str, now: float) -> Update:
     )
 
 
+MODIFIED = "MODIFIED"  # the event of a change in place (IB's modify: the same order)
+
+
+def modified(order: Order, spec: OrderSpec, now: float) -> Update:
+    """The broker changed `order`'s terms in place (IB: placeOrder with the same
+    orderId): the same order, client_order_id and broker id, with `spec`'s terms; its
+    state and fills are the broker's views' (applied after)."""
+    return Update(order=replace(order, spec=spec, updated_at=now), fill=None, event=MODIFIED)
+
+
 def cancel_unsent(order: Order, now: float) -> Update:
     """Cancel an order the broker has never seen (checked by the caller)."""
     return Update(

@@ -19,6 +19,7 @@ from execd.domain.decimals import plain, show
 from execd.domain.external import CLOSED_STATUSES, ExternalOrder, filled_since, merge
 from execd.domain.orders import (
     DEFAULT_ACCOUNT,
+    MODIFIED,
     OPEN_STATES,
     UNATTRIBUTED,
     Fill,
@@ -400,7 +401,18 @@ def _detail(u: Update) -> str | None:
         return json.dumps({"qty": show(u.fill.qty), "price": show(u.fill.price)})
     if u.order.reason and u.event in ("REJECTED", "CANCELLED", "EXPIRED"):
         return json.dumps({"reason": u.order.reason})
+    if u.event == MODIFIED:  # the terms it has from now on
+        names = ("qty", "limit_price", "stop_price", "trail_price", "trail_percent",
+                 "time_in_force")
+        return json.dumps({n: v for n, v in zip(names, _terms(u.order), strict=False) if v})
     return None
+
+
+def _terms(o: Order) -> tuple[str | None, ...]:
+    """What a modify may change, as stored (and the order's id, last)."""
+    s = o.spec
+    return ("" if s.qty is None else plain(s.qty), _str(s.limit_price), _str(s.stop_price),
+            _str(s.trail_price), _str(s.trail_percent), s.time_in_force, s.client_order_id)
 
 
 def _order_row(o: Order) -> tuple[Any, ...]:
@@ -579,6 +591,7 @@ class Store:
                    plain(u.order.filled_qty), _detail(u), u.order.updated_at) for u in updates]
 
         born = [o for u in updates for o in u.born]
+        terms = [_terms(u.order) for u in updates if u.event == MODIFIED]  # IB's modify
 
         def tx(conn: sqlite3.Connection) -> None:
             if born:  # legs, with the parent that names them; known ones stay as they are
@@ -597,6 +610,10 @@ class Store:
                      for f in fills],
                 )
                 _move_positions(conn, fills)
+            if terms:
+                conn.executemany("UPDATE orders SET qty=?, limit_price=?, stop_price=?, "
+                                 "trail_price=?, trail_percent=?, time_in_force=? "
+                                 "WHERE client_order_id=?", terms)
             conn.executemany(_INSERT_EVENT, events)
 
         await self._transaction(tx, linger=linger)
