@@ -48,6 +48,7 @@ from execd.broker.ib_orders import (
     BROKER,
     REJECTED_CODES,
     contract,
+    oco_head,
     order_of,
     orders_for,
     refusal,
@@ -257,18 +258,24 @@ class IBClient:
         return out
 
     def _order(self, ib: Any, trade: Any, trades: dict[int, Any]) -> BrokerOrder:
-        """A trade as ours, with its legs (children by parentId) when it is a parent."""
-        oid = trade.order.orderId
+        """A trade as ours, with its legs when it is a parent: a bracket's children by
+        parentId, an OCO's other order by its ocaGroup (ib_orders.oco_head)."""
+        oid, group = trade.order.orderId, oco_head(trade.order)
+        head = group is not None and trade.order.orderRef == group
         legs = [order_of(child, self._fills(ib, child.order.permId),
                          parent=str(trade.order.permId),
                          rejected=child.order.orderRef in self._rejected)
                 for child in trades.values()
-                if oid and child.order.parentId == oid
-                and child.order.clientId == trade.order.clientId]
+                if (oid and child.order.parentId == oid
+                    and child.order.clientId == trade.order.clientId)
+                or (head and child is not trade and oco_head(child.order) == group)]
         parent: str | None = None
         if trade.order.parentId:
             parent = next((str(p) for p, t in trades.items()
                            if t.order.orderId == trade.order.parentId), None)
+        elif group is not None and not head:  # an OCO's leg: the OCO is its parent
+            parent = next((str(p) for p, t in trades.items()
+                           if t.order.orderRef == group and oco_head(t.order) == group), None)
         return order_of(trade, self._fills(ib, trade.order.permId), parent=parent,
                         legs=tuple(legs), rejected=trade.order.orderRef in self._rejected)
 
