@@ -218,6 +218,20 @@ def filled_of(trade: Any, fills: Iterable[Any]) -> tuple[Decimal, Decimal | None
     return qty, (value / qty if qty > 0 else None)
 
 
+def commission_of(fills: Iterable[Any]) -> Decimal | None:
+    """The commissions IB reported on these executions (commissionReport, which comes
+    after the execution: commissionReportEvent), the latest of each execId base once;
+    None while none is reported."""
+    latest: dict[str, Any] = {}
+    for f in fills:
+        report = f.commissionReport
+        if report is not None and report.execId:
+            latest[report.execId.rsplit(".", 1)[0]] = report
+    if not latest:
+        return None
+    return sum((Decimal(str(r.commission)) for r in latest.values()), Decimal(0))
+
+
 def _dec(v: Any) -> Decimal | None:
     if v is None:
         return None
@@ -231,13 +245,15 @@ def order_of(trade: Any, fills: Iterable[Any], *, parent: str | None = None,
              legs: tuple[BrokerOrder, ...] = (), rejected: bool = False) -> BrokerOrder:
     """One IB trade as a BrokerOrder: permId the broker's id, orderRef the client id."""
     o = trade.order
+    fills = list(fills)
     filled, avg = filled_of(trade, fills)
     when = trade.log[0].time if trade.log else datetime.now(UTC)
     cls = "oco" if oco_head(o) is not None else ("bracket" if legs else "simple")
     kind = _BACK_TYPES.get(o.orderType, "market")
     return BrokerOrder(
         view=BrokerView(broker_order_id=str(o.permId), status=status_of(trade, filled, rejected),
-                        filled_qty=filled, filled_avg_price=avg),
+                        filled_qty=filled, filled_avg_price=avg,
+                        commission=commission_of(fills)),
         client_order_id=o.orderRef or "", symbol=trade.contract.symbol,
         submitted_at=when, side=o.action.lower(), type=kind,
         qty=Decimal(str(o.totalQuantity)), limit_price=_dec(o.lmtPrice),

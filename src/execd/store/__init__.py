@@ -18,6 +18,7 @@ import anyio
 from execd.domain.decimals import plain, show
 from execd.domain.external import CLOSED_STATUSES, ExternalOrder, filled_since, merge
 from execd.domain.orders import (
+    COMMISSION,
     DEFAULT_ACCOUNT,
     MODIFIED,
     OPEN_STATES,
@@ -227,6 +228,11 @@ MIGRATIONS: list[Migration] = [
         at REAL NOT NULL
     );
     """,
+    # 12: an order's commissions so far, as its broker reports them (IB's
+    # commissionReports); NULL: none reported
+    """
+    ALTER TABLE orders ADD COLUMN commission TEXT;
+    """,
 ]
 
 _ORDER_COLUMNS = (
@@ -234,7 +240,7 @@ _ORDER_COLUMNS = (
     "state, broker_order_id, filled_qty, filled_avg_price, reason, created_at, updated_at, "
     "owner_uid, notional, stop_price, trail_price, trail_percent, extended_hours, "
     "order_class, take_profit_limit_price, stop_loss_stop_price, stop_loss_limit_price, "
-    "parent_client_order_id, legs, replaces, replaced_by, account, closing"
+    "parent_client_order_id, legs, replaces, replaced_by, account, closing, commission"
 )
 _N_COLUMNS = _ORDER_COLUMNS.count(",") + 1
 
@@ -396,9 +402,12 @@ def _move_positions(conn: sqlite3.Connection, fills: Sequence[Fill]) -> None:
 
 
 def _detail(u: Update) -> str | None:
+    paid = {} if u.order.commission is None else {"commission": show(u.order.commission)}
     if u.fill is not None:
         # for people: a fill's price is derived by division (show rounds it)
-        return json.dumps({"qty": show(u.fill.qty), "price": show(u.fill.price)})
+        return json.dumps({"qty": show(u.fill.qty), "price": show(u.fill.price), **paid})
+    if u.event == COMMISSION:  # IB's, told after the fill: the order's total so far
+        return json.dumps(paid)
     if u.order.reason and u.event in ("REJECTED", "CANCELLED", "EXPIRED"):
         return json.dumps({"reason": u.order.reason})
     if u.event == MODIFIED:  # the terms it has from now on
@@ -427,7 +436,7 @@ def _order_row(o: Order) -> tuple[Any, ...]:
         _str(s.trail_percent), int(s.extended_hours), s.order_class,
         _str(tp.limit_price) if tp else None, _str(sl.stop_price) if sl else None,
         _str(sl.limit_price) if sl else None, s.parent, _legs(o.legs), s.replaces,
-        o.replaced_by, o.account, int(o.closing),
+        o.replaced_by, o.account, int(o.closing), _str(o.commission),
     )
 
 
@@ -439,7 +448,7 @@ def _order_from(row: Row) -> Order:
     (cid, strategy, symbol, side, qty, otype, limit, tif, state, broker_id, filled, avg,
      reason, created, updated, owner, notional, stop, trail_price, trail_percent, ext,
      oclass, tp_limit, sl_stop, sl_limit, parent, legs, replaces, replaced_by, account,
-     closing) = row
+     closing, commission) = row
     return Order(
         spec=OrderSpec(
             client_order_id=cid, strategy_id=strategy, symbol=symbol, side=side,
@@ -455,7 +464,7 @@ def _order_from(row: Row) -> Order:
         state=OrderState(state), broker_order_id=broker_id, filled_qty=Decimal(filled),
         filled_avg_price=_dec(avg), reason=reason, created_at=created, updated_at=updated,
         owner_uid=owner, legs=tuple(json.loads(legs)) if legs else (),
-        replaced_by=replaced_by, closing=bool(closing),
+        replaced_by=replaced_by, closing=bool(closing), commission=_dec(commission),
     )
 
 
@@ -584,7 +593,7 @@ class Store:
             return
         order_rows = [(u.order.state.value, u.order.broker_order_id, plain(u.order.filled_qty),
                        _str(u.order.filled_avg_price), u.order.reason, u.order.updated_at,
-                       _legs(u.order.legs), u.order.replaced_by,
+                       _legs(u.order.legs), u.order.replaced_by, _str(u.order.commission),
                        u.order.client_order_id) for u in updates]
         fills = [u.fill for u in updates if u.fill is not None]
         events = [(u.order.client_order_id, u.event, u.order.state.value,
@@ -598,8 +607,8 @@ class Store:
                 _insert(conn, born, ignore_known=True)
             conn.executemany(
                 "UPDATE orders SET state=?, broker_order_id=?, filled_qty=?, "
-                "filled_avg_price=?, reason=?, updated_at=?, legs=?, replaced_by=? "
-                "WHERE client_order_id=?",
+                "filled_avg_price=?, reason=?, updated_at=?, legs=?, replaced_by=?, "
+                "commission=? WHERE client_order_id=?",
                 order_rows,
             )
             if fills:
