@@ -58,6 +58,10 @@ async def test_a_replace_at_ib_modifies_the_order_in_place(
         answer = await c.request("replace", client_order_id="ib-m-1", limit_price="91",
                                  qty="3", new_client_order_id="ib-m-1b")
         assert answer["modified"] is True
+        answered = d.book.metrics.registry.get_sample_value(  # IB's answer, not a look-up
+            "execd_broker_requests_total",
+            {"account": "ibkr", "endpoint": "replace_order", "status": "ok"})
+        assert answered == 1
         o = answer["order"]
         assert (o["client_order_id"], o["broker_order_id"], o["limit_price"], o["qty"],
                 o["state"]) == ("ib-m-1", sent["broker_order_id"], "91", "3", "SUBMITTED")

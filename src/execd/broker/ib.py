@@ -472,64 +472,77 @@ class IBClient:
             if trade is None or trade.isDone() or not trade.order.orderId:
                 raise BrokerRejected(f"{BROKER}: no open order {perm} to modify", status=422,
                                      code=104)
-            # what IB sent before the modify is read first (one round trip), so that
-            # only an answer to it (its openOrder, or an error for its orderId) counts
-            await self._ask(ib.reqCurrentTimeAsync)
-            if trade.isDone():
-                raise BrokerRejected(f"{BROKER}: order {perm} ended before the modify",
-                                     status=422)
-            o = trade.order
-            if changes.qty is not None:
-                o.totalQuantity = float(plain(changes.qty))
-            if changes.limit_price is not None:
-                o.lmtPrice = float(plain(changes.limit_price))
-            if changes.stop_price is not None:
-                o.auxPrice = float(plain(changes.stop_price))
-            if changes.trail is not None:
-                o.auxPrice = float(plain(changes.trail))
-            if changes.time_in_force is not None:
-                o.tif = changes.time_in_force.upper()
-            answered = asyncio.Event()
-            refused: list[tuple[int, str]] = []
-
-            def on_open(t: Any) -> None:
-                if t.order.orderId == o.orderId and t.order.clientId == o.clientId:
-                    answered.set()
-
-            def on_error(req_id: int, code: int, message: str, *_: Any) -> None:
-                if req_id == o.orderId:
-                    refused.append((code, message))
-                    answered.set()
-
-            ib.openOrderEvent += on_open
-            ib.errorEvent += on_error
-            try:
-                try:
-                    ib.placeOrder(trade.contract, o)
-                except AssertionError as e:  # ib_async: the trade finished meanwhile
-                    raise BrokerRejected(f"{BROKER}: the order is done", status=422) from e
-                # IB answers a modify with openOrder (and orderStatus), or an error (104:
-                # filled first; 103; 321: not taken, the order stays live)
-                deadline = asyncio.get_running_loop().time() + self._timeout
-                while not answered.is_set():
-                    if not ib.isConnected():
-                        raise BrokerAmbiguous(f"{BROKER}: the connection dropped after a "
-                                              "modify")
-                    if asyncio.get_running_loop().time() > deadline:
-                        raise BrokerAmbiguous(f"{BROKER}: no answer to a modify in time")
-                    await asyncio.sleep(POLL)
-            finally:
-                ib.openOrderEvent -= on_open
-                ib.errorEvent -= on_error
-            if refused:  # ib_async may have marked it Cancelled: it is not
-                code, message = refused[0]
-                raise BrokerRejected(f"{BROKER} {code}: {message}", status=422, code=code)
-            return self._order(ib, trade, self._trades(ib))
+            if self._asking is None:
+                self._asking = asyncio.Lock()
+            # no request of ours in flight meanwhile: an openOrder that comes while a
+            # list of open orders is being answered goes to that list, not to an event
+            async with self._asking:
+                return await self._modify(ib, trade, perm, changes)
 
         try:
             return await self._on_loop(modify, "replace_order")
         except BrokerUnavailable as e:
             raise BrokerAmbiguous(f"replace outcome unknown: {e}") from e
+
+    async def _modify(self, ib: Any, trade: Any, perm: int,
+                      changes: ReplaceChanges) -> BrokerOrder:
+        """The modify itself, on the loop, with the request lock held."""
+        # what IB sent before the modify is read first (one round trip), so that
+        # only an answer to it (its openOrder, or an error for its orderId) counts
+        try:
+            await asyncio.wait_for(ib.reqCurrentTimeAsync(), self._timeout)
+        except (TimeoutError, ConnectionError) as e:  # nothing of the modify has left
+            raise BrokerUnavailable(f"{BROKER}: no answer before a modify: {e!r}") from e
+        if trade.isDone():
+            raise BrokerRejected(f"{BROKER}: order {perm} ended before the modify",
+                                 status=422)
+        o = trade.order
+        if changes.qty is not None:
+            o.totalQuantity = float(plain(changes.qty))
+        if changes.limit_price is not None:
+            o.lmtPrice = float(plain(changes.limit_price))
+        if changes.stop_price is not None:
+            o.auxPrice = float(plain(changes.stop_price))
+        if changes.trail is not None:
+            o.auxPrice = float(plain(changes.trail))
+        if changes.time_in_force is not None:
+            o.tif = changes.time_in_force.upper()
+        answered = asyncio.Event()
+        refused: list[tuple[int, str]] = []
+
+        def on_open(t: Any) -> None:
+            if t.order.orderId == o.orderId and t.order.clientId == o.clientId:
+                answered.set()
+
+        def on_error(req_id: int, code: int, message: str, *_: Any) -> None:
+            if req_id == o.orderId:
+                refused.append((code, message))
+                answered.set()
+
+        ib.openOrderEvent += on_open
+        ib.errorEvent += on_error
+        try:
+            try:
+                ib.placeOrder(trade.contract, o)
+            except AssertionError as e:  # ib_async: the trade finished meanwhile
+                raise BrokerRejected(f"{BROKER}: the order is done", status=422) from e
+            # IB answers a modify with openOrder (and orderStatus), or an error (104:
+            # filled first; 103; 321: not taken, the order stays live)
+            deadline = asyncio.get_running_loop().time() + self._timeout
+            while not answered.is_set():
+                if not ib.isConnected():
+                    raise BrokerAmbiguous(f"{BROKER}: the connection dropped after a "
+                                          "modify")
+                if asyncio.get_running_loop().time() > deadline:
+                    raise BrokerAmbiguous(f"{BROKER}: no answer to a modify in time")
+                await asyncio.sleep(POLL)
+        finally:
+            ib.openOrderEvent -= on_open
+            ib.errorEvent -= on_error
+        if refused:  # ib_async may have marked it Cancelled: it is not
+            code, message = refused[0]
+            raise BrokerRejected(f"{BROKER} {code}: {message}", status=422, code=code)
+        return self._order(ib, trade, self._trades(ib))
 
     async def positions(self) -> Sequence[BrokerPosition]:
         await self._connected()
