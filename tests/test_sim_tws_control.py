@@ -8,6 +8,7 @@ own loop: tests/tws_kit.py says why that is not the both-backends rule).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,6 +18,7 @@ import pytest
 import requests
 from ib_async import ExecutionFilter, LimitOrder, MarketOrder, Order
 
+from execd import cli
 from execd.sim import SimServer
 from execd.sim.tws import TwsServer
 from execd.sim.tws.faults import faults_from_json
@@ -94,6 +96,22 @@ def test_a_bad_tws_fault_is_refused_by_name_and_nothing_changes(
     assert message in r.json()["message"]
     now = ctl.call("GET", "/_sim/faults").json()
     assert (now["tws"]["reject_next"], now["p_429"]) == (0, 0.0)
+
+
+def test_execd_sim_stats_on_the_control_port_shows_the_tws_front(
+        ctl: Control, capsys: pytest.CaptureFixture[str]) -> None:
+    async def go() -> None:
+        ib = await connect(ctl.tws)
+        t = ib.placeOrder(AAPL, MarketOrder("BUY", 1, orderRef="seen"))
+        await until(t.isDone)
+        ib.disconnect()
+
+    run(go)
+    assert cli.main(["sim", "--stats", "--port", str(ctl.rest.port)]) == 0
+    assert "tws: placeOrders: 1   connections: 1" in capsys.readouterr().out
+    assert cli.main(["sim", "--stats", "--json", "--port", str(ctl.rest.port)]) == 0
+    tws = json.loads(capsys.readouterr().out)["tws"]
+    assert [p["orderRef"] for p in tws["place_orders"]] == ["seen"]
 
 
 def test_faults_from_json_types() -> None:
