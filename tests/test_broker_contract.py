@@ -1,6 +1,6 @@
 """The BrokerClient contract, one suite over both adapters, each behind its simulator
 and its real client library (alpaca-py over HTTP; ib_async over the TWS protocol), on
-both anyio backends: submit, look-up by client_order_id, list open, cancel, positions,
+both anyio backends: submit, look-up by client_order_id, list open, cancel, replace, positions,
 and an ambiguous submit resolved by a look-up without a second order at the broker."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from execd.broker.alpaca import AlpacaClient
-from execd.broker.base import BrokerAmbiguous, BrokerClient, BrokerOrder
+from execd.broker.base import BrokerAmbiguous, BrokerClient, BrokerOrder, ReplaceChanges
 from execd.broker.ib import IBClient
 from execd.clock import SystemClock
 from execd.domain.orders import OrderSpec
@@ -123,3 +123,22 @@ async def test_an_ambiguous_submit_is_found_by_a_look_up_not_sent_twice(venue: V
     assert found is not None
     assert found.client_order_id == "k-amb"
     assert venue.submitted() == ["k-amb"]
+
+
+async def test_replace_answers_the_order_with_the_new_terms(venue: Venue) -> None:
+    """Both adapters answer a replace with the order that now carries the new terms.
+    Alpaca's PATCH made a new order (the new client_order_id, a new broker id); IB
+    modified the order in place (its own client_order_id and permId): the daemon tells
+    the two apart by the broker id (modifier.py records IB's as a MODIFIED event)."""
+    venue.set_prices({"AAPL": "100.00"})
+    resting = await venue.broker.submit_order(spec("k-rep", type="limit",
+                                                   limit_price=Decimal("80")))
+    await until_status(venue.broker, "k-rep", "new")
+    changed = await venue.broker.replace_order(
+        resting.view.broker_order_id, ReplaceChanges(limit_price=Decimal("81")), "k-rep-2")
+    assert changed.limit_price == Decimal("81")
+    in_place = changed.view.broker_order_id == resting.view.broker_order_id
+    assert changed.client_order_id == ("k-rep" if in_place else "k-rep-2")
+    assert in_place == isinstance(venue.broker, IBClient)
+    opened = [(o.client_order_id, o.limit_price) for o in await venue.broker.list_open_orders()]
+    assert opened == [(changed.client_order_id, Decimal("81"))]

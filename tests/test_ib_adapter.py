@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -95,11 +96,9 @@ async def test_submit_look_up_list_cancel_modify_positions(ib: IBClient, tws: Tw
     opened = await ib.list_open_orders()
     assert [o.client_order_id for o in opened] == ["lmt-1"]
 
-    with pytest.raises(BrokerRejected, match="replace is not supported at an IB account"):
-        await ib.replace_order(resting.view.broker_order_id,
-                               ReplaceChanges(limit_price=Decimal("91")), "lmt-1-r")
-    modified = await ib.modify_order(resting.view.broker_order_id,
-                                     ReplaceChanges(limit_price=Decimal("91"), qty=Decimal(5)))
+    # the port's replace is IB's modify: the new client_order_id is not used
+    modified = await ib.replace_order(resting.view.broker_order_id, ReplaceChanges(
+        limit_price=Decimal("91"), qty=Decimal(5)), "lmt-1-r")
     # IB modifies in place: the same permId, orderId and orderRef
     assert modified.view.broker_order_id == resting.view.broker_order_id
     assert modified.client_order_id == "lmt-1"
@@ -371,7 +370,10 @@ def test_what_ib_cannot_take_is_refused_with_the_reason() -> None:
     oco = spec("o", type="limit", limit_price=Decimal("110"), order_class="oco",
                take_profit=TakeProfit(limit_price=Decimal("110")),
                stop_loss=StopLoss(stop_price=Decimal("90")))
-    assert refusal(oco) == "ib: oco orders are not supported yet"
+    assert refusal(oco) is None  # one ocaGroup (tests/test_ib_oco.py)
+    assert "at most 125" in (refusal(replace(oco, client_order_id="o" * 126)) or "")
+    oto = replace(oco, order_class="oto", take_profit=None, type="market", limit_price=None)
+    assert refusal(oto) == "ib: oto orders are not supported yet"
     long_bracket = spec("b" * 126, type="limit", limit_price=Decimal("99"),
                         order_class="bracket", take_profit=TakeProfit(limit_price=Decimal("110")),
                         stop_loss=StopLoss(stop_price=Decimal("90")))

@@ -121,38 +121,6 @@ async def test_an_ambiguous_submit_at_the_ib_account_is_sent_once(
         assert stats["connections"] >= 2  # it was dropped and reconnected
 
 
-async def test_a_replace_at_the_ib_account_is_refused_and_nothing_is_sent(
-        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """IB modifies in place; the daemon's replace makes a new order. Until the daemon
-    models a modify, a replace at an IB account is rejected before anything is sent and
-    the order it named stays as it was."""
-    config = two_accounts(tmp_path, alpaca_sim, monkeypatch)
-    async with open_daemon(config) as d, connect(d) as c:
-        for name in d.accounts:
-            await recovered_at(d, name)
-        tws = d.accounts["ibkr"].tws
-        assert tws is not None
-        tws.set_prices({"AAPL": "100.00"})
-        sent = await c.submit(strategy_id="alpha", symbol="AAPL", side="buy", qty="2",
-                              type="limit", limit_price="90", account="ibkr",
-                              client_order_id="ib-r-1")
-
-        async def submitted() -> bool:
-            o = await c.request("order", client_order_id="ib-r-1")
-            return bool(o["order"]["state"] == "SUBMITTED")
-
-        await eventually(submitted)
-        with pytest.raises(ExecdError, match="replace is not supported at an IB account"):
-            await c.request("replace", client_order_id="ib-r-1", limit_price="91",
-                            new_client_order_id="ib-r-1b")
-        new = (await c.request("order", client_order_id="ib-r-1b"))["order"]
-        assert new["state"] == "REJECTED"
-        old = (await c.request("order", client_order_id="ib-r-1"))["order"]
-        assert old["state"] == "SUBMITTED"
-        assert [p["orderRef"] for p in tws.stats_json()["place_orders"]] == [
-            sent["client_order_id"]]
-
-
 async def test_a_notional_order_at_the_ib_account_is_an_invalid_request(
         tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """IB cannot take a cash-quantity order as we would send it: the risk gate refuses

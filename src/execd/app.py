@@ -223,7 +223,8 @@ async def open_daemon(
                 default=main.name, task_status=task_status)))
         gates = {name: AccountGate(a.recovery, a.halts, a.refuses, a.health.failing,
                                    partial(queue_wait, a.limiter, 1.0 if a.config.broker
-                                           in IB_BROKERS else a.config.window_seconds))
+                                           in IB_BROKERS else a.config.window_seconds),
+                                   modifies=a.config.broker in IB_BROKERS)
                  for name, a in accounts.items()}
         specs = [
             *core,

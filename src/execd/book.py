@@ -24,10 +24,12 @@ from execd.domain.orders import (
     DEFAULT_ACCOUNT,
     BrokerView,
     Order,
+    OrderSpec,
     OrderState,
     Update,
     cancel_unsent,
     expire_unsent,
+    modified,
     reject,
 )
 from execd.events import EventHub
@@ -316,6 +318,19 @@ class OrderBook:
         """Expire a PENDING `day` order never sent, at its session's close."""
         return await self._while_pending(
             client_order_id, lambda order, now: expire_unsent(order, reason, now))
+
+    async def modify(self, client_order_id: str, spec: OrderSpec) -> Order | None:
+        """The broker changed an open order's terms in place (IB's modify): its new
+        terms recorded with a MODIFIED event; None if the order is not open here."""
+        if self._lock.locked():
+            self.store.hurry()
+        async with self._lock:
+            before = self.open.get(client_order_id)
+            if before is None:
+                return None
+            update = modified(before, spec, self._clock.time())
+            await self._commit([(before, update)])
+            return update.order
 
     async def _while_pending(
         self, client_order_id: str, change: Callable[[Order, float], Update]

@@ -120,6 +120,10 @@ def _sim_stats(args: argparse.Namespace) -> int:
           f"busiest {seconds:g} s window: {stats['max_requests_in_window']}")
     print(f"client_order_ids: {stats['client_order_ids']}   submitted more than once: "
           f"{stats['client_order_ids_submitted_more_than_once']}")
+    if "tws" in stats:  # `execd sim --broker ib`'s control port: its TWS front too
+        t = stats["tws"]
+        print(f"tws: placeOrders: {len(t['place_orders'])}   connections: {t['connections']}"
+              f"   busiest second: {t['max_messages_per_second']} messages")
     from execd.cli_render import Column, table
 
     rows = [[route, status, str(n)] for route, by in stats["requests"].items()

@@ -23,6 +23,7 @@ from execd.messages import (
     CancelOrder,
     CancelRequested,
     CancelResult,
+    ModifyOrder,
     Reply,
     SendOrder,
     SubmitterCommand,
@@ -103,5 +104,7 @@ async def _serve(inbox: MemoryObjectReceiveStream[SubmitterCommand], outboxes: O
                 await outboxes[order.account].send(msg)
             case CancelOrder(client_order_id=cid):
                 await outboxes[await _account_of(book, cid, default)].send(msg)
+            case ModifyOrder(order=order):
+                await outboxes[order.account].send(msg)
             case CancelAll():
                 tg.start_soon(_fan_out, msg, outboxes)

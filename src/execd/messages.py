@@ -89,9 +89,21 @@ class Reply(Generic[T]):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ModifyOutcome:
+    """A modify in place (IB) as it ended: the order as it is after, and why the broker
+    refused the change (None: it took it)."""
+
+    order: Order
+    refused: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OrderAccepted:
     order: Order
     existing: bool = False  # a safe retry of a client_order_id we already hold
+    # a replace at a broker that modifies in place: `order` is the one being changed,
+    # nothing new was recorded; the outcome comes here once the broker has answered
+    modify: Reply[ModifyOutcome] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,7 +220,17 @@ class CancelAll:
     account: str | None = None  # one account's orders; None: every account's
 
 
-SubmitterCommand = SendOrder | CancelOrder | CancelAll
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModifyOrder:
+    """Change an open order in place at a broker that modifies (IB): same order, same
+    client_order_id; checked by the risk gate as the order will be after."""
+
+    order: Order  # as the risk gate saw it
+    spec: OrderSpec  # its terms after the change
+    outcome: Reply[ModifyOutcome]
+
+
+SubmitterCommand = SendOrder | CancelOrder | CancelAll | ModifyOrder
 
 R = TypeVar("R")
 C = TypeVar("C")

@@ -30,6 +30,8 @@ from execd.events import TradingEvent
 from execd.halts import HaltGate, effective_state
 from execd.messages import (
     BookChange,
+    ModifyOrder,
+    ModifyOutcome,
     OrderAccepted,
     OrderChanged,
     OrderDenied,
@@ -77,6 +79,7 @@ class AccountGate:
     # why its broker is failing now, known without a network call (routing skips it)
     failing: Callable[[], str | None] | None = None
     queue_s: Callable[[], float] | None = None  # how long a new order would queue there
+    modifies: bool = False  # its broker modifies an order in place (IB): see _modify
 
 
 class RiskGate:
@@ -97,6 +100,7 @@ class RiskGate:
         self.max_queue_s = max_queue_s  # a longer wait at an account: routing skips it
         self._routed: dict[str, str] = {}  # this batch's ROUTED details (JSON) by order
         self._closing: set[str] = set()  # accepted closing orders, not yet handed on
+        self._modifying: list[ModifyOrder] = []  # this batch's modifies, to hand on
         self.storage = storage
         # held in memory while writes fail (and in `storage`, beyond this actor's life)
         self._unsaved: TradingStatus | None = storage.held if storage is not None else None
@@ -176,6 +180,9 @@ class RiskGate:
             accepted = await self._handle(batch)
         except BaseException:
             self.close()  # a failed write may have left the context ahead of the store
+            for unsent in self._modifying:  # not handed on: their callers stop waiting
+                unsent.outcome.close()
+            self._modifying = []
             raise
         finally:
             handed = {id(done) for _, done in accepted}
@@ -185,6 +192,14 @@ class RiskGate:
                 if isinstance(msg, SubmitOrder) and msg.done is not None \
                         and id(msg.done) not in handed:
                     msg.done.close()
+        modifying, self._modifying = self._modifying[::-1], []
+        try:
+            while modifying:
+                await self.submitter.send(modifying[-1])
+                modifying.pop()
+        finally:  # not handed over (cancelled): their callers stop waiting
+            for unsent in modifying:
+                unsent.outcome.close()
         pending = accepted[::-1]
         try:
             while pending:
@@ -251,12 +266,44 @@ class RiskGate:
                         self._unsaved is None or await self._save(self._unsaved))
                     if reply is not None:
                         answer(reply, saved)
+                case SubmitOrder() if self._in_place(msg):
+                    await flush()  # decided after what came before it
+                    self._modify(msg, ctx)
                 case SubmitOrder():
                     submits.append(msg)
                 case _:
                     assert_never(msg)
         await flush()
         return accepted
+
+    def _in_place(self, msg: SubmitOrder) -> bool:
+        """A replace at an account whose broker modifies in place (IB)."""
+        old = None if msg.spec.replaces is None else self.book.open.get(msg.spec.replaces)
+        gate = None if old is None else self.accounts.get(old.account)
+        return gate is not None and gate.modifies
+
+    def _modify(self, msg: SubmitOrder, ctx: RiskContext) -> None:
+        """The replacement as a change of the order itself (same client_order_id, no new
+        record), checked as the book will be after it; handed to the submitter
+        (modifier.py), whose outcome the caller awaits (OrderAccepted.modify)."""
+        assert msg.spec.replaces is not None
+        old = self.book.open[msg.spec.replaces]
+        spec = replace(msg.spec, client_order_id=old.client_order_id, replaces=old.spec.replaces)
+        denial = risk.check(spec, ctx, self.limits, replacing=old)
+        if denial is None and old.legs and spec.qty != old.spec.qty:
+            denial = risk.Denial(code="invalid_request", rule="modify", reason=(
+                f"account {old.account} modifies orders in place: a parent's qty cannot "
+                "change (its exits would keep theirs); change its prices, or cancel and "
+                "submit"))
+        if denial is not None:
+            self.metrics.submits.labels("denied").inc()
+            answer(msg.reply, OrderDenied(code=denial.code, reason=denial.reason,
+                                          conflicting=denial.conflicting))
+            return
+        outcome: Reply[ModifyOutcome] = Reply()
+        self._modifying.append(ModifyOrder(order=old, spec=spec, outcome=outcome))
+        self.metrics.submits.labels("accepted").inc()
+        answer(msg.reply, OrderAccepted(order=old, modify=outcome))
 
     async def _halt_account(self, ctx: RiskContext, name: str, status: TradingStatus) -> None:
         """Halt one account, or lift its halt; the others' states stay as they are."""

@@ -14,6 +14,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from execd import modifier
 from execd.book import OrderBook
 from execd.broker.base import (
     BrokerClient,
@@ -29,6 +30,7 @@ from execd.messages import (
     CancelAll,
     CancelOrder,
     CancelResult,
+    ModifyOrder,
     Reply,
     RiskCommand,
     SendOrder,
@@ -106,6 +108,8 @@ async def run(
                 case CancelAll(strategy_id=sid, reply=reply, owner_uid=owner, within=limit):
                     tg.start_soon(_answer_cancel, reply,
                                   submitter.cancel_all(sid, owner, within=limit))
+                case ModifyOrder():  # a replace at a broker that modifies in place (IB)
+                    tg.start_soon(modifier.modify, submitter, msg)
                 case _:
                     assert_never(msg)
 

@@ -48,6 +48,7 @@ from execd.broker.ib_orders import (
     BROKER,
     REJECTED_CODES,
     contract,
+    oco_head,
     order_of,
     orders_for,
     refusal,
@@ -257,18 +258,24 @@ class IBClient:
         return out
 
     def _order(self, ib: Any, trade: Any, trades: dict[int, Any]) -> BrokerOrder:
-        """A trade as ours, with its legs (children by parentId) when it is a parent."""
-        oid = trade.order.orderId
+        """A trade as ours, with its legs when it is a parent: a bracket's children by
+        parentId, an OCO's other order by its ocaGroup (ib_orders.oco_head)."""
+        oid, group = trade.order.orderId, oco_head(trade.order)
+        head = group is not None and trade.order.orderRef == group
         legs = [order_of(child, self._fills(ib, child.order.permId),
                          parent=str(trade.order.permId),
                          rejected=child.order.orderRef in self._rejected)
                 for child in trades.values()
-                if oid and child.order.parentId == oid
-                and child.order.clientId == trade.order.clientId]
+                if (oid and child.order.parentId == oid
+                    and child.order.clientId == trade.order.clientId)
+                or (head and child is not trade and oco_head(child.order) == group)]
         parent: str | None = None
         if trade.order.parentId:
             parent = next((str(p) for p, t in trades.items()
                            if t.order.orderId == trade.order.parentId), None)
+        elif group is not None and not head:  # an OCO's leg: the OCO is its parent
+            parent = next((str(p) for p, t in trades.items()
+                           if t.order.orderRef == group and oco_head(t.order) == group), None)
         return order_of(trade, self._fills(ib, trade.order.permId), parent=parent,
                         legs=tuple(legs), rejected=trade.order.orderRef in self._rejected)
 
@@ -445,15 +452,10 @@ class IBClient:
         self, broker_order_id: str, changes: ReplaceChanges, new_client_order_id: str,
         *, go: Go | None = None,
     ) -> BrokerOrder:
-        """Refused, never sent: the port's replace makes a new order under a new
-        client_order_id (Alpaca's PATCH), and IB cannot: it modifies the same order in
-        place (`modify_order`). Answered as if it were that new order, the book would
-        hold two orders for one at IB, and the poller, finding no order under the new
-        id, could send it again. Until the daemon models a modify (issue 33: a MODIFIED
-        event on the same order), a replace at an IB account is rejected."""
-        raise BrokerRejected(f"{BROKER}: replace is not supported at an IB account yet "
-                             "(IB modifies an order in place; cancel and submit instead)",
-                             status=422)
+        """IB's replace is a modify (`modify_order`): the same order (orderId, permId,
+        orderRef) with new terms; `new_client_order_id` is not used (the order keeps its
+        id). The daemon records it as a change of that order (modifier.py)."""
+        return await self.modify_order(broker_order_id, changes, go=go)
 
     async def modify_order(
         self, broker_order_id: str, changes: ReplaceChanges, *, go: Go | None = None,
@@ -462,7 +464,7 @@ class IBClient:
         placeOrder with the same orderId."""
         perm = int(broker_order_id)
         await self._connected(Lane.SUBMIT)
-        await self._tokens(Lane.SUBMIT, 1, go)
+        await self._tokens(Lane.SUBMIT, 2, go)  # the round trip first, then the modify
 
         async def modify() -> BrokerOrder:
             ib = await self._connect()
@@ -470,36 +472,77 @@ class IBClient:
             if trade is None or trade.isDone() or not trade.order.orderId:
                 raise BrokerRejected(f"{BROKER}: no open order {perm} to modify", status=422,
                                      code=104)
-            o = trade.order
-            if changes.qty is not None:
-                o.totalQuantity = float(plain(changes.qty))
-            if changes.limit_price is not None:
-                o.lmtPrice = float(plain(changes.limit_price))
-            if changes.stop_price is not None:
-                o.auxPrice = float(plain(changes.stop_price))
-            if changes.trail is not None:
-                o.auxPrice = float(plain(changes.trail))
-            if changes.time_in_force is not None:
-                o.tif = changes.time_in_force.upper()
-            seen = len(trade.log)
-            try:
-                ib.placeOrder(trade.contract, o)
-            except AssertionError as e:  # ib_async: the trade finished meanwhile
-                raise BrokerRejected(f"{BROKER}: the order is done", status=422) from e
-            deadline = asyncio.get_running_loop().time() + self._timeout
-            # IB answers a modify with openOrder/orderStatus: a log entry after ours
-            while len(trade.log) <= seen + 1:
-                if not ib.isConnected():
-                    raise BrokerAmbiguous(f"{BROKER}: the connection dropped after a modify")
-                if asyncio.get_running_loop().time() > deadline:
-                    raise BrokerAmbiguous(f"{BROKER}: no answer to a modify in time")
-                await asyncio.sleep(POLL)
-            return self._order(ib, trade, self._trades(ib))
+            if self._asking is None:
+                self._asking = asyncio.Lock()
+            # no request of ours in flight meanwhile: an openOrder that comes while a
+            # list of open orders is being answered goes to that list, not to an event
+            async with self._asking:
+                return await self._modify(ib, trade, perm, changes)
 
         try:
             return await self._on_loop(modify, "replace_order")
         except BrokerUnavailable as e:
             raise BrokerAmbiguous(f"replace outcome unknown: {e}") from e
+
+    async def _modify(self, ib: Any, trade: Any, perm: int,
+                      changes: ReplaceChanges) -> BrokerOrder:
+        """The modify itself, on the loop, with the request lock held."""
+        # what IB sent before the modify is read first (one round trip), so that
+        # only an answer to it (its openOrder, or an error for its orderId) counts
+        try:
+            await asyncio.wait_for(ib.reqCurrentTimeAsync(), self._timeout)
+        except (TimeoutError, ConnectionError) as e:  # nothing of the modify has left
+            raise BrokerUnavailable(f"{BROKER}: no answer before a modify: {e!r}") from e
+        if trade.isDone():
+            raise BrokerRejected(f"{BROKER}: order {perm} ended before the modify",
+                                 status=422)
+        o = trade.order
+        if changes.qty is not None:
+            o.totalQuantity = float(plain(changes.qty))
+        if changes.limit_price is not None:
+            o.lmtPrice = float(plain(changes.limit_price))
+        if changes.stop_price is not None:
+            o.auxPrice = float(plain(changes.stop_price))
+        if changes.trail is not None:
+            o.auxPrice = float(plain(changes.trail))
+        if changes.time_in_force is not None:
+            o.tif = changes.time_in_force.upper()
+        answered = asyncio.Event()
+        refused: list[tuple[int, str]] = []
+
+        def on_open(t: Any) -> None:
+            if t.order.orderId == o.orderId and t.order.clientId == o.clientId:
+                answered.set()
+
+        def on_error(req_id: int, code: int, message: str, *_: Any) -> None:
+            if req_id == o.orderId:
+                refused.append((code, message))
+                answered.set()
+
+        ib.openOrderEvent += on_open
+        ib.errorEvent += on_error
+        try:
+            try:
+                ib.placeOrder(trade.contract, o)
+            except AssertionError as e:  # ib_async: the trade finished meanwhile
+                raise BrokerRejected(f"{BROKER}: the order is done", status=422) from e
+            # IB answers a modify with openOrder (and orderStatus), or an error (104:
+            # filled first; 103; 321: not taken, the order stays live)
+            deadline = asyncio.get_running_loop().time() + self._timeout
+            while not answered.is_set():
+                if not ib.isConnected():
+                    raise BrokerAmbiguous(f"{BROKER}: the connection dropped after a "
+                                          "modify")
+                if asyncio.get_running_loop().time() > deadline:
+                    raise BrokerAmbiguous(f"{BROKER}: no answer to a modify in time")
+                await asyncio.sleep(POLL)
+        finally:
+            ib.openOrderEvent -= on_open
+            ib.errorEvent -= on_error
+        if refused:  # ib_async may have marked it Cancelled: it is not
+            code, message = refused[0]
+            raise BrokerRejected(f"{BROKER} {code}: {message}", status=422, code=code)
+        return self._order(ib, trade, self._trades(ib))
 
     async def positions(self) -> Sequence[BrokerPosition]:
         await self._connected()

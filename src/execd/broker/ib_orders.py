@@ -29,6 +29,7 @@ _TIF = {"day": "DAY", "gtc": "GTC", "ioc": "IOC", "fok": "FOK", "opg": "OPG"}
 _TYPES = {"market": "MKT", "limit": "LMT", "stop": "STP", "stop_limit": "STP LMT",
           "trailing_stop": "TRAIL"}
 _BACK_TYPES = {v: k for k, v in _TYPES.items()} | {"MOC": "market", "LOC": "limit"}
+OCO_GROUP = "execd-"  # an OCO's ocaGroup: this and its client_order_id
 LEG_ROOM = 125  # a client_order_id is at most 128 characters; a leg's adds ".tp"
 
 
@@ -45,9 +46,11 @@ def refusal(spec: OrderSpec) -> str | None:
         return f"{BROKER}: time_in_force cls takes market or limit orders only"
     if spec.time_in_force not in _TIF and spec.time_in_force != "cls":
         return f"{BROKER}: time_in_force {spec.time_in_force} is not supported"
-    if spec.order_class in ("oto", "oco"):
-        # an OCO's second order would reach the book as an order execd did not place
-        return f"{BROKER}: {spec.order_class} orders are not supported yet"
+    if spec.order_class == "oto":
+        return f"{BROKER}: oto orders are not supported yet"
+    if spec.order_class == "oco" and len(spec.client_order_id) > LEG_ROOM:
+        return (f"{BROKER}: an oco's client_order_id must be at most {LEG_ROOM} characters "
+                "(its stop-loss's orderRef adds .sl)")
     if spec.order_class == "bracket" and len(spec.client_order_id) > LEG_ROOM:
         return (f"{BROKER}: a bracket's client_order_id must be at most {LEG_ROOM} "
                 "characters (its legs' orderRefs add .tp and .sl)")
@@ -123,7 +126,7 @@ def orders_for(spec: OrderSpec) -> list[Order]:
         # Alpaca's OCO: the exit pair of a position; the first leg carries our id
         legs[0].orderRef = coid
         for o in legs:
-            o.ocaGroup, o.ocaType = f"execd-{coid}", 1
+            o.ocaGroup, o.ocaType = OCO_GROUP + coid, 1
             o.action = spec.side.upper()
         return legs
     parent = _priced(_base(spec, coid), spec)
@@ -131,6 +134,14 @@ def orders_for(spec: OrderSpec) -> list[Order]:
     for o in group[:-1]:
         o.transmit = False
     return group
+
+
+def oco_head(order: Any) -> str | None:
+    """The client_order_id of the OCO an IB order belongs to (its ocaGroup is ours:
+    `execd-<id>`); None for an order in no OCO of ours. The order whose orderRef is that
+    id is the OCO (the take-profit, as Alpaca's OCO is); the other is its leg."""
+    group = order.ocaGroup or ""
+    return group[len(OCO_GROUP):] if group.startswith(OCO_GROUP) else None
 
 
 def message_count(spec: OrderSpec) -> int:
@@ -207,6 +218,20 @@ def filled_of(trade: Any, fills: Iterable[Any]) -> tuple[Decimal, Decimal | None
     return qty, (value / qty if qty > 0 else None)
 
 
+def commission_of(fills: Iterable[Any]) -> Decimal | None:
+    """The commissions IB reported on these executions (commissionReport, which comes
+    after the execution: commissionReportEvent), the latest of each execId base once;
+    None while none is reported."""
+    latest: dict[str, Any] = {}
+    for f in fills:
+        report = f.commissionReport
+        if report is not None and report.execId:
+            latest[report.execId.rsplit(".", 1)[0]] = report
+    if not latest:
+        return None
+    return sum((Decimal(str(r.commission)) for r in latest.values()), Decimal(0))
+
+
 def _dec(v: Any) -> Decimal | None:
     if v is None:
         return None
@@ -220,13 +245,15 @@ def order_of(trade: Any, fills: Iterable[Any], *, parent: str | None = None,
              legs: tuple[BrokerOrder, ...] = (), rejected: bool = False) -> BrokerOrder:
     """One IB trade as a BrokerOrder: permId the broker's id, orderRef the client id."""
     o = trade.order
+    fills = list(fills)
     filled, avg = filled_of(trade, fills)
     when = trade.log[0].time if trade.log else datetime.now(UTC)
-    cls = "bracket" if legs else ("oco" if o.ocaGroup and not parent else "simple")
+    cls = "oco" if oco_head(o) is not None else ("bracket" if legs else "simple")
     kind = _BACK_TYPES.get(o.orderType, "market")
     return BrokerOrder(
         view=BrokerView(broker_order_id=str(o.permId), status=status_of(trade, filled, rejected),
-                        filled_qty=filled, filled_avg_price=avg),
+                        filled_qty=filled, filled_avg_price=avg,
+                        commission=commission_of(fills)),
         client_order_id=o.orderRef or "", symbol=trade.contract.symbol,
         submitted_at=when, side=o.action.lower(), type=kind,
         qty=Decimal(str(o.totalQuantity)), limit_price=_dec(o.lmtPrice),

@@ -52,6 +52,7 @@ class IBEvents:
         ib = self._ib
         ib.orderStatusEvent += self._on_status
         ib.execDetailsEvent += self._on_exec
+        ib.commissionReportEvent += self._on_commission
         ib.disconnectedEvent += self._on_down
         if not ib.isConnected():
             self._on_down()
@@ -60,6 +61,7 @@ class IBEvents:
         ib = self._ib
         ib.orderStatusEvent -= self._on_status
         ib.execDetailsEvent -= self._on_exec
+        ib.commissionReportEvent -= self._on_commission
         ib.disconnectedEvent -= self._on_down
 
     def _update(self, trade: Any, execution: Any = None, fill_time: Any = None) -> None:
@@ -80,6 +82,10 @@ class IBEvents:
 
     def _on_exec(self, trade: Any, fill: Any) -> None:
         self._update(trade, fill.execution, fill.time)
+
+    def _on_commission(self, trade: Any, fill: Any, report: Any) -> None:
+        """IB's commission on an execution, after it: the order's total, as news."""
+        self._update(trade)
 
     def _on_down(self) -> None:
         self._queue.put(ConnectionError("the IB connection was lost"))

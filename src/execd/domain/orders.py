@@ -166,6 +166,9 @@ class Order:
     # it only reduces a position (close_position, flatten: the risk gate checked it
     # shrinks one): sent while trading is halted; stored, so a restart keeps it
     closing: bool = False
+    # the broker's commissions on its fills so far, in the account's currency (IB's
+    # commissionReports; None: none told, e.g. Alpaca's commission-free trades)
+    commission: Decimal | None = None
 
     def __post_init__(self) -> None:
         # An order is at one account, always named: one that came with none (made in
@@ -216,7 +219,7 @@ class Order:
             "notional": show_opt(s.notional), "stop_price": show_opt(s.stop_price),
             "trail_price": show_opt(s.trail_price), "trail_percent": show_opt(s.trail_percent),
             "parent_client_order_id": s.parent, "replaces": s.replaces,
-            "replaced_by": self.replaced_by,
+            "replaced_by": self.replaced_by, "commission": show_opt(self.commission),
         }
         out.update((k, v) for k, v in extra.items() if v is not None)
         if s.extended_hours:
@@ -259,6 +262,7 @@ class BrokerView:
     filled_qty: Decimal
     filled_avg_price: Decimal | None
     replaced_by: str | None = None  # the broker id of the order that replaced it
+    commission: Decimal | None = None  # its commissions so far (IB); None: not told
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -275,8 +279,14 @@ def apply_broker_view(order: Order, view: BrokerView, now: float) -> Update | No
     Fills are derived from the growth of filled_qty; their price from the growth of
     filled_qty * filled_avg_price, so that partial fills average out exactly.
     """
+    commission = order.commission  # grows only: a view may lack reports we hold
+    if view.commission is not None and (commission is None or view.commission > commission):
+        commission = view.commission
     if order.state in TERMINAL_STATES and not (
             order.state == OrderState.REPLACED and view.filled_qty > order.filled_qty):
+        if commission != order.commission:  # told after the fill that ended it (IB)
+            return Update(order=replace(order, commission=commission, updated_at=now),
+                          fill=None, event=COMMISSION)
         return None  # a REPLACED order may have filled first: its fills still count
     mapped = ALPACA_STATUS.get(view.status)
     new_state = order.state
@@ -298,15 +308,22 @@ def apply_broker_view(order: Order, view: BrokerView, now: float) -> Update | No
             new_state = OrderState.PARTIALLY_FILLED
     if order.spec.qty is not None and filled_qty >= order.spec.qty and new_state in OPEN_STATES:
         new_state = OrderState.FILLED  # e.g. `calculated` with every share filled
-    if new_state == order.state and fill is None and order.broker_order_id is not None:
+    if new_state == order.state and fill is None and order.broker_order_id is not None \
+            and commission == order.commission:
         return None
     updated = replace(
         order, state=new_state, filled_qty=filled_qty, filled_avg_price=avg,
+        commission=commission,
         broker_order_id=order.broker_order_id or view.broker_order_id, updated_at=now,
         reason=order.reason if new_state != OrderState.REJECTED else f"broker: {view.status}",
     )
     event = new_state.value if new_state != order.state else "FILL"
+    if new_state == order.state and fill is None and order.broker_order_id is not None:
+        event = COMMISSION  # nothing but the commission changed
     return Update(order=updated, fill=fill, event=event)
+
+
+COMMISSION = "COMMISSION"  # the event of a commission told after its fill (IB)
 
 
 def reject(order: Order, reason: str, now: float) -> Update:
@@ -323,6 +340,16 @@ def expire_unsent(order: Order, reason: str, now: float) -> Update:
         order=replace(order, state=OrderState.EXPIRED, reason=reason, updated_at=now),
         fill=None, event=OrderState.EXPIRED.value,
     )
+
+
+MODIFIED = "MODIFIED"  # the event of a change in place (IB's modify: the same order)
+
+
+def modified(order: Order, spec: OrderSpec, now: float) -> Update:
+    """The broker changed `order`'s terms in place (IB: placeOrder with the same
+    orderId): the same order, client_order_id and broker id, with `spec`'s terms; its
+    state and fills are the broker's views' (applied after)."""
+    return Update(order=replace(order, spec=spec, updated_at=now), fill=None, event=MODIFIED)
 
 
 def cancel_unsent(order: Order, now: float) -> Update:

@@ -20,6 +20,7 @@ from execd.events import Event
 from execd.intake import cancel_all as cancelling
 from execd.intake import ownership
 from execd.intake.caller import Caller
+from execd.intake.modify import modified
 from execd.messages import (
     CancelResult,
     OrderAccepted,
@@ -54,6 +55,8 @@ async def place(c: Caller, spec: OrderSpec, wait: str, *, closing: bool = False
     with contextlib.suppress(anyio.EndOfStream):  # the risk gate closes `done` too
         answered = await ask(s.risk, command)
     result = _accepted(spec, answered)
+    if result.modify is not None:  # a broker that modifies in place (IB): modify.py
+        return await modified(c, result.order, result.modify, wait, start)
     order = result.order
     if done is not None and order.state == OrderState.PENDING:
         if result.existing:  # a safe retry: nothing new was sent; watch the first

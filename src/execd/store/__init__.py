@@ -21,6 +21,7 @@ from execd.domain.decimals import plain
 from execd.domain.external import CLOSED_STATUSES, ExternalOrder, filled_since, merge
 from execd.domain.orders import (
     DEFAULT_ACCOUNT,
+    MODIFIED,
     UNATTRIBUTED,
     Fill,
     Order,
@@ -141,20 +142,22 @@ class Store:
         order_rows = [(u.order.state.value, u.order.broker_order_id, plain(u.order.filled_qty),
                        records.text_of(u.order.filled_avg_price), u.order.reason, u.order.updated_at,
                        records.legs_json(u.order.legs), u.order.replaced_by,
-                       u.order.client_order_id) for u in updates]
+                       records.text_of(u.order.commission), u.order.client_order_id)
+                      for u in updates]
         fills = [u.fill for u in updates if u.fill is not None]
         events = [(u.order.client_order_id, u.event, u.order.state.value,
                    plain(u.order.filled_qty), records.event_detail(u), u.order.updated_at) for u in updates]
 
         born = [o for u in updates for o in u.born]
+        terms = [records.terms(u.order) for u in updates if u.event == MODIFIED]  # IB's modify
 
         def tx(conn: sqlite3.Connection) -> None:
             if born:  # legs, with the parent that names them; known ones stay as they are
                 queries.insert(conn, born, ignore_known=True)
             conn.executemany(
                 "UPDATE orders SET state=?, broker_order_id=?, filled_qty=?, "
-                "filled_avg_price=?, reason=?, updated_at=?, legs=?, replaced_by=? "
-                "WHERE client_order_id=?",
+                "filled_avg_price=?, reason=?, updated_at=?, legs=?, replaced_by=?, "
+                "commission=? WHERE client_order_id=?",
                 order_rows,
             )
             if fills:
@@ -165,6 +168,10 @@ class Store:
                      for f in fills],
                 )
                 queries.move_positions(conn, fills)
+            if terms:
+                conn.executemany("UPDATE orders SET qty=?, limit_price=?, stop_price=?, "
+                                 "trail_price=?, trail_percent=?, time_in_force=? "
+                                 "WHERE client_order_id=?", terms)
             conn.executemany(records.INSERT_EVENT, events)
 
         await self._transaction(tx, linger=linger)

@@ -11,6 +11,8 @@ from typing import Any
 from execd.domain.decimals import plain, show
 from execd.domain.external import ExternalOrder
 from execd.domain.orders import (
+    COMMISSION,
+    MODIFIED,
     OPEN_STATES,
     Order,
     OrderSpec,
@@ -26,7 +28,7 @@ ORDER_COLUMNS = (
     "state, broker_order_id, filled_qty, filled_avg_price, reason, created_at, updated_at, "
     "owner_uid, notional, stop_price, trail_price, trail_percent, extended_hours, "
     "order_class, take_profit_limit_price, stop_loss_stop_price, stop_loss_limit_price, "
-    "parent_client_order_id, legs, replaces, replaced_by, account, closing"
+    "parent_client_order_id, legs, replaces, replaced_by, account, closing, commission"
 )
 N_COLUMNS = ORDER_COLUMNS.count(",") + 1
 
@@ -69,12 +71,27 @@ def external_from(row: Row) -> ExternalOrder:
 
 
 def event_detail(u: Update) -> str | None:
+    paid = {} if u.order.commission is None else {"commission": show(u.order.commission)}
     if u.fill is not None:
         # for people: a fill's price is derived by division (show rounds it)
-        return json.dumps({"qty": show(u.fill.qty), "price": show(u.fill.price)})
+        return json.dumps({"qty": show(u.fill.qty), "price": show(u.fill.price), **paid})
+    if u.event == COMMISSION:  # IB's, told after the fill: the order's total so far
+        return json.dumps(paid)
     if u.order.reason and u.event in ("REJECTED", "CANCELLED", "EXPIRED"):
         return json.dumps({"reason": u.order.reason})
+    if u.event == MODIFIED:  # the terms it has from now on
+        names = ("qty", "limit_price", "stop_price", "trail_price", "trail_percent",
+                 "time_in_force")
+        return json.dumps({n: v for n, v in zip(names, terms(u.order), strict=False) if v})
     return None
+
+
+def terms(o: Order) -> tuple[str | None, ...]:
+    """What a modify may change, as stored (and the order's id, last)."""
+    s = o.spec
+    return ("" if s.qty is None else plain(s.qty), text_of(s.limit_price),
+            text_of(s.stop_price), text_of(s.trail_price), text_of(s.trail_percent),
+            s.time_in_force, s.client_order_id)
 
 
 def order_row(o: Order) -> tuple[Any, ...]:
@@ -89,7 +106,7 @@ def order_row(o: Order) -> tuple[Any, ...]:
         text_of(s.trail_percent), int(s.extended_hours), s.order_class,
         text_of(tp.limit_price) if tp else None, text_of(sl.stop_price) if sl else None,
         text_of(sl.limit_price) if sl else None, s.parent, legs_json(o.legs), s.replaces,
-        o.replaced_by, o.account, int(o.closing),
+        o.replaced_by, o.account, int(o.closing), text_of(o.commission),
     )
 
 
@@ -101,7 +118,7 @@ def order_from(row: Row) -> Order:
     (cid, strategy, symbol, side, qty, otype, limit, tif, state, broker_id, filled, avg,
      reason, created, updated, owner, notional, stop, trail_price, trail_percent, ext,
      oclass, tp_limit, sl_stop, sl_limit, parent, legs, replaces, replaced_by, account,
-     closing) = row
+     closing, commission) = row
     return Order(
         spec=OrderSpec(
             client_order_id=cid, strategy_id=strategy, symbol=symbol, side=side,
@@ -117,7 +134,7 @@ def order_from(row: Row) -> Order:
         state=OrderState(state), broker_order_id=broker_id, filled_qty=Decimal(filled),
         filled_avg_price=dec(avg), reason=reason, created_at=created, updated_at=updated,
         owner_uid=owner, legs=tuple(json.loads(legs)) if legs else (),
-        replaced_by=replaced_by, closing=bool(closing),
+        replaced_by=replaced_by, closing=bool(closing), commission=dec(commission),
     )
 
 

@@ -201,6 +201,11 @@ MIGRATIONS: list[Migration] = [
         at REAL NOT NULL
     );
     """,
+    # 12: an order's commissions so far, as its broker reports them (IB's
+    # commissionReports); NULL: none reported
+    """
+    ALTER TABLE orders ADD COLUMN commission TEXT;
+    """,
 ]
 
 

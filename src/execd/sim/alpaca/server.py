@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import fields, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import uvicorn
@@ -74,6 +74,17 @@ class _Server(uvicorn.Server):
             await self.lifespan.shutdown()
 
 
+class Front(Protocol):
+    """Another front of the same market, served beside this REST (`execd sim --broker
+    ib`'s TWS front): its faults and stats under this server's /_sim/ routes, as
+    `{"<name>": {...}}` beside the REST side's own (`attach_front`)."""
+
+    def faults_json(self) -> dict[str, Any]: ...
+    def check_faults_json(self, body: Any) -> dict[str, Any]: ...
+    def set_faults(self, **values: Any) -> Any: ...
+    def stats_json(self) -> dict[str, Any]: ...
+
+
 class SimServer:
     """A running simulator. Use as a context manager, or `start()`/`close()`."""
 
@@ -95,6 +106,7 @@ class SimServer:
         self.hub = StreamHub(key_id=config.key_id, secret_key=config.secret_key,
                              settings=lambda: self.market.settings, seed=config.seed)
         self.list_injector: ListInjector = ListInjector()  # test-only (inject_list_entries)
+        self.fronts: dict[str, Front] = {}  # other fronts of this market (attach_front)
         self._stats_lock = threading.Lock()
         self.requests: Counter[tuple[str, int]] = Counter()
         self.windows: dict[str, RateWindow] = {}
@@ -245,7 +257,13 @@ class SimServer:
         with self._stats_lock:
             self.requests[(route, status)] += 1
 
+    def attach_front(self, name: str, front: Front) -> None:
+        """Serve `front`'s faults and stats as `name` under /_sim/faults and /_sim/stats."""
+        self.fronts[name] = front
+
     def stats(self) -> dict[str, Any]:
+        # first: a front's stats are read on its own loop, which may wait for the market
+        others = {name: f.stats_json() for name, f in self.fronts.items()}
         with self._stats_lock:
             by_route: dict[str, dict[str, int]] = {}
             for (route, status), n in sorted(self.requests.items()):
@@ -273,6 +291,7 @@ class SimServer:
                 "sim_time": self.clock.now(),
                 "stream": self.hub.statistics(),
                 "list_answers_injected": self.list_injector.served,
+                **others,
             }
 
     # ------------------------------------------------------------------- faults
@@ -282,7 +301,8 @@ class SimServer:
         return self.market.settings
 
     def faults(self) -> dict[str, Any]:
-        return faults_of(self.market.settings)
+        return {**faults_of(self.market.settings),
+                **{name: f.faults_json() for name, f in self.fronts.items()}}
 
     def set_faults(self, **values: Any) -> dict[str, Any]:
         """Change fault settings now; ValueError names a bad one."""
@@ -346,10 +366,16 @@ class SimServer:
         drop = body.pop("stream_drop", False)
         if not isinstance(drop, bool):
             raise invalid("stream_drop must be true or false")
-        try:
+        try:  # every part checked before any is applied
+            theirs = {name: (f, f.check_faults_json(body.pop(name)))
+                      for name, f in self.fronts.items() if name in body}
             faults = self.set_faults(**body)
         except ValueError as e:
             raise invalid(str(e)) from None
+        for front, values in theirs.values():
+            front.set_faults(**values)
+        if theirs:
+            faults = self.faults()
         if drop:
             self.drop_streams()
         return faults

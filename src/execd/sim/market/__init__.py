@@ -47,6 +47,7 @@ Prices, time, state
     advance(seconds=0.0)                        move time on (0: catch up; a ticker's call)
     clock (SimClock: now(), start), sessions (Sessions: is_open, next_open, close_after)
     save()                                      to `state_file`; restored by the constructor
+    keep(front, records), kept(front)           a front's own records (JSON) in the same file
     settings                                    the live SimConfig (a front may replace it)
 Events
     subscribe(fn) -> unsubscribe                fn(TradeEvent) for every change, in order,

@@ -53,6 +53,7 @@ class Lifecycle:
         self.account_id = str(uuid.UUID(int=random.Random(f"acct{settings.seed}").getrandbits(128)))
         self.submit_attempts: Counter[str] = Counter()  # by client order id, refusals too
         self.execution_log: list[Execution] = []  # every fill, in order
+        self.fronts: dict[str, Any] = {}  # a front's own records, JSON, kept in the state file
         self._last_submitted = 0.0
         self._woken: list[SimOrder] = []  # legs woken during advance_orders, to be scheduled
         saved = state.load(state_file) if state_file is not None and state_file.exists() else None
@@ -375,7 +376,7 @@ class Lifecycle:
             last_submitted=self._last_submitted, orders=list(self.book.orders.values()),
             positions=self.account.positions, submit_attempts=self.submit_attempts,
             rng=self.rng.getstate(), price_shifts=self.prices.shifts(),
-            executions=self.execution_log,
+            executions=self.execution_log, fronts=self.fronts,
         ))
 
     def _restore(self, saved: state.AccountState) -> None:
@@ -385,5 +386,6 @@ class Lifecycle:
         self.account.positions = saved.positions
         self.submit_attempts = saved.submit_attempts
         self.execution_log = saved.executions
+        self.fronts = saved.fronts
         self.rng.setstate(saved.rng)
         self.prices.restore_shifts(saved.price_shifts)

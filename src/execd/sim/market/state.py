@@ -34,6 +34,7 @@ class AccountState:
     rng: tuple[Any, ...]
     price_shifts: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     executions: list[Execution] = field(default_factory=list)
+    fronts: dict[str, Any] = field(default_factory=dict)  # each front's own records (JSON)
 
 
 def save(path: Path, state: AccountState) -> None:
@@ -54,6 +55,7 @@ def save(path: Path, state: AccountState) -> None:
             {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(x).items()}
             for x in state.executions
         ],
+        "fronts": state.fronts,
     }
     tmp = path.with_suffix(".tmp")
     # 0600 whatever the umask: the account's state is as private as the daemon's database
@@ -86,6 +88,7 @@ def load(path: Path) -> AccountState:
         price_shifts={s: [(t, x) for t, x in pairs]
                       for s, pairs in raw.get("price_shifts", {}).items()},
         executions=[_execution(x) for x in raw.get("executions", [])],
+        fronts=raw.get("fronts", {}),
     )
 
 

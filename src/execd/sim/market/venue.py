@@ -362,3 +362,14 @@ class Market(Lifecycle):
         """Write the account to the state file, if any (restored on construction)."""
         with self.lock:
             self._save()
+
+    def keep(self, front: str, records: Any) -> None:
+        """A front's own records (JSON-ready), written to the state file with the account
+        now and at every save; `kept(front)` after a restart."""
+        with self.lock:
+            self.fronts[front] = records
+            self._save()
+
+    def kept(self, front: str) -> Any:
+        with self.lock:
+            return self.fronts.get(front)

@@ -50,12 +50,14 @@ def run_ib_sim(config: SimConfig, *, control_port: int, faults: list[str]) -> in
         print(f"execd sim: cannot listen on {config.host}:{config.port} or --control-port "
               f"{control_port}: {reason}", file=sys.stderr)
         return 2
+    control.attach_front("tws", tws)  # its faults live: POST /_sim/faults {"tws": {...}}
     with control, tws:
         print(f"execd sim listening on {tws.host}:{tws.port}  (IB TWS API, server versions "
               f"176-178; Ctrl-C stops)")
         print(f"  IB().connectAsync({tws.host!r}, {tws.port}, clientId=1)")
         print(f"  account {tws.desk.account}; the same market's REST and /_sim/ control "
-              f"routes (prices, faults of the REST side): {control.url}")
+              f"routes (prices; faults, the TWS side's live as POST /_sim/faults "
+              f"{{\"tws\": {{...}}}}; stats): {control.url}")
         if generated:  # a throwaway pair for this run, as `execd sim` prints it
             print(f"  APCA_API_KEY_ID={control.config.key_id}")
             print(f"  APCA_API_SECRET_KEY={control.config.secret_key}")

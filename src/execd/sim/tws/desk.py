@@ -103,10 +103,10 @@ class Desk:
         self.clients: dict[int, Client] = {}
         self.placed: list[Placed] = []
         self.subs = Subscribers()  # who asked for position and account updates
-        self._perm = itertools.count(first_perm_id)
-        self._exec_seq = itertools.count(1)
-        self._resubmits = itertools.count(1)  # the market's references must be unique
-        self._unannounced: set[int] = set()  # permIds whose openOrder waits for a fill
+        self.perm_seq = itertools.count(first_perm_id)
+        self.exec_seq = itertools.count(1)
+        self.resubmits = 0  # the market's references must be unique
+        self.unannounced: set[int] = set()  # permIds whose openOrder waits for a fill
         self.muted = False  # connectivity lost (1100): order messages wait
         self._held_msgs: list[tuple[int, list[str]]] = []
 
@@ -186,7 +186,7 @@ class Desk:
         if symbol is None:
             client.send(m.error(order_id, 200, NO_SECURITY))
             return
-        o = TwsOrder(perm_id=next(self._perm), client_id=cid, order_id=order_id,
+        o = TwsOrder(perm_id=next(self.perm_seq), client_id=cid, order_id=order_id,
                      contract=replace(contract, symbol=symbol, con_id=con_id_of(symbol)),
                      terms=terms)
         self.placed[-1].perm_id = o.perm_id
@@ -253,7 +253,7 @@ class Desk:
         o.status = SUBMITTED
         if self.faults.exec_first_next > 0:  # its first execDetails will come first
             self.faults.exec_first_next -= 1
-            self._unannounced.add(o.perm_id)
+            self.unannounced.add(o.perm_id)
             return
         self._announce(o)
 
@@ -351,8 +351,9 @@ class Desk:
         quantity over)."""
         assert o.market_id is not None
         try:
+            self.resubmits += 1
             mo = market_order(replace(terms, qty=terms.qty - o.filled), o.contract.symbol,
-                              f"tws-{o.perm_id}-r{next(self._resubmits)}")
+                              f"tws-{o.perm_id}-r{self.resubmits}")
             self.market.cancel(o.market_id)
         except (BadOrder, Rejected) as e:
             client.send(m.error(o.order_id, 321, f"Error validating request.-'{e}'"))
@@ -369,7 +370,7 @@ class Desk:
         """The fault: a modify that leaves the old order working (detached from its
         orderId, as an order IB no longer ties to the API) and places the new terms as a
         second live order with the same orderRef (NautilusTrader #4564)."""
-        twin = TwsOrder(perm_id=next(self._perm), client_id=o.client_id, order_id=o.order_id,
+        twin = TwsOrder(perm_id=next(self.perm_seq), client_id=o.client_id, order_id=o.order_id,
                         contract=o.contract, terms=terms)
         o.order_id = 0
         self.orders[twin.perm_id] = twin
@@ -403,7 +404,7 @@ class Desk:
                         account=self.account, order_ref="", transmit=True, parent_id=0,
                         outside_rth=False, oca_type=0, trail_stop_price=None,
                         trailing_percent=None)
-        o = TwsOrder(perm_id=next(self._perm), client_id=0, order_id=0,
+        o = TwsOrder(perm_id=next(self.perm_seq), client_id=0, order_id=0,
                      contract=self.stock(symbol), terms=terms)
         self.orders[o.perm_id] = o
         self._to_market(o)
@@ -439,12 +440,13 @@ class Desk:
         o.notional += qty * price
         o.avg_price = (o.notional / o.filled).quantize(AVG_QUANTUM).normalize()
         o.last_fill_price = price
-        seq = next(self._exec_seq)
+        seq = next(self.exec_seq)
         e = Execution(exec_id=f"{o.perm_id:08x}.{seq:08x}.01.01", perm_id=o.perm_id,
                       client_id=o.client_id, order_id=o.order_id, contract=o.contract,
                       side="BOT" if o.terms.action.upper() == "BUY" else "SLD", shares=qty,
                       price=price, cum_qty=o.filled, avg_price=o.avg_price,
-                      order_ref=o.terms.order_ref, at=ev.at, commission=commission(qty, price))
+                      order_ref=o.terms.order_ref, at=ev.at, commission=commission(qty, price),
+                      market_exec_id=ev.exec_id)
         self.executions.append(e)
         first_fill = o.filled == qty
         if o.filled >= o.terms.qty:
@@ -452,8 +454,8 @@ class Desk:
         v = self._version(o.client_id)
         con_id = con_id_of(o.contract.symbol)
         self._tell(o.client_id, m.exec_details(-1, e, con_id, self.account, v))
-        if o.perm_id in self._unannounced:  # the fault: openOrder after the execution
-            self._unannounced.discard(o.perm_id)
+        if o.perm_id in self.unannounced:  # the fault: openOrder after the execution
+            self.unannounced.discard(o.perm_id)
             self._tell(o.client_id, m.open_order(o, con_id, self.account, v))
         self._tell(o.client_id, m.order_status(o))
         self._tell(o.client_id, m.commission_report(e))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,6 +31,27 @@ class TwsFaults:
                 raise ValueError(f"{f.name} must be >= 0")
         if self.pacing_drop < self.pacing_limit:
             raise ValueError("pacing_drop must be >= pacing_limit")
+
+
+def faults_from_json(body: Any) -> dict[str, bool | int | float]:
+    """The TWS faults named in a JSON object (`POST /_sim/faults {"tws": {...}}`), typed
+    as TwsFaults declares them; ValueError names an unknown or mistyped one."""
+    if not isinstance(body, dict):
+        raise ValueError("tws must be a JSON object of TWS fault settings")
+    kinds = {f.name: str(f.type) for f in fields(TwsFaults)}
+    values: dict[str, bool | int | float] = {}
+    for name, value in body.items():
+        kind = kinds.get(name)
+        if kind is None:
+            raise ValueError(f"unknown TWS fault {name!r} (known: {', '.join(kinds)})")
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or (
+                kind == "int" and not isinstance(value, int)):
+            raise ValueError(f"{name} must be {'an integer' if kind == 'int' else 'a number'}")
+        values[name] = value
+    return values
 
 
 @dataclass(slots=True)

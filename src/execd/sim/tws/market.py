@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from execd.sim.market import Exit, MarketError, OrderChanges, OrderRequest, TradeEvent
 from execd.sim.market import Market as SimMarket
@@ -40,6 +41,7 @@ class MarketEvent:
     qty: Decimal | None = None  # fills: this execution's
     price: Decimal | None = None
     at: float = 0.0  # simulated time
+    exec_id: str = ""  # fills: the market's execution id (its log's, kept in the state file)
 
 
 class Rejected(Exception):
@@ -102,11 +104,40 @@ class Market:
             fn(MarketEvent(
                 order_id=e.order.id, kind=e.event, status=e.order.status,
                 filled_qty=e.order.filled_qty, avg_price=e.order.filled_avg_price,
-                qty=e.qty, price=e.price, at=e.at))
+                qty=e.qty, price=e.price, at=e.at,
+                exec_id=e.execution_id if e.qty is not None else ""))
         return self.sim.subscribe(on_event)
 
     def advance(self) -> None:
         self.sim.advance()
+
+    # ------------------------------------------------------------ persistence
+    @property
+    def persistent(self) -> bool:
+        """Whether the market keeps a state file (else the front's records are not
+        worth writing down)."""
+        return self.sim.state_file is not None
+
+    def keep(self, records: Any) -> None:
+        self.sim.keep("tws", records)
+
+    def kept(self) -> Any:
+        return self.sim.kept("tws")
+
+    def fills_of(self, order_ids: set[str]) -> list[MarketEvent]:
+        """The market's executions of these orders, oldest first, as fill events
+        (filled_qty not set: the reader counts)."""
+        with self.sim.lock:
+            return [MarketEvent(order_id=x.order_id, kind="fill", status="", filled_qty=Decimal(0),
+                                avg_price=None, qty=x.qty, price=x.price, at=x.at,
+                                exec_id=x.execution_id)
+                    for x in self.sim.execution_log if x.order_id in order_ids]
+
+    def status(self, order_id: str) -> str | None:
+        """The market order's status now (None: unknown to the market)."""
+        with self.sim.lock:
+            o = self.sim.orders.get(order_id)
+            return None if o is None else o.status
 
     # ---------------------------------------------------------------- account
     def has_symbol(self, symbol: str) -> bool:

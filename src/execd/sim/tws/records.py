@@ -61,3 +61,4 @@ class Execution:
     order_ref: str
     at: float  # simulated time
     commission: Decimal
+    market_exec_id: str = ""  # the market's execution it tells of (a restart's catch-up)

@@ -26,8 +26,9 @@ from typing import Any, TypeVar
 from execd.sim.market import Market as SimMarket
 from execd.sim.market import SimClock
 from execd.sim.settings import SimConfig
+from execd.sim.tws import persist
 from execd.sim.tws.desk import Desk
-from execd.sim.tws.faults import TwsFaults, TwsStats
+from execd.sim.tws.faults import TwsFaults, TwsStats, faults_from_json
 from execd.sim.tws.market import Market
 from execd.sim.tws.session import Session
 
@@ -54,6 +55,11 @@ class TwsServer:
         self.sim_market = market
         self.market = Market(market)
         self.desk = Desk(self.market, account or f"DU{1_000_000 + config.seed % 9_000_000}")
+        kept = self.market.kept() if self.market.persistent else None
+        if kept is not None:  # a restart: IB's records of the session, as IB keeps them
+            persist.restore(self.desk, kept)
+            persist.catch_up(self.desk)
+        self._persist_due = False
         self.faults = TwsFaults()
         self.stats = TwsStats()
         self.sessions: set[Session] = set()
@@ -94,7 +100,7 @@ class TwsServer:
 
         def on_event(ev: Any) -> None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
-                loop.call_soon_threadsafe(self.desk.on_market_event, ev)
+                loop.call_soon_threadsafe(self._on_market_event, ev)
 
         self._unsubscribe = self.market.subscribe(on_event)
         server = await asyncio.start_server(self._serve, sock=self._sock)
@@ -109,6 +115,22 @@ class TwsServer:
                 s.abort()
             server.close()
             await asyncio.sleep(0)
+
+    def _on_market_event(self, ev: Any) -> None:
+        self.desk.on_market_event(ev)
+        self.changed()
+
+    def changed(self) -> None:
+        """The desk's records changed (on the loop): written to the state file once the
+        loop's current work is done (one write for a burst)."""
+        if self._persist_due or not self.market.persistent or self._loop is None:
+            return
+        self._persist_due = True
+        self._loop.call_soon(self._persist)
+
+    def _persist(self) -> None:
+        self._persist_due = False
+        self.market.keep(persist.dump(self.desk))
 
     async def _tick(self) -> None:
         while True:
@@ -138,6 +160,8 @@ class TwsServer:
         self._thread.join(timeout=5)
         self._thread = None
         self._sock.close()
+        if self.market.persistent:  # the loop has stopped: the desk is ours to read
+            self.market.keep(persist.dump(self.desk))
 
     def __enter__(self) -> TwsServer:
         return self.start()
@@ -189,6 +213,18 @@ class TwsServer:
 
         return self.call(apply)
 
+    def check_faults_json(self, body: Any) -> dict[str, Any]:
+        """The fault settings in a JSON object (the control port's `{"tws": {...}}`),
+        checked as `set_faults` would take them; ValueError names a bad one."""
+        values: dict[str, Any] = dict(faults_from_json(body))
+        replace(self.faults, **values).check()
+        return values
+
+    def faults_json(self) -> dict[str, Any]:
+        """The live faults (counters as they have counted down; `refuse_seconds` reads
+        0: it acts once, when set)."""
+        return asdict(self.current_faults())
+
     def take_drop(self) -> bool:
         """Whether this placeOrder's connection is dropped (counts the fault down)."""
         if self.faults.drop_next_places > 0:
@@ -213,8 +249,13 @@ class TwsServer:
         """An order placed by hand in TWS (orderId 0, clientId 0, no orderRef); its
         permId. Market orders have filled, and been told of, when this returns."""
         lmt = None if lmt_price is None else Decimal(str(lmt_price))
-        return self.call(lambda: self.desk.place_external(symbol, action, Decimal(qty),
-                                                          lmt_price=lmt))
+
+        def place() -> int:
+            perm_id = self.desk.place_external(symbol, action, Decimal(qty), lmt_price=lmt)
+            self.changed()
+            return perm_id
+
+        return self.call(place)
 
     def disconnect_all(self) -> None:
         def drop() -> None:

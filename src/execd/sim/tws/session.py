@@ -31,8 +31,11 @@ class Host(Protocol):
 
     def take_drop(self) -> bool: ...
 
+    def changed(self) -> None: ...
+
 log = logging.get("execd.sim.tws")
 DRAIN_SECONDS = 2.0  # after hang_up: how long the client has to close its end
+CHANGES = frozenset({3, 4, 58})  # placeOrder, cancelOrder, reqGlobalCancel: records change
 IN_USE = "Unable to connect as the client id is already in use. Retry with a unique client id."
 
 
@@ -149,6 +152,8 @@ class Session:
         except Exception:
             self.server.stats.internal_errors += 1
             log.exception("tws_request_failed", msg_id=msg_id)
+        if msg_id in CHANGES:
+            self.server.changed()
 
     def _start_api(self, fields: list[str]) -> None:
         try:
@@ -164,6 +169,7 @@ class Session:
             return
         self.started = True
         next_id = self.desk.attach(self)
+        self.server.changed()  # its next id (a rolled-back Gateway forgot the old ones)
         self.send(m.next_valid_id(next_id))
         self.send(m.managed_accounts([self.desk.account]))
 
