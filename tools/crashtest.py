@@ -107,6 +107,7 @@ class Report:
     restarts: int = 0
     broker_orders: int = 0
     duplicate_submits: int = 0
+    replaces_refused: int = 0  # the order replaced had ended at the broker first
     unknown_to_daemon: int = 0
     lost: int = 0
     wrong_state: list[str] = field(default_factory=list)
@@ -169,7 +170,8 @@ class Report:
             ("orders at the broker", str(self.broker_orders)),
             ("brackets submitted / their legs at the broker / legs unknown to the daemon",
              f"{self.brackets} / {self.legs} / {self.legs_unknown}"),
-            ("replaces acknowledged / orders REPLACED", f"{self.replaces} / {self.replaced}"),
+            ("replaces acknowledged / orders REPLACED / refused (replaced order ended first)",
+             f"{self.replaces} / {self.replaced} / {self.replaces_refused}"),
             ("halt mid-burst: held / closes sent (refused) / other orders sent while halted",
              f"{self.halt_held} / {self.halt_closes} ({self.halt_no_close}) / "
              f"{len(self.halt_leaks)}"),
@@ -689,11 +691,16 @@ def _verify(report: Report, db: Path, acked: dict[str, str],
     conn = sqlite3.connect(db)
     ours: dict[str, tuple[str, str]] = {}
     unsent: set[str] = set()  # cancelled before the broker saw them (a close of their book)
+    # replacements the broker refused because the order they replace had ended while the
+    # PATCH was on its way (a cancel, a fill): the broker's word, not a resend
+    refused: set[str] = set()
     for cid, st, account, reason in conn.execute(
             "SELECT client_order_id, state, account, reason FROM orders"):
         ours[cid] = (st, account)
         if st == OrderState.CANCELLED.value and reason == "cancelled before submission":
             unsent.add(cid)
+        if st == OrderState.REJECTED.value and "is not replaceable in status" in (reason or ""):
+            refused.add(cid)
     local_pos = {(a, s): Decimal(q) for a, s, q in
                  conn.execute("SELECT account, symbol, qty FROM positions") if Decimal(q)}
     books: dict[tuple[str, str], Decimal] = {}  # the strategies' books (issue 31), added up
@@ -715,14 +722,17 @@ def _verify(report: Report, db: Path, acked: dict[str, str],
         wrong |= {cid for cid in theirs if cid in ours and ours[cid][1] != name}
         posts = sim.stats()["requests"].get("POST /v2/orders", {})
         report.duplicate_submits += posts.get("422", 0)  # every order is valid: a duplicate
-        # every replace is of an order resting far from the market: a 422 is a PATCH resent
-        report.duplicate_submits += sum(by.get("422", 0) for ep, by in
-                                        sim.stats()["requests"].items()
-                                        if ep.startswith("PATCH"))
+        # every replace is of an order resting far from the market: a 422 is a PATCH resent,
+        # unless the order it replaced had ended at the broker first
+        refused_here = {cid for cid in refused if acked.get(cid) == name and cid not in theirs}
+        report.replaces_refused += len(refused_here)
+        report.duplicate_submits += max(0, sum(by.get("422", 0) for ep, by in
+                                               sim.stats()["requests"].items()
+                                               if ep.startswith("PATCH")) - len(refused_here))
         # an order a close cancelled before it was sent (its strategy's close cancels its
-        # orders in the symbol): never at a broker, rightly
-        never = {cid for cid in unsent if cid not in theirs}
-        report.cancelled_unsent += len(never)
+        # orders in the symbol): never at a broker, rightly; a refused replacement neither
+        never = {cid for cid in unsent if cid not in theirs} | refused_here
+        report.cancelled_unsent += len(never - refused_here)
         mine = [cid for cid, at in acked.items() if at == name and cid not in never]
         for cid in mine:  # lost: unknown to the daemon, or never reached its own broker
             if cid not in ours or not theirs.get(cid, {}).get("orders"):
