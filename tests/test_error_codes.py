@@ -27,3 +27,11 @@ def test_every_code_has_its_client_error_class_and_metric_label() -> None:
     assert {c.value for c in ErrorCode} <= set(BY_CODE)
     assert set(BY_CODE) - {c.value for c in ErrorCode} == {"connection_lost", "unreachable"}
     assert set(metrics.INTAKE_ERROR_CODES) == {c.value for c in ErrorCode}
+
+
+def test_the_gateway_answers_every_code_a_verb_can_refuse_with_as_alpaca_would() -> None:
+    """A code missing here was answered 500 by the gateway (no_route was, once)."""
+    from execd.gateway.routes import REFUSALS
+
+    socket_only = {ErrorCode.IDLE, ErrorCode.UNKNOWN_OP, ErrorCode.LINE_TOO_LONG}
+    assert set(ErrorCode) - set(REFUSALS) == socket_only

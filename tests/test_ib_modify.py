@@ -133,3 +133,23 @@ async def test_a_bracket_parent_qty_is_not_modified_in_place(
             "ib-mb", "96")
         assert [p["modify"] for p in tws.stats_json()["place_orders"]] == [
             False, False, False, True]
+
+
+async def test_a_modify_is_answered_only_once_ib_took_it_and_it_is_recorded(
+        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing of a modify is on disk before IB answers, so `"wait":"accepted"` (the
+    gateway's only mode) cannot be told earlier: the answer carries the new terms, and
+    the MODIFIED event is already in the order's history (invariant 1)."""
+    config = two_accounts(tmp_path, alpaca_sim, monkeypatch)
+    async with open_daemon(config) as d, connect(d) as c:
+        await recovered_at(d, "ibkr")
+        tws = d.accounts["ibkr"].tws
+        assert tws is not None
+        await _resting(c, tws, "ib-m-acc")
+        answer = await c.request("replace", client_order_id="ib-m-acc", limit_price="92",
+                                 wait="accepted")
+        assert answer["modified"] is True
+        assert answer["order"]["limit_price"] == "92"
+        stored = await d.book.store.get_order("ib-m-acc")
+        assert stored is not None
+        assert stored.spec.limit_price == Decimal(92)

@@ -291,7 +291,7 @@ class RiskGate:
         spec = replace(msg.spec, client_order_id=old.client_order_id, replaces=old.spec.replaces)
         denial = risk.check(spec, ctx, self.limits, replacing=old)
         if denial is None and old.legs and spec.qty != old.spec.qty:
-            denial = risk.Denial(code="invalid_request", rule="modify", reason=(
+            denial = risk.Denial(code=ErrorCode.INVALID_REQUEST, rule="modify", reason=(
                 f"account {old.account} modifies orders in place: a parent's qty cannot "
                 "change (its exits would keep theirs); change its prices, or cancel and "
                 "submit"))

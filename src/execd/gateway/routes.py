@@ -61,6 +61,7 @@ REFUSALS: dict[str, tuple[int, int]] = {
     ErrorCode.CONFLICT: (422, NOT_UNIQUE), ErrorCode.RISK_REJECTED: (403, FORBIDDEN),
     ErrorCode.TRADING_HALTED: (403, FORBIDDEN), ErrorCode.WASH_TRADE: (403, FORBIDDEN),
     ErrorCode.UNAUTHORIZED: (403, FORBIDDEN), ErrorCode.BROKER_REJECTED: (422, INVALID),
+    ErrorCode.NO_ROUTE: (403, FORBIDDEN),  # no account can take it: refused, as by risk
     # saturated or not ready: 503, never 429/504 (alpaca-py would resend a write)
     ErrorCode.STORAGE_UNAVAILABLE: (503, 50300000), ErrorCode.RECOVERING: (503, 50300000),
     ErrorCode.OVERLOADED: (503, 50300000), ErrorCode.INTERNAL: (500, 50000000),

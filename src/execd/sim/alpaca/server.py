@@ -59,15 +59,18 @@ class _Server(uvicorn.Server):
                 await asyncio.wait_for(self.wake.wait(), 0.1)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if self.server_state.connections or self.server_state.tasks:
-            await super().shutdown(sockets)  # connections to drain: uvicorn's own way
-            return
         # Nothing to drain: uvicorn's shutdown would still pause 0.1 s for connections
-        # to take their notice. The rest of it, without the pause.
+        # to take their notice. Stop accepting, let a connection accepted in the last
+        # turns register (connection_made is scheduled), then look.
         for server in self.servers:
             server.close()
         for sock in sockets or []:
             sock.close()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if self.server_state.connections or self.server_state.tasks:
+            await super().shutdown(sockets)  # connections to drain: uvicorn's own way
+            return
         for server in self.servers:
             await server.wait_closed()
         if not self.force_exit:
