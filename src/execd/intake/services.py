@@ -21,6 +21,7 @@ from execd.intake.owners import Owners
 from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs.metrics import Metrics
+from execd.quotes import QuoteBook
 from execd.recovery import Recovery
 from execd.storage import Storage
 
@@ -69,3 +70,4 @@ class Services:
     # every broker account by name (the first is also `health`, `limiter`, `recovery`,
     # `halts` above); empty: one account, "default" (tests that build Services alone)
     accounts: Mapping[str, AccountView] = field(default_factory=dict)
+    quotes: QuoteBook | None = None  # best_price rules: quotes fetched before the gate
