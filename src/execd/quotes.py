@@ -115,6 +115,10 @@ class QuoteBook:
             self._flying.pop(key, None)
             done.set()
 
+    def forget(self) -> None:
+        """Drop every cached quote: the next submits fetch afresh (bench/routing.py)."""
+        self._entries.clear()
+
     def snapshot(self, account: str, symbol: str) -> Quote | str:
         """For the risk gate, with no I/O: the quote, or why there is none to use."""
         e = self._entries.get((account, symbol))
