@@ -38,7 +38,10 @@ SLOW, STALE, NONE = "quote slow", "quote stale", "no quote"
 @dataclass(frozen=True, slots=True)
 class _Entry:
     value: Quote | str  # the quote, or why there is none
-    at: float  # clock.monotonic() when it was recorded
+    # clock.monotonic() when its request began: a quote the broker stamps after that is
+    # never older than quote_max_age_s while it is cached, and requests for one key
+    # begin at least quote_max_age_s apart
+    at: float
 
 
 class QuoteBook:
@@ -104,6 +107,7 @@ class QuoteBook:
     async def _fetch(self, key: Key, done: anyio.Event) -> None:
         account, symbol = key
         value: Quote | str = "quote failed: no answer"
+        began = self.clock.monotonic()
         try:
             self.requests += 1
             value = await self.sources[account](symbol)
@@ -111,7 +115,7 @@ class QuoteBook:
             value = f"quote failed: {str(e)[:120]}"
             log.info("no quote", account=account, symbol=symbol, error=str(e)[:200])
         finally:
-            self._entries[key] = _Entry(value, self.clock.monotonic())
+            self._entries[key] = _Entry(value, began)
             self._flying.pop(key, None)
             done.set()
 
