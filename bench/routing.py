@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,16 +82,21 @@ def _config(tmp: Path, policy: str) -> Config:
 
 
 @contextlib.contextmanager
-def _timed_route(into: list[float]) -> Iterator[None]:
-    """RiskGate._route timed (in-process, for this benchmark only)."""
+def _timed_route(into: list[float], unpriced: Counter[str]) -> Iterator[None]:
+    """RiskGate._route timed (in-process, for this benchmark only); why a candidate
+    had no price, counted."""
     original: Callable[..., Any] = risk.RiskGate._route
 
     def timed(self: risk.RiskGate, *args: Any) -> Any:
         start = time.perf_counter()
         try:
-            return original(self, *args)
+            decision = original(self, *args)
         finally:
             into.append(time.perf_counter() - start)
+        for _, why in decision.candidates:
+            if why is not None and why.startswith(("quote", "no quote")):
+                unpriced[why.split(":")[0]] += 1
+        return decision
 
     risk.RiskGate._route = timed  # type: ignore[method-assign,assignment]
     try:
@@ -105,7 +111,8 @@ async def _mode(mode: str, n: int) -> tuple[list[float], list[float], list[str]]
     decisions: list[float] = []
     latencies: list[float] = []
     went: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp, _timed_route(decisions):
+    unpriced: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory() as tmp, _timed_route(decisions, unpriced):
         d: Daemon
         async with open_daemon(_config(Path(tmp), policy)) as d:
             with anyio.fail_after(30):
@@ -125,7 +132,8 @@ async def _mode(mode: str, n: int) -> tuple[list[float], list[float], list[str]]
                         latencies.append(time.perf_counter() - start)
                         went.append(o["account"])
             quotes = 0 if d.quotes is None else d.quotes.requests
-    return latencies, decisions[20:], [*went, f"quotes={quotes}"]
+    why = ", ".join(f"{k} {n}" for k, n in sorted(unpriced.items())) or "none"
+    return latencies, decisions[20:], [*went, f"quote requests {quotes}; unpriced: {why}"]
 
 
 def routing(*, quick: bool, backend: str, progress: Progress) -> Result:
