@@ -67,7 +67,7 @@ def _config(tmp: Path, policy: str) -> Config:
             fill_delay=0.0, rate_limit=1_000_000, data_rate_limit=1_000_000,
             price_offset_bps=offset, starting_cash=str(10**9)),
             requests_per_minute=1_000_000, burst=1000, data_requests_per_minute=1_000_000,
-            stream=False, fee_min="1")
+            fee_min="1")  # the stream on, as by default: polls are rare
 
     return Config(
         daemon=DaemonConfig(state_dir=str(tmp)), poller=PollerConfig(interval=0.5),
