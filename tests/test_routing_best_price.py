@@ -22,8 +22,11 @@ from execd.domain.routing import Rule, choose_best
 from execd.sim import SimServer
 from tests.conftest import connect, eventually, sim_config
 from tests.test_accounts import running, sent, two_accounts
+from tests.test_ib_daemon import alpaca_sim
+from tests.test_ib_daemon import two_accounts as ib_two_accounts
 from tests.test_routing import routed_event
 
+__all__ = ["alpaca_sim"]  # the fixture, shared
 QUOTES = "GET /v2/stocks/{symbol}/quotes/latest"
 BUY: dict[str, Any] = {"strategy_id": "alpha", "symbol": "AAPL", "side": "buy"}
 BEST = Rule(accounts=("paper", "live"), symbols=("AAPL",), policy="best_price",
@@ -205,3 +208,26 @@ async def test_a_burst_spends_one_quote_per_account_per_max_age(
         assert [quote_requests(priced[n]) for n in ("paper", "live")] == [1, 1]
         assert d.quotes is not None
         assert d.quotes.requests == 2
+
+
+async def test_an_ib_account_is_priced_by_its_snapshot(
+        tmp_path: Path, alpaca_sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IB's quote (a reqMktData snapshot at the TWS simulator, 1% under) against
+    Alpaca's: the order goes to IB, paper preferred."""
+    config = ib_two_accounts(tmp_path, alpaca_sim, monkeypatch)
+    tables = tuple(dataclasses.replace(a, data_url=alpaca_sim.url) if a.name == "paper" else
+                   dataclasses.replace(a, sim=dataclasses.replace(a.sim, price_offset_bps=-100))
+                   for a in config.account_tables)
+    config = dataclasses.replace(config, account_tables=tables, routing=RoutingConfig(
+        default=("paper",), rules=(Rule(accounts=("paper", "ibkr"), policy="best_price",
+                                        name="rules[0]"),), quote_timeout_s=2.0))
+    async with running(config) as (d, c):
+        tws = d.accounts["ibkr"].tws
+        assert tws is not None
+        tws.set_prices({"AAPL": "100.00"})
+        alpaca_sim.engine.set_prices({"AAPL": "100.00"})
+        o = await c.submit(**BUY, qty="3", wait="accepted")
+        assert o["account"] == "ibkr"
+        assert await routed_event(c, o["client_order_id"]) == (
+            "account ibkr by rules[0] (paper: 3 x ask 100.01 + fee 0.00 = 300.03; "
+            "ibkr: chosen (3 x ask 99.01 + fee 0.00 = 297.03))")
