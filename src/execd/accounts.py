@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 from execd import files
 from execd.broker.alpaca import AlpacaClient
-from execd.broker.base import BrokerClient
+from execd.broker.base import BrokerClient, QuoteSource
 from execd.clock import Clock
 from execd.config import IB_BROKERS, AccountConfig, Config, Credentials, load_credentials
 from execd.domain.orders import OrderSpec
+from execd.domain.pricing import Fees
 from execd.fatal import address_problem
 from execd.halts import HaltGate
 from execd.health import Health
@@ -53,6 +54,11 @@ class Account:
     # what its broker cannot take (asked by the risk gate before anything is committed)
     refuses: Callable[[OrderSpec], str | None] | None = None
     credentials: Credentials | None = None
+    # routing by best price: its quotes (None: none, e.g. a test's broker), its own
+    # market-data budget (Alpaca's; IB's quotes spend its one message budget), its fees
+    quotes: QuoteSource | None = None
+    data_limiter: RateLimiter | None = None
+    fees: Fees = field(default_factory=Fees)
 
     def ib_address(self) -> str | None:
         """An IB account's Gateway (its embedded simulator's, a sim-ib account)."""
@@ -158,13 +164,15 @@ def open_account(
         budget = Budget(limit=account.requests_per_minute, window=account.window_seconds,
                         burst=account.burst)
     limiter = limiter or open_limiter(budget, clock)
+    data_limiter: RateLimiter | None = None
+    quotes: QuoteSource | None = None
     sim: SimServer | None = None
     tws: TwsServer | None = None
     events: Connect | None = None
     if broker is None and account.broker in IB_BROKERS:
         ib, tws = open_ib(config, account, limiter=limiter, clock=clock, metrics=mine,
                           stack=stack)
-        broker, events = ib, ib.events
+        broker, events, quotes = ib, ib.events, ib
     elif broker is None:
         if broker_url is None and account.broker == "sim":
             sim = start_embedded_sim(config, account)
@@ -174,11 +182,15 @@ def open_account(
         elif broker_url is None:
             broker_url = account.url
         credentials = credentials or load_credentials(config, account)
-        broker = AlpacaClient(
+        data_rate = account.data_requests_per_minute
+        data_limiter = open_limiter(Budget(limit=data_rate, window=60.0,
+                                           burst=min(5, data_rate - 1)), clock)
+        broker = quotes = AlpacaClient(
             key_id=credentials.key_id, secret_key=credentials.secret_key, url=broker_url,
             limiter=limiter, clock=clock, metrics=mine, timeout=account.timeout,
             max_retries=account.max_retries, backoff_initial=account.backoff_initial,
-            backoff_max=account.backoff_max,
+            backoff_max=account.backoff_max, data_limiter=data_limiter,
+            data_url=sim.url if sim is not None else account.data_url,
         )
     refuses: Callable[[OrderSpec], str | None] | None = None
     if account.broker in IB_BROKERS:
@@ -187,7 +199,9 @@ def open_account(
         refuses = refusal
     return Account(name=account.name, config=account, limiter=limiter, broker=broker,
                    sim=sim, tws=tws, broker_url=broker_url, credentials=credentials,
-                   refuses=refuses, events=events)
+                   refuses=refuses, events=events, quotes=quotes, data_limiter=data_limiter,
+                   fees=Fees.parse(account.fee_per_share, account.fee_min, account.fee_pct,
+                                   f"accounts.{account.name}"))
 
 
 def first(accounts: Mapping[str, Account]) -> Account:

@@ -47,6 +47,7 @@ from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SetTradingState, SubmitterCommand, discard
 from execd.obs import http, logging
 from execd.obs.metrics import Metrics
+from execd.quotes import QuoteBook
 from execd.recovery import Recovery
 from execd.risk import AccountGate
 from execd.routing import queue_wait
@@ -80,6 +81,7 @@ class Daemon:
     storage: Storage
     accounts: dict[str, Account]
     gateway_port: int | None = None  # the Alpaca gateway's (gateway/), when it listens
+    quotes: QuoteBook | None = None  # best_price routing's quotes (quotes.py)
 
 
 def start_embedded_sim(config: Config) -> SimServer:
@@ -192,6 +194,11 @@ async def open_daemon(
                    for name in accounts} if several else {main.name: (sub_send, sub_recv)}
         for send, recv in inboxes.values() if several else ():
             stack.push_async_callback(_close_pair, send, recv)
+        quotes = QuoteBook(  # fetched before the risk gate, for best_price rules
+            sources={n: a.quotes.quote for n, a in accounts.items() if a.quotes is not None},
+            rules=config.routing.rules, default_accounts=config.default_accounts,
+            clock=clock, max_age=config.routing.quote_max_age_s,
+            timeout=config.routing.quote_timeout_s)
         services = intake.Services(
             risk=risk_send, submitter=sub_send, book=book, hub=hub, health=main.health,
             limiter=main.limiter, metrics=metrics, clock=clock,
@@ -205,6 +212,7 @@ async def open_daemon(
             access=config.access, deadman=deadman,
             backups=BackupPlace(directory=config.backup_path, socket=config.socket_path),
             gateway=None if gw_status is None else gw_status.as_dict,
+            quotes=quotes if quotes.wanted else None,
         )
         core: list[ChildSpec] = []
         streams: list[ChildSpec] = []
@@ -224,10 +232,13 @@ async def open_daemon(
         gates = {name: AccountGate(a.recovery, a.halts, a.refuses, a.health.failing,
                                    partial(queue_wait, a.limiter, 1.0 if a.config.broker
                                            in IB_BROKERS else a.config.window_seconds),
-                                   modifies=a.config.broker in IB_BROKERS)
+                                   modifies=a.config.broker in IB_BROKERS,
+                                   fees=a.fees)
                  for name, a in accounts.items()}
         specs = [
             *core,
+            *([ChildSpec(name="quotes", start=lambda task_status: quotes.serve(
+                task_status=task_status))] if quotes.wanted else []),
             ChildSpec(name="storage", start=lambda task_status: storage_actor.run(
                 risk_send.clone(), storage=storage, store=store, clock=clock,
                 ballast=config.database_path.parent / "execd.ballast",
@@ -237,7 +248,8 @@ async def open_daemon(
                 clock=clock, storage=storage, accounts=gates,
                 default_account=config.default_accounts[0], rules=config.routing.rules,
                 default_accounts=config.default_accounts,
-                max_queue_s=config.routing.max_queue_s, task_status=task_status)),
+                max_queue_s=config.routing.max_queue_s,
+                quotes=quotes.snapshot if quotes.wanted else None, task_status=task_status)),
             *streams,
             ChildSpec(name="intake", start=lambda task_status: intake.run(
                 listener=listener, services=services, task_status=task_status)),
@@ -267,7 +279,7 @@ async def open_daemon(
                              broker=main.broker, sim=main.sim, recovery=main.recovery,
                              storage=storage, accounts=accounts,
                              gateway_port=None if gw_listener is None else gateway_actor.port_of(
-                                 gw_listener))
+                                 gw_listener), quotes=quotes if quotes.wanted else None)
             finally:
                 with anyio.CancelScope(shield=True):
                     await _stop(sup, list(accounts.values()), clock, d.shutdown_grace,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from execd.domain.orders import DEFAULT_ACCOUNT
+from execd.domain.pricing import Fees
 from execd.domain.risk import RiskLimits
 from execd.domain.routing import Rule, parse_rules
 from execd.gateway.settings import GatewayConfig, GatewaySettingsError
@@ -92,6 +93,11 @@ class AccountConfig(BrokerSettings):
     key_id_env: str = ""
     secret_key_env: str = ""
     data_url: str = "https://data.alpaca.markets"  # Alpaca's market data (routing)
+    data_requests_per_minute: int = 200  # market data's own budget (quotes)
+    # commissions, decimal strings (routing by best price: domain/pricing.py)
+    fee_per_share: str = "0"
+    fee_min: str = "0"  # per order
+    fee_pct: str = "0"  # of the notional, percent
     # [sim] with this account's [accounts.NAME.sim] over it; state_file resolved
     sim: SimConfig = field(default_factory=SimConfig)
     legacy: bool = field(default=False, metadata={"config": False})  # from [broker]
@@ -115,6 +121,8 @@ class RoutingConfig:
     # [[routing.rules]], first match wins (domain/routing.py); parsed in `load`
     rules: tuple[Rule, ...] = field(default=(), metadata={"config": False})
     max_queue_s: float = 5.0  # an account where a new order would wait longer: skipped
+    quote_max_age_s: float = 2.0  # best_price: a quote is used (and cached) this long
+    quote_timeout_s: float = 0.5  # best_price: a slower quote is not waited for
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -318,8 +326,9 @@ def load(path: Path | None) -> Config:
             config.routing, rules=parse_rules(rules, config.accounts)))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if config.routing.max_queue_s <= 0:
-        raise ConfigError("routing.max_queue_s must be above 0 (seconds)")
+    for name in ("max_queue_s", "quote_max_age_s", "quote_timeout_s"):
+        if getattr(config.routing, name) <= 0:
+            raise ConfigError(f"routing.{name} must be above 0 (seconds)")
     try:
         int(config.daemon.socket_mode, 8)
     except ValueError:
@@ -386,6 +395,12 @@ def _check_accounts(config: Config) -> None:
         if a.requests_per_minute <= a.burst or a.window_seconds <= 0:
             raise ConfigError(f"{where}.requests_per_minute must be above {where}.burst, "
                               f"and {where}.window_seconds above 0")
+        if a.data_requests_per_minute < 2:
+            raise ConfigError(f"{where}.data_requests_per_minute must be at least 2")
+        try:
+            Fees.parse(a.fee_per_share, a.fee_min, a.fee_pct, where)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if a.credentials_file and (a.key_id_env or a.secret_key_env):
             raise ConfigError(f"{where}: credentials_file or key_id_env/secret_key_env, "
                               "not both (one source of keys per account)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import assert_never
 
 import anyio
@@ -24,8 +24,16 @@ from execd.book import OrderBook
 from execd.clock import Clock
 from execd.domain import risk
 from execd.domain.orders import DEFAULT_ACCOUNT, Order, OrderSpec, OrderState
+from execd.domain.pricing import Fees, Priced, Quote, expected
 from execd.domain.risk import RiskContext, RiskLimits, TradingState, TradingStatus
-from execd.domain.routing import Decision, Rule, choose, rule_for, where_shares_are
+from execd.domain.routing import (
+    Decision,
+    Rule,
+    choose,
+    choose_best,
+    rule_for,
+    where_shares_are,
+)
 from execd.events import TradingEvent
 from execd.halts import HaltGate, effective_state
 from execd.messages import (
@@ -59,6 +67,7 @@ log = logging.get("execd.risk")
 BATCH = 64  # submits per transaction at most: a transaction holds the loop (db.py)
 RECOVERING_RETRY_S = 1.0
 Done = Reply[Order] | None  # a waiting client's, for the broker's answer
+Snapshot = Callable[[str, str], Quote | str]  # (account, symbol): quote, or why none
 
 
 def show_trading_state(metrics: Metrics, status: TradingStatus) -> None:
@@ -80,6 +89,7 @@ class AccountGate:
     failing: Callable[[], str | None] | None = None
     queue_s: Callable[[], float] | None = None  # how long a new order would queue there
     modifies: bool = False  # its broker modifies an order in place (IB): see _modify
+    fees: Fees = field(default_factory=Fees)  # its commissions (best_price routing)
 
 
 class RiskGate:
@@ -90,6 +100,7 @@ class RiskGate:
         accounts: Mapping[str, AccountGate] | None = None,
         default_account: str = DEFAULT_ACCOUNT, rules: Sequence[Rule] = (),
         default_accounts: Sequence[str] = (), max_queue_s: float = 5.0,
+        quotes: Snapshot | None = None,
     ) -> None:
         # every account by name (one alone: `recovery` and `halts` are its own); an order
         # that names none goes to `default_account` ([routing] default)
@@ -98,6 +109,7 @@ class RiskGate:
         self.rules = tuple(rules)  # [[routing.rules]]; none match: `default_accounts`
         self.default_accounts = tuple(default_accounts) or (default_account,)
         self.max_queue_s = max_queue_s  # a longer wait at an account: routing skips it
+        self.quotes = quotes  # best_price: the quotes fetched before the gate (quotes.py)
         self._routed: dict[str, str] = {}  # this batch's ROUTED details (JSON) by order
         self._closing: set[str] = set()  # accepted closing orders, not yet handed on
         self._modifying: list[ModifyOrder] = []  # this batch's modifies, to hand on
@@ -541,7 +553,14 @@ class RiskGate:
                 return f"cannot take it: {refused}"
             return where_shares_are(ctx.books, spec, name)
 
-        decision = choose(rule_for(self.rules, self.default_accounts, spec), why_not)
+        def price(name: str) -> Priced | str:  # the snapshot: no network here
+            quote = self.quotes(name, spec.symbol) if self.quotes is not None else "no quote"
+            return quote if isinstance(quote, str) else expected(
+                spec, quote, self.accounts[name].fees)
+
+        rule = rule_for(self.rules, self.default_accounts, spec)
+        decision = choose_best(rule, why_not, price) if rule.policy == "best_price" \
+            else choose(rule, why_not)
         if decision.account is None:
             self.metrics.routing_decisions.labels(decision.rule, "", "refused").inc()
             log.info("order not routed", client_order_id=spec.client_order_id,
@@ -564,12 +583,14 @@ async def run(
     rules: Sequence[Rule] = (),
     default_accounts: Sequence[str] = (),
     max_queue_s: float = 5.0,
+    quotes: Snapshot | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     gate = RiskGate(submitter=submitter, book=book, limits=limits, clock=clock,
                     recovery=recovery, storage=storage, halts=halts, accounts=accounts,
                     default_account=default_account, rules=rules,
-                    default_accounts=default_accounts, max_queue_s=max_queue_s)
+                    default_accounts=default_accounts, max_queue_s=max_queue_s,
+                    quotes=quotes)
     # Orders committed by a predecessor that crashed before handing them on: the
     # submitter picks every PENDING order up when it starts, and sweeps for orphans.
     # Started before the context is built: the snapshot waits behind the book's writes,

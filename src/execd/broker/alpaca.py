@@ -45,6 +45,7 @@ from execd.broker.base import (
     MarketClock,
     NotSent,
     OrderList,
+    Quote,
     ReplaceChanges,
     flatten,
 )
@@ -318,9 +319,12 @@ class AlpacaClient:
     def __init__(
         self, *, key_id: str, secret_key: str, url: str, limiter: RateLimiter, clock: Clock,
         metrics: Metrics | AccountMetrics, timeout: float = 10.0, max_retries: int = 3,
-        backoff_initial: float = 0.5, backoff_max: float = 8.0,
+        backoff_initial: float = 0.5, backoff_max: float = 8.0, data_url: str = "",
+        data_limiter: RateLimiter | None = None,
     ) -> None:
         from alpaca.trading.client import TradingClient
+
+        from execd.broker.alpaca_data import AlpacaData  # (it imports this module)
 
         self._client = TradingClient(key_id, secret_key, paper=True, url_override=url)
         without_sdk_retries(self._client, _TimeoutSession(timeout, pool=THREADS))
@@ -330,6 +334,16 @@ class AlpacaClient:
         self._retries = max_retries
         self._wait = _WaitForReset(backoff_initial, backoff_max, clock)
         self._threads = anyio.CapacityLimiter(THREADS)
+        # quotes (routing by best price): another host, and a budget of their own
+        self._data = None if not data_url or data_limiter is None else AlpacaData(
+            key_id=key_id, secret_key=secret_key, url=data_url, limiter=data_limiter,
+            clock=clock, metrics=self._metrics, timeout=timeout)
+
+    async def quote(self, symbol: str) -> Quote:
+        """The latest quote at data_url (broker/alpaca_data.py)."""
+        if self._data is None:
+            raise BrokerUnavailable("no market data for this account (data_url)")
+        return await self._data.quote(symbol)
 
     # ------------------------------------------------------------- plumbing
     async def _once(self, endpoint: str, fn: Callable[[], T], *, lane: Lane,

@@ -22,6 +22,7 @@ from execd.domain.families import ReplaceChanges as ReplaceChanges  # what a PAT
 from execd.domain.news import BrokerOrder as BrokerOrder  # built here, folded in the domain
 from execd.domain.news import flatten as flatten
 from execd.domain.orders import OrderSpec
+from execd.domain.pricing import Quote as Quote  # built here, priced in the domain
 
 
 class BrokerError(Exception):
@@ -134,4 +135,14 @@ class BrokerClient(Protocol):
 
     async def market_clock(self) -> MarketClock:
         """The session's clock (a read: asked rarely, e.g. once a session)."""
+        ...
+
+
+class QuoteSource(Protocol):
+    """The port's market-data part (issue 34: routing by best price), apart from
+    BrokerClient so a broker without quotes (a test's) is still a broker."""
+
+    async def quote(self, symbol: str) -> Quote:
+        """The latest bid/ask, one request through the account's data budget; BrokerError
+        (BrokerUnavailable, BrokerRejected for a symbol with no quote) if none."""
         ...

@@ -39,6 +39,7 @@ from execd.broker.base import (
     MarketClock,
     NotSent,
     OrderList,
+    Quote,
     ReplaceChanges,
 )
 from execd.broker.ib_clock import ib_day, regular_session
@@ -592,6 +593,12 @@ class IBClient:
     def order_now(self, ib: Any, trade: Any) -> BrokerOrder:
         """A trade as ours, now (on the loop: ib_async's state is touched there only)."""
         return self._order(ib, trade, self._trades(ib))
+
+    async def quote(self, symbol: str) -> Quote:
+        """The latest bid/ask: a reqMktData snapshot (broker/ib_quotes.py)."""
+        from execd.broker.ib_quotes import snapshot
+
+        return await snapshot(self, symbol)
 
     async def market_clock(self) -> MarketClock:
         """IB has no clock call: the regular US equity session (09:30-16:00 New York,

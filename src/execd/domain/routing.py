@@ -14,9 +14,10 @@ from decimal import Decimal
 from fnmatch import fnmatchcase
 
 from execd.domain.orders import OrderSpec
+from execd.domain.pricing import Priced
 from execd.domain.risk import Exposure
 
-POLICIES = ("first",)  # "best_price" is not built yet: refused at start-up
+POLICIES = ("first", "best_price")
 DEFAULT_RULE = "default"
 
 
@@ -73,8 +74,7 @@ def parse_rules(raw: object, accounts: Collection[str]) -> tuple[Rule, ...]:
             raise ValueError(f"{where}.accounts names an account twice")
         policy = table.get("policy", "first")
         if policy not in POLICIES:
-            raise ValueError(f"{where}.policy must be one of: {', '.join(POLICIES)} "
-                             "(best_price is not built yet)")
+            raise ValueError(f"{where}.policy must be one of: {', '.join(POLICIES)}")
         rules.append(Rule(accounts=names, strategies=_globs(table.get("strategies"),
                                                              f"{where}.strategies"),
                           symbols=_globs(table.get("symbols"), f"{where}.symbols"),
@@ -115,6 +115,7 @@ class Decision:
     account: str | None
     rule: str
     candidates: tuple[tuple[str, str | None], ...]
+    by_price: bool = False  # best_price: chosen over another account on price
 
     def candidates_line(self) -> str:
         def said(name: str, why: str | None) -> str:
@@ -136,9 +137,12 @@ class Decision:
 
     @property
     def reason(self) -> str:
-        """The metric's label: `preferred` (its first account), `failover` or `refused`."""
+        """The metric's label: `preferred` (its first account), `failover`, `best_price`
+        (chosen on price over a preferred one) or `refused`."""
         if self.account is None:
             return "refused"
+        if self.by_price:
+            return "best_price"
         first = self.candidates[0]
         return "preferred" if first[0] == self.account else "failover"
 
@@ -164,3 +168,30 @@ def choose(rule: Rule, why_not: Callable[[str], str | None]) -> Decision:
             seen[i] = (name, f"{why}; no sound account: it waits here")
             return Decision(account=name, rule=rule.name, candidates=tuple(seen))
     return Decision(account=None, rule=rule.name, candidates=tuple(seen))
+
+
+def choose_best(rule: Rule, why_not: Callable[[str], str | None],
+                price: Callable[[str], Priced | str]) -> Decision:
+    """The "best_price" policy: of the accounts that can take the order, the one with
+    the best expected cost (domain/pricing.py). An account with no price to compare (a
+    stale or slow quote, none at all) keeps its place in the preference order; the
+    priced ones fill the other places best first. No account sound: as `choose`."""
+    seen = [(name, why_not(name)) for name in rule.accounts]
+    sound = [name for name, why in seen if why is None]
+    if not sound:
+        return choose(rule, dict(seen).__getitem__)
+    prices = {name: price(name) for name in sound}
+    best = iter(sorted((p.rank, rule.accounts.index(n), n) for n, p in prices.items()
+                       if isinstance(p, Priced)))
+    ranked = [n if isinstance(prices[n], str) else next(best)[2] for n in sound]
+    chosen = ranked[0]
+
+    def said(name: str, why: str | None) -> str:
+        if why is not None:
+            return why
+        p = prices[name]
+        return p.text if isinstance(p, Priced) else p
+
+    shown = tuple((name, said(name, why)) for name, why in seen)
+    return Decision(account=chosen, rule=rule.name, candidates=shown,
+                    by_price=chosen != sound[0])

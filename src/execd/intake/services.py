@@ -21,6 +21,7 @@ from execd.intake.owners import Owners
 from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs.metrics import Metrics
+from execd.quotes import QuoteBook
 from execd.recovery import Recovery
 from execd.storage import Storage
 
@@ -70,3 +71,4 @@ class Services:
     # `halts` above); empty: one account, "default" (tests that build Services alone)
     accounts: Mapping[str, AccountView] = field(default_factory=dict)
     gateway: Callable[[], dict[str, Any]] | None = None  # its status (gateway/status.py)
+    quotes: QuoteBook | None = None  # best_price rules: quotes fetched before the gate

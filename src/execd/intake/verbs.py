@@ -51,6 +51,8 @@ async def place(c: Caller, spec: OrderSpec, wait: str, *, closing: bool = False
         return SubmitOrder(spec=spec, reply=reply, owner_uid=owner, done=done,
                            closing=closing)
 
+    if s.quotes is not None:  # best_price: the quotes before the gate (quotes.py)
+        await s.quotes.prepare(spec)
     answered: SubmitResult | None = None
     with contextlib.suppress(anyio.EndOfStream):  # the risk gate closes `done` too
         answered = await ask(s.risk, command)
@@ -109,6 +111,8 @@ def submit_inline(c: Caller, req: protocol.Request, finish: Finish) -> bool:
     except ProtocolError:
         return False
     if not ownership.inline_ok(c, spec.strategy_id):  # the task path claims or refuses
+        return False
+    if s.quotes is not None and not s.quotes.ready(spec):  # a quote to fetch: the task path
         return False
     start = anyio.current_time()
 

@@ -99,7 +99,7 @@ class Metrics:
         self.rejections = Counter(
             "execd_rejections_total", "Refused orders by reason", ["reason"], registry=r
         )
-        self.routing_decisions = Counter(  # issue 34: reason preferred | failover | refused
+        self.routing_decisions = Counter(  # issue 34: preferred|failover|best_price|refused
             "execd_routing_decisions_total", "Routing decisions for orders that name no "
             "account, by rule, chosen account and reason", ["rule", "account", "reason"],
             registry=r,

@@ -46,6 +46,9 @@ class SimConfig:
                               group="server")
     rate_window: float = setting(60.0, "the rate limit's sliding window, seconds",
                                  group="server")
+    data_rate_limit: int = setting(200, "market-data requests (quotes) per rate_window per "
+                                   "key: a budget of its own, as Alpaca's data API",
+                                   group="server")
     # ------------------------------------------------------------------- market
     seed: int = setting(0, "seed of the price paths and the faults", group="market")
     speed: float = setting(1.0, "simulated seconds per real second", group="market")
@@ -63,6 +66,10 @@ class SimConfig:
     extra_symbols: tuple[str, ...] = setting((), "more tradable symbols (starting at "
                                              "$100), besides the built-in ones",
                                              group="market")
+    price_offset_bps: float = setting(0.0, "every price this simulator quotes and fills at "
+                                      "is this many basis points off the seeded path (and "
+                                      "off prices set): two simulators that quote apart",
+                                      group="market")
     # ------------------------------------------------- faults: per REST request
     p_5xx: float = setting(0.0, "probability of a 5xx: 500/503 before applying a request, "
                            "502/504 after applying a submit, replace or close", group="faults")
@@ -71,6 +78,10 @@ class SimConfig:
     slow_seconds: float = setting(2.0, "delay of a slow answer, real seconds", group="faults")
     p_drop_submit: float = setting(0.0, "probability that a submit (replace, close) is "
                                    "applied and the connection closed with no answer", group="faults")
+    quote_slow_seconds: float = setting(0.0, "every market-data answer (quotes) is this "
+                                        "many real seconds late", group="faults")
+    quote_lag_seconds: float = setting(0.0, "quotes are stamped this many simulated "
+                                       "seconds old (a stale feed)", group="faults")
     # ------------------------------------------------------ faults: per order
     p_stuck: float = setting(0.0, "probability an order stays pending_new/accepted for "
                              "stuck_seconds", group="faults")
@@ -110,14 +121,17 @@ class SimConfig:
                 raise ValueError(f"{f.name} must be a finite number")
         positive = {"speed": self.speed, "rate_window": self.rate_window,
                     "open_seconds": self.open_seconds, "rate_limit": self.rate_limit,
-                    "fill_parts": self.fill_parts}
+                    "fill_parts": self.fill_parts, "data_rate_limit": self.data_rate_limit}
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be > 0")
         for name in ("fill_delay", "closed_seconds", "slow_seconds", "stuck_seconds",
-                     "reject_after_seconds", "stream_delay_seconds", "stream_refuse_seconds"):
+                     "reject_after_seconds", "stream_delay_seconds", "stream_refuse_seconds",
+                     "quote_slow_seconds", "quote_lag_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if not -5000 <= self.price_offset_bps <= 5000:
+            raise ValueError("price_offset_bps must be between -5000 and 5000")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
         try:

@@ -34,6 +34,7 @@ from execd.sim.alpaca.errors import (
 from execd.sim.alpaca.faults import NO_FAULT, FaultDice, FaultPlan
 from execd.sim.alpaca.front import AlpacaFront
 from execd.sim.alpaca.inject import ListInjector
+from execd.sim.alpaca.quotes import latest, latest_many
 from execd.sim.settings import SimConfig
 
 
@@ -53,7 +54,7 @@ class Host(Protocol):
     def set_faults_json(self, body: Any) -> dict[str, Any]: ...
     def inject_json(self, body: Any) -> dict[str, Any]: ...
     def count(self, route: str, status: int) -> None: ...
-    def rate(self, key: str) -> tuple[bool, dict[str, str]]: ...
+    def rate(self, key: str, *, data: bool = False) -> tuple[bool, dict[str, str]]: ...
     async def pause(self, seconds: float) -> None: ...
     def hang_up(self, client: tuple[str, int]) -> bool: ...
 
@@ -84,6 +85,7 @@ class Endpoint:
     keyless_on_loopback: bool = False
     # makes orders: 502/504 and the drop fault apply it first (an ambiguous answer)
     creates: bool = False
+    data: bool = False  # market data: its own rate window, and the quote faults
 
     @property
     def name(self) -> str:
@@ -145,6 +147,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v2/clock", lambda sim, c: (200, sim.engine.clock_json())),
     Endpoint("GET", "/v2/assets/{symbol}",
              lambda sim, c: (200, sim.engine.asset_json(c.path["symbol"]))),
+    # market data (at Alpaca another host, data_url): the same port here
+    Endpoint("GET", "/v2/stocks/quotes/latest",
+             lambda sim, c: (200, latest_many(sim.engine.market, c.query)), data=True),
+    Endpoint("GET", "/v2/stocks/{symbol}/quotes/latest",
+             lambda sim, c: (200, latest(sim.engine.market, c.path["symbol"])), data=True),
     Endpoint("GET", "/_sim/stats", lambda sim, c: (200, sim.stats()), alpaca=False,
              keyless_on_loopback=True),
     Endpoint("GET", "/_sim/client_order_ids",
@@ -225,7 +232,7 @@ async def _serve(sim: Host, ep: Endpoint, request: Request) -> Response:
     headers: dict[str, str] = {}
     plan: FaultPlan = NO_FAULT
     if alpaca:
-        ok, headers = sim.rate(key or "")
+        ok, headers = sim.rate(key or "", data=ep.data)
         if not ok:
             sim.count(name, 429)
             return _json(429, rate_limited().body(), headers)
@@ -248,6 +255,8 @@ async def _serve(sim: Host, ep: Endpoint, request: Request) -> Response:
         return _HangUp(sim)
     if plan.slow:
         await sim.pause(plan.slow)
+    if ep.data and sim.settings.quote_slow_seconds:
+        await sim.pause(sim.settings.quote_slow_seconds)
     if plan.status is not None:
         status, result = plan.status, _fault_body(plan.status)
     sim.count(name, status)

@@ -242,15 +242,17 @@ class SimServer:
                 await self._stopping.wait()
 
     # -------------------------------------------------------------- bookkeeping
-    def rate(self, key: str) -> tuple[bool, dict[str, str]]:
+    def rate(self, key: str, *, data: bool = False) -> tuple[bool, dict[str, str]]:
+        """A request's place in its key's window (market data: a window of its own)."""
+        limit = self.config.data_rate_limit if data else self.config.rate_limit
         with self._stats_lock:
             window = self.windows.setdefault(
-                key, RateWindow(self.config.rate_limit, self.config.rate_window)
+                ("data:" if data else "") + key, RateWindow(limit, self.config.rate_window)
             )
             now = self._monotonic()
             ok, remaining, reset = window.arrive(now)
         headers = {
-            "X-Ratelimit-Limit": str(self.config.rate_limit),
+            "X-Ratelimit-Limit": str(limit),
             "X-Ratelimit-Remaining": str(remaining),
             "X-Ratelimit-Reset": str(int(time.time() + (reset - now)) + 1),
         }
@@ -272,7 +274,8 @@ class SimServer:
             for (route, status), n in sorted(self.requests.items()):
                 by_route.setdefault(route, {})[str(status)] = n
             windows = {
-                k[:3] + "…" + k[-4:]: {
+                ("data:" if k.startswith("data:") else "") + k.removeprefix("data:")[:3]
+                + "…" + k[-4:]: {
                     "max_in_window": w.max_in_window, "limit": w.limit, "window_seconds": w.window
                 }
                 for k, w in self.windows.items()
@@ -283,8 +286,9 @@ class SimServer:
                 "requests": by_route,
                 "requests_total": sum(sum(v.values()) for v in by_route.values()),
                 "rate_windows": windows,
-                "max_requests_in_window": max(
-                    (w["max_in_window"] for w in windows.values()), default=0
+                "max_requests_in_window": max(  # the trading API's (data has its own)
+                    (w["max_in_window"] for k, w in windows.items()
+                     if not k.startswith("data:")), default=0
                 ),
                 "orders": len(self.market.orders),
                 "client_order_ids": len(attempts),

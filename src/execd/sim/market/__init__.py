@@ -42,6 +42,7 @@ Positions and the account
     set_position(symbol, qty=... | delta=...)   a trade behind the account's back
 Prices, time, state
     price(symbol), quotes() -> Decimal, {symbol: Decimal}; assets, asset(symbol)
+    latest_quote(market, symbol) -> SimQuote   bid/ask a cent around the price (quotes.py)
     set_prices({symbol: Decimal})               when it returns, every order the new
                                                 prices trigger has filled or been cancelled
     advance(seconds=0.0)                        move time on (0: catch up; a ticker's call)
@@ -71,10 +72,12 @@ from execd.sim.market.orders import (
     SimPosition,
 )
 from execd.sim.market.prices import UNIVERSE, Asset, PricePaths, Sessions, SimClock
+from execd.sim.market.quotes import SimQuote, latest_quote
 from execd.sim.market.venue import AccountView, Market, PositionView
 
 __all__ = [
     "UNIVERSE", "AccountView", "Asset", "Execution", "Exit", "Market", "MarketError",
     "OrderChanges", "OrderRequest", "PositionView", "PricePaths", "Reason", "Sessions",
-    "SimClock", "SimOrder", "SimPosition", "Subscriber", "TradeEvent",
+    "SimClock", "SimOrder", "SimPosition", "SimQuote", "Subscriber", "TradeEvent",
+    "latest_quote",
 ]

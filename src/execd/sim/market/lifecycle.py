@@ -62,7 +62,8 @@ class Lifecycle:
             clock.start = saved.clock_start
             clock.restore_offset(saved.clock_offset)
         self.prices = PricePaths(seed=settings.seed, t0=clock.start,
-                                 extra_symbols=settings.extra_symbols)
+                                 extra_symbols=settings.extra_symbols,
+                                 offset_bps=settings.price_offset_bps)
         self.sessions = Sessions(first_open=clock.start, open_seconds=settings.open_seconds,
                                  closed_seconds=settings.closed_seconds)
         self.book = Book()

@@ -192,8 +192,12 @@ class _Walk:
 class PricePaths:
     """Every symbol's price, at any simulated time, in cents."""
 
-    def __init__(self, *, seed: int, t0: float, extra_symbols: tuple[str, ...] = ()) -> None:
+    def __init__(self, *, seed: int, t0: float, extra_symbols: tuple[str, ...] = (),
+                 offset_bps: float = 0.0) -> None:
         self._seed = seed
+        # this venue's prices stand offset_bps off the path (and off prices set): one log
+        # shift under every shift, so crosses and trails see the prices quoted
+        self._base = math.log1p(offset_bps / 10_000)
         self._t0 = t0
         self._lock = threading.Lock()
         self._walks: dict[str, _Walk] = {}
@@ -218,7 +222,7 @@ class PricePaths:
     def price(self, symbol: str, t: float) -> Decimal:
         with self._lock:
             walk = self._walk(symbol)
-            return _cents(walk.level(self._second(t)) + walk.shift_at(t))
+            return _cents(walk.level(self._second(t)) + walk.shift_at(t) + self._base)
 
     def set_price(self, symbol: str, t: float, price: Decimal) -> None:
         """From `t` on, the path is rebased so that it stands at `price` at `t`."""
@@ -258,7 +262,8 @@ class PricePaths:
             cuts = [t_from] + [t for t, _ in walk.shifts if t_from < t <= t_to]
             for n, start in enumerate(cuts):
                 end = cuts[n + 1] if n + 1 < len(cuts) else math.nextafter(t_to, math.inf)
-                found = self._cross_in(walk, start, end, walk.shift_at(start), side, limit)
+                found = self._cross_in(walk, start, end, walk.shift_at(start) + self._base,
+                                       side, limit)
                 if found is not None:
                     return found
             return None
@@ -333,7 +338,7 @@ class PricePaths:
             cuts = [t_from] + [t for t, _ in walk.shifts if t_from < t <= t_to]
             for n, start in enumerate(cuts):
                 end = cuts[n + 1] if n + 1 < len(cuts) else math.nextafter(t_to, math.inf)
-                shift = walk.shift_at(start)
+                shift = walk.shift_at(start) + self._base
 
                 def px(second: int, shift: float = shift) -> Decimal:
                     return _cents(walk.level(second) + shift)
