@@ -165,6 +165,7 @@ class Report:
     rejected_read_cancelled: int = 0  # IB: a 201 lost with its socket (docs/design.md)
     fault_events: int = 0  # IB faults fired (a dropped socket, a 201, a disconnect...)
     routing_spells: int = 0  # --routing: the first account's 5xx spells
+    routed_past_failing: int = 0  # orders whose ROUTED event skipped a failing broker
 
     @property
     def ok(self) -> bool:
@@ -240,7 +241,8 @@ class Report:
                 ("most requests (IB: messages) in any window, per account (limit)",
                  each({k: f"{v} ({self.account_limits.get(k, self.limit)})"
                        for k, v in self.account_max_in_window.items()})),
-                ("--routing: the first account's 5xx spells", str(self.routing_spells)),
+                ("--routing: the first account's 5xx spells / orders routed past a failing "
+                 "broker", f"{self.routing_spells} / {self.routed_past_failing}"),
                 ("trading state per account", each(self.account_states)),
             ]
         width = max(len(k) for k, _ in rows)
@@ -756,6 +758,9 @@ def _verify(report: Report, db: Path, acked: dict[str, str],
         ours[cid] = (st, account)
         if st == OrderState.CANCELLED.value and reason == "cancelled before submission":
             unsent.add(cid)
+    # routed past an account whose broker was failing (its ROUTED event names the skip)
+    report.routed_past_failing = sum(1 for (d,) in conn.execute(
+        "SELECT detail FROM order_events WHERE event = 'ROUTED'") if "broker failing" in (d or ""))
     local_pos = {(a, s): Decimal(q) for a, s, q in
                  conn.execute("SELECT account, symbol, qty FROM positions") if Decimal(q)}
     books: dict[tuple[str, str], Decimal] = {}  # the strategies' books (issue 31), added up
