@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import accounts, restart, submit_path, suites
+from bench import accounts, ib, restart, submit_path, suites
 from bench.suites import Result
 from execd.obs import logging
 
 RESULTS = Path(__file__).parent / "results"
 SUITES = {**suites.SUITES, "submit": submit_path.submit, "restart": restart.restart,
-          "accounts": accounts.accounts}
+          "accounts": accounts.accounts, "ib": ib.ib}
 
 
 def machine(backend: str) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-SUITES = ("overhead", "budget", "recovery", "freshness", "stream", "submit", "accounts")
+SUITES = ("overhead", "budget", "recovery", "freshness", "stream", "submit", "accounts",
+          "ib")
 
 
 @pytest.mark.timeout(300)

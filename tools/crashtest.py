@@ -847,6 +847,8 @@ def main() -> int:
     p.add_argument("--routing", action="store_true", help="orders name no account: "
                    "[routing] default and a rule over every account choose; the first "
                    "account fails (5xx; IB: refuses connections) 1 s in every 4")
+    p.add_argument("--workdir", type=Path, default=None, help="keep the daemon's state "
+                   "and log here (default: a temporary directory, removed)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     report = run(Campaign(orders=a.orders, kills=a.kills, strategies=a.strategies,
@@ -854,8 +856,11 @@ def main() -> int:
                           rate_window=a.rate_window, backend=a.backend, pace=a.pace,
                           progress=not a.json, stream=not a.no_stream,
                           stream_faults=not a.no_stream_faults, accounts=a.accounts,
-                          broker=a.broker, routing=a.routing))
+                          broker=a.broker, routing=a.routing, workdir=a.workdir))
     print(json.dumps(dataclasses.asdict(report) | {"ok": report.ok}) if a.json else report.table())
+    if not a.json and (report.wrong_state or report.at_two_accounts or report.wrong_account):
+        for line in (report.wrong_state + report.at_two_accounts + report.wrong_account)[:20]:
+            print(f"- {line}")
     return 0 if report.ok else 1
 
 
