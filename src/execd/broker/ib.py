@@ -48,6 +48,7 @@ from execd.broker.ib_orders import (
     BROKER,
     REJECTED_CODES,
     contract,
+    leg_ref,
     order_of,
     orders_for,
     refusal,
@@ -257,18 +258,15 @@ class IBClient:
         return out
 
     def _order(self, ib: Any, trade: Any, trades: dict[int, Any]) -> BrokerOrder:
-        """A trade as ours, with its legs (children by parentId) when it is a parent."""
-        oid = trade.order.orderId
+        """A trade as ours, with its legs when it is a parent (`_is_child`)."""
         legs = [order_of(child, self._fills(ib, child.order.permId),
                          parent=str(trade.order.permId),
                          rejected=child.order.orderRef in self._rejected)
-                for child in trades.values()
-                if oid and child.order.parentId == oid
-                and child.order.clientId == trade.order.clientId]
+                for child in trades.values() if _is_child(child.order, trade.order)]
         parent: str | None = None
-        if trade.order.parentId:
+        if trade.order.parentId or trade.order.parentPermId:
             parent = next((str(p) for p, t in trades.items()
-                           if t.order.orderId == trade.order.parentId), None)
+                           if _is_child(trade.order, t.order)), None)
         return order_of(trade, self._fills(ib, trade.order.permId), parent=parent,
                         legs=tuple(legs), rejected=trade.order.orderRef in self._rejected)
 
@@ -555,3 +553,18 @@ class IBClient:
         weekdays) computed here; holidays are not known (docs/design.md)."""
         return regular_session(datetime.fromtimestamp(self._clock.time(), UTC))
 
+
+def _is_child(child: Any, parent: Any) -> bool:
+    """Whether IB order `child` is a leg of `parent` (ib_async Orders). An open child
+    names its parent's orderId (parentId), a completed one its permId (parentPermId);
+    but a parent IB reports as a completedOrder has orderId 0 (IB.md), so after a
+    restart an open leg of a filled entry is known by its orderRef (ours: `coid.tp`,
+    `coid.sl`, ib_orders.leg_ref) — taken for an order of its own, it would be external."""
+    if child.permId == parent.permId or not (child.parentId or child.parentPermId):
+        return False
+    if parent.orderId and child.parentId == parent.orderId and child.clientId == parent.clientId:
+        return True
+    if child.parentPermId and child.parentPermId == parent.permId:
+        return True
+    ref = parent.orderRef
+    return bool(ref) and child.orderRef in (leg_ref(ref, "tp"), leg_ref(ref, "sl"))

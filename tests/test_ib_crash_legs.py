@@ -1,0 +1,60 @@
+"""A bracket's legs after a restart (found by the IB crash campaign, tools/crashtest.py
+--broker ib): killed before the submit's answer was recorded, the daemon looks the
+entry up in a fresh ib_async session, where IB knows the filled entry only as a
+completedOrder (orderId 0, clientId 0: IB.md), so its children cannot be matched by
+parentId. They are matched by their orderRef (ours: `coid.tp`, `coid.sl`); read as
+orders of their own, the poller took them for orders execd did not place (external)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import anyio
+import pytest
+
+from execd.domain.orders import StopLoss, TakeProfit
+from execd.sim.tws import TwsServer
+from tests.test_ib_adapter import make, spec, until_state
+from tests.tws_kit import ib_log_watched, tws_config
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def tws() -> Iterator[TwsServer]:
+    with ib_log_watched(), TwsServer(tws_config()) as s:
+        s.set_prices({"AAPL": "100.00"})
+        yield s
+        assert s.stats.internal_errors == 0
+
+
+async def test_a_filled_brackets_legs_are_its_own_in_a_fresh_session(
+        tws: TwsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first = make(tws, tmp_path)
+    try:
+        await first.submit_order(spec(
+            "br-9", type="limit", limit_price=Decimal("101"), order_class="bracket",
+            take_profit=TakeProfit(limit_price=Decimal("110")),
+            stop_loss=StopLoss(stop_price=Decimal("90"))))
+        await until_state(first, "br-9", "filled")  # the exits rest
+    finally:
+        first.close()
+    with anyio.fail_after(3):  # the sim (its own thread) has let the clientId go
+        while tws.stats_json()["active"]:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    fresh = make(tws, tmp_path)  # a new process: a new ib_async, the same clientId
+    try:
+        found = await fresh.get_order_by_client_id("br-9")
+        assert found is not None
+        assert found.view.status == "filled"
+        assert sorted(leg.client_order_id for leg in found.legs) == ["br-9.sl", "br-9.tp"]
+        assert {leg.parent for leg in found.legs} == {found.view.broker_order_id}
+        opened = {o.client_order_id: o for o in await fresh.list_open_orders()}
+        assert set(opened) == {"br-9.tp", "br-9.sl"}
+        assert {o.parent for o in opened.values()} == {found.view.broker_order_id}
+    finally:
+        fresh.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
