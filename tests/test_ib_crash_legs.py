@@ -1,9 +1,11 @@
-"""A bracket's legs after a restart (found by the IB crash campaign, tools/crashtest.py
---broker ib): killed before the submit's answer was recorded, the daemon looks the
+"""What the IB crash campaign (tools/crashtest.py --broker ib) found, each kept here.
+
+A bracket's legs after a restart: killed before the submit's answer was recorded, the daemon looks the
 entry up in a fresh ib_async session, where IB knows the filled entry only as a
 completedOrder (orderId 0, clientId 0: IB.md), so its children cannot be matched by
 parentId. They are matched by their orderRef (ours: `coid.tp`, `coid.sl`); read as
-orders of their own, the poller took them for orders execd did not place (external)."""
+orders of their own, the poller took them for orders execd did not place (external).
+And a request the Gateway dropped the socket under is BrokerUnavailable, not a crash."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from execd.broker.base import BrokerUnavailable
 from execd.domain.orders import StopLoss, TakeProfit
 from execd.sim.tws import TwsServer
 from tests.test_ib_adapter import make, spec, until_state
@@ -58,3 +61,22 @@ async def test_a_filled_brackets_legs_are_its_own_in_a_fresh_session(
     finally:
         fresh.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_request_the_socket_dropped_under_is_unavailable_not_a_crash(
+        tws: TwsServer, tmp_path: Path) -> None:
+    """ib_async raises ConnectionError ("Not connected", "Socket disconnect") from a
+    request when the Gateway drops the socket under it (the crash campaign's faults):
+    the port says unavailable, which the actors back off from; it crashed them."""
+    ib = make(tws, tmp_path)
+    try:
+        await ib.positions()  # connected
+
+        async def dropped() -> None:
+            raise ConnectionError("Socket disconnect")
+
+        ib._ib.reqPositionsAsync = dropped  # as the socket goes under this request
+        with pytest.raises(BrokerUnavailable, match="the connection dropped"):
+            await ib.positions()
+    finally:
+        ib.close()

@@ -128,6 +128,12 @@ class IBClient:
             return result
         except TimeoutError as e:
             raise BrokerUnavailable(f"{BROKER}: no answer in time") from e
+        except (ConnectionError, OSError) as e:
+            # ib_async's request raised as the socket went (a Gateway that dropped us
+            # mid-request): unavailable, as any transport error; a submit's own place()
+            # has made it ambiguous already (found by the IB crash campaign: actors
+            # crashed on it)
+            raise BrokerUnavailable(f"{BROKER}: the connection dropped: {e}") from e
         except BrokerError as e:
             status = type(e).__name__
             raise
