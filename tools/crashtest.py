@@ -61,7 +61,7 @@ from tools.crash_brokers import AlpacaWitness, Witness
 
 SYMBOLS = ("AAPL", "MSFT", "SPY", "QQQ")
 STREAM_DROP_EVERY = 3.0  # s between the Alpaca sims' stream drops (stream faults on)
-TWS_FAULT_EVERY = 1.5  # s between the TWS sims' faults (--faults)
+TWS_FAULT_EVERY = 3.0  # s between the TWS sims' faults (--faults)
 # --routing: the failing account's 5xx spells (every ROUTING_FAIL_EVERY s, this long)
 ROUTING_FAIL_EVERY, ROUTING_FAIL_FOR = 4.0, 1.0
 BROKERS = ("alpaca", "ib", "mixed")
@@ -828,7 +828,7 @@ def main() -> int:
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--strategies", type=int, default=4)
     p.add_argument("--faults", action="store_true", help="the fault soak: 10%% 5xx, 5%% slow, "
-                   "5%% dropped submits, 2%% 429 (IB: every 1.5 s a socket dropped after a "
+                   "5%% dropped submits, 2%% 429 (IB: every 3 s a socket dropped after a "
                    "placeOrder, a 201, a disconnect or connections refused 0.5 s)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--pace", type=float, default=12.0, help="orders per second offered")
