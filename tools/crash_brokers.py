@@ -259,11 +259,16 @@ class TwsWitness:
         """placeOrders beyond the first under one orderRef: a second new order, or the
         same orderId sent again (IB reads it as a modify; nothing the campaign does at
         an IB account modifies)."""
-        seen: dict[str, int] = {}
+        return sum(len(v) - 1 for v in self.placed_twice().values())
+
+    def placed_twice(self) -> dict[str, list[dict[str, Any]]]:
+        """orderRef -> its placeOrders (orderId, permId, modify), where more than one."""
+        seen: dict[str, list[dict[str, Any]]] = {}
         for p in self.tws.stats_json()["place_orders"]:
             if p["orderRef"]:
-                seen[p["orderRef"]] = seen.get(p["orderRef"], 0) + 1
-        return sum(n - 1 for n in seen.values())
+                seen.setdefault(p["orderRef"], []).append(
+                    {k: p[k] for k in ("orderId", "permId", "modify")})
+        return {ref: v for ref, v in seen.items() if len(v) > 1}
 
     def max_in_window(self) -> int:
         return int(self.tws.stats_json()["max_messages_per_second"])

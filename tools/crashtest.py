@@ -57,7 +57,7 @@ from execd.client import Client, ExecdError
 from execd.domain.orders import ALPACA_STATUS, DEFAULT_ACCOUNT, OrderState
 from execd.sim import SimConfig
 from tools import crash_brokers
-from tools.crash_brokers import AlpacaWitness, Witness
+from tools.crash_brokers import AlpacaWitness, TwsWitness, Witness
 
 SYMBOLS = ("AAPL", "MSFT", "SPY", "QQQ")
 STREAM_DROP_EVERY = 3.0  # s between the Alpaca sims' stream drops (stream faults on)
@@ -162,6 +162,7 @@ class Report:
     account_kinds: dict[str, str] = field(default_factory=dict)  # alpaca | ib
     secrets_in_log: int = 0  # the daemon's log lines holding an account's secret key
     pacing_errors: int = 0  # IB: error 100s and pacing drops at the TWS simulators
+    sent_twice: list[str] = field(default_factory=list)  # IB: the orderRefs, in detail
     rejected_read_cancelled: int = 0  # IB: a 201 lost with its socket (docs/design.md)
     fault_events: int = 0  # IB faults fired (a dropped socket, a 201, a disconnect...)
     routing_spells: int = 0  # --routing: the first account's 5xx spells
@@ -781,6 +782,9 @@ def _verify(report: Report, db: Path, acked: dict[str, str],
         report.unknown_to_daemon += len(set(theirs) - set(ours))
         wrong |= {cid for cid in theirs if cid in ours and ours[cid][1] != name}
         report.duplicate_submits += sim.duplicates()
+        if isinstance(sim, TwsWitness):
+            report.sent_twice += [f"{ref} placed {len(v)} times at {name}: {v}"
+                                  for ref, v in sim.placed_twice().items()]
         # an order a close cancelled before it was sent (its strategy's close cancels its
         # orders in the symbol): never at a broker, rightly
         never = {cid for cid in unsent if cid not in theirs}
@@ -858,8 +862,10 @@ def main() -> int:
                           stream_faults=not a.no_stream_faults, accounts=a.accounts,
                           broker=a.broker, routing=a.routing, workdir=a.workdir))
     print(json.dumps(dataclasses.asdict(report) | {"ok": report.ok}) if a.json else report.table())
-    if not a.json and (report.wrong_state or report.at_two_accounts or report.wrong_account):
-        for line in (report.wrong_state + report.at_two_accounts + report.wrong_account)[:20]:
+    details = (report.wrong_state + report.sent_twice + report.at_two_accounts
+               + report.wrong_account)
+    if not a.json and details:
+        for line in details[:20]:
             print(f"- {line}")
     return 0 if report.ok else 1
 
