@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from execd.broker.base import BrokerUnavailable
+from execd.broker.base import BrokerAmbiguous, BrokerUnavailable
 from execd.domain.orders import StopLoss, TakeProfit
 from execd.sim.tws import TwsServer
 from tests.test_ib_adapter import make, spec, until_state
@@ -78,5 +78,37 @@ async def test_a_request_the_socket_dropped_under_is_unavailable_not_a_crash(
         ib._ib.reqPositionsAsync = dropped  # as the socket goes under this request
         with pytest.raises(BrokerUnavailable, match="the connection dropped"):
             await ib.positions()
+    finally:
+        ib.close()
+
+
+async def test_a_half_sent_bracket_is_resent_under_its_first_order_ids(
+        tws: TwsServer, tmp_path: Path) -> None:
+    """The socket drops right after a bracket's first placeOrder: the entry is held at
+    IB (transmit=False) and invisible to every look-up (no openOrder until its group
+    transmits), its exits never arrived. The look-up says "not at IB", and the resend
+    must not make a second entry beside the held one (the IB campaign found two
+    placeOrders, two permIds, under one orderRef): it goes under the orderIds of the
+    first send, so IB completes the held group instead: one entry, one permId."""
+    ib = make(tws, tmp_path)
+    bracket = spec("br-held", type="limit", limit_price=Decimal("90"),
+                   order_class="bracket", take_profit=TakeProfit(limit_price=Decimal("120")),
+                   stop_loss=StopLoss(stop_price=Decimal("80")))
+    try:
+        await ib.positions()
+        tws.set_faults(drop_next_places=1)
+        with pytest.raises(BrokerAmbiguous):
+            await ib.submit_order(bracket)
+        assert await ib.get_order_by_client_id("br-held") is None  # held: invisible
+        answer = await ib.submit_order(bracket)  # what the submitter does with None
+        assert sorted(leg.client_order_id for leg in answer.legs) == [
+            "br-held.sl", "br-held.tp"]
+        sent = tws.stats_json()["place_orders"]
+        entry = [p for p in sent if p["orderRef"] == "br-held"]
+        assert len(entry) == 2  # the first, and its resend under the same orderId
+        assert entry[0]["orderId"] == entry[1]["orderId"]
+        assert len({p["permId"] for p in entry}) == 1  # one order at IB
+        opened = {o.client_order_id for o in await ib.list_open_orders()}
+        assert opened == {"br-held", "br-held.tp", "br-held.sl"}
     finally:
         ib.close()

@@ -256,19 +256,25 @@ class TwsWitness:
         return {s: q for s, (q, _) in held.items() if q}
 
     def duplicates(self) -> int:
-        """placeOrders beyond the first under one orderRef: a second new order, or the
-        same orderId sent again (IB reads it as a modify; nothing the campaign does at
-        an IB account modifies)."""
-        return sum(len(v) - 1 for v in self.placed_twice().values())
+        """Orders beyond the first under one orderRef (IB's orders are its permIds). A
+        placeOrder sent again under the same orderId is one order (IB reads it as a
+        modify: `resent`)."""
+        return sum(len({p["permId"] for p in v}) - 1 for v in self.placed_twice().values())
+
+    def resent(self) -> int:
+        """placeOrders sent again under their first orderId (the daemon resends so after
+        a look-up found nothing; nothing the campaign does at IB modifies)."""
+        return sum(1 for p in self.tws.stats_json()["place_orders"] if p["modify"])
 
     def placed_twice(self) -> dict[str, list[dict[str, Any]]]:
-        """orderRef -> its placeOrders (orderId, permId, modify), where more than one."""
+        """orderRef -> its placeOrders (orderId, permId, modify), where more than one
+        order (permId) has it."""
         seen: dict[str, list[dict[str, Any]]] = {}
         for p in self.tws.stats_json()["place_orders"]:
             if p["orderRef"]:
                 seen.setdefault(p["orderRef"], []).append(
                     {k: p[k] for k in ("orderId", "permId", "modify")})
-        return {ref: v for ref, v in seen.items() if len(v) > 1}
+        return {ref: v for ref, v in seen.items() if len({p["permId"] for p in v}) > 1}
 
     def max_in_window(self) -> int:
         return int(self.tws.stats_json()["max_messages_per_second"])

@@ -163,6 +163,7 @@ class Report:
     secrets_in_log: int = 0  # the daemon's log lines holding an account's secret key
     pacing_errors: int = 0  # IB: error 100s and pacing drops at the TWS simulators
     sent_twice: list[str] = field(default_factory=list)  # IB: the orderRefs, in detail
+    ib_resent: int = 0  # IB: placeOrders sent again under their first orderId (one order)
     rejected_read_cancelled: int = 0  # IB: a 201 lost with its socket (docs/design.md)
     fault_events: int = 0  # IB faults fired (a dropped socket, a 201, a disconnect...)
     routing_spells: int = 0  # --routing: the first account's 5xx spells
@@ -206,6 +207,8 @@ class Report:
             ("orders in the wrong final state (IB: rejected, read CANCELLED: the 201 "
              "lost with the socket)", f"{len(self.wrong_state)} ({self.rejected_read_cancelled})"),
             ("client_order_ids sent again after the broker had them", str(self.duplicate_submits)),
+            ("IB: placeOrders resent under their first orderId (one order at IB)",
+             str(self.ib_resent)),
             ("broker orders unknown to the daemon", str(self.unknown_to_daemon)),
             ("local positions == sum of the books == broker positions",
              "yes" if self.positions_equal else "NO"),
@@ -783,6 +786,7 @@ def _verify(report: Report, db: Path, acked: dict[str, str],
         wrong |= {cid for cid in theirs if cid in ours and ours[cid][1] != name}
         report.duplicate_submits += sim.duplicates()
         if isinstance(sim, TwsWitness):
+            report.ib_resent += sim.resent()
             report.sent_twice += [f"{ref} placed {len(v)} times at {name}: {v}"
                                   for ref, v in sim.placed_twice().items()]
         # an order a close cancelled before it was sent (its strategy's close cancels its

@@ -300,10 +300,16 @@ class IBClient:
             if not self._is_connected():  # dropped while we waited: nothing was sent
                 raise BrokerUnavailable(f"{BROKER}: not connected")
             ib = self._ib
+            today = self._today()
             for o in orders:
-                o.orderId = ib.client.getReqId()
+                # a resend (the look-up found nothing) goes under the first send's
+                # orderId: IB takes it as the same order. A half-sent bracket's entry
+                # waits at IB untransmitted, invisible to every look-up (no openOrder
+                # before its group transmits): a new orderId would make a second one
+                first = self._sent.order_id_of(o.orderRef, today)
+                o.orderId = first if first is not None else ib.client.getReqId()
                 self._ids.cover(o.orderId)  # durable before it is sent
-                self._sent.record(o.orderRef, o.orderId, self._today())
+                self._sent.record(o.orderRef, o.orderId, today)
                 o.account = self._account
             for o in orders[1:]:
                 if spec.order_class == "bracket":
@@ -312,6 +318,9 @@ class IBClient:
                 sent = [ib.placeOrder(contract(spec.symbol), o) for o in orders]
             except (OSError, ConnectionError) as e:
                 raise BrokerAmbiguous(f"{BROKER}: placeOrder failed: {e}") from e
+            except AssertionError as e:  # ib_async: a resend of a trade it holds done
+                # (it sent the message first): what IB made of it is looked up
+                raise BrokerAmbiguous(f"{BROKER}: placeOrder of a finished trade") from e
             await self._answer(ib, sent, "placeOrder")
             why = rejection(sent[0])
             if why is not None:
