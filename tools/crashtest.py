@@ -163,6 +163,7 @@ class Report:
     secrets_in_log: int = 0  # the daemon's log lines holding an account's secret key
     pacing_errors: int = 0  # IB: error 100s and pacing drops at the TWS simulators
     sent_twice: list[str] = field(default_factory=list)  # IB: the orderRefs, in detail
+    ib_rejected_exits: int = 0  # IB: a rejected bracket entry's exits, cancelled with it
     ib_resent: int = 0  # IB: placeOrders sent again under their first orderId (one order)
     rejected_read_cancelled: int = 0  # IB: a 201 lost with its socket (docs/design.md)
     fault_events: int = 0  # IB faults fired (a dropped socket, a 201, a disconnect...)
@@ -209,6 +210,8 @@ class Report:
             ("client_order_ids sent again after the broker had them", str(self.duplicate_submits)),
             ("IB: placeOrders resent under their first orderId (one order at IB)",
              str(self.ib_resent)),
+            ("IB: exits of a rejected bracket entry, cancelled with it (the daemon: no legs)",
+             str(self.ib_rejected_exits)),
             ("broker orders unknown to the daemon", str(self.unknown_to_daemon)),
             ("local positions == sum of the books == broker positions",
              "yes" if self.positions_equal else "NO"),
@@ -722,7 +725,10 @@ def _settle(sock: Path, acked: dict[str, str], sims: dict[str, Witness],
             continue
         behind, moving = [], 0
         for name, sim in sims.items():
-            theirs = {**sim.orders(), **sim.legs()}
+            legs = sim.legs()
+            for cid in _exits_of_rejected(sim, legs, ours):
+                del legs[cid]
+            theirs = {**sim.orders(), **legs}
             moving += sim.moving()
             behind += [cid for cid, v in theirs.items()
                        if not _agrees(sim, v["status"], ours.get(cid), name)]
@@ -730,6 +736,18 @@ def _settle(sock: Path, acked: dict[str, str], sims: dict[str, Witness],
         if not pending and not behind and not moving and set(acked) <= set(ours):
             return
         time.sleep(0.2)
+
+
+def _exits_of_rejected(sim: Witness, legs: dict[str, dict[str, Any]],
+                       ours: dict[str, tuple[str, str]]) -> list[str]:
+    """IB: the exits of a bracket whose entry IB rejected (201). They were sent with it
+    (transmit=False) and IB cancelled them with it; the daemon holds the entry REJECTED
+    and no legs (the submit failed: no answer carried them). Never live, never traded:
+    counted apart, not as orders unknown to the daemon."""
+    if sim.kind != "ib":
+        return []
+    return [cid for cid, v in legs.items() if cid not in ours and v["status"] == "canceled"
+            and ours.get(cid.rsplit(".", 1)[0], ("",))[0] == OrderState.REJECTED.value]
 
 
 def _agrees(sim: Witness, status: str | None, ours: tuple[str, str] | None,
@@ -776,6 +794,10 @@ def _verify(report: Report, db: Path, acked: dict[str, str],
     report.positions_equal = not {a for a, _ in local_pos} - set(sims)
     for name, sim in sims.items():
         legs = sim.legs()
+        gone = _exits_of_rejected(sim, legs, ours)
+        report.ib_rejected_exits += len(gone)
+        for cid in gone:
+            del legs[cid]
         theirs = {**sim.orders(), **legs}
         for cid in theirs:
             seen_at.setdefault(cid, []).append(name)
