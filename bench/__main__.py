@@ -15,14 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import accounts, gateway, restart, routing, submit_path, suites
+from bench import accounts, gateway, ib, restart, routing, submit_path, suites
 from bench.suites import Result
 from execd.obs import logging
 
 RESULTS = Path(__file__).parent / "results"
 SUITES = {**suites.SUITES, "submit": submit_path.submit, "restart": restart.restart,
           "accounts": accounts.accounts, "gateway": gateway.gateway,
-          "routing": routing.routing}
+          "routing": routing.routing, "ib": ib.ib}
 
 
 def machine(backend: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SUITES = ("overhead", "budget", "recovery", "freshness", "stream", "submit", "accounts",
-          "gateway")
+          "gateway", "ib")
 
 
 @pytest.mark.timeout(300)

@@ -85,3 +85,28 @@ def test_a_crash_loop_exits_non_zero_with_a_clear_last_line(tmp_path: Path) -> N
     assert "crash loop" in last
     assert "poller restarted more than 3 times" in last
     assert "test hook: poller made to crash" in last
+
+
+@pytest.mark.timeout(60)  # ~10 s; a loaded box doubles it
+def test_an_ib_and_an_alpaca_account_routed_under_a_kill_and_faults(tmp_path: Path) -> None:
+    """The IB campaign's smoke (the long ones: `--broker ib`, `--routing`, docs/testing.md):
+    an Alpaca account and an IB one (a TWS simulator, the real ib_async), orders naming
+    none (routing chooses; the Alpaca account answers 5xx now and then, the TWS sim drops
+    sockets after a placeOrder, rejects, disconnects), a SIGKILL; judged from each sim:
+    every order at exactly one broker, the IB one's orderRefs each placed once, its
+    messages per second within the configured rate."""
+    report = run(Campaign(orders=20, kills=1, faults=True, seed=5, accounts=2,
+                          broker="mixed", routing=True, pace=20, workdir=tmp_path,
+                          halt_burst=8, halt_watch=0.5, settle=30))
+    print(report.table())  # noqa: T201
+    assert report.account_kinds == {"acct1": "alpaca", "acct2": "ib"}
+    assert all(report.account_orders.values())  # both traded
+    assert report.kills_by_us + report.kills_by_hooks >= 1
+    assert report.lost == 0
+    assert report.duplicate_submits == 0
+    assert report.at_two_accounts == []
+    assert report.wrong_account == []
+    assert not report.wrong_state
+    assert report.account_max_in_window["acct2"] <= 45
+    assert report.pacing_errors == 0
+    assert report.ok

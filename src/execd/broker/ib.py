@@ -49,6 +49,7 @@ from execd.broker.ib_orders import (
     BROKER,
     REJECTED_CODES,
     contract,
+    leg_ref,
     oco_head,
     order_of,
     orders_for,
@@ -129,6 +130,12 @@ class IBClient:
             return result
         except TimeoutError as e:
             raise BrokerUnavailable(f"{BROKER}: no answer in time") from e
+        except (ConnectionError, OSError) as e:
+            # ib_async's request raised as the socket went (a Gateway that dropped us
+            # mid-request): unavailable, as any transport error; a submit's own place()
+            # has made it ambiguous already (found by the IB crash campaign: actors
+            # crashed on it)
+            raise BrokerUnavailable(f"{BROKER}: the connection dropped: {e}") from e
         except BrokerError as e:
             status = type(e).__name__
             raise
@@ -259,21 +266,20 @@ class IBClient:
         return out
 
     def _order(self, ib: Any, trade: Any, trades: dict[int, Any]) -> BrokerOrder:
-        """A trade as ours, with its legs when it is a parent: a bracket's children by
-        parentId, an OCO's other order by its ocaGroup (ib_orders.oco_head)."""
-        oid, group = trade.order.orderId, oco_head(trade.order)
+        """A trade as ours, with its legs when it is a parent: a bracket's children
+        (`_is_child`), an OCO's other order by its ocaGroup (ib_orders.oco_head)."""
+        group = oco_head(trade.order)
         head = group is not None and trade.order.orderRef == group
         legs = [order_of(child, self._fills(ib, child.order.permId),
                          parent=str(trade.order.permId),
                          rejected=child.order.orderRef in self._rejected)
                 for child in trades.values()
-                if (oid and child.order.parentId == oid
-                    and child.order.clientId == trade.order.clientId)
+                if _is_child(child.order, trade.order)
                 or (head and child is not trade and oco_head(child.order) == group)]
         parent: str | None = None
-        if trade.order.parentId:
+        if trade.order.parentId or trade.order.parentPermId:
             parent = next((str(p) for p, t in trades.items()
-                           if t.order.orderId == trade.order.parentId), None)
+                           if _is_child(trade.order, t.order)), None)
         elif group is not None and not head:  # an OCO's leg: the OCO is its parent
             parent = next((str(p) for p, t in trades.items()
                            if t.order.orderRef == group and oco_head(t.order) == group), None)
@@ -304,10 +310,16 @@ class IBClient:
             if not self._is_connected():  # dropped while we waited: nothing was sent
                 raise BrokerUnavailable(f"{BROKER}: not connected")
             ib = self._ib
+            today = self._today()
             for o in orders:
-                o.orderId = ib.client.getReqId()
+                # a resend (the look-up found nothing) goes under the first send's
+                # orderId: IB takes it as the same order. A half-sent bracket's entry
+                # waits at IB untransmitted, invisible to every look-up (no openOrder
+                # before its group transmits): a new orderId would make a second one
+                first = self._sent.order_id_of(o.orderRef, today)
+                o.orderId = first if first is not None else ib.client.getReqId()
                 self._ids.cover(o.orderId)  # durable before it is sent
-                self._sent.record(o.orderRef, o.orderId, self._today())
+                self._sent.record(o.orderRef, o.orderId, today)
                 o.account = self._account
             for o in orders[1:]:
                 if spec.order_class == "bracket":
@@ -316,6 +328,9 @@ class IBClient:
                 sent = [ib.placeOrder(contract(spec.symbol), o) for o in orders]
             except (OSError, ConnectionError) as e:
                 raise BrokerAmbiguous(f"{BROKER}: placeOrder failed: {e}") from e
+            except AssertionError as e:  # ib_async: a resend of a trade it holds done
+                # (it sent the message first): what IB made of it is looked up
+                raise BrokerAmbiguous(f"{BROKER}: placeOrder of a finished trade") from e
             await self._answer(ib, sent, "placeOrder")
             why = rejection(sent[0])
             if why is not None:
@@ -605,3 +620,18 @@ class IBClient:
         weekdays) computed here; holidays are not known (docs/design.md)."""
         return regular_session(datetime.fromtimestamp(self._clock.time(), UTC))
 
+
+def _is_child(child: Any, parent: Any) -> bool:
+    """Whether IB order `child` is a leg of `parent` (ib_async Orders). An open child
+    names its parent's orderId (parentId), a completed one its permId (parentPermId);
+    but a parent IB reports as a completedOrder has orderId 0 (IB.md), so after a
+    restart an open leg of a filled entry is known by its orderRef (ours: `coid.tp`,
+    `coid.sl`, ib_orders.leg_ref) — taken for an order of its own, it would be external."""
+    if child.permId == parent.permId or not (child.parentId or child.parentPermId):
+        return False
+    if parent.orderId and child.parentId == parent.orderId and child.clientId == parent.clientId:
+        return True
+    if child.parentPermId and child.parentPermId == parent.permId:
+        return True
+    ref = parent.orderRef
+    return bool(ref) and child.orderRef in (leg_ref(ref, "tp"), leg_ref(ref, "sl"))

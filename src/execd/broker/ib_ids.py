@@ -66,6 +66,7 @@ class SentJournal:
     def __init__(self, path: Path, today: str) -> None:
         self._path = path
         self._days: dict[str, str] = {}
+        self._order_ids: dict[str, int] = {}  # the orderId of each ref's first send
         kept: list[str] = []
         try:
             lines = path.read_text().splitlines()
@@ -75,9 +76,11 @@ class SentJournal:
             parts = line.split("\t")
             if len(parts) != 3:
                 continue  # a line cut short by a crash: its send never left
-            ref, _, day = parts
+            ref, order_id, day = parts
             if _days_between(day, today) <= self.KEEP_DAYS:
                 self._days[ref] = day
+                if order_id.isdigit():
+                    self._order_ids[ref] = int(order_id)
                 kept.append(line)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -92,9 +95,19 @@ class SentJournal:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._days[order_ref] = day
+        self._order_ids[order_ref] = order_id
 
     def day_of(self, order_ref: str) -> str | None:
         return self._days.get(order_ref)
+
+    def order_id_of(self, order_ref: str, today: str) -> int | None:
+        """The orderId `order_ref` was first sent under, if that was today: a resend
+        goes under it again, so that IB, which knows an order by its orderId, takes it
+        as the same order (a bracket entry held untransmitted is completed, not
+        doubled) and never as a second one."""
+        if self._days.get(order_ref) != today:
+            return None
+        return self._order_ids.get(order_ref)
 
     def close(self) -> None:
         self._file.close()
