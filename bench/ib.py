@@ -1,4 +1,4 @@
-"""`python -m bench ib` (or `python -m bench.ib`, issue 33): an IB account's figures, with
+"""`python -m bench ib` (issue 33): an IB account's figures, with
 the real daemon in this process and its IB account (`broker = "ib"`) at a TWS simulator
 in this process (the real, unmodified ib_async between them).
 
@@ -18,11 +18,9 @@ in this process (the real, unmodified ib_async between them).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -270,28 +268,3 @@ def ib(*, quick: bool, backend: str, progress: Progress) -> Result:
     anyio.run(main, backend=backend)
     return res
 
-
-def main() -> int:
-    from bench.__main__ import table
-    from execd.obs import logging
-
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    a = p.parse_args()
-    logging.configure("error")
-    started = time.monotonic()
-
-    def progress(msg: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
-
-    res = ib(quick=a.quick, backend=a.backend, progress=progress)
-    print(table([res]))
-    for note in res.notes:
-        print(f"- {note}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m bench routing` (or `python -m bench.routing`, issue 34): what routing
+"""`python -m bench routing` (issue 34): what routing
 costs inside a submit.
 
 Two sim accounts (embedded, each its own simulator, 1% apart in price), one in-process
@@ -165,11 +165,3 @@ def routing(*, quick: bool, backend: str, progress: Progress) -> Result:
     res.notes.extend(notes.values())
     return res
 
-
-if __name__ == "__main__":
-    import sys
-
-    from bench.__main__ import main
-
-    sys.argv[1:1] = ["routing"]
-    sys.exit(main())

@@ -21,7 +21,7 @@ from urllib.parse import quote as escape
 import anyio
 import requests
 
-from execd.broker.alpaca import _map, _RateLimited, _TimeoutSession, without_sdk_retries
+from execd.broker.alpaca_http import _map, _RateLimited, _TimeoutSession, without_sdk_retries
 from execd.broker.base import BrokerDataInvalid, Quote
 from execd.clock import Clock
 from execd.domain.broker_checks import InvalidNews, Refusal, number

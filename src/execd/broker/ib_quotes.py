@@ -8,18 +8,36 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from execd.broker.base import BrokerRejected, Quote
 from execd.broker.ib_orders import BROKER, contract
+from execd.clock import Clock
 from execd.limiter import Lane
 
-if TYPE_CHECKING:
-    from execd.broker.ib import IBClient
+T = TypeVar("T")
+
+
+class IBSession(Protocol):
+    """What a snapshot needs of IBClient (ib.py, which imports this module): its loop,
+    its connection and its message budget."""
+
+    _clock: Clock
+
+    async def _on_loop(self, fn: Callable[[], Awaitable[T]],
+                       endpoint: str | None = None) -> T: ...
+
+    async def _tokens(self, lane: Lane, n: int) -> None: ...
+
+    async def _connect(self) -> Any: ...
+
+    async def _connected(self) -> None: ...
+
 
 # each client's qualified contracts by symbol (a conId does not change)
-_QUALIFIED: weakref.WeakKeyDictionary[IBClient, dict[str, Any]] = weakref.WeakKeyDictionary()
+_QUALIFIED: weakref.WeakKeyDictionary[IBSession, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def _price(value: Any) -> Decimal:
@@ -28,7 +46,7 @@ def _price(value: Any) -> Decimal:
     return Decimal(repr(float(value)))
 
 
-async def snapshot(client: IBClient, symbol: str) -> Quote:
+async def snapshot(client: IBSession, symbol: str) -> Quote:
     known = _QUALIFIED.setdefault(client, {})
     await client._connected()
     await client._tokens(Lane.READ, 1 if symbol in known else 2)

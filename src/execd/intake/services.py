@@ -13,6 +13,7 @@ from execd.book import OrderBook
 from execd.clock import Clock
 from execd.config import AccessConfig
 from execd.deadman import DeadMan
+from execd.domain.orders import OrderSpec
 from execd.events import EventHub
 from execd.halts import HaltGate
 from execd.health import Health
@@ -21,7 +22,6 @@ from execd.intake.owners import Owners
 from execd.limiter import RateLimiter
 from execd.messages import RiskCommand, SubmitterCommand
 from execd.obs.metrics import Metrics
-from execd.quotes import QuoteBook
 from execd.recovery import Recovery
 from execd.storage import Storage
 
@@ -31,6 +31,15 @@ class AccountView(Protocol):
     an account's state, never its broker client."""
 
     def as_dict(self, now: float) -> dict[str, object]: ...
+
+
+class Quotes(Protocol):
+    """The quotes a best_price submit needs, fetched before the risk gate (quotes.py's
+    QuoteBook; a front door never calls a broker itself)."""
+
+    def ready(self, spec: OrderSpec) -> bool: ...
+
+    async def prepare(self, spec: OrderSpec) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,4 +80,4 @@ class Services:
     # `halts` above); empty: one account, "default" (tests that build Services alone)
     accounts: Mapping[str, AccountView] = field(default_factory=dict)
     gateway: Callable[[], dict[str, Any]] | None = None  # its status (gateway/status.py)
-    quotes: QuoteBook | None = None  # best_price rules: quotes fetched before the gate
+    quotes: Quotes | None = None  # best_price rules: quotes fetched before the gate
