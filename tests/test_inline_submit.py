@@ -57,7 +57,7 @@ async def test_a_reply_with_then_cannot_be_received() -> None:
 
 def _caller(risk: Any) -> Connection:
     """What submit_inline reads of a connection."""
-    services = SimpleNamespace(risk=risk, clock=SystemClock(), metrics=Metrics())
+    services = SimpleNamespace(risk=risk, clock=SystemClock(), metrics=Metrics(), quotes=None)
     return cast(Connection, SimpleNamespace(
         s=services, peer=None, grant=Grant(allowed=True, admin=False, only_owner=None)))
 
@@ -189,7 +189,7 @@ async def _on_socketpair(sndbuf: int | None = None, **services: Any
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     stream = await UNIXSocketStream.from_socket(ours)
     peer = await UNIXSocketStream.from_socket(theirs)
-    s = SimpleNamespace(deadman=None, metrics=Metrics(), **services)
+    s = SimpleNamespace(deadman=None, metrics=Metrics(), quotes=None, **services)
     c = Connection(stream, cast(Any, s), None, Grant(allowed=True, admin=False, only_owner=None))
     return c, stream, peer
 
