@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SUITES = ("overhead", "budget", "recovery", "freshness", "stream", "submit", "accounts",
-          "gateway", "ib")
+          "gateway", "ib", "routing")
 
 
 @pytest.mark.timeout(300)
