@@ -125,3 +125,13 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0)
     with anyio.fail_after(within):
         while not await check():  # noqa: ASYNC110
             await anyio.sleep(0.02)
+
+
+@pytest.fixture
+def alpaca_sim() -> Iterator[SimServer]:
+    """The Alpaca simulator beside an IB account (tests/test_ib_*.py), with ib_async's
+    log watched for "Error handling fields" (its decoder swallows its own exceptions)."""
+    from tests.tws_kit import ib_log_watched
+
+    with ib_log_watched(), SimServer(sim_config(seed=1)) as s:
+        yield s

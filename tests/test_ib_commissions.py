@@ -8,7 +8,6 @@ $0.005 a share, at least $1) behind the real ib_async."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,10 @@ from execd.domain.orders import (
     apply_broker_view,
 )
 from execd.sim import SimServer
-from tests.conftest import connect, eventually, sim_config
+from tests.conftest import connect, eventually
 from tests.test_accounts import recovered_at
 from tests.test_ib_daemon import two_accounts
 from tests.tws_kit import ib_log_watched
-
-
-@pytest.fixture
-def alpaca_sim() -> Iterator[SimServer]:
-    with ib_log_watched(), SimServer(sim_config(seed=1)) as s:
-        yield s
 
 
 @pytest.mark.anyio

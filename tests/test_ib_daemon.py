@@ -6,7 +6,6 @@ IB stream yet: list_open_orders/get_order_by_client_id), and positions agree."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -17,17 +16,11 @@ from execd.client import ExecdError
 from execd.config import AccountConfig, Config, ConfigError, RoutingConfig, load
 from execd.sim import SimServer
 from execd.sim.tws import TwsServer
-from tests.conftest import connect, daemon_config, eventually, sim_config
+from tests.conftest import connect, daemon_config, eventually
 from tests.test_accounts import recovered_at
-from tests.tws_kit import ib_log_watched, tws_config, until
+from tests.tws_kit import tws_config, until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def alpaca_sim() -> Iterator[SimServer]:
-    with ib_log_watched(), SimServer(sim_config(seed=1)) as s:
-        yield s
 
 
 def two_accounts(tmp_path: Path, sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> Config:

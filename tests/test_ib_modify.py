@@ -7,7 +7,6 @@ simulator behind the real ib_async (its own loop, its own thread)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,11 @@ from execd.app import open_daemon
 from execd.client import ExecdError
 from execd.sim import SimServer
 from execd.sim.tws import TwsServer
-from tests.conftest import connect, eventually, sim_config
+from tests.conftest import connect, eventually
 from tests.test_accounts import recovered_at
 from tests.test_ib_daemon import two_accounts
-from tests.tws_kit import ib_log_watched
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def alpaca_sim() -> Iterator[SimServer]:
-    with ib_log_watched(), SimServer(sim_config(seed=1)) as s:
-        yield s
 
 
 async def _state(c: Any, cid: str, state: str) -> bool:

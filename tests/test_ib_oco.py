@@ -7,7 +7,6 @@ ib_async."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,11 @@ import pytest
 
 from execd.app import open_daemon
 from execd.sim import SimServer
-from tests.conftest import connect, eventually, sim_config
+from tests.conftest import connect, eventually
 from tests.test_accounts import recovered_at
 from tests.test_ib_daemon import two_accounts
-from tests.tws_kit import ib_log_watched
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def alpaca_sim() -> Iterator[SimServer]:
-    with ib_log_watched(), SimServer(sim_config(seed=1)) as s:
-        yield s
 
 
 async def _state(c: Any, cid: str, state: str) -> bool:

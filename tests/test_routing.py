@@ -18,10 +18,9 @@ from execd.domain.routing import Rule, choose, parse_rules, rule_for
 from execd.sim import SimServer
 from tests.conftest import eventually
 from tests.test_accounts import running, sent, sims, two_accounts
-from tests.test_ib_daemon import alpaca_sim
 from tests.test_ib_daemon import two_accounts as ib_two_accounts
 
-__all__ = ["alpaca_sim", "sims"]  # the fixtures, shared
+__all__ = ["sims"]  # the fixture, shared
 
 AAPL: dict[str, Any] = {"strategy_id": "alpha", "symbol": "AAPL", "side": "buy", "qty": "1"}
 

@@ -22,11 +22,9 @@ from execd.domain.routing import Rule, choose_best
 from execd.sim import SimServer
 from tests.conftest import connect, eventually, sim_config
 from tests.test_accounts import running, sent, two_accounts
-from tests.test_ib_daemon import alpaca_sim
 from tests.test_ib_daemon import two_accounts as ib_two_accounts
 from tests.test_routing import routed_event
 
-__all__ = ["alpaca_sim"]  # the fixture, shared
 QUOTES = "GET /v2/stocks/{symbol}/quotes/latest"
 BUY: dict[str, Any] = {"strategy_id": "alpha", "symbol": "AAPL", "side": "buy"}
 BEST = Rule(accounts=("paper", "live"), symbols=("AAPL",), policy="best_price",

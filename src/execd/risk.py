@@ -520,7 +520,7 @@ class RiskGate:
         """No account can take it: every one halted is `trading_halted` as with one
         account, every one starting up is `recovering`; otherwise `no_route`."""
         kinds = {(why or "").split(":")[0] for _, why in decision.candidates}
-        if kinds == {ErrorCode.RECOVERING}:
+        if kinds == {"recovering"}:
             self.metrics.submits.labels("recovering").inc()
             return OrderDenied(code=ErrorCode.RECOVERING, retry_after_s=RECOVERING_RETRY_S,
                                reason=decision.refusal())
@@ -538,7 +538,7 @@ class RiskGate:
             if gate is None:
                 return "not configured"
             if gate.recovery is not None and not gate.recovery.done:
-                return ErrorCode.RECOVERING
+                return "recovering"  # a reason for the ROUTED record, not an error code
             held = ctx.accounts.get(name)
             if held is not None and not msg.closing:
                 return f"halted: {held.reason or 'no reason given'}"

@@ -305,7 +305,7 @@ def _price(spec: OrderSpec, ctx: RiskContext) -> tuple[Decimal | None, bool]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Denial:
-    code: str  # ErrorCode.TRADING_HALTED, ErrorCode.RISK_REJECTED or ErrorCode.WASH_TRADE
+    code: str  # an ErrorCode: trading_halted, risk_rejected or wash_trade
     rule: str
     reason: str
     conflicting: str | None = None  # wash_trade: the open order in the way
@@ -347,7 +347,7 @@ def check(
         )
     washed = ctx.sides.conflict(spec, replacing)
     if washed is not None:  # a closing order too: the broker would refuse it all the same
-        return Denial(code=ErrorCode.WASH_TRADE, rule=ErrorCode.WASH_TRADE, reason=wash_reason(washed, spec),
+        return Denial(code=ErrorCode.WASH_TRADE, rule="wash_trade", reason=wash_reason(washed, spec),
                       conflicting=washed)
     e = ctx.exposure.get((account, spec.symbol), Exposure())
     if closing:  # a close shrinks its own book: a strategy's, or the unattributed one
